@@ -1,0 +1,48 @@
+/**
+ * The REST API contract: every group, and the errors any endpoint may answer.
+ * Clients import this module (schemas only) to get a typed `HttpApiClient`.
+ */
+import { HttpApi, OpenApi } from "@effect/platform"
+import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
+import { HealthApi } from "./Health/Api.js"
+
+/**
+ * Request decoding failures are answered as `ValidationError` (422) by the
+ * error model (see `Http/ErrorModel.ts`); the platform's own 400
+ * `HttpApiDecodeError` never reaches a client, so the document omits it.
+ */
+const withoutPlatformDecodeError = (spec: Record<string, unknown>): Record<string, unknown> => {
+  const ref = "#/components/schemas/HttpApiDecodeError"
+  const paths = spec.paths as Record<string, Record<string, { responses?: Record<string, unknown> }>>
+  for (const operations of Object.values(paths)) {
+    for (const operation of Object.values(operations)) {
+      const response = operation.responses?.["400"] as
+        | { content?: { "application/json"?: { schema?: { $ref?: string; anyOf?: Array<{ $ref?: string }> } } } }
+        | undefined
+      const schema = response?.content?.["application/json"]?.schema
+      if (!schema || !operation.responses) continue
+      if (schema.$ref === ref) {
+        delete operation.responses["400"]
+      } else if (schema.anyOf) {
+        schema.anyOf = schema.anyOf.filter((member) => member.$ref !== ref)
+      }
+    }
+  }
+  const components = spec.components as { schemas?: Record<string, unknown> } | undefined
+  delete components?.schemas?.["HttpApiDecodeError"]
+  return spec
+}
+
+export class WebPlusApi extends HttpApi.make("webplus")
+  .add(HealthApi)
+  .addError(ValidationError)
+  .addError(NotFound)
+  .addError(PayloadTooLarge)
+  .addError(InternalError)
+  .annotateContext(OpenApi.annotations({
+    title: "Web+ API",
+    version: "0.1.0",
+    description: "Self-hostable backend for an LLM chat platform. Every error body has `_tag` and `message`.",
+    transform: withoutPlatformDecodeError
+  }))
+{}

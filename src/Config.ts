@@ -1,0 +1,98 @@
+/**
+ * Every setting the server reads from its environment, read once, here.
+ *
+ * Other modules depend on `AppConfig` (never on `process.env`), so tests can
+ * run the whole server against a `ConfigProvider.fromMap`.
+ */
+import { Config, ConfigError, Duration, Effect, Either, LogLevel, type Option, type Redacted } from "effect"
+
+export type NodeEnv = "development" | "production" | "test"
+export type LogFormat = "json" | "pretty"
+
+const byteUnits: Record<string, number> = { "": 1, b: 1, kb: 1024, kib: 1024, mb: 1024 ** 2, mib: 1024 ** 2 }
+
+/** Parses `1048576`, `512kb` or `10mb` into a number of bytes. */
+export const parseByteSize = (input: string): Either.Either<number, string> => {
+  const match = /^\s*(\d+)\s*([a-z]*)\s*$/i.exec(input)
+  const unit = match?.[2]?.toLowerCase() ?? ""
+  const factor = byteUnits[unit]
+  if (!match || factor === undefined) {
+    return Either.left(`Expected a size such as 1048576, 512kb or 10mb, received "${input}"`)
+  }
+  const bytes = Number(match[1]) * factor
+  return bytes > 0 && Number.isSafeInteger(bytes) ? Either.right(bytes) : Either.left(`Expected a positive size`)
+}
+
+const byteSize = (name: string) =>
+  Config.string(name).pipe(
+    Config.mapOrFail((raw) => Either.mapLeft(parseByteSize(raw), (message) => ConfigError.InvalidData([], message)))
+  )
+
+const commaList = (name: string) =>
+  Config.string(name).pipe(
+    Config.map((raw) => raw.split(",").map((item) => item.trim()).filter((item) => item.length > 0))
+  )
+
+const positiveInt = (name: string) =>
+  Config.integer(name).pipe(Config.validate({ message: "Expected a positive integer", validation: (n) => n > 0 }))
+
+export interface DatabaseSettings {
+  /** `None` selects the embedded SQLite database under `DATA_DIR`. */
+  readonly url: Option.Option<Redacted.Redacted<string>>
+  readonly poolSize: number
+  readonly statementTimeout: Duration.Duration
+  readonly connectTimeout: Duration.Duration
+  readonly migrateOnStart: boolean
+}
+
+export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
+  effect: Effect.gen(function*() {
+    const nodeEnv = yield* Config.literal("development", "production", "test")("NODE_ENV").pipe(
+      Config.withDefault("development" as const)
+    )
+    const port = yield* Config.port("PORT").pipe(Config.withDefault(3000))
+    const host = yield* Config.nonEmptyString("HOST").pipe(Config.withDefault("127.0.0.1"))
+    const dataDir = yield* Config.nonEmptyString("DATA_DIR").pipe(Config.withDefault("./data"))
+    const database: DatabaseSettings = {
+      url: yield* Config.option(Config.redacted(Config.nonEmptyString("DATABASE_URL"))),
+      poolSize: yield* positiveInt("DATABASE_POOL_SIZE").pipe(Config.withDefault(10)),
+      statementTimeout: yield* Config.duration("DATABASE_STATEMENT_TIMEOUT").pipe(
+        Config.withDefault(Duration.seconds(30))
+      ),
+      connectTimeout: yield* Config.duration("DATABASE_CONNECT_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
+      migrateOnStart: yield* Config.boolean("MIGRATE_ON_START").pipe(Config.withDefault(true))
+    }
+    const logLevel = yield* Config.logLevel("LOG_LEVEL").pipe(Config.withDefault<LogLevel.LogLevel>(LogLevel.Info))
+    const logFormat = yield* Config.literal("json", "pretty")("LOG_FORMAT").pipe(
+      Config.withDefault<LogFormat>(nodeEnv === "production" ? "json" : "pretty")
+    )
+    const maxBodySize = yield* byteSize("MAX_BODY_SIZE").pipe(Config.withDefault(1024 * 1024))
+    const corsOrigins = yield* commaList("CORS_ORIGINS").pipe(Config.withDefault<ReadonlyArray<string>>([]))
+    const shutdownTimeout = yield* Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
+    return { nodeEnv, port, host, dataDir, database, logLevel, logFormat, maxBodySize, corsOrigins, shutdownTimeout }
+  })
+}) {}
+
+/** Renders a `ConfigError` as one line that names the offending variable(s). */
+export const formatConfigError = (error: ConfigError.ConfigError): string => {
+  const leaves: Array<string> = []
+  const visit = (e: ConfigError.ConfigError): void => {
+    switch (e._op) {
+      case "And":
+      case "Or":
+        visit(e.left)
+        visit(e.right)
+        return
+      case "MissingData":
+        leaves.push(`${e.path.join(".")} is required`)
+        return
+      case "InvalidData":
+      case "SourceUnavailable":
+      case "Unsupported":
+        leaves.push(`${e.path.join(".")}: ${e.message}`)
+        return
+    }
+  }
+  visit(error)
+  return `Invalid configuration: ${Array.from(new Set(leaves)).join("; ")}`
+}

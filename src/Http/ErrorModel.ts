@@ -1,0 +1,130 @@
+/**
+ * The one error model, applied in one place around the whole API:
+ *
+ * - a request that does not match its schema answers `422 ValidationError`
+ *   with the failing fields (the platform would answer 400);
+ * - a body that is not JSON answers `422 ValidationError`;
+ * - a body over `MAX_BODY_SIZE` answers `413 PayloadTooLarge`: refused up front
+ *   when `Content-Length` says so, else as soon as reading crosses the limit;
+ * - an unknown route answers `404 NotFound`.
+ *
+ * Typed errors that some endpoint declares pass through to be encoded by the
+ * API. Anything else (a defect, an undeclared error) is logged with its cause
+ * and answered `500 InternalError` carrying only the request id.
+ */
+import {
+  HttpApi,
+  HttpApiBuilder,
+  HttpApiError,
+  type HttpApiGroup,
+  HttpApiSchema,
+  HttpIncomingMessage,
+  HttpServerError,
+  HttpServerRequest,
+  HttpServerResponse
+} from "@effect/platform"
+import { Cause, Effect, FiberRef, Option, Schema } from "effect"
+import { AppConfig } from "../Config.js"
+import { FieldIssue, InternalError, NotFound, PayloadTooLarge, ValidationError } from "../Domain/Errors.js"
+import { CurrentRequestId } from "./Middleware.js"
+
+const respond = <A, I>(schema: Schema.Schema<A, I>) => {
+  const status = HttpApiSchema.getStatusErrorAST(schema.ast)
+  const encode = Schema.encodeSync(schema)
+  return (error: A, headers?: Record<string, string>) =>
+    HttpServerResponse.unsafeJson(encode(error), { status, ...(headers ? { headers } : {}) })
+}
+
+const validationResponse = respond(ValidationError)
+const internalErrorResponse = respond(InternalError)
+const notFoundResponse = respond(NotFound)
+const tooLargeResponse = respond(PayloadTooLarge)
+
+const tooLarge = (limitBytes: number) =>
+  tooLargeResponse(
+    new PayloadTooLarge({ message: `Request body exceeds the limit of ${limitBytes} bytes`, limitBytes }),
+    // The rest of the body is not read: the connection cannot be reused.
+    { connection: "close" }
+  )
+
+const fromDecodeError = (error: HttpApiError.HttpApiDecodeError) =>
+  validationResponse(
+    new ValidationError({
+      message: "The request does not match the expected schema",
+      issues: error.issues.map((issue) => new FieldIssue({ path: issue.path.map(pathSegment), message: issue.message }))
+    })
+  )
+
+const pathSegment = (segment: PropertyKey): string | number => typeof segment === "number" ? segment : String(segment)
+
+// A body that failed to read surfaces as a defect carrying the platform's RequestError.
+const bodyReadFailure = (cause: Cause.Cause<unknown>) =>
+  Option.filter(
+    Cause.dieOption(cause),
+    (defect): defect is HttpServerError.RequestError =>
+      HttpServerError.isServerError(defect) && defect._tag === "RequestError" && defect.reason === "Decode"
+  )
+
+const exceededLimit = (error: HttpServerError.RequestError) =>
+  error.cause instanceof Error && error.cause.message === "maxBytes exceeded"
+
+/** Whether some endpoint of the API declares this error, i.e. whether the API can encode it. */
+const declaredErrors = (api: HttpApi.HttpApi<string, HttpApiGroup.HttpApiGroup.AnyWithProps>) =>
+  Schema.is(
+    Schema.Union(
+      api.errorSchema,
+      ...Object.values(api.groups).flatMap((group) => [
+        group.errorSchema,
+        ...Object.values(group.endpoints).map((endpoint) => endpoint.errorSchema)
+      ])
+    )
+  )
+
+const unexpected = (cause: Cause.Cause<unknown>) =>
+  Effect.gen(function*() {
+    yield* Effect.logError("Unexpected failure", cause)
+    const requestId = yield* FiberRef.get(CurrentRequestId)
+    return internalErrorResponse(new InternalError({ message: "Internal server error", requestId }))
+  })
+
+export const ErrorModelLive = HttpApiBuilder.middleware(
+  Effect.gen(function*() {
+    const { maxBodySize } = yield* AppConfig
+    const { api } = yield* HttpApi.Api
+    const isDeclaredError = declaredErrors(api)
+    return (app) =>
+      Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const declaredLength = Number(request.headers["content-length"] ?? 0)
+        if (declaredLength > maxBodySize) return tooLarge(maxBodySize)
+        return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(maxBodySize))
+      }).pipe(
+        Effect.catchAllCause((cause) => {
+          const failure = Cause.failureOption(cause)
+          if (Option.isSome(failure)) {
+            const error: unknown = failure.value
+            if (error instanceof HttpApiError.HttpApiDecodeError) return Effect.succeed(fromDecodeError(error))
+            if (HttpServerError.isServerError(error) && error._tag === "RouteNotFound") {
+              const path = error.request.url.split("?")[0]
+              return Effect.succeed(
+                notFoundResponse(new NotFound({ message: `No route for ${error.request.method} ${path}` }))
+              )
+            }
+            return isDeclaredError(error) ? Effect.failCause(cause) : unexpected(cause)
+          }
+          const bodyFailure = bodyReadFailure(cause)
+          if (Option.isSome(bodyFailure)) {
+            return Effect.succeed(
+              exceededLimit(bodyFailure.value) ? tooLarge(maxBodySize) : validationResponse(
+                new ValidationError({
+                  message: "The request body is not valid JSON",
+                  issues: [new FieldIssue({ path: ["body"], message: "Malformed JSON" })]
+                })
+              )
+            )
+          }
+          return Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : unexpected(cause)
+        })
+      )
+  })
+)

@@ -1,0 +1,83 @@
+/**
+ * What every request goes through, whatever it asks for: a request id
+ * (`x-request-id`, honoured when the client sends a sane one), security
+ * headers, and one structured log line with the matched route, the status and
+ * the duration.
+ *
+ * Headers are added by a pre-response handler: the platform writes error
+ * responses from inside the app, so that is the one hook that sees every
+ * response, successful or not.
+ */
+import { Headers, HttpApp, HttpMiddleware, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Clock, Effect, Exit, FiberRef, Option } from "effect"
+import { globalValue } from "effect/GlobalValue"
+import * as Crypto from "node:crypto"
+
+/** The id of the request being served, for logs and error bodies. */
+export const CurrentRequestId = globalValue("webplus/CurrentRequestId", () => FiberRef.unsafeMake<string>(""))
+
+const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/
+
+const apiSecurityHeaders = {
+  "x-content-type-options": "nosniff",
+  "x-frame-options": "DENY",
+  "referrer-policy": "no-referrer",
+  "cross-origin-opener-policy": "same-origin",
+  "content-security-policy": "default-src 'none'; frame-ancestors 'none'"
+} as const
+
+// The interactive reference is an HTML page with an inline script bundle.
+const docsSecurityHeaders = {
+  ...apiSecurityHeaders,
+  "x-frame-options": "SAMEORIGIN",
+  "content-security-policy":
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; frame-ancestors 'self'"
+} as const
+
+/** The route pattern the router matched, which it records on the request span. */
+const matchedRoute = Effect.map(
+  Effect.option(Effect.currentSpan),
+  Option.flatMap((span) => Option.fromNullable(span.attributes.get("http.route")).pipe(Option.map(String)))
+)
+
+export const requestContext = (options: { readonly docsPath: string }) =>
+  HttpMiddleware.make((app) =>
+    Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const incoming = request.headers["x-request-id"]
+      const requestId = incoming !== undefined && requestIdPattern.test(incoming) ? incoming : Crypto.randomUUID()
+      const path = request.url.split("?")[0] ?? ""
+      const securityHeaders = path === options.docsPath ? docsSecurityHeaders : apiSecurityHeaders
+      const start = yield* Clock.currentTimeNanos
+      let status = 500
+
+      yield* HttpApp.appendPreResponseHandler((_request, response) => {
+        status = response.status
+        return Effect.succeed(HttpServerResponse.setHeaders(response, {
+          ...securityHeaders,
+          ...(Headers.has(response.headers, "cache-control") ? {} : { "cache-control": "no-store" }),
+          "x-request-id": requestId
+        }))
+      })
+
+      const logLine = (interrupted: boolean) =>
+        Effect.gen(function*() {
+          // 499: the client went away before the answer was written.
+          const finalStatus = interrupted ? 499 : status
+          const route = Option.getOrElse(yield* matchedRoute, () => path)
+          const durationMs = Math.round(Number((yield* Clock.currentTimeNanos) - start) / 1e4) / 100
+          yield* (finalStatus >= 500 ? Effect.logError("request") : Effect.logInfo("request")).pipe(
+            Effect.annotateLogs({ method: request.method, route, status: finalStatus, durationMs })
+          )
+        })
+
+      const response: HttpServerResponse.HttpServerResponse = yield* Effect.onExit(
+        app,
+        (exit) => logLine(Exit.isInterrupted(exit))
+      ).pipe(
+        Effect.locally(CurrentRequestId, requestId),
+        Effect.annotateLogs("requestId", requestId)
+      )
+      return response
+    })
+  )

@@ -1,0 +1,48 @@
+/**
+ * The Node HTTP server, with a bounded graceful shutdown: when the server's
+ * scope closes it stops accepting, lets in-flight requests finish for up to
+ * `SHUTDOWN_TIMEOUT`, then cuts what is left, so the database pool (released
+ * after it) is never closed under a running request.
+ */
+import { HttpServer } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { Context, Duration, Effect, Layer } from "effect"
+import * as Http from "node:http"
+import { AppConfig } from "../Config.js"
+
+class NodeServer extends Context.Tag("Http/NodeServer")<NodeServer, Http.Server>() {}
+
+const drainOnShutdown = Layer.scopedDiscard(
+  Effect.gen(function*() {
+    const server = yield* NodeServer
+    const { shutdownTimeout } = yield* AppConfig
+    yield* Effect.addFinalizer(() =>
+      Effect.logInfo("Shutting down: draining in-flight requests").pipe(
+        Effect.zipRight(Effect.async<void>((resume) => {
+          if (!server.listening) return resume(Effect.void)
+          const deadline = setTimeout(() => server.closeAllConnections(), Duration.toMillis(shutdownTimeout))
+          server.close(() => {
+            clearTimeout(deadline)
+            resume(Effect.void)
+          })
+          server.closeIdleConnections()
+        })),
+        Effect.zipRight(Effect.logInfo("HTTP server stopped"))
+      )
+    )
+  })
+)
+
+/** Listens on `HOST:PORT` and provides `HttpServer`. */
+export const HttpServerLive = Layer.unwrapEffect(
+  Effect.gen(function*() {
+    const { host, port } = yield* AppConfig
+    const server = Http.createServer({ keepAliveTimeout: 5_000 })
+    const listening = HttpServer.withLogAddress(NodeHttpServer.layer(() => server, { host, port }))
+    // Built after the listener, so released before it: draining starts first.
+    return drainOnShutdown.pipe(
+      Layer.provideMerge(listening),
+      Layer.provide(Layer.succeed(NodeServer, server))
+    )
+  })
+)

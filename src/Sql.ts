@@ -1,0 +1,116 @@
+/**
+ * The one `SqlClient` of the server, chosen from configuration: embedded
+ * SQLite under `DATA_DIR` by default, a PostgreSQL pool when `DATABASE_URL`
+ * is set. Both are scoped resources, closed when the server shuts down.
+ *
+ * SQL speaks snake_case, code speaks camelCase: the client's name transforms
+ * map between them, so repositories never spell a column twice.
+ */
+import { FileSystem, Path } from "@effect/platform"
+import { SqlClient, SqlError } from "@effect/sql"
+import { PgClient } from "@effect/sql-pg"
+import { SqliteClient } from "@effect/sql-sqlite-node"
+import { Duration, Effect, Layer, Option, Redacted, String } from "effect"
+import Pg from "pg"
+import { AppConfig, type DatabaseSettings } from "./Config.js"
+
+export type Dialect = "sqlite" | "pg"
+
+const transforms = {
+  transformQueryNames: String.camelToSnake,
+  transformResultNames: String.snakeToCamel
+} as const
+
+/** The SQLite file of the embedded mode. */
+export const sqliteFilename = (dataDir: string, path: Path.Path) => path.join(dataDir, "webplus.db")
+
+export const sqliteLayer = (filename: string) =>
+  SqliteClient.layer({ filename, ...transforms }).pipe(
+    Layer.tap((context) => {
+      const sql = context.unsafeMap.get(SqlClient.SqlClient.key) as SqlClient.SqlClient
+      // Per-connection settings: the client keeps one connection for its whole life.
+      return Effect.all([
+        sql.unsafe("PRAGMA foreign_keys = ON"),
+        sql.unsafe("PRAGMA busy_timeout = 5000"),
+        sql.unsafe("PRAGMA synchronous = NORMAL")
+      ], { discard: true })
+    })
+  )
+
+/**
+ * PostgreSQL values are read in the representation SQLite produces, so one row
+ * schema (`Model.Class`) decodes both dialects: booleans as 0/1, timestamps as
+ * ISO-8601 UTC text, JSON as text, 64-bit integers as numbers.
+ */
+const pgTypeOids = { bool: 16, int8: 20, json: 114, timestamp: 1114, timestamptz: 1184, jsonb: 3802 } as const
+
+const pgTypes: Pg.CustomTypesConfig = {
+  getTypeParser: ((oid: number, format?: "text" | "binary") => {
+    switch (oid) {
+      case pgTypeOids.bool:
+        return (value: string) => (value === "t" ? 1 : 0)
+      case pgTypeOids.int8:
+        return (value: string) => Number(value)
+      case pgTypeOids.json:
+      case pgTypeOids.jsonb:
+        return (value: string) => value
+      case pgTypeOids.timestamp:
+      case pgTypeOids.timestamptz: {
+        const parse = Pg.types.getTypeParser(oid, "text") as (value: string) => Date
+        return (value: string) => parse(value).toISOString()
+      }
+      default:
+        return Pg.types.getTypeParser(oid, format)
+    }
+  }) as Pg.CustomTypesConfig["getTypeParser"]
+}
+
+export const pgLayer = (url: Redacted.Redacted<string>, settings: Omit<DatabaseSettings, "url" | "migrateOnStart">) =>
+  PgClient.layerFromPool({
+    ...transforms,
+    transformJson: false,
+    applicationName: "webplus",
+    acquire: Effect.acquireRelease(
+      Effect.tryPromise({
+        try: async () => {
+          const pool = new Pg.Pool({
+            connectionString: Redacted.value(url),
+            max: settings.poolSize,
+            connectionTimeoutMillis: Duration.toMillis(settings.connectTimeout),
+            statement_timeout: Duration.toMillis(settings.statementTimeout),
+            application_name: "webplus",
+            types: pgTypes,
+            // Sessions speak UTC so `now()` and text timestamps agree with the application clock.
+            options: "-c TimeZone=UTC"
+          })
+          // An idle client losing its connection must not crash the process; the pool replaces it.
+          pool.on("error", () => {})
+          try {
+            await pool.query("SELECT 1")
+          } catch (cause) {
+            await pool.end()
+            throw cause
+          }
+          return pool
+        },
+        catch: (cause) => new SqlError.SqlError({ cause, message: "Could not connect to PostgreSQL" })
+      }),
+      (pool) => Effect.promise(() => pool.end())
+    )
+  })
+
+/** The dialect a client speaks, for the few places where SQL must differ. */
+export const dialectOf = (sql: SqlClient.SqlClient): Dialect =>
+  sql.onDialectOrElse({ pg: () => "pg" as const, orElse: () => "sqlite" as const })
+
+export const SqlLive = Layer.unwrapEffect(
+  Effect.gen(function*() {
+    const config = yield* AppConfig
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const { url, ...settings } = config.database
+    if (Option.isSome(url)) return pgLayer(url.value, settings)
+    yield* fs.makeDirectory(config.dataDir, { recursive: true }).pipe(Effect.orDie)
+    return sqliteLayer(sqliteFilename(config.dataDir, path))
+  })
+)

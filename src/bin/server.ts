@@ -1,0 +1,8 @@
+import { NodeRuntime } from "@effect/platform-node"
+import { Effect, Layer } from "effect"
+import { describeStartupFailure, ServerLive } from "../Server.js"
+
+Layer.launch(ServerLive).pipe(
+  Effect.tapErrorCause((cause) => Effect.sync(() => process.stderr.write(`${describeStartupFailure(cause)}\n`))),
+  NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
+)

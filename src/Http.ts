@@ -37,7 +37,7 @@ export const serve = <E, R>(apiLayer: Layer.Layer<HttpApi.Api, E, R>) =>
     Layer.provide(ErrorModelLive),
     Layer.provide(CorsLive),
     Layer.provide(apiLayer),
-    Layer.provide(HttpServerLive)
+    Layer.provideMerge(HttpServerLive)
   )
 
 /** The handlers of every group of `WebPlusApi`. */

@@ -19,12 +19,16 @@ const InfrastructureLive = MigrationsLive.pipe(
   Layer.provideMerge(Secrets.Default)
 )
 
-export const ServerLive = HttpLive.pipe(
-  Layer.provide(InfrastructureLive),
-  Layer.provide(LoggingLive),
-  Layer.provide(AppConfig.Default),
-  Layer.provide(NodeContext.layer)
-)
+/** Everything the HTTP layer stands on: configuration, logging, secrets, the database and its migrations. */
+export const withInfrastructure = <A, E, R>(http: Layer.Layer<A, E, R>) =>
+  http.pipe(
+    Layer.provide(InfrastructureLive),
+    Layer.provide(LoggingLive),
+    Layer.provide(AppConfig.Default),
+    Layer.provide(NodeContext.layer)
+  )
+
+export const ServerLive = withInfrastructure(HttpLive)
 
 /** One line saying why the server could not start, without secrets or stack traces. */
 export const describeStartupFailure = (cause: Cause.Cause<unknown>): string => {

@@ -1,0 +1,250 @@
+import { Model, SqlClient } from "@effect/sql"
+import { describe, expect, it, layer } from "@effect/vitest"
+import { DateTime, Effect, Exit, Option } from "effect"
+import { latestMigrationId } from "../migrations/index.js"
+import { Conversation, Message } from "../src/Domain/Conversation.js"
+import { User } from "../src/Domain/User.js"
+import { appliedMigrationId, migrationsTable, runMigrations } from "../src/Migrations.js"
+import {
+  dialects,
+  freshDatabase,
+  freshDirectory,
+  freshPgDatabase,
+  pgClientFor,
+  sqliteClientFor
+} from "./fixtures/Database.js"
+import { runEntry } from "./fixtures/Process.js"
+
+const expectedTables = [
+  "api_keys",
+  "audit_events",
+  "conversations",
+  "file_analyses",
+  "files",
+  "llm_models",
+  "message_files",
+  "messages",
+  "model_configs",
+  "providers",
+  "roles",
+  "sessions",
+  "threads",
+  "users"
+]
+
+const tableNames = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const rows = yield* sql.onDialectOrElse({
+    pg: () =>
+      sql<{ name: string }>`SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public'`,
+    orElse: () => sql<{ name: string }>`SELECT name FROM sqlite_master WHERE type = 'table'`
+  })
+  return rows.map((row) => row.name).filter((name) => !name.startsWith("sqlite_")).sort()
+})
+
+/** Runs `effect` and returns whether the database refused it. */
+const refused = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.map(Effect.exit(effect), Exit.isFailure)
+
+const seedUser = (overrides: Partial<{ email: string; username: string }> = {}) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const [role] = yield* sql<{ id: string }>`SELECT id FROM roles WHERE name = 'user'`
+    const users = yield* Model.makeRepository(User, { tableName: "users", spanPrefix: "UsersRepo", idColumn: "id" })
+    return yield* users.insert(User.insert.make({
+      email: (overrides.email ?? `u${Math.random().toString(36).slice(2)}@example.com`) as never,
+      username: (overrides.username ?? `u${Math.random().toString(36).slice(2, 12)}`) as never,
+      passwordHash: "hash",
+      roleId: role!.id as never,
+      disabled: false,
+      termsAcceptedAt: DateTime.unsafeNow(),
+      marketingConsent: false,
+      marketingConsentAt: Option.none(),
+      lastLoginAt: Option.none(),
+      failedLoginCount: 0,
+      deletedAt: Option.none()
+    }))
+  })
+
+for (const dialect of dialects) {
+  describe(`migrations on ${dialect}`, () => {
+    layer(freshDatabase(dialect), { excludeTestServices: true })((it) => {
+      it.effect("apply from an empty database, creating every table and seeding the roles", () =>
+        Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          expect(yield* appliedMigrationId).toEqual(Option.none())
+          const applied = yield* runMigrations
+          expect(applied.map(([id]) => id)).toEqual([latestMigrationId])
+          expect(yield* tableNames).toEqual([...expectedTables, migrationsTable].sort())
+          const roles = yield* sql<{ name: string; permissions: string; builtin: number }>`
+            SELECT name, permissions, builtin FROM roles ORDER BY name`
+          expect(roles.map((role) => role.name)).toEqual(["admin", "user"])
+          expect(roles.every((role) => role.builtin === 1)).toBe(true)
+          const [admin, user] = roles.map((role) => JSON.parse(role.permissions) as Array<string>)
+          expect(admin).toContain("admin:users")
+          expect(user).not.toContain("admin:users")
+          expect(user!.every((permission) => admin!.includes(permission))).toBe(true)
+        }))
+
+      it.effect("a second run is a no-op", () =>
+        Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          expect(yield* runMigrations).toEqual([])
+          const rows = yield* sql<{ count: number }>`SELECT count(*) AS count FROM ${sql(migrationsTable)}`
+          expect(Number(rows[0]!.count)).toBe(1)
+          expect(yield* appliedMigrationId).toEqual(Option.some(latestMigrationId))
+        }))
+
+      it.effect("row models round-trip identically (booleans, timestamps, JSON, nullable columns)", () =>
+        Effect.gen(function*() {
+          const user = yield* seedUser()
+          expect(user.disabled).toBe(false)
+          expect(Option.isNone(user.deletedAt)).toBe(true)
+          expect(DateTime.isDateTime(user.createdAt)).toBe(true)
+          const conversations = yield* Model.makeRepository(Conversation, {
+            tableName: "conversations",
+            spanPrefix: "ConversationsRepo",
+            idColumn: "id"
+          })
+          const conversation = yield* conversations.insert(Conversation.insert.make({
+            userId: user.id,
+            title: "Hello",
+            modelId: null,
+            modelConfigId: null,
+            currentLeafId: null,
+            pinned: true,
+            archived: false,
+            deletedAt: Option.none()
+          }))
+          const messages = yield* Model.makeRepository(Message, {
+            tableName: "messages",
+            spanPrefix: "MessagesRepo",
+            idColumn: "id"
+          })
+          const root = yield* messages.insert(Message.insert.make({
+            conversationId: conversation.id,
+            parentId: null,
+            threadId: null,
+            role: "user",
+            content: "Hi",
+            status: "complete",
+            modelId: null,
+            modelName: null,
+            promptTokens: null,
+            completionTokens: null,
+            toolCalls: [],
+            metadata: { client: "test", nested: { ok: true } },
+            editedFromId: null,
+            deletedAt: Option.none()
+          }))
+          const reread = yield* messages.findById(root.id)
+          expect(Option.getOrThrow(reread).metadata).toEqual({ client: "test", nested: { ok: true } })
+          const updated = yield* conversations.update(Conversation.update.make({
+            ...conversation,
+            currentLeafId: root.id,
+            archived: true
+          }))
+          expect(updated.pinned).toBe(true)
+          expect(updated.archived).toBe(true)
+          expect(updated.currentLeafId).toBe(root.id)
+          expect(DateTime.lessThanOrEqualTo(updated.createdAt, updated.updatedAt)).toBe(true)
+        }))
+
+      it.effect("foreign keys hold, and deleting a user cascades to what they own", () =>
+        Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          const now = new Date().toISOString()
+          expect(
+            yield* refused(
+              sql`INSERT INTO users (id, email, username, role_id, terms_accepted_at)
+                  VALUES ('01900000-0000-7000-8000-000000000001', 'fk@example.com', 'fk', '01900000-0000-7000-8000-00000000dead', ${now})`
+            )
+          ).toBe(true)
+          expect(
+            yield* refused(
+              sql`INSERT INTO conversations (id, user_id) VALUES ('01900000-0000-7000-8000-000000000002', '01900000-0000-7000-8000-00000000dead')`
+            )
+          ).toBe(true)
+          const user = yield* seedUser()
+          yield* sql`INSERT INTO conversations (id, user_id, title) VALUES ('01900000-0000-7000-8000-000000000003', ${user.id}, 'c')`
+          yield* sql`INSERT INTO messages (id, conversation_id, role, content) VALUES ('01900000-0000-7000-8000-000000000004', '01900000-0000-7000-8000-000000000003', 'user', 'hi')`
+          yield* sql`DELETE FROM users WHERE id = ${user.id}`
+          const left = yield* sql<
+            { count: number }
+          >`SELECT count(*) AS count FROM messages WHERE conversation_id = '01900000-0000-7000-8000-000000000003'`
+          expect(Number(left[0]!.count)).toBe(0)
+        }))
+
+      it.effect("uniqueness holds: emails, usernames ignoring case, global and personal config names", () =>
+        Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          const user = yield* seedUser({ email: "unique@example.com", username: "Unique" })
+          expect(yield* refused(seedUser({ email: "unique@example.com" }))).toBe(true)
+          expect(yield* refused(seedUser({ username: "UNIQUE" }))).toBe(true)
+          yield* sql`INSERT INTO model_configs (id, name) VALUES ('01900000-0000-7000-8000-000000000010', 'Precise')`
+          expect(
+            yield* refused(
+              sql`INSERT INTO model_configs (id, name) VALUES ('01900000-0000-7000-8000-000000000011', 'Precise')`
+            )
+          ).toBe(true)
+          // A personal preset may reuse a global name, once per owner.
+          yield* sql`INSERT INTO model_configs (id, owner_id, name) VALUES ('01900000-0000-7000-8000-000000000012', ${user.id}, 'Precise')`
+          expect(
+            yield* refused(
+              sql`INSERT INTO model_configs (id, owner_id, name) VALUES ('01900000-0000-7000-8000-000000000013', ${user.id}, 'Precise')`
+            )
+          ).toBe(true)
+        }))
+
+      it.effect("checks on enumerations and ranges hold", () =>
+        Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          const user = yield* seedUser()
+          yield* sql`INSERT INTO conversations (id, user_id) VALUES ('01900000-0000-7000-8000-000000000020', ${user.id})`
+          const message = (id: string, role: string, status: string) =>
+            sql`INSERT INTO messages (id, conversation_id, role, status) VALUES (${id}, '01900000-0000-7000-8000-000000000020', ${role}, ${status})`
+          yield* message("01900000-0000-7000-8000-000000000021", "assistant", "streaming")
+          expect(yield* refused(message("01900000-0000-7000-8000-000000000022", "robot", "complete"))).toBe(true)
+          expect(yield* refused(message("01900000-0000-7000-8000-000000000023", "user", "done"))).toBe(true)
+          expect(
+            yield* refused(
+              sql`INSERT INTO providers (id, name, kind, base_url) VALUES ('01900000-0000-7000-8000-000000000024', 'p', 'gemini', 'http://x')`
+            )
+          ).toBe(true)
+          expect(
+            yield* refused(
+              sql`INSERT INTO model_configs (id, name, temperature) VALUES ('01900000-0000-7000-8000-000000000025', 'hot', 3)`
+            )
+          ).toBe(true)
+          // A credential needs its key id, and the other way round.
+          expect(
+            yield* refused(
+              sql`INSERT INTO providers (id, name, kind, base_url, credential_ciphertext) VALUES ('01900000-0000-7000-8000-000000000026', 'q', 'openai', 'http://x', 'abc')`
+            )
+          ).toBe(true)
+        }))
+    })
+
+    it.live("several instances migrating one database at once apply each migration exactly once", () =>
+      Effect.gen(function*() {
+        const dataDir = yield* freshDirectory
+        const database = dialect === "pg" ? yield* freshPgDatabase : undefined
+        const env = { DATA_DIR: dataDir, LOG_FORMAT: "json", ...(database ? { DATABASE_URL: database.url } : {}) }
+        const runs = yield* Effect.all(Array.from({ length: 4 }, () => runEntry("migrate", env)), {
+          concurrency: "unbounded"
+        })
+        for (const run of runs) expect(run, run.stderr).toMatchObject({ code: 0, stderr: "" })
+        const appliedBy = runs.filter((run) => run.stdout.includes("Applied migration"))
+        expect(appliedBy).toHaveLength(1)
+        const client = dialect === "pg" ? pgClientFor(database!.url) : sqliteClientFor(dataDir)
+        const rows = yield* Effect.flatMap(
+          SqlClient.SqlClient,
+          (sql) => sql<{ id: number }>`SELECT migration_id AS id FROM ${sql(migrationsTable)}`
+        ).pipe(Effect.provide(client))
+        expect(rows.map((row) => Number(row.id))).toEqual([latestMigrationId])
+      }).pipe(Effect.scoped))
+  })
+}
+
+it("has at least one migration", () => {
+  expect(latestMigrationId).toBeGreaterThan(0)
+})

@@ -138,8 +138,9 @@ for (const dialect of dialects) {
           }))
           const reread = yield* messages.findById(root.id)
           expect(Option.getOrThrow(reread).metadata).toEqual({ client: "test", nested: { ok: true } })
+          const { createdAt: _createdAt, updatedAt: _updatedAt, ...fields } = conversation
           const updated = yield* conversations.update(Conversation.update.make({
-            ...conversation,
+            ...fields,
             currentLeafId: root.id,
             archived: true
           }))

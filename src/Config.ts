@@ -33,6 +33,29 @@ const commaList = (name: string) =>
     Config.map((raw) => raw.split(",").map((item) => item.trim()).filter((item) => item.length > 0))
   )
 
+const logLevels: Record<string, LogLevel.LogLevel> = {
+  all: LogLevel.All,
+  trace: LogLevel.Trace,
+  debug: LogLevel.Debug,
+  info: LogLevel.Info,
+  warn: LogLevel.Warning,
+  warning: LogLevel.Warning,
+  error: LogLevel.Error,
+  fatal: LogLevel.Fatal,
+  none: LogLevel.None
+}
+
+/** `trace`, `debug`, `info`, `warn`, `error`, `fatal` or `none`, in any case. */
+const logLevel = (name: string) =>
+  Config.string(name).pipe(
+    Config.mapOrFail((raw) => {
+      const level = logLevels[raw.trim().toLowerCase()]
+      return level
+        ? Either.right(level)
+        : Either.left(ConfigError.InvalidData([], `Expected one of ${Object.keys(logLevels).join(", ")}`))
+    })
+  )
+
 const positiveInt = (name: string) =>
   Config.integer(name).pipe(Config.validate({ message: "Expected a positive integer", validation: (n) => n > 0 }))
 
@@ -50,7 +73,10 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
     const nodeEnv = yield* Config.literal("development", "production", "test")("NODE_ENV").pipe(
       Config.withDefault("development" as const)
     )
-    const port = yield* Config.port("PORT").pipe(Config.withDefault(3000))
+    const port = yield* Config.integer("PORT").pipe(
+      Config.validate({ message: "Expected a port number from 0 to 65535", validation: (n) => n >= 0 && n <= 65535 }),
+      Config.withDefault(3000)
+    )
     const host = yield* Config.nonEmptyString("HOST").pipe(Config.withDefault("127.0.0.1"))
     const dataDir = yield* Config.nonEmptyString("DATA_DIR").pipe(Config.withDefault("./data"))
     const database: DatabaseSettings = {
@@ -62,14 +88,25 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       connectTimeout: yield* Config.duration("DATABASE_CONNECT_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
       migrateOnStart: yield* Config.boolean("MIGRATE_ON_START").pipe(Config.withDefault(true))
     }
-    const logLevel = yield* Config.logLevel("LOG_LEVEL").pipe(Config.withDefault<LogLevel.LogLevel>(LogLevel.Info))
+    const minimumLogLevel = yield* logLevel("LOG_LEVEL").pipe(Config.withDefault<LogLevel.LogLevel>(LogLevel.Info))
     const logFormat = yield* Config.literal("json", "pretty")("LOG_FORMAT").pipe(
       Config.withDefault<LogFormat>(nodeEnv === "production" ? "json" : "pretty")
     )
     const maxBodySize = yield* byteSize("MAX_BODY_SIZE").pipe(Config.withDefault(1024 * 1024))
     const corsOrigins = yield* commaList("CORS_ORIGINS").pipe(Config.withDefault<ReadonlyArray<string>>([]))
     const shutdownTimeout = yield* Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
-    return { nodeEnv, port, host, dataDir, database, logLevel, logFormat, maxBodySize, corsOrigins, shutdownTimeout }
+    return {
+      nodeEnv,
+      port,
+      host,
+      dataDir,
+      database,
+      logLevel: minimumLogLevel,
+      logFormat,
+      maxBodySize,
+      corsOrigins,
+      shutdownTimeout
+    }
   })
 }) {}
 

@@ -8,6 +8,7 @@
  * and restarts keep the same secrets.
  */
 import { FileSystem, Path } from "@effect/platform"
+import type { PlatformError } from "@effect/platform/Error"
 import { Config, ConfigError, Effect, Either, Option, Redacted, Schema } from "effect"
 import * as Crypto from "node:crypto"
 import { AppConfig } from "./Config.js"
@@ -38,11 +39,9 @@ export const parseEncryptionKeys = (raw: string): Either.Either<ReadonlyArray<En
   return Either.right(keys)
 }
 
-const jwtSecretConfig = Config.redacted("JWT_SECRET").pipe(
-  Config.validate({
-    message: "Expected at least 32 characters",
-    validation: (secret) => Redacted.value(secret).length >= 32
-  })
+const jwtSecretConfig = Config.string("JWT_SECRET").pipe(
+  Config.validate({ message: "Expected at least 32 characters", validation: (secret) => secret.length >= 32 }),
+  Config.map(Redacted.make)
 )
 
 const encryptionKeysConfig = Config.string("ENCRYPTION_KEYS").pipe(
@@ -81,20 +80,24 @@ export class Secrets extends Effect.Service<Secrets>()("Secrets", {
       return { jwtSecret: fromEnv.jwtSecret.value, encryptionKeys: fromEnv.encryptionKeys.value } as const
     }
 
-    // Generated once: an exclusive create means two instances starting together agree on one file.
+    // Generated once: the first instance to link its file wins, whole; the others read that one.
     const file = path.join(config.dataDir, "secrets.json")
-    yield* fs.makeDirectory(config.dataDir, { recursive: true })
+    const unwritable = (error: PlatformError) =>
+      ConfigError.InvalidData(["DATA_DIR"], `Cannot keep secrets in ${config.dataDir}: ${error.message}`)
     const temporary = `${file}.${process.pid}.${Crypto.randomUUID()}.tmp`
-    yield* fs.writeFileString(temporary, Schema.encodeSync(StoredSecrets)(generateSecrets()), { mode: 0o600 })
-    // link(2) refuses to replace an existing file: the first instance to link wins, whole.
-    const created = yield* fs.link(temporary, file).pipe(
-      Effect.as(true),
-      Effect.catchIf(
-        (error) => error._tag === "SystemError" && error.reason === "AlreadyExists",
-        () => Effect.succeed(false)
-      ),
-      Effect.ensuring(Effect.ignore(fs.remove(temporary)))
-    )
+    const created = yield* Effect.gen(function*() {
+      yield* fs.makeDirectory(config.dataDir, { recursive: true })
+      yield* fs.writeFileString(temporary, Schema.encodeSync(StoredSecrets)(generateSecrets()), { mode: 0o600 })
+      // link(2) refuses to replace an existing file.
+      return yield* fs.link(temporary, file).pipe(
+        Effect.as(true),
+        Effect.catchIf(
+          (error) => error._tag === "SystemError" && error.reason === "AlreadyExists",
+          () => Effect.succeed(false)
+        ),
+        Effect.ensuring(Effect.ignore(fs.remove(temporary)))
+      )
+    }).pipe(Effect.mapError(unwritable))
     if (created) yield* Effect.logInfo("Generated server secrets").pipe(Effect.annotateLogs("file", file))
     const stored = yield* fs.readFileString(file).pipe(
       Effect.flatMap(Schema.decode(StoredSecrets)),

@@ -10,7 +10,7 @@ import { FileSystem, Path } from "@effect/platform"
 import { SqlClient, SqlError } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Duration, Effect, Layer, Option, Redacted, String } from "effect"
+import { ConfigError, Duration, Effect, Layer, Option, Redacted, String } from "effect"
 import Pg from "pg"
 import { AppConfig, type DatabaseSettings } from "./Config.js"
 
@@ -110,7 +110,11 @@ export const SqlLive = Layer.unwrapEffect(
     const path = yield* Path.Path
     const { url, ...settings } = config.database
     if (Option.isSome(url)) return pgLayer(url.value, settings)
-    yield* fs.makeDirectory(config.dataDir, { recursive: true }).pipe(Effect.orDie)
+    yield* fs.makeDirectory(config.dataDir, { recursive: true }).pipe(
+      Effect.mapError((error) =>
+        ConfigError.InvalidData(["DATA_DIR"], `Cannot create ${config.dataDir}: ${error.message}`)
+      )
+    )
     return sqliteLayer(sqliteFilename(config.dataDir, path))
   })
 )

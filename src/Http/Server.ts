@@ -10,6 +10,27 @@ import { Context, Duration, Effect, Layer } from "effect"
 import * as Http from "node:http"
 import { AppConfig } from "../Config.js"
 
+/**
+ * A request body abandoned before its end (the body limit was crossed while
+ * reading) must still get its answer. Node's default is to destroy the whole
+ * socket with the request; instead reading stops, the answer is written, and
+ * the connection is closed after it (it cannot be reused mid-body).
+ */
+const responses = new WeakMap<Http.IncomingMessage, Http.ServerResponse>()
+
+class AnswerableIncomingMessage extends Http.IncomingMessage {
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    const response = responses.get(this)
+    const socket = this.socket
+    if (this.complete || response === undefined || response.writableEnded || socket.destroyed) {
+      return super._destroy(error, callback)
+    }
+    socket.pause()
+    response.shouldKeepAlive = false
+    callback(error)
+  }
+}
+
 class NodeServer extends Context.Tag("Http/NodeServer")<NodeServer, Http.Server>() {}
 
 const drainOnShutdown = Layer.scopedDiscard(
@@ -37,7 +58,8 @@ const drainOnShutdown = Layer.scopedDiscard(
 export const HttpServerLive = Layer.unwrapEffect(
   Effect.gen(function*() {
     const { host, port } = yield* AppConfig
-    const server = Http.createServer({ keepAliveTimeout: 5_000 })
+    const server = Http.createServer({ keepAliveTimeout: 5_000, IncomingMessage: AnswerableIncomingMessage })
+    server.prependListener("request", (request, response) => responses.set(request, response))
     const listening = HttpServer.withLogAddress(NodeHttpServer.layer(() => server, { host, port }))
     // Built after the listener, so released before it: draining starts first.
     return drainOnShutdown.pipe(

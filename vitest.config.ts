@@ -5,8 +5,10 @@ export default defineConfig({
     include: ["test/**/*.test.ts"],
     testTimeout: 60_000,
     hookTimeout: 60_000,
-    // Test files share one machine's PostgreSQL; each creates its own databases.
+    // Test files share one machine's PostgreSQL; each creates (and drops) its own databases.
     pool: "forks",
-    reporters: ["default"]
+    // In CI a JSON report is kept too, from which .ci/run prints its closing summary line.
+    reporters: process.env.CI ? ["default", "json"] : ["default"],
+    outputFile: { json: ".ci/test-results.json" }
   }
 })

@@ -30,7 +30,9 @@ if (process.argv.includes("--check")) {
   console.log("package-lock.json: complete")
 } else {
   for (const [key, entry] of missing) packages[key] = entry
-  lock.packages = Object.fromEntries(Object.entries(packages).sort(([a], [b]) => (a === "" ? -1 : b === "" ? 1 : a < b ? -1 : 1)))
+  lock.packages = Object.fromEntries(
+    Object.entries(packages).sort(([a], [b]) => (a === "" ? -1 : b === "" ? 1 : a < b ? -1 : 1))
+  )
   fs.writeFileSync(file, JSON.stringify(lock, null, 2) + "\n")
   console.log(`package-lock.json: recorded ${missing.length} optional entries`)
 }

@@ -3,8 +3,10 @@
  * Clients import this module (schemas only) to get a typed `HttpApiClient`.
  */
 import { HttpApi, OpenApi } from "@effect/platform"
+import { AuthApi } from "./Auth/Api.js"
 import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
 import { HealthApi } from "./Health/Api.js"
+import { AdminApi, MeApi } from "./Users/Api.js"
 
 /**
  * Request decoding failures are answered as `ValidationError` (422) by the
@@ -35,6 +37,9 @@ const withoutPlatformDecodeError = (spec: Record<string, unknown>): Record<strin
 
 export class WebPlusApi extends HttpApi.make("webplus")
   .add(HealthApi)
+  .add(AuthApi)
+  .add(AdminApi)
+  .add(MeApi)
   .addError(ValidationError)
   .addError(NotFound)
   .addError(PayloadTooLarge)

@@ -4,7 +4,7 @@
  * Other modules depend on `AppConfig` (never on `process.env`), so tests can
  * run the whole server against a `ConfigProvider.fromMap`.
  */
-import { Config, ConfigError, Duration, Effect, Either, LogLevel, type Option, type Redacted } from "effect"
+import { Config, ConfigError, Duration, Effect, Either, LogLevel, type Option, Redacted } from "effect"
 
 export type NodeEnv = "development" | "production" | "test"
 export type LogFormat = "json" | "pretty"
@@ -68,6 +68,24 @@ export interface DatabaseSettings {
   readonly migrateOnStart: boolean
 }
 
+export interface AuthSettings {
+  readonly accessTokenTtl: Duration.Duration
+  readonly refreshTokenTtl: Duration.Duration
+  /** scrypt cost as log2(N): 17 is OWASP's recommendation (128 MiB per hash with r = 8). */
+  readonly passwordHashCost: number
+  /** How many password hashes may run at once (each holds 128 << (cost - 17) MiB). */
+  readonly passwordHashConcurrency: number
+  readonly rateLimitWindow: Duration.Duration
+  readonly rateLimitPerAddress: number
+  readonly rateLimitPerAccount: number
+}
+
+export interface RedisSettings {
+  /** `None`: rate limits and caches live in process memory. */
+  readonly url: Option.Option<Redacted.Redacted<string>>
+  readonly keyPrefix: string
+}
+
 export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
   effect: Effect.gen(function*() {
     const nodeEnv = yield* Config.literal("development", "production", "test")("NODE_ENV").pipe(
@@ -95,6 +113,23 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
     const maxBodySize = yield* byteSize("MAX_BODY_SIZE").pipe(Config.withDefault(1024 * 1024))
     const corsOrigins = yield* commaList("CORS_ORIGINS").pipe(Config.withDefault<ReadonlyArray<string>>([]))
     const shutdownTimeout = yield* Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
+    const trustProxy = yield* Config.boolean("TRUST_PROXY").pipe(Config.withDefault(false))
+    const auth: AuthSettings = {
+      accessTokenTtl: yield* Config.duration("ACCESS_TOKEN_TTL").pipe(Config.withDefault(Duration.minutes(15))),
+      refreshTokenTtl: yield* Config.duration("REFRESH_TOKEN_TTL").pipe(Config.withDefault(Duration.days(30))),
+      passwordHashCost: yield* Config.integer("PASSWORD_HASH_COST").pipe(
+        Config.validate({ message: "Expected an integer from 14 to 20", validation: (n) => n >= 14 && n <= 20 }),
+        Config.withDefault(17)
+      ),
+      passwordHashConcurrency: yield* positiveInt("PASSWORD_HASH_CONCURRENCY").pipe(Config.withDefault(2)),
+      rateLimitWindow: yield* Config.duration("AUTH_RATE_LIMIT_WINDOW").pipe(Config.withDefault(Duration.minutes(1))),
+      rateLimitPerAddress: yield* positiveInt("AUTH_RATE_LIMIT_PER_ADDRESS").pipe(Config.withDefault(20)),
+      rateLimitPerAccount: yield* positiveInt("AUTH_RATE_LIMIT_PER_ACCOUNT").pipe(Config.withDefault(5))
+    }
+    const redis: RedisSettings = {
+      url: yield* Config.option(Config.nonEmptyString("REDIS_URL").pipe(Config.map(Redacted.make))),
+      keyPrefix: yield* Config.string("REDIS_KEY_PREFIX").pipe(Config.withDefault("webplus:"))
+    }
     return {
       nodeEnv,
       port,
@@ -105,7 +140,10 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       logFormat,
       maxBodySize,
       corsOrigins,
-      shutdownTimeout
+      shutdownTimeout,
+      trustProxy,
+      auth,
+      redis
     }
   })
 }) {}

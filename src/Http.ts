@@ -6,12 +6,25 @@
 import { type HttpApi, HttpApiBuilder, HttpApiScalar, HttpMiddleware } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { WebPlusApi } from "./Api.js"
+import { AuditLog } from "./Audit.js"
+import { AuditRepo } from "./Audit/AuditRepo.js"
+import { Auth } from "./Auth.js"
+import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
+import { AuthenticationLive, AuthHttpLive } from "./Auth/Http.js"
+import { Passwords } from "./Auth/Passwords.js"
+import { RateLimiterLive, RateLimits } from "./Auth/RateLimits.js"
+import { SessionsRepo } from "./Auth/SessionsRepo.js"
+import { Tokens } from "./Auth/Tokens.js"
 import { AppConfig } from "./Config.js"
 import { Health } from "./Health.js"
 import { HealthHttpLive } from "./Health/Http.js"
 import { ErrorModelLive } from "./Http/ErrorModel.js"
 import { requestContext } from "./Http/Middleware.js"
 import { HttpServerLive } from "./Http/Server.js"
+import { Users } from "./Users.js"
+import { AdminHttpLive, MeHttpLive } from "./Users/Http.js"
+import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
+import { UsersRepo } from "./Users/UsersRepo.js"
 
 export const docsPath = "/docs"
 export const openApiPath = "/openapi.json"
@@ -31,7 +44,12 @@ const CorsLive = Layer.unwrapEffect(
  * with everything every API of this server gets.
  */
 export const serve = <E, R>(apiLayer: Layer.Layer<HttpApi.Api, E, R>) =>
-  HttpApiBuilder.serve((app) => requestContext({ docsPath })(app).pipe(HttpMiddleware.withLoggerDisabled)).pipe(
+  Layer.unwrapEffect(
+    Effect.map(AppConfig, ({ trustProxy }) =>
+      HttpApiBuilder.serve((app) =>
+        requestContext({ docsPath, trustProxy })(app).pipe(HttpMiddleware.withLoggerDisabled)
+      ))
+  ).pipe(
     Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: openApiPath })),
     Layer.provide(HttpApiScalar.layer({ path: docsPath, scalar: { withDefaultFonts: false } })),
     Layer.provide(ErrorModelLive),
@@ -40,8 +58,32 @@ export const serve = <E, R>(apiLayer: Layer.Layer<HttpApi.Api, E, R>) =>
     Layer.provideMerge(HttpServerLive)
   )
 
+const ReposLive = Layer.mergeAll(
+  UsersRepo.Default,
+  SessionsRepo.Default,
+  ApiKeysRepo.Default,
+  AuditRepo.Default,
+  PersonalDataRepo.Default
+)
+
+const AuthSupportLive = Layer.mergeAll(
+  Passwords.Default,
+  Tokens.Default,
+  RateLimits.Default.pipe(Layer.provide(RateLimiterLive)),
+  AuditLog.Default.pipe(Layer.provide(ReposLive))
+)
+
+/** The services behind the handlers, with what they stand on. */
+export const ServicesLive = Layer.mergeAll(Auth.Default, Users.Default, Health.Default).pipe(
+  Layer.provideMerge(AuthSupportLive),
+  Layer.provideMerge(ReposLive)
+)
+
 /** The handlers of every group of `WebPlusApi`. */
-export const ApiGroupsLive = Layer.mergeAll(HealthHttpLive).pipe(Layer.provide(Health.Default))
+export const ApiGroupsLive = Layer.mergeAll(HealthHttpLive, AuthHttpLive, AdminHttpLive, MeHttpLive).pipe(
+  Layer.provide(AuthenticationLive),
+  Layer.provideMerge(ServicesLive)
+)
 
 export const ApiLive = HttpApiBuilder.api(WebPlusApi).pipe(Layer.provide(ApiGroupsLive))
 

@@ -20,8 +20,8 @@ export class Role extends Model.Class<Role>("Role")({
   updatedAt: Model.DateTimeUpdate
 }) {}
 
-export const Email = Schema.String.pipe(
-  Schema.trimmed(),
+/** An email address, normalised: surrounding spaces dropped, lower case. */
+export const Email = Schema.compose(Schema.Trim, Schema.Lowercase).pipe(
   Schema.maxLength(254),
   Schema.pattern(/^[^\s@]+@[^\s@]+\.[^\s@]+$/, { message: () => "Expected an email address" }),
   Schema.brand("Email")

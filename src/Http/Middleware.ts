@@ -16,6 +16,25 @@ import * as Crypto from "node:crypto"
 /** The id of the request being served, for logs and error bodies. */
 export const CurrentRequestId = globalValue("webplus/CurrentRequestId", () => FiberRef.unsafeMake<string>(""))
 
+export interface Client {
+  /** The client's address: the socket's peer, or with TRUST_PROXY the first `X-Forwarded-For` hop. */
+  readonly address: string | null
+  readonly userAgent: string | null
+}
+
+/** Who is on the other end of the request being served, for rate limits and the audit trail. */
+export const CurrentClient = globalValue(
+  "webplus/CurrentClient",
+  () => FiberRef.unsafeMake<Client>({ address: null, userAgent: null })
+)
+
+const clientOf = (request: HttpServerRequest.HttpServerRequest, trustProxy: boolean): Client => {
+  const forwarded = trustProxy ? request.headers["x-forwarded-for"]?.split(",")[0]?.trim() : undefined
+  const address = forwarded || Option.getOrNull(request.remoteAddress)
+  const userAgent = request.headers["user-agent"]
+  return { address: address ?? null, userAgent: userAgent ? userAgent.slice(0, 512) : null }
+}
+
 const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/
 
 const apiSecurityHeaders = {
@@ -40,7 +59,7 @@ const matchedRoute = Effect.map(
   Option.flatMap((span) => Option.fromNullable(span.attributes.get("http.route")).pipe(Option.map(String)))
 )
 
-export const requestContext = (options: { readonly docsPath: string }) =>
+export const requestContext = (options: { readonly docsPath: string; readonly trustProxy: boolean }) =>
   HttpMiddleware.make((app) =>
     Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
@@ -76,6 +95,7 @@ export const requestContext = (options: { readonly docsPath: string }) =>
         (exit) => logLine(Exit.isInterrupted(exit))
       ).pipe(
         Effect.locally(CurrentRequestId, requestId),
+        Effect.locally(CurrentClient, clientOf(request, options.trustProxy)),
         Effect.annotateLogs("requestId", requestId)
       )
       return response

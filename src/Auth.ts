@@ -1,0 +1,377 @@
+/**
+ * Identity: accounts, sessions (access and refresh tokens), API keys, and the
+ * authentication of every protected request.
+ */
+import { SqlClient } from "@effect/sql"
+import { DateTime, Effect, FiberRef, Option, Redacted } from "effect"
+import { AuditLog } from "./Audit.js"
+import {
+  ApiKeyView,
+  type ChangePasswordPayload,
+  type CreateApiKeyPayload,
+  CreatedApiKey,
+  type LoginPayload,
+  type RegisterPayload,
+  TokenPair,
+  UserView
+} from "./Auth/Api.js"
+import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
+import { Passwords } from "./Auth/Passwords.js"
+import { requirePermission, requireSession } from "./Auth/Policy.js"
+import { RateLimits } from "./Auth/RateLimits.js"
+import { SessionsRepo } from "./Auth/SessionsRepo.js"
+import { apiKeyPrefix, hashSecret, randomSecret, refreshTokenPrefix, Tokens } from "./Auth/Tokens.js"
+import { AppConfig } from "./Config.js"
+import { Actor, CurrentActor, isPermission } from "./Domain/Actor.js"
+import { ApiKey, Session } from "./Domain/Credentials.js"
+import { Conflict, FieldIssue, Forbidden, NotFound, Unauthorized, ValidationError } from "./Domain/Errors.js"
+import { type ApiKeyId, generateUuid, SessionFamilyId, type UserId } from "./Domain/Ids.js"
+import { BuiltinRoles, User } from "./Domain/User.js"
+import { CurrentClient } from "./Http/Middleware.js"
+import { dialectOf } from "./Sql.js"
+import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
+
+type UserRow = typeof UserWithRole.Type
+
+export const toUserView = (user: UserRow) =>
+  new UserView({
+    id: user.id,
+    email: user.email,
+    username: user.username,
+    role: user.roleName,
+    disabled: user.disabled,
+    termsAcceptedAt: user.termsAcceptedAt,
+    marketingConsent: user.marketingConsent,
+    lastLoginAt: Option.getOrNull(user.lastLoginAt),
+    createdAt: user.createdAt
+  })
+
+export const toApiKeyView = (key: ApiKey) =>
+  new ApiKeyView({
+    id: key.id,
+    name: key.name,
+    prefix: key.prefix,
+    scopes: key.scopes.filter(isPermission),
+    expiresAt: Option.getOrNull(key.expiresAt),
+    lastUsedAt: Option.getOrNull(key.lastUsedAt),
+    revokedAt: Option.getOrNull(key.revokedAt),
+    createdAt: key.createdAt
+  })
+
+const invalidCredentials = new Unauthorized({ message: "Invalid credentials" })
+
+/** NIST 800-63B: length is checked by the schema; here, what the schema cannot know. */
+export const checkPasswordPolicy = (password: Redacted.Redacted<string>, identity: ReadonlyArray<string>) => {
+  const value = Redacted.value(password).normalize("NFKC").toLowerCase()
+  return identity.some((part) => part.toLowerCase() === value)
+    ? Effect.fail(
+      new ValidationError({
+        message: "The password does not meet the password policy",
+        issues: [new FieldIssue({ path: ["password"], message: "The password must not be your email or username" })]
+      })
+    )
+    : Effect.void
+}
+
+export class Auth extends Effect.Service<Auth>()("Auth", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const { auth: settings } = yield* AppConfig
+    const users = yield* UsersRepo
+    const sessions = yield* SessionsRepo
+    const apiKeys = yield* ApiKeysRepo
+    const passwords = yield* Passwords
+    const tokens = yield* Tokens
+    const audit = yield* AuditLog
+    const rateLimits = yield* RateLimits
+
+    /** Registrations are serialised on PostgreSQL so exactly one first user becomes admin. */
+    const serialiseRegistrations = dialectOf(sql) === "pg"
+      ? sql`SELECT pg_advisory_xact_lock(hashtext('webplus.register'))`.pipe(Effect.orDie)
+      : Effect.void
+
+    const register = (payload: RegisterPayload) =>
+      Effect.gen(function*() {
+        yield* rateLimits.authAttempt("register", undefined)
+        yield* checkPasswordPolicy(payload.password, [payload.email, payload.username])
+        const passwordHash = yield* passwords.hash(payload.password)
+        const now = yield* DateTime.now
+        const user = yield* Effect.gen(function*() {
+          yield* serialiseRegistrations
+          const taken = yield* Effect.all([users.findByLogin(payload.email), users.findByLogin(payload.username)])
+          if (taken.some(Option.isSome)) {
+            return yield* new Conflict({ message: "That email address or username is already registered" })
+          }
+          const first = (yield* users.countUsers) === 0
+          const role = yield* users.findRoleByName(first ? BuiltinRoles.admin : BuiltinRoles.user).pipe(
+            Effect.flatten,
+            Effect.orDie
+          )
+          const created = yield* users.insert(User.insert.make({
+            email: payload.email,
+            username: payload.username,
+            passwordHash,
+            roleId: role.id,
+            disabled: false,
+            termsAcceptedAt: now,
+            marketingConsent: payload.marketingConsent,
+            marketingConsentAt: payload.marketingConsent ? Option.some(now) : Option.none(),
+            lastLoginAt: Option.none(),
+            failedLoginCount: 0,
+            deletedAt: Option.none()
+          }))
+          return yield* users.findById(created.id).pipe(Effect.flatten, Effect.orDie)
+        }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
+        yield* audit.record({
+          action: "user.registered",
+          actor: { type: "user", id: user.id },
+          target: { type: "user", id: user.id },
+          metadata: { role: user.roleName, marketingConsent: payload.marketingConsent }
+        })
+        return toUserView(user)
+      }).pipe(Effect.withSpan("Auth.register"))
+
+    /** A new session family for the user, and its first tokens. */
+    const startSession = (userId: UserId, familyId: SessionFamilyId) =>
+      Effect.gen(function*() {
+        const refreshToken = Redacted.make(randomSecret(refreshTokenPrefix))
+        const expiresAt = DateTime.addDuration(yield* DateTime.now, settings.refreshTokenTtl)
+        const client = yield* FiberRef.get(CurrentClient)
+        yield* sessions.insert(Session.insert.make({
+          userId,
+          familyId,
+          tokenHash: hashSecret(refreshToken),
+          expiresAt,
+          rotatedAt: Option.none(),
+          revokedAt: Option.none(),
+          revokedReason: Option.none(),
+          ipAddress: Option.fromNullable(client.address),
+          userAgent: Option.fromNullable(client.userAgent),
+          lastUsedAt: Option.none()
+        }))
+        const access = yield* tokens.issueAccessToken({ userId, sessionFamilyId: familyId })
+        return new TokenPair({
+          accessToken: access.accessToken,
+          refreshToken,
+          tokenType: "Bearer",
+          expiresIn: access.expiresIn
+        })
+      })
+
+    const login = (payload: LoginPayload) =>
+      Effect.gen(function*() {
+        const login = payload.login.trim().toLowerCase()
+        yield* rateLimits.authAttempt("login", login)
+        const found = yield* users.findByLogin(login)
+        const user = Option.getOrNull(found)
+        const { needsRehash, valid } = yield* passwords.verify(payload.password, user?.passwordHash ?? null)
+        if (user === null || !valid || user.disabled) {
+          yield* audit.record({
+            action: "auth.login.failed",
+            actor: { type: "anonymous", id: null },
+            ...(user ? { target: { type: "user", id: user.id } } : {}),
+            metadata: { reason: user === null ? "unknown-account" : !valid ? "wrong-password" : "disabled" }
+          })
+          if (user !== null && !valid) yield* users.recordFailedLogin(user.id)
+          return yield* invalidCredentials
+        }
+        if (needsRehash) yield* users.setPasswordHash(user.id, yield* passwords.hash(payload.password))
+        yield* users.recordLogin(user.id)
+        const familyId = SessionFamilyId.make(yield* generateUuid)
+        const pair = yield* startSession(user.id, familyId)
+        yield* audit.record({
+          action: "auth.login.succeeded",
+          actor: { type: "user", id: user.id },
+          target: { type: "session", id: familyId }
+        })
+        return pair
+      }).pipe(Effect.withSpan("Auth.login"))
+
+    const refresh = (refreshToken: Redacted.Redacted<string>) =>
+      Effect.gen(function*() {
+        const tokenHash = hashSecret(refreshToken)
+        yield* rateLimits.authAttempt("refresh", tokenHash.slice(0, 16))
+        const session = yield* sessions.findByTokenHash(tokenHash).pipe(
+          Effect.flatMap(Option.match({ onNone: () => Effect.fail(invalidCredentials), onSome: Effect.succeed }))
+        )
+        if (Option.isSome(session.revokedAt)) return yield* invalidCredentials
+        const reuse = Effect.gen(function*() {
+          yield* sessions.revokeFamily(session.familyId, "refresh-token-reuse")
+          yield* audit.record({
+            action: "auth.refresh.reuse-detected",
+            actor: { type: "anonymous", id: null },
+            target: { type: "session", id: session.familyId },
+            metadata: { userId: session.userId }
+          })
+          return yield* invalidCredentials
+        })
+        if (Option.isSome(session.rotatedAt)) return yield* reuse
+        if (DateTime.lessThan(session.expiresAt, yield* DateTime.now)) return yield* invalidCredentials
+        const user = yield* users.findById(session.userId)
+        if (Option.isNone(user) || user.value.disabled || Option.isSome(user.value.deletedAt)) {
+          return yield* invalidCredentials
+        }
+        // Exactly one presenter of a token wins the rotation; a concurrent second one is a reuse.
+        if (!(yield* sessions.markRotated(session.id))) return yield* reuse
+        return yield* startSession(session.userId, session.familyId)
+      }).pipe(Effect.withSpan("Auth.refresh"))
+
+    const logout = Effect.gen(function*() {
+      const actor = yield* requireSession
+      if (actor.sessionFamilyId) yield* sessions.revokeFamily(actor.sessionFamilyId, "logout")
+      yield* audit.record({
+        action: "auth.logout",
+        actor,
+        ...(actor.sessionFamilyId ? { target: { type: "session", id: actor.sessionFamilyId } } : {})
+      })
+    }).pipe(Effect.withSpan("Auth.logout"))
+
+    const currentUser = Effect.gen(function*() {
+      const actor = yield* CurrentActor
+      const user = yield* users.findById(actor.userId).pipe(Effect.flatten, Effect.orDie)
+      return toUserView(user)
+    }).pipe(Effect.withSpan("Auth.currentUser"))
+
+    const changePassword = (payload: ChangePasswordPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* requireSession
+        const user = yield* users.findById(actor.userId).pipe(Effect.flatten, Effect.orDie)
+        const { valid } = yield* passwords.verify(payload.currentPassword, user.passwordHash)
+        if (!valid) return yield* new Forbidden({ message: "The current password is incorrect" })
+        yield* checkPasswordPolicy(payload.newPassword, [user.email, user.username])
+        yield* users.setPasswordHash(user.id, yield* passwords.hash(payload.newPassword))
+        yield* sessions.revokeAllForUser(user.id, "password-changed", actor.sessionFamilyId)
+        yield* audit.record({ action: "auth.password.changed", actor, target: { type: "user", id: user.id } })
+      }).pipe(Effect.withSpan("Auth.changePassword"))
+
+    // --- authentication of protected requests
+
+    const actorForUser = (
+      user: UserRow,
+      via: { readonly kind: "session"; readonly familyId: SessionFamilyId } | {
+        readonly kind: "api_key"
+        readonly key: ApiKey
+      }
+    ) => {
+      const rolePermissions = users.knownPermissions(user.rolePermissions)
+      return new Actor({
+        userId: user.id,
+        role: user.roleName,
+        permissions: via.kind === "session"
+          ? rolePermissions
+          : rolePermissions.filter((permission) => via.key.scopes.includes(permission)),
+        via: via.kind,
+        ...(via.kind === "session" ? { sessionFamilyId: via.familyId } : { apiKeyId: via.key.id })
+      })
+    }
+
+    const usable = (user: Option.Option<UserRow>) =>
+      Option.filter(user, (found) => !found.disabled && Option.isNone(found.deletedAt))
+
+    const authenticateApiKey = (secret: Redacted.Redacted<string>) =>
+      Effect.gen(function*() {
+        const key = yield* apiKeys.findByHash(hashSecret(secret)).pipe(Effect.map(Option.getOrNull))
+        if (key === null || Option.isSome(key.revokedAt)) {
+          return yield* new Unauthorized({ message: "Invalid API key" })
+        }
+        const now = yield* DateTime.now
+        if (Option.isSome(key.expiresAt) && DateTime.lessThanOrEqualTo(key.expiresAt.value, now)) {
+          return yield* new Unauthorized({ message: "API key expired" })
+        }
+        const user = usable(yield* users.findById(key.userId))
+        if (Option.isNone(user)) return yield* new Unauthorized({ message: "Invalid API key" })
+        yield* apiKeys.touch(key.id)
+        return actorForUser(user.value, { kind: "api_key", key })
+      })
+
+    const authenticateAccessToken = (token: Redacted.Redacted<string>) =>
+      Effect.gen(function*() {
+        const claims = yield* tokens.verifyAccessToken(token).pipe(
+          Effect.mapError((error) => new Unauthorized({ message: error.reason }))
+        )
+        const [user, active] = yield* Effect.all([
+          users.findById(claims.userId),
+          sessions.familyActive(claims.sessionFamilyId)
+        ], { concurrency: "unbounded" })
+        const found = usable(user)
+        if (Option.isNone(found) || !active) return yield* new Unauthorized({ message: "Session ended" })
+        return actorForUser(found.value, { kind: "session", familyId: claims.sessionFamilyId })
+      })
+
+    /** A bearer credential: an API key (`wp_…`) or an access token. */
+    const authenticate = (credential: Redacted.Redacted<string>): Effect.Effect<Actor, Unauthorized> => {
+      const value = Redacted.value(credential)
+      if (value.length === 0) return Effect.fail(new Unauthorized({ message: "Missing credentials" }))
+      return (value.startsWith(apiKeyPrefix) ? authenticateApiKey(credential) : authenticateAccessToken(credential))
+        .pipe(Effect.withSpan("Auth.authenticate"))
+    }
+
+    // --- API keys
+
+    const createApiKey = (payload: CreateApiKeyPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("keys:manage")
+        const beyond = payload.scopes.filter((scope) => !actor.can(scope))
+        if (beyond.length > 0) {
+          return yield* new Forbidden({ message: `A key cannot have scopes you do not hold: ${beyond.join(", ")}` })
+        }
+        const now = yield* DateTime.now
+        if (payload.expiresAt && DateTime.lessThanOrEqualTo(payload.expiresAt, now)) {
+          return yield* new ValidationError({
+            message: "The expiry must be in the future",
+            issues: [new FieldIssue({ path: ["expiresAt"], message: "Must be in the future" })]
+          })
+        }
+        const secret = Redacted.make(randomSecret(apiKeyPrefix))
+        const key = yield* apiKeys.insert(ApiKey.insert.make({
+          userId: actor.userId,
+          name: payload.name,
+          prefix: Redacted.value(secret).slice(0, apiKeyPrefix.length + 8),
+          keyHash: hashSecret(secret),
+          scopes: Array.from(new Set(payload.scopes)),
+          expiresAt: Option.fromNullable(payload.expiresAt),
+          lastUsedAt: Option.none(),
+          revokedAt: Option.none()
+        }))
+        yield* audit.record({
+          action: "api-key.created",
+          actor,
+          target: { type: "api_key", id: key.id },
+          metadata: { name: key.name, scopes: [...key.scopes] }
+        })
+        return new CreatedApiKey({ apiKey: toApiKeyView(key), secret })
+      }).pipe(Effect.withSpan("Auth.createApiKey"))
+
+    const listApiKeys = Effect.gen(function*() {
+      const actor = yield* requirePermission("keys:manage")
+      const keys = yield* apiKeys.listForUser(actor.userId)
+      return { items: keys.map(toApiKeyView), nextCursor: null }
+    }).pipe(Effect.withSpan("Auth.listApiKeys"))
+
+    const revokeApiKey = (id: ApiKeyId) =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("keys:manage")
+        const key = yield* apiKeys.findForUser(id, actor.userId).pipe(
+          Effect.flatMap(Option.match({
+            onNone: () => Effect.fail(new NotFound({ message: "No such API key" })),
+            onSome: Effect.succeed
+          }))
+        )
+        yield* apiKeys.revoke(key.id)
+        yield* audit.record({ action: "api-key.revoked", actor, target: { type: "api_key", id: key.id } })
+      }).pipe(Effect.withSpan("Auth.revokeApiKey"))
+
+    return {
+      register,
+      login,
+      refresh,
+      logout,
+      currentUser,
+      changePassword,
+      authenticate,
+      createApiKey,
+      listApiKeys,
+      revokeApiKey
+    } as const
+  })
+}) {}

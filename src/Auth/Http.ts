@@ -1,0 +1,39 @@
+import { HttpApiBuilder, HttpServerRequest } from "@effect/platform"
+import { Effect, Layer, Redacted } from "effect"
+import { WebPlusApi } from "../Api.js"
+import { Auth } from "../Auth.js"
+import { Authentication } from "./Api.js"
+
+export const AuthenticationLive = Layer.effect(
+  Authentication,
+  Effect.gen(function*() {
+    const auth = yield* Auth
+    return {
+      bearer: (token) => auth.authenticate(token),
+      // Tried after `bearer` fails: with no X-API-Key, answer with the bearer credential's own failure.
+      apiKey: (key) =>
+        Redacted.value(key).length > 0
+          ? auth.authenticate(key)
+          : Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+            const authorization = request.headers.authorization ?? ""
+            const bearer = /^Bearer\s+(.+)$/i.exec(authorization)?.[1] ?? ""
+            return auth.authenticate(Redacted.make(bearer))
+          })
+    }
+  })
+)
+
+export const AuthHttpLive = HttpApiBuilder.group(WebPlusApi, "auth", (handlers) =>
+  Effect.gen(function*() {
+    const auth = yield* Auth
+    return handlers
+      .handle("register", ({ payload }) => auth.register(payload))
+      .handle("login", ({ payload }) => auth.login(payload))
+      .handle("refresh", ({ payload }) => auth.refresh(payload.refreshToken))
+      .handle("logout", () => auth.logout)
+      .handle("me", () => auth.currentUser)
+      .handle("changePassword", ({ payload }) => auth.changePassword(payload))
+      .handle("createApiKey", ({ payload }) => auth.createApiKey(payload))
+      .handle("listApiKeys", () => auth.listApiKeys)
+      .handle("revokeApiKey", ({ path }) => auth.revokeApiKey(path.id))
+  }))

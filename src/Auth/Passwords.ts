@@ -1,0 +1,83 @@
+/**
+ * Password hashing with scrypt (memory-hard; OWASP: N = 2^17, r = 8, p = 1,
+ * i.e. 128 MiB per hash). Hashes run on libuv's thread pool, off the event
+ * loop, and at most `PASSWORD_HASH_CONCURRENCY` at once so memory stays
+ * bounded under a burst of logins.
+ *
+ * Stored format: `scrypt$ln=17,r=8,p=1$<salt>$<hash>` (base64), so hashes made
+ * under older parameters still verify and are upgraded at the next login.
+ */
+import { Effect, Redacted } from "effect"
+import * as Crypto from "node:crypto"
+import { AppConfig } from "../Config.js"
+
+interface Parameters {
+  readonly ln: number
+  readonly r: number
+  readonly p: number
+}
+
+const keyLength = 32
+const saltLength = 16
+
+const encode = (params: Parameters, salt: Buffer, hash: Buffer) =>
+  `scrypt$ln=${params.ln},r=${params.r},p=${params.p}$${salt.toString("base64")}$${hash.toString("base64")}`
+
+const decode = (stored: string) => {
+  const match = /^scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/.exec(stored)
+  if (!match) return undefined
+  return {
+    params: { ln: Number(match[1]), r: Number(match[2]), p: Number(match[3]) },
+    salt: Buffer.from(match[4]!, "base64"),
+    hash: Buffer.from(match[5]!, "base64")
+  }
+}
+
+/** Passwords are compared as Unicode NFKC, so the same password typed on another keyboard still matches. */
+const normalize = (password: Redacted.Redacted<string>) => Redacted.value(password).normalize("NFKC")
+
+export interface Verification {
+  readonly valid: boolean
+  /** The stored hash used weaker parameters than the current ones: store a new hash. */
+  readonly needsRehash: boolean
+}
+
+export class Passwords extends Effect.Service<Passwords>()("Auth/Passwords", {
+  effect: Effect.gen(function*() {
+    const { auth } = yield* AppConfig
+    const current: Parameters = { ln: auth.passwordHashCost, r: 8, p: 1 }
+    const permits = yield* Effect.makeSemaphore(auth.passwordHashConcurrency)
+
+    const scrypt = (password: string, salt: Buffer, params: Parameters) =>
+      permits.withPermits(1)(Effect.async<Buffer>((resume) => {
+        const N = 2 ** params.ln
+        Crypto.scrypt(
+          password,
+          salt,
+          keyLength,
+          { N, r: params.r, p: params.p, maxmem: 256 * N * params.r },
+          (error, key) => resume(error ? Effect.die(error) : Effect.succeed(key))
+        )
+      }))
+
+    const hash = (password: Redacted.Redacted<string>): Effect.Effect<string> =>
+      Effect.gen(function*() {
+        const salt = Crypto.randomBytes(saltLength)
+        return encode(current, salt, yield* scrypt(normalize(password), salt, current))
+      }).pipe(Effect.withSpan("Passwords.hash"))
+
+    // A fixed hash to verify against when there is no account, so failures take the same time either way.
+    const decoy = yield* hash(Redacted.make(Crypto.randomBytes(16).toString("hex")))
+
+    const verify = (password: Redacted.Redacted<string>, stored: string | null): Effect.Effect<Verification> =>
+      Effect.gen(function*() {
+        const parsed = decode(stored ?? decoy) ?? decode(decoy)!
+        const candidate = yield* scrypt(normalize(password), parsed.salt, parsed.params)
+        const valid = stored !== null && candidate.length === parsed.hash.length &&
+          Crypto.timingSafeEqual(candidate, parsed.hash)
+        return { valid, needsRehash: valid && parsed.params.ln < current.ln }
+      }).pipe(Effect.withSpan("Passwords.verify"))
+
+    return { hash, verify } as const
+  })
+}) {}

@@ -1,0 +1,129 @@
+/**
+ * Abuse limits on the front door (register, login, refresh), per client
+ * address and per account, with `@effect/experimental`'s RateLimiter: in
+ * process memory by default, in Redis when `REDIS_URL` is set so the limits
+ * hold across every instance.
+ *
+ * Every limited response carries `RateLimit-Limit`, `RateLimit-Remaining`
+ * and `RateLimit-Reset`; an exceeded limit answers 429 with `Retry-After`.
+ */
+import { RateLimiter } from "@effect/experimental"
+import * as RateLimiterRedis from "@effect/experimental/RateLimiter/Redis"
+import { HttpApp, HttpServerResponse } from "@effect/platform"
+import { Duration, Effect, FiberRef, Layer, Option, Redacted } from "effect"
+import { AppConfig } from "../Config.js"
+import { RateLimited } from "../Domain/Errors.js"
+import { CurrentClient } from "../Http/Middleware.js"
+
+export interface Limit {
+  readonly key: string
+  readonly limit: number
+  readonly window: Duration.Duration
+}
+
+const seconds = (duration: Duration.Duration) => Math.max(1, Math.ceil(Duration.toSeconds(duration)))
+
+const setHeaders = (headers: Record<string, string>) =>
+  HttpApp.appendPreResponseHandler((_request, response) =>
+    Effect.succeed(HttpServerResponse.setHeaders(response, headers))
+  )
+
+export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", {
+  effect: Effect.gen(function*() {
+    const limiter = yield* RateLimiter.RateLimiter
+    const { auth } = yield* AppConfig
+
+    /**
+     * Takes one token from every limit; fails with `RateLimited` if any is
+     * exhausted. Headers describe the most constrained limit.
+     */
+    const consume = (limits: ReadonlyArray<Limit>): Effect.Effect<void, RateLimited> =>
+      Effect.gen(function*() {
+        const results = yield* Effect.forEach(limits, (limit) =>
+          limiter.consume({ key: limit.key, limit: limit.limit, window: limit.window, onExceeded: "fail" }).pipe(
+            Effect.either
+          ))
+        const exceeded = results.flatMap((result) =>
+          result._tag === "Left" && result.left.reason === "Exceeded" ? [result.left] : []
+        )
+        if (exceeded.length > 0) {
+          const retryAfter = seconds(
+            exceeded.map((error) =>
+              error.retryAfter
+            ).reduce(Duration.max)
+          )
+          const limit = exceeded[0]!.limit
+          yield* setHeaders({
+            "retry-after": String(retryAfter),
+            "ratelimit-limit": String(limit),
+            "ratelimit-remaining": "0",
+            "ratelimit-reset": String(retryAfter)
+          })
+          return yield* new RateLimited({
+            message: "Too many attempts; try again later",
+            retryAfterSeconds: retryAfter
+          })
+        }
+        // A store failure (Redis unreachable) must not lock everyone out: log it and let the request through.
+        for (const result of results) {
+          if (result._tag === "Left") yield* Effect.logWarning("Rate limit store unavailable", result.left)
+        }
+        const passed = results.flatMap((result) => (result._tag === "Right" ? [result.right] : []))
+        const tightest = passed.reduce<RateLimiter.ConsumeResult | undefined>(
+          (worst, current) => (worst === undefined || current.remaining < worst.remaining ? current : worst),
+          undefined
+        )
+        if (tightest) {
+          yield* setHeaders({
+            "ratelimit-limit": String(tightest.limit),
+            "ratelimit-remaining": String(Math.max(0, tightest.remaining)),
+            "ratelimit-reset": String(seconds(tightest.resetAfter))
+          })
+        }
+      }).pipe(Effect.withSpan("RateLimits.consume"))
+
+    /** The front door's limits for an attempt on `account` (an email, a username, a session family). */
+    const authAttempt = (endpoint: string, account: string | undefined) =>
+      Effect.flatMap(FiberRef.get(CurrentClient), (client) =>
+        consume([
+          {
+            key: `auth:${endpoint}:address:${client.address ?? "unknown"}`,
+            limit: auth.rateLimitPerAddress,
+            window: auth.rateLimitWindow
+          },
+          ...(account === undefined
+            ? []
+            : [{
+              key: `auth:${endpoint}:account:${account.toLowerCase()}`,
+              limit: auth.rateLimitPerAccount,
+              window: auth.rateLimitWindow
+            }])
+        ]))
+
+    return { consume, authAttempt } as const
+  })
+}) {}
+
+/** The limiter's store: Redis when `REDIS_URL` is set (shared by every instance), else process memory. */
+export const RateLimiterLive = Layer.unwrapEffect(
+  Effect.map(AppConfig, ({ redis }) =>
+    RateLimiter.layer.pipe(
+      Layer.provide(
+        Option.match(redis.url, {
+          onNone: () => RateLimiter.layerStoreMemory,
+          onSome: (url) => {
+            const parsed = new URL(Redacted.value(url))
+            return RateLimiterRedis.layerStore({
+              host: parsed.hostname,
+              port: Number(parsed.port || 6379),
+              ...(parsed.password ? { password: decodeURIComponent(parsed.password) } : {}),
+              ...(parsed.username ? { username: decodeURIComponent(parsed.username) } : {}),
+              db: Number(parsed.pathname.slice(1) || 0),
+              prefix: `${redis.keyPrefix}ratelimit:`,
+              maxRetriesPerRequest: 1
+            })
+          }
+        })
+      )
+    ))
+)

@@ -1,0 +1,66 @@
+import { Model, SqlClient, SqlSchema } from "@effect/sql"
+import { DateTime, Effect, Schema } from "effect"
+import { Session } from "../Domain/Credentials.js"
+import type { SessionFamilyId, UserId } from "../Domain/Ids.js"
+
+export class SessionsRepo extends Effect.Service<SessionsRepo>()("Auth/SessionsRepo", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const repo = yield* Model.makeRepository(Session, {
+      tableName: "sessions",
+      spanPrefix: "SessionsRepo",
+      idColumn: "id"
+    })
+
+    const findByTokenHash = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: Session,
+      execute: (tokenHash) => sql`SELECT * FROM sessions WHERE token_hash = ${tokenHash}`
+    })
+
+    const now = Effect.map(DateTime.now, DateTime.formatIso)
+
+    /** Marks a session rotated, only if it was not already: false means someone else rotated it first. */
+    const markRotated = (id: Session["id"]) =>
+      Effect.gen(function*() {
+        const at = yield* now
+        const rows = yield* sql<{ id: string }>`
+          UPDATE sessions SET rotated_at = ${at}, last_used_at = ${at}
+          WHERE id = ${id} AND rotated_at IS NULL AND revoked_at IS NULL
+          RETURNING id`
+        return rows.length === 1
+      })
+
+    const revokeFamily = (familyId: SessionFamilyId, reason: string) =>
+      Effect.flatMap(now, (at) =>
+        sql`UPDATE sessions SET revoked_at = ${at}, revoked_reason = ${reason}
+            WHERE family_id = ${familyId} AND revoked_at IS NULL`)
+
+    const revokeAllForUser = (userId: UserId, reason: string, except?: SessionFamilyId) =>
+      Effect.flatMap(now, (at) =>
+        except === undefined
+          ? sql`UPDATE sessions SET revoked_at = ${at}, revoked_reason = ${reason}
+                WHERE user_id = ${userId} AND revoked_at IS NULL`
+          : sql`UPDATE sessions SET revoked_at = ${at}, revoked_reason = ${reason}
+                WHERE user_id = ${userId} AND revoked_at IS NULL AND family_id <> ${except}`)
+
+    /** Whether any session of the family is still usable (not revoked): access tokens name their family. */
+    const familyActive = (familyId: SessionFamilyId) =>
+      Effect.map(
+        sql<
+          { one: number }
+        >`SELECT 1 AS one FROM sessions WHERE family_id = ${familyId} AND revoked_at IS NULL LIMIT 1`,
+        (rows) => rows.length > 0
+      )
+
+    return {
+      insert: repo.insert,
+      findByTokenHash: (tokenHash: string) => Effect.orDie(findByTokenHash(tokenHash)),
+      markRotated: (id: Session["id"]) => Effect.orDie(markRotated(id)),
+      revokeFamily: (familyId: SessionFamilyId, reason: string) => Effect.orDie(revokeFamily(familyId, reason)),
+      revokeAllForUser: (userId: UserId, reason: string, except?: SessionFamilyId) =>
+        Effect.orDie(revokeAllForUser(userId, reason, except)),
+      familyActive: (familyId: SessionFamilyId) => Effect.orDie(familyActive(familyId))
+    } as const
+  })
+}) {}

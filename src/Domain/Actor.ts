@@ -1,0 +1,45 @@
+/**
+ * Who is making the request: a user signed in with a session (access token),
+ * or a user's API key limited to its scopes. Provided to every protected
+ * endpoint by the `Authentication` middleware; services read it to apply
+ * their policies.
+ */
+import { Context, Schema } from "effect"
+import { ApiKeyId, SessionFamilyId, UserId } from "./Ids.js"
+import { RoleName } from "./User.js"
+
+export const Permission = Schema.Literal(
+  "models:read",
+  "models:use",
+  "conversations:read",
+  "conversations:write",
+  "files:read",
+  "files:write",
+  "chat",
+  "keys:manage",
+  "admin:users",
+  "admin:roles",
+  "admin:audit",
+  "admin:providers",
+  "admin:models",
+  "admin:model-configs"
+)
+export type Permission = typeof Permission.Type
+
+export const isPermission = Schema.is(Permission)
+
+export class Actor extends Schema.Class<Actor>("Actor")({
+  userId: UserId,
+  role: RoleName,
+  /** What this actor may do: the role's permissions, narrowed to the key's scopes for an API key. */
+  permissions: Schema.Array(Permission),
+  via: Schema.Literal("session", "api_key"),
+  sessionFamilyId: Schema.optional(SessionFamilyId),
+  apiKeyId: Schema.optional(ApiKeyId)
+}) {
+  can(permission: Permission): boolean {
+    return this.permissions.includes(permission)
+  }
+}
+
+export class CurrentActor extends Context.Tag("CurrentActor")<CurrentActor, Actor>() {}

@@ -1,0 +1,186 @@
+/**
+ * Users as administrators see them (list, role, disable/enable) and as each
+ * user sees their own personal data (export, erasure, consent).
+ */
+import { SqlClient } from "@effect/sql"
+import { DateTime, Effect, Option, Schema } from "effect"
+import { AuditLog } from "./Audit.js"
+import { toApiKeyView, toUserView } from "./Auth.js"
+import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
+import { Passwords } from "./Auth/Passwords.js"
+import { requirePermission, requireSession } from "./Auth/Policy.js"
+import { SessionsRepo } from "./Auth/SessionsRepo.js"
+import type { Actor } from "./Domain/Actor.js"
+import { Conflict, FieldIssue, Forbidden, NotFound, ValidationError } from "./Domain/Errors.js"
+import type { UserId } from "./Domain/Ids.js"
+import { decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
+import { BuiltinRoles, type RoleName } from "./Domain/User.js"
+import {
+  AuditEventView,
+  Consent,
+  type DeleteAccountPayload,
+  PersonalDataExport,
+  type UpdateConsentPayload
+} from "./Users/Api.js"
+import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
+import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
+
+type UserRow = typeof UserWithRole.Type
+
+const consentOf = (user: UserRow) =>
+  new Consent({
+    termsAcceptedAt: user.termsAcceptedAt,
+    marketingConsent: user.marketingConsent,
+    marketingConsentAt: Option.getOrNull(user.marketingConsentAt)
+  })
+
+export class Users extends Effect.Service<Users>()("Users", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const users = yield* UsersRepo
+    const apiKeys = yield* ApiKeysRepo
+    const sessions = yield* SessionsRepo
+    const personalData = yield* PersonalDataRepo
+    const passwords = yield* Passwords
+    const audit = yield* AuditLog
+
+    const findUser = (id: UserId) =>
+      users.findById(id).pipe(
+        Effect.flatMap(Option.match({
+          onNone: () => Effect.fail(new NotFound({ message: "No such user" })),
+          onSome: Effect.succeed
+        }))
+      )
+
+    /** The server must always keep one usable admin. */
+    const ensureNotLastAdmin = (user: UserRow, what: string) =>
+      Effect.gen(function*() {
+        if (user.roleName !== BuiltinRoles.admin || user.disabled) return
+        if ((yield* users.countActiveAdmins) <= 1) {
+          return yield* new Conflict({ message: `Cannot ${what} the last admin; make another user admin first` })
+        }
+      })
+
+    const listUsers = (page: { readonly limit?: number | undefined; readonly cursor?: string | undefined }) =>
+      Effect.gen(function*() {
+        yield* requirePermission("admin:users")
+        const limit = page.limit ?? defaultLimit
+        const rows = yield* users.list(yield* decodeCursor(page.cursor), limit)
+        const { items, nextCursor } = toPage(rows, limit, (user) => ({
+          at: DateTime.formatIso(user.createdAt),
+          id: user.id
+        }))
+        return { items: items.map(toUserView), nextCursor }
+      }).pipe(Effect.withSpan("Users.listUsers"))
+
+    const setRole = (id: UserId, roleName: RoleName) =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("admin:users")
+        const user = yield* findUser(id)
+        const role = yield* users.findRoleByName(roleName).pipe(
+          Effect.flatMap(Option.match({
+            onNone: () =>
+              Effect.fail(
+                new ValidationError({
+                  message: "No such role",
+                  issues: [new FieldIssue({ path: ["role"], message: `Unknown role "${roleName}"` })]
+                })
+              ),
+            onSome: Effect.succeed
+          }))
+        )
+        if (role.name === user.roleName) return toUserView(user)
+        yield* ensureNotLastAdmin(user, "demote")
+        yield* users.setRole(user.id, role.id)
+        yield* audit.record({
+          action: "user.role.changed",
+          actor,
+          target: { type: "user", id: user.id },
+          metadata: { from: user.roleName, to: role.name }
+        })
+        return toUserView(yield* findUser(id))
+      }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die), Effect.withSpan("Users.setRole"))
+
+    const setDisabled = (id: UserId, disabled: boolean) =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("admin:users")
+        const user = yield* findUser(id)
+        if (user.disabled === disabled) return toUserView(user)
+        if (disabled) yield* ensureNotLastAdmin(user, "disable")
+        yield* users.setDisabled(user.id, disabled)
+        // Sessions end for good; API keys stop working while disabled and resume if re-enabled.
+        if (disabled) yield* sessions.revokeAllForUser(user.id, "user-disabled")
+        yield* audit.record({
+          action: disabled ? "user.disabled" : "user.enabled",
+          actor,
+          target: { type: "user", id: user.id }
+        })
+        return toUserView(yield* findUser(id))
+      }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die), Effect.withSpan("Users.setDisabled"))
+
+    const self = (actor: Actor) => users.findById(actor.userId).pipe(Effect.flatten, Effect.orDie)
+
+    const exportData = Effect.gen(function*() {
+      const actor = yield* requireSession
+      const user = yield* self(actor)
+      const data = yield* personalData.collect(user.id)
+      const keys = yield* apiKeys.listForUser(user.id)
+      const events = yield* audit.forActor(user.id)
+      yield* audit.record({ action: "user.exported", actor, target: { type: "user", id: user.id } })
+      return new PersonalDataExport({
+        exportedAt: yield* DateTime.now,
+        user: toUserView(user),
+        consent: consentOf(user),
+        sessions: yield* Schema.decodeUnknown(PersonalDataExport.fields.sessions)(data.sessions).pipe(Effect.orDie),
+        apiKeys: keys.map(toApiKeyView),
+        conversations: data.conversations,
+        files: data.files,
+        modelConfigs: data.modelConfigs,
+        auditEvents: events.map((event) => new AuditEventView(event))
+      })
+    }).pipe(Effect.withSpan("Users.exportData"))
+
+    const deleteAccount = (payload: DeleteAccountPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* requireSession
+        const user = yield* self(actor)
+        const { valid } = yield* passwords.verify(payload.password, user.passwordHash)
+        if (!valid) return yield* new Forbidden({ message: "The password is incorrect" })
+        yield* Effect.gen(function*() {
+          yield* ensureNotLastAdmin(user, "delete")
+          // Cascades to sessions, API keys, conversations, messages, threads, files and personal presets.
+          yield* users.delete(user.id)
+          yield* audit.pseudonymize(user.id)
+          yield* audit.record({
+            action: "user.erased",
+            actor: { type: "user", id: user.id },
+            target: { type: "user", id: user.id }
+          })
+        }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
+      }).pipe(Effect.withSpan("Users.deleteAccount"))
+
+    const getConsent = Effect.gen(function*() {
+      const actor = yield* requireSession
+      return consentOf(yield* self(actor))
+    })
+
+    const updateConsent = (payload: UpdateConsentPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* requireSession
+        const user = yield* self(actor)
+        if (user.marketingConsent !== payload.marketingConsent) {
+          const at = DateTime.formatIso(yield* DateTime.now)
+          yield* users.setConsent(user.id, payload.marketingConsent, payload.marketingConsent ? at : null)
+          yield* audit.record({
+            action: "user.consent.updated",
+            actor,
+            target: { type: "user", id: user.id },
+            metadata: { marketingConsent: payload.marketingConsent }
+          })
+        }
+        return consentOf(yield* self(actor))
+      }).pipe(Effect.withSpan("Users.updateConsent"))
+
+    return { listUsers, setRole, setDisabled, exportData, deleteAccount, getConsent, updateConsent } as const
+  })
+}) {}

@@ -1,0 +1,135 @@
+/** Administration of users, and each user's own personal data (export, erasure, consent). */
+import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
+import { Schema } from "effect"
+import { ApiKeyView, Authentication, UserView } from "../Auth/Api.js"
+import { ActorType } from "../Domain/Credentials.js"
+import { Conflict, Forbidden, NotFound } from "../Domain/Errors.js"
+import { AuditEventId, UserId } from "../Domain/Ids.js"
+import { Page, PageParams } from "../Domain/Pagination.js"
+import { request } from "../Domain/Request.js"
+import { RoleName } from "../Domain/User.js"
+
+const UserPath = request(Schema.Struct({ id: UserId }))
+
+export class SetRolePayload extends Schema.Class<SetRolePayload>("SetRolePayload")({ role: RoleName }) {}
+
+export class AuditEventView extends Schema.Class<AuditEventView>("AuditEventView")({
+  id: AuditEventId,
+  actorType: ActorType,
+  actorId: Schema.NullOr(Schema.String),
+  action: Schema.String,
+  targetType: Schema.NullOr(Schema.String),
+  targetId: Schema.NullOr(Schema.String),
+  ipAddress: Schema.NullOr(Schema.String),
+  userAgent: Schema.NullOr(Schema.String),
+  metadata: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  createdAt: Schema.DateTimeUtc
+}) {}
+
+export const AuditQuery = request(Schema.Struct({
+  ...PageParams.fields,
+  actorId: Schema.optional(Schema.String.pipe(Schema.maxLength(100))),
+  action: Schema.optional(Schema.String.pipe(Schema.maxLength(100))),
+  targetType: Schema.optional(Schema.String.pipe(Schema.maxLength(100))),
+  targetId: Schema.optional(Schema.String.pipe(Schema.maxLength(100))),
+  from: Schema.optional(Schema.DateTimeUtc),
+  to: Schema.optional(Schema.DateTimeUtc)
+}))
+
+export class AdminApi extends HttpApiGroup.make("admin")
+  .add(
+    HttpApiEndpoint.get("listUsers", "/api/v1/admin/users")
+      .setUrlParams(PageParams)
+      .addSuccess(Page(UserView))
+  )
+  .add(
+    HttpApiEndpoint.put("setRole", "/api/v1/admin/users/:id/role")
+      .setPath(UserPath)
+      .setPayload(request(SetRolePayload))
+      .addSuccess(UserView)
+      .addError(NotFound)
+      .addError(Conflict)
+      .annotate(OpenApi.Summary, "Change a user's role (the last admin cannot be demoted)")
+  )
+  .add(
+    HttpApiEndpoint.post("disableUser", "/api/v1/admin/users/:id/disable")
+      .setPath(UserPath)
+      .addSuccess(UserView)
+      .addError(NotFound)
+      .addError(Conflict)
+      .annotate(OpenApi.Summary, "Disable a user: their tokens and keys stop working at once")
+  )
+  .add(
+    HttpApiEndpoint.post("enableUser", "/api/v1/admin/users/:id/enable")
+      .setPath(UserPath)
+      .addSuccess(UserView)
+      .addError(NotFound)
+      .addError(Conflict)
+  )
+  .add(
+    HttpApiEndpoint.get("listAuditEvents", "/api/v1/admin/audit-events")
+      .setUrlParams(AuditQuery)
+      .addSuccess(Page(AuditEventView))
+      .annotate(OpenApi.Summary, "The audit trail, newest first, filtered")
+  )
+  .addError(Forbidden)
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "User administration and the audit trail (admins)")
+{}
+
+export class Consent extends Schema.Class<Consent>("Consent")({
+  termsAcceptedAt: Schema.DateTimeUtc,
+  marketingConsent: Schema.Boolean,
+  marketingConsentAt: Schema.NullOr(Schema.DateTimeUtc)
+}) {}
+
+export class UpdateConsentPayload extends Schema.Class<UpdateConsentPayload>("UpdateConsentPayload")({
+  marketingConsent: Schema.Boolean
+}) {}
+
+export class DeleteAccountPayload extends Schema.Class<DeleteAccountPayload>("DeleteAccountPayload")({
+  password: Schema.Redacted(Schema.String.pipe(Schema.maxLength(1024)))
+}) {}
+
+export class PersonalDataExport extends Schema.Class<PersonalDataExport>("PersonalDataExport")({
+  exportedAt: Schema.DateTimeUtc,
+  user: UserView,
+  consent: Consent,
+  sessions: Schema.Array(Schema.Struct({
+    createdAt: Schema.DateTimeUtc,
+    lastUsedAt: Schema.NullOr(Schema.DateTimeUtc),
+    expiresAt: Schema.DateTimeUtc,
+    revokedAt: Schema.NullOr(Schema.DateTimeUtc),
+    ipAddress: Schema.NullOr(Schema.String),
+    userAgent: Schema.NullOr(Schema.String)
+  })),
+  apiKeys: Schema.Array(ApiKeyView),
+  conversations: Schema.Array(Schema.Unknown),
+  files: Schema.Array(Schema.Unknown),
+  modelConfigs: Schema.Array(Schema.Unknown),
+  auditEvents: Schema.Array(AuditEventView)
+}) {}
+
+export class MeApi extends HttpApiGroup.make("me")
+  .add(
+    HttpApiEndpoint.get("export", "/api/v1/me/export")
+      .addSuccess(PersonalDataExport)
+      .annotate(OpenApi.Summary, "Everything stored about you, as JSON")
+  )
+  .add(
+    HttpApiEndpoint.del("deleteAccount", "/api/v1/me")
+      .setPayload(request(DeleteAccountPayload))
+      .addSuccess(HttpApiSchema.NoContent)
+      .addError(Conflict)
+      .annotate(OpenApi.Summary, "Erase your account and everything in it (the password is asked again)")
+  )
+  .add(HttpApiEndpoint.get("getConsent", "/api/v1/me/consent").addSuccess(Consent))
+  .add(
+    HttpApiEndpoint.put("updateConsent", "/api/v1/me/consent")
+      .setPayload(request(UpdateConsentPayload))
+      .addSuccess(Consent)
+  )
+  .addError(Forbidden)
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "Your personal data")
+{}

@@ -1,0 +1,32 @@
+import { HttpApiBuilder } from "@effect/platform"
+import { Effect } from "effect"
+import { WebPlusApi } from "../Api.js"
+import { AuditLog } from "../Audit.js"
+import { Users } from "../Users.js"
+import { AuditEventView } from "./Api.js"
+
+export const AdminHttpLive = HttpApiBuilder.group(WebPlusApi, "admin", (handlers) =>
+  Effect.gen(function*() {
+    const users = yield* Users
+    const audit = yield* AuditLog
+    return handlers
+      .handle("listUsers", ({ urlParams }) => users.listUsers(urlParams))
+      .handle("setRole", ({ path, payload }) => users.setRole(path.id, payload.role))
+      .handle("disableUser", ({ path }) => users.setDisabled(path.id, true))
+      .handle("enableUser", ({ path }) => users.setDisabled(path.id, false))
+      .handle("listAuditEvents", ({ urlParams: { cursor, limit, ...filter } }) =>
+        Effect.map(
+          audit.list(filter, { ...(limit ? { limit } : {}), ...(cursor ? { cursor } : {}) }),
+          (page) => ({ items: page.items.map((event) => new AuditEventView(event)), nextCursor: page.nextCursor })
+        ))
+  }))
+
+export const MeHttpLive = HttpApiBuilder.group(WebPlusApi, "me", (handlers) =>
+  Effect.gen(function*() {
+    const users = yield* Users
+    return handlers
+      .handle("export", () => users.exportData)
+      .handle("deleteAccount", ({ payload }) => users.deleteAccount(payload))
+      .handle("getConsent", () => users.getConsent)
+      .handle("updateConsent", ({ payload }) => users.updateConsent(payload))
+  }))

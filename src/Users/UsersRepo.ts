@@ -1,0 +1,107 @@
+import { Model, SqlClient, SqlSchema } from "@effect/sql"
+import { DateTime, Effect, type Option, Schema } from "effect"
+import { Permission } from "../Domain/Actor.js"
+import { type RoleId, RoleId as RoleIdSchema, UserId } from "../Domain/Ids.js"
+import type { Position } from "../Domain/Pagination.js"
+import { Role, RoleName, User } from "../Domain/User.js"
+
+/** A user with what authentication needs to know about their role. */
+export const UserWithRole = Schema.Struct({
+  ...User.fields,
+  roleName: RoleName,
+  rolePermissions: Schema.parseJson(Schema.Array(Schema.String))
+})
+
+const knownPermissions = (permissions: ReadonlyArray<string>) =>
+  permissions.filter((permission): permission is Permission => Schema.is(Permission)(permission))
+
+export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const repo = yield* Model.makeRepository(User, { tableName: "users", spanPrefix: "UsersRepo", idColumn: "id" })
+    const roles = yield* Model.makeRepository(Role, { tableName: "roles", spanPrefix: "RolesRepo", idColumn: "id" })
+
+    const selectWithRole = sql`
+      SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions
+      FROM users JOIN roles ON roles.id = users.role_id`
+
+    const findWithRole = SqlSchema.findOne({
+      Request: UserId,
+      Result: UserWithRole,
+      execute: (id) => sql`${selectWithRole} WHERE users.id = ${id}`
+    })
+
+    const findByLogin = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: UserWithRole,
+      execute: (login) =>
+        sql`${selectWithRole} WHERE users.deleted_at IS NULL AND (users.email = ${login.toLowerCase()} OR lower(users.username) = ${login.toLowerCase()})`
+    })
+
+    const findRoleByName = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: Role,
+      execute: (name) => sql`SELECT * FROM roles WHERE name = ${name}`
+    })
+
+    const countUsers = Effect.map(
+      sql<{ count: number }>`SELECT count(*) AS count FROM users`,
+      (rows) => Number(rows[0]?.count ?? 0)
+    )
+
+    const countActiveAdmins = Effect.map(
+      sql<{ count: number }>`
+        SELECT count(*) AS count FROM users JOIN roles ON roles.id = users.role_id
+        WHERE roles.name = 'admin' AND NOT users.disabled
+          AND users.deleted_at IS NULL`,
+      (rows) => Number(rows[0]?.count ?? 0)
+    )
+
+    const listPage = SqlSchema.findAll({
+      Request: Schema.Struct({
+        after: Schema.OptionFromNullOr(Schema.Struct({ at: Schema.String, id: Schema.String })),
+        limit: Schema.Number
+      }),
+      Result: UserWithRole,
+      execute: ({ after, limit }) =>
+        after === null
+          ? sql`${selectWithRole} ORDER BY users.created_at, users.id LIMIT ${limit}`
+          : sql`${selectWithRole}
+              WHERE users.created_at > ${after.at} OR (users.created_at = ${after.at} AND users.id > ${after.id})
+              ORDER BY users.created_at, users.id LIMIT ${limit}`
+    })
+
+    const touch = (id: UserId, fields: Record<string, unknown>) =>
+      Effect.gen(function*() {
+        const now = DateTime.formatIso(yield* DateTime.now)
+        yield* sql`UPDATE users SET ${sql.update({ ...fields, updatedAt: now })} WHERE id = ${id}`
+      })
+
+    return {
+      insert: repo.insert,
+      findById: (id: UserId) => Effect.orDie(findWithRole(id)),
+      findByLogin: (login: string) => Effect.orDie(findByLogin(login)),
+      findRoleByName: (name: string) => Effect.orDie(findRoleByName(name)),
+      roleById: (id: RoleId) => roles.findById(RoleIdSchema.make(id)),
+      countUsers: Effect.orDie(countUsers),
+      countActiveAdmins: Effect.orDie(countActiveAdmins),
+      list: (after: Option.Option<Position>, limit: number) => Effect.orDie(listPage({ after, limit: limit + 1 })),
+      setRole: (id: UserId, roleId: RoleId) => Effect.orDie(touch(id, { roleId })),
+      setDisabled: (id: UserId, disabled: boolean) => Effect.orDie(touch(id, { disabled: disabled ? 1 : 0 })),
+      setPasswordHash: (id: UserId, passwordHash: string) => Effect.orDie(touch(id, { passwordHash })),
+      setConsent: (id: UserId, marketingConsent: boolean, at: string | null) =>
+        Effect.orDie(touch(id, { marketingConsent: marketingConsent ? 1 : 0, marketingConsentAt: at })),
+      recordLogin: (id: UserId) =>
+        Effect.orDie(
+          Effect.flatMap(
+            DateTime.now,
+            (now) => touch(id, { lastLoginAt: DateTime.formatIso(now), failedLoginCount: 0 })
+          )
+        ),
+      recordFailedLogin: (id: UserId) =>
+        Effect.orDie(sql`UPDATE users SET failed_login_count = failed_login_count + 1 WHERE id = ${id}`),
+      delete: (id: UserId) => Effect.orDie(sql`DELETE FROM users WHERE id = ${id}`),
+      knownPermissions
+    } as const
+  })
+}) {}

@@ -32,7 +32,20 @@ const withoutPlatformDecodeError = (spec: Record<string, unknown>): Record<strin
   }
   const components = spec.components as { schemas?: Record<string, unknown> } | undefined
   delete components?.schemas?.["HttpApiDecodeError"]
-  return spec
+  return withoutRepeatedIds(spec) as Record<string, unknown>
+}
+
+/**
+ * Effect describes `unknown`/`any` values with a fixed `$id`, which is invalid
+ * once it appears twice in one document; those ids carry no meaning, so drop them.
+ */
+const withoutRepeatedIds = (node: unknown): unknown => {
+  if (Array.isArray(node)) return node.map(withoutRepeatedIds)
+  if (node === null || typeof node !== "object") return node
+  const entries = Object.entries(node).filter(([key, value]) =>
+    !(key === "$id" && (value === "/schemas/unknown" || value === "/schemas/any"))
+  )
+  return Object.fromEntries(entries.map(([key, value]) => [key, withoutRepeatedIds(value)]))
 }
 
 export class WebPlusApi extends HttpApi.make("webplus")

@@ -50,12 +50,13 @@ export const serve = <E, R>(apiLayer: Layer.Layer<HttpApi.Api, E, R>) =>
         requestContext({ docsPath, trustProxy })(app).pipe(HttpMiddleware.withLoggerDisabled)
       ))
   ).pipe(
+    // Listening starts only once everything below is built: a connection accepted earlier would hang.
+    Layer.provideMerge(HttpServerLive),
     Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: openApiPath })),
     Layer.provide(HttpApiScalar.layer({ path: docsPath, scalar: { withDefaultFonts: false } })),
     Layer.provide(ErrorModelLive),
     Layer.provide(CorsLive),
-    Layer.provide(apiLayer),
-    Layer.provideMerge(HttpServerLive)
+    Layer.provide(apiLayer)
   )
 
 const ReposLive = Layer.mergeAll(

@@ -106,7 +106,7 @@ describe("configuration", () => {
 })
 
 describe("secrets", () => {
-  it.scoped("are generated once into DATA_DIR (mode 0600) and the same on every start", () =>
+  it.scopedLive("are generated once into DATA_DIR (mode 0600) and the same on every start", () =>
     Effect.gen(function*() {
       const dataDir = yield* freshDirectory
       const first = yield* loadSecrets({ DATA_DIR: dataDir })
@@ -119,7 +119,7 @@ describe("secrets", () => {
       expect(Fs.readdirSync(dataDir)).toEqual(["secrets.json"])
     }))
 
-  it.scoped("instances starting together agree on one generated set", () =>
+  it.scopedLive("instances starting together agree on one generated set", () =>
     Effect.gen(function*() {
       const dataDir = yield* freshDirectory
       const all = yield* Effect.all(Array.from({ length: 8 }, () => loadSecrets({ DATA_DIR: dataDir })), {
@@ -128,7 +128,7 @@ describe("secrets", () => {
       expect(new Set(all.map((secrets) => Redacted.value(secrets.jwtSecret))).size).toBe(1)
     }))
 
-  it.scoped("come from the environment when set, and are never generated then", () =>
+  it.scopedLive("come from the environment when set, and are never generated then", () =>
     Effect.gen(function*() {
       const dataDir = yield* freshDirectory
       const jwt = "x".repeat(40)
@@ -138,7 +138,7 @@ describe("secrets", () => {
       expect(Fs.readdirSync(dataDir)).toEqual([])
     }))
 
-  it.scoped("are required in production, and validated", () =>
+  it.scopedLive("are required in production, and validated", () =>
     Effect.gen(function*() {
       const dataDir = yield* freshDirectory
       const production = { NODE_ENV: "production", DATA_DIR: dataDir }
@@ -155,7 +155,7 @@ describe("secrets", () => {
 })
 
 describe("start-up failures", () => {
-  it.scoped("a malformed variable stops the server with one line naming it and a non-zero exit", () =>
+  it.scopedLive("a malformed variable stops the server with one line naming it and a non-zero exit", () =>
     Effect.gen(function*() {
       const dataDir = yield* freshDirectory
       const run = yield* runEntry("server", { DATA_DIR: dataDir, PORT: "not-a-port" })
@@ -165,7 +165,7 @@ describe("start-up failures", () => {
       expect(lines[0]).toMatch(/^Invalid configuration: PORT: /)
     }))
 
-  it.scoped("production without secrets refuses to start, naming what is missing", () =>
+  it.scopedLive("production without secrets refuses to start, naming what is missing", () =>
     Effect.gen(function*() {
       const dataDir = yield* freshDirectory
       const run = yield* runEntry("server", { DATA_DIR: dataDir, NODE_ENV: "production", PORT: "0" })
@@ -173,7 +173,7 @@ describe("start-up failures", () => {
       expect(run.stderr.trim()).toMatch(/^Invalid configuration: JWT_SECRET is required$/)
     }))
 
-  it.scoped("an unreachable database stops the server with one line and no credentials", () =>
+  it.scopedLive("an unreachable database stops the server with one line and no credentials", () =>
     Effect.gen(function*() {
       const dataDir = yield* freshDirectory
       const run = yield* runEntry("server", {

@@ -334,7 +334,7 @@ describe("graceful shutdown", () => {
       expect((yield* Fiber.join(inFlight))._tag).toBe("Left")
     }))
 
-  it.scoped("SIGTERM drains, closes the database and exits 0, having logged each request as one JSON line", () =>
+  it.scopedLive("SIGTERM drains, closes the database and exits 0, having logged each request as one JSON line", () =>
     Effect.gen(function*() {
       const dataDir = yield* freshDirectory
       const child = spawnEntry("server", { DATA_DIR: dataDir, PORT: "0", LOG_FORMAT: "json" })

@@ -67,11 +67,11 @@ export class Passwords extends Effect.Service<Passwords>()("Auth/Passwords", {
       }).pipe(Effect.withSpan("Passwords.hash"))
 
     // A fixed hash to verify against when there is no account, so failures take the same time either way.
-    const decoy = yield* hash(Redacted.make(Crypto.randomBytes(16).toString("hex")))
+    const decoy = yield* Effect.cached(hash(Redacted.make(Crypto.randomBytes(16).toString("hex"))))
 
     const verify = (password: Redacted.Redacted<string>, stored: string | null): Effect.Effect<Verification> =>
       Effect.gen(function*() {
-        const parsed = decode(stored ?? decoy) ?? decode(decoy)!
+        const parsed = (stored === null ? undefined : decode(stored)) ?? decode(yield* decoy)!
         const candidate = yield* scrypt(normalize(password), parsed.salt, parsed.params)
         const valid = stored !== null && candidate.length === parsed.hash.length &&
           Crypto.timingSafeEqual(candidate, parsed.hash)

@@ -5,8 +5,10 @@
 import { Model } from "@effect/sql"
 import { Schema } from "effect"
 
+export const JsonValue = Schema.Unknown.annotations({ description: "Any JSON value" })
+
 /** A JSON object column (metadata, parameters), `{}` when empty. */
-export const JsonObject = Schema.Record({ key: Schema.String, value: Schema.Unknown })
+export const JsonObject = Schema.Record({ key: Schema.String, value: JsonValue })
 export type JsonObject = typeof JsonObject.Type
 
 export const JsonObjectColumn = Model.JsonFromString(JsonObject)

@@ -4,6 +4,7 @@ import { Schema } from "effect"
 import { ApiKeyView, Authentication, UserView } from "../Auth/Api.js"
 import { ActorType } from "../Domain/Credentials.js"
 import { Conflict, Forbidden, NotFound } from "../Domain/Errors.js"
+import { JsonObject } from "../Domain/Fields.js"
 import { AuditEventId, UserId } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { request } from "../Domain/Request.js"
@@ -22,7 +23,7 @@ export class AuditEventView extends Schema.Class<AuditEventView>("AuditEventView
   targetId: Schema.NullOr(Schema.String),
   ipAddress: Schema.NullOr(Schema.String),
   userAgent: Schema.NullOr(Schema.String),
-  metadata: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  metadata: JsonObject,
   createdAt: Schema.DateTimeUtc
 }) {}
 
@@ -91,6 +92,11 @@ export class DeleteAccountPayload extends Schema.Class<DeleteAccountPayload>("De
   password: Schema.Redacted(Schema.String.pipe(Schema.maxLength(1024)))
 }) {}
 
+/** A stored record as it is kept: conversations carry their messages and threads. */
+const ExportedRecord = JsonObject.annotations({
+  identifier: "ExportedRecord"
+})
+
 export class PersonalDataExport extends Schema.Class<PersonalDataExport>("PersonalDataExport")({
   exportedAt: Schema.DateTimeUtc,
   user: UserView,
@@ -104,9 +110,9 @@ export class PersonalDataExport extends Schema.Class<PersonalDataExport>("Person
     userAgent: Schema.NullOr(Schema.String)
   })),
   apiKeys: Schema.Array(ApiKeyView),
-  conversations: Schema.Array(Schema.Unknown),
-  files: Schema.Array(Schema.Unknown),
-  modelConfigs: Schema.Array(Schema.Unknown),
+  conversations: Schema.Array(ExportedRecord),
+  files: Schema.Array(ExportedRecord),
+  modelConfigs: Schema.Array(ExportedRecord),
   auditEvents: Schema.Array(AuditEventView)
 }) {}
 

@@ -16,6 +16,8 @@ export interface AuditEntry {
   readonly actor: Actor | { readonly type: ActorType; readonly id: string | null }
   readonly target?: { readonly type: string; readonly id: string }
   readonly metadata?: JsonObject
+  /** Leave out the client's address and agent (an erasure must not record them again). */
+  readonly withoutClient?: boolean
 }
 
 export class AuditLog extends Effect.Service<AuditLog>()("Audit/AuditLog", {
@@ -34,8 +36,8 @@ export class AuditLog extends Effect.Service<AuditLog>()("Audit/AuditLog", {
           action: entry.action,
           targetType: entry.target?.type ?? null,
           targetId: entry.target?.id ?? null,
-          ipAddress: client.address,
-          userAgent: client.userAgent,
+          ipAddress: entry.withoutClient ? null : client.address,
+          userAgent: entry.withoutClient ? null : client.userAgent,
           metadata: {
             ...entry.metadata,
             ...("apiKeyId" in entry.actor && entry.actor.apiKeyId ? { apiKeyId: entry.actor.apiKeyId } : {})

@@ -161,9 +161,9 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
     const login = (payload: LoginPayload) =>
       Effect.gen(function*() {
         const login = payload.login.trim().toLowerCase()
-        yield* rateLimits.authAttempt("login", login)
-        const found = yield* users.findByLogin(login)
-        const user = Option.getOrNull(found)
+        const user = Option.getOrNull(yield* users.findByLogin(login))
+        // Keyed by the account when it exists, so its email and its username share one budget.
+        yield* rateLimits.authAttempt("login", user?.id ?? login)
         const { needsRehash, valid } = yield* passwords.verify(payload.password, user?.passwordHash ?? null)
         if (user === null || !valid || user.disabled) {
           yield* audit.record({

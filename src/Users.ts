@@ -154,7 +154,8 @@ export class Users extends Effect.Service<Users>()("Users", {
           yield* audit.record({
             action: "user.erased",
             actor: { type: "user", id: user.id },
-            target: { type: "user", id: user.id }
+            target: { type: "user", id: user.id },
+            withoutClient: true
           })
         }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
       }).pipe(Effect.withSpan("Users.deleteAccount"))

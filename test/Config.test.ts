@@ -57,7 +57,17 @@ describe("configuration", () => {
         LOG_LEVEL: "debug",
         MAX_BODY_SIZE: "10mb",
         CORS_ORIGINS: "https://a.example, https://b.example",
-        SHUTDOWN_TIMEOUT: "3 seconds"
+        SHUTDOWN_TIMEOUT: "3 seconds",
+        TRUST_PROXY: "true",
+        ACCESS_TOKEN_TTL: "5 minutes",
+        REFRESH_TOKEN_TTL: "7 days",
+        PASSWORD_HASH_COST: "15",
+        PASSWORD_HASH_CONCURRENCY: "4",
+        AUTH_RATE_LIMIT_WINDOW: "30 seconds",
+        AUTH_RATE_LIMIT_PER_ADDRESS: "50",
+        AUTH_RATE_LIMIT_PER_ACCOUNT: "7",
+        REDIS_URL: "redis://:hunter2@cache:6379/2",
+        REDIS_KEY_PREFIX: "wp:"
       })
       expect(config.port).toBe(8080)
       expect(config.logFormat).toBe("json") // production default
@@ -70,6 +80,17 @@ describe("configuration", () => {
       expect(config.maxBodySize).toBe(10 * 1024 * 1024)
       expect(config.corsOrigins).toEqual(["https://a.example", "https://b.example"])
       expect(Duration.toMillis(config.shutdownTimeout)).toBe(3000)
+      expect(config.trustProxy).toBe(true)
+      expect(Duration.toMinutes(config.auth.accessTokenTtl)).toBe(5)
+      expect(Duration.toHours(config.auth.refreshTokenTtl)).toBe(7 * 24)
+      expect(config.auth.passwordHashCost).toBe(15)
+      expect(config.auth.passwordHashConcurrency).toBe(4)
+      expect(Duration.toSeconds(config.auth.rateLimitWindow)).toBe(30)
+      expect(config.auth.rateLimitPerAddress).toBe(50)
+      expect(config.auth.rateLimitPerAccount).toBe(7)
+      expect(Redacted.value(Option.getOrThrow(config.redis.url))).toBe("redis://:hunter2@cache:6379/2")
+      expect(String(Option.getOrThrow(config.redis.url))).not.toContain("hunter2")
+      expect(config.redis.keyPrefix).toBe("wp:")
     }))
 
   it.effect("a malformed value fails with one line naming the variable", () =>
@@ -81,6 +102,8 @@ describe("configuration", () => {
       expect(yield* failureLine(loadConfig({ MAX_BODY_SIZE: "lots" }))).toMatch(/MAX_BODY_SIZE/)
       expect(yield* failureLine(loadConfig({ NODE_ENV: "staging" }))).toMatch(/NODE_ENV/)
       expect(yield* failureLine(loadConfig({ SHUTDOWN_TIMEOUT: "soon" }))).toMatch(/SHUTDOWN_TIMEOUT/)
+      expect(yield* failureLine(loadConfig({ PASSWORD_HASH_COST: "30" }))).toMatch(/PASSWORD_HASH_COST/)
+      expect(yield* failureLine(loadConfig({ AUTH_RATE_LIMIT_PER_ACCOUNT: "-1" }))).toMatch(/AUTH_RATE_LIMIT_PER_ACCOUNT/)
       const line = yield* failureLine(loadConfig({ MIGRATE_ON_START: "perhaps" }))
       expect(line).toMatch(/MIGRATE_ON_START/)
       expect(line).not.toContain("\n")

@@ -1,8 +1,17 @@
-import { HttpApiBuilder, HttpServerRequest } from "@effect/platform"
+import { HttpApiBuilder, HttpApp, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Layer, Redacted } from "effect"
 import { WebPlusApi } from "../Api.js"
 import { Auth } from "../Auth.js"
 import { Authentication } from "./Api.js"
+
+/** RFC 6750: a 401 tells the client which scheme to use. */
+const challenge = HttpApp.appendPreResponseHandler((_request, response) =>
+  Effect.succeed(
+    response.status === 401
+      ? HttpServerResponse.setHeader(response, "www-authenticate", "Bearer realm=\"webplus\"")
+      : response
+  )
+)
 
 export const AuthenticationLive = Layer.effect(
   Authentication,
@@ -12,13 +21,13 @@ export const AuthenticationLive = Layer.effect(
       bearer: (token) => auth.authenticate(token),
       // Tried after `bearer` fails: with no X-API-Key, answer with the bearer credential's own failure.
       apiKey: (key) =>
-        Redacted.value(key).length > 0
+        (Redacted.value(key).length > 0
           ? auth.authenticate(key)
           : Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
             const authorization = request.headers.authorization ?? ""
             const bearer = /^Bearer\s+(.+)$/i.exec(authorization)?.[1] ?? ""
             return auth.authenticate(Redacted.make(bearer))
-          })
+          })).pipe(Effect.tapError(() => challenge))
     }
   })
 )

@@ -32,7 +32,22 @@ const withoutPlatformDecodeError = (spec: Record<string, unknown>): Record<strin
   }
   const components = spec.components as { schemas?: Record<string, unknown> } | undefined
   delete components?.schemas?.["HttpApiDecodeError"]
+  if (components?.schemas) dropUnreferenced(spec, components.schemas)
   return withoutRepeatedIds(spec) as Record<string, unknown>
+}
+
+/** Removes component schemas nothing refers to any more (what only the platform's decode error used). */
+const dropUnreferenced = (spec: Record<string, unknown>, schemas: Record<string, unknown>) => {
+  for (let changed = true; changed;) {
+    changed = false
+    const text = JSON.stringify(spec)
+    for (const name of Object.keys(schemas)) {
+      if (!text.includes(`"#/components/schemas/${name}"`)) {
+        delete schemas[name]
+        changed = true
+      }
+    }
+  }
 }
 
 /**

@@ -24,7 +24,7 @@ import { apiKeyPrefix, hashSecret, randomSecret, refreshTokenPrefix, Tokens } fr
 import { AppConfig } from "./Config.js"
 import { Actor, CurrentActor, isPermission } from "./Domain/Actor.js"
 import { ApiKey, Session } from "./Domain/Credentials.js"
-import { Conflict, FieldIssue, Forbidden, NotFound, Unauthorized, ValidationError } from "./Domain/Errors.js"
+import { Conflict, FieldIssue, Forbidden, orNotFound, Unauthorized, ValidationError } from "./Domain/Errors.js"
 import { type ApiKeyId, generateUuid, SessionFamilyId, type UserId } from "./Domain/Ids.js"
 import { BuiltinRoles, User } from "./Domain/User.js"
 import { CurrentClient } from "./Http/Middleware.js"
@@ -351,12 +351,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
     const revokeApiKey = (id: ApiKeyId) =>
       Effect.gen(function*() {
         const actor = yield* requirePermission("keys:manage")
-        const key = yield* apiKeys.findForUser(id, actor.userId).pipe(
-          Effect.flatMap(Option.match({
-            onNone: () => Effect.fail(new NotFound({ message: "No such API key" })),
-            onSome: Effect.succeed
-          }))
-        )
+        const key = yield* apiKeys.findForUser(id, actor.userId).pipe(orNotFound("No such API key"))
         yield* apiKeys.revoke(key.id)
         yield* audit.record({ action: "api-key.revoked", actor, target: { type: "api_key", id: key.id } })
       }).pipe(Effect.withSpan("Auth.revokeApiKey"))

@@ -11,17 +11,11 @@ import { Passwords } from "./Auth/Passwords.js"
 import { requirePermission, requireSession } from "./Auth/Policy.js"
 import { SessionsRepo } from "./Auth/SessionsRepo.js"
 import type { Actor } from "./Domain/Actor.js"
-import { Conflict, FieldIssue, Forbidden, NotFound, ValidationError } from "./Domain/Errors.js"
+import { Conflict, FieldIssue, Forbidden, orNotFound, ValidationError } from "./Domain/Errors.js"
 import type { UserId } from "./Domain/Ids.js"
 import { decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { BuiltinRoles, type RoleName } from "./Domain/User.js"
-import {
-  AuditEventView,
-  Consent,
-  type DeleteAccountPayload,
-  PersonalDataExport,
-  type UpdateConsentPayload
-} from "./Users/Api.js"
+import { Consent, type DeleteAccountPayload, PersonalDataExport, type UpdateConsentPayload } from "./Users/Api.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
 import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
 
@@ -44,13 +38,7 @@ export class Users extends Effect.Service<Users>()("Users", {
     const passwords = yield* Passwords
     const audit = yield* AuditLog
 
-    const findUser = (id: UserId) =>
-      users.findById(id).pipe(
-        Effect.flatMap(Option.match({
-          onNone: () => Effect.fail(new NotFound({ message: "No such user" })),
-          onSome: Effect.succeed
-        }))
-      )
+    const findUser = (id: UserId) => users.findById(id).pipe(orNotFound("No such user"))
 
     /** The server must always keep one usable admin. */
     const ensureNotLastAdmin = (user: UserRow, what: string) =>
@@ -136,7 +124,7 @@ export class Users extends Effect.Service<Users>()("Users", {
         conversations: data.conversations,
         files: data.files,
         modelConfigs: data.modelConfigs,
-        auditEvents: events.map((event) => new AuditEventView(event))
+        auditEvents: events
       })
     }).pipe(Effect.withSpan("Users.exportData"))
 

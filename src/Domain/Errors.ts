@@ -4,7 +4,7 @@
  * `{ _tag, message, … }`. Feature errors live next to their feature.
  */
 import { HttpApiSchema } from "@effect/platform"
-import { Schema } from "effect"
+import { Effect, Option, Schema } from "effect"
 
 export class FieldIssue extends Schema.Class<FieldIssue>("FieldIssue")({
   path: Schema.Array(Schema.Union(Schema.String, Schema.Number)).annotations({
@@ -68,3 +68,10 @@ export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()
   { message: Schema.String },
   HttpApiSchema.annotations({ status: 503, description: "A dependency is unavailable" })
 ) {}
+
+/** Turns "no such row" into `NotFound`: for another user's object too, so its existence is not revealed. */
+export const orNotFound = (message: string) => <A, E, R>(effect: Effect.Effect<Option.Option<A>, E, R>) =>
+  Effect.flatMap(
+    effect,
+    Option.match({ onNone: () => Effect.fail(new NotFound({ message })), onSome: Effect.succeed })
+  )

@@ -2,10 +2,10 @@
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
 import { Schema } from "effect"
 import { ApiKeyView, Authentication, UserView } from "../Auth/Api.js"
-import { ActorType } from "../Domain/Credentials.js"
+import { AuditEvent } from "../Domain/Credentials.js"
 import { Conflict, Forbidden, NotFound } from "../Domain/Errors.js"
 import { JsonObject } from "../Domain/Fields.js"
-import { AuditEventId, UserId } from "../Domain/Ids.js"
+import { UserId } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { request } from "../Domain/Request.js"
 import { RoleName } from "../Domain/User.js"
@@ -14,18 +14,8 @@ const UserPath = request(Schema.Struct({ id: UserId }))
 
 export class SetRolePayload extends Schema.Class<SetRolePayload>("SetRolePayload")({ role: RoleName }) {}
 
-export class AuditEventView extends Schema.Class<AuditEventView>("AuditEventView")({
-  id: AuditEventId,
-  actorType: ActorType,
-  actorId: Schema.NullOr(Schema.String),
-  action: Schema.String,
-  targetType: Schema.NullOr(Schema.String),
-  targetId: Schema.NullOr(Schema.String),
-  ipAddress: Schema.NullOr(Schema.String),
-  userAgent: Schema.NullOr(Schema.String),
-  metadata: JsonObject,
-  createdAt: Schema.DateTimeUtc
-}) {}
+/** An audit event as the API shows it: the row model's JSON variant. */
+export const AuditEventView = AuditEvent.json.annotations({ identifier: "AuditEvent" })
 
 export const AuditQuery = request(Schema.Struct({
   ...PageParams.fields,

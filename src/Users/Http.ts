@@ -3,7 +3,6 @@ import { Effect } from "effect"
 import { WebPlusApi } from "../Api.js"
 import { AuditLog } from "../Audit.js"
 import { Users } from "../Users.js"
-import { AuditEventView } from "./Api.js"
 
 export const AdminHttpLive = HttpApiBuilder.group(WebPlusApi, "admin", (handlers) =>
   Effect.gen(function*() {
@@ -15,10 +14,7 @@ export const AdminHttpLive = HttpApiBuilder.group(WebPlusApi, "admin", (handlers
       .handle("disableUser", ({ path }) => users.setDisabled(path.id, true))
       .handle("enableUser", ({ path }) => users.setDisabled(path.id, false))
       .handle("listAuditEvents", ({ urlParams: { cursor, limit, ...filter } }) =>
-        Effect.map(
-          audit.list(filter, { ...(limit ? { limit } : {}), ...(cursor ? { cursor } : {}) }),
-          (page) => ({ items: page.items.map((event) => new AuditEventView(event)), nextCursor: page.nextCursor })
-        ))
+        audit.list(filter, { ...(limit ? { limit } : {}), ...(cursor ? { cursor } : {}) }))
   }))
 
 export const MeHttpLive = HttpApiBuilder.group(WebPlusApi, "me", (handlers) =>

@@ -28,7 +28,7 @@ import { Conflict, FieldIssue, Forbidden, orNotFound, Unauthorized, ValidationEr
 import { type ApiKeyId, generateUuid, SessionFamilyId, type UserId } from "./Domain/Ids.js"
 import { BuiltinRoles, User } from "./Domain/User.js"
 import { CurrentClient } from "./Http/Middleware.js"
-import { dialectOf } from "./Sql.js"
+import { transactionLock } from "./Sql.js"
 import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
 
 type UserRow = typeof UserWithRole.Type
@@ -85,10 +85,8 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
     const audit = yield* AuditLog
     const rateLimits = yield* RateLimits
 
-    /** Registrations are serialised on PostgreSQL so exactly one first user becomes admin. */
-    const serialiseRegistrations = dialectOf(sql) === "pg"
-      ? sql`SELECT pg_advisory_xact_lock(hashtext('webplus.register'))`.pipe(Effect.orDie)
-      : Effect.void
+    /** Registrations are serialised so exactly one first user becomes admin. */
+    const serialiseRegistrations = transactionLock(sql, "register")
 
     const register = (payload: RegisterPayload) =>
       Effect.gen(function*() {

@@ -118,3 +118,13 @@ export const SqlLive = Layer.unwrapEffect(
     return sqliteLayer(sqliteFilename(config.dataDir, path))
   })
 )
+
+/**
+ * Serialises the transactions that take the same named lock, for checks that
+ * span rows ("is this the last admin?"). PostgreSQL: a transaction-scoped
+ * advisory lock. SQLite already runs one write transaction at a time.
+ */
+export const transactionLock = (sql: SqlClient.SqlClient, name: string): Effect.Effect<void> =>
+  dialectOf(sql) === "pg"
+    ? Effect.orDie(Effect.asVoid(sql`SELECT pg_advisory_xact_lock(hashtext(${`webplus.${name}`}))`))
+    : Effect.void

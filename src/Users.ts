@@ -15,6 +15,7 @@ import { Conflict, FieldIssue, Forbidden, orNotFound, ValidationError } from "./
 import type { UserId } from "./Domain/Ids.js"
 import { decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { BuiltinRoles, type RoleName } from "./Domain/User.js"
+import { transactionLock } from "./Sql.js"
 import { Consent, type DeleteAccountPayload, PersonalDataExport, type UpdateConsentPayload } from "./Users/Api.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
 import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
@@ -40,9 +41,14 @@ export class Users extends Effect.Service<Users>()("Users", {
 
     const findUser = (id: UserId) => users.findById(id).pipe(orNotFound("No such user"))
 
-    /** The server must always keep one usable admin. */
+    /**
+     * The server must always keep one usable admin. Called inside the transaction that makes the
+     * change, it first takes the admins lock, so two admins demoting each other at once cannot
+     * both pass the count.
+     */
     const ensureNotLastAdmin = (user: UserRow, what: string) =>
       Effect.gen(function*() {
+        yield* transactionLock(sql, "admins")
         if (user.roleName !== BuiltinRoles.admin || user.disabled) return
         if ((yield* users.countActiveAdmins) <= 1) {
           return yield* new Conflict({ message: `Cannot ${what} the last admin; make another user admin first` })

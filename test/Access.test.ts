@@ -1,0 +1,556 @@
+/**
+ * Who may do what: every protected endpoint against every kind of caller,
+ * user administration, and the audit trail that records it all.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import { WebPlusApi } from "../src/Api.js"
+import { generateUuid } from "../src/Domain/Ids.js"
+import { call, createKey, type Reply, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
+import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
+import { TestServer, testServer } from "./fixtures/Server.js"
+
+type Method = "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
+
+/** The body of `reply`, once its status is the expected one (else the body explains why not). */
+const expectStatus = (reply: Reply, status: number) => {
+  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
+  return reply.body
+}
+
+const setRole = (admin: TestUser, userId: string, role: string) =>
+  call("PUT", `/api/v1/admin/users/${userId}/role`, { auth: admin.accessToken, body: { role } })
+
+const disable = (admin: TestUser, userId: string) =>
+  call("POST", `/api/v1/admin/users/${userId}/disable`, { auth: admin.accessToken })
+
+const enable = (admin: TestUser, userId: string) =>
+  call("POST", `/api/v1/admin/users/${userId}/enable`, { auth: admin.accessToken })
+
+const me = (credential: string) => call("GET", "/api/v1/auth/me", { auth: credential })
+
+const query = (params: Record<string, string | number | undefined>) => {
+  const search = new URLSearchParams()
+  for (const [name, value] of Object.entries(params)) if (value !== undefined) search.set(name, String(value))
+  return search.size > 0 ? `?${search}` : ""
+}
+
+/** Sets a user's role straight in the server's database: the repair when no admin is left to do it. */
+const forceRole = (userId: string, role: string) =>
+  Effect.flatMap(TestServer, ({ dataDir, databaseUrl }) =>
+    Effect.provide(
+      Effect.flatMap(
+        SqlClient.SqlClient,
+        (sql) => sql`UPDATE users SET role_id = (SELECT id FROM roles WHERE name = ${role}) WHERE id = ${userId}`
+      ),
+      databaseUrl ? pgClientFor(databaseUrl) : sqliteClientFor(dataDir)
+    )).pipe(Effect.orDie)
+
+/** Demotes every admin but `admin`, so that it is the last one. */
+const makeLastAdmin = (admin: TestUser) =>
+  Effect.gen(function*() {
+    const users = expectStatus(yield* call("GET", "/api/v1/admin/users?limit=100", { auth: admin.accessToken }), 200)
+    expect(users.nextCursor).toBeNull()
+    for (const user of users.items) {
+      if (user.role === "admin" && user.id !== admin.id) expectStatus(yield* setRole(admin, user.id, "user"), 200)
+    }
+  })
+
+/** Every page of a paginated admin list, following `nextCursor` to the end. */
+const everyPage = (
+  path: string,
+  auth: string,
+  params: Record<string, string | number | undefined>
+) =>
+  Effect.gen(function*() {
+    const pages: Array<Array<any>> = []
+    let cursor: string | undefined
+    do {
+      const body = expectStatus(yield* call("GET", `${path}${query({ ...params, cursor })}`, { auth }), 200)
+      pages.push(body.items)
+      cursor = body.nextCursor ?? undefined
+    } while (cursor !== undefined && pages.length < 100)
+    return pages
+  })
+
+// --- the cast
+
+/**
+ * The people every access test uses: the admin (the first user of the
+ * server), a plain user who owns keys, another plain user, and a plain user
+ * the admin endpoints act on.
+ */
+interface Cast {
+  readonly admin: TestUser
+  readonly owner: TestUser
+  readonly other: TestUser
+  /** An API key of the owner limited to `models:read`. */
+  readonly scopedKey: string
+  /** An API key of the owner: the object the key endpoints act on. */
+  readonly ownerKeyId: string
+  /** A plain user, the object the admin endpoints act on. */
+  readonly target: TestUser
+}
+
+class TheCast extends Context.Tag("test/Access/Cast")<TheCast, Cast>() {}
+
+/** A cast; `promotedBy` makes its admin a new user promoted by that admin (for a server that has one already). */
+const makeCast = (promotedBy?: TestUser) =>
+  Effect.gen(function*() {
+    const first = yield* signUp()
+    const admin = promotedBy ? { ...first, role: "admin" } : first
+    if (promotedBy) expectStatus(yield* setRole(promotedBy, first.id, "admin"), 200)
+    expect(admin.role).toBe("admin")
+    const [owner, other, target] = yield* Effect.all([signUp(), signUp(), signUp()], { concurrency: "unbounded" })
+    const scoped = yield* createKey(owner, ["models:read"])
+    const ownerKey = yield* createKey(owner, ["models:read", "keys:manage"])
+    return { admin, owner, other, target, scopedKey: scoped.secret, ownerKeyId: ownerKey.id } satisfies Cast
+  })
+
+// --- the access matrix
+
+/** No credentials; a plain user on their own objects; another plain user on those; the admin; the owner's key scoped to `models:read`. */
+type ActorName = "anonymous" | "owner" | "other" | "admin" | "scopedKey"
+
+/** The order cells run in: the owner last, since what it does to itself may end its scoped key's access. */
+const runOrder: ReadonlyArray<ActorName> = ["anonymous", "scopedKey", "other", "admin", "owner"]
+
+const credentialOf = (cast: Cast, actor: ActorName): string | undefined =>
+  actor === "anonymous" ? undefined : actor === "scopedKey" ? cast.scopedKey : cast[actor].accessToken
+
+/** The person behind the credential (the scoped key is the owner's; anonymous callers claim to be the owner). */
+const personOf = (cast: Cast, actor: ActorName): TestUser =>
+  actor === "other" || actor === "admin" ? cast[actor] : cast.owner
+
+type Statuses = Readonly<Record<ActorName, number>>
+
+/** Any signed-in caller, API keys included. */
+const anyone = (status: number): Statuses => ({
+  anonymous: 401,
+  owner: status,
+  other: status,
+  admin: status,
+  scopedKey: status
+})
+/** A password session, or a key with `keys:manage` (the scoped key has only `models:read`). */
+const keysManage = (status: number): Statuses => ({ ...anyone(status), scopedKey: 403 })
+/** A password session only: what touches the account itself is not for API keys. */
+const sessionOnly = (status: number): Statuses => ({ ...anyone(status), scopedKey: 403 })
+/** The admin only. */
+const adminOnly = (status: number): Statuses => ({ ...anyone(403), anonymous: 401, admin: status })
+
+interface CellRequest {
+  readonly params?: Readonly<Record<string, string>>
+  readonly body?: unknown
+}
+
+interface Expectation {
+  readonly statuses: Statuses
+  /** Path parameters and a valid body, so that only authorization decides the status. */
+  readonly request?: (cast: Cast, actor: ActorName) => CellRequest
+  /** What the call does to the caller (ends its session, changes its password, erases it): each row gets a fresh cast. */
+  readonly throwaway?: boolean
+}
+
+/** Every endpoint anyone may call without credentials. */
+const publicEndpoints = new Set(["auth.register", "auth.login", "auth.refresh"])
+
+/** The expected status of every protected endpoint, for each kind of caller. */
+const expectations: Readonly<Record<string, Expectation>> = {
+  "auth.logout": { statuses: sessionOnly(204), throwaway: true },
+  "auth.me": { statuses: anyone(200) },
+  "auth.changePassword": {
+    statuses: sessionOnly(204),
+    throwaway: true,
+    request: (cast, actor) => ({
+      body: { currentPassword: personOf(cast, actor).password, newPassword: "a completely new passphrase" }
+    })
+  },
+  "auth.createApiKey": {
+    statuses: keysManage(201),
+    request: () => ({ body: { name: "matrix key", scopes: ["models:read"] } })
+  },
+  "auth.listApiKeys": { statuses: keysManage(200) },
+  "auth.revokeApiKey": {
+    // Another user's key is simply not found, whoever asks: its existence is not revealed.
+    statuses: { anonymous: 401, owner: 204, other: 404, admin: 404, scopedKey: 403 },
+    request: (cast) => ({ params: { id: cast.ownerKeyId } })
+  },
+  "admin.listUsers": { statuses: adminOnly(200) },
+  "admin.setRole": {
+    statuses: adminOnly(200),
+    request: (cast) => ({ params: { id: cast.target.id }, body: { role: "user" } })
+  },
+  "admin.disableUser": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.target.id } }) },
+  "admin.enableUser": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.target.id } }) },
+  "admin.listAuditEvents": { statuses: adminOnly(200) },
+  "me.export": { statuses: sessionOnly(200) },
+  "me.deleteAccount": {
+    // The cast's admin is a second admin, so erasing itself is allowed.
+    statuses: sessionOnly(204),
+    throwaway: true,
+    request: (cast, actor) => ({ body: { password: personOf(cast, actor).password } })
+  },
+  "me.getConsent": { statuses: sessionOnly(200) },
+  "me.updateConsent": { statuses: sessionOnly(200), request: () => ({ body: { marketingConsent: false } }) }
+}
+
+interface Endpoint {
+  readonly id: string
+  readonly method: Method
+  readonly path: string
+}
+
+/** Every endpoint of the API that needs credentials, read from the API definition itself. */
+const protectedEndpoints: ReadonlyArray<Endpoint> = Object.values(WebPlusApi.groups).flatMap((group) =>
+  Object.values(group.endpoints).map((endpoint) => ({
+    id: `${group.identifier}.${endpoint.name}`,
+    method: endpoint.method as Method,
+    path: endpoint.path
+  }))
+).filter(({ id }) => !id.startsWith("health.") && !publicEndpoints.has(id))
+
+const errorTags: Readonly<Record<number, string>> = { 401: "Unauthorized", 403: "Forbidden", 404: "NotFound" }
+
+const send = (endpoint: Endpoint, credential: string | undefined, request: CellRequest) => {
+  const path = endpoint.path.replace(/:(\w+)/g, (_, name: string) => {
+    const value = request.params?.[name]
+    if (value === undefined) throw new Error(`${endpoint.id}: no value for the path parameter ${name}`)
+    return encodeURIComponent(value)
+  })
+  return call(endpoint.method, path, {
+    ...(credential !== undefined ? { auth: credential } : {}),
+    ...(request.body !== undefined ? { body: request.body } : {})
+  })
+}
+
+// --- the audit story
+
+/** An audit event as the admin list shows it, recorded from the test client's address. */
+const event = (action: string, actorId: string, targetType: string, targetId?: string) =>
+  expect.objectContaining({
+    action,
+    actorId,
+    targetType,
+    ...(targetId ? { targetId } : {}),
+    ipAddress: expect.any(String)
+  })
+
+interface Story {
+  readonly alice: TestUser
+  readonly keyId: string
+  /** A time after Alice's own actions and the role changes, before she is disabled and enabled. */
+  readonly beforeDisable: string
+}
+
+class AuditStory extends Context.Tag("test/Access/AuditStory")<AuditStory, Story>() {}
+
+/** Alice signs up, fails a login, makes and revokes a key, changes her password and signs out; the admin promotes, demotes, disables and enables her. */
+const auditStory: Effect.Effect<Story, never, TestServer | TheCast> = Effect.gen(function*() {
+  const { admin } = yield* TheCast
+  const alice = yield* signUp()
+  const wrong = yield* call("POST", "/api/v1/auth/login", {
+    body: { login: alice.email, password: "not her password" }
+  })
+  expectStatus(wrong, 401)
+  const key = yield* createKey(alice, ["models:read"])
+  expectStatus(yield* call("DELETE", `/api/v1/auth/api-keys/${key.id}`, { auth: alice.accessToken }), 204)
+  const password = { currentPassword: alice.password, newPassword: "alice's new passphrase" }
+  expectStatus(yield* call("POST", "/api/v1/auth/password", { auth: alice.accessToken, body: password }), 204)
+  expectStatus(yield* call("POST", "/api/v1/auth/logout", { auth: alice.accessToken }), 204)
+  expectStatus(yield* setRole(admin, alice.id, "admin"), 200)
+  expectStatus(yield* setRole(admin, alice.id, "user"), 200)
+  yield* Effect.sleep("20 millis")
+  const beforeDisable = new Date().toISOString()
+  yield* Effect.sleep("20 millis")
+  expectStatus(yield* disable(admin, alice.id), 200)
+  expectStatus(yield* enable(admin, alice.id), 200)
+  return { alice, keyId: key.id, beforeDisable }
+})
+
+for (const dialect of dialects) {
+  layer(Layer.effect(TheCast, makeCast()).pipe(Layer.provideMerge(testServer({ dialect }))), {
+    excludeTestServices: true
+  })(`access on ${dialect}`, (it) => {
+    describe("the access matrix", () => {
+      it("names every protected endpoint of the API, and nothing else", () => {
+        expect(protectedEndpoints.map(({ id }) => id).sort()).toEqual(Object.keys(expectations).sort())
+      })
+
+      for (const endpoint of protectedEndpoints) {
+        it.effect(`${endpoint.id} (${endpoint.method} ${endpoint.path})`, () =>
+          Effect.gen(function*() {
+            const expectation = expectations[endpoint.id]
+            if (expectation === undefined) {
+              return expect.fail(`${endpoint.id} is missing from the expectation table`)
+            }
+            const shared = yield* TheCast
+            const cast = expectation.throwaway ? yield* makeCast(shared.admin) : shared
+            const statuses: Record<string, number> = {}
+            for (const actor of runOrder) {
+              const reply = yield* send(endpoint, credentialOf(cast, actor), expectation.request?.(cast, actor) ?? {})
+              statuses[actor] = reply.status
+              if (reply.status >= 400) {
+                expect(reply.body?._tag, `${endpoint.id} as ${actor}: ${JSON.stringify(reply.body)}`).toBe(
+                  errorTags[reply.status]
+                )
+              }
+            }
+            expect(statuses).toEqual(expectation.statuses)
+          }))
+      }
+
+      it.effect("another user's keys are neither listed nor revocable, and stay usable", () =>
+        Effect.gen(function*() {
+          const { other, owner } = yield* TheCast
+          const key = yield* createKey(owner, ["models:read"])
+          const listed = expectStatus(yield* call("GET", "/api/v1/auth/api-keys", { auth: other.accessToken }), 200)
+          expect(listed.items.map((item: { id: string }) => item.id)).not.toContain(key.id)
+          const revoked = yield* call("DELETE", `/api/v1/auth/api-keys/${key.id}`, { auth: other.accessToken })
+          expect(revoked).toMatchObject({ status: 404, body: { _tag: "NotFound" } })
+          expectStatus(yield* me(key.secret), 200)
+        }))
+
+      it.effect("an admin's key is limited to its scopes: no admin scope, no admin endpoint", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const narrow = yield* createKey(admin, ["models:read"])
+          const wide = yield* createKey(admin, ["admin:users", "admin:audit"])
+          for (const path of ["/api/v1/admin/users", "/api/v1/admin/audit-events"]) {
+            expect((yield* call("GET", path, { auth: narrow.secret })).status).toBe(403)
+            // The X-API-Key header is the same credential.
+            expect((yield* call("GET", path, { headers: { "x-api-key": narrow.secret } })).status).toBe(403)
+            expect((yield* call("GET", path, { auth: wide.secret })).status).toBe(200)
+            expect((yield* call("GET", path, { headers: { "x-api-key": wide.secret } })).status).toBe(200)
+          }
+        }))
+    })
+
+    describe("user administration", () => {
+      it.effect("lists users page by page: limit=2, following nextCursor, each user once", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const pages = yield* everyPage("/api/v1/admin/users", admin.accessToken, { limit: 2 })
+          const ids = pages.flat().map((user: { id: string }) => user.id)
+          expect(pages.length).toBeGreaterThan(2)
+          for (const page of pages.slice(0, -1)) expect(page).toHaveLength(2)
+          expect(new Set(ids).size).toBe(ids.length)
+          const all = expectStatus(
+            yield* call("GET", "/api/v1/admin/users?limit=100", { auth: admin.accessToken }),
+            200
+          )
+          expect(all.nextCursor).toBeNull()
+          expect(ids).toEqual(all.items.map((user: { id: string }) => user.id))
+        }))
+
+      it.effect("a cursor the server did not issue is refused with 422", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const forged = Buffer.from("{\"nope\":1}").toString("base64url")
+          for (const cursor of ["garbage", forged]) {
+            const reply = yield* call("GET", `/api/v1/admin/users?limit=2&cursor=${cursor}`, {
+              auth: admin.accessToken
+            })
+            expect(reply).toMatchObject({ status: 422, body: { _tag: "ValidationError" } })
+          }
+        }))
+
+      it.effect("promoting a user to admin lets them list users at once; demoting takes it back", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const user = yield* signUp()
+          expect((yield* call("GET", "/api/v1/admin/users", { auth: user.accessToken })).status).toBe(403)
+          expect(expectStatus(yield* setRole(admin, user.id, "admin"), 200)).toMatchObject({
+            id: user.id,
+            role: "admin"
+          })
+          expect((yield* call("GET", "/api/v1/admin/users", { auth: user.accessToken })).status).toBe(200)
+          expect(expectStatus(yield* setRole(admin, user.id, "user"), 200)).toMatchObject({ role: "user" })
+          expect((yield* call("GET", "/api/v1/admin/users", { auth: user.accessToken })).status).toBe(403)
+        }))
+
+      it.effect("an unknown role is a 422; an unknown user is a 404", () =>
+        Effect.gen(function*() {
+          const { admin, target } = yield* TheCast
+          const unknownRole = yield* setRole(admin, target.id, "superuser")
+          expect(unknownRole).toMatchObject({ status: 422, body: { _tag: "ValidationError" } })
+          const nobody = yield* generateUuid
+          for (
+            const reply of [
+              yield* setRole(admin, nobody, "user"),
+              yield* disable(admin, nobody),
+              yield* enable(admin, nobody)
+            ]
+          ) {
+            expect(reply).toMatchObject({ status: 404, body: { _tag: "NotFound" } })
+          }
+        }))
+
+      it.effect("the last admin can be neither demoted nor disabled (409)", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          // Other tests promote users; make the cast's admin the only one left.
+          const users = expectStatus(
+            yield* call("GET", "/api/v1/admin/users?limit=100", { auth: admin.accessToken }),
+            200
+          )
+          for (const user of users.items) {
+            if (user.role === "admin" && user.id !== admin.id) expectStatus(yield* setRole(admin, user.id, "user"), 200)
+          }
+          expect(yield* setRole(admin, admin.id, "user")).toMatchObject({ status: 409, body: { _tag: "Conflict" } })
+          expect(yield* disable(admin, admin.id)).toMatchObject({ status: 409, body: { _tag: "Conflict" } })
+          expect(expectStatus(yield* me(admin.accessToken), 200)).toMatchObject({ role: "admin", disabled: false })
+        }))
+
+      it.effect("two admins demoting each other at the same moment leave one admin (five tries)", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          yield* makeLastAdmin(admin)
+          const adminsLeft: Array<number> = []
+          for (let round = 0; round < 5; round++) {
+            const second = yield* signUp()
+            expectStatus(yield* setRole(admin, second.id, "admin"), 200)
+            yield* Effect.all([setRole(second, admin.id, "user"), setRole(admin, second.id, "user")], {
+              concurrency: "unbounded"
+            })
+            const roles = yield* Effect.all([me(admin.accessToken), me(second.accessToken)])
+            adminsLeft.push(roles.filter((reply) => reply.body.role === "admin").length)
+            // Back to one admin, the cast's, whatever happened.
+            yield* forceRole(admin.id, "admin")
+            yield* forceRole(second.id, "user")
+          }
+          expect(adminsLeft).toEqual([1, 1, 1, 1, 1])
+        }))
+
+      it.effect("disabling ends a user's token and key on the next request; enabling lets them sign in again", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const user = yield* signUp()
+          const key = yield* createKey(user, ["models:read"])
+          expectStatus(yield* me(user.accessToken), 200)
+          expectStatus(yield* me(key.secret), 200)
+
+          expect(expectStatus(yield* disable(admin, user.id), 200)).toMatchObject({ id: user.id, disabled: true })
+          expect((yield* me(user.accessToken)).status).toBe(401)
+          expect((yield* me(key.secret)).status).toBe(401)
+          const login = { login: user.email, password: user.password }
+          expect((yield* call("POST", "/api/v1/auth/login", { body: login })).status).toBe(401)
+          const refresh = { refreshToken: user.refreshToken }
+          expect((yield* call("POST", "/api/v1/auth/refresh", { body: refresh })).status).toBe(401)
+
+          expect(expectStatus(yield* enable(admin, user.id), 200)).toMatchObject({ id: user.id, disabled: false })
+          const fresh = yield* signIn(user.email, user.password)
+          expectStatus(yield* me(fresh.accessToken), 200)
+          // The sessions that were open when the user was disabled stay ended; API keys work again.
+          expect((yield* me(user.accessToken)).status).toBe(401)
+          expect((yield* call("POST", "/api/v1/auth/refresh", { body: refresh })).status).toBe(401)
+          expectStatus(yield* me(key.secret), 200)
+        }))
+    })
+
+    it.layer(Layer.effect(AuditStory, auditStory))("the audit trail", (it) => {
+      it.effect("records each security action with who did it, to what, and from where", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const { alice, keyId } = yield* AuditStory
+          const byAlice = (yield* everyPage("/api/v1/admin/audit-events", admin.accessToken, { actorId: alice.id }))
+            .flat()
+          const aboutAlice = (yield* everyPage("/api/v1/admin/audit-events", admin.accessToken, { targetId: alice.id }))
+            .flat()
+          expect(byAlice).toEqual(expect.arrayContaining([
+            event("user.registered", alice.id, "user", alice.id),
+            event("auth.login.succeeded", alice.id, "session"),
+            event("api-key.created", alice.id, "api_key", keyId),
+            event("api-key.revoked", alice.id, "api_key", keyId),
+            event("auth.password.changed", alice.id, "user", alice.id),
+            event("auth.logout", alice.id, "session")
+          ]))
+          expect(aboutAlice).toEqual(expect.arrayContaining([
+            expect.objectContaining({
+              action: "auth.login.failed",
+              actorType: "anonymous",
+              actorId: null,
+              targetId: alice.id,
+              ipAddress: expect.any(String),
+              metadata: { reason: "wrong-password" }
+            }),
+            expect.objectContaining({
+              action: "user.role.changed",
+              actorId: admin.id,
+              targetId: alice.id,
+              ipAddress: expect.any(String),
+              metadata: { from: "user", to: "admin" }
+            }),
+            event("user.disabled", admin.id, "user", alice.id),
+            event("user.enabled", admin.id, "user", alice.id)
+          ]))
+        }))
+
+      it.effect("filters by action, actor, target, target type and time", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const { alice, beforeDisable } = yield* AuditStory
+          const list = (params: Record<string, string>) =>
+            Effect.map(
+              call("GET", `/api/v1/admin/audit-events${query({ limit: 100, ...params })}`, { auth: admin.accessToken }),
+              (reply) => expectStatus(reply, 200).items as Array<any>
+            )
+          const actions = (items: Array<any>) => items.map((item) => item.action)
+
+          const failed = yield* list({ action: "auth.login.failed", targetId: alice.id })
+          expect(failed).toHaveLength(1)
+          expect(failed[0]).toMatchObject({ action: "auth.login.failed", targetId: alice.id })
+
+          const keys = yield* list({ actorId: alice.id, targetType: "api_key" })
+          expect(actions(keys)).toEqual(["api-key.revoked", "api-key.created"])
+
+          const byAdmin = yield* list({ actorId: admin.id, targetId: alice.id })
+          expect(actions(byAdmin)).toEqual(["user.enabled", "user.disabled", "user.role.changed", "user.role.changed"])
+
+          const since = yield* list({ targetId: alice.id, from: beforeDisable })
+          expect(actions(since)).toEqual(["user.enabled", "user.disabled"])
+          const until = yield* list({ targetId: alice.id, to: beforeDisable })
+          expect(actions(until)).toEqual(expect.arrayContaining(["user.registered", "auth.login.failed"]))
+          expect(actions(until)).not.toContain("user.disabled")
+          expect(actions(until)).not.toContain("user.enabled")
+          const everything = yield* list({ targetId: alice.id })
+          expect(until.length + since.length).toBe(everything.length)
+          expect(yield* list({ targetId: alice.id, from: beforeDisable, to: beforeDisable })).toEqual([])
+        }))
+
+      it.effect("pages newest first with limit and nextCursor, each event once", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const { alice } = yield* AuditStory
+          const pages = yield* everyPage("/api/v1/admin/audit-events", admin.accessToken, {
+            actorId: alice.id,
+            limit: 2
+          })
+          const events = pages.flat()
+          expect(pages.length).toBeGreaterThan(2)
+          for (const page of pages.slice(0, -1)) expect(page).toHaveLength(2)
+          const ids = events.map((item) => item.id)
+          expect(new Set(ids).size).toBe(ids.length)
+          const times = events.map((item) => Date.parse(item.createdAt))
+          expect(times).toEqual([...times].sort((a, b) => b - a))
+          const all = expectStatus(
+            yield* call("GET", `/api/v1/admin/audit-events${query({ actorId: alice.id, limit: 100 })}`, {
+              auth: admin.accessToken
+            }),
+            200
+          )
+          expect(ids).toEqual(all.items.map((item: { id: string }) => item.id))
+          const garbage = yield* call("GET", "/api/v1/admin/audit-events?cursor=garbage", { auth: admin.accessToken })
+          expect(garbage).toMatchObject({ status: 422, body: { _tag: "ValidationError" } })
+        }))
+
+      it.effect("is for admins only", () =>
+        Effect.gen(function*() {
+          const { owner } = yield* TheCast
+          const reply = yield* call("GET", "/api/v1/admin/audit-events", { auth: owner.accessToken })
+          expect(reply).toMatchObject({ status: 403, body: { _tag: "Forbidden" } })
+        }))
+    })
+  })
+}

@@ -8,12 +8,12 @@
  * and `RateLimit-Reset`; an exceeded limit answers 429 with `Retry-After`.
  */
 import { RateLimiter } from "@effect/experimental"
-import * as RateLimiterRedis from "@effect/experimental/RateLimiter/Redis"
 import { HttpApp, HttpServerResponse } from "@effect/platform"
-import { Duration, Effect, FiberRef, Layer, Option, Redacted } from "effect"
+import { Duration, Effect, FiberRef, Layer, Option } from "effect"
 import { AppConfig } from "../Config.js"
 import { RateLimited } from "../Domain/Errors.js"
 import { CurrentClient } from "../Http/Middleware.js"
+import { layerRedisStore } from "./RedisRateLimitStore.js"
 
 export interface Limit {
   readonly key: string
@@ -22,6 +22,16 @@ export interface Limit {
 }
 
 const seconds = (duration: Duration.Duration) => Math.max(1, Math.ceil(Duration.toSeconds(duration)))
+
+/**
+ * The limiter refills one token every window / limit; its Redis store needs
+ * that in whole milliseconds. Rounding the window up to a multiple of the
+ * limit keeps every limit exact (at the cost of a slightly longer window).
+ */
+const storeWindow = (limit: Limit) => {
+  const millis = Math.max(1, Math.ceil(Duration.toMillis(limit.window) / limit.limit)) * limit.limit
+  return Duration.millis(millis)
+}
 
 const setHeaders = (headers: Record<string, string>) =>
   HttpApp.appendPreResponseHandler((_request, response) =>
@@ -39,18 +49,19 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
      */
     const consume = (limits: ReadonlyArray<Limit>): Effect.Effect<void, RateLimited> =>
       Effect.gen(function*() {
-        const results = yield* Effect.forEach(limits, (limit) =>
-          limiter.consume({ key: limit.key, limit: limit.limit, window: limit.window, onExceeded: "fail" }).pipe(
-            Effect.either
-          ))
+        const results = yield* Effect.forEach(
+          limits,
+          (limit) =>
+            limiter.consume({ key: limit.key, limit: limit.limit, window: storeWindow(limit), onExceeded: "fail" })
+              .pipe(Effect.either),
+          { concurrency: "unbounded" }
+        )
         const exceeded = results.flatMap((result) =>
           result._tag === "Left" && result.left.reason === "Exceeded" ? [result.left] : []
         )
         if (exceeded.length > 0) {
           const retryAfter = seconds(
-            exceeded.map((error) =>
-              error.retryAfter
-            ).reduce(Duration.max)
+            exceeded.map((error) => error.retryAfter).reduce(Duration.max)
           )
           const limit = exceeded[0]!.limit
           yield* setHeaders({
@@ -64,10 +75,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
             retryAfterSeconds: retryAfter
           })
         }
-        // A store failure (Redis unreachable) must not lock everyone out: log it and let the request through.
-        for (const result of results) {
-          if (result._tag === "Left") yield* Effect.logWarning("Rate limit store unavailable", result.left)
-        }
+        // A store failure (Redis unreachable, logged by the store) must not lock everyone out: let it through.
         const passed = results.flatMap((result) => (result._tag === "Right" ? [result.right] : []))
         const tightest = passed.reduce<RateLimiter.ConsumeResult | undefined>(
           (worst, current) => (worst === undefined || current.remaining < worst.remaining ? current : worst),
@@ -111,18 +119,7 @@ export const RateLimiterLive = Layer.unwrapEffect(
       Layer.provide(
         Option.match(redis.url, {
           onNone: () => RateLimiter.layerStoreMemory,
-          onSome: (url) => {
-            const parsed = new URL(Redacted.value(url))
-            return RateLimiterRedis.layerStore({
-              host: parsed.hostname,
-              port: Number(parsed.port || 6379),
-              ...(parsed.password ? { password: decodeURIComponent(parsed.password) } : {}),
-              ...(parsed.username ? { username: decodeURIComponent(parsed.username) } : {}),
-              db: Number(parsed.pathname.slice(1) || 0),
-              prefix: `${redis.keyPrefix}ratelimit:`,
-              maxRetriesPerRequest: 1
-            })
-          }
+          onSome: (url) => layerRedisStore({ url, keyPrefix: `${redis.keyPrefix}ratelimit:` })
         })
       )
     ))

@@ -1,0 +1,311 @@
+/**
+ * Abuse limits on the front door (register, login, refresh): per account and
+ * per client address, in process memory and, with `REDIS_URL`, shared by every
+ * instance through Redis.
+ *
+ * Redis is required (`TEST_REDIS_URL`, default `redis://127.0.0.1:6379`): when
+ * it is unreachable the Redis tests fail, they are never skipped.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Duration, Effect, Layer } from "effect"
+import { Redis } from "ioredis"
+import * as Crypto from "node:crypto"
+import { call, type Reply, signUp } from "./fixtures/Auth.js"
+import { TestServer, testServer } from "./fixtures/Server.js"
+
+const redisUrl = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379"
+
+const unique = () => Crypto.randomBytes(5).toString("hex")
+
+const register = (overrides: Partial<{ email: string; username: string; password: string }> = {}) =>
+  Effect.gen(function*() {
+    const id = unique()
+    const user = {
+      email: overrides.email ?? `user-${id}@example.com`,
+      username: overrides.username ?? `user_${id}`,
+      password: overrides.password ?? `pass-${id}-phrase`
+    }
+    const reply = yield* call("POST", "/api/v1/auth/register", { body: { ...user, acceptTerms: true } })
+    expect(reply.status, JSON.stringify(reply.body)).toBe(201)
+    return { ...user, reply }
+  })
+
+const login = (login: string, password: string) => call("POST", "/api/v1/auth/login", { body: { login, password } })
+
+const refresh = (refreshToken: string) => call("POST", "/api/v1/auth/refresh", { body: { refreshToken } })
+
+/** The `RateLimit-*` headers of a limited response, as numbers; fails the test when one is missing. */
+const limitHeaders = (reply: Reply) => {
+  for (const name of ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"]) {
+    expect(reply.headers[name], `${name} on a ${reply.status} answer`).toMatch(/^\d+$/)
+  }
+  return {
+    limit: Number(reply.headers["ratelimit-limit"]),
+    remaining: Number(reply.headers["ratelimit-remaining"]),
+    reset: Number(reply.headers["ratelimit-reset"])
+  }
+}
+
+/** Asserts a 429 answer in full; its `Retry-After` in seconds. */
+const expectRateLimited = (reply: Reply, limit: number, windowSeconds: number) => {
+  expect(reply.status).toBe(429)
+  expect(reply.body).toEqual({
+    _tag: "RateLimited",
+    message: expect.any(String),
+    retryAfterSeconds: expect.any(Number)
+  })
+  const retryAfter = Number(reply.headers["retry-after"])
+  expect(reply.headers["retry-after"]).toMatch(/^\d+$/)
+  expect(retryAfter).toBeGreaterThanOrEqual(1)
+  expect(retryAfter).toBeLessThanOrEqual(windowSeconds)
+  expect(reply.body.retryAfterSeconds).toBe(retryAfter)
+  expect(limitHeaders(reply)).toEqual({ limit, remaining: 0, reset: retryAfter })
+  return retryAfter
+}
+
+describe("rate limits in process memory", () => {
+  it.live("the attempt after PER_ACCOUNT failed logins answers 429; other accounts are unaffected", () =>
+    Effect.gen(function*() {
+      const victim = yield* register()
+      const bystander = yield* register()
+      const remaining: Array<number> = []
+      // One budget per account: its email and its username, in any case and with spaces around, share it.
+      for (const attempt of [victim.email, `  ${victim.username.toUpperCase()} `, victim.email.toUpperCase()]) {
+        const reply = yield* login(attempt, "wrong-password-123")
+        expect(reply.status).toBe(401)
+        const headers = limitHeaders(reply)
+        expect(headers.limit).toBe(3)
+        expect(headers.reset).toBeGreaterThanOrEqual(1)
+        expect(headers.reset).toBeLessThanOrEqual(60)
+        remaining.push(headers.remaining)
+      }
+      expect(remaining).toEqual([2, 1, 0])
+      expectRateLimited(yield* login(victim.email, "wrong-password-123"), 3, 60)
+      // Locked for the window, even with the right password: the password is not even checked.
+      expectRateLimited(yield* login(victim.username, victim.password), 3, 60)
+
+      const other = yield* login(bystander.email, bystander.password)
+      expect(other.status).toBe(200)
+      expect(limitHeaders(other)).toMatchObject({ limit: 3, remaining: 2 })
+    }).pipe(Effect.provide(testServer({ env: { AUTH_RATE_LIMIT_PER_ACCOUNT: "3" } }))))
+
+  it.live("successful register, login and refresh answers carry the RateLimit headers, remaining decreasing", () =>
+    Effect.gen(function*() {
+      const user = yield* register()
+      // Register has no account yet: the per-address limit is the only one.
+      expect(limitHeaders(user.reply)).toMatchObject({ limit: 50, remaining: 49 })
+
+      const first = yield* login(user.username, user.password)
+      expect(first.status).toBe(200)
+      const second = yield* login(user.username, user.password)
+      expect(second.status).toBe(200)
+      // The headers describe the tightest limit: the account's.
+      expect(limitHeaders(first)).toMatchObject({ limit: 5, remaining: 4 })
+      expect(limitHeaders(second)).toMatchObject({ limit: 5, remaining: 3 })
+
+      const rotated = yield* refresh(first.body.refreshToken)
+      expect(rotated.status).toBe(200)
+      const rotatedHeaders = limitHeaders(rotated)
+      expect(rotatedHeaders).toMatchObject({ limit: 5, remaining: 4 })
+      expect(rotatedHeaders.reset).toBeGreaterThanOrEqual(1)
+      expect(rotatedHeaders.reset).toBeLessThanOrEqual(60)
+
+      // Endpoints that are not limited say nothing about limits.
+      const me = yield* call("GET", "/api/v1/auth/me", { auth: rotated.body.accessToken })
+      expect(me.status).toBe(200)
+      expect(me.headers["ratelimit-limit"]).toBeUndefined()
+    }).pipe(
+      Effect.provide(testServer({ env: { AUTH_RATE_LIMIT_PER_ADDRESS: "50", AUTH_RATE_LIMIT_PER_ACCOUNT: "5" } }))
+    ))
+
+  it.live("the per-address limit applies across different accounts", () =>
+    Effect.gen(function*() {
+      const remaining: Array<number> = []
+      for (let i = 0; i < 4; i++) {
+        const reply = yield* login(`nobody-${unique()}@example.com`, "wrong-password-123")
+        expect(reply.status).toBe(401)
+        const headers = limitHeaders(reply)
+        expect(headers.limit).toBe(4)
+        remaining.push(headers.remaining)
+      }
+      expect(remaining).toEqual([3, 2, 1, 0])
+      expectRateLimited(yield* login(`nobody-${unique()}@example.com`, "wrong-password-123"), 4, 60)
+    }).pipe(
+      Effect.provide(testServer({ env: { AUTH_RATE_LIMIT_PER_ADDRESS: "4", AUTH_RATE_LIMIT_PER_ACCOUNT: "100" } }))
+    ))
+
+  it.live("after the window, attempts pass again", () =>
+    Effect.gen(function*() {
+      const user = yield* register()
+      for (let i = 0; i < 2; i++) expect((yield* login(user.email, "wrong-password-123")).status).toBe(401)
+      const retryAfter = expectRateLimited(yield* login(user.email, "wrong-password-123"), 2, 2)
+      yield* Effect.sleep(Duration.millis(retryAfter * 1000 + 300))
+      const again = yield* login(user.email, user.password)
+      expect(again.status).toBe(200)
+      expect(limitHeaders(again)).toMatchObject({ limit: 2, remaining: 1 })
+    }).pipe(
+      Effect.provide(testServer({ env: { AUTH_RATE_LIMIT_WINDOW: "2 seconds", AUTH_RATE_LIMIT_PER_ACCOUNT: "2" } }))
+    ))
+
+  it.live("refresh is limited per token and per address", () =>
+    Effect.gen(function*() {
+      const user = yield* signUp()
+      const forged = `wpr_${Crypto.randomBytes(24).toString("base64url")}`
+      const remaining: Array<number> = []
+      for (let i = 0; i < 3; i++) {
+        const reply = yield* refresh(forged)
+        expect(reply.status).toBe(401)
+        remaining.push(limitHeaders(reply).remaining)
+      }
+      expect(remaining).toEqual([2, 1, 0])
+      expectRateLimited(yield* refresh(forged), 3, 60)
+
+      // Another token has its own budget: the 5th refresh from this address passes, the 6th does not.
+      const rotated = yield* refresh(user.refreshToken)
+      expect(rotated.status).toBe(200)
+      expect(limitHeaders(rotated)).toMatchObject({ limit: 5, remaining: 0 })
+      expectRateLimited(yield* refresh(rotated.body.refreshToken), 5, 60)
+    }).pipe(
+      Effect.provide(testServer({ env: { AUTH_RATE_LIMIT_PER_ADDRESS: "5", AUTH_RATE_LIMIT_PER_ACCOUNT: "3" } }))
+    ))
+})
+
+/** A key prefix for this run, and a finalizer that deletes every key under it. */
+const redisPrefix = Effect.acquireRelease(
+  Effect.sync(() => `webplus-test-${unique()}:`),
+  (prefix) => Effect.promise(() => deleteKeys(prefix))
+)
+
+const withRedis = <A>(f: (redis: Redis) => Promise<A>) =>
+  Effect.promise(async () => {
+    const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 })
+    await redis.connect()
+    try {
+      return await f(redis)
+    } finally {
+      await redis.quit()
+    }
+  })
+
+const scanKeys = async (redis: Redis, prefix: string) => {
+  const keys: Array<string> = []
+  let cursor = "0"
+  do {
+    const [next, batch] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000)
+    cursor = next
+    keys.push(...batch)
+  } while (cursor !== "0")
+  return keys
+}
+
+const deleteKeys = async (prefix: string) => {
+  const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 })
+  await redis.connect()
+  try {
+    const keys = await scanKeys(redis, prefix)
+    if (keys.length > 0) await redis.del(...keys)
+  } finally {
+    await redis.quit()
+  }
+}
+
+/** Builds a server into the current scope; its `TestServer`. */
+const startServer = <E>(layer: Layer.Layer<TestServer, E>) =>
+  Effect.flatMap(Effect.scope, (scope) => Layer.buildWithScope(layer, scope)).pipe(
+    Effect.map((context) => Context.get(context, TestServer))
+  )
+
+describe("rate limits in Redis", () => {
+  it.scopedLive("two instances share one budget per account", () =>
+    Effect.gen(function*() {
+      const prefix = yield* redisPrefix
+      const shared = {
+        REDIS_URL: redisUrl,
+        REDIS_KEY_PREFIX: prefix,
+        // 60 000 ms / 1 000 and / 4: whole milliseconds per attempt (see the next test).
+        AUTH_RATE_LIMIT_PER_ADDRESS: "1000",
+        AUTH_RATE_LIMIT_PER_ACCOUNT: "4"
+      }
+      const a = yield* startServer(testServer({ dialect: "pg", env: shared }))
+      const b = yield* startServer(testServer({ env: { ...shared, DATABASE_URL: a.databaseUrl! } }))
+      const on = (server: typeof a) => Effect.provideService(TestServer, server)
+
+      const user = yield* register().pipe(on(a))
+      const bystander = yield* register().pipe(on(b))
+      const remaining: Array<number> = []
+      for (const server of [a, b, a, b]) {
+        const reply = yield* login(user.email, "wrong-password-123").pipe(on(server))
+        expect(reply.status).toBe(401)
+        remaining.push(limitHeaders(reply).remaining)
+      }
+      // One counter for both instances: 4 attempts in total, not 4 per instance.
+      expect(remaining).toEqual([3, 2, 1, 0])
+      expectRateLimited(yield* login(user.email, "wrong-password-123").pipe(on(a)), 4, 60)
+      expectRateLimited(yield* login(user.email, user.password).pipe(on(b)), 4, 60)
+
+      const other = yield* login(bystander.email, bystander.password).pipe(on(a))
+      expect(other.status).toBe(200)
+      expect(limitHeaders(other)).toMatchObject({ limit: 4, remaining: 3 })
+
+      // The counters live under the configured prefix.
+      const keys = yield* withRedis((redis) => scanKeys(redis, prefix))
+      expect(keys.some((key) => key.startsWith(`${prefix}ratelimit:auth:login:account:`))).toBe(true)
+      expect(keys.every((key) => key.startsWith(`${prefix}ratelimit:auth:`))).toBe(true)
+    }))
+
+  it.scopedLive("a limit that does not divide the window evenly still holds", () =>
+    Effect.gen(function*() {
+      const prefix = yield* redisPrefix
+      // 60 000 ms / 7 attempts is not a whole number of milliseconds.
+      yield* startServer(
+        testServer({
+          env: {
+            REDIS_URL: redisUrl,
+            REDIS_KEY_PREFIX: prefix,
+            AUTH_RATE_LIMIT_PER_ADDRESS: "1000",
+            AUTH_RATE_LIMIT_PER_ACCOUNT: "7"
+          }
+        })
+      ).pipe(Effect.flatMap((server) =>
+        Effect.gen(function*() {
+          const user = yield* register()
+          for (let i = 0; i < 7; i++) {
+            const reply = yield* login(user.email, "wrong-password-123")
+            expect(reply.status).toBe(401)
+            expect(limitHeaders(reply)).toMatchObject({ limit: 7, remaining: 6 - i })
+          }
+          expectRateLimited(yield* login(user.email, "wrong-password-123"), 7, 60)
+        }).pipe(Effect.provideService(TestServer, server))
+      ))
+    }))
+
+  it.live(
+    "a Redis that is down does not lock anyone out, and does not slow the front door down",
+    () =>
+      Effect.gen(function*() {
+        const [elapsed, user] = yield* Effect.timed(signUp())
+        // The store is unreachable: the request goes through (with a warning in the log), promptly.
+        expect(Duration.toMillis(elapsed)).toBeLessThan(5000)
+        expect(user.accessToken).toEqual(expect.any(String))
+        expect((yield* login(user.email, "wrong-password-123")).status).toBe(401)
+        // Still prompt once the store has been down for a while (the client's reconnection back-off has grown).
+        yield* Effect.sleep("15 seconds")
+        const [again, reply] = yield* Effect.timed(login(user.email, user.password))
+        expect(reply.status).toBe(200)
+        expect(Duration.toMillis(again)).toBeLessThan(2500)
+      }).pipe(
+        Effect.provide(testServer({
+          env: {
+            REDIS_URL: "redis://127.0.0.1:1",
+            // Each request logs a warning with the store's error: keep the output readable.
+            LOG_LEVEL: "error",
+            REDIS_KEY_PREFIX: `webplus-test-${unique()}:`,
+            // Were the store up, the logins after the first would be refused.
+            AUTH_RATE_LIMIT_PER_ACCOUNT: "1"
+          }
+        })),
+        Effect.timeout("45 seconds")
+      ),
+    60_000
+  )
+})

@@ -263,7 +263,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
       })
     }
 
-    const usable = (user: Option.Option<UserRow>) =>
+    const usable = <U extends UserRow>(user: Option.Option<U>) =>
       Option.filter(user, (found) => !found.disabled && Option.isNone(found.deletedAt))
 
     const authenticateApiKey = (secret: Redacted.Redacted<string>) =>
@@ -287,12 +287,10 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
         const claims = yield* tokens.verifyAccessToken(token).pipe(
           Effect.mapError((error) => new Unauthorized({ message: error.reason }))
         )
-        const [user, active] = yield* Effect.all([
-          users.findById(claims.userId),
-          sessions.familyActive(claims.sessionFamilyId)
-        ], { concurrency: "unbounded" })
-        const found = usable(user)
-        if (Option.isNone(found) || !active) return yield* new Unauthorized({ message: "Session ended" })
+        const found = usable(yield* users.findForSession(claims.userId, claims.sessionFamilyId))
+        if (Option.isNone(found) || !found.value.sessionActive) {
+          return yield* new Unauthorized({ message: "Session ended" })
+        }
         return actorForUser(found.value, { kind: "session", familyId: claims.sessionFamilyId })
       })
 

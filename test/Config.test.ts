@@ -103,7 +103,9 @@ describe("configuration", () => {
       expect(yield* failureLine(loadConfig({ NODE_ENV: "staging" }))).toMatch(/NODE_ENV/)
       expect(yield* failureLine(loadConfig({ SHUTDOWN_TIMEOUT: "soon" }))).toMatch(/SHUTDOWN_TIMEOUT/)
       expect(yield* failureLine(loadConfig({ PASSWORD_HASH_COST: "30" }))).toMatch(/PASSWORD_HASH_COST/)
-      expect(yield* failureLine(loadConfig({ AUTH_RATE_LIMIT_PER_ACCOUNT: "-1" }))).toMatch(/AUTH_RATE_LIMIT_PER_ACCOUNT/)
+      expect(yield* failureLine(loadConfig({ AUTH_RATE_LIMIT_PER_ACCOUNT: "-1" }))).toMatch(
+        /AUTH_RATE_LIMIT_PER_ACCOUNT/
+      )
       const line = yield* failureLine(loadConfig({ MIGRATE_ON_START: "perhaps" }))
       expect(line).toMatch(/MIGRATE_ON_START/)
       expect(line).not.toContain("\n")

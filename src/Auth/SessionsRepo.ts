@@ -44,23 +44,13 @@ export class SessionsRepo extends Effect.Service<SessionsRepo>()("Auth/SessionsR
           : sql`UPDATE sessions SET revoked_at = ${at}, revoked_reason = ${reason}
                 WHERE user_id = ${userId} AND revoked_at IS NULL AND family_id <> ${except}`)
 
-    /** Whether any session of the family is still usable (not revoked): access tokens name their family. */
-    const familyActive = (familyId: SessionFamilyId) =>
-      Effect.map(
-        sql<
-          { one: number }
-        >`SELECT 1 AS one FROM sessions WHERE family_id = ${familyId} AND revoked_at IS NULL LIMIT 1`,
-        (rows) => rows.length > 0
-      )
-
     return {
       insert: repo.insert,
       findByTokenHash: (tokenHash: string) => Effect.orDie(findByTokenHash(tokenHash)),
       markRotated: (id: Session["id"]) => Effect.orDie(markRotated(id)),
       revokeFamily: (familyId: SessionFamilyId, reason: string) => Effect.orDie(revokeFamily(familyId, reason)),
       revokeAllForUser: (userId: UserId, reason: string, except?: SessionFamilyId) =>
-        Effect.orDie(revokeAllForUser(userId, reason, except)),
-      familyActive: (familyId: SessionFamilyId) => Effect.orDie(familyActive(familyId))
+        Effect.orDie(revokeAllForUser(userId, reason, except))
     } as const
   })
 }) {}

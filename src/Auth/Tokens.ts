@@ -6,7 +6,7 @@
  * Refresh tokens and API keys are opaque random secrets; only their SHA-256
  * is stored (they carry 256 bits of entropy, so a fast hash suffices).
  */
-import { Clock, Data, Duration, Effect, Redacted } from "effect"
+import { Cache, Clock, Data, Duration, Effect, Exit, Redacted } from "effect"
 import * as Jose from "jose"
 import * as Crypto from "node:crypto"
 import { AppConfig } from "../Config.js"
@@ -23,6 +23,14 @@ export interface AccessClaims {
   readonly userId: UserId
   readonly sessionFamilyId: SessionFamilyId
 }
+
+interface VerifiedClaims extends AccessClaims {
+  /** Expiry, in epoch milliseconds. */
+  readonly expiresAt: number
+}
+
+/** How many verified access tokens are remembered, so a client's repeated requests skip the HMAC. */
+const verifiedCacheCapacity = 10_000
 
 /** A random secret with a recognisable prefix: `wpr_…` refresh tokens, `wp_…` API keys. */
 export const randomSecret = (prefix: string) => `${prefix}${Crypto.randomBytes(32).toString("base64url")}`
@@ -57,12 +65,12 @@ export class Tokens extends Effect.Service<Tokens>()("Auth/Tokens", {
         return { accessToken: Redacted.make(token), expiresIn: ttlSeconds }
       })
 
-    const verifyAccessToken = (token: Redacted.Redacted<string>): Effect.Effect<AccessClaims, InvalidToken> =>
+    const verify = (token: string): Effect.Effect<VerifiedClaims, InvalidToken> =>
       Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
         const { payload } = yield* Effect.tryPromise({
           try: () =>
-            Jose.jwtVerify(Redacted.value(token), key, {
+            Jose.jwtVerify(token, key, {
               algorithms: [algorithm],
               issuer,
               audience,
@@ -76,11 +84,30 @@ export class Tokens extends Effect.Service<Tokens>()("Auth/Tokens", {
         })
         const userId = UserId.make(payload.sub!)
         const sessionFamilyId = typeof payload.sid === "string" ? payload.sid : ""
-        return { userId, sessionFamilyId: SessionFamilyId.make(sessionFamilyId) }
+        return { userId, sessionFamilyId: SessionFamilyId.make(sessionFamilyId), expiresAt: payload.exp! * 1000 }
       }).pipe(
         // A structurally valid signature over ids that are not ours is still an invalid token.
         Effect.catchAllDefect(() => Effect.fail(new InvalidToken({ reason: "Invalid access token" })))
       )
+
+    // A token's verification is a pure function of the token and the key; only time changes the
+    // answer, so a verified token is remembered until it expires (failures are not remembered).
+    const verified = yield* Cache.makeWith({
+      capacity: verifiedCacheCapacity,
+      lookup: verify,
+      timeToLive: (exit) =>
+        Exit.isSuccess(exit) ? Duration.millis(Math.max(0, exit.value.expiresAt - Date.now())) : Duration.zero
+    })
+
+    const verifyAccessToken = (token: Redacted.Redacted<string>): Effect.Effect<AccessClaims, InvalidToken> =>
+      Effect.gen(function*() {
+        const claims = yield* verified.get(Redacted.value(token))
+        // The cache's clock and the request's may differ by a tick: expiry is checked on every use.
+        if (claims.expiresAt <= (yield* Clock.currentTimeMillis)) {
+          return yield* new InvalidToken({ reason: "Access token expired" })
+        }
+        return claims
+      })
 
     return { issueAccessToken, verifyAccessToken } as const
   })

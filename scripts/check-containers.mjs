@@ -82,14 +82,18 @@ function flagsOf(args) {
   return { flags, rest }
 }
 
-function checkDockerfile(file) {
-  let text
+function readOrFail(file) {
   try {
-    text = readFileSync(file, "utf8")
+    return readFileSync(file, "utf8")
   } catch (e) {
     fail(file, `cannot read: ${e.message}`)
     return null
   }
+}
+
+function checkDockerfile(file) {
+  const text = readOrFail(file)
+  if (text === null) return null
   const instructions = parseDockerfile(text)
   const stages = []
   for (const ins of instructions) {
@@ -257,13 +261,8 @@ function namedVolume(entry) {
 }
 
 async function checkCompose(file) {
-  let text
-  try {
-    text = readFileSync(file, "utf8")
-  } catch (e) {
-    fail(file, `cannot read: ${e.message}`)
-    return null
-  }
+  const text = readOrFail(file)
+  if (text === null) return null
   const parse = await loadYamlParser()
   if (!parse) {
     fail(file, "no YAML parser available (expected js-yaml or yaml in node_modules; run npm ci)")

@@ -54,6 +54,6 @@ export class AuditLog extends Effect.Service<AuditLog>()("Audit/AuditLog", {
         return toPage(rows, limit, (event) => ({ at: DateTime.formatIso(event.createdAt), id: event.id }))
       }).pipe(Effect.withSpan("AuditLog.list"))
 
-    return { record, list, pseudonymize: repo.pseudonymize, forActor: repo.forActor } as const
+    return { record, list, pseudonymize: repo.pseudonymize, aboutUser: repo.aboutUser } as const
   })
 }) {}

@@ -3,7 +3,7 @@
  * authentication of every protected request.
  */
 import { SqlClient } from "@effect/sql"
-import { DateTime, Effect, FiberRef, Option, Redacted } from "effect"
+import { DateTime, Duration, Effect, FiberRef, Layer, Option, Redacted, Schedule } from "effect"
 import { AuditLog } from "./Audit.js"
 import {
   ApiKeyView,
@@ -90,7 +90,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
 
     const register = (payload: RegisterPayload) =>
       Effect.gen(function*() {
-        yield* rateLimits.authAttempt("register", undefined)
+        yield* rateLimits.authAttempt("register", payload.email)
         yield* checkPasswordPolicy(payload.password, [payload.email, payload.username])
         const passwordHash = yield* passwords.hash(payload.password)
         const now = yield* DateTime.now
@@ -118,14 +118,15 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
             failedLoginCount: 0,
             deletedAt: Option.none()
           }))
-          return yield* users.findById(created.id).pipe(Effect.flatten, Effect.orDie)
+          const user = yield* users.findById(created.id).pipe(Effect.flatten, Effect.orDie)
+          yield* audit.record({
+            action: "user.registered",
+            actor: { type: "user", id: user.id },
+            target: { type: "user", id: user.id },
+            metadata: { role: user.roleName, marketingConsent: payload.marketingConsent }
+          })
+          return user
         }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
-        yield* audit.record({
-          action: "user.registered",
-          actor: { type: "user", id: user.id },
-          target: { type: "user", id: user.id },
-          metadata: { role: user.roleName, marketingConsent: payload.marketingConsent }
-        })
         return toUserView(user)
       }).pipe(Effect.withSpan("Auth.register"))
 
@@ -173,16 +174,19 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
           if (user !== null && !valid) yield* users.recordFailedLogin(user.id)
           return yield* invalidCredentials
         }
-        if (needsRehash) yield* users.setPasswordHash(user.id, yield* passwords.hash(payload.password))
-        yield* users.recordLogin(user.id)
+        const upgradedHash = needsRehash ? yield* passwords.hash(payload.password) : undefined
         const familyId = SessionFamilyId.make(yield* generateUuid)
-        const pair = yield* startSession(user.id, familyId)
-        yield* audit.record({
-          action: "auth.login.succeeded",
-          actor: { type: "user", id: user.id },
-          target: { type: "session", id: familyId }
-        })
-        return pair
+        return yield* Effect.gen(function*() {
+          if (upgradedHash) yield* users.setPasswordHash(user.id, upgradedHash)
+          yield* users.recordLogin(user.id)
+          const pair = yield* startSession(user.id, familyId)
+          yield* audit.record({
+            action: "auth.login.succeeded",
+            actor: { type: "user", id: user.id },
+            target: { type: "session", id: familyId }
+          })
+          return pair
+        }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
       }).pipe(Effect.withSpan("Auth.login"))
 
     const refresh = (refreshToken: Redacted.Redacted<string>) =>
@@ -198,8 +202,8 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
           yield* audit.record({
             action: "auth.refresh.reuse-detected",
             actor: { type: "anonymous", id: null },
-            target: { type: "session", id: session.familyId },
-            metadata: { userId: session.userId }
+            target: { type: "user", id: session.userId },
+            metadata: { sessionFamilyId: session.familyId }
           })
           return yield* invalidCredentials
         })
@@ -211,7 +215,11 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
         }
         // Exactly one presenter of a token wins the rotation; a concurrent second one is a reuse.
         if (!(yield* sessions.markRotated(session.id))) return yield* reuse
-        return yield* startSession(session.userId, session.familyId)
+        const pair = yield* startSession(session.userId, session.familyId)
+        // A revocation that ran while this rotation did (reuse, logout) may not have seen the new
+        // session; the family rule still ends it, and these tokens are not handed out.
+        if (yield* sessions.familyRevoked(session.familyId)) return yield* invalidCredentials
+        return pair
       }).pipe(Effect.withSpan("Auth.refresh"))
 
     const logout = Effect.gen(function*() {
@@ -233,13 +241,17 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
     const changePassword = (payload: ChangePasswordPayload) =>
       Effect.gen(function*() {
         const actor = yield* requireSession
+        yield* rateLimits.authAttempt("password", actor.userId)
         const user = yield* users.findById(actor.userId).pipe(Effect.flatten, Effect.orDie)
         const { valid } = yield* passwords.verify(payload.currentPassword, user.passwordHash)
         if (!valid) return yield* new Forbidden({ message: "The current password is incorrect" })
         yield* checkPasswordPolicy(payload.newPassword, [user.email, user.username])
-        yield* users.setPasswordHash(user.id, yield* passwords.hash(payload.newPassword))
-        yield* sessions.revokeAllForUser(user.id, "password-changed", actor.sessionFamilyId)
-        yield* audit.record({ action: "auth.password.changed", actor, target: { type: "user", id: user.id } })
+        const passwordHash = yield* passwords.hash(payload.newPassword)
+        yield* Effect.gen(function*() {
+          yield* users.setPasswordHash(user.id, passwordHash)
+          yield* sessions.revokeAllForUser(user.id, "password-changed", actor.sessionFamilyId)
+          yield* audit.record({ action: "auth.password.changed", actor, target: { type: "user", id: user.id } })
+        }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
       }).pipe(Effect.withSpan("Auth.changePassword"))
 
     // --- authentication of protected requests
@@ -306,6 +318,8 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
 
     const createApiKey = (payload: CreateApiKeyPayload) =>
       Effect.gen(function*() {
+        // Keys are minted by a signed-in person: a key that could mint keys would outlive its own expiry.
+        yield* requireSession
         const actor = yield* requirePermission("keys:manage")
         const beyond = payload.scopes.filter((scope) => !actor.can(scope))
         if (beyond.length > 0) {
@@ -366,3 +380,21 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
     } as const
   })
 }) {}
+
+/**
+ * Deletes expired sessions hourly, on every instance (the delete is idempotent),
+ * so the table holds live sessions and what reuse detection still needs.
+ */
+export const SessionCleanupLive = Layer.scopedDiscard(
+  Effect.gen(function*() {
+    const sessions = yield* SessionsRepo
+    yield* sessions.deleteExpired.pipe(
+      Effect.tap((deleted) =>
+        deleted > 0 ? Effect.logInfo("Deleted expired sessions").pipe(Effect.annotateLogs({ deleted })) : Effect.void
+      ),
+      Effect.catchAllCause((cause) => Effect.logWarning("Could not delete expired sessions", cause)),
+      Effect.repeat(Schedule.spaced(Duration.hours(1))),
+      Effect.forkScoped
+    )
+  })
+)

@@ -8,7 +8,7 @@ import { Effect, Layer } from "effect"
 import { WebPlusApi } from "./Api.js"
 import { AuditLog } from "./Audit.js"
 import { AuditRepo } from "./Audit/AuditRepo.js"
-import { Auth } from "./Auth.js"
+import { Auth, SessionCleanupLive } from "./Auth.js"
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { AuthenticationLive, AuthHttpLive } from "./Auth/Http.js"
 import { Passwords } from "./Auth/Passwords.js"
@@ -75,7 +75,7 @@ const AuthSupportLive = Layer.mergeAll(
 )
 
 /** The services behind the handlers, with what they stand on. */
-export const ServicesLive = Layer.mergeAll(Auth.Default, Users.Default, Health.Default).pipe(
+export const ServicesLive = Layer.mergeAll(Auth.Default, Users.Default, Health.Default, SessionCleanupLive).pipe(
   Layer.provideMerge(AuthSupportLive),
   Layer.provideMerge(ReposLive)
 )

@@ -9,6 +9,7 @@ import { toApiKeyView, toUserView } from "./Auth.js"
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { Passwords } from "./Auth/Passwords.js"
 import { requirePermission, requireSession } from "./Auth/Policy.js"
+import { RateLimits } from "./Auth/RateLimits.js"
 import { SessionsRepo } from "./Auth/SessionsRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import { Conflict, FieldIssue, Forbidden, orNotFound, ValidationError } from "./Domain/Errors.js"
@@ -37,6 +38,7 @@ export class Users extends Effect.Service<Users>()("Users", {
     const sessions = yield* SessionsRepo
     const personalData = yield* PersonalDataRepo
     const passwords = yield* Passwords
+    const rateLimits = yield* RateLimits
     const audit = yield* AuditLog
 
     const findUser = (id: UserId) => users.findById(id).pipe(orNotFound("No such user"))
@@ -119,7 +121,7 @@ export class Users extends Effect.Service<Users>()("Users", {
       const user = yield* self(actor)
       const data = yield* personalData.collect(user.id)
       const keys = yield* apiKeys.listForUser(user.id)
-      const events = yield* audit.forActor(user.id)
+      const events = yield* audit.aboutUser(user.id)
       yield* audit.record({ action: "user.exported", actor, target: { type: "user", id: user.id } })
       return new PersonalDataExport({
         exportedAt: yield* DateTime.now,
@@ -137,6 +139,7 @@ export class Users extends Effect.Service<Users>()("Users", {
     const deleteAccount = (payload: DeleteAccountPayload) =>
       Effect.gen(function*() {
         const actor = yield* requireSession
+        yield* rateLimits.authAttempt("password", actor.userId)
         const user = yield* self(actor)
         const { valid } = yield* passwords.verify(payload.password, user.passwordHash)
         if (!valid) return yield* new Forbidden({ message: "The password is incorrect" })

@@ -50,17 +50,19 @@ export class AuditRepo extends Effect.Service<AuditRepo>()("Audit/AuditRepo", {
       sql`UPDATE audit_events SET ip_address = NULL, user_agent = NULL, metadata = '{}'
           WHERE actor_id = ${userId} OR target_id = ${userId}`.pipe(Effect.orDie)
 
-    const forActor = SqlSchema.findAll({
+    const aboutUser = SqlSchema.findAll({
       Request: Schema.String,
       Result: AuditEvent,
-      execute: (actorId) => sql`SELECT * FROM audit_events WHERE actor_id = ${actorId} ORDER BY created_at, id`
+      execute: (userId) =>
+        sql`SELECT * FROM audit_events WHERE actor_id = ${userId} OR target_id = ${userId} ORDER BY created_at, id`
     })
 
     return {
       insert: repo.insertVoid,
       list,
       pseudonymize,
-      forActor: (actorId: string) => Effect.orDie(forActor(actorId))
+      /** Every event by or about a user (what their personal-data export shows). */
+      aboutUser: (userId: string) => Effect.orDie(aboutUser(userId))
     } as const
   })
 }) {}

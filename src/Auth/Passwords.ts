@@ -48,8 +48,10 @@ export class Passwords extends Effect.Service<Passwords>()("Auth/Passwords", {
     const current: Parameters = { ln: auth.passwordHashCost, r: 8, p: 1 }
     const permits = yield* Effect.makeSemaphore(auth.passwordHashConcurrency)
 
+    // Uninterruptible once started: the native hash runs to its end whatever happens to the request
+    // (a client that hangs up), so its permit must be held until then or the memory bound breaks.
     const scrypt = (password: string, salt: Buffer, params: Parameters) =>
-      permits.withPermits(1)(Effect.async<Buffer>((resume) => {
+      permits.withPermits(1)(Effect.uninterruptible(Effect.async<Buffer>((resume) => {
         const N = 2 ** params.ln
         Crypto.scrypt(
           password,
@@ -58,7 +60,7 @@ export class Passwords extends Effect.Service<Passwords>()("Auth/Passwords", {
           { N, r: params.r, p: params.p, maxmem: 256 * N * params.r },
           (error, key) => resume(error ? Effect.die(error) : Effect.succeed(key))
         )
-      }))
+      })))
 
     const hash = (password: Redacted.Redacted<string>): Effect.Effect<string> =>
       Effect.gen(function*() {

@@ -44,8 +44,31 @@ export class SessionsRepo extends Effect.Service<SessionsRepo>()("Auth/SessionsR
           : sql`UPDATE sessions SET revoked_at = ${at}, revoked_reason = ${reason}
                 WHERE user_id = ${userId} AND revoked_at IS NULL AND family_id <> ${except}`)
 
+    /**
+     * A family is revoked as soon as any of its sessions is: revocation marks every row it can
+     * see, and a row a concurrent rotation inserts just after is covered by this rule.
+     */
+    const familyRevoked = (familyId: SessionFamilyId) =>
+      Effect.map(
+        sql<
+          { one: number }
+        >`SELECT 1 AS one FROM sessions WHERE family_id = ${familyId} AND revoked_at IS NOT NULL LIMIT 1`,
+        (rows) => rows.length > 0
+      )
+
+    /** Expired sessions are of no use to anyone (a presented expired token is refused either way). */
+    const deleteExpired = Effect.flatMap(
+      DateTime.now,
+      (now) =>
+        sql<{ id: string }>`DELETE FROM sessions WHERE expires_at < ${DateTime.formatIso(now)} RETURNING id`.pipe(
+          Effect.map((rows) => rows.length)
+        )
+    )
+
     return {
       insert: repo.insert,
+      familyRevoked: (familyId: SessionFamilyId) => Effect.orDie(familyRevoked(familyId)),
+      deleteExpired: Effect.orDie(deleteExpired),
       findByTokenHash: (tokenHash: string) => Effect.orDie(findByTokenHash(tokenHash)),
       markRotated: (id: Session["id"]) => Effect.orDie(markRotated(id)),
       revokeFamily: (familyId: SessionFamilyId, reason: string) => Effect.orDie(revokeFamily(familyId, reason)),

@@ -6,7 +6,7 @@
  * Refresh tokens and API keys are opaque random secrets; only their SHA-256
  * is stored (they carry 256 bits of entropy, so a fast hash suffices).
  */
-import { Cache, Clock, Data, Duration, Effect, Exit, Redacted } from "effect"
+import { Cache, Clock, Data, Duration, Effect, Exit, Option, Redacted } from "effect"
 import * as Jose from "jose"
 import * as Crypto from "node:crypto"
 import { AppConfig } from "../Config.js"
@@ -31,6 +31,9 @@ interface VerifiedClaims extends AccessClaims {
 
 /** How many verified access tokens are remembered, so a client's repeated requests skip the HMAC. */
 const verifiedCacheCapacity = 10_000
+
+/** Our tokens are a few hundred characters; anything far longer is not one of them. */
+const maxTokenLength = 4_096
 
 /** A random secret with a recognisable prefix: `wpr_…` refresh tokens, `wp_…` API keys. */
 export const randomSecret = (prefix: string) => `${prefix}${Crypto.randomBytes(32).toString("base64url")}`
@@ -91,17 +94,25 @@ export class Tokens extends Effect.Service<Tokens>()("Auth/Tokens", {
       )
 
     // A token's verification is a pure function of the token and the key; only time changes the
-    // answer, so a verified token is remembered until it expires (failures are not remembered).
+    // answer, so a verified token is remembered until it expires. Only successes are remembered:
+    // garbage tokens must not push good ones out.
     const verified = yield* Cache.makeWith({
       capacity: verifiedCacheCapacity,
-      lookup: verify,
-      timeToLive: (exit) =>
+      lookup: (_token: string) => Effect.dieMessage("verified tokens are only ever set"),
+      timeToLive: (exit: Exit.Exit<VerifiedClaims>) =>
         Exit.isSuccess(exit) ? Duration.millis(Math.max(0, exit.value.expiresAt - Date.now())) : Duration.zero
     })
 
     const verifyAccessToken = (token: Redacted.Redacted<string>): Effect.Effect<AccessClaims, InvalidToken> =>
       Effect.gen(function*() {
-        const claims = yield* verified.get(Redacted.value(token))
+        const value = Redacted.value(token)
+        if (value.length > maxTokenLength) return yield* new InvalidToken({ reason: "Invalid access token" })
+        const claims = yield* verified.getOption(value).pipe(
+          Effect.flatMap(Option.match({
+            onSome: Effect.succeed,
+            onNone: () => Effect.tap(verify(value), (claims) => verified.set(value, claims))
+          }))
+        )
         // The cache's clock and the request's may differ by a tick: expiry is checked on every use.
         if (claims.expiresAt <= (yield* Clock.currentTimeMillis)) {
           return yield* new InvalidToken({ reason: "Access token expired" })

@@ -5,6 +5,7 @@
  */
 import { Effect, Option, Schema } from "effect"
 import { FieldIssue, ValidationError } from "./Errors.js"
+import { UuidV7 } from "./Ids.js"
 import { request } from "./Request.js"
 
 export const Page = <A, I, R>(item: Schema.Schema<A, I, R>) =>
@@ -20,8 +21,11 @@ export const PageParams = request(Schema.Struct({
 
 export const defaultLimit = 50
 
-/** The position after which a page starts: the last item's time and id. */
-export const Position = Schema.Struct({ at: Schema.String, id: Schema.String })
+/** The position after which a page starts: the last item's time (as stored: ISO-8601 UTC) and id. */
+export const Position = Schema.Struct({
+  at: Schema.String.pipe(Schema.pattern(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/)),
+  id: UuidV7
+})
 export type Position = typeof Position.Type
 
 const PositionJson = Schema.parseJson(Position)

@@ -17,7 +17,7 @@ import * as Crypto from "node:crypto"
 export const CurrentRequestId = globalValue("webplus/CurrentRequestId", () => FiberRef.unsafeMake<string>(""))
 
 export interface Client {
-  /** The client's address: the socket's peer, or with TRUST_PROXY the first `X-Forwarded-For` hop. */
+  /** The client's address: the socket's peer, or with TRUST_PROXY the address the proxy saw. */
   readonly address: string | null
   readonly userAgent: string | null
 }
@@ -29,7 +29,8 @@ export const CurrentClient = globalValue(
 )
 
 const clientOf = (request: HttpServerRequest.HttpServerRequest, trustProxy: boolean): Client => {
-  const forwarded = trustProxy ? request.headers["x-forwarded-for"]?.split(",")[0]?.trim() : undefined
+  // The right-most hop is the one the trusted proxy appended; anything left of it came from the client.
+  const forwarded = trustProxy ? request.headers["x-forwarded-for"]?.split(",").at(-1)?.trim() : undefined
   const address = forwarded || Option.getOrNull(request.remoteAddress)
   const userAgent = request.headers["user-agent"]
   return { address: address ?? null, userAgent: userAgent ? userAgent.slice(0, 512) : null }

@@ -31,16 +31,21 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
       execute: (id) => sql`${selectWithRole} WHERE users.id = ${id}`
     })
 
-    /** The user of an access token, and whether its session family is still live: one round trip. */
+    /**
+     * The user of an access token, and whether its session family is still live (it exists and
+     * none of its sessions was revoked): one round trip.
+     */
     const findForSession = SqlSchema.findOne({
       Request: Schema.Struct({ userId: UserId, familyId: Schema.String }),
       Result: Schema.Struct({ ...UserWithRole.fields, sessionActive: Model.BooleanFromNumber }),
       execute: ({ familyId, userId }) =>
         sql`
           SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions,
-            EXISTS (
-              SELECT 1 FROM sessions
-              WHERE sessions.family_id = ${familyId} AND sessions.user_id = users.id AND sessions.revoked_at IS NULL
+            (
+              EXISTS (SELECT 1 FROM sessions WHERE sessions.family_id = ${familyId} AND sessions.user_id = users.id)
+              AND NOT EXISTS (
+                SELECT 1 FROM sessions WHERE sessions.family_id = ${familyId} AND sessions.revoked_at IS NOT NULL
+              )
             ) AS session_active
           FROM users JOIN roles ON roles.id = users.role_id
           WHERE users.id = ${userId}`

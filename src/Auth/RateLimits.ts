@@ -10,6 +10,7 @@
 import { RateLimiter } from "@effect/experimental"
 import { HttpApp, HttpServerResponse } from "@effect/platform"
 import { Duration, Effect, FiberRef, Layer, Option } from "effect"
+import * as Crypto from "node:crypto"
 import { AppConfig } from "../Config.js"
 import { RateLimited } from "../Domain/Errors.js"
 import { CurrentClient } from "../Http/Middleware.js"
@@ -20,6 +21,10 @@ export interface Limit {
   readonly limit: number
   readonly window: Duration.Duration
 }
+
+/** Accounts are named in the store by a digest: emails have no business in Redis keys. */
+const accountKey = (account: string) =>
+  Crypto.createHash("sha256").update(account.toLowerCase()).digest("base64url").slice(0, 22)
 
 const seconds = (duration: Duration.Duration) => Math.max(1, Math.ceil(Duration.toSeconds(duration)))
 
@@ -102,7 +107,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
           ...(account === undefined
             ? []
             : [{
-              key: `auth:${endpoint}:account:${account.toLowerCase()}`,
+              key: `auth:${endpoint}:account:${accountKey(account)}`,
               limit: auth.rateLimitPerAccount,
               window: auth.rateLimitWindow
             }])

@@ -75,6 +75,8 @@ export interface AuthSettings {
   readonly passwordHashCost: number
   /** How many password hashes may run at once (each holds 128 << (cost - 17) MiB). */
   readonly passwordHashConcurrency: number
+  /** How many requests may wait for a hashing slot; one more is answered 503 at once. */
+  readonly passwordHashQueueLimit: number
   readonly rateLimitWindow: Duration.Duration
   readonly rateLimitPerAddress: number
   readonly rateLimitPerAccount: number
@@ -122,6 +124,10 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
         Config.withDefault(17)
       ),
       passwordHashConcurrency: yield* positiveInt("PASSWORD_HASH_CONCURRENCY").pipe(Config.withDefault(2)),
+      passwordHashQueueLimit: yield* Config.integer("PASSWORD_HASH_QUEUE_LIMIT").pipe(
+        Config.validate({ message: "Expected a non-negative integer", validation: (n) => n >= 0 }),
+        Config.withDefault(32)
+      ),
       rateLimitWindow: yield* Config.duration("AUTH_RATE_LIMIT_WINDOW").pipe(Config.withDefault(Duration.minutes(1))),
       rateLimitPerAddress: yield* positiveInt("AUTH_RATE_LIMIT_PER_ADDRESS").pipe(Config.withDefault(20)),
       rateLimitPerAccount: yield* positiveInt("AUTH_RATE_LIMIT_PER_ACCOUNT").pipe(Config.withDefault(5))

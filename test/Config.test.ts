@@ -63,6 +63,7 @@ describe("configuration", () => {
         REFRESH_TOKEN_TTL: "7 days",
         PASSWORD_HASH_COST: "15",
         PASSWORD_HASH_CONCURRENCY: "4",
+        PASSWORD_HASH_QUEUE_LIMIT: "0",
         AUTH_RATE_LIMIT_WINDOW: "30 seconds",
         AUTH_RATE_LIMIT_PER_ADDRESS: "50",
         AUTH_RATE_LIMIT_PER_ACCOUNT: "7",
@@ -85,6 +86,7 @@ describe("configuration", () => {
       expect(Duration.toHours(config.auth.refreshTokenTtl)).toBe(7 * 24)
       expect(config.auth.passwordHashCost).toBe(15)
       expect(config.auth.passwordHashConcurrency).toBe(4)
+      expect(config.auth.passwordHashQueueLimit).toBe(0)
       expect(Duration.toSeconds(config.auth.rateLimitWindow)).toBe(30)
       expect(config.auth.rateLimitPerAddress).toBe(50)
       expect(config.auth.rateLimitPerAccount).toBe(7)

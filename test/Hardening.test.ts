@@ -1,5 +1,5 @@
 /** Behaviour under attack or misuse: races, forged headers, crafted cursors, oversized tokens. */
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { call, createKey, signIn, signUp } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
@@ -111,3 +111,42 @@ for (const dialect of dialects) {
     })
   })
 }
+
+describe("a burst of sign-ins", () => {
+  it.live(
+    "beyond the hashing queue answers 503 with Retry-After at once, and nothing breaks",
+    () =>
+      Effect.gen(function*() {
+        const user = yield* signUp()
+        const replies = yield* Effect.all(
+          Array.from(
+            { length: 8 },
+            () => call("POST", "/api/v1/auth/login", { body: { login: user.email, password: user.password } })
+          ),
+          { concurrency: "unbounded" }
+        )
+        const busy = replies.filter((reply) => reply.status === 503)
+        expect(busy.length).toBeGreaterThan(0)
+        expect(replies.filter((reply) => reply.status === 200).length).toBeGreaterThan(0)
+        for (const reply of busy) {
+          expect(reply.body._tag).toBe("ServiceUnavailable")
+          expect(reply.headers["retry-after"]).toBe("5")
+        }
+        // Once the burst is over, signing in works again.
+        expect(
+          (yield* call("POST", "/api/v1/auth/login", { body: { login: user.email, password: user.password } })).status
+        )
+          .toBe(200)
+      }).pipe(
+        Effect.provide(testServer({
+          env: {
+            // The production cost (128 MiB, a few hundred milliseconds), one at a time, a short queue.
+            PASSWORD_HASH_COST: "17",
+            PASSWORD_HASH_CONCURRENCY: "1",
+            PASSWORD_HASH_QUEUE_LIMIT: "2"
+          }
+        }))
+      ),
+    60_000
+  )
+})

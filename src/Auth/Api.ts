@@ -12,7 +12,7 @@ import {
 } from "@effect/platform"
 import { Schema } from "effect"
 import { CurrentActor, Permission } from "../Domain/Actor.js"
-import { Conflict, Forbidden, NotFound, RateLimited, Unauthorized } from "../Domain/Errors.js"
+import { Conflict, Forbidden, NotFound, RateLimited, ServiceUnavailable, Unauthorized } from "../Domain/Errors.js"
 import { ApiKeyId, UserId } from "../Domain/Ids.js"
 import { request } from "../Domain/Request.js"
 import { Email, RoleName, Username } from "../Domain/User.js"
@@ -114,6 +114,7 @@ export class AuthApi extends HttpApiGroup.make("auth")
       .addSuccess(UserView, { status: 201 })
       .addError(Conflict)
       .addError(RateLimited)
+      .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Create an account (the first one becomes admin)")
   )
   .add(
@@ -122,6 +123,7 @@ export class AuthApi extends HttpApiGroup.make("auth")
       .addSuccess(TokenPair)
       .addError(Unauthorized)
       .addError(RateLimited)
+      .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Sign in with email or username and password")
   )
   .add(
@@ -151,6 +153,7 @@ export class AuthApi extends HttpApiGroup.make("auth")
       .addSuccess(HttpApiSchema.NoContent)
       .addError(Forbidden)
       .addError(RateLimited)
+      .addError(ServiceUnavailable)
       .middleware(Authentication)
       .annotate(OpenApi.Summary, "Change the password; every other session ends")
   )

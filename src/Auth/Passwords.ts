@@ -7,9 +7,18 @@
  * Stored format: `scrypt$ln=17,r=8,p=1$<salt>$<hash>` (base64), so hashes made
  * under older parameters still verify and are upgraded at the next login.
  */
+import { HttpApp, HttpServerResponse } from "@effect/platform"
 import { Effect, Redacted } from "effect"
 import * as Crypto from "node:crypto"
 import { AppConfig } from "../Config.js"
+import { ServiceUnavailable } from "../Domain/Errors.js"
+
+const busy = Effect.zipRight(
+  HttpApp.appendPreResponseHandler((_request, response) =>
+    Effect.succeed(HttpServerResponse.setHeader(response, "retry-after", "5"))
+  ),
+  Effect.fail(new ServiceUnavailable({ message: "Too many sign-ins at once; try again in a few seconds" }))
+)
 
 interface Parameters {
   readonly ln: number
@@ -50,8 +59,27 @@ export class Passwords extends Effect.Service<Passwords>()("Auth/Passwords", {
 
     // Uninterruptible once started: the native hash runs to its end whatever happens to the request
     // (a client that hangs up), so its permit must be held until then or the memory bound breaks.
-    const scrypt = (password: string, salt: Buffer, params: Parameters) =>
-      permits.withPermits(1)(Effect.uninterruptible(Effect.async<Buffer>((resume) => {
+    // Requests waiting for a slot. Past the limit the server is saturated (a burst of sign-ins from
+    // many addresses): answering 503 at once beats a queue that only grows.
+    let waiting = 0
+    const scrypt = (password: string, salt: Buffer, params: Parameters): Effect.Effect<Buffer, ServiceUnavailable> =>
+      Effect.suspend(() => {
+        if (waiting >= auth.passwordHashQueueLimit) return busy
+        waiting++
+        let queued = true
+        const leaveQueue = Effect.sync(() => {
+          if (queued) {
+            queued = false
+            waiting--
+          }
+        })
+        return permits.withPermits(1)(Effect.zipRight(leaveQueue, run(password, salt, params))).pipe(
+          Effect.ensuring(leaveQueue)
+        )
+      })
+
+    const run = (password: string, salt: Buffer, params: Parameters) =>
+      Effect.uninterruptible(Effect.async<Buffer>((resume) => {
         const N = 2 ** params.ln
         Crypto.scrypt(
           password,
@@ -60,18 +88,21 @@ export class Passwords extends Effect.Service<Passwords>()("Auth/Passwords", {
           { N, r: params.r, p: params.p, maxmem: 256 * N * params.r },
           (error, key) => resume(error ? Effect.die(error) : Effect.succeed(key))
         )
-      })))
+      }))
 
-    const hash = (password: Redacted.Redacted<string>): Effect.Effect<string> =>
+    const hash = (password: Redacted.Redacted<string>): Effect.Effect<string, ServiceUnavailable> =>
       Effect.gen(function*() {
         const salt = Crypto.randomBytes(saltLength)
         return encode(current, salt, yield* scrypt(normalize(password), salt, current))
       }).pipe(Effect.withSpan("Passwords.hash"))
 
     // A fixed hash to verify against when there is no account, so failures take the same time either way.
-    const decoy = yield* Effect.cached(hash(Redacted.make(Crypto.randomBytes(16).toString("hex"))))
+    const decoy = yield* Effect.cached(hash(Redacted.make(Crypto.randomBytes(16).toString("hex"))).pipe(Effect.orDie))
 
-    const verify = (password: Redacted.Redacted<string>, stored: string | null): Effect.Effect<Verification> =>
+    const verify = (
+      password: Redacted.Redacted<string>,
+      stored: string | null
+    ): Effect.Effect<Verification, ServiceUnavailable> =>
       Effect.gen(function*() {
         const parsed = (stored === null ? undefined : decode(stored)) ?? decode(yield* decoy)!
         const candidate = yield* scrypt(normalize(password), parsed.salt, parsed.params)

@@ -3,7 +3,7 @@ import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/p
 import { Schema } from "effect"
 import { ApiKeyView, Authentication, UserView } from "../Auth/Api.js"
 import { AuditEvent } from "../Domain/Credentials.js"
-import { Conflict, Forbidden, NotFound, RateLimited } from "../Domain/Errors.js"
+import { Conflict, Forbidden, NotFound, RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
 import { JsonObject } from "../Domain/Fields.js"
 import { UserId } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
@@ -118,6 +118,7 @@ export class MeApi extends HttpApiGroup.make("me")
       .addSuccess(HttpApiSchema.NoContent)
       .addError(Conflict)
       .addError(RateLimited)
+      .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Erase your account and everything in it (the password is asked again)")
   )
   .add(HttpApiEndpoint.get("getConsent", "/api/v1/me/consent").addSuccess(Consent))

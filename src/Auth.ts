@@ -28,7 +28,7 @@ import { Conflict, FieldIssue, Forbidden, orNotFound, Unauthorized, ValidationEr
 import { type ApiKeyId, generateUuid, SessionFamilyId, type UserId } from "./Domain/Ids.js"
 import { BuiltinRoles, User } from "./Domain/User.js"
 import { CurrentClient } from "./Http/Middleware.js"
-import { transactionLock } from "./Sql.js"
+import { inTransaction, transactionLock } from "./Sql.js"
 import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
 
 type UserRow = typeof UserWithRole.Type
@@ -118,7 +118,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
             failedLoginCount: 0,
             deletedAt: Option.none()
           }))
-          const user = yield* users.findById(created.id).pipe(Effect.flatten, Effect.orDie)
+          const user = yield* users.get(created.id)
           yield* audit.record({
             action: "user.registered",
             actor: { type: "user", id: user.id },
@@ -126,7 +126,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
             metadata: { role: user.roleName, marketingConsent: payload.marketingConsent }
           })
           return user
-        }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
+        }).pipe(inTransaction(sql))
         return toUserView(user)
       }).pipe(Effect.withSpan("Auth.register"))
 
@@ -186,7 +186,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
             target: { type: "session", id: familyId }
           })
           return pair
-        }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
+        }).pipe(inTransaction(sql))
       }).pipe(Effect.withSpan("Auth.login"))
 
     const refresh = (refreshToken: Redacted.Redacted<string>) =>
@@ -234,7 +234,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
 
     const currentUser = Effect.gen(function*() {
       const actor = yield* CurrentActor
-      const user = yield* users.findById(actor.userId).pipe(Effect.flatten, Effect.orDie)
+      const user = yield* users.get(actor.userId)
       return toUserView(user)
     }).pipe(Effect.withSpan("Auth.currentUser"))
 
@@ -242,7 +242,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
       Effect.gen(function*() {
         const actor = yield* requireSession
         yield* rateLimits.authAttempt("password", actor.userId)
-        const user = yield* users.findById(actor.userId).pipe(Effect.flatten, Effect.orDie)
+        const user = yield* users.get(actor.userId)
         const { valid } = yield* passwords.verify(payload.currentPassword, user.passwordHash)
         if (!valid) return yield* new Forbidden({ message: "The current password is incorrect" })
         yield* checkPasswordPolicy(payload.newPassword, [user.email, user.username])
@@ -251,7 +251,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
           yield* users.setPasswordHash(user.id, passwordHash)
           yield* sessions.revokeAllForUser(user.id, "password-changed", actor.sessionFamilyId)
           yield* audit.record({ action: "auth.password.changed", actor, target: { type: "user", id: user.id } })
-        }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
+        }).pipe(inTransaction(sql))
       }).pipe(Effect.withSpan("Auth.changePassword"))
 
     // --- authentication of protected requests
@@ -263,7 +263,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
         readonly key: ApiKey
       }
     ) => {
-      const rolePermissions = users.knownPermissions(user.rolePermissions)
+      const rolePermissions = user.rolePermissions.filter(isPermission)
       return new Actor({
         userId: user.id,
         role: user.roleName,

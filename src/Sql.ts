@@ -120,6 +120,16 @@ export const SqlLive = Layer.unwrapEffect(
 )
 
 /**
+ * Runs `effect` in a transaction. Repositories already turn query failures
+ * into defects; what is left (BEGIN or COMMIT failing) is one too.
+ */
+export const inTransaction =
+  (sql: SqlClient.SqlClient) => <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    sql.withTransaction(effect).pipe(
+      Effect.catchIf((error: E | SqlError.SqlError) => error instanceof SqlError.SqlError, Effect.die)
+    ) as Effect.Effect<A, E, R>
+
+/**
  * Serialises the transactions that take the same named lock, for checks that
  * span rows ("is this the last admin?"). PostgreSQL: a transaction-scoped
  * advisory lock. SQLite already runs one write transaction at a time.

@@ -11,12 +11,11 @@ import { Passwords } from "./Auth/Passwords.js"
 import { requirePermission, requireSession } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
 import { SessionsRepo } from "./Auth/SessionsRepo.js"
-import type { Actor } from "./Domain/Actor.js"
 import { Conflict, FieldIssue, Forbidden, orNotFound, ValidationError } from "./Domain/Errors.js"
 import type { UserId } from "./Domain/Ids.js"
 import { decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { BuiltinRoles, type RoleName } from "./Domain/User.js"
-import { transactionLock } from "./Sql.js"
+import { inTransaction, transactionLock } from "./Sql.js"
 import { Consent, type DeleteAccountPayload, PersonalDataExport, type UpdateConsentPayload } from "./Users/Api.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
 import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
@@ -95,7 +94,7 @@ export class Users extends Effect.Service<Users>()("Users", {
           metadata: { from: user.roleName, to: role.name }
         })
         return toUserView(yield* findUser(id))
-      }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die), Effect.withSpan("Users.setRole"))
+      }).pipe(inTransaction(sql), Effect.withSpan("Users.setRole"))
 
     const setDisabled = (id: UserId, disabled: boolean) =>
       Effect.gen(function*() {
@@ -112,13 +111,11 @@ export class Users extends Effect.Service<Users>()("Users", {
           target: { type: "user", id: user.id }
         })
         return toUserView(yield* findUser(id))
-      }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die), Effect.withSpan("Users.setDisabled"))
-
-    const self = (actor: Actor) => users.findById(actor.userId).pipe(Effect.flatten, Effect.orDie)
+      }).pipe(inTransaction(sql), Effect.withSpan("Users.setDisabled"))
 
     const exportData = Effect.gen(function*() {
       const actor = yield* requireSession
-      const user = yield* self(actor)
+      const user = yield* users.get(actor.userId)
       const data = yield* personalData.collect(user.id)
       const keys = yield* apiKeys.listForUser(user.id)
       const events = yield* audit.aboutUser(user.id)
@@ -140,7 +137,7 @@ export class Users extends Effect.Service<Users>()("Users", {
       Effect.gen(function*() {
         const actor = yield* requireSession
         yield* rateLimits.authAttempt("password", actor.userId)
-        const user = yield* self(actor)
+        const user = yield* users.get(actor.userId)
         const { valid } = yield* passwords.verify(payload.password, user.passwordHash)
         if (!valid) return yield* new Forbidden({ message: "The password is incorrect" })
         yield* Effect.gen(function*() {
@@ -154,18 +151,18 @@ export class Users extends Effect.Service<Users>()("Users", {
             target: { type: "user", id: user.id },
             withoutClient: true
           })
-        }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
+        }).pipe(inTransaction(sql))
       }).pipe(Effect.withSpan("Users.deleteAccount"))
 
     const getConsent = Effect.gen(function*() {
       const actor = yield* requireSession
-      return consentOf(yield* self(actor))
+      return consentOf(yield* users.get(actor.userId))
     })
 
     const updateConsent = (payload: UpdateConsentPayload) =>
       Effect.gen(function*() {
         const actor = yield* requireSession
-        const user = yield* self(actor)
+        const user = yield* users.get(actor.userId)
         if (user.marketingConsent !== payload.marketingConsent) {
           const at = DateTime.formatIso(yield* DateTime.now)
           yield* users.setConsent(user.id, payload.marketingConsent, payload.marketingConsent ? at : null)
@@ -176,7 +173,7 @@ export class Users extends Effect.Service<Users>()("Users", {
             metadata: { marketingConsent: payload.marketingConsent }
           })
         }
-        return consentOf(yield* self(actor))
+        return consentOf(yield* users.get(actor.userId))
       }).pipe(Effect.withSpan("Users.updateConsent"))
 
     return { listUsers, setRole, setDisabled, exportData, deleteAccount, getConsent, updateConsent } as const

@@ -52,13 +52,6 @@ export class ApiKeysRepo extends Effect.Service<ApiKeysRepo>()("Auth/ApiKeysRepo
       listForUser: (userId: UserId) => Effect.orDie(listForUser(userId)),
       findForUser: (id: string, userId: UserId) => Effect.orDie(findForUser({ id, userId })),
       revoke: (id: ApiKeyId) => Effect.orDie(revoke(id)),
-      revokeAllForUser: (userId: UserId) =>
-        Effect.orDie(
-          Effect.flatMap(DateTime.now, (now) =>
-            sql`UPDATE api_keys SET revoked_at = ${
-              DateTime.formatIso(now)
-            } WHERE user_id = ${userId} AND revoked_at IS NULL`)
-        ),
       touch: (id: ApiKeyId) => Effect.orDie(touch(id))
     } as const
   })

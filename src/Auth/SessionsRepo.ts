@@ -38,11 +38,9 @@ export class SessionsRepo extends Effect.Service<SessionsRepo>()("Auth/SessionsR
 
     const revokeAllForUser = (userId: UserId, reason: string, except?: SessionFamilyId) =>
       Effect.flatMap(now, (at) =>
-        except === undefined
-          ? sql`UPDATE sessions SET revoked_at = ${at}, revoked_reason = ${reason}
-                WHERE user_id = ${userId} AND revoked_at IS NULL`
-          : sql`UPDATE sessions SET revoked_at = ${at}, revoked_reason = ${reason}
-                WHERE user_id = ${userId} AND revoked_at IS NULL AND family_id <> ${except}`)
+        sql`UPDATE sessions SET revoked_at = ${at}, revoked_reason = ${reason}
+            WHERE user_id = ${userId} AND revoked_at IS NULL
+            ${except === undefined ? sql`` : sql`AND family_id <> ${except}`}`)
 
     /**
      * A family is revoked as soon as any of its sessions is: revocation marks every row it can

@@ -1,8 +1,8 @@
 import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { DateTime, Effect, type Option, Schema } from "effect"
-import { Permission } from "../Domain/Actor.js"
-import { type RoleId, RoleId as RoleIdSchema, UserId } from "../Domain/Ids.js"
-import type { Position } from "../Domain/Pagination.js"
+import type { RoleId } from "../Domain/Ids.js"
+import { UserId } from "../Domain/Ids.js"
+import { Position } from "../Domain/Pagination.js"
 import { Role, RoleName, User } from "../Domain/User.js"
 
 /** A user with what authentication needs to know about their role. */
@@ -12,14 +12,10 @@ export const UserWithRole = Schema.Struct({
   rolePermissions: Schema.parseJson(Schema.Array(Schema.String))
 })
 
-const knownPermissions = (permissions: ReadonlyArray<string>) =>
-  permissions.filter((permission): permission is Permission => Schema.is(Permission)(permission))
-
 export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const repo = yield* Model.makeRepository(User, { tableName: "users", spanPrefix: "UsersRepo", idColumn: "id" })
-    const roles = yield* Model.makeRepository(Role, { tableName: "roles", spanPrefix: "RolesRepo", idColumn: "id" })
 
     const selectWithRole = sql`
       SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions
@@ -79,7 +75,7 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
 
     const listPage = SqlSchema.findAll({
       Request: Schema.Struct({
-        after: Schema.OptionFromNullOr(Schema.Struct({ at: Schema.String, id: Schema.String })),
+        after: Schema.OptionFromNullOr(Position),
         limit: Schema.Number
       }),
       Result: UserWithRole,
@@ -100,10 +96,11 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
     return {
       insert: repo.insert,
       findById: (id: UserId) => Effect.orDie(findWithRole(id)),
+      /** A user known to exist (the signed-in one, one just inserted). */
+      get: (id: UserId) => Effect.orDie(Effect.flatten(findWithRole(id))),
       findByLogin: (login: string) => Effect.orDie(findByLogin(login)),
       findForSession: (userId: UserId, familyId: string) => Effect.orDie(findForSession({ userId, familyId })),
       findRoleByName: (name: string) => Effect.orDie(findRoleByName(name)),
-      roleById: (id: RoleId) => roles.findById(RoleIdSchema.make(id)),
       countUsers: Effect.orDie(countUsers),
       countActiveAdmins: Effect.orDie(countActiveAdmins),
       list: (after: Option.Option<Position>, limit: number) => Effect.orDie(listPage({ after, limit: limit + 1 })),
@@ -121,8 +118,7 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
         ),
       recordFailedLogin: (id: UserId) =>
         Effect.orDie(sql`UPDATE users SET failed_login_count = failed_login_count + 1 WHERE id = ${id}`),
-      delete: (id: UserId) => Effect.orDie(sql`DELETE FROM users WHERE id = ${id}`),
-      knownPermissions
+      delete: (id: UserId) => Effect.orDie(sql`DELETE FROM users WHERE id = ${id}`)
     } as const
   })
 }) {}

@@ -3,9 +3,11 @@
  * released: change the schema by adding the next `NNNN_name` entry.
  */
 import initial from "./0001_initial.js"
+import conversationHistory from "./0002_conversation_history.js"
 
 export const migrations = {
-  "0001_initial": initial
+  "0001_initial": initial,
+  "0002_conversation_history": conversationHistory
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

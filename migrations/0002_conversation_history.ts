@@ -9,22 +9,23 @@
  *   external-content tables kept in step by triggers on SQLite, generated
  *   `tsvector` columns with GIN indexes on PostgreSQL. Both index words
  *   without stemming, so a query finds the same rows on either database.
- *   Soft-deleted rows and thread messages are left out of the index.
+ *   Soft-deleted rows are left out of the index.
  */
 import { SqlClient } from "@effect/sql"
 import { Effect } from "effect"
 
 const common = [
   `ALTER TABLE conversations ADD COLUMN message_count integer NOT NULL DEFAULT 0 CHECK (message_count >= 0)`,
+  // Live children of a message in sibling order: "2 / 3", and the newest branch below a message.
+  `CREATE INDEX messages_children_idx ON messages (parent_id, created_at, id) WHERE deleted_at IS NULL`,
   `CREATE INDEX messages_roots_idx ON messages (conversation_id, created_at, id)
-    WHERE parent_id IS NULL AND thread_id IS NULL`
+    WHERE parent_id IS NULL AND thread_id IS NULL AND deleted_at IS NULL`
 ]
 
 const pg = [
   `ALTER TABLE messages ADD COLUMN search_vector tsvector
     GENERATED ALWAYS AS (to_tsvector('simple', content)) STORED`,
-  `CREATE INDEX messages_search_idx ON messages USING GIN (search_vector)
-    WHERE deleted_at IS NULL AND thread_id IS NULL`,
+  `CREATE INDEX messages_search_idx ON messages USING GIN (search_vector) WHERE deleted_at IS NULL`,
   `ALTER TABLE conversations ADD COLUMN search_vector tsvector
     GENERATED ALWAYS AS (to_tsvector('simple', title)) STORED`,
   `CREATE INDEX conversations_search_idx ON conversations USING GIN (search_vector)
@@ -60,8 +61,9 @@ const sqlite = [
   ...sqliteIndex(
     "messages",
     "content",
-    ["deleted_at", "thread_id"],
-    (row) => `${row}.deleted_at IS NULL AND ${row}.thread_id IS NULL`),
+    ["deleted_at"],
+    (row) => `${row}.deleted_at IS NULL`
+  ),
   ...sqliteIndex("conversations", "title", ["deleted_at"], (row) => `${row}.deleted_at IS NULL`)
 ]
 

@@ -4,6 +4,7 @@
  */
 import { HttpApi, OpenApi } from "@effect/platform"
 import { AuthApi } from "./Auth/Api.js"
+import { ConversationsApi } from "./Conversations/Api.js"
 import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
 import { HealthApi } from "./Health/Api.js"
 import { AdminApi, MeApi } from "./Users/Api.js"
@@ -68,6 +69,7 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .add(AuthApi)
   .add(AdminApi)
   .add(MeApi)
+  .add(ConversationsApi)
   .addError(ValidationError)
   .addError(NotFound)
   .addError(PayloadTooLarge)

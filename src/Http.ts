@@ -16,6 +16,10 @@ import { RateLimiterLive, RateLimits } from "./Auth/RateLimits.js"
 import { SessionsRepo } from "./Auth/SessionsRepo.js"
 import { Tokens } from "./Auth/Tokens.js"
 import { AppConfig } from "./Config.js"
+import { Conversations } from "./Conversations.js"
+import { ConversationRepo } from "./Conversations/ConversationRepo.js"
+import { ConversationsHttpLive } from "./Conversations/Http.js"
+import { SearchRepo } from "./Conversations/SearchRepo.js"
 import { Health } from "./Health.js"
 import { HealthHttpLive } from "./Health/Http.js"
 import { ErrorModelLive } from "./Http/ErrorModel.js"
@@ -64,7 +68,9 @@ const ReposLive = Layer.mergeAll(
   SessionsRepo.Default,
   ApiKeysRepo.Default,
   AuditRepo.Default,
-  PersonalDataRepo.Default
+  PersonalDataRepo.Default,
+  ConversationRepo.Default,
+  SearchRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -75,13 +81,25 @@ const AuthSupportLive = Layer.mergeAll(
 )
 
 /** The services behind the handlers, with what they stand on. */
-export const ServicesLive = Layer.mergeAll(Auth.Default, Users.Default, Health.Default, SessionCleanupLive).pipe(
+export const ServicesLive = Layer.mergeAll(
+  Auth.Default,
+  Users.Default,
+  Conversations.Default,
+  Health.Default,
+  SessionCleanupLive
+).pipe(
   Layer.provideMerge(AuthSupportLive),
   Layer.provideMerge(ReposLive)
 )
 
 /** The handlers of every group of `WebPlusApi`. */
-export const ApiGroupsLive = Layer.mergeAll(HealthHttpLive, AuthHttpLive, AdminHttpLive, MeHttpLive).pipe(
+export const ApiGroupsLive = Layer.mergeAll(
+  HealthHttpLive,
+  AuthHttpLive,
+  AdminHttpLive,
+  MeHttpLive,
+  ConversationsHttpLive
+).pipe(
   Layer.provide(AuthenticationLive),
   Layer.provideMerge(ServicesLive)
 )

@@ -116,7 +116,8 @@ for (const dialect of dialects) {
             currentLeafId: null,
             pinned: true,
             archived: false,
-            deletedAt: Option.none()
+            deletedAt: Option.none(),
+            messageCount: 0
           }))
           const messages = yield* Model.makeRepository(Message, {
             tableName: "messages",

@@ -7,8 +7,24 @@ import { Model } from "@effect/sql"
 import { Clock, Effect, Option, Schema } from "effect"
 import { v7 } from "uuid"
 
-/** A fresh UUIDv7 whose time part comes from the Effect clock (so tests can control it). */
-export const generateUuid: Effect.Effect<string> = Effect.map(Clock.currentTimeMillis, (msecs) => v7({ msecs }))
+const lastGenerated = { msecs: -Infinity, seq: 0 }
+
+/**
+ * A fresh UUIDv7 whose time part comes from the Effect clock (so tests can control it).
+ * Ids made by one process in the same millisecond still increase (a counter follows the
+ * time part), so rows created together sort in creation order.
+ */
+export const generateUuid: Effect.Effect<string> = Effect.map(Clock.currentTimeMillis, (now) => {
+  if (now > lastGenerated.msecs) {
+    lastGenerated.msecs = now
+    // A random start in the lower half leaves room to count up within the millisecond.
+    lastGenerated.seq = Math.floor(Math.random() * 0x40000000)
+  } else {
+    lastGenerated.seq = (lastGenerated.seq + 1) | 0
+    if (lastGenerated.seq === 0) lastGenerated.msecs++
+  }
+  return v7({ msecs: lastGenerated.msecs, seq: lastGenerated.seq })
+})
 
 const uuidV7Pattern = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 

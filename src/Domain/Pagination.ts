@@ -28,27 +28,39 @@ export const Position = Schema.Struct({
 })
 export type Position = typeof Position.Type
 
-const PositionJson = Schema.parseJson(Position)
+/** An opaque cursor carrying a value of `schema`: base64url JSON, validated when it comes back. */
+export const cursorOf = <A, I>(schema: Schema.Schema<A, I>) => {
+  const json = Schema.parseJson(schema)
+  return {
+    encode: (value: A): string => Buffer.from(Schema.encodeSync(json)(value)).toString("base64url"),
+    decode: (cursor: string | undefined): Effect.Effect<Option.Option<A>, ValidationError> =>
+      cursor === undefined
+        ? Effect.succeedNone
+        : Schema.decodeUnknown(json)(Buffer.from(cursor, "base64url").toString()).pipe(
+          Effect.map(Option.some),
+          Effect.mapError(() =>
+            new ValidationError({
+              message: "Invalid cursor",
+              issues: [new FieldIssue({ path: ["cursor"], message: "Not a cursor this server issued" })]
+            })
+          )
+        )
+  } as const
+}
 
-export const encodeCursor = (position: Position): string =>
-  Buffer.from(Schema.encodeSync(PositionJson)(position)).toString("base64url")
+const positionCursor = cursorOf(Position)
 
-export const decodeCursor = (cursor: string | undefined): Effect.Effect<Option.Option<Position>, ValidationError> =>
-  cursor === undefined
-    ? Effect.succeedNone
-    : Schema.decodeUnknown(PositionJson)(Buffer.from(cursor, "base64url").toString()).pipe(
-      Effect.map(Option.some),
-      Effect.mapError(() =>
-        new ValidationError({
-          message: "Invalid cursor",
-          issues: [new FieldIssue({ path: ["cursor"], message: "Not a cursor this server issued" })]
-        })
-      )
-    )
+export const encodeCursor = positionCursor.encode
+export const decodeCursor = positionCursor.decode
 
-/** Builds a page from `limit + 1` fetched rows. */
-export const toPage = <A>(rows: ReadonlyArray<A>, limit: number, positionOf: (row: A) => Position) => {
+/** Builds a page from `limit + 1` fetched rows; `positionOf` gives the sort key a page ends at. */
+export const toPage = <A, P = Position>(
+  rows: ReadonlyArray<A>,
+  limit: number,
+  positionOf: (row: A) => P,
+  encode: (position: P) => string = encodeCursor as (position: P) => string
+) => {
   const items = rows.slice(0, limit)
   const last = items[items.length - 1]
-  return { items, nextCursor: rows.length > limit && last !== undefined ? encodeCursor(positionOf(last)) : null }
+  return { items, nextCursor: rows.length > limit && last !== undefined ? encode(positionOf(last)) : null }
 }

@@ -1,0 +1,843 @@
+/**
+ * The conversation history of each user: conversations (trash, archive,
+ * pins), the message tree with its active branch, threads, search, export
+ * and import.
+ *
+ * Messages form a tree through `parentId`; the conversation points at its
+ * current leaf, and the active branch is the path from the root to it.
+ * Nothing is overwritten: editing adds a sibling with the new content and
+ * makes it the leaf. Every change of the tree runs in one transaction with
+ * the conversation row locked, so the leaf, the count and the rows agree.
+ */
+import { Model, SqlClient } from "@effect/sql"
+import { DateTime, Effect, Option, Schema } from "effect"
+import { requirePermission } from "./Auth/Policy.js"
+import type {
+  AppendMessagePayload,
+  AppendThreadMessagePayload,
+  CreateConversationPayload,
+  CreateThreadPayload,
+  EditMessagePayload,
+  SetCurrentLeafPayload,
+  UpdateConversationPayload,
+  UpdateThreadPayload
+} from "./Conversations/Api.js"
+import {
+  ConversationExport,
+  ExportedMessage,
+  ExportedThread,
+  ExportedThreadMessage,
+  MessageList,
+  SearchHit
+} from "./Conversations/Api.js"
+import {
+  ConversationRepo,
+  type ConversationSummaryRow,
+  type ListState,
+  type MessageRow,
+  type ThreadRow
+} from "./Conversations/ConversationRepo.js"
+import { matchEnd, matchStart, SearchRepo, searchTerms } from "./Conversations/SearchRepo.js"
+import type { Actor } from "./Domain/Actor.js"
+import {
+  Conversation,
+  ConversationView,
+  LastMessage,
+  Message,
+  type MessageRole,
+  MessageView,
+  Thread,
+  ThreadView
+} from "./Domain/Conversation.js"
+import { FieldIssue, orNotFound, ValidationError } from "./Domain/Errors.js"
+import type { JsonObject } from "./Domain/Fields.js"
+import { type ConversationId, generateUuid, type MessageId, type ThreadId } from "./Domain/Ids.js"
+import { cursorOf, decodeCursor, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
+import { inTransaction } from "./Sql.js"
+
+export const toConversationView = (row: ConversationSummaryRow) =>
+  new ConversationView({
+    id: row.id,
+    title: row.title,
+    modelId: row.modelId,
+    modelConfigId: row.modelConfigId,
+    currentLeafId: row.currentLeafId,
+    pinned: row.pinned,
+    archived: row.archived,
+    deletedAt: Option.getOrNull(row.deletedAt),
+    messageCount: row.messageCount,
+    lastMessage: row.currentLeafId !== null && row.lastRole !== null && row.lastStatus !== null &&
+        row.lastCreatedAt !== null
+      ? new LastMessage({
+        id: row.currentLeafId,
+        role: row.lastRole,
+        status: row.lastStatus,
+        preview: row.lastPreview ?? "",
+        createdAt: row.lastCreatedAt
+      })
+      : null,
+    createdAt: row.createdAt,
+    updatedAt: row.updatedAt
+  })
+
+export const toMessageView = (row: MessageRow) =>
+  new MessageView({
+    id: row.id,
+    conversationId: row.conversationId,
+    parentId: row.parentId,
+    threadId: row.threadId,
+    role: row.role,
+    content: row.content,
+    status: row.status,
+    modelId: row.modelId,
+    modelName: row.modelName,
+    promptTokens: row.promptTokens,
+    completionTokens: row.completionTokens,
+    toolCalls: row.toolCalls,
+    metadata: row.metadata,
+    editedFromId: row.editedFromId,
+    siblingIndex: row.siblingIndex,
+    siblingCount: Math.max(row.siblingCount, 1),
+    createdAt: row.createdAt,
+    updatedAt: row.updatedAt
+  })
+
+const toThreadView = (row: ThreadRow) =>
+  new ThreadView({
+    id: row.id,
+    conversationId: row.conversationId,
+    anchorMessageId: row.anchorMessageId,
+    title: row.title,
+    messageCount: row.messageCount,
+    createdAt: row.createdAt,
+    updatedAt: row.updatedAt
+  })
+
+const invalid = (path: ReadonlyArray<string | number>, message: string) =>
+  new ValidationError({ message, issues: [new FieldIssue({ path, message })] })
+
+/** Where a conversation list page ends: pinned, then time (updated, or deleted in the trash), then id. */
+const ListPosition = Schema.Struct({ ...Position.fields, pinned: Schema.Boolean })
+const listCursor = cursorOf(ListPosition)
+const SearchPosition = Schema.Struct({ offset: Schema.Int.pipe(Schema.between(0, 10_000)) })
+const searchCursor = cursorOf(SearchPosition)
+
+const escapeHtml = (text: string) =>
+  text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;").replace(
+    /'/g,
+    "&#39;"
+  )
+
+/** The snippet as HTML: the text escaped, the matches marked. */
+const snippetHtml = (snippet: string) =>
+  escapeHtml(snippet).split(matchStart).join("<mark>").split(matchEnd).join("</mark>")
+
+const roleHeadings: Record<MessageRole, string> = {
+  system: "System",
+  user: "User",
+  assistant: "Assistant",
+  tool: "Tool"
+}
+
+/** A fresh id of an entity, given to an insert instead of the generated one (so the caller knows it). */
+const freshId = <A extends string>() => Effect.map(generateUuid, (id) => Model.Override(id as A))
+
+/** A message as it is inserted: the columns a caller does not choose get their defaults. */
+const newMessage = (id: MessageId, fields: {
+  readonly conversationId: ConversationId
+  readonly parentId: MessageId | null
+  readonly threadId?: ThreadId | null
+  readonly role: MessageRole
+  readonly content: string
+  readonly metadata?: JsonObject | undefined
+  readonly editedFromId?: MessageId | null
+}) =>
+  Message.insert.make({
+    id: Model.Override(id),
+    conversationId: fields.conversationId,
+    parentId: fields.parentId,
+    threadId: fields.threadId ?? null,
+    role: fields.role,
+    content: fields.content,
+    status: "complete",
+    modelId: null,
+    modelName: null,
+    promptTokens: null,
+    completionTokens: null,
+    toolCalls: [],
+    metadata: fields.metadata ?? {},
+    editedFromId: fields.editedFromId ?? null,
+    deletedAt: Option.none()
+  })
+
+export class Conversations extends Effect.Service<Conversations>()("Conversations", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const repo = yield* ConversationRepo
+    const searchRepo = yield* SearchRepo
+    const transaction = inTransaction(sql)
+
+    const readable = requirePermission("conversations:read")
+    const writable = requirePermission("conversations:write")
+
+    const notFound = orNotFound("No such conversation")
+
+    /** The actor's conversation (in the trash too). */
+    const findOwn = (actor: Actor, id: ConversationId) => repo.findSummary(actor.userId, id).pipe(notFound)
+
+    /** The actor's conversation, locked for a change, unless it is in the trash. */
+    const lockLive = (actor: Actor, id: ConversationId) =>
+      repo.lockConversation(actor.userId, id).pipe(
+        Effect.map(Option.filter((conversation) => Option.isNone(conversation.deletedAt))),
+        notFound
+      )
+
+    const viewOf = (actor: Actor, id: ConversationId) => Effect.map(findOwn(actor, id), toConversationView)
+
+    /** A live message of the conversation's tree (not of a thread). */
+    const findTreeMessage = (conversationId: ConversationId, id: MessageId, path: ReadonlyArray<string>) =>
+      repo.findMessage(conversationId, id).pipe(
+        Effect.map(Option.filter((message) => message.threadId === null)),
+        Effect.flatMap(Option.match({
+          onNone: () => Effect.fail(invalid(path, "No such message in this conversation")),
+          onSome: Effect.succeed
+        }))
+      )
+
+    const checkReferences = (
+      actor: Actor,
+      fields: { readonly modelId?: string | null | undefined; readonly modelConfigId?: string | null | undefined }
+    ) =>
+      Effect.gen(function*() {
+        const issues: Array<FieldIssue> = []
+        if (fields.modelId && !(yield* repo.modelExists(fields.modelId))) {
+          issues.push(new FieldIssue({ path: ["modelId"], message: "No such model" }))
+        }
+        if (fields.modelConfigId && !(yield* repo.modelConfigUsable(actor.userId, fields.modelConfigId))) {
+          issues.push(new FieldIssue({ path: ["modelConfigId"], message: "No such model config" }))
+        }
+        if (issues.length > 0) return yield* new ValidationError({ message: "Unknown references", issues })
+      })
+
+    // --- conversations
+
+    const create = (payload: CreateConversationPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        yield* checkReferences(actor, payload)
+        const conversationId = yield* freshId<ConversationId>()
+        const row = Conversation.insert.make({
+          id: conversationId,
+          userId: actor.userId,
+          title: payload.title ?? "",
+          modelId: payload.modelId ?? null,
+          modelConfigId: payload.modelConfigId ?? null,
+          currentLeafId: null,
+          pinned: false,
+          archived: false,
+          deletedAt: Option.none(),
+          messageCount: 0
+        })
+        yield* repo.insertConversation(row)
+        return yield* viewOf(actor, conversationId)
+      }).pipe(Effect.withSpan("Conversations.create"))
+
+    const list = (query: {
+      readonly limit?: number | undefined
+      readonly cursor?: string | undefined
+      readonly archived?: boolean | undefined
+      readonly trashed?: boolean | undefined
+    }) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const limit = query.limit ?? defaultLimit
+        const state: ListState = query.trashed ? "trash" : query.archived ? "archived" : "active"
+        const after = yield* listCursor.decode(query.cursor)
+        const rows = yield* repo.listSummaries(actor.userId, state, after, limit)
+        const page = toPage(rows, limit, (row) => ({
+          pinned: state === "trash" ? false : row.pinned,
+          at: DateTime.formatIso(
+            state === "trash" ? Option.getOrElse(row.deletedAt, () => row.updatedAt) : row.updatedAt
+          ),
+          id: row.id
+        }), listCursor.encode)
+        return { items: page.items.map(toConversationView), nextCursor: page.nextCursor }
+      }).pipe(Effect.withSpan("Conversations.list"))
+
+    const get = (id: ConversationId) =>
+      Effect.flatMap(readable, (actor) => viewOf(actor, id)).pipe(Effect.withSpan("Conversations.get"))
+
+    const update = (id: ConversationId, payload: UpdateConversationPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        yield* checkReferences(actor, payload)
+        yield* transaction(Effect.gen(function*() {
+          yield* lockLive(actor, id)
+          const fields: Record<string, unknown> = {}
+          if (payload.title !== undefined) fields.title = payload.title
+          if (payload.modelId !== undefined) fields.modelId = payload.modelId
+          if (payload.modelConfigId !== undefined) fields.modelConfigId = payload.modelConfigId
+          if (payload.pinned !== undefined) fields.pinned = payload.pinned ? 1 : 0
+          if (payload.archived !== undefined) fields.archived = payload.archived ? 1 : 0
+          if (Object.keys(fields).length > 0) yield* repo.updateConversation(id, fields)
+        }))
+        return yield* viewOf(actor, id)
+      }).pipe(Effect.withSpan("Conversations.update"))
+
+    const trash = (id: ConversationId) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        yield* transaction(Effect.gen(function*() {
+          yield* lockLive(actor, id)
+          const now = DateTime.formatIso(yield* DateTime.now)
+          yield* repo.updateConversation(id, { deletedAt: now }, false)
+        }))
+      }).pipe(Effect.withSpan("Conversations.trash"))
+
+    const restore = (id: ConversationId) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        yield* findOwn(actor, id)
+        yield* repo.updateConversation(id, { deletedAt: null })
+        return yield* viewOf(actor, id)
+      }).pipe(Effect.withSpan("Conversations.restore"))
+
+    const purge = (id: ConversationId) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        yield* findOwn(actor, id)
+        yield* repo.purgeConversation(id)
+      }).pipe(Effect.withSpan("Conversations.purge"))
+
+    // --- the message tree
+
+    const messagePosition = (row: MessageRow) => ({ at: DateTime.formatIso(row.createdAt), id: row.id })
+
+    const listMessages = (
+      id: ConversationId,
+      query: {
+        readonly view: "active" | "tree"
+        readonly limit?: number | undefined
+        readonly cursor?: string | undefined
+      }
+    ) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const conversation = yield* findOwn(actor, id)
+        if (query.view === "tree") {
+          const limit = query.limit ?? 100
+          const rows = yield* repo.treePage(id, yield* decodeCursor(query.cursor), limit)
+          const page = toPage(rows, limit, messagePosition)
+          return new MessageList({
+            currentLeafId: conversation.currentLeafId,
+            items: page.items.map(toMessageView),
+            nextCursor: page.nextCursor
+          })
+        }
+        const rows = conversation.currentLeafId === null ? [] : yield* repo.activeBranch(id, conversation.currentLeafId)
+        return new MessageList({
+          currentLeafId: conversation.currentLeafId,
+          items: rows.map(toMessageView),
+          nextCursor: null
+        })
+      }).pipe(Effect.withSpan("Conversations.listMessages"))
+
+    /** The active branch, root first, for a caller that already checked access (the chat engine). */
+    const activeBranch = (id: ConversationId, leafId: MessageId) => repo.activeBranch(id, leafId)
+
+    const getMessage = (id: ConversationId, messageId: MessageId) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        yield* findOwn(actor, id)
+        return toMessageView(yield* repo.findMessage(id, messageId).pipe(orNotFound("No such message")))
+      }).pipe(Effect.withSpan("Conversations.getMessage"))
+
+    /** Inserts `message` as the new leaf of the locked conversation `id`. */
+    const addLeaf = (id: ConversationId, messageId: MessageId, message: typeof Message.insert.Type) =>
+      Effect.gen(function*() {
+        yield* repo.insertMessages([message])
+        yield* repo.recordTreeChange(id, messageId, 1)
+        return messageId
+      })
+
+    const appendMessage = (id: ConversationId, payload: AppendMessagePayload) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        const messageId = yield* transaction(Effect.gen(function*() {
+          const conversation = yield* lockLive(actor, id)
+          const parentId = payload.parentId ?? conversation.currentLeafId
+          if (payload.parentId !== undefined) yield* findTreeMessage(id, payload.parentId, ["parentId"])
+          const messageId = yield* freshId<MessageId>()
+          return yield* addLeaf(
+            id,
+            messageId,
+            newMessage(messageId, {
+              conversationId: id,
+              parentId,
+              role: payload.role,
+              content: payload.content,
+              metadata: payload.metadata
+            })
+          )
+        }))
+        return toMessageView(yield* repo.findMessage(id, messageId).pipe(Effect.flatten, Effect.orDie))
+      }).pipe(Effect.withSpan("Conversations.appendMessage"))
+
+    const editMessage = (id: ConversationId, messageId: MessageId, payload: EditMessagePayload) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        const editId = yield* transaction(Effect.gen(function*() {
+          yield* lockLive(actor, id)
+          const original = yield* repo.findMessage(id, messageId).pipe(
+            Effect.map(Option.filter((message) => message.threadId === null)),
+            orNotFound("No such message")
+          )
+          const editId = yield* freshId<MessageId>()
+          return yield* addLeaf(
+            id,
+            editId,
+            newMessage(editId, {
+              conversationId: id,
+              parentId: original.parentId,
+              role: original.role,
+              content: payload.content,
+              metadata: payload.metadata ?? original.metadata,
+              editedFromId: original.id
+            })
+          )
+        }))
+        return toMessageView(yield* repo.findMessage(id, editId).pipe(Effect.flatten, Effect.orDie))
+      }).pipe(Effect.withSpan("Conversations.editMessage"))
+
+    const deleteMessage = (id: ConversationId, messageId: MessageId) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        yield* transaction(Effect.gen(function*() {
+          const conversation = yield* lockLive(actor, id)
+          const message = yield* repo.findMessage(id, messageId).pipe(orNotFound("No such message"))
+          if (message.threadId !== null) {
+            yield* repo.deleteSubtree(messageId)
+            yield* repo.touchConversation(id)
+            return
+          }
+          // The leaf moves only if it was in the deleted branch: then to the newest branch left below the parent.
+          const leafDeleted = conversation.currentLeafId !== null &&
+            (yield* repo.isOnPathTo(conversation.currentLeafId, messageId))
+          const deleted = yield* repo.deleteSubtree(messageId)
+          const leaf = leafDeleted
+            ? yield* repo.newestLeafBelow(id, Option.fromNullable(message.parentId))
+            : Option.fromNullable(conversation.currentLeafId)
+          yield* repo.recordTreeChange(id, Option.getOrNull(leaf), -deleted.length)
+        }))
+      }).pipe(Effect.withSpan("Conversations.deleteMessage"))
+
+    const setCurrentLeaf = (id: ConversationId, payload: SetCurrentLeafPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        yield* transaction(Effect.gen(function*() {
+          yield* lockLive(actor, id)
+          yield* findTreeMessage(id, payload.messageId, ["messageId"])
+          const leaf = payload.descend
+            ? Option.getOrElse(yield* repo.newestLeafBelow(id, Option.some(payload.messageId)), () => payload.messageId)
+            : payload.messageId
+          yield* repo.updateConversation(id, { currentLeafId: leaf }, false)
+        }))
+        return yield* viewOf(actor, id)
+      }).pipe(Effect.withSpan("Conversations.setCurrentLeaf"))
+
+    // --- threads
+
+    const findThread = (id: ConversationId, threadId: ThreadId) =>
+      repo.findThread(id, threadId).pipe(orNotFound("No such thread"))
+
+    const createThread = (id: ConversationId, payload: CreateThreadPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        const threadId = yield* transaction(Effect.gen(function*() {
+          yield* lockLive(actor, id)
+          const anchor = yield* findTreeMessage(id, payload.messageId, ["messageId"])
+          const threadId = yield* freshId<ThreadId>()
+          const row = Thread.insert.make({
+            id: threadId,
+            conversationId: id,
+            anchorMessageId: anchor.id,
+            userId: actor.userId,
+            title: payload.title ?? anchor.content.slice(0, 80)
+          })
+          yield* repo.insertThread(row)
+          yield* repo.touchConversation(id)
+          return threadId
+        }))
+        return toThreadView(yield* findThread(id, threadId))
+      }).pipe(Effect.withSpan("Conversations.createThread"))
+
+    const threadPosition = (row: ThreadRow) => ({ at: DateTime.formatIso(row.createdAt), id: row.id })
+
+    const listThreads = (
+      id: ConversationId,
+      page: { readonly limit?: number | undefined; readonly cursor?: string | undefined }
+    ) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        yield* findOwn(actor, id)
+        const limit = page.limit ?? defaultLimit
+        const rows = yield* repo.threadsPage(id, yield* decodeCursor(page.cursor), limit)
+        const result = toPage(rows, limit, threadPosition)
+        return { items: result.items.map(toThreadView), nextCursor: result.nextCursor }
+      }).pipe(Effect.withSpan("Conversations.listThreads"))
+
+    const updateThread = (id: ConversationId, threadId: ThreadId, payload: UpdateThreadPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        yield* findOwn(actor, id)
+        yield* findThread(id, threadId)
+        yield* repo.updateThread(threadId, { title: payload.title })
+        return toThreadView(yield* findThread(id, threadId))
+      }).pipe(Effect.withSpan("Conversations.updateThread"))
+
+    const deleteThread = (id: ConversationId, threadId: ThreadId) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        yield* findOwn(actor, id)
+        yield* findThread(id, threadId)
+        yield* repo.deleteThread(threadId)
+      }).pipe(Effect.withSpan("Conversations.deleteThread"))
+
+    const listThreadMessages = (
+      id: ConversationId,
+      threadId: ThreadId,
+      page: { readonly limit?: number | undefined; readonly cursor?: string | undefined }
+    ) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        yield* findOwn(actor, id)
+        yield* findThread(id, threadId)
+        const limit = page.limit ?? defaultLimit
+        const rows = yield* repo.threadMessagesPage(threadId, yield* decodeCursor(page.cursor), limit)
+        const result = toPage(rows, limit, messagePosition)
+        return { items: result.items.map(toMessageView), nextCursor: result.nextCursor }
+      }).pipe(Effect.withSpan("Conversations.listThreadMessages"))
+
+    const appendThreadMessage = (id: ConversationId, threadId: ThreadId, payload: AppendThreadMessagePayload) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        const messageId = yield* transaction(Effect.gen(function*() {
+          yield* lockLive(actor, id)
+          yield* findThread(id, threadId)
+          const messageId = yield* freshId<MessageId>()
+          const message = newMessage(messageId, {
+            conversationId: id,
+            parentId: null,
+            threadId,
+            role: payload.role,
+            content: payload.content,
+            metadata: payload.metadata
+          })
+          yield* repo.insertMessages([message])
+          yield* repo.updateThread(threadId, {})
+          yield* repo.touchConversation(id)
+          return messageId
+        }))
+        return toMessageView(yield* repo.findMessage(id, messageId).pipe(Effect.flatten, Effect.orDie))
+      }).pipe(Effect.withSpan("Conversations.appendThreadMessage"))
+
+    // --- search
+
+    const search = (
+      query: { readonly q: string; readonly limit?: number | undefined; readonly cursor?: string | undefined }
+    ) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const terms = searchTerms(query.q)
+        if (terms.length === 0) return yield* Effect.fail(invalid(["q"], "The query has no words to search for"))
+        const limit = query.limit ?? 20
+        const offset = Option.match(yield* searchCursor.decode(query.cursor), {
+          onNone: () => 0,
+          onSome: (position) => position.offset
+        })
+        const rows = yield* searchRepo.search({ userId: actor.userId, terms, limit: limit + 1, offset })
+        const items = rows.slice(0, limit).map((row) =>
+          new SearchHit({
+            kind: row.kind,
+            conversationId: row.conversationId,
+            conversationTitle: row.conversationTitle,
+            messageId: row.messageId,
+            threadId: row.threadId,
+            role: row.role,
+            snippet: snippetHtml(row.snippet ?? ""),
+            score: row.score,
+            createdAt: row.createdAt
+          })
+        )
+        return {
+          items,
+          nextCursor: rows.length > limit && offset + limit <= 10_000
+            ? searchCursor.encode({ offset: offset + limit })
+            : null
+        }
+      }).pipe(Effect.withSpan("Conversations.search"))
+
+    // --- export and import
+
+    const exportJson = (id: ConversationId) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const conversation = yield* findOwn(actor, id)
+        const messages = yield* repo.allMessages(id)
+        const threads = yield* repo.allThreads(id)
+        const exportedAt = yield* DateTime.now
+        const treeMessages = messages.filter((message) => message.threadId === null)
+        return new ConversationExport({
+          format: "webplus.conversation",
+          version: 1,
+          exportedAt,
+          conversation: {
+            title: conversation.title,
+            pinned: conversation.pinned,
+            archived: conversation.archived,
+            currentLeafId: conversation.currentLeafId,
+            createdAt: conversation.createdAt
+          },
+          messages: treeMessages.map((message) =>
+            new ExportedMessage({
+              id: message.id,
+              parentId: message.parentId,
+              role: message.role,
+              content: message.content,
+              status: message.status,
+              modelName: message.modelName,
+              promptTokens: message.promptTokens,
+              completionTokens: message.completionTokens,
+              toolCalls: message.toolCalls,
+              metadata: message.metadata,
+              editedFromId: message.editedFromId,
+              deleted: Option.isSome(message.deletedAt),
+              createdAt: message.createdAt
+            })
+          ),
+          threads: threads.map((thread) =>
+            new ExportedThread({
+              anchorMessageId: thread.anchorMessageId,
+              title: thread.title,
+              createdAt: thread.createdAt,
+              messages: messages
+                .filter((message) => message.threadId === thread.id && Option.isNone(message.deletedAt))
+                .map((message) =>
+                  new ExportedThreadMessage({
+                    role: message.role,
+                    content: message.content,
+                    status: message.status,
+                    modelName: message.modelName,
+                    metadata: message.metadata,
+                    createdAt: message.createdAt
+                  })
+                )
+            })
+          )
+        })
+      }).pipe(Effect.withSpan("Conversations.exportJson"))
+
+    const exportMarkdown = (id: ConversationId) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const conversation = yield* findOwn(actor, id)
+        const branch = conversation.currentLeafId === null
+          ? []
+          : yield* repo.activeBranch(id, conversation.currentLeafId)
+        const title = conversation.title.trim() === "" ? "Untitled conversation" : conversation.title
+        const parts = [`# ${title.replace(/\s+/g, " ")}`, ""]
+        for (const message of branch) {
+          const model = message.role === "assistant" && message.modelName ? ` (${message.modelName})` : ""
+          const status = message.status === "complete" ? "" : ` [${message.status}]`
+          parts.push(`## ${roleHeadings[message.role]}${model}${status}`, "", message.content, "")
+        }
+        return parts.join("\n")
+      }).pipe(Effect.withSpan("Conversations.exportMarkdown"))
+
+    /** Checks that a document's messages form a tree: unique ids, known parents, no cycles. */
+    const checkImport = (document: ConversationExport) =>
+      Effect.gen(function*() {
+        const issues: Array<FieldIssue> = []
+        const byId = new Map<string, ExportedMessage>()
+        document.messages.forEach((message, index) => {
+          if (byId.has(message.id)) {
+            issues.push(new FieldIssue({ path: ["messages", index, "id"], message: "Duplicate id" }))
+          }
+          byId.set(message.id, message)
+        })
+        document.messages.forEach((message, index) => {
+          if (message.parentId !== null && !byId.has(message.parentId)) {
+            issues.push(new FieldIssue({ path: ["messages", index, "parentId"], message: "No message has this id" }))
+          }
+        })
+        // Walking up from each message must end at a root within as many steps as there are messages.
+        const settled = new Set<string>()
+        document.messages.forEach((message, index) => {
+          const seen = new Set<string>()
+          let current: ExportedMessage | undefined = message
+          while (current && current.parentId !== null && !settled.has(current.id)) {
+            if (seen.has(current.id)) {
+              issues.push(
+                new FieldIssue({ path: ["messages", index, "parentId"], message: "The parents form a cycle" })
+              )
+              break
+            }
+            seen.add(current.id)
+            current = byId.get(current.parentId)
+          }
+          for (const id of seen) settled.add(id)
+        })
+        const leaf = document.conversation.currentLeafId
+        if (leaf !== null && (!byId.has(leaf) || byId.get(leaf)!.deleted)) {
+          issues.push(
+            new FieldIssue({ path: ["conversation", "currentLeafId"], message: "Not a live message of the document" })
+          )
+        }
+        document.threads.forEach((thread, index) => {
+          if (!byId.has(thread.anchorMessageId)) {
+            issues.push(
+              new FieldIssue({ path: ["threads", index, "anchorMessageId"], message: "No message has this id" })
+            )
+          }
+        })
+        if (issues.length > 0) {
+          return yield* new ValidationError({ message: "The document is not a valid conversation", issues })
+        }
+      })
+
+    /** Parents before children, so every row's parent exists when it is inserted. */
+    const parentsFirst = (messages: ReadonlyArray<ExportedMessage>) => {
+      const children = new Map<string | null, Array<ExportedMessage>>()
+      for (const message of messages) {
+        const siblings = children.get(message.parentId) ?? []
+        siblings.push(message)
+        children.set(message.parentId, siblings)
+      }
+      const ordered: Array<ExportedMessage> = []
+      const queue = [...(children.get(null) ?? [])]
+      while (queue.length > 0) {
+        const next = queue.shift()!
+        ordered.push(next)
+        queue.push(...(children.get(next.id) ?? []))
+      }
+      return ordered
+    }
+
+    const importConversation = (document: ConversationExport) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        yield* checkImport(document)
+        const ids = new Map<string, MessageId>()
+        for (const message of document.messages) ids.set(message.id, (yield* generateUuid) as MessageId)
+        const mapped = (ref: string | null) => (ref === null ? null : ids.get(ref) ?? null)
+        const now = yield* DateTime.now
+        const conversationId = yield* freshId<ConversationId>()
+        const conversation = Conversation.insert.make({
+          id: conversationId,
+          userId: actor.userId,
+          title: document.conversation.title,
+          modelId: null,
+          modelConfigId: null,
+          currentLeafId: null,
+          pinned: document.conversation.pinned,
+          archived: document.conversation.archived,
+          deletedAt: Option.none(),
+          messageCount: 0,
+          createdAt: Model.Override(document.conversation.createdAt),
+          updatedAt: Model.Override(now)
+        })
+        const rows = parentsFirst(document.messages).map((message) =>
+          Message.insert.make({
+            id: Model.Override(mapped(message.id)!),
+            conversationId,
+            parentId: mapped(message.parentId),
+            threadId: null,
+            role: message.role,
+            content: message.content,
+            // Nothing is writing an imported answer any more.
+            status: message.status === "streaming" ? "incomplete" : message.status,
+            modelId: null,
+            modelName: message.modelName,
+            promptTokens: message.promptTokens,
+            completionTokens: message.completionTokens,
+            toolCalls: message.toolCalls,
+            metadata: message.metadata,
+            editedFromId: mapped(message.editedFromId),
+            deletedAt: message.deleted ? Option.some(now) : Option.none(),
+            createdAt: Model.Override(message.createdAt),
+            updatedAt: Model.Override(now)
+          })
+        )
+        yield* transaction(Effect.gen(function*() {
+          yield* repo.insertConversation(conversation)
+          for (let start = 0; start < rows.length; start += 500) {
+            yield* repo.insertMessages(rows.slice(start, start + 500))
+          }
+          for (const exported of document.threads) {
+            const threadId = yield* freshId<ThreadId>()
+            const thread = Thread.insert.make({
+              id: threadId,
+              conversationId,
+              anchorMessageId: mapped(exported.anchorMessageId)!,
+              userId: actor.userId,
+              title: exported.title,
+              createdAt: Model.Override(exported.createdAt),
+              updatedAt: Model.Override(now)
+            })
+            yield* repo.insertThread(thread)
+            const threadMessages = []
+            for (const message of exported.messages) {
+              threadMessages.push(Message.insert.make({
+                ...newMessage(yield* freshId<MessageId>(), {
+                  conversationId,
+                  parentId: null,
+                  threadId,
+                  role: message.role,
+                  content: message.content,
+                  metadata: message.metadata
+                }),
+                status: message.status === "streaming" ? "incomplete" : message.status,
+                modelName: message.modelName,
+                createdAt: Model.Override(message.createdAt),
+                updatedAt: Model.Override(now)
+              }))
+            }
+            yield* repo.insertMessages(threadMessages)
+          }
+          const liveCount = rows.filter((row) => Option.isNone(row.deletedAt)).length
+          const leaf = document.conversation.currentLeafId === null
+            ? Option.getOrNull(yield* repo.newestLeafBelow(conversationId, Option.none()))
+            : mapped(document.conversation.currentLeafId)
+          yield* repo.recordTreeChange(conversationId, leaf, liveCount)
+        }))
+        return yield* viewOf(actor, conversationId)
+      }).pipe(Effect.withSpan("Conversations.importConversation"))
+
+    return {
+      create,
+      list,
+      get,
+      update,
+      trash,
+      restore,
+      purge,
+      listMessages,
+      activeBranch,
+      getMessage,
+      appendMessage,
+      editMessage,
+      deleteMessage,
+      setCurrentLeaf,
+      createThread,
+      listThreads,
+      updateThread,
+      deleteThread,
+      listThreadMessages,
+      appendThreadMessage,
+      search,
+      exportJson,
+      exportMarkdown,
+      importConversation
+    } as const
+  })
+}) {}

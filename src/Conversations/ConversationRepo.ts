@@ -1,0 +1,359 @@
+/**
+ * The SQL of the conversation history: conversations, the message tree and
+ * threads. Every query that reaches a conversation names its owner, so
+ * another user's objects are simply not found.
+ *
+ * The active branch is read with one recursive query that walks from the
+ * current leaf up through `parent_id` (a primary-key lookup per step), and
+ * each message's position among its siblings comes from the
+ * `messages_children_idx` / `messages_roots_idx` indexes.
+ */
+import { SqlClient, SqlSchema } from "@effect/sql"
+import { DateTime, Effect, Option, Schema } from "effect"
+import { Conversation, Message, MessageRole, MessageStatus, Thread } from "../Domain/Conversation.js"
+import { NonNegativeInt } from "../Domain/Fields.js"
+import type { ConversationId, MessageId, ThreadId, UserId } from "../Domain/Ids.js"
+import { dialectOf } from "../Sql.js"
+
+/** A conversation with what its list item shows: the message count and the current leaf's preview. */
+export const ConversationSummaryRow = Schema.Struct({
+  ...Conversation.fields,
+  lastRole: Schema.NullOr(MessageRole),
+  lastStatus: Schema.NullOr(MessageStatus),
+  lastPreview: Schema.NullOr(Schema.String),
+  lastCreatedAt: Schema.NullOr(Schema.DateTimeUtc)
+})
+export type ConversationSummaryRow = typeof ConversationSummaryRow.Type
+
+/** A message with its place among its siblings. */
+export const MessageRow = Schema.Struct({
+  ...Message.fields,
+  siblingIndex: NonNegativeInt,
+  siblingCount: NonNegativeInt
+})
+export type MessageRow = typeof MessageRow.Type
+
+export const ThreadRow = Schema.Struct({ ...Thread.fields, messageCount: NonNegativeInt })
+export type ThreadRow = typeof ThreadRow.Type
+
+/** Which conversations a list shows. */
+export type ListState = "active" | "archived" | "trash"
+
+/** Where a conversation list page starts: after the last item's sort key. */
+export interface ConversationPosition {
+  readonly pinned: boolean
+  readonly at: string
+  readonly id: string
+}
+
+/** Where a page of messages (tree view, thread) starts: after the last item's time and id. */
+export interface MessagePosition {
+  readonly at: string
+  readonly id: string
+}
+
+export const previewLength = 200
+
+export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conversations/ConversationRepo", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const lockRow = sql.literal(dialectOf(sql) === "pg" ? "FOR UPDATE" : "")
+    const now = Effect.map(DateTime.now, DateTime.formatIso)
+    const flag = (value: boolean) => (value ? 1 : 0)
+
+    const summaryColumns = sql`
+      c.id, c.user_id, c.title, c.model_id, c.model_config_id, c.current_leaf_id, c.pinned, c.archived,
+      c.deleted_at, c.message_count, c.created_at, c.updated_at,
+      leaf.role AS last_role, leaf.status AS last_status,
+      substr(leaf.content, 1, ${previewLength}) AS last_preview, leaf.created_at AS last_created_at`
+
+    const findSummary = SqlSchema.findOne({
+      Request: Schema.Struct({ userId: Schema.String, id: Schema.String }),
+      Result: ConversationSummaryRow,
+      execute: ({ id, userId }) =>
+        sql`SELECT ${summaryColumns}
+          FROM conversations c LEFT JOIN messages leaf ON leaf.id = c.current_leaf_id
+          WHERE c.id = ${id} AND c.user_id = ${userId}`
+    })
+
+    const listSummaries = (
+      userId: UserId,
+      state: ListState,
+      after: Option.Option<ConversationPosition>,
+      limit: number
+    ) => {
+      if (state === "trash") {
+        const keyset = Option.match(after, {
+          onNone: () => sql`TRUE`,
+          onSome: ({ at, id }) => sql`(c.deleted_at < ${at} OR (c.deleted_at = ${at} AND c.id < ${id}))`
+        })
+        return sql`SELECT ${summaryColumns}
+          FROM conversations c LEFT JOIN messages leaf ON leaf.id = c.current_leaf_id
+          WHERE c.user_id = ${userId} AND c.deleted_at IS NOT NULL AND ${keyset}
+          ORDER BY c.deleted_at DESC, c.id DESC LIMIT ${limit}`
+      }
+      // Pinned first, then newest-updated: the order of `conversations_user_list_idx`, read backwards.
+      const keyset = Option.match(after, {
+        onNone: () => sql`TRUE`,
+        onSome: ({ at, id, pinned }) => sql`(c.pinned, c.updated_at, c.id) < (${flag(pinned)}, ${at}, ${id})`
+      })
+      return sql`SELECT ${summaryColumns}
+        FROM conversations c LEFT JOIN messages leaf ON leaf.id = c.current_leaf_id
+        WHERE c.user_id = ${userId} AND c.deleted_at IS NULL AND c.archived = ${flag(state === "archived")}
+          AND ${keyset}
+        ORDER BY c.pinned DESC, c.updated_at DESC, c.id DESC LIMIT ${limit}`
+    }
+
+    /**
+     * The owner's conversation, locked against concurrent changes of its tree until the
+     * transaction ends (PostgreSQL row lock; SQLite runs one write transaction at a time).
+     */
+    const lockConversation = SqlSchema.findOne({
+      Request: Schema.Struct({ userId: Schema.String, id: Schema.String }),
+      Result: Conversation,
+      execute: ({ id, userId }) => sql`SELECT * FROM conversations WHERE id = ${id} AND user_id = ${userId} ${lockRow}`
+    })
+
+    /** Of the live messages sharing m's parent (the roots when it has none): how many come before m, and how many there are. */
+    const siblingCounts = sql`
+      CASE WHEN m.thread_id IS NOT NULL THEN 0 WHEN m.parent_id IS NULL THEN (
+        SELECT count(*) FROM messages s
+        WHERE s.conversation_id = m.conversation_id AND s.parent_id IS NULL AND s.thread_id IS NULL
+          AND s.deleted_at IS NULL AND (s.created_at < m.created_at OR (s.created_at = m.created_at AND s.id < m.id))
+      ) ELSE (
+        SELECT count(*) FROM messages s
+        WHERE s.parent_id = m.parent_id AND s.deleted_at IS NULL
+          AND (s.created_at < m.created_at OR (s.created_at = m.created_at AND s.id < m.id))
+      ) END AS sibling_index,
+      CASE WHEN m.thread_id IS NOT NULL THEN 1 WHEN m.parent_id IS NULL THEN (
+        SELECT count(*) FROM messages s
+        WHERE s.conversation_id = m.conversation_id AND s.parent_id IS NULL AND s.thread_id IS NULL
+          AND s.deleted_at IS NULL
+      ) ELSE (
+        SELECT count(*) FROM messages s WHERE s.parent_id = m.parent_id AND s.deleted_at IS NULL
+      ) END AS sibling_count`
+
+    const messageColumns = sql`
+      m.id, m.conversation_id, m.parent_id, m.thread_id, m.role, m.content, m.status, m.model_id, m.model_name,
+      m.prompt_tokens, m.completion_tokens, m.tool_calls, m.metadata, m.edited_from_id, m.deleted_at,
+      m.created_at, m.updated_at, ${siblingCounts}`
+
+    /** The branch that ends at `leafId`, root first. */
+    const activeBranch = SqlSchema.findAll({
+      Request: Schema.Struct({ conversationId: Schema.String, leafId: Schema.String }),
+      Result: MessageRow,
+      execute: ({ conversationId, leafId }) =>
+        sql`
+          WITH RECURSIVE branch (id, parent_id, depth) AS (
+            SELECT id, parent_id, 0 FROM messages WHERE id = ${leafId} AND conversation_id = ${conversationId}
+            UNION ALL
+            SELECT m.id, m.parent_id, branch.depth + 1 FROM messages m JOIN branch ON m.id = branch.parent_id
+          )
+          SELECT ${messageColumns} FROM branch JOIN messages m ON m.id = branch.id
+          ORDER BY branch.depth DESC`
+    })
+
+    /** Every live message of the tree (threads aside), oldest first, a page at a time. */
+    const treePage = (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
+      sql`SELECT ${messageColumns} FROM messages m
+        WHERE m.conversation_id = ${conversationId} AND m.thread_id IS NULL AND m.deleted_at IS NULL
+          AND ${
+        Option.match(after, {
+          onNone: () => sql`TRUE`,
+          onSome: ({ at, id }) => sql`(m.created_at > ${at} OR (m.created_at = ${at} AND m.id > ${id}))`
+        })
+      }
+        ORDER BY m.created_at, m.id LIMIT ${limit}`
+
+    const findMessage = SqlSchema.findOne({
+      Request: Schema.Struct({ conversationId: Schema.String, id: Schema.String }),
+      Result: MessageRow,
+      execute: ({ conversationId, id }) =>
+        sql`SELECT ${messageColumns} FROM messages m
+          WHERE m.id = ${id} AND m.conversation_id = ${conversationId} AND m.deleted_at IS NULL`
+    })
+
+    /**
+     * The end of the newest live branch below `start` (following the newest child at each
+     * step), or below the conversation's newest root when `start` is none.
+     */
+    const newestLeafBelow = (conversationId: ConversationId, start: Option.Option<MessageId>) =>
+      Effect.map(
+        sql<{ id: MessageId }>`
+          WITH RECURSIVE walk (id, depth) AS (
+            ${
+          Option.match(start, {
+            onSome: (id) => sql`SELECT id, 0 FROM messages WHERE id = ${id} AND deleted_at IS NULL`,
+            onNone: () =>
+              sql`SELECT id, 0 FROM (
+                SELECT id FROM messages
+                WHERE conversation_id = ${conversationId} AND parent_id IS NULL AND thread_id IS NULL
+                  AND deleted_at IS NULL
+                ORDER BY created_at DESC, id DESC LIMIT 1
+              ) newest_root`
+          })
+        }
+            UNION ALL
+            SELECT (
+              SELECT c.id FROM messages c WHERE c.parent_id = walk.id AND c.deleted_at IS NULL
+              ORDER BY c.created_at DESC, c.id DESC LIMIT 1
+            ), walk.depth + 1 FROM walk WHERE walk.id IS NOT NULL
+          )
+          SELECT id FROM walk WHERE id IS NOT NULL ORDER BY depth DESC LIMIT 1`,
+        (rows) => Option.fromNullable(rows[0]?.id)
+      )
+
+    /** Soft-deletes a live message and every live message below it; returns the ids deleted. */
+    const deleteSubtree = (id: MessageId) =>
+      Effect.flatMap(now, (at) =>
+        Effect.map(
+          sql<{ id: MessageId }>`
+            WITH RECURSIVE subtree (id) AS (
+              SELECT id FROM messages WHERE id = ${id} AND deleted_at IS NULL
+              UNION ALL
+              SELECT m.id FROM messages m JOIN subtree ON m.parent_id = subtree.id WHERE m.deleted_at IS NULL
+            )
+            UPDATE messages SET deleted_at = ${at}, updated_at = ${at}
+            WHERE id IN (SELECT id FROM subtree)
+            RETURNING id`,
+          (rows) => rows.map((row) => row.id)
+        ))
+
+    const threadColumns = sql`
+      t.id, t.conversation_id, t.anchor_message_id, t.user_id, t.title, t.created_at, t.updated_at,
+      (SELECT count(*) FROM messages tm WHERE tm.thread_id = t.id AND tm.deleted_at IS NULL) AS message_count`
+
+    const findThread = SqlSchema.findOne({
+      Request: Schema.Struct({ conversationId: Schema.String, id: Schema.String }),
+      Result: ThreadRow,
+      execute: ({ conversationId, id }) =>
+        sql`SELECT ${threadColumns} FROM threads t WHERE t.id = ${id} AND t.conversation_id = ${conversationId}`
+    })
+
+    const threadsPage = (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
+      sql`SELECT ${threadColumns} FROM threads t
+        WHERE t.conversation_id = ${conversationId} AND ${
+        Option.match(after, {
+          onNone: () => sql`TRUE`,
+          onSome: ({ at, id }) => sql`(t.created_at > ${at} OR (t.created_at = ${at} AND t.id > ${id}))`
+        })
+      }
+        ORDER BY t.created_at, t.id LIMIT ${limit}`
+
+    const threadMessagesPage = (threadId: ThreadId, after: Option.Option<MessagePosition>, limit: number) =>
+      sql`SELECT ${messageColumns} FROM messages m
+        WHERE m.thread_id = ${threadId} AND m.deleted_at IS NULL AND ${
+        Option.match(after, {
+          onNone: () => sql`TRUE`,
+          onSome: ({ at, id }) => sql`(m.created_at > ${at} OR (m.created_at = ${at} AND m.id > ${id}))`
+        })
+      }
+        ORDER BY m.created_at, m.id LIMIT ${limit}`
+
+    const decodeMessages = Schema.decodeUnknown(Schema.Array(MessageRow))
+    const decodeThreads = Schema.decodeUnknown(Schema.Array(ThreadRow))
+    const decodeSummaries = Schema.decodeUnknown(Schema.Array(ConversationSummaryRow))
+
+    /** Every message of a conversation as stored (deleted ones included), oldest first: for export. */
+    const allMessages = SqlSchema.findAll({
+      Request: Schema.String,
+      Result: Message,
+      execute: (conversationId) =>
+        sql`SELECT * FROM messages WHERE conversation_id = ${conversationId} ORDER BY created_at, id`
+    })
+
+    const allThreads = SqlSchema.findAll({
+      Request: Schema.String,
+      Result: Thread,
+      execute: (conversationId) =>
+        sql`SELECT * FROM threads WHERE conversation_id = ${conversationId} ORDER BY created_at, id`
+    })
+
+    const insertConversation = SqlSchema.void({
+      Request: Conversation.insert,
+      execute: (row) => sql`INSERT INTO conversations ${sql.insert(row)}`
+    })
+
+    const insertMessages = SqlSchema.void({
+      Request: Schema.Array(Message.insert),
+      execute: (rows) => sql`INSERT INTO messages ${sql.insert(rows)}`
+    })
+
+    const insertThread = SqlSchema.void({
+      Request: Thread.insert,
+      execute: (row) => sql`INSERT INTO threads ${sql.insert(row)}`
+    })
+
+    return {
+      findSummary: (userId: UserId, id: ConversationId) => Effect.orDie(findSummary({ userId, id })),
+      listSummaries: (userId: UserId, state: ListState, after: Option.Option<ConversationPosition>, limit: number) =>
+        Effect.orDie(Effect.flatMap(listSummaries(userId, state, after, limit + 1), decodeSummaries)),
+      lockConversation: (userId: UserId, id: ConversationId) => Effect.orDie(lockConversation({ userId, id })),
+      insertConversation: (row: typeof Conversation.insert.Type) => Effect.orDie(insertConversation(row)),
+      /** Changes a conversation's own fields, marking it updated unless `touch` is false. */
+      updateConversation: (id: ConversationId, fields: Record<string, unknown>, touch = true) =>
+        Effect.orDie(Effect.flatMap(
+          now,
+          (at) =>
+            sql`UPDATE conversations SET ${sql.update(touch ? { ...fields, updatedAt: at } : fields)} WHERE id = ${id}`
+        )),
+      /** Records that the tree changed: its new leaf, how many messages were added (or removed), and when. */
+      recordTreeChange: (id: ConversationId, leafId: MessageId | null, countDelta: number) =>
+        Effect.orDie(Effect.flatMap(now, (at) =>
+          sql`UPDATE conversations
+            SET current_leaf_id = ${leafId}, message_count = message_count + ${countDelta}, updated_at = ${at}
+            WHERE id = ${id}`)),
+      touchConversation: (id: ConversationId) =>
+        Effect.orDie(Effect.flatMap(now, (at) => sql`UPDATE conversations SET updated_at = ${at} WHERE id = ${id}`)),
+      purgeConversation: (id: ConversationId) => Effect.orDie(sql`DELETE FROM conversations WHERE id = ${id}`),
+      activeBranch: (conversationId: ConversationId, leafId: MessageId) =>
+        Effect.orDie(activeBranch({ conversationId, leafId })),
+      treePage: (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
+        Effect.orDie(Effect.flatMap(treePage(conversationId, after, limit + 1), decodeMessages)),
+      findMessage: (conversationId: ConversationId, id: MessageId) => Effect.orDie(findMessage({ conversationId, id })),
+      insertMessages: (rows: ReadonlyArray<typeof Message.insert.Type>) =>
+        rows.length === 0 ? Effect.void : Effect.orDie(insertMessages(rows)),
+      newestLeafBelow: (conversationId: ConversationId, start: Option.Option<MessageId>) =>
+        Effect.orDie(newestLeafBelow(conversationId, start)),
+      deleteSubtree: (id: MessageId) => Effect.orDie(deleteSubtree(id)),
+      /** Whether `ancestorId` is `messageId` or lies on the path from it up to its root. */
+      isOnPathTo: (messageId: MessageId, ancestorId: MessageId) =>
+        Effect.orDie(Effect.map(
+          sql<{ found: number }>`
+            WITH RECURSIVE up (id, parent_id) AS (
+              SELECT id, parent_id FROM messages WHERE id = ${messageId}
+              UNION ALL
+              SELECT m.id, m.parent_id FROM messages m JOIN up ON m.id = up.parent_id
+            )
+            SELECT count(*) AS found FROM up WHERE id = ${ancestorId}`,
+          (rows) => Number(rows[0]?.found ?? 0) > 0
+        )),
+      insertThread: (row: typeof Thread.insert.Type) => Effect.orDie(insertThread(row)),
+      findThread: (conversationId: ConversationId, id: ThreadId) => Effect.orDie(findThread({ conversationId, id })),
+      threadsPage: (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
+        Effect.orDie(Effect.flatMap(threadsPage(conversationId, after, limit + 1), decodeThreads)),
+      threadMessagesPage: (threadId: ThreadId, after: Option.Option<MessagePosition>, limit: number) =>
+        Effect.orDie(Effect.flatMap(threadMessagesPage(threadId, after, limit + 1), decodeMessages)),
+      updateThread: (id: ThreadId, fields: Record<string, unknown>) =>
+        Effect.orDie(Effect.flatMap(
+          now,
+          (at) => sql`UPDATE threads SET ${sql.update({ ...fields, updatedAt: at })} WHERE id = ${id}`
+        )),
+      deleteThread: (id: ThreadId) => Effect.orDie(sql`DELETE FROM threads WHERE id = ${id}`),
+      allMessages: (conversationId: ConversationId) => Effect.orDie(allMessages(conversationId)),
+      allThreads: (conversationId: ConversationId) => Effect.orDie(allThreads(conversationId)),
+      /** Whether a model config may be used by `userId`: a global one or their own. */
+      modelConfigUsable: (userId: UserId, id: string) =>
+        Effect.orDie(Effect.map(
+          sql<
+            { id: string }
+          >`SELECT id FROM model_configs WHERE id = ${id} AND (owner_id IS NULL OR owner_id = ${userId})`,
+          (rows) => rows.length > 0
+        )),
+      modelExists: (id: string) =>
+        Effect.orDie(
+          Effect.map(sql<{ id: string }>`SELECT id FROM llm_models WHERE id = ${id}`, (rows) => rows.length > 0)
+        )
+    } as const
+  })
+}) {}

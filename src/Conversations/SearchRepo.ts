@@ -1,0 +1,116 @@
+/**
+ * Full-text search over a user's conversation titles and message contents,
+ * one interface over two engines: SQLite FTS5 (bm25 ranking, `snippet`) and
+ * PostgreSQL text search (`tsvector` GIN indexes, `ts_rank_cd`,
+ * `ts_headline`). Both index words without stemming and match the last word
+ * as a prefix, so typing "deplo" already finds "deployment".
+ *
+ * Title matches rank before message matches; within each kind, by relevance,
+ * then newest first. Conversations in the trash are left out.
+ */
+import { SqlClient, SqlSchema } from "@effect/sql"
+import { Effect, Schema } from "effect"
+import { MessageRole } from "../Domain/Conversation.js"
+import { ConversationId, MessageId, ThreadId } from "../Domain/Ids.js"
+import type { UserId } from "../Domain/Ids.js"
+import { dialectOf } from "../Sql.js"
+
+/** Where a snippet's match starts and ends (private-use characters: never typed, easy to replace). */
+export const matchStart = "\uE000"
+export const matchEnd = "\uE001"
+
+export const SearchRow = Schema.Struct({
+  kind: Schema.Literal("conversation", "message"),
+  conversationId: ConversationId,
+  conversationTitle: Schema.String,
+  messageId: Schema.NullOr(MessageId),
+  threadId: Schema.NullOr(ThreadId),
+  role: Schema.NullOr(MessageRole),
+  snippet: Schema.NullOr(Schema.String),
+  score: Schema.Number,
+  createdAt: Schema.DateTimeUtc
+})
+export type SearchRow = typeof SearchRow.Type
+
+export interface SearchRequest {
+  readonly userId: UserId
+  /** Words as a user typed them: letters and digits only (see `searchTerms`). */
+  readonly terms: ReadonlyArray<string>
+  readonly limit: number
+  readonly offset: number
+}
+
+/** The words of a query: runs of letters and digits, lower-cased, at most 16. */
+export const searchTerms = (query: string): ReadonlyArray<string> =>
+  (query.normalize("NFKC").toLowerCase().match(/[\p{L}\p{N}]+/gu) ?? []).slice(0, 16)
+
+/** FTS5: every word must appear, the last one as a prefix (`"a" "b" "c"*`). Words are quoted, so none is an operator. */
+const fts5Query = (terms: ReadonlyArray<string>) =>
+  terms.map((term, index) => `"${term}"${index === terms.length - 1 ? "*" : ""}`).join(" ")
+
+/** PostgreSQL tsquery: the same meaning (`a & b & c:*`). Words are letters and digits only. */
+const tsQuery = (terms: ReadonlyArray<string>) =>
+  terms.map((term, index) => `'${term}'${index === terms.length - 1 ? ":*" : ""}`).join(" & ")
+
+export class SearchRepo extends Effect.Service<SearchRepo>()("Conversations/SearchRepo", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+
+    const sqliteSearch = ({ limit, offset, terms, userId }: SearchRequest) => {
+      const match = fts5Query(terms)
+      return sql`
+        SELECT * FROM (
+          SELECT 'conversation' AS kind, c.id AS conversation_id, c.title AS conversation_title,
+            NULL AS message_id, NULL AS thread_id, NULL AS role,
+            snippet(conversations_fts, 0, ${matchStart}, ${matchEnd}, '…', 24) AS snippet,
+            -bm25(conversations_fts) AS score, 0 AS priority, c.updated_at AS created_at
+          FROM conversations_fts JOIN conversations c ON c.rowid = conversations_fts.rowid
+          WHERE conversations_fts MATCH ${match} AND c.user_id = ${userId} AND c.deleted_at IS NULL
+          UNION ALL
+          SELECT 'message', c.id, c.title, m.id, m.thread_id, m.role,
+            snippet(messages_fts, 0, ${matchStart}, ${matchEnd}, '…', 24),
+            -bm25(messages_fts), 1, m.created_at
+          FROM messages_fts JOIN messages m ON m.rowid = messages_fts.rowid
+            JOIN conversations c ON c.id = m.conversation_id
+          WHERE messages_fts MATCH ${match} AND c.user_id = ${userId} AND c.deleted_at IS NULL
+        ) hits
+        ORDER BY priority, score DESC, created_at DESC LIMIT ${limit} OFFSET ${offset}`
+    }
+
+    // Rank first, then build headlines (costly) for the page's rows only.
+    const pgSearch = ({ limit, offset, terms, userId }: SearchRequest) => {
+      const options =
+        `StartSel=${matchStart}, StopSel=${matchEnd}, MaxWords=35, MinWords=12, MaxFragments=1, FragmentDelimiter=…`
+      return sql`
+        WITH query AS (SELECT to_tsquery('simple', ${tsQuery(terms)}) AS q),
+        hits AS (
+          SELECT 'conversation' AS kind, c.id AS conversation_id, NULL::uuid AS message_id,
+            ts_rank_cd(c.search_vector, query.q) AS score, 0 AS priority, c.updated_at AS created_at
+          FROM conversations c, query
+          WHERE c.search_vector @@ query.q AND c.user_id = ${userId} AND c.deleted_at IS NULL
+          UNION ALL
+          SELECT 'message', c.id, m.id, ts_rank_cd(m.search_vector, query.q), 1, m.created_at
+          FROM messages m JOIN conversations c ON c.id = m.conversation_id, query
+          WHERE m.search_vector @@ query.q AND m.deleted_at IS NULL
+            AND c.user_id = ${userId} AND c.deleted_at IS NULL
+          ORDER BY priority, score DESC, created_at DESC LIMIT ${limit} OFFSET ${offset}
+        )
+        SELECT hits.kind, hits.conversation_id, c.title AS conversation_title, hits.message_id,
+          m.thread_id, m.role, hits.score, hits.created_at,
+          ts_headline('simple', coalesce(m.content, c.title), query.q, ${options}) AS snippet
+        FROM hits JOIN conversations c ON c.id = hits.conversation_id
+          LEFT JOIN messages m ON m.id = hits.message_id, query
+        ORDER BY hits.priority, hits.score DESC, hits.created_at DESC`
+    }
+
+    const search = SqlSchema.findAll({
+      Request: Schema.Any as Schema.Schema<SearchRequest>,
+      Result: SearchRow,
+      execute: dialectOf(sql) === "pg" ? pgSearch : sqliteSearch
+    })
+
+    return {
+      search: (request: SearchRequest) => Effect.orDie(search(request))
+    } as const
+  })
+}) {}

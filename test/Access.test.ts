@@ -91,6 +91,8 @@ interface Cast {
   readonly ownerKeyId: string
   /** A plain user, the object the admin endpoints act on. */
   readonly target: TestUser
+  /** The owner's conversation, with one message and a thread on it: the objects the conversation endpoints act on. */
+  readonly conversation: { readonly id: string; readonly messageId: string; readonly threadId: string }
 }
 
 class TheCast extends Context.Tag("test/Access/Cast")<TheCast, Cast>() {}
@@ -105,7 +107,31 @@ const makeCast = (promotedBy?: TestUser) =>
     const [owner, other, target] = yield* Effect.all([signUp(), signUp(), signUp()], { concurrency: "unbounded" })
     const scoped = yield* createKey(owner, ["models:read"])
     const ownerKey = yield* createKey(owner, ["models:read", "keys:manage"])
-    return { admin, owner, other, target, scopedKey: scoped.secret, ownerKeyId: ownerKey.id } satisfies Cast
+    const auth = owner.accessToken
+    const conversation = expectStatus(
+      yield* call("POST", "/api/v1/conversations", { auth, body: { title: "The owner's" } }),
+      201
+    )
+    const message = expectStatus(
+      yield* call("POST", `/api/v1/conversations/${conversation.id}/messages`, { auth, body: { content: "Hi" } }),
+      201
+    )
+    const thread = expectStatus(
+      yield* call("POST", `/api/v1/conversations/${conversation.id}/threads`, {
+        auth,
+        body: { messageId: message.id }
+      }),
+      201
+    )
+    return {
+      admin,
+      owner,
+      other,
+      target,
+      scopedKey: scoped.secret,
+      ownerKeyId: ownerKey.id,
+      conversation: { id: conversation.id, messageId: message.id, threadId: thread.id }
+    } satisfies Cast
   })
 
 // --- the access matrix
@@ -139,9 +165,20 @@ const keysManage = (status: number): Statuses => ({ ...anyone(status), scopedKey
 const sessionOnly = (status: number): Statuses => ({ ...anyone(status), scopedKey: 403 })
 /** The admin only. */
 const adminOnly = (status: number): Statuses => ({ ...anyone(403), anonymous: 401, admin: status })
+/** Conversation endpoints: anyone with the conversation permissions (the scoped key has only `models:read`). */
+const conversationsUse = (status: number): Statuses => ({ ...anyone(status), scopedKey: 403 })
+/** The owner's conversation: not found for anyone else, admins included (its existence is not revealed). */
+const ownConversation = (status: number): Statuses => ({ ...conversationsUse(404), owner: status })
+
+const inConversation = (extra: Record<string, string> = {}) => (cast: Cast): CellRequest => ({
+  params: { id: cast.conversation.id, ...extra }
+})
+const onMessage = (cast: Cast) => inConversation({ messageId: cast.conversation.messageId })(cast)
+const onThread = (cast: Cast) => inConversation({ threadId: cast.conversation.threadId })(cast)
 
 interface CellRequest {
   readonly params?: Readonly<Record<string, string>>
+  readonly query?: Readonly<Record<string, string>>
   readonly body?: unknown
 }
 
@@ -193,7 +230,69 @@ const expectations: Readonly<Record<string, Expectation>> = {
     request: (cast, actor) => ({ body: { password: personOf(cast, actor).password } })
   },
   "me.getConsent": { statuses: sessionOnly(200) },
-  "me.updateConsent": { statuses: sessionOnly(200), request: () => ({ body: { marketingConsent: false } }) }
+  "me.updateConsent": { statuses: sessionOnly(200), request: () => ({ body: { marketingConsent: false } }) },
+  "conversations.createConversation": { statuses: conversationsUse(201), request: () => ({ body: {} }) },
+  "conversations.listConversations": { statuses: conversationsUse(200) },
+  "conversations.importConversation": {
+    statuses: conversationsUse(201),
+    request: () => ({
+      body: {
+        format: "webplus.conversation",
+        version: 1,
+        exportedAt: new Date().toISOString(),
+        conversation: {
+          title: "Imported",
+          pinned: false,
+          archived: false,
+          currentLeafId: null,
+          createdAt: new Date().toISOString()
+        },
+        messages: [],
+        threads: []
+      }
+    })
+  },
+  "conversations.getConversation": { statuses: ownConversation(200), request: inConversation() },
+  "conversations.updateConversation": {
+    statuses: ownConversation(200),
+    request: (cast) => ({ ...inConversation()(cast), body: { title: "Renamed" } })
+  },
+  "conversations.deleteConversation": { statuses: ownConversation(204), request: inConversation(), throwaway: true },
+  "conversations.restoreConversation": { statuses: ownConversation(200), request: inConversation() },
+  "conversations.purgeConversation": { statuses: ownConversation(204), request: inConversation(), throwaway: true },
+  "conversations.exportConversation": { statuses: ownConversation(200), request: inConversation() },
+  "conversations.exportConversationMarkdown": { statuses: ownConversation(200), request: inConversation() },
+  "conversations.listMessages": { statuses: ownConversation(200), request: inConversation() },
+  "conversations.appendMessage": {
+    statuses: ownConversation(201),
+    request: (cast) => ({ ...inConversation()(cast), body: { content: "More" } })
+  },
+  "conversations.getMessage": { statuses: ownConversation(200), request: onMessage },
+  "conversations.editMessage": {
+    statuses: ownConversation(201),
+    request: (cast) => ({ ...onMessage(cast), body: { content: "Hello" } })
+  },
+  "conversations.deleteMessage": { statuses: ownConversation(204), request: onMessage, throwaway: true },
+  "conversations.setCurrentLeaf": {
+    statuses: ownConversation(200),
+    request: (cast) => ({ ...inConversation()(cast), body: { messageId: cast.conversation.messageId } })
+  },
+  "conversations.createThread": {
+    statuses: ownConversation(201),
+    request: (cast) => ({ ...inConversation()(cast), body: { messageId: cast.conversation.messageId } })
+  },
+  "conversations.listThreads": { statuses: ownConversation(200), request: inConversation() },
+  "conversations.updateThread": {
+    statuses: ownConversation(200),
+    request: (cast) => ({ ...onThread(cast), body: { title: "Aside" } })
+  },
+  "conversations.deleteThread": { statuses: ownConversation(204), request: onThread, throwaway: true },
+  "conversations.listThreadMessages": { statuses: ownConversation(200), request: onThread },
+  "conversations.appendThreadMessage": {
+    statuses: ownConversation(201),
+    request: (cast) => ({ ...onThread(cast), body: { content: "On the side" } })
+  },
+  "conversations.search": { statuses: conversationsUse(200), request: () => ({ query: { q: "hi" } }) }
 }
 
 interface Endpoint {
@@ -219,7 +318,7 @@ const send = (endpoint: Endpoint, credential: string | undefined, request: CellR
     if (value === undefined) throw new Error(`${endpoint.id}: no value for the path parameter ${name}`)
     return encodeURIComponent(value)
   })
-  return call(endpoint.method, path, {
+  return call(endpoint.method, `${path}${query(request.query ?? {})}`, {
     ...(credential !== undefined ? { auth: credential } : {}),
     ...(request.body !== undefined ? { body: request.body } : {})
   })

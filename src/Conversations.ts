@@ -37,7 +37,7 @@ import {
   type MessageRow,
   type ThreadRow
 } from "./Conversations/ConversationRepo.js"
-import { matchEnd, matchStart, SearchRepo, searchTerms } from "./Conversations/SearchRepo.js"
+import { SearchRepo, searchTerms, snippet } from "./Conversations/SearchRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import {
   Conversation,
@@ -121,16 +121,6 @@ const ListPosition = Schema.Struct({ ...Position.fields, pinned: Schema.Boolean 
 const listCursor = cursorOf(ListPosition)
 const SearchPosition = Schema.Struct({ offset: Schema.Int.pipe(Schema.between(0, 10_000)) })
 const searchCursor = cursorOf(SearchPosition)
-
-const escapeHtml = (text: string) =>
-  text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;").replace(
-    /'/g,
-    "&#39;"
-  )
-
-/** The snippet as HTML: the text escaped, the matches marked. */
-const snippetHtml = (snippet: string) =>
-  escapeHtml(snippet).split(matchStart).join("<mark>").split(matchEnd).join("</mark>")
 
 const roleHeadings: Record<MessageRole, string> = {
   system: "System",
@@ -564,7 +554,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
             messageId: row.messageId,
             threadId: row.threadId,
             role: row.role,
-            snippet: snippetHtml(row.snippet ?? ""),
+            snippet: snippet(row.text, terms),
             score: row.score,
             createdAt: row.createdAt
           })

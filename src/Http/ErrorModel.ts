@@ -51,9 +51,22 @@ const fromDecodeError = (error: HttpApiError.HttpApiDecodeError) =>
   validationResponse(
     new ValidationError({
       message: "The request does not match the expected schema",
-      issues: error.issues.map((issue) => new FieldIssue({ path: issue.path.map(pathSegment), message: issue.message }))
+      issues: oneIssuePerField(error.issues)
     })
   )
+
+/** One issue per failing field: a value that matches none of several alternatives gets their messages together. */
+const oneIssuePerField = (issues: HttpApiError.HttpApiDecodeError["issues"]) => {
+  const byPath = new Map<string, { path: Array<string | number>; messages: Array<string> }>()
+  for (const issue of issues) {
+    const path = issue.path.map(pathSegment)
+    const key = JSON.stringify(path)
+    const entry = byPath.get(key) ?? { path, messages: [] }
+    if (!entry.messages.includes(issue.message)) entry.messages.push(issue.message)
+    byPath.set(key, entry)
+  }
+  return [...byPath.values()].map(({ messages, path }) => new FieldIssue({ path, message: messages.join("; or ") }))
+}
 
 const pathSegment = (segment: PropertyKey): string | number => typeof segment === "number" ? segment : String(segment)
 

@@ -1,0 +1,678 @@
+/**
+ * The conversation history over HTTP, on both databases: conversations and
+ * their lists, the branching message tree, threads, search, export and
+ * import, isolation between users, and validation that changes nothing.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import { generateUuid } from "../src/Domain/Ids.js"
+import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
+import { TestServer, testServer } from "./fixtures/Server.js"
+
+const expectStatus = (reply: Reply, status: number) => {
+  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
+  return reply.body
+}
+
+/** Runs `effect` on the test server's own database. */
+const inDatabase = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient>) =>
+  Effect.flatMap(
+    TestServer,
+    ({ dataDir, databaseUrl }) =>
+      Effect.provide(effect, databaseUrl ? pgClientFor(databaseUrl) : sqliteClientFor(dataDir))
+  ).pipe(Effect.orDie)
+
+const countRows = (table: "conversations" | "messages" | "threads", userId: string) =>
+  inDatabase(Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const rows = table === "conversations"
+      ? yield* sql<{ count: number }>`SELECT count(*) AS count FROM conversations WHERE user_id = ${userId}`
+      : yield* sql<{ count: number }>`
+          SELECT count(*) AS count FROM ${sql(table)} t JOIN conversations c ON c.id = t.conversation_id
+          WHERE c.user_id = ${userId}`
+    return Number(rows[0]!.count)
+  }))
+
+/** A fresh user for each test, so tests do not see each other's conversations. */
+const person = signUp()
+
+const api = (user: TestUser) => ({
+  get: (path: string) => call("GET", path, { auth: user.accessToken }),
+  post: (path: string, body: unknown = {}) => call("POST", path, { auth: user.accessToken, body }),
+  patch: (path: string, body: unknown) => call("PATCH", path, { auth: user.accessToken, body }),
+  put: (path: string, body: unknown) => call("PUT", path, { auth: user.accessToken, body }),
+  del: (path: string) => call("DELETE", path, { auth: user.accessToken })
+})
+
+const createConversation = (user: TestUser, body: Record<string, unknown> = {}) =>
+  Effect.map(api(user).post("/api/v1/conversations", body), (reply) => expectStatus(reply, 201))
+
+const append = (user: TestUser, conversationId: string, content: string, extra: Record<string, unknown> = {}) =>
+  Effect.map(
+    api(user).post(`/api/v1/conversations/${conversationId}/messages`, { content, ...extra }),
+    (reply) => expectStatus(reply, 201)
+  )
+
+const activeBranch = (user: TestUser, conversationId: string) =>
+  Effect.map(api(user).get(`/api/v1/conversations/${conversationId}/messages`), (reply) => expectStatus(reply, 200))
+
+const contents = (list: { items: ReadonlyArray<{ content: string }> }) => list.items.map((item) => item.content)
+
+/** Every page of a list, following `nextCursor`. */
+const allPages = (user: TestUser, path: string) =>
+  Effect.gen(function*() {
+    const pages: Array<Array<any>> = []
+    let cursor: string | null = null
+    do {
+      const separator = path.includes("?") ? "&" : "?"
+      const url: string = cursor === null ? path : `${path}${separator}cursor=${encodeURIComponent(cursor)}`
+      const body = expectStatus(yield* api(user).get(url), 200)
+      pages.push(body.items)
+      cursor = body.nextCursor
+    } while (cursor !== null && pages.length < 50)
+    return pages
+  })
+
+class Other extends Context.Tag("test/Conversations/Other")<Other, TestUser>() {}
+
+for (const dialect of dialects) {
+  layer(Layer.effect(Other, signUp()).pipe(Layer.provideMerge(testServer({ dialect }))), {
+    excludeTestServices: true
+  })(`conversations on ${dialect}`, (it) => {
+    describe("conversations", () => {
+      it.effect("are created, read, renamed, given a default model config, pinned and archived", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const created = yield* createConversation(alice, { title: "Trip to Lisbon" })
+          expect(created).toMatchObject({
+            title: "Trip to Lisbon",
+            pinned: false,
+            archived: false,
+            deletedAt: null,
+            messageCount: 0,
+            lastMessage: null,
+            currentLeafId: null
+          })
+          const path = `/api/v1/conversations/${created.id}`
+          expect(expectStatus(yield* api(alice).get(path), 200)).toEqual(created)
+          const renamed = expectStatus(yield* api(alice).patch(path, { title: "Trip to Porto", pinned: true }), 200)
+          expect(renamed).toMatchObject({ title: "Trip to Porto", pinned: true })
+          expect(Date.parse(renamed.updatedAt)).toBeGreaterThanOrEqual(Date.parse(created.updatedAt))
+          const archived = expectStatus(yield* api(alice).patch(path, { archived: true }), 200)
+          expect(archived).toMatchObject({ title: "Trip to Porto", pinned: true, archived: true })
+          // Unknown models and configs are refused by field, and nothing changes.
+          const unknown = "01a20000-0000-7000-8000-000000000000"
+          const refused = yield* api(alice).patch(path, { modelId: unknown, modelConfigId: unknown, title: "x" })
+          expect(expectStatus(refused, 422).issues.map((issue: { path: Array<string> }) => issue.path)).toEqual([
+            ["modelId"],
+            ["modelConfigId"]
+          ])
+          expect(expectStatus(yield* api(alice).get(path), 200).title).toBe("Trip to Porto")
+          // A personal model config of the owner may be the default; null clears it.
+          const configId = yield* inDatabase(Effect.gen(function*() {
+            const sql = yield* SqlClient.SqlClient
+            const id = yield* generateUuid
+            yield* sql`INSERT INTO model_configs ${sql.insert({ id, ownerId: alice.id, name: "Precise" })}`
+            return id
+          }))
+          const configured = expectStatus(yield* api(alice).patch(path, { modelConfigId: configId }), 200)
+          expect(configured.modelConfigId).toBe(configId)
+          const other = yield* Other
+          const foreign = yield* api(other).post("/api/v1/conversations", { modelConfigId: configId })
+          expect(expectStatus(foreign, 422).issues[0].path).toEqual(["modelConfigId"])
+          expect(expectStatus(yield* api(alice).patch(path, { modelConfigId: null }), 200).modelConfigId).toBeNull()
+        }))
+
+      it.effect("list pinned first, then newest-updated, with message counts and the last message's preview", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const first = yield* createConversation(alice, { title: "first" })
+          const second = yield* createConversation(alice, { title: "second" })
+          const third = yield* createConversation(alice, { title: "third" })
+          yield* append(alice, first.id, "Hello")
+          const long = "word ".repeat(100)
+          yield* append(alice, first.id, long, { role: "assistant" })
+          expectStatus(yield* api(alice).patch(`/api/v1/conversations/${second.id}`, { pinned: true }), 200)
+          const items = expectStatus(yield* api(alice).get("/api/v1/conversations"), 200).items
+          expect(items.map((item: { title: string }) => item.title)).toEqual(["second", "first", "third"])
+          const listed = items.find((item: { id: string }) => item.id === first.id)
+          expect(listed.messageCount).toBe(2)
+          expect(listed.lastMessage).toMatchObject({
+            role: "assistant",
+            status: "complete",
+            preview: long.slice(0, 200)
+          })
+          // Archived ones have their own list.
+          expectStatus(yield* api(alice).patch(`/api/v1/conversations/${third.id}`, { archived: true }), 200)
+          const active = expectStatus(yield* api(alice).get("/api/v1/conversations"), 200).items
+          expect(active.map((item: { title: string }) => item.title)).toEqual(["second", "first"])
+          const archive = expectStatus(yield* api(alice).get("/api/v1/conversations?archived=true"), 200).items
+          expect(archive.map((item: { title: string }) => item.title)).toEqual(["third"])
+        }))
+
+      it.effect("go to the trash and back, and are purged with everything in them", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const kept = yield* createConversation(alice, { title: "kept" })
+          const binned = yield* createConversation(alice, { title: "binned" })
+          const message = yield* append(alice, binned.id, "a message")
+          expectStatus(
+            yield* api(alice).post(`/api/v1/conversations/${binned.id}/threads`, { messageId: message.id }),
+            201
+          )
+          const path = `/api/v1/conversations/${binned.id}`
+          expectStatus(yield* api(alice).del(path), 204)
+          const titles = (items: ReadonlyArray<{ title: string }>) => items.map((item) => item.title)
+          expect(titles(expectStatus(yield* api(alice).get("/api/v1/conversations"), 200).items)).toEqual(["kept"])
+          const trash = expectStatus(yield* api(alice).get("/api/v1/conversations?trashed=true"), 200).items
+          expect(titles(trash)).toEqual(["binned"])
+          expect(trash[0].deletedAt).not.toBeNull()
+          // In the trash it can be read, not changed.
+          expectStatus(yield* api(alice).get(path), 200)
+          const restored = expectStatus(yield* api(alice).post(`${path}/restore`), 200)
+          expect(restored.deletedAt).toBeNull()
+          expect(titles(expectStatus(yield* api(alice).get("/api/v1/conversations"), 200).items).sort()).toEqual([
+            "binned",
+            "kept"
+          ])
+          expectStatus(yield* api(alice).post(`${path}/purge`), 204)
+          expect(expectStatus(yield* api(alice).get(path), 404)._tag).toBe("NotFound")
+          expect(yield* countRows("conversations", alice.id)).toBe(1)
+          expect(yield* countRows("messages", alice.id)).toBe(0)
+          expect(yield* countRows("threads", alice.id)).toBe(0)
+          expectStatus(yield* api(alice).get(`/api/v1/conversations/${kept.id}`), 200)
+        }))
+
+      it.effect("a conversation in the trash takes no new messages", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const binned = yield* createConversation(alice)
+          expectStatus(yield* api(alice).del(`/api/v1/conversations/${binned.id}`), 204)
+          const refused = yield* api(alice).post(`/api/v1/conversations/${binned.id}/messages`, { content: "hi" })
+          expect(expectStatus(refused, 404)._tag).toBe("NotFound")
+          expect(yield* countRows("messages", alice.id)).toBe(0)
+        }))
+
+      it.effect("pages are stable while new conversations arrive: each one exactly once", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const originals: Array<string> = []
+          for (let index = 0; index < 7; index++) {
+            originals.push((yield* createConversation(alice, { title: `c${index}` })).id)
+          }
+          const seen: Array<string> = []
+          let cursor: string | null = null
+          let pages = 0
+          do {
+            const query: string = cursor === null ? "?limit=3" : `?limit=3&cursor=${encodeURIComponent(cursor)}`
+            const page = expectStatus(yield* api(alice).get(`/api/v1/conversations${query}`), 200)
+            seen.push(...page.items.map((item: { id: string }) => item.id))
+            cursor = page.nextCursor
+            pages++
+            // Newcomers go to the top, before the cursor: they must not shift what comes next.
+            yield* createConversation(alice, { title: `new ${pages}` })
+          } while (cursor !== null && pages < 10)
+          expect(seen).toEqual([...originals].reverse())
+          expect(pages).toBe(3)
+          const bad = yield* api(alice).get("/api/v1/conversations?cursor=not-a-cursor")
+          expect(expectStatus(bad, 422).issues[0].path).toEqual(["cursor"])
+        }))
+    })
+
+    describe("the message tree", () => {
+      it.effect("editing adds a sibling branch, switching the leaf changes the active path, siblings are counted", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const conversation = yield* createConversation(alice, { title: "branches" })
+          const id = conversation.id
+          const q1 = yield* append(alice, id, "q1")
+          const a1 = yield* append(alice, id, "a1", { role: "assistant" })
+          const q2 = yield* append(alice, id, "q2")
+          const a2 = yield* append(alice, id, "a2", { role: "assistant" })
+          expect([q1.parentId, a1.parentId, q2.parentId, a2.parentId]).toEqual([null, q1.id, a1.id, q2.id])
+          expect(contents(yield* activeBranch(alice, id))).toEqual(["q1", "a1", "q2", "a2"])
+
+          // Edit q2: a sibling of q2 with the new content, now the leaf; the original is kept.
+          const edited = expectStatus(
+            yield* api(alice).post(`/api/v1/conversations/${id}/messages/${q2.id}/edit`, { content: "q2 (edited)" }),
+            201
+          )
+          expect(edited).toMatchObject({ parentId: a1.id, role: "user", editedFromId: q2.id })
+          expect(edited).toMatchObject({ siblingIndex: 1, siblingCount: 2 })
+          let branch = yield* activeBranch(alice, id)
+          expect(contents(branch)).toEqual(["q1", "a1", "q2 (edited)"])
+          expect(branch.currentLeafId).toBe(edited.id)
+          expect(branch.items.map((m: any) => [m.siblingIndex, m.siblingCount])).toEqual([[0, 1], [0, 1], [1, 2]])
+          const a2b = yield* append(alice, id, "a2 (for the edit)", { role: "assistant" })
+          expect(a2b.parentId).toBe(edited.id)
+
+          // Switch back to the first branch's leaf.
+          const switched = yield* api(alice).put(`/api/v1/conversations/${id}/current-leaf`, { messageId: a2.id })
+          expect(expectStatus(switched, 200).currentLeafId).toBe(a2.id)
+          branch = yield* activeBranch(alice, id)
+          expect(contents(branch)).toEqual(["q1", "a1", "q2", "a2"])
+          expect(branch.items[2]).toMatchObject({ siblingIndex: 0, siblingCount: 2 })
+
+          // Switching to a sibling with `descend` follows its newest answers down to a leaf.
+          const descended = yield* api(alice).put(`/api/v1/conversations/${id}/current-leaf`, {
+            messageId: edited.id,
+            descend: true
+          })
+          expect(expectStatus(descended, 200).currentLeafId).toBe(a2b.id)
+          expect(contents(yield* activeBranch(alice, id))).toEqual(["q1", "a1", "q2 (edited)", "a2 (for the edit)"])
+
+          // Without `descend`, the chosen message itself ends the branch.
+          expectStatus(yield* api(alice).put(`/api/v1/conversations/${id}/current-leaf`, { messageId: a1.id }), 200)
+          expect(contents(yield* activeBranch(alice, id))).toEqual(["q1", "a1"])
+
+          // Appending with an explicit parent starts a third branch there.
+          const q2c = yield* append(alice, id, "q2 (third)", { parentId: a1.id })
+          expect(q2c).toMatchObject({ parentId: a1.id, siblingIndex: 2, siblingCount: 3 })
+          expect(contents(yield* activeBranch(alice, id))).toEqual(["q1", "a1", "q2 (third)"])
+
+          // Editing the root makes a second root.
+          const q1b = expectStatus(
+            yield* api(alice).post(`/api/v1/conversations/${id}/messages/${q1.id}/edit`, { content: "q1 (edited)" }),
+            201
+          )
+          expect(q1b).toMatchObject({ parentId: null, siblingIndex: 1, siblingCount: 2 })
+          expect(contents(yield* activeBranch(alice, id))).toEqual(["q1 (edited)"])
+
+          // The tree view has every message, oldest first, paged.
+          const pages = yield* allPages(alice, `/api/v1/conversations/${id}/messages?view=tree&limit=3`)
+          expect(pages.map((page) => page.length)).toEqual([3, 3, 2])
+          expect(pages.flat().map((m) => m.content)).toEqual([
+            "q1",
+            "a1",
+            "q2",
+            "a2",
+            "q2 (edited)",
+            "a2 (for the edit)",
+            "q2 (third)",
+            "q1 (edited)"
+          ])
+          const summary = expectStatus(yield* api(alice).get(`/api/v1/conversations/${id}`), 200)
+          expect(summary).toMatchObject({ messageCount: 8, currentLeafId: q1b.id })
+          expect(summary.lastMessage).toMatchObject({ id: q1b.id, preview: "q1 (edited)" })
+        }))
+
+      it.effect("the active path stays right after many switches", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const { id } = yield* createConversation(alice)
+          // A root with three answers, each answered twice.
+          const root = yield* append(alice, id, "root")
+          const leaves: Array<{ id: string; path: Array<string> }> = []
+          for (const answer of ["x", "y", "z"]) {
+            const middle = yield* append(alice, id, answer, { parentId: root.id, role: "assistant" })
+            for (const follow of ["1", "2"]) {
+              const leaf = yield* append(alice, id, `${answer}${follow}`, { parentId: middle.id })
+              leaves.push({ id: leaf.id, path: ["root", answer, `${answer}${follow}`] })
+            }
+          }
+          for (const index of [3, 0, 5, 2, 4, 1, 3]) {
+            const leaf = leaves[index]!
+            expectStatus(yield* api(alice).put(`/api/v1/conversations/${id}/current-leaf`, { messageId: leaf.id }), 200)
+            const branch = yield* activeBranch(alice, id)
+            expect(contents(branch)).toEqual(leaf.path)
+            expect(branch.items.map((m: any) => m.siblingCount)).toEqual([1, 3, 2])
+            expect(branch.items[1].siblingIndex).toBe(Math.floor(index / 2))
+            expect(branch.items[2].siblingIndex).toBe(index % 2)
+          }
+        }))
+
+      it.effect("deleting a message removes its branch; the leaf moves to the newest branch left", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const { id } = yield* createConversation(alice)
+          const q = yield* append(alice, id, "q")
+          const first = yield* append(alice, id, "first answer", { role: "assistant" })
+          yield* append(alice, id, "follow-up")
+          const second = expectStatus(
+            yield* api(alice).post(`/api/v1/conversations/${id}/messages/${first.id}/edit`, {
+              content: "second answer"
+            }),
+            201
+          )
+          const below = yield* append(alice, id, "below the second")
+          // The leaf is in the branch being deleted: it moves to the newest branch left under q.
+          expectStatus(yield* api(alice).del(`/api/v1/conversations/${id}/messages/${second.id}`), 204)
+          const branch = yield* activeBranch(alice, id)
+          expect(contents(branch)).toEqual(["q", "first answer", "follow-up"])
+          expect(branch.items[1]).toMatchObject({ siblingIndex: 0, siblingCount: 1 })
+          for (const gone of [second.id, below.id]) {
+            expect(expectStatus(yield* api(alice).get(`/api/v1/conversations/${id}/messages/${gone}`), 404)._tag).toBe(
+              "NotFound"
+            )
+          }
+          const summary = expectStatus(yield* api(alice).get(`/api/v1/conversations/${id}`), 200)
+          expect(summary.messageCount).toBe(3)
+          // Deleting outside the active branch leaves the leaf alone; deleting the root empties the tree.
+          expectStatus(yield* api(alice).del(`/api/v1/conversations/${id}/messages/${q.id}`), 204)
+          const emptied = expectStatus(yield* api(alice).get(`/api/v1/conversations/${id}`), 200)
+          expect(emptied).toMatchObject({ messageCount: 0, currentLeafId: null, lastMessage: null })
+          expect((yield* activeBranch(alice, id)).items).toEqual([])
+        }))
+
+      it.effect("messages carry role, content, status, model, usage, tool calls and metadata", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const { id } = yield* createConversation(alice)
+          const message = yield* append(alice, id, "with metadata", { metadata: { client: "web", draft: false } })
+          const read = expectStatus(yield* api(alice).get(`/api/v1/conversations/${id}/messages/${message.id}`), 200)
+          expect(read).toMatchObject({
+            role: "user",
+            content: "with metadata",
+            status: "complete",
+            modelId: null,
+            modelName: null,
+            promptTokens: null,
+            completionTokens: null,
+            toolCalls: [],
+            metadata: { client: "web", draft: false }
+          })
+        }))
+
+      it.effect("bad input is refused by field and changes nothing", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const { id } = yield* createConversation(alice)
+          yield* append(alice, id, "only message")
+          const issuesOf = (reply: Reply) =>
+            expectStatus(reply, 422).issues.map((issue: { path: Array<string> }) => issue.path.join("."))
+          expect(issuesOf(yield* api(alice).post(`/api/v1/conversations/${id}/messages`, { content: "" }))).toEqual([
+            "content"
+          ])
+          expect(
+            issuesOf(yield* api(alice).post(`/api/v1/conversations/${id}/messages`, { content: 5, role: "wizard" }))
+          ).toEqual(["content", "role"])
+          expect(issuesOf(yield* api(alice).post("/api/v1/conversations", { title: "t".repeat(501) }))).toEqual([
+            "title"
+          ])
+          expect(issuesOf(yield* api(alice).get("/api/v1/conversations/not-an-id"))).toEqual(["id"])
+          const stranger = "01a20000-0000-7000-8000-000000000001"
+          expect(
+            issuesOf(
+              yield* api(alice).post(`/api/v1/conversations/${id}/messages`, { content: "x", parentId: stranger })
+            )
+          ).toEqual(["parentId"])
+          expect(issuesOf(yield* api(alice).put(`/api/v1/conversations/${id}/current-leaf`, { messageId: stranger })))
+            .toEqual(["messageId"])
+          const summary = expectStatus(yield* api(alice).get(`/api/v1/conversations/${id}`), 200)
+          expect(summary.messageCount).toBe(1)
+          expect(yield* countRows("messages", alice.id)).toBe(1)
+        }))
+    })
+
+    describe("threads", () => {
+      it.effect("start on a message, list, append and page, rename and delete", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const { id } = yield* createConversation(alice)
+          const question = yield* append(alice, id, "What is a monad?")
+          const answer = yield* append(alice, id, "A monoid in the category of endofunctors.", { role: "assistant" })
+          const threads = `/api/v1/conversations/${id}/threads`
+          const thread = expectStatus(yield* api(alice).post(threads, { messageId: answer.id, title: "Unpack" }), 201)
+          expect(thread).toMatchObject({ anchorMessageId: answer.id, title: "Unpack", messageCount: 0 })
+          const untitled = expectStatus(yield* api(alice).post(threads, { messageId: question.id }), 201)
+          expect(untitled.title).toBe("What is a monad?")
+          const listed = expectStatus(yield* api(alice).get(threads), 200)
+          expect(listed.items.map((item: { id: string }) => item.id)).toEqual([thread.id, untitled.id])
+
+          const messages = `${threads}/${thread.id}/messages`
+          for (const content of ["What is an endofunctor?", "A functor from a category to itself.", "Thanks"]) {
+            const role = content.startsWith("A ") ? "assistant" : "user"
+            const added = expectStatus(yield* api(alice).post(messages, { content, role }), 201)
+            expect(added).toMatchObject({ threadId: thread.id, parentId: null, siblingIndex: 0, siblingCount: 1 })
+          }
+          const pages = yield* allPages(alice, `${messages}?limit=2`)
+          expect(pages.map((page) => page.map((m: { content: string }) => m.content))).toEqual([
+            ["What is an endofunctor?", "A functor from a category to itself."],
+            ["Thanks"]
+          ])
+          expect(expectStatus(yield* api(alice).get(threads), 200).items[0].messageCount).toBe(3)
+          // Thread messages stay out of the conversation's own tree.
+          expect(contents(yield* activeBranch(alice, id))).toEqual([
+            "What is a monad?",
+            "A monoid in the category of endofunctors."
+          ])
+          expect(expectStatus(yield* api(alice).get(`/api/v1/conversations/${id}`), 200).messageCount).toBe(2)
+
+          const renamed = yield* api(alice).patch(`${threads}/${thread.id}`, { title: "Endofunctors" })
+          expect(expectStatus(renamed, 200).title).toBe("Endofunctors")
+          expectStatus(yield* api(alice).del(`${threads}/${thread.id}`), 204)
+          expect(expectStatus(yield* api(alice).get(messages), 404)._tag).toBe("NotFound")
+          expect(expectStatus(yield* api(alice).get(threads), 200).items.map((item: { id: string }) => item.id))
+            .toEqual([untitled.id])
+          expect(yield* countRows("messages", alice.id)).toBe(2)
+        }))
+
+      it.effect("anchor only on a message of the same conversation", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const one = yield* createConversation(alice)
+          const two = yield* createConversation(alice)
+          const elsewhere = yield* append(alice, two.id, "in the other conversation")
+          const refused = yield* api(alice).post(`/api/v1/conversations/${one.id}/threads`, {
+            messageId: elsewhere.id
+          })
+          expect(expectStatus(refused, 422).issues[0].path).toEqual(["messageId"])
+          expect(yield* countRows("threads", alice.id)).toBe(0)
+        }))
+    })
+
+    describe("search", () => {
+      it.effect("finds titles and messages, ranked, with highlighted snippets, and only the user's own", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const other = yield* Other
+          const kayak = yield* createConversation(alice, { title: "Kayak trip planning" })
+          const gear = yield* append(alice, kayak.id, "Which kayak should I buy? A sea kayak or a river kayak?")
+          const weather = yield* append(alice, kayak.id, "Check the weather before any kayak outing.", {
+            role: "assistant"
+          })
+          const cooking = yield* createConversation(alice, { title: "Cooking" })
+          yield* append(alice, cooking.id, "A recipe for <b>bread</b> & butter")
+          const theirs = yield* createConversation(other, { title: "Other's kayak" })
+          yield* append(other, theirs.id, "my kayak secret")
+
+          const hits = expectStatus(yield* api(alice).get("/api/v1/search?q=kayak"), 200).items
+          // The title first, then the messages by relevance: three mentions before one.
+          expect(hits.map((hit: any) => [hit.kind, hit.messageId])).toEqual([
+            ["conversation", null],
+            ["message", gear.id],
+            ["message", weather.id]
+          ])
+          expect(hits.every((hit: any) => hit.conversationId === kayak.id)).toBe(true)
+          expect(hits[0].snippet).toBe("<mark>Kayak</mark> trip planning")
+          expect(hits[1].snippet).toContain("<mark>kayak</mark>")
+          expect(hits[1]).toMatchObject({ role: "user", conversationTitle: "Kayak trip planning", threadId: null })
+          expect(hits[1].score).toBeGreaterThan(hits[2].score)
+
+          // Every word must match, the last one as a prefix; snippets are HTML-escaped.
+          const bread = expectStatus(yield* api(alice).get("/api/v1/search?q=recipe%20bre"), 200).items
+          expect(bread).toHaveLength(1)
+          expect(bread[0].snippet).toBe(
+            "A <mark>recipe</mark> for &#60;b&#62;<mark>bread</mark>&#60;/b&#62; &#38; butter"
+          )
+          expect(expectStatus(yield* api(alice).get("/api/v1/search?q=recipe%20kayak"), 200).items).toEqual([])
+          expect(expectStatus(yield* api(alice).get("/api/v1/search?q=secret"), 200).items).toEqual([])
+          const theirHits = expectStatus(yield* api(other).get("/api/v1/search?q=kayak"), 200).items
+          expect(theirHits.map((hit: any) => hit.conversationId)).toEqual([theirs.id, theirs.id])
+
+          // Operators are words like any other; a query with no words at all is refused.
+          expect(expectStatus(yield* api(alice).get(`/api/v1/search?q=${encodeURIComponent("kayak\" OR *")}`), 200))
+            .toMatchObject({ items: expect.any(Array) })
+          expect(expectStatus(yield* api(alice).get("/api/v1/search?q=%22%2A%22"), 422).issues[0].path).toEqual(["q"])
+        }))
+
+      it.effect("pages through results, follows edits and deletions, and leaves the trash out", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const { id } = yield* createConversation(alice, { title: "notes" })
+          const ids: Array<string> = []
+          for (let index = 0; index < 5; index++) ids.push((yield* append(alice, id, `zebra number ${index}`)).id)
+          const pages = yield* allPages(alice, "/api/v1/search?q=zebra&limit=2")
+          expect(pages.map((page) => page.length)).toEqual([2, 2, 1])
+          expect(new Set(pages.flat().map((hit) => hit.messageId))).toEqual(new Set(ids))
+
+          expectStatus(yield* api(alice).del(`/api/v1/conversations/${id}/messages/${ids[4]}`), 204)
+          const afterDelete = expectStatus(yield* api(alice).get("/api/v1/search?q=zebra&limit=50"), 200).items
+          expect(afterDelete.map((hit: any) => hit.messageId)).not.toContain(ids[4])
+          expect(afterDelete).toHaveLength(4)
+
+          // Thread messages are found too, pointing at their thread.
+          const thread = expectStatus(
+            yield* api(alice).post(`/api/v1/conversations/${id}/threads`, { messageId: ids[0] }),
+            201
+          )
+          yield* api(alice).post(`/api/v1/conversations/${id}/threads/${thread.id}/messages`, { content: "okapi" })
+          const okapi = expectStatus(yield* api(alice).get("/api/v1/search?q=okapi"), 200).items
+          expect(okapi).toMatchObject([{ kind: "message", threadId: thread.id }])
+
+          expectStatus(yield* api(alice).del(`/api/v1/conversations/${id}`), 204)
+          expect(expectStatus(yield* api(alice).get("/api/v1/search?q=zebra"), 200).items).toEqual([])
+          expectStatus(yield* api(alice).post(`/api/v1/conversations/${id}/restore`), 200)
+          expect(expectStatus(yield* api(alice).get("/api/v1/search?q=zebra&limit=50"), 200).items).toHaveLength(4)
+        }))
+    })
+
+    describe("export and import", () => {
+      it.effect("a conversation exports as JSON and Markdown and imports back with every branch and thread", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const original = yield* createConversation(alice, { title: "Round trip" })
+          const id = original.id
+          const q = yield* append(alice, id, "Question?")
+          const a = yield* append(alice, id, "Answer.", { role: "assistant" })
+          yield* api(alice).post(`/api/v1/conversations/${id}/messages/${q.id}/edit`, { content: "Better question?" })
+          yield* append(alice, id, "Better answer.", { role: "assistant" })
+          const thread = expectStatus(
+            yield* api(alice).post(`/api/v1/conversations/${id}/threads`, { messageId: a.id, title: "Aside" }),
+            201
+          )
+          yield* api(alice).post(`/api/v1/conversations/${id}/threads/${thread.id}/messages`, { content: "why?" })
+
+          const exported = expectStatus(yield* api(alice).get(`/api/v1/conversations/${id}/export`), 200)
+          expect(exported).toMatchObject({ format: "webplus.conversation", version: 1 })
+          expect(exported.messages).toHaveLength(4)
+          expect(exported.threads).toMatchObject([{ title: "Aside", messages: [{ content: "why?" }] }])
+
+          const markdown = yield* api(alice).get(`/api/v1/conversations/${id}/export/markdown`)
+          expect(markdown.headers["content-type"]).toContain("text/markdown")
+          expect(markdown.body).toBe(
+            "# Round trip\n\n## User\n\nBetter question?\n\n## Assistant\n\nBetter answer.\n"
+          )
+
+          const imported = expectStatus(yield* api(alice).post("/api/v1/conversations/import", exported), 201)
+          expect(imported.id).not.toBe(id)
+          expect(imported).toMatchObject({ title: "Round trip", messageCount: 4 })
+          const before = yield* activeBranch(alice, id)
+          const after = yield* activeBranch(alice, imported.id)
+          const shape = (list: any) =>
+            list.items.map((m: any) => [m.role, m.content, m.siblingIndex, m.siblingCount, m.editedFromId !== null])
+          expect(shape(after)).toEqual(shape(before))
+          const tree = (conversationId: string) =>
+            Effect.map(
+              allPages(alice, `/api/v1/conversations/${conversationId}/messages?view=tree`),
+              (pages) => pages.flat().map((m) => m.content)
+            )
+          expect(yield* tree(imported.id)).toEqual(yield* tree(id))
+          const threads = expectStatus(yield* api(alice).get(`/api/v1/conversations/${imported.id}/threads`), 200)
+          expect(threads.items).toMatchObject([{ title: "Aside", messageCount: 1 }])
+          // The copy is searchable like any conversation.
+          const hits = expectStatus(yield* api(alice).get("/api/v1/search?q=better%20question"), 200).items
+          expect(new Set(hits.map((hit: any) => hit.conversationId))).toEqual(new Set([id, imported.id]))
+        }))
+
+      it.effect("a document that is not a tree is refused by field, and nothing is written", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const at = new Date().toISOString()
+          const message = (id: string, parentId: string | null) => ({
+            id,
+            parentId,
+            role: "user",
+            content: id,
+            status: "complete",
+            modelName: null,
+            promptTokens: null,
+            completionTokens: null,
+            toolCalls: [],
+            metadata: {},
+            editedFromId: null,
+            deleted: false,
+            createdAt: at
+          })
+          const document = (messages: Array<unknown>, currentLeafId: string | null = null) => ({
+            format: "webplus.conversation",
+            version: 1,
+            exportedAt: at,
+            conversation: { title: "bad", pinned: false, archived: false, currentLeafId, createdAt: at },
+            messages,
+            threads: []
+          })
+          const paths = (reply: Reply) =>
+            expectStatus(reply, 422).issues.map((issue: { path: Array<string> }) => issue.path.join("."))
+          const post = (body: unknown) => api(alice).post("/api/v1/conversations/import", body)
+          expect(paths(yield* post(document([message("a", null), message("b", "nowhere")])))).toEqual([
+            "messages.1.parentId"
+          ])
+          expect(paths(yield* post(document([message("a", "b"), message("b", "a")])))).toContain(
+            "messages.0.parentId"
+          )
+          expect(paths(yield* post(document([message("a", null), message("a", null)])))).toEqual(["messages.1.id"])
+          expect(paths(yield* post(document([message("a", null)], "z")))).toEqual(["conversation.currentLeafId"])
+          expect(paths(yield* post({ ...document([]), format: "something else" }))).toEqual(["format"])
+          expect(yield* countRows("conversations", alice.id)).toBe(0)
+          expect(yield* countRows("messages", alice.id)).toBe(0)
+        }))
+    })
+
+    describe("isolation", () => {
+      it.effect("another user's conversations, messages and threads are not found, and stay as they were", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const other = yield* Other
+          const { id } = yield* createConversation(alice, { title: "private" })
+          const message = yield* append(alice, id, "secret plans")
+          const thread = expectStatus(
+            yield* api(alice).post(`/api/v1/conversations/${id}/threads`, { messageId: message.id }),
+            201
+          )
+          const base = `/api/v1/conversations/${id}`
+          const attempts: Array<Effect.Effect<Reply, never, TestServer>> = [
+            api(other).get(base),
+            api(other).patch(base, { title: "mine now" }),
+            api(other).del(base),
+            api(other).post(`${base}/purge`),
+            api(other).post(`${base}/restore`),
+            api(other).get(`${base}/messages`),
+            api(other).post(`${base}/messages`, { content: "intrusion" }),
+            api(other).get(`${base}/messages/${message.id}`),
+            api(other).post(`${base}/messages/${message.id}/edit`, { content: "changed" }),
+            api(other).del(`${base}/messages/${message.id}`),
+            api(other).put(`${base}/current-leaf`, { messageId: message.id }),
+            api(other).get(`${base}/export`),
+            api(other).get(`${base}/threads`),
+            api(other).post(`${base}/threads`, { messageId: message.id }),
+            api(other).get(`${base}/threads/${thread.id}/messages`),
+            api(other).post(`${base}/threads/${thread.id}/messages`, { content: "intrusion" }),
+            api(other).patch(`${base}/threads/${thread.id}`, { title: "x" }),
+            api(other).del(`${base}/threads/${thread.id}`)
+          ]
+          for (const attempt of attempts) {
+            expect(expectStatus(yield* attempt, 404)._tag).toBe("NotFound")
+          }
+          const list = expectStatus(yield* api(other).get("/api/v1/conversations"), 200).items
+          expect(list.map((item: { id: string }) => item.id)).not.toContain(id)
+          const mine = expectStatus(yield* api(alice).get(base), 200)
+          expect(mine).toMatchObject({ title: "private", messageCount: 1, deletedAt: null, currentLeafId: message.id })
+          expect(yield* countRows("messages", alice.id)).toBe(1)
+          expect(yield* countRows("threads", alice.id)).toBe(1)
+        }))
+    })
+  })
+}

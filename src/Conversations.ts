@@ -22,14 +22,7 @@ import type {
   UpdateConversationPayload,
   UpdateThreadPayload
 } from "./Conversations/Api.js"
-import {
-  ConversationExport,
-  ExportedMessage,
-  ExportedThread,
-  ExportedThreadMessage,
-  MessageList,
-  SearchHit
-} from "./Conversations/Api.js"
+import { type ConversationExport, type ExportedMessage, MessageList, SearchHit } from "./Conversations/Api.js"
 import {
   ConversationRepo,
   type ConversationSummaryRow,
@@ -37,6 +30,7 @@ import {
   type MessageRow,
   type ThreadRow
 } from "./Conversations/ConversationRepo.js"
+import { exportDocument } from "./Conversations/Export.js"
 import { SearchRepo, searchTerms, snippet } from "./Conversations/SearchRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import {
@@ -575,56 +569,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         const conversation = yield* findOwn(actor, id)
         const messages = yield* repo.allMessages(id)
         const threads = yield* repo.allThreads(id)
-        const exportedAt = yield* DateTime.now
-        const treeMessages = messages.filter((message) => message.threadId === null)
-        return new ConversationExport({
-          format: "webplus.conversation",
-          version: 1,
-          exportedAt,
-          conversation: {
-            title: conversation.title,
-            pinned: conversation.pinned,
-            archived: conversation.archived,
-            currentLeafId: conversation.currentLeafId,
-            createdAt: conversation.createdAt
-          },
-          messages: treeMessages.map((message) =>
-            new ExportedMessage({
-              id: message.id,
-              parentId: message.parentId,
-              role: message.role,
-              content: message.content,
-              status: message.status,
-              modelName: message.modelName,
-              promptTokens: message.promptTokens,
-              completionTokens: message.completionTokens,
-              toolCalls: message.toolCalls,
-              metadata: message.metadata,
-              editedFromId: message.editedFromId,
-              deleted: Option.isSome(message.deletedAt),
-              createdAt: message.createdAt
-            })
-          ),
-          threads: threads.map((thread) =>
-            new ExportedThread({
-              anchorMessageId: thread.anchorMessageId,
-              title: thread.title,
-              createdAt: thread.createdAt,
-              messages: messages
-                .filter((message) => message.threadId === thread.id && Option.isNone(message.deletedAt))
-                .map((message) =>
-                  new ExportedThreadMessage({
-                    role: message.role,
-                    content: message.content,
-                    status: message.status,
-                    modelName: message.modelName,
-                    metadata: message.metadata,
-                    createdAt: message.createdAt
-                  })
-                )
-            })
-          )
-        })
+        return exportDocument(conversation, messages, threads, yield* DateTime.now)
       }).pipe(Effect.withSpan("Conversations.exportJson"))
 
     const exportMarkdown = (id: ConversationId) =>

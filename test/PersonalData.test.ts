@@ -122,7 +122,9 @@ for (const dialect of dialects) {
           expect(body.conversations).toEqual([
             expect.objectContaining({
               id: mine.conversationId,
-              title: "Mine",
+              deletedAt: null,
+              format: "webplus.conversation",
+              conversation: expect.objectContaining({ title: "Mine", pinned: false }),
               messages: expect.arrayContaining([
                 expect.objectContaining({ id: mine.messageIds[0], role: "user", content: "Mine: a question" }),
                 expect.objectContaining({ id: mine.messageIds[1], role: "assistant", content: "Mine: an answer" })

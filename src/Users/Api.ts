@@ -2,10 +2,11 @@
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
 import { Schema } from "effect"
 import { ApiKeyView, Authentication, UserView } from "../Auth/Api.js"
+import { ConversationExport } from "../Conversations/Api.js"
 import { AuditEvent } from "../Domain/Credentials.js"
 import { Conflict, Forbidden, NotFound, RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
 import { JsonObject } from "../Domain/Fields.js"
-import { UserId } from "../Domain/Ids.js"
+import { ConversationId, UserId } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { request } from "../Domain/Request.js"
 import { RoleName } from "../Domain/User.js"
@@ -82,7 +83,14 @@ export class DeleteAccountPayload extends Schema.Class<DeleteAccountPayload>("De
   password: Schema.Redacted(Schema.String.pipe(Schema.maxLength(1024)))
 }) {}
 
-/** A stored record as it is kept: conversations carry their messages and threads. */
+/** Each conversation as its importable document (see the conversation export), with its id. */
+export const PersonalConversation = Schema.Struct({
+  id: ConversationId,
+  deletedAt: Schema.NullOr(Schema.DateTimeUtc),
+  ...ConversationExport.fields
+}).annotations({ identifier: "PersonalConversation" })
+
+/** A stored record as it is kept. */
 const ExportedRecord = JsonObject.annotations({
   identifier: "ExportedRecord"
 })
@@ -100,7 +108,7 @@ export class PersonalDataExport extends Schema.Class<PersonalDataExport>("Person
     userAgent: Schema.NullOr(Schema.String)
   })),
   apiKeys: Schema.Array(ApiKeyView),
-  conversations: Schema.Array(ExportedRecord),
+  conversations: Schema.Array(PersonalConversation),
   files: Schema.Array(ExportedRecord),
   modelConfigs: Schema.Array(ExportedRecord),
   auditEvents: Schema.Array(AuditEventView)

@@ -8,7 +8,8 @@
  * - full-text search over conversation titles and message contents: FTS5
  *   external-content tables kept in step by triggers on SQLite, generated
  *   `tsvector` columns with GIN indexes on PostgreSQL. Both index words
- *   without stemming, so a query finds the same rows on either database.
+ *   without stemming and with Latin diacritics folded, so a query finds the
+ *   same rows on either database.
  *   Soft-deleted rows are left out of the index.
  */
 import { SqlClient } from "@effect/sql"
@@ -22,12 +23,23 @@ const common = [
     WHERE parent_id IS NULL AND thread_id IS NULL AND deleted_at IS NULL`
 ]
 
+/**
+ * Latin letters with diacritics and the base letters they fold to (from their Unicode
+ * decompositions), so PostgreSQL matches "cafe" and "café" as SQLite's FTS5 does
+ * (`remove_diacritics`) without needing the `unaccent` extension.
+ */
+const accented = "ÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖÙÚÛÜÝàáâãäåçèéêëìíîïñòóôõöùúûüýÿĀāĂăĄąĆćĈĉĊċČčĎďĒēĔĕĖėĘęĚěĜĝĞğĠġĢģĤĥĨĩĪīĬĭĮįİĴĵĶķĹĺĻļĽľŃńŅņŇňŌōŎŏŐőŔŕŖŗŘřŚśŜŝŞşŠšŢţŤťŨũŪūŬŭŮůŰűŲųŴŵŶŷŸŹźŻżŽžſƠơƯưǍǎǏǐǑǒǓǔǕǖǗǘǙǚǛǜǞǟǠǡǦǧǨǩǪǫǬǭǰǴǵǸǹǺǻȀȁȂȃȄȅȆȇȈȉȊȋȌȍȎȏȐȑȒȓȔȕȖȗȘșȚțȞȟȦȧȨȩȪȫȬȭȮȯȰȱȲȳ"
+const unaccented = "aaaaaaceeeeiiiinooooouuuuyaaaaaaceeeeiiiinooooouuuuyyaaaaaaccccccccddeeeeeeeeeegggggggghhiiiiiiiiijjkkllllllnnnnnnoooooorrrrrrssssssssttttuuuuuuuuuuuuwwyyyzzzzzzsoouuaaiioouuuuuuuuuuaaaaggkkoooojggnnaaaaaaeeeeiiiioooorrrruuuusstthhaaeeooooooooyy"
+
 const pg = [
+  `CREATE FUNCTION webplus_search_fold(value text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT lower(translate(value, '${accented}', '${unaccented}')) $$`,
   `ALTER TABLE messages ADD COLUMN search_vector tsvector
-    GENERATED ALWAYS AS (to_tsvector('simple', content)) STORED`,
+    GENERATED ALWAYS AS (to_tsvector('simple', webplus_search_fold(content))) STORED`,
   `CREATE INDEX messages_search_idx ON messages USING GIN (search_vector) WHERE deleted_at IS NULL`,
   `ALTER TABLE conversations ADD COLUMN search_vector tsvector
-    GENERATED ALWAYS AS (to_tsvector('simple', title)) STORED`,
+    GENERATED ALWAYS AS (to_tsvector('simple', webplus_search_fold(title))) STORED`,
   `CREATE INDEX conversations_search_idx ON conversations USING GIN (search_vector)
     WHERE deleted_at IS NULL`
 ]

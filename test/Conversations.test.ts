@@ -5,8 +5,14 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
-import { generateUuid } from "../src/Domain/Ids.js"
+import { Cause, Context, Effect, Exit, Layer, Schema } from "effect"
+import { Conversations } from "../src/Conversations.js"
+import { ConversationExport } from "../src/Conversations/Api.js"
+import { ConversationRepo } from "../src/Conversations/ConversationRepo.js"
+import { SearchRepo } from "../src/Conversations/SearchRepo.js"
+import { Actor, CurrentActor } from "../src/Domain/Actor.js"
+import { generateUuid, UserId } from "../src/Domain/Ids.js"
+import { BuiltinRoles } from "../src/Domain/User.js"
 import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
@@ -356,6 +362,24 @@ for (const dialect of dialects) {
           expect((yield* activeBranch(alice, id)).items).toEqual([])
         }))
 
+      it.effect("concurrent appends each land on the leaf the previous one left: one chain, nothing lost", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const { id } = yield* createConversation(alice)
+          const added = yield* Effect.all(
+            Array.from({ length: 12 }, (_, index) => append(alice, id, `m${index}`)),
+            { concurrency: "unbounded" }
+          )
+          const branch = yield* activeBranch(alice, id)
+          expect(branch.items).toHaveLength(12)
+          expect(new Set(contents(branch))).toEqual(new Set(added.map((message) => message.content)))
+          expect(branch.items.every((m: any) => m.siblingCount === 1)).toBe(true)
+          branch.items.forEach((m: any, index: number) =>
+            expect(m.parentId).toBe(index === 0 ? null : branch.items[index - 1].id)
+          )
+          expect(expectStatus(yield* api(alice).get(`/api/v1/conversations/${id}`), 200).messageCount).toBe(12)
+        }))
+
       it.effect("messages carry role, content, status, model, usage, tool calls and metadata", () =>
         Effect.gen(function*() {
           const alice = yield* person
@@ -537,6 +561,20 @@ for (const dialect of dialects) {
           expectStatus(yield* api(alice).post(`/api/v1/conversations/${id}/restore`), 200)
           expect(expectStatus(yield* api(alice).get("/api/v1/search?q=zebra&limit=50"), 200).items).toHaveLength(4)
         }))
+
+      it.effect("folds case and Latin diacritics alike on both databases", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const { id } = yield* createConversation(alice, { title: "Crème brûlée" })
+          const message = yield* append(alice, id, "Un café à Zürich, s'il vous plaît")
+          for (const query of ["cafe zurich", "CAFÉ ZÜRICH", "Cafe Zuri"]) {
+            const hits = expectStatus(yield* api(alice).get(`/api/v1/search?q=${encodeURIComponent(query)}`), 200)
+            expect(hits.items.map((hit: any) => hit.messageId), query).toEqual([message.id])
+            expect(hits.items[0].snippet).toBe("Un <mark>café</mark> à <mark>Zürich</mark>, s&#39;il vous plaît")
+          }
+          const titles = expectStatus(yield* api(alice).get("/api/v1/search?q=creme%20brulee"), 200).items
+          expect(titles).toMatchObject([{ kind: "conversation", snippet: "<mark>Crème</mark> <mark>brûlée</mark>" }])
+        }))
     })
 
     describe("export and import", () => {
@@ -628,6 +666,56 @@ for (const dialect of dialects) {
           expect(paths(yield* post({ ...document([]), format: "something else" }))).toEqual(["format"])
           expect(yield* countRows("conversations", alice.id)).toBe(0)
           expect(yield* countRows("messages", alice.id)).toBe(0)
+        }))
+    })
+
+    describe("transactions", () => {
+      it.effect("an import that fails midway leaves nothing behind", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const source = yield* createConversation(alice, { title: "to copy" })
+          const anchor = yield* append(alice, source.id, "anchor")
+          yield* append(alice, source.id, "reply", { role: "assistant" })
+          expectStatus(
+            yield* api(alice).post(`/api/v1/conversations/${source.id}/threads`, { messageId: anchor.id }),
+            201
+          )
+          const document = expectStatus(yield* api(alice).get(`/api/v1/conversations/${source.id}/export`), 200)
+          const before = {
+            conversations: yield* countRows("conversations", alice.id),
+            messages: yield* countRows("messages", alice.id),
+            threads: yield* countRows("threads", alice.id)
+          }
+          // The same service on the server's database, whose repository fails after the conversation
+          // and its messages are written, at the thread.
+          const failingRepo = Layer.effect(
+            ConversationRepo,
+            Effect.map(ConversationRepo, (repo) =>
+              ConversationRepo.make({ ...repo, insertThread: () => Effect.dieMessage("the disk is full") }))
+          ).pipe(Layer.provide(ConversationRepo.Default))
+          const actor = new Actor({
+            userId: UserId.make(alice.id),
+            role: BuiltinRoles.user,
+            permissions: ["conversations:read", "conversations:write"],
+            via: "session"
+          })
+          const decoded = yield* Schema.decodeUnknown(ConversationExport)(document).pipe(Effect.orDie)
+          const exit = yield* inDatabase(
+            Effect.flatMap(Conversations, (service) =>
+              service.importConversation(decoded)).pipe(
+                Effect.provide(
+                  Conversations.Default.pipe(Layer.provide(failingRepo), Layer.provide(SearchRepo.Default))
+                ),
+                Effect.provideService(CurrentActor, actor),
+                Effect.exit
+              )
+          )
+          expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+          expect({
+            conversations: yield* countRows("conversations", alice.id),
+            messages: yield* countRows("messages", alice.id),
+            threads: yield* countRows("threads", alice.id)
+          }).toEqual(before)
         }))
     })
 

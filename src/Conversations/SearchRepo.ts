@@ -110,7 +110,7 @@ export class SearchRepo extends Effect.Service<SearchRepo>()("Conversations/Sear
     // Rank first, then read the texts of the page's rows only.
     const pgSearch = ({ limit, offset, terms, userId }: SearchRequest) =>
       sql`
-        WITH query AS (SELECT to_tsquery('simple', ${tsQuery(terms)}) AS q),
+        WITH query AS (SELECT to_tsquery('simple', webplus_search_fold(${tsQuery(terms)})) AS q),
         hits AS (
           SELECT 'conversation' AS kind, c.id AS conversation_id, NULL::uuid AS message_id,
             ts_rank_cd(c.search_vector, query.q) AS score, 0 AS priority, c.updated_at AS created_at

@@ -8,8 +8,8 @@ import { Context, Effect, Layer } from "effect"
 import { WebPlusApi } from "../src/Api.js"
 import { generateUuid } from "../src/Domain/Ids.js"
 import { call, createKey, type Reply, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
-import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
+import { dialects } from "./fixtures/Database.js"
+import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
 
 type Method = "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
 
@@ -38,14 +38,10 @@ const query = (params: Record<string, string | number | undefined>) => {
 
 /** Sets a user's role straight in the server's database: the repair when no admin is left to do it. */
 const forceRole = (userId: string, role: string) =>
-  Effect.flatMap(TestServer, ({ dataDir, databaseUrl }) =>
-    Effect.provide(
-      Effect.flatMap(
-        SqlClient.SqlClient,
-        (sql) => sql`UPDATE users SET role_id = (SELECT id FROM roles WHERE name = ${role}) WHERE id = ${userId}`
-      ),
-      databaseUrl ? pgClientFor(databaseUrl) : sqliteClientFor(dataDir)
-    )).pipe(Effect.orDie)
+  inServerDatabase(Effect.flatMap(
+    SqlClient.SqlClient,
+    (sql) => sql`UPDATE users SET role_id = (SELECT id FROM roles WHERE name = ${role}) WHERE id = ${userId}`
+  ))
 
 /** Demotes every admin but `admin`, so that it is the last one. */
 const makeLastAdmin = (admin: TestUser) =>

@@ -14,21 +14,15 @@ import { Actor, CurrentActor } from "../src/Domain/Actor.js"
 import { generateUuid, UserId } from "../src/Domain/Ids.js"
 import { BuiltinRoles } from "../src/Domain/User.js"
 import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
-import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
+import { dialects } from "./fixtures/Database.js"
+import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
 
 const expectStatus = (reply: Reply, status: number) => {
   expect(reply.status, JSON.stringify(reply.body)).toBe(status)
   return reply.body
 }
 
-/** Runs `effect` on the test server's own database. */
-const inDatabase = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient>) =>
-  Effect.flatMap(
-    TestServer,
-    ({ dataDir, databaseUrl }) =>
-      Effect.provide(effect, databaseUrl ? pgClientFor(databaseUrl) : sqliteClientFor(dataDir))
-  ).pipe(Effect.orDie)
+const inDatabase = inServerDatabase
 
 const countRows = (table: "conversations" | "messages" | "threads", userId: string) =>
   inDatabase(Effect.gen(function*() {

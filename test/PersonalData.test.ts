@@ -8,8 +8,8 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import { generateUuid } from "../src/Domain/Ids.js"
 import { call, createKey, type Reply, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
-import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
+import { dialects } from "./fixtures/Database.js"
+import { inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
 
 /** The first user of the server: its only admin. */
 class Admin extends Context.Tag("test/PersonalData/Admin")<Admin, TestUser>() {}
@@ -19,13 +19,7 @@ const expectStatus = (reply: Reply, status: number) => {
   return reply.body
 }
 
-/** Runs `effect` on the test server's own database, through a connection of the test's. */
-const inDatabase = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient>) =>
-  Effect.flatMap(
-    TestServer,
-    ({ dataDir, databaseUrl }) =>
-      Effect.provide(effect, databaseUrl ? pgClientFor(databaseUrl) : sqliteClientFor(dataDir))
-  ).pipe(Effect.orDie)
+const inDatabase = inServerDatabase
 
 /** A conversation of `userId` with a question and its answer, written straight into the database. */
 const seedConversation = (userId: string, title: string) =>

@@ -45,9 +45,17 @@ import {
 } from "./Domain/Conversation.js"
 import { FieldIssue, orNotFound, ValidationError } from "./Domain/Errors.js"
 import type { JsonObject } from "./Domain/Fields.js"
-import { type ConversationId, generateUuid, type MessageId, type ThreadId } from "./Domain/Ids.js"
+import {
+  type ConversationId,
+  generateUuid,
+  type MessageId,
+  MessageId as MessageIdSchema,
+  type ThreadId
+} from "./Domain/Ids.js"
 import { cursorOf, decodeCursor, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
 import { inTransaction } from "./Sql.js"
+
+// The views below are built from rows the repositories have already decoded: `true` skips checking them twice.
 
 export const toConversationView = (row: ConversationSummaryRow) =>
   new ConversationView({
@@ -68,11 +76,11 @@ export const toConversationView = (row: ConversationSummaryRow) =>
         status: row.lastStatus,
         preview: row.lastPreview ?? "",
         createdAt: row.lastCreatedAt
-      })
+      }, true)
       : null,
     createdAt: row.createdAt,
     updatedAt: row.updatedAt
-  })
+  }, true)
 
 export const toMessageView = (row: MessageRow) =>
   new MessageView({
@@ -94,7 +102,7 @@ export const toMessageView = (row: MessageRow) =>
     siblingCount: Math.max(row.siblingCount, 1),
     createdAt: row.createdAt,
     updatedAt: row.updatedAt
-  })
+  }, true)
 
 const toThreadView = (row: ThreadRow) =>
   new ThreadView({
@@ -105,7 +113,7 @@ const toThreadView = (row: ThreadRow) =>
     messageCount: row.messageCount,
     createdAt: row.createdAt,
     updatedAt: row.updatedAt
-  })
+  }, true)
 
 const invalid = (path: ReadonlyArray<string | number>, message: string) =>
   new ValidationError({ message, issues: [new FieldIssue({ path, message })] })
@@ -113,6 +121,8 @@ const invalid = (path: ReadonlyArray<string | number>, message: string) =>
 /** Where a conversation list page ends: pinned, then time (updated, or deleted in the trash), then id. */
 const ListPosition = Schema.Struct({ ...Position.fields, pinned: Schema.Boolean })
 const listCursor = cursorOf(ListPosition)
+/** Where the next page of the active branch starts (walking up from this message). */
+const branchCursor = cursorOf(Schema.Struct({ from: MessageIdSchema }))
 const SearchPosition = Schema.Struct({ offset: Schema.Int.pipe(Schema.between(0, 10_000)) })
 const searchCursor = cursorOf(SearchPosition)
 
@@ -316,14 +326,20 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
             currentLeafId: conversation.currentLeafId,
             items: page.items.map(toMessageView),
             nextCursor: page.nextCursor
-          })
+          }, true)
         }
-        const rows = conversation.currentLeafId === null ? [] : yield* repo.activeBranch(id, conversation.currentLeafId)
+        // A page of the branch ends at the leaf, or where the previous page (nearer the leaf) stopped.
+        const from = Option.match(yield* branchCursor.decode(query.cursor), {
+          onNone: () => conversation.currentLeafId,
+          onSome: ({ from }) => from
+        })
+        const rows = from === null ? [] : yield* repo.activeBranch(id, from, query.limit)
+        const more = query.limit !== undefined && rows.length > query.limit
         return new MessageList({
           currentLeafId: conversation.currentLeafId,
-          items: rows.map(toMessageView),
-          nextCursor: null
-        })
+          items: (more ? rows.slice(1) : rows).map(toMessageView),
+          nextCursor: more ? branchCursor.encode({ from: rows[0]!.id }) : null
+        }, true)
       }).pipe(Effect.withSpan("Conversations.listMessages"))
 
     /** The active branch, root first, for a caller that already checked access (the chat engine). */
@@ -551,7 +567,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
             snippet: snippet(row.text, terms),
             score: row.score,
             createdAt: row.createdAt
-          })
+          }, true)
         )
         return {
           items,

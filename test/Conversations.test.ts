@@ -298,6 +298,26 @@ for (const dialect of dialects) {
           expect(summary.lastMessage).toMatchObject({ id: q1b.id, preview: "q1 (edited)" })
         }))
 
+      it.effect("a long active branch can be read a page at a time, from the leaf up", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const { id } = yield* createConversation(alice)
+          for (let index = 1; index <= 7; index++) yield* append(alice, id, `m${index}`)
+          const pages = yield* allPages(alice, `/api/v1/conversations/${id}/messages?limit=3`)
+          expect(pages.map((page) => page.map((m: { content: string }) => m.content))).toEqual([
+            ["m5", "m6", "m7"],
+            ["m2", "m3", "m4"],
+            ["m1"]
+          ])
+          expect(contents(yield* activeBranch(alice, id))).toEqual(["m1", "m2", "m3", "m4", "m5", "m6", "m7"])
+          const treeCursor = expectStatus(
+            yield* api(alice).get(`/api/v1/conversations/${id}/messages?view=tree&limit=2`),
+            200
+          ).nextCursor
+          const mixed = yield* api(alice).get(`/api/v1/conversations/${id}/messages?cursor=${treeCursor}`)
+          expect(expectStatus(mixed, 422).issues[0].path).toEqual(["cursor"])
+        }))
+
       it.effect("the active path stays right after many switches", () =>
         Effect.gen(function*() {
           const alice = yield* person

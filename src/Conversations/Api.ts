@@ -78,7 +78,10 @@ export const MessageListQuery = request(Schema.Struct({
   view: Schema.optionalWith(Schema.Literal("active", "tree"), { default: () => "active" as const }).annotations({
     description: "`active`: the branch from the root to the current leaf; `tree`: every message, oldest first, paged"
   }),
-  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 1000))),
+  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 1000))).annotations({
+    description: "Tree: the page size (default 100). Active branch: only the `limit` messages nearest the leaf " +
+      "(still root first), `nextCursor` leading to the ones above; without it, the whole branch"
+  }),
   cursor: Schema.optional(Schema.String.pipe(Schema.maxLength(500)))
 }))
 
@@ -86,7 +89,8 @@ export class MessageList extends Schema.Class<MessageList>("MessageList")({
   currentLeafId: Schema.NullOr(MessageId),
   items: Schema.Array(MessageView),
   nextCursor: Schema.NullOr(Schema.String).annotations({
-    description: "Tree view: pass as `cursor` for the next page (always null for the active branch)"
+    description: "Pass as `cursor` for the next page (tree: newer messages; active branch with `limit`: the " +
+      "messages above, toward the root)"
   })
 }) {}
 

@@ -138,18 +138,26 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
       m.prompt_tokens, m.completion_tokens, m.tool_calls, m.metadata, m.edited_from_id, m.deleted_at,
       m.created_at, m.updated_at, ${siblingCounts}`
 
-    /** The branch that ends at `leafId`, root first. */
+    /**
+     * The branch that ends at `leafId`, root first. CROSS JOIN fixes the join order on SQLite
+     * (look each branch row up by key, rather than scan the messages against the branch).
+     */
     const activeBranch = SqlSchema.findAll({
-      Request: Schema.Struct({ conversationId: Schema.String, leafId: Schema.String }),
+      Request: Schema.Struct({
+        conversationId: Schema.String,
+        leafId: Schema.String,
+        limit: Schema.OptionFromUndefinedOr(Schema.Number)
+      }),
       Result: MessageRow,
-      execute: ({ conversationId, leafId }) =>
+      execute: ({ conversationId, leafId, limit }) =>
         sql`
           WITH RECURSIVE branch (id, parent_id, depth) AS (
             SELECT id, parent_id, 0 FROM messages WHERE id = ${leafId} AND conversation_id = ${conversationId}
             UNION ALL
             SELECT m.id, m.parent_id, branch.depth + 1 FROM messages m JOIN branch ON m.id = branch.parent_id
+            ${limit === undefined ? sql.literal("") : sql`WHERE branch.depth < ${limit}`}
           )
-          SELECT ${messageColumns} FROM branch JOIN messages m ON m.id = branch.id
+          SELECT ${messageColumns} FROM branch CROSS JOIN messages m WHERE m.id = branch.id
           ORDER BY branch.depth DESC`
     })
 
@@ -306,8 +314,12 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
       touchConversation: (id: ConversationId) =>
         Effect.orDie(Effect.flatMap(now, (at) => sql`UPDATE conversations SET updated_at = ${at} WHERE id = ${id}`)),
       purgeConversation: (id: ConversationId) => Effect.orDie(sql`DELETE FROM conversations WHERE id = ${id}`),
-      activeBranch: (conversationId: ConversationId, leafId: MessageId) =>
-        Effect.orDie(activeBranch({ conversationId, leafId })),
+      /**
+       * The branch that ends at `leafId`, root first; with `limit`, only the `limit` messages
+       * nearest the leaf, and the one above them if there is one (to continue from).
+       */
+      activeBranch: (conversationId: ConversationId, leafId: MessageId, limit?: number) =>
+        Effect.orDie(activeBranch({ conversationId, leafId, limit: Option.fromNullable(limit) })),
       treePage: (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
         Effect.orDie(Effect.flatMap(treePage(conversationId, after, limit + 1), decodeMessages)),
       findMessage: (conversationId: ConversationId, id: MessageId) => Effect.orDie(findMessage({ conversationId, id })),

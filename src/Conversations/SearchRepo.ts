@@ -1,7 +1,7 @@
 /**
  * Full-text search over a user's conversation titles and message contents,
  * one interface over two engines: SQLite FTS5 (bm25 ranking) and PostgreSQL
- * text search (`tsvector` GIN indexes, `ts_rank_cd`). Both index words
+ * text search (`tsvector` GIN indexes, `ts_rank`). Both index words
  * without stemming and match the last word as a prefix, so typing "deplo"
  * already finds "deployment". Snippets are cut here, the same for both.
  *
@@ -108,19 +108,23 @@ export class SearchRepo extends Effect.Service<SearchRepo>()("Conversations/Sear
     }
 
     // Rank first, then read the texts of the page's rows only.
+    // The user's live conversations are read once and hashed: a common word matches thousands of
+    // messages (of every user), and looking each one's conversation up by key costs more than that.
+    // `ts_rank` (word frequency) rather than `ts_rank_cd` (also proximity): it ranks thousands of matches
+    // in a fraction of the time. Ranking first, then reading the texts of the page's rows only.
     const pgSearch = ({ limit, offset, terms, userId }: SearchRequest) =>
       sql`
         WITH query AS (SELECT to_tsquery('simple', webplus_search_fold(${tsQuery(terms)})) AS q),
+        mine AS MATERIALIZED (SELECT id FROM conversations WHERE user_id = ${userId} AND deleted_at IS NULL),
         hits AS (
           SELECT 'conversation' AS kind, c.id AS conversation_id, NULL::uuid AS message_id,
-            ts_rank_cd(c.search_vector, query.q) AS score, 0 AS priority, c.updated_at AS created_at
+            ts_rank(c.search_vector, query.q) AS score, 0 AS priority, c.updated_at AS created_at
           FROM conversations c, query
           WHERE c.search_vector @@ query.q AND c.user_id = ${userId} AND c.deleted_at IS NULL
           UNION ALL
-          SELECT 'message', c.id, m.id, ts_rank_cd(m.search_vector, query.q), 1, m.created_at
-          FROM messages m JOIN conversations c ON c.id = m.conversation_id, query
+          SELECT 'message', m.conversation_id, m.id, ts_rank(m.search_vector, query.q), 1, m.created_at
+          FROM messages m JOIN mine ON mine.id = m.conversation_id, query
           WHERE m.search_vector @@ query.q AND m.deleted_at IS NULL
-            AND c.user_id = ${userId} AND c.deleted_at IS NULL
           ORDER BY priority, score DESC, created_at DESC LIMIT ${limit} OFFSET ${offset}
         )
         SELECT hits.kind, hits.conversation_id, c.title AS conversation_title, hits.message_id,

@@ -8,7 +8,12 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Cause, Context, Effect, Exit, Layer, Schema } from "effect"
 import { Conversations } from "../src/Conversations.js"
 import { ConversationExport } from "../src/Conversations/Api.js"
-import { ConversationRepo } from "../src/Conversations/ConversationRepo.js"
+import {
+  ConversationRepo,
+  MessageRow,
+  readMessageRow,
+  type StoredMessageRow
+} from "../src/Conversations/ConversationRepo.js"
 import { SearchRepo } from "../src/Conversations/SearchRepo.js"
 import { Actor, CurrentActor } from "../src/Domain/Actor.js"
 import { generateUuid, UserId } from "../src/Domain/Ids.js"
@@ -411,6 +416,36 @@ for (const dialect of dialects) {
             toolCalls: [],
             metadata: { client: "web", draft: false }
           })
+        }))
+
+      it.effect("long lists read rows without a schema pass, and agree with the schema", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const { id } = yield* createConversation(alice)
+          const first = yield* append(alice, id, "plain", { metadata: { nested: { list: [1, "two", null] } } })
+          const second = yield* append(alice, id, "with tools", { role: "assistant" })
+          expectStatus(yield* api(alice).del(`/api/v1/conversations/${id}/messages/${second.id}`), 204)
+          const rows = yield* inDatabase(Effect.gen(function*() {
+            const sql = yield* SqlClient.SqlClient
+            yield* sql`UPDATE messages SET ${
+              sql.update({
+                toolCalls: JSON.stringify([{ id: "call_1", name: "lookup", arguments: "{\"q\":\"x\"}" }]),
+                modelName: "llama3",
+                promptTokens: 12,
+                completionTokens: 34,
+                status: "incomplete"
+              })
+            } WHERE id = ${second.id}`
+            return yield* sql<StoredMessageRow>`
+              SELECT m.*, 1 AS sibling_index, 2 AS sibling_count FROM messages m
+              WHERE m.id IN (${first.id}, ${second.id}) ORDER BY m.created_at`
+          }))
+          expect(rows).toHaveLength(2)
+          const encode = Schema.encodeSync(MessageRow)
+          for (const row of rows) {
+            expect(encode(readMessageRow(row))).toEqual(encode(Schema.decodeUnknownSync(MessageRow)(row)))
+          }
+          expect(readMessageRow(rows[1]!)).toMatchObject({ modelName: "llama3", toolCalls: [{ name: "lookup" }] })
         }))
 
       it.effect("bad input is refused by field and changes nothing", () =>

@@ -436,16 +436,22 @@ for (const dialect of dialects) {
                 status: "incomplete"
               })
             } WHERE id = ${second.id}`
-            return yield* sql<StoredMessageRow>`
-              SELECT m.*, 1 AS sibling_index, 2 AS sibling_count FROM messages m
-              WHERE m.id IN (${first.id}, ${second.id}) ORDER BY m.created_at`
+            const query = (client: SqlClient.SqlClient) =>
+              client<StoredMessageRow>`
+                SELECT m.*, 1 AS sibling_index, 2 AS sibling_count FROM messages m
+                WHERE m.id IN (${first.id}, ${second.id}) ORDER BY m.created_at`
+            return { stored: yield* query(sql.withoutTransforms()), transformed: yield* query(sql) }
           }))
-          expect(rows).toHaveLength(2)
+          expect(rows.stored).toHaveLength(2)
           const encode = Schema.encodeSync(MessageRow)
-          for (const row of rows) {
-            expect(encode(readMessageRow(row))).toEqual(encode(Schema.decodeUnknownSync(MessageRow)(row)))
-          }
-          expect(readMessageRow(rows[1]!)).toMatchObject({ modelName: "llama3", toolCalls: [{ name: "lookup" }] })
+          rows.stored.forEach((row, index) => {
+            const decoded = Schema.decodeUnknownSync(MessageRow)(rows.transformed[index])
+            expect(encode(readMessageRow(row))).toEqual(encode(decoded))
+          })
+          expect(readMessageRow(rows.stored[1]!)).toMatchObject({
+            modelName: "llama3",
+            toolCalls: [{ name: "lookup" }]
+          })
         }))
 
       it.effect("bad input is refused by field and changes nothing", () =>

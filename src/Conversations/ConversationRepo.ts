@@ -33,56 +33,57 @@ export const MessageRow = Schema.Struct({
 })
 export type MessageRow = typeof MessageRow.Type
 
-/** A message row as the client hands it over, on both dialects (see `Sql.ts`). */
+/** A message row as the database hands it over (column names as they are), on both dialects (see `Sql.ts`). */
 export interface StoredMessageRow {
   readonly id: string
-  readonly conversationId: string
-  readonly parentId: string | null
-  readonly threadId: string | null
+  readonly conversation_id: string
+  readonly parent_id: string | null
+  readonly thread_id: string | null
   readonly role: string
   readonly content: string
   readonly status: string
-  readonly modelId: string | null
-  readonly modelName: string | null
-  readonly promptTokens: number | null
-  readonly completionTokens: number | null
-  readonly toolCalls: string
+  readonly model_id: string | null
+  readonly model_name: string | null
+  readonly prompt_tokens: number | null
+  readonly completion_tokens: number | null
+  readonly tool_calls: string
   readonly metadata: string
-  readonly editedFromId: string | null
-  readonly deletedAt: string | null
-  readonly createdAt: string
-  readonly updatedAt: string
-  readonly siblingIndex: number | string
-  readonly siblingCount: number | string
+  readonly edited_from_id: string | null
+  readonly deleted_at: string | null
+  readonly created_at: string
+  readonly updated_at: string
+  readonly sibling_index: number | string
+  readonly sibling_count: number | string
 }
 
 /**
  * Reads a stored message row without a schema pass. Long lists (a branch of a thousand
  * messages, a page of the tree) spend most of their time decoding rows field by field
  * (about 10 µs a row); these rows are the server's own, written through the `Message`
- * schema and held to it by the database's constraints. The tests check that this reader
- * and `MessageRow` agree.
+ * schema and held to it by the database's constraints. They are read without the client's
+ * name transforms too (another pass over every field). The tests check that this reader and
+ * `MessageRow` agree.
  */
 export const readMessageRow = (row: StoredMessageRow): MessageRow => ({
   id: row.id as MessageId,
-  conversationId: row.conversationId as ConversationId,
-  parentId: row.parentId as MessageId | null,
-  threadId: row.threadId as ThreadId | null,
+  conversationId: row.conversation_id as ConversationId,
+  parentId: row.parent_id as MessageId | null,
+  threadId: row.thread_id as ThreadId | null,
   role: row.role as MessageRole,
   content: row.content,
   status: row.status as MessageStatus,
-  modelId: row.modelId as LlmModelId | null,
-  modelName: row.modelName,
-  promptTokens: row.promptTokens,
-  completionTokens: row.completionTokens,
-  toolCalls: (JSON.parse(row.toolCalls) as Array<ToolCall>).map((call) => new ToolCall(call, true)),
+  modelId: row.model_id as LlmModelId | null,
+  modelName: row.model_name,
+  promptTokens: row.prompt_tokens,
+  completionTokens: row.completion_tokens,
+  toolCalls: (JSON.parse(row.tool_calls) as Array<ToolCall>).map((call) => new ToolCall(call, true)),
   metadata: JSON.parse(row.metadata),
-  editedFromId: row.editedFromId as MessageId | null,
-  deletedAt: row.deletedAt === null ? Option.none() : Option.some(DateTime.unsafeMake(row.deletedAt)),
-  createdAt: DateTime.unsafeMake(row.createdAt),
-  updatedAt: DateTime.unsafeMake(row.updatedAt),
-  siblingIndex: Number(row.siblingIndex),
-  siblingCount: Number(row.siblingCount)
+  editedFromId: row.edited_from_id as MessageId | null,
+  deletedAt: row.deleted_at === null ? Option.none() : Option.some(DateTime.unsafeMake(row.deleted_at)),
+  createdAt: DateTime.unsafeMake(row.created_at),
+  updatedAt: DateTime.unsafeMake(row.updated_at),
+  siblingIndex: Number(row.sibling_index),
+  siblingCount: Number(row.sibling_count)
 })
 
 const readMessageRows = (rows: ReadonlyArray<StoredMessageRow>) => rows.map(readMessageRow)
@@ -111,6 +112,8 @@ export const previewLength = 200
 export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conversations/ConversationRepo", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
+    /** The same client without the name transforms, for the rows `readMessageRow` reads. */
+    const raw = sql.withoutTransforms()
     const lockRow = sql.literal(dialectOf(sql) === "pg" ? "FOR UPDATE" : "")
     const now = Effect.map(DateTime.now, DateTime.formatIso)
     const flag = (value: boolean) => (value ? 1 : 0)
@@ -197,7 +200,7 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
      * (look each branch row up by key, rather than scan the messages against the branch).
      */
     const activeBranch = (conversationId: ConversationId, leafId: MessageId, limit: number | undefined) =>
-      sql<StoredMessageRow>`
+      raw<StoredMessageRow>`
         WITH RECURSIVE branch (id, parent_id, depth) AS (
           SELECT id, parent_id, 0 FROM messages WHERE id = ${leafId} AND conversation_id = ${conversationId}
           UNION ALL
@@ -209,7 +212,7 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
 
     /** Every live message of the tree (threads aside), oldest first, a page at a time. */
     const treePage = (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
-      sql<StoredMessageRow>`SELECT ${messageColumns} FROM messages m
+      raw<StoredMessageRow>`SELECT ${messageColumns} FROM messages m
         WHERE m.conversation_id = ${conversationId} AND m.thread_id IS NULL AND m.deleted_at IS NULL
           AND ${
         Option.match(after, {
@@ -295,7 +298,7 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
         ORDER BY t.created_at, t.id LIMIT ${limit}`
 
     const threadMessagesPage = (threadId: ThreadId, after: Option.Option<MessagePosition>, limit: number) =>
-      sql<StoredMessageRow>`SELECT ${messageColumns} FROM messages m
+      raw<StoredMessageRow>`SELECT ${messageColumns} FROM messages m
         WHERE m.thread_id = ${threadId} AND m.deleted_at IS NULL AND ${
         Option.match(after, {
           onNone: () => sql`TRUE`,

@@ -6,6 +6,7 @@ import { HttpApi, OpenApi } from "@effect/platform"
 import { AuthApi } from "./Auth/Api.js"
 import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
 import { HealthApi } from "./Health/Api.js"
+import { ModelConfigsApi, ModelsApi, ProvidersApi } from "./Models/Api.js"
 import { AdminApi, MeApi } from "./Users/Api.js"
 
 /**
@@ -68,6 +69,9 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .add(AuthApi)
   .add(AdminApi)
   .add(MeApi)
+  .add(ProvidersApi)
+  .add(ModelsApi)
+  .add(ModelConfigsApi)
   .addError(ValidationError)
   .addError(NotFound)
   .addError(PayloadTooLarge)

@@ -3,7 +3,7 @@
  * `/openapi.json`, the interactive reference at `/docs`, CORS and the
  * per-request middleware, on the Node HTTP server.
  */
-import { type HttpApi, HttpApiBuilder, HttpApiScalar, HttpMiddleware } from "@effect/platform"
+import { FetchHttpClient, type HttpApi, HttpApiBuilder, HttpApiScalar, HttpMiddleware } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { WebPlusApi } from "./Api.js"
 import { AuditLog } from "./Audit.js"
@@ -21,6 +21,15 @@ import { HealthHttpLive } from "./Health/Http.js"
 import { ErrorModelLive } from "./Http/ErrorModel.js"
 import { requestContext } from "./Http/Middleware.js"
 import { HttpServerLive } from "./Http/Server.js"
+import { ModelRegistry } from "./Models.js"
+import { CredentialCipher } from "./Models/CredentialCipher.js"
+import { EnvironmentProvidersLive } from "./Models/EnvironmentProviders.js"
+import { ModelEvents } from "./Models/Events.js"
+import { ModelsApiLive } from "./Models/Http.js"
+import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
+import { ModelsRepo } from "./Models/ModelsRepo.js"
+import { ProvidersRepo } from "./Models/ProvidersRepo.js"
+import { ProviderClients } from "./Providers.js"
 import { Users } from "./Users.js"
 import { AdminHttpLive, MeHttpLive } from "./Users/Http.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
@@ -64,7 +73,10 @@ const ReposLive = Layer.mergeAll(
   SessionsRepo.Default,
   ApiKeysRepo.Default,
   AuditRepo.Default,
-  PersonalDataRepo.Default
+  PersonalDataRepo.Default,
+  ProvidersRepo.Default,
+  ModelsRepo.Default,
+  ModelConfigsRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -74,17 +86,27 @@ const AuthSupportLive = Layer.mergeAll(
   AuditLog.Default.pipe(Layer.provide(ReposLive))
 )
 
+const ModelSupportLive = Layer.mergeAll(
+  CredentialCipher.Default,
+  ProviderClients.Default.pipe(Layer.provide(FetchHttpClient.layer)),
+  ModelEvents.Default
+)
+
 /** The services behind the handlers, with what they stand on. */
 export const ServicesLive = Layer.mergeAll(Auth.Default, Users.Default, Health.Default, SessionCleanupLive).pipe(
+  Layer.provideMerge(EnvironmentProvidersLive),
+  Layer.provideMerge(ModelRegistry.Default),
+  Layer.provideMerge(ModelSupportLive),
   Layer.provideMerge(AuthSupportLive),
   Layer.provideMerge(ReposLive)
 )
 
 /** The handlers of every group of `WebPlusApi`. */
-export const ApiGroupsLive = Layer.mergeAll(HealthHttpLive, AuthHttpLive, AdminHttpLive, MeHttpLive).pipe(
-  Layer.provide(AuthenticationLive),
-  Layer.provideMerge(ServicesLive)
-)
+export const ApiGroupsLive = Layer.mergeAll(HealthHttpLive, AuthHttpLive, AdminHttpLive, MeHttpLive, ModelsApiLive)
+  .pipe(
+    Layer.provide(AuthenticationLive),
+    Layer.provideMerge(ServicesLive)
+  )
 
 export const ApiLive = HttpApiBuilder.api(WebPlusApi).pipe(Layer.provide(ApiGroupsLive))
 

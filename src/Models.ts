@@ -614,7 +614,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
         )
       }).pipe(Effect.withSpan("ModelRegistry.stop"))
 
-    /** Progress lines worth announcing: a new phase, or every `pullEventInterval`. */
+    /** Progress lines worth announcing: a new phase, a finished part, or one every `pullEventInterval`. */
     const pullEventInterval = Duration.millis(250)
 
     const pull = (providerId: ProviderId, name: string) =>
@@ -656,7 +656,12 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
           Stream.runForEach((progress) =>
             Effect.gen(function*() {
               const nowMs = Date.now()
-              if (progress.status === lastStatus && nowMs - lastAt < Duration.toMillis(pullEventInterval)) return
+              const finished = progress.total !== null && progress.completed === progress.total
+              if (
+                progress.status === lastStatus && !finished && nowMs - lastAt < Duration.toMillis(pullEventInterval)
+              ) {
+                return
+              }
               lastStatus = progress.status
               lastAt = nowMs
               yield* events.publish(

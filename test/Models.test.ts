@@ -11,6 +11,7 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor } from "./fixtures/Database.js"
+import { openEvents, upgradeStatus } from "./fixtures/Events.js"
 import { fakeProvider, unreachableUrl } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 
@@ -29,7 +30,11 @@ const withCast = (dialect: (typeof dialects)[number]) =>
       const user = yield* signUp()
       return { admin, user }
     })
-  ).pipe(Layer.provideMerge(testServer({ dialect, env: { MODEL_STATUS_POLL_INTERVAL: "0 seconds" } })))
+  ).pipe(
+    Layer.provideMerge(
+      testServer({ dialect, env: { MODEL_STATUS_POLL_INTERVAL: "0 seconds", EVENTS_MAX_SOCKETS_PER_USER: "2" } })
+    )
+  )
 
 const expectStatus = (reply: Reply, status: number) => {
   expect(reply.status, JSON.stringify(reply.body)).toBe(status)
@@ -70,6 +75,25 @@ const asUser = (method: "GET" | "POST" | "PATCH" | "DELETE" | "PUT", path: strin
   Effect.flatMap(TheCast, ({ user }) => call(method, path, { auth: user.accessToken, ...(body ? { body } : {}) }))
 
 const sync = (providerId: string) => asAdmin("POST", `/api/v1/providers/${providerId}/sync`)
+
+/** A synced Ollama provider on `fake`; its models. */
+const syncedOllama = (fake: { readonly url: string }) =>
+  Effect.gen(function*() {
+    const provider = yield* addProvider(fake)
+    const result = expectStatus(yield* sync(provider.id), 200)
+    return { provider, models: result.models as Array<any> }
+  })
+
+/** Polls the model until `predicate` holds (a download runs in the background). */
+const eventually = (id: string, predicate: (model: any) => boolean) =>
+  Effect.gen(function*() {
+    for (let attempt = 0; attempt < 100; attempt++) {
+      const model = expectStatus(yield* asAdmin("GET", `/api/v1/models/${id}`), 200)
+      if (predicate(model)) return model
+      yield* Effect.sleep("50 millis")
+    }
+    return expect.fail(`model ${id} never reached the expected state`)
+  })
 
 const modelNamed = (models: ReadonlyArray<any>, name: string) => {
   const model = models.find((item) => item.providerModel === name)
@@ -311,6 +335,329 @@ for (const dialect of dialects) {
           expect(JSON.stringify(rejected.body)).not.toContain("sk-wrong-key")
           // Nothing was written by the failed syncs.
           expect(expectStatus(yield* asAdmin("GET", `/api/v1/models?providerId=${provider.id}`), 200)).toEqual([])
+        }))
+    })
+
+    describe("models", () => {
+      it.scoped("users see the enabled models of enabled providers, filtered by status and provider", () =>
+        Effect.gen(function*() {
+          const fake = yield* fakeProvider("ollama", [{ name: "a:1b" }, { name: "b:1b" }])
+          fake.running.add("b:1b")
+          const { models, provider } = yield* syncedOllama(fake)
+          const a = modelNamed(models, "a:1b")
+          const b = modelNamed(models, "b:1b")
+          const mine = expectStatus(yield* asUser("GET", `/api/v1/models?providerId=${provider.id}`), 200)
+          expect(mine.map((model: any) => model.providerModel).sort()).toEqual(["a:1b", "b:1b"])
+          const running = expectStatus(
+            yield* asUser("GET", `/api/v1/models?providerId=${provider.id}&status=running`),
+            200
+          )
+          expect(running.map((model: any) => model.id)).toEqual([b.id])
+          expectError(yield* asUser("GET", "/api/v1/models?status=sleeping"), 422, "ValidationError")
+
+          expectStatus(yield* asAdmin("PATCH", `/api/v1/models/${a.id}`, { enabled: false }), 200)
+          const afterDisable = expectStatus(yield* asUser("GET", `/api/v1/models?providerId=${provider.id}`), 200)
+          expect(afterDisable.map((model: any) => model.id)).toEqual([b.id])
+          expectError(yield* asUser("GET", `/api/v1/models/${a.id}`), 404, "NotFound")
+          // Admins still see it.
+          expect(expectStatus(yield* asAdmin("GET", `/api/v1/models/${a.id}`), 200).enabled).toBe(false)
+
+          expectStatus(yield* asAdmin("PATCH", `/api/v1/providers/${provider.id}`, { enabled: false }), 200)
+          expect(expectStatus(yield* asUser("GET", `/api/v1/models?providerId=${provider.id}`), 200)).toEqual([])
+        }))
+
+      it.scoped("are added by hand, renamed and deleted; duplicates conflict", () =>
+        Effect.gen(function*() {
+          const fake = yield* fakeProvider("openai", [])
+          const provider = yield* addProvider(fake)
+          const body = {
+            providerId: provider.id,
+            providerModel: "my-finetune",
+            displayName: "My fine-tune",
+            contextWindow: 16384,
+            capabilities: ["completion", "tools"]
+          }
+          const created = expectStatus(yield* asAdmin("POST", "/api/v1/models", body), 201)
+          expect(created).toMatchObject({ ...body, status: "available", enabled: true, isLocal: false })
+          expectError(yield* asAdmin("POST", "/api/v1/models", body), 409, "Conflict")
+          expectError(
+            yield* asAdmin("POST", "/api/v1/models", { ...body, providerId: "0192f0c1-7d3a-7b1e-9c4e-3f2a1b0c9d8e" }),
+            404,
+            "NotFound"
+          )
+          const renamed = expectStatus(
+            yield* asAdmin("PATCH", `/api/v1/models/${created.id}`, { displayName: "Renamed" }),
+            200
+          )
+          expect(renamed.displayName).toBe("Renamed")
+          // The provider now lists it: the sync keeps the operator's name and context window.
+          fake.models.push({ name: "my-finetune", contextLength: 4096 })
+          const synced = expectStatus(yield* sync(provider.id), 200)
+          expect(modelNamed(synced.models, "my-finetune")).toMatchObject({
+            id: created.id,
+            displayName: "Renamed",
+            contextWindow: 16384
+          })
+          expectStatus(yield* asAdmin("DELETE", `/api/v1/models/${created.id}`), 204)
+          expectError(yield* asAdmin("GET", `/api/v1/models/${created.id}`), 404, "NotFound")
+          expectError(yield* asAdmin("PATCH", `/api/v1/models/${created.id}`, { enabled: true }), 404, "NotFound")
+        }))
+    })
+
+    describe("start and stop", () => {
+      it.scoped("Ollama: start loads the model, stop unloads it, and the status follows /api/ps", () =>
+        Effect.gen(function*() {
+          const fake = yield* fakeProvider("ollama", [{ name: "llama3.2:1b" }])
+          const { models } = yield* syncedOllama(fake)
+          const model = modelNamed(models, "llama3.2:1b")
+          const started = expectStatus(yield* asAdmin("POST", `/api/v1/models/${model.id}/start`), 200)
+          expect(started).toMatchObject({ status: "running", statusMessage: null })
+          expect(fake.running.has("llama3.2:1b")).toBe(true)
+          const load = fake.requests.find((request) => request.path === "/api/generate")
+          expect(load?.body).toMatchObject({ model: "llama3.2:1b", keep_alive: -1 })
+
+          const stopped = expectStatus(yield* asAdmin("POST", `/api/v1/models/${model.id}/stop`), 200)
+          expect(stopped.status).toBe("stopped")
+          expect(fake.running.has("llama3.2:1b")).toBe(false)
+          expect(fake.requests.filter((request) => request.path === "/api/generate").at(-1)?.body).toMatchObject({
+            model: "llama3.2:1b",
+            keep_alive: 0
+          })
+
+          // Loaded behind the server's back: the next sync reports it running.
+          fake.running.add("llama3.2:1b")
+          expect(modelNamed(expectStatus(yield* sync(models[0].providerId), 200).models, "llama3.2:1b").status)
+            .toBe("running")
+        }))
+
+      it.scoped("Ollama: a model Ollama does not have fails typed, and the model shows the error", () =>
+        Effect.gen(function*() {
+          const fake = yield* fakeProvider("ollama", [{ name: "gone:1b" }])
+          const { models } = yield* syncedOllama(fake)
+          fake.models.length = 0
+          const failed = yield* asAdmin("POST", `/api/v1/models/${models[0].id}/start`)
+          expectError(failed, 502, "ProviderError")
+          expect(failed.body.upstreamStatus).toBe(404)
+          const model = expectStatus(yield* asAdmin("GET", `/api/v1/models/${models[0].id}`), 200)
+          expect(model.status).toBe("error")
+          expect(model.statusMessage).toEqual(expect.any(String))
+        }))
+
+      it.scoped("an unreachable or silent provider fails typed and promptly", () =>
+        Effect.gen(function*() {
+          const fake = yield* fakeProvider("ollama", [{ name: "slow:1b" }])
+          const { models } = yield* syncedOllama(fake)
+          fake.faults.set("/api/generate", { kind: "hang" })
+          const started = Date.now()
+          expectError(yield* asAdmin("POST", `/api/v1/models/${models[0].id}/start`), 504, "ProviderTimeout")
+          expect(Date.now() - started).toBeLessThan(3_000)
+          expectStatus(
+            yield* asAdmin("PATCH", `/api/v1/providers/${models[0].providerId}`, {
+              baseUrl: yield* unreachableUrl
+            }),
+            200
+          )
+          expectError(yield* asAdmin("POST", `/api/v1/models/${models[0].id}/stop`), 503, "ProviderUnreachable")
+        }))
+
+      it.scoped("remote APIs: start and stop enable and disable the model", () =>
+        Effect.gen(function*() {
+          const fake = yield* fakeProvider("anthropic", [{ name: "claude-x" }])
+          const provider = yield* addProvider(fake)
+          const [model] = expectStatus(yield* sync(provider.id), 200).models
+          const stopped = expectStatus(yield* asAdmin("POST", `/api/v1/models/${model.id}/stop`), 200)
+          expect(stopped).toMatchObject({ enabled: false, status: "stopped" })
+          expectError(yield* asUser("GET", `/api/v1/models/${model.id}`), 404, "NotFound")
+          const started = expectStatus(yield* asAdmin("POST", `/api/v1/models/${model.id}/start`), 200)
+          expect(started).toMatchObject({ enabled: true, status: "available" })
+          expectStatus(yield* asUser("GET", `/api/v1/models/${model.id}`), 200)
+          expectError(yield* asUser("POST", `/api/v1/models/${model.id}/stop`), 403, "Forbidden")
+        }))
+    })
+
+    describe("downloads", () => {
+      it.scoped("pull answers at once, reports progress as events, and ends with the model available", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const fake = yield* fakeProvider("ollama", [])
+          fake.pullable.set("tiny:0.5b", { name: "tiny:0.5b", contextLength: 2048, capabilities: ["completion"] })
+          fake.pullStepMs = 50
+          const provider = yield* addProvider(fake)
+          const events = yield* openEvents(admin.accessToken)
+          yield* events.next((message) => message.type === "snapshot")
+          const pulled = expectStatus(
+            yield* asAdmin("POST", `/api/v1/providers/${provider.id}/pull`, { name: "tiny:0.5b" }),
+            202
+          )
+          expect(pulled).toMatchObject({ providerModel: "tiny:0.5b", status: "loading" })
+          expectError(
+            yield* asAdmin("POST", `/api/v1/providers/${provider.id}/pull`, { name: "tiny:0.5b" }),
+            409,
+            "Conflict"
+          )
+          const progress = yield* events.next((message) =>
+            message.type === "model.pull" && message.modelId === pulled.id && message.completed === 100
+          )
+          expect(progress).toMatchObject({ total: 100, providerModel: "tiny:0.5b" })
+          yield* events.next((message) =>
+            message.type === "model.status" && message.modelId === pulled.id && message.status === "available"
+          )
+          const done = yield* eventually(pulled.id, (model) => model.status === "available")
+          expect(done).toMatchObject({ contextWindow: 2048, statusMessage: null })
+
+          const missing = expectStatus(
+            yield* asAdmin("POST", `/api/v1/providers/${provider.id}/pull`, { name: "no-such-model" }),
+            202
+          )
+          const failed = yield* eventually(missing.id, (model) => model.status === "error")
+          expect(failed.statusMessage).toContain("Download failed")
+
+          const remote = yield* addProvider(yield* fakeProvider("openai", []))
+          expectError(
+            yield* asAdmin("POST", `/api/v1/providers/${remote.id}/pull`, { name: "x" }),
+            409,
+            "Conflict"
+          )
+          expectError(
+            yield* asAdmin("POST", `/api/v1/providers/${provider.id}/pull`, { name: "bad name with spaces" }),
+            422,
+            "ValidationError"
+          )
+        }))
+    })
+
+    describe("presets", () => {
+      it.scoped("are personal or global, validated against what the provider accepts", () =>
+        Effect.gen(function*() {
+          const { admin, user } = yield* TheCast
+          const fake = yield* fakeProvider("anthropic", [{ name: "claude-p" }])
+          const provider = yield* addProvider(fake)
+          const [model] = expectStatus(yield* sync(provider.id), 200).models
+          const personal = expectStatus(
+            yield* asUser("POST", "/api/v1/model-configs", {
+              name: uniqueName("mine"),
+              modelId: model.id,
+              systemPrompt: "Be brief.",
+              temperature: 0.7,
+              topP: 0.9,
+              maxTokens: 1024,
+              stop: ["END"],
+              extraParams: { top_k: 40 }
+            }),
+            201
+          )
+          expect(personal).toMatchObject({
+            scope: "personal",
+            temperature: 0.7,
+            stop: ["END"],
+            extraParams: { top_k: 40 }
+          })
+          const tooHot = yield* asUser("POST", "/api/v1/model-configs", {
+            name: uniqueName("hot"),
+            modelId: model.id,
+            temperature: 1.5
+          })
+          expectError(tooHot, 422, "ValidationError")
+          expect(tooHot.body.issues.map((issue: any) => issue.path.join("."))).toEqual(["temperature"])
+          const reserved = yield* asUser("POST", "/api/v1/model-configs", {
+            name: uniqueName("r"),
+            extraParams: { stream: false }
+          })
+          expectError(reserved, 422, "ValidationError")
+          expectError(
+            yield* asUser("POST", "/api/v1/model-configs", { name: uniqueName("t"), temperature: 3, topP: -1 }),
+            422,
+            "ValidationError"
+          )
+          expectError(
+            yield* asUser("PATCH", `/api/v1/model-configs/${personal.id}`, { temperature: 1.2 }),
+            422,
+            "ValidationError"
+          )
+          expectError(
+            yield* asUser("POST", "/api/v1/model-configs", { name: personal.name }),
+            409,
+            "Conflict"
+          )
+
+          expectError(
+            yield* asUser("POST", "/api/v1/model-configs", { name: uniqueName("g"), scope: "global" }),
+            403,
+            "Forbidden"
+          )
+          const global = expectStatus(
+            yield* asAdmin("POST", "/api/v1/model-configs", {
+              name: uniqueName("house"),
+              scope: "global",
+              temperature: 0.2
+            }),
+            201
+          )
+          const seen = expectStatus(yield* call("GET", "/api/v1/model-configs", { auth: user.accessToken }), 200)
+          expect(seen.map((config: any) => config.id)).toEqual(expect.arrayContaining([personal.id, global.id]))
+          const adminSees = expectStatus(yield* call("GET", "/api/v1/model-configs", { auth: admin.accessToken }), 200)
+          expect(adminSees.map((config: any) => config.id)).not.toContain(personal.id)
+          expectError(
+            yield* asUser("PATCH", `/api/v1/model-configs/${global.id}`, { temperature: 0.3 }),
+            403,
+            "Forbidden"
+          )
+          expectError(yield* asUser("DELETE", `/api/v1/model-configs/${global.id}`), 403, "Forbidden")
+          const edited = expectStatus(
+            yield* asUser("PATCH", `/api/v1/model-configs/${personal.id}`, { systemPrompt: null, maxTokens: 10 }),
+            200
+          )
+          expect(edited).toMatchObject({ systemPrompt: null, maxTokens: 10, temperature: 0.7 })
+          expectStatus(yield* asUser("DELETE", `/api/v1/model-configs/${personal.id}`), 204)
+          expectStatus(yield* asAdmin("DELETE", `/api/v1/model-configs/${global.id}`), 204)
+        }))
+    })
+
+    describe("status events", () => {
+      it.scoped("a WebSocket client gets the current state, then every status change", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const fake = yield* fakeProvider("ollama", [{ name: "evented:1b" }])
+          fake.running.add("evented:1b")
+          const { models } = yield* syncedOllama(fake)
+          const model = modelNamed(models, "evented:1b")
+          const events = yield* openEvents(user.accessToken, "protocol")
+          const snapshot = yield* events.next((message) => message.type === "snapshot")
+          expect(snapshot.models.find((entry: any) => entry.modelId === model.id)).toMatchObject({
+            status: "running",
+            providerModel: "evented:1b",
+            usable: true
+          })
+          expectStatus(yield* asAdmin("POST", `/api/v1/models/${model.id}/stop`), 200)
+          const stopped = yield* events.next((message) =>
+            message.type === "model.status" && message.modelId === model.id
+          )
+          expect(stopped).toMatchObject({ status: "stopped" })
+          expectStatus(yield* asAdmin("POST", `/api/v1/models/${model.id}/start`), 200)
+          yield* events.next((message) =>
+            message.type === "model.status" && message.modelId === model.id && message.status === "loading"
+          )
+          yield* events.next((message) =>
+            message.type === "model.status" && message.modelId === model.id && message.status === "running"
+          )
+          expectStatus(yield* asAdmin("DELETE", `/api/v1/models/${model.id}`), 204)
+          yield* events.next((message) => message.type === "model.removed" && message.modelId === model.id)
+        }))
+
+      it.scoped("refuses missing or bad credentials, and bounds the sockets per user", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          expect(yield* upgradeStatus("/api/v1/events")).toBe(401)
+          expect(yield* upgradeStatus("/api/v1/events?access_token=nonsense")).toBe(401)
+          expect(yield* upgradeStatus("/api/v1/events", { authorization: `Bearer ${user.accessToken}` })).toBe(101)
+          const other = yield* signUp()
+          const first = yield* openEvents(other.accessToken)
+          const second = yield* openEvents(other.accessToken)
+          yield* first.next((message) => message.type === "snapshot")
+          yield* second.next((message) => message.type === "snapshot")
+          expect(yield* upgradeStatus(`/api/v1/events?access_token=${other.accessToken}`)).toBe(429)
+          // Other users are not affected.
+          expect(yield* upgradeStatus(`/api/v1/events?access_token=${user.accessToken}`)).toBe(101)
         }))
     })
   })

@@ -9,11 +9,13 @@
  * its default address is registered if it answers within a second; the probe
  * runs in the background, so readiness never waits for it.
  */
+import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Option, Redacted } from "effect"
 import { AppConfig } from "../Config.js"
 import { Provider, type ProviderKind } from "../Domain/Model.js"
 import { ModelRegistry } from "../Models.js"
 import { ProviderClients } from "../Providers.js"
+import { inTransaction, transactionLock } from "../Sql.js"
 import { CredentialCipher } from "./CredentialCipher.js"
 import { ProvidersRepo } from "./ProvidersRepo.js"
 
@@ -35,13 +37,16 @@ const names: Record<ProviderKind, string> = {
 
 export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*() {
   const { models: settings } = yield* AppConfig
+  const sql = yield* SqlClient.SqlClient
   const providers = yield* ProvidersRepo
   const cipher = yield* CredentialCipher
   const clients = yield* ProviderClients
   const registry = yield* ModelRegistry
 
+  // Instances starting together register each provider once.
   const register = (declared: Declared) =>
     Effect.gen(function*() {
+      yield* transactionLock(sql, "environment-providers")
       const existing = yield* providers.findFromEnvironment(declared.kind)
       const current = Option.isSome(existing) && existing.value.credentialCiphertext && existing.value.credentialKeyId
         ? Option.some(Redacted.value(
@@ -78,6 +83,7 @@ export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*
         requestTimeoutMs: 600_000
       }))
     }).pipe(
+      inTransaction(sql),
       Effect.tap((provider) =>
         Effect.forkScoped(
           registry.syncAsSystem(provider.id).pipe(

@@ -364,9 +364,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
         for (const model of registered) {
           const loaded = running.includes(model.providerModel)
           if (loaded && model.status !== "running") yield* setStatus(model, "running", null)
-          if (!loaded && (model.status === "running" || (model.status === "error" && model.statusMessage !== null))) {
-            if (model.status === "running") yield* setStatus(model, "stopped", null)
-          }
+          if (!loaded && model.status === "running") yield* setStatus(model, "stopped", null)
         }
       })
 

@@ -2,7 +2,7 @@
  * The adapters of every provider kind behind one `ProviderClient` interface
  * (`Providers/Client.ts`), chosen by the provider's kind.
  */
-import { HttpClient } from "@effect/platform"
+import { FetchHttpClient, HttpClient } from "@effect/platform"
 import { Effect } from "effect"
 import * as Anthropic from "./Providers/Anthropic.js"
 import type { ProviderClient, ProviderConnection } from "./Providers/Client.js"
@@ -11,7 +11,12 @@ import * as OpenAi from "./Providers/OpenAi.js"
 
 export class ProviderClients extends Effect.Service<ProviderClients>()("Providers/ProviderClients", {
   effect: Effect.gen(function*() {
-    const http = yield* HttpClient.HttpClient
+    // Redirects are not followed: a provider answering 3xx is reported as an error, and a
+    // credential header is never replayed to another host. (The fetch client reads its options
+    // from the calling fiber, so they are provided around each request.)
+    const http = (yield* HttpClient.HttpClient).pipe(
+      HttpClient.transformResponse(Effect.provideService(FetchHttpClient.RequestInit, { redirect: "manual" }))
+    )
     const forConnection = (connection: ProviderConnection): ProviderClient => {
       switch (connection.kind) {
         case "ollama":

@@ -22,7 +22,7 @@ interface Cast {
 
 class TheCast extends Context.Tag("test/Models/Cast")<TheCast, Cast>() {}
 
-const withCast = (dialect: (typeof dialects)[number]) =>
+const withCast = (dialect: (typeof dialects)[number], env: Record<string, string> = {}) =>
   Layer.effect(
     TheCast,
     Effect.gen(function*() {
@@ -32,7 +32,10 @@ const withCast = (dialect: (typeof dialects)[number]) =>
     })
   ).pipe(
     Layer.provideMerge(
-      testServer({ dialect, env: { MODEL_STATUS_POLL_INTERVAL: "0 seconds", EVENTS_MAX_SOCKETS_PER_USER: "2" } })
+      testServer({
+        dialect,
+        env: { MODEL_STATUS_POLL_INTERVAL: "0 seconds", EVENTS_MAX_SOCKETS_PER_USER: "2", ...env }
+      })
     )
   )
 
@@ -333,6 +336,15 @@ for (const dialect of dialects) {
           expectError(rejected, 502, "ProviderError")
           expect(rejected.body).toMatchObject({ upstreamStatus: 401 })
           expect(JSON.stringify(rejected.body)).not.toContain("sk-wrong-key")
+
+          // A redirect is not followed: the credential is never replayed to another host.
+          const elsewhere = yield* fakeProvider("openai", [{ name: "x" }])
+          const redirecting = yield* addProvider(openai)
+          openai.faults.set("/v1/models", { kind: "redirect", location: `${elsewhere.url}/v1/models` })
+          const redirected = yield* sync(redirecting.id)
+          expectError(redirected, 502, "ProviderError")
+          expect(redirected.body.upstreamStatus).toBe(302)
+          expect(elsewhere.requests).toEqual([])
           // Nothing was written by the failed syncs.
           expect(expectStatus(yield* asAdmin("GET", `/api/v1/models?providerId=${provider.id}`), 200)).toEqual([])
         }))
@@ -661,4 +673,34 @@ for (const dialect of dialects) {
         }))
     })
   })
+}
+
+for (const dialect of dialects) {
+  layer(withCast(dialect, { MODEL_STATUS_POLL_INTERVAL: "100 millis" }), { excludeTestServices: true })(
+    `Ollama status read-back on ${dialect}`,
+    (it) => {
+      it.scoped("models loaded or unloaded behind the server's back follow /api/ps", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const fake = yield* fakeProvider("ollama", [{ name: "polled:1b" }])
+          const { models } = yield* syncedOllama(fake)
+          const model = modelNamed(models, "polled:1b")
+          expect(model.status).toBe("available")
+          const events = yield* openEvents(user.accessToken)
+          fake.running.add("polled:1b")
+          yield* events.next((message) =>
+            message.type === "model.status" && message.modelId === model.id && message.status === "running"
+          )
+          yield* eventually(model.id, (current) => current.status === "running")
+          fake.running.delete("polled:1b")
+          yield* eventually(model.id, (current) => current.status === "stopped")
+          // An unreachable Ollama leaves the statuses as they were, and the poll goes on.
+          fake.faults.set("/api/ps", { kind: "status", status: 500 })
+          yield* Effect.sleep("300 millis")
+          fake.faults.delete("/api/ps")
+          fake.running.add("polled:1b")
+          yield* eventually(model.id, (current) => current.status === "running")
+        }))
+    }
+  )
 }

@@ -254,7 +254,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
 
     const listProviders = Effect.gen(function*() {
       yield* requirePermission("admin:providers")
-      return (yield* providers.list).map(toProviderView)
+      return { items: (yield* providers.list).map(toProviderView), nextCursor: null }
     }).pipe(Effect.withSpan("ModelRegistry.listProviders"))
 
     const getProvider = (id: ProviderId) =>
@@ -467,7 +467,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
           providerId: query.providerId ?? null,
           usableOnly: !actor.can("admin:models")
         })
-        return rows.map(toModelView)
+        return { items: rows.map(toModelView), nextCursor: null }
       }).pipe(Effect.withSpan("ModelRegistry.listModels"))
 
     const getModel = (id: LlmModelId) =>
@@ -783,7 +783,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
 
     const listConfigs = Effect.gen(function*() {
       const actor = yield* requirePermission("models:read")
-      return (yield* configs.listVisible(actor.userId)).map(toModelConfigView)
+      return { items: (yield* configs.listVisible(actor.userId)).map(toModelConfigView), nextCursor: null }
     }).pipe(Effect.withSpan("ModelRegistry.listConfigs"))
 
     const getConfig = (id: ModelConfigId) =>

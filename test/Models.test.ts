@@ -135,7 +135,7 @@ for (const dialect of dialects) {
             source: "admin"
           })
           const read = expectStatus(yield* asAdmin("GET", `/api/v1/providers/${created.id}`), 200)
-          const listed = expectStatus(yield* asAdmin("GET", "/api/v1/providers"), 200)
+          const listed = expectStatus(yield* asAdmin("GET", "/api/v1/providers"), 200).items
           expect(listed.map((item: any) => item.id)).toContain(created.id)
           const renamed = expectStatus(
             yield* asAdmin("PATCH", `/api/v1/providers/${created.id}`, { name: uniqueName("renamed") }),
@@ -201,7 +201,7 @@ for (const dialect of dialects) {
             409,
             "Conflict"
           )
-          const listed = expectStatus(yield* asAdmin("GET", "/api/v1/providers"), 200)
+          const listed = expectStatus(yield* asAdmin("GET", "/api/v1/providers"), 200).items
           expect(listed.filter((item: any) => item.name === name)).toHaveLength(1)
         }))
 
@@ -346,7 +346,10 @@ for (const dialect of dialects) {
           expect(redirected.body.upstreamStatus).toBe(302)
           expect(elsewhere.requests).toEqual([])
           // Nothing was written by the failed syncs.
-          expect(expectStatus(yield* asAdmin("GET", `/api/v1/models?providerId=${provider.id}`), 200)).toEqual([])
+          expect(expectStatus(yield* asAdmin("GET", `/api/v1/models?providerId=${provider.id}`), 200)).toEqual({
+            items: [],
+            nextCursor: null
+          })
         }))
     })
 
@@ -358,24 +361,24 @@ for (const dialect of dialects) {
           const { models, provider } = yield* syncedOllama(fake)
           const a = modelNamed(models, "a:1b")
           const b = modelNamed(models, "b:1b")
-          const mine = expectStatus(yield* asUser("GET", `/api/v1/models?providerId=${provider.id}`), 200)
+          const mine = expectStatus(yield* asUser("GET", `/api/v1/models?providerId=${provider.id}`), 200).items
           expect(mine.map((model: any) => model.providerModel).sort()).toEqual(["a:1b", "b:1b"])
           const running = expectStatus(
             yield* asUser("GET", `/api/v1/models?providerId=${provider.id}&status=running`),
             200
-          )
+          ).items
           expect(running.map((model: any) => model.id)).toEqual([b.id])
           expectError(yield* asUser("GET", "/api/v1/models?status=sleeping"), 422, "ValidationError")
 
           expectStatus(yield* asAdmin("PATCH", `/api/v1/models/${a.id}`, { enabled: false }), 200)
-          const afterDisable = expectStatus(yield* asUser("GET", `/api/v1/models?providerId=${provider.id}`), 200)
+          const afterDisable = expectStatus(yield* asUser("GET", `/api/v1/models?providerId=${provider.id}`), 200).items
           expect(afterDisable.map((model: any) => model.id)).toEqual([b.id])
           expectError(yield* asUser("GET", `/api/v1/models/${a.id}`), 404, "NotFound")
           // Admins still see it.
           expect(expectStatus(yield* asAdmin("GET", `/api/v1/models/${a.id}`), 200).enabled).toBe(false)
 
           expectStatus(yield* asAdmin("PATCH", `/api/v1/providers/${provider.id}`, { enabled: false }), 200)
-          expect(expectStatus(yield* asUser("GET", `/api/v1/models?providerId=${provider.id}`), 200)).toEqual([])
+          expect(expectStatus(yield* asUser("GET", `/api/v1/models?providerId=${provider.id}`), 200).items).toEqual([])
         }))
 
       it.scoped("are added by hand, renamed and deleted; duplicates conflict", () =>
@@ -605,9 +608,10 @@ for (const dialect of dialects) {
             }),
             201
           )
-          const seen = expectStatus(yield* call("GET", "/api/v1/model-configs", { auth: user.accessToken }), 200)
+          const seen = expectStatus(yield* call("GET", "/api/v1/model-configs", { auth: user.accessToken }), 200).items
           expect(seen.map((config: any) => config.id)).toEqual(expect.arrayContaining([personal.id, global.id]))
           const adminSees = expectStatus(yield* call("GET", "/api/v1/model-configs", { auth: admin.accessToken }), 200)
+            .items
           expect(adminSees.map((config: any) => config.id)).not.toContain(personal.id)
           expectError(
             yield* asUser("PATCH", `/api/v1/model-configs/${global.id}`, { temperature: 0.3 }),

@@ -190,6 +190,10 @@ export class UpdateModelConfigPayload extends Schema.Class<UpdateModelConfigPayl
   extraParams: Schema.optional(configFields.extraParams)
 }) {}
 
+/** The pagination shape for lists that always fit in one page. */
+const Whole = <A, I, R>(item: Schema.Schema<A, I, R>) =>
+  Schema.Struct({ items: Schema.Array(item), nextCursor: Schema.Null })
+
 const ProviderPath = request(Schema.Struct({ id: ProviderId }))
 const ModelPath = request(Schema.Struct({ id: LlmModelId }))
 const ConfigPath = request(Schema.Struct({ id: ModelConfigId }))
@@ -201,7 +205,7 @@ export class ProvidersApi extends HttpApiGroup.make("providers")
       .addSuccess(ProviderView, { status: 201 })
       .addError(Conflict)
   )
-  .add(HttpApiEndpoint.get("listProviders", "/api/v1/providers").addSuccess(Schema.Array(ProviderView)))
+  .add(HttpApiEndpoint.get("listProviders", "/api/v1/providers").addSuccess(Whole(ProviderView)))
   .add(
     HttpApiEndpoint.get("getProvider", "/api/v1/providers/:id").setPath(ProviderPath).addSuccess(ProviderView)
   )
@@ -254,7 +258,7 @@ export class ModelsApi extends HttpApiGroup.make("models")
   .add(
     HttpApiEndpoint.get("listModels", "/api/v1/models")
       .setUrlParams(ModelsQuery)
-      .addSuccess(Schema.Array(ModelView))
+      .addSuccess(Whole(ModelView))
       .annotate(OpenApi.Summary, "The models you may use (admins with `admin:models` see all)")
   )
   .add(HttpApiEndpoint.get("getModel", "/api/v1/models/:id").setPath(ModelPath).addSuccess(ModelView))
@@ -298,7 +302,7 @@ export class ModelsApi extends HttpApiGroup.make("models")
 export class ModelConfigsApi extends HttpApiGroup.make("modelConfigs")
   .add(
     HttpApiEndpoint.get("listModelConfigs", "/api/v1/model-configs")
-      .addSuccess(Schema.Array(ModelConfigView))
+      .addSuccess(Whole(ModelConfigView))
       .annotate(OpenApi.Summary, "Global presets and your own")
   )
   .add(

@@ -11,7 +11,7 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor } from "./fixtures/Database.js"
-import { openEvents, upgradeStatus } from "./fixtures/Events.js"
+import { openEvents, stalledEvents, upgradeStatus } from "./fixtures/Events.js"
 import { fakeProvider, unreachableUrl } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 
@@ -34,7 +34,12 @@ const withCast = (dialect: (typeof dialects)[number], env: Record<string, string
     Layer.provideMerge(
       testServer({
         dialect,
-        env: { MODEL_STATUS_POLL_INTERVAL: "0 seconds", EVENTS_MAX_SOCKETS_PER_USER: "2", ...env }
+        env: {
+          MODEL_STATUS_POLL_INTERVAL: "0 seconds",
+          EVENTS_MAX_SOCKETS_PER_USER: "2",
+          EVENTS_SOCKET_BUFFER_SIZE: "64kb",
+          ...env
+        }
       })
     )
   )
@@ -659,6 +664,45 @@ for (const dialect of dialects) {
           expectStatus(yield* asAdmin("DELETE", `/api/v1/models/${model.id}`), 204)
           yield* events.next((message) => message.type === "model.removed" && message.modelId === model.id)
         }))
+
+      it.scoped("a client that stops reading is dropped; the others get every event", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const fake = yield* fakeProvider("ollama", [])
+          fake.pullable.set("flood:1b", { name: "flood:1b" })
+          // A download reporting 40 000 distinct phases: several megabytes of events.
+          fake.routes.set("POST /api/pull", (_request, response) => {
+            response.writeHead(200, { "content-type": "application/x-ndjson" })
+            const lines: Array<string> = []
+            for (let part = 0; part < 40_000; part++) {
+              lines.push(JSON.stringify({ status: `pulling part ${part}`, total: 40_000, completed: part }))
+            }
+            fake.models.push({ name: "flood:1b" })
+            response.end(`${lines.join("\n")}\n${JSON.stringify({ status: "success" })}\n`)
+          })
+          const provider = yield* addProvider(fake)
+          const stalled = yield* stalledEvents(admin.accessToken)
+          const reader = yield* openEvents(admin.accessToken)
+          yield* reader.next((message) => message.type === "snapshot")
+          const pulled = expectStatus(
+            yield* asAdmin("POST", `/api/v1/providers/${provider.id}/pull`, { name: "flood:1b" }),
+            202
+          )
+          const last = yield* reader.next(
+            (message) => message.type === "model.pull" && message.status === "pulling part 39999",
+            "30 seconds"
+          )
+          expect(last.modelId).toBe(pulled.id)
+          yield* reader.next(
+            (message) =>
+              message.type === "model.status" && message.modelId === pulled.id && message.status === "available",
+            "30 seconds"
+          )
+          // The server cut it after a bounded amount of data, long before the end.
+          const received = yield* stalled.drain
+          expect(received.includes(Buffer.from("\"type\":\"snapshot\""))).toBe(true)
+          expect(received.includes(Buffer.from("pulling part 39999"))).toBe(false)
+        }), 60_000)
 
       it.scoped("refuses missing or bad credentials, and bounds the sockets per user", () =>
         Effect.gen(function*() {

@@ -4,7 +4,7 @@
  * the current state of every model they may see first.
  *
  * Each socket is bounded: a client that does not read (its unsent data
- * passes `EVENTS_SOCKET_BUFFER_BYTES`) is disconnected with code 1013, and a
+ * passes `EVENTS_SOCKET_BUFFER_SIZE`) is disconnected at once, and a
  * closed or broken socket is dropped at once, so one client never slows
  * the others. A user holds at most `EVENTS_MAX_SOCKETS_PER_USER` sockets; one
  * more is answered 429 before the upgrade.
@@ -13,7 +13,7 @@
  * `Authorization` header, else `?access_token=…`, else the subprotocols
  * `webplus.bearer, <token>` (the server answers with `webplus.bearer`).
  */
-import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
+import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, type Socket } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Effect, Fiber, HashMap, Option, PubSub, Queue, Redacted, Ref, Schedule, Schema } from "effect"
 import { Auth } from "../Auth.js"
@@ -151,10 +151,11 @@ export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyAr
           const write = yield* socket.writer
           const visible = visibleTo(actor)
           const tooSlow = () => raw.writableLength > settings.socketBufferBytes
-          const send = (text: string) =>
+          // A client that does not read would never take a closing handshake either: cut it.
+          const send = (text: string): Effect.Effect<void, "slow" | Socket.SocketError> =>
             tooSlow()
               ? Effect.zipRight(
-                write(new Socket.CloseEvent(1013, "Too slow: events were not read")),
+                Effect.sync(() => raw.destroy()),
                 Effect.fail("slow" as const)
               )
               : write(text)

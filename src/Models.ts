@@ -33,7 +33,7 @@ import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
 import { ProviderClients } from "./Providers.js"
 import type { LocalRuntime, ProviderClient, ProviderConnection } from "./Providers/Client.js"
-import { inTransaction } from "./Sql.js"
+import { inTransaction, transactionLock } from "./Sql.js"
 
 export const toProviderView = (provider: Provider) =>
   new ProviderView({
@@ -166,6 +166,12 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
     const background = yield* FiberSet.make()
 
     const now = Effect.map(DateTime.now, DateTime.formatIso)
+
+    /** Serialises the transactions that add a provider's models (sync, pull, by hand), so none adds one twice. */
+    const lockModelsOf = (providerId: ProviderId) => transactionLock(sql, `models.${providerId}`)
+
+    // A download or load cut short by a restart would otherwise stay `loading` (and block a new pull).
+    yield* models.failInterrupted("Interrupted by a server restart")
 
     const findProvider = (id: ProviderId) => providers.findById(id).pipe(orNotFound("No such provider"))
     const findModel = (id: LlmModelId) => models.findById(id).pipe(orNotFound("No such model"))
@@ -382,6 +388,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
         const at = yield* DateTime.now
         const isLocal = provider.kind === "ollama"
         const { added, touched, updated } = yield* Effect.gen(function*() {
+          yield* lockModelsOf(provider.id)
           let added = 0
           let updated = 0
           const touched: Array<LlmModelId> = []
@@ -480,6 +487,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
       Effect.gen(function*() {
         const actor = yield* requirePermission("admin:models")
         const provider = yield* findProvider(payload.providerId)
+        yield* lockModelsOf(provider.id)
         if (Option.isSome(yield* models.findByProviderModel(provider.id, payload.providerModel))) {
           return yield* new Conflict({ message: "This provider already has that model" })
         }
@@ -586,12 +594,17 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
         yield* audit.record({ action: "model.started", actor, target: { type: "model", id } })
         if (Option.isNone(runtime)) return toModelView(yield* setStatus(model, "available", null, true))
         const loading = yield* setStatus(model, "loading", null, true)
-        yield* runtime.value.load(model.providerModel).pipe(Effect.catchAll(failOn(loading)))
-        const running = yield* runtime.value.running.pipe(Effect.catchAll(failOn(loading)))
-        return toModelView(
-          running.includes(model.providerModel)
-            ? yield* setStatus(loading, "running", null)
-            : yield* setStatus(loading, "error", "Ollama loaded the model but does not list it as running")
+        return yield* Effect.gen(function*() {
+          yield* runtime.value.load(model.providerModel).pipe(Effect.catchAll(failOn(loading)))
+          const running = yield* runtime.value.running.pipe(Effect.catchAll(failOn(loading)))
+          return toModelView(
+            running.includes(model.providerModel)
+              ? yield* setStatus(loading, "running", null)
+              : yield* setStatus(loading, "error", "Ollama loaded the model but does not list it as running")
+          )
+        }).pipe(
+          // The caller went away mid-load: say so; the status read-back settles it later.
+          Effect.onInterrupt(() => Effect.asVoid(setStatus(loading, "error", "The start was interrupted")))
         )
       }).pipe(Effect.withSpan("ModelRegistry.start"))
 
@@ -623,30 +636,37 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
         if (Option.isNone(runtime)) {
           return yield* new Conflict({ message: "Only Ollama providers download models" })
         }
-        const existing = yield* models.findByProviderModel(provider.id, name)
-        if (Option.exists(existing, (model) => model.status === "loading")) {
-          return yield* new Conflict({ message: "This model is already being downloaded or loaded" })
-        }
-        const model = Option.isSome(existing) ? existing.value : yield* models.insert(LlmModel.insert.make({
-          providerId: provider.id,
-          providerModel: name,
-          displayName: name,
-          status: "loading",
-          statusMessage: "Downloading",
-          isLocal: true,
-          enabled: true,
-          contextWindow: null,
-          capabilities: ["completion"],
-          metadata: {},
-          lastSyncedAt: Option.none()
-        }))
-        const loading = yield* setStatus(model, "loading", "Downloading")
-        if (Option.isNone(existing)) yield* announce(model.id)
+        const { created, model } = yield* Effect.gen(function*() {
+          yield* lockModelsOf(provider.id)
+          const existing = yield* models.findByProviderModel(provider.id, name)
+          if (Option.isSome(existing)) {
+            if (existing.value.status === "loading") {
+              return yield* new Conflict({ message: "This model is already being downloaded or loaded" })
+            }
+            yield* models.setStatus(existing.value.id, "loading", "Downloading")
+            return { created: false, model: existing.value }
+          }
+          const inserted = yield* models.insert(LlmModel.insert.make({
+            providerId: provider.id,
+            providerModel: name,
+            displayName: name,
+            status: "loading",
+            statusMessage: "Downloading",
+            isLocal: true,
+            enabled: true,
+            contextWindow: null,
+            capabilities: ["completion"],
+            metadata: {},
+            lastSyncedAt: Option.none()
+          }))
+          return { created: true, model: inserted }
+        }).pipe(inTransaction(sql))
+        const loading = Option.getOrElse(yield* announce(model.id), () => model)
         yield* audit.record({
           action: "model.pulled",
           actor,
           target: { type: "model", id: model.id },
-          metadata: { providerModel: name }
+          metadata: { providerModel: name, created }
         })
         let lastStatus = ""
         let lastAt = 0

@@ -50,7 +50,17 @@ export class ModelsRepo extends Effect.Service<ModelsRepo>()("Models/ModelsRepo"
           sql`UPDATE llm_models SET ${sql.update({ ...fields, updatedAt: DateTime.formatIso(now) })} WHERE id = ${id}`
       )
 
+    const failInterrupted = (message: string) =>
+      Effect.flatMap(
+        DateTime.now,
+        (now) =>
+          sql`UPDATE llm_models SET ${
+            sql.update({ status: "error", statusMessage: message, updatedAt: DateTime.formatIso(now) })
+          } WHERE status = 'loading'`
+      )
+
     return {
+      failInterrupted: (message: string) => Effect.orDie(Effect.asVoid(failInterrupted(message))),
       insert: (model: typeof LlmModel.insert.Type) => Effect.orDie(repo.insert(model)),
       update: (model: typeof LlmModel.update.Type) => Effect.orDie(repo.update(model)),
       findById: (id: LlmModelId) => Effect.orDie(repo.findById(id)),

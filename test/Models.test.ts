@@ -661,6 +661,19 @@ for (const dialect of dialects) {
           yield* events.next((message) =>
             message.type === "model.status" && message.modelId === model.id && message.status === "running"
           )
+          // Disabled: the user hears it once, then nothing about it until it is theirs again.
+          expectStatus(yield* asAdmin("PATCH", `/api/v1/models/${model.id}`, { enabled: false }), 200)
+          expect(yield* events.next((message) => message.modelId === model.id)).toMatchObject({
+            type: "model.status",
+            usable: false
+          })
+          expectStatus(yield* asAdmin("POST", `/api/v1/models/${model.id}/stop`), 200)
+          expectStatus(yield* asAdmin("PATCH", `/api/v1/models/${model.id}`, { enabled: true }), 200)
+          expect(yield* events.next((message) => message.modelId === model.id)).toMatchObject({
+            type: "model.status",
+            status: "stopped",
+            usable: true
+          })
           expectStatus(yield* asAdmin("DELETE", `/api/v1/models/${model.id}`), 204)
           yield* events.next((message) => message.type === "model.removed" && message.modelId === model.id)
         }))
@@ -708,6 +721,9 @@ for (const dialect of dialects) {
         Effect.gen(function*() {
           const { user } = yield* TheCast
           expect(yield* upgradeStatus("/api/v1/events")).toBe(401)
+          // Plain HTTP is told to upgrade.
+          const plain = yield* call("GET", "/api/v1/events", { auth: user.accessToken })
+          expect({ status: plain.status, _tag: plain.body?._tag }).toEqual({ status: 426, _tag: "UpgradeRequired" })
           expect(yield* upgradeStatus("/api/v1/events?access_token=nonsense")).toBe(401)
           expect(yield* upgradeStatus("/api/v1/events", { authorization: `Bearer ${user.accessToken}` })).toBe(101)
           const other = yield* signUp()

@@ -65,8 +65,29 @@ const encodeEvent = (event: ModelEvent | { readonly snapshot: ReadonlyArray<Mode
   return JSON.stringify({ type: _tag, ...rest })
 }
 
-const visibleTo = (actor: Actor) => (event: ModelEvent) =>
-  actor.can("admin:models") || (event._tag === "model.status" && event.usable) || event._tag === "model.removed"
+/**
+ * Which events a socket forwards. Admins (`admin:models`) see everything. A user sees the
+ * models they may pick, and hears once when one of those stops being theirs to pick
+ * (disabled, removed), so a client never keeps a stale entry; nothing else.
+ */
+const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
+  if (actor.can("admin:models")) return (_event: ModelEvent) => true
+  const known = new Set(initial.map((event) => event.modelId))
+  return (event: ModelEvent): boolean => {
+    switch (event._tag) {
+      case "model.status":
+        if (event.usable) {
+          known.add(event.modelId)
+          return true
+        }
+        return known.delete(event.modelId)
+      case "model.removed":
+        return known.delete(event.modelId)
+      case "model.pull":
+        return false
+    }
+  }
+}
 
 export class ModelEvents extends Effect.Service<ModelEvents>()("Models/ModelEvents", {
   scoped: Effect.gen(function*() {
@@ -127,6 +148,12 @@ export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyAr
         eventsPath,
         Effect.gen(function*() {
           const request = yield* HttpServerRequest.HttpServerRequest
+          if ((request.headers.upgrade ?? "").toLowerCase() !== "websocket") {
+            return HttpServerResponse.unsafeJson(
+              { _tag: "UpgradeRequired", message: "This endpoint speaks WebSocket only" },
+              { status: 426, headers: { upgrade: "websocket", connection: "Upgrade" } }
+            )
+          }
           const credential = credentialOf(request)
           if (credential === undefined) {
             return errorResponse(new Unauthorized({ message: "Missing credentials" }), 401)
@@ -149,7 +176,7 @@ export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyAr
           const raw = NodeHttpServerRequest.toIncomingMessage(request).socket
           const socket = yield* request.upgrade
           const write = yield* socket.writer
-          const visible = visibleTo(actor)
+          const visible = visibleTo(actor, initial)
           const tooSlow = () => raw.writableLength > settings.socketBufferBytes
           // A client that does not read would never take a closing handshake either: cut it.
           const send = (text: string): Effect.Effect<void, "slow" | Socket.SocketError> =>

@@ -22,58 +22,69 @@ interface Row {
 
 for (const dialect of dialects) {
   describe(`providers from the environment on ${dialect}`, () => {
-    it.scopedLive("are registered idempotently at start-up, and their models synced", () =>
-      Effect.gen(function*() {
-        const ollama = yield* fakeProvider("ollama", [{ name: "env-model:1b" }])
-        const anthropic = yield* fakeProvider("anthropic", [{ name: "claude-env" }])
-        const dataDir = yield* freshDirectory
-        const databaseUrl = dialect === "pg" ? (yield* freshPgDatabase).url : undefined
-        const database = databaseUrl ? pgClientFor(databaseUrl) : sqliteClientFor(dataDir)
-        const query = <A extends object>(f: (sql: SqlClient.SqlClient) => Effect.Effect<ReadonlyArray<A>, unknown>) =>
-          Effect.provide(Effect.flatMap(SqlClient.SqlClient, f), database).pipe(Effect.orDie)
-        const providers = query((sql) => sql<Row>`SELECT * FROM providers ORDER BY kind`)
+    it.scopedLive(
+      "are registered idempotently at start-up, and their models synced; restarts end interrupted loads",
+      () =>
+        Effect.gen(function*() {
+          const ollama = yield* fakeProvider("ollama", [{ name: "env-model:1b" }])
+          const anthropic = yield* fakeProvider("anthropic", [{ name: "claude-env" }])
+          const dataDir = yield* freshDirectory
+          const databaseUrl = dialect === "pg" ? (yield* freshPgDatabase).url : undefined
+          const database = databaseUrl ? pgClientFor(databaseUrl) : sqliteClientFor(dataDir)
+          const query = <A extends object>(f: (sql: SqlClient.SqlClient) => Effect.Effect<ReadonlyArray<A>, unknown>) =>
+            Effect.provide(Effect.flatMap(SqlClient.SqlClient, f), database).pipe(Effect.orDie)
+          const providers = query((sql) => sql<Row>`SELECT * FROM providers ORDER BY kind`)
 
-        const boot = (anthropicKey: string) =>
-          Effect.gen(function*() {
-            yield* TestServer
-            // The models are listed in the background: wait for them.
-            for (let attempt = 0; attempt < 100; attempt++) {
-              const models = yield* query((sql) =>
-                sql<{ providerModel: string }>`SELECT provider_model FROM llm_models`
-              )
-              if (models.length >= 2) return models.map((model) => model.providerModel).sort()
-              yield* Effect.sleep("50 millis")
-            }
-            return []
-          }).pipe(
-            Effect.provide(Layer.fresh(testServer({
-              env: {
-                DATA_DIR: dataDir,
-                ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
-                OLLAMA_URL: ollama.url,
-                ANTHROPIC_API_KEY: anthropicKey,
-                ANTHROPIC_BASE_URL: anthropic.url
+          const boot = (anthropicKey: string) =>
+            Effect.gen(function*() {
+              yield* TestServer
+              // The models are listed in the background: wait for them.
+              for (let attempt = 0; attempt < 100; attempt++) {
+                const models = yield* query((sql) =>
+                  sql<{ providerModel: string }>`SELECT provider_model FROM llm_models`
+                )
+                if (models.length >= 2) return models.map((model) => model.providerModel).sort()
+                yield* Effect.sleep("50 millis")
               }
-            })))
+              return []
+            }).pipe(
+              Effect.provide(Layer.fresh(testServer({
+                env: {
+                  DATA_DIR: dataDir,
+                  ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
+                  OLLAMA_URL: ollama.url,
+                  ANTHROPIC_API_KEY: anthropicKey,
+                  ANTHROPIC_BASE_URL: anthropic.url
+                }
+              })))
+            )
+
+          expect(yield* boot(anthropic.apiKey)).toEqual(["claude-env", "env-model:1b"])
+          const first = yield* providers
+          expect(first.map(({ baseUrl, kind, name, source }) => ({ kind, name, baseUrl, source }))).toEqual([
+            { kind: "anthropic", name: "Anthropic", baseUrl: anthropic.url, source: "environment" },
+            { kind: "ollama", name: "Ollama", baseUrl: ollama.url, source: "environment" }
+          ])
+          expect(first[0]?.credentialLast4).toBe(anthropic.apiKey.slice(-4))
+          expect(JSON.stringify(first)).not.toContain(anthropic.apiKey)
+
+          // A download cut short by the restart does not stay `loading`.
+          yield* query((sql) => sql`UPDATE llm_models SET status = 'loading' WHERE provider_model = 'env-model:1b'`)
+          yield* boot(anthropic.apiKey)
+          expect(yield* providers).toEqual(first)
+          const interrupted = yield* query((sql) =>
+            sql<{ status: string; statusMessage: string }>`
+            SELECT status, status_message FROM llm_models WHERE provider_model = 'env-model:1b'`
           )
+          expect(interrupted).toEqual([{ status: "error", statusMessage: "Interrupted by a server restart" }])
 
-        expect(yield* boot(anthropic.apiKey)).toEqual(["claude-env", "env-model:1b"])
-        const first = yield* providers
-        expect(first.map(({ baseUrl, kind, name, source }) => ({ kind, name, baseUrl, source }))).toEqual([
-          { kind: "anthropic", name: "Anthropic", baseUrl: anthropic.url, source: "environment" },
-          { kind: "ollama", name: "Ollama", baseUrl: ollama.url, source: "environment" }
-        ])
-        expect(first[0]?.credentialLast4).toBe(anthropic.apiKey.slice(-4))
-        expect(JSON.stringify(first)).not.toContain(anthropic.apiKey)
-
-        yield* boot(anthropic.apiKey)
-        expect(yield* providers).toEqual(first)
-
-        yield* boot("sk-ant-rotated-0000")
-        const third = yield* providers
-        expect(third.map((row) => row.id)).toEqual(first.map((row) => row.id))
-        expect(third[0]?.credentialLast4).toBe("0000")
-        expect(third[0]?.credentialCiphertext).not.toBe(first[0]?.credentialCiphertext)
-      }), 60_000)
+          yield* boot("sk-ant-rotated-0000")
+          const third = yield* providers
+          expect(third.map((row) => row.id)).toEqual(first.map((row) => row.id))
+          expect(third[0]?.credentialLast4).toBe("0000")
+          expect(third[0]?.credentialCiphertext).not.toBe(first[0]?.credentialCiphertext)
+        }),
+      60_000
+    )
   })
 }

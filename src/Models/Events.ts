@@ -116,11 +116,22 @@ export class ModelEvents extends Effect.Service<ModelEvents>()("Models/ModelEven
   })
 }) {}
 
+/** The API's one error body, for refusals before the upgrade. */
 const errorResponse = (error: Unauthorized | Forbidden | RateLimited, status: number) =>
-  HttpServerResponse.unsafeJson(error, {
-    status,
-    headers: error._tag === "RateLimited" ? { "retry-after": String(error.retryAfterSeconds) } : {}
-  })
+  HttpServerResponse.unsafeJson(
+    {
+      _tag: error._tag,
+      message: error.message,
+      ...(error._tag === "RateLimited" ? { retryAfterSeconds: error.retryAfterSeconds } : {})
+    },
+    {
+      status,
+      headers: error._tag === "RateLimited" ? { "retry-after": String(error.retryAfterSeconds) } : {}
+    }
+  )
+
+/** Events waiting for one socket's turn; beyond this the socket cannot keep up and is dropped. */
+const maxPendingEvents = 10_000
 
 const credentialOf = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
   const bearer = /^Bearer\s+(.+)$/i.exec(request.headers.authorization ?? "")?.[1]
@@ -189,6 +200,9 @@ export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyAr
           const pump = Effect.gen(function*() {
             yield* send(encodeEvent({ snapshot: initial }))
             while (true) {
+              if ((yield* Queue.size(subscription)) > maxPendingEvents) {
+                return yield* Effect.zipRight(Effect.sync(() => raw.destroy()), Effect.fail("slow" as const))
+              }
               const batch = yield* Queue.takeBetween(subscription, 1, 64)
               for (const event of batch) if (visible(event)) yield* send(encodeEvent(event))
             }
@@ -197,7 +211,7 @@ export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyAr
             Effect.suspend(() => send(JSON.stringify({ type: "ping" }))),
             Schedule.spaced(settings.heartbeat)
           ).pipe(Effect.delay(settings.heartbeat))
-          const pumping = yield* Effect.fork(Effect.race(pump, heartbeat))
+          const pumping = yield* Effect.fork(Effect.raceFirst(pump, heartbeat))
           // Incoming messages are ignored; this ends when the client goes away.
           yield* socket.runRaw(() => Effect.void).pipe(
             Effect.raceFirst(Fiber.join(pumping)),

@@ -166,6 +166,13 @@ for (const dialect of dialects) {
             200
           )
           expect(cleared).toMatchObject({ hasCredential: false, credentialLast4: null })
+          // Four characters of a short credential would give too much away.
+          const short = expectStatus(
+            yield* asAdmin("PATCH", `/api/v1/providers/${created.id}`, { credential: "short-key" }),
+            200
+          )
+          expect(short).toMatchObject({ hasCredential: true, credentialLast4: null })
+          expectStatus(yield* asAdmin("PATCH", `/api/v1/providers/${created.id}`, { credential: null }), 200)
           expectError(yield* sync(created.id), 502, "ProviderError")
 
           expectStatus(yield* asAdmin("DELETE", `/api/v1/providers/${created.id}`), 204)

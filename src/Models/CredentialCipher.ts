@@ -13,8 +13,11 @@ import { Secrets } from "../Secrets.js"
 export interface SealedCredential {
   readonly ciphertext: string
   readonly keyId: string
-  readonly last4: string
+  /** What the API may show of it; nothing for a credential so short that four characters would give much away. */
+  readonly last4: string | null
 }
+
+const minimumLengthToHint = 12
 
 export class CredentialCipher extends Effect.Service<CredentialCipher>()("Models/CredentialCipher", {
   effect: Effect.gen(function*() {
@@ -31,7 +34,7 @@ export class CredentialCipher extends Effect.Service<CredentialCipher>()("Models
       return {
         ciphertext: Buffer.concat([iv, cipher.getAuthTag(), encrypted]).toString("base64"),
         keyId: primary.id,
-        last4: plaintext.slice(-4)
+        last4: plaintext.length >= minimumLengthToHint ? plaintext.slice(-4) : null
       }
     }
 

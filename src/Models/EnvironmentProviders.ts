@@ -59,7 +59,7 @@ export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*
       const credential = {
         credentialCiphertext: Option.getOrNull(Option.map(sealed, (s) => s.ciphertext)),
         credentialKeyId: Option.getOrNull(Option.map(sealed, (s) => s.keyId)),
-        credentialLast4: Option.getOrNull(Option.map(sealed, (s) => s.last4))
+        credentialLast4: Option.getOrNull(Option.flatMapNullable(sealed, (s) => s.last4))
       }
       if (Option.isSome(existing)) {
         const provider = existing.value

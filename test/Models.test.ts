@@ -321,6 +321,29 @@ for (const dialect of dialects) {
           expect(fake.requests[0]?.headers["x-api-key"]).toBe(fake.apiKey)
         }))
 
+      for (const kind of ["ollama", "openai", "anthropic"] as const) {
+        it.scoped(`${kind}: malformed, failing and silent listings are typed errors, and health says so`, () =>
+          Effect.gen(function*() {
+            const fake = yield* fakeProvider(kind, [{ name: "m" }])
+            const provider = yield* addProvider(fake)
+            const listing = kind === "ollama" ? "/api/tags" : "/v1/models"
+            const cases = [
+              [{ kind: "malformed" }, 502, "ProviderError"],
+              [{ kind: "status", status: 503 }, 502, "ProviderError"],
+              [{ kind: "status", status: 429 }, 502, "ProviderError"],
+              [{ kind: "hang" }, 504, "ProviderTimeout"]
+            ] as const
+            for (const [fault, status, tag] of cases) {
+              fake.faults.set(listing, fault)
+              expectError(yield* sync(provider.id), status, tag)
+              const health = expectStatus(yield* asAdmin("GET", `/api/v1/providers/${provider.id}/health`), 200)
+              expect(health).toMatchObject({ reachable: false, error: { _tag: tag } })
+            }
+            fake.faults.clear()
+            expect(expectStatus(yield* sync(provider.id), 200).added).toBe(1)
+          }))
+      }
+
       it.scoped("provider faults are typed errors, never hangs", () =>
         Effect.gen(function*() {
           const down = yield* addProvider({ url: yield* unreachableUrl })

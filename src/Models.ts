@@ -171,7 +171,10 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
     const lockModelsOf = (providerId: ProviderId) => transactionLock(sql, `models.${providerId}`)
 
     // A download or load cut short by a restart would otherwise stay `loading` (and block a new pull).
-    yield* models.failInterrupted("Interrupted by a server restart")
+    // (Without the schema yet, with MIGRATE_ON_START=false, there is nothing to repair.)
+    yield* models.failInterrupted("Interrupted by a server restart").pipe(
+      Effect.catchAllCause((cause) => Effect.logWarning("Could not check for interrupted model loads", cause))
+    )
 
     const findProvider = (id: ProviderId) => providers.findById(id).pipe(orNotFound("No such provider"))
     const findModel = (id: LlmModelId) => models.findById(id).pipe(orNotFound("No such model"))

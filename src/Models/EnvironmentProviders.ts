@@ -118,7 +118,16 @@ export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*
       credential: settings.anthropicApiKey
     })
   }
-  for (const entry of declared) yield* register(entry)
+  // A database not migrated yet (MIGRATE_ON_START=false) must not stop the server: readiness reports it.
+  for (const entry of declared) {
+    yield* register(entry).pipe(
+      Effect.catchAllCause((cause) =>
+        Effect.logWarning("Could not register a provider declared by the environment", cause).pipe(
+          Effect.annotateLogs({ kind: entry.kind })
+        )
+      )
+    )
+  }
 
   if (Option.isNone(settings.ollamaUrl) && settings.ollamaAutodetect) {
     const probe = clients.forConnection({

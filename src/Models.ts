@@ -416,8 +416,17 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
             } else {
               const model = existing.value
               const edited = editedFieldsOf(model)
+              // Listed again: an earlier failure (a provider that was down, a download that failed) is over.
+              const recovered = model.status === "error"
+              if (recovered) touched.push(model.id)
               yield* models.update(LlmModel.update.make({
                 ...editable(model),
+                ...(recovered
+                  ? {
+                    status: running.includes(model.providerModel) ? "running" as const : "available" as const,
+                    statusMessage: null
+                  }
+                  : {}),
                 contextWindow: edited.includes("contextWindow") ? model.contextWindow : found.contextWindow,
                 capabilities: edited.includes("capabilities") ? model.capabilities : found.capabilities,
                 metadata: { ...found.metadata, ...(edited.length > 0 ? { [editedFieldsKey]: edited } : {}) },

@@ -561,6 +561,12 @@ for (const dialect of dialects) {
           )
           const failed = yield* eventually(missing.id, (model) => model.status === "error")
           expect(failed.statusMessage).toContain("Download failed")
+          // Once the provider lists it (pulled some other way), a sync clears the failure.
+          fake.models.push({ name: "no-such-model" })
+          expect(modelNamed(expectStatus(yield* sync(provider.id), 200).models, "no-such-model")).toMatchObject({
+            status: "available",
+            statusMessage: null
+          })
 
           const remote = yield* addProvider(yield* fakeProvider("openai", []))
           expectError(

@@ -4,9 +4,11 @@
  *   rotate-keys   re-encrypt every stored credential under the first key of ENCRYPTION_KEYS
  */
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Cause, Effect, Layer } from "effect"
+import { Cause, Effect, Layer, Option } from "effect"
+import { latestMigrationId } from "../../migrations/index.js"
 import { AppConfig } from "../Config.js"
 import { LoggingLive } from "../Logging.js"
+import { appliedMigrationId, MigrationsError } from "../Migrations.js"
 import { CredentialCipher } from "../Models/CredentialCipher.js"
 import { rotateCredentials } from "../Models/KeyRotation.js"
 import { ProvidersRepo } from "../Models/ProvidersRepo.js"
@@ -16,7 +18,18 @@ import { SqlLive } from "../Sql.js"
 
 const usage = "Usage: npm run cli -- rotate-keys"
 
-const rotateKeys = rotateCredentials.pipe(
+/** Refuses to touch a database whose schema is behind this build (`npm run migrate` first). */
+const requireMigrated = Effect.flatMap(
+  appliedMigrationId,
+  (applied) =>
+    Option.getOrElse(applied, () => 0) >= latestMigrationId
+      ? Effect.void
+      : Effect.fail(
+        new MigrationsError({ message: "The database schema is not up to date: run `npm run migrate` first" })
+      )
+)
+
+const rotateKeys = Effect.zipRight(requireMigrated, rotateCredentials).pipe(
   Effect.tap((report) =>
     Effect.sync(() =>
       process.stdout.write(

@@ -6,6 +6,8 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
+import { ApiLive } from "../src/Http.js"
+import { OllamaDefaultUrl } from "../src/Models/EnvironmentProviders.js"
 import { dialects, freshDirectory, freshPgDatabase, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
 import { fakeProvider } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
@@ -86,5 +88,69 @@ for (const dialect of dialects) {
         }),
       60_000
     )
+  })
+}
+
+for (const dialect of dialects) {
+  describe(`Ollama autodetection on ${dialect}`, () => {
+    it.scopedLive(
+      "registers the Ollama answering at the default address, without delaying start-up",
+      () =>
+        Effect.gen(function*() {
+          const ollama = yield* fakeProvider("ollama", [{ name: "found:1b" }])
+          ollama.faults.set("/api/tags", { kind: "slow", ms: 300 })
+          const dataDir = yield* freshDirectory
+          const databaseUrl = dialect === "pg" ? (yield* freshPgDatabase).url : undefined
+          const database = databaseUrl ? pgClientFor(databaseUrl) : sqliteClientFor(dataDir)
+          const providers = Effect.provide(
+            Effect.flatMap(SqlClient.SqlClient, (sql) => sql<Row>`SELECT * FROM providers`),
+            database
+          ).pipe(Effect.orDie)
+          const server = testServer(
+            {
+              env: {
+                DATA_DIR: dataDir,
+                ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
+                OLLAMA_AUTODETECT: "true"
+              }
+            },
+            ApiLive.pipe(Layer.provide(Layer.succeed(OllamaDefaultUrl, ollama.url)))
+          )
+          const registered = yield* Effect.gen(function*() {
+            // Serving before the (slow) probe has answered.
+            expect(yield* providers).toEqual([])
+            for (let attempt = 0; attempt < 100; attempt++) {
+              const rows = yield* providers
+              if (rows.length > 0) return rows
+              yield* Effect.sleep("50 millis")
+            }
+            return []
+          }).pipe(Effect.provide(Layer.fresh(server)))
+          expect(registered.map(({ baseUrl, kind, source }) => ({ kind, baseUrl, source }))).toEqual([
+            { kind: "ollama", baseUrl: ollama.url, source: "environment" }
+          ])
+        }),
+      60_000
+    )
+
+    it.scopedLive("is off under NODE_ENV=test unless asked: nothing is probed", () =>
+      Effect.gen(function*() {
+        const ollama = yield* fakeProvider("ollama", [])
+        const dataDir = yield* freshDirectory
+        const databaseUrl = dialect === "pg" ? (yield* freshPgDatabase).url : undefined
+        const database = databaseUrl ? pgClientFor(databaseUrl) : sqliteClientFor(dataDir)
+        yield* Effect.gen(function*() {
+          yield* Effect.sleep("300 millis")
+        }).pipe(Effect.provide(Layer.fresh(testServer(
+          { env: { DATA_DIR: dataDir, ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}) } },
+          ApiLive.pipe(Layer.provide(Layer.succeed(OllamaDefaultUrl, ollama.url)))
+        ))))
+        expect(ollama.requests).toEqual([])
+        const rows = yield* Effect.provide(
+          Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT * FROM providers`),
+          database
+        ).pipe(Effect.orDie)
+        expect(rows).toEqual([])
+      }), 60_000)
   })
 }

@@ -10,7 +10,7 @@
  * runs in the background, so readiness never waits for it.
  */
 import { SqlClient } from "@effect/sql"
-import { Effect, Layer, Option, Redacted } from "effect"
+import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { AppConfig } from "../Config.js"
 import { Provider, type ProviderKind } from "../Domain/Model.js"
 import { ModelRegistry } from "../Models.js"
@@ -19,7 +19,10 @@ import { inTransaction, transactionLock } from "../Sql.js"
 import { CredentialCipher } from "./CredentialCipher.js"
 import { ProvidersRepo } from "./ProvidersRepo.js"
 
-export const defaultOllamaUrl = "http://127.0.0.1:11434"
+/** Where the embedded mode looks for an Ollama: its default address (a test points it at a loopback one). */
+export class OllamaDefaultUrl extends Context.Reference<OllamaDefaultUrl>()("Models/OllamaDefaultUrl", {
+  defaultValue: () => "http://127.0.0.1:11434"
+}) {}
 
 interface Declared {
   readonly kind: ProviderKind
@@ -130,6 +133,7 @@ export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*
   }
 
   if (Option.isNone(settings.ollamaUrl) && settings.ollamaAutodetect) {
+    const defaultOllamaUrl = yield* OllamaDefaultUrl
     const probe = clients.forConnection({
       name: "Ollama",
       kind: "ollama",

@@ -38,6 +38,7 @@ const withCast = (dialect: (typeof dialects)[number], env: Record<string, string
           MODEL_STATUS_POLL_INTERVAL: "0 seconds",
           EVENTS_MAX_SOCKETS_PER_USER: "2",
           EVENTS_SOCKET_BUFFER_SIZE: "64kb",
+          EVENTS_HEARTBEAT_INTERVAL: "200 millis",
           ...env
         }
       })
@@ -753,6 +754,26 @@ for (const dialect of dialects) {
           expect(received.includes(Buffer.from("pulling part 39999"))).toBe(false)
         }), 60_000)
 
+      it.scoped("a user disabled while connected is disconnected at the next heartbeat", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const someone = yield* signUp()
+          const events = yield* openEvents(someone.accessToken)
+          yield* events.next((message) => message.type === "snapshot")
+          yield* events.next((message) => message.type === "ping")
+          expect(yield* events.closed).toBe(false)
+          expectStatus(
+            yield* call("POST", `/api/v1/admin/users/${someone.id}/disable`, { auth: admin.accessToken }),
+            200
+          )
+          let closed = false
+          for (let attempt = 0; attempt < 50 && !closed; attempt++) {
+            yield* Effect.sleep("50 millis")
+            closed = yield* events.closed
+          }
+          expect(closed).toBe(true)
+        }))
+
       it.scoped("refuses missing or bad credentials, and bounds the sockets per user", () =>
         Effect.gen(function*() {
           const { user } = yield* TheCast
@@ -799,6 +820,7 @@ for (const dialect of dialects) {
           const model = modelNamed(models, "polled:1b")
           expect(model.status).toBe("available")
           const events = yield* openEvents(user.accessToken)
+          yield* events.next((message) => message.type === "snapshot")
           fake.running.add("polled:1b")
           yield* events.next((message) =>
             message.type === "model.status" && message.modelId === model.id && message.status === "running"

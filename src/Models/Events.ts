@@ -13,7 +13,7 @@
  * `Authorization` header, else `?access_token=…`, else the subprotocols
  * `webplus.bearer, <token>` (the server answers with `webplus.bearer`).
  */
-import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, type Socket } from "@effect/platform"
+import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Effect, Fiber, HashMap, Option, PubSub, Queue, Redacted, Ref, Schedule, Schema } from "effect"
 import { Auth } from "../Auth.js"
@@ -207,8 +207,20 @@ export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyAr
               for (const event of batch) if (visible(event)) yield* send(encodeEvent(event))
             }
           })
+          // Each heartbeat also checks the credential again: a signed-out, disabled or erased user,
+          // a revoked key or an expired token ends the socket (the client reconnects with a fresh one).
+          const stillValid = Effect.flatMap(
+            Effect.either(auth.authenticate(Redacted.make(credential))),
+            (result) =>
+              result._tag === "Right"
+                ? Effect.void
+                : Effect.zipRight(
+                  Effect.ignore(write(new Socket.CloseEvent(1008, "Credentials expired or revoked"))),
+                  Effect.fail("unauthorized" as const)
+                )
+          )
           const heartbeat = Effect.repeat(
-            Effect.suspend(() => send(JSON.stringify({ type: "ping" }))),
+            Effect.zipRight(stillValid, Effect.suspend(() => send(JSON.stringify({ type: "ping" })))),
             Schedule.spaced(settings.heartbeat)
           ).pipe(Effect.delay(settings.heartbeat))
           const pumping = yield* Effect.fork(Effect.raceFirst(pump, heartbeat))

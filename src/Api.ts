@@ -7,6 +7,7 @@ import { AuthApi } from "./Auth/Api.js"
 import { ConversationsApi } from "./Conversations/Api.js"
 import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
 import { HealthApi } from "./Health/Api.js"
+import { ModelConfigsApi, ModelsApi, ProvidersApi } from "./Models/Api.js"
 import { AdminApi, MeApi } from "./Users/Api.js"
 
 /**
@@ -70,6 +71,9 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .add(AdminApi)
   .add(MeApi)
   .add(ConversationsApi)
+  .add(ProvidersApi)
+  .add(ModelsApi)
+  .add(ModelConfigsApi)
   .addError(ValidationError)
   .addError(NotFound)
   .addError(PayloadTooLarge)

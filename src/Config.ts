@@ -88,6 +88,26 @@ export interface RedisSettings {
   readonly keyPrefix: string
 }
 
+export interface ModelSettings {
+  /** An Ollama declared by the environment, registered at start-up. */
+  readonly ollamaUrl: Option.Option<string>
+  /** Without `OLLAMA_URL`: look for an Ollama at its default address at start-up. */
+  readonly ollamaAutodetect: boolean
+  readonly openAiApiKey: Option.Option<Redacted.Redacted<string>>
+  readonly openAiBaseUrl: Option.Option<string>
+  readonly anthropicApiKey: Option.Option<Redacted.Redacted<string>>
+  readonly anthropicBaseUrl: string
+  /** How often Ollama's running models are read back; zero turns it off. */
+  readonly statusPollInterval: Duration.Duration
+}
+
+export interface EventsSettings {
+  readonly maxSocketsPerUser: number
+  /** Unsent bytes a socket may hold before it is dropped as too slow. */
+  readonly socketBufferBytes: number
+  readonly heartbeat: Duration.Duration
+}
+
 export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
   effect: Effect.gen(function*() {
     const nodeEnv = yield* Config.literal("development", "production", "test")("NODE_ENV").pipe(
@@ -136,6 +156,25 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       url: yield* Config.option(Config.nonEmptyString("REDIS_URL").pipe(Config.map(Redacted.make))),
       keyPrefix: yield* Config.string("REDIS_KEY_PREFIX").pipe(Config.withDefault("webplus:"))
     }
+    const models: ModelSettings = {
+      ollamaUrl: yield* Config.option(Config.nonEmptyString("OLLAMA_URL")),
+      // Tests never probe a real Ollama on the machine by surprise.
+      ollamaAutodetect: yield* Config.boolean("OLLAMA_AUTODETECT").pipe(Config.withDefault(nodeEnv !== "test")),
+      openAiApiKey: yield* Config.option(Config.redacted(Config.nonEmptyString("OPENAI_API_KEY"))),
+      openAiBaseUrl: yield* Config.option(Config.nonEmptyString("OPENAI_BASE_URL")),
+      anthropicApiKey: yield* Config.option(Config.redacted(Config.nonEmptyString("ANTHROPIC_API_KEY"))),
+      anthropicBaseUrl: yield* Config.nonEmptyString("ANTHROPIC_BASE_URL").pipe(
+        Config.withDefault("https://api.anthropic.com")
+      ),
+      statusPollInterval: yield* Config.duration("MODEL_STATUS_POLL_INTERVAL").pipe(
+        Config.withDefault(Duration.seconds(15))
+      )
+    }
+    const events: EventsSettings = {
+      maxSocketsPerUser: yield* positiveInt("EVENTS_MAX_SOCKETS_PER_USER").pipe(Config.withDefault(8)),
+      socketBufferBytes: yield* byteSize("EVENTS_SOCKET_BUFFER_SIZE").pipe(Config.withDefault(1024 * 1024)),
+      heartbeat: yield* Config.duration("EVENTS_HEARTBEAT_INTERVAL").pipe(Config.withDefault(Duration.seconds(30)))
+    }
     return {
       nodeEnv,
       port,
@@ -149,7 +188,9 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       shutdownTimeout,
       trustProxy,
       auth,
-      redis
+      redis,
+      models,
+      events
     }
   })
 }) {}

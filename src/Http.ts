@@ -3,7 +3,7 @@
  * `/openapi.json`, the interactive reference at `/docs`, CORS and the
  * per-request middleware, on the Node HTTP server.
  */
-import { type HttpApi, HttpApiBuilder, HttpApiScalar, HttpMiddleware } from "@effect/platform"
+import { FetchHttpClient, type HttpApi, HttpApiBuilder, HttpApiScalar, HttpMiddleware } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { WebPlusApi } from "./Api.js"
 import { AuditLog } from "./Audit.js"
@@ -25,6 +25,15 @@ import { HealthHttpLive } from "./Health/Http.js"
 import { ErrorModelLive } from "./Http/ErrorModel.js"
 import { requestContext } from "./Http/Middleware.js"
 import { HttpServerLive } from "./Http/Server.js"
+import { ModelRegistry } from "./Models.js"
+import { CredentialCipher } from "./Models/CredentialCipher.js"
+import { EnvironmentProvidersLive } from "./Models/EnvironmentProviders.js"
+import { ModelEvents } from "./Models/Events.js"
+import { ModelsApiLive } from "./Models/Http.js"
+import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
+import { ModelsRepo } from "./Models/ModelsRepo.js"
+import { ProvidersRepo } from "./Models/ProvidersRepo.js"
+import { ProviderClients } from "./Providers.js"
 import { Users } from "./Users.js"
 import { AdminHttpLive, MeHttpLive } from "./Users/Http.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
@@ -70,7 +79,10 @@ const ReposLive = Layer.mergeAll(
   AuditRepo.Default,
   PersonalDataRepo.Default,
   ConversationRepo.Default,
-  SearchRepo.Default
+  SearchRepo.Default,
+  ProvidersRepo.Default,
+  ModelsRepo.Default,
+  ModelConfigsRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -78,6 +90,12 @@ const AuthSupportLive = Layer.mergeAll(
   Tokens.Default,
   RateLimits.Default.pipe(Layer.provide(RateLimiterLive)),
   AuditLog.Default.pipe(Layer.provide(ReposLive))
+)
+
+const ModelSupportLive = Layer.mergeAll(
+  CredentialCipher.Default,
+  ProviderClients.Default.pipe(Layer.provide(FetchHttpClient.layer)),
+  ModelEvents.Default
 )
 
 /** The services behind the handlers, with what they stand on. */
@@ -88,6 +106,9 @@ export const ServicesLive = Layer.mergeAll(
   Health.Default,
   SessionCleanupLive
 ).pipe(
+  Layer.provideMerge(EnvironmentProvidersLive),
+  Layer.provideMerge(ModelRegistry.Default),
+  Layer.provideMerge(ModelSupportLive),
   Layer.provideMerge(AuthSupportLive),
   Layer.provideMerge(ReposLive)
 )
@@ -98,7 +119,8 @@ export const ApiGroupsLive = Layer.mergeAll(
   AuthHttpLive,
   AdminHttpLive,
   MeHttpLive,
-  ConversationsHttpLive
+  ConversationsHttpLive,
+  ModelsApiLive
 ).pipe(
   Layer.provide(AuthenticationLive),
   Layer.provideMerge(ServicesLive)

@@ -9,6 +9,7 @@ import { WebPlusApi } from "../src/Api.js"
 import { generateUuid } from "../src/Domain/Ids.js"
 import { call, createKey, type Reply, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
+import { type FakeProvider, fakeProvider } from "./fixtures/Providers.js"
 import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
 
 type Method = "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
@@ -89,7 +90,19 @@ interface Cast {
   readonly target: TestUser
   /** The owner's conversation, with one message and a thread on it: the objects the conversation endpoints act on. */
   readonly conversation: { readonly id: string; readonly messageId: string; readonly threadId: string }
+  /** A provider (the loopback Ollama) and one of its models, registered by the admin. */
+  readonly providerId: string
+  readonly modelId: string
+  /** A personal preset of the owner. */
+  readonly ownerConfigId: string
 }
+
+/** The loopback Ollama the cast's providers point at. */
+class Ollama extends Context.Tag("test/Access/Ollama")<Ollama, FakeProvider>() {}
+
+const matrixModel = "matrix-model:1b"
+
+const unique = () => Math.random().toString(36).slice(2)
 
 class TheCast extends Context.Tag("test/Access/Cast")<TheCast, Cast>() {}
 
@@ -119,6 +132,22 @@ const makeCast = (promotedBy?: TestUser) =>
       }),
       201
     )
+    const ollama = yield* Ollama
+    const provider = expectStatus(
+      yield* call("POST", "/api/v1/providers", {
+        auth: admin.accessToken,
+        body: { name: `matrix-${unique()}`, kind: "ollama", baseUrl: ollama.url, connectTimeoutMs: 2_000 }
+      }),
+      201
+    )
+    const synced = expectStatus(
+      yield* call("POST", `/api/v1/providers/${provider.id}/sync`, { auth: admin.accessToken }),
+      200
+    )
+    const config = expectStatus(
+      yield* call("POST", "/api/v1/model-configs", { auth: owner.accessToken, body: { name: `preset-${unique()}` } }),
+      201
+    )
     return {
       admin,
       owner,
@@ -126,7 +155,10 @@ const makeCast = (promotedBy?: TestUser) =>
       target,
       scopedKey: scoped.secret,
       ownerKeyId: ownerKey.id,
-      conversation: { id: conversation.id, messageId: message.id, threadId: thread.id }
+      conversation: { id: conversation.id, messageId: message.id, threadId: thread.id },
+      providerId: provider.id,
+      modelId: synced.models[0].id,
+      ownerConfigId: config.id
     } satisfies Cast
   })
 
@@ -288,7 +320,64 @@ const expectations: Readonly<Record<string, Expectation>> = {
     statuses: ownConversation(201),
     request: (cast) => ({ ...onThread(cast), body: { content: "On the side" } })
   },
-  "conversations.search": { statuses: conversationsUse(200), request: () => ({ query: { q: "hi" } }) }
+  "conversations.search": { statuses: conversationsUse(200), request: () => ({ query: { q: "hi" } }) },
+  "providers.createProvider": {
+    statuses: adminOnly(201),
+    request: () => ({ body: { name: `matrix-${unique()}`, kind: "ollama", baseUrl: "http://127.0.0.1:9" } })
+  },
+  "providers.listProviders": { statuses: adminOnly(200) },
+  "providers.getProvider": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.providerId } }) },
+  "providers.updateProvider": {
+    statuses: adminOnly(200),
+    request: (cast) => ({ params: { id: cast.providerId }, body: { enabled: true } })
+  },
+  "providers.deleteProvider": {
+    statuses: adminOnly(204),
+    throwaway: true,
+    request: (cast) => ({ params: { id: cast.providerId } })
+  },
+  "providers.providerHealth": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.providerId } }) },
+  "providers.syncProvider": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.providerId } }) },
+  "providers.pullModel": {
+    statuses: adminOnly(202),
+    request: (cast) => ({ params: { id: cast.providerId }, body: { name: `pulled-${unique()}` } })
+  },
+  "models.listModels": { statuses: anyone(200) },
+  "models.getModel": { statuses: anyone(200), request: (cast) => ({ params: { id: cast.modelId } }) },
+  "models.createModel": {
+    statuses: adminOnly(201),
+    request: (cast) => ({ body: { providerId: cast.providerId, providerModel: `hand-${unique()}` } })
+  },
+  "models.updateModel": {
+    statuses: adminOnly(200),
+    request: (cast) => ({ params: { id: cast.modelId }, body: { displayName: "Matrix model" } })
+  },
+  "models.deleteModel": {
+    statuses: adminOnly(204),
+    throwaway: true,
+    request: (cast) => ({ params: { id: cast.modelId } })
+  },
+  "models.startModel": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.modelId } }) },
+  "models.stopModel": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.modelId } }) },
+  "modelConfigs.listModelConfigs": { statuses: anyone(200) },
+  "modelConfigs.createModelConfig": {
+    // Personal presets need `models:use`, which the scoped key lacks.
+    statuses: { ...anyone(201), scopedKey: 403 },
+    request: () => ({ body: { name: `preset-${unique()}`, temperature: 0.5 } })
+  },
+  // Another user's preset is not found, admins included; the owner's key may read it but not change it.
+  "modelConfigs.getModelConfig": {
+    statuses: { anonymous: 401, owner: 200, other: 404, admin: 404, scopedKey: 200 },
+    request: (cast) => ({ params: { id: cast.ownerConfigId } })
+  },
+  "modelConfigs.updateModelConfig": {
+    statuses: { anonymous: 401, owner: 200, other: 404, admin: 404, scopedKey: 403 },
+    request: (cast) => ({ params: { id: cast.ownerConfigId }, body: { topP: 0.9 } })
+  },
+  "modelConfigs.deleteModelConfig": {
+    statuses: { anonymous: 401, owner: 204, other: 404, admin: 404, scopedKey: 403 },
+    request: (cast) => ({ params: { id: cast.ownerConfigId } })
+  }
 }
 
 interface Endpoint {
@@ -365,9 +454,15 @@ const auditStory: Effect.Effect<Story, never, TestServer | TheCast> = Effect.gen
 })
 
 for (const dialect of dialects) {
-  layer(Layer.effect(TheCast, makeCast()).pipe(Layer.provideMerge(testServer({ dialect }))), {
-    excludeTestServices: true
-  })(`access on ${dialect}`, (it) => {
+  layer(
+    Layer.effect(TheCast, makeCast()).pipe(
+      Layer.provideMerge(testServer({ dialect })),
+      Layer.provideMerge(Layer.scoped(Ollama, fakeProvider("ollama", [{ name: matrixModel }])))
+    ),
+    {
+      excludeTestServices: true
+    }
+  )(`access on ${dialect}`, (it) => {
     describe("the access matrix", () => {
       it("names every protected endpoint of the API, and nothing else", () => {
         expect(protectedEndpoints.map(({ id }) => id).sort()).toEqual(Object.keys(expectations).sort())

@@ -1,0 +1,237 @@
+/**
+ * Model status events: every status change of a model is published here, and
+ * `/api/v1/events` (a WebSocket) pushes them to connected clients, which get
+ * the current state of every model they may see first.
+ *
+ * Each socket is bounded: a client that does not read (its unsent data
+ * passes `EVENTS_SOCKET_BUFFER_SIZE`) is disconnected at once, and a
+ * closed or broken socket is dropped at once, so one client never slows
+ * the others. A user holds at most `EVENTS_MAX_SOCKETS_PER_USER` sockets; one
+ * more is answered 429 before the upgrade.
+ *
+ * Credentials, since browsers cannot set headers on a WebSocket: the
+ * `Authorization` header, else `?access_token=…`, else the subprotocols
+ * `webplus.bearer, <token>` (the server answers with `webplus.bearer`).
+ */
+import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
+import { NodeHttpServerRequest } from "@effect/platform-node"
+import { Effect, Fiber, HashMap, Option, PubSub, Queue, Redacted, Ref, Schedule, Schema } from "effect"
+import { Auth } from "../Auth.js"
+import { AppConfig } from "../Config.js"
+import type { Actor } from "../Domain/Actor.js"
+import { Forbidden, RateLimited, Unauthorized } from "../Domain/Errors.js"
+import { LlmModelId, ProviderId, type UserId } from "../Domain/Ids.js"
+import { ModelStatus } from "../Domain/Model.js"
+
+export const eventsPath = "/api/v1/events"
+
+export class ModelStatusEvent extends Schema.TaggedClass<ModelStatusEvent>()("model.status", {
+  modelId: LlmModelId,
+  providerId: ProviderId,
+  providerModel: Schema.String,
+  status: ModelStatus,
+  statusMessage: Schema.NullOr(Schema.String),
+  enabled: Schema.Boolean,
+  /** Whether users (not only admins) may pick the model: enabled, on an enabled provider. */
+  usable: Schema.Boolean,
+  at: Schema.String
+}) {}
+
+export class ModelRemovedEvent extends Schema.TaggedClass<ModelRemovedEvent>()("model.removed", {
+  modelId: LlmModelId,
+  providerId: ProviderId,
+  at: Schema.String
+}) {}
+
+export class ModelPullEvent extends Schema.TaggedClass<ModelPullEvent>()("model.pull", {
+  modelId: LlmModelId,
+  providerId: ProviderId,
+  providerModel: Schema.String,
+  status: Schema.String,
+  total: Schema.NullOr(Schema.Number),
+  completed: Schema.NullOr(Schema.Number),
+  at: Schema.String
+}) {}
+
+export const ModelEvent = Schema.Union(ModelStatusEvent, ModelRemovedEvent, ModelPullEvent)
+export type ModelEvent = typeof ModelEvent.Type
+
+/** The wire form: `{ "type": "model.status", … }`, and first `{ "type": "snapshot", "models": [ModelStatusEvent…] }`. */
+const encodeEvent = (event: ModelEvent | { readonly snapshot: ReadonlyArray<ModelStatusEvent> }): string => {
+  if ("snapshot" in event) {
+    return JSON.stringify({ type: "snapshot", models: event.snapshot.map(({ _tag, ...rest }) => rest) })
+  }
+  const { _tag, ...rest } = event
+  return JSON.stringify({ type: _tag, ...rest })
+}
+
+/**
+ * Which events a socket forwards. Admins (`admin:models`) see everything. A user sees the
+ * models they may pick, and hears once when one of those stops being theirs to pick
+ * (disabled, removed), so a client never keeps a stale entry; nothing else.
+ */
+const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
+  if (actor.can("admin:models")) return (_event: ModelEvent) => true
+  const known = new Set(initial.map((event) => event.modelId))
+  return (event: ModelEvent): boolean => {
+    switch (event._tag) {
+      case "model.status":
+        if (event.usable) {
+          known.add(event.modelId)
+          return true
+        }
+        return known.delete(event.modelId)
+      case "model.removed":
+        return known.delete(event.modelId)
+      case "model.pull":
+        return false
+    }
+  }
+}
+
+export class ModelEvents extends Effect.Service<ModelEvents>()("Models/ModelEvents", {
+  scoped: Effect.gen(function*() {
+    // Unbounded hub: publishing never waits on a subscriber; each socket bounds itself instead.
+    const hub = yield* Effect.acquireRelease(PubSub.unbounded<ModelEvent>(), PubSub.shutdown)
+    const sockets = yield* Ref.make(HashMap.empty<UserId, number>())
+    return {
+      publish: (event: ModelEvent) => Effect.asVoid(PubSub.publish(hub, event)),
+      subscribe: PubSub.subscribe(hub),
+      /** Holds one of `limit` socket slots of the user for the scope; false when none is left. */
+      acquireSlot: (userId: UserId, limit: number) =>
+        Effect.acquireRelease(
+          Ref.modify(sockets, (counts) => {
+            const held = Option.getOrElse(HashMap.get(counts, userId), () => 0)
+            return held >= limit ? [false, counts] : [true, HashMap.set(counts, userId, held + 1)]
+          }),
+          (acquired) =>
+            acquired
+              ? Ref.update(sockets, (counts) => {
+                const held = Option.getOrElse(HashMap.get(counts, userId), () => 1) - 1
+                return held <= 0 ? HashMap.remove(counts, userId) : HashMap.set(counts, userId, held)
+              })
+              : Effect.void
+        )
+    } as const
+  })
+}) {}
+
+/** The API's one error body, for refusals before the upgrade. */
+const errorResponse = (error: Unauthorized | Forbidden | RateLimited, status: number) =>
+  HttpServerResponse.unsafeJson(
+    {
+      _tag: error._tag,
+      message: error.message,
+      ...(error._tag === "RateLimited" ? { retryAfterSeconds: error.retryAfterSeconds } : {})
+    },
+    {
+      status,
+      headers: error._tag === "RateLimited" ? { "retry-after": String(error.retryAfterSeconds) } : {}
+    }
+  )
+
+/** Events waiting for one socket's turn; beyond this the socket cannot keep up and is dropped. */
+const maxPendingEvents = 10_000
+
+const credentialOf = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
+  const bearer = /^Bearer\s+(.+)$/i.exec(request.headers.authorization ?? "")?.[1]
+  if (bearer) return bearer
+  const apiKey = request.headers["x-api-key"]
+  if (apiKey) return apiKey
+  const query = new URL(request.url, "http://localhost").searchParams.get("access_token")
+  if (query) return query
+  const protocols = (request.headers["sec-websocket-protocol"] ?? "").split(",").map((item) => item.trim())
+  const index = protocols.indexOf("webplus.bearer")
+  return index >= 0 ? protocols[index + 1] : undefined
+}
+
+/**
+ * The events route, beside the HTTP API. `snapshot` is the current state the
+ * actor may see, sent before anything else.
+ */
+export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyArray<ModelStatusEvent>>) =>
+  HttpApiBuilder.Router.use((router) =>
+    Effect.gen(function*() {
+      const auth = yield* Auth
+      const events = yield* ModelEvents
+      const { events: settings } = yield* AppConfig
+      yield* router.get(
+        eventsPath,
+        Effect.gen(function*() {
+          const request = yield* HttpServerRequest.HttpServerRequest
+          if ((request.headers.upgrade ?? "").toLowerCase() !== "websocket") {
+            return HttpServerResponse.unsafeJson(
+              { _tag: "UpgradeRequired", message: "This endpoint speaks WebSocket only" },
+              { status: 426, headers: { upgrade: "websocket", connection: "Upgrade" } }
+            )
+          }
+          const credential = credentialOf(request)
+          if (credential === undefined) {
+            return errorResponse(new Unauthorized({ message: "Missing credentials" }), 401)
+          }
+          const authenticated = yield* Effect.either(auth.authenticate(Redacted.make(credential)))
+          if (authenticated._tag === "Left") return errorResponse(authenticated.left, 401)
+          const actor = authenticated.right
+          if (!actor.can("models:read")) {
+            return errorResponse(new Forbidden({ message: "This requires the \"models:read\" permission" }), 403)
+          }
+          if (!(yield* events.acquireSlot(actor.userId, settings.maxSocketsPerUser))) {
+            return errorResponse(
+              new RateLimited({ message: "Too many event sockets open for this user", retryAfterSeconds: 5 }),
+              429
+            )
+          }
+          // Subscribed before the snapshot is read, so no change falls between the two.
+          const subscription = yield* events.subscribe
+          const initial = yield* snapshot(actor)
+          const raw = NodeHttpServerRequest.toIncomingMessage(request).socket
+          const socket = yield* request.upgrade
+          const write = yield* socket.writer
+          const visible = visibleTo(actor, initial)
+          const tooSlow = () => raw.writableLength > settings.socketBufferBytes
+          // A client that does not read would never take a closing handshake either: cut it.
+          const send = (text: string): Effect.Effect<void, "slow" | Socket.SocketError> =>
+            tooSlow()
+              ? Effect.zipRight(
+                Effect.sync(() => raw.destroy()),
+                Effect.fail("slow" as const)
+              )
+              : write(text)
+          const pump = Effect.gen(function*() {
+            yield* send(encodeEvent({ snapshot: initial }))
+            while (true) {
+              if ((yield* Queue.size(subscription)) > maxPendingEvents) {
+                return yield* Effect.zipRight(Effect.sync(() => raw.destroy()), Effect.fail("slow" as const))
+              }
+              const batch = yield* Queue.takeBetween(subscription, 1, 64)
+              for (const event of batch) if (visible(event)) yield* send(encodeEvent(event))
+            }
+          })
+          // Each heartbeat also checks the credential again: a signed-out, disabled or erased user,
+          // a revoked key or an expired token ends the socket (the client reconnects with a fresh one).
+          const stillValid = Effect.flatMap(
+            Effect.either(auth.authenticate(Redacted.make(credential))),
+            (result) =>
+              result._tag === "Right"
+                ? Effect.void
+                : Effect.zipRight(
+                  Effect.ignore(write(new Socket.CloseEvent(1008, "Credentials expired or revoked"))),
+                  Effect.fail("unauthorized" as const)
+                )
+          )
+          const heartbeat = Effect.repeat(
+            Effect.zipRight(stillValid, Effect.suspend(() => send(JSON.stringify({ type: "ping" })))),
+            Schedule.spaced(settings.heartbeat)
+          ).pipe(Effect.delay(settings.heartbeat))
+          const pumping = yield* Effect.fork(Effect.raceFirst(pump, heartbeat))
+          // Incoming messages are ignored; this ends when the client goes away.
+          yield* socket.runRaw(() => Effect.void).pipe(
+            Effect.raceFirst(Fiber.join(pumping)),
+            Effect.ignore
+          )
+          yield* Fiber.interrupt(pumping)
+          return HttpServerResponse.empty()
+        }).pipe(Effect.scoped)
+      )
+    })
+  )

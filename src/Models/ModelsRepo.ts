@@ -1,0 +1,77 @@
+import { Model, SqlClient, SqlSchema } from "@effect/sql"
+import { DateTime, Effect, Schema } from "effect"
+import { type LlmModelId, ProviderId } from "../Domain/Ids.js"
+import { LlmModel, ModelStatus } from "../Domain/Model.js"
+
+export const ModelFilter = Schema.Struct({
+  status: Schema.NullOr(ModelStatus),
+  providerId: Schema.NullOr(ProviderId),
+  /** Only enabled models of enabled providers: what a user may pick. */
+  usableOnly: Schema.Boolean
+})
+export type ModelFilter = typeof ModelFilter.Type
+
+export class ModelsRepo extends Effect.Service<ModelsRepo>()("Models/ModelsRepo", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const repo = yield* Model.makeRepository(LlmModel, {
+      tableName: "llm_models",
+      spanPrefix: "ModelsRepo",
+      idColumn: "id"
+    })
+
+    const list = SqlSchema.findAll({
+      Request: ModelFilter,
+      Result: LlmModel,
+      execute: ({ providerId, status, usableOnly }) => {
+        const conditions = [
+          ...(status !== null ? [sql`llm_models.status = ${status}`] : []),
+          ...(providerId !== null ? [sql`llm_models.provider_id = ${providerId}`] : []),
+          ...(usableOnly ? [sql`llm_models.enabled`, sql`providers.enabled`] : [])
+        ]
+        return sql`
+          SELECT llm_models.* FROM llm_models JOIN providers ON providers.id = llm_models.provider_id
+          ${conditions.length > 0 ? sql`WHERE ${sql.and(conditions)}` : sql``}
+          ORDER BY providers.name, llm_models.display_name, llm_models.id`
+      }
+    })
+
+    const findByProviderModel = SqlSchema.findOne({
+      Request: Schema.Struct({ providerId: ProviderId, providerModel: Schema.String }),
+      Result: LlmModel,
+      execute: ({ providerId, providerModel }) =>
+        sql`SELECT * FROM llm_models WHERE provider_id = ${providerId} AND provider_model = ${providerModel}`
+    })
+
+    const setStatus = (id: LlmModelId, fields: Record<string, unknown>) =>
+      Effect.flatMap(
+        DateTime.now,
+        (now) =>
+          sql`UPDATE llm_models SET ${sql.update({ ...fields, updatedAt: DateTime.formatIso(now) })} WHERE id = ${id}`
+      )
+
+    const failInterrupted = (message: string) =>
+      Effect.flatMap(
+        DateTime.now,
+        (now) =>
+          sql`UPDATE llm_models SET ${
+            sql.update({ status: "error", statusMessage: message, updatedAt: DateTime.formatIso(now) })
+          } WHERE status = 'loading'`
+      )
+
+    return {
+      failInterrupted: (message: string) => Effect.orDie(Effect.asVoid(failInterrupted(message))),
+      insert: (model: typeof LlmModel.insert.Type) => Effect.orDie(repo.insert(model)),
+      update: (model: typeof LlmModel.update.Type) => Effect.orDie(repo.update(model)),
+      findById: (id: LlmModelId) => Effect.orDie(repo.findById(id)),
+      delete: (id: LlmModelId) => Effect.orDie(repo.delete(id)),
+      list: (filter: ModelFilter) => Effect.orDie(list(filter)),
+      findByProviderModel: (providerId: ProviderId, providerModel: string) =>
+        Effect.orDie(findByProviderModel({ providerId, providerModel })),
+      setStatus: (id: LlmModelId, status: ModelStatus, statusMessage: string | null, enabled?: boolean) =>
+        Effect.orDie(
+          setStatus(id, { status, statusMessage, ...(enabled !== undefined ? { enabled: enabled ? 1 : 0 } : {}) })
+        )
+    } as const
+  })
+}) {}

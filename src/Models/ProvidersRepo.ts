@@ -1,0 +1,61 @@
+import { Model, SqlClient, SqlSchema } from "@effect/sql"
+import { DateTime, Effect, Schema } from "effect"
+import { type ProviderId } from "../Domain/Ids.js"
+import { Provider, ProviderKind } from "../Domain/Model.js"
+
+export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/ProvidersRepo", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const repo = yield* Model.makeRepository(Provider, {
+      tableName: "providers",
+      spanPrefix: "ProvidersRepo",
+      idColumn: "id"
+    })
+
+    const list = SqlSchema.findAll({
+      Request: Schema.Void,
+      Result: Provider,
+      execute: () => sql`SELECT * FROM providers ORDER BY name, id`
+    })
+
+    const findByName = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: Provider,
+      execute: (name) => sql`SELECT * FROM providers WHERE name = ${name}`
+    })
+
+    const findFromEnvironment = SqlSchema.findOne({
+      Request: ProviderKind,
+      Result: Provider,
+      execute: (kind) => sql`SELECT * FROM providers WHERE source = 'environment' AND kind = ${kind}`
+    })
+
+    const withCredential = SqlSchema.findAll({
+      Request: Schema.Void,
+      Result: Provider,
+      execute: () => sql`SELECT * FROM providers WHERE credential_ciphertext IS NOT NULL ORDER BY id`
+    })
+
+    const setCredential = (id: ProviderId, ciphertext: string, keyId: string) =>
+      Effect.flatMap(
+        DateTime.now,
+        (now) =>
+          sql`UPDATE providers SET ${
+            sql.update({ credentialCiphertext: ciphertext, credentialKeyId: keyId, updatedAt: DateTime.formatIso(now) })
+          } WHERE id = ${id}`
+      )
+
+    return {
+      insert: (provider: typeof Provider.insert.Type) => Effect.orDie(repo.insert(provider)),
+      update: (provider: typeof Provider.update.Type) => Effect.orDie(repo.update(provider)),
+      findById: (id: ProviderId) => Effect.orDie(repo.findById(id)),
+      delete: (id: ProviderId) => Effect.orDie(repo.delete(id)),
+      list: Effect.orDie(list()),
+      findByName: (name: string) => Effect.orDie(findByName(name)),
+      findFromEnvironment: (kind: ProviderKind) => Effect.orDie(findFromEnvironment(kind)),
+      withCredential: Effect.orDie(withCredential()),
+      setCredential: (id: ProviderId, ciphertext: string, keyId: string) =>
+        Effect.orDie(setCredential(id, ciphertext, keyId))
+    } as const
+  })
+}) {}

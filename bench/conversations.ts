@@ -47,6 +47,8 @@ import { Actor, CurrentActor } from "../src/Domain/Actor.js"
 import { ConversationId, MessageId, UserId } from "../src/Domain/Ids.js"
 import { BuiltinRoles } from "../src/Domain/User.js"
 import { runMigrations } from "../src/Migrations.js"
+import { ModelConfigsRepo } from "../src/Models/ModelConfigsRepo.js"
+import { ModelsRepo } from "../src/Models/ModelsRepo.js"
 import { type Dialect, dialectOf } from "../src/Sql.js"
 import { freshDirectory, freshPgDatabase, pgClientFor, sqliteClientFor } from "../test/fixtures/Database.js"
 
@@ -923,7 +925,9 @@ const servicesOn = (dialect: Dialect) => {
       : Effect.map(freshDirectory, sqliteClientFor)
   ).pipe(Layer.orDie)
   return Conversations.Default.pipe(
-    Layer.provideMerge(Layer.mergeAll(ConversationRepo.Default, SearchRepo.Default)),
+    Layer.provideMerge(
+      Layer.mergeAll(ConversationRepo.Default, SearchRepo.Default, ModelsRepo.Default, ModelConfigsRepo.Default)
+    ),
     Layer.provideMerge(client)
   )
 }

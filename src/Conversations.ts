@@ -48,11 +48,15 @@ import type { JsonObject } from "./Domain/Fields.js"
 import {
   type ConversationId,
   generateUuid,
+  type LlmModelId,
   type MessageId,
   MessageId as MessageIdSchema,
+  type ModelConfigId,
   type ThreadId
 } from "./Domain/Ids.js"
 import { cursorOf, decodeCursor, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
+import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
+import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { inTransaction } from "./Sql.js"
 
 // The views below are built from rows the repositories have already decoded: `true` skips checking them twice.
@@ -169,6 +173,8 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
     const sql = yield* SqlClient.SqlClient
     const repo = yield* ConversationRepo
     const searchRepo = yield* SearchRepo
+    const models = yield* ModelsRepo
+    const configs = yield* ModelConfigsRepo
     const transaction = inTransaction(sql)
 
     const readable = requirePermission("conversations:read")
@@ -198,16 +204,20 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         }))
       )
 
+    /** A default model must be one users may pick (enabled, of an enabled provider); a preset, global or the actor's. */
     const checkReferences = (
       actor: Actor,
-      fields: { readonly modelId?: string | null | undefined; readonly modelConfigId?: string | null | undefined }
+      fields: {
+        readonly modelId?: LlmModelId | null | undefined
+        readonly modelConfigId?: ModelConfigId | null | undefined
+      }
     ) =>
       Effect.gen(function*() {
         const issues: Array<FieldIssue> = []
-        if (fields.modelId && !(yield* repo.modelExists(fields.modelId))) {
+        if (fields.modelId && Option.isNone(yield* models.findUsable(fields.modelId))) {
           issues.push(new FieldIssue({ path: ["modelId"], message: "No such model" }))
         }
-        if (fields.modelConfigId && !(yield* repo.modelConfigUsable(actor.userId, fields.modelConfigId))) {
+        if (fields.modelConfigId && Option.isNone(yield* configs.findVisible(fields.modelConfigId, actor.userId))) {
           issues.push(new FieldIssue({ path: ["modelConfigId"], message: "No such model config" }))
         }
         if (issues.length > 0) return yield* new ValidationError({ message: "Unknown references", issues })

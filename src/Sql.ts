@@ -44,6 +44,14 @@ export const sqliteLayer = (filename: string) =>
  */
 const pgTypeOids = { bool: 16, int8: 20, json: 114, timestamp: 1114, timestamptz: 1184, jsonb: 3802 } as const
 
+/** `2026-01-02 03:04:05.678+00` (sessions speak UTC) as `2026-01-02T03:04:05.678Z`, without a `Date` in between. */
+const pgUtcTimestamp = /^(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?(?:\+00)?$/
+
+const isoFromPg = (value: string): string | undefined => {
+  const match = pgUtcTimestamp.exec(value)
+  return match === null ? undefined : `${match[1]}T${match[2]}.${(match[3] ?? "").padEnd(3, "0").slice(0, 3)}Z`
+}
+
 const pgTypes: Pg.CustomTypesConfig = {
   getTypeParser: ((oid: number, format?: "text" | "binary") => {
     switch (oid) {
@@ -57,7 +65,7 @@ const pgTypes: Pg.CustomTypesConfig = {
       case pgTypeOids.timestamp:
       case pgTypeOids.timestamptz: {
         const parse = Pg.types.getTypeParser(oid, "text") as (value: string) => Date
-        return (value: string) => parse(value).toISOString()
+        return (value: string) => isoFromPg(value) ?? parse(value).toISOString()
       }
       default:
         return Pg.types.getTypeParser(oid, format)

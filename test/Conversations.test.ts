@@ -18,8 +18,11 @@ import { SearchRepo } from "../src/Conversations/SearchRepo.js"
 import { Actor, CurrentActor } from "../src/Domain/Actor.js"
 import { generateUuid, UserId } from "../src/Domain/Ids.js"
 import { BuiltinRoles } from "../src/Domain/User.js"
+import { ModelConfigsRepo } from "../src/Models/ModelConfigsRepo.js"
+import { ModelsRepo } from "../src/Models/ModelsRepo.js"
 import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
+import { fakeProvider } from "./fixtures/Providers.js"
 import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
 
 const expectStatus = (reply: Reply, status: number) => {
@@ -128,6 +131,29 @@ for (const dialect of dialects) {
           const foreign = yield* api(other).post("/api/v1/conversations", { modelConfigId: configId })
           expect(expectStatus(foreign, 422).issues[0].path).toEqual(["modelConfigId"])
           expect(expectStatus(yield* api(alice).patch(path, { modelConfigId: null }), 200).modelConfigId).toBeNull()
+        }))
+
+      it.scoped("take as default model only one users may pick from the registry", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const admin = yield* Other
+          const ollama = yield* fakeProvider("ollama", [{ name: "llama3.2:1b" }, { name: "qwen3:4b" }])
+          const provider = expectStatus(
+            yield* api(admin).post("/api/v1/providers", {
+              name: `loopback-${Math.random().toString(36).slice(2)}`,
+              kind: "ollama",
+              baseUrl: ollama.url
+            }),
+            201
+          )
+          const synced = expectStatus(yield* api(admin).post(`/api/v1/providers/${provider.id}/sync`), 200)
+          const [usable, disabled] = synced.models.map((model: { id: string }) => model.id)
+          expectStatus(yield* api(admin).patch(`/api/v1/models/${disabled}`, { enabled: false }), 200)
+          const created = yield* createConversation(alice, { modelId: usable })
+          expect(created.modelId).toBe(usable)
+          const refused = yield* api(alice).patch(`/api/v1/conversations/${created.id}`, { modelId: disabled })
+          expect(expectStatus(refused, 422).issues).toEqual([{ path: ["modelId"], message: "No such model" }])
+          expect(expectStatus(yield* api(alice).get(`/api/v1/conversations/${created.id}`), 200).modelId).toBe(usable)
         }))
 
       it.effect("list pinned first, then newest-updated, with message counts and the last message's preview", () =>
@@ -759,7 +785,10 @@ for (const dialect of dialects) {
             Effect.flatMap(Conversations, (service) =>
               service.importConversation(decoded)).pipe(
                 Effect.provide(
-                  Conversations.Default.pipe(Layer.provide(failingRepo), Layer.provide(SearchRepo.Default))
+                  Conversations.Default.pipe(
+                    Layer.provide(failingRepo),
+                    Layer.provide(Layer.mergeAll(SearchRepo.Default, ModelsRepo.Default, ModelConfigsRepo.Default))
+                  )
                 ),
                 Effect.provideService(CurrentActor, actor),
                 Effect.exit

@@ -401,19 +401,7 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
         )),
       deleteThread: (id: ThreadId) => Effect.orDie(sql`DELETE FROM threads WHERE id = ${id}`),
       allMessages: (conversationId: ConversationId) => Effect.orDie(allMessages(conversationId)),
-      allThreads: (conversationId: ConversationId) => Effect.orDie(allThreads(conversationId)),
-      /** Whether a model config may be used by `userId`: a global one or their own. */
-      modelConfigUsable: (userId: UserId, id: string) =>
-        Effect.orDie(Effect.map(
-          sql<
-            { id: string }
-          >`SELECT id FROM model_configs WHERE id = ${id} AND (owner_id IS NULL OR owner_id = ${userId})`,
-          (rows) => rows.length > 0
-        )),
-      modelExists: (id: string) =>
-        Effect.orDie(
-          Effect.map(sql<{ id: string }>`SELECT id FROM llm_models WHERE id = ${id}`, (rows) => rows.length > 0)
-        )
+      allThreads: (conversationId: ConversationId) => Effect.orDie(allThreads(conversationId))
     } as const
   })
 }) {}

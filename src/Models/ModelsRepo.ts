@@ -20,6 +20,11 @@ export class ModelsRepo extends Effect.Service<ModelsRepo>()("Models/ModelsRepo"
       idColumn: "id"
     })
 
+    /** What a user may pick: an enabled model of an enabled provider. */
+    const usable = sql`llm_models.enabled AND providers.enabled`
+    const withProvider =
+      sql`SELECT llm_models.* FROM llm_models JOIN providers ON providers.id = llm_models.provider_id`
+
     const list = SqlSchema.findAll({
       Request: ModelFilter,
       Result: LlmModel,
@@ -27,13 +32,19 @@ export class ModelsRepo extends Effect.Service<ModelsRepo>()("Models/ModelsRepo"
         const conditions = [
           ...(status !== null ? [sql`llm_models.status = ${status}`] : []),
           ...(providerId !== null ? [sql`llm_models.provider_id = ${providerId}`] : []),
-          ...(usableOnly ? [sql`llm_models.enabled`, sql`providers.enabled`] : [])
+          ...(usableOnly ? [usable] : [])
         ]
         return sql`
-          SELECT llm_models.* FROM llm_models JOIN providers ON providers.id = llm_models.provider_id
+          ${withProvider}
           ${conditions.length > 0 ? sql`WHERE ${sql.and(conditions)}` : sql``}
           ORDER BY providers.name, llm_models.display_name, llm_models.id`
       }
+    })
+
+    const findUsable = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: LlmModel,
+      execute: (id) => sql`${withProvider} WHERE llm_models.id = ${id} AND ${usable}`
     })
 
     const findByProviderModel = SqlSchema.findOne({
@@ -64,6 +75,8 @@ export class ModelsRepo extends Effect.Service<ModelsRepo>()("Models/ModelsRepo"
       insert: (model: typeof LlmModel.insert.Type) => Effect.orDie(repo.insert(model)),
       update: (model: typeof LlmModel.update.Type) => Effect.orDie(repo.update(model)),
       findById: (id: LlmModelId) => Effect.orDie(repo.findById(id)),
+      /** The model, if a user may pick it (enabled, of an enabled provider). */
+      findUsable: (id: LlmModelId) => Effect.orDie(findUsable(id)),
       delete: (id: LlmModelId) => Effect.orDie(repo.delete(id)),
       list: (filter: ModelFilter) => Effect.orDie(list(filter)),
       findByProviderModel: (providerId: ProviderId, providerModel: string) =>

@@ -315,7 +315,10 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
 
     // --- the message tree
 
-    const messagePosition = (row: MessageRow) => ({ at: DateTime.formatIso(row.createdAt), id: row.id })
+    const messagePosition = (row: { readonly id: MessageId; readonly createdAt: DateTime.Utc }) => ({
+      at: DateTime.formatIso(row.createdAt),
+      id: row.id
+    })
 
     const listMessages = (
       id: ConversationId,
@@ -334,7 +337,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
           const page = toPage(rows, limit, messagePosition)
           return new MessageList({
             currentLeafId: conversation.currentLeafId,
-            items: page.items.map(toMessageView),
+            items: page.items,
             nextCursor: page.nextCursor
           }, true)
         }
@@ -347,7 +350,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         const more = query.limit !== undefined && rows.length > query.limit
         return new MessageList({
           currentLeafId: conversation.currentLeafId,
-          items: (more ? rows.slice(1) : rows).map(toMessageView),
+          items: more ? rows.slice(1) : rows,
           nextCursor: more ? branchCursor.encode({ from: rows[0]!.id }) : null
         }, true)
       }).pipe(Effect.withSpan("Conversations.listMessages"))
@@ -525,7 +528,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         const limit = page.limit ?? defaultLimit
         const rows = yield* repo.threadMessagesPage(threadId, yield* decodeCursor(page.cursor), limit)
         const result = toPage(rows, limit, messagePosition)
-        return { items: result.items.map(toMessageView), nextCursor: result.nextCursor }
+        return { items: result.items, nextCursor: result.nextCursor }
       }).pipe(Effect.withSpan("Conversations.listThreadMessages"))
 
     const appendThreadMessage = (id: ConversationId, threadId: ThreadId, payload: AppendThreadMessagePayload) =>

@@ -6,16 +6,17 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
 import { Cause, Context, Effect, Exit, Layer, Schema } from "effect"
-import { Conversations } from "../src/Conversations.js"
+import { Conversations, toMessageView } from "../src/Conversations.js"
 import { ConversationExport } from "../src/Conversations/Api.js"
 import {
   ConversationRepo,
   MessageRow,
-  readMessageRow,
+  readMessage,
   type StoredMessageRow
 } from "../src/Conversations/ConversationRepo.js"
 import { SearchRepo } from "../src/Conversations/SearchRepo.js"
 import { Actor, CurrentActor } from "../src/Domain/Actor.js"
+import { MessageView } from "../src/Domain/Conversation.js"
 import { generateUuid, UserId } from "../src/Domain/Ids.js"
 import { BuiltinRoles } from "../src/Domain/User.js"
 import { ModelConfigsRepo } from "../src/Models/ModelConfigsRepo.js"
@@ -469,12 +470,12 @@ for (const dialect of dialects) {
             return { stored: yield* query(sql.withoutTransforms()), transformed: yield* query(sql) }
           }))
           expect(rows.stored).toHaveLength(2)
-          const encode = Schema.encodeSync(MessageRow)
+          const encode = Schema.encodeSync(MessageView)
           rows.stored.forEach((row, index) => {
             const decoded = Schema.decodeUnknownSync(MessageRow)(rows.transformed[index])
-            expect(encode(readMessageRow(row))).toEqual(encode(decoded))
+            expect(encode(readMessage(row))).toEqual(encode(toMessageView(decoded)))
           })
-          expect(readMessageRow(rows.stored[1]!)).toMatchObject({
+          expect(readMessage(rows.stored[1]!)).toMatchObject({
             modelName: "llama3",
             toolCalls: [{ name: "lookup" }]
           })

@@ -10,7 +10,15 @@
  */
 import { SqlClient, SqlSchema } from "@effect/sql"
 import { DateTime, Effect, Option, Schema } from "effect"
-import { Conversation, Message, MessageRole, MessageStatus, Thread, ToolCall } from "../Domain/Conversation.js"
+import {
+  Conversation,
+  Message,
+  MessageRole,
+  MessageStatus,
+  MessageView,
+  Thread,
+  ToolCall
+} from "../Domain/Conversation.js"
 import { NonNegativeInt } from "../Domain/Fields.js"
 import type { ConversationId, LlmModelId, MessageId, ThreadId, UserId } from "../Domain/Ids.js"
 import { dialectOf } from "../Sql.js"
@@ -57,36 +65,39 @@ export interface StoredMessageRow {
 }
 
 /**
- * Reads a stored message row without a schema pass. Long lists (a branch of a thousand
+ * Reads a stored message row as the API shows it, without a schema pass. Long lists (a branch of a thousand
  * messages, a page of the tree) spend most of their time decoding rows field by field
  * (about 10 µs a row); these rows are the server's own, written through the `Message`
  * schema and held to it by the database's constraints. They are read without the client's
  * name transforms too (another pass over every field). The tests check that this reader and
  * `MessageRow` agree.
  */
-export const readMessageRow = (row: StoredMessageRow): MessageRow => ({
-  id: row.id as MessageId,
-  conversationId: row.conversation_id as ConversationId,
-  parentId: row.parent_id as MessageId | null,
-  threadId: row.thread_id as ThreadId | null,
-  role: row.role as MessageRole,
-  content: row.content,
-  status: row.status as MessageStatus,
-  modelId: row.model_id as LlmModelId | null,
-  modelName: row.model_name,
-  promptTokens: row.prompt_tokens,
-  completionTokens: row.completion_tokens,
-  toolCalls: (JSON.parse(row.tool_calls) as Array<ToolCall>).map((call) => new ToolCall(call, true)),
-  metadata: JSON.parse(row.metadata),
-  editedFromId: row.edited_from_id as MessageId | null,
-  deletedAt: row.deleted_at === null ? Option.none() : Option.some(DateTime.unsafeMake(row.deleted_at)),
-  createdAt: DateTime.unsafeMake(row.created_at),
-  updatedAt: DateTime.unsafeMake(row.updated_at),
-  siblingIndex: Number(row.sibling_index),
-  siblingCount: Number(row.sibling_count)
-})
+export const readMessage = (row: StoredMessageRow): MessageView =>
+  new MessageView({
+    id: row.id as MessageId,
+    conversationId: row.conversation_id as ConversationId,
+    parentId: row.parent_id as MessageId | null,
+    threadId: row.thread_id as ThreadId | null,
+    role: row.role as MessageRole,
+    content: row.content,
+    status: row.status as MessageStatus,
+    modelId: row.model_id as LlmModelId | null,
+    modelName: row.model_name,
+    promptTokens: row.prompt_tokens,
+    completionTokens: row.completion_tokens,
+    toolCalls: row.tool_calls === "[]"
+      ? []
+      : (JSON.parse(row.tool_calls) as Array<ToolCall>).map((call) => new ToolCall(call, true)),
+    metadata: row.metadata === "{}" ? {} : JSON.parse(row.metadata),
+    editedFromId: row.edited_from_id as MessageId | null,
+    siblingIndex: Number(row.sibling_index),
+    // A thread message, or one read while its branch is being deleted, still counts itself.
+    siblingCount: Math.max(Number(row.sibling_count), 1),
+    createdAt: DateTime.unsafeMake(row.created_at),
+    updatedAt: DateTime.unsafeMake(row.updated_at)
+  }, true)
 
-const readMessageRows = (rows: ReadonlyArray<StoredMessageRow>) => rows.map(readMessageRow)
+const readMessages = (rows: ReadonlyArray<StoredMessageRow>) => rows.map(readMessage)
 
 export const ThreadRow = Schema.Struct({ ...Thread.fields, messageCount: NonNegativeInt })
 export type ThreadRow = typeof ThreadRow.Type
@@ -112,7 +123,7 @@ export const previewLength = 200
 export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conversations/ConversationRepo", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    /** The same client without the name transforms, for the rows `readMessageRow` reads. */
+    /** The same client without the name transforms, for the rows `readMessage` reads. */
     const raw = sql.withoutTransforms()
     const lockRow = sql.literal(dialectOf(sql) === "pg" ? "FOR UPDATE" : "")
     const now = Effect.map(DateTime.now, DateTime.formatIso)
@@ -367,9 +378,9 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
        * nearest the leaf, and the one above them if there is one (to continue from).
        */
       activeBranch: (conversationId: ConversationId, leafId: MessageId, limit?: number) =>
-        Effect.orDie(Effect.map(activeBranch(conversationId, leafId, limit), readMessageRows)),
+        Effect.orDie(Effect.map(activeBranch(conversationId, leafId, limit), readMessages)),
       treePage: (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
-        Effect.orDie(Effect.map(treePage(conversationId, after, limit + 1), readMessageRows)),
+        Effect.orDie(Effect.map(treePage(conversationId, after, limit + 1), readMessages)),
       findMessage: (conversationId: ConversationId, id: MessageId) => Effect.orDie(findMessage({ conversationId, id })),
       insertMessages: (rows: ReadonlyArray<typeof Message.insert.Type>) =>
         rows.length === 0 ? Effect.void : Effect.orDie(insertMessages(rows)),
@@ -393,7 +404,7 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
       threadsPage: (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
         Effect.orDie(Effect.flatMap(threadsPage(conversationId, after, limit + 1), decodeThreads)),
       threadMessagesPage: (threadId: ThreadId, after: Option.Option<MessagePosition>, limit: number) =>
-        Effect.orDie(Effect.map(threadMessagesPage(threadId, after, limit + 1), readMessageRows)),
+        Effect.orDie(Effect.map(threadMessagesPage(threadId, after, limit + 1), readMessages)),
       updateThread: (id: ThreadId, fields: Record<string, unknown>) =>
         Effect.orDie(Effect.flatMap(
           now,

@@ -57,7 +57,7 @@ import {
 import { cursorOf, decodeCursor, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
-import { inTransaction } from "./Sql.js"
+import { inTransaction, storedNow } from "./Sql.js"
 
 // The views below are built from rows the repositories have already decoded: `true` skips checking them twice.
 
@@ -293,8 +293,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         const actor = yield* writable
         yield* transaction(Effect.gen(function*() {
           yield* lockLive(actor, id)
-          const now = DateTime.formatIso(yield* DateTime.now)
-          yield* repo.updateConversation(id, { deletedAt: now }, false)
+          yield* repo.updateConversation(id, { deletedAt: yield* storedNow }, false)
         }))
       }).pipe(Effect.withSpan("Conversations.trash"))
 

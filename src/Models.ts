@@ -33,7 +33,7 @@ import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
 import { ProviderClients } from "./Providers.js"
 import type { LocalRuntime, ProviderClient, ProviderConnection } from "./Providers/Client.js"
-import { inTransaction, transactionLock } from "./Sql.js"
+import { inTransaction, storedNow, transactionLock } from "./Sql.js"
 
 export const toProviderView = (provider: Provider) =>
   new ProviderView({
@@ -165,7 +165,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
     // Background work (downloads) ends with the server.
     const background = yield* FiberSet.make()
 
-    const now = Effect.map(DateTime.now, DateTime.formatIso)
+    const now = storedNow
 
     /** Serialises the transactions that add a provider's models (sync, pull, by hand), so none adds one twice. */
     const lockModelsOf = (providerId: ProviderId) => transactionLock(sql, `models.${providerId}`)

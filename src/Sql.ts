@@ -10,7 +10,7 @@ import { FileSystem, Path } from "@effect/platform"
 import { SqlClient, SqlError } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { ConfigError, Duration, Effect, Layer, Option, Redacted, String } from "effect"
+import { ConfigError, DateTime, Duration, Effect, Layer, Option, Redacted, String } from "effect"
 import Pg from "pg"
 import { AppConfig, type DatabaseSettings } from "./Config.js"
 
@@ -106,6 +106,12 @@ export const pgLayer = (url: Redacted.Redacted<string>, settings: Omit<DatabaseS
       (pool) => Effect.promise(() => pool.end())
     )
   })
+
+/**
+ * The current time as timestamps are stored: ISO-8601 UTC text with milliseconds, from the
+ * Effect clock. Keyset cursors carry stored values back, so every write uses this one form.
+ */
+export const storedNow: Effect.Effect<string> = Effect.map(DateTime.now, DateTime.formatIso)
 
 /** The dialect a client speaks, for the few places where SQL must differ. */
 export const dialectOf = (sql: SqlClient.SqlClient): Dialect =>

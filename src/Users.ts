@@ -15,7 +15,7 @@ import { Conflict, FieldIssue, Forbidden, orNotFound, ValidationError } from "./
 import type { UserId } from "./Domain/Ids.js"
 import { decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { BuiltinRoles, type RoleName } from "./Domain/User.js"
-import { inTransaction, transactionLock } from "./Sql.js"
+import { inTransaction, storedNow, transactionLock } from "./Sql.js"
 import { Consent, type DeleteAccountPayload, PersonalDataExport, type UpdateConsentPayload } from "./Users/Api.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
 import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
@@ -164,7 +164,7 @@ export class Users extends Effect.Service<Users>()("Users", {
         const actor = yield* requireSession
         const user = yield* users.get(actor.userId)
         if (user.marketingConsent !== payload.marketingConsent) {
-          const at = DateTime.formatIso(yield* DateTime.now)
+          const at = yield* storedNow
           yield* users.setConsent(user.id, payload.marketingConsent, payload.marketingConsent ? at : null)
           yield* audit.record({
             action: "user.consent.updated",

@@ -2,6 +2,7 @@ import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { DateTime, Effect, Schema } from "effect"
 import { ApiKey } from "../Domain/Credentials.js"
 import { type ApiKeyId, UserId } from "../Domain/Ids.js"
+import { storedNow } from "../Sql.js"
 
 export class ApiKeysRepo extends Effect.Service<ApiKeysRepo>()("Auth/ApiKeysRepo", {
   effect: Effect.gen(function*() {
@@ -32,9 +33,8 @@ export class ApiKeysRepo extends Effect.Service<ApiKeysRepo>()("Auth/ApiKeysRepo
 
     const revoke = (id: ApiKeyId) =>
       Effect.flatMap(
-        DateTime.now,
-        (now) =>
-          sql`UPDATE api_keys SET revoked_at = ${DateTime.formatIso(now)} WHERE id = ${id} AND revoked_at IS NULL`
+        storedNow,
+        (now) => sql`UPDATE api_keys SET revoked_at = ${now} WHERE id = ${id} AND revoked_at IS NULL`
       )
 
     // Written at most once a minute per key: a key in heavy use must not turn every request into a write.

@@ -1,7 +1,8 @@
 import { Model, SqlClient, SqlSchema } from "@effect/sql"
-import { DateTime, Effect, Schema } from "effect"
+import { Effect, Schema } from "effect"
 import { Session } from "../Domain/Credentials.js"
 import type { SessionFamilyId, UserId } from "../Domain/Ids.js"
+import { storedNow } from "../Sql.js"
 
 export class SessionsRepo extends Effect.Service<SessionsRepo>()("Auth/SessionsRepo", {
   effect: Effect.gen(function*() {
@@ -18,7 +19,7 @@ export class SessionsRepo extends Effect.Service<SessionsRepo>()("Auth/SessionsR
       execute: (tokenHash) => sql`SELECT * FROM sessions WHERE token_hash = ${tokenHash}`
     })
 
-    const now = Effect.map(DateTime.now, DateTime.formatIso)
+    const now = storedNow
 
     /** Marks a session rotated, only if it was not already: false means someone else rotated it first. */
     const markRotated = (id: Session["id"]) =>
@@ -56,9 +57,9 @@ export class SessionsRepo extends Effect.Service<SessionsRepo>()("Auth/SessionsR
 
     /** Expired sessions are of no use to anyone (a presented expired token is refused either way). */
     const deleteExpired = Effect.flatMap(
-      DateTime.now,
+      storedNow,
       (now) =>
-        sql<{ id: string }>`DELETE FROM sessions WHERE expires_at < ${DateTime.formatIso(now)} RETURNING id`.pipe(
+        sql<{ id: string }>`DELETE FROM sessions WHERE expires_at < ${now} RETURNING id`.pipe(
           Effect.map((rows) => rows.length)
         )
     )

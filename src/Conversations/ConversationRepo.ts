@@ -21,7 +21,7 @@ import {
 } from "../Domain/Conversation.js"
 import { NonNegativeInt } from "../Domain/Fields.js"
 import type { ConversationId, LlmModelId, MessageId, ThreadId, UserId } from "../Domain/Ids.js"
-import { dialectOf } from "../Sql.js"
+import { dialectOf, storedNow } from "../Sql.js"
 
 /** A conversation with what its list item shows: the message count and the current leaf's preview. */
 export const ConversationSummaryRow = Schema.Struct({
@@ -126,7 +126,7 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
     /** The same client without the name transforms, for the rows `readMessage` reads. */
     const raw = sql.withoutTransforms()
     const lockRow = sql.literal(dialectOf(sql) === "pg" ? "FOR UPDATE" : "")
-    const now = Effect.map(DateTime.now, DateTime.formatIso)
+    const now = storedNow
     const flag = (value: boolean) => (value ? 1 : 0)
 
     const summaryColumns = sql`

@@ -1,7 +1,8 @@
 import { Model, SqlClient, SqlSchema } from "@effect/sql"
-import { DateTime, Effect, Schema } from "effect"
+import { Effect, Schema } from "effect"
 import { type LlmModelId, ProviderId } from "../Domain/Ids.js"
 import { LlmModel, ModelStatus } from "../Domain/Model.js"
+import { storedNow } from "../Sql.js"
 
 export const ModelFilter = Schema.Struct({
   status: Schema.NullOr(ModelStatus),
@@ -56,17 +57,16 @@ export class ModelsRepo extends Effect.Service<ModelsRepo>()("Models/ModelsRepo"
 
     const setStatus = (id: LlmModelId, fields: Record<string, unknown>) =>
       Effect.flatMap(
-        DateTime.now,
-        (now) =>
-          sql`UPDATE llm_models SET ${sql.update({ ...fields, updatedAt: DateTime.formatIso(now) })} WHERE id = ${id}`
+        storedNow,
+        (now) => sql`UPDATE llm_models SET ${sql.update({ ...fields, updatedAt: now })} WHERE id = ${id}`
       )
 
     const failInterrupted = (message: string) =>
       Effect.flatMap(
-        DateTime.now,
+        storedNow,
         (now) =>
           sql`UPDATE llm_models SET ${
-            sql.update({ status: "error", statusMessage: message, updatedAt: DateTime.formatIso(now) })
+            sql.update({ status: "error", statusMessage: message, updatedAt: now })
           } WHERE status = 'loading'`
       )
 

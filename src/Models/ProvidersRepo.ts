@@ -1,7 +1,8 @@
 import { Model, SqlClient, SqlSchema } from "@effect/sql"
-import { DateTime, Effect, Schema } from "effect"
+import { Effect, Schema } from "effect"
 import { type ProviderId } from "../Domain/Ids.js"
 import { Provider, ProviderKind } from "../Domain/Model.js"
+import { storedNow } from "../Sql.js"
 
 export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/ProvidersRepo", {
   effect: Effect.gen(function*() {
@@ -38,10 +39,10 @@ export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/Provi
 
     const setCredential = (id: ProviderId, ciphertext: string, keyId: string) =>
       Effect.flatMap(
-        DateTime.now,
+        storedNow,
         (now) =>
           sql`UPDATE providers SET ${
-            sql.update({ credentialCiphertext: ciphertext, credentialKeyId: keyId, updatedAt: DateTime.formatIso(now) })
+            sql.update({ credentialCiphertext: ciphertext, credentialKeyId: keyId, updatedAt: now })
           } WHERE id = ${id}`
       )
 

@@ -1,9 +1,10 @@
 import { Model, SqlClient, SqlSchema } from "@effect/sql"
-import { DateTime, Effect, type Option, Schema } from "effect"
+import { Effect, type Option, Schema } from "effect"
 import type { RoleId } from "../Domain/Ids.js"
 import { UserId } from "../Domain/Ids.js"
 import { Position } from "../Domain/Pagination.js"
 import { Role, RoleName, User } from "../Domain/User.js"
+import { storedNow } from "../Sql.js"
 
 /** A user with what authentication needs to know about their role. */
 export const UserWithRole = Schema.Struct({
@@ -89,7 +90,7 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
 
     const touch = (id: UserId, fields: Record<string, unknown>) =>
       Effect.gen(function*() {
-        const now = DateTime.formatIso(yield* DateTime.now)
+        const now = yield* storedNow
         yield* sql`UPDATE users SET ${sql.update({ ...fields, updatedAt: now })} WHERE id = ${id}`
       })
 
@@ -111,10 +112,7 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
         Effect.orDie(touch(id, { marketingConsent: marketingConsent ? 1 : 0, marketingConsentAt: at })),
       recordLogin: (id: UserId) =>
         Effect.orDie(
-          Effect.flatMap(
-            DateTime.now,
-            (now) => touch(id, { lastLoginAt: DateTime.formatIso(now), failedLoginCount: 0 })
-          )
+          Effect.flatMap(storedNow, (now) => touch(id, { lastLoginAt: now, failedLoginCount: 0 }))
         ),
       recordFailedLogin: (id: UserId) =>
         Effect.orDie(sql`UPDATE users SET failed_login_count = failed_login_count + 1 WHERE id = ${id}`),

@@ -27,7 +27,6 @@ import {
   ConversationRepo,
   type ConversationSummaryRow,
   type ListState,
-  type MessageRow,
   type ThreadRow
 } from "./Conversations/ConversationRepo.js"
 import { exportDocument } from "./Conversations/Export.js"
@@ -39,7 +38,6 @@ import {
   LastMessage,
   Message,
   type MessageRole,
-  MessageView,
   Thread,
   ThreadView
 } from "./Domain/Conversation.js"
@@ -82,28 +80,6 @@ export const toConversationView = (row: ConversationSummaryRow) =>
         createdAt: row.lastCreatedAt
       }, true)
       : null,
-    createdAt: row.createdAt,
-    updatedAt: row.updatedAt
-  }, true)
-
-export const toMessageView = (row: MessageRow) =>
-  new MessageView({
-    id: row.id,
-    conversationId: row.conversationId,
-    parentId: row.parentId,
-    threadId: row.threadId,
-    role: row.role,
-    content: row.content,
-    status: row.status,
-    modelId: row.modelId,
-    modelName: row.modelName,
-    promptTokens: row.promptTokens,
-    completionTokens: row.completionTokens,
-    toolCalls: row.toolCalls,
-    metadata: row.metadata,
-    editedFromId: row.editedFromId,
-    siblingIndex: row.siblingIndex,
-    siblingCount: Math.max(row.siblingCount, 1),
     createdAt: row.createdAt,
     updatedAt: row.updatedAt
   }, true)
@@ -361,8 +337,12 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       Effect.gen(function*() {
         const actor = yield* readable
         yield* findOwn(actor, id)
-        return toMessageView(yield* repo.findMessage(id, messageId).pipe(orNotFound("No such message")))
+        return yield* repo.findMessage(id, messageId).pipe(orNotFound("No such message"))
       }).pipe(Effect.withSpan("Conversations.getMessage"))
+
+    /** A message this request has just written. */
+    const readBack = (id: ConversationId, messageId: MessageId) =>
+      repo.findMessage(id, messageId).pipe(Effect.flatten, Effect.orDie)
 
     /** Inserts `message` as the new leaf of the locked conversation `id`. */
     const addLeaf = (id: ConversationId, messageId: MessageId, message: typeof Message.insert.Type) =>
@@ -392,7 +372,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
             })
           )
         }))
-        return toMessageView(yield* repo.findMessage(id, messageId).pipe(Effect.flatten, Effect.orDie))
+        return yield* readBack(id, messageId)
       }).pipe(Effect.withSpan("Conversations.appendMessage"))
 
     const editMessage = (id: ConversationId, messageId: MessageId, payload: EditMessagePayload) =>
@@ -418,7 +398,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
             })
           )
         }))
-        return toMessageView(yield* repo.findMessage(id, editId).pipe(Effect.flatten, Effect.orDie))
+        return yield* readBack(id, editId)
       }).pipe(Effect.withSpan("Conversations.editMessage"))
 
     const deleteMessage = (id: ConversationId, messageId: MessageId) =>
@@ -550,7 +530,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
           yield* repo.touchConversation(id)
           return messageId
         }))
-        return toMessageView(yield* repo.findMessage(id, messageId).pipe(Effect.flatten, Effect.orDie))
+        return yield* readBack(id, messageId)
       }).pipe(Effect.withSpan("Conversations.appendThreadMessage"))
 
     // --- search

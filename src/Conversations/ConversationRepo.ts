@@ -9,7 +9,7 @@
  * `messages_children_idx` / `messages_roots_idx` indexes.
  */
 import { SqlClient, SqlSchema } from "@effect/sql"
-import { DateTime, Effect, Option, Schema } from "effect"
+import { Array, DateTime, Effect, Option, Schema } from "effect"
 import {
   Conversation,
   Message,
@@ -32,14 +32,6 @@ export const ConversationSummaryRow = Schema.Struct({
   lastCreatedAt: Schema.NullOr(Schema.DateTimeUtc)
 })
 export type ConversationSummaryRow = typeof ConversationSummaryRow.Type
-
-/** A message with its place among its siblings. */
-export const MessageRow = Schema.Struct({
-  ...Message.fields,
-  siblingIndex: NonNegativeInt,
-  siblingCount: NonNegativeInt
-})
-export type MessageRow = typeof MessageRow.Type
 
 /** A message row as the database hands it over (column names as they are), on both dialects (see `Sql.ts`). */
 export interface StoredMessageRow {
@@ -70,7 +62,7 @@ export interface StoredMessageRow {
  * (about 10 µs a row); these rows are the server's own, written through the `Message`
  * schema and held to it by the database's constraints. They are read without the client's
  * name transforms too (another pass over every field). The tests check that this reader and
- * `MessageRow` agree.
+ * the `Message` schema agree.
  */
 export const readMessage = (row: StoredMessageRow): MessageView =>
   new MessageView({
@@ -233,13 +225,11 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
       }
         ORDER BY m.created_at, m.id LIMIT ${limit}`
 
-    const findMessage = SqlSchema.findOne({
-      Request: Schema.Struct({ conversationId: Schema.String, id: Schema.String }),
-      Result: MessageRow,
-      execute: ({ conversationId, id }) =>
-        sql`SELECT ${messageColumns} FROM messages m
-          WHERE m.id = ${id} AND m.conversation_id = ${conversationId} AND m.deleted_at IS NULL`
-    })
+    const findMessage = (conversationId: ConversationId, id: MessageId) =>
+      raw<StoredMessageRow>`SELECT ${messageColumns} FROM messages m
+        WHERE m.id = ${id} AND m.conversation_id = ${conversationId} AND m.deleted_at IS NULL`.pipe(
+        Effect.map((rows) => Option.map(Array.head(rows), readMessage))
+      )
 
     /**
      * The end of the newest live branch below `start` (following the newest child at each
@@ -381,7 +371,8 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
         Effect.orDie(Effect.map(activeBranch(conversationId, leafId, limit), readMessages)),
       treePage: (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
         Effect.orDie(Effect.map(treePage(conversationId, after, limit + 1), readMessages)),
-      findMessage: (conversationId: ConversationId, id: MessageId) => Effect.orDie(findMessage({ conversationId, id })),
+      /** A live message of the conversation (of its tree or of a thread). */
+      findMessage: (conversationId: ConversationId, id: MessageId) => Effect.orDie(findMessage(conversationId, id)),
       insertMessages: (rows: ReadonlyArray<typeof Message.insert.Type>) =>
         rows.length === 0 ? Effect.void : Effect.orDie(insertMessages(rows)),
       newestLeafBelow: (conversationId: ConversationId, start: Option.Option<MessageId>) =>

@@ -193,6 +193,16 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
         SELECT count(*) FROM messages s WHERE s.parent_id = m.parent_id AND s.deleted_at IS NULL
       ) END AS sibling_count`
 
+    /** Rows of `alias` after `after` in (created_at, id) order: where an oldest-first page continues. */
+    const createdAfter = (alias: string, after: Option.Option<MessagePosition>) =>
+      Option.match(after, {
+        onNone: () => sql`TRUE`,
+        onSome: ({ at, id }) => {
+          const createdAt = sql.literal(`${alias}.created_at`)
+          return sql`(${createdAt} > ${at} OR (${createdAt} = ${at} AND ${sql.literal(`${alias}.id`)} > ${id}))`
+        }
+      })
+
     const messageColumns = sql`
       m.id, m.conversation_id, m.parent_id, m.thread_id, m.role, m.content, m.status, m.model_id, m.model_name,
       m.prompt_tokens, m.completion_tokens, m.tool_calls, m.metadata, m.edited_from_id, m.deleted_at,
@@ -217,12 +227,7 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
     const treePage = (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
       raw<StoredMessageRow>`SELECT ${messageColumns} FROM messages m
         WHERE m.conversation_id = ${conversationId} AND m.thread_id IS NULL AND m.deleted_at IS NULL
-          AND ${
-        Option.match(after, {
-          onNone: () => sql`TRUE`,
-          onSome: ({ at, id }) => sql`(m.created_at > ${at} OR (m.created_at = ${at} AND m.id > ${id}))`
-        })
-      }
+          AND ${createdAfter("m", after)}
         ORDER BY m.created_at, m.id LIMIT ${limit}`
 
     const findMessage = (conversationId: ConversationId, id: MessageId) =>
@@ -290,22 +295,12 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
 
     const threadsPage = (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
       sql`SELECT ${threadColumns} FROM threads t
-        WHERE t.conversation_id = ${conversationId} AND ${
-        Option.match(after, {
-          onNone: () => sql`TRUE`,
-          onSome: ({ at, id }) => sql`(t.created_at > ${at} OR (t.created_at = ${at} AND t.id > ${id}))`
-        })
-      }
+        WHERE t.conversation_id = ${conversationId} AND ${createdAfter("t", after)}
         ORDER BY t.created_at, t.id LIMIT ${limit}`
 
     const threadMessagesPage = (threadId: ThreadId, after: Option.Option<MessagePosition>, limit: number) =>
       raw<StoredMessageRow>`SELECT ${messageColumns} FROM messages m
-        WHERE m.thread_id = ${threadId} AND m.deleted_at IS NULL AND ${
-        Option.match(after, {
-          onNone: () => sql`TRUE`,
-          onSome: ({ at, id }) => sql`(m.created_at > ${at} OR (m.created_at = ${at} AND m.id > ${id}))`
-        })
-      }
+        WHERE m.thread_id = ${threadId} AND m.deleted_at IS NULL AND ${createdAfter("m", after)}
         ORDER BY m.created_at, m.id LIMIT ${limit}`
 
     const decodeThreads = Schema.decodeUnknown(Schema.Array(ThreadRow))

@@ -9,7 +9,7 @@ import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { AppConfig } from "./Config.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
-import { Conflict, FieldIssue, type Forbidden, NotFound, orNotFound, ValidationError } from "./Domain/Errors.js"
+import { Conflict, FieldIssue, type Forbidden, type NotFound, orNotFound, ValidationError } from "./Domain/Errors.js"
 import type { LlmModelId, ModelConfigId, ProviderId } from "./Domain/Ids.js"
 import { LlmModel, ModelConfig, type ModelStatus, Provider, type ProviderKind } from "./Domain/Model.js"
 import {
@@ -466,15 +466,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
 
     /** Whether the actor may use the model: admins see every model, users the enabled ones of enabled providers. */
     const visibleModel = (actor: Actor, id: LlmModelId) =>
-      Effect.gen(function*() {
-        const model = yield* findModel(id)
-        if (actor.can("admin:models")) return model
-        const provider = yield* providers.findById(model.providerId)
-        if (!model.enabled || !Option.exists(provider, (p) => p.enabled)) {
-          return yield* new NotFound({ message: "No such model" })
-        }
-        return model
-      })
+      (actor.can("admin:models") ? models.findById(id) : models.findUsable(id)).pipe(orNotFound("No such model"))
 
     const listModels = (
       query: { readonly status?: ModelStatus | undefined; readonly providerId?: ProviderId | undefined }

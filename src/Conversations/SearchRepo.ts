@@ -107,7 +107,6 @@ export class SearchRepo extends Effect.Service<SearchRepo>()("Conversations/Sear
         ORDER BY priority, score DESC, created_at DESC LIMIT ${limit} OFFSET ${offset}`
     }
 
-    // Rank first, then read the texts of the page's rows only.
     // The user's live conversations are read once and hashed: a common word matches thousands of
     // messages (of every user), and looking each one's conversation up by key costs more than that.
     // `ts_rank` (word frequency) rather than `ts_rank_cd` (also proximity): it ranks thousands of matches

@@ -108,6 +108,29 @@ export interface EventsSettings {
   readonly heartbeat: Duration.Duration
 }
 
+export interface ChatSettings {
+  /** Longest wait for a provider's first chunk (a local model may have to load first). */
+  readonly firstChunkTimeout: Duration.Duration
+  /** Longest silence between two chunks of a streamed answer. */
+  readonly idleTimeout: Duration.Duration
+  /** Attempts after the first, on connection failures, 429 and 5xx, before any chunk arrived. */
+  readonly retryAttempts: number
+  readonly retryBaseDelay: Duration.Duration
+  readonly retryMaxDelay: Duration.Duration
+  /** Consecutive failed calls after which a provider is short-circuited. */
+  readonly breakerThreshold: number
+  /** How long a short-circuited provider is left alone before one trial call. */
+  readonly breakerCooldown: Duration.Duration
+  /** How often a growing answer is written to the database (at most this much is lost on a crash). */
+  readonly flushInterval: Duration.Duration
+  /** Longest user message, in characters. */
+  readonly maxMessageLength: number
+  /** Context window assumed for a model that does not report one. */
+  readonly defaultContextWindow: number
+  /** The development model (a deterministic echo, not an LLM): on by default outside production. */
+  readonly developmentModel: boolean
+}
+
 export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
   effect: Effect.gen(function*() {
     const nodeEnv = yield* Config.literal("development", "production", "test")("NODE_ENV").pipe(
@@ -175,6 +198,26 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       socketBufferBytes: yield* byteSize("EVENTS_SOCKET_BUFFER_SIZE").pipe(Config.withDefault(1024 * 1024)),
       heartbeat: yield* Config.duration("EVENTS_HEARTBEAT_INTERVAL").pipe(Config.withDefault(Duration.seconds(30)))
     }
+    const chat: ChatSettings = {
+      firstChunkTimeout: yield* Config.duration("CHAT_FIRST_CHUNK_TIMEOUT").pipe(
+        Config.withDefault(Duration.seconds(120))
+      ),
+      idleTimeout: yield* Config.duration("CHAT_IDLE_TIMEOUT").pipe(Config.withDefault(Duration.seconds(60))),
+      retryAttempts: yield* Config.integer("CHAT_RETRY_ATTEMPTS").pipe(
+        Config.validate({ message: "Expected an integer from 0 to 10", validation: (n) => n >= 0 && n <= 10 }),
+        Config.withDefault(3)
+      ),
+      retryBaseDelay: yield* Config.duration("CHAT_RETRY_BASE_DELAY").pipe(Config.withDefault(Duration.millis(500))),
+      retryMaxDelay: yield* Config.duration("CHAT_RETRY_MAX_DELAY").pipe(Config.withDefault(Duration.seconds(10))),
+      breakerThreshold: yield* positiveInt("PROVIDER_BREAKER_THRESHOLD").pipe(Config.withDefault(5)),
+      breakerCooldown: yield* Config.duration("PROVIDER_BREAKER_COOLDOWN").pipe(
+        Config.withDefault(Duration.seconds(30))
+      ),
+      flushInterval: yield* Config.duration("CHAT_FLUSH_INTERVAL").pipe(Config.withDefault(Duration.millis(250))),
+      maxMessageLength: yield* positiveInt("CHAT_MAX_MESSAGE_LENGTH").pipe(Config.withDefault(100_000)),
+      defaultContextWindow: yield* positiveInt("CHAT_DEFAULT_CONTEXT_WINDOW").pipe(Config.withDefault(8192)),
+      developmentModel: yield* Config.boolean("DEVELOPMENT_MODEL").pipe(Config.withDefault(nodeEnv !== "production"))
+    }
     return {
       nodeEnv,
       port,
@@ -190,7 +233,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       auth,
       redis,
       models,
-      events
+      events,
+      chat
     }
   })
 }) {}

@@ -9,6 +9,7 @@ import { type HttpClient, type HttpClientError, HttpClientRequest, type HttpClie
 import { Duration, Effect, type Option, type Redacted, Schema, Stream } from "effect"
 import type { ProviderKind } from "../Domain/Model.js"
 import { ProviderError, type ProviderFailure, ProviderTimeout, ProviderUnreachable } from "../Models/Errors.js"
+import type { ChatChunk, ChatRequest } from "./Chat.js"
 
 /** Where a provider is and how to talk to it: a provider row with its credential decrypted. */
 export interface ProviderConnection {
@@ -49,6 +50,13 @@ export interface LocalRuntime {
 }
 
 export interface ProviderClient {
+  /**
+   * A chat answer as a stream of chunks. Failures before the first chunk are
+   * retried (connection, 429, 5xx); the stream fails with a `ProviderFailure`
+   * on timeouts, on errors after the first chunk, and while the provider's
+   * circuit is open. Interrupting the stream aborts the upstream request.
+   */
+  readonly chat: (request: ChatRequest) => Stream.Stream<ChatChunk, ProviderFailure>
   readonly listModels: Effect.Effect<ReadonlyArray<DiscoveredModel>, ProviderFailure>
   /** A cheap authenticated call, to tell whether the provider answers. */
   readonly ping: Effect.Effect<void, ProviderFailure>

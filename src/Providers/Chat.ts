@@ -1,0 +1,72 @@
+/**
+ * What a chat with a model looks like to the server, whatever wire protocol
+ * the provider speaks: a request (messages, generation parameters, tools) and
+ * the answer as a stream of typed chunks. Each adapter (`OpenAi.ts`,
+ * `Anthropic.ts`, `Ollama.ts`, `Development.ts`) translates both ways.
+ */
+import { Schema } from "effect"
+
+export const ChatRole = Schema.Literal("system", "user", "assistant", "tool")
+export type ChatRole = typeof ChatRole.Type
+
+/** A tool call the model asked for; `arguments` is the JSON text the model wrote. */
+export interface ChatToolCall {
+  readonly id: string
+  readonly name: string
+  readonly arguments: string
+}
+
+export interface ChatMessage {
+  readonly role: ChatRole
+  readonly content: string
+  /** On an assistant message: the tools it called. */
+  readonly toolCalls?: ReadonlyArray<ChatToolCall> | undefined
+  /** On a tool message: the call it answers. */
+  readonly toolCallId?: string | undefined
+}
+
+/** A function the model may call, described by a JSON Schema of its parameters (OpenAI's shape). */
+export interface ChatTool {
+  readonly name: string
+  readonly description?: string | undefined
+  readonly parameters: Record<string, unknown>
+}
+
+/** `auto`, `none`, `required`, or one named tool. */
+export type ChatToolChoice = "auto" | "none" | "required" | { readonly name: string }
+
+export interface ChatRequest {
+  /** The model as the provider names it. */
+  readonly model: string
+  readonly messages: ReadonlyArray<ChatMessage>
+  readonly temperature?: number | undefined
+  readonly topP?: number | undefined
+  readonly maxTokens?: number | undefined
+  readonly stop?: ReadonlyArray<string> | undefined
+  readonly tools?: ReadonlyArray<ChatTool> | undefined
+  readonly toolChoice?: ChatToolChoice | undefined
+  /** Provider-specific parameters passed through as they are (a preset's `extraParams`). */
+  readonly extra?: Record<string, unknown> | undefined
+}
+
+export type FinishReason = "stop" | "length" | "tool_calls" | "content_filter"
+
+/**
+ * One piece of a streamed answer:
+ * - `text`: more of the answer's text;
+ * - `tool-call`: part of a tool call, identified by its `index` in the answer;
+ *   `id` and `name` come with its first part, `arguments` grows part by part;
+ * - `usage`: token counts (usually once, near the end);
+ * - `finish`: why the model stopped (last chunk of a complete answer).
+ */
+export type ChatChunk =
+  | { readonly _tag: "text"; readonly text: string }
+  | {
+    readonly _tag: "tool-call"
+    readonly index: number
+    readonly id?: string | undefined
+    readonly name?: string | undefined
+    readonly arguments: string
+  }
+  | { readonly _tag: "usage"; readonly promptTokens: number; readonly completionTokens: number }
+  | { readonly _tag: "finish"; readonly reason: FinishReason }

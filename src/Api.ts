@@ -4,6 +4,7 @@
  */
 import { HttpApi, OpenApi } from "@effect/platform"
 import { AuthApi } from "./Auth/Api.js"
+import { ChatApi } from "./Chat/Api.js"
 import { ConversationsApi } from "./Conversations/Api.js"
 import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
 import { HealthApi } from "./Health/Api.js"
@@ -71,6 +72,7 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .add(AdminApi)
   .add(MeApi)
   .add(ConversationsApi)
+  .add(ChatApi)
   .add(ProvidersApi)
   .add(ModelsApi)
   .add(ModelConfigsApi)

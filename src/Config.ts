@@ -123,8 +123,13 @@ export interface ChatSettings {
   readonly breakerCooldown: Duration.Duration
   /** How often a growing answer is written to the database (at most this much is lost on a crash). */
   readonly flushInterval: Duration.Duration
-  /** Longest user message, in characters. */
-  readonly maxMessageLength: number
+  /**
+   * How long an answer may go without a write before it counts as abandoned by a crashed
+   * instance (and is marked `incomplete`); a live generation writes at least three times as often.
+   */
+  readonly streamLease: Duration.Duration
+  /** How long a finished generation's events stay in memory for a client resuming its stream. */
+  readonly resumeRetention: Duration.Duration
   /** Context window assumed for a model that does not report one. */
   readonly defaultContextWindow: number
   /** The development model (a deterministic echo, not an LLM): on by default outside production. */
@@ -214,7 +219,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
         Config.withDefault(Duration.seconds(30))
       ),
       flushInterval: yield* Config.duration("CHAT_FLUSH_INTERVAL").pipe(Config.withDefault(Duration.millis(250))),
-      maxMessageLength: yield* positiveInt("CHAT_MAX_MESSAGE_LENGTH").pipe(Config.withDefault(100_000)),
+      streamLease: yield* Config.duration("CHAT_STREAM_LEASE").pipe(Config.withDefault(Duration.seconds(30))),
+      resumeRetention: yield* Config.duration("CHAT_RESUME_RETENTION").pipe(Config.withDefault(Duration.minutes(2))),
       defaultContextWindow: yield* positiveInt("CHAT_DEFAULT_CONTEXT_WINDOW").pipe(Config.withDefault(8192)),
       developmentModel: yield* Config.boolean("DEVELOPMENT_MODEL").pipe(Config.withDefault(nodeEnv !== "production"))
     }

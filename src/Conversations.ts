@@ -31,17 +31,19 @@ import {
 } from "./Conversations/ConversationRepo.js"
 import { exportDocument } from "./Conversations/Export.js"
 import { SearchRepo, searchTerms, snippet } from "./Conversations/SearchRepo.js"
-import type { Actor } from "./Domain/Actor.js"
+import type { Actor, CurrentActor } from "./Domain/Actor.js"
 import {
   Conversation,
   ConversationView,
   LastMessage,
   Message,
   type MessageRole,
+  type MessageStatus,
+  type MessageView,
   Thread,
   ThreadView
 } from "./Domain/Conversation.js"
-import { FieldIssue, orNotFound, ValidationError } from "./Domain/Errors.js"
+import { FieldIssue, type Forbidden, type NotFound, orNotFound, ValidationError } from "./Domain/Errors.js"
 import type { JsonObject } from "./Domain/Fields.js"
 import {
   type ConversationId,
@@ -125,6 +127,9 @@ const newMessage = (id: MessageId, fields: {
   readonly content: string
   readonly metadata?: JsonObject | undefined
   readonly editedFromId?: MessageId | null
+  readonly status?: MessageStatus
+  readonly modelId?: LlmModelId | null
+  readonly modelName?: string | null
 }) =>
   Message.insert.make({
     id: Model.Override(id),
@@ -133,9 +138,9 @@ const newMessage = (id: MessageId, fields: {
     threadId: fields.threadId ?? null,
     role: fields.role,
     content: fields.content,
-    status: "complete",
-    modelId: null,
-    modelName: null,
+    status: fields.status ?? "complete",
+    modelId: fields.modelId ?? null,
+    modelName: fields.modelName ?? null,
     promptTokens: null,
     completionTokens: null,
     toolCalls: [],
@@ -332,6 +337,67 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
 
     /** The active branch, root first, for a caller that already checked access (the chat engine). */
     const activeBranch = (id: ConversationId, leafId: MessageId) => repo.activeBranch(id, leafId)
+
+    /**
+     * Opens an answer, in one transaction committed before any provider is called: the user's
+     * message (when `content` is given) under `parentId` or the current leaf, and below it an
+     * empty `streaming` assistant message, which becomes the leaf. Without `content` (regenerate,
+     * continue) the answer goes under `parentId` or the leaf, which must be a user or tool message.
+     */
+    const openAnswer = (id: ConversationId, input: {
+      readonly content?: string | undefined
+      readonly metadata?: JsonObject | undefined
+      readonly parentId?: MessageId | undefined
+      readonly model: { readonly id: LlmModelId; readonly name: string }
+    }): Effect.Effect<
+      { readonly question: MessageView | null; readonly answer: MessageView },
+      NotFound | ValidationError | Forbidden,
+      CurrentActor
+    > =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        const { answerId, questionId } = yield* transaction(Effect.gen(function*() {
+          const conversation = yield* lockLive(actor, id)
+          const parentId = input.parentId ?? conversation.currentLeafId
+          if (input.content === undefined) {
+            const parent = parentId === null ? null : yield* findTreeMessage(id, parentId, ["parentId"])
+            if (parent === null || (parent.role !== "user" && parent.role !== "tool")) {
+              return yield* invalid(["parentId"], "An answer follows a user or tool message")
+            }
+          } else if (input.parentId !== undefined) {
+            yield* findTreeMessage(id, input.parentId, ["parentId"])
+          }
+          const questionId = input.content === undefined ? null : yield* freshId<MessageId>()
+          const answerId = yield* freshId<MessageId>()
+          const rows = [
+            ...(questionId === null ? [] : [
+              newMessage(questionId, {
+                conversationId: id,
+                parentId,
+                role: "user",
+                content: input.content!,
+                metadata: input.metadata
+              })
+            ]),
+            newMessage(answerId, {
+              conversationId: id,
+              parentId: questionId ?? parentId,
+              role: "assistant",
+              content: "",
+              status: "streaming",
+              modelId: input.model.id,
+              modelName: input.model.name
+            })
+          ]
+          yield* repo.insertMessages(rows)
+          yield* repo.recordTreeChange(id, answerId, rows.length)
+          return { answerId, questionId }
+        }))
+        return {
+          question: questionId === null ? null : yield* readBack(id, questionId),
+          answer: yield* readBack(id, answerId)
+        }
+      }).pipe(Effect.withSpan("Conversations.openAnswer"))
 
     const getMessage = (id: ConversationId, messageId: MessageId) =>
       Effect.gen(function*() {
@@ -766,6 +832,8 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       purge,
       listMessages,
       activeBranch,
+      openAnswer,
+      readBack,
       getMessage,
       appendMessage,
       editMessage,

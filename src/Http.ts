@@ -15,6 +15,9 @@ import { Passwords } from "./Auth/Passwords.js"
 import { RateLimiterLive, RateLimits } from "./Auth/RateLimits.js"
 import { SessionsRepo } from "./Auth/SessionsRepo.js"
 import { Tokens } from "./Auth/Tokens.js"
+import { ChatEngine } from "./Chat.js"
+import { AnswerRepo } from "./Chat/AnswerRepo.js"
+import { ChatHttpLive } from "./Chat/Http.js"
 import { AppConfig } from "./Config.js"
 import { Conversations } from "./Conversations.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
@@ -82,7 +85,8 @@ const ReposLive = Layer.mergeAll(
   SearchRepo.Default,
   ProvidersRepo.Default,
   ModelsRepo.Default,
-  ModelConfigsRepo.Default
+  ModelConfigsRepo.Default,
+  AnswerRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -100,12 +104,13 @@ const ModelSupportLive = Layer.mergeAll(
 
 /** The services behind the handlers, with what they stand on. */
 export const ServicesLive = Layer.mergeAll(
+  ChatEngine.Default,
   Auth.Default,
   Users.Default,
-  Conversations.Default,
   Health.Default,
   SessionCleanupLive
 ).pipe(
+  Layer.provideMerge(Conversations.Default),
   Layer.provideMerge(EnvironmentProvidersLive),
   Layer.provideMerge(ModelRegistry.Default),
   Layer.provideMerge(ModelSupportLive),
@@ -120,6 +125,7 @@ export const ApiGroupsLive = Layer.mergeAll(
   AdminHttpLive,
   MeHttpLive,
   ConversationsHttpLive,
+  ChatHttpLive,
   ModelsApiLive
 ).pipe(
   Layer.provide(AuthenticationLive),

@@ -19,7 +19,7 @@ import { request } from "../Domain/Request.js"
 const Title = Schema.String.pipe(Schema.maxLength(500))
 /** What one message may hold: generous for pasted documents, bounded so one row stays reasonable. */
 export const maxContentLength = 200_000
-const Content = Schema.String.pipe(
+export const MessageContent = Schema.String.pipe(
   Schema.minLength(1, { message: () => "A message needs content" }),
   Schema.maxLength(maxContentLength)
 )
@@ -54,7 +54,7 @@ export const ConversationListQuery = request(Schema.Struct({
 }))
 
 export class AppendMessagePayload extends Schema.Class<AppendMessagePayload>("AppendMessagePayload")({
-  content: Content,
+  content: MessageContent,
   role: Schema.optionalWith(Schema.Literal("user", "assistant", "system"), { default: () => "user" as const }),
   parentId: Schema.optional(MessageId).annotations({
     description: "The message to answer; the current leaf when omitted (the active branch goes on)"
@@ -63,7 +63,7 @@ export class AppendMessagePayload extends Schema.Class<AppendMessagePayload>("Ap
 }) {}
 
 export class EditMessagePayload extends Schema.Class<EditMessagePayload>("EditMessagePayload")({
-  content: Content,
+  content: MessageContent,
   metadata: Schema.optional(JsonObject)
 }) {}
 
@@ -104,7 +104,7 @@ export class UpdateThreadPayload extends Schema.Class<UpdateThreadPayload>("Upda
 }) {}
 
 export class AppendThreadMessagePayload extends Schema.Class<AppendThreadMessagePayload>("AppendThreadMessagePayload")({
-  content: Content,
+  content: MessageContent,
   role: Schema.optionalWith(Schema.Literal("user", "assistant", "system"), { default: () => "user" as const }),
   metadata: Schema.optional(JsonObject)
 }) {}

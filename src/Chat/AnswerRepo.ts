@@ -1,0 +1,89 @@
+/**
+ * The writes of an answer while it is generated. An answer is a message row
+ * in `streaming` status: its text is flushed as it grows (each write also
+ * proves the generating instance alive), and it ends `complete`,
+ * `cancelled`, `error` or `incomplete`. A cancel from any instance is a write
+ * too: the generating instance sees it at its next flush.
+ */
+import { SqlClient } from "@effect/sql"
+import { Effect } from "effect"
+import type { ToolCall } from "../Domain/Conversation.js"
+import type { JsonObject } from "../Domain/Fields.js"
+import type { ConversationId, MessageId } from "../Domain/Ids.js"
+import { storedNow } from "../Sql.js"
+
+export type FinalStatus = "complete" | "cancelled" | "error" | "incomplete"
+
+export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+
+    /** Writes the text so far; false once the answer is no longer streaming (cancelled elsewhere, or recovered). */
+    const flush = (id: MessageId, content: string, toolCalls: ReadonlyArray<ToolCall>) =>
+      Effect.flatMap(storedNow, (now) =>
+        sql<{ id: string }>`UPDATE messages
+          SET content = ${content}, tool_calls = ${JSON.stringify(toolCalls)}, updated_at = ${now}
+          WHERE id = ${id} AND status = 'streaming' RETURNING id`).pipe(
+          Effect.map((rows) => rows.length > 0),
+          Effect.orDie
+        )
+
+    /**
+     * Ends the answer with its final text. An answer cancelled elsewhere meanwhile stays
+     * `cancelled`; one already ended (recovered as `incomplete` after a stall) is left alone.
+     */
+    const finish = (
+      conversationId: ConversationId,
+      id: MessageId,
+      fields: {
+        readonly status: FinalStatus
+        readonly content: string
+        readonly toolCalls: ReadonlyArray<ToolCall>
+        readonly promptTokens: number | null
+        readonly completionTokens: number | null
+        readonly error: JsonObject | null
+      }
+    ) =>
+      Effect.flatMap(storedNow, (now) =>
+        sql.withTransaction(Effect.gen(function*() {
+          const metadata = fields.error === null ? sql`metadata` : sql`${JSON.stringify({ error: fields.error })}`
+          yield* sql`UPDATE messages SET
+            status = CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE ${fields.status} END,
+            content = ${fields.content}, tool_calls = ${JSON.stringify(fields.toolCalls)},
+            prompt_tokens = ${fields.promptTokens}, completion_tokens = ${fields.completionTokens},
+            metadata = ${metadata}, updated_at = ${now}
+            WHERE id = ${id} AND status IN ('streaming', 'cancelled')`
+          yield* sql`UPDATE conversations SET updated_at = ${now} WHERE id = ${conversationId}`
+        }))).pipe(Effect.orDie)
+
+    /** Marks a streaming answer cancelled; false if it was not streaming any more. */
+    const cancel = (id: MessageId) =>
+      Effect.flatMap(
+        storedNow,
+        (now) =>
+          sql<{ id: string }>`UPDATE messages SET status = 'cancelled', updated_at = ${now}
+          WHERE id = ${id} AND status = 'streaming' RETURNING id`
+      ).pipe(
+        Effect.map((rows) => rows.length > 0),
+        Effect.orDie
+      )
+
+    /** Answers left `streaming` with no write since `before` (their instance died) become `incomplete`. */
+    const recoverAbandoned = (before: string) =>
+      Effect.flatMap(
+        storedNow,
+        (now) =>
+          sql<{ id: string }>`UPDATE messages SET status = 'incomplete', updated_at = ${now}
+          WHERE status = 'streaming' AND updated_at < ${before} RETURNING id`
+      ).pipe(
+        Effect.map((rows) => rows.length),
+        Effect.orDie
+      )
+
+    /** Sets a conversation's title unless someone gave it one meanwhile. */
+    const setTitleIfEmpty = (conversationId: ConversationId, title: string) =>
+      Effect.orDie(sql`UPDATE conversations SET title = ${title} WHERE id = ${conversationId} AND title = ''`)
+
+    return { flush, finish, cancel, recoverAbandoned, setTitleIfEmpty } as const
+  })
+}) {}

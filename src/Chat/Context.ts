@@ -1,0 +1,59 @@
+/**
+ * What the model is sent: the active branch as chat messages, after the
+ * system prompt, trimmed from the oldest turn until it fits the model's
+ * context window with room left for the answer.
+ *
+ * Tokens are estimated (four characters to a token, plus a few per message
+ * for the role markup): tokenizers differ per model and the estimate errs on
+ * the generous side of real English text.
+ */
+import type { MessageView } from "../Domain/Conversation.js"
+import type { ChatMessage } from "../Providers/Chat.js"
+
+const perMessageTokens = 4
+
+export const estimateTokens = (message: ChatMessage): number =>
+  Math.ceil(
+    (message.content.length +
+      (message.toolCalls ?? []).reduce((sum, call) => sum + call.name.length + call.arguments.length, 0)) / 4
+  ) + perMessageTokens
+
+/** Room kept for the answer when the preset sets no `maxTokens`. */
+export const answerReserve = (contextWindow: number, maxTokens: number | null): number =>
+  maxTokens ?? Math.min(1024, Math.floor(contextWindow / 4))
+
+/** The branch's messages as the model reads them: answers cut short keep their text; empty ones are left out. */
+export const toChatMessages = (branch: ReadonlyArray<MessageView>): Array<ChatMessage> =>
+  branch.flatMap((message): Array<ChatMessage> => {
+    if (message.content.length === 0 && message.toolCalls.length === 0) return []
+    const toolCallId = message.metadata["toolCallId"]
+    return [{
+      role: message.role,
+      content: message.content,
+      ...(message.toolCalls.length > 0 ? { toolCalls: message.toolCalls } : {}),
+      ...(message.role === "tool" && typeof toolCallId === "string" ? { toolCallId } : {})
+    }]
+  })
+
+/**
+ * The system prompt (if any) and the newest messages that fit in `budget` tokens. The last
+ * message is always kept, and the kept history starts with a user message, as every provider
+ * expects.
+ */
+export const fitToContext = (
+  systemPrompt: string | null,
+  history: ReadonlyArray<ChatMessage>,
+  budget: number
+): Array<ChatMessage> => {
+  const system: Array<ChatMessage> = systemPrompt ? [{ role: "system", content: systemPrompt }] : []
+  let remaining = budget - system.reduce((sum, message) => sum + estimateTokens(message), 0)
+  let start = history.length
+  while (start > 0) {
+    const cost = estimateTokens(history[start - 1]!)
+    if (cost > remaining && start < history.length) break
+    remaining -= cost
+    start--
+  }
+  while (start < history.length - 1 && history[start]!.role !== "user" && history[start]!.role !== "system") start++
+  return [...system, ...history.slice(start)]
+}

@@ -1,0 +1,77 @@
+import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Duration, Effect, Schema, Stream } from "effect"
+import { WebPlusApi } from "../Api.js"
+import { ChatEngine, type Turn } from "../Chat.js"
+import { CurrentActor } from "../Domain/Actor.js"
+import { Forbidden } from "../Domain/Errors.js"
+import type { ProviderFailure } from "../Models/Errors.js"
+import { ChatEvent, type ChatResult, SimpleChatResponse } from "./Api.js"
+
+const encodeEvent = Schema.encodeSync(ChatEvent)
+
+/** One event in the SSE wire format; deltas (most events) skip the schema, having nothing to encode. */
+export const sseEvent = (event: ChatEvent): string =>
+  `id: ${event.id}\nevent: ${event._tag}\ndata: ${
+    JSON.stringify(event._tag === "delta" ? event : encodeEvent(event))
+  }\n\n`
+
+/** A comment line now and then keeps proxies from closing a quiet stream. */
+const keepAlive = Stream.tick(Duration.seconds(15)).pipe(Stream.drop(1), Stream.as(": keep-alive\n\n"))
+
+export const sseResponse = (events: Stream.Stream<ChatEvent>) =>
+  HttpServerResponse.stream(
+    Stream.merge(Stream.map(events, sseEvent), keepAlive, { haltStrategy: "left" }).pipe(Stream.encodeText),
+    {
+      contentType: "text/event-stream",
+      headers: { "cache-control": "no-cache, no-transform", "x-accel-buffering": "no" }
+    }
+  )
+
+/** Events when the client reads them, else the finished answer as JSON. */
+const respond = (
+  turn: Turn
+): Effect.Effect<
+  ChatResult | HttpServerResponse.HttpServerResponse,
+  ProviderFailure,
+  HttpServerRequest.HttpServerRequest
+> =>
+  Effect.flatMap(
+    HttpServerRequest.HttpServerRequest,
+    (request): Effect.Effect<ChatResult | HttpServerResponse.HttpServerResponse, ProviderFailure> =>
+      (request.headers.accept ?? "").includes("text/event-stream")
+        ? Effect.succeed(sseResponse(turn.events))
+        : turn.result
+  )
+
+export const ChatHttpLive = HttpApiBuilder.group(WebPlusApi, "chat", (handlers) =>
+  Effect.gen(function*() {
+    const engine = yield* ChatEngine
+    return handlers
+      .handle("chat", ({ path, payload }) => Effect.flatMap(engine.chat(path.id, payload), respond))
+      .handle("newChat", ({ payload }) => Effect.flatMap(engine.newChat(payload), respond))
+      .handle(
+        "regenerate",
+        ({ path, payload }) => Effect.flatMap(engine.regenerate(path.id, path.messageId, payload), respond)
+      )
+      .handle("continueChat", ({ path, payload }) => Effect.flatMap(engine.continueChat(path.id, payload), respond))
+      .handle("cancelAnswer", ({ path }) => engine.cancel(path.id, path.messageId))
+      .handle("resumeAnswer", ({ headers, path }) =>
+        Effect.map(engine.resume(path.id, path.messageId, headers["last-event-id"] ?? 0), sseResponse))
+      .handle("simpleChat", ({ path, payload }) =>
+        Effect.gen(function*() {
+          const actor = yield* CurrentActor
+          if (path.userId !== actor.userId) {
+            return yield* new Forbidden({ message: "You can only chat as yourself" })
+          }
+          const content = { content: payload.message }
+          const turn = yield* (payload.conversation_id === undefined
+            ? engine.newChat(content)
+            : engine.chat(payload.conversation_id, content))
+          const { answer } = yield* turn.result
+          return new SimpleChatResponse({
+            conversation_id: turn.conversationId,
+            response: answer.content,
+            tool_calls: answer.toolCalls
+          })
+        }))
+  }))

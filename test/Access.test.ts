@@ -89,7 +89,13 @@ interface Cast {
   /** A plain user, the object the admin endpoints act on. */
   readonly target: TestUser
   /** The owner's conversation, with one message and a thread on it: the objects the conversation endpoints act on. */
-  readonly conversation: { readonly id: string; readonly messageId: string; readonly threadId: string }
+  readonly conversation: {
+    readonly id: string
+    readonly messageId: string
+    readonly threadId: string
+    /** The model's answer to the message. */
+    readonly answerId: string
+  }
   /** A provider (the loopback Ollama) and one of its models, registered by the admin. */
   readonly providerId: string
   readonly modelId: string
@@ -148,6 +154,13 @@ const makeCast = (promotedBy?: TestUser) =>
       yield* call("POST", "/api/v1/model-configs", { auth: owner.accessToken, body: { name: `preset-${unique()}` } }),
       201
     )
+    const answered = expectStatus(
+      yield* call("POST", `/api/v1/conversations/${conversation.id}/continue`, {
+        auth,
+        body: { parentId: message.id, modelId: synced.models[0].id }
+      }),
+      200
+    )
     return {
       admin,
       owner,
@@ -155,7 +168,7 @@ const makeCast = (promotedBy?: TestUser) =>
       target,
       scopedKey: scoped.secret,
       ownerKeyId: ownerKey.id,
-      conversation: { id: conversation.id, messageId: message.id, threadId: thread.id },
+      conversation: { id: conversation.id, messageId: message.id, threadId: thread.id, answerId: answered.answer.id },
       providerId: provider.id,
       modelId: synced.models[0].id,
       ownerConfigId: config.id
@@ -202,6 +215,7 @@ const inConversation = (extra: Record<string, string> = {}) => (cast: Cast): Cel
   params: { id: cast.conversation.id, ...extra }
 })
 const onMessage = (cast: Cast) => inConversation({ messageId: cast.conversation.messageId })(cast)
+const onAnswer = (cast: Cast) => inConversation({ messageId: cast.conversation.answerId })(cast)
 const onThread = (cast: Cast) => inConversation({ threadId: cast.conversation.threadId })(cast)
 
 interface CellRequest {
@@ -321,6 +335,26 @@ const expectations: Readonly<Record<string, Expectation>> = {
     request: (cast) => ({ ...onThread(cast), body: { content: "On the side" } })
   },
   "conversations.search": { statuses: conversationsUse(200), request: () => ({ query: { q: "hi" } }) },
+  "chat.chat": {
+    statuses: ownConversation(200),
+    request: (cast) => ({ ...inConversation()(cast), body: { content: "Hello", modelId: cast.modelId } })
+  },
+  "chat.newChat": {
+    statuses: conversationsUse(200),
+    request: (cast) => ({ body: { content: "Hello", modelId: cast.modelId } })
+  },
+  "chat.regenerate": { statuses: ownConversation(200), request: (cast) => ({ ...onAnswer(cast), body: {} }) },
+  "chat.continueChat": {
+    statuses: ownConversation(200),
+    request: (cast) => ({ ...inConversation()(cast), body: { parentId: cast.conversation.messageId } })
+  },
+  "chat.cancelAnswer": { statuses: ownConversation(200), request: onAnswer },
+  "chat.resumeAnswer": { statuses: ownConversation(200), request: onAnswer },
+  // The path names the owner: anyone else is refused, whatever they may do.
+  "chat.simpleChat": {
+    statuses: { anonymous: 401, owner: 200, other: 403, admin: 403, scopedKey: 403 },
+    request: (cast) => ({ params: { userId: cast.owner.id }, body: { message: "Hello" } })
+  },
   "providers.createProvider": {
     statuses: adminOnly(201),
     request: () => ({ body: { name: `matrix-${unique()}`, kind: "ollama", baseUrl: "http://127.0.0.1:9" } })

@@ -298,6 +298,25 @@ layer(ClientsLive, { excludeTestServices: true })("provider chat", (it) => {
         expect(error._tag).toBe("ProviderUnreachable")
       }))
 
+    it.scoped("on Anthropic's overloaded error event before any content, as on HTTP 529", () =>
+      Effect.gen(function*() {
+        const fake = yield* fakeProvider("anthropic")
+        fake.chat = { text: ["never"], fault: { kind: "error-event", afterChunks: 0 } }
+        const error = yield* failure(connectionTo(fake))
+        expect(error).toMatchObject({ _tag: "ProviderError", upstreamStatus: 529 })
+        expectClean(error, fake)
+        expect(chatRequests(fake)).toHaveLength(4)
+      }))
+
+    it.scoped("not when the provider does not answer within the connect timeout", () =>
+      Effect.gen(function*() {
+        const fake = yield* fakeProvider("openai")
+        fake.faults.set(chatPath.openai, { kind: "hang" })
+        const error = yield* failure({ ...connectionTo(fake), connectTimeoutMs: 100 })
+        expect(error).toMatchObject({ _tag: "ProviderTimeout", timeoutMs: 100 })
+        expect(chatRequests(fake)).toHaveLength(1)
+      }))
+
     it.scoped("never on other 4xx", () =>
       Effect.gen(function*() {
         const fake = yield* fakeProvider("anthropic")

@@ -74,6 +74,8 @@ interface Generation {
   readonly outcome: Deferred.Deferred<Outcome>
   cancelRequested: boolean
   fiber: Fiber.RuntimeFiber<void> | null
+  /** When it ended (epoch ms): it is forgotten `CHAT_RESUME_RETENTION` later. */
+  endedAt: number | null
 }
 
 /** A turn that has started: its stored messages, its events, and its outcome. */
@@ -191,9 +193,10 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         // Subscribe before reading the backlog, so no event falls between the two.
         const subscription = yield* PubSub.subscribe(generation.published)
         const backlog = generation.events.slice(after)
-        const last = backlog.at(-1)
-        if (last?._tag === "done") return Stream.fromIterable(backlog)
-        const seen = last?.id ?? after
+        const last = generation.events.at(-1)!
+        // Over: what follows `after`, or at least the end again (a client always ends on `done`).
+        if (last._tag === "done") return Stream.fromIterable(backlog.length > 0 ? backlog : [last])
+        const seen = backlog.at(-1)?.id ?? after
         return Stream.concat(
           Stream.fromIterable(backlog),
           Stream.fromQueue(subscription).pipe(Stream.filter((event) => event.id > seen))
@@ -323,10 +326,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           if (error !== null) yield* emit(generation, { _tag: "error", id: nextId(generation), error })
           yield* emit(generation, { _tag: "done", id: nextId(generation), message: stored })
           yield* Deferred.succeed(generation.outcome, { answer: stored, failure: providerFailure })
-          yield* Effect.sleep(settings.resumeRetention).pipe(
-            Effect.andThen(Effect.sync(() => live.delete(answer.id))),
-            Effect.forkIn(scope)
-          )
+          generation.endedAt = yield* Clock.currentTimeMillis
         }).pipe(
           Effect.catchAllCause((cause) =>
             Effect.logError("An answer could not be stored at its end", cause).pipe(
@@ -382,7 +382,8 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           published: yield* PubSub.unbounded<ChatEvent>(),
           outcome: yield* Deferred.make<Outcome>(),
           cancelRequested: false,
-          fiber: null
+          fiber: null,
+          endedAt: null
         }
         generation.events.push({ _tag: "start", id: 1, conversationId: conversation.id, question, answer })
         live.set(answer.id, generation)
@@ -481,6 +482,17 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       }
     })
     yield* recover
+    const retentionMs = Duration.toMillis(settings.resumeRetention)
+    const forgetEnded = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.sync(() => {
+        for (const [id, generation] of live) {
+          if (generation.endedAt !== null && now - generation.endedAt >= retentionMs) live.delete(id)
+        }
+      }))
+    yield* forgetEnded.pipe(
+      Effect.repeat(Schedule.spaced(Duration.millis(Math.max(100, retentionMs / 4)))),
+      Effect.forkIn(scope)
+    )
     yield* recover.pipe(
       Effect.repeat(Schedule.spaced(settings.streamLease)),
       Effect.catchAllCause((cause) => Effect.logError("Recovering abandoned answers failed", cause)),

@@ -477,11 +477,14 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       const before = DateTime.formatIso(DateTime.subtractDuration(yield* DateTime.now, settings.streamLease))
       const recovered = yield* answers.recoverAbandoned(before)
       if (recovered > 0) {
-        yield* Effect.logWarning("Answers left streaming by a stopped instance marked incomplete")
-          .pipe(Effect.annotateLogs({ count: recovered }))
+        yield* Effect.logWarning("Answers left streaming by a stopped instance marked incomplete").pipe(
+          Effect.annotateLogs({ count: recovered })
+        )
       }
-    })
+    }).pipe(Effect.catchAllCause((cause) => Effect.logWarning("Could not recover answers left streaming", cause)))
     yield* recover
+    yield* recover.pipe(Effect.repeat(Schedule.spaced(settings.streamLease)), Effect.forkIn(scope))
+
     const retentionMs = Duration.toMillis(settings.resumeRetention)
     const forgetEnded = Effect.flatMap(Clock.currentTimeMillis, (now) =>
       Effect.sync(() => {
@@ -491,11 +494,6 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       }))
     yield* forgetEnded.pipe(
       Effect.repeat(Schedule.spaced(Duration.millis(Math.max(100, retentionMs / 4)))),
-      Effect.forkIn(scope)
-    )
-    yield* recover.pipe(
-      Effect.repeat(Schedule.spaced(settings.streamLease)),
-      Effect.catchAllCause((cause) => Effect.logError("Recovering abandoned answers failed", cause)),
       Effect.forkIn(scope)
     )
 

@@ -55,13 +55,7 @@ export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*
   const register = (declared: Declared) =>
     Effect.gen(function*() {
       yield* transactionLock(sql, "environment-providers")
-      // The development provider is `openai-compatible` too: it is not the one `OPENAI_BASE_URL` declares.
-      const existing = Option.fromNullable(
-        (yield* providers.list).find((provider) =>
-          provider.source === "environment" && provider.kind === declared.kind &&
-          provider.baseUrl !== developmentBaseUrl
-        )
-      )
+      const existing = yield* providers.findFromEnvironment(declared.kind)
       const current = Option.isSome(existing) && existing.value.credentialCiphertext && existing.value.credentialKeyId
         ? Option.some(Redacted.value(
           yield* cipher.open(existing.value.credentialCiphertext, existing.value.credentialKeyId)
@@ -145,7 +139,7 @@ export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*
 
   const development = Effect.gen(function*() {
     yield* transactionLock(sql, "environment-providers")
-    const existing = (yield* providers.list).find((provider) => provider.baseUrl === developmentBaseUrl)
+    const existing = Option.getOrUndefined(yield* providers.findByBaseUrl(developmentBaseUrl))
     if (existing === undefined) {
       if (!chat.developmentModel) return Option.none()
       const taken = Option.isSome(yield* providers.findByName("Development"))

@@ -586,6 +586,47 @@ for (const dialect of dialects) {
             branch.items.slice(0, 7).map((m: any) => m.content)
           )
         }))
+
+      it.scoped("an answer written by one instance is followed and cancelled through another", () =>
+        Effect.gen(function*() {
+          const { dataDir, databaseUrl } = yield* TestServer
+          const { user } = yield* TheCast
+          const openai = yield* script({ text: pieces(60), paceMs: 30 })
+          const conversationId = yield* newConversation
+          const second = yield* Layer.build(testServer({
+            dialect,
+            env: { ...chatEnv, DATA_DIR: dataDir, ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}) }
+          }))
+          const stream = yield* chatSse(conversationId, { content: "Go" })
+          const start = yield* stream.next
+          const answerId = start!.data.answer.id
+          // The other instance reads the answer from the database: snapshots of the text so far.
+          const followed = yield* openSse(
+            "GET",
+            `/api/v1/conversations/${conversationId}/messages/${answerId}/events`,
+            {
+              auth: user.accessToken,
+              headers: { "last-event-id": "1" }
+            }
+          ).pipe(Effect.provide(second))
+          const snapshot = yield* eventually(followed.next, (event) => event?.event === "snapshot")
+          expect(pieces(60).join("").startsWith(snapshot!.data.content)).toBe(true)
+          const cancelled = yield* call(
+            "POST",
+            `/api/v1/conversations/${conversationId}/messages/${answerId}/cancel`,
+            { auth: user.accessToken }
+          ).pipe(Effect.provide(second))
+          expect(cancelled.body.status).toBe("cancelled")
+          // The writing instance stops at its next flush, and both streams end on the cancelled answer.
+          const ends = [(yield* stream.rest).at(-1), (yield* followed.rest).at(-1)]
+          for (const end of ends) {
+            expect(end).toMatchObject({ event: "done", data: { message: { status: "cancelled" } } })
+          }
+          const stored = yield* getMessage(conversationId, answerId)
+          expect(stored.status).toBe("cancelled")
+          expect(stored.content.length).toBeLessThan(pieces(60).join("").length)
+          yield* eventually(Effect.sync(() => openai.cutShort), (count) => count > 0)
+        }))
     })
   })
 

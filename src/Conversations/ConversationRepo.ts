@@ -65,7 +65,7 @@ export interface StoredMessageRow {
  * the `Message` schema agree.
  */
 export const readMessage = (row: StoredMessageRow): MessageView =>
-  new MessageView({
+  trusted(MessageView, {
     id: row.id as MessageId,
     conversationId: row.conversation_id as ConversationId,
     parentId: row.parent_id as MessageId | null,
@@ -79,7 +79,7 @@ export const readMessage = (row: StoredMessageRow): MessageView =>
     completionTokens: row.completion_tokens,
     toolCalls: row.tool_calls === "[]"
       ? []
-      : (JSON.parse(row.tool_calls) as Array<ToolCall>).map((call) => new ToolCall(call, true)),
+      : (JSON.parse(row.tool_calls) as Array<ToolCall>).map((call) => trusted(ToolCall, call)),
     metadata: row.metadata === "{}" ? {} : JSON.parse(row.metadata),
     editedFromId: row.edited_from_id as MessageId | null,
     siblingIndex: Number(row.sibling_index),
@@ -87,7 +87,18 @@ export const readMessage = (row: StoredMessageRow): MessageView =>
     siblingCount: Math.max(Number(row.sibling_count), 1),
     createdAt: DateTime.unsafeMake(row.created_at),
     updatedAt: DateTime.unsafeMake(row.updated_at)
-  }, true)
+  })
+
+/**
+ * An instance of a schema class from fields already known to be valid, without its
+ * constructor: even with validation off, the constructor copies the fields and merges
+ * defaults (about 5 µs an object, most of the cost of reading a 1,000-message branch).
+ * The result is what the constructor builds: the fields on an object of the class.
+ */
+const trusted = <A extends object>(
+  Class: { readonly prototype: A },
+  fields: { readonly [K in keyof A]: A[K] }
+): A => Object.assign(Object.create(Class.prototype) as A, fields)
 
 const readMessages = (rows: ReadonlyArray<StoredMessageRow>) => rows.map(readMessage)
 

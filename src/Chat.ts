@@ -44,7 +44,7 @@ import { FieldIssue, type Forbidden, NotFound, ValidationError } from "./Domain/
 import type { JsonObject } from "./Domain/Fields.js"
 import type { ConversationId, LlmModelId, MessageId, ModelConfigId } from "./Domain/Ids.js"
 import type { ModelConfig } from "./Domain/Model.js"
-import { type ModelRegistry, ModelRegistry as ModelRegistryTag, type ResolvedModel } from "./Models.js"
+import { ModelRegistry, type ResolvedModel } from "./Models.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
@@ -112,7 +112,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
   scoped: Effect.gen(function*() {
     const { chat: settings } = yield* AppConfig
     const conversations = yield* Conversations
-    const registry: ModelRegistry = yield* ModelRegistryTag
+    const registry = yield* ModelRegistry
     const models = yield* ModelsRepo
     const configs = yield* ModelConfigsRepo
     const answers = yield* AnswerRepo

@@ -4,10 +4,12 @@
  */
 import initial from "./0001_initial.js"
 import conversationHistory from "./0002_conversation_history.js"
+import usage from "./0003_usage.js"
 
 export const migrations = {
   "0001_initial": initial,
-  "0002_conversation_history": conversationHistory
+  "0002_conversation_history": conversationHistory,
+  "0003_usage": usage
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -6,6 +6,7 @@ import { HttpApi, OpenApi } from "@effect/platform"
 import { AuthApi } from "./Auth/Api.js"
 import { ConversationsApi } from "./Conversations/Api.js"
 import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
+import { UsageApi } from "./Gateway/Api.js"
 import { HealthApi } from "./Health/Api.js"
 import { ModelConfigsApi, ModelsApi, ProvidersApi } from "./Models/Api.js"
 import { AdminApi, MeApi } from "./Users/Api.js"
@@ -74,6 +75,7 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .add(ProvidersApi)
   .add(ModelsApi)
   .add(ModelConfigsApi)
+  .add(UsageApi)
   .addError(ValidationError)
   .addError(NotFound)
   .addError(PayloadTooLarge)

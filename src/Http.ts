@@ -20,6 +20,9 @@ import { Conversations } from "./Conversations.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import { ConversationsHttpLive } from "./Conversations/Http.js"
 import { SearchRepo } from "./Conversations/SearchRepo.js"
+import { Gateway } from "./Gateway.js"
+import { GatewayRoutesLive, UsageHttpLive } from "./Gateway/Http.js"
+import { UsageRepo } from "./Gateway/UsageRepo.js"
 import { Health } from "./Health.js"
 import { HealthHttpLive } from "./Health/Http.js"
 import { ErrorModelLive } from "./Http/ErrorModel.js"
@@ -82,7 +85,8 @@ const ReposLive = Layer.mergeAll(
   SearchRepo.Default,
   ProvidersRepo.Default,
   ModelsRepo.Default,
-  ModelConfigsRepo.Default
+  ModelConfigsRepo.Default,
+  UsageRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -104,6 +108,7 @@ export const ServicesLive = Layer.mergeAll(
   Users.Default,
   Conversations.Default,
   Health.Default,
+  Gateway.Default,
   SessionCleanupLive
 ).pipe(
   Layer.provideMerge(EnvironmentProvidersLive),
@@ -120,7 +125,9 @@ export const ApiGroupsLive = Layer.mergeAll(
   AdminHttpLive,
   MeHttpLive,
   ConversationsHttpLive,
-  ModelsApiLive
+  ModelsApiLive,
+  UsageHttpLive,
+  GatewayRoutesLive
 ).pipe(
   Layer.provide(AuthenticationLive),
   Layer.provideMerge(ServicesLive)

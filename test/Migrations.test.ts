@@ -29,6 +29,7 @@ const expectedTables = [
   "roles",
   "sessions",
   "threads",
+  "usage_records",
   "users"
 ]
 

@@ -142,6 +142,8 @@ const decodeRequest = (body: unknown): Effect.Effect<ChatCompletionRequest, Inva
       return new InvalidRequest({
         message: param === null
           ? `Invalid request body: ${issue?.message ?? "expected a JSON object"}`
+          : issue?._tag === "Missing"
+          ? `Missing required parameter: '${param}'.`
           : `Invalid value for '${param}': ${issue?.message ?? "not accepted"}`,
         param
       })

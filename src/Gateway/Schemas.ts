@@ -16,7 +16,12 @@ const TextPart = Schema.Struct({
 })
 
 /** A message's content: a string, or text parts (images and audio are not supported). */
-const Content = Schema.Union(Schema.String, Schema.Array(TextPart))
+const Content = Schema.Union(Schema.String, Schema.Array(TextPart)).annotations({
+  message: () => ({
+    message: "Expected a string or an array of text parts (images and audio are not supported)",
+    override: true
+  })
+})
 export type Content = typeof Content.Type
 
 const RequestToolCall = Schema.Struct({
@@ -26,7 +31,13 @@ const RequestToolCall = Schema.Struct({
 })
 
 const SystemMessage = Schema.Struct({
-  role: Schema.Literal("system", "developer"),
+  role: Schema.Literal("system"),
+  content: Content
+})
+
+/** What newer OpenAI models call the system message. */
+const DeveloperMessage = Schema.Struct({
+  role: Schema.Literal("developer"),
   content: Content
 })
 
@@ -47,7 +58,7 @@ const ToolMessage = Schema.Struct({
   tool_call_id: Schema.String
 })
 
-export const RequestMessage = Schema.Union(SystemMessage, UserMessage, AssistantMessage, ToolMessage)
+export const RequestMessage = Schema.Union(SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage)
 export type RequestMessage = typeof RequestMessage.Type
 
 const FunctionName = Schema.String.pipe(

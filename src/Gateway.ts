@@ -152,8 +152,8 @@ const toUsage = (reported: ReportedUsage): Usage => ({
  * Some providers say "stop" when the answer ends in tool calls; OpenAI's
  * clients look for "tool_calls" to run them.
  */
-const finishReasonOf = (reason: FinishReason | null, calledTools: boolean): FinishReason =>
-  (reason === null || reason === "stop") && calledTools ? "tool_calls" : reason ?? "stop"
+const finishReasonOf = (reason: FinishReason, calledTools: boolean): FinishReason =>
+  reason === "stop" && calledTools ? "tool_calls" : reason
 
 const toolCallId = Effect.map(generateUuid, (uuid) => `call_${uuid.replaceAll("-", "")}`)
 
@@ -290,7 +290,8 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
               refusal: null,
               ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {})
             },
-            finish_reason: finishReasonOf(answer.finish, toolCalls.length > 0),
+            // Never null: a provider's answer ends with a finish chunk, else its stream fails (Providers/Resilience.ts).
+            finish_reason: finishReasonOf(answer.finish ?? "stop", toolCalls.length > 0),
             logprobs: null
           }],
           ...(Option.isSome(usage) ? { usage: toUsage(usage.value) } : {})
@@ -387,11 +388,10 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
             return Effect.succeed([choice({}, finishReasonOf(chunk.reason, seenToolCalls.size > 0))])
         }
       }
-      // An adapter ends its stream cleanly only after a complete answer, even when the provider named no reason.
-      const trailer = Effect.map(Ref.get(call.usage), (usage) => [
-        ...(finished ? [] : [choice({}, finishReasonOf(null, seenToolCalls.size > 0))]),
-        ...(includeUsage && Option.isSome(usage) ? [chunkOf([], toUsage(usage.value))] : [])
-      ])
+      const trailer = Effect.map(
+        Ref.get(call.usage),
+        (usage) => includeUsage && Option.isSome(usage) ? [chunkOf([], toUsage(usage.value))] : []
+      )
       return Stream.make(choice({ role: "assistant", content: "" })).pipe(
         Stream.concat(Stream.mapConcatEffect(upstream, translate)),
         Stream.concat(Stream.fromIterableEffect(trailer))

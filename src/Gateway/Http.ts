@@ -37,6 +37,8 @@ interface OpenAiError {
   readonly type: string
   readonly param: string | null
   readonly code: string | null
+  /** When the provider said how long to wait (its `Retry-After`, or the gateway's circuit for it). */
+  readonly retryAfterMs?: number | undefined
 }
 
 /** OpenAI's status, type and code for each failure; messages never carry credentials or upstream bodies. */
@@ -81,7 +83,23 @@ const describe = (failure: Failure): OpenAiError => {
     case "ProviderTimeout":
       return { status: 504, message: failure.message, type: "api_error", param: null, code: "provider_timeout" }
     case "ProviderError":
-      return { status: 502, message: failure.message, type: "api_error", param: null, code: "provider_error" }
+      return {
+        status: 502,
+        message: failure.message,
+        type: "api_error",
+        param: null,
+        code: "provider_error",
+        retryAfterMs: failure.retryAfterMs
+      }
+    case "ProviderUnavailable":
+      return {
+        status: 503,
+        message: failure.message,
+        type: "api_error",
+        param: null,
+        code: "provider_unavailable",
+        retryAfterMs: failure.retryAfterMs
+      }
   }
 }
 
@@ -93,12 +111,18 @@ const errorBody = ({ code, message, param, type }: OpenAiError) =>
 const errorResponse = (error: OpenAiError) =>
   HttpServerResponse.unsafeJson(errorBody(error), {
     status: error.status,
-    // RFC 6750: a 401 tells the client which scheme to use.
-    ...(error.status === 401 ? { headers: { "www-authenticate": "Bearer realm=\"webplus\"" } } : {})
+    headers: {
+      // RFC 6750: a 401 tells the client which scheme to use.
+      ...(error.status === 401 ? { "www-authenticate": "Bearer realm=\"webplus\"" } : {}),
+      // OpenAI's clients wait this long before they retry.
+      ...(error.retryAfterMs !== undefined
+        ? { "retry-after": String(Math.ceil(error.retryAfterMs / 1000)), "retry-after-ms": String(error.retryAfterMs) }
+        : {})
+    }
   })
 
 /** A defect: logged with its cause, answered with the request id to quote and nothing else. */
-const internalError = (cause: Cause.Cause<unknown>) =>
+const internalError = (cause: Cause.Cause<unknown>): Effect.Effect<OpenAiError> =>
   Effect.gen(function*() {
     yield* Effect.logError("Unexpected failure in the gateway", cause)
     const requestId = yield* FiberRef.get(CurrentRequestId)
@@ -162,7 +186,9 @@ const toEventStream = (chunks: Stream.Stream<ChatCompletionChunk, Failure>) =>
     Stream.catchAllCause((cause) => {
       if (Cause.isInterruptedOnly(cause)) return Stream.failCause(cause)
       const failure = Cause.failureOption(cause)
-      const error = Option.isSome(failure) ? Effect.succeed(describe(failure.value)) : internalError(cause)
+      const error: Effect.Effect<OpenAiError> = Option.isSome(failure)
+        ? Effect.succeed(describe(failure.value))
+        : internalError(cause)
       return Stream.fromEffect(Effect.map(error, (error) => `data: ${JSON.stringify(errorBody(error))}\n\n`))
     }),
     Stream.encodeText

@@ -209,9 +209,14 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
     /** The model a client names: by its listed id, by `<provider>/<model>` even when unique, or by its UUID. */
     const findTarget = (
       name: string
-    ): Effect.Effect<{ target: Target; resolved: ResolvedModel }, UnknownModel | Forbidden, CurrentActor> =>
+    ): Effect.Effect<
+      { readonly actor: Actor; readonly target: Target; readonly resolved: ResolvedModel },
+      UnknownModel | Forbidden,
+      CurrentActor
+    > =>
       Effect.gen(function*() {
-        yield* requirePermission("models:use")
+        // Checked first: a key that may not use models learns nothing about which exist.
+        const actor = yield* requirePermission("models:use")
         const targets = yield* usableTargets
         const target = targets.find((candidate) => candidate.id === name) ??
           targets.find((candidate) => qualifiedName(candidate.provider, candidate.model) === name) ??
@@ -221,7 +226,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
           // Disabled between the two reads: as unknown as if it had been a moment earlier.
           Effect.catchTag("NotFound", (_: NotFound) => new UnknownModel({ model: name }))
         )
-        return { target, resolved }
+        return { actor, target, resolved }
       })
 
     /**
@@ -233,9 +238,8 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       body: ChatCompletionRequest
     ): Effect.Effect<Call, GatewayFailure, CurrentActor | Scope.Scope> =>
       Effect.gen(function*() {
-        const { resolved, target } = yield* findTarget(body.model)
+        const { actor, resolved, target } = yield* findTarget(body.model)
         const request = yield* toChatRequest(body, target)
-        const actor: Actor = yield* requirePermission("models:use")
         const usage = yield* Ref.make(Option.none<ReportedUsage>())
         yield* Effect.addFinalizer(() => recordUsage(actor, target, usage))
         const completionId = `chatcmpl-${(yield* generateUuid).replaceAll("-", "")}`

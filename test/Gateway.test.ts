@@ -74,7 +74,7 @@ const withCast = (dialect: (typeof dialects)[number]) =>
         anthropic: uniqueName("anthropic"),
         ollama: uniqueName("ollama")
       }
-      const timeouts = { connectTimeoutMs: 2_000, requestTimeoutMs: 5_000 }
+      const timeouts = { connectTimeoutMs: 1_000, requestTimeoutMs: 5_000 }
       const register = (kind: string, name: string, fake: FakeProvider) =>
         registerProvider(admin, {
           name,
@@ -96,6 +96,7 @@ const withCast = (dialect: (typeof dialects)[number]) =>
       env: {
         MODEL_STATUS_POLL_INTERVAL: "0 seconds",
         DEVELOPMENT_MODEL: "false",
+        MAX_BODY_SIZE: "64kb",
         // Failures are answered at once: a retried or short-circuited call would blur what is tested.
         CHAT_RETRY_ATTEMPTS: "0",
         PROVIDER_BREAKER_THRESHOLD: "1000"
@@ -532,6 +533,47 @@ for (const dialect of dialects) {
             client.chat.completions.create({ model: "ghost", messages: [{ role: "user", content: "Hi" }] })
           )
           expect(unreachable).toMatchObject({ status: 503, type: "api_error", code: "provider_unreachable" })
+
+          // Silent past the provider's connect timeout (1 s here).
+          openai.faults.set(chatPath.openai, { kind: "hang", times: 1 })
+          const silent = yield* failure(() =>
+            client.chat.completions.create({ model: "loop-chat", messages: [{ role: "user", content: "Hi" }] })
+          )
+          expect(silent).toMatchObject({ status: 504, type: "api_error", code: "provider_timeout" })
+        }))
+
+      it.effect("413 for a body over MAX_BODY_SIZE", () =>
+        Effect.gen(function*() {
+          const { baseUrl } = yield* TestServer
+          const { key } = yield* TheCast
+          const client = yield* clientFor(key.secret)
+          const huge = "x".repeat(70 * 1024)
+          const declared = yield* failure(() =>
+            client.chat.completions.create({ model: "loop-chat", messages: [{ role: "user", content: huge }] })
+          )
+          expect(declared).toMatchObject({ status: 413 })
+          // Sent in chunks, the size shows while reading: answered in OpenAI's format.
+          const body = new TextEncoder().encode(
+            JSON.stringify({ model: "loop-chat", messages: [{ role: "user", content: huge }] })
+          )
+          const chunked = yield* promise(() =>
+            fetch(`${baseUrl}/v1/chat/completions`, {
+              method: "POST",
+              headers: { authorization: `Bearer ${key.secret}`, "content-type": "application/json" },
+              body: new ReadableStream({
+                start(controller) {
+                  controller.enqueue(body)
+                  controller.close()
+                }
+              }),
+              duplex: "half"
+            } as RequestInit)
+          )
+          expect(chunked.status).toBe(413)
+          expect(((yield* promise(() => chunked.json())) as any).error).toMatchObject({
+            type: "invalid_request_error",
+            code: "request_too_large"
+          })
         }))
 
       it.effect("an upstream failure after the stream started arrives as an error event the client raises", () =>

@@ -22,6 +22,7 @@ import {
   type ChatCompletionRequest,
   type ChunkChoice,
   type Content,
+  type GatewayModel,
   InvalidRequest,
   type ModelList,
   passedThrough,
@@ -192,21 +193,32 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
 
     const qualifiedName = (provider: Provider, model: LlmModel) => `${provider.name}/${model.providerModel}`
 
-    const listModels: Effect.Effect<ModelList, Forbidden, CurrentActor> = Effect.gen(function*() {
-      yield* requirePermission("models:read")
-      const targets = yield* usableTargets
-      return {
-        object: "list" as const,
-        data: targets.map((target) => ({
-          id: target.id,
-          object: "model" as const,
-          created: Math.floor(DateTime.toEpochMillis(target.model.createdAt) / 1000),
-          owned_by: target.provider.name
-        }))
-      }
-    }).pipe(Effect.withSpan("Gateway.listModels"))
+    const toGatewayModel = (target: Target): GatewayModel => ({
+      id: target.id,
+      object: "model",
+      created: Math.floor(DateTime.toEpochMillis(target.model.createdAt) / 1000),
+      owned_by: target.provider.name
+    })
 
     /** The model a client names: by its listed id, by `<provider>/<model>` even when unique, or by its UUID. */
+    const pick = (targets: ReadonlyArray<Target>, name: string): Effect.Effect<Target, UnknownModel> => {
+      const target = targets.find((candidate) => candidate.id === name) ??
+        targets.find((candidate) => qualifiedName(candidate.provider, candidate.model) === name) ??
+        targets.find((candidate) => candidate.model.id === name)
+      return target === undefined ? Effect.fail(new UnknownModel({ model: name })) : Effect.succeed(target)
+    }
+
+    const listModels: Effect.Effect<ModelList, Forbidden, CurrentActor> = Effect.gen(function*() {
+      yield* requirePermission("models:read")
+      return { object: "list" as const, data: (yield* usableTargets).map(toGatewayModel) }
+    }).pipe(Effect.withSpan("Gateway.listModels"))
+
+    const retrieveModel = (name: string): Effect.Effect<GatewayModel, UnknownModel | Forbidden, CurrentActor> =>
+      Effect.gen(function*() {
+        yield* requirePermission("models:read")
+        return toGatewayModel(yield* pick(yield* usableTargets, name))
+      }).pipe(Effect.withSpan("Gateway.retrieveModel"))
+
     const findTarget = (
       name: string
     ): Effect.Effect<
@@ -217,11 +229,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       Effect.gen(function*() {
         // Checked first: a key that may not use models learns nothing about which exist.
         const actor = yield* requirePermission("models:use")
-        const targets = yield* usableTargets
-        const target = targets.find((candidate) => candidate.id === name) ??
-          targets.find((candidate) => qualifiedName(candidate.provider, candidate.model) === name) ??
-          targets.find((candidate) => candidate.model.id === name)
-        if (target === undefined) return yield* new UnknownModel({ model: name })
+        const target = yield* pick(yield* usableTargets, name)
         const resolved = yield* registry.resolve(target.model.id).pipe(
           // Disabled between the two reads: as unknown as if it had been a moment earlier.
           Effect.catchTag("NotFound", (_: NotFound) => new UnknownModel({ model: name }))
@@ -423,6 +431,6 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         })
       }).pipe(Effect.withSpan("Gateway.keyUsage"))
 
-    return { listModels, complete, stream, keyUsage } as const
+    return { listModels, retrieveModel, complete, stream, keyUsage } as const
   })
 }) {}

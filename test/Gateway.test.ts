@@ -141,6 +141,20 @@ for (const dialect of dialects) {
           const model = page.data.find((candidate) => candidate.id === "loop-chat")!
           expect(model).toMatchObject({ object: "model", owned_by: names.openai })
           expect(Number.isInteger(model.created)).toBe(true)
+          for (const id of ["loop-chat", `${names.second}/shared:1b`, "llama-loop:1b"]) {
+            expect(yield* promise(() => client.models.retrieve(id))).toEqual(page.data.find((found) => found.id === id))
+          }
+          const missing = yield* failure(() => client.models.retrieve("shared:1b"))
+          expect(missing).toMatchObject({ status: 404, code: "model_not_found" })
+        }))
+
+      it.effect("takes the key as X-API-Key too", () =>
+        Effect.gen(function*() {
+          const { baseUrl } = yield* TestServer
+          const { key } = yield* TheCast
+          const response = yield* promise(() => fetch(`${baseUrl}/v1/models`, { headers: { "x-api-key": key.secret } }))
+          expect(response.status).toBe(200)
+          expect(((yield* promise(() => response.json())) as any).object).toBe("list")
         }))
     })
 

@@ -7,7 +7,7 @@
  * raise their usual error classes. Also the handler of the per-key usage
  * endpoint of the REST API.
  */
-import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Cause, Effect, FiberRef, Option, ParseResult, Redacted, Schema, Stream } from "effect"
 import { WebPlusApi } from "../Api.js"
 import { Auth } from "../Auth.js"
@@ -22,6 +22,7 @@ import {
   ChatCompletionChunk,
   ChatCompletionRequest,
   ErrorBody,
+  GatewayModel,
   InvalidRequest,
   ModelList
 } from "./Schemas.js"
@@ -177,6 +178,7 @@ const decodeRequest = (body: unknown): Effect.Effect<ChatCompletionRequest, Inva
 const encodeChunk = Schema.encodeSync(Schema.parseJson(ChatCompletionChunk))
 const encodeCompletion = Schema.encodeSync(ChatCompletion)
 const encodeModelList = Schema.encodeSync(ModelList)
+const encodeModel = Schema.encodeSync(GatewayModel)
 
 /** Server-sent events as OpenAI sends them; a failure after the first event is the last event, without `[DONE]`. */
 const toEventStream = (chunks: Stream.Stream<ChatCompletionChunk, Failure>) =>
@@ -247,6 +249,18 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
     yield* router.get(
       `${gatewayPrefix}/models`,
       answer(asCaller(Effect.map(gateway.listModels, (list) => HttpServerResponse.unsafeJson(encodeModelList(list)))))
+    )
+
+    // Model ids may contain slashes (`<provider>/<model>`): the rest of the path is the id.
+    yield* router.get(
+      `${gatewayPrefix}/models/*`,
+      answer(asCaller(
+        Effect.flatMap(HttpRouter.params, (params) =>
+          Effect.map(
+            gateway.retrieveModel(params["*"] ?? ""),
+            (model) => HttpServerResponse.unsafeJson(encodeModel(model))
+          ))
+      ))
     )
 
     yield* router.post(

@@ -727,4 +727,31 @@ for (const dialect of dialects) {
         }))
     })
   })
+  layer(testServer({ dialect, env: { DEVELOPMENT_MODEL: "true" } }), { excludeTestServices: true })(
+    `the development model through the gateway on ${dialect}`,
+    (it) => {
+      it.effect("answers the official client, streamed with usage, without any language model", () =>
+        Effect.gen(function*() {
+          const user = yield* signUp()
+          const key = yield* createKey(user, ["models:read", "models:use"])
+          const client = yield* clientFor(key.secret)
+          const ids = (yield* promise(() => client.models.list())).data.map((model) => model.id)
+          expect(ids).toContain("webplus-development")
+          const chunks = yield* promise(async () => {
+            const stream = await client.chat.completions.create({
+              model: "webplus-development",
+              messages: [{ role: "user", content: "Hello gateway" }],
+              stream: true,
+              stream_options: { include_usage: true }
+            })
+            const received: Array<OpenAI.Chat.Completions.ChatCompletionChunk> = []
+            for await (const chunk of stream) received.push(chunk)
+            return received
+          })
+          const text = chunks.map((chunk) => chunk.choices[0]?.delta.content ?? "").join("")
+          expect(text).toContain("You said: Hello gateway")
+          expect(chunks.at(-1)!.usage!.completion_tokens).toBeGreaterThan(0)
+        }))
+    }
+  )
 }

@@ -120,7 +120,7 @@ const withTimeouts = (name: string, first: Duration.Duration, idle: Duration.Dur
                 message: started
                   ? `${name} went silent for ${Duration.format(limit)} in the middle of an answer`
                   : `${name} did not start answering within ${Duration.format(limit)}`,
-                timeoutMs: Duration.toMillis(limit)
+                timeoutMs: Math.round(Duration.toMillis(limit))
               })
             )
         }),

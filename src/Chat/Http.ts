@@ -1,7 +1,7 @@
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Duration, Effect, Schema, Stream } from "effect"
+import { Effect, Schema, Stream } from "effect"
 import { WebPlusApi } from "../Api.js"
-import { ChatEngine, type Turn } from "../Chat.js"
+import { ChatEngine, type EventBatch, type Turn } from "../Chat.js"
 import { CurrentActor } from "../Domain/Actor.js"
 import { Forbidden } from "../Domain/Errors.js"
 import type { ProviderFailure } from "../Models/Errors.js"
@@ -15,17 +15,17 @@ export const sseEvent = (event: ChatEvent): string =>
     JSON.stringify(event._tag === "delta" ? event : encodeEvent(event))
   }\n\n`
 
-/** A comment line now and then keeps proxies from closing a quiet stream. */
-const keepAlive = Stream.tick(Duration.seconds(15)).pipe(Stream.drop(1), Stream.as(": keep-alive\n\n"))
+/**
+ * The events of a batch as one write; an empty batch is a comment line, which keeps proxies from
+ * closing a quiet stream.
+ */
+const sseBatch = (batch: EventBatch): string => batch.length === 0 ? ": keep-alive\n\n" : batch.map(sseEvent).join("")
 
-export const sseResponse = (events: Stream.Stream<ChatEvent>) =>
-  HttpServerResponse.stream(
-    Stream.merge(Stream.map(events, sseEvent), keepAlive, { haltStrategy: "left" }).pipe(Stream.encodeText),
-    {
-      contentType: "text/event-stream",
-      headers: { "cache-control": "no-cache, no-transform", "x-accel-buffering": "no" }
-    }
-  )
+export const sseResponse = (events: Stream.Stream<EventBatch>) =>
+  HttpServerResponse.stream(Stream.encodeText(Stream.map(events, sseBatch)), {
+    contentType: "text/event-stream",
+    headers: { "cache-control": "no-cache, no-transform", "x-accel-buffering": "no" }
+  })
 
 /** Events when the client reads them, else the finished answer as JSON. */
 const respond = (

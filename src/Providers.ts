@@ -1,23 +1,31 @@
 /**
  * The adapters of every provider kind behind one `ProviderClient` interface
- * (`Providers/Client.ts`), chosen by the provider's kind.
+ * (`Providers/Client.ts`), chosen by the provider's kind (the development
+ * model by its base URL), each chat made resilient (`Providers/Resilience.ts`)
+ * with one circuit breaker per provider, held here.
  */
 import { FetchHttpClient, HttpClient } from "@effect/platform"
 import { Effect } from "effect"
+import { AppConfig } from "./Config.js"
 import * as Anthropic from "./Providers/Anthropic.js"
 import type { ProviderClient, ProviderConnection } from "./Providers/Client.js"
+import * as Development from "./Providers/Development.js"
 import * as Ollama from "./Providers/Ollama.js"
 import * as OpenAi from "./Providers/OpenAi.js"
+import { type CircuitBreaker, makeCircuitBreaker, resilient } from "./Providers/Resilience.js"
 
 export class ProviderClients extends Effect.Service<ProviderClients>()("Providers/ProviderClients", {
   effect: Effect.gen(function*() {
+    const { chat: settings } = yield* AppConfig
     // Redirects are not followed: a provider answering 3xx is reported as an error, and a
     // credential header is never replayed to another host. (The fetch client reads its options
     // from the calling fiber, so they are provided around each request.)
     const http = (yield* HttpClient.HttpClient).pipe(
       HttpClient.transformResponse(Effect.provideService(FetchHttpClient.RequestInit, { redirect: "manual" }))
     )
-    const forConnection = (connection: ProviderConnection): ProviderClient => {
+
+    const adapterFor = (connection: ProviderConnection): ProviderClient => {
+      if (connection.baseUrl === Development.developmentBaseUrl) return Development.make()
       switch (connection.kind) {
         case "ollama":
           return Ollama.make(http, connection)
@@ -27,6 +35,20 @@ export class ProviderClients extends Effect.Service<ProviderClients>()("Provider
         case "openai-compatible":
           return OpenAi.make(http, connection)
       }
+    }
+
+    // One breaker per provider, whichever client object a caller holds.
+    const breakers = new Map<string, CircuitBreaker>()
+    const breakerOf = (connection: ProviderConnection) => {
+      const key = `${connection.name}\n${connection.baseUrl}`
+      const breaker = breakers.get(key) ?? makeCircuitBreaker(connection.name, settings)
+      breakers.set(key, breaker)
+      return breaker
+    }
+
+    const forConnection = (connection: ProviderConnection): ProviderClient => {
+      const client = adapterFor(connection)
+      return { ...client, chat: resilient(connection.name, settings, breakerOf(connection), client.chat) }
     }
     return { forConnection } as const
   })

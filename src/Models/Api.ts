@@ -11,7 +11,7 @@ import { JsonObject } from "../Domain/Fields.js"
 import { LlmModelId, ModelConfigId, ProviderId } from "../Domain/Ids.js"
 import { ModelStatus, ProviderKind } from "../Domain/Model.js"
 import { request } from "../Domain/Request.js"
-import { ProviderError, ProviderTimeout, ProviderUnreachable } from "./Errors.js"
+import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "./Errors.js"
 
 const BaseUrl = Schema.String.pipe(
   Schema.maxLength(2000),
@@ -250,6 +250,7 @@ export class ProvidersApi extends HttpApiGroup.make("providers")
   .addError(ProviderUnreachable)
   .addError(ProviderTimeout)
   .addError(ProviderError)
+  .addError(ProviderUnavailable)
   .middleware(Authentication)
   .annotate(OpenApi.Description, "Connections to model servers (admins)")
 {}
@@ -295,6 +296,7 @@ export class ModelsApi extends HttpApiGroup.make("models")
   .addError(ProviderUnreachable)
   .addError(ProviderTimeout)
   .addError(ProviderError)
+  .addError(ProviderUnavailable)
   .middleware(Authentication)
   .annotate(OpenApi.Description, "Language models and their status")
 {}

@@ -23,8 +23,20 @@ export class ProviderTimeout extends Schema.TaggedError<ProviderTimeout>()(
 /** The provider answered with an error status or with something that is not its API's shape. */
 export class ProviderError extends Schema.TaggedError<ProviderError>()(
   "ProviderError",
-  { message: Schema.String, upstreamStatus: Schema.NullOr(Schema.Int) },
+  {
+    message: Schema.String,
+    upstreamStatus: Schema.NullOr(Schema.Int),
+    /** How long the provider asked to be left alone (its `Retry-After`), when it said so. */
+    retryAfterMs: Schema.optional(Schema.Int)
+  },
   HttpApiSchema.annotations({ status: 502, description: "The model provider answered with an error or malformed data" })
 ) {}
 
-export type ProviderFailure = ProviderUnreachable | ProviderTimeout | ProviderError
+/** The provider failed too often in a row: it is left alone until `retryAfterMs` have passed. */
+export class ProviderUnavailable extends Schema.TaggedError<ProviderUnavailable>()(
+  "ProviderUnavailable",
+  { message: Schema.String, retryAfterMs: Schema.Int },
+  HttpApiSchema.annotations({ status: 503, description: "The model provider is failing and is not called for a while" })
+) {}
+
+export type ProviderFailure = ProviderUnreachable | ProviderTimeout | ProviderError | ProviderUnavailable

@@ -1,11 +1,25 @@
 /**
  * Anthropic's API: `GET /v1/models` with `x-api-key` and
- * `anthropic-version: 2023-06-01`, paginated (`has_more`, `last_id`, `after_id`).
+ * `anthropic-version: 2023-06-01`, paginated (`has_more`, `last_id`,
+ * `after_id`), and `POST /v1/messages` streamed as server-sent events
+ * (`message_start`, `content_block_*`, `message_delta`, `message_stop`, `error`).
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
-import { Effect, Option, Redacted, Schema } from "effect"
-import { ProviderError } from "../Models/Errors.js"
-import { type DiscoveredModel, joinUrl, type ProviderClient, type ProviderConnection, requestJson } from "./Client.js"
+import { Effect, Option, Redacted, Schema, Stream } from "effect"
+import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
+import type { ChatChunk, ChatMessage, ChatRequest, FinishReason } from "./Chat.js"
+import {
+  argumentsObject,
+  decodePiece,
+  type DiscoveredModel,
+  joinUrl,
+  postJson,
+  type ProviderClient,
+  type ProviderConnection,
+  requestJson,
+  requestStream,
+  sseEvents
+} from "./Client.js"
 
 export const anthropicVersion = "2023-06-01"
 
@@ -19,20 +33,129 @@ const ModelsPage = Schema.Struct({
   last_id: Schema.optional(Schema.NullOr(Schema.String))
 })
 
+/** Anthropic requires `max_tokens`; this is what a request without a limit gets. */
+export const defaultMaxTokens = 4096
+
+const Usage = Schema.Struct({
+  input_tokens: Schema.optional(Schema.NullOr(Schema.Int)),
+  cache_creation_input_tokens: Schema.optional(Schema.NullOr(Schema.Int)),
+  cache_read_input_tokens: Schema.optional(Schema.NullOr(Schema.Int)),
+  output_tokens: Schema.optional(Schema.NullOr(Schema.Int))
+})
+
+const StreamEvent = Schema.Union(
+  Schema.Struct({ type: Schema.Literal("message_start"), message: Schema.Struct({ usage: Schema.optional(Usage) }) }),
+  Schema.Struct({
+    type: Schema.Literal("content_block_start"),
+    index: Schema.Int,
+    content_block: Schema.Struct({
+      type: Schema.String,
+      text: Schema.optional(Schema.String),
+      id: Schema.optional(Schema.String),
+      name: Schema.optional(Schema.String)
+    })
+  }),
+  Schema.Struct({
+    type: Schema.Literal("content_block_delta"),
+    index: Schema.Int,
+    delta: Schema.Struct({
+      type: Schema.String,
+      text: Schema.optional(Schema.String),
+      partial_json: Schema.optional(Schema.String)
+    })
+  }),
+  Schema.Struct({
+    type: Schema.Literal("message_delta"),
+    delta: Schema.Struct({ stop_reason: Schema.optional(Schema.NullOr(Schema.String)) }),
+    usage: Schema.optional(Usage)
+  }),
+  Schema.Struct({
+    type: Schema.Literal("error"),
+    error: Schema.optionalWith(Schema.Struct({ type: Schema.optionalWith(Schema.String, { default: () => "" }) }), {
+      default: () => ({ type: "" })
+    })
+  }),
+  // `ping`, `content_block_stop`, `message_stop`, and the event types Anthropic may add later.
+  Schema.Struct({ type: Schema.String })
+)
+
+const finishReasons: Record<string, FinishReason> = {
+  end_turn: "stop",
+  stop_sequence: "stop",
+  pause_turn: "stop",
+  max_tokens: "length",
+  tool_use: "tool_calls",
+  refusal: "content_filter"
+}
+
+/** The HTTP status Anthropic documents for each error type, so an error event is retried like that status. */
+const errorStatuses: Record<string, number> = { overloaded_error: 529, api_error: 500, rate_limit_error: 429 }
+
+const toMessage = (message: ChatMessage) =>
+  message.role === "tool"
+    ? { role: "user", content: [{ type: "tool_result", tool_use_id: message.toolCallId, content: message.content }] }
+    : message.toolCalls?.length
+    ? {
+      role: message.role,
+      content: [
+        ...(message.content.length > 0 ? [{ type: "text", text: message.content }] : []),
+        ...message.toolCalls.map((call) => ({
+          type: "tool_use",
+          id: call.id,
+          name: call.name,
+          input: argumentsObject(call.arguments)
+        }))
+      ]
+    }
+    : { role: message.role, content: message.content }
+
+const toolChoiceOf = (choice: ChatRequest["toolChoice"]) =>
+  choice === undefined
+    ? undefined
+    : typeof choice === "object"
+    ? { type: "tool", name: choice.name }
+    : { type: choice === "required" ? "any" : choice }
+
+/** System messages go into `system`; `extra` may add or override generation parameters. */
+const chatBody = (request: ChatRequest) => {
+  const system = request.messages.filter((message) => message.role === "system").map((message) => message.content)
+  return {
+    max_tokens: request.maxTokens ?? defaultMaxTokens,
+    temperature: request.temperature,
+    top_p: request.topP,
+    stop_sequences: request.stop?.length ? request.stop : undefined,
+    tools: request.tools?.length
+      ? request.tools.map((tool) => ({
+        name: tool.name,
+        description: tool.description,
+        input_schema: tool.parameters
+      }))
+      : undefined,
+    tool_choice: request.tools?.length ? toolChoiceOf(request.toolChoice) : undefined,
+    ...request.extra,
+    model: request.model,
+    system: system.length > 0 ? system.join("\n\n") : undefined,
+    messages: request.messages.filter((message) => message.role !== "system").map(toMessage),
+    stream: true
+  }
+}
+
 /** More pages than any real listing has: a provider that never stops paginating is broken. */
 const maxPages = 50
 
 export const make = (http: HttpClient.HttpClient, connection: ProviderConnection): ProviderClient => {
+  const withHeaders = HttpClientRequest.setHeaders({
+    "anthropic-version": anthropicVersion,
+    ...(connection.credential._tag === "Some" ? { "x-api-key": Redacted.value(connection.credential.value) } : {})
+  })
+
   const page = (afterId: string | null) =>
     requestJson(
       http,
       connection,
       HttpClientRequest.get(joinUrl(connection.baseUrl, "/v1/models")).pipe(
         HttpClientRequest.setUrlParams({ limit: "1000", ...(afterId ? { after_id: afterId } : {}) }),
-        HttpClientRequest.setHeaders({
-          "anthropic-version": anthropicVersion,
-          ...(connection.credential._tag === "Some" ? { "x-api-key": Redacted.value(connection.credential.value) } : {})
-        })
+        withHeaders
       ),
       ModelsPage
     )
@@ -57,5 +180,62 @@ export const make = (http: HttpClient.HttpClient, connection: ProviderConnection
     return yield* new ProviderError({ message: `${connection.name} paginates without end`, upstreamStatus: null })
   })
 
-  return { listModels, ping: Effect.asVoid(page(null)), runtime: Option.none() }
+  const decode = decodePiece(connection, StreamEvent)
+
+  const chat = (request: ChatRequest): Stream.Stream<ChatChunk, ProviderFailure> =>
+    Stream.suspend(() => {
+      let promptTokens = 0
+      let finish: FinishReason = "stop"
+      // Content blocks are numbered with the text blocks; tool calls are numbered among themselves.
+      const toolIndexOfBlock = new Map<number, number>()
+      const translate = (event: typeof StreamEvent.Type): Effect.Effect<ReadonlyArray<ChatChunk>, ProviderError> => {
+        if ("message" in event) {
+          const usage = event.message.usage
+          promptTokens = (usage?.input_tokens ?? 0) + (usage?.cache_creation_input_tokens ?? 0) +
+            (usage?.cache_read_input_tokens ?? 0)
+        } else if ("content_block" in event) {
+          const block = event.content_block
+          if (block.type === "text" && block.text) return Effect.succeed([{ _tag: "text", text: block.text }])
+          if (block.type === "tool_use") {
+            const index = toolIndexOfBlock.size
+            toolIndexOfBlock.set(event.index, index)
+            return Effect.succeed([{ _tag: "tool-call", index, id: block.id, name: block.name, arguments: "" }])
+          }
+        } else if ("delta" in event && "index" in event) {
+          const { delta } = event
+          if (delta.type === "text_delta" && delta.text) return Effect.succeed([{ _tag: "text", text: delta.text }])
+          const index = toolIndexOfBlock.get(event.index)
+          if (delta.type === "input_json_delta" && index !== undefined && delta.partial_json) {
+            return Effect.succeed([{ _tag: "tool-call", index, arguments: delta.partial_json }])
+          }
+        } else if ("delta" in event) {
+          finish = finishReasons[event.delta.stop_reason ?? ""] ?? "stop"
+          if (event.usage) {
+            return Effect.succeed([{
+              _tag: "usage",
+              promptTokens: event.usage.input_tokens ?? promptTokens,
+              completionTokens: event.usage.output_tokens ?? 0
+            }])
+          }
+        } else if ("error" in event) {
+          return Effect.fail(
+            new ProviderError({
+              message: `${connection.name} reported an error during its answer`,
+              upstreamStatus: errorStatuses[event.error.type] ?? null
+            })
+          )
+        } else if (event.type === "message_stop") {
+          return Effect.succeed([{ _tag: "finish", reason: finish }])
+        }
+        return Effect.succeed([])
+      }
+      return requestStream(http, connection, withHeaders(postJson(connection, "/v1/messages", chatBody(request)))).pipe(
+        sseEvents(connection),
+        Stream.mapEffect((event) => decode(event.data)),
+        Stream.takeUntil((event) => event.type === "message_stop"),
+        Stream.mapConcatEffect(translate)
+      )
+    })
+
+  return { chat, listModels, ping: Effect.asVoid(page(null)), runtime: Option.none() }
 }

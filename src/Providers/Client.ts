@@ -1,12 +1,13 @@
 /**
- * What the registry asks of a model provider, whatever API it speaks, and the
- * HTTP plumbing every adapter shares: a timeout on every call, and failures
- * turned into `ProviderUnreachable` / `ProviderTimeout` / `ProviderError`
- * instead of hangs or defects. A chat-streaming adapter adds its `Stream`
- * methods to the same client.
+ * What the registry and the chat engine ask of a model provider, whatever API
+ * it speaks, and the HTTP plumbing every adapter shares: a timeout on every
+ * call, streamed bodies read as NDJSON lines or server-sent events, and
+ * failures turned into `ProviderUnreachable` / `ProviderTimeout` /
+ * `ProviderError` instead of hangs or defects.
  */
-import { type HttpClient, type HttpClientError, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
-import { Duration, Effect, type Option, type Redacted, Schema, Stream } from "effect"
+import * as Sse from "@effect/experimental/Sse"
+import { HttpClient, type HttpClientError, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
+import { Clock, Duration, Effect, type Option, type Redacted, Schema, Stream } from "effect"
 import type { ProviderKind } from "../Domain/Model.js"
 import { ProviderError, type ProviderFailure, ProviderTimeout, ProviderUnreachable } from "../Models/Errors.js"
 import type { ChatChunk, ChatRequest } from "./Chat.js"
@@ -86,12 +87,26 @@ const fromHttpError = (connection: ProviderConnection) => (error: HttpClientErro
       upstreamStatus: error.response.status
     })
 
+/** `Retry-After` (seconds or an HTTP date) as milliseconds from `now`. */
+const retryAfterMs = (header: string | undefined, now: number): number | undefined => {
+  const value = header?.trim() ?? ""
+  const ms = /^\d+$/.test(value) ? Number(value) * 1000 : Date.parse(value) - now
+  return Number.isFinite(ms) ? Math.max(0, Math.round(ms)) : undefined
+}
+
 const checkStatus = (connection: ProviderConnection) => (response: HttpClientResponse.HttpClientResponse) =>
   response.status >= 200 && response.status < 300
     ? Effect.succeed(response)
-    : Effect.fail(
-      new ProviderError({ message: describeStatus(connection.name, response.status), upstreamStatus: response.status })
-    )
+    : Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      const retryAfter = retryAfterMs(response.headers["retry-after"], now)
+      return Effect.fail(
+        new ProviderError({
+          message: describeStatus(connection.name, response.status),
+          upstreamStatus: response.status,
+          ...(retryAfter === undefined ? {} : { retryAfterMs: retryAfter })
+        })
+      )
+    })
 
 const timedOut = (connection: ProviderConnection, timeoutMs: number) => () =>
   new ProviderTimeout({ message: `${connection.name} did not answer within ${timeoutMs} ms`, timeoutMs })
@@ -142,6 +157,72 @@ export const requestVoid = (
   )
 
 /**
+ * A streamed answer's body as text. The connect timeout bounds the wait for its
+ * status; the request is aborted when the stream ends, fails or is interrupted.
+ */
+export const requestStream = (
+  http: HttpClient.HttpClient,
+  connection: ProviderConnection,
+  request: HttpClientRequest.HttpClientRequest
+): Stream.Stream<string, ProviderFailure> =>
+  HttpClient.withScope(http).execute(request).pipe(
+    Effect.mapError(fromHttpError(connection)),
+    Effect.flatMap(checkStatus(connection)),
+    Effect.timeoutFail({
+      duration: Duration.millis(connection.connectTimeoutMs),
+      onTimeout: timedOut(connection, connection.connectTimeoutMs)
+    }),
+    Effect.map((response) =>
+      Stream.mapError(
+        response.stream,
+        () => new ProviderError({ message: `${connection.name} broke off its answer`, upstreamStatus: null })
+      )
+    ),
+    Stream.unwrapScoped,
+    Stream.decodeText()
+  )
+
+const notUnderstood = (connection: ProviderConnection) =>
+  new ProviderError({
+    message: `${connection.name} sent a part of its answer this server does not understand`,
+    upstreamStatus: null
+  })
+
+/** Decodes one JSON piece of a streamed answer (a line, an event's data) with `schema`. */
+export const decodePiece = <A, I>(connection: ProviderConnection, schema: Schema.Schema<A, I>) => {
+  const decode = Schema.decodeUnknown(Schema.parseJson(schema))
+  return (text: string): Effect.Effect<A, ProviderError> =>
+    Effect.mapError(decode(text), () => notUnderstood(connection))
+}
+
+/** A newline-delimited JSON body as its decoded lines. */
+export const ndjsonLines = <A, I>(connection: ProviderConnection, schema: Schema.Schema<A, I>) =>
+(
+  text: Stream.Stream<string, ProviderFailure>
+): Stream.Stream<A, ProviderFailure> =>
+  text.pipe(
+    Stream.splitLines,
+    Stream.filter((line) => line.trim().length > 0),
+    Stream.mapEffect(decodePiece(connection, schema))
+  )
+
+/** A `text/event-stream` body as its events (`retry:` fields are ignored: the server decides on retries). */
+export const sseEvents = (connection: ProviderConnection) =>
+(
+  text: Stream.Stream<string, ProviderFailure>
+): Stream.Stream<Sse.Event, ProviderFailure> =>
+  Stream.suspend(() => {
+    const parsed: Array<Sse.Event> = []
+    const parser = Sse.makeParser((event) => {
+      if (event._tag === "Event") parsed.push(event)
+    })
+    return Stream.mapConcatEffect(text, (piece) =>
+      Effect.suspend(() =>
+        parser.feed(piece) === undefined ? Effect.succeed(parsed.splice(0)) : Effect.fail(notUnderstood(connection))
+      ))
+  })
+
+/**
  * A newline-delimited JSON answer as a stream of decoded lines. The stream
  * fails if the provider stays silent for `idleTimeoutMs` between two lines.
  */
@@ -151,32 +232,24 @@ export const requestNdjson = <A, I>(
   request: HttpClientRequest.HttpClientRequest,
   schema: Schema.Schema<A, I>,
   idleTimeoutMs: number
-): Stream.Stream<A, ProviderFailure> => {
-  const decodeLine = Schema.decodeUnknown(Schema.parseJson(schema))
-  return http.execute(request).pipe(
-    Effect.mapError(fromHttpError(connection)),
-    Effect.flatMap(checkStatus(connection)),
-    Effect.timeoutFail({
-      duration: Duration.millis(connection.connectTimeoutMs),
-      onTimeout: timedOut(connection, connection.connectTimeoutMs)
-    }),
-    Effect.map((response) => Stream.mapError(response.stream, fromHttpError(connection))),
-    Stream.unwrapScoped,
-    Stream.decodeText(),
-    Stream.splitLines,
-    Stream.filter((line) => line.trim().length > 0),
-    Stream.mapEffect((line) =>
-      decodeLine(line).pipe(
-        Effect.mapError(() =>
-          new ProviderError({
-            message: `${connection.name} sent a progress line this server does not understand`,
-            upstreamStatus: null
-          })
-        )
-      )
-    ),
+): Stream.Stream<A, ProviderFailure> =>
+  requestStream(http, connection, request).pipe(
+    ndjsonLines(connection, schema),
     Stream.timeoutFail(timedOut(connection, idleTimeoutMs), Duration.millis(idleTimeoutMs))
   )
+
+/** `body` as a JSON POST to `path` of the provider. */
+export const postJson = (connection: ProviderConnection, path: string, body: unknown) =>
+  HttpClientRequest.bodyUnsafeJson(HttpClientRequest.post(joinUrl(connection.baseUrl, path)), body)
+
+/** A tool call's JSON text as the object the APIs that want one (Anthropic, Ollama) expect. */
+export const argumentsObject = (text: string): Record<string, unknown> => {
+  try {
+    const value: unknown = JSON.parse(text)
+    return typeof value === "object" && value !== null && !Array.isArray(value) ? { ...value } : {}
+  } catch {
+    return {}
+  }
 }
 
 export const withBearer = (connection: ProviderConnection) => (request: HttpClientRequest.HttpClientRequest) =>

@@ -1,19 +1,24 @@
 /**
  * Ollama's own API: `GET /api/tags` (installed models), `GET /api/ps` (loaded
  * models), `POST /api/show` (details, context length), `POST /api/generate`
- * with `keep_alive` to load (-1: until unloaded) or unload (0), and
- * `POST /api/pull` streaming NDJSON progress.
+ * with `keep_alive` to load (-1: until unloaded) or unload (0),
+ * `POST /api/pull` streaming NDJSON progress, and `POST /api/chat` streaming
+ * NDJSON answer lines (the last one `done: true`, with the token counts).
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
 import { Effect, Option, Schema, Stream } from "effect"
-import { ProviderError } from "../Models/Errors.js"
+import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
+import type { ChatChunk, ChatMessage, ChatRequest } from "./Chat.js"
 import {
+  argumentsObject,
   type DiscoveredModel,
   joinUrl,
+  ndjsonLines,
   type ProviderClient,
   type ProviderConnection,
   requestJson,
   requestNdjson,
+  requestStream,
   requestVoid,
   withBearer
 } from "./Client.js"
@@ -47,6 +52,65 @@ const PullLine = Schema.Struct({
   completed: Schema.optional(Schema.Number),
   error: Schema.optional(Schema.String)
 })
+
+const ChatLine = Schema.Struct({
+  message: Schema.optional(Schema.Struct({
+    content: Schema.optional(Schema.String),
+    tool_calls: Schema.optional(Schema.NullOr(Schema.Array(Schema.Struct({
+      id: Schema.optional(Schema.String),
+      function: Schema.Struct({ name: Schema.String, arguments: Schema.optional(Schema.Unknown) })
+    }))))
+  })),
+  done: Schema.optional(Schema.Boolean),
+  done_reason: Schema.optional(Schema.NullOr(Schema.String)),
+  prompt_eval_count: Schema.optional(Schema.Int),
+  eval_count: Schema.optional(Schema.Int),
+  error: Schema.optional(Schema.Unknown)
+})
+
+/** Ollama names the tool a result answers, not the call: the name is found from the call's id. */
+const toMessages = (messages: ReadonlyArray<ChatMessage>) => {
+  const toolNames = new Map(
+    messages.flatMap((message) => (message.toolCalls ?? []).map((call) => [call.id, call.name]))
+  )
+  return messages.map((message) =>
+    message.role === "tool"
+      ? { role: "tool", content: message.content, tool_name: toolNames.get(message.toolCallId ?? "") }
+      : {
+        role: message.role,
+        content: message.content,
+        tool_calls: message.toolCalls?.length
+          ? message.toolCalls.map((call) => ({
+            function: { name: call.name, arguments: argumentsObject(call.arguments) }
+          }))
+          : undefined
+      }
+  )
+}
+
+/** Generation parameters go into `options` (with any `options` of `extra`); Ollama has no tool choice. */
+const chatBody = (request: ChatRequest) => {
+  const { options, ...extra } = request.extra ?? {}
+  return {
+    tools: request.tools?.length && request.toolChoice !== "none"
+      ? request.tools.map((tool) => ({
+        type: "function",
+        function: { name: tool.name, description: tool.description, parameters: tool.parameters }
+      }))
+      : undefined,
+    ...extra,
+    options: {
+      ...(typeof options === "object" && options !== null ? options : {}),
+      temperature: request.temperature,
+      top_p: request.topP,
+      num_predict: request.maxTokens,
+      stop: request.stop?.length ? request.stop : undefined
+    },
+    model: request.model,
+    messages: toMessages(request.messages),
+    stream: true
+  }
+}
 
 /** `llama.context_length`, `qwen2.context_length`, …: the architecture prefixes the key. */
 const contextLengthOf = (info: Record<string, unknown> | undefined): number | null => {
@@ -98,7 +162,51 @@ export const make = (http: HttpClient.HttpClient, connection: ProviderConnection
         }))
       ), { concurrency: 4 }))
 
+  const chat = (request: ChatRequest): Stream.Stream<ChatChunk, ProviderFailure> =>
+    Stream.suspend(() => {
+      let toolCalls = 0
+      const translate = (line: typeof ChatLine.Type): Effect.Effect<ReadonlyArray<ChatChunk>, ProviderError> => {
+        if (line.error !== undefined) {
+          return Effect.fail(
+            new ProviderError({
+              message: `${connection.name} reported an error during its answer`,
+              upstreamStatus: null
+            })
+          )
+        }
+        const out: Array<ChatChunk> = []
+        if (line.message?.content) out.push({ _tag: "text", text: line.message.content })
+        for (const call of line.message?.tool_calls ?? []) {
+          const index = toolCalls++
+          const args = call.function.arguments
+          out.push({
+            _tag: "tool-call",
+            index,
+            id: call.id ?? `call_${index}`,
+            name: call.function.name,
+            arguments: typeof args === "string" ? args : JSON.stringify(args ?? {})
+          })
+        }
+        if (line.done) {
+          out.push(
+            { _tag: "usage", promptTokens: line.prompt_eval_count ?? 0, completionTokens: line.eval_count ?? 0 },
+            {
+              _tag: "finish",
+              reason: toolCalls > 0 ? "tool_calls" : line.done_reason === "length" ? "length" : "stop"
+            }
+          )
+        }
+        return Effect.succeed(out)
+      }
+      return requestStream(http, connection, post("/api/chat", chatBody(request))).pipe(
+        ndjsonLines(connection, ChatLine),
+        Stream.takeUntil((line) => line.done === true),
+        Stream.mapConcatEffect(translate)
+      )
+    })
+
   return {
+    chat,
     listModels,
     ping: Effect.asVoid(tags),
     runtime: Option.some({

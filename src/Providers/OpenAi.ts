@@ -1,17 +1,24 @@
 /**
  * OpenAI's API and the servers that copy it (vLLM, llama.cpp server, LM
- * Studio, OpenRouter, Groq…): `GET /v1/models` with a bearer credential.
- * Context windows are read where a server reports them (`context_length`,
- * `max_model_len`, `context_window`).
+ * Studio, OpenRouter, Groq…): `GET /v1/models` with a bearer credential, and
+ * `POST /v1/chat/completions` streamed as server-sent events (`data: {…}`
+ * chunks, then `data: [DONE]`). Context windows are read where a server
+ * reports them (`context_length`, `max_model_len`, `context_window`).
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
-import { Effect, Option, Schema } from "effect"
+import { Effect, Option, Schema, Stream } from "effect"
+import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
+import type { ChatChunk, ChatMessage, ChatRequest, FinishReason } from "./Chat.js"
 import {
+  decodePiece,
   type DiscoveredModel,
   joinUrl,
+  postJson,
   type ProviderClient,
   type ProviderConnection,
   requestJson,
+  requestStream,
+  sseEvents,
   withBearer
 } from "./Client.js"
 
@@ -26,6 +33,71 @@ const ModelsResponse = Schema.Struct({
   }))
 })
 
+const StreamChunk = Schema.Struct({
+  choices: Schema.optional(Schema.Array(Schema.Struct({
+    delta: Schema.optional(Schema.NullOr(Schema.Struct({
+      content: Schema.optional(Schema.NullOr(Schema.String)),
+      tool_calls: Schema.optional(Schema.NullOr(Schema.Array(Schema.Struct({
+        index: Schema.Int,
+        id: Schema.optional(Schema.NullOr(Schema.String)),
+        function: Schema.optional(Schema.NullOr(Schema.Struct({
+          name: Schema.optional(Schema.NullOr(Schema.String)),
+          arguments: Schema.optional(Schema.NullOr(Schema.String))
+        })))
+      }))))
+    }))),
+    finish_reason: Schema.optional(Schema.NullOr(Schema.String))
+  }))),
+  usage: Schema.optional(Schema.NullOr(Schema.Struct({ prompt_tokens: Schema.Int, completion_tokens: Schema.Int }))),
+  // Some compatible servers report a failure inside the stream instead of with a status.
+  error: Schema.optional(Schema.Unknown)
+})
+
+const finishReasons: Record<string, FinishReason> = {
+  stop: "stop",
+  length: "length",
+  tool_calls: "tool_calls",
+  function_call: "tool_calls",
+  content_filter: "content_filter"
+}
+
+const toMessage = (message: ChatMessage) =>
+  message.role === "tool"
+    ? { role: "tool", tool_call_id: message.toolCallId, content: message.content }
+    : message.toolCalls?.length
+    ? {
+      role: message.role,
+      content: message.content.length > 0 ? message.content : null,
+      tool_calls: message.toolCalls.map((call) => ({
+        id: call.id,
+        type: "function",
+        function: { name: call.name, arguments: call.arguments }
+      }))
+    }
+    : { role: message.role, content: message.content }
+
+/** The request body; `extra` may add or override generation parameters, never what the server sets. */
+const chatBody = (request: ChatRequest) => ({
+  temperature: request.temperature,
+  top_p: request.topP,
+  max_tokens: request.maxTokens,
+  stop: request.stop?.length ? request.stop : undefined,
+  tools: request.tools?.length
+    ? request.tools.map((tool) => ({
+      type: "function",
+      function: { name: tool.name, description: tool.description, parameters: tool.parameters }
+    }))
+    : undefined,
+  tool_choice: typeof request.toolChoice === "object"
+    ? { type: "function", function: { name: request.toolChoice.name } }
+    : request.toolChoice,
+  ...request.extra,
+  model: request.model,
+  messages: request.messages.map(toMessage),
+  stream: true,
+  stream_options: { include_usage: true }
+})
+
 const positiveInt = (value: number | null | undefined): number | null =>
   typeof value === "number" && Number.isInteger(value) && value > 0 ? value : null
 
@@ -36,7 +108,59 @@ export const make = (http: HttpClient.HttpClient, connection: ProviderConnection
     withBearer(connection)(HttpClientRequest.get(joinUrl(connection.baseUrl, "/v1/models"))),
     ModelsResponse
   )
+  const decode = decodePiece(connection, StreamChunk)
+
+  const chat = (request: ChatRequest): Stream.Stream<ChatChunk, ProviderFailure> =>
+    Stream.suspend(() => {
+      // The finish reason comes before the usage chunk; `finish` must be the last chunk.
+      let finish: FinishReason | undefined
+      return requestStream(
+        http,
+        connection,
+        withBearer(connection)(postJson(connection, "/v1/chat/completions", chatBody(request)))
+      ).pipe(
+        sseEvents(connection),
+        Stream.takeWhile((event) => event.data.trim() !== "[DONE]"),
+        Stream.mapEffect((event) => decode(event.data)),
+        Stream.mapConcatEffect((chunk) => {
+          if (chunk.error !== undefined) {
+            return Effect.fail(
+              new ProviderError({
+                message: `${connection.name} reported an error during its answer`,
+                upstreamStatus: null
+              })
+            )
+          }
+          const out: Array<ChatChunk> = []
+          const choice = chunk.choices?.[0]
+          if (choice?.delta?.content) out.push({ _tag: "text", text: choice.delta.content })
+          for (const call of choice?.delta?.tool_calls ?? []) {
+            out.push({
+              _tag: "tool-call",
+              index: call.index,
+              ...(call.id ? { id: call.id } : {}),
+              ...(call.function?.name ? { name: call.function.name } : {}),
+              arguments: call.function?.arguments ?? ""
+            })
+          }
+          if (choice?.finish_reason) finish = finishReasons[choice.finish_reason] ?? "stop"
+          if (chunk.usage) {
+            out.push({
+              _tag: "usage",
+              promptTokens: chunk.usage.prompt_tokens,
+              completionTokens: chunk.usage.completion_tokens
+            })
+          }
+          return Effect.succeed(out)
+        }),
+        Stream.concat(
+          Stream.suspend(() => finish ? Stream.make<[ChatChunk]>({ _tag: "finish", reason: finish }) : Stream.empty)
+        )
+      )
+    })
+
   return {
+    chat,
     listModels: Effect.map(models, ({ data }) =>
       data.map((entry): DiscoveredModel => ({
         providerModel: entry.id,

@@ -323,8 +323,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           if (error !== null) yield* emit(generation, { _tag: "error", id: nextId(generation), error })
           yield* emit(generation, { _tag: "done", id: nextId(generation), message: stored })
           yield* Deferred.succeed(generation.outcome, { answer: stored, failure: providerFailure })
+          // `finish` runs as a finalizer, uninterruptibly: without `interruptible` the forked timer would
+          // inherit that, and closing the engine's scope (shutdown) would wait out the retention.
           yield* Effect.sleep(settings.resumeRetention).pipe(
             Effect.andThen(Effect.sync(() => live.delete(answer.id))),
+            Effect.interruptible,
             Effect.forkIn(scope)
           )
         }).pipe(

@@ -4,10 +4,12 @@
  */
 import initial from "./0001_initial.js"
 import conversationHistory from "./0002_conversation_history.js"
+import siblingPositions from "./0004_sibling_positions.js"
 
 export const migrations = {
   "0001_initial": initial,
-  "0002_conversation_history": conversationHistory
+  "0002_conversation_history": conversationHistory,
+  "0004_sibling_positions": siblingPositions
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

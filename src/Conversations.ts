@@ -474,14 +474,14 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
           const conversation = yield* lockLive(actor, id)
           const message = yield* repo.findMessage(id, messageId).pipe(orNotFound("No such message"))
           if (message.threadId !== null) {
-            yield* repo.deleteSubtree(messageId)
+            yield* repo.deleteSubtree(message)
             yield* repo.touchConversation(id)
             return
           }
           // The leaf moves only if it was in the deleted branch: then to the newest branch left below the parent.
           const leafDeleted = conversation.currentLeafId !== null &&
             (yield* repo.isOnPathTo(conversation.currentLeafId, messageId))
-          const deleted = yield* repo.deleteSubtree(messageId)
+          const deleted = yield* repo.deleteSubtree(message)
           const leaf = leafDeleted
             ? yield* repo.newestLeafBelow(id, Option.fromNullable(message.parentId))
             : Option.fromNullable(conversation.currentLeafId)

@@ -470,7 +470,12 @@ for (const dialect of dialects) {
             // The row model's reading, plus the sibling columns the query adds.
             const { deletedAt: _deletedAt, ...stored } = Schema.decodeUnknownSync(Message)(rows.transformed[index])
             const expected = new MessageView({ ...stored, siblingIndex: 1, siblingCount: 2 })
-            expect(encode(readMessage(row))).toEqual(encode(expected))
+            const read = readMessage(row)
+            expect(encode(read)).toEqual(encode(expected))
+            // Built without the constructor, it is still what the constructor builds.
+            expect(read).toBeInstanceOf(MessageView)
+            expect(Object.keys(read)).toEqual(Object.keys(expected))
+            expect(JSON.stringify(read)).toBe(JSON.stringify(expected))
           })
           expect(readMessage(rows.stored[1]!)).toMatchObject({
             modelName: "llama3",

@@ -6,7 +6,7 @@
  * aborting the upstream request), plus the development model.
  */
 import { FetchHttpClient } from "@effect/platform"
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { ConfigProvider, Effect, Layer, Option, Redacted, Stream } from "effect"
 import { AppConfig } from "../src/Config.js"
 import type { ProviderFailure } from "../src/Models/Errors.js"
@@ -14,6 +14,8 @@ import { ProviderClients } from "../src/Providers.js"
 import type { ChatChunk, ChatRequest } from "../src/Providers/Chat.js"
 import type { ProviderConnection } from "../src/Providers/Client.js"
 import { developmentBaseUrl } from "../src/Providers/Development.js"
+import { call, signUp, type TestUser } from "./fixtures/Auth.js"
+import { freshDirectory } from "./fixtures/Database.js"
 import {
   chatPath,
   chatRequests,
@@ -23,6 +25,7 @@ import {
   unreachableUrl,
   upstreamSecret
 } from "./fixtures/Providers.js"
+import { testServer } from "./fixtures/Server.js"
 
 const ClientsLive = ProviderClients.Default.pipe(
   Layer.provide(FetchHttpClient.layer),
@@ -295,6 +298,25 @@ layer(ClientsLive, { excludeTestServices: true })("provider chat", (it) => {
         expect(error._tag).toBe("ProviderUnreachable")
       }))
 
+    it.scoped("on Anthropic's overloaded error event before any content, as on HTTP 529", () =>
+      Effect.gen(function*() {
+        const fake = yield* fakeProvider("anthropic")
+        fake.chat = { text: ["never"], fault: { kind: "error-event", afterChunks: 0 } }
+        const error = yield* failure(connectionTo(fake))
+        expect(error).toMatchObject({ _tag: "ProviderError", upstreamStatus: 529 })
+        expectClean(error, fake)
+        expect(chatRequests(fake)).toHaveLength(4)
+      }))
+
+    it.scoped("not when the provider does not answer within the connect timeout", () =>
+      Effect.gen(function*() {
+        const fake = yield* fakeProvider("openai")
+        fake.faults.set(chatPath.openai, { kind: "hang" })
+        const error = yield* failure({ ...connectionTo(fake), connectTimeoutMs: 100 })
+        expect(error).toMatchObject({ _tag: "ProviderTimeout", timeoutMs: 100 })
+        expect(chatRequests(fake)).toHaveLength(1)
+      }))
+
     it.scoped("never on other 4xx", () =>
       Effect.gen(function*() {
         const fake = yield* fakeProvider("anthropic")
@@ -419,4 +441,63 @@ layer(ClientsLive, { excludeTestServices: true })("provider chat", (it) => {
         expect(models.map((model) => model.providerModel)).toEqual(["webplus-development"])
       }))
   })
+})
+
+describe("the development model's provider", () => {
+  it.scopedLive(
+    "is registered once while DEVELOPMENT_MODEL is on, with its model usable, and disabled when it is off",
+    () =>
+      Effect.gen(function*() {
+        const dataDir = yield* freshDirectory
+        const boot = <A, E, R>(on: boolean, effect: Effect.Effect<A, E, R>) =>
+          effect.pipe(
+            Effect.provide(Layer.fresh(testServer({ env: { DATA_DIR: dataDir, DEVELOPMENT_MODEL: String(on) } })))
+          )
+        const usable = (user: TestUser) =>
+          Effect.map(
+            call("GET", "/api/v1/models", { auth: user.accessToken }),
+            (reply) => reply.body.items.map((model: { providerModel: string }) => model.providerModel)
+          )
+        const developmentProviders = (admin: TestUser) =>
+          Effect.map(
+            call("GET", "/api/v1/providers", { auth: admin.accessToken }),
+            (reply) =>
+              reply.body.items.filter((provider: { baseUrl: string }) => provider.baseUrl === developmentBaseUrl)
+          )
+
+        const { admin, user } = yield* boot(
+          true,
+          Effect.gen(function*() {
+            const admin = yield* signUp()
+            const user = yield* signUp()
+            expect(yield* usable(user)).toEqual(["webplus-development"])
+            // Only the server registers builtin providers: the API takes http(s) base URLs.
+            const refused = yield* call("POST", "/api/v1/providers", {
+              auth: admin.accessToken,
+              body: { name: "Impostor", kind: "openai-compatible", baseUrl: developmentBaseUrl }
+            })
+            expect(refused.status).toBe(422)
+            return { admin, user }
+          })
+        )
+        yield* boot(
+          false,
+          Effect.gen(function*() {
+            expect(yield* usable(user)).toEqual([])
+            expect((yield* developmentProviders(admin)).map((provider: { enabled: boolean }) => provider.enabled))
+              .toEqual([false])
+          })
+        )
+        yield* boot(
+          true,
+          Effect.gen(function*() {
+            expect(yield* usable(user)).toEqual(["webplus-development"])
+            expect(yield* developmentProviders(admin)).toMatchObject([
+              { name: "Development", kind: "openai-compatible", enabled: true, source: "environment" }
+            ])
+          })
+        )
+      }),
+    60_000
+  )
 })

@@ -14,7 +14,7 @@ import { Forbidden, NotFound } from "../Domain/Errors.js"
 import { JsonObject, NonNegativeInt } from "../Domain/Fields.js"
 import { ConversationId, LlmModelId, MessageId, ModelConfigId } from "../Domain/Ids.js"
 import { request } from "../Domain/Request.js"
-import { ProviderError, ProviderTimeout, ProviderUnreachable } from "../Models/Errors.js"
+import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "../Models/Errors.js"
 
 // --- the events of a streamed answer
 
@@ -214,6 +214,7 @@ export class ChatApi extends HttpApiGroup.make("chat")
   .addError(ProviderUnreachable)
   .addError(ProviderTimeout)
   .addError(ProviderError)
+  .addError(ProviderUnavailable)
   .middleware(Authentication)
   .annotate(OpenApi.Description, "Chat with a model: streamed answers that are never lost")
 {}

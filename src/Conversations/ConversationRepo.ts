@@ -65,7 +65,7 @@ export interface StoredMessageRow {
  * the `Message` schema agree.
  */
 export const readMessage = (row: StoredMessageRow): MessageView =>
-  new MessageView({
+  trusted(MessageView, {
     id: row.id as MessageId,
     conversationId: row.conversation_id as ConversationId,
     parentId: row.parent_id as MessageId | null,
@@ -79,7 +79,7 @@ export const readMessage = (row: StoredMessageRow): MessageView =>
     completionTokens: row.completion_tokens,
     toolCalls: row.tool_calls === "[]"
       ? []
-      : (JSON.parse(row.tool_calls) as Array<ToolCall>).map((call) => new ToolCall(call, true)),
+      : (JSON.parse(row.tool_calls) as Array<ToolCall>).map((call) => trusted(ToolCall, call)),
     metadata: row.metadata === "{}" ? {} : JSON.parse(row.metadata),
     editedFromId: row.edited_from_id as MessageId | null,
     siblingIndex: Number(row.sibling_index),
@@ -87,7 +87,18 @@ export const readMessage = (row: StoredMessageRow): MessageView =>
     siblingCount: Math.max(Number(row.sibling_count), 1),
     createdAt: DateTime.unsafeMake(row.created_at),
     updatedAt: DateTime.unsafeMake(row.updated_at)
-  }, true)
+  })
+
+/**
+ * An instance of a schema class from fields already known to be valid, without its
+ * constructor: even with validation off, the constructor copies the fields and merges
+ * defaults (about 5 µs an object, most of the cost of reading a 1,000-message branch).
+ * The result is what the constructor builds: the fields on an object of the class.
+ */
+const trusted = <A extends object>(
+  Class: { readonly prototype: A },
+  fields: { readonly [K in keyof A]: A[K] }
+): A => Object.assign(Object.create(Class.prototype) as A, fields)
 
 const readMessages = (rows: ReadonlyArray<StoredMessageRow>) => rows.map(readMessage)
 
@@ -174,24 +185,36 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
       execute: ({ id, userId }) => sql`SELECT * FROM conversations WHERE id = ${id} AND user_id = ${userId} ${lockRow}`
     })
 
-    /** Of the live messages sharing m's parent (the roots when it has none): how many come before m, and how many there are. */
-    const siblingCounts = sql`
-      CASE WHEN m.thread_id IS NOT NULL THEN 0 WHEN m.parent_id IS NULL THEN (
-        SELECT count(*) FROM messages s
-        WHERE s.conversation_id = m.conversation_id AND s.parent_id IS NULL AND s.thread_id IS NULL
-          AND s.deleted_at IS NULL AND (s.created_at < m.created_at OR (s.created_at = m.created_at AND s.id < m.id))
-      ) ELSE (
-        SELECT count(*) FROM messages s
-        WHERE s.parent_id = m.parent_id AND s.deleted_at IS NULL
-          AND (s.created_at < m.created_at OR (s.created_at = m.created_at AND s.id < m.id))
-      ) END AS sibling_index,
-      CASE WHEN m.thread_id IS NOT NULL THEN 1 WHEN m.parent_id IS NULL THEN (
-        SELECT count(*) FROM messages s
-        WHERE s.conversation_id = m.conversation_id AND s.parent_id IS NULL AND s.thread_id IS NULL
-          AND s.deleted_at IS NULL
-      ) ELSE (
-        SELECT count(*) FROM messages s WHERE s.parent_id = m.parent_id AND s.deleted_at IS NULL
-      ) END AS sibling_count`
+    /**
+     * Renumbers the live children of `parentIds` (`null`: the conversation's roots) in sibling
+     * order, after one was added or deleted; the positions are kept on the rows (see migration 0004).
+     */
+    const renumber = (conversationId: ConversationId, parentIds: ReadonlyArray<MessageId | null> | "all") =>
+      Effect.gen(function*() {
+        const earlier =
+          sql`(s.created_at < messages.created_at OR (s.created_at = messages.created_at AND s.id < messages.id))`
+        const roots = sql`s.conversation_id = messages.conversation_id AND s.parent_id IS NULL AND s.thread_id IS NULL`
+        const parents = parentIds === "all" ? [] : parentIds.filter((id): id is MessageId => id !== null)
+        if (parentIds === "all" || parents.length > 0) {
+          const which = parentIds === "all"
+            ? sql`conversation_id = ${conversationId} AND parent_id IS NOT NULL`
+            : sql`parent_id IN ${sql.in(parents)}`
+          yield* sql`UPDATE messages SET
+            sibling_index = (
+              SELECT count(*) FROM messages s
+              WHERE s.parent_id = messages.parent_id AND s.deleted_at IS NULL AND ${earlier}
+            ),
+            sibling_count = (SELECT count(*) FROM messages s WHERE s.parent_id = messages.parent_id AND s.deleted_at IS NULL)
+            WHERE ${which} AND deleted_at IS NULL`
+        }
+        if (parentIds === "all" || parentIds.includes(null)) {
+          yield* sql`UPDATE messages SET
+            sibling_index = (SELECT count(*) FROM messages s WHERE ${roots} AND s.deleted_at IS NULL AND ${earlier}),
+            sibling_count = (SELECT count(*) FROM messages s WHERE ${roots} AND s.deleted_at IS NULL)
+            WHERE conversation_id = ${conversationId} AND parent_id IS NULL AND thread_id IS NULL
+              AND deleted_at IS NULL`
+        }
+      })
 
     /** Rows of `alias` after `after` in (created_at, id) order: where an oldest-first page continues. */
     const createdAfter = (alias: string, after: Option.Option<MessagePosition>) =>
@@ -206,7 +229,7 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
     const messageColumns = sql`
       m.id, m.conversation_id, m.parent_id, m.thread_id, m.role, m.content, m.status, m.model_id, m.model_name,
       m.prompt_tokens, m.completion_tokens, m.tool_calls, m.metadata, m.edited_from_id, m.deleted_at,
-      m.created_at, m.updated_at, ${siblingCounts}`
+      m.created_at, m.updated_at, m.sibling_index, m.sibling_count`
 
     /**
      * The branch that ends at `leafId`, root first. CROSS JOIN fixes the join order on SQLite
@@ -368,11 +391,35 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
         Effect.orDie(Effect.map(treePage(conversationId, after, limit + 1), readMessages)),
       /** A live message of the conversation (of its tree or of a thread). */
       findMessage: (conversationId: ConversationId, id: MessageId) => Effect.orDie(findMessage(conversationId, id)),
+      /** Inserts messages (of one conversation), and renumbers the siblings they joined. */
       insertMessages: (rows: ReadonlyArray<typeof Message.insert.Type>) =>
-        rows.length === 0 ? Effect.void : Effect.orDie(insertMessages(rows)),
+        rows.length === 0 ? Effect.void : Effect.orDie(Effect.zipRight(
+          insertMessages(rows),
+          Effect.suspend(() => {
+            const parents = new Set(rows.filter((row) => row.threadId === null).map((row) => row.parentId))
+            // A whole imported tree is renumbered at once rather than listing its parents.
+            return parents.size === 0
+              ? Effect.void
+              : renumber(rows[0]!.conversationId, parents.size > 100 ? "all" : Array.fromIterable(parents))
+          })
+        )),
       newestLeafBelow: (conversationId: ConversationId, start: Option.Option<MessageId>) =>
         Effect.orDie(newestLeafBelow(conversationId, start)),
-      deleteSubtree: (id: MessageId) => Effect.orDie(deleteSubtree(id)),
+      /** Renumbers the sibling positions of a whole tree (after writing its rows directly). */
+      renumberTree: (conversationId: ConversationId) => Effect.orDie(renumber(conversationId, "all")),
+      /** Soft-deletes a live message and its subtree, renumbering its siblings; the ids deleted. */
+      deleteSubtree: (
+        message: {
+          readonly id: MessageId
+          readonly conversationId: ConversationId
+          readonly parentId: MessageId | null
+          readonly threadId: ThreadId | null
+        }
+      ) =>
+        Effect.orDie(Effect.tap(
+          deleteSubtree(message.id),
+          () => message.threadId === null ? renumber(message.conversationId, [message.parentId]) : Effect.void
+        )),
       /** Whether `ancestorId` is `messageId` or lies on the path from it up to its root. */
       isOnPathTo: (messageId: MessageId, ancestorId: MessageId) =>
         Effect.orDie(Effect.map(

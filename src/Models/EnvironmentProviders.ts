@@ -8,6 +8,10 @@
  * Without `OLLAMA_URL` (and unless `OLLAMA_AUTODETECT=false`), an Ollama at
  * its default address is registered if it answers within a second; the probe
  * runs in the background, so readiness never waits for it.
+ *
+ * The development model (`DEVELOPMENT_MODEL`, on outside production) is an
+ * environment provider too, found by its base URL, with its one model synced
+ * before start-up goes on; turned off, its provider is disabled.
  */
 import { SqlClient } from "@effect/sql"
 import { Context, Effect, Layer, Option, Redacted } from "effect"
@@ -15,6 +19,7 @@ import { AppConfig } from "../Config.js"
 import { Provider, type ProviderKind } from "../Domain/Model.js"
 import { ModelRegistry } from "../Models.js"
 import { ProviderClients } from "../Providers.js"
+import { developmentBaseUrl } from "../Providers/Development.js"
 import { inTransaction, transactionLock } from "../Sql.js"
 import { CredentialCipher } from "./CredentialCipher.js"
 import { ProvidersRepo } from "./ProvidersRepo.js"
@@ -39,7 +44,7 @@ const names: Record<ProviderKind, string> = {
 }
 
 export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*() {
-  const { models: settings } = yield* AppConfig
+  const { chat, models: settings } = yield* AppConfig
   const sql = yield* SqlClient.SqlClient
   const providers = yield* ProvidersRepo
   const cipher = yield* CredentialCipher
@@ -131,6 +136,42 @@ export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*
       )
     )
   }
+
+  const development = Effect.gen(function*() {
+    yield* transactionLock(sql, "environment-providers")
+    const existing = Option.getOrUndefined(yield* providers.findByBaseUrl(developmentBaseUrl))
+    if (existing === undefined) {
+      if (!chat.developmentModel) return Option.none()
+      const taken = Option.isSome(yield* providers.findByName("Development"))
+      return Option.some(
+        yield* providers.insert(Provider.insert.make({
+          name: taken ? "Development (environment)" : "Development",
+          kind: "openai-compatible",
+          baseUrl: developmentBaseUrl,
+          credentialCiphertext: null,
+          credentialKeyId: null,
+          credentialLast4: null,
+          enabled: true,
+          source: "environment",
+          connectTimeoutMs: 10_000,
+          requestTimeoutMs: 600_000
+        }))
+      )
+    }
+    if (existing.enabled !== chat.developmentModel) {
+      const { createdAt: _createdAt, updatedAt: _updatedAt, ...rest } = existing
+      yield* providers.update(Provider.update.make({ ...rest, enabled: chat.developmentModel }))
+    }
+    return chat.developmentModel ? Option.some(existing) : Option.none()
+  }).pipe(
+    inTransaction(sql),
+    // No network involved: synced at once, so the model is usable as soon as the server is.
+    Effect.flatMap(
+      Option.match({ onNone: () => Effect.void, onSome: (provider) => registry.syncAsSystem(provider.id) })
+    ),
+    Effect.catchAllCause((cause) => Effect.logWarning("Could not register the development model", cause))
+  )
+  yield* development
 
   if (Option.isNone(settings.ollamaUrl) && settings.ollamaAutodetect) {
     const defaultOllamaUrl = yield* OllamaDefaultUrl

@@ -25,10 +25,19 @@ export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/Provi
       execute: (name) => sql`SELECT * FROM providers WHERE name = ${name}`
     })
 
+    // The built-in providers (`builtin:` URLs) are the environment's too, but not of a declared kind.
     const findFromEnvironment = SqlSchema.findOne({
       Request: ProviderKind,
       Result: Provider,
-      execute: (kind) => sql`SELECT * FROM providers WHERE source = 'environment' AND kind = ${kind}`
+      execute: (kind) =>
+        sql`SELECT * FROM providers
+          WHERE source = 'environment' AND kind = ${kind} AND base_url NOT LIKE 'builtin:%'`
+    })
+
+    const findByBaseUrl = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: Provider,
+      execute: (baseUrl) => sql`SELECT * FROM providers WHERE base_url = ${baseUrl}`
     })
 
     const withCredential = SqlSchema.findAll({
@@ -54,6 +63,7 @@ export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/Provi
       list: Effect.orDie(list()),
       findByName: (name: string) => Effect.orDie(findByName(name)),
       findFromEnvironment: (kind: ProviderKind) => Effect.orDie(findFromEnvironment(kind)),
+      findByBaseUrl: (baseUrl: string) => Effect.orDie(findByBaseUrl(baseUrl)),
       withCredential: Effect.orDie(withCredential()),
       setCredential: (id: ProviderId, ciphertext: string, keyId: string) =>
         Effect.orDie(setCredential(id, ciphertext, keyId))

@@ -43,6 +43,10 @@ const Usage = Schema.Struct({
   output_tokens: Schema.optional(Schema.NullOr(Schema.Int))
 })
 
+/** Prompt tokens, cached ones included. */
+const inputTokens = (usage: typeof Usage.Type) =>
+  (usage.input_tokens ?? 0) + (usage.cache_creation_input_tokens ?? 0) + (usage.cache_read_input_tokens ?? 0)
+
 const StreamEvent = Schema.Union(
   Schema.Struct({ type: Schema.Literal("message_start"), message: Schema.Struct({ usage: Schema.optional(Usage) }) }),
   Schema.Struct({
@@ -189,10 +193,9 @@ export const make = (http: HttpClient.HttpClient, connection: ProviderConnection
       // Content blocks are numbered with the text blocks; tool calls are numbered among themselves.
       const toolIndexOfBlock = new Map<number, number>()
       const translate = (event: typeof StreamEvent.Type): Effect.Effect<ReadonlyArray<ChatChunk>, ProviderError> => {
+        // Told apart by their fields: events of types this adapter does not know decode too.
         if ("message" in event) {
-          const usage = event.message.usage
-          promptTokens = (usage?.input_tokens ?? 0) + (usage?.cache_creation_input_tokens ?? 0) +
-            (usage?.cache_read_input_tokens ?? 0)
+          promptTokens = event.message.usage ? inputTokens(event.message.usage) : 0
         } else if ("content_block" in event) {
           const block = event.content_block
           if (block.type === "text" && block.text) return Effect.succeed([{ _tag: "text", text: block.text }])
@@ -213,7 +216,8 @@ export const make = (http: HttpClient.HttpClient, connection: ProviderConnection
           if (event.usage) {
             return Effect.succeed([{
               _tag: "usage",
-              promptTokens: event.usage.input_tokens ?? promptTokens,
+              // Counts here are cumulative: input counts, when present, supersede those of `message_start`.
+              promptTokens: typeof event.usage.input_tokens === "number" ? inputTokens(event.usage) : promptTokens,
               completionTokens: event.usage.output_tokens ?? 0
             }])
           }

@@ -35,6 +35,7 @@ const ModelsResponse = Schema.Struct({
 
 const StreamChunk = Schema.Struct({
   choices: Schema.optional(Schema.Array(Schema.Struct({
+    index: Schema.optional(Schema.Int),
     delta: Schema.optional(Schema.NullOr(Schema.Struct({
       content: Schema.optional(Schema.NullOr(Schema.String)),
       tool_calls: Schema.optional(Schema.NullOr(Schema.Array(Schema.Struct({
@@ -132,7 +133,8 @@ export const make = (http: HttpClient.HttpClient, connection: ProviderConnection
             )
           }
           const out: Array<ChatChunk> = []
-          const choice = chunk.choices?.[0]
+          // One answer is asked for; an `n` in `extra` does not interleave others into it.
+          const choice = chunk.choices?.find((candidate) => (candidate.index ?? 0) === 0)
           if (choice?.delta?.content) out.push({ _tag: "text", text: choice.delta.content })
           for (const call of choice?.delta?.tool_calls ?? []) {
             out.push({

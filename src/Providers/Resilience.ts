@@ -26,11 +26,14 @@ const providerAtFault = (error: ProviderFailure) =>
   !(error._tag === "ProviderError" && error.upstreamStatus !== null && error.upstreamStatus >= 400 &&
     error.upstreamStatus < 500 && error.upstreamStatus !== 429)
 
+/** `unknown`: the call was interrupted before the provider answered anything. */
+type Verdict = "healthy" | "failing" | "unknown"
+
 export interface CircuitBreaker {
   /** Fails at once while the circuit is open; after the cooldown, lets one trial call through. */
   readonly enter: Effect.Effect<void, ProviderUnavailable>
-  /** Records how a call that entered ended: `None` when it says nothing about the provider. */
-  readonly record: (healthy: Option.Option<boolean>) => Effect.Effect<void>
+  /** Records how a call that entered ended. */
+  readonly record: (verdict: Verdict) => Effect.Effect<void>
 }
 
 interface BreakerState {
@@ -50,7 +53,7 @@ export const makeCircuitBreaker = (name: string, settings: ChatSettings): Circui
           ? [null, current]
           : now < current.openUntil
           ? [current.openUntil - now, current]
-          // Half-open: this call is the trial; the others keep failing fast until it ends.
+          // Half-open: this call is the trial; the others fail fast until it closes or reopens the circuit.
           : [null, { ...current, openUntil: now + cooldownMs }])
   ).pipe(
     Effect.flatMap((waitMs) =>
@@ -64,17 +67,15 @@ export const makeCircuitBreaker = (name: string, settings: ChatSettings): Circui
       )
     )
   )
-  const record = (healthy: Option.Option<boolean>) =>
-    Option.isNone(healthy) ?
+  const record = (verdict: Verdict) =>
+    verdict === "unknown" ?
       Effect.void :
       Effect.flatMap(Clock.currentTimeMillis, (now) =>
         Ref.update(state, ({ failures }): BreakerState =>
-          healthy.value
-            ? { failures: 0, openUntil: null }
-            : {
-              failures: failures + 1,
-              openUntil: failures + 1 >= settings.breakerThreshold ? now + cooldownMs : null
-            }))
+          verdict === "healthy" ? { failures: 0, openUntil: null } : {
+            failures: failures + 1,
+            openUntil: failures + 1 >= settings.breakerThreshold ? now + cooldownMs : null
+          }))
   return { enter, record }
 }
 
@@ -119,7 +120,7 @@ const withTimeouts = (name: string, first: Duration.Duration, idle: Duration.Dur
                 message: started
                   ? `${name} went silent for ${Duration.format(limit)} in the middle of an answer`
                   : `${name} did not start answering within ${Duration.format(limit)}`,
-                timeoutMs: Duration.toMillis(limit)
+                timeoutMs: Math.round(Duration.toMillis(limit))
               })
             )
         }),
@@ -157,11 +158,10 @@ export const resilient = (name: string, settings: ChatSettings, breaker: Circuit
       Stream.ensuringWith((exit) =>
         breaker.record(
           Exit.isSuccess(exit)
-            ? Option.some(true)
+            ? "healthy"
             : Option.match(Cause.failureOption(exit.cause), {
-              onSome: (error) => Option.some(!providerAtFault(error)),
-              // Interrupted: the provider was fine if it had started answering.
-              onNone: () => emitted ? Option.some(true) : Option.none()
+              onSome: (error) => providerAtFault(error) ? "failing" : "healthy",
+              onNone: () => emitted ? "healthy" : "unknown"
             })
         )
       )

@@ -1,0 +1,733 @@
+/**
+ * Chat over real HTTP against loopback providers, on both dialects: answers
+ * streamed as SSE or waited for as JSON, stored before, during and after the
+ * provider streams; provider faults (a stream dying midway, 429 then success,
+ * a slow first token, malformed chunks); a client that goes away; cancel;
+ * resume from an event id; regenerate and continue; the context window; the
+ * requirements' `POST /api/{user_id}/chat` contract; two instances taking
+ * turns on one conversation; and an instance killed mid-answer.
+ */
+import { FetchHttpClient, HttpClient, HttpClientRequest } from "@effect/platform"
+import { SqlClient } from "@effect/sql"
+import { describe, expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import * as Http from "node:http"
+import type * as Net from "node:net"
+import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
+import { collect, spawnEntry } from "./fixtures/Process.js"
+import { chatPath, chatRequests, type FakeProvider, fakeProvider, upstreamSecret } from "./fixtures/Providers.js"
+import { testEnvironment, TestServer, testServer } from "./fixtures/Server.js"
+import { openSse, type SseEvent } from "./fixtures/Sse.js"
+
+interface Cast {
+  readonly admin: TestUser
+  readonly user: TestUser
+  readonly other: TestUser
+  readonly openai: FakeProvider
+  /** The loopback OpenAI's models: a large context window, and a small one. */
+  readonly modelId: string
+  readonly smallModelId: string
+}
+
+class TheCast extends Context.Tag("test/Chat/Cast")<TheCast, Cast>() {}
+
+/** Short timeouts and flushes, so faults show within a test. */
+const chatEnv = {
+  CHAT_FLUSH_INTERVAL: "40 millis",
+  CHAT_FIRST_CHUNK_TIMEOUT: "1 second",
+  CHAT_IDLE_TIMEOUT: "1 second",
+  CHAT_RETRY_ATTEMPTS: "3",
+  CHAT_RETRY_BASE_DELAY: "10 millis",
+  CHAT_RETRY_MAX_DELAY: "50 millis",
+  PROVIDER_BREAKER_THRESHOLD: "1000",
+  MODEL_STATUS_POLL_INTERVAL: "0 seconds"
+}
+
+const expectStatus = (reply: Reply, status: number) => {
+  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
+  return reply.body
+}
+
+let counter = 0
+const uniqueName = (prefix: string) => `${prefix}-${Date.now().toString(36)}-${counter++}`
+
+/** Registers and syncs a loopback provider as the admin; its models by provider model name. */
+const registerProvider = (admin: TestUser, fake: FakeProvider) =>
+  Effect.gen(function*() {
+    const provider = expectStatus(
+      yield* call("POST", "/api/v1/providers", {
+        auth: admin.accessToken,
+        body: {
+          name: uniqueName(fake.dialect),
+          kind: fake.dialect,
+          baseUrl: fake.url,
+          ...(fake.dialect === "ollama" ? {} : { credential: fake.apiKey }),
+          connectTimeoutMs: 1_000,
+          requestTimeoutMs: 2_000
+        }
+      }),
+      201
+    )
+    const synced = expectStatus(
+      yield* call("POST", `/api/v1/providers/${provider.id}/sync`, { auth: admin.accessToken }),
+      200
+    )
+    const models: Record<string, string> = Object.fromEntries(
+      (synced.models as Array<{ id: string; providerModel: string }>).map((model) => [model.providerModel, model.id])
+    )
+    return { models, providerId: provider.id as string }
+  })
+
+const withCast = (dialect: (typeof dialects)[number]) =>
+  Layer.scoped(
+    TheCast,
+    Effect.gen(function*() {
+      const admin = yield* signUp()
+      const [user, other] = yield* Effect.all([signUp(), signUp()])
+      const openai = yield* fakeProvider("openai", [{ name: "gpt-loop" }, { name: "gpt-small", contextLength: 400 }])
+      const { models } = yield* registerProvider(admin, openai)
+      return { admin, user, other, openai, modelId: models["gpt-loop"]!, smallModelId: models["gpt-small"]! }
+    })
+  ).pipe(Layer.provideMerge(testServer({ dialect, env: chatEnv })))
+
+/** Resets the loopback model to a plain answer; returns it for further scripting. */
+const script = (chat: FakeProvider["chat"]) =>
+  Effect.map(TheCast, ({ openai }) => {
+    openai.chat = chat
+    openai.faults.clear()
+    openai.requests.length = 0
+    openai.cutShort = 0
+    return openai
+  })
+
+/** A titled conversation of the user on the loopback model (titled: no title request to the provider). */
+const newConversation = Effect.gen(function*() {
+  const { modelId, user } = yield* TheCast
+  return expectStatus(
+    yield* call("POST", "/api/v1/conversations", { auth: user.accessToken, body: { title: "Test", modelId } }),
+    201
+  ).id as string
+})
+
+const asUser = (method: "GET" | "POST" | "PUT", path: string, body?: unknown) =>
+  Effect.flatMap(TheCast, ({ user }) => call(method, path, { auth: user.accessToken, ...(body ? { body } : {}) }))
+
+const chatSse = (conversationId: string, body: Record<string, unknown>) =>
+  Effect.flatMap(
+    TheCast,
+    ({ user }) => openSse("POST", `/api/v1/conversations/${conversationId}/chat`, { auth: user.accessToken, body })
+  )
+
+const getMessage = (conversationId: string, messageId: string) =>
+  Effect.map(
+    asUser("GET", `/api/v1/conversations/${conversationId}/messages/${messageId}`),
+    (reply) => expectStatus(reply, 200)
+  )
+
+/** Polls `effect` until `predicate` holds (generation and titles run in the background). */
+const eventually = <A>(effect: Effect.Effect<A, never, any>, predicate: (value: A) => boolean, attempts = 200) =>
+  Effect.gen(function*() {
+    let last: A | undefined
+    for (let attempt = 0; attempt < attempts; attempt++) {
+      last = yield* effect
+      if (predicate(last)) return last
+      yield* Effect.sleep("25 millis")
+    }
+    return expect.fail(`never happened; last: ${JSON.stringify(last)}`)
+  })
+
+const textOf = (events: ReadonlyArray<SseEvent>) =>
+  events.filter((event) => event.event === "delta").map((event) => event.data.text).join("")
+
+const pieces = (count: number) => Array.from({ length: count }, (_, i) => `w${i} `)
+
+for (const dialect of dialects) {
+  layer(withCast(dialect), { excludeTestServices: true })(`chat on ${dialect}`, (it) => {
+    describe("answers", () => {
+      it.scoped("waits and answers JSON; the question, then the complete answer with its usage, are stored", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: ["Hello", ", world"], usage: { promptTokens: 11, completionTokens: 2 } })
+          const { modelId } = yield* TheCast
+          const result = expectStatus(
+            yield* asUser("POST", "/api/v1/chat", { content: "Say hello", modelId }),
+            200
+          )
+          expect(result.question).toMatchObject({ role: "user", content: "Say hello", status: "complete" })
+          expect(result.answer).toMatchObject({
+            role: "assistant",
+            content: "Hello, world",
+            status: "complete",
+            parentId: result.question.id,
+            modelId,
+            promptTokens: 11,
+            completionTokens: 2
+          })
+          const branch = expectStatus(
+            yield* asUser("GET", `/api/v1/conversations/${result.conversationId}/messages`),
+            200
+          )
+          expect(branch.items.map((m: any) => [m.role, m.content])).toEqual([
+            ["user", "Say hello"],
+            ["assistant", "Hello, world"]
+          ])
+          expect(branch.currentLeafId).toBe(result.answer.id)
+          expect(chatRequests(openai)[0]!.body).toMatchObject({
+            model: "gpt-loop",
+            stream: true,
+            messages: [{ role: "user", content: "Say hello" }]
+          })
+          // A new conversation gets a title in the background, from the model.
+          const conversation = yield* eventually(
+            Effect.map(asUser("GET", `/api/v1/conversations/${result.conversationId}`), (reply) => reply.body),
+            (body) => body.title !== ""
+          )
+          expect(conversation.title).toBe("Hello, world")
+        }))
+
+      it.scoped("streams SSE: start, deltas, usage and done, with consecutive event ids", () =>
+        Effect.gen(function*() {
+          yield* script({ text: ["One", " two", " three"], usage: { promptTokens: 5, completionTokens: 3 } })
+          const conversationId = yield* newConversation
+          const stream = yield* chatSse(conversationId, { content: "Count" })
+          expect(stream.status).toBe(200)
+          expect(stream.contentType).toContain("text/event-stream")
+          const events = yield* stream.rest
+          expect(events.map((event) => event.event)).toEqual(["start", "delta", "delta", "delta", "usage", "done"])
+          expect(events.map((event) => Number(event.id))).toEqual([1, 2, 3, 4, 5, 6])
+          const [start] = events
+          expect(start!.data.question).toMatchObject({ role: "user", content: "Count" })
+          expect(start!.data.answer).toMatchObject({ role: "assistant", status: "streaming", content: "" })
+          const done = events.at(-1)!.data.message
+          expect(done).toMatchObject({ id: start!.data.answer.id, status: "complete", content: "One two three" })
+          expect(textOf(events)).toBe(done.content)
+          expect(yield* getMessage(conversationId, done.id)).toMatchObject({ status: "complete", completionTokens: 3 })
+        }))
+
+      it.scoped("applies the preset: system prompt first, its parameters passed on", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: ["Ok"] })
+          const preset = expectStatus(
+            yield* asUser("POST", "/api/v1/model-configs", {
+              name: uniqueName("terse"),
+              systemPrompt: "Answer in one word.",
+              temperature: 0.3,
+              maxTokens: 50,
+              stop: ["END"]
+            }),
+            201
+          )
+          const conversationId = yield* newConversation
+          expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, {
+              content: "Weather?",
+              modelConfigId: preset.id
+            }),
+            200
+          )
+          expect(chatRequests(openai)[0]!.body).toMatchObject({
+            messages: [{ role: "system", content: "Answer in one word." }, { role: "user", content: "Weather?" }],
+            temperature: 0.3,
+            max_tokens: 50,
+            stop: ["END"]
+          })
+        }))
+
+      it.scoped("sends the branch fitted to the model's context window, oldest turns dropped", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: ["Noted"] })
+          const { smallModelId } = yield* TheCast
+          const conversationId = yield* newConversation
+          // Each question is about 100 tokens; the window is 400, a quarter kept for the answer.
+          for (let i = 0; i < 5; i++) {
+            expectStatus(
+              yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, {
+                content: `question ${i} ${"lorem ".repeat(65)}`,
+                modelId: smallModelId
+              }),
+              200
+            )
+          }
+          const sent = chatRequests(openai).at(-1)!.body.messages as Array<{ role: string; content: string }>
+          expect(sent.length).toBeLessThan(9)
+          expect(sent[0]!.role).toBe("user")
+          expect(sent.at(-1)!.content).toMatch(/^question 4 /)
+          expect(sent.map((m) => m.content)).not.toContainEqual(expect.stringMatching(/^question 0 /))
+        }))
+
+      it.scoped("streams tool calls and stores them on the answer", () =>
+        Effect.gen(function*() {
+          yield* script({
+            text: [],
+            toolCalls: [{ id: "call_1", name: "weather", arguments: ["{\"city\":", "\"Oslo\"}"] }]
+          })
+          const conversationId = yield* newConversation
+          const events = yield* Effect.flatMap(chatSse(conversationId, { content: "Weather in Oslo?" }), (s) => s.rest)
+          const calls = events.filter((event) => event.event === "tool_call").map((event) => event.data)
+          expect(calls[0]).toMatchObject({ index: 0, callId: "call_1", name: "weather" })
+          expect(calls.map((call) => call.arguments).join("")).toBe("{\"city\":\"Oslo\"}")
+          expect(events.at(-1)!.data.message.toolCalls).toEqual([
+            { id: "call_1", name: "weather", arguments: "{\"city\":\"Oslo\"}" }
+          ])
+        }))
+
+      it.scoped("speaks to Anthropic and Ollama providers the same way", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          for (const dialect of ["anthropic", "ollama"] as const) {
+            const fake = yield* fakeProvider(dialect, [{ name: `${dialect}-model` }])
+            fake.chat = { text: [`From `, dialect] }
+            const { models, providerId } = yield* registerProvider(admin, fake)
+            const conversationId = yield* newConversation
+            const events = yield* Effect.flatMap(
+              chatSse(conversationId, { content: "Hi", modelId: models[`${dialect}-model`] }),
+              (stream) => stream.rest
+            )
+            expect(events.at(-1)!.data.message).toMatchObject({ status: "complete", content: `From ${dialect}` })
+            expect(chatRequests(fake)).toHaveLength(1)
+            // Out of the way of the tests that pick the first usable model.
+            expectStatus(
+              yield* call("PATCH", `/api/v1/providers/${providerId}`, {
+                auth: admin.accessToken,
+                body: { enabled: false }
+              }),
+              200
+            )
+          }
+        }))
+    })
+
+    describe("provider faults", () => {
+      it.scoped("a stream that dies midway ends the answer as error, its partial text kept", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({
+            text: ["Part", "ial", " and", " more"],
+            fault: { kind: "die", afterChunks: 2 }
+          })
+          const conversationId = yield* newConversation
+          const events = yield* Effect.flatMap(chatSse(conversationId, { content: "Go" }), (stream) => stream.rest)
+          expect(events.map((event) => event.event).slice(-2)).toEqual(["error", "done"])
+          expect(events.at(-2)!.data.error._tag).toMatch(/^Provider/)
+          const done = events.at(-1)!.data.message
+          // What arrived before the connection died is kept (the last piece may die with it).
+          expect(done.status).toBe("error")
+          expect(done.content.length).toBeGreaterThan(0)
+          expect("Partial and more".startsWith(done.content)).toBe(true)
+          expect(done.content).toBe(textOf(events))
+          expect(done.metadata.error._tag).toMatch(/^Provider/)
+          // Never retried once text has been sent.
+          expect(chatRequests(openai)).toHaveLength(1)
+        }))
+
+      it.scoped("429 with Retry-After, then success: retried before the first chunk", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: ["Finally"] })
+          openai.faults.set(chatPath.openai, { kind: "status", status: 429, times: 2, headers: { "retry-after": "0" } })
+          const conversationId = yield* newConversation
+          const result = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, { content: "Hi" }),
+            200
+          )
+          expect(result.answer).toMatchObject({ status: "complete", content: "Finally" })
+          expect(chatRequests(openai)).toHaveLength(3)
+        }))
+
+      it.scoped("a first token slower than the timeout: 504, and the answer stored as error", () =>
+        Effect.gen(function*() {
+          yield* script({ text: ["Late"], firstChunkDelayMs: 1_500 })
+          const conversationId = yield* newConversation
+          const reply = yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, { content: "Hi" })
+          expect(reply.status).toBe(504)
+          expect(reply.body._tag).toBe("ProviderTimeout")
+          const branch = expectStatus(yield* asUser("GET", `/api/v1/conversations/${conversationId}/messages`), 200)
+          expect(branch.items.map((m: any) => [m.role, m.status])).toEqual([["user", "complete"], [
+            "assistant",
+            "error"
+          ]])
+        }))
+
+      it.scoped("a malformed chunk: 502, partial text kept, nothing of the upstream's answer shown", () =>
+        Effect.gen(function*() {
+          yield* script({ text: ["Good", " bad"], fault: { kind: "malformed", afterChunks: 1 } })
+          const conversationId = yield* newConversation
+          const reply = yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, { content: "Hi" })
+          expect(reply.status).toBe(502)
+          expect(reply.body._tag).toBe("ProviderError")
+          expect(JSON.stringify(reply.body)).not.toContain(upstreamSecret)
+          const branch = expectStatus(yield* asUser("GET", `/api/v1/conversations/${conversationId}/messages`), 200)
+          expect(branch.items.at(-1)).toMatchObject({ status: "error", content: "Good" })
+        }))
+
+      it.scoped("an unknown model is refused before anything is stored", () =>
+        Effect.gen(function*() {
+          const before = expectStatus(yield* asUser("GET", "/api/v1/conversations?limit=100"), 200).items.length
+          const reply = yield* asUser("POST", "/api/v1/chat", {
+            content: "Hi",
+            modelId: "01900000-0000-7000-8000-000000000000"
+          })
+          expect(reply.status).toBe(422)
+          expect(reply.body.issues[0].path).toEqual(["modelId"])
+          expect(expectStatus(yield* asUser("GET", "/api/v1/conversations?limit=100"), 200).items).toHaveLength(before)
+        }))
+    })
+
+    describe("nothing lost", () => {
+      it.scoped("a client that goes away does not stop the answer: it finishes and is stored", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: pieces(12), paceMs: 25 })
+          const conversationId = yield* newConversation
+          const stream = yield* chatSse(conversationId, { content: "Long answer please" })
+          const start = yield* stream.next
+          yield* stream.next
+          yield* stream.close
+          const answer = yield* eventually(
+            getMessage(conversationId, start!.data.answer.id),
+            (message) => message.status !== "streaming"
+          )
+          expect(answer).toMatchObject({ status: "complete", content: pieces(12).join("") })
+          expect(openai.cutShort).toBe(0)
+        }))
+
+      it.scoped("the text is flushed while it grows", () =>
+        Effect.gen(function*() {
+          yield* script({ text: pieces(20), paceMs: 30 })
+          const conversationId = yield* newConversation
+          const stream = yield* chatSse(conversationId, { content: "Go" })
+          const start = yield* stream.next
+          const partial = yield* eventually(
+            getMessage(conversationId, start!.data.answer.id),
+            (message) => message.content.length > 0
+          )
+          expect(partial.status).toBe("streaming")
+          expect(pieces(20).join("").startsWith(partial.content)).toBe(true)
+          yield* stream.rest
+        }))
+
+      it.scoped("cancel stops the answer, keeps its text, and aborts the upstream request", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: pieces(40), paceMs: 40 })
+          const conversationId = yield* newConversation
+          const stream = yield* chatSse(conversationId, { content: "Go on and on" })
+          const start = yield* stream.next
+          yield* stream.next
+          yield* stream.next
+          const answerId = start!.data.answer.id
+          const cancelled = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/messages/${answerId}/cancel`),
+            200
+          )
+          expect(cancelled.status).toBe("cancelled")
+          expect(cancelled.content.length).toBeGreaterThan(0)
+          expect(cancelled.content.length).toBeLessThan(pieces(40).join("").length)
+          const rest = yield* stream.rest
+          expect(rest.at(-1)).toMatchObject({ event: "done", data: { message: { status: "cancelled" } } })
+          yield* eventually(Effect.sync(() => openai.cutShort), (count) => count > 0)
+          // Cancelling again changes nothing.
+          expect(
+            expectStatus(
+              yield* asUser("POST", `/api/v1/conversations/${conversationId}/messages/${answerId}/cancel`),
+              200
+            )
+          ).toMatchObject({ status: "cancelled", content: cancelled.content })
+        }))
+
+      it.scoped("a stream resumes from Last-Event-ID: the events after it, then the live ones", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          yield* script({ text: pieces(10), paceMs: 30 })
+          const conversationId = yield* newConversation
+          const first = yield* chatSse(conversationId, { content: "Go" })
+          const seen: Array<SseEvent> = []
+          while (seen.length < 3) seen.push((yield* first.next)!)
+          yield* first.close
+          const answerId = seen[0]!.data.answer.id
+          const resumed = yield* openSse("GET", `/api/v1/conversations/${conversationId}/messages/${answerId}/events`, {
+            auth: user.accessToken,
+            headers: { "last-event-id": "3" }
+          })
+          expect(resumed.status).toBe(200)
+          const rest = yield* resumed.rest
+          expect(Number(rest[0]!.id)).toBe(4)
+          expect(rest.map((event) => Number(event.id))).toEqual(rest.map((_, i) => i + 4))
+          const done = rest.at(-1)!
+          expect(done.event).toBe("done")
+          expect(textOf([...seen, ...rest])).toBe(done.data.message.content)
+          expect(done.data.message.content).toBe(pieces(10).join(""))
+          // Once over, resuming gives the stored answer.
+          const after = yield* openSse("GET", `/api/v1/conversations/${conversationId}/messages/${answerId}/events`, {
+            auth: user.accessToken,
+            headers: { "last-event-id": done.id! }
+          })
+          expect((yield* after.rest).map((event) => event.event)).toEqual(["done"])
+        }))
+    })
+
+    describe("branches", () => {
+      it.scoped("regenerate answers again as a sibling; continue answers an edited question", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: ["First"] })
+          const conversationId = yield* newConversation
+          const first = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, { content: "Question one" }),
+            200
+          )
+          openai.chat = { text: ["Second"] }
+          const again = expectStatus(
+            yield* asUser(
+              "POST",
+              `/api/v1/conversations/${conversationId}/messages/${first.answer.id}/regenerate`,
+              {}
+            ),
+            200
+          )
+          expect(again.question).toBeNull()
+          expect(again.answer).toMatchObject({ parentId: first.question.id, content: "Second", siblingIndex: 1 })
+          expect(again.answer.siblingCount).toBe(2)
+          expect(chatRequests(openai).at(-1)!.body.messages).toEqual([{ role: "user", content: "Question one" }])
+
+          const edited = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/messages/${first.question.id}/edit`, {
+              content: "Question one, edited"
+            }),
+            201
+          )
+          openai.chat = { text: ["Third"] }
+          const continued = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/continue`, {}),
+            200
+          )
+          expect(continued.answer).toMatchObject({ parentId: edited.id, content: "Third" })
+          expect(chatRequests(openai).at(-1)!.body.messages).toEqual([
+            { role: "user", content: "Question one, edited" }
+          ])
+          // An answer cannot be answered, nor a question regenerated.
+          expect((yield* asUser("POST", `/api/v1/conversations/${conversationId}/continue`, {})).status).toBe(422)
+          expect(
+            (yield* asUser("POST", `/api/v1/conversations/${conversationId}/messages/${edited.id}/regenerate`, {}))
+              .status
+          ).toBe(422)
+        }))
+    })
+
+    describe("POST /api/{user_id}/chat", () => {
+      it.scoped("answers { conversation_id, response, tool_calls }, and continues a conversation", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          yield* script({ text: ["Hi ", "there"] })
+          const first = expectStatus(yield* asUser("POST", `/api/${user.id}/chat`, { message: "Hello" }), 200)
+          expect(first).toEqual({ conversation_id: expect.any(String), response: "Hi there", tool_calls: [] })
+          const second = expectStatus(
+            yield* asUser("POST", `/api/${user.id}/chat`, { message: "Again", conversation_id: first.conversation_id }),
+            200
+          )
+          expect(second.conversation_id).toBe(first.conversation_id)
+          const branch = expectStatus(
+            yield* asUser("GET", `/api/v1/conversations/${first.conversation_id}/messages`),
+            200
+          )
+          expect(branch.items.map((m: any) => m.content)).toEqual(["Hello", "Hi there", "Again", "Hi there"])
+        }))
+
+      it.scoped("401 without credentials, 403 for another user's path, 404 for another's conversation, 422", () =>
+        Effect.gen(function*() {
+          const { other, user } = yield* TheCast
+          yield* script({ text: ["x"] })
+          expect((yield* call("POST", `/api/${user.id}/chat`, { body: { message: "Hi" } })).status).toBe(401)
+          const forbidden = yield* call("POST", `/api/${user.id}/chat`, {
+            auth: other.accessToken,
+            body: { message: "Hi" }
+          })
+          expect([forbidden.status, forbidden.body._tag]).toEqual([403, "Forbidden"])
+          const conversationId = yield* newConversation
+          const notFound = yield* call("POST", `/api/${other.id}/chat`, {
+            auth: other.accessToken,
+            body: { message: "Hi", conversation_id: conversationId }
+          })
+          expect([notFound.status, notFound.body._tag]).toEqual([404, "NotFound"])
+          for (const message of ["", "x".repeat(200_001)]) {
+            const invalid = yield* asUser("POST", `/api/${user.id}/chat`, { message })
+            expect([invalid.status, invalid.body._tag]).toEqual([422, "ValidationError"])
+            expect(invalid.body.issues[0].path).toEqual(["message"])
+          }
+          const missing = yield* asUser("POST", `/api/${user.id}/chat`, {})
+          expect(missing.status).toBe(422)
+        }))
+    })
+
+    describe("stateless", () => {
+      it.scoped("two instances take turns on one conversation", () =>
+        Effect.gen(function*() {
+          const { dataDir, databaseUrl } = yield* TestServer
+          const openai = yield* script({ text: ["Reply"] })
+          const conversationId = yield* newConversation
+          const second = yield* Layer.build(testServer({
+            dialect,
+            env: { ...chatEnv, DATA_DIR: dataDir, ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}) }
+          }))
+          const onSecond = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.provide(effect, second)
+          for (let turn = 0; turn < 4; turn++) {
+            openai.chat = { text: [`Reply ${turn}`] }
+            const send = asUser("POST", `/api/v1/conversations/${conversationId}/chat`, { content: `Turn ${turn}` })
+            expectStatus(yield* (turn % 2 === 0 ? send : onSecond(send)), 200)
+          }
+          const branch = expectStatus(yield* asUser("GET", `/api/v1/conversations/${conversationId}/messages`), 200)
+          expect(branch.items.map((m: any) => m.content)).toEqual([
+            "Turn 0",
+            "Reply 0",
+            "Turn 1",
+            "Reply 1",
+            "Turn 2",
+            "Reply 2",
+            "Turn 3",
+            "Reply 3"
+          ])
+          // Each instance sent the whole history it read from the database.
+          expect(chatRequests(openai).at(-1)!.body.messages.map((m: any) => m.content)).toEqual(
+            branch.items.slice(0, 7).map((m: any) => m.content)
+          )
+        }))
+
+      it.scoped("an answer written by one instance is followed and cancelled through another", () =>
+        Effect.gen(function*() {
+          const { dataDir, databaseUrl } = yield* TestServer
+          const { user } = yield* TheCast
+          const openai = yield* script({ text: pieces(60), paceMs: 30 })
+          const conversationId = yield* newConversation
+          const second = yield* Layer.build(testServer({
+            dialect,
+            env: { ...chatEnv, DATA_DIR: dataDir, ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}) }
+          }))
+          const stream = yield* chatSse(conversationId, { content: "Go" })
+          const start = yield* stream.next
+          const answerId = start!.data.answer.id
+          // The other instance reads the answer from the database: snapshots of the text so far.
+          const followed = yield* openSse(
+            "GET",
+            `/api/v1/conversations/${conversationId}/messages/${answerId}/events`,
+            {
+              auth: user.accessToken,
+              headers: { "last-event-id": "1" }
+            }
+          ).pipe(Effect.provide(second))
+          const snapshot = yield* eventually(followed.next, (event) => event?.event === "snapshot")
+          expect(pieces(60).join("").startsWith(snapshot!.data.content)).toBe(true)
+          const cancelled = yield* call(
+            "POST",
+            `/api/v1/conversations/${conversationId}/messages/${answerId}/cancel`,
+            { auth: user.accessToken }
+          ).pipe(Effect.provide(second))
+          expect(cancelled.body.status).toBe("cancelled")
+          // The writing instance stops at its next flush, and both streams end on the cancelled answer.
+          const ends = [(yield* stream.rest).at(-1), (yield* followed.rest).at(-1)]
+          for (const end of ends) {
+            expect(end).toMatchObject({ event: "done", data: { message: { status: "cancelled" } } })
+          }
+          const stored = yield* getMessage(conversationId, answerId)
+          expect(stored.status).toBe("cancelled")
+          expect(stored.content.length).toBeLessThan(pieces(60).join("").length)
+          yield* eventually(Effect.sync(() => openai.cutShort), (count) => count > 0)
+        }))
+    })
+  })
+
+  describe(`a killed instance on ${dialect}`, () => {
+    layer(testServer({ dialect }), { excludeTestServices: true })((it) => {
+      it.scoped("leaves its answer streaming with the text flushed so far; the next start marks it incomplete", () =>
+        Effect.gen(function*() {
+          // The database of this layer's server, served by a child process that gets killed.
+          const { dataDir, databaseUrl } = yield* TestServer
+          const port = yield* freePort
+          const { env } = yield* testEnvironment({ dialect })
+          const child = spawnEntry("server", {
+            ...env,
+            ...chatEnv,
+            PORT: String(port),
+            DATA_DIR: dataDir,
+            ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
+          })
+          collect(child)
+          yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+          const childServer = Layer.effect(
+            TestServer,
+            Effect.map(HttpClient.HttpClient, (client) => ({
+              baseUrl: `http://127.0.0.1:${port}`,
+              dataDir,
+              databaseUrl,
+              client: client.pipe(HttpClient.mapRequest(HttpClientRequest.prependUrl(`http://127.0.0.1:${port}`)))
+            }))
+          ).pipe(Layer.provide(FetchHttpClient.layer))
+          const openai = yield* fakeProvider("openai", [{ name: "gpt-loop" }])
+          openai.chat = { text: pieces(200), paceMs: 20 }
+
+          const { answerId, conversationId, user } = yield* Effect.gen(function*() {
+            yield* eventually(
+              call("GET", "/health/ready").pipe(
+                Effect.map((reply) => reply.status),
+                Effect.catchAllDefect(() => Effect.succeed(0))
+              ),
+              (status) => status === 200,
+              1_200
+            )
+            const admin = yield* signUp()
+            const { models } = yield* registerProvider(admin, openai)
+            const conversation = expectStatus(
+              yield* call("POST", "/api/v1/conversations", {
+                auth: admin.accessToken,
+                body: { title: "Crash", modelId: models["gpt-loop"] }
+              }),
+              201
+            )
+            const stream = yield* openSse("POST", `/api/v1/conversations/${conversation.id}/chat`, {
+              auth: admin.accessToken,
+              body: { content: "Tell me everything" }
+            })
+            const start = yield* stream.next
+            for (let i = 0; i < 5; i++) yield* stream.next
+            return { answerId: start!.data.answer.id, conversationId: conversation.id, user: admin }
+          }).pipe(Effect.provide(childServer))
+
+          // Let a flush happen, then kill the instance mid-answer.
+          yield* Effect.sleep("200 millis")
+          child.kill("SIGKILL")
+          yield* Effect.async<void>((resume) => {
+            if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+            child.once("exit", () => resume(Effect.void))
+          })
+          const database = databaseUrl ? pgClientFor(databaseUrl) : sqliteClientFor(dataDir)
+          const stored = yield* Effect.flatMap(
+            SqlClient.SqlClient,
+            (sql) =>
+              sql<{ status: string; content: string }>`SELECT status, content FROM messages WHERE id = ${answerId}`
+          ).pipe(Effect.provide(database), Effect.orDie)
+          expect(stored[0]!.status).toBe("streaming")
+          expect(stored[0]!.content.length).toBeGreaterThan(0)
+          expect(pieces(200).join("").startsWith(stored[0]!.content)).toBe(true)
+
+          // An instance starting once the lease has run out recovers it.
+          yield* Effect.sleep("300 millis")
+          const restarted = yield* Layer.build(testServer({
+            dialect,
+            env: {
+              ...chatEnv,
+              CHAT_STREAM_LEASE: "250 millis",
+              DATA_DIR: dataDir,
+              ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
+            }
+          }))
+          const recovered = yield* call("GET", `/api/v1/conversations/${conversationId}/messages/${answerId}`, {
+            auth: user.accessToken
+          }).pipe(Effect.provide(restarted))
+          expect(recovered.body).toMatchObject({ status: "incomplete", content: stored[0]!.content })
+        }))
+    })
+  })
+}
+
+/** A port nothing listens on now, for a child server. */
+const freePort = Effect.async<number>((resume) => {
+  const server = Http.createServer()
+  server.listen(0, "127.0.0.1", () => {
+    const { port } = server.address() as Net.AddressInfo
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})

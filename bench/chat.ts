@@ -23,10 +23,9 @@
  * 1. Warm-up: 50 clients, 2 rounds, through the server.
  * 2. Memory: the server's RSS idle (after a full GC) and while 1,000 streams
  *    of the slow model (one chunk every 5 s) are open and past their first
- *    token; the difference over the number of open streams. Then the answers
- *    are cancelled through the API. Also the live
- *    heap (after a full GC in both states), which says how much of it is
- *    garbage not yet collected.
+ *    token; the difference over the number of open streams. Also the live heap
+ *    (after a full GC in both states), which says how much of it is garbage
+ *    not yet collected. Then the answers are cancelled through the API.
  * 3. For 1, 100 and 1,000 concurrent streams, first direct to the provider,
  *    then through the server: that many clients, each opening a stream as soon
  *    as its previous one ended (`rounds` each), their first streams started
@@ -40,16 +39,19 @@
  *    divided by the server's CPU use (user + system time over wall time).
  *    An error is a status other than 200, a connection failure, an `error`
  *    event, a stream ending without `done`, or a `done` whose stored answer is
- *    not `complete` or differs from the relayed text.
+ *    not `complete` or differs from the relayed text. A request that meets a
+ *    keep-alive connection the server has just closed as idle is sent again
+ *    (counted apart); connections the kernel dropped on a full listen queue
+ *    during a server phase are printed.
  *
- * Run with `npm run bench:chat` (about 4 minutes). Options: `--quick` runs
+ * Run with `npm run bench:chat` (about 8 minutes). Options: `--quick` runs
  * fewer rounds; `--levels=1,100` only those levels; `--no-memory` skips the
  * memory phase; `--cpu-prof` writes a CPU profile of the server (V8
  * `--cpu-prof`) to a temporary directory, printed at the end; `--spans` prints
  * the durations of the server's spans at each level (a diagnostic: recording
- * them costs time too). The machine's
- * other load shows in every figure: run it on a quiet machine and read the
- * load average printed at the start and the end.
+ * them costs time too). The machine's other load shows in every figure: run
+ * it on a quiet machine and read the load average printed at the start and
+ * the end.
  */
 import * as ChildProcess from "node:child_process"
 import * as Crypto from "node:crypto"
@@ -212,6 +214,18 @@ interface ServerProbe {
 
 const probeServer = (server: Child, gc = false) => server.ask<ServerProbe>({ type: "probe", gc })
 const providerCpu = async (provider: Child) => (await provider.ask<{ cpu: CpuUsage }>({ type: "cpu" })).cpu
+/** The kernel's count of connections dropped because a listen queue was full (machine-wide; Linux only). */
+const listenOverflows = () => {
+  try {
+    const lines = Fs.readFileSync("/proc/net/netstat", "utf8").split("\n").filter((line) => line.startsWith("TcpExt:"))
+    const names = lines[0]?.split(" ") ?? []
+    const values = lines[1]?.split(" ") ?? []
+    return Number(values[names.indexOf("ListenOverflows")] ?? Number.NaN)
+  } catch {
+    return Number.NaN
+  }
+}
+
 const cpuSeconds = (from: CpuUsage, to: CpuUsage) => (to.user - from.user + to.system - from.system) / 1e6
 
 // --- HTTP clients
@@ -659,6 +673,8 @@ interface LevelResult {
   readonly serverCpu: number
   readonly providerCpu: number
   readonly benchCpu: number
+  /** Connections the kernel dropped during the server phase because the listen queue was full. */
+  readonly listenOverflows: number
   /** With `--spans`: the server's span durations (ms) during the server phase, by name. */
   readonly spans: Record<string, Array<number>>
 }
@@ -676,10 +692,12 @@ const runLevel = async (
   const serverBefore = await probeServer(server)
   const providerBefore = await providerCpu(provider)
   const benchBefore = process.cpuUsage()
+  const overflowsBefore = listenOverflows()
   const through = await runPhase(setup, "server", level.streams, level.rounds, streamMs)
   const serverAfter = await probeServer(server)
   const providerAfter = await providerCpu(provider)
   const bench = process.cpuUsage(benchBefore)
+  const overflows = listenOverflows() - overflowsBefore
   const spans = options.spans
     ? (await server.ask<{ spans: Record<string, Array<number>> }>({ type: "spans" })).spans
     : {}
@@ -691,6 +709,7 @@ const runLevel = async (
     serverCpu: cpuSeconds(serverBefore.cpu, serverAfter.cpu),
     providerCpu: cpuSeconds(providerBefore, providerAfter),
     benchCpu: (bench.user + bench.system) / 1e6,
+    listenOverflows: overflows,
     spans
   }
 }
@@ -762,6 +781,12 @@ const printThroughput = (results: ReadonlyArray<LevelResult>) => {
   for (const result of results) {
     for (const [path, phase] of [["direct", result.direct], ["server", result.server]] as const) {
       if (errorCount(phase) > 0) console.log(`errors, ${result.streams} streams, ${path}: ${describeErrors(phase)}`)
+      if (path === "server" && result.listenOverflows > 0) {
+        console.log(
+          `${result.streams} streams, server: the kernel dropped ${result.listenOverflows} connection attempts on a ` +
+            "full listen queue (TcpExt ListenOverflows, machine-wide)"
+        )
+      }
       if (phase.resent > 0) {
         console.log(
           `${result.streams} streams, ${path}: ${phase.resent} requests sent again (a keep-alive connection the ` +

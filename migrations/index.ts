@@ -4,11 +4,13 @@
  */
 import initial from "./0001_initial.js"
 import conversationHistory from "./0002_conversation_history.js"
+import usage from "./0003_usage.js"
 import siblingPositions from "./0004_sibling_positions.js"
 
 export const migrations = {
   "0001_initial": initial,
   "0002_conversation_history": conversationHistory,
+  "0003_usage": usage,
   "0004_sibling_positions": siblingPositions
 } as const
 

@@ -7,6 +7,7 @@ import { AuthApi } from "./Auth/Api.js"
 import { ChatApi } from "./Chat/Api.js"
 import { ConversationsApi } from "./Conversations/Api.js"
 import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
+import { UsageApi } from "./Gateway/Api.js"
 import { HealthApi } from "./Health/Api.js"
 import { ModelConfigsApi, ModelsApi, ProvidersApi } from "./Models/Api.js"
 import { AdminApi, MeApi } from "./Users/Api.js"
@@ -76,6 +77,7 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .add(ProvidersApi)
   .add(ModelsApi)
   .add(ModelConfigsApi)
+  .add(UsageApi)
   .addError(ValidationError)
   .addError(NotFound)
   .addError(PayloadTooLarge)

@@ -44,7 +44,8 @@ import { FieldIssue, type Forbidden, NotFound, ValidationError } from "./Domain/
 import type { JsonObject } from "./Domain/Fields.js"
 import type { ConversationId, LlmModelId, MessageId, ModelConfigId } from "./Domain/Ids.js"
 import type { ModelConfig } from "./Domain/Model.js"
-import { type ModelRegistry, ModelRegistry as ModelRegistryTag, type ResolvedModel } from "./Models.js"
+import { UsageRepo } from "./Gateway/UsageRepo.js"
+import { ModelRegistry, type ResolvedModel } from "./Models.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
@@ -112,10 +113,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
   scoped: Effect.gen(function*() {
     const { chat: settings } = yield* AppConfig
     const conversations = yield* Conversations
-    const registry: ModelRegistry = yield* ModelRegistryTag
+    const registry = yield* ModelRegistry
     const models = yield* ModelsRepo
     const configs = yield* ModelConfigsRepo
     const answers = yield* AnswerRepo
+    const usageRecords = yield* UsageRepo
     const scope = yield* Effect.scope
 
     const live = new Map<MessageId, Generation>()
@@ -233,6 +235,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
     /** Streams the provider's answer into the stored message, and ends it whatever happens. */
     const generate = (
+      actor: Actor,
       generation: Generation,
       answer: MessageView,
       resolved: ResolvedModel,
@@ -321,6 +324,16 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             completionTokens: stats?.completionTokens ?? null,
             error
           })
+          if (stats !== null) {
+            yield* usageRecords.record({
+              userId: actor.userId,
+              apiKeyId: actor.apiKeyId ?? null,
+              modelId: resolved.model.id,
+              modelName: resolved.model.providerModel,
+              source: "chat",
+              ...stats
+            })
+          }
           const stored = yield* conversations.readBack(generation.conversationId, answer.id)
           if (error !== null) yield* emit(generation, { _tag: "error", id: nextId(generation), error })
           yield* emit(generation, { _tag: "done", id: nextId(generation), message: stored })
@@ -361,6 +374,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
     /** Stores the question and an empty answer, then generates the answer in the engine's scope. */
     const startTurn = (
+      actor: Actor,
       conversation: ConversationView,
       input: TurnInput,
       resolved: ResolvedModel,
@@ -387,10 +401,10 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         live.set(answer.id, generation)
         const needsTitle = conversation.title === "" && question !== null
         const run = needsTitle
-          ? generate(generation, answer, resolved, request).pipe(
+          ? generate(actor, generation, answer, resolved, request).pipe(
             Effect.andThen(writeTitle(conversation.id, question.content, resolved))
           )
-          : generate(generation, answer, resolved, request)
+          : generate(actor, generation, answer, resolved, request)
         // The generation belongs to the engine's scope: it outlives the request, and shutdown ends it.
         generation.fiber = yield* Effect.forkIn(run, scope)
         const result = Effect.flatMap(
@@ -413,7 +427,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         if (conversation.deletedAt !== null) return yield* new NotFound({ message: "No such conversation" })
         const preset = yield* presetFor(actor, input, conversation)
         const resolved = yield* chooseModel(input, conversation, preset)
-        return yield* startTurn(conversation, input, resolved, preset)
+        return yield* startTurn(actor, conversation, input, resolved, preset)
       })
 
     const chat = (conversationId: ConversationId, payload: ChatPayload) =>
@@ -430,7 +444,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           modelId: resolved.model.id,
           modelConfigId: payload.modelConfigId ?? null
         })
-        return yield* startTurn(conversation, payload, resolved, preset)
+        return yield* startTurn(actor, conversation, payload, resolved, preset)
       }).pipe(Effect.withSpan("ChatEngine.newChat"))
 
     /** Another answer to the question `messageId` answered, as its sibling. */

@@ -23,6 +23,9 @@ import { Conversations } from "./Conversations.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import { ConversationsHttpLive } from "./Conversations/Http.js"
 import { SearchRepo } from "./Conversations/SearchRepo.js"
+import { Gateway } from "./Gateway.js"
+import { GatewayRoutesLive, UsageHttpLive } from "./Gateway/Http.js"
+import { UsageRepo } from "./Gateway/UsageRepo.js"
 import { Health } from "./Health.js"
 import { HealthHttpLive } from "./Health/Http.js"
 import { ErrorModelLive } from "./Http/ErrorModel.js"
@@ -86,7 +89,8 @@ const ReposLive = Layer.mergeAll(
   ProvidersRepo.Default,
   ModelsRepo.Default,
   ModelConfigsRepo.Default,
-  AnswerRepo.Default
+  AnswerRepo.Default,
+  UsageRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -108,6 +112,7 @@ export const ServicesLive = Layer.mergeAll(
   Auth.Default,
   Users.Default,
   Health.Default,
+  Gateway.Default,
   SessionCleanupLive
 ).pipe(
   Layer.provideMerge(Conversations.Default),
@@ -126,7 +131,9 @@ export const ApiGroupsLive = Layer.mergeAll(
   MeHttpLive,
   ConversationsHttpLive,
   ChatHttpLive,
-  ModelsApiLive
+  ModelsApiLive,
+  UsageHttpLive,
+  GatewayRoutesLive
 ).pipe(
   Layer.provide(AuthenticationLive),
   Layer.provideMerge(ServicesLive)

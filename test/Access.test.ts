@@ -411,6 +411,11 @@ const expectations: Readonly<Record<string, Expectation>> = {
   "modelConfigs.deleteModelConfig": {
     statuses: { anonymous: 401, owner: 204, other: 404, admin: 404, scopedKey: 403 },
     request: (cast) => ({ params: { id: cast.ownerConfigId } })
+  },
+  "usage.apiKeyUsage": {
+    // Like the key itself: the owner's (a session, or a key with `keys:manage`), not found for anyone else.
+    statuses: { anonymous: 401, owner: 200, other: 404, admin: 404, scopedKey: 403 },
+    request: (cast) => ({ params: { id: cast.ownerKeyId } })
   }
 }
 

@@ -13,7 +13,7 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import * as Http from "node:http"
 import type * as Net from "node:net"
-import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
 import { collect, spawnEntry } from "./fixtures/Process.js"
 import { chatPath, chatRequests, type FakeProvider, fakeProvider, upstreamSecret } from "./fixtures/Providers.js"
@@ -183,6 +183,21 @@ for (const dialect of dialects) {
             (body) => body.title !== ""
           )
           expect(conversation.title).toBe("Hello, world")
+        }))
+
+      it.scoped("an answer asked for with an API key counts toward the key's usage", () =>
+        Effect.gen(function*() {
+          const { modelId, user } = yield* TheCast
+          yield* script({ text: ["Counted"], usage: { promptTokens: 21, completionTokens: 4 } })
+          const key = yield* createKey(user, ["chat", "conversations:read", "conversations:write", "models:use"])
+          const reply = yield* call("POST", "/api/v1/chat", {
+            auth: key.secret,
+            body: { content: "Count me", modelId, title: "Usage" }
+          })
+          expect(expectStatus(reply, 200).answer.status).toBe("complete")
+          const usage = expectStatus(yield* asUser("GET", `/api/v1/auth/api-keys/${key.id}/usage`), 200)
+          expect(usage).toMatchObject({ requests: 1, promptTokens: 21, completionTokens: 4 })
+          expect(usage.byModel).toEqual([expect.objectContaining({ source: "chat", modelId, requests: 1 })])
         }))
 
       it.scoped("streams SSE: start, deltas, usage and done, with consecutive event ids", () =>

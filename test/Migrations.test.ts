@@ -29,6 +29,7 @@ const expectedTables = [
   "roles",
   "sessions",
   "threads",
+  "usage_records",
   "users"
 ]
 
@@ -226,6 +227,38 @@ for (const dialect of dialects) {
               sql`INSERT INTO providers (id, name, kind, base_url, credential_ciphertext) VALUES ('01900000-0000-7000-8000-000000000026', 'q', 'openai', 'http://x', 'abc')`
             )
           ).toBe(true)
+        }))
+
+      it.effect("usage records outlive their key and model, and go with their user", () =>
+        Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          const user = yield* seedUser()
+          const provider = "01900000-0000-7000-8000-000000000030"
+          const model = "01900000-0000-7000-8000-000000000031"
+          const key = "01900000-0000-7000-8000-000000000032"
+          yield* sql`INSERT INTO providers (id, name, kind, base_url) VALUES (${provider}, 'usage', 'ollama', 'http://x')`
+          yield* sql`INSERT INTO llm_models (id, provider_id, provider_model, display_name) VALUES (${model}, ${provider}, 'm', 'm')`
+          yield* sql`INSERT INTO api_keys (id, user_id, name, prefix, key_hash) VALUES (${key}, ${user.id}, 'k', 'wp_usage', 'hash-usage')`
+          const usage = (id: string, source: string, promptTokens: number) =>
+            sql`INSERT INTO usage_records (id, user_id, api_key_id, model_id, model_name, source, prompt_tokens, completion_tokens)
+                VALUES (${id}, ${user.id}, ${key}, ${model}, 'm', ${source}, ${promptTokens}, 1)`
+          yield* usage("01900000-0000-7000-8000-000000000033", "gateway", 3)
+          yield* usage("01900000-0000-7000-8000-000000000034", "chat", 4)
+          expect(yield* refused(usage("01900000-0000-7000-8000-000000000035", "email", 1))).toBe(true)
+          expect(yield* refused(usage("01900000-0000-7000-8000-000000000036", "chat", -1))).toBe(true)
+          yield* sql`DELETE FROM llm_models WHERE id = ${model}`
+          yield* sql`DELETE FROM api_keys WHERE id = ${key}`
+          const rows = yield* sql<{ apiKeyId: string | null; modelId: string | null; modelName: string }>`
+            SELECT api_key_id, model_id, model_name FROM usage_records WHERE user_id = ${user.id}`
+          expect(rows).toEqual([
+            { apiKeyId: null, modelId: null, modelName: "m" },
+            { apiKeyId: null, modelId: null, modelName: "m" }
+          ])
+          yield* sql`DELETE FROM users WHERE id = ${user.id}`
+          const left = yield* sql<
+            { count: number }
+          >`SELECT count(*) AS count FROM usage_records WHERE user_id = ${user.id}`
+          expect(Number(left[0]!.count)).toBe(0)
         }))
     })
 

@@ -1,0 +1,436 @@
+/**
+ * The OpenAI-compatible gateway: the models a caller may use, under names
+ * people can type, and chat completions translated from OpenAI's request
+ * format into a `ChatRequest` for whichever provider serves the model, and
+ * back from its chunks into OpenAI's completion objects or stream chunks.
+ *
+ * Nothing is stored but the token usage, per API key. The upstream call
+ * lives exactly as long as the caller's scope: a client that goes away ends
+ * it. The HTTP side (`Gateway/Http.ts`) turns failures into OpenAI's error body.
+ */
+import { Chunk, DateTime, Effect, Option, Ref, type Scope, Stream } from "effect"
+import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
+import { requirePermission } from "./Auth/Policy.js"
+import type { Actor, CurrentActor } from "./Domain/Actor.js"
+import { type Forbidden, type NotFound, orNotFound } from "./Domain/Errors.js"
+import { type ApiKeyId, generateUuid } from "./Domain/Ids.js"
+import type { LlmModel, Provider } from "./Domain/Model.js"
+import {
+  ApiKeyUsage,
+  type ChatCompletion,
+  type ChatCompletionChunk,
+  type ChatCompletionRequest,
+  type ChunkChoice,
+  type Content,
+  type GatewayModel,
+  InvalidRequest,
+  type ModelList,
+  passedThrough,
+  type RequestMessage,
+  UnknownModel,
+  type Usage,
+  UsageTotals
+} from "./Gateway/Schemas.js"
+import { UsageRepo } from "./Gateway/UsageRepo.js"
+import { ModelRegistry, type ResolvedModel } from "./Models.js"
+import type { ProviderFailure } from "./Models/Errors.js"
+import { ModelsRepo } from "./Models/ModelsRepo.js"
+import { ProvidersRepo } from "./Models/ProvidersRepo.js"
+import type { ChatChunk, ChatMessage, ChatRequest, ChatToolChoice, FinishReason } from "./Providers/Chat.js"
+
+/** What a completion request can fail with before the provider is involved, and then the provider's failures. */
+export type GatewayFailure = InvalidRequest | UnknownModel | Forbidden | ProviderFailure
+
+/** A model a caller may use, with the id the gateway lists it under. */
+interface Target {
+  readonly id: string
+  readonly model: LlmModel
+  readonly provider: Provider
+}
+
+type ReportedUsage = Extract<ChatChunk, { readonly _tag: "usage" }>
+
+/** A completion on its way: the model, what the client will see as its identity, and the usage reported so far. */
+interface Call {
+  readonly target: Target
+  readonly upstream: Stream.Stream<ChatChunk, ProviderFailure>
+  readonly completionId: string
+  /** Unix seconds. */
+  readonly created: number
+  readonly usage: Ref.Ref<Option.Option<ReportedUsage>>
+}
+
+const textOf = (content: Content | null | undefined): string =>
+  content === null || content === undefined
+    ? ""
+    : typeof content === "string"
+    ? content
+    : content.map((part) => part.text).join("\n")
+
+const toChatMessage = (message: RequestMessage): ChatMessage => {
+  switch (message.role) {
+    case "system":
+    case "developer":
+      return { role: "system", content: textOf(message.content) }
+    case "user":
+      return { role: "user", content: textOf(message.content) }
+    case "assistant":
+      return {
+        role: "assistant",
+        content: textOf(message.content),
+        ...(message.tool_calls && message.tool_calls.length > 0
+          ? {
+            toolCalls: message.tool_calls.map((call) => ({
+              id: call.id,
+              name: call.function.name,
+              arguments: call.function.arguments
+            }))
+          }
+          : {})
+      }
+    case "tool":
+      return { role: "tool", content: textOf(message.content), toolCallId: message.tool_call_id }
+  }
+}
+
+/** Checks what the schema cannot see (a named tool must be one of the tools) and builds the provider request. */
+const toChatRequest = (
+  body: ChatCompletionRequest,
+  target: Target
+): Effect.Effect<ChatRequest, InvalidRequest> => {
+  const tools = body.tools ?? []
+  const choice = body.tool_choice ?? undefined
+  if (choice !== undefined && choice !== "none" && choice !== "auto" && tools.length === 0) {
+    return Effect.fail(
+      new InvalidRequest({ message: "'tool_choice' requires 'tools' to be specified", param: "tool_choice" })
+    )
+  }
+  if (typeof choice === "object" && !tools.some((tool) => tool.function.name === choice.function.name)) {
+    return Effect.fail(
+      new InvalidRequest({
+        message: `'tool_choice' names a function that is not among 'tools': ${choice.function.name}`,
+        param: "tool_choice"
+      })
+    )
+  }
+  const toolChoice: ChatToolChoice | undefined = typeof choice === "object" ? { name: choice.function.name } : choice
+  const stop = body.stop ?? undefined
+  const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined
+  // These mean the same to every OpenAI-style API; another provider's API would reject or misread them.
+  const speaksOpenAi = target.provider.kind === "openai" || target.provider.kind === "openai-compatible"
+  const extra = Object.fromEntries(
+    speaksOpenAi ? passedThrough.flatMap((name) => body[name] != null ? [[name, body[name]]] : []) : []
+  )
+  return Effect.succeed({
+    model: target.model.providerModel,
+    messages: body.messages.map(toChatMessage),
+    ...(body.temperature != null ? { temperature: body.temperature } : {}),
+    ...(body.top_p != null ? { topP: body.top_p } : {}),
+    ...(maxTokens !== undefined ? { maxTokens } : {}),
+    ...(stop !== undefined ? { stop: typeof stop === "string" ? [stop] : stop } : {}),
+    ...(tools.length > 0
+      ? {
+        tools: tools.map((tool) => ({
+          name: tool.function.name,
+          description: tool.function.description,
+          // OpenAI reads a function without parameters as one that takes none.
+          parameters: tool.function.parameters ?? { type: "object", properties: {} }
+        }))
+      }
+      : {}),
+    ...(toolChoice !== undefined ? { toolChoice } : {}),
+    ...(Object.keys(extra).length > 0 ? { extra } : {})
+  })
+}
+
+const toUsage = (reported: ReportedUsage): Usage => ({
+  prompt_tokens: reported.promptTokens,
+  completion_tokens: reported.completionTokens,
+  total_tokens: reported.promptTokens + reported.completionTokens
+})
+
+/**
+ * Some providers say "stop" when the answer ends in tool calls; OpenAI's
+ * clients look for "tool_calls" to run them.
+ */
+const finishReasonOf = (reason: FinishReason, calledTools: boolean): FinishReason =>
+  reason === "stop" && calledTools ? "tool_calls" : reason
+
+const toolCallId = Effect.map(generateUuid, (uuid) => `call_${uuid.replaceAll("-", "")}`)
+
+/** A non-streamed answer, gathered chunk by chunk. */
+interface Answer {
+  readonly text: string
+  readonly toolCalls: ReadonlyMap<number, { readonly id: string; readonly name: string; readonly arguments: string }>
+  readonly finish: FinishReason | null
+}
+
+export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
+  effect: Effect.gen(function*() {
+    const models = yield* ModelsRepo
+    const providers = yield* ProvidersRepo
+    const registry = yield* ModelRegistry
+    const usageRepo = yield* UsageRepo
+    const apiKeys = yield* ApiKeysRepo
+
+    /**
+     * Every model a user may pick (enabled, of an enabled provider; for admins
+     * too), each under the provider's name for it when no other usable model
+     * has that name, else under `<provider name>/<model>`.
+     */
+    const usableTargets = Effect.gen(function*() {
+      const rows = yield* models.list({ status: null, providerId: null, usableOnly: true })
+      const providerById = new Map((yield* providers.list).map((provider) => [provider.id, provider]))
+      const sharing = new Map<string, number>()
+      for (const row of rows) sharing.set(row.providerModel, (sharing.get(row.providerModel) ?? 0) + 1)
+      return rows.flatMap((model): Array<Target> => {
+        const provider = providerById.get(model.providerId)
+        if (provider === undefined) return []
+        const id = sharing.get(model.providerModel) === 1 ? model.providerModel : qualifiedName(provider, model)
+        return [{ id, model, provider }]
+      })
+    })
+
+    const qualifiedName = (provider: Provider, model: LlmModel) => `${provider.name}/${model.providerModel}`
+
+    const toGatewayModel = (target: Target): GatewayModel => ({
+      id: target.id,
+      object: "model",
+      created: Math.floor(DateTime.toEpochMillis(target.model.createdAt) / 1000),
+      owned_by: target.provider.name
+    })
+
+    /** The model a client names: by its listed id, by `<provider>/<model>` even when unique, or by its UUID. */
+    const pick = (targets: ReadonlyArray<Target>, name: string): Effect.Effect<Target, UnknownModel> => {
+      const target = targets.find((candidate) => candidate.id === name) ??
+        targets.find((candidate) => qualifiedName(candidate.provider, candidate.model) === name) ??
+        targets.find((candidate) => candidate.model.id === name)
+      return target === undefined ? Effect.fail(new UnknownModel({ model: name })) : Effect.succeed(target)
+    }
+
+    const listModels: Effect.Effect<ModelList, Forbidden, CurrentActor> = Effect.gen(function*() {
+      yield* requirePermission("models:read")
+      return { object: "list" as const, data: (yield* usableTargets).map(toGatewayModel) }
+    }).pipe(Effect.withSpan("Gateway.listModels"))
+
+    const retrieveModel = (name: string): Effect.Effect<GatewayModel, UnknownModel | Forbidden, CurrentActor> =>
+      Effect.gen(function*() {
+        yield* requirePermission("models:read")
+        return toGatewayModel(yield* pick(yield* usableTargets, name))
+      }).pipe(Effect.withSpan("Gateway.retrieveModel"))
+
+    const findTarget = (
+      name: string
+    ): Effect.Effect<
+      { readonly actor: Actor; readonly target: Target; readonly resolved: ResolvedModel },
+      UnknownModel | Forbidden,
+      CurrentActor
+    > =>
+      Effect.gen(function*() {
+        // Checked first: a key that may not use models learns nothing about which exist.
+        const actor = yield* requirePermission("models:use")
+        const target = yield* pick(yield* usableTargets, name)
+        const resolved = yield* registry.resolve(target.model.id).pipe(
+          // Disabled between the two reads: as unknown as if it had been a moment earlier.
+          Effect.catchTag("NotFound", (_: NotFound) => new UnknownModel({ model: name }))
+        )
+        return { actor, target, resolved }
+      })
+
+    /**
+     * Resolves the model, translates the request and prepares the upstream
+     * call; usage is recorded when `scope` closes, with whatever the provider
+     * reported by then (nothing, if the client left before it did).
+     */
+    const start = (
+      body: ChatCompletionRequest
+    ): Effect.Effect<Call, GatewayFailure, CurrentActor | Scope.Scope> =>
+      Effect.gen(function*() {
+        const { actor, resolved, target } = yield* findTarget(body.model)
+        const request = yield* toChatRequest(body, target)
+        const usage = yield* Ref.make(Option.none<ReportedUsage>())
+        yield* Effect.addFinalizer(() => recordUsage(actor, target, usage))
+        const completionId = `chatcmpl-${(yield* generateUuid).replaceAll("-", "")}`
+        const created = Math.floor(DateTime.toEpochMillis(yield* DateTime.now) / 1000)
+        const upstream = resolved.client.chat(request).pipe(
+          Stream.tap((chunk) => chunk._tag === "usage" ? Ref.set(usage, Option.some(chunk)) : Effect.void)
+        )
+        return { target, upstream, completionId, created, usage }
+      })
+
+    const recordUsage = (actor: Actor, target: Target, usage: Ref.Ref<Option.Option<ReportedUsage>>) =>
+      Effect.flatMap(Ref.get(usage), (reported) =>
+        Option.isNone(reported)
+          ? Effect.void
+          : usageRepo.record({
+            userId: actor.userId,
+            apiKeyId: actor.apiKeyId ?? null,
+            modelId: target.model.id,
+            modelName: target.model.providerModel,
+            source: "gateway",
+            promptTokens: reported.value.promptTokens,
+            completionTokens: reported.value.completionTokens
+          })).pipe(
+          // The answer was delivered; a lost usage row is logged, not turned into a failed request.
+          Effect.catchAllCause((cause) => Effect.logWarning("Could not record gateway usage", cause))
+        )
+
+    /** A whole answer as one `chat.completion` object. */
+    const complete = (
+      body: ChatCompletionRequest
+    ): Effect.Effect<ChatCompletion, GatewayFailure, CurrentActor> =>
+      Effect.gen(function*() {
+        const call = yield* start(body)
+        const empty: Answer = { text: "", toolCalls: new Map(), finish: null }
+        const answer = yield* Stream.runFoldEffect(call.upstream, empty, (answer, chunk) => addChunk(answer, chunk))
+        const toolCalls = [...answer.toolCalls.entries()].sort(([a], [b]) => a - b).map(([, toolCall]) => ({
+          id: toolCall.id,
+          type: "function" as const,
+          function: { name: toolCall.name, arguments: toolCall.arguments }
+        }))
+        const usage = yield* Ref.get(call.usage)
+        return {
+          id: call.completionId,
+          object: "chat.completion" as const,
+          created: call.created,
+          model: call.target.id,
+          choices: [{
+            index: 0,
+            message: {
+              role: "assistant" as const,
+              content: answer.text.length > 0 || toolCalls.length === 0 ? answer.text : null,
+              refusal: null,
+              ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {})
+            },
+            // Never null: a provider's answer ends with a finish chunk, else its stream fails (Providers/Resilience.ts).
+            finish_reason: finishReasonOf(answer.finish ?? "stop", toolCalls.length > 0),
+            logprobs: null
+          }],
+          ...(Option.isSome(usage) ? { usage: toUsage(usage.value) } : {})
+        }
+      }).pipe(Effect.scoped, Effect.withSpan("Gateway.complete"))
+
+    const addChunk = (answer: Answer, chunk: ChatChunk): Effect.Effect<Answer> => {
+      switch (chunk._tag) {
+        case "text":
+          return Effect.succeed({ ...answer, text: answer.text + chunk.text })
+        case "tool-call":
+          return Effect.gen(function*() {
+            const known = answer.toolCalls.get(chunk.index)
+            const toolCalls = new Map(answer.toolCalls)
+            toolCalls.set(chunk.index, {
+              id: known?.id ?? chunk.id ?? (yield* toolCallId),
+              name: known?.name ?? chunk.name ?? "",
+              arguments: (known?.arguments ?? "") + chunk.arguments
+            })
+            return { ...answer, toolCalls }
+          })
+        case "usage":
+          return Effect.succeed(answer)
+        case "finish":
+          return Effect.succeed({ ...answer, finish: chunk.reason })
+      }
+    }
+
+    /**
+     * The answer as `chat.completion.chunk`s. The provider's first chunk is
+     * awaited here, so a provider that fails from the start fails this effect
+     * (an HTTP error status) rather than the stream; the upstream call lives
+     * in the caller's scope.
+     */
+    const stream = (
+      body: ChatCompletionRequest
+    ): Effect.Effect<Stream.Stream<ChatCompletionChunk, ProviderFailure>, GatewayFailure, CurrentActor | Scope.Scope> =>
+      Effect.gen(function*() {
+        const call = yield* start(body)
+        const pull = yield* Stream.toPull(call.upstream)
+        const first = yield* pull.pipe(
+          Effect.repeat({ until: Chunk.isNonEmpty }),
+          Effect.map(Option.some),
+          Effect.catchAll(Option.match({ onNone: () => Effect.succeed(Option.none()), onSome: Effect.fail }))
+        )
+        const upstream = Option.match(first, {
+          onNone: () => Stream.empty,
+          onSome: (chunk) => Stream.concat(Stream.fromChunk(chunk), Stream.repeatEffectChunkOption(pull))
+        })
+        return toChunkStream(call, upstream, body.stream_options?.include_usage === true)
+      }).pipe(Effect.withSpan("Gateway.stream"))
+
+    const toChunkStream = (
+      call: Call,
+      upstream: Stream.Stream<ChatChunk, ProviderFailure>,
+      includeUsage: boolean
+    ): Stream.Stream<ChatCompletionChunk, ProviderFailure> => {
+      const chunkOf = (choices: ReadonlyArray<ChunkChoice>, usage?: Usage): ChatCompletionChunk => ({
+        id: call.completionId,
+        object: "chat.completion.chunk",
+        created: call.created,
+        model: call.target.id,
+        choices,
+        ...(includeUsage ? { usage: usage ?? null } : {})
+      })
+      const choice = (delta: ChunkChoice["delta"], finishReason: FinishReason | null = null) =>
+        chunkOf([{ index: 0, delta, finish_reason: finishReason, logprobs: null }])
+      // One stream per request, consumed once: plain state is enough.
+      const seenToolCalls = new Set<number>()
+      let finished = false
+      const translate = (chunk: ChatChunk): Effect.Effect<ReadonlyArray<ChatCompletionChunk>> => {
+        if (finished) return Effect.succeed([])
+        switch (chunk._tag) {
+          case "text":
+            return Effect.succeed(chunk.text.length > 0 ? [choice({ content: chunk.text })] : [])
+          case "tool-call":
+            return Effect.gen(function*() {
+              const first = !seenToolCalls.has(chunk.index)
+              seenToolCalls.add(chunk.index)
+              // OpenAI's clients assemble a call from its first delta's id and type.
+              const id = first ? chunk.id ?? (yield* toolCallId) : undefined
+              return [choice({
+                tool_calls: [{
+                  index: chunk.index,
+                  ...(id !== undefined ? { id, type: "function" as const } : {}),
+                  function: { ...(chunk.name !== undefined ? { name: chunk.name } : {}), arguments: chunk.arguments }
+                }]
+              })]
+            })
+          case "usage":
+            return Effect.succeed([])
+          case "finish":
+            finished = true
+            return Effect.succeed([choice({}, finishReasonOf(chunk.reason, seenToolCalls.size > 0))])
+        }
+      }
+      const trailer = Effect.map(
+        Ref.get(call.usage),
+        (usage) => includeUsage && Option.isSome(usage) ? [chunkOf([], toUsage(usage.value))] : []
+      )
+      return Stream.make(choice({ role: "assistant", content: "" })).pipe(
+        Stream.concat(Stream.mapConcatEffect(upstream, translate)),
+        Stream.concat(Stream.fromIterableEffect(trailer))
+      )
+    }
+
+    /** The usage of one of the caller's API keys. */
+    const keyUsage = (id: ApiKeyId): Effect.Effect<ApiKeyUsage, Forbidden | NotFound, CurrentActor> =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("keys:manage")
+        const key = yield* apiKeys.findForUser(id, actor.userId).pipe(orNotFound("No such API key"))
+        const rows = yield* usageRepo.totalsForKey(key.id, actor.userId)
+        const byModel = rows.map((row) =>
+          new UsageTotals({ ...row, totalTokens: row.promptTokens + row.completionTokens })
+        )
+        const sum = (field: "requests" | "promptTokens" | "completionTokens") =>
+          byModel.reduce((total, row) => total + row[field], 0)
+        return new ApiKeyUsage({
+          apiKeyId: key.id,
+          requests: sum("requests"),
+          promptTokens: sum("promptTokens"),
+          completionTokens: sum("completionTokens"),
+          totalTokens: sum("promptTokens") + sum("completionTokens"),
+          byModel
+        })
+      }).pipe(Effect.withSpan("Gateway.keyUsage"))
+
+    return { listModels, retrieveModel, complete, stream, keyUsage } as const
+  })
+}) {}

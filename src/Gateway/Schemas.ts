@@ -1,0 +1,263 @@
+/**
+ * OpenAI's chat-completions wire format, as far as the gateway speaks it:
+ * the request it accepts, the objects and stream chunks it answers with, and
+ * the error body. Field names are OpenAI's (snake_case), since official
+ * clients read them as they are.
+ */
+import { Schema } from "effect"
+import { ApiKeyId, LlmModelId } from "../Domain/Ids.js"
+import { UsageSource } from "./UsageRepo.js"
+
+// --- request
+
+const TextPart = Schema.Struct({
+  type: Schema.Literal("text").annotations({ message: () => "Only text content parts are supported" }),
+  text: Schema.String
+})
+
+/** A message's content: a string, or text parts (images and audio are not supported). */
+const Content = Schema.Union(Schema.String, Schema.Array(TextPart)).annotations({
+  message: () => ({
+    message: "Expected a string or an array of text parts (images and audio are not supported)",
+    override: true
+  })
+})
+export type Content = typeof Content.Type
+
+const RequestToolCall = Schema.Struct({
+  id: Schema.String,
+  type: Schema.Literal("function"),
+  function: Schema.Struct({ name: Schema.String, arguments: Schema.String })
+})
+
+const SystemMessage = Schema.Struct({
+  role: Schema.Literal("system"),
+  content: Content
+})
+
+/** What newer OpenAI models call the system message. */
+const DeveloperMessage = Schema.Struct({
+  role: Schema.Literal("developer"),
+  content: Content
+})
+
+const UserMessage = Schema.Struct({
+  role: Schema.Literal("user"),
+  content: Content
+})
+
+const AssistantMessage = Schema.Struct({
+  role: Schema.Literal("assistant"),
+  content: Schema.optional(Schema.NullOr(Content)),
+  tool_calls: Schema.optional(Schema.NullOr(Schema.Array(RequestToolCall)))
+})
+
+const ToolMessage = Schema.Struct({
+  role: Schema.Literal("tool"),
+  content: Content,
+  tool_call_id: Schema.String
+})
+
+export const RequestMessage = Schema.Union(SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage)
+export type RequestMessage = typeof RequestMessage.Type
+
+const FunctionName = Schema.String.pipe(
+  Schema.pattern(/^[A-Za-z0-9_-]{1,64}$/, {
+    message: () => "A function name is 1 to 64 letters, digits, underscores or dashes"
+  })
+)
+
+const RequestTool = Schema.Struct({
+  type: Schema.Literal("function"),
+  function: Schema.Struct({
+    name: FunctionName,
+    description: Schema.optional(Schema.String),
+    parameters: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown }))
+  })
+})
+
+const ToolChoice = Schema.Union(
+  Schema.Literal("none", "auto", "required"),
+  Schema.Struct({ type: Schema.Literal("function"), function: Schema.Struct({ name: Schema.String }) })
+)
+export type ToolChoice = typeof ToolChoice.Type
+
+const optionalNullable = <S extends Schema.Schema.Any>(schema: S) => Schema.optional(Schema.NullOr(schema))
+
+const PositiveInt = Schema.Int.pipe(Schema.positive())
+const Penalty = Schema.Number.pipe(Schema.between(-2, 2))
+
+/**
+ * `POST /v1/chat/completions`. Fields not listed here are ignored; those under
+ * "passed through" mean the same to every OpenAI-style API and reach the
+ * provider only when it speaks OpenAI's API.
+ */
+export const ChatCompletionRequest = Schema.Struct({
+  model: Schema.String,
+  messages: Schema.Array(RequestMessage).pipe(
+    Schema.minItems(1, { message: () => "At least one message is required" })
+  ),
+  temperature: optionalNullable(Schema.Number.pipe(Schema.between(0, 2))),
+  top_p: optionalNullable(Schema.Number.pipe(Schema.between(0, 1))),
+  max_tokens: optionalNullable(PositiveInt),
+  max_completion_tokens: optionalNullable(PositiveInt),
+  stop: optionalNullable(Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.maxItems(4)))),
+  tools: optionalNullable(Schema.Array(RequestTool)),
+  tool_choice: optionalNullable(ToolChoice),
+  stream: optionalNullable(Schema.Boolean),
+  stream_options: optionalNullable(Schema.Struct({ include_usage: optionalNullable(Schema.Boolean) })),
+  n: optionalNullable(Schema.Literal(1).annotations({ message: () => "Only one choice (n = 1) is supported" })),
+  // passed through
+  seed: optionalNullable(Schema.Int),
+  presence_penalty: optionalNullable(Penalty),
+  frequency_penalty: optionalNullable(Penalty),
+  response_format: optionalNullable(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+  parallel_tool_calls: optionalNullable(Schema.Boolean),
+  logit_bias: optionalNullable(Schema.Record({ key: Schema.String, value: Schema.Number })),
+  reasoning_effort: optionalNullable(Schema.String),
+  user: optionalNullable(Schema.String)
+})
+export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
+
+/** The request fields handed to an OpenAI-style provider as they are. */
+export const passedThrough = [
+  "seed",
+  "presence_penalty",
+  "frequency_penalty",
+  "response_format",
+  "parallel_tool_calls",
+  "logit_bias",
+  "reasoning_effort",
+  "user"
+] as const satisfies ReadonlyArray<keyof ChatCompletionRequest>
+
+// --- responses
+
+export const GatewayModel = Schema.Struct({
+  id: Schema.String,
+  object: Schema.Literal("model"),
+  /** Unix seconds. */
+  created: Schema.Int,
+  owned_by: Schema.String
+})
+export type GatewayModel = typeof GatewayModel.Type
+
+export const ModelList = Schema.Struct({
+  object: Schema.Literal("list"),
+  data: Schema.Array(GatewayModel)
+})
+export type ModelList = typeof ModelList.Type
+
+export const Usage = Schema.Struct({
+  prompt_tokens: Schema.Int,
+  completion_tokens: Schema.Int,
+  total_tokens: Schema.Int
+})
+export type Usage = typeof Usage.Type
+
+export const FinishReason = Schema.Literal("stop", "length", "tool_calls", "content_filter")
+
+const ToolCall = Schema.Struct({
+  id: Schema.String,
+  type: Schema.Literal("function"),
+  function: Schema.Struct({ name: Schema.String, arguments: Schema.String })
+})
+
+export const ChatCompletion = Schema.Struct({
+  id: Schema.String,
+  object: Schema.Literal("chat.completion"),
+  created: Schema.Int,
+  model: Schema.String,
+  choices: Schema.Array(Schema.Struct({
+    index: Schema.Int,
+    message: Schema.Struct({
+      role: Schema.Literal("assistant"),
+      content: Schema.NullOr(Schema.String),
+      refusal: Schema.Null,
+      tool_calls: Schema.optional(Schema.Array(ToolCall))
+    }),
+    finish_reason: FinishReason,
+    logprobs: Schema.Null
+  })),
+  usage: Schema.optional(Usage)
+})
+export type ChatCompletion = typeof ChatCompletion.Type
+
+const ChunkToolCall = Schema.Struct({
+  index: Schema.Int,
+  id: Schema.optional(Schema.String),
+  type: Schema.optional(Schema.Literal("function")),
+  function: Schema.Struct({ name: Schema.optional(Schema.String), arguments: Schema.String })
+})
+
+export const ChunkChoice = Schema.Struct({
+  index: Schema.Int,
+  delta: Schema.Struct({
+    role: Schema.optional(Schema.Literal("assistant")),
+    content: Schema.optional(Schema.String),
+    tool_calls: Schema.optional(Schema.Array(ChunkToolCall))
+  }),
+  finish_reason: Schema.NullOr(FinishReason),
+  logprobs: Schema.Null
+})
+export type ChunkChoice = typeof ChunkChoice.Type
+
+export const ChatCompletionChunk = Schema.Struct({
+  id: Schema.String,
+  object: Schema.Literal("chat.completion.chunk"),
+  created: Schema.Int,
+  model: Schema.String,
+  /** Empty in the last chunk, the one that carries `usage`. */
+  choices: Schema.Array(ChunkChoice),
+  /** Present when the client asked for usage: null in every chunk but the last. */
+  usage: Schema.optional(Schema.NullOr(Usage))
+})
+export type ChatCompletionChunk = typeof ChatCompletionChunk.Type
+
+/** OpenAI's error body: the official clients read `error.message`, `type`, `param` and `code`. */
+export const ErrorBody = Schema.Struct({
+  error: Schema.Struct({
+    message: Schema.String,
+    type: Schema.String,
+    param: Schema.NullOr(Schema.String),
+    code: Schema.NullOr(Schema.String)
+  })
+})
+export type ErrorBody = typeof ErrorBody.Type
+
+// --- the gateway's own failures (besides NotFound, Forbidden and the provider failures)
+
+/** The request is not one the gateway can serve; `param` names the field, as OpenAI's 400s do. */
+export class InvalidRequest extends Schema.TaggedError<InvalidRequest>()("InvalidRequest", {
+  message: Schema.String,
+  param: Schema.NullOr(Schema.String)
+}) {}
+
+/** No model the caller may use goes by this name. */
+export class UnknownModel extends Schema.TaggedError<UnknownModel>()("UnknownModel", {
+  model: Schema.String
+}) {}
+
+// --- usage per key (part of the REST API)
+
+export class UsageTotals extends Schema.Class<UsageTotals>("UsageTotals")({
+  source: UsageSource,
+  modelId: Schema.NullOr(LlmModelId).annotations({ description: "Null once the model was deleted" }),
+  modelName: Schema.NullOr(Schema.String),
+  requests: Schema.Int,
+  promptTokens: Schema.Int,
+  completionTokens: Schema.Int,
+  totalTokens: Schema.Int
+}) {}
+
+export class ApiKeyUsage extends Schema.Class<ApiKeyUsage>("ApiKeyUsage")(
+  {
+    apiKeyId: ApiKeyId,
+    requests: Schema.Int,
+    promptTokens: Schema.Int,
+    completionTokens: Schema.Int,
+    totalTokens: Schema.Int,
+    byModel: Schema.Array(UsageTotals).annotations({ description: "Per source and model" })
+  },
+  { description: "Tokens the providers reported for answers requested with this key" }
+) {}

@@ -129,6 +129,7 @@ export class Users extends Effect.Service<Users>()("Users", {
         conversations: data.conversations,
         files: data.files,
         modelConfigs: data.modelConfigs,
+        usage: data.usage,
         auditEvents: events
       })
     }).pipe(Effect.withSpan("Users.exportData"))

@@ -41,6 +41,18 @@ const seedConversation = (userId: string, title: string) =>
         content: `${title}: an answer`
       })
     }`
+    // The tokens the answer spent, as the chat engine records them.
+    yield* sql`INSERT INTO usage_records ${
+      sql.insert({
+        id: yield* generateUuid,
+        userId,
+        modelName: "loop-model",
+        source: "chat",
+        promptTokens: 12,
+        completionTokens: 3,
+        createdAt: new Date().toISOString()
+      })
+    }`
     return { conversationId, messageIds: [questionId, answerId] }
   }))
 
@@ -126,6 +138,9 @@ for (const dialect of dialects) {
             })
           ])
           expect(body.conversations[0].messages).toHaveLength(2)
+          expect(body.usage).toEqual([
+            expect.objectContaining({ source: "chat", modelName: "loop-model", promptTokens: 12, completionTokens: 3 })
+          ])
           expect(text).not.toContain(theirs.conversationId)
           expect(body.auditEvents.map((event: { action: string }) => event.action)).toEqual(
             expect.arrayContaining(["user.registered", "auth.login.succeeded", "api-key.created"])

@@ -111,6 +111,7 @@ export class PersonalDataExport extends Schema.Class<PersonalDataExport>("Person
   conversations: Schema.Array(PersonalConversation),
   files: Schema.Array(ExportedRecord),
   modelConfigs: Schema.Array(ExportedRecord),
+  usage: Schema.Array(ExportedRecord).annotations({ description: "Tokens spent per answer (chat and gateway)" }),
   auditEvents: Schema.Array(AuditEventView)
 }) {}
 

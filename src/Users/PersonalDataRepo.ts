@@ -43,6 +43,9 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
         const modelConfigs = yield* sql<Record<string, unknown>>`
           SELECT id, name, model_id, system_prompt, temperature, top_p, max_tokens, stop, extra_params, created_at
           FROM model_configs WHERE owner_id = ${userId} ORDER BY created_at, id`
+        const usage = yield* sql<Record<string, unknown>>`
+          SELECT api_key_id, model_id, model_name, source, prompt_tokens, completion_tokens, created_at
+          FROM usage_records WHERE user_id = ${userId} ORDER BY created_at, id`
         const exportedAt = yield* DateTime.now
         const messagesOf = Array.groupBy(messages, (message) => message.conversationId)
         const threadsOf = Array.groupBy(threads, (thread) => thread.conversationId)
@@ -59,7 +62,8 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
             )
           })),
           files,
-          modelConfigs: modelConfigs.map((config) => parseJsonColumns(config, ["stop", "extraParams"]))
+          modelConfigs: modelConfigs.map((config) => parseJsonColumns(config, ["stop", "extraParams"])),
+          usage
         }
       }).pipe(Effect.orDie)
 

@@ -1,0 +1,83 @@
+/**
+ * The server as `src/bin/server.ts` runs it, plus a probe for `bench/chat.ts`,
+ * which starts this file as a child process (`fork` with `--expose-gc` and an
+ * IPC channel). Over IPC it answers:
+ *
+ * - `{ type: "probe", gc? }` with the process's CPU time and memory, after a
+ *   full garbage collection when `gc` is set;
+ * - `{ type: "spans" }` with the durations of the spans ended since the last
+ *   such question, by name, when `BENCH_SPANS=1` installed a tracer that
+ *   records them (a diagnostic: the tracer has a cost of its own).
+ *
+ * Nothing else differs from the real entry point.
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import { Effect, Layer, Option, Tracer } from "effect"
+import { describeStartupFailure, ServerLive } from "../src/Server.js"
+
+interface ProbeRequest {
+  readonly type?: string
+  readonly gc?: boolean
+}
+
+/** Milliseconds each span took, by name, since they were last handed out. */
+let durations = new Map<string, Array<number>>()
+
+let nextSpanId = 0
+
+/** A tracer that only remembers how long each span took. */
+const timingTracer = Tracer.make({
+  span: (name, parent, context, links, startTime, kind) => {
+    const attributes = new Map<string, unknown>()
+    const span: Tracer.Span = {
+      _tag: "Span",
+      name,
+      spanId: String(++nextSpanId),
+      traceId: Option.match(parent, { onNone: () => "bench", onSome: (span) => span.traceId }),
+      parent,
+      context,
+      status: { _tag: "Started", startTime },
+      attributes,
+      links,
+      sampled: true,
+      kind,
+      end: (endTime) => {
+        const list = durations.get(name) ?? []
+        list.push(Number(endTime - startTime) / 1e6)
+        durations.set(name, list)
+      },
+      attribute: (key, value) => void attributes.set(key, value),
+      event: () => {},
+      addLinks: () => {}
+    }
+    return span
+  },
+  context: (f) => f()
+})
+
+if (process.send !== undefined) {
+  process.on("message", (message: ProbeRequest) => {
+    if (message.type === "probe") {
+      const rssBefore = process.memoryUsage.rss()
+      if (message.gc === true) globalThis.gc?.()
+      process.send!({ type: "probe", cpu: process.cpuUsage(), rssBefore, memory: process.memoryUsage() })
+    } else if (message.type === "spans") {
+      process.send!({ type: "spans", spans: Object.fromEntries(durations) })
+      durations = new Map()
+    }
+  })
+  // The benchmark owns this process: when it goes, so does the server.
+  process.on("disconnect", () => {
+    process.kill(process.pid, "SIGTERM")
+    setTimeout(() => process.exit(1), 30_000).unref()
+  })
+}
+
+const server = process.env.BENCH_SPANS === "1"
+  ? ServerLive.pipe(Layer.provide(Layer.setTracer(timingTracer)))
+  : ServerLive
+
+Layer.launch(server).pipe(
+  Effect.tapErrorCause((cause) => Effect.sync(() => process.stderr.write(`${describeStartupFailure(cause)}\n`))),
+  NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
+)

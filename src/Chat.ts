@@ -208,9 +208,10 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const follow = (generation: Generation, after: number): Stream.Stream<EventBatch> =>
       Stream.paginateEffect(after, (cursor): Effect.Effect<readonly [EventBatch, Option.Option<number>]> => {
         const events = generation.events
-        // Over and nothing left: the end again (a client always ends on `done`).
-        if (cursor >= events.length && events.at(-1)?._tag === "done") {
-          return Effect.succeed([[events.at(-1)!], Option.none()] as const)
+        if (cursor >= events.length) {
+          // Over and nothing left: the end again (a client always ends on `done`), unless it could not be stored.
+          if (events.at(-1)?._tag === "done") return Effect.succeed([[events.at(-1)!], Option.none()] as const)
+          if (generation.endedAt !== null) return Effect.succeed([[], Option.none()] as const)
         }
         const batch = (): readonly [EventBatch, Option.Option<number>] => {
           const batch = events.slice(cursor)
@@ -381,10 +382,15 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           yield* Deferred.succeed(generation.outcome, { answer: stored, failure: providerFailure })
           generation.endedAt = yield* Clock.currentTimeMillis
         }).pipe(
+          // The database failed us (or the conversation was purged meanwhile): whoever waits is told, and
+          // the streams end; the answer stays `streaming` until recovery marks it `incomplete`.
           Effect.catchAllCause((cause) =>
-            Effect.logError("An answer could not be stored at its end", cause).pipe(
-              Effect.andThen(Effect.sync(() => live.delete(answer.id)))
-            )
+            Effect.gen(function*() {
+              yield* Effect.logError("An answer could not be stored at its end", cause)
+              yield* Deferred.die(generation.outcome, new Error("The answer could not be stored"))
+              generation.endedAt = yield* Clock.currentTimeMillis
+              wake(generation)
+            })
           )
         )
 

@@ -24,14 +24,12 @@ import { Tokens } from "../src/Auth/Tokens.js"
 import { SessionFamilyId, UserId } from "../src/Domain/Ids.js"
 import { ApiLive, serve, ServicesLive } from "../src/Http.js"
 import { withInfrastructure } from "../src/Server.js"
+import { json, percentile, request as sendRequest } from "./Support.js"
 
 const checks = { warmup: 500, iterations: 5_000 }
 const load = { warmup: 2_000, requests: 20_000, concurrency: 32 }
 
 const round = (n: number) => (n >= 100 ? Math.round(n) : Math.round(n * 10) / 10)
-
-const percentile = (sorted: ReadonlyArray<number>, p: number) =>
-  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN
 
 const summarise = (samples: ReadonlyArray<number>) => {
   const sorted = [...samples].sort((a, b) => a - b)
@@ -61,31 +59,7 @@ const request = (
   method: string,
   path: string,
   options: { readonly auth?: string; readonly body?: unknown } = {}
-) =>
-  new Promise<{ status: number; body: string }>((resolve, reject) => {
-    const payload = options.body === undefined ? undefined : JSON.stringify(options.body)
-    const req = Http.request(`${baseUrl}${path}`, {
-      method,
-      agent,
-      headers: {
-        ...(options.auth ? { authorization: `Bearer ${options.auth}` } : {}),
-        ...(payload ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) } : {})
-      }
-    }, (res) => {
-      const chunks: Array<Buffer> = []
-      res.on("data", (chunk: Buffer) => chunks.push(chunk))
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }))
-      res.on("error", reject)
-    })
-    req.on("error", reject)
-    req.end(payload)
-  })
-
-const json = async (reply: Promise<{ status: number; body: string }>, expected: number, what: string) => {
-  const { body, status } = await reply
-  if (status !== expected) throw new Error(`${what}: ${status} ${body}`)
-  return JSON.parse(body)
-}
+) => sendRequest(agent, `${baseUrl}${path}`, method, options)
 
 /** Sends `total` requests, `concurrency` at a time; requests per second. Every answer must be 200. */
 const hammer = async (baseUrl: string, path: string, total: number, auth?: string) => {

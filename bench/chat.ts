@@ -61,6 +61,7 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { performance } from "node:perf_hooks"
+import { json, percentile, request as sendRequest } from "./Support.js"
 
 const args = process.argv.slice(2)
 const quick = args.includes("--quick")
@@ -104,9 +105,6 @@ const question = "Tell me a short story about a fox."
 const root = Path.resolve(import.meta.dirname, "..")
 
 // --- figures
-
-const percentile = (sorted: ReadonlyArray<number>, p: number) =>
-  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN
 
 const summarise = (samples: ReadonlyArray<number>) => {
   const sorted = [...samples].sort((a, b) => a - b)
@@ -232,35 +230,8 @@ const cpuSeconds = (from: CpuUsage, to: CpuUsage) => (to.user - from.user + to.s
 
 const agent = new Http.Agent({ keepAlive: true, maxSockets: 4_096, maxFreeSockets: 4_096 })
 
-const request = (
-  url: string,
-  method: string,
-  options: { readonly auth?: string; readonly body?: unknown } = {}
-) =>
-  new Promise<{ status: number; body: string }>((resolve, reject) => {
-    const payload = options.body === undefined ? undefined : JSON.stringify(options.body)
-    const req = Http.request(url, {
-      method,
-      agent,
-      headers: {
-        ...(options.auth ? { authorization: `Bearer ${options.auth}` } : {}),
-        ...(payload ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) } : {})
-      }
-    }, (res) => {
-      const chunks: Array<Buffer> = []
-      res.on("data", (chunk: Buffer) => chunks.push(chunk))
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }))
-      res.on("error", reject)
-    })
-    req.on("error", reject)
-    req.end(payload)
-  })
-
-const json = async (reply: Promise<{ status: number; body: string }>, expected: number, what: string) => {
-  const { body, status } = await reply
-  if (status !== expected) throw new Error(`${what}: ${status} ${body}`)
-  return JSON.parse(body)
-}
+const request = (url: string, method: string, options: { readonly auth?: string; readonly body?: unknown } = {}) =>
+  sendRequest(agent, url, method, options)
 
 /** How one stream went: when its first token came, how many it relayed, and what went wrong if anything did. */
 interface StreamResult {

@@ -16,7 +16,14 @@ import type * as Net from "node:net"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
 import { collect, spawnEntry } from "./fixtures/Process.js"
-import { chatPath, chatRequests, type FakeProvider, fakeProvider, upstreamSecret } from "./fixtures/Providers.js"
+import {
+  chatPath,
+  chatRequests,
+  type FakeProvider,
+  fakeProvider,
+  registerFake,
+  upstreamSecret
+} from "./fixtures/Providers.js"
 import { testEnvironment, TestServer, testServer } from "./fixtures/Server.js"
 import { openSse, type SseEvent } from "./fixtures/Sse.js"
 
@@ -52,32 +59,12 @@ const expectStatus = (reply: Reply, status: number) => {
 let counter = 0
 const uniqueName = (prefix: string) => `${prefix}-${Date.now().toString(36)}-${counter++}`
 
-/** Registers and syncs a loopback provider as the admin; its models by provider model name. */
+/** Registers a loopback provider with short timeouts; its models by provider model name. */
 const registerProvider = (admin: TestUser, fake: FakeProvider) =>
-  Effect.gen(function*() {
-    const provider = expectStatus(
-      yield* call("POST", "/api/v1/providers", {
-        auth: admin.accessToken,
-        body: {
-          name: uniqueName(fake.dialect),
-          kind: fake.dialect,
-          baseUrl: fake.url,
-          ...(fake.dialect === "ollama" ? {} : { credential: fake.apiKey }),
-          connectTimeoutMs: 1_000,
-          requestTimeoutMs: 2_000
-        }
-      }),
-      201
-    )
-    const synced = expectStatus(
-      yield* call("POST", `/api/v1/providers/${provider.id}/sync`, { auth: admin.accessToken }),
-      200
-    )
-    const models: Record<string, string> = Object.fromEntries(
-      (synced.models as Array<{ id: string; providerModel: string }>).map((model) => [model.providerModel, model.id])
-    )
-    return { models, providerId: provider.id as string }
-  })
+  Effect.map(
+    registerFake(admin, fake, { connectTimeoutMs: 1_000, requestTimeoutMs: 2_000 }),
+    ({ models, provider }) => ({ models, providerId: provider.id })
+  )
 
 const withCast = (dialect: (typeof dialects)[number]) =>
   Layer.scoped(

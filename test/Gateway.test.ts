@@ -15,6 +15,7 @@ import {
   chatRequests,
   type FakeProvider,
   fakeProvider,
+  registerFake,
   unreachableUrl,
   upstreamSecret
 } from "./fixtures/Providers.js"
@@ -51,13 +52,6 @@ const expectStatus = (reply: { status: number; body: any }, status: number) => {
   return reply.body
 }
 
-const registerProvider = (admin: TestUser, body: Record<string, unknown>) =>
-  Effect.gen(function*() {
-    const provider = expectStatus(yield* call("POST", "/api/v1/providers", { auth: admin.accessToken, body }), 201)
-    expectStatus(yield* call("POST", `/api/v1/providers/${provider.id}/sync`, { auth: admin.accessToken }), 200)
-    return provider
-  })
-
 const withCast = (dialect: (typeof dialects)[number]) =>
   Layer.scoped(
     TheCast,
@@ -76,13 +70,7 @@ const withCast = (dialect: (typeof dialects)[number]) =>
       }
       const timeouts = { connectTimeoutMs: 1_000, requestTimeoutMs: 5_000 }
       const register = (kind: string, name: string, fake: FakeProvider) =>
-        registerProvider(admin, {
-          name,
-          kind,
-          baseUrl: fake.url,
-          ...(kind === "ollama" ? {} : { credential: fake.apiKey }),
-          ...timeouts
-        })
+        registerFake(admin, fake, { name, kind, ...timeouts })
       yield* register("openai", names.openai, openai)
       yield* register("openai-compatible", names.second, second)
       yield* register("anthropic", names.anthropic, anthropic)

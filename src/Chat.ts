@@ -253,13 +253,16 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       Deferred.unsafeDone(signal, Exit.void)
     }
 
-    const emit = (generation: Generation, event: ChatEvent) =>
+    /** Adds an event, numbered by its position; followers see it at their next wake-up. */
+    const record = (generation: Generation, fields: DistributiveOmit<ChatEvent, "id">) => {
+      generation.events.push({ ...fields, id: generation.events.length + 1 } as ChatEvent)
+    }
+
+    const emit = (generation: Generation, fields: DistributiveOmit<ChatEvent, "id">) =>
       Effect.sync(() => {
-        generation.events.push(event)
+        record(generation, fields)
         wake(generation)
       })
-
-    const nextId = (generation: Generation) => generation.events.length + 1
 
     /** Streams the provider's answer into the stored message, and ends it whatever happens. */
     const generate = (
@@ -281,8 +284,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
       /** Takes in one chunk of the answer; true when followers have something new. */
       const take = (chunk: ChatChunk): boolean => {
-        const event = (fields: DistributiveOmit<ChatEvent, "id">) =>
-          generation.events.push({ ...fields, id: generation.events.length + 1 } as ChatEvent)
+        const event = (fields: DistributiveOmit<ChatEvent, "id">) => record(generation, fields)
         switch (chunk._tag) {
           case "text":
             if (chunk.text.length === 0) return false
@@ -377,8 +379,8 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             })
           }
           const stored = yield* conversations.readBack(generation.conversationId, answer.id)
-          if (error !== null) yield* emit(generation, { _tag: "error", id: nextId(generation), error })
-          yield* emit(generation, { _tag: "done", id: nextId(generation), message: stored })
+          if (error !== null) yield* emit(generation, { _tag: "error", error })
+          yield* emit(generation, { _tag: "done", message: stored })
           yield* Deferred.succeed(generation.outcome, { answer: stored, failure: providerFailure })
           generation.endedAt = yield* Clock.currentTimeMillis
         }).pipe(
@@ -444,7 +446,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           fiber: null,
           endedAt: null
         }
-        generation.events.push({ _tag: "start", id: 1, conversationId: conversation.id, question, answer })
+        record(generation, { _tag: "start", conversationId: conversation.id, question, answer })
         live.set(answer.id, generation)
         const needsTitle = conversation.title === "" && question !== null
         const run = needsTitle

@@ -338,6 +338,14 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
     /** The active branch, root first, for a caller that already checked access (the chat engine). */
     const activeBranch = (id: ConversationId, leafId: MessageId) => repo.activeBranch(id, leafId)
 
+    /** Inserts `messages` (a chain, or one) into the locked conversation `id`, `leafId` (the last) the new leaf. */
+    const addLeaf = (id: ConversationId, leafId: MessageId, ...messages: Array<typeof Message.insert.Type>) =>
+      Effect.gen(function*() {
+        yield* repo.insertMessages(messages)
+        yield* repo.recordTreeChange(id, leafId, messages.length)
+        return leafId
+      })
+
     /**
      * Opens an answer, in one transaction committed before any provider is called: the user's
      * message (when `content` is given) under `parentId` or the current leaf, and below it an
@@ -369,28 +377,25 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
           }
           const questionId = input.content === undefined ? null : yield* freshId<MessageId>()
           const answerId = yield* freshId<MessageId>()
-          const rows = [
-            ...(questionId === null ? [] : [
-              newMessage(questionId, {
-                conversationId: id,
-                parentId,
-                role: "user",
-                content: input.content!,
-                metadata: input.metadata
-              })
-            ]),
-            newMessage(answerId, {
+          const question = questionId === null ? [] : [
+            newMessage(questionId, {
               conversationId: id,
-              parentId: questionId ?? parentId,
-              role: "assistant",
-              content: "",
-              status: "streaming",
-              modelId: input.model.id,
-              modelName: input.model.name
+              parentId,
+              role: "user",
+              content: input.content!,
+              metadata: input.metadata
             })
           ]
-          yield* repo.insertMessages(rows)
-          yield* repo.recordTreeChange(id, answerId, rows.length)
+          const answer = newMessage(answerId, {
+            conversationId: id,
+            parentId: questionId ?? parentId,
+            role: "assistant",
+            content: "",
+            status: "streaming",
+            modelId: input.model.id,
+            modelName: input.model.name
+          })
+          yield* addLeaf(id, answerId, ...question, answer)
           return { answerId, questionId }
         }))
         return {
@@ -409,14 +414,6 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
     /** A message this request has just written. */
     const readBack = (id: ConversationId, messageId: MessageId) =>
       repo.findMessage(id, messageId).pipe(Effect.flatten, Effect.orDie)
-
-    /** Inserts `message` as the new leaf of the locked conversation `id`. */
-    const addLeaf = (id: ConversationId, messageId: MessageId, message: typeof Message.insert.Type) =>
-      Effect.gen(function*() {
-        yield* repo.insertMessages([message])
-        yield* repo.recordTreeChange(id, messageId, 1)
-        return messageId
-      })
 
     const appendMessage = (id: ConversationId, payload: AppendMessagePayload) =>
       Effect.gen(function*() {

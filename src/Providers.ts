@@ -24,16 +24,17 @@ export class ProviderClients extends Effect.Service<ProviderClients>()("Provider
       HttpClient.transformResponse(Effect.provideService(FetchHttpClient.RequestInit, { redirect: "manual" }))
     )
 
+    const timeouts = { firstChunk: settings.firstChunkTimeout, idle: settings.idleTimeout }
     const adapterFor = (connection: ProviderConnection): ProviderClient => {
       if (connection.baseUrl === Development.developmentBaseUrl) return Development.make()
       switch (connection.kind) {
         case "ollama":
-          return Ollama.make(http, connection)
+          return Ollama.make(http, connection, timeouts)
         case "anthropic":
-          return Anthropic.make(http, connection)
+          return Anthropic.make(http, connection, timeouts)
         case "openai":
         case "openai-compatible":
-          return OpenAi.make(http, connection)
+          return OpenAi.make(http, connection, timeouts)
       }
     }
 
@@ -48,7 +49,7 @@ export class ProviderClients extends Effect.Service<ProviderClients>()("Provider
 
     const forConnection = (connection: ProviderConnection): ProviderClient => {
       const client = adapterFor(connection)
-      return { ...client, chat: resilient(connection.name, settings, breakerOf(connection), client.chat) }
+      return { ...client, chat: resilient(settings, breakerOf(connection), client.chat) }
     }
     return { forConnection } as const
   })

@@ -17,8 +17,8 @@ import {
   type ProviderClient,
   type ProviderConnection,
   requestJson,
-  requestStream,
-  sseEvents
+  streamAnswer,
+  type StreamTimeouts
 } from "./Client.js"
 
 export const anthropicVersion = "2023-06-01"
@@ -147,7 +147,11 @@ const chatBody = (request: ChatRequest) => {
 /** More pages than any real listing has: a provider that never stops paginating is broken. */
 const maxPages = 50
 
-export const make = (http: HttpClient.HttpClient, connection: ProviderConnection): ProviderClient => {
+export const make = (
+  http: HttpClient.HttpClient,
+  connection: ProviderConnection,
+  timeouts: StreamTimeouts
+): ProviderClient => {
   const withHeaders = HttpClientRequest.setHeaders({
     "anthropic-version": anthropicVersion,
     ...(connection.credential._tag === "Some" ? { "x-api-key": Redacted.value(connection.credential.value) } : {})
@@ -192,53 +196,52 @@ export const make = (http: HttpClient.HttpClient, connection: ProviderConnection
       let finish: FinishReason = "stop"
       // Content blocks are numbered with the text blocks; tool calls are numbered among themselves.
       const toolIndexOfBlock = new Map<number, number>()
-      const translate = (event: typeof StreamEvent.Type): Effect.Effect<ReadonlyArray<ChatChunk>, ProviderError> => {
+      const translate = (data: string): ReadonlyArray<ChatChunk> | ProviderError => {
+        const event = decode(data)
+        if (event instanceof ProviderError) return event
         // Told apart by their fields: events of types this adapter does not know decode too.
         if ("message" in event) {
           promptTokens = event.message.usage ? inputTokens(event.message.usage) : 0
         } else if ("content_block" in event) {
           const block = event.content_block
-          if (block.type === "text" && block.text) return Effect.succeed([{ _tag: "text", text: block.text }])
+          if (block.type === "text" && block.text) return [{ _tag: "text", text: block.text }]
           if (block.type === "tool_use") {
             const index = toolIndexOfBlock.size
             toolIndexOfBlock.set(event.index, index)
-            return Effect.succeed([{ _tag: "tool-call", index, id: block.id, name: block.name, arguments: "" }])
+            return [{ _tag: "tool-call", index, id: block.id, name: block.name, arguments: "" }]
           }
         } else if ("delta" in event && "index" in event) {
           const { delta } = event
-          if (delta.type === "text_delta" && delta.text) return Effect.succeed([{ _tag: "text", text: delta.text }])
+          if (delta.type === "text_delta" && delta.text) return [{ _tag: "text", text: delta.text }]
           const index = toolIndexOfBlock.get(event.index)
           if (delta.type === "input_json_delta" && index !== undefined && delta.partial_json) {
-            return Effect.succeed([{ _tag: "tool-call", index, arguments: delta.partial_json }])
+            return [{ _tag: "tool-call", index, arguments: delta.partial_json }]
           }
         } else if ("delta" in event) {
           finish = finishReasons[event.delta.stop_reason ?? ""] ?? "stop"
           if (event.usage) {
-            return Effect.succeed([{
+            return [{
               _tag: "usage",
               // Counts here are cumulative: input counts, when present, supersede those of `message_start`.
               promptTokens: typeof event.usage.input_tokens === "number" ? inputTokens(event.usage) : promptTokens,
               completionTokens: event.usage.output_tokens ?? 0
-            }])
+            }]
           }
         } else if ("error" in event) {
-          return Effect.fail(
-            new ProviderError({
-              message: `${connection.name} reported an error during its answer`,
-              upstreamStatus: errorStatuses[event.error.type] ?? null
-            })
-          )
+          return new ProviderError({
+            message: `${connection.name} reported an error during its answer`,
+            upstreamStatus: errorStatuses[event.error.type] ?? null
+          })
         } else if (event.type === "message_stop") {
-          return Effect.succeed([{ _tag: "finish", reason: finish }])
+          return [{ _tag: "finish", reason: finish }]
         }
-        return Effect.succeed([])
+        return []
       }
-      return requestStream(http, connection, withHeaders(postJson(connection, "/v1/messages", chatBody(request)))).pipe(
-        sseEvents(connection),
-        Stream.mapEffect((event) => decode(event.data)),
-        Stream.takeUntil((event) => event.type === "message_stop"),
-        Stream.mapConcatEffect(translate)
-      )
+      return streamAnswer(connection, withHeaders(postJson(connection, "/v1/messages", chatBody(request))), {
+        framing: "sse",
+        timeouts,
+        translate
+      })
     })
 
   return { chat, listModels, ping: Effect.asVoid(page(null)), runtime: Option.none() }

@@ -11,15 +11,16 @@ import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
 import type { ChatChunk, ChatMessage, ChatRequest } from "./Chat.js"
 import {
   argumentsObject,
+  decodePiece,
   type DiscoveredModel,
   joinUrl,
-  ndjsonLines,
   type ProviderClient,
   type ProviderConnection,
   requestJson,
   requestNdjson,
-  requestStream,
   requestVoid,
+  streamAnswer,
+  type StreamTimeouts,
   withBearer
 } from "./Client.js"
 
@@ -122,7 +123,11 @@ const contextLengthOf = (info: Record<string, unknown> | undefined): number | nu
   return null
 }
 
-export const make = (http: HttpClient.HttpClient, connection: ProviderConnection): ProviderClient => {
+export const make = (
+  http: HttpClient.HttpClient,
+  connection: ProviderConnection,
+  timeouts: StreamTimeouts
+): ProviderClient => {
   const url = (path: string) => joinUrl(connection.baseUrl, path)
   const get = (path: string) => withBearer(connection)(HttpClientRequest.get(url(path)))
   const post = (path: string, body: unknown) =>
@@ -162,17 +167,19 @@ export const make = (http: HttpClient.HttpClient, connection: ProviderConnection
         }))
       ), { concurrency: 4 }))
 
+  const decodeLine = decodePiece(connection, ChatLine)
+
   const chat = (request: ChatRequest): Stream.Stream<ChatChunk, ProviderFailure> =>
     Stream.suspend(() => {
       let toolCalls = 0
-      const translate = (line: typeof ChatLine.Type): Effect.Effect<ReadonlyArray<ChatChunk>, ProviderError> => {
+      const translate = (text: string): ReadonlyArray<ChatChunk> | ProviderError => {
+        const line = decodeLine(text)
+        if (line instanceof ProviderError) return line
         if (line.error !== undefined) {
-          return Effect.fail(
-            new ProviderError({
-              message: `${connection.name} reported an error during its answer`,
-              upstreamStatus: null
-            })
-          )
+          return new ProviderError({
+            message: `${connection.name} reported an error during its answer`,
+            upstreamStatus: null
+          })
         }
         const out: Array<ChatChunk> = []
         if (line.message?.content) out.push({ _tag: "text", text: line.message.content })
@@ -196,13 +203,9 @@ export const make = (http: HttpClient.HttpClient, connection: ProviderConnection
             }
           )
         }
-        return Effect.succeed(out)
+        return out
       }
-      return requestStream(http, connection, post("/api/chat", chatBody(request))).pipe(
-        ndjsonLines(connection, ChatLine),
-        Stream.takeUntil((line) => line.done === true),
-        Stream.mapConcatEffect(translate)
-      )
+      return streamAnswer(connection, post("/api/chat", chatBody(request)), { framing: "ndjson", timeouts, translate })
     })
 
   return {

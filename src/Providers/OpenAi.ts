@@ -17,8 +17,8 @@ import {
   type ProviderClient,
   type ProviderConnection,
   requestJson,
-  requestStream,
-  sseEvents,
+  streamAnswer,
+  type StreamTimeouts,
   withBearer
 } from "./Client.js"
 
@@ -102,7 +102,11 @@ const chatBody = (request: ChatRequest) => ({
 const positiveInt = (value: number | null | undefined): number | null =>
   typeof value === "number" && Number.isInteger(value) && value > 0 ? value : null
 
-export const make = (http: HttpClient.HttpClient, connection: ProviderConnection): ProviderClient => {
+export const make = (
+  http: HttpClient.HttpClient,
+  connection: ProviderConnection,
+  timeouts: StreamTimeouts
+): ProviderClient => {
   const models = requestJson(
     http,
     connection,
@@ -115,49 +119,44 @@ export const make = (http: HttpClient.HttpClient, connection: ProviderConnection
     Stream.suspend(() => {
       // The finish reason comes before the usage chunk; `finish` must be the last chunk.
       let finish: FinishReason | undefined
-      return requestStream(
-        http,
+      const finishChunk = (): Array<ChatChunk> => finish ? [{ _tag: "finish", reason: finish }] : []
+      const translate = (data: string): ReadonlyArray<ChatChunk> | ProviderError => {
+        if (data.trim() === "[DONE]") return finishChunk()
+        const chunk = decode(data)
+        if (chunk instanceof ProviderError) return chunk
+        if (chunk.error !== undefined) {
+          return new ProviderError({
+            message: `${connection.name} reported an error during its answer`,
+            upstreamStatus: null
+          })
+        }
+        const out: Array<ChatChunk> = []
+        // One answer is asked for; an `n` in `extra` does not interleave others into it.
+        const choice = chunk.choices?.find((candidate) => (candidate.index ?? 0) === 0)
+        if (choice?.delta?.content) out.push({ _tag: "text", text: choice.delta.content })
+        for (const call of choice?.delta?.tool_calls ?? []) {
+          out.push({
+            _tag: "tool-call",
+            index: call.index,
+            ...(call.id ? { id: call.id } : {}),
+            ...(call.function?.name ? { name: call.function.name } : {}),
+            arguments: call.function?.arguments ?? ""
+          })
+        }
+        if (choice?.finish_reason) finish = finishReasons[choice.finish_reason] ?? "stop"
+        if (chunk.usage) {
+          out.push({
+            _tag: "usage",
+            promptTokens: chunk.usage.prompt_tokens,
+            completionTokens: chunk.usage.completion_tokens
+          })
+        }
+        return out
+      }
+      return streamAnswer(
         connection,
-        withBearer(connection)(postJson(connection, "/v1/chat/completions", chatBody(request)))
-      ).pipe(
-        sseEvents(connection),
-        Stream.takeWhile((event) => event.data.trim() !== "[DONE]"),
-        Stream.mapEffect((event) => decode(event.data)),
-        Stream.mapConcatEffect((chunk) => {
-          if (chunk.error !== undefined) {
-            return Effect.fail(
-              new ProviderError({
-                message: `${connection.name} reported an error during its answer`,
-                upstreamStatus: null
-              })
-            )
-          }
-          const out: Array<ChatChunk> = []
-          // One answer is asked for; an `n` in `extra` does not interleave others into it.
-          const choice = chunk.choices?.find((candidate) => (candidate.index ?? 0) === 0)
-          if (choice?.delta?.content) out.push({ _tag: "text", text: choice.delta.content })
-          for (const call of choice?.delta?.tool_calls ?? []) {
-            out.push({
-              _tag: "tool-call",
-              index: call.index,
-              ...(call.id ? { id: call.id } : {}),
-              ...(call.function?.name ? { name: call.function.name } : {}),
-              arguments: call.function?.arguments ?? ""
-            })
-          }
-          if (choice?.finish_reason) finish = finishReasons[choice.finish_reason] ?? "stop"
-          if (chunk.usage) {
-            out.push({
-              _tag: "usage",
-              promptTokens: chunk.usage.prompt_tokens,
-              completionTokens: chunk.usage.completion_tokens
-            })
-          }
-          return Effect.succeed(out)
-        }),
-        Stream.concat(
-          Stream.suspend(() => finish ? Stream.make<[ChatChunk]>({ _tag: "finish", reason: finish }) : Stream.empty)
-        )
+        withBearer(connection)(postJson(connection, "/v1/chat/completions", chatBody(request))),
+        { framing: "sse", timeouts, translate, trailer: finishChunk }
       )
     })
 

@@ -1,17 +1,28 @@
 /**
  * What every chat stream goes through, whatever the provider (`ProviderClients`
  * applies it to each adapter's `chat`):
- * - a first-chunk timeout and an idle timeout between chunks;
  * - retries with exponential backoff and jitter, only while nothing has been
  *   emitted, only on connection failures, 429 (honouring `Retry-After`) and 5xx;
- * - an answer must end with a `finish` chunk, else it was cut short;
  * - a circuit breaker per provider: after `breakerThreshold` failed calls in a
  *   row, calls fail at once with `ProviderUnavailable` for `breakerCooldown`,
  *   then one trial call decides.
  */
-import { Cause, Clock, Duration, Effect, Exit, Option, Ref, Schedule, Stream } from "effect"
+import {
+  Cause,
+  Chunk,
+  Clock,
+  Duration,
+  Effect,
+  ExecutionStrategy,
+  Exit,
+  Option,
+  Ref,
+  Schedule,
+  Scope,
+  Stream
+} from "effect"
 import type { ChatSettings } from "../Config.js"
-import { ProviderError, type ProviderFailure, ProviderTimeout, ProviderUnavailable } from "../Models/Errors.js"
+import { type ProviderFailure, ProviderUnavailable } from "../Models/Errors.js"
 import type { ChatChunk, ChatRequest } from "./Chat.js"
 
 type Chat = (request: ChatRequest) => Stream.Stream<ChatChunk, ProviderFailure>
@@ -102,69 +113,59 @@ const retrySchedule = (settings: ChatSettings, allowed: (error: ProviderFailure)
       Schedule.whileInput(allowed)
     )
 
-/** Fails a stream that stays silent: `first` until its first chunk, `idle` between two chunks. */
-const withTimeouts = (name: string, first: Duration.Duration, idle: Duration.Duration) =>
-<A>(
-  stream: Stream.Stream<A, ProviderFailure>
-): Stream.Stream<A, ProviderFailure> =>
-  Stream.fromPull(Effect.map(Stream.toPull(stream), (pull) => {
-    let started = false
-    return Effect.suspend(() => {
-      const limit = started ? idle : first
-      return pull.pipe(
-        Effect.timeoutFail({
-          duration: limit,
-          onTimeout: () =>
-            Option.some(
-              new ProviderTimeout({
-                message: started
-                  ? `${name} went silent for ${Duration.format(limit)} in the middle of an answer`
-                  : `${name} did not start answering within ${Duration.format(limit)}`,
-                timeoutMs: Math.round(Duration.toMillis(limit))
-              })
-            )
-        }),
-        Effect.tap((chunk) => {
-          started ||= chunk.length > 0
-        })
-      )
-    })
-  }))
+/**
+ * The first chunks of `stream`, and a pull for the rest, in `scope`; an answer that ends at once
+ * gives no pull. Failures up to here are before anything was emitted: they may be retried.
+ */
+const openStream = <A>(stream: Stream.Stream<A, ProviderFailure>, scope: Scope.Scope) =>
+  Effect.gen(function*() {
+    const pull = yield* Scope.extend(Stream.toPull(stream), scope)
+    while (true) {
+      const next = yield* Effect.either(pull)
+      if (next._tag === "Right" && next.right.length === 0) continue
+      if (next._tag === "Right") return { first: next.right, rest: Option.some(pull) }
+      if (Option.isNone(next.left)) return { first: Chunk.empty<A>(), rest: Option.none() }
+      return yield* Effect.fail(next.left.value)
+    }
+  })
 
-/** `chat` with the timeouts, retries, completeness check and circuit breaker above. */
-export const resilient = (name: string, settings: ChatSettings, breaker: CircuitBreaker, chat: Chat): Chat =>
-(
-  request
-) =>
-  Stream.suspend(() => {
-    let emitted = false
-    let finished = false
-    const attempt = chat(request).pipe(
-      withTimeouts(name, settings.firstChunkTimeout, settings.idleTimeout),
-      Stream.tap((chunk) =>
-        Effect.sync(() => {
-          emitted = true
-          finished ||= chunk._tag === "finish"
-        })
-      ),
-      Stream.concat(Stream.suspend(() =>
-        finished ? Stream.empty : Stream.fail(
-          new ProviderError({ message: `${name} ended its answer before it was complete`, upstreamStatus: null })
+/** How a call that failed with `error` counts for its provider's breaker. */
+const verdictOf = (error: ProviderFailure): Verdict => providerAtFault(error) ? "failing" : "healthy"
+
+/**
+ * `chat` with the retries and circuit breaker above. Retrying concerns only the opening of the
+ * stream (up to its first chunk): after that its chunks pass through unchanged, one pull each.
+ */
+export const resilient = (settings: ChatSettings, breaker: CircuitBreaker, chat: Chat): Chat => (request) =>
+  Stream.unwrapScoped(Effect.gen(function*() {
+    yield* breaker.enter
+    const scope = yield* Effect.scope
+    // Each attempt in a scope of its own: a failed attempt's request is aborted before the next.
+    const attempt = Effect.flatMap(
+      Scope.fork(scope, ExecutionStrategy.sequential),
+      (attemptScope) =>
+        openStream(chat(request), attemptScope).pipe(
+          Effect.onError((cause) => Scope.close(attemptScope, Exit.failCause(cause)))
         )
-      ))
     )
-    const call = attempt.pipe(
-      Stream.retry(retrySchedule(settings, (error) => !emitted && retryable(error))),
+    // Interrupted before the provider answered anything: that says nothing about the provider.
+    const opened = yield* attempt.pipe(
+      Effect.retry(retrySchedule(settings, retryable)),
+      Effect.tapError((error) => breaker.record(verdictOf(error)))
+    )
+    const rest = Option.match(opened.rest, {
+      onNone: () => Stream.empty,
+      onSome: (pull) => Stream.repeatEffectChunkOption(pull)
+    })
+    return Stream.concat(Stream.fromChunk(opened.first), rest).pipe(
       Stream.ensuringWith((exit) =>
         breaker.record(
-          Exit.isSuccess(exit)
-            ? "healthy"
-            : Option.match(Cause.failureOption(exit.cause), {
-              onSome: (error) => providerAtFault(error) ? "failing" : "healthy",
-              onNone: () => emitted ? "healthy" : "unknown"
-            })
+          Exit.isSuccess(exit) ? "healthy" : Option.match(Cause.failureOption(exit.cause), {
+            onSome: verdictOf,
+            // Interrupted after the provider started answering.
+            onNone: () => "healthy"
+          })
         )
       )
     )
-    return Stream.unwrap(Effect.as(breaker.enter, call))
-  })
+  }))

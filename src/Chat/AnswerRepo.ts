@@ -14,19 +14,43 @@ import { storedNow } from "../Sql.js"
 
 export type FinalStatus = "complete" | "cancelled" | "error" | "incomplete"
 
+/** An answer's text so far, to be flushed. */
+export interface Draft {
+  readonly id: MessageId
+  readonly content: string
+  readonly toolCalls: ReadonlyArray<ToolCall>
+}
+
+/** Answers written per statement (three parameters each, well within SQLite's limit). */
+const flushBatch = 500
+
 export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
 
-    /** Writes the text so far; false once the answer is no longer streaming (cancelled elsewhere, or recovered). */
-    const flush = (id: MessageId, content: string, toolCalls: ReadonlyArray<ToolCall>) =>
-      Effect.flatMap(storedNow, (now) =>
-        sql<{ id: string }>`UPDATE messages
-          SET content = ${content}, tool_calls = ${JSON.stringify(toolCalls)}, updated_at = ${now}
-          WHERE id = ${id} AND status = 'streaming' RETURNING id`).pipe(
-          Effect.map((rows) => rows.length > 0),
-          Effect.orDie
-        )
+    const pg = sql.onDialectOrElse({ pg: () => true, orElse: () => false })
+
+    /**
+     * Writes the text so far of answers being generated, in one statement; gives the ids of those
+     * still streaming (the others were cancelled elsewhere, or recovered as abandoned).
+     */
+    const flush = (drafts: ReadonlyArray<Draft>) =>
+      Effect.gen(function*() {
+        const still = new Set<string>()
+        if (drafts.length === 0) return still
+        const now = yield* storedNow
+        for (let from = 0; from < drafts.length; from += flushBatch) {
+          const rows = drafts.slice(from, from + flushBatch).map(({ content, id, toolCalls }) => {
+            const calls = JSON.stringify(toolCalls)
+            return pg ? sql`(${id}::uuid, ${content}, ${calls}::jsonb)` : sql`(${id}, ${content}, ${calls})`
+          })
+          const written = yield* sql<{ id: string }>`WITH draft (id, content, tool_calls) AS (VALUES ${sql.csv(rows)})
+            UPDATE messages SET content = draft.content, tool_calls = draft.tool_calls, updated_at = ${now}
+            FROM draft WHERE messages.id = draft.id AND messages.status = 'streaming' RETURNING messages.id`
+          for (const row of written) still.add(row.id)
+        }
+        return still
+      }).pipe(Effect.withSpan("AnswerRepo.flush", { attributes: { answers: drafts.length } }))
 
     /**
      * Ends the answer with its final text. An answer cancelled elsewhere meanwhile stays

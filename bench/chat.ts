@@ -648,6 +648,14 @@ interface LevelResult {
   readonly listenOverflows: number
   /** With `--spans`: the server's span durations (ms) during the server phase, by name. */
   readonly spans: Record<string, Array<number>>
+  /** The server's event-loop delay during the server phase (ms). */
+  readonly loop: LoopDelay
+}
+
+interface LoopDelay {
+  readonly p50: number
+  readonly p99: number
+  readonly max: number
 }
 
 const runLevel = async (
@@ -664,8 +672,10 @@ const runLevel = async (
   const providerBefore = await providerCpu(provider)
   const benchBefore = process.cpuUsage()
   const overflowsBefore = listenOverflows()
+  await server.ask<LoopDelay>({ type: "loop" })
   const through = await runPhase(setup, "server", level.streams, level.rounds, streamMs)
   const serverAfter = await probeServer(server)
+  const loop = await server.ask<LoopDelay>({ type: "loop" })
   const providerAfter = await providerCpu(provider)
   const bench = process.cpuUsage(benchBefore)
   const overflows = listenOverflows() - overflowsBefore
@@ -681,7 +691,8 @@ const runLevel = async (
     providerCpu: cpuSeconds(providerBefore, providerAfter),
     benchCpu: (bench.user + bench.system) / 1e6,
     listenOverflows: overflows,
-    spans
+    spans,
+    loop
   }
 }
 
@@ -731,10 +742,14 @@ const printSpans = (result: LevelResult) => {
 
 const printThroughput = (results: ReadonlyArray<LevelResult>) => {
   console.log("")
-  console.log("Through the server: chunks = delta events the clients received; cores = CPU time / wall time")
+  console.log(
+    "Through the server: chunks = delta events the clients received; cores = CPU time / wall time; event-loop " +
+      "delay: how long ready work waited for the server's event loop"
+  )
   console.log(
     `${padEnd("streams", 9)}${pad("answers", 8)}${pad("chunks", 9)}${pad("wall s", 8)}${pad("chunks/s", 10)}` +
-      `${pad("server cores", 14)}${pad("chunks/CPU-s", 14)}${pad("provider cores", 16)}${pad("bench cores", 13)}`
+      `${pad("server cores", 14)}${pad("chunks/CPU-s", 14)}${pad("provider cores", 16)}${pad("bench cores", 13)}` +
+      "   event-loop delay p50 / p99 / max ms"
   )
   for (const result of results) {
     const wall = result.server.wallSeconds
@@ -746,7 +761,8 @@ const printThroughput = (results: ReadonlyArray<LevelResult>) => {
         `${pad((result.serverCpu / wall).toFixed(2), 14)}${
           pad((result.server.chunks / result.serverCpu).toFixed(0), 14)
         }` +
-        `${pad((result.providerCpu / wall).toFixed(2), 16)}${pad((result.benchCpu / wall).toFixed(2), 13)}`
+        `${pad((result.providerCpu / wall).toFixed(2), 16)}${pad((result.benchCpu / wall).toFixed(2), 13)}` +
+        `   ${ms(result.loop.p50)} / ${ms(result.loop.p99)} / ${ms(result.loop.max)}`
     )
   }
   for (const result of results) {

@@ -5,6 +5,9 @@
  *
  * - `{ type: "probe", gc? }` with the process's CPU time and memory, after a
  *   full garbage collection when `gc` is set;
+ * - `{ type: "loop" }` with the event loop's delay (ms: p50, p99, max) since
+ *   the last such question (`perf_hooks.monitorEventLoopDelay`): how long
+ *   ready work waited for the loop, whatever kept it busy;
  * - `{ type: "spans" }` with the durations of the spans ended since the last
  *   such question, by name, when `BENCH_SPANS=1` installed a tracer that
  *   records them (a diagnostic: the tracer has a cost of its own).
@@ -13,6 +16,7 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Layer, Option, Tracer } from "effect"
+import { monitorEventLoopDelay } from "node:perf_hooks"
 import { describeStartupFailure, ServerLive } from "../src/Server.js"
 
 interface ProbeRequest {
@@ -55,12 +59,24 @@ const timingTracer = Tracer.make({
   context: (f) => f()
 })
 
+const loopDelay = monitorEventLoopDelay({ resolution: 1 })
+loopDelay.enable()
+
 if (process.send !== undefined) {
   process.on("message", (message: ProbeRequest) => {
     if (message.type === "probe") {
       const rssBefore = process.memoryUsage.rss()
       if (message.gc === true) globalThis.gc?.()
       process.send!({ type: "probe", cpu: process.cpuUsage(), rssBefore, memory: process.memoryUsage() })
+    } else if (message.type === "loop") {
+      const ms = (nanos: number) => nanos / 1e6
+      process.send!({
+        type: "loop",
+        p50: ms(loopDelay.percentile(50)),
+        p99: ms(loopDelay.percentile(99)),
+        max: ms(loopDelay.max)
+      })
+      loopDelay.reset()
     } else if (message.type === "spans") {
       process.send!({ type: "spans", spans: Object.fromEntries(durations) })
       durations = new Map()

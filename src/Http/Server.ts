@@ -60,7 +60,9 @@ export const HttpServerLive = Layer.unwrapEffect(
     const { host, port } = yield* AppConfig
     const server = Http.createServer({ keepAliveTimeout: 5_000, IncomingMessage: AnswerableIncomingMessage })
     server.prependListener("request", (request, response) => responses.set(request, response))
-    const listening = HttpServer.withLogAddress(NodeHttpServer.layer(() => server, { host, port }))
+    // A burst of new connections (a thousand clients reconnecting at once) waits in the listen queue
+    // instead of being refused at Node's default of 511; the kernel caps it at `net.core.somaxconn`.
+    const listening = HttpServer.withLogAddress(NodeHttpServer.layer(() => server, { host, port, backlog: 4096 }))
     // Built after the listener, so released before it: draining starts first.
     return drainOnShutdown.pipe(
       Layer.provideMerge(listening),

@@ -7,7 +7,6 @@
  */
 import * as Sse from "@effect/experimental/Sse"
 import {
-  Headers,
   HttpClient,
   type HttpClientError,
   HttpClientRequest,
@@ -15,6 +14,8 @@ import {
   UrlParams
 } from "@effect/platform"
 import { Chunk, Clock, Duration, Effect, Either, Option, type Redacted, Schema, Stream } from "effect"
+import * as Http from "node:http"
+import * as Https from "node:https"
 import type { ProviderKind } from "../Domain/Model.js"
 import { ProviderError, type ProviderFailure, ProviderTimeout, ProviderUnreachable } from "../Models/Errors.js"
 import type { ChatChunk, ChatRequest } from "./Chat.js"
@@ -281,9 +282,24 @@ const lineCutter = (): Cutter => {
 export type PieceTranslator = (piece: string) => ReadonlyArray<ChatChunk> | ProviderError
 
 /**
+ * Connections to providers for streamed answers, kept alive between requests. `node:http` rather
+ * than `fetch`: an open stream costs about a third of the memory.
+ */
+const agents = {
+  "http:": new Http.Agent({ keepAlive: true }),
+  "https:": new Https.Agent({ keepAlive: true })
+} as const
+
+/** Chunks read but not yet pulled, above which the socket is paused until the reader catches up. */
+const highWaterMark = 256
+
+/** How long a finished answer's body may take to end before its connection is closed instead of reused. */
+const drainGraceMs = 5_000
+
+/**
  * A streamed chat answer: `request` is sent, its body cut into pieces as they arrive and each
- * translated into chunks by `translate`, in one step per read from the socket (the chat path's
- * hot loop: no stage per piece). Once the body ends, `trailer` may add the last chunks (a
+ * translated into chunks by `translate`, synchronously as the socket delivers them (the chat
+ * path's hot loop: no stage per piece). Once the body ends, `trailer` may add the last chunks (a
  * finish reason that came before the usage).
  *
  * Fails with `ProviderTimeout` if no chunk comes within `timeouts.firstChunk` of the request,
@@ -302,98 +318,107 @@ export const streamAnswer = (
   }
 ): Stream.Stream<ChatChunk, ProviderFailure> =>
   Stream.unwrapScoped(Effect.gen(function*() {
-    const controller = new AbortController()
-    yield* Effect.addFinalizer(() => Effect.sync(() => controller.abort()))
-    const response = yield* send(connection, request, controller.signal)
-    const reader = response.body!.getReader()
+    const { outgoing, response } = yield* send(connection, request)
+    // A finished answer's connection goes back to the pool once the body is read to its end (the
+    // provider has nothing to send after the finish); any other is closed, aborting the request.
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        if (response.complete) return
+        if (end === null || end.failure !== null) return void outgoing.destroy()
+        response.resume()
+        setTimeout(() => response.complete || outgoing.destroy(), drainGraceMs).unref()
+      })
+    )
     const cutter = options.framing === "sse" ? sseCutter(connection) : lineCutter()
-    const text = new TextDecoder()
     const firstMs = Duration.toMillis(options.timeouts.firstChunk)
     const idleMs = Duration.toMillis(options.timeouts.idle)
+
+    /** Chunks read and not yet pulled. */
+    let pending: Array<ChatChunk> = []
+    /** Set once the answer is over: finished (null) or failed; raised once `pending` is out. */
+    let end: { readonly failure: ProviderFailure | null } | null = null
     let started = false
-    let ended = false
-    /** A failure that came after chunks read in the same step: it is raised once those are out. */
-    let failed: ProviderFailure | null = null
+    let waiting: ((next: Effect.Effect<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>>) => void) | null = null
 
-    const silent = (limitMs: number) =>
-      new ProviderTimeout({
-        message: started
-          ? `${connection.name} went silent for ${Duration.format(limitMs)} in the middle of an answer`
-          : `${connection.name} did not start answering within ${Duration.format(limitMs)}`,
-        timeoutMs: Math.round(limitMs)
-      })
+    const next = (): Effect.Effect<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>> => {
+      if (pending.length > 0) {
+        const taken = pending
+        pending = []
+        started = true
+        if (response.isPaused() && end === null) response.resume()
+        return Effect.succeed(Chunk.unsafeFromArray(taken))
+      }
+      return Effect.fail(end?.failure ? Option.some(end.failure) : Option.none())
+    }
+    const deliver = () => {
+      if (waiting === null || (pending.length === 0 && end === null)) return
+      const resume = waiting
+      waiting = null
+      resume(next())
+    }
+    const stop = (failure: ProviderFailure | null) => {
+      if (end !== null) return
+      end = { failure }
+      if (failure !== null) response.destroy()
+      deliver()
+    }
+    /** Takes in pieces; stops at the answer's `finish` chunk. */
+    const take = (pieces: ReadonlyArray<string> | ProviderError) => {
+      if (pieces instanceof ProviderError) return stop(pieces)
+      for (const piece of pieces) {
+        const chunks = options.translate(piece)
+        if (chunks instanceof ProviderError) return stop(chunks)
+        for (const chunk of chunks) {
+          pending.push(chunk)
+          if (chunk._tag === "finish") return stop(null)
+        }
+      }
+    }
 
-    /** The next chunks: read until the pieces read make at least one, or the answer ends. */
+    response.setEncoding("utf8")
+    response.on("data", (text: string) => {
+      if (end !== null) return
+      take(cutter.feed(text))
+      if (pending.length > highWaterMark && end === null) response.pause()
+      deliver()
+    })
+    response.on("end", () => {
+      if (end !== null) return
+      take(cutter.end())
+      if (end !== null) return
+      pending.push(...(options.trailer?.() ?? []))
+      stop(
+        pending.some((chunk) => chunk._tag === "finish") ? null : new ProviderError({
+          message: `${connection.name} ended its answer before it was complete`,
+          upstreamStatus: null
+        })
+      )
+    })
+    response.on("close", () => {
+      if (end === null) {
+        stop(new ProviderError({ message: `${connection.name} broke off its answer`, upstreamStatus: null }))
+      }
+    })
+
+    /** The next chunks, once there are some or the answer is over. */
     const pull = Effect.async<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>>((resume) => {
-      if (ended) return resume(Effect.fail(failed === null ? Option.none() : Option.some(failed)))
+      if (pending.length > 0 || end !== null) return resume(next())
       const limitMs = started ? idleMs : firstMs
-      let waiting = true
-      const settle = (next: Effect.Effect<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>>) => {
-        if (!waiting) return
-        waiting = false
+      const timer = setTimeout(() =>
+        stop(
+          new ProviderTimeout({
+            message: started
+              ? `${connection.name} went silent for ${Duration.format(limitMs)} in the middle of an answer`
+              : `${connection.name} did not start answering within ${Duration.format(limitMs)}`,
+            timeoutMs: Math.round(limitMs)
+          })
+        ), limitMs)
+      waiting = (next) => {
         clearTimeout(timer)
         resume(next)
       }
-      const out: Array<ChatChunk> = []
-      const fail = (error: ProviderFailure) => {
-        ended = true
-        if (out.length === 0) return settle(Effect.fail(Option.some(error)))
-        failed = error
-        settle(Effect.succeed(Chunk.unsafeFromArray(out)))
-      }
-      const timer = setTimeout(() => {
-        fail(silent(limitMs))
-        controller.abort()
-      }, limitMs)
-      /** Takes in pieces; true once the answer is finished. */
-      const take = (pieces: ReadonlyArray<string>): boolean | ProviderError => {
-        for (const piece of pieces) {
-          const chunks = options.translate(piece)
-          if (chunks instanceof ProviderError) return chunks
-          for (const chunk of chunks) {
-            out.push(chunk)
-            if (chunk._tag === "finish") return true
-          }
-        }
-        return false
-      }
-      const onRead = ({ done, value }: { readonly done: boolean; readonly value?: Uint8Array | undefined }): void => {
-        if (!waiting) return
-        let finished = false
-        if (done) {
-          const taken = take(cutter.end())
-          if (taken instanceof ProviderError) return fail(taken)
-          if (!taken) {
-            for (const chunk of options.trailer?.() ?? []) {
-              out.push(chunk)
-              finished ||= chunk._tag === "finish"
-            }
-          }
-          finished ||= taken
-          if (!finished) {
-            return fail(
-              new ProviderError({
-                message: `${connection.name} ended its answer before it was complete`,
-                upstreamStatus: null
-              })
-            )
-          }
-        } else {
-          const pieces = cutter.feed(text.decode(value, { stream: true }))
-          const taken = pieces instanceof ProviderError ? pieces : take(pieces)
-          if (taken instanceof ProviderError) return fail(taken)
-          finished = taken
-        }
-        if (finished) ended = true
-        else if (out.length === 0) return void reader.read().then(onRead, onBreak)
-        started = true
-        settle(Effect.succeed(Chunk.unsafeFromArray(out)))
-      }
-      const onBreak = () =>
-        fail(new ProviderError({ message: `${connection.name} broke off its answer`, upstreamStatus: null }))
-      reader.read().then(onRead, onBreak)
       return Effect.sync(() => {
-        waiting = false
+        waiting = null
         clearTimeout(timer)
       })
     })
@@ -401,38 +426,41 @@ export const streamAnswer = (
   }))
 
 /**
- * Sends `request` with `fetch`, and waits (at most the connect timeout) for a success status and
- * a body: the hot path of a chat owns its response, to read it without a stage per chunk.
+ * Sends `request` with `node:http(s)`, and waits (at most the connect timeout) for a success
+ * status. A failure status is read as the error it means, its body discarded.
  */
 const send = (
   connection: ProviderConnection,
-  request: HttpClientRequest.HttpClientRequest,
-  signal: AbortSignal
-): Effect.Effect<Response, ProviderFailure> =>
-  Effect.tryPromise({
-    try: () =>
-      fetch(Either.getOrThrow(UrlParams.makeUrl(request.url, request.urlParams, request.hash)), {
-        method: request.method,
-        // As `FetchHttpClient` does: fetch sets the length of the body itself.
-        headers: Headers.remove(request.headers, "content-length"),
-        body: request.body._tag === "Uint8Array" ? request.body.body : null,
-        // A provider answering 3xx is reported as an error, and a credential is never replayed to another host.
-        redirect: "manual",
-        signal
-      }),
-    catch: () => new ProviderUnreachable({ message: `${connection.name} cannot be reached at its base URL` })
+  request: HttpClientRequest.HttpClientRequest
+): Effect.Effect<{ readonly outgoing: Http.ClientRequest; readonly response: Http.IncomingMessage }, ProviderFailure> =>
+  Effect.async<{ outgoing: Http.ClientRequest; response: Http.IncomingMessage }, ProviderFailure>((resume) => {
+    const unreachable = () =>
+      resume(Effect.fail(new ProviderUnreachable({ message: `${connection.name} cannot be reached at its base URL` })))
+    const url = Either.getOrUndefined(UrlParams.makeUrl(request.url, request.urlParams, request.hash))
+    if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) {
+      unreachable()
+      return
+    }
+    const body = request.body._tag === "Uint8Array" ? request.body.body : undefined
+    const outgoing = (url.protocol === "https:" ? Https : Http).request(url, {
+      method: request.method,
+      headers: { ...request.headers, ...(body ? { "content-length": String(body.byteLength) } : {}) },
+      agent: agents[url.protocol]
+    })
+    outgoing.on("error", unreachable)
+    outgoing.on("response", (response) => {
+      outgoing.off("error", unreachable)
+      // Failures after this point reach the response (`close` before `end`).
+      outgoing.on("error", () => {})
+      const status = response.statusCode ?? 0
+      if (status >= 200 && status < 300) return resume(Effect.succeed({ outgoing, response }))
+      outgoing.destroy()
+      const retryAfter = response.headers["retry-after"]
+      resume(Effect.fail(statusFailure(connection, status, retryAfter, Date.now())))
+    })
+    outgoing.end(body)
+    return Effect.sync(() => outgoing.destroy())
   }).pipe(
-    Effect.flatMap((response) =>
-      response.ok && response.body !== null
-        ? Effect.succeed(response)
-        : Effect.flatMap(
-          Clock.currentTimeMillis,
-          (now) =>
-            Effect.fail(
-              statusFailure(connection, response.status, response.headers.get("retry-after") ?? undefined, now)
-            )
-        )
-    ),
     Effect.timeoutFail({
       duration: Duration.millis(connection.connectTimeoutMs),
       onTimeout: timedOut(connection, connection.connectTimeoutMs)

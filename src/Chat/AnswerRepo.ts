@@ -21,8 +21,11 @@ export interface Draft {
   readonly toolCalls: ReadonlyArray<ToolCall>
 }
 
-/** Answers written per statement (three parameters each, well within SQLite's limit). */
-const flushBatch = 500
+/**
+ * Answers written per statement. SQLite runs a statement on the event loop: a bounded batch keeps
+ * a flush of a thousand answers from holding every request up for its whole duration.
+ */
+const flushBatch = 50
 
 export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", {
   effect: Effect.gen(function*() {
@@ -48,6 +51,7 @@ export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", 
             UPDATE messages SET content = draft.content, tool_calls = draft.tool_calls, updated_at = ${now}
             FROM draft WHERE messages.id = draft.id AND messages.status = 'streaming' RETURNING messages.id`
           for (const row of written) still.add(row.id)
+          yield* Effect.yieldNow()
         }
         return still
       }).pipe(Effect.withSpan("AnswerRepo.flush", { attributes: { answers: drafts.length } }))

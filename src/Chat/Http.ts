@@ -21,8 +21,10 @@ export const sseEvent = (event: ChatEvent): string =>
  */
 const sseBatch = (batch: EventBatch): string => batch.length === 0 ? ": keep-alive\n\n" : batch.map(sseEvent).join("")
 
+const encoder = new TextEncoder()
+
 export const sseResponse = (events: Stream.Stream<EventBatch>) =>
-  HttpServerResponse.stream(Stream.encodeText(Stream.map(events, sseBatch)), {
+  HttpServerResponse.stream(Stream.map(events, (batch) => encoder.encode(sseBatch(batch))), {
     contentType: "text/event-stream",
     headers: { "cache-control": "no-cache, no-transform", "x-accel-buffering": "no" }
   })

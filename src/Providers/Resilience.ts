@@ -153,11 +153,15 @@ export const resilient = (settings: ChatSettings, breaker: CircuitBreaker, chat:
       Effect.retry(retrySchedule(settings, retryable)),
       Effect.tapError((error) => breaker.record(verdictOf(error)))
     )
-    const rest = Option.match(opened.rest, {
-      onNone: () => Stream.empty,
-      onSome: (pull) => Stream.repeatEffectChunkOption(pull)
+    // One pull for the whole answer: the first chunks, then the opened stream's own pull.
+    let first: Chunk.Chunk<ChatChunk> | null = opened.first
+    const pull = Effect.suspend(() => {
+      if (first === null) return Option.getOrElse(opened.rest, () => Effect.fail(Option.none()))
+      const taken = first
+      first = null
+      return Effect.succeed(taken)
     })
-    return Stream.concat(Stream.fromChunk(opened.first), rest).pipe(
+    return Stream.repeatEffectChunkOption(pull).pipe(
       Stream.ensuringWith((exit) =>
         breaker.record(
           Exit.isSuccess(exit) ? "healthy" : Option.match(Cause.failureOption(exit.cause), {

@@ -2,6 +2,7 @@
  * Identity: accounts, sessions (access and refresh tokens), API keys, and the
  * authentication of every protected request.
  */
+import type { Headers } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import { DateTime, Duration, Effect, FiberRef, Layer, Option, Redacted, Schedule } from "effect"
 import { AuditLog } from "./Audit.js"
@@ -32,6 +33,12 @@ import { inTransaction, transactionLock } from "./Sql.js"
 import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
 
 type UserRow = typeof UserWithRole.Type
+
+/** The credential of a request's headers: `Authorization: Bearer …` (a token or an API key), else `X-API-Key`. */
+export const credentialIn = (headers: Headers.Headers): string | undefined => {
+  const bearer = /^Bearer\s+(.+)$/i.exec(headers.authorization ?? "")?.[1]
+  return (bearer ?? headers["x-api-key"])?.trim()
+}
 
 export const toUserView = (user: UserRow) =>
   new UserView({

@@ -40,6 +40,7 @@ import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
 import { ProviderClients } from "./Providers.js"
+import { RpcLive } from "./Rpc/Server.js"
 import { Users } from "./Users.js"
 import { AdminHttpLive, MeHttpLive } from "./Users/Http.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
@@ -133,7 +134,8 @@ export const ApiGroupsLive = Layer.mergeAll(
   ChatHttpLive,
   ModelsApiLive,
   UsageHttpLive,
-  GatewayRoutesLive
+  GatewayRoutesLive,
+  RpcLive
 ).pipe(
   Layer.provide(AuthenticationLive),
   Layer.provideMerge(ServicesLive)

@@ -10,7 +10,7 @@
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Cause, Effect, FiberRef, Option, ParseResult, Redacted, Schema, Stream } from "effect"
 import { WebPlusApi } from "../Api.js"
-import { Auth } from "../Auth.js"
+import { Auth, credentialIn } from "../Auth.js"
 import { apiKeyPrefix } from "../Auth/Tokens.js"
 import { AppConfig } from "../Config.js"
 import { type Actor, CurrentActor } from "../Domain/Actor.js"
@@ -212,11 +212,6 @@ const readJson = (
       )
     ))
 
-const credentialOf = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
-  const bearer = /^Bearer\s+(.+)$/i.exec(request.headers.authorization ?? "")?.[1]
-  return (bearer ?? request.headers["x-api-key"])?.trim()
-}
-
 export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
   Effect.gen(function*() {
     const gateway = yield* Gateway
@@ -230,7 +225,7 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
      */
     const authenticate: Effect.Effect<Actor, Unauthorized, HttpServerRequest.HttpServerRequest> = Effect.gen(
       function*() {
-        const credential = credentialOf(yield* HttpServerRequest.HttpServerRequest)
+        const credential = credentialIn((yield* HttpServerRequest.HttpServerRequest).headers)
         if (credential === undefined || credential.length === 0) {
           return yield* new Unauthorized({
             message: "You didn't provide an API key. Send it as 'Authorization: Bearer wp_…'."

@@ -191,7 +191,7 @@ export class UpdateModelConfigPayload extends Schema.Class<UpdateModelConfigPayl
 }) {}
 
 /** The pagination shape for lists that always fit in one page. */
-const Whole = <A, I, R>(item: Schema.Schema<A, I, R>) =>
+export const Whole = <A, I, R>(item: Schema.Schema<A, I, R>) =>
   Schema.Struct({ items: Schema.Array(item), nextCursor: Schema.Null })
 
 const ProviderPath = request(Schema.Struct({ id: ProviderId }))

@@ -1,0 +1,267 @@
+/**
+ * The typed TypeScript interface of Web+: the operations of the REST API as
+ * one `@effect/rpc` group, with chat answers as RPC streams of the same events
+ * the SSE endpoint sends. Schemas only: a client imports this module and
+ * `RpcClient.make(WebPlusRpcs)`, pulling in no server code.
+ *
+ * Payloads are the REST request's parts in one object: the path's ids beside
+ * the body's or the query's fields. Every operation but `login`, `refresh`
+ * and `register` needs a credential, sent as an `authorization: Bearer …` (an
+ * access token or an API key) or an `x-api-key` header, on the HTTP request
+ * or the WebSocket upgrade, or per call with `RpcClient.withHeaders`.
+ */
+import { Rpc, RpcGroup, RpcMiddleware } from "@effect/rpc"
+import { Schema } from "effect"
+import {
+  ApiKeyView,
+  ChangePasswordPayload,
+  CreateApiKeyPayload,
+  CreatedApiKey,
+  LoginPayload,
+  RefreshPayload,
+  RegisterPayload,
+  TokenPair,
+  UserView
+} from "../Auth/Api.js"
+import { ChatEvent, ChatPayload, ContinuePayload, NewChatPayload, RegeneratePayload } from "../Chat/Api.js"
+import {
+  AppendMessagePayload,
+  AppendThreadMessagePayload,
+  ConversationListQuery,
+  CreateConversationPayload,
+  CreateThreadPayload,
+  EditMessagePayload,
+  MessageList,
+  MessageListQuery,
+  SearchHit,
+  SearchQuery,
+  SetCurrentLeafPayload,
+  UpdateConversationPayload,
+  UpdateThreadPayload
+} from "../Conversations/Api.js"
+import { CurrentActor } from "../Domain/Actor.js"
+import { ConversationView, MessageView, ThreadView } from "../Domain/Conversation.js"
+import {
+  Conflict,
+  Forbidden,
+  NotFound,
+  RateLimited,
+  ServiceUnavailable,
+  Unauthorized,
+  ValidationError
+} from "../Domain/Errors.js"
+import { NonNegativeInt } from "../Domain/Fields.js"
+import { ApiKeyId, ConversationId, LlmModelId, MessageId, ModelConfigId, ProviderId, ThreadId } from "../Domain/Ids.js"
+import { Page, PageParams } from "../Domain/Pagination.js"
+import {
+  CreateModelConfigPayload,
+  CreateModelPayload,
+  CreateProviderPayload,
+  ModelConfigView,
+  ModelsQuery,
+  ModelView,
+  ProviderHealth,
+  ProviderView,
+  SyncResult,
+  UpdateModelConfigPayload,
+  UpdateModelPayload,
+  UpdateProviderPayload,
+  Whole
+} from "../Models/Api.js"
+import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "../Models/Errors.js"
+
+/** The caller, from the credential of the request (or of the WebSocket's upgrade, or of the call). */
+export class RpcAuthentication extends RpcMiddleware.Tag<RpcAuthentication>()("Rpc/Authentication", {
+  provides: CurrentActor,
+  failure: Unauthorized
+}) {}
+
+/**
+ * A request class's fields as a plain struct: a client passes plain objects, where a class would
+ * have to be constructed to be encoded.
+ */
+const fieldsOf = <Fields extends Schema.Struct.Fields>(schema: { readonly fields: Fields }) =>
+  Schema.Struct(schema.fields)
+
+/** What any authenticated operation may fail with besides its own errors. */
+const Refused = Schema.Union(Forbidden, ValidationError)
+const ProviderFailure = Schema.Union(ProviderUnreachable, ProviderTimeout, ProviderError, ProviderUnavailable)
+
+const AuthError = Schema.Union(
+  Unauthorized,
+  Forbidden,
+  NotFound,
+  Conflict,
+  RateLimited,
+  ServiceUnavailable,
+  ValidationError
+)
+const ConversationError = Schema.Union(Refused, NotFound, Conflict)
+const ModelError = Schema.Union(Refused, NotFound, Conflict, ProviderFailure)
+const ChatError = Schema.Union(Refused, NotFound, ProviderFailure)
+
+const conversation = { id: ConversationId }
+const message = { id: ConversationId, messageId: MessageId }
+const thread = { id: ConversationId, threadId: ThreadId }
+
+// --- accounts
+
+const AccountRpcs = RpcGroup.make(
+  Rpc.make("register", { payload: fieldsOf(RegisterPayload), success: UserView, error: AuthError }),
+  Rpc.make("login", { payload: fieldsOf(LoginPayload), success: TokenPair, error: AuthError }),
+  Rpc.make("refresh", { payload: fieldsOf(RefreshPayload), success: TokenPair, error: AuthError })
+)
+
+const SessionRpcs = RpcGroup.make(
+  Rpc.make("logout", { error: AuthError }),
+  Rpc.make("me", { success: UserView, error: AuthError }),
+  Rpc.make("changePassword", { payload: fieldsOf(ChangePasswordPayload), error: AuthError }),
+  Rpc.make("createApiKey", { payload: fieldsOf(CreateApiKeyPayload), success: CreatedApiKey, error: Refused }),
+  Rpc.make("listApiKeys", { success: Whole(ApiKeyView), error: Refused }),
+  Rpc.make("revokeApiKey", { payload: { id: ApiKeyId }, error: Schema.Union(Refused, NotFound) })
+)
+
+// --- conversations
+
+const ConversationRpcs = RpcGroup.make(
+  Rpc.make("createConversation", {
+    payload: fieldsOf(CreateConversationPayload),
+    success: ConversationView,
+    error: ConversationError
+  }),
+  Rpc.make("listConversations", { payload: ConversationListQuery, success: Page(ConversationView), error: Refused }),
+  Rpc.make("getConversation", { payload: conversation, success: ConversationView, error: ConversationError }),
+  Rpc.make("updateConversation", {
+    payload: { ...conversation, changes: fieldsOf(UpdateConversationPayload) },
+    success: ConversationView,
+    error: ConversationError
+  }),
+  Rpc.make("deleteConversation", { payload: conversation, error: ConversationError }),
+  Rpc.make("restoreConversation", { payload: conversation, success: ConversationView, error: ConversationError }),
+  Rpc.make("purgeConversation", { payload: conversation, error: ConversationError }),
+  Rpc.make("listMessages", {
+    payload: { ...conversation, query: MessageListQuery },
+    success: MessageList,
+    error: ConversationError
+  }),
+  Rpc.make("appendMessage", {
+    payload: { ...conversation, message: fieldsOf(AppendMessagePayload) },
+    success: MessageView,
+    error: ConversationError
+  }),
+  Rpc.make("getMessage", { payload: message, success: MessageView, error: ConversationError }),
+  Rpc.make("editMessage", {
+    payload: { ...message, edit: fieldsOf(EditMessagePayload) },
+    success: MessageView,
+    error: ConversationError
+  }),
+  Rpc.make("deleteMessage", { payload: message, error: ConversationError }),
+  Rpc.make("setCurrentLeaf", {
+    payload: { ...conversation, leaf: fieldsOf(SetCurrentLeafPayload) },
+    success: ConversationView,
+    error: ConversationError
+  }),
+  Rpc.make("createThread", {
+    payload: { ...conversation, thread: fieldsOf(CreateThreadPayload) },
+    success: ThreadView,
+    error: ConversationError
+  }),
+  Rpc.make("listThreads", {
+    payload: { ...conversation, page: PageParams },
+    success: Page(ThreadView),
+    error: ConversationError
+  }),
+  Rpc.make("updateThread", {
+    payload: { ...thread, changes: fieldsOf(UpdateThreadPayload) },
+    success: ThreadView,
+    error: ConversationError
+  }),
+  Rpc.make("deleteThread", { payload: thread, error: ConversationError }),
+  Rpc.make("listThreadMessages", {
+    payload: { ...thread, page: PageParams },
+    success: Page(MessageView),
+    error: ConversationError
+  }),
+  Rpc.make("appendThreadMessage", {
+    payload: { ...thread, message: fieldsOf(AppendThreadMessagePayload) },
+    success: MessageView,
+    error: ConversationError
+  }),
+  Rpc.make("search", { payload: SearchQuery, success: Page(SearchHit), error: Refused })
+)
+
+// --- models (listing and reading for everyone allowed to; the rest for administrators)
+
+const ModelRpcs = RpcGroup.make(
+  Rpc.make("listModels", { payload: ModelsQuery, success: Whole(ModelView), error: ModelError }),
+  Rpc.make("getModel", { payload: { id: LlmModelId }, success: ModelView, error: ModelError }),
+  Rpc.make("createModel", { payload: fieldsOf(CreateModelPayload), success: ModelView, error: ModelError }),
+  Rpc.make("updateModel", {
+    payload: { id: LlmModelId, changes: fieldsOf(UpdateModelPayload) },
+    success: ModelView,
+    error: ModelError
+  }),
+  Rpc.make("deleteModel", { payload: { id: LlmModelId }, error: ModelError }),
+  Rpc.make("startModel", { payload: { id: LlmModelId }, success: ModelView, error: ModelError }),
+  Rpc.make("stopModel", { payload: { id: LlmModelId }, success: ModelView, error: ModelError }),
+  Rpc.make("createProvider", { payload: fieldsOf(CreateProviderPayload), success: ProviderView, error: ModelError }),
+  Rpc.make("listProviders", { success: Whole(ProviderView), error: ModelError }),
+  Rpc.make("getProvider", { payload: { id: ProviderId }, success: ProviderView, error: ModelError }),
+  Rpc.make("updateProvider", {
+    payload: { id: ProviderId, changes: fieldsOf(UpdateProviderPayload) },
+    success: ProviderView,
+    error: ModelError
+  }),
+  Rpc.make("deleteProvider", { payload: { id: ProviderId }, error: ModelError }),
+  Rpc.make("providerHealth", { payload: { id: ProviderId }, success: ProviderHealth, error: ModelError }),
+  Rpc.make("syncProvider", { payload: { id: ProviderId }, success: SyncResult, error: ModelError }),
+  Rpc.make("listModelConfigs", { success: Whole(ModelConfigView), error: ModelError }),
+  Rpc.make("createModelConfig", {
+    payload: fieldsOf(CreateModelConfigPayload),
+    success: ModelConfigView,
+    error: ModelError
+  }),
+  Rpc.make("getModelConfig", { payload: { id: ModelConfigId }, success: ModelConfigView, error: ModelError }),
+  Rpc.make("updateModelConfig", {
+    payload: { id: ModelConfigId, changes: fieldsOf(UpdateModelConfigPayload) },
+    success: ModelConfigView,
+    error: ModelError
+  }),
+  Rpc.make("deleteModelConfig", { payload: { id: ModelConfigId }, error: ModelError })
+)
+
+// --- chat: each answer a stream of the SSE endpoint's events, `start` first and `done` last
+
+const ChatRpcs = RpcGroup.make(
+  Rpc.make("chat", {
+    payload: { ...conversation, message: fieldsOf(ChatPayload) },
+    success: ChatEvent,
+    error: ChatError,
+    stream: true
+  }),
+  Rpc.make("newChat", { payload: fieldsOf(NewChatPayload), success: ChatEvent, error: ChatError, stream: true }),
+  Rpc.make("regenerate", {
+    payload: { ...message, choice: fieldsOf(RegeneratePayload) },
+    success: ChatEvent,
+    error: ChatError,
+    stream: true
+  }),
+  Rpc.make("continueChat", {
+    payload: { ...conversation, choice: fieldsOf(ContinuePayload) },
+    success: ChatEvent,
+    error: ChatError,
+    stream: true
+  }),
+  Rpc.make("cancelAnswer", { payload: message, success: MessageView, error: ChatError }),
+  Rpc.make("resumeAnswer", {
+    payload: { ...message, after: Schema.optional(NonNegativeInt) },
+    success: ChatEvent,
+    error: ChatError,
+    stream: true
+  })
+)
+
+/** Every operation: the account ones without a credential, the others with one. */
+export class WebPlusRpcs extends AccountRpcs.merge(
+  SessionRpcs.merge(ConversationRpcs, ModelRpcs, ChatRpcs).middleware(RpcAuthentication)
+) {}

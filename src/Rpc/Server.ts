@@ -1,0 +1,113 @@
+/**
+ * `WebPlusRpcs` served beside the REST API, on the same HTTP server: at
+ * `/rpc` over HTTP (NDJSON) and at `/rpc/ws` over WebSocket (JSON messages).
+ * Each handler is the REST handler's one call into the same service, so the
+ * policies, the validation and the typed errors are the same; the caller is
+ * authenticated by the same `Auth.authenticate`, from the request's (or the
+ * upgrade's, or the call's) `authorization` or `x-api-key` header.
+ */
+import { HttpApiBuilder } from "@effect/platform"
+import { RpcSerialization, RpcServer } from "@effect/rpc"
+import { Effect, Layer, Redacted, Stream } from "effect"
+import { Auth, credentialIn } from "../Auth.js"
+import { ChatEngine, type Turn } from "../Chat.js"
+import { Conversations } from "../Conversations.js"
+import { Unauthorized } from "../Domain/Errors.js"
+import { ModelRegistry } from "../Models.js"
+import { RpcAuthentication, WebPlusRpcs } from "./Api.js"
+
+export const rpcPath = "/rpc"
+export const rpcWebSocketPath = "/rpc/ws"
+
+const RpcAuthenticationLive = Layer.effect(
+  RpcAuthentication,
+  Effect.map(Auth, (auth) => ({ headers }) => {
+    const credential = credentialIn(headers)
+    return credential === undefined || credential.length === 0
+      ? Effect.fail(new Unauthorized({ message: "Send a bearer token or an API key" }))
+      : auth.authenticate(Redacted.make(credential))
+  })
+)
+
+/** A turn's events one by one, keep-alives left out (RPC streams need none). */
+const eventsOf = <E, R>(turn: Effect.Effect<Turn, E, R>) =>
+  Stream.unwrap(Effect.map(turn, (started) => Stream.flattenIterables(started.events)))
+
+const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
+  const auth = yield* Auth
+  const conversations = yield* Conversations
+  const registry = yield* ModelRegistry
+  const engine = yield* ChatEngine
+  return {
+    register: (payload) => auth.register(payload),
+    login: (payload) => auth.login(payload),
+    refresh: ({ refreshToken }) => auth.refresh(refreshToken),
+    logout: () => auth.logout,
+    me: () => auth.currentUser,
+    changePassword: (payload) => auth.changePassword(payload),
+    createApiKey: (payload) => auth.createApiKey(payload),
+    listApiKeys: () => auth.listApiKeys,
+    revokeApiKey: ({ id }) => auth.revokeApiKey(id),
+
+    createConversation: (payload) => conversations.create(payload),
+    listConversations: (query) => conversations.list(query),
+    getConversation: ({ id }) => conversations.get(id),
+    updateConversation: ({ changes, id }) => conversations.update(id, changes),
+    deleteConversation: ({ id }) => conversations.trash(id),
+    restoreConversation: ({ id }) => conversations.restore(id),
+    purgeConversation: ({ id }) => conversations.purge(id),
+    listMessages: ({ id, query }) => conversations.listMessages(id, query),
+    appendMessage: ({ id, message }) => conversations.appendMessage(id, message),
+    getMessage: ({ id, messageId }) => conversations.getMessage(id, messageId),
+    editMessage: ({ edit, id, messageId }) => conversations.editMessage(id, messageId, edit),
+    deleteMessage: ({ id, messageId }) => conversations.deleteMessage(id, messageId),
+    setCurrentLeaf: ({ id, leaf }) => conversations.setCurrentLeaf(id, leaf),
+    createThread: ({ id, thread }) => conversations.createThread(id, thread),
+    listThreads: ({ id, page }) => conversations.listThreads(id, page),
+    updateThread: ({ changes, id, threadId }) => conversations.updateThread(id, threadId, changes),
+    deleteThread: ({ id, threadId }) => conversations.deleteThread(id, threadId),
+    listThreadMessages: ({ id, page, threadId }) => conversations.listThreadMessages(id, threadId, page),
+    appendThreadMessage: ({ id, message, threadId }) => conversations.appendThreadMessage(id, threadId, message),
+    search: (query) => conversations.search(query),
+
+    listModels: (query) => registry.listModels(query),
+    getModel: ({ id }) => registry.getModel(id),
+    createModel: (payload) => registry.createModel(payload),
+    updateModel: ({ changes, id }) => registry.updateModel(id, changes),
+    deleteModel: ({ id }) => registry.deleteModel(id),
+    startModel: ({ id }) => registry.start(id),
+    stopModel: ({ id }) => registry.stop(id),
+    createProvider: (payload) => registry.createProvider(payload),
+    listProviders: () => registry.listProviders,
+    getProvider: ({ id }) => registry.getProvider(id),
+    updateProvider: ({ changes, id }) => registry.updateProvider(id, changes),
+    deleteProvider: ({ id }) => registry.deleteProvider(id),
+    providerHealth: ({ id }) => registry.health(id),
+    syncProvider: ({ id }) => registry.sync(id),
+    listModelConfigs: () => registry.listConfigs,
+    createModelConfig: (payload) => registry.createConfig(payload),
+    getModelConfig: ({ id }) => registry.getConfig(id),
+    updateModelConfig: ({ changes, id }) => registry.updateConfig(id, changes),
+    deleteModelConfig: ({ id }) => registry.deleteConfig(id),
+
+    chat: ({ id, message }) => eventsOf(engine.chat(id, message)),
+    newChat: (payload) => eventsOf(engine.newChat(payload)),
+    regenerate: ({ choice, id, messageId }) => eventsOf(engine.regenerate(id, messageId, choice)),
+    continueChat: ({ choice, id }) => eventsOf(engine.continueChat(id, choice)),
+    cancelAnswer: ({ id, messageId }) => engine.cancel(id, messageId),
+    resumeAnswer: ({ after, id, messageId }) =>
+      Stream.unwrap(Effect.map(engine.resume(id, messageId, after ?? 0), Stream.flattenIterables))
+  }
+}))
+
+/** The RPC endpoints, added to the REST API's router (so they share its server and middleware). */
+export const RpcLive = Layer.mergeAll(
+  RpcServer.layer(WebPlusRpcs).pipe(
+    Layer.provide(RpcServer.layerProtocolHttp({ path: rpcPath, routerTag: HttpApiBuilder.Router })),
+    Layer.provide(RpcSerialization.layerNdjson)
+  ),
+  RpcServer.layer(WebPlusRpcs).pipe(
+    Layer.provide(RpcServer.layerProtocolWebsocket({ path: rpcWebSocketPath, routerTag: HttpApiBuilder.Router })),
+    Layer.provide(RpcSerialization.layerJson)
+  )
+).pipe(Layer.provide([HandlersLive, RpcAuthenticationLive]))

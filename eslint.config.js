@@ -28,7 +28,7 @@ export default tseslint.config(
     }
   },
   {
-    files: ["scripts/**", "bench/**"],
+    files: ["scripts/**", "bench/**", "examples/**"],
     rules: { "no-console": "off" }
   },
   {

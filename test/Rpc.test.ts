@@ -1,6 +1,6 @@
 /**
  * The RPC interface against the running server, with a real `RpcClient`
- * over HTTP (`/rpc`, NDJSON) and over WebSocket (`/rpc/ws`, JSON), on both
+ * over HTTP (`POST /rpc`, NDJSON) and over WebSocket (`GET /rpc`, JSON), on both
  * dialects: accounts, conversations, models, and chat as a stream (in order,
  * ending with the stored answer), cancelled from the client; typed failures
  * and isolation between users.
@@ -13,9 +13,10 @@ import { Cause, Context, Effect, Exit, Layer, Option, Redacted, Stream } from "e
 import type { ChatEvent } from "../src/Chat/Api.js"
 import type { LlmModelId } from "../src/Domain/Ids.js"
 import { WebPlusRpcs } from "../src/Rpc/Api.js"
-import { rpcPath, rpcWebSocketPath } from "../src/Rpc/Server.js"
+import { rpcPath } from "../src/Rpc/Server.js"
 import { signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
+import { collect, spawnScript } from "./fixtures/Process.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 
 type Client = RpcClient.FromGroup<typeof WebPlusRpcs, RpcClientError.RpcClientError>
@@ -40,12 +41,12 @@ const overHttp = (baseUrl: string) =>
     )
   )
 
-/** `/rpc/ws` over one WebSocket, JSON. */
+/** `/rpc` over one WebSocket, JSON. */
 const overWebSocket = (baseUrl: string) =>
   clientOver(
     RpcClient.layerProtocolSocket().pipe(
       Layer.provide([
-        NodeSocket.layerWebSocket(`${baseUrl.replace(/^http/, "ws")}${rpcWebSocketPath}`),
+        NodeSocket.layerWebSocket(`${baseUrl.replace(/^http/, "ws")}${rpcPath}`),
         RpcSerialization.layerJson
       ])
     )
@@ -177,6 +178,24 @@ for (const dialect of dialects) {
         }))
     })
 
+    describe("the example client (examples/rpc-chat.ts)", () => {
+      it.effect("signs in, starts a chat and prints the streamed answer", () =>
+        Effect.gen(function*() {
+          const { baseUrl } = yield* TestServer
+          const { user } = yield* TheCast
+          const child = spawnScript("examples/rpc-chat.ts", {
+            WEBPLUS_URL: baseUrl,
+            WEBPLUS_LOGIN: user.email,
+            WEBPLUS_PASSWORD: user.password
+          }, ["hello", "from", "the", "example"])
+          const finished = yield* collect(child).exited.pipe(Effect.timeout("30 seconds"))
+          expect(finished.code, finished.stderr).toBe(0)
+          expect(finished.stdout).toContain("You said: hello from the example")
+          expect(finished.stdout).toContain("[complete]")
+          expect(finished.stderr).toMatch(/^conversation [0-9a-f-]{36}, answer [0-9a-f-]{36}/)
+        }), { timeout: 40_000 })
+    })
+
     describe("chat", () => {
       const events = (client: Client, user: TestUser, content: string) =>
         as(user)(Stream.runCollect(client.newChat({ content })))
@@ -235,6 +254,35 @@ for (const dialect of dialects) {
             expect(done._tag, transport).toBe("done")
             expect(done.message.status, transport).toBe("cancelled")
             expect(done.message.content.length).toBeGreaterThan(0)
+          }
+        }))
+
+      it.effect("a slow reader gets every event in order; the answer is finished and stored meanwhile", () =>
+        Effect.gen(function*() {
+          const { clients, user } = yield* TheCast
+          for (const [transport, client] of clients) {
+            const received: Array<ChatEvent> = []
+            let storedWhileReading: string | null = null
+            yield* as(user)(
+              client.newChat({ content: `slowly over ${transport}, one word after another` }).pipe(
+                Stream.runForEach((event) =>
+                  Effect.gen(function*() {
+                    received.push(event)
+                    if (received.length !== 2) return yield* Effect.sleep("5 millis")
+                    // Stop reading for longer than the whole answer takes to generate.
+                    yield* Effect.sleep("1500 millis")
+                    const start = received[0] as Extract<ChatEvent, { _tag: "start" }>
+                    const stored = yield* as(user)(
+                      client.getMessage({ id: start.conversationId, messageId: start.answer.id })
+                    )
+                    storedWhileReading = stored.status
+                  })
+                )
+              )
+            )
+            expect(storedWhileReading, transport).toBe("complete")
+            expect(received.map((event) => event.id)).toEqual(received.map((_, index) => index + 1))
+            expect(received.at(-1)?._tag).toBe("done")
           }
         }))
 

@@ -1,6 +1,9 @@
 /**
- * `WebPlusRpcs` served beside the REST API, on the same HTTP server: at
- * `/rpc` over HTTP (NDJSON) and at `/rpc/ws` over WebSocket (JSON messages).
+ * `WebPlusRpcs` served beside the REST API, on the same HTTP server, at
+ * `/rpc`: over HTTP (`POST`, NDJSON) and over WebSocket (`GET` with an
+ * upgrade, JSON messages). Streams over WebSocket wait for the client's
+ * acknowledgement of each chunk, so a slow reader holds the server back
+ * instead of filling its memory.
  * Each handler is the REST handler's one call into the same service, so the
  * policies, the validation and the typed errors are the same; the caller is
  * authenticated by the same `Auth.authenticate`, from the request's (or the
@@ -16,8 +19,8 @@ import { Unauthorized } from "../Domain/Errors.js"
 import { ModelRegistry } from "../Models.js"
 import { RpcAuthentication, WebPlusRpcs } from "./Api.js"
 
+/** `POST` for RPC over HTTP (NDJSON), `GET` to open a WebSocket (JSON messages). */
 export const rpcPath = "/rpc"
-export const rpcWebSocketPath = "/rpc/ws"
 
 const RpcAuthenticationLive = Layer.effect(
   RpcAuthentication,
@@ -107,7 +110,7 @@ export const RpcLive = Layer.mergeAll(
     Layer.provide(RpcSerialization.layerNdjson)
   ),
   RpcServer.layer(WebPlusRpcs).pipe(
-    Layer.provide(RpcServer.layerProtocolWebsocket({ path: rpcWebSocketPath, routerTag: HttpApiBuilder.Router })),
+    Layer.provide(RpcServer.layerProtocolWebsocket({ path: rpcPath, routerTag: HttpApiBuilder.Router })),
     Layer.provide(RpcSerialization.layerJson)
   )
 ).pipe(Layer.provide([HandlersLive, RpcAuthenticationLive]))

@@ -18,6 +18,7 @@ import { Tokens } from "./Auth/Tokens.js"
 import { ChatEngine } from "./Chat.js"
 import { AnswerRepo } from "./Chat/AnswerRepo.js"
 import { ChatHttpLive } from "./Chat/Http.js"
+import { ChatSocketLive } from "./Chat/Socket.js"
 import { AppConfig } from "./Config.js"
 import { Conversations } from "./Conversations.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
@@ -135,7 +136,8 @@ export const ApiGroupsLive = Layer.mergeAll(
   ModelsApiLive,
   UsageHttpLive,
   GatewayRoutesLive,
-  RpcLive
+  RpcLive,
+  ChatSocketLive
 ).pipe(
   Layer.provide(AuthenticationLive),
   Layer.provideMerge(ServicesLive)

@@ -1,0 +1,180 @@
+/**
+ * Chat over a plain WebSocket, for browsers and other clients that do not
+ * use Effect: `GET /api/v1/chat/ws`, JSON text messages.
+ *
+ * The client sends:
+ * - `{ "type": "auth", "token": "…" }` first, unless the upgrade request carried an
+ *   `Authorization: Bearer …` (or `X-API-Key`) header (a browser cannot set one);
+ * - `{ "type": "chat", "ref"?: "…", "content": "…", "conversationId"?: "…", "modelId"?: "…",
+ *   "modelConfigId"?: "…" }`: a new conversation, or a turn in `conversationId`;
+ * - `{ "type": "ack", "messageId": "…", "id": n }`: the events of that answer up to `id` are read;
+ * - `{ "type": "cancel", "conversationId": "…", "messageId": "…" }`.
+ *
+ * The server sends `{ "type": "ready", "userId" }` once authenticated, then
+ * `{ "type": "event", "ref", "event" }` with the SSE endpoint's events (`start` … `done`), and
+ * `{ "type": "error", "ref"?, "error": { "_tag", "message" } }` for a refused message (the
+ * socket stays open) or a failed answer.
+ *
+ * Bounded: an answer's events are sent at most `window` ahead of the client's last `ack`; past
+ * that its stream waits (the answer itself goes on and is stored), so a client that stops reading
+ * holds no more than that many events in the server's buffers. At most `maxOpen` answers stream
+ * on one socket at a time.
+ */
+import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, type Socket } from "@effect/platform"
+import { Deferred, Effect, Either, FiberId, FiberSet, Redacted, Schema, Stream } from "effect"
+import { Auth, credentialIn } from "../Auth.js"
+import { ChatEngine, type EventBatch } from "../Chat.js"
+import { type Actor, CurrentActor } from "../Domain/Actor.js"
+import { NonNegativeInt } from "../Domain/Fields.js"
+import { ConversationId, MessageId } from "../Domain/Ids.js"
+import { ChatEvent, NewChatPayload } from "./Api.js"
+
+export const chatSocketPath = "/api/v1/chat/ws"
+
+/** Events of one answer sent beyond the client's last acknowledgement. */
+export const window = 64
+
+/** Answers streaming on one socket at once. */
+export const maxOpen = 4
+
+const Ref = Schema.optional(Schema.String.pipe(Schema.maxLength(200)))
+
+const ClientMessage = Schema.Union(
+  Schema.Struct({ type: Schema.Literal("auth"), token: Schema.String.pipe(Schema.maxLength(4096)) }),
+  Schema.Struct({
+    type: Schema.Literal("chat"),
+    ref: Ref,
+    conversationId: Schema.optional(ConversationId),
+    ...NewChatPayload.fields
+  }),
+  Schema.Struct({ type: Schema.Literal("ack"), messageId: MessageId, id: NonNegativeInt }),
+  Schema.Struct({ type: Schema.Literal("cancel"), conversationId: ConversationId, messageId: MessageId })
+)
+type ClientMessage = typeof ClientMessage.Type
+
+const decodeMessage = Schema.decodeUnknownEither(Schema.parseJson(ClientMessage), { errors: "all" })
+const encodeEvent = Schema.encodeSync(ChatEvent)
+
+/** An answer streaming on the socket: how far the client has read it, and a wake-up for when it reads on. */
+interface Open {
+  acked: number
+  moved: Deferred.Deferred<void>
+}
+
+const failure = (error: { readonly _tag: string; readonly message: string }) => ({
+  _tag: error._tag,
+  message: error.message
+})
+
+export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
+  Effect.gen(function*() {
+    const auth = yield* Auth
+    const engine = yield* ChatEngine
+
+    const serve = Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const fromHeader = credentialIn(request.headers)
+      const socket: Socket.Socket = yield* request.upgrade
+      const write = yield* socket.writer
+      const send = (frame: object) => write(JSON.stringify(frame)).pipe(Effect.ignore)
+      const answers = yield* FiberSet.make()
+      const open = new Map<MessageId, Open>()
+      let actor: Actor | null = null
+
+      const signIn = (token: string) =>
+        auth.authenticate(Redacted.make(token)).pipe(
+          Effect.tap((who) =>
+            Effect.sync(() => {
+              actor = who
+            })
+          ),
+          Effect.flatMap((who) => send({ type: "ready", userId: who.userId })),
+          Effect.catchAll((error) => send({ type: "error", error: failure(error) }))
+        )
+      // Sent once the socket runs (its writer waits for it).
+      if (fromHeader) yield* FiberSet.run(answers, signIn(fromHeader))
+
+      /** Answers whose events are being sent. */
+      let streaming = 0
+
+      /** Sends an answer's events, never more than `window` past the client's acknowledgement. */
+      const relay = (ref: string | undefined, events: Stream.Stream<EventBatch>) => {
+        let answerId: MessageId | null = null
+        let state: Open | undefined
+        return Stream.runForEach(Stream.flattenIterables(events), (event) =>
+          Effect.gen(function*() {
+            if (event._tag === "start") {
+              answerId = event.answer.id
+              state = { acked: 0, moved: yield* Deferred.make<void>() }
+              open.set(event.answer.id, state)
+            }
+            while (state !== undefined && event.id - state.acked > window) yield* Deferred.await(state.moved)
+            yield* send({ type: "event", ...(ref === undefined ? {} : { ref }), event: encodeEvent(event) })
+          })).pipe(
+            Effect.ensuring(Effect.sync(() => {
+              streaming--
+              if (answerId !== null) open.delete(answerId)
+            }))
+          )
+      }
+
+      const handle = (message: ClientMessage, who: Actor): Effect.Effect<void> => {
+        switch (message.type) {
+          case "auth":
+            return send({ type: "error", error: { _tag: "ValidationError", message: "Already signed in" } })
+          case "ack":
+            return Effect.suspend(() => {
+              const state = open.get(message.messageId)
+              if (state === undefined || message.id <= state.acked) return Effect.void
+              state.acked = message.id
+              const moved = state.moved
+              state.moved = Deferred.unsafeMake(FiberId.none)
+              return Deferred.succeed(moved, void 0)
+            })
+          case "cancel":
+            return engine.cancel(message.conversationId, message.messageId).pipe(
+              Effect.asVoid,
+              Effect.catchAll((error) => send({ type: "error", error: failure(error) })),
+              Effect.provideService(CurrentActor, who)
+            )
+          case "chat": {
+            const { conversationId, ref, type: _, ...payload } = message
+            const refused = (error: { readonly _tag: string; readonly message: string }) =>
+              send({ type: "error", ...(ref === undefined ? {} : { ref }), error: failure(error) })
+            if (streaming >= maxOpen) {
+              return refused({ _tag: "RateLimited", message: `At most ${maxOpen} answers stream on one socket` })
+            }
+            streaming++
+            return (conversationId === undefined ? engine.newChat(payload) : engine.chat(conversationId, payload))
+              .pipe(
+                Effect.provideService(CurrentActor, who),
+                Effect.matchEffect({
+                  onFailure: (error) => Effect.zipRight(Effect.sync(() => streaming--), refused(error)),
+                  onSuccess: (turn) => Effect.asVoid(FiberSet.run(answers, relay(ref, turn.events)))
+                })
+              )
+          }
+        }
+      }
+
+      yield* socket.runRaw((data) =>
+        Effect.suspend(() => {
+          const decoded = decodeMessage(typeof data === "string" ? data : new TextDecoder().decode(data))
+          if (Either.isLeft(decoded)) {
+            return send({ type: "error", error: { _tag: "ValidationError", message: "Not a message of this socket" } })
+          }
+          const message = decoded.right
+          if (actor === null) {
+            return message.type === "auth"
+              ? signIn(message.token)
+              : send({ type: "error", error: { _tag: "Unauthorized", message: "Send { type: \"auth\" } first" } })
+          }
+          return handle(message, actor)
+        })
+      ).pipe(Effect.catchAll(() => Effect.void))
+      return HttpServerResponse.empty()
+    }).pipe(Effect.scoped)
+
+    yield* router.get(chatSocketPath, Effect.catchAll(serve, () => HttpServerResponse.empty({ status: 400 })))
+  })
+)

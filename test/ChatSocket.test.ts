@@ -1,0 +1,210 @@
+/**
+ * Chat over a plain WebSocket (`GET /api/v1/chat/ws`), as a browser speaks it:
+ * JSON messages, signing in by message or by the upgrade's header, answers
+ * streamed as events, cancel by message, refused messages answered with typed
+ * errors, and the acknowledgement window that keeps a client that stops
+ * reading from filling the server's buffers. Both dialects, the development
+ * model as the provider.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import WebSocket from "ws"
+import { chatSocketPath, window } from "../src/Chat/Socket.js"
+import { call, signUp, type TestUser } from "./fixtures/Auth.js"
+import { dialects } from "./fixtures/Database.js"
+import { TestServer, testServer } from "./fixtures/Server.js"
+
+interface Cast {
+  readonly user: TestUser
+  readonly other: TestUser
+}
+
+class TheCast extends Context.Tag("test/ChatSocket/Cast")<TheCast, Cast>() {}
+
+const withCast = (dialect: (typeof dialects)[number]) =>
+  Layer.effect(
+    TheCast,
+    Effect.gen(function*() {
+      yield* signUp() // the administrator
+      const [user, other] = yield* Effect.all([signUp(), signUp()])
+      return { user, other }
+    })
+  ).pipe(Layer.provideMerge(testServer({ dialect, env: { DEVELOPMENT_MODEL: "true" } })))
+
+type Frame = Record<string, any>
+
+/** A WebSocket to the chat path whose frames are queued for `next`. */
+const connect = (headers: Record<string, string> = {}) =>
+  Effect.acquireRelease(
+    Effect.flatMap(TestServer, ({ baseUrl }) =>
+      Effect.async<{ readonly ws: WebSocket; readonly frames: Array<Frame>; waiters: Array<() => void> }>(
+        (resume) => {
+          const ws = new WebSocket(`${baseUrl.replace(/^http/, "ws")}${chatSocketPath}`, { headers })
+          const socket = { ws, frames: [] as Array<Frame>, waiters: [] as Array<() => void> }
+          ws.on("message", (data) => {
+            socket.frames.push(JSON.parse(String(data)))
+            for (const wake of socket.waiters.splice(0)) {
+              wake()
+            }
+          })
+          ws.on("open", () =>
+            resume(Effect.succeed(socket)))
+          ws.on("error", (error) => resume(Effect.die(error)))
+        }
+      )),
+    ({ ws }) =>
+      Effect.sync(() => ws.close())
+  )
+
+type Socket = Effect.Effect.Success<ReturnType<typeof connect>>
+
+const send = (socket: Socket, message: object) => Effect.sync(() => socket.ws.send(JSON.stringify(message)))
+
+/** The next frame (waiting up to `timeoutMs` for it). */
+const next = (socket: Socket, timeoutMs = 5_000): Effect.Effect<Frame> =>
+  Effect.suspend(() => {
+    const frame = socket.frames.shift()
+    if (frame !== undefined) return Effect.succeed(frame)
+    return Effect.async<void>((resume) => {
+      socket.waiters.push(() => resume(Effect.void))
+    }).pipe(
+      Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new Error("no frame") }),
+      Effect.orDie,
+      Effect.flatMap(() => next(socket, timeoutMs))
+    )
+  })
+
+/**
+ * Frames up to and including the `done` event, acknowledging each event as it comes (`answerId`:
+ * the answer's, when its `start` was read before).
+ */
+const untilDone = (socket: Socket, answerId?: string) =>
+  Effect.gen(function*() {
+    const frames: Array<Frame> = []
+    let answer = answerId
+    while (true) {
+      const frame = yield* next(socket)
+      frames.push(frame)
+      if (frame.type !== "event") continue
+      if (frame.event._tag === "start") answer = frame.event.answer.id
+      if (answer !== undefined) yield* send(socket, { type: "ack", messageId: answer, id: frame.event.id })
+      if (frame.event._tag === "done") return frames
+    }
+  })
+
+const sleep = (millis: number) => Effect.sleep(`${millis} millis`)
+
+for (const dialect of dialects) {
+  layer(withCast(dialect), { excludeTestServices: true })(`chat over a WebSocket on ${dialect}`, (it) => {
+    describe("signing in", () => {
+      it.scoped("by message: nothing is answered before it; then the answer streams to done", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const socket = yield* connect()
+          yield* send(socket, { type: "chat", content: "too early" })
+          expect((yield* next(socket)).error._tag).toBe("Unauthorized")
+          yield* send(socket, { type: "auth", token: "wrong" })
+          expect((yield* next(socket)).error._tag).toBe("Unauthorized")
+          yield* send(socket, { type: "auth", token: user.accessToken })
+          expect(yield* next(socket)).toEqual({ type: "ready", userId: user.id })
+
+          yield* send(socket, { type: "chat", ref: "first", content: "hello over a socket" })
+          const frames = yield* untilDone(socket)
+          expect(frames.every((frame) => frame.type === "event" && frame.ref === "first")).toBe(true)
+          const events = frames.map((frame) => frame.event)
+          expect(events[0]._tag).toBe("start")
+          expect(events.map((event) => event.id)).toEqual(events.map((_, index) => index + 1))
+          const text = events.filter((event) => event._tag === "delta").map((event) => event.text).join("")
+          expect(text).toContain("hello over a socket")
+          expect(events.at(-1).message).toMatchObject({ status: "complete", content: text })
+
+          // The answer is stored, in the user's conversation.
+          const stored = yield* call("GET", `/api/v1/conversations/${events[0]!.conversationId}/messages`, {
+            auth: user.accessToken
+          })
+          expect(stored.body.items.map((message: any) => message.content)).toEqual(["hello over a socket", text])
+        }))
+
+      it.scoped("by the upgrade's Authorization header, then chatting in an existing conversation", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const socket = yield* connect({ authorization: `Bearer ${user.accessToken}` })
+          expect(yield* next(socket)).toEqual({ type: "ready", userId: user.id })
+          const created = yield* call("POST", "/api/v1/conversations", { auth: user.accessToken, body: {} })
+          yield* send(socket, { type: "chat", conversationId: created.body.id, content: "in this one" })
+          const frames = yield* untilDone(socket)
+          expect(frames[0]!.event.conversationId).toBe(created.body.id)
+        }))
+    })
+
+    describe("refused messages", () => {
+      it.scoped("malformed or unknown messages and another user's conversation: typed errors, socket open", () =>
+        Effect.gen(function*() {
+          const { other, user } = yield* TheCast
+          const socket = yield* connect({ authorization: `Bearer ${user.accessToken}` })
+          yield* next(socket)
+          yield* Effect.sync(() => socket.ws.send("not json"))
+          expect((yield* next(socket)).error._tag).toBe("ValidationError")
+          yield* send(socket, { type: "shout", content: "hey" })
+          expect((yield* next(socket)).error._tag).toBe("ValidationError")
+          yield* send(socket, { type: "chat", content: "" })
+          expect((yield* next(socket)).error._tag).toBe("ValidationError")
+
+          const theirs = yield* call("POST", "/api/v1/conversations", { auth: other.accessToken, body: {} })
+          yield* send(socket, { type: "chat", ref: "x", conversationId: theirs.body.id, content: "mine?" })
+          expect(yield* next(socket)).toMatchObject({ type: "error", ref: "x", error: { _tag: "NotFound" } })
+
+          // Still open and usable.
+          yield* send(socket, { type: "chat", content: "still here" })
+          const frames = yield* untilDone(socket)
+          expect(frames.at(-1)!.event.message.status).toBe("complete")
+        }))
+    })
+
+    describe("cancel and the acknowledgement window", () => {
+      it.scoped("cancel by message ends the answer cancelled, its text kept", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const socket = yield* connect({ authorization: `Bearer ${user.accessToken}` })
+          yield* next(socket)
+          yield* send(socket, { type: "chat", content: "please take your time answering this question" })
+          const start = (yield* next(socket)).event
+          yield* next(socket) // a first delta
+          yield* send(socket, { type: "cancel", conversationId: start.conversationId, messageId: start.answer.id })
+          const frames = yield* untilDone(socket)
+          const done = frames.at(-1)!.event
+          expect(done.message.status).toBe("cancelled")
+          expect(done.message.content.length).toBeGreaterThan(0)
+        }))
+
+      it.scoped(
+        "a client that stops reading gets no more than the window; the answer is stored meanwhile",
+        () =>
+          Effect.gen(function*() {
+            const { user } = yield* TheCast
+            const socket = yield* connect({ authorization: `Bearer ${user.accessToken}` })
+            yield* next(socket)
+            // About 100 words: more events than the window (the development model sends one a word).
+            const question = Array.from({ length: 100 }, (_, index) => `word${index}`).join(" ")
+            yield* send(socket, { type: "chat", content: question })
+            const start = (yield* next(socket)).event
+            // No acknowledgement: long enough for the whole answer to be generated (20 ms a word).
+            yield* sleep(3_500)
+            expect(socket.frames.length + 1).toBe(window)
+            const stored = yield* call(
+              "GET",
+              `/api/v1/conversations/${start.conversationId}/messages/${start.answer.id}`,
+              { auth: user.accessToken }
+            )
+            expect(stored.body.status).toBe("complete")
+            // Reading on, the client gets the rest, in order.
+            const frames = yield* untilDone(socket, start.answer.id)
+            const ids = [start.id, ...frames.map((frame) => frame.event.id)]
+            expect(ids).toEqual(ids.map((_, index) => index + 1))
+            expect(frames.at(-1)!.event.message.content).toBe(stored.body.content)
+          }),
+        { timeout: 20_000 }
+      )
+    })
+  })
+}

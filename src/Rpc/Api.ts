@@ -2,7 +2,9 @@
  * The typed TypeScript interface of Web+: the operations of the REST API as
  * one `@effect/rpc` group, with chat answers as RPC streams of the same events
  * the SSE endpoint sends. Schemas only: a client imports this module and
- * `RpcClient.make(WebPlusRpcs)`, pulling in no server code.
+ * `RpcClient.make(WebPlusRpcs)`, pulling in no server code (no service, no
+ * repository, no database driver, no Node module; `test/RpcContract.test.ts`
+ * holds it to that).
  *
  * Payloads are the REST request's parts in one object: the path's ids beside
  * the body's or the query's fields. Every operation but `login`, `refresh`

@@ -38,6 +38,31 @@ const clientOf = (request: HttpServerRequest.HttpServerRequest, trustProxy: bool
 
 const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/
 
+/**
+ * Carries the client (address, user agent) of an HTTP request to the code that serves it in other
+ * fibers (the RPC server handles a request's messages apart from the request): a header this
+ * middleware sets on the request it passes on, sealed with a secret of this process so that no
+ * client can set it itself. Read back with `clientFromHeaders`.
+ */
+const clientHeader = "x-webplus-client"
+const clientSeal = Crypto.randomBytes(32).toString("base64url")
+
+const sealClient = (client: Client): string =>
+  `${clientSeal}.${Buffer.from(JSON.stringify(client)).toString("base64url")}`
+
+/** The client an HTTP request's headers carry (see `clientHeader`), if this process sealed them. */
+export const clientFromHeaders = (headers: Headers.Headers): Client | null => {
+  const [seal, body] = (headers[clientHeader] ?? "").split(".")
+  if (seal === undefined || body === undefined || seal.length !== clientSeal.length) return null
+  if (!Crypto.timingSafeEqual(Buffer.from(seal), Buffer.from(clientSeal))) return null
+  try {
+    const client = JSON.parse(Buffer.from(body, "base64url").toString("utf8")) as Client
+    return { address: client.address ?? null, userAgent: client.userAgent ?? null }
+  } catch {
+    return null
+  }
+}
+
 const apiSecurityHeaders = {
   "x-content-type-options": "nosniff",
   "x-frame-options": "DENY",
@@ -91,12 +116,15 @@ export const requestContext = (options: { readonly docsPath: string; readonly tr
           )
         })
 
+      const client = clientOf(request, options.trustProxy)
+      // Whatever a client sent in the header is replaced: only this middleware sets it.
+      const passedOn = request.modify({ headers: Headers.set(request.headers, clientHeader, sealClient(client)) })
       const response: HttpServerResponse.HttpServerResponse = yield* Effect.onExit(
-        app,
+        Effect.provideService(app, HttpServerRequest.HttpServerRequest, passedOn),
         (exit) => logLine(Exit.isInterrupted(exit))
       ).pipe(
         Effect.locally(CurrentRequestId, requestId),
-        Effect.locally(CurrentClient, clientOf(request, options.trustProxy)),
+        Effect.locally(CurrentClient, client),
         Effect.annotateLogs("requestId", requestId)
       )
       return response

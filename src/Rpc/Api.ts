@@ -85,6 +85,12 @@ export class RpcAuthentication extends RpcMiddleware.Tag<RpcAuthentication>()("R
 const fieldsOf = <Fields extends Schema.Struct.Fields>(schema: { readonly fields: Fields }) =>
   Schema.Struct(schema.fields)
 
+/**
+ * Runs each call as the HTTP request that carried it: the client's address and user agent, for
+ * rate limits, sessions and the audit trail (server side only).
+ */
+export class RpcClientContext extends RpcMiddleware.Tag<RpcClientContext>()("Rpc/ClientContext", { wrap: true }) {}
+
 /** What any authenticated operation may fail with besides its own errors. */
 const Refused = Schema.Union(Forbidden, ValidationError)
 const ProviderFailure = Schema.Union(ProviderUnreachable, ProviderTimeout, ProviderError, ProviderUnavailable)
@@ -266,4 +272,4 @@ const ChatRpcs = RpcGroup.make(
 /** Every operation: the account ones without a credential, the others with one. */
 export class WebPlusRpcs extends AccountRpcs.merge(
   SessionRpcs.merge(ConversationRpcs, ModelRpcs, ChatRpcs).middleware(RpcAuthentication)
-) {}
+).middleware(RpcClientContext) {}

@@ -16,8 +16,9 @@ import { Auth, credentialIn } from "../Auth.js"
 import { ChatEngine, type Turn } from "../Chat.js"
 import { Conversations } from "../Conversations.js"
 import { Unauthorized } from "../Domain/Errors.js"
+import { clientFromHeaders, CurrentClient } from "../Http/Middleware.js"
 import { ModelRegistry } from "../Models.js"
-import { RpcAuthentication, WebPlusRpcs } from "./Api.js"
+import { RpcAuthentication, RpcClientContext, WebPlusRpcs } from "./Api.js"
 
 /** `POST` for RPC over HTTP (NDJSON), `GET` to open a WebSocket (JSON messages). */
 export const rpcPath = "/rpc"
@@ -29,6 +30,14 @@ const RpcAuthenticationLive = Layer.effect(
     return credential === undefined || credential.length === 0
       ? Effect.fail(new Unauthorized({ message: "Send a bearer token or an API key" }))
       : auth.authenticate(Redacted.make(credential))
+  })
+)
+
+const RpcClientContextLive = Layer.succeed(
+  RpcClientContext,
+  RpcClientContext.of(({ headers, next }) => {
+    const client = clientFromHeaders(headers)
+    return client === null ? next : Effect.locally(next, CurrentClient, client)
   })
 )
 
@@ -113,4 +122,4 @@ export const RpcLive = Layer.mergeAll(
     Layer.provide(RpcServer.layerProtocolWebsocket({ path: rpcPath, routerTag: HttpApiBuilder.Router })),
     Layer.provide(RpcSerialization.layerJson)
   )
-).pipe(Layer.provide([HandlersLive, RpcAuthenticationLive]))
+).pipe(Layer.provide([HandlersLive, RpcAuthenticationLive, RpcClientContextLive]))

@@ -382,6 +382,121 @@ for (const dialect of dialects) {
         }))
     })
 
+    describe("personal data, usage and administration", () => {
+      it.effect("your data, consent and a key's usage; another's key is NotFound", () =>
+        Effect.gen(function*() {
+          const { clients, other, user } = yield* TheCast
+          for (const [transport, client] of clients) {
+            const data = yield* as(user)(client.exportPersonalData())
+            expect(data.user.id, transport).toBe(user.id)
+            const consent = yield* as(user)(client.updateConsent({ marketingConsent: true }))
+            expect(consent.marketingConsent).toBe(true)
+            expect((yield* as(user)(client.getConsent())).marketingConsent).toBe(true)
+            yield* as(user)(client.updateConsent({ marketingConsent: false }))
+
+            const key = yield* as(user)(
+              client.createApiKey({ name: uniqueName(`usage_${transport}`), scopes: ["chat"] })
+            )
+            const usage = yield* as(user)(client.apiKeyUsage({ id: key.apiKey.id }))
+            expect(usage).toMatchObject({ apiKeyId: key.apiKey.id, requests: 0, totalTokens: 0 })
+            expect(failureTag(yield* Effect.exit(as(other)(client.apiKeyUsage({ id: key.apiKey.id }))))).toBe(
+              "NotFound"
+            )
+          }
+        }))
+
+      it.effect("deleteAccount erases the account: it cannot sign in again; a wrong password is refused", () =>
+        Effect.gen(function*() {
+          const { clients } = yield* TheCast
+          for (const [transport, client] of clients) {
+            const doomed = yield* signUp()
+            const wrong = yield* Effect.exit(as(doomed)(client.deleteAccount({ password: Redacted.make("not it") })))
+            expect(failureTag(wrong), transport).not.toBe("success")
+            yield* as(doomed)(client.deleteAccount({ password: Redacted.make(doomed.password) }))
+            const login = yield* Effect.exit(
+              client.login({ login: doomed.email, password: Redacted.make(doomed.password) })
+            )
+            expect(failureTag(login), transport).toBe("Unauthorized")
+          }
+        }))
+
+      it.effect("administrators list users, change roles, disable and enable, read the audit trail", () =>
+        Effect.gen(function*() {
+          const { admin, clients, user } = yield* TheCast
+          for (const [transport, client] of clients) {
+            const target = yield* signUp()
+            const users = yield* as(admin)(client.listUsers({ limit: 100 }))
+            expect(users.items.length, transport).toBeGreaterThan(0)
+            const promoted = yield* as(admin)(client.setRole({ id: target.id, role: "admin" as never }))
+            expect(promoted.role).toBe("admin")
+            yield* as(admin)(client.setRole({ id: target.id, role: "user" as never }))
+            const disabled = yield* as(admin)(client.disableUser({ id: target.id }))
+            expect(disabled.disabled).toBe(true)
+            expect(failureTag(yield* Effect.exit(as(target)(client.me())))).toBe("Unauthorized")
+            yield* as(admin)(client.enableUser({ id: target.id }))
+            const audit = yield* as(admin)(client.listAuditEvents({ targetId: target.id }))
+            expect(audit.items.length, transport).toBeGreaterThan(0)
+
+            const refused: Array<Exit.Exit<unknown, { readonly _tag: string }>> = [
+              yield* Effect.exit(as(user)(client.listUsers({}))),
+              yield* Effect.exit(as(user)(client.disableUser({ id: target.id }))),
+              yield* Effect.exit(as(user)(client.setRole({ id: target.id, role: "admin" as never }))),
+              yield* Effect.exit(as(user)(client.listAuditEvents({})))
+            ]
+            expect(refused.map((exit) => failureTag(exit)), transport).toEqual([
+              "Forbidden",
+              "Forbidden",
+              "Forbidden",
+              "Forbidden"
+            ])
+            const missing = yield* Effect.exit(
+              as(admin)(client.enableUser({ id: user.id.replace(/.$/, "0") as never }))
+            )
+            expect(["NotFound", "success"]).toContain(failureTag(missing))
+          }
+        }))
+    })
+
+    describe("model downloads", () => {
+      it.effect("pullModel is for administrators, and a typed failure where the provider cannot pull", () =>
+        Effect.gen(function*() {
+          const { admin, clients, user } = yield* TheCast
+          for (const [transport, client] of clients) {
+            const provider = yield* as(admin)(client.createProvider({
+              name: uniqueName(`pull_${transport}`),
+              kind: "ollama",
+              baseUrl: "http://127.0.0.1:9"
+            } as never))
+            const refused = yield* Effect.exit(as(user)(client.pullModel({ id: provider.id, name: "llama3" })))
+            expect(failureTag(refused), transport).toBe("Forbidden")
+            const pulled = yield* Effect.exit(as(admin)(client.pullModel({ id: provider.id, name: "llama3" })))
+            // The download starts in the background (the model `loading`), or the provider is refused at once.
+            expect(["success", "ProviderUnreachable", "ProviderTimeout"], transport).toContain(failureTag(pulled))
+            yield* as(admin)(client.deleteProvider({ id: provider.id }))
+          }
+        }))
+    })
+
+    describe("export and import", () => {
+      it.effect("a conversation exported as JSON imports as a new one; as Markdown it reads; another's is NotFound", () =>
+        Effect.gen(function*() {
+          const { clients, other, user } = yield* TheCast
+          for (const [transport, client] of clients) {
+            const created = yield* as(user)(client.createConversation({ title: `exported over ${transport}` }))
+            yield* as(user)(client.appendMessage({ id: created.id, message: { role: "user", content: "to export" } }))
+            const document = yield* as(user)(client.exportConversation({ id: created.id }))
+            const imported = yield* as(user)(client.importConversation({ document }))
+            expect(imported.id, transport).not.toBe(created.id)
+            expect(imported.messageCount).toBe(1)
+            const markdown = yield* as(user)(client.exportConversationMarkdown({ id: created.id }))
+            expect(markdown).toContain("to export")
+            expect(failureTag(yield* Effect.exit(as(other)(client.exportConversation({ id: created.id }))))).toBe(
+              "NotFound"
+            )
+          }
+        }))
+    })
+
     describe("models", () => {
       it.effect("lists the usable models; administration is Forbidden to a user", () =>
         Effect.gen(function*() {

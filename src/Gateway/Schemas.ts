@@ -6,7 +6,10 @@
  */
 import { Schema } from "effect"
 import { ApiKeyId, LlmModelId } from "../Domain/Ids.js"
-import { UsageSource } from "./UsageRepo.js"
+
+/** Where an answer's tokens were spent: through the OpenAI-compatible gateway, or in a chat. */
+export const UsageSource = Schema.Literal("gateway", "chat")
+export type UsageSource = typeof UsageSource.Type
 
 // --- request
 

@@ -6,13 +6,12 @@
 import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Schema } from "effect"
 import { ApiKeyId, IdInsert, LlmModelId, UserId, UuidV7 } from "../Domain/Ids.js"
+import { UsageSource } from "./Schemas.js"
 
 export const UsageRecordId = UuidV7.pipe(Schema.brand("UsageRecordId"))
 export type UsageRecordId = typeof UsageRecordId.Type
 
 /** Where the tokens were spent: the OpenAI-compatible gateway, or a conversation's chat. */
-export const UsageSource = Schema.Literal("gateway", "chat")
-export type UsageSource = typeof UsageSource.Type
 
 const TokenCount = Schema.Int.pipe(Schema.nonNegative())
 

@@ -29,6 +29,7 @@ import { ChatEvent, ChatPayload, ContinuePayload, NewChatPayload, RegeneratePayl
 import {
   AppendMessagePayload,
   AppendThreadMessagePayload,
+  ConversationExport,
   ConversationListQuery,
   CreateConversationPayload,
   CreateThreadPayload,
@@ -53,8 +54,18 @@ import {
   ValidationError
 } from "../Domain/Errors.js"
 import { NonNegativeInt } from "../Domain/Fields.js"
-import { ApiKeyId, ConversationId, LlmModelId, MessageId, ModelConfigId, ProviderId, ThreadId } from "../Domain/Ids.js"
+import {
+  ApiKeyId,
+  ConversationId,
+  LlmModelId,
+  MessageId,
+  ModelConfigId,
+  ProviderId,
+  ThreadId,
+  UserId
+} from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
+import { ApiKeyUsage } from "../Gateway/Schemas.js"
 import {
   CreateModelConfigPayload,
   CreateModelPayload,
@@ -64,6 +75,7 @@ import {
   ModelView,
   ProviderHealth,
   ProviderView,
+  PullPayload,
   SyncResult,
   UpdateModelConfigPayload,
   UpdateModelPayload,
@@ -71,6 +83,15 @@ import {
   Whole
 } from "../Models/Api.js"
 import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "../Models/Errors.js"
+import {
+  AuditEventView,
+  AuditQuery,
+  Consent,
+  DeleteAccountPayload,
+  PersonalDataExport,
+  SetRolePayload,
+  UpdateConsentPayload
+} from "../Users/Api.js"
 
 /** The caller, from the credential of the request (or of the WebSocket's upgrade, or of the call). */
 export class RpcAuthentication extends RpcMiddleware.Tag<RpcAuthentication>()("Rpc/Authentication", {
@@ -195,7 +216,14 @@ const ConversationRpcs = RpcGroup.make(
     success: MessageView,
     error: ConversationError
   }),
-  Rpc.make("search", { payload: SearchQuery, success: Page(SearchHit), error: Refused })
+  Rpc.make("search", { payload: SearchQuery, success: Page(SearchHit), error: Refused }),
+  Rpc.make("exportConversation", { payload: conversation, success: ConversationExport, error: ConversationError }),
+  Rpc.make("exportConversationMarkdown", { payload: conversation, success: Schema.String, error: ConversationError }),
+  Rpc.make("importConversation", {
+    payload: { document: ConversationExport },
+    success: ConversationView,
+    error: ConversationError
+  })
 )
 
 // --- models (listing and reading for everyone allowed to; the rest for administrators)
@@ -223,6 +251,7 @@ const ModelRpcs = RpcGroup.make(
   Rpc.make("deleteProvider", { payload: { id: ProviderId }, error: ModelError }),
   Rpc.make("providerHealth", { payload: { id: ProviderId }, success: ProviderHealth, error: ModelError }),
   Rpc.make("syncProvider", { payload: { id: ProviderId }, success: SyncResult, error: ModelError }),
+  Rpc.make("pullModel", { payload: { id: ProviderId, ...PullPayload.fields }, success: ModelView, error: ModelError }),
   Rpc.make("listModelConfigs", { success: Whole(ModelConfigView), error: ModelError }),
   Rpc.make("createModelConfig", {
     payload: fieldsOf(CreateModelConfigPayload),
@@ -236,6 +265,33 @@ const ModelRpcs = RpcGroup.make(
     error: ModelError
   }),
   Rpc.make("deleteModelConfig", { payload: { id: ModelConfigId }, error: ModelError })
+)
+
+// --- your personal data, your keys' usage, and user administration (administrators)
+
+const AccountDataRpcs = RpcGroup.make(
+  Rpc.make("exportPersonalData", { success: PersonalDataExport, error: Refused }),
+  Rpc.make("deleteAccount", { payload: fieldsOf(DeleteAccountPayload), error: AuthError }),
+  Rpc.make("getConsent", { success: Consent, error: Refused }),
+  Rpc.make("updateConsent", { payload: fieldsOf(UpdateConsentPayload), success: Consent, error: Refused }),
+  Rpc.make("apiKeyUsage", { payload: { id: ApiKeyId }, success: ApiKeyUsage, error: Schema.Union(Refused, NotFound) }),
+  Rpc.make("listUsers", { payload: PageParams, success: Page(UserView), error: Refused }),
+  Rpc.make("setRole", {
+    payload: { id: UserId, ...SetRolePayload.fields },
+    success: UserView,
+    error: Schema.Union(Refused, NotFound, Conflict)
+  }),
+  Rpc.make("disableUser", {
+    payload: { id: UserId },
+    success: UserView,
+    error: Schema.Union(Refused, NotFound, Conflict)
+  }),
+  Rpc.make("enableUser", {
+    payload: { id: UserId },
+    success: UserView,
+    error: Schema.Union(Refused, NotFound, Conflict)
+  }),
+  Rpc.make("listAuditEvents", { payload: AuditQuery, success: Page(AuditEventView), error: Refused })
 )
 
 // --- chat: each answer a stream of the SSE endpoint's events, `start` first and `done` last
@@ -271,5 +327,5 @@ const ChatRpcs = RpcGroup.make(
 
 /** Every operation: the account ones without a credential, the others with one. */
 export class WebPlusRpcs extends AccountRpcs.merge(
-  SessionRpcs.merge(ConversationRpcs, ModelRpcs, ChatRpcs).middleware(RpcAuthentication)
+  SessionRpcs.merge(AccountDataRpcs, ConversationRpcs, ModelRpcs, ChatRpcs).middleware(RpcAuthentication)
 ).middleware(RpcClientContext) {}

@@ -12,12 +12,15 @@
 import { HttpApiBuilder } from "@effect/platform"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
 import { Effect, Layer, Redacted, Stream } from "effect"
+import { AuditLog } from "../Audit.js"
 import { Auth, credentialIn } from "../Auth.js"
 import { ChatEngine, type Turn } from "../Chat.js"
 import { Conversations } from "../Conversations.js"
 import { Unauthorized } from "../Domain/Errors.js"
+import { Gateway } from "../Gateway.js"
 import { clientFromHeaders, CurrentClient } from "../Http/Middleware.js"
 import { ModelRegistry } from "../Models.js"
+import { Users } from "../Users.js"
 import { RpcAuthentication, RpcClientContext, WebPlusRpcs } from "./Api.js"
 
 /** `POST` for RPC over HTTP (NDJSON), `GET` to open a WebSocket (JSON messages). */
@@ -50,6 +53,9 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
   const conversations = yield* Conversations
   const registry = yield* ModelRegistry
   const engine = yield* ChatEngine
+  const users = yield* Users
+  const audit = yield* AuditLog
+  const gateway = yield* Gateway
   return {
     register: (payload) => auth.register(payload),
     login: (payload) => auth.login(payload),
@@ -81,6 +87,9 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     listThreadMessages: ({ id, page, threadId }) => conversations.listThreadMessages(id, threadId, page),
     appendThreadMessage: ({ id, message, threadId }) => conversations.appendThreadMessage(id, threadId, message),
     search: (query) => conversations.search(query),
+    exportConversation: ({ id }) => conversations.exportJson(id),
+    exportConversationMarkdown: ({ id }) => conversations.exportMarkdown(id),
+    importConversation: ({ document }) => conversations.importConversation(document),
 
     listModels: (query) => registry.listModels(query),
     getModel: ({ id }) => registry.getModel(id),
@@ -96,11 +105,24 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     deleteProvider: ({ id }) => registry.deleteProvider(id),
     providerHealth: ({ id }) => registry.health(id),
     syncProvider: ({ id }) => registry.sync(id),
+    pullModel: ({ id, name }) => registry.pull(id, name),
     listModelConfigs: () => registry.listConfigs,
     createModelConfig: (payload) => registry.createConfig(payload),
     getModelConfig: ({ id }) => registry.getConfig(id),
     updateModelConfig: ({ changes, id }) => registry.updateConfig(id, changes),
     deleteModelConfig: ({ id }) => registry.deleteConfig(id),
+
+    exportPersonalData: () => users.exportData,
+    deleteAccount: (payload) => users.deleteAccount(payload),
+    getConsent: () => users.getConsent,
+    updateConsent: (payload) => users.updateConsent(payload),
+    apiKeyUsage: ({ id }) => gateway.keyUsage(id),
+    listUsers: (page) => users.listUsers(page),
+    setRole: ({ id, role }) => users.setRole(id, role),
+    disableUser: ({ id }) => users.setDisabled(id, true),
+    enableUser: ({ id }) => users.setDisabled(id, false),
+    listAuditEvents: ({ cursor, limit, ...filter }) =>
+      audit.list(filter, { ...(limit ? { limit } : {}), ...(cursor ? { cursor } : {}) }),
 
     chat: ({ id, message }) => eventsOf(engine.chat(id, message)),
     newChat: (payload) => eventsOf(engine.newChat(payload)),

@@ -1,7 +1,7 @@
 import { HttpApiBuilder, HttpApp, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Layer, Redacted } from "effect"
 import { WebPlusApi } from "../Api.js"
-import { Auth } from "../Auth.js"
+import { Auth, credentialIn } from "../Auth.js"
 import { Authentication } from "./Api.js"
 
 /** RFC 6750: a 401 tells the client which scheme to use. */
@@ -23,11 +23,10 @@ export const AuthenticationLive = Layer.effect(
       apiKey: (key) =>
         (Redacted.value(key).length > 0
           ? auth.authenticate(key)
-          : Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
-            const authorization = request.headers.authorization ?? ""
-            const bearer = /^Bearer\s+(.+)$/i.exec(authorization)?.[1] ?? ""
-            return auth.authenticate(Redacted.make(bearer))
-          })).pipe(Effect.tapError(() => challenge))
+          : Effect.flatMap(
+            HttpServerRequest.HttpServerRequest,
+            (request) => auth.authenticate(Redacted.make(credentialIn(request.headers) ?? ""))
+          )).pipe(Effect.tapError(() => challenge))
     }
   })
 )

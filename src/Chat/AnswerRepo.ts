@@ -10,7 +10,7 @@ import { Effect } from "effect"
 import type { ToolCall } from "../Domain/Conversation.js"
 import type { JsonObject } from "../Domain/Fields.js"
 import type { ConversationId, MessageId } from "../Domain/Ids.js"
-import { storedNow } from "../Sql.js"
+import { dialectOf, storedNow } from "../Sql.js"
 
 export type FinalStatus = "complete" | "cancelled" | "error" | "incomplete"
 
@@ -31,7 +31,7 @@ export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", 
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
 
-    const pg = sql.onDialectOrElse({ pg: () => true, orElse: () => false })
+    const pg = dialectOf(sql) === "pg"
 
     /**
      * Writes the text so far of answers being generated, in one statement; gives the ids of those

@@ -61,11 +61,6 @@ interface Open {
   moved: Deferred.Deferred<void>
 }
 
-const failure = (error: { readonly _tag: string; readonly message: string }) => ({
-  _tag: error._tag,
-  message: error.message
-})
-
 export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
   Effect.gen(function*() {
     const auth = yield* Auth
@@ -77,6 +72,13 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
       const socket: Socket.Socket = yield* request.upgrade
       const write = yield* socket.writer
       const send = (frame: object) => write(JSON.stringify(frame)).pipe(Effect.ignore)
+      /** An `error` frame: its tag and message only, with the `ref` of the message it answers. */
+      const sendError = (error: { readonly _tag: string; readonly message: string }, ref?: string) =>
+        send({
+          type: "error",
+          ...(ref === undefined ? {} : { ref }),
+          error: { _tag: error._tag, message: error.message }
+        })
       const answers = yield* FiberSet.make()
       const open = new Map<MessageId, Open>()
       let actor: Actor | null = null
@@ -89,7 +91,7 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
             })
           ),
           Effect.flatMap((who) => send({ type: "ready", userId: who.userId })),
-          Effect.catchAll((error) => send({ type: "error", error: failure(error) }))
+          Effect.catchAll((error) => sendError(error))
         )
       // Sent once the socket runs (its writer waits for it).
       if (fromHeader) yield* FiberSet.run(answers, signIn(fromHeader))
@@ -121,7 +123,7 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
       const handle = (message: ClientMessage, who: Actor): Effect.Effect<void> => {
         switch (message.type) {
           case "auth":
-            return send({ type: "error", error: { _tag: "ValidationError", message: "Already signed in" } })
+            return sendError({ _tag: "ValidationError", message: "Already signed in" })
           case "ack":
             return Effect.suspend(() => {
               const state = open.get(message.messageId)
@@ -134,22 +136,20 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
           case "cancel":
             return engine.cancel(message.conversationId, message.messageId).pipe(
               Effect.asVoid,
-              Effect.catchAll((error) => send({ type: "error", error: failure(error) })),
+              Effect.catchAll((error) => sendError(error)),
               Effect.provideService(CurrentActor, who)
             )
           case "chat": {
             const { conversationId, ref, type: _, ...payload } = message
-            const refused = (error: { readonly _tag: string; readonly message: string }) =>
-              send({ type: "error", ...(ref === undefined ? {} : { ref }), error: failure(error) })
             if (streaming >= maxOpen) {
-              return refused({ _tag: "RateLimited", message: `At most ${maxOpen} answers stream on one socket` })
+              return sendError({ _tag: "RateLimited", message: `At most ${maxOpen} answers stream on one socket` }, ref)
             }
             streaming++
             return (conversationId === undefined ? engine.newChat(payload) : engine.chat(conversationId, payload))
               .pipe(
                 Effect.provideService(CurrentActor, who),
                 Effect.matchEffect({
-                  onFailure: (error) => Effect.zipRight(Effect.sync(() => streaming--), refused(error)),
+                  onFailure: (error) => Effect.zipRight(Effect.sync(() => streaming--), sendError(error, ref)),
                   onSuccess: (turn) => Effect.asVoid(FiberSet.run(answers, relay(ref, turn.events)))
                 })
               )
@@ -161,13 +161,13 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
         Effect.suspend(() => {
           const decoded = decodeMessage(typeof data === "string" ? data : new TextDecoder().decode(data))
           if (Either.isLeft(decoded)) {
-            return send({ type: "error", error: { _tag: "ValidationError", message: "Not a message of this socket" } })
+            return sendError({ _tag: "ValidationError", message: "Not a message of this socket" })
           }
           const message = decoded.right
           if (actor === null) {
             return message.type === "auth"
               ? signIn(message.token)
-              : send({ type: "error", error: { _tag: "Unauthorized", message: "Send { type: \"auth\" } first" } })
+              : sendError({ _tag: "Unauthorized", message: "Send { type: \"auth\" } first" })
           }
           return handle(message, actor)
         })

@@ -106,9 +106,7 @@ const retryAfterMillis = (header: string | undefined, now: number): number | und
 const statusFailure = (connection: ProviderConnection, status: number, retryAfter: string | undefined, now: number) => {
   const retryAfterMs = retryAfterMillis(retryAfter, now)
   return new ProviderError({
-    message: status >= 200 && status < 300
-      ? `${connection.name} sent an answer without a body`
-      : describeStatus(connection.name, status),
+    message: describeStatus(connection.name, status),
     upstreamStatus: status,
     ...(retryAfterMs === undefined ? {} : { retryAfterMs })
   })

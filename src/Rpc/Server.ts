@@ -14,7 +14,7 @@ import { RpcSerialization, RpcServer } from "@effect/rpc"
 import { Effect, Layer, Redacted, Stream } from "effect"
 import { AuditLog } from "../Audit.js"
 import { Auth, credentialIn } from "../Auth.js"
-import { ChatEngine, type Turn } from "../Chat.js"
+import { ChatEngine, type EventBatch, type Turn } from "../Chat.js"
 import { Conversations } from "../Conversations.js"
 import { Unauthorized } from "../Domain/Errors.js"
 import { Gateway } from "../Gateway.js"
@@ -44,9 +44,11 @@ const RpcClientContextLive = Layer.succeed(
   })
 )
 
-/** A turn's events one by one, keep-alives left out (RPC streams need none). */
-const eventsOf = <E, R>(turn: Effect.Effect<Turn, E, R>) =>
-  Stream.unwrap(Effect.map(turn, (started) => Stream.flattenIterables(started.events)))
+/** An answer's events one by one, keep-alives left out (RPC streams need none). */
+const oneByOne = <E, R>(batches: Effect.Effect<Stream.Stream<EventBatch>, E, R>) =>
+  Stream.unwrap(Effect.map(batches, Stream.flattenIterables))
+
+const eventsOf = <E, R>(turn: Effect.Effect<Turn, E, R>) => oneByOne(Effect.map(turn, (started) => started.events))
 
 const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
   const auth = yield* Auth
@@ -129,8 +131,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     regenerate: ({ choice, id, messageId }) => eventsOf(engine.regenerate(id, messageId, choice)),
     continueChat: ({ choice, id }) => eventsOf(engine.continueChat(id, choice)),
     cancelAnswer: ({ id, messageId }) => engine.cancel(id, messageId),
-    resumeAnswer: ({ after, id, messageId }) =>
-      Stream.unwrap(Effect.map(engine.resume(id, messageId, after ?? 0), Stream.flattenIterables))
+    resumeAnswer: ({ after, id, messageId }) => oneByOne(engine.resume(id, messageId, after ?? 0))
   }
 }))
 

@@ -16,20 +16,7 @@
  * following it (the request that started it, and any that resume it with
  * `Last-Event-ID`), and for `CHAT_RESUME_RETENTION` after it ends.
  */
-import {
-  Cause,
-  Clock,
-  DateTime,
-  Deferred,
-  Duration,
-  Effect,
-  Exit,
-  Fiber,
-  FiberId,
-  Option,
-  Schedule,
-  Stream
-} from "effect"
+import { Cause, Clock, DateTime, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule, Stream } from "effect"
 import { requirePermission } from "./Auth/Policy.js"
 import { AnswerRepo, type FinalStatus } from "./Chat/AnswerRepo.js"
 import type { ChatEvent, ChatPayload, ContinuePayload, NewChatPayload, RegeneratePayload } from "./Chat/Api.js"
@@ -80,8 +67,8 @@ interface Generation {
   readonly answerId: MessageId
   /** Every event so far: an event's id is its position here, from 1. */
   readonly events: Array<ChatEvent>
-  /** Completed, and replaced, whenever followers should look again. */
-  signal: Deferred.Deferred<void>
+  /** Called, and forgotten, whenever followers should look again. */
+  listeners: Array<() => void>
   readonly outcome: Deferred.Deferred<Outcome>
   /** The answer so far: its text in pieces, and its tool calls by index. */
   readonly parts: Array<string>
@@ -99,11 +86,46 @@ interface Generation {
   endedAt: number | null
 }
 
+/** The events of an answer this instance is writing, as its followers read them. */
+export interface LiveEvents {
+  /**
+   * The events after the first `cursor` (an event's id is its position, from 1), and whether
+   * nothing more will come. A follower that has everything gets the `done` event again.
+   */
+  readonly after: (cursor: number) => { readonly batch: EventBatch; readonly over: boolean }
+  /** Calls `listener` once, at the next change (new events, the end, a keep-alive); the function returned cancels. */
+  readonly onChange: (listener: () => void) => () => void
+}
+
+/** An answer's events for a follower: live from this instance's memory, or polled from the database. */
+export type Following =
+  | { readonly _tag: "Live"; readonly events: LiveEvents; readonly after: number }
+  | { readonly _tag: "Polled"; readonly batches: Stream.Stream<EventBatch> }
+
+/** What a follower reads as a stream of batches; an empty batch means "nothing new yet" (a keep-alive). */
+export const followingStream = (following: Following): Stream.Stream<EventBatch> => {
+  if (following._tag === "Polled") return following.batches
+  const { events } = following
+  const read = (cursor: number): readonly [EventBatch, Option.Option<number>] => {
+    const { batch, over } = events.after(cursor)
+    return [batch, over ? Option.none() : Option.some(cursor + batch.length)]
+  }
+  return Stream.paginateEffect(following.after, (cursor) => {
+    const now = events.after(cursor)
+    return now.batch.length > 0 || now.over
+      ? Effect.succeed(read(cursor))
+      : Effect.async<readonly [EventBatch, Option.Option<number>]>((resume) => {
+        const cancel = events.onChange(() => resume(Effect.sync(() => read(cursor))))
+        return Effect.sync(cancel)
+      })
+  })
+}
+
 /** A turn that has started: its stored messages, its events, and its outcome. */
 export interface Turn {
   readonly conversationId: ConversationId
-  /** The answer's events in batches; an empty batch is a keep-alive. */
-  readonly events: Stream.Stream<EventBatch>
+  /** The answer's events, from its first. */
+  readonly events: Following
   /** The finished answer; a provider failure fails it (the answer is stored as `error` all the same). */
   readonly result: Effect.Effect<ChatResult, ProviderFailure>
 }
@@ -207,25 +229,28 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
     // --- following a generation
 
-    /**
-     * The generation's events after `after`, then the live ones, in batches (what arrived while
-     * the follower was busy comes at once), up to `done`. An empty batch means "nothing new yet":
-     * the engine wakes every follower now and then, so a quiet stream can be kept open.
-     */
-    const follow = (generation: Generation, after: number): Stream.Stream<EventBatch> =>
-      Stream.paginateEffect(after, (cursor): Effect.Effect<readonly [EventBatch, Option.Option<number>]> => {
+    /** A generation's events as its followers read them. */
+    const liveEvents = (generation: Generation): LiveEvents => ({
+      after: (cursor) => {
         const events = generation.events
         if (cursor >= events.length) {
           // Over and nothing left: the end again (a client always ends on `done`), unless it could not be stored.
-          if (events.at(-1)?._tag === "done") return Effect.succeed([[events.at(-1)!], Option.none()] as const)
-          if (generation.endedAt !== null) return Effect.succeed([[], Option.none()] as const)
+          const last = events.at(-1)
+          return last?._tag === "done"
+            ? { batch: [last], over: true }
+            : { batch: [], over: generation.endedAt !== null }
         }
-        const batch = (): readonly [EventBatch, Option.Option<number>] => {
-          const batch = events.slice(cursor)
-          return [batch, batch.at(-1)?._tag === "done" ? Option.none() : Option.some(cursor + batch.length)]
+        const batch = events.slice(cursor)
+        return { batch, over: batch.at(-1)?._tag === "done" }
+      },
+      onChange: (listener) => {
+        generation.listeners.push(listener)
+        return () => {
+          const index = generation.listeners.indexOf(listener)
+          if (index >= 0) generation.listeners.splice(index, 1)
         }
-        return events.length > cursor ? Effect.sync(batch) : Effect.map(Deferred.await(generation.signal), batch)
-      })
+      }
+    })
 
     /** An answer written by another instance: snapshots of its text, read from the database, until it ends. */
     const pollStored = (conversationId: ConversationId, first: MessageView, after: number): Stream.Stream<EventBatch> =>
@@ -255,9 +280,10 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
     /** Wakes the generation's followers (with new events, or for a keep-alive). */
     const wake = (generation: Generation) => {
-      const signal = generation.signal
-      generation.signal = Deferred.unsafeMake(FiberId.none)
-      Deferred.unsafeDone(signal, Exit.void)
+      const listeners = generation.listeners
+      if (listeners.length === 0) return
+      generation.listeners = []
+      for (const listener of listeners) listener()
     }
 
     /** Adds an event, numbered by its position; followers see it at their next wake-up. */
@@ -319,17 +345,15 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         }
       }
 
-      // One step per chunk of pieces the provider's stream hands over, and one wake-up for them all.
-      // The text is written meanwhile by the engine's flusher (`flushDrafts`).
-      const consume = resolved.client.chat(request).pipe(
-        Stream.runForEachChunk((chunks) =>
-          Effect.sync(() => {
-            let added = false
-            for (const chunk of chunks) added = take(chunk) || added
-            if (added) wake(generation)
-          })
-        )
-      )
+      // The chunks are taken in as the provider's socket delivers them, with one wake-up for those
+      // that came together: the generation's fiber only waits for the end. The text is written
+      // meanwhile by the engine's flusher (`flushDrafts`).
+      const consume = Effect.scoped(Effect.flatMap(resolved.client.answer(request), (feed) =>
+        feed.relay((chunks) => {
+          let added = false
+          for (const chunk of chunks) added = take(chunk) || added
+          if (added) wake(generation)
+        })))
 
       const finish = (exit: Exit.Exit<void, ProviderFailure>) =>
         Effect.gen(function*() {
@@ -431,7 +455,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           conversationId: conversation.id,
           answerId: answer.id,
           events: [],
-          signal: Deferred.unsafeMake<void>(FiberId.none),
+          listeners: [],
           outcome: yield* Deferred.make<Outcome>(),
           parts: [],
           calls: [],
@@ -460,7 +484,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
               ? Effect.fail(failure.value)
               : Effect.succeed(new ChatResult({ conversationId: conversation.id, question, answer }, true))
         )
-        return { conversationId: conversation.id, events: follow(generation, 0), result } satisfies Turn
+        return {
+          conversationId: conversation.id,
+          events: { _tag: "Live", events: liveEvents(generation), after: 0 },
+          result
+        } satisfies Turn
       })
 
     const chatting = Effect.zipRight(requirePermission("chat"), requirePermission("conversations:write"))
@@ -523,14 +551,14 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
     /** An answer's events after `after`: live here, polled from the database if another instance writes it. */
     const resume = (conversationId: ConversationId, messageId: MessageId, after: number) =>
-      Effect.gen(function*() {
+      Effect.gen(function*(): Effect.fn.Return<Following, NotFound | Forbidden, CurrentActor> {
         const message = yield* conversations.getMessage(conversationId, messageId)
         if (message.role !== "assistant") return yield* new NotFound({ message: "No such answer" })
         const generation = live.get(messageId)
         // An id beyond what was sent (from another answer's stream) counts as "everything so far".
         return generation
-          ? follow(generation, Math.min(after, generation.events.length))
-          : pollStored(conversationId, message, after)
+          ? { _tag: "Live", events: liveEvents(generation), after: Math.min(after, generation.events.length) }
+          : { _tag: "Polled", batches: pollStored(conversationId, message, after) }
       }).pipe(Effect.withSpan("ChatEngine.resume"))
 
     // Answers a crashed instance left streaming: at start-up, then as often as the lease runs out.

@@ -8,7 +8,7 @@ import { FetchHttpClient, HttpClient } from "@effect/platform"
 import { Effect } from "effect"
 import { AppConfig } from "./Config.js"
 import * as Anthropic from "./Providers/Anthropic.js"
-import type { ProviderClient, ProviderConnection } from "./Providers/Client.js"
+import { type ProviderClient, type ProviderConnection, streamOf } from "./Providers/Client.js"
 import * as Development from "./Providers/Development.js"
 import * as Ollama from "./Providers/Ollama.js"
 import * as OpenAi from "./Providers/OpenAi.js"
@@ -49,7 +49,8 @@ export class ProviderClients extends Effect.Service<ProviderClients>()("Provider
 
     const forConnection = (connection: ProviderConnection): ProviderClient => {
       const client = adapterFor(connection)
-      return { ...client, chat: resilient(settings, breakerOf(connection), client.chat) }
+      const answer = resilient(settings, breakerOf(connection), client.answer)
+      return { ...client, answer, chat: streamOf(answer) }
     }
     return { forConnection } as const
   })

@@ -1,7 +1,8 @@
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Schema, Stream } from "effect"
+import { Readable } from "node:stream"
 import { WebPlusApi } from "../Api.js"
-import { ChatEngine, type EventBatch, type Turn } from "../Chat.js"
+import { ChatEngine, type EventBatch, type Following, followingStream, type LiveEvents, type Turn } from "../Chat.js"
 import { CurrentActor } from "../Domain/Actor.js"
 import { Forbidden } from "../Domain/Errors.js"
 import type { ProviderFailure } from "../Models/Errors.js"
@@ -23,11 +24,55 @@ const sseBatch = (batch: EventBatch): string => batch.length === 0 ? ": keep-ali
 
 const encoder = new TextEncoder()
 
-export const sseResponse = (events: Stream.Stream<EventBatch>) =>
-  HttpServerResponse.stream(Stream.map(events, (batch) => encoder.encode(sseBatch(batch))), {
-    contentType: "text/event-stream",
-    headers: { "cache-control": "no-cache, no-transform", "x-accel-buffering": "no" }
+/**
+ * A live answer's events as a Node stream, written as the generation records them: the request
+ * waits on the response's pipe, with no fiber or `Stream` run per open stream. A client that
+ * reads slowly is not sent more until it has taken what it was sent (its events wait in memory).
+ */
+const liveBody = (events: LiveEvents, after: number): Readable => {
+  let cursor = after
+  /** Set while waiting for the next change. */
+  let cancel: (() => void) | null = null
+  const body: Readable = new Readable({
+    read: () => {
+      if (cancel === null) send(false)
+    },
+    destroy: (error, callback) => {
+      cancel?.()
+      cancel = null
+      callback(error)
+    }
   })
+  /** Sends what is new (after a wake-up, a keep-alive if nothing is), or waits for it. */
+  const send = (woken: boolean) => {
+    const { batch, over } = events.after(cursor)
+    cursor += batch.length
+    const more = batch.length > 0 || woken ? body.push(sseBatch(batch)) : true
+    if (over) body.push(null)
+    else if (batch.length === 0 || (woken && more)) {
+      // Nothing to send now, or sent on a wake-up while the client keeps up: wait for the next change.
+      cancel = events.onChange(() => {
+        cancel = null
+        send(true)
+      })
+    }
+  }
+  return body
+}
+
+const sseHeaders = {
+  contentType: "text/event-stream",
+  headers: { "cache-control": "no-cache, no-transform", "x-accel-buffering": "no" }
+} as const
+
+/** An answer's events as server-sent events, keep-alives as comments. */
+export const sseResponse = (following: Following) =>
+  following._tag === "Live"
+    ? HttpServerResponse.raw(liveBody(following.events, following.after), sseHeaders)
+    : HttpServerResponse.stream(
+      Stream.map(followingStream(following), (batch) => encoder.encode(sseBatch(batch))),
+      sseHeaders
+    )
 
 /** Events when the client reads them, else the finished answer as JSON. */
 const respond = (

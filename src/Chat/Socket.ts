@@ -23,7 +23,7 @@
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, type Socket } from "@effect/platform"
 import { Deferred, Effect, Either, FiberId, FiberSet, Redacted, Schema, Stream } from "effect"
 import { Auth, credentialIn } from "../Auth.js"
-import { ChatEngine, type EventBatch } from "../Chat.js"
+import { ChatEngine, type EventBatch, followingStream } from "../Chat.js"
 import { type Actor, CurrentActor } from "../Domain/Actor.js"
 import { NonNegativeInt } from "../Domain/Fields.js"
 import { ConversationId, MessageId } from "../Domain/Ids.js"
@@ -150,7 +150,7 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
                 Effect.provideService(CurrentActor, who),
                 Effect.matchEffect({
                   onFailure: (error) => Effect.zipRight(Effect.sync(() => streaming--), sendError(error, ref)),
-                  onSuccess: (turn) => Effect.asVoid(FiberSet.run(answers, relay(ref, turn.events)))
+                  onSuccess: (turn) => Effect.asVoid(FiberSet.run(answers, relay(ref, followingStream(turn.events))))
                 })
               )
           }

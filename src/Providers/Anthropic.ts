@@ -5,19 +5,21 @@
  * (`message_start`, `content_block_*`, `message_delta`, `message_stop`, `error`).
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
-import { Effect, Option, Redacted, Schema, Stream } from "effect"
-import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
+import { Effect, Option, Redacted, Schema } from "effect"
+import { ProviderError } from "../Models/Errors.js"
 import type { ChatChunk, ChatMessage, ChatRequest, FinishReason } from "./Chat.js"
 import {
   argumentsObject,
   decodePiece,
   type DiscoveredModel,
   joinUrl,
+  type OpenAnswer,
+  openAnswer,
   postJson,
   type ProviderClient,
   type ProviderConnection,
   requestJson,
-  streamAnswer,
+  streamOf,
   type StreamTimeouts
 } from "./Client.js"
 
@@ -190,8 +192,8 @@ export const make = (
 
   const decode = decodePiece(connection, StreamEvent)
 
-  const chat = (request: ChatRequest): Stream.Stream<ChatChunk, ProviderFailure> =>
-    Stream.suspend(() => {
+  const answer: OpenAnswer = (request) =>
+    Effect.suspend(() => {
       let promptTokens = 0
       let finish: FinishReason = "stop"
       // Content blocks are numbered with the text blocks; tool calls are numbered among themselves.
@@ -237,12 +239,12 @@ export const make = (
         }
         return []
       }
-      return streamAnswer(connection, withHeaders(postJson(connection, "/v1/messages", chatBody(request))), {
+      return openAnswer(connection, withHeaders(postJson(connection, "/v1/messages", chatBody(request))), {
         framing: "sse",
         timeouts,
         translate
       })
     })
 
-  return { chat, listModels, ping: Effect.asVoid(page(null)), runtime: Option.none() }
+  return { chat: streamOf(answer), answer, listModels, ping: Effect.asVoid(page(null)), runtime: Option.none() }
 }

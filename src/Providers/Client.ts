@@ -13,7 +13,7 @@ import {
   type HttpClientResponse,
   UrlParams
 } from "@effect/platform"
-import { Chunk, Clock, Duration, Effect, Either, Option, type Redacted, Schema, Stream } from "effect"
+import { Chunk, Clock, Duration, Effect, Either, Option, type Redacted, Schema, type Scope, Stream } from "effect"
 import * as Http from "node:http"
 import * as Https from "node:https"
 import type { ProviderKind } from "../Domain/Model.js"
@@ -66,6 +66,8 @@ export interface ProviderClient {
    * circuit is open. Interrupting the stream aborts the upstream request.
    */
   readonly chat: (request: ChatRequest) => Stream.Stream<ChatChunk, ProviderFailure>
+  /** The same answer as a feed, for a reader that takes every chunk as it comes (the chat engine). */
+  readonly answer: OpenAnswer
   readonly listModels: Effect.Effect<ReadonlyArray<DiscoveredModel>, ProviderFailure>
   /** A cheap authenticated call, to tell whether the provider answers. */
   readonly ping: Effect.Effect<void, ProviderFailure>
@@ -295,17 +297,56 @@ const highWaterMark = 256
 const drainGraceMs = 5_000
 
 /**
- * A streamed chat answer: `request` is sent, its body cut into pieces as they arrive and each
- * translated into chunks by `translate`, synchronously as the socket delivers them (the chat
- * path's hot loop: no stage per piece). Once the body ends, `trailer` may add the last chunks (a
- * finish reason that came before the usage).
+ * A streamed answer the provider has started to send (its status was a success). It is read one
+ * way or the other, not both:
+ * - `pull`: the chunks that came since the last pull, waiting for some; fails with `None` at the
+ *   answer's end. A reader that falls behind pauses the socket (back-pressure).
+ * - `relay`: hands the chunks not yet pulled, then each batch as the socket delivers it, to
+ *   `onChunks` (synchronously, from the socket's callback: no fiber wakes up per chunk), and
+ *   succeeds at the answer's end. `onChunks` must not throw or block.
  *
- * Fails with `ProviderTimeout` if no chunk comes within `timeouts.firstChunk` of the request,
- * or within `timeouts.idle` of the previous one (the wait for the status counts against the
- * connect timeout), and with `ProviderError` if the body ends before a `finish` chunk (cut
- * short). The request is aborted when the stream ends, fails or is interrupted.
+ * Either fails with `ProviderTimeout` if no chunk comes within `timeouts.firstChunk` of the
+ * status, or within `timeouts.idle` of the previous one, and with `ProviderError` if the answer
+ * breaks off or ends before a `finish` chunk.
  */
-export const streamAnswer = (
+export interface AnswerFeed {
+  readonly pull: Effect.Effect<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>>
+  readonly relay: (onChunks: (chunks: ReadonlyArray<ChatChunk>) => void) => Effect.Effect<void, ProviderFailure>
+}
+
+/** Opens a streamed answer; closing the scope ends it (aborting the request if it is not over). */
+export type OpenAnswer = (request: ChatRequest) => Effect.Effect<AnswerFeed, ProviderFailure, Scope.Scope>
+
+/** An answer as a `Stream` of its chunks, pulled as the stream's reader asks for them. */
+export const streamOf = (answer: OpenAnswer) => (request: ChatRequest): Stream.Stream<ChatChunk, ProviderFailure> =>
+  Stream.unwrapScoped(Effect.map(answer(request), (feed) => Stream.repeatEffectChunkOption(feed.pull)))
+
+/** A feed that pulls `stream` (for answers that are not read from a socket, like the development model's). */
+export const feedOf = (
+  stream: Stream.Stream<ChatChunk, ProviderFailure>
+): Effect.Effect<AnswerFeed, never, Scope.Scope> =>
+  Effect.map(Stream.toPull(stream), (pull): AnswerFeed => ({
+    pull,
+    relay: (onChunks) => {
+      const loop: Effect.Effect<void, ProviderFailure> = Effect.matchEffect(pull, {
+        onFailure: Option.match({ onNone: () => Effect.void, onSome: Effect.fail }),
+        onSuccess: (chunks) => {
+          if (chunks.length > 0) onChunks(Chunk.toReadonlyArray(chunks))
+          return loop
+        }
+      })
+      return loop
+    }
+  }))
+
+/**
+ * Sends `request` (a streamed chat answer) and reads its body: cut into pieces as they arrive
+ * and each translated into chunks by `translate`, synchronously as the socket delivers them (the
+ * chat path's hot loop: no stage per piece). Once the body ends, `trailer` may add the last
+ * chunks (a finish reason that came before the usage). The wait for the status counts against
+ * the connect timeout; then `timeouts` apply (see `AnswerFeed`).
+ */
+export const openAnswer = (
   connection: ProviderConnection,
   request: HttpClientRequest.HttpClientRequest,
   options: {
@@ -314,41 +355,59 @@ export const streamAnswer = (
     readonly translate: PieceTranslator
     readonly trailer?: () => ReadonlyArray<ChatChunk>
   }
-): Stream.Stream<ChatChunk, ProviderFailure> =>
-  Stream.unwrapScoped(Effect.gen(function*() {
+): Effect.Effect<AnswerFeed, ProviderFailure, Scope.Scope> =>
+  Effect.gen(function*() {
     const { outgoing, response } = yield* send(connection, request)
+    const cutter = options.framing === "sse" ? sseCutter(connection) : lineCutter()
+    const firstMs = Duration.toMillis(options.timeouts.firstChunk)
+    const idleMs = Duration.toMillis(options.timeouts.idle)
+
+    /** Chunks read and not yet handed over. */
+    let pending: Array<ChatChunk> = []
+    /** Set once the answer is over: finished (null) or failed; raised once `pending` is out. */
+    let end: { readonly failure: ProviderFailure | null } | null = null
+    /** When the last chunk arrived (or the status, before any), for the timeouts. */
+    let lastArrival = Date.now()
+    let started = false
+    /** A pull waiting for chunks. */
+    let waiting: ((next: Effect.Effect<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>>) => void) | null = null
+    /** The relay's reader, and how its wait for the end is resumed. */
+    let consumer: ((chunks: ReadonlyArray<ChatChunk>) => void) | null = null
+    let relayed: ((exit: Effect.Effect<void, ProviderFailure>) => void) | null = null
+
     // A finished answer's connection goes back to the pool once the body is read to its end (the
     // provider has nothing to send after the finish); any other is closed, aborting the request.
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => {
+        clearTimeout(watchdog)
+        consumer = null
         if (response.complete) return
         if (end === null || end.failure !== null) return void outgoing.destroy()
         response.resume()
         setTimeout(() => response.complete || outgoing.destroy(), drainGraceMs).unref()
       })
     )
-    const cutter = options.framing === "sse" ? sseCutter(connection) : lineCutter()
-    const firstMs = Duration.toMillis(options.timeouts.firstChunk)
-    const idleMs = Duration.toMillis(options.timeouts.idle)
 
-    /** Chunks read and not yet pulled. */
-    let pending: Array<ChatChunk> = []
-    /** Set once the answer is over: finished (null) or failed; raised once `pending` is out. */
-    let end: { readonly failure: ProviderFailure | null } | null = null
-    let started = false
-    let waiting: ((next: Effect.Effect<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>>) => void) | null = null
-
-    const next = (): Effect.Effect<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>> => {
-      if (pending.length > 0) {
-        const taken = pending
-        pending = []
-        started = true
-        if (response.isPaused() && end === null) response.resume()
-        return Effect.succeed(Chunk.unsafeFromArray(taken))
-      }
-      return Effect.fail(end?.failure ? Option.some(end.failure) : Option.none())
+    const take = (): Array<ChatChunk> => {
+      const taken = pending
+      pending = []
+      if (response.isPaused() && end === null) response.resume()
+      return taken
     }
+    const next = (): Effect.Effect<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>> =>
+      pending.length > 0
+        ? Effect.succeed(Chunk.unsafeFromArray(take()))
+        : Effect.fail(end?.failure ? Option.some(end.failure) : Option.none())
     const deliver = () => {
+      if (consumer !== null) {
+        if (pending.length > 0) consumer(take())
+        if (end !== null && relayed !== null) {
+          const resume = relayed
+          relayed = null
+          resume(end.failure === null ? Effect.void : Effect.fail(end.failure))
+        }
+        return
+      }
       if (waiting === null || (pending.length === 0 && end === null)) return
       const resume = waiting
       waiting = null
@@ -357,11 +416,12 @@ export const streamAnswer = (
     const stop = (failure: ProviderFailure | null) => {
       if (end !== null) return
       end = { failure }
+      clearTimeout(watchdog)
       if (failure !== null) response.destroy()
       deliver()
     }
     /** Takes in pieces; stops at the answer's `finish` chunk. */
-    const take = (pieces: ReadonlyArray<string> | ProviderError) => {
+    const translate = (pieces: ReadonlyArray<string> | ProviderError) => {
       if (pieces instanceof ProviderError) return stop(pieces)
       for (const piece of pieces) {
         const chunks = options.translate(piece)
@@ -373,16 +433,42 @@ export const streamAnswer = (
       }
     }
 
+    // One timer per answer, re-armed only when it fires: chunks do not touch it. A reader that
+    // has not taken what arrived is not the provider's silence.
+    const watch = (): void => {
+      if (end !== null) return
+      const limitMs = started ? idleMs : firstMs
+      const silentMs = Date.now() - lastArrival
+      if (pending.length > 0 || silentMs < limitMs) {
+        watchdog = setTimeout(watch, pending.length > 0 ? limitMs : limitMs - silentMs)
+        return
+      }
+      stop(
+        new ProviderTimeout({
+          message: started
+            ? `${connection.name} went silent for ${Duration.format(limitMs)} in the middle of an answer`
+            : `${connection.name} did not start answering within ${Duration.format(limitMs)}`,
+          timeoutMs: Math.round(limitMs)
+        })
+      )
+    }
+    let watchdog = setTimeout(watch, firstMs)
+
     response.setEncoding("utf8")
     response.on("data", (text: string) => {
       if (end !== null) return
-      take(cutter.feed(text))
+      const before = pending.length
+      translate(cutter.feed(text))
+      if (pending.length > before) {
+        lastArrival = Date.now()
+        started = true
+      }
       if (pending.length > highWaterMark && end === null) response.pause()
       deliver()
     })
     response.on("end", () => {
       if (end !== null) return
-      take(cutter.end())
+      translate(cutter.end())
       if (end !== null) return
       pending.push(...(options.trailer?.() ?? []))
       stop(
@@ -398,30 +484,25 @@ export const streamAnswer = (
       }
     })
 
-    /** The next chunks, once there are some or the answer is over. */
     const pull = Effect.async<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>>((resume) => {
       if (pending.length > 0 || end !== null) return resume(next())
-      const limitMs = started ? idleMs : firstMs
-      const timer = setTimeout(() =>
-        stop(
-          new ProviderTimeout({
-            message: started
-              ? `${connection.name} went silent for ${Duration.format(limitMs)} in the middle of an answer`
-              : `${connection.name} did not start answering within ${Duration.format(limitMs)}`,
-            timeoutMs: Math.round(limitMs)
-          })
-        ), limitMs)
-      waiting = (next) => {
-        clearTimeout(timer)
-        resume(next)
-      }
+      waiting = resume
       return Effect.sync(() => {
         waiting = null
-        clearTimeout(timer)
       })
     })
-    return Stream.repeatEffectChunkOption(pull)
-  }))
+    const relay = (onChunks: (chunks: ReadonlyArray<ChatChunk>) => void) =>
+      Effect.async<void, ProviderFailure>((resume) => {
+        consumer = onChunks
+        relayed = resume
+        deliver()
+        return Effect.sync(() => {
+          consumer = null
+          relayed = null
+        })
+      })
+    return { pull, relay } satisfies AnswerFeed
+  })
 
 /**
  * Sends `request` with `node:http(s)`, and waits (at most the connect timeout) for a success

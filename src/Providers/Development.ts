@@ -10,7 +10,7 @@
  */
 import { Effect, Option, Stream } from "effect"
 import type { ChatChunk, ChatRequest } from "./Chat.js"
-import type { DiscoveredModel, ProviderClient } from "./Client.js"
+import { type DiscoveredModel, feedOf, type ProviderClient } from "./Client.js"
 
 export const developmentBaseUrl = "builtin:development"
 
@@ -32,18 +32,21 @@ export const reply = (request: ChatRequest): string => {
   return `This is the development model of Web+, not a language model. You said: ${said}`
 }
 
+const chat = (request: ChatRequest): Stream.Stream<ChatChunk> => {
+  const words = wordsOf(reply(request))
+  const promptTokens = request.messages.reduce((count, message) => count + wordsOf(message.content).length, 0)
+  return Stream.fromIterable(words.map((word, index) => index === 0 ? word : ` ${word}`)).pipe(
+    Stream.mapEffect((text) => Effect.as(Effect.sleep(wordDelay), { _tag: "text", text } as const)),
+    Stream.concat(Stream.make<Array<ChatChunk>>(
+      { _tag: "usage", promptTokens, completionTokens: words.length },
+      { _tag: "finish", reason: "stop" }
+    ))
+  )
+}
+
 export const make = (): ProviderClient => ({
-  chat: (request) => {
-    const words = wordsOf(reply(request))
-    const promptTokens = request.messages.reduce((count, message) => count + wordsOf(message.content).length, 0)
-    return Stream.fromIterable(words.map((word, index) => index === 0 ? word : ` ${word}`)).pipe(
-      Stream.mapEffect((text) => Effect.as(Effect.sleep(wordDelay), { _tag: "text", text } as const)),
-      Stream.concat(Stream.make<Array<ChatChunk>>(
-        { _tag: "usage", promptTokens, completionTokens: words.length },
-        { _tag: "finish", reason: "stop" }
-      ))
-    )
-  },
+  chat,
+  answer: (request) => feedOf(chat(request)),
   listModels: Effect.succeed([developmentModel]),
   ping: Effect.void,
   runtime: Option.none()

@@ -7,19 +7,21 @@
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
 import { Effect, Option, Schema, Stream } from "effect"
-import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
+import { ProviderError } from "../Models/Errors.js"
 import type { ChatChunk, ChatMessage, ChatRequest } from "./Chat.js"
 import {
   argumentsObject,
   decodePiece,
   type DiscoveredModel,
   joinUrl,
+  type OpenAnswer,
+  openAnswer,
   type ProviderClient,
   type ProviderConnection,
   requestJson,
   requestNdjson,
   requestVoid,
-  streamAnswer,
+  streamOf,
   type StreamTimeouts,
   withBearer
 } from "./Client.js"
@@ -169,8 +171,8 @@ export const make = (
 
   const decodeLine = decodePiece(connection, ChatLine)
 
-  const chat = (request: ChatRequest): Stream.Stream<ChatChunk, ProviderFailure> =>
-    Stream.suspend(() => {
+  const answer: OpenAnswer = (request) =>
+    Effect.suspend(() => {
       let toolCalls = 0
       const translate = (text: string): ReadonlyArray<ChatChunk> | ProviderError => {
         const line = decodeLine(text)
@@ -205,11 +207,12 @@ export const make = (
         }
         return out
       }
-      return streamAnswer(connection, post("/api/chat", chatBody(request)), { framing: "ndjson", timeouts, translate })
+      return openAnswer(connection, post("/api/chat", chatBody(request)), { framing: "ndjson", timeouts, translate })
     })
 
   return {
-    chat,
+    chat: streamOf(answer),
+    answer,
     listModels,
     ping: Effect.asVoid(tags),
     runtime: Option.some({

@@ -6,18 +6,20 @@
  * reports them (`context_length`, `max_model_len`, `context_window`).
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
-import { Effect, Option, Schema, Stream } from "effect"
-import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
+import { Effect, Option, Schema } from "effect"
+import { ProviderError } from "../Models/Errors.js"
 import type { ChatChunk, ChatMessage, ChatRequest, FinishReason } from "./Chat.js"
 import {
   decodePiece,
   type DiscoveredModel,
   joinUrl,
+  type OpenAnswer,
+  openAnswer,
   postJson,
   type ProviderClient,
   type ProviderConnection,
   requestJson,
-  streamAnswer,
+  streamOf,
   type StreamTimeouts,
   withBearer
 } from "./Client.js"
@@ -115,8 +117,8 @@ export const make = (
   )
   const decode = decodePiece(connection, StreamChunk)
 
-  const chat = (request: ChatRequest): Stream.Stream<ChatChunk, ProviderFailure> =>
-    Stream.suspend(() => {
+  const answer: OpenAnswer = (request) =>
+    Effect.suspend(() => {
       // The finish reason comes before the usage chunk; `finish` must be the last chunk.
       let finish: FinishReason | undefined
       const finishChunk = (): Array<ChatChunk> => finish ? [{ _tag: "finish", reason: finish }] : []
@@ -153,7 +155,7 @@ export const make = (
         }
         return out
       }
-      return streamAnswer(
+      return openAnswer(
         connection,
         withBearer(connection)(postJson(connection, "/v1/chat/completions", chatBody(request))),
         { framing: "sse", timeouts, translate, trailer: finishChunk }
@@ -161,7 +163,8 @@ export const make = (
     })
 
   return {
-    chat,
+    chat: streamOf(answer),
+    answer,
     listModels: Effect.map(models, ({ data }) =>
       data.map((entry): DiscoveredModel => ({
         providerModel: entry.id,

@@ -7,25 +7,11 @@
  *   row, calls fail at once with `ProviderUnavailable` for `breakerCooldown`,
  *   then one trial call decides.
  */
-import {
-  Cause,
-  Chunk,
-  Clock,
-  Duration,
-  Effect,
-  ExecutionStrategy,
-  Exit,
-  Option,
-  Ref,
-  Schedule,
-  Scope,
-  Stream
-} from "effect"
+import { Chunk, Clock, Duration, Effect, ExecutionStrategy, Exit, Option, Ref, Schedule, Scope } from "effect"
 import type { ChatSettings } from "../Config.js"
 import { type ProviderFailure, ProviderUnavailable } from "../Models/Errors.js"
-import type { ChatChunk, ChatRequest } from "./Chat.js"
-
-type Chat = (request: ChatRequest) => Stream.Stream<ChatChunk, ProviderFailure>
+import type { ChatChunk } from "./Chat.js"
+import type { AnswerFeed, OpenAnswer } from "./Client.js"
 
 const retryable = (error: ProviderFailure) =>
   error._tag === "ProviderUnreachable" ||
@@ -114,62 +100,67 @@ const retrySchedule = (settings: ChatSettings, allowed: (error: ProviderFailure)
     )
 
 /**
- * The first chunks of `stream`, and a pull for the rest, in `scope`; an answer that ends at once
- * gives no pull. Failures up to here are before anything was emitted: they may be retried.
+ * Waits for the first chunks of `feed`; an answer that ends at once gives none. Failures up to
+ * here are before anything was emitted: they may be retried.
  */
-const openStream = <A>(stream: Stream.Stream<A, ProviderFailure>, scope: Scope.Scope) =>
-  Effect.gen(function*() {
-    const pull = yield* Scope.extend(Stream.toPull(stream), scope)
-    while (true) {
-      const next = yield* Effect.either(pull)
-      if (next._tag === "Right" && next.right.length === 0) continue
-      if (next._tag === "Right") return { first: next.right, rest: Option.some(pull) }
-      if (Option.isNone(next.left)) return { first: Chunk.empty<A>(), rest: Option.none() }
-      return yield* Effect.fail(next.left.value)
-    }
-  })
+const firstChunks = (feed: AnswerFeed): Effect.Effect<Chunk.Chunk<ChatChunk>, ProviderFailure> =>
+  Effect.flatMap(Effect.either(feed.pull), (next) =>
+    next._tag === "Right"
+      ? next.right.length === 0 ? firstChunks(feed) : Effect.succeed(next.right)
+      : Option.match(next.left, { onNone: () => Effect.succeed(Chunk.empty()), onSome: Effect.fail }))
 
 /** How a call that failed with `error` counts for its provider's breaker. */
 const verdictOf = (error: ProviderFailure): Verdict => providerAtFault(error) ? "failing" : "healthy"
 
 /**
- * `chat` with the retries and circuit breaker above. Retrying concerns only the opening of the
- * stream (up to its first chunk): after that its chunks pass through unchanged, one pull each.
+ * `answer` with the retries and circuit breaker above. Retrying concerns only the opening of the
+ * answer (up to its first chunk): after that its chunks pass through unchanged.
  */
-export const resilient = (settings: ChatSettings, breaker: CircuitBreaker, chat: Chat): Chat => (request) =>
-  Stream.unwrapScoped(Effect.gen(function*() {
-    yield* breaker.enter
-    const scope = yield* Effect.scope
-    // Each attempt in a scope of its own: a failed attempt's request is aborted before the next.
-    const attempt = Effect.flatMap(
-      Scope.fork(scope, ExecutionStrategy.sequential),
-      (attemptScope) =>
-        openStream(chat(request), attemptScope).pipe(
-          Effect.onError((cause) => Scope.close(attemptScope, Exit.failCause(cause)))
-        )
-    )
-    // Interrupted before the provider answered anything: that says nothing about the provider.
-    const opened = yield* attempt.pipe(
-      Effect.retry(retrySchedule(settings, retryable)),
-      Effect.tapError((error) => breaker.record(verdictOf(error)))
-    )
-    // One pull for the whole answer: the first chunks, then the opened stream's own pull.
-    let first: Chunk.Chunk<ChatChunk> | null = opened.first
-    const pull = Effect.suspend(() => {
-      if (first === null) return Option.getOrElse(opened.rest, () => Effect.fail(Option.none()))
-      const taken = first
-      first = null
-      return Effect.succeed(taken)
-    })
-    return Stream.repeatEffectChunkOption(pull).pipe(
-      Stream.ensuringWith((exit) =>
-        breaker.record(
-          Exit.isSuccess(exit) ? "healthy" : Option.match(Cause.failureOption(exit.cause), {
-            onSome: verdictOf,
-            // Interrupted after the provider started answering.
-            onNone: () => "healthy"
-          })
-        )
+export const resilient =
+  (settings: ChatSettings, breaker: CircuitBreaker, answer: OpenAnswer): OpenAnswer => (request) =>
+    Effect.gen(function*() {
+      yield* breaker.enter
+      const scope = yield* Effect.scope
+      // Each attempt in a scope of its own: a failed attempt's request is aborted before the next.
+      const attempt = Effect.flatMap(
+        Scope.fork(scope, ExecutionStrategy.sequential),
+        (attemptScope) =>
+          Scope.extend(answer(request), attemptScope).pipe(
+            Effect.flatMap((feed) => Effect.map(firstChunks(feed), (first) => ({ feed, first }))),
+            Effect.onError((cause) => Scope.close(attemptScope, Exit.failCause(cause)))
+          )
       )
-    )
-  }))
+      // Interrupted before the provider answered anything: that says nothing about the provider.
+      const opened = yield* attempt.pipe(
+        Effect.retry(retrySchedule(settings, retryable)),
+        Effect.tapError((error) => breaker.record(verdictOf(error)))
+      )
+      // From here on the provider has answered: only a failure of its answer counts against it (an
+      // answer stopped by its reader does not).
+      let failure: ProviderFailure | null = null
+      yield* Effect.addFinalizer(() => breaker.record(failure === null ? "healthy" : verdictOf(failure)))
+      const note = (error: ProviderFailure | null) =>
+        Effect.sync(() => {
+          if (error !== null) failure = error
+        })
+      let first: Chunk.Chunk<ChatChunk> | null = opened.first
+      return {
+        pull: Effect.suspend(() => {
+          if (first === null || first.length === 0) {
+            return first === null
+              ? Effect.tapError(opened.feed.pull, (error) => note(Option.getOrNull(error)))
+              : Effect.fail(Option.none())
+          }
+          const taken = first
+          first = null
+          return Effect.succeed(taken)
+        }),
+        relay: (onChunks) =>
+          Effect.suspend(() => {
+            if (first !== null && first.length === 0) return Effect.void
+            if (first !== null) onChunks(Chunk.toReadonlyArray(first))
+            first = null
+            return Effect.tapError(opened.feed.relay(onChunks), note)
+          })
+      } satisfies AnswerFeed
+    })

@@ -14,7 +14,7 @@ import { RpcSerialization, RpcServer } from "@effect/rpc"
 import { Effect, Layer, Redacted, Stream } from "effect"
 import { AuditLog } from "../Audit.js"
 import { Auth, credentialIn } from "../Auth.js"
-import { ChatEngine, type EventBatch, type Turn } from "../Chat.js"
+import { ChatEngine, type Following, followingStream, type Turn } from "../Chat.js"
 import { Conversations } from "../Conversations.js"
 import { Unauthorized } from "../Domain/Errors.js"
 import { Gateway } from "../Gateway.js"
@@ -45,8 +45,8 @@ const RpcClientContextLive = Layer.succeed(
 )
 
 /** An answer's events one by one, keep-alives left out (RPC streams need none). */
-const oneByOne = <E, R>(batches: Effect.Effect<Stream.Stream<EventBatch>, E, R>) =>
-  Stream.unwrap(Effect.map(batches, Stream.flattenIterables))
+const oneByOne = <E, R>(following: Effect.Effect<Following, E, R>) =>
+  Stream.unwrap(Effect.map(following, (events) => Stream.flattenIterables(followingStream(events))))
 
 const eventsOf = <E, R>(turn: Effect.Effect<Turn, E, R>) => oneByOne(Effect.map(turn, (started) => started.events))
 

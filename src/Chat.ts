@@ -16,7 +16,21 @@
  * following it (the request that started it, and any that resume it with
  * `Last-Event-ID`), and for `CHAT_RESUME_RETENTION` after it ends.
  */
-import { Cause, Clock, DateTime, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule, Stream } from "effect"
+import {
+  Cause,
+  Clock,
+  Context,
+  DateTime,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  FiberSet,
+  Option,
+  Schedule,
+  Stream
+} from "effect"
 import { requirePermission } from "./Auth/Policy.js"
 import { AnswerRepo, type FinalStatus } from "./Chat/AnswerRepo.js"
 import type { ChatEvent, ChatPayload, ContinuePayload, NewChatPayload, RegeneratePayload } from "./Chat/Api.js"
@@ -160,6 +174,13 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const answers = yield* AnswerRepo
     const usageRecords = yield* UsageRepo
     const scope = yield* Effect.scope
+    // Generations run apart from the requests that start them, from a runtime of their own: a
+    // request's fiber refs (its span, log annotations, client) are not copied into each one, and
+    // its context is empty (a generation needs no service it has not been given), so that adding
+    // a scope to it copies nothing big. This keeps an open answer small. Closing the engine's
+    // scope interrupts the generations still running.
+    const generations = yield* FiberSet.make<void, never>()
+    const runGeneration = yield* FiberSet.runtime(generations)<never>().pipe(Effect.provide(Context.empty()))
 
     const live = new Map<MessageId, Generation>()
     const flushEvery = Duration.toMillis(settings.flushInterval)
@@ -360,7 +381,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           generation.ending = true
           const providerFailure = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
           const died = Exit.isFailure(exit) && Option.isNone(providerFailure) && !Cause.isInterruptedOnly(exit.cause)
-          if (died) yield* Effect.logError("An answer failed unexpectedly", exit.cause)
+          if (died) {
+            yield* Effect.logError("An answer failed unexpectedly", exit.cause).pipe(
+              Effect.annotateLogs({ conversationId: generation.conversationId, answerId: answer.id })
+            )
+          }
           const status: FinalStatus = Exit.isSuccess(exit)
             ? "complete"
             : Option.isSome(providerFailure) || died
@@ -402,7 +427,9 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           // the streams end; the answer stays `streaming` until recovery marks it `incomplete`.
           Effect.catchAllCause((cause) =>
             Effect.gen(function*() {
-              yield* Effect.logError("An answer could not be stored at its end", cause)
+              yield* Effect.logError("An answer could not be stored at its end", cause).pipe(
+                Effect.annotateLogs({ conversationId: generation.conversationId, answerId: answer.id })
+              )
               yield* Deferred.die(generation.outcome, new Error("The answer could not be stored"))
               generation.endedAt = yield* Clock.currentTimeMillis
               wake(generation)
@@ -410,10 +437,10 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           )
         )
 
+      // No span around the whole answer: it would be held, with its fiber refs, as long as the answer runs.
       return consume.pipe(
-        Effect.onExit(finish),
-        Effect.ignore,
-        Effect.withSpan("ChatEngine.generate", { attributes: { model: resolved.model.providerModel } })
+        Effect.onExit((exit) => Effect.withSpan(finish(exit), "ChatEngine.finish")),
+        Effect.ignore
       )
     }
 
@@ -475,8 +502,8 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             Effect.andThen(writeTitle(conversation.id, question.content, resolved))
           )
           : generate(actor, generation, answer, resolved, request)
-        // The generation belongs to the engine's scope: it outlives the request, and shutdown ends it.
-        generation.fiber = yield* Effect.forkIn(run, scope)
+        // The generation belongs to the engine: it outlives the request, and shutdown ends it.
+        generation.fiber = runGeneration(run)
         const result = Effect.flatMap(
           Deferred.await(generation.outcome),
           ({ answer, failure }) =>

@@ -9,7 +9,7 @@
  * response, successful or not.
  */
 import { Headers, HttpApp, HttpMiddleware, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Clock, Effect, Exit, FiberRef, Option } from "effect"
+import { Clock, Context, Effect, Exit, FiberRef, HashMap, Option } from "effect"
 import { globalValue } from "effect/GlobalValue"
 import * as Crypto from "node:crypto"
 
@@ -119,14 +119,13 @@ export const requestContext = (options: { readonly docsPath: string; readonly tr
       const client = clientOf(request, options.trustProxy)
       // Whatever a client sent in the header is replaced: only this middleware sets it.
       const passedOn = request.modify({ headers: Headers.set(request.headers, clientHeader, sealClient(client)) })
-      const response: HttpServerResponse.HttpServerResponse = yield* Effect.onExit(
-        Effect.provideService(app, HttpServerRequest.HttpServerRequest, passedOn),
-        (exit) => logLine(Exit.isInterrupted(exit))
-      ).pipe(
-        Effect.locally(CurrentRequestId, requestId),
-        Effect.locally(CurrentClient, client),
-        Effect.annotateLogs("requestId", requestId)
-      )
-      return response
+      // The server runs each request in a fiber of its own, which ends with it: what the request
+      // carries is set on that fiber rather than scoped around the app, which keeps the fiber of a
+      // long response (a stream) shallow.
+      yield* FiberRef.set(CurrentRequestId, requestId)
+      yield* FiberRef.set(CurrentClient, client)
+      yield* FiberRef.update(FiberRef.currentLogAnnotations, HashMap.set("requestId", requestId as unknown))
+      yield* FiberRef.update(FiberRef.currentContext, Context.add(HttpServerRequest.HttpServerRequest, passedOn))
+      return yield* Effect.onExit(app, (exit) => logLine(Exit.isInterrupted(exit)))
     })
   )

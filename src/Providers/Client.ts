@@ -512,13 +512,16 @@ const send = (
   connection: ProviderConnection,
   request: HttpClientRequest.HttpClientRequest
 ): Effect.Effect<{ readonly outgoing: Http.ClientRequest; readonly response: Http.IncomingMessage }, ProviderFailure> =>
+  // One callback-driven wait, its timeout a timer: no fiber is forked for a race.
   Effect.async<{ outgoing: Http.ClientRequest; response: Http.IncomingMessage }, ProviderFailure>((resume) => {
-    const unreachable = () =>
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const unreachable = () => {
+      clearTimeout(timer)
       resume(Effect.fail(new ProviderUnreachable({ message: `${connection.name} cannot be reached at its base URL` })))
+    }
     const url = Either.getOrUndefined(UrlParams.makeUrl(request.url, request.urlParams, request.hash))
     if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) {
-      unreachable()
-      return
+      return unreachable()
     }
     const body = request.body._tag === "Uint8Array" ? request.body.body : undefined
     const outgoing = (url.protocol === "https:" ? Https : Http).request(url, {
@@ -526,8 +529,15 @@ const send = (
       headers: { ...request.headers, ...(body ? { "content-length": String(body.byteLength) } : {}) },
       agent: agents[url.protocol]
     })
+    timer = setTimeout(() => {
+      outgoing.off("error", unreachable)
+      outgoing.on("error", () => {})
+      outgoing.destroy()
+      resume(Effect.fail(timedOut(connection, connection.connectTimeoutMs)()))
+    }, connection.connectTimeoutMs)
     outgoing.on("error", unreachable)
     outgoing.on("response", (response) => {
+      clearTimeout(timer)
       outgoing.off("error", unreachable)
       // Failures after this point reach the response (`close` before `end`).
       outgoing.on("error", () => {})
@@ -538,13 +548,11 @@ const send = (
       resume(Effect.fail(statusFailure(connection, status, retryAfter, Date.now())))
     })
     outgoing.end(body)
-    return Effect.sync(() => outgoing.destroy())
-  }).pipe(
-    Effect.timeoutFail({
-      duration: Duration.millis(connection.connectTimeoutMs),
-      onTimeout: timedOut(connection, connection.connectTimeoutMs)
+    return Effect.sync(() => {
+      clearTimeout(timer)
+      outgoing.destroy()
     })
-  )
+  })
 
 /**
  * A newline-delimited JSON answer as a stream of decoded lines. The stream

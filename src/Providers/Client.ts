@@ -514,14 +514,11 @@ const send = (
 ): Effect.Effect<{ readonly outgoing: Http.ClientRequest; readonly response: Http.IncomingMessage }, ProviderFailure> =>
   // One callback-driven wait, its timeout a timer: no fiber is forked for a race.
   Effect.async<{ outgoing: Http.ClientRequest; response: Http.IncomingMessage }, ProviderFailure>((resume) => {
-    let timer: ReturnType<typeof setTimeout> | undefined
-    const unreachable = () => {
-      clearTimeout(timer)
+    const failUnreachable = () =>
       resume(Effect.fail(new ProviderUnreachable({ message: `${connection.name} cannot be reached at its base URL` })))
-    }
     const url = Either.getOrUndefined(UrlParams.makeUrl(request.url, request.urlParams, request.hash))
     if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) {
-      return unreachable()
+      return failUnreachable()
     }
     const body = request.body._tag === "Uint8Array" ? request.body.body : undefined
     const outgoing = (url.protocol === "https:" ? Https : Http).request(url, {
@@ -529,7 +526,11 @@ const send = (
       headers: { ...request.headers, ...(body ? { "content-length": String(body.byteLength) } : {}) },
       agent: agents[url.protocol]
     })
-    timer = setTimeout(() => {
+    const unreachable = () => {
+      clearTimeout(timer)
+      failUnreachable()
+    }
+    const timer = setTimeout(() => {
       outgoing.off("error", unreachable)
       outgoing.on("error", () => {})
       outgoing.destroy()

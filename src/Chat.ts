@@ -221,32 +221,30 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         return preset
       })
 
-    /** The request for the provider: the preset's parameters, and the branch up to `leafId` fitted to the window. */
+    /** The request for the provider: the preset's parameters, and `branch` fitted to the window. */
     const buildRequest = (
       resolved: ResolvedModel,
       preset: Option.Option<ModelConfig>,
-      conversationId: ConversationId,
-      leafId: MessageId
-    ) =>
-      Effect.map(conversations.activeBranch(conversationId, leafId), (branch): ChatRequest => {
-        const config = Option.getOrNull(preset)
-        const window = resolved.model.contextWindow ?? settings.defaultContextWindow
-        const maxTokens = config?.maxTokens ?? null
-        const messages = fitToContext(
-          config?.systemPrompt ?? null,
-          toChatMessages(branch),
-          window - answerReserve(window, maxTokens)
-        )
-        return {
-          model: resolved.model.providerModel,
-          messages,
-          ...(config?.temperature != null ? { temperature: config.temperature } : {}),
-          ...(config?.topP != null ? { topP: config.topP } : {}),
-          ...(maxTokens !== null ? { maxTokens } : {}),
-          ...(config && config.stop.length > 0 ? { stop: config.stop } : {}),
-          ...(config && Object.keys(config.extraParams).length > 0 ? { extra: config.extraParams } : {})
-        }
-      })
+      branch: ReadonlyArray<MessageView>
+    ): ChatRequest => {
+      const config = Option.getOrNull(preset)
+      const window = resolved.model.contextWindow ?? settings.defaultContextWindow
+      const maxTokens = config?.maxTokens ?? null
+      const messages = fitToContext(
+        config?.systemPrompt ?? null,
+        toChatMessages(branch),
+        window - answerReserve(window, maxTokens)
+      )
+      return {
+        model: resolved.model.providerModel,
+        messages,
+        ...(config?.temperature != null ? { temperature: config.temperature } : {}),
+        ...(config?.topP != null ? { topP: config.topP } : {}),
+        ...(maxTokens !== null ? { maxTokens } : {}),
+        ...(config && config.stop.length > 0 ? { stop: config.stop } : {}),
+        ...(config && Object.keys(config.extraParams).length > 0 ? { extra: config.extraParams } : {})
+      }
+    }
 
     // --- following a generation
 
@@ -471,13 +469,13 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       preset: Option.Option<ModelConfig>
     ) =>
       Effect.gen(function*() {
-        const { answer, question } = yield* conversations.openAnswer(conversation.id, {
+        const { answer, branch, question } = yield* conversations.openAnswer(conversation.id, {
           content: input.content,
           metadata: input.metadata,
           parentId: input.parentId,
           model: { id: resolved.model.id, name: resolved.model.displayName }
         })
-        const request = yield* buildRequest(resolved, preset, conversation.id, answer.parentId!)
+        const request = buildRequest(resolved, preset, branch)
         const generation: Generation = {
           conversationId: conversation.id,
           answerId: answer.id,

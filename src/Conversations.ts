@@ -335,9 +335,6 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         }, true)
       }).pipe(Effect.withSpan("Conversations.listMessages"))
 
-    /** The active branch, root first, for a caller that already checked access (the chat engine). */
-    const activeBranch = (id: ConversationId, leafId: MessageId) => repo.activeBranch(id, leafId)
-
     /** Inserts `messages` (a chain, or one) into the locked conversation `id`, `leafId` (the last) the new leaf. */
     const addLeaf = (id: ConversationId, leafId: MessageId, ...messages: Array<typeof Message.insert.Type>) =>
       Effect.gen(function*() {
@@ -351,6 +348,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
      * message (when `content` is given) under `parentId` or the current leaf, and below it an
      * empty `streaming` assistant message, which becomes the leaf. Without `content` (regenerate,
      * continue) the answer goes under `parentId` or the leaf, which must be a user or tool message.
+     * Gives both as stored, and the branch the answer follows (root first, up to its parent).
      */
     const openAnswer = (id: ConversationId, input: {
       readonly content?: string | undefined
@@ -358,7 +356,11 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       readonly parentId?: MessageId | undefined
       readonly model: { readonly id: LlmModelId; readonly name: string }
     }): Effect.Effect<
-      { readonly question: MessageView | null; readonly answer: MessageView },
+      {
+        readonly question: MessageView | null
+        readonly answer: MessageView
+        readonly branch: ReadonlyArray<MessageView>
+      },
       NotFound | ValidationError | Forbidden,
       CurrentActor
     > =>
@@ -398,10 +400,14 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
           yield* addLeaf(id, answerId, ...question, answer)
           return { answerId, questionId }
         }))
-        return {
-          question: questionId === null ? null : yield* readBack(id, questionId),
-          answer: yield* readBack(id, answerId)
+        // One read gives both messages as stored and what the model is sent: the branch, root first,
+        // ends with the question (if any) and the answer.
+        const branch = yield* Effect.orDie(repo.activeBranch(id, answerId))
+        const answer = branch.at(-1)
+        if (answer === undefined || answer.id !== answerId) {
+          return yield* Effect.die(new Error("The answer was not stored"))
         }
+        return { question: questionId === null ? null : branch.at(-2) ?? null, answer, branch: branch.slice(0, -1) }
       }).pipe(Effect.withSpan("Conversations.openAnswer"))
 
     const getMessage = (id: ConversationId, messageId: MessageId) =>
@@ -828,7 +834,6 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       restore,
       purge,
       listMessages,
-      activeBranch,
       openAnswer,
       readBack,
       getMessage,

@@ -5,7 +5,7 @@
  * with one circuit breaker per provider, held here.
  */
 import { FetchHttpClient, HttpClient } from "@effect/platform"
-import { Effect } from "effect"
+import { Effect, Option, Redacted } from "effect"
 import { AppConfig } from "./Config.js"
 import * as Anthropic from "./Providers/Anthropic.js"
 import { type ProviderClient, type ProviderConnection, streamOf } from "./Providers/Client.js"
@@ -47,10 +47,32 @@ export class ProviderClients extends Effect.Service<ProviderClients>()("Provider
       return breaker
     }
 
-    const forConnection = (connection: ProviderConnection): ProviderClient => {
+    const build = (connection: ProviderConnection): ProviderClient => {
       const client = adapterFor(connection)
       const answer = resilient(settings, breakerOf(connection), client.answer)
       return { ...client, answer, chat: streamOf(answer) }
+    }
+
+    // A client is built once per connection (an adapter compiles its decoders): every turn asks
+    // for one. Keyed by everything a client is made of, so a changed provider gets a new one; the
+    // key holds the decrypted credential, which never leaves this map.
+    const built = new Map<string, ProviderClient>()
+    const maxBuilt = 256
+    const forConnection = (connection: ProviderConnection): ProviderClient => {
+      const key = [
+        connection.kind,
+        connection.name,
+        connection.baseUrl,
+        connection.connectTimeoutMs,
+        connection.requestTimeoutMs,
+        Option.match(connection.credential, { onNone: () => "", onSome: (secret) => `:${Redacted.value(secret)}` })
+      ].join("\n")
+      const cached = built.get(key)
+      if (cached !== undefined) return cached
+      if (built.size >= maxBuilt) built.clear()
+      const client = build(connection)
+      built.set(key, client)
+      return client
     }
     return { forConnection } as const
   })

@@ -180,7 +180,9 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     // a scope to it copies nothing big. This keeps an open answer small. Closing the engine's
     // scope interrupts the generations still running.
     const generations = yield* FiberSet.make<void, never>()
-    const runGeneration = yield* FiberSet.runtime(generations)<never>().pipe(Effect.provide(Context.empty()))
+    const runGeneration = yield* FiberSet.runtime(generations)<never>().pipe(
+      Effect.mapInputContext((_: Context.Context<never>) => Context.empty())
+    )
 
     const live = new Map<MessageId, Generation>()
     const flushEvery = Duration.toMillis(settings.flushInterval)
@@ -432,7 +434,13 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
               generation.endedAt = yield* Clock.currentTimeMillis
               wake(generation)
             })
-          )
+          ),
+          // Kept for resumption until `CHAT_RESUME_RETENTION` is over: only the events are needed.
+          Effect.ensuring(Effect.sync(() => {
+            generation.fiber = null
+            generation.parts.length = 0
+            generation.calls.length = 0
+          }))
         )
 
       // No span around the whole answer: it would be held, with its fiber refs, as long as the answer runs.

@@ -13,7 +13,7 @@ import {
   type HttpClientResponse,
   UrlParams
 } from "@effect/platform"
-import { Chunk, Clock, Duration, Effect, Either, Option, type Redacted, Schema, type Scope, Stream } from "effect"
+import { Chunk, Clock, Duration, Effect, Either, Option, type Redacted, Schema, Scope, Stream } from "effect"
 import * as Http from "node:http"
 import * as Https from "node:https"
 import type { ProviderKind } from "../Domain/Model.js"
@@ -377,7 +377,10 @@ export const openAnswer = (
 
     // A finished answer's connection goes back to the pool once the body is read to its end (the
     // provider has nothing to send after the finish); any other is closed, aborting the request.
-    yield* Effect.addFinalizer(() =>
+    // `Scope.addFinalizer` rather than `Effect.addFinalizer`: the latter keeps a copy of the fiber's
+    // refs for as long as the answer is open.
+    yield* Scope.addFinalizer(
+      yield* Effect.scope,
       Effect.sync(() => {
         clearTimeout(watchdog)
         consumer = null

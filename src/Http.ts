@@ -41,7 +41,7 @@ import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
 import { ProviderClients } from "./Providers.js"
-import { RpcLive } from "./Rpc/Server.js"
+import { RpcLive, rpcPath } from "./Rpc/Server.js"
 import { Users } from "./Users.js"
 import { AdminHttpLive, MeHttpLive } from "./Users/Http.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
@@ -68,7 +68,7 @@ export const serve = <E, R>(apiLayer: Layer.Layer<HttpApi.Api, E, R>) =>
   Layer.unwrapEffect(
     Effect.map(AppConfig, ({ trustProxy }) =>
       HttpApiBuilder.serve((app) =>
-        requestContext({ docsPath, trustProxy })(app).pipe(HttpMiddleware.withLoggerDisabled)
+        requestContext({ docsPath, trustProxy, passClientOn: [rpcPath] })(app).pipe(HttpMiddleware.withLoggerDisabled)
       ))
   ).pipe(
     // Listening starts only once everything below is built: a connection accepted earlier would hang.

@@ -85,7 +85,12 @@ const matchedRoute = Effect.map(
   Option.flatMap((span) => Option.fromNullable(span.attributes.get("http.route")).pipe(Option.map(String)))
 )
 
-export const requestContext = (options: { readonly docsPath: string; readonly trustProxy: boolean }) =>
+export const requestContext = (options: {
+  readonly docsPath: string
+  readonly trustProxy: boolean
+  /** Paths (and what is below them) whose handlers read the client from the request's headers (`clientFromHeaders`). */
+  readonly passClientOn: ReadonlyArray<string>
+}) =>
   HttpMiddleware.make((app) =>
     Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
@@ -117,15 +122,17 @@ export const requestContext = (options: { readonly docsPath: string; readonly tr
         })
 
       const client = clientOf(request, options.trustProxy)
-      // Whatever a client sent in the header is replaced: only this middleware sets it.
-      const passedOn = request.modify({ headers: Headers.set(request.headers, clientHeader, sealClient(client)) })
       // The server runs each request in a fiber of its own, which ends with it: what the request
       // carries is set on that fiber rather than scoped around the app, which keeps the fiber of a
       // long response (a stream) shallow.
       yield* FiberRef.set(CurrentRequestId, requestId)
       yield* FiberRef.set(CurrentClient, client)
       yield* FiberRef.update(FiberRef.currentLogAnnotations, HashMap.set("requestId", requestId as unknown))
-      yield* FiberRef.update(FiberRef.currentContext, Context.add(HttpServerRequest.HttpServerRequest, passedOn))
+      if (options.passClientOn.some((prefix) => path === prefix || path.startsWith(`${prefix}/`))) {
+        // Whatever a client sent in the header is replaced: only this middleware sets it.
+        const passedOn = request.modify({ headers: Headers.set(request.headers, clientHeader, sealClient(client)) })
+        yield* FiberRef.update(FiberRef.currentContext, Context.add(HttpServerRequest.HttpServerRequest, passedOn))
+      }
       return yield* Effect.onExit(app, (exit) => logLine(Exit.isInterrupted(exit)))
     })
   )

@@ -405,6 +405,31 @@ for (const dialect of dialects) {
           yield* stream.rest
         }))
 
+      it.scoped("an answer is found by search once it has ended, not while it is written", () =>
+        Effect.gen(function*() {
+          const words = Array.from({ length: 20 }, (_, i) => `zephyr${String.fromCharCode(97 + i)} `)
+          yield* script({ text: words, paceMs: 30 })
+          const conversationId = yield* newConversation
+          const stream = yield* chatSse(conversationId, { content: "Go" })
+          const start = yield* stream.next
+          const answerId = start!.data.answer.id
+          const hitsFor = (word: string) =>
+            Effect.map(
+              asUser("GET", `/api/v1/search?q=${word}`),
+              (reply) =>
+                (expectStatus(reply, 200).items as Array<{ messageId: string | null }>).map((hit) => hit.messageId)
+            )
+          const partial = yield* eventually(
+            getMessage(conversationId, answerId),
+            (message) => message.content.includes("zephyrb")
+          )
+          expect(partial.status).toBe("streaming")
+          expect(yield* hitsFor("zephyrb")).toEqual([])
+          yield* stream.rest
+          expect(yield* hitsFor("zephyrb")).toEqual([answerId])
+          expect(yield* hitsFor("zephyrt")).toEqual([answerId])
+        }))
+
       it.scoped("cancel stops the answer, keeps its text, and aborts the upstream request", () =>
         Effect.gen(function*() {
           const openai = yield* script({ text: pieces(40), paceMs: 40 })

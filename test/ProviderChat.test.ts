@@ -72,6 +72,16 @@ const chat = (connection: ProviderConnection, request: ChatRequest = question) =
 const failure = (connection: ProviderConnection, request: ChatRequest = question) =>
   Effect.flip(chat(connection, request))
 
+/** The answer read as the chat engine reads it: every chunk handed over from the socket's callback. */
+const relayed = (connection: ProviderConnection, request: ChatRequest = question) =>
+  Effect.flatMap(ProviderClients, (clients) =>
+    Effect.scoped(Effect.gen(function*() {
+      const received: Array<ChatChunk> = []
+      const feed = yield* clients.forConnection(connection).answer(request)
+      const exit = yield* Effect.either(feed.relay((chunks) => void received.push(...chunks)))
+      return { received, failure: exit._tag === "Left" ? exit.left : null }
+    })))
+
 /** The answer the chunks add up to. */
 const assemble = (chunks: ReadonlyArray<ChatChunk>) => {
   const toolCalls: Array<{ id?: string | undefined; name?: string | undefined; arguments: string }> = []
@@ -205,6 +215,29 @@ layer(ClientsLive, { excludeTestServices: true })("provider chat", (it) => {
               { role: "tool", content: "{\"sky\":\"clear\"}", tool_name: "weather" }
             ])
           }
+        }))
+
+      it.scoped("relayed as the engine reads it: the same chunks as pulled, and a failure after those received", () =>
+        Effect.gen(function*() {
+          const fake = yield* fakeProvider(dialect)
+          fake.chat = { text: ["one", " two", " three"], paceMs: 20, usage: { promptTokens: 3, completionTokens: 3 } }
+          const pulled = yield* chat(connectionTo(fake))
+          const whole = yield* relayed(connectionTo(fake))
+          expect(whole.failure).toBeNull()
+          expect(whole.received).toEqual(pulled)
+          expect(assemble(whole.received).text).toBe("one two three")
+
+          // Cut off after its second piece (which the dying provider never flushes).
+          fake.chat = { text: ["one", " two", " three"], paceMs: 20, fault: { kind: "die", afterChunks: 2 } }
+          const cut = yield* relayed(connectionTo(fake))
+          expect(cut.failure?._tag).toBe("ProviderError")
+          expect(assemble(cut.received).text).toMatch(/^one( two)?$/)
+
+          fake.chat = { text: ["one", " two"], fault: { kind: "stall", afterChunks: 1, ms: 1_000 } }
+          const stalled = yield* relayed(connectionTo(fake))
+          expect(stalled.failure).toMatchObject({ _tag: "ProviderTimeout", timeoutMs: 200 })
+          expect(assemble(stalled.received).text).toBe("one")
+          expect(chatRequests(fake)).toHaveLength(4)
         }))
 
       it.scoped("does not retry once a chunk was emitted: a stream that dies midway fails", () =>

@@ -138,7 +138,10 @@ export const resilient =
       // From here on the provider has answered: only a failure of its answer counts against it (an
       // answer stopped by its reader does not).
       let failure: ProviderFailure | null = null
-      yield* Scope.addFinalizer(scope, Effect.suspend(() => breaker.record(failure === null ? "healthy" : verdictOf(failure))))
+      yield* Scope.addFinalizer(
+        scope,
+        Effect.suspend(() => breaker.record(failure === null ? "healthy" : verdictOf(failure)))
+      )
       const note = (error: ProviderFailure | null) =>
         Effect.sync(() => {
           if (error !== null) failure = error

@@ -553,7 +553,7 @@ for (const dialect of dialects) {
           const declared = yield* failure(() =>
             client.chat.completions.create({ model: "loop-chat", messages: [{ role: "user", content: huge }] })
           )
-          expect(declared).toMatchObject({ status: 413 })
+          expect(declared).toMatchObject({ status: 413, type: "invalid_request_error", code: "request_too_large" })
           // Sent in chunks, the size shows while reading: answered in OpenAI's format.
           const body = new TextEncoder().encode(
             JSON.stringify({ model: "loop-chat", messages: [{ role: "user", content: huge }] })

@@ -26,6 +26,7 @@ import {
 import { Cause, Effect, FiberRef, Option, Schema } from "effect"
 import { AppConfig } from "../Config.js"
 import { FieldIssue, InternalError, NotFound, PayloadTooLarge, ValidationError } from "../Domain/Errors.js"
+import { gatewayPrefix } from "../Gateway/Http.js"
 import { CurrentRequestId } from "./Middleware.js"
 
 const respond = <A, I>(schema: Schema.Schema<A, I>) => {
@@ -109,7 +110,9 @@ export const ErrorModelLive = HttpApiBuilder.middleware(
       Effect.gen(function*() {
         const request = yield* HttpServerRequest.HttpServerRequest
         const declaredLength = Number(request.headers["content-length"] ?? 0)
-        if (declaredLength > maxBodySize) return tooLarge(maxBodySize)
+        // The OpenAI-compatible routes answer in OpenAI's error format, an oversized body included.
+        const ownErrors = request.url.startsWith(`${gatewayPrefix}/`)
+        if (declaredLength > maxBodySize && !ownErrors) return tooLarge(maxBodySize)
         return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(maxBodySize))
       }).pipe(
         Effect.catchAllCause((cause) => {

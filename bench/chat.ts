@@ -24,8 +24,10 @@
  * 2. Memory: the server's RSS idle (after a full GC) and while 1,000 streams
  *    of the slow model (one chunk every 5 s) are open and past their first
  *    token; the difference over the number of open streams. Also the live heap
- *    (after a full GC in both states), which says how much of it is garbage
- *    not yet collected. Then the answers are cancelled through the API.
+ *    (after a full GC in both states): the RSS difference can be smaller than
+ *    what a stream holds when the idle server kept the pages its heap grew to
+ *    during the warm-up, so the target is met only if both are within it.
+ *    Then the answers are cancelled through the API.
  * 3. For 1, 100 and 1,000 concurrent streams, first direct to the provider,
  *    then through the server: that many clients, each opening a stream as soon
  *    as its previous one ended (`rounds` each), their first streams started
@@ -550,6 +552,8 @@ interface MemoryResult {
   readonly ended: ServerProbe
   readonly phase: Phase
   readonly rssPerStream: number
+  /** Live heap (after a full GC in both states): what a stream holds, whichever pages were already resident. */
+  readonly heapPerStream: number
 }
 
 /** The server's memory idle, then with `memoryStreams` long streams open and past their first token. */
@@ -602,13 +606,13 @@ const measureMemory = async (setup: Setup, server: Child): Promise<MemoryResult>
     midFlightAfterGc,
     ended,
     phase: result,
-    rssPerStream: (midFlight.memory.rss - idle.memory.rss) / open
+    rssPerStream: (midFlight.memory.rss - idle.memory.rss) / open,
+    heapPerStream: (heapOf(midFlightAfterGc.memory) - heapOf(idle.memory)) / open
   }
 }
 
 const printMemory = (result: MemoryResult) => {
-  const { ended, flowing, idle, midFlight, midFlightAfterGc, open, phase, rssPerStream } = result
-  const heapPerStream = (heapOf(midFlightAfterGc.memory) - heapOf(idle.memory)) / open
+  const { ended, flowing, heapPerStream, idle, midFlight, midFlightAfterGc, open, phase, rssPerStream } = result
   console.log(
     `Memory: ${memoryStreams} slow answers opened over 2 s, measured once all had their first token ` +
       "(or after 90 s), then cancelled"
@@ -812,9 +816,14 @@ const printTargets = (results: ReadonlyArray<LevelResult>, memory: MemoryResult 
     )
   }
   if (memory) {
+    // The RSS difference can be smaller than what a stream holds (the idle server keeps pages its
+    // heap grew to during the warm-up): the target counts as met only if the live heap is too.
+    const limit = targets.kibPerStream * 1024
     console.log(
-      `   resident memory per open stream: ${kib(memory.rssPerStream)} (target ≤ ${targets.kibPerStream} KiB): ` +
-        verdict(memory.rssPerStream <= targets.kibPerStream * 1024)
+      `   resident memory per open stream: ${kib(memory.rssPerStream)} RSS, ${kib(memory.heapPerStream)} live heap ` +
+        `(target ≤ ${targets.kibPerStream} KiB, both): ${
+          verdict(memory.rssPerStream <= limit && memory.heapPerStream <= limit)
+        }`
     )
   }
 }

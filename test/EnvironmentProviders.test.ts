@@ -70,9 +70,12 @@ for (const dialect of dialects) {
           expect(first[0]?.credentialLast4).toBe(anthropic.apiKey.slice(-4))
           expect(JSON.stringify(first)).not.toContain(anthropic.apiKey)
 
-          // A download cut short by the restart does not stay `loading`.
+          // A download cut short by the restart does not stay `loading`. Ollama does not list the model
+          // this time: the start-up sync would otherwise find it there and mark it available again.
           yield* query((sql) => sql`UPDATE llm_models SET status = 'loading' WHERE provider_model = 'env-model:1b'`)
+          const listed = ollama.models.splice(0)
           yield* boot(anthropic.apiKey)
+          ollama.models.push(...listed)
           expect(yield* providers).toEqual(first)
           const interrupted = yield* query((sql) =>
             sql<{ status: string; statusMessage: string }>`

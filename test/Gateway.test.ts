@@ -742,4 +742,41 @@ for (const dialect of dialects) {
         }))
     }
   )
+  layer(
+    testServer({
+      dialect,
+      env: {
+        DEVELOPMENT_MODEL: "false",
+        MODEL_STATUS_POLL_INTERVAL: "0 seconds",
+        CHAT_RETRY_ATTEMPTS: "0",
+        PROVIDER_BREAKER_THRESHOLD: "2",
+        PROVIDER_BREAKER_COOLDOWN: "30 seconds"
+      }
+    }),
+    { excludeTestServices: true }
+  )(`the gateway in front of a failing provider on ${dialect}`, (it) => {
+    it.scoped("short-circuits it after failures in a row: 503 provider_unavailable with Retry-After", () =>
+      Effect.gen(function*() {
+        const admin = yield* signUp()
+        const user = yield* signUp()
+        const failing = yield* fakeProvider("openai", [{ name: "flaky-chat" }])
+        yield* registerFake(admin, failing, { name: uniqueName("flaky"), kind: "openai", connectTimeoutMs: 1_000 })
+        const key = yield* createKey(user, ["models:read", "models:use"])
+        const client = yield* clientFor(key.secret)
+        failing.faults.set(chatPath.openai, { kind: "status", status: 502 })
+        const ask = failure(() =>
+          client.chat.completions.create({ model: "flaky-chat", messages: [{ role: "user", content: "Hi" }] })
+        )
+        for (let attempt = 0; attempt < 2; attempt++) {
+          expect(yield* ask).toMatchObject({ status: 502, type: "api_error", code: "provider_error" })
+        }
+        const open = (yield* ask) as { status: number; type: string; code: string; headers: Headers }
+        expect(open).toMatchObject({ status: 503, type: "api_error", code: "provider_unavailable" })
+        const retryAfter = Number(open.headers.get("retry-after"))
+        expect(retryAfter).toBeGreaterThan(0)
+        expect(retryAfter).toBeLessThanOrEqual(30)
+        // Short-circuited: the provider was not called a third time.
+        expect(chatRequests(failing)).toHaveLength(2)
+      }))
+  })
 }

@@ -509,7 +509,9 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           )
           : generate(actor, generation, answer, resolved, request)
         // The generation belongs to the engine: it outlives the request, and shutdown ends it.
-        generation.fiber = runGeneration(run)
+        const fiber = runGeneration(run)
+        // Started at once, it may already be over (a provider refused at once): then there is nothing to stop.
+        if (generation.endedAt === null) generation.fiber = fiber
         const result = Effect.flatMap(
           Deferred.await(generation.outcome),
           ({ answer, failure }) =>

@@ -7,7 +7,7 @@
  */
 import { FetchHttpClient } from "@effect/platform"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { ConfigProvider, Effect, Layer, Option, Redacted, Stream } from "effect"
+import { Cause, ConfigProvider, Effect, Exit, Layer, Option, Redacted, Stream } from "effect"
 import { AppConfig } from "../src/Config.js"
 import type { ProviderFailure } from "../src/Models/Errors.js"
 import { ProviderClients } from "../src/Providers.js"
@@ -238,6 +238,24 @@ layer(ClientsLive, { excludeTestServices: true })("provider chat", (it) => {
           expect(stalled.failure).toMatchObject({ _tag: "ProviderTimeout", timeoutMs: 200 })
           expect(assemble(stalled.received).text).toBe("one")
           expect(chatRequests(fake)).toHaveLength(4)
+
+          // A reader that throws (a bug of the server's) ends the relay as a defect, not the process.
+          fake.chat = { text: ["one", " two", " three"], paceMs: 20 }
+          let calls = 0
+          const broken = yield* Effect.flatMap(
+            ProviderClients,
+            (clients) =>
+              Effect.scoped(
+                Effect.flatMap(clients.forConnection(connectionTo(fake)).answer(question), (feed) =>
+                  Effect.exit(feed.relay(() => {
+                    if (++calls > 1) {
+                      throw new Error("a bug in the reader")
+                    }
+                  })))
+              )
+          )
+          expect(Exit.isFailure(broken) && Cause.isDie(broken.cause)).toBe(true)
+          expect(calls).toBe(2)
         }))
 
       it.scoped("does not retry once a chunk was emitted: a stream that dies midway fails", () =>

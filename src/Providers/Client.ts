@@ -303,7 +303,7 @@ const drainGraceMs = 5_000
  *   answer's end. A reader that falls behind pauses the socket (back-pressure).
  * - `relay`: hands the chunks not yet pulled, then each batch as the socket delivers it, to
  *   `onChunks` (synchronously, from the socket's callback: no fiber wakes up per chunk), and
- *   succeeds at the answer's end. `onChunks` must not throw or block.
+ *   succeeds at the answer's end. `onChunks` must not block; if it throws, the relay dies.
  *
  * Either fails with `ProviderTimeout` if no chunk comes within `timeouts.firstChunk` of the
  * status, or within `timeouts.idle` of the previous one, and with `ProviderError` if the answer
@@ -403,7 +403,18 @@ export const openAnswer = (
         : Effect.fail(end?.failure ? Option.some(end.failure) : Option.none())
     const deliver = () => {
       if (consumer !== null) {
-        if (pending.length > 0) consumer(take())
+        if (pending.length > 0) {
+          try {
+            consumer(take())
+          } catch (defect) {
+            // A reader's bug, not the provider's: it ends the relay as a defect, out of the socket's callback.
+            const resume = relayed
+            consumer = null
+            relayed = null
+            response.destroy()
+            return resume?.(Effect.die(defect))
+          }
+        }
         if (end !== null && relayed !== null) {
           const resume = relayed
           relayed = null

@@ -18,6 +18,7 @@ import {
   postJson,
   type ProviderClient,
   type ProviderConnection,
+  reportedError,
   requestJson,
   streamOf,
   type StreamTimeouts
@@ -230,10 +231,7 @@ export const make = (
             }]
           }
         } else if ("error" in event) {
-          return new ProviderError({
-            message: `${connection.name} reported an error during its answer`,
-            upstreamStatus: errorStatuses[event.error.type] ?? null
-          })
+          return reportedError(connection, errorStatuses[event.error.type] ?? null)
         } else if (event.type === "message_stop") {
           return [{ _tag: "finish", reason: finish }]
         }

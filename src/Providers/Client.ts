@@ -202,6 +202,10 @@ const notUnderstood = (connection: ProviderConnection) =>
     upstreamStatus: null
   })
 
+/** An error the provider reported in the middle of its streamed answer (its details are not passed on). */
+export const reportedError = (connection: ProviderConnection, upstreamStatus: number | null = null) =>
+  new ProviderError({ message: `${connection.name} reported an error during its answer`, upstreamStatus })
+
 /** Decodes one JSON piece of a streamed answer (a line, an event's data) with `schema`, synchronously. */
 export const decodePiece = <A, I>(connection: ProviderConnection, schema: Schema.Schema<A, I>) => {
   const decode = Schema.decodeUnknownEither(Schema.parseJson(schema))

@@ -18,6 +18,7 @@ import {
   openAnswer,
   type ProviderClient,
   type ProviderConnection,
+  reportedError,
   requestJson,
   requestNdjson,
   requestVoid,
@@ -177,12 +178,7 @@ export const make = (
       const translate = (text: string): ReadonlyArray<ChatChunk> | ProviderError => {
         const line = decodeLine(text)
         if (line instanceof ProviderError) return line
-        if (line.error !== undefined) {
-          return new ProviderError({
-            message: `${connection.name} reported an error during its answer`,
-            upstreamStatus: null
-          })
-        }
+        if (line.error !== undefined) return reportedError(connection)
         const out: Array<ChatChunk> = []
         if (line.message?.content) out.push({ _tag: "text", text: line.message.content })
         for (const call of line.message?.tool_calls ?? []) {

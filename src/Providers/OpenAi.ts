@@ -18,6 +18,7 @@ import {
   postJson,
   type ProviderClient,
   type ProviderConnection,
+  reportedError,
   requestJson,
   streamOf,
   type StreamTimeouts,
@@ -126,12 +127,7 @@ export const make = (
         if (data.trim() === "[DONE]") return finishChunk()
         const chunk = decode(data)
         if (chunk instanceof ProviderError) return chunk
-        if (chunk.error !== undefined) {
-          return new ProviderError({
-            message: `${connection.name} reported an error during its answer`,
-            upstreamStatus: null
-          })
-        }
+        if (chunk.error !== undefined) return reportedError(connection)
         const out: Array<ChatChunk> = []
         // One answer is asked for; an `n` in `extra` does not interleave others into it.
         const choice = chunk.choices?.find((candidate) => (candidate.index ?? 0) === 0)

@@ -199,24 +199,20 @@ const toEventStream = (chunks: Stream.Stream<ChatCompletionChunk, Failure>) =>
 /** Reads a request's body within `MAX_BODY_SIZE`, as JSON. */
 const readJson = (
   limitBytes: number
-): Effect.Effect<unknown, PayloadTooLarge | InvalidRequest, HttpServerRequest.HttpServerRequest> => {
-  const tooLarge = () =>
-    new PayloadTooLarge({ message: `Request body exceeds the limit of ${limitBytes} bytes`, limitBytes })
-  return Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
-    // A declared length over the limit is refused before reading; a chunked body as it exceeds it.
-    Number(request.headers["content-length"] ?? 0) > limitBytes
-      ? Effect.fail(tooLarge())
-      : request.json.pipe(
-        Effect.mapError((error): PayloadTooLarge | InvalidRequest =>
-          error.reason === "Decode" && error.cause instanceof Error && error.cause.message === "maxBytes exceeded"
-            ? tooLarge()
-            : new InvalidRequest({
-              message: "We could not parse the JSON body of your request: it is not valid JSON.",
-              param: null
-            })
-        )
-      ))
-}
+): Effect.Effect<unknown, PayloadTooLarge | InvalidRequest, HttpServerRequest.HttpServerRequest> =>
+  // Read within the limit the error model sets on every request (`withMaxBodySize`): a body over it
+  // fails as it is read, whether its length was declared or it came in chunks.
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+    request.json.pipe(
+      Effect.mapError((error): PayloadTooLarge | InvalidRequest =>
+        error.reason === "Decode" && error.cause instanceof Error && error.cause.message === "maxBytes exceeded"
+          ? new PayloadTooLarge({ message: `Request body exceeds the limit of ${limitBytes} bytes`, limitBytes })
+          : new InvalidRequest({
+            message: "We could not parse the JSON body of your request: it is not valid JSON.",
+            param: null
+          })
+      )
+    ))
 
 export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
   Effect.gen(function*() {

@@ -237,6 +237,11 @@ const request = (url: string, method: string, options: { readonly auth?: string;
 
 /** How one stream went: when its first token came, how many it relayed, and what went wrong if anything did. */
 interface StreamResult {
+  /** The tag at the end of the question, by which the provider reports when the request reached it. */
+  readonly tag: string
+  /** When the request was sent and when its first token came (epoch ms, fractional). */
+  readonly sentAt: number
+  readonly firstTokenAt: number | null
   readonly firstTokenMs: number | null
   /** Server only: when the `start` event came (the turn stored, the provider being called). */
   readonly startMs: number | null
@@ -245,6 +250,8 @@ interface StreamResult {
 }
 
 const staleConnection = "stale keep-alive connection"
+
+let streamSequence = 0
 
 /** Streams open right now, and those of them that have had their first token. */
 const gauge = { open: 0, flowing: 0 }
@@ -276,12 +283,14 @@ const openStream = (
   answer: Answer = {}
 ) =>
   new Promise<StreamResult>((resolve) => {
+    const tag = `${target}-${++streamSequence}`
+    const content = `${question} [#${tag}]`
     const payload = JSON.stringify(
       target === "server"
-        ? { content: question, modelId: setup.models[model] }
+        ? { content, modelId: setup.models[model] }
         : {
           model,
-          messages: [{ role: "user", content: question }],
+          messages: [{ role: "user", content }],
           stream: true,
           stream_options: { include_usage: true }
         }
@@ -302,7 +311,15 @@ const openStream = (
         gauge.open--
         if (firstTokenMs !== null) gauge.flowing--
       }
-      resolve({ firstTokenMs, startMs, chunks, error })
+      resolve({
+        tag,
+        sentAt: performance.timeOrigin + start,
+        firstTokenAt: firstTokenMs === null ? null : performance.timeOrigin + start + firstTokenMs,
+        firstTokenMs,
+        startMs,
+        chunks,
+        error
+      })
     }
     const start = performance.now()
     const req = Http.request(url, {
@@ -393,6 +410,8 @@ const openStream = (
 
 interface Phase {
   readonly latencies: Array<number>
+  /** The latency samples' streams, to split their latency at the provider. */
+  readonly sampled: Array<StreamResult>
   readonly starts: Array<number>
   /** Requests sent again because they met a keep-alive connection the server had just closed. */
   resent: number
@@ -419,6 +438,7 @@ const runPhase = async (
 ): Promise<Phase> => {
   const phase: Phase = {
     latencies: [],
+    sampled: [],
     starts: [],
     resent: 0,
     streams: 0,
@@ -445,6 +465,7 @@ const runPhase = async (
         phase.errors.set(kind, (phase.errors.get(kind) ?? 0) + 1)
       } else if (round > 0 && result.firstTokenMs !== null) {
         phase.latencies.push(result.firstTokenMs)
+        phase.sampled.push(result)
         if (result.startMs !== null) phase.starts.push(result.startMs)
       }
     }
@@ -644,6 +665,8 @@ interface LevelResult {
   readonly streams: number
   readonly direct: Phase
   readonly server: Phase
+  /** The latency samples split where their request reached the provider. */
+  readonly legs: { readonly direct: Legs; readonly server: Legs }
   /** CPU seconds used during the server phase. */
   readonly serverCpu: number
   readonly providerCpu: number
@@ -669,7 +692,9 @@ const runLevel = async (
   level: { readonly streams: number; readonly rounds: number }
 ): Promise<LevelResult> => {
   progress(`${level.streams} streams, direct`)
+  await arrivals(provider)
   const direct = await runPhase(setup, "direct", level.streams, level.rounds, streamMs)
+  const directLegs = legs(direct, await arrivals(provider))
   await sleep(500)
   progress(`${level.streams} streams, through the server`)
   const serverBefore = await probeServer(server)
@@ -681,6 +706,7 @@ const runLevel = async (
   const serverAfter = await probeServer(server)
   const loop = await server.ask<LoopDelay>({ type: "loop" })
   const providerAfter = await providerCpu(provider)
+  const serverLegs = legs(through, await arrivals(provider))
   const bench = process.cpuUsage(benchBefore)
   const overflows = listenOverflows() - overflowsBefore
   const spans = options.spans
@@ -691,6 +717,7 @@ const runLevel = async (
     streams: level.streams,
     direct,
     server: through,
+    legs: { direct: directLegs, server: serverLegs },
     serverCpu: cpuSeconds(serverBefore.cpu, serverAfter.cpu),
     providerCpu: cpuSeconds(providerBefore, providerAfter),
     benchCpu: (bench.user + bench.system) / 1e6,
@@ -700,9 +727,36 @@ const runLevel = async (
   }
 }
 
+/**
+ * A first token's latency in two legs, split where the request reached the provider (as the
+ * provider's clock tells it; both processes read the same system clock): from sending the
+ * request to its arrival at the provider, and from there to the first token at the client.
+ */
+interface Legs {
+  readonly out: Array<number>
+  readonly back: Array<number>
+}
+
+const arrivals = async (provider: Child) =>
+  (await provider.ask<{ arrivals: Record<string, number> }>({ type: "arrivals" })).arrivals
+
+const legs = (phase: Phase, arrived: Record<string, number>): Legs => {
+  const out: Array<number> = []
+  const back: Array<number> = []
+  for (const sample of phase.sampled) {
+    const at = arrived[sample.tag]
+    if (at === undefined || sample.firstTokenAt === null) continue
+    out.push(at - sample.sentAt)
+    back.push(sample.firstTokenAt - at)
+  }
+  return { out, back }
+}
+
 const latencyHeader = () => {
   console.log("First-token latency (ms): from sending the request to the first token; the first stream of each")
-  console.log("client is ramp-up, not counted. `start` (server): when the `start` event came, the turn stored")
+  console.log("client is ramp-up, not counted. `start` (server): when the `start` event came, the turn stored.")
+  console.log("The same samples in two legs, p50 / p99, split where the request reached the provider (by its clock):")
+  console.log("the way there (for the server: the turn) and from there to the first token (for the server: the relay)")
   console.log(
     `${padEnd("streams", 9)}${padEnd("path", 8)}${pad("n", 6)}${pad("p50", 9)}${pad("p99", 9)}${pad("max", 9)}` +
       `${pad("errors", 8)}   added p50 / p99 (server/direct)          start p50 / p99`
@@ -730,6 +784,16 @@ const printLatency = (result: LevelResult) => {
       43
     ) + `${ms(starts.p50)} / ${ms(starts.p99)}`
   )
+  const leg = (what: string, direct: ReadonlyArray<number>, server: ReadonlyArray<number>) => {
+    const d = summarise(direct)
+    const s = summarise(server)
+    console.log(
+      `${padEnd("", 9)}${padEnd(what, 25)}direct ${ms(d.p50)} / ${ms(d.p99)}, server ${ms(s.p50)} / ${ms(s.p99)}: ` +
+        `+${ms(s.p50 - d.p50)} / +${ms(s.p99 - d.p99)} ms (n ${d.n} / ${s.n})`
+    )
+  }
+  leg("to the provider", result.legs.direct.out, result.legs.server.out)
+  leg("provider to first token", result.legs.direct.back, result.legs.server.back)
 }
 
 const printSpans = (result: LevelResult) => {

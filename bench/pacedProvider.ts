@@ -15,9 +15,14 @@
  *
  * Plain `node:http` on purpose: the baseline the server is compared with must
  * cost as little as possible. Over IPC it reports its port once listening,
- * and answers `{ type: "cpu" }` with its `process.cpuUsage()`.
+ * answers `{ type: "cpu" }` with its `process.cpuUsage()`, and
+ * `{ type: "arrivals" }` with when (epoch ms, fractional) each request whose
+ * last message ends with a tag `[#tag]` arrived (its headers were read), by
+ * tag, forgetting them: the benchmark splits a first token's latency into the
+ * way to the provider and the way back.
  */
 import * as Http from "node:http"
+import { performance } from "node:perf_hooks"
 
 const positive = (name: string, fallback: number) => {
   const value = Number(process.env[name] ?? fallback)
@@ -55,6 +60,16 @@ const chunk = (id: string, model: string, delta: object, finishReason: string | 
   })
 
 let completions = 0
+
+/** When the tagged requests arrived (epoch ms), by tag, since the benchmark last asked. */
+let arrivals = new Map<string, number>()
+
+/** The tag at the end of the request's last message, if any. */
+const tagOf = (body: unknown): string | undefined => {
+  const messages = (body as { messages?: unknown } | null)?.messages
+  const last = Array.isArray(messages) ? (messages.at(-1) as { content?: unknown } | undefined) : undefined
+  return typeof last?.content === "string" ? /\[#([\w-]+)\]$/.exec(last.content)?.[1] : undefined
+}
 
 const stream = (res: Http.ServerResponse, model: PacedModel) => {
   const id = `chatcmpl-${++completions}`
@@ -104,12 +119,16 @@ const server = Http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
     return
   }
   if (req.method === "POST" && req.url === "/v1/chat/completions") {
+    const arrived = performance.timeOrigin + performance.now()
     const parts: Array<Buffer> = []
     req.on("data", (part: Buffer) => parts.push(part))
     req.on("end", () => {
       let model: unknown
       try {
-        model = (JSON.parse(Buffer.concat(parts).toString("utf8")) as { model?: unknown }).model
+        const body = JSON.parse(Buffer.concat(parts).toString("utf8")) as { model?: unknown }
+        model = body.model
+        const tag = tagOf(body)
+        if (tag !== undefined) arrivals.set(tag, arrived)
       } catch {
         model = undefined
       }
@@ -134,6 +153,10 @@ if (process.send !== undefined) {
   })
   process.on("message", (message: { type?: string }) => {
     if (message.type === "cpu") process.send!({ type: "cpu", cpu: process.cpuUsage() })
+    if (message.type === "arrivals") {
+      process.send!({ type: "arrivals", arrivals: Object.fromEntries(arrivals) })
+      arrivals = new Map()
+    }
   })
   // The benchmark owns this process: when it goes, so does the provider.
   process.on("disconnect", () => process.exit(0))

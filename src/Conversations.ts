@@ -147,7 +147,7 @@ const newMessage = (id: MessageId, fields: {
     metadata: fields.metadata ?? {},
     editedFromId: fields.editedFromId ?? null,
     deletedAt: Option.none()
-  })
+  }, { disableValidation: true })
 
 export class Conversations extends Effect.Service<Conversations>()("Conversations", {
   effect: Effect.gen(function*() {

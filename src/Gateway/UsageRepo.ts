@@ -83,7 +83,7 @@ export class UsageRepo extends Effect.Service<UsageRepo>()("Gateway/UsageRepo", 
         source: input.source,
         promptTokens: input.promptTokens,
         completionTokens: input.completionTokens
-      })).pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("UsageRepo.record"))
+      }, { disableValidation: true })).pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("UsageRepo.record"))
 
     return {
       record,

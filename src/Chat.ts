@@ -399,16 +399,18 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             ? { _tag: "InternalError", message: "The answer failed unexpectedly" }
             : null
           const stats: { promptTokens: number; completionTokens: number } | null = usage
-          yield* answers.finish(generation.conversationId, answer.id, {
-            status,
-            content: textOf(generation),
-            toolCalls: toolCallsOf(generation),
-            promptTokens: stats?.promptTokens ?? null,
-            completionTokens: stats?.completionTokens ?? null,
-            error
-          })
-          if (stats !== null) {
-            yield* usageRecords.record({
+          const ended = yield* answers.finish(
+            generation.conversationId,
+            answer.id,
+            {
+              status,
+              content: textOf(generation),
+              toolCalls: toolCallsOf(generation),
+              promptTokens: stats?.promptTokens ?? null,
+              completionTokens: stats?.completionTokens ?? null,
+              error
+            },
+            stats === null ? Effect.void : usageRecords.record({
               userId: actor.userId,
               apiKeyId: actor.apiKeyId ?? null,
               modelId: resolved.model.id,
@@ -416,8 +418,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
               source: "chat",
               ...stats
             })
-          }
-          const stored = yield* conversations.readBack(generation.conversationId, answer.id)
+          )
+          // An answer this end did not write (it had ended meanwhile) is read as it is.
+          const stored = Option.isSome(ended)
+            ? ended.value
+            : yield* conversations.readBack(generation.conversationId, answer.id)
           if (error !== null) yield* emit(generation, { _tag: "error", error })
           yield* emit(generation, { _tag: "done", message: stored })
           yield* Deferred.succeed(generation.outcome, { answer: stored, failure: providerFailure })

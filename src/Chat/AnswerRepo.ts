@@ -6,8 +6,9 @@
  * too: the generating instance sees it at its next flush.
  */
 import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
-import type { ToolCall } from "../Domain/Conversation.js"
+import { Array, Effect, Option } from "effect"
+import { readMessage, storedMessageColumns, type StoredMessageRow } from "../Conversations/ConversationRepo.js"
+import type { MessageView, ToolCall } from "../Domain/Conversation.js"
 import type { JsonObject } from "../Domain/Fields.js"
 import type { ConversationId, MessageId } from "../Domain/Ids.js"
 import { dialectOf, storedNow } from "../Sql.js"
@@ -32,6 +33,9 @@ export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", 
     const sql = yield* SqlClient.SqlClient
 
     const pg = dialectOf(sql) === "pg"
+    /** Without the name transforms, for the rows `readMessage` reads. */
+    const raw = sql.withoutTransforms()
+    const returnedColumns = sql.literal(storedMessageColumns.join(", "))
 
     /**
      * Writes the text so far of answers being generated, in one statement; gives the ids of those
@@ -57,10 +61,12 @@ export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", 
       }).pipe(Effect.withSpan("AnswerRepo.flush", { attributes: { answers: drafts.length } }))
 
     /**
-     * Ends the answer with its final text. An answer cancelled elsewhere meanwhile stays
-     * `cancelled`; one already ended (recovered as `incomplete` after a stall) is left alone.
+     * Ends the answer with its final text, and runs `alongside` (another write of the end, like its
+     * usage) in the same transaction. An answer cancelled elsewhere meanwhile stays `cancelled`;
+     * one already ended (recovered as `incomplete` after a stall) is left alone. Gives the answer as
+     * stored by this end; none when it was left alone (or is gone, or deleted).
      */
-    const finish = (
+    const finish = <R>(
       conversationId: ConversationId,
       id: MessageId,
       fields: {
@@ -70,18 +76,22 @@ export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", 
         readonly promptTokens: number | null
         readonly completionTokens: number | null
         readonly error: JsonObject | null
-      }
-    ) =>
+      },
+      alongside: Effect.Effect<void, never, R>
+    ): Effect.Effect<Option.Option<MessageView>, never, R> =>
       Effect.flatMap(storedNow, (now) =>
         sql.withTransaction(Effect.gen(function*() {
           const metadata = fields.error === null ? sql`metadata` : sql`${JSON.stringify({ error: fields.error })}`
-          yield* sql`UPDATE messages SET
+          const ended = yield* raw<StoredMessageRow>`UPDATE messages SET
             status = CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE ${fields.status} END,
             content = ${fields.content}, tool_calls = ${JSON.stringify(fields.toolCalls)},
             prompt_tokens = ${fields.promptTokens}, completion_tokens = ${fields.completionTokens},
             metadata = ${metadata}, updated_at = ${now}
-            WHERE id = ${id} AND status IN ('streaming', 'cancelled')`
+            WHERE id = ${id} AND status IN ('streaming', 'cancelled')
+            RETURNING ${returnedColumns}`
           yield* sql`UPDATE conversations SET updated_at = ${now} WHERE id = ${conversationId}`
+          yield* alongside
+          return Option.map(Array.head(ended.filter((row) => row.deleted_at === null)), readMessage)
         }))).pipe(Effect.orDie)
 
     /** Marks a streaming answer cancelled; false if it was not streaming any more. */

@@ -56,6 +56,29 @@ export interface StoredMessageRow {
   readonly sibling_count: number | string
 }
 
+/** The columns of a `StoredMessageRow`, as a statement selects (or returns) them for `readMessage`. */
+export const storedMessageColumns = [
+  "id",
+  "conversation_id",
+  "parent_id",
+  "thread_id",
+  "role",
+  "content",
+  "status",
+  "model_id",
+  "model_name",
+  "prompt_tokens",
+  "completion_tokens",
+  "tool_calls",
+  "metadata",
+  "edited_from_id",
+  "deleted_at",
+  "created_at",
+  "updated_at",
+  "sibling_index",
+  "sibling_count"
+] as const satisfies ReadonlyArray<keyof StoredMessageRow>
+
 /**
  * Reads a stored message row as the API shows it, without a schema pass. Long lists (a branch of a thousand
  * messages, a page of the tree) spend most of their time decoding rows field by field
@@ -226,10 +249,7 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
         }
       })
 
-    const messageColumns = sql`
-      m.id, m.conversation_id, m.parent_id, m.thread_id, m.role, m.content, m.status, m.model_id, m.model_name,
-      m.prompt_tokens, m.completion_tokens, m.tool_calls, m.metadata, m.edited_from_id, m.deleted_at,
-      m.created_at, m.updated_at, m.sibling_index, m.sibling_count`
+    const messageColumns = sql.literal(storedMessageColumns.map((column) => `m.${column}`).join(", "))
 
     /**
      * The branch that ends at `leafId`, root first. CROSS JOIN fixes the join order on SQLite

@@ -25,10 +25,11 @@ import {
   Duration,
   Effect,
   Exit,
-  Fiber,
+  FiberId,
   FiberSet,
   Option,
   Schedule,
+  Scope,
   Stream
 } from "effect"
 import { requirePermission } from "./Auth/Policy.js"
@@ -93,7 +94,12 @@ interface Generation {
   /** When the answer was last written (epoch ms): a live answer is written at least every third of the lease. */
   lastWrite: number
   cancelRequested: boolean
-  fiber: Fiber.RuntimeFiber<void> | null
+  /**
+   * Stops the answer (it then ends `cancelled` if `cancelRequested`, else `incomplete`); null once
+   * it is ending. While the provider is called this interrupts the call's fiber; once the answer
+   * streams, no fiber runs for it: its chunks come from the socket's callbacks.
+   */
+  stop: (() => void) | null
   /** Set once its end is being stored: the flusher leaves it alone from then on. */
   ending: boolean
   /** When it ended (epoch ms): it is forgotten `CHAT_RESUME_RETENTION` later. */
@@ -185,6 +191,14 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     )
 
     const live = new Map<MessageId, Generation>()
+    // At shutdown, before the generations' fiber set closes: the answers still being written are
+    // stopped, and their ends (`incomplete`) stored.
+    yield* Effect.addFinalizer(() =>
+      Effect.forEach(live.values(), (generation) => {
+        generation.stop?.()
+        return ended(generation)
+      }, { discard: true })
+    )
     const flushEvery = Duration.toMillis(settings.flushInterval)
     const heartbeatEvery = Duration.toMillis(settings.streamLease) / 3
 
@@ -249,6 +263,9 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     }
 
     // --- following a generation
+
+    /** Waits until the answer's end is stored (or could not be). */
+    const ended = (generation: Generation) => Effect.exit(Deferred.await(generation.outcome))
 
     /** A generation's events as its followers read them. */
     const liveEvents = (generation: Generation): LiveEvents => ({
@@ -322,14 +339,20 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const toolCallsOf = (generation: Generation): ReadonlyArray<ToolCall> =>
       generation.calls.filter((call) => call !== undefined)
 
-    /** Streams the provider's answer into the stored message, and ends it whatever happens. */
+    /**
+     * Streams the provider's answer into the stored message, and ends it whatever happens; then
+     * runs `after`. A fiber of the engine's calls the provider; once the answer has started, its
+     * chunks are taken in from the socket's callbacks and no fiber waits for it: another stores its
+     * end.
+     */
     const generate = (
       actor: Actor,
       generation: Generation,
       answer: MessageView,
       resolved: ResolvedModel,
-      request: ChatRequest
-    ): Effect.Effect<void> => {
+      request: ChatRequest,
+      after: Effect.Effect<void>
+    ): void => {
       let usage: { promptTokens: number; completionTokens: number } | null = null
 
       /** Takes in one chunk of the answer; true when followers have something new. */
@@ -367,14 +390,12 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       }
 
       // The chunks are taken in as the provider's socket delivers them, with one wake-up for those
-      // that came together: the generation's fiber only waits for the end. The text is written
-      // meanwhile by the engine's flusher (`flushDrafts`).
-      const consume = Effect.scoped(Effect.flatMap(resolved.client.answer(request), (feed) =>
-        feed.relay((chunks) => {
-          let added = false
-          for (const chunk of chunks) added = take(chunk) || added
-          if (added) wake(generation)
-        })))
+      // that came together. The text is written meanwhile by the engine's flusher (`flushDrafts`).
+      const onChunks = (chunks: ReadonlyArray<ChatChunk>) => {
+        let added = false
+        for (const chunk of chunks) added = take(chunk) || added
+        if (added) wake(generation)
+      }
 
       const finish = (exit: Exit.Exit<void, ProviderFailure>) =>
         Effect.gen(function*() {
@@ -442,17 +463,54 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           ),
           // Kept for resumption until `CHAT_RESUME_RETENTION` is over: only the events are needed.
           Effect.ensuring(Effect.sync(() => {
-            generation.fiber = null
             generation.parts.length = 0
             generation.calls.length = 0
           }))
         )
 
-      // No span around the whole answer: it would be held, with its fiber refs, as long as the answer runs.
-      return consume.pipe(
-        Effect.onExit((exit) => Effect.withSpan(finish(exit), "ChatEngine.finish")),
-        Effect.ignore
+      /**
+       * Ends the answer, once: closes its scope (which ends the request), stores it, then `after`
+       * unless it was stopped.
+       */
+      let over = false
+      const end = (scope: Scope.CloseableScope, exit: Exit.Exit<void, ProviderFailure>) => {
+        if (over) return
+        over = true
+        generation.stop = null
+        const stopped = Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause)
+        // No span around the whole answer: it would be held, with its fiber refs, as long as the answer runs.
+        runGeneration(Effect.zipRight(
+          Effect.uninterruptible(
+            Effect.zipRight(Scope.close(scope, exit), Effect.withSpan(finish(exit), "ChatEngine.finish"))
+          ),
+          stopped ? Effect.void : after
+        ))
+      }
+
+      const opening = Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(
+          Scope.make(),
+          (scope) =>
+            Effect.flatMap(Effect.exit(restore(Scope.extend(resolved.client.answer(request), scope))), (opened) =>
+              Effect.sync(() => {
+                if (Exit.isFailure(opened)) {
+                  return end(scope, Exit.asVoid(opened))
+                }
+                const detach = opened.value.listen(onChunks, (exit) =>
+                  end(scope, exit))
+                if (over) return
+                generation.stop = () => {
+                  detach()
+                  end(scope, Exit.interrupt(FiberId.none))
+                }
+              }))
+        )
       )
+      const calling = runGeneration(opening)
+      // Started at once, it may be over already (a provider refused at once), or streaming.
+      if (!over && generation.stop === null) {
+        generation.stop = () => calling.unsafeInterruptAsFork(FiberId.none)
+      }
     }
 
     /** Writes a title for a new conversation, from the model, or from the question if the model gives none. */
@@ -501,22 +559,23 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           flushedVersion: 0,
           lastWrite: yield* Clock.currentTimeMillis,
           cancelRequested: false,
-          fiber: null,
+          stop: null,
           ending: false,
           endedAt: null
         }
         record(generation, { _tag: "start", conversationId: conversation.id, question, answer })
         live.set(answer.id, generation)
-        const needsTitle = conversation.title === "" && question !== null
-        const run = needsTitle
-          ? generate(actor, generation, answer, resolved, request).pipe(
-            Effect.andThen(writeTitle(conversation.id, question.content, resolved))
-          )
-          : generate(actor, generation, answer, resolved, request)
         // The generation belongs to the engine: it outlives the request, and shutdown ends it.
-        const fiber = runGeneration(run)
-        // Started at once, it may already be over (a provider refused at once): then there is nothing to stop.
-        if (generation.endedAt === null) generation.fiber = fiber
+        generate(
+          actor,
+          generation,
+          answer,
+          resolved,
+          request,
+          conversation.title === "" && question !== null
+            ? writeTitle(conversation.id, question.content, resolved)
+            : Effect.void
+        )
         const result = Effect.flatMap(
           Deferred.await(generation.outcome),
           ({ answer, failure }) =>
@@ -580,9 +639,13 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         yield* chatting
         const message = yield* conversations.getMessage(conversationId, messageId)
         const generation = live.get(messageId)
-        if (generation?.fiber && !(yield* Deferred.isDone(generation.outcome))) {
+        if (generation?.stop) {
           generation.cancelRequested = true
-          yield* Fiber.interrupt(generation.fiber)
+          generation.stop()
+          yield* ended(generation)
+        } else if (generation !== undefined && generation.endedAt === null) {
+          // Ending already: its end is being stored.
+          yield* ended(generation)
         } else if (message.status === "streaming") {
           yield* answers.cancel(messageId)
         }
@@ -621,7 +684,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       const now = yield* Clock.currentTimeMillis
       const due: Array<Generation> = []
       for (const generation of live.values()) {
-        if (generation.ending || generation.fiber === null) continue
+        if (generation.ending || generation.stop === null) continue
         if (generation.version !== generation.flushedVersion || now - generation.lastWrite >= heartbeatEvery) {
           due.push(generation)
         }
@@ -637,9 +700,9 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         if (streaming.has(generation.answerId)) {
           generation.flushedVersion = versions[index]!
           generation.lastWrite = now
-        } else if (!generation.ending && generation.fiber !== null) {
+        } else if (!generation.ending && generation.stop !== null) {
           generation.cancelRequested = true
-          yield* Fiber.interruptFork(generation.fiber)
+          generation.stop()
         }
       }
     }).pipe(Effect.catchAllCause((cause) => Effect.logWarning("Could not write the answers being generated", cause)))

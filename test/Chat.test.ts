@@ -10,7 +10,7 @@
 import { FetchHttpClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Exit, Layer, Scope } from "effect"
 import * as Http from "node:http"
 import type * as Net from "node:net"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
@@ -458,6 +458,27 @@ for (const dialect of dialects) {
           ).toMatchObject({ status: "cancelled", content: cancelled.content })
         }))
 
+      it.scoped("cancel before the provider's first chunk stops the call: the answer is cancelled, empty, the request aborted", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: pieces(5), firstChunkDelayMs: 800 })
+          const conversationId = yield* newConversation
+          const stream = yield* chatSse(conversationId, { content: "Take your time" })
+          const start = yield* stream.next
+          const answerId = start!.data.answer.id
+          yield* eventually(Effect.sync(() => openai.requests.length), (count) => count > 0)
+          const cancelled = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/messages/${answerId}/cancel`),
+            200
+          )
+          expect(cancelled).toMatchObject({ status: "cancelled", content: "" })
+          const rest = yield* stream.rest
+          expect(rest.map((event) => event.event)).toEqual(["done"])
+          expect(rest[0]).toMatchObject({ data: { message: { status: "cancelled", content: "" } } })
+          yield* eventually(Effect.sync(() => openai.cutShort), (count) => count > 0)
+          // The provider was called once: a cancelled call is not retried.
+          expect(openai.requests).toHaveLength(1)
+        }))
+
       it.scoped("a stream resumes from Last-Event-ID: the events after it, then the live ones", () =>
         Effect.gen(function*() {
           const { user } = yield* TheCast
@@ -652,6 +673,58 @@ for (const dialect of dialects) {
           const stored = yield* getMessage(conversationId, answerId)
           expect(stored.status).toBe("cancelled")
           expect(stored.content.length).toBeLessThan(pieces(60).join("").length)
+          yield* eventually(Effect.sync(() => openai.cutShort), (count) => count > 0)
+        }))
+    })
+  })
+
+  describe(`an instance stopping on ${dialect}`, () => {
+    layer(testServer({ dialect }), { excludeTestServices: true })((it) => {
+      it.scoped("ends the answers it is writing as incomplete, with their text so far", () =>
+        Effect.gen(function*() {
+          const { dataDir, databaseUrl } = yield* TestServer
+          const openai = yield* fakeProvider("openai", [{ name: "gpt-stop" }])
+          openai.chat = { text: pieces(200), paceMs: 20 }
+          const instanceScope = yield* Scope.make()
+          const instance = yield* Layer.buildWithScope(
+            testServer({
+              dialect,
+              env: { ...chatEnv, DATA_DIR: dataDir, ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}) }
+            }),
+            instanceScope
+          )
+          const { answerId, conversationId, relayed, user } = yield* Effect.gen(function*() {
+            const admin = yield* signUp()
+            const { models } = yield* registerProvider(admin, openai)
+            const conversation = expectStatus(
+              yield* call("POST", "/api/v1/conversations", {
+                auth: admin.accessToken,
+                body: { title: "Stop", modelId: models["gpt-stop"] }
+              }),
+              201
+            )
+            const stream = yield* openSse("POST", `/api/v1/conversations/${conversation.id}/chat`, {
+              auth: admin.accessToken,
+              body: { content: "Tell me everything" }
+            })
+            const start = yield* stream.next
+            let relayed = ""
+            for (let i = 0; i < 5; i++) relayed += (yield* stream.next)!.data.text
+            // The client goes away (a shutdown would wait for its request), the answer goes on.
+            yield* stream.close
+            return { answerId: start!.data.answer.id, conversationId: conversation.id, relayed, user: admin }
+          }).pipe(Effect.provide(instance))
+
+          yield* Scope.close(instanceScope, Exit.void)
+          const stored = expectStatus(
+            yield* call("GET", `/api/v1/conversations/${conversationId}/messages/${answerId}`, {
+              auth: user.accessToken
+            }),
+            200
+          )
+          expect(stored.status).toBe("incomplete")
+          expect(stored.content.startsWith(relayed)).toBe(true)
+          expect(pieces(200).join("").startsWith(stored.content)).toBe(true)
           yield* eventually(Effect.sync(() => openai.cutShort), (count) => count > 0)
         }))
     })

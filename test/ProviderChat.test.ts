@@ -12,7 +12,7 @@ import { AppConfig } from "../src/Config.js"
 import type { ProviderFailure } from "../src/Models/Errors.js"
 import { ProviderClients } from "../src/Providers.js"
 import type { ChatChunk, ChatRequest } from "../src/Providers/Chat.js"
-import type { ProviderConnection } from "../src/Providers/Client.js"
+import { type ProviderConnection, relay } from "../src/Providers/Client.js"
 import { developmentBaseUrl } from "../src/Providers/Development.js"
 import { call, signUp, type TestUser } from "./fixtures/Auth.js"
 import { freshDirectory } from "./fixtures/Database.js"
@@ -72,13 +72,13 @@ const chat = (connection: ProviderConnection, request: ChatRequest = question) =
 const failure = (connection: ProviderConnection, request: ChatRequest = question) =>
   Effect.flip(chat(connection, request))
 
-/** The answer read as the chat engine reads it: every chunk handed over from the socket's callback. */
+/** The answer read as the chat engine reads it (`listen`): every chunk handed over from the socket's callback. */
 const relayed = (connection: ProviderConnection, request: ChatRequest = question) =>
   Effect.flatMap(ProviderClients, (clients) =>
     Effect.scoped(Effect.gen(function*() {
       const received: Array<ChatChunk> = []
       const feed = yield* clients.forConnection(connection).answer(request)
-      const exit = yield* Effect.either(feed.relay((chunks) => void received.push(...chunks)))
+      const exit = yield* Effect.either(relay(feed, (chunks) => void received.push(...chunks)))
       return { received, failure: exit._tag === "Left" ? exit.left : null }
     })))
 
@@ -247,7 +247,7 @@ layer(ClientsLive, { excludeTestServices: true })("provider chat", (it) => {
             (clients) =>
               Effect.scoped(
                 Effect.flatMap(clients.forConnection(connectionTo(fake)).answer(question), (feed) =>
-                  Effect.exit(feed.relay(() => {
+                  Effect.exit(relay(feed, () => {
                     if (++calls > 1) {
                       throw new Error("a bug in the reader")
                     }

@@ -13,7 +13,21 @@ import {
   type HttpClientResponse,
   UrlParams
 } from "@effect/platform"
-import { Chunk, Clock, Duration, Effect, Either, Option, type Redacted, Schema, Scope, Stream } from "effect"
+import {
+  Chunk,
+  Clock,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  FiberId,
+  Option,
+  type Redacted,
+  Runtime,
+  Schema,
+  Scope,
+  Stream
+} from "effect"
 import * as Http from "node:http"
 import * as Https from "node:https"
 import type { ProviderKind } from "../Domain/Model.js"
@@ -305,9 +319,11 @@ const drainGraceMs = 5_000
  * way or the other, not both:
  * - `pull`: the chunks that came since the last pull, waiting for some; fails with `None` at the
  *   answer's end. A reader that falls behind pauses the socket (back-pressure).
- * - `relay`: hands the chunks not yet pulled, then each batch as the socket delivers it, to
- *   `onChunks` (synchronously, from the socket's callback: no fiber wakes up per chunk), and
- *   succeeds at the answer's end. `onChunks` must not block; if it throws, the relay dies.
+ * - `listen`: hands the chunks not yet pulled, then each batch as the socket delivers it, to
+ *   `onChunks` (synchronously, from the socket's callback: no fiber waits for them), then the
+ *   answer's end to `onEnd`, once (at once if it is already over). `onChunks` must not block; if it
+ *   throws, the answer ends with that defect. The function returned detaches both: nothing more
+ *   is called (the answer itself ends with its scope).
  *
  * Either fails with `ProviderTimeout` if no chunk comes within `timeouts.firstChunk` of the
  * status, or within `timeouts.idle` of the previous one, and with `ProviderError` if the answer
@@ -315,8 +331,21 @@ const drainGraceMs = 5_000
  */
 export interface AnswerFeed {
   readonly pull: Effect.Effect<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>>
-  readonly relay: (onChunks: (chunks: ReadonlyArray<ChatChunk>) => void) => Effect.Effect<void, ProviderFailure>
+  readonly listen: (
+    onChunks: (chunks: ReadonlyArray<ChatChunk>) => void,
+    onEnd: (exit: Exit.Exit<void, ProviderFailure>) => void
+  ) => () => void
 }
+
+/** Listens to `feed` from a fiber that waits for the answer's end (which it succeeds or fails with). */
+export const relay = (
+  feed: AnswerFeed,
+  onChunks: (chunks: ReadonlyArray<ChatChunk>) => void
+): Effect.Effect<void, ProviderFailure> =>
+  Effect.async((resume) => {
+    const detach = feed.listen(onChunks, resume)
+    return Effect.sync(detach)
+  })
 
 /** Opens a streamed answer; closing the scope ends it (aborting the request if it is not over). */
 export type OpenAnswer = (request: ChatRequest) => Effect.Effect<AnswerFeed, ProviderFailure, Scope.Scope>
@@ -329,9 +358,9 @@ export const streamOf = (answer: OpenAnswer) => (request: ChatRequest): Stream.S
 export const feedOf = (
   stream: Stream.Stream<ChatChunk, ProviderFailure>
 ): Effect.Effect<AnswerFeed, never, Scope.Scope> =>
-  Effect.map(Stream.toPull(stream), (pull): AnswerFeed => ({
+  Effect.map(Effect.zip(Stream.toPull(stream), Effect.runtime<never>()), ([pull, runtime]): AnswerFeed => ({
     pull,
-    relay: (onChunks) => {
+    listen: (onChunks, onEnd) => {
       const loop: Effect.Effect<void, ProviderFailure> = Effect.matchEffect(pull, {
         onFailure: Option.match({ onNone: () => Effect.void, onSome: Effect.fail }),
         onSuccess: (chunks) => {
@@ -339,7 +368,13 @@ export const feedOf = (
           return loop
         }
       })
-      return loop
+      let attached = true
+      const fiber = Runtime.runFork(runtime)(loop)
+      fiber.addObserver((exit) => attached && onEnd(exit))
+      return () => {
+        attached = false
+        fiber.unsafeInterruptAsFork(FiberId.none)
+      }
     }
   }))
 
@@ -375,9 +410,9 @@ export const openAnswer = (
     let started = false
     /** A pull waiting for chunks. */
     let waiting: ((next: Effect.Effect<Chunk.Chunk<ChatChunk>, Option.Option<ProviderFailure>>) => void) | null = null
-    /** The relay's reader, and how its wait for the end is resumed. */
+    /** The listener's reader, and where the end goes. */
     let consumer: ((chunks: ReadonlyArray<ChatChunk>) => void) | null = null
-    let relayed: ((exit: Effect.Effect<void, ProviderFailure>) => void) | null = null
+    let endListener: ((exit: Exit.Exit<void, ProviderFailure>) => void) | null = null
 
     // A finished answer's connection goes back to the pool once the body is read to its end (the
     // provider has nothing to send after the finish); any other is closed, aborting the request.
@@ -411,18 +446,18 @@ export const openAnswer = (
           try {
             consumer(take())
           } catch (defect) {
-            // A reader's bug, not the provider's: it ends the relay as a defect, out of the socket's callback.
-            const resume = relayed
+            // A reader's bug, not the provider's: it ends the answer as a defect, out of the socket's callback.
+            const resume = endListener
             consumer = null
-            relayed = null
+            endListener = null
             response.destroy()
-            return resume?.(Effect.die(defect))
+            return resume?.(Exit.die(defect))
           }
         }
-        if (end !== null && relayed !== null) {
-          const resume = relayed
-          relayed = null
-          resume(end.failure === null ? Effect.void : Effect.fail(end.failure))
+        if (end !== null && endListener !== null) {
+          const resume = endListener
+          endListener = null
+          resume(end.failure === null ? Exit.void : Exit.fail(end.failure))
         }
         return
       }
@@ -509,17 +544,19 @@ export const openAnswer = (
         waiting = null
       })
     })
-    const relay = (onChunks: (chunks: ReadonlyArray<ChatChunk>) => void) =>
-      Effect.async<void, ProviderFailure>((resume) => {
-        consumer = onChunks
-        relayed = resume
-        deliver()
-        return Effect.sync(() => {
-          consumer = null
-          relayed = null
-        })
-      })
-    return { pull, relay } satisfies AnswerFeed
+    const listen = (
+      onChunks: (chunks: ReadonlyArray<ChatChunk>) => void,
+      onEnd: (exit: Exit.Exit<void, ProviderFailure>) => void
+    ) => {
+      consumer = onChunks
+      endListener = onEnd
+      deliver()
+      return () => {
+        consumer = null
+        endListener = null
+      }
+    }
+    return { pull, listen } satisfies AnswerFeed
   })
 
 /**

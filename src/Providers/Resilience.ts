@@ -7,7 +7,7 @@
  *   row, calls fail at once with `ProviderUnavailable` for `breakerCooldown`,
  *   then one trial call decides.
  */
-import { Chunk, Clock, Duration, Effect, ExecutionStrategy, Exit, Option, Ref, Schedule, Scope } from "effect"
+import { Cause, Chunk, Clock, Duration, Effect, ExecutionStrategy, Exit, Option, Ref, Schedule, Scope } from "effect"
 import type { ChatSettings } from "../Config.js"
 import { type ProviderFailure, ProviderUnavailable } from "../Models/Errors.js"
 import type { ChatChunk } from "./Chat.js"
@@ -142,28 +142,41 @@ export const resilient =
         scope,
         Effect.suspend(() => breaker.record(failure === null ? "healthy" : verdictOf(failure)))
       )
-      const note = (error: ProviderFailure | null) =>
-        Effect.sync(() => {
-          if (error !== null) failure = error
-        })
+      const note = (error: ProviderFailure | null) => {
+        if (error !== null) failure = error
+      }
       let first: Chunk.Chunk<ChatChunk> | null = opened.first
       return {
         pull: Effect.suspend(() => {
           if (first === null || first.length === 0) {
             return first === null
-              ? Effect.tapError(opened.feed.pull, (error) => note(Option.getOrNull(error)))
+              ? Effect.tapError(opened.feed.pull, (error) => Effect.sync(() => note(Option.getOrNull(error))))
               : Effect.fail(Option.none())
           }
           const taken = first
           first = null
           return Effect.succeed(taken)
         }),
-        relay: (onChunks) =>
-          Effect.suspend(() => {
-            if (first !== null && first.length === 0) return Effect.void
-            if (first !== null) onChunks(Chunk.toReadonlyArray(first))
+        listen: (onChunks, onEnd) => {
+          const over = first !== null && first.length === 0
+          if (first !== null && !over) {
+            const taken = first
             first = null
-            return Effect.tapError(opened.feed.relay(onChunks), note)
+            try {
+              onChunks(Chunk.toReadonlyArray(taken))
+            } catch (defect) {
+              onEnd(Exit.die(defect))
+              return () => {}
+            }
+          }
+          if (over) {
+            onEnd(Exit.void)
+            return () => {}
+          }
+          return opened.feed.listen(onChunks, (exit) => {
+            if (Exit.isFailure(exit)) note(Option.getOrNull(Cause.failureOption(exit.cause)))
+            onEnd(exit)
           })
+        }
       } satisfies AnswerFeed
     })

@@ -25,6 +25,7 @@ import {
   Duration,
   Effect,
   Exit,
+  type Fiber,
   FiberId,
   FiberSet,
   Option,
@@ -51,6 +52,7 @@ import type { ProviderFailure } from "./Models/Errors.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import type { ChatChunk, ChatRequest } from "./Providers/Chat.js"
+import type { AnswerFeed } from "./Providers/Client.js"
 
 /** What a turn asks for: a message (or none, to answer the leaf again) and the model to use. */
 export interface TurnInput {
@@ -487,31 +489,38 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         ))
       }
 
-      const opening = Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(
-          Scope.make(),
-          (scope) =>
-            Effect.flatMap(Effect.exit(restore(Scope.extend(resolved.client.answer(request), scope))), (opened) =>
-              Effect.sync(() => {
-                if (Exit.isFailure(opened)) {
-                  return end(scope, Exit.asVoid(opened))
-                }
-                const detach = opened.value.listen(onChunks, (exit) =>
-                  end(scope, exit))
-                if (over) return
-                generation.stop = () => {
-                  detach()
-                  end(scope, Exit.interrupt(FiberId.none))
-                }
-              }))
-        )
-      )
-      const calling = runGeneration(opening)
+      const calling = callProvider(resolved, request, (scope, opened) => {
+        if (Exit.isFailure(opened)) return end(scope, Exit.asVoid(opened))
+        const detach = opened.value.listen(onChunks, (exit) => end(scope, exit))
+        if (over) return
+        generation.stop = () => {
+          detach()
+          end(scope, Exit.interrupt(FiberId.none))
+        }
+      })
       // Started at once, it may be over already (a provider refused at once), or streaming.
-      if (!over && generation.stop === null) {
-        generation.stop = () => calling.unsafeInterruptAsFork(FiberId.none)
-      }
+      if (!over && generation.stop === null) generation.stop = interrupting(calling)
     }
+
+    /**
+     * Calls the provider from a fiber of the engine's, and hands what it answered (the answer's
+     * feed, open in `scope`, or why not) to `opened`. Apart from `generate`, so that neither the
+     * request (the whole branch) nor the fiber is kept by the answer's callbacks.
+     */
+    const callProvider = (
+      resolved: ResolvedModel,
+      request: ChatRequest,
+      opened: (scope: Scope.CloseableScope, exit: Exit.Exit<AnswerFeed, ProviderFailure>) => void
+    ) =>
+      runGeneration(Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(Scope.make(), (scope) =>
+          Effect.flatMap(
+            Effect.exit(restore(Scope.extend(resolved.client.answer(request), scope))),
+            (exit) => Effect.sync(() => opened(scope, exit))
+          ))
+      ))
+
+    const interrupting = (fiber: Fiber.RuntimeFiber<void>) => () => fiber.unsafeInterruptAsFork(FiberId.none)
 
     /** Writes a title for a new conversation, from the model, or from the question if the model gives none. */
     const writeTitle = (conversationId: ConversationId, question: string, resolved: ResolvedModel) =>

@@ -560,6 +560,12 @@ export const openAnswer = (
   })
 
 /**
+ * For errors after the request is settled. Not a closure of `send`'s: its context (the fiber's
+ * resume) would stay on the request for as long as the answer streams.
+ */
+const ignoreError = () => {}
+
+/**
  * Sends `request` with `node:http(s)`, and waits (at most the connect timeout) for a success
  * status. A failure status is read as the error it means, its body discarded.
  */
@@ -587,16 +593,16 @@ const send = (
     }
     const timer = setTimeout(() => {
       outgoing.off("error", unreachable)
-      outgoing.on("error", () => {})
+      outgoing.on("error", ignoreError)
       outgoing.destroy()
       resume(Effect.fail(timedOut(connection, connection.connectTimeoutMs)()))
     }, connection.connectTimeoutMs)
     outgoing.on("error", unreachable)
-    outgoing.on("response", (response) => {
+    outgoing.once("response", (response) => {
       clearTimeout(timer)
       outgoing.off("error", unreachable)
       // Failures after this point reach the response (`close` before `end`).
-      outgoing.on("error", () => {})
+      outgoing.on("error", ignoreError)
       const status = response.statusCode ?? 0
       if (status >= 200 && status < 300) return resume(Effect.succeed({ outgoing, response }))
       outgoing.destroy()

@@ -193,56 +193,64 @@ export const make = (
 
   const decode = decodePiece(connection, StreamEvent)
 
-  const answer: OpenAnswer = (request) =>
-    Effect.suspend(() => {
-      let promptTokens = 0
-      let finish: FinishReason = "stop"
-      // Content blocks are numbered with the text blocks; tool calls are numbered among themselves.
-      const toolIndexOfBlock = new Map<number, number>()
-      const translate = (data: string): ReadonlyArray<ChatChunk> | ProviderError => {
-        const event = decode(data)
-        if (event instanceof ProviderError) return event
-        // Told apart by their fields: events of types this adapter does not know decode too.
-        if ("message" in event) {
-          promptTokens = event.message.usage ? inputTokens(event.message.usage) : 0
-        } else if ("content_block" in event) {
-          const block = event.content_block
-          if (block.type === "text" && block.text) return [{ _tag: "text", text: block.text }]
-          if (block.type === "tool_use") {
-            const index = toolIndexOfBlock.size
-            toolIndexOfBlock.set(event.index, index)
-            return [{ _tag: "tool-call", index, id: block.id, name: block.name, arguments: "" }]
-          }
-        } else if ("delta" in event && "index" in event) {
-          const { delta } = event
-          if (delta.type === "text_delta" && delta.text) return [{ _tag: "text", text: delta.text }]
-          const index = toolIndexOfBlock.get(event.index)
-          if (delta.type === "input_json_delta" && index !== undefined && delta.partial_json) {
-            return [{ _tag: "tool-call", index, arguments: delta.partial_json }]
-          }
-        } else if ("delta" in event) {
-          finish = finishReasons[event.delta.stop_reason ?? ""] ?? "stop"
-          if (event.usage) {
-            return [{
-              _tag: "usage",
-              // Counts here are cumulative: input counts, when present, supersede those of `message_start`.
-              promptTokens: typeof event.usage.input_tokens === "number" ? inputTokens(event.usage) : promptTokens,
-              completionTokens: event.usage.output_tokens ?? 0
-            }]
-          }
-        } else if ("error" in event) {
-          return reportedError(connection, errorStatuses[event.error.type] ?? null)
-        } else if (event.type === "message_stop") {
-          return [{ _tag: "finish", reason: finish }]
+  /**
+   * How the pieces of one answer become chunks, with the answer's own state. Apart from `answer`,
+   * whose context holds the request: the translator lives as long as the answer streams.
+   */
+  const translator = () => {
+    let promptTokens = 0
+    let finish: FinishReason = "stop"
+    // Content blocks are numbered with the text blocks; tool calls are numbered among themselves.
+    const toolIndexOfBlock = new Map<number, number>()
+    const translate = (data: string): ReadonlyArray<ChatChunk> | ProviderError => {
+      const event = decode(data)
+      if (event instanceof ProviderError) return event
+      // Told apart by their fields: events of types this adapter does not know decode too.
+      if ("message" in event) {
+        promptTokens = event.message.usage ? inputTokens(event.message.usage) : 0
+      } else if ("content_block" in event) {
+        const block = event.content_block
+        if (block.type === "text" && block.text) return [{ _tag: "text", text: block.text }]
+        if (block.type === "tool_use") {
+          const index = toolIndexOfBlock.size
+          toolIndexOfBlock.set(event.index, index)
+          return [{ _tag: "tool-call", index, id: block.id, name: block.name, arguments: "" }]
         }
-        return []
+      } else if ("delta" in event && "index" in event) {
+        const { delta } = event
+        if (delta.type === "text_delta" && delta.text) return [{ _tag: "text", text: delta.text }]
+        const index = toolIndexOfBlock.get(event.index)
+        if (delta.type === "input_json_delta" && index !== undefined && delta.partial_json) {
+          return [{ _tag: "tool-call", index, arguments: delta.partial_json }]
+        }
+      } else if ("delta" in event) {
+        finish = finishReasons[event.delta.stop_reason ?? ""] ?? "stop"
+        if (event.usage) {
+          return [{
+            _tag: "usage",
+            // Counts here are cumulative: input counts, when present, supersede those of `message_start`.
+            promptTokens: typeof event.usage.input_tokens === "number" ? inputTokens(event.usage) : promptTokens,
+            completionTokens: event.usage.output_tokens ?? 0
+          }]
+        }
+      } else if ("error" in event) {
+        return reportedError(connection, errorStatuses[event.error.type] ?? null)
+      } else if (event.type === "message_stop") {
+        return [{ _tag: "finish", reason: finish }]
       }
-      return openAnswer(connection, withHeaders(postJson(connection, "/v1/messages", chatBody(request))), {
+      return []
+    }
+    return translate
+  }
+
+  const answer: OpenAnswer = (request) =>
+    Effect.suspend(() =>
+      openAnswer(connection, withHeaders(postJson(connection, "/v1/messages", chatBody(request))), {
         framing: "sse",
         timeouts,
-        translate
+        translate: translator()
       })
-    })
+    )
 
   return { chat: streamOf(answer), answer, listModels, ping: Effect.asVoid(page(null)), runtime: Option.none() }
 }

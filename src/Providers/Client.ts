@@ -388,15 +388,32 @@ export const feedOf = (
 export const openAnswer = (
   connection: ProviderConnection,
   request: HttpClientRequest.HttpClientRequest,
-  options: {
-    readonly framing: Framing
-    readonly timeouts: StreamTimeouts
-    readonly translate: PieceTranslator
-    readonly trailer?: () => ReadonlyArray<ChatChunk>
-  }
+  options: AnswerOptions
 ): Effect.Effect<AnswerFeed, ProviderFailure, Scope.Scope> =>
+  Effect.flatMap(
+    send(connection, request),
+    ({ outgoing, response }) => readAnswer(connection, outgoing, response, options)
+  )
+
+interface AnswerOptions {
+  readonly framing: Framing
+  readonly timeouts: StreamTimeouts
+  readonly translate: PieceTranslator
+  readonly trailer?: () => ReadonlyArray<ChatChunk>
+}
+
+/**
+ * The feed of an answer whose status was a success. Apart from `openAnswer`, whose context holds
+ * the request (its body is the whole branch sent): the socket's callbacks live as long as the
+ * answer streams, and keep what their context chain holds.
+ */
+const readAnswer = (
+  connection: ProviderConnection,
+  outgoing: Http.ClientRequest,
+  response: Http.IncomingMessage,
+  options: AnswerOptions
+): Effect.Effect<AnswerFeed, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const { outgoing, response } = yield* send(connection, request)
     const cutter = options.framing === "sse" ? sseCutter(connection) : lineCutter()
     const firstMs = Duration.toMillis(options.timeouts.firstChunk)
     const idleMs = Duration.toMillis(options.timeouts.idle)

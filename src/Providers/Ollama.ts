@@ -172,39 +172,51 @@ export const make = (
 
   const decodeLine = decodePiece(connection, ChatLine)
 
-  const answer: OpenAnswer = (request) =>
-    Effect.suspend(() => {
-      let toolCalls = 0
-      const translate = (text: string): ReadonlyArray<ChatChunk> | ProviderError => {
-        const line = decodeLine(text)
-        if (line instanceof ProviderError) return line
-        if (line.error !== undefined) return reportedError(connection)
-        const out: Array<ChatChunk> = []
-        if (line.message?.content) out.push({ _tag: "text", text: line.message.content })
-        for (const call of line.message?.tool_calls ?? []) {
-          const index = toolCalls++
-          const args = call.function.arguments
-          out.push({
-            _tag: "tool-call",
-            index,
-            id: call.id ?? `call_${index}`,
-            name: call.function.name,
-            arguments: typeof args === "string" ? args : JSON.stringify(args ?? {})
-          })
-        }
-        if (line.done) {
-          out.push(
-            { _tag: "usage", promptTokens: line.prompt_eval_count ?? 0, completionTokens: line.eval_count ?? 0 },
-            {
-              _tag: "finish",
-              reason: toolCalls > 0 ? "tool_calls" : line.done_reason === "length" ? "length" : "stop"
-            }
-          )
-        }
-        return out
+  /**
+   * How the pieces of one answer become chunks, with the answer's own state. Apart from `answer`,
+   * whose context holds the request: the translator lives as long as the answer streams.
+   */
+  const translator = () => {
+    let toolCalls = 0
+    const translate = (text: string): ReadonlyArray<ChatChunk> | ProviderError => {
+      const line = decodeLine(text)
+      if (line instanceof ProviderError) return line
+      if (line.error !== undefined) return reportedError(connection)
+      const out: Array<ChatChunk> = []
+      if (line.message?.content) out.push({ _tag: "text", text: line.message.content })
+      for (const call of line.message?.tool_calls ?? []) {
+        const index = toolCalls++
+        const args = call.function.arguments
+        out.push({
+          _tag: "tool-call",
+          index,
+          id: call.id ?? `call_${index}`,
+          name: call.function.name,
+          arguments: typeof args === "string" ? args : JSON.stringify(args ?? {})
+        })
       }
-      return openAnswer(connection, post("/api/chat", chatBody(request)), { framing: "ndjson", timeouts, translate })
-    })
+      if (line.done) {
+        out.push(
+          { _tag: "usage", promptTokens: line.prompt_eval_count ?? 0, completionTokens: line.eval_count ?? 0 },
+          {
+            _tag: "finish",
+            reason: toolCalls > 0 ? "tool_calls" : line.done_reason === "length" ? "length" : "stop"
+          }
+        )
+      }
+      return out
+    }
+    return translate
+  }
+
+  const answer: OpenAnswer = (request) =>
+    Effect.suspend(() =>
+      openAnswer(connection, post("/api/chat", chatBody(request)), {
+        framing: "ndjson",
+        timeouts,
+        translate: translator()
+      })
+    )
 
   return {
     chat: streamOf(answer),

@@ -118,45 +118,53 @@ export const make = (
   )
   const decode = decodePiece(connection, StreamChunk)
 
-  const answer: OpenAnswer = (request) =>
-    Effect.suspend(() => {
-      // The finish reason comes before the usage chunk; `finish` must be the last chunk.
-      let finish: FinishReason | undefined
-      const finishChunk = (): Array<ChatChunk> => finish ? [{ _tag: "finish", reason: finish }] : []
-      const translate = (data: string): ReadonlyArray<ChatChunk> | ProviderError => {
-        if (data.trim() === "[DONE]") return finishChunk()
-        const chunk = decode(data)
-        if (chunk instanceof ProviderError) return chunk
-        if (chunk.error !== undefined) return reportedError(connection)
-        const out: Array<ChatChunk> = []
-        // One answer is asked for; an `n` in `extra` does not interleave others into it.
-        const choice = chunk.choices?.find((candidate) => (candidate.index ?? 0) === 0)
-        if (choice?.delta?.content) out.push({ _tag: "text", text: choice.delta.content })
-        for (const call of choice?.delta?.tool_calls ?? []) {
-          out.push({
-            _tag: "tool-call",
-            index: call.index,
-            ...(call.id ? { id: call.id } : {}),
-            ...(call.function?.name ? { name: call.function.name } : {}),
-            arguments: call.function?.arguments ?? ""
-          })
-        }
-        if (choice?.finish_reason) finish = finishReasons[choice.finish_reason] ?? "stop"
-        if (chunk.usage) {
-          out.push({
-            _tag: "usage",
-            promptTokens: chunk.usage.prompt_tokens,
-            completionTokens: chunk.usage.completion_tokens
-          })
-        }
-        return out
+  /**
+   * How the pieces of one answer become chunks, with the answer's own state. Apart from `answer`,
+   * whose context holds the request: the translator lives as long as the answer streams.
+   */
+  const translator = () => {
+    // The finish reason comes before the usage chunk; `finish` must be the last chunk.
+    let finish: FinishReason | undefined
+    const finishChunk = (): Array<ChatChunk> => finish ? [{ _tag: "finish", reason: finish }] : []
+    const translate = (data: string): ReadonlyArray<ChatChunk> | ProviderError => {
+      if (data.trim() === "[DONE]") return finishChunk()
+      const chunk = decode(data)
+      if (chunk instanceof ProviderError) return chunk
+      if (chunk.error !== undefined) return reportedError(connection)
+      const out: Array<ChatChunk> = []
+      // One answer is asked for; an `n` in `extra` does not interleave others into it.
+      const choice = chunk.choices?.find((candidate) => (candidate.index ?? 0) === 0)
+      if (choice?.delta?.content) out.push({ _tag: "text", text: choice.delta.content })
+      for (const call of choice?.delta?.tool_calls ?? []) {
+        out.push({
+          _tag: "tool-call",
+          index: call.index,
+          ...(call.id ? { id: call.id } : {}),
+          ...(call.function?.name ? { name: call.function.name } : {}),
+          arguments: call.function?.arguments ?? ""
+        })
       }
-      return openAnswer(
+      if (choice?.finish_reason) finish = finishReasons[choice.finish_reason] ?? "stop"
+      if (chunk.usage) {
+        out.push({
+          _tag: "usage",
+          promptTokens: chunk.usage.prompt_tokens,
+          completionTokens: chunk.usage.completion_tokens
+        })
+      }
+      return out
+    }
+    return { translate, trailer: finishChunk }
+  }
+
+  const answer: OpenAnswer = (request) =>
+    Effect.suspend(() =>
+      openAnswer(
         connection,
         withBearer(connection)(postJson(connection, "/v1/chat/completions", chatBody(request))),
-        { framing: "sse", timeouts, translate, trailer: finishChunk }
+        { framing: "sse", timeouts, ...translator() }
       )
-    })
+    )
 
   return {
     chat: streamOf(answer),

@@ -10,7 +10,7 @@
 import { Cause, Chunk, Clock, Duration, Effect, ExecutionStrategy, Exit, Option, Ref, Schedule, Scope } from "effect"
 import type { ChatSettings } from "../Config.js"
 import { type ProviderFailure, ProviderUnavailable } from "../Models/Errors.js"
-import type { ChatChunk } from "./Chat.js"
+import type { ChatChunk, ChatRequest } from "./Chat.js"
 import type { AnswerFeed, OpenAnswer } from "./Client.js"
 
 const retryable = (error: ProviderFailure) =>
@@ -113,70 +113,85 @@ const firstChunks = (feed: AnswerFeed): Effect.Effect<Chunk.Chunk<ChatChunk>, Pr
 const verdictOf = (error: ProviderFailure): Verdict => providerAtFault(error) ? "failing" : "healthy"
 
 /**
+ * One attempt at opening `answer` up to its first chunks, in a scope of its own (forked from
+ * `scope`): a failed attempt's request is aborted before the next. Apart from `resilient`, so that
+ * the feed's callbacks do not keep the request (the whole branch sent) for as long as it streams.
+ */
+const attempt = (answer: OpenAnswer, request: ChatRequest, scope: Scope.Scope) =>
+  Effect.flatMap(
+    Scope.fork(scope, ExecutionStrategy.sequential),
+    (attemptScope) =>
+      Scope.extend(answer(request), attemptScope).pipe(
+        Effect.flatMap((feed) => Effect.map(firstChunks(feed), (first) => ({ feed, first }))),
+        Effect.onError((cause) => Scope.close(attemptScope, Exit.failCause(cause)))
+      )
+  )
+
+/**
  * `answer` with the retries and circuit breaker above. Retrying concerns only the opening of the
  * answer (up to its first chunk): after that its chunks pass through unchanged.
  */
 export const resilient =
   (settings: ChatSettings, breaker: CircuitBreaker, answer: OpenAnswer): OpenAnswer => (request) =>
-    Effect.gen(function*() {
-      yield* breaker.enter
-      const scope = yield* Effect.scope
-      // Each attempt in a scope of its own: a failed attempt's request is aborted before the next.
-      const attempt = Effect.flatMap(
-        Scope.fork(scope, ExecutionStrategy.sequential),
-        (attemptScope) =>
-          Scope.extend(answer(request), attemptScope).pipe(
-            Effect.flatMap((feed) => Effect.map(firstChunks(feed), (first) => ({ feed, first }))),
-            Effect.onError((cause) => Scope.close(attemptScope, Exit.failCause(cause)))
-          )
-      )
-      // Interrupted before the provider answered anything: that says nothing about the provider.
-      const opened = yield* attempt.pipe(
+    Effect.flatMap(Effect.zipRight(breaker.enter, Effect.scope), (scope) =>
+      attempt(answer, request, scope).pipe(
         Effect.retry(retrySchedule(settings, retryable)),
-        Effect.tapError((error) => breaker.record(verdictOf(error)))
-      )
-      // From here on the provider has answered: only a failure of its answer counts against it (an
-      // answer stopped by its reader does not).
-      let failure: ProviderFailure | null = null
-      yield* Scope.addFinalizer(
-        scope,
-        Effect.suspend(() => breaker.record(failure === null ? "healthy" : verdictOf(failure)))
-      )
-      const note = (error: ProviderFailure | null) => {
-        if (error !== null) failure = error
-      }
-      let first: Chunk.Chunk<ChatChunk> | null = opened.first
-      return {
-        pull: Effect.suspend(() => {
-          if (first === null || first.length === 0) {
-            return first === null
-              ? Effect.tapError(opened.feed.pull, (error) => Effect.sync(() => note(Option.getOrNull(error))))
-              : Effect.fail(Option.none())
-          }
+        // Interrupted before the provider answered anything: that says nothing about the provider.
+        Effect.tapError((error) => breaker.record(verdictOf(error))),
+        Effect.flatMap((opened) => answered(breaker, scope, opened.feed, opened.first))
+      ))
+
+/**
+ * The feed of an answer the provider has started, `first` its first chunks. From here on only a
+ * failure of the answer counts against the provider (an answer stopped by its reader does not).
+ * Built apart from `resilient`, whose context holds the request: the feed's callbacks live as long
+ * as the answer streams.
+ */
+const answered = (
+  breaker: CircuitBreaker,
+  scope: Scope.Scope,
+  feed: AnswerFeed,
+  opening: Chunk.Chunk<ChatChunk>
+): Effect.Effect<AnswerFeed> => {
+  let failure: ProviderFailure | null = null
+  const note = (error: ProviderFailure | null) => {
+    if (error !== null) failure = error
+  }
+  let first: Chunk.Chunk<ChatChunk> | null = opening
+  return Effect.as(
+    Scope.addFinalizer(scope, Effect.suspend(() => breaker.record(failure === null ? "healthy" : verdictOf(failure)))),
+    {
+      pull: Effect.suspend(() => {
+        if (first === null || first.length === 0) {
+          return first === null
+            ? Effect.tapError(feed.pull, (error) => Effect.sync(() => note(Option.getOrNull(error))))
+            : Effect.fail(Option.none())
+        }
+        const taken = first
+        first = null
+        return Effect.succeed(taken)
+      }),
+      listen: (onChunks, onEnd) => {
+        const over = first !== null && first.length === 0
+        if (first !== null && !over) {
           const taken = first
           first = null
-          return Effect.succeed(taken)
-        }),
-        listen: (onChunks, onEnd) => {
-          const over = first !== null && first.length === 0
-          if (first !== null && !over) {
-            const taken = first
-            first = null
-            try {
-              onChunks(Chunk.toReadonlyArray(taken))
-            } catch (defect) {
-              onEnd(Exit.die(defect))
-              return () => {}
-            }
-          }
-          if (over) {
-            onEnd(Exit.void)
+          try {
+            onChunks(Chunk.toReadonlyArray(taken))
+          } catch (defect) {
+            onEnd(Exit.die(defect))
             return () => {}
           }
-          return opened.feed.listen(onChunks, (exit) => {
-            if (Exit.isFailure(exit)) note(Option.getOrNull(Cause.failureOption(exit.cause)))
-            onEnd(exit)
-          })
         }
-      } satisfies AnswerFeed
-    })
+        if (over) {
+          onEnd(Exit.void)
+          return () => {}
+        }
+        return feed.listen(onChunks, (exit) => {
+          if (Exit.isFailure(exit)) note(Option.getOrNull(Cause.failureOption(exit.cause)))
+          onEnd(exit)
+        })
+      }
+    } satisfies AnswerFeed
+  )
+}

@@ -10,7 +10,8 @@
  *   the request, then one every `intervalMs`, `chunks` in all);
  * - the server: `bench/chatServer.ts`, the real server (`src/bin/server.ts`
  *   plus a probe for CPU time and memory over IPC), in production mode, with
- *   SQLite in a temporary `DATA_DIR`, the provider registered and synced
+ *   SQLite in a temporary `DATA_DIR` (with `--pg`, a new PostgreSQL database
+ *   instead, dropped at the end), the provider registered and synced
  *   through the API like an administrator does;
  * - this process: the load generator, on `node:http` keep-alive connections.
  *
@@ -47,7 +48,10 @@
  *    during a server phase are printed.
  *
  * Run with `npm run bench:chat` (about 8 minutes). Options: `--quick` runs
- * fewer rounds; `--levels=1,100` only those levels; `--no-memory` skips the
+ * fewer rounds; `--levels=1,100` only those levels; `--pg` runs the server on
+ * PostgreSQL (a database created for the run on the server of
+ * `BENCH_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`,
+ * as a deployment of several instances would); `--no-memory` skips the
  * memory phase; `--cpu-prof` writes a CPU profile of the server (V8
  * `--cpu-prof`) to a temporary directory, printed at the end; `--spans` prints
  * the durations of the server's spans at each level (a diagnostic: recording
@@ -63,6 +67,7 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { performance } from "node:perf_hooks"
+import Pg from "pg"
 import { json, percentile, request as sendRequest } from "./Support.js"
 
 const args = process.argv.slice(2)
@@ -96,7 +101,8 @@ const options = {
     : allLevels.filter((level) => levelsArg.split(",").map(Number).includes(level.streams)),
   memory: !args.includes("--no-memory"),
   cpuProf: args.includes("--cpu-prof"),
-  spans: args.includes("--spans")
+  spans: args.includes("--spans"),
+  pg: args.includes("--pg")
 } as const
 
 /** Targets of issue #6 on this 2-core machine. */
@@ -476,7 +482,8 @@ const runPhase = async (
 
 // --- setting up the server
 
-const serverEnvironment = (port: number, dataDir: string): Record<string, string> => ({
+const serverEnvironment = (port: number, dataDir: string, databaseUrl: string | undefined): Record<string, string> => ({
+  ...(databaseUrl === undefined ? {} : { DATABASE_URL: databaseUrl }),
   NODE_ENV: "production",
   HOST: "127.0.0.1",
   PORT: String(port),
@@ -901,18 +908,42 @@ const stopChildren = async () => {
 
 const dataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "webplus-bench-chat-"))
 
+/** With `--pg`: a database of the run's own on the PostgreSQL server of `BENCH_DATABASE_URL`. */
+const pgAdminUrl = process.env.BENCH_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres"
+const pgDatabase = options.pg ? `webplus_bench_${Crypto.randomBytes(6).toString("hex")}` : undefined
+
+const withPgAdmin = async (query: string) => {
+  const client = new Pg.Client({ connectionString: pgAdminUrl })
+  await client.connect()
+  try {
+    await client.query(query)
+  } finally {
+    await client.end()
+  }
+}
+
+const pgDatabaseUrl = () => {
+  const url = new URL(pgAdminUrl)
+  url.pathname = `/${pgDatabase}`
+  return url.toString()
+}
+
+/** Removes what the run made: its directory, and its database. */
+const cleanUp = async () => {
+  Fs.rmSync(dataDir, { recursive: true, force: true })
+  if (pgDatabase !== undefined) await withPgAdmin(`DROP DATABASE IF EXISTS ${pgDatabase} WITH (FORCE)`)
+}
+
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.once(signal, () => {
-    void stopChildren().finally(() => {
-      Fs.rmSync(dataDir, { recursive: true, force: true })
-      process.exit(130)
-    })
+    void stopChildren().finally(() => cleanUp().finally(() => process.exit(130)))
   })
 }
 
 const main = async () => {
   const profileDir = options.cpuProf ? Fs.mkdtempSync(Path.join(Os.tmpdir(), "webplus-bench-chat-prof-")) : undefined
   try {
+    if (pgDatabase !== undefined) await withPgAdmin(`CREATE DATABASE ${pgDatabase}`)
     const provider = forkChild("bench/pacedProvider.ts", {
       PACED_FIRST_CHUNK_MS: String(pace.firstChunkMs),
       PACED_INTERVAL_MS: String(pace.intervalMs),
@@ -927,7 +958,7 @@ const main = async () => {
     const serverPort = await freePort()
     const server = forkChild(
       "bench/chatServer.ts",
-      serverEnvironment(serverPort, dataDir),
+      serverEnvironment(serverPort, dataDir, pgDatabase === undefined ? undefined : pgDatabaseUrl()),
       ["--expose-gc", ...(profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [])]
     )
     children.push({ name: "server", child: server })
@@ -938,7 +969,7 @@ const main = async () => {
 
     console.log(
       `Web+ chat streaming benchmark — Node ${process.version}, ${Os.cpus().length} × ${Os.cpus()[0]?.model ?? "?"}, ` +
-        "SQLite, server in production mode"
+        `${pgDatabase === undefined ? "SQLite" : "PostgreSQL"}, server in production mode`
     )
     console.log(
       `provider pace: first chunk ${pace.firstChunkMs} ms after the request, then one every ${pace.intervalMs} ms, ` +
@@ -969,7 +1000,7 @@ const main = async () => {
   } finally {
     agent.destroy()
     await stopChildren()
-    Fs.rmSync(dataDir, { recursive: true, force: true })
+    await cleanUp()
     if (profileDir) console.log(`server CPU profile: ${profileDir}`)
   }
 }

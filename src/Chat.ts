@@ -196,10 +196,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     // At shutdown, before the generations' fiber set closes: the answers still being written are
     // stopped, and their ends (`incomplete`) stored.
     yield* Effect.addFinalizer(() =>
-      Effect.forEach(live.values(), (generation) => {
-        generation.stop?.()
-        return ended(generation)
-      }, { discard: true })
+      Effect.suspend(() => {
+        const generations = [...live.values()]
+        for (const generation of generations) generation.stop?.()
+        return Effect.forEach(generations, ended, { discard: true })
+      })
     )
     const flushEvery = Duration.toMillis(settings.flushInterval)
     const heartbeatEvery = Duration.toMillis(settings.streamLease) / 3

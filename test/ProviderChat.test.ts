@@ -12,7 +12,7 @@ import { AppConfig } from "../src/Config.js"
 import type { ProviderFailure } from "../src/Models/Errors.js"
 import { ProviderClients } from "../src/Providers.js"
 import type { ChatChunk, ChatRequest } from "../src/Providers/Chat.js"
-import { type ProviderConnection, relay } from "../src/Providers/Client.js"
+import type { AnswerFeed, ProviderConnection } from "../src/Providers/Client.js"
 import { developmentBaseUrl } from "../src/Providers/Development.js"
 import { call, signUp, type TestUser } from "./fixtures/Auth.js"
 import { freshDirectory } from "./fixtures/Database.js"
@@ -71,6 +71,10 @@ const chat = (connection: ProviderConnection, request: ChatRequest = question) =
 
 const failure = (connection: ProviderConnection, request: ChatRequest = question) =>
   Effect.flip(chat(connection, request))
+
+/** Listens to `feed` (as the chat engine does) from a fiber that waits for the answer's end. */
+const relay = (feed: AnswerFeed, onChunks: (chunks: ReadonlyArray<ChatChunk>) => void) =>
+  Effect.async<void, ProviderFailure>((resume) => Effect.sync(feed.listen(onChunks, resume)))
 
 /** The answer read as the chat engine reads it (`listen`): every chunk handed over from the socket's callback. */
 const relayed = (connection: ProviderConnection, request: ChatRequest = question) =>

@@ -337,16 +337,6 @@ export interface AnswerFeed {
   ) => () => void
 }
 
-/** Listens to `feed` from a fiber that waits for the answer's end (which it succeeds or fails with). */
-export const relay = (
-  feed: AnswerFeed,
-  onChunks: (chunks: ReadonlyArray<ChatChunk>) => void
-): Effect.Effect<void, ProviderFailure> =>
-  Effect.async((resume) => {
-    const detach = feed.listen(onChunks, resume)
-    return Effect.sync(detach)
-  })
-
 /** Opens a streamed answer; closing the scope ends it (aborting the request if it is not over). */
 export type OpenAnswer = (request: ChatRequest) => Effect.Effect<AnswerFeed, ProviderFailure, Scope.Scope>
 

@@ -129,6 +129,37 @@ const textOf = (events: ReadonlyArray<SseEvent>) =>
 
 const pieces = (count: number) => Array.from({ length: count }, (_, i) => `w${i} `)
 
+/**
+ * On the server in context, a new admin with `fake` registered starts a long answer of `model` in
+ * a new conversation, and reads its `start` event and its first five deltas (their text).
+ */
+const answerUnderWay = (fake: FakeProvider, model: string) =>
+  Effect.gen(function*() {
+    const admin = yield* signUp()
+    const { models } = yield* registerProvider(admin, fake)
+    const conversation = expectStatus(
+      yield* call("POST", "/api/v1/conversations", {
+        auth: admin.accessToken,
+        body: { title: "Going away", modelId: models[model] }
+      }),
+      201
+    )
+    const stream = yield* openSse("POST", `/api/v1/conversations/${conversation.id}/chat`, {
+      auth: admin.accessToken,
+      body: { content: "Tell me everything" }
+    })
+    const start = yield* stream.next
+    let relayed = ""
+    for (let i = 0; i < 5; i++) relayed += (yield* stream.next)!.data.text
+    return {
+      answerId: start!.data.answer.id as string,
+      conversationId: conversation.id as string,
+      relayed,
+      stream,
+      user: admin
+    }
+  })
+
 for (const dialect of dialects) {
   layer(withCast(dialect), { excludeTestServices: true })(`chat on ${dialect}`, (it) => {
     describe("answers", () => {
@@ -693,27 +724,11 @@ for (const dialect of dialects) {
             }),
             instanceScope
           )
-          const { answerId, conversationId, relayed, user } = yield* Effect.gen(function*() {
-            const admin = yield* signUp()
-            const { models } = yield* registerProvider(admin, openai)
-            const conversation = expectStatus(
-              yield* call("POST", "/api/v1/conversations", {
-                auth: admin.accessToken,
-                body: { title: "Stop", modelId: models["gpt-stop"] }
-              }),
-              201
-            )
-            const stream = yield* openSse("POST", `/api/v1/conversations/${conversation.id}/chat`, {
-              auth: admin.accessToken,
-              body: { content: "Tell me everything" }
-            })
-            const start = yield* stream.next
-            let relayed = ""
-            for (let i = 0; i < 5; i++) relayed += (yield* stream.next)!.data.text
-            // The client goes away (a shutdown would wait for its request), the answer goes on.
-            yield* stream.close
-            return { answerId: start!.data.answer.id, conversationId: conversation.id, relayed, user: admin }
-          }).pipe(Effect.provide(instance))
+          const { answerId, conversationId, relayed, stream, user } = yield* answerUnderWay(openai, "gpt-stop").pipe(
+            Effect.provide(instance)
+          )
+          // The client goes away (a shutdown would wait for its request), the answer goes on.
+          yield* stream.close
 
           yield* Scope.close(instanceScope, Exit.void)
           const stored = expectStatus(
@@ -768,22 +783,7 @@ for (const dialect of dialects) {
               (status) => status === 200,
               1_200
             )
-            const admin = yield* signUp()
-            const { models } = yield* registerProvider(admin, openai)
-            const conversation = expectStatus(
-              yield* call("POST", "/api/v1/conversations", {
-                auth: admin.accessToken,
-                body: { title: "Crash", modelId: models["gpt-loop"] }
-              }),
-              201
-            )
-            const stream = yield* openSse("POST", `/api/v1/conversations/${conversation.id}/chat`, {
-              auth: admin.accessToken,
-              body: { content: "Tell me everything" }
-            })
-            const start = yield* stream.next
-            for (let i = 0; i < 5; i++) yield* stream.next
-            return { answerId: start!.data.answer.id, conversationId: conversation.id, user: admin }
+            return yield* answerUnderWay(openai, "gpt-loop")
           }).pipe(Effect.provide(childServer))
 
           // Let a flush happen, then kill the instance mid-answer.

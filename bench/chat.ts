@@ -9,7 +9,9 @@
  *   whose answers stream at a fixed pace (first chunk `firstChunkMs` after
  *   the request, then one every `intervalMs`, `chunks` in all);
  * - the server: `bench/chatServer.ts`, the real server (`src/bin/server.ts`
- *   plus a probe for CPU time and memory over IPC), in production mode, with
+ *   plus a probe for CPU time and memory over IPC), compiled by `tsc` and run
+ *   by `node` as in production (`npm run start:prod`, the container image),
+ *   with `NODE_ENV=production`, with
  *   SQLite in a temporary `DATA_DIR` (with `--pg`, a new PostgreSQL database
  *   instead, dropped at the end), the provider registered and synced
  *   through the API like an administrator does;
@@ -55,7 +57,8 @@
  * memory phase; `--cpu-prof` writes a CPU profile of the server (V8
  * `--cpu-prof`) to a temporary directory, printed at the end; `--spans` prints
  * the durations of the server's spans at each level (a diagnostic: recording
- * them costs time too). The machine's other load shows in every figure: run
+ * them costs time too); `--tsx` runs the server under `tsx` as `npm start` does
+ * instead of compiled (its closures are larger: see `buildServer`). The machine's other load shows in every figure: run
  * it on a quiet machine and read the load average printed at the start and
  * the end.
  */
@@ -102,7 +105,8 @@ const options = {
   memory: !args.includes("--no-memory"),
   cpuProf: args.includes("--cpu-prof"),
   spans: args.includes("--spans"),
-  pg: args.includes("--pg")
+  pg: args.includes("--pg"),
+  tsx: args.includes("--tsx")
 } as const
 
 /** Targets of issue #6 on this 2-core machine. */
@@ -140,11 +144,30 @@ interface Child {
   readonly ask: <A>(message: { readonly type: string; readonly [key: string]: unknown }) => Promise<A>
 }
 
+/**
+ * Compiles the server and its probe as `npm run build` does (into `dist/bench-server`, beside the
+ * production build), so that the server runs as it does in production (`node dist/src/bin/server.js`):
+ * `tsx`, which `npm start` uses, compiles with esbuild's `keepNames`, whose `__name` calls give
+ * every named closure a property of its own and so a larger footprint. Returns the probe's path.
+ */
+const buildServer = () => {
+  progress("compiling the server (tsc -p tsconfig.bench.json)")
+  ChildProcess.execFileSync(process.execPath, [
+    Path.join(root, "node_modules/typescript/bin/tsc"),
+    "-p",
+    "tsconfig.bench.json"
+  ], {
+    cwd: root,
+    stdio: "inherit"
+  })
+  return "dist/bench-server/bench/chatServer.js"
+}
+
 const forkChild = (file: string, env: Record<string, string>, execArgv: ReadonlyArray<string> = []): Child => {
   const child = ChildProcess.fork(Path.join(root, file), [], {
     cwd: root,
     env: { PATH: process.env.PATH ?? "", ...env },
-    execArgv: ["--import", "tsx", ...execArgv],
+    execArgv: file.endsWith(".ts") ? ["--import", "tsx", ...execArgv] : [...execArgv],
     stdio: ["ignore", "pipe", "pipe", "ipc"]
   })
   let output = ""
@@ -957,7 +980,7 @@ const main = async () => {
 
     const serverPort = await freePort()
     const server = forkChild(
-      "bench/chatServer.ts",
+      options.tsx ? "bench/chatServer.ts" : buildServer(),
       serverEnvironment(serverPort, dataDir, pgDatabase === undefined ? undefined : pgDatabaseUrl()),
       ["--expose-gc", ...(profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [])]
     )
@@ -969,7 +992,9 @@ const main = async () => {
 
     console.log(
       `Web+ chat streaming benchmark — Node ${process.version}, ${Os.cpus().length} × ${Os.cpus()[0]?.model ?? "?"}, ` +
-        `${pgDatabase === undefined ? "SQLite" : "PostgreSQL"}, server in production mode`
+        `${pgDatabase === undefined ? "SQLite" : "PostgreSQL"}, server in production mode (${
+          options.tsx ? "under tsx" : "compiled"
+        })`
     )
     console.log(
       `provider pace: first chunk ${pace.firstChunkMs} ms after the request, then one every ${pace.intervalMs} ms, ` +

@@ -742,12 +742,18 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
         return yield* Effect.forEach(rows, (model) => statusEvent(model, enabledProviders.has(model.providerId)))
       })
 
-    /** The model and its provider's connection (credential decrypted, redacted), for a caller allowed to chat. */
+    /**
+     * The model and its provider's connection (credential decrypted, redacted), for a caller allowed
+     * to chat. Both are read at once (on PostgreSQL, over two connections): a turn waits for one
+     * round trip rather than two.
+     */
     const resolve = (id: LlmModelId): Effect.Effect<ResolvedModel, NotFound | Forbidden, CurrentActor> =>
       Effect.gen(function*() {
         const actor = yield* requirePermission("models:use")
-        const model = yield* visibleModel(actor, id)
-        const provider = yield* findProvider(model.providerId)
+        const [model, found] = yield* Effect.all([visibleModel(actor, id), providers.findOfModel(id)], {
+          concurrency: 2
+        })
+        const provider = yield* orNotFound("No such provider")(Effect.succeed(found))
         const connection = yield* connectionOf(provider)
         return { model, provider, connection, client: clients.forConnection(connection) }
       })

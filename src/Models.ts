@@ -750,9 +750,14 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
     const resolve = (id: LlmModelId): Effect.Effect<ResolvedModel, NotFound | Forbidden, CurrentActor> =>
       Effect.gen(function*() {
         const actor = yield* requirePermission("models:use")
-        const [model, found] = yield* Effect.all([visibleModel(actor, id), providers.findOfModel(id)], {
-          concurrency: 2
-        })
+        // Both run to their end (no interruption in the failure of a model that is not there).
+        const [visible, found] = yield* Effect.all(
+          [Effect.either(visibleModel(actor, id)), providers.findOfModel(id)],
+          {
+            concurrency: 2
+          }
+        )
+        const model = yield* visible
         const provider = yield* orNotFound("No such provider")(Effect.succeed(found))
         const connection = yield* connectionOf(provider)
         return { model, provider, connection, client: clients.forConnection(connection) }

@@ -13,19 +13,24 @@ import { LoggingLive } from "./Logging.js"
 import { MigrationsError, MigrationsLive } from "./Migrations.js"
 import { Secrets } from "./Secrets.js"
 import { SqlLive } from "./Sql.js"
+import { TracingLive } from "./Tracing.js"
 
 const InfrastructureLive = MigrationsLive.pipe(
   Layer.provideMerge(SqlLive),
   Layer.provideMerge(Secrets.Default)
 )
 
-/** Everything the HTTP layer stands on: configuration, logging, secrets, the database and its migrations. */
+/**
+ * Everything the HTTP layer stands on: configuration, logging, tracing, secrets, the database and
+ * its migrations.
+ */
 export const withInfrastructure = <A, E, R>(http: Layer.Layer<A, E, R>) =>
   http.pipe(
     Layer.provide(InfrastructureLive),
     Layer.provide(LoggingLive),
     Layer.provide(AppConfig.Default),
-    Layer.provide(NodeContext.layer)
+    Layer.provide(NodeContext.layer),
+    Layer.provide(TracingLive)
   )
 
 export const ServerLive = withInfrastructure(HttpLive)

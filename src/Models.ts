@@ -742,23 +742,12 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
         return yield* Effect.forEach(rows, (model) => statusEvent(model, enabledProviders.has(model.providerId)))
       })
 
-    /**
-     * The model and its provider's connection (credential decrypted, redacted), for a caller allowed
-     * to chat. Both are read at once (on PostgreSQL, over two connections): a turn waits for one
-     * round trip rather than two.
-     */
+    /** The model and its provider's connection (credential decrypted, redacted), for a caller allowed to chat. */
     const resolve = (id: LlmModelId): Effect.Effect<ResolvedModel, NotFound | Forbidden, CurrentActor> =>
       Effect.gen(function*() {
         const actor = yield* requirePermission("models:use")
-        // Both run to their end (no interruption in the failure of a model that is not there).
-        const [visible, found] = yield* Effect.all(
-          [Effect.either(visibleModel(actor, id)), providers.findOfModel(id)],
-          {
-            concurrency: 2
-          }
-        )
-        const model = yield* visible
-        const provider = yield* orNotFound("No such provider")(Effect.succeed(found))
+        const model = yield* visibleModel(actor, id)
+        const provider = yield* findProvider(model.providerId)
         const connection = yield* connectionOf(provider)
         return { model, provider, connection, client: clients.forConnection(connection) }
       })

@@ -1,6 +1,6 @@
 import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Schema } from "effect"
-import type { LlmModelId, ProviderId } from "../Domain/Ids.js"
+import { type ProviderId } from "../Domain/Ids.js"
 import { Provider, ProviderKind } from "../Domain/Model.js"
 import { storedNow } from "../Sql.js"
 
@@ -40,15 +40,6 @@ export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/Provi
       execute: (baseUrl) => sql`SELECT * FROM providers WHERE base_url = ${baseUrl}`
     })
 
-    /** The provider of a model, found by the model's id: it needs no read of the model first. */
-    const findOfModel = SqlSchema.findOne({
-      Request: Schema.String,
-      Result: Provider,
-      execute: (modelId) =>
-        sql`SELECT providers.* FROM llm_models JOIN providers ON providers.id = llm_models.provider_id
-          WHERE llm_models.id = ${modelId}`
-    })
-
     const withCredential = SqlSchema.findAll({
       Request: Schema.Void,
       Result: Provider,
@@ -68,7 +59,6 @@ export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/Provi
       insert: (provider: typeof Provider.insert.Type) => Effect.orDie(repo.insert(provider)),
       update: (provider: typeof Provider.update.Type) => Effect.orDie(repo.update(provider)),
       findById: (id: ProviderId) => Effect.orDie(repo.findById(id)),
-      findOfModel: (modelId: LlmModelId) => Effect.orDie(findOfModel(modelId)),
       delete: (id: ProviderId) => Effect.orDie(repo.delete(id)),
       list: Effect.orDie(list()),
       findByName: (name: string) => Effect.orDie(findByName(name)),

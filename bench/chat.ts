@@ -58,9 +58,9 @@
  * `--cpu-prof`) to a temporary directory, printed at the end; `--spans` prints
  * the durations of the server's spans at each level (a diagnostic: recording
  * them costs time too); `--tsx` runs the server under `tsx` as `npm start` does
- * instead of compiled (its closures are larger: see `buildServer`). The machine's other load shows in every figure: run
- * it on a quiet machine and read the load average printed at the start and
- * the end.
+ * instead of compiled (its closures are larger: see `buildServer`). The
+ * machine's other load shows in every figure: run it on a quiet machine and
+ * read the load average printed at the start and the end.
  */
 import * as ChildProcess from "node:child_process"
 import * as Crypto from "node:crypto"

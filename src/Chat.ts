@@ -41,7 +41,7 @@ import { answerReserve, fitToContext, toChatMessages } from "./Chat/Context.js"
 import { AppConfig } from "./Config.js"
 import { Conversations } from "./Conversations.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
-import type { ConversationView, MessageView, ToolCall } from "./Domain/Conversation.js"
+import type { MessageView, ToolCall } from "./Domain/Conversation.js"
 import { FieldIssue, type Forbidden, NotFound, ValidationError } from "./Domain/Errors.js"
 import type { JsonObject } from "./Domain/Fields.js"
 import type { ConversationId, LlmModelId, MessageId, ModelConfigId } from "./Domain/Ids.js"
@@ -61,6 +61,19 @@ export interface TurnInput {
   readonly parentId?: MessageId | undefined
   readonly modelId?: LlmModelId | undefined
   readonly modelConfigId?: ModelConfigId | undefined
+}
+
+/** What a turn takes from its conversation, if it has one: the model and preset it defaults to. */
+interface Defaults {
+  readonly modelId: LlmModelId | null
+  readonly modelConfigId: ModelConfigId | null
+}
+
+/** A turn's model (the answer records its id and name) and preset. */
+interface Prepared {
+  readonly model: { readonly id: LlmModelId; readonly name: string }
+  readonly resolved: ResolvedModel
+  readonly preset: Option.Option<ModelConfig>
 }
 
 /** Events that arrived together; empty when there is nothing new (a keep-alive). */
@@ -210,7 +223,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     /** The model for a turn: the request's, the conversation's, the preset's, else the first usable one. */
     const chooseModel = (
       input: TurnInput,
-      conversation: ConversationView | null,
+      conversation: Defaults | null,
       preset: Option.Option<ModelConfig>
     ): Effect.Effect<ResolvedModel, ValidationError | Forbidden, CurrentActor> =>
       Effect.gen(function*() {
@@ -230,7 +243,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     )
 
     /** The preset for a turn: the request's (which must exist), else the conversation's. */
-    const presetFor = (actor: Actor, input: TurnInput, conversation: ConversationView | null) =>
+    const presetFor = (actor: Actor, input: TurnInput, conversation: Defaults | null) =>
       Effect.gen(function*() {
         const id = input.modelConfigId ?? conversation?.modelConfigId ?? null
         const preset = id === null ? Option.none<ModelConfig>() : yield* configs.findVisible(id, actor.userId)
@@ -238,6 +251,14 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           return yield* invalid(["modelConfigId"], "No such model config")
         }
         return preset
+      })
+
+    /** What a turn is answered with: the preset, then the model, from the request or the conversation. */
+    const prepareTurn = (actor: Actor, input: TurnInput, conversation: Defaults | null) =>
+      Effect.gen(function*() {
+        const preset = yield* presetFor(actor, input, conversation)
+        const resolved = yield* chooseModel(input, conversation, preset)
+        return { model: { id: resolved.model.id, name: resolved.model.displayName }, resolved, preset } as const
       })
 
     /** The request for the provider: the preset's parameters, and `branch` fitted to the window. */
@@ -541,21 +562,23 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         Effect.withSpan("ChatEngine.writeTitle")
       )
 
-    /** Stores the question and an empty answer, then generates the answer in the engine's scope. */
-    const startTurn = (
+    /**
+     * Stores the question and an empty answer (with the model and preset `prepare` chooses, once the
+     * conversation is locked), then generates the answer in the engine's scope.
+     */
+    const startTurn = <E, R>(
       actor: Actor,
-      conversation: ConversationView,
+      conversationId: ConversationId,
       input: TurnInput,
-      resolved: ResolvedModel,
-      preset: Option.Option<ModelConfig>
+      prepare: (conversation: Defaults) => Effect.Effect<Prepared, E, R>
     ) =>
       Effect.gen(function*() {
-        const { answer, branch, question } = yield* conversations.openAnswer(conversation.id, {
-          content: input.content,
-          metadata: input.metadata,
-          parentId: input.parentId,
-          model: { id: resolved.model.id, name: resolved.model.displayName }
-        })
+        const { answer, branch, conversation, prepared, question } = yield* conversations.openAnswer(
+          conversationId,
+          { content: input.content, metadata: input.metadata, parentId: input.parentId },
+          prepare
+        )
+        const { preset, resolved } = prepared
         const request = buildRequest(resolved, preset, branch)
         const generation: Generation = {
           conversationId: conversation.id,
@@ -602,15 +625,15 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
     const chatting = Effect.zipRight(requirePermission("chat"), requirePermission("conversations:write"))
 
-    /** A turn in an existing conversation of the actor's. */
+    /**
+     * A turn in an existing conversation of the actor's (not in the trash), whose model and preset are
+     * chosen once it is locked: it is read once.
+     */
     const turn = (conversationId: ConversationId, input: TurnInput) =>
       Effect.gen(function*() {
         const actor = yield* chatting
-        const conversation = yield* conversations.get(conversationId)
-        if (conversation.deletedAt !== null) return yield* new NotFound({ message: "No such conversation" })
-        const preset = yield* presetFor(actor, input, conversation)
-        const resolved = yield* chooseModel(input, conversation, preset)
-        return yield* startTurn(actor, conversation, input, resolved, preset)
+        yield* requirePermission("conversations:read")
+        return yield* startTurn(actor, conversationId, input, (conversation) => prepareTurn(actor, input, conversation))
       })
 
     const chat = (conversationId: ConversationId, payload: ChatPayload) =>
@@ -620,14 +643,13 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const newChat = (payload: NewChatPayload) =>
       Effect.gen(function*() {
         const actor = yield* chatting
-        const preset = yield* presetFor(actor, payload, null)
-        const resolved = yield* chooseModel(payload, null, preset)
+        const prepared = yield* prepareTurn(actor, payload, null)
         const conversation = yield* conversations.create({
           title: payload.title,
-          modelId: resolved.model.id,
+          modelId: prepared.resolved.model.id,
           modelConfigId: payload.modelConfigId ?? null
         })
-        return yield* startTurn(actor, conversation, payload, resolved, preset)
+        return yield* startTurn(actor, conversation.id, payload, () => Effect.succeed(prepared))
       }).pipe(Effect.withSpan("ChatEngine.newChat"))
 
     /** Another answer to the question `messageId` answered, as its sibling. */

@@ -99,6 +99,12 @@ export interface ModelSettings {
   readonly anthropicBaseUrl: string
   /** How often Ollama's running models are read back; zero turns it off. */
   readonly statusPollInterval: Duration.Duration
+  /**
+   * How long a chat turn's model and provider, once read, are used without reading them again.
+   * A change made through this instance applies at once; one made through another instance
+   * within this time. Zero reads them on every turn.
+   */
+  readonly resolveCacheTtl: Duration.Duration
 }
 
 export interface EventsSettings {
@@ -196,7 +202,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       ),
       statusPollInterval: yield* Config.duration("MODEL_STATUS_POLL_INTERVAL").pipe(
         Config.withDefault(Duration.seconds(15))
-      )
+      ),
+      resolveCacheTtl: yield* Config.duration("MODEL_CACHE_TTL").pipe(Config.withDefault(Duration.seconds(5)))
     }
     const events: EventsSettings = {
       maxSocketsPerUser: yield* positiveInt("EVENTS_MAX_SOCKETS_PER_USER").pipe(Config.withDefault(8)),

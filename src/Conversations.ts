@@ -348,26 +348,34 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
      * message (when `content` is given) under `parentId` or the current leaf, and below it an
      * empty `streaming` assistant message, which becomes the leaf. Without `content` (regenerate,
      * continue) the answer goes under `parentId` or the leaf, which must be a user or tool message.
-     * Gives both as stored, and the branch the answer follows (root first, up to its parent).
+     * `prepare` runs first in that transaction, with the conversation as locked (its model, its
+     * preset): it names the answer's model, and if it fails nothing is written. Gives both
+     * messages as stored, and the branch the answer follows (root first, up to its parent).
      */
-    const openAnswer = (id: ConversationId, input: {
-      readonly content?: string | undefined
-      readonly metadata?: JsonObject | undefined
-      readonly parentId?: MessageId | undefined
-      readonly model: { readonly id: LlmModelId; readonly name: string }
-    }): Effect.Effect<
+    const openAnswer = <P extends { readonly model: { readonly id: LlmModelId; readonly name: string } }, E, R>(
+      id: ConversationId,
+      input: {
+        readonly content?: string | undefined
+        readonly metadata?: JsonObject | undefined
+        readonly parentId?: MessageId | undefined
+      },
+      prepare: (conversation: Conversation) => Effect.Effect<P, E, R>
+    ): Effect.Effect<
       {
+        readonly conversation: Conversation
+        readonly prepared: P
         readonly question: MessageView | null
         readonly answer: MessageView
         readonly branch: ReadonlyArray<MessageView>
       },
-      NotFound | ValidationError | Forbidden,
-      CurrentActor
+      NotFound | ValidationError | Forbidden | E,
+      CurrentActor | R
     > =>
       Effect.gen(function*() {
         const actor = yield* writable
-        const { answerId, questionId } = yield* transaction(Effect.gen(function*() {
+        const { answerId, conversation, prepared, questionId } = yield* transaction(Effect.gen(function*() {
           const conversation = yield* lockLive(actor, id)
+          const prepared = yield* prepare(conversation)
           const parentId = input.parentId ?? conversation.currentLeafId
           if (input.content === undefined) {
             const parent = parentId === null ? null : yield* findTreeMessage(id, parentId, ["parentId"])
@@ -394,11 +402,11 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
             role: "assistant",
             content: "",
             status: "streaming",
-            modelId: input.model.id,
-            modelName: input.model.name
+            modelId: prepared.model.id,
+            modelName: prepared.model.name
           })
           yield* addLeaf(id, answerId, ...question, answer)
-          return { answerId, questionId }
+          return { answerId, conversation, prepared, questionId }
         }))
         // One read gives both messages as stored and what the model is sent: the branch, root first,
         // ends with the question (if any) and the answer.
@@ -407,7 +415,13 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         if (answer === undefined || answer.id !== answerId) {
           return yield* Effect.die(new Error("The answer was not stored"))
         }
-        return { question: questionId === null ? null : branch.at(-2) ?? null, answer, branch: branch.slice(0, -1) }
+        return {
+          conversation,
+          prepared,
+          question: questionId === null ? null : branch.at(-2) ?? null,
+          answer,
+          branch: branch.slice(0, -1)
+        }
       }).pipe(Effect.withSpan("Conversations.openAnswer"))
 
     const getMessage = (id: ConversationId, messageId: MessageId) =>

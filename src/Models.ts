@@ -4,12 +4,12 @@
  * transport gets the same rules; status changes are published as events.
  */
 import { SqlClient } from "@effect/sql"
-import { DateTime, Duration, Effect, FiberSet, Option, Schedule, Stream } from "effect"
+import { Clock, DateTime, Duration, Effect, FiberSet, Option, Schedule, Stream } from "effect"
 import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { AppConfig } from "./Config.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
-import { Conflict, FieldIssue, type Forbidden, type NotFound, orNotFound, ValidationError } from "./Domain/Errors.js"
+import { Conflict, FieldIssue, type Forbidden, NotFound, orNotFound, ValidationError } from "./Domain/Errors.js"
 import type { LlmModelId, ModelConfigId, ProviderId } from "./Domain/Ids.js"
 import { LlmModel, ModelConfig, type ModelStatus, Provider, type ProviderKind } from "./Domain/Model.js"
 import {
@@ -742,14 +742,45 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
         return yield* Effect.forEach(rows, (model) => statusEvent(model, enabledProviders.has(model.providerId)))
       })
 
+    // Every chat turn resolves its model: the model and its provider, as read, are kept for
+    // `MODEL_CACHE_TTL`, and forgotten as soon as this instance writes either table.
+    const resolveTtl = Duration.toMillis(settings.models.resolveCacheTtl)
+    const resolved = new Map<
+      LlmModelId,
+      { readonly entry: ResolvedModel; readonly writes: number; readonly until: number }
+    >()
+    const maxResolved = 1024
+    const tableWrites = () => models.writes() + providers.writes()
+
+    /** The model and its provider's connection (credential decrypted, redacted), whether usable or not. */
+    const resolveAny = (id: LlmModelId): Effect.Effect<ResolvedModel, NotFound> =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const writes = tableWrites()
+        const kept = resolved.get(id)
+        if (kept !== undefined && kept.writes === writes && kept.until > now) return Effect.succeed(kept.entry)
+        return Effect.gen(function*() {
+          const model = yield* findModel(id)
+          const provider = yield* findProvider(model.providerId)
+          const connection = yield* connectionOf(provider)
+          const entry: ResolvedModel = { model, provider, connection, client: clients.forConnection(connection) }
+          if (resolveTtl > 0) {
+            if (resolved.size >= maxResolved) resolved.clear()
+            resolved.set(id, { entry, writes, until: now + resolveTtl })
+          }
+          return entry
+        })
+      })
+
     /** The model and its provider's connection (credential decrypted, redacted), for a caller allowed to chat. */
     const resolve = (id: LlmModelId): Effect.Effect<ResolvedModel, NotFound | Forbidden, CurrentActor> =>
       Effect.gen(function*() {
         const actor = yield* requirePermission("models:use")
-        const model = yield* visibleModel(actor, id)
-        const provider = yield* findProvider(model.providerId)
-        const connection = yield* connectionOf(provider)
-        return { model, provider, connection, client: clients.forConnection(connection) }
+        const entry = yield* resolveAny(id)
+        // What `visibleModel` allows: an administrator any model, anyone else a usable one.
+        if (!actor.can("admin:models") && !(entry.model.enabled && entry.provider.enabled)) {
+          return yield* new NotFound({ message: "No such model" })
+        }
+        return entry
       })
 
     /** One round of reading Ollama's running models back, for every enabled Ollama provider. */

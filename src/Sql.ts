@@ -209,6 +209,22 @@ export const inTransaction =
     ) as Effect.Effect<A, E, R>
 
 /**
+ * Counts a repository's writes in this process, for copies of its rows kept in memory: a copy
+ * taken when the count was lower may be out of date. (Writes by other instances are not counted:
+ * such a copy must also expire.)
+ */
+export const writeCounter = () => {
+  let count = 0
+  return {
+    /** Runs a write, and counts it whether or not it succeeded. */
+    counted: <A, E, R>(write: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+      Effect.ensuring(write, Effect.sync(() => count++)),
+    /** How many writes were made (or tried) so far. */
+    writes: (): number => count
+  }
+}
+
+/**
  * Serialises the transactions that take the same named lock, for checks that
  * span rows ("is this the last admin?"). PostgreSQL: a transaction-scoped
  * advisory lock. SQLite already runs one write transaction at a time.

@@ -1,7 +1,8 @@
 /**
  * `ModelRegistry.resolve`, what the chat engine asks for: a model the caller
  * may use, with its provider's connection and the credential opened (and
- * redacted), on both dialects, through the services the server runs.
+ * redacted), on both dialects, through the services the server runs; and how
+ * long what it read is kept.
  */
 import { NodeContext } from "@effect/platform-node"
 import { SqlClient } from "@effect/sql"
@@ -14,9 +15,17 @@ import { RoleName } from "../src/Domain/User.js"
 import { ServicesLive } from "../src/Http.js"
 import { MigrationsLive } from "../src/Migrations.js"
 import { ModelRegistry } from "../src/Models.js"
-import { CreateModelPayload, CreateProviderPayload, UpdateModelPayload } from "../src/Models/Api.js"
+import {
+  CreateModelPayload,
+  CreateProviderPayload,
+  UpdateModelPayload,
+  UpdateProviderPayload
+} from "../src/Models/Api.js"
 import { Secrets } from "../src/Secrets.js"
 import { dialects, freshDatabase, freshDirectory } from "./fixtures/Database.js"
+
+/** How long a resolved model is kept here (`MODEL_CACHE_TTL`). */
+const cacheTtlMs = 400
 
 const services = (dialect: (typeof dialects)[number]) =>
   Layer.unwrapScoped(Effect.map(freshDirectory, (dataDir) =>
@@ -30,7 +39,8 @@ const services = (dialect: (typeof dialects)[number]) =>
         new Map([
           ["NODE_ENV", "test"],
           ["DATA_DIR", dataDir],
-          ["MODEL_STATUS_POLL_INTERVAL", "0 seconds"]
+          ["MODEL_STATUS_POLL_INTERVAL", "0 seconds"],
+          ["MODEL_CACHE_TTL", `${cacheTtlMs} millis`]
         ])
       )))
     )))
@@ -108,6 +118,36 @@ for (const dialect of dialects) {
           expect(Exit.isFailure(disabled) && disabled.cause._tag === "Fail" && disabled.cause.error._tag).toBe(
             "NotFound"
           )
+        }))
+
+      it.effect("keeps what it read for MODEL_CACHE_TTL, and forgets it at once when this instance changes it", () =>
+        Effect.gen(function*() {
+          const registry = yield* ModelRegistry
+          const sql = yield* SqlClient.SqlClient
+          const admin = yield* newUser("admin")
+          const user = yield* newUser("user")
+          const asAdmin = as(admin, "admin", adminPermissions)
+          const asUser = as(user, "user", ["models:read", "models:use"])
+          const provider = yield* registry.createProvider(
+            new CreateProviderPayload({ name: "cached", kind: "openai-compatible", baseUrl: "http://127.0.0.1:9/v1" })
+          ).pipe(asAdmin)
+          const model = yield* registry.createModel(
+            new CreateModelPayload({ providerId: provider.id, providerModel: "kept", enabled: true })
+          ).pipe(asAdmin)
+          const id = model.id as LlmModelId
+          expect((yield* registry.resolve(id).pipe(asUser)).connection.baseUrl).toBe("http://127.0.0.1:9/v1")
+
+          // Changed through this instance: the next turn sees it.
+          yield* registry.updateProvider(provider.id, new UpdateProviderPayload({ baseUrl: "http://127.0.0.1:10/v1" }))
+            .pipe(asAdmin)
+          expect((yield* registry.resolve(id).pipe(asUser)).connection.baseUrl).toBe("http://127.0.0.1:10/v1")
+
+          // Changed by another instance (straight in the database): seen once what was read has expired.
+          yield* sql`UPDATE llm_models SET enabled = FALSE WHERE id = ${id}`
+          expect((yield* registry.resolve(id).pipe(asUser)).model.enabled).toBe(true)
+          yield* Effect.sleep(`${cacheTtlMs + 100} millis`)
+          const expired = yield* Effect.exit(registry.resolve(id).pipe(asUser))
+          expect(Exit.isFailure(expired) && expired.cause._tag === "Fail" && expired.cause.error._tag).toBe("NotFound")
         }))
     })
   })

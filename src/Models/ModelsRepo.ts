@@ -2,7 +2,7 @@ import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Schema } from "effect"
 import { type LlmModelId, ProviderId } from "../Domain/Ids.js"
 import { LlmModel, ModelStatus } from "../Domain/Model.js"
-import { storedNow } from "../Sql.js"
+import { storedNow, writeCounter } from "../Sql.js"
 
 export const ModelFilter = Schema.Struct({
   status: Schema.NullOr(ModelStatus),
@@ -70,21 +70,25 @@ export class ModelsRepo extends Effect.Service<ModelsRepo>()("Models/ModelsRepo"
           } WHERE status = 'loading'`
       )
 
+    // The registry keeps resolved models for a while: the count tells it when one may be out of date.
+    const { counted, writes } = writeCounter()
+
     return {
-      failInterrupted: (message: string) => Effect.orDie(Effect.asVoid(failInterrupted(message))),
-      insert: (model: typeof LlmModel.insert.Type) => Effect.orDie(repo.insert(model)),
-      update: (model: typeof LlmModel.update.Type) => Effect.orDie(repo.update(model)),
+      writes,
+      failInterrupted: (message: string) => counted(Effect.orDie(Effect.asVoid(failInterrupted(message)))),
+      insert: (model: typeof LlmModel.insert.Type) => counted(Effect.orDie(repo.insert(model))),
+      update: (model: typeof LlmModel.update.Type) => counted(Effect.orDie(repo.update(model))),
       findById: (id: LlmModelId) => Effect.orDie(repo.findById(id)),
       /** The model, if a user may pick it (enabled, of an enabled provider). */
       findUsable: (id: LlmModelId) => Effect.orDie(findUsable(id)),
-      delete: (id: LlmModelId) => Effect.orDie(repo.delete(id)),
+      delete: (id: LlmModelId) => counted(Effect.orDie(repo.delete(id))),
       list: (filter: ModelFilter) => Effect.orDie(list(filter)),
       findByProviderModel: (providerId: ProviderId, providerModel: string) =>
         Effect.orDie(findByProviderModel({ providerId, providerModel })),
       setStatus: (id: LlmModelId, status: ModelStatus, statusMessage: string | null, enabled?: boolean) =>
-        Effect.orDie(
+        counted(Effect.orDie(
           setStatus(id, { status, statusMessage, ...(enabled !== undefined ? { enabled: enabled ? 1 : 0 } : {}) })
-        )
+        ))
     } as const
   })
 }) {}

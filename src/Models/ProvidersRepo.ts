@@ -2,7 +2,7 @@ import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Schema } from "effect"
 import { type ProviderId } from "../Domain/Ids.js"
 import { Provider, ProviderKind } from "../Domain/Model.js"
-import { storedNow } from "../Sql.js"
+import { storedNow, writeCounter } from "../Sql.js"
 
 export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/ProvidersRepo", {
   effect: Effect.gen(function*() {
@@ -55,18 +55,22 @@ export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/Provi
           } WHERE id = ${id}`
       )
 
+    // The registry keeps resolved models for a while: the count tells it when one may be out of date.
+    const { counted, writes } = writeCounter()
+
     return {
-      insert: (provider: typeof Provider.insert.Type) => Effect.orDie(repo.insert(provider)),
-      update: (provider: typeof Provider.update.Type) => Effect.orDie(repo.update(provider)),
+      writes,
+      insert: (provider: typeof Provider.insert.Type) => counted(Effect.orDie(repo.insert(provider))),
+      update: (provider: typeof Provider.update.Type) => counted(Effect.orDie(repo.update(provider))),
       findById: (id: ProviderId) => Effect.orDie(repo.findById(id)),
-      delete: (id: ProviderId) => Effect.orDie(repo.delete(id)),
+      delete: (id: ProviderId) => counted(Effect.orDie(repo.delete(id))),
       list: Effect.orDie(list()),
       findByName: (name: string) => Effect.orDie(findByName(name)),
       findFromEnvironment: (kind: ProviderKind) => Effect.orDie(findFromEnvironment(kind)),
       findByBaseUrl: (baseUrl: string) => Effect.orDie(findByBaseUrl(baseUrl)),
       withCredential: Effect.orDie(withCredential()),
       setCredential: (id: ProviderId, ciphertext: string, keyId: string) =>
-        Effect.orDie(setCredential(id, ciphertext, keyId))
+        counted(Effect.orDie(setCredential(id, ciphertext, keyId)))
     } as const
   })
 }) {}

@@ -37,7 +37,7 @@ import { requirePermission } from "./Auth/Policy.js"
 import { AnswerRepo, type FinalStatus } from "./Chat/AnswerRepo.js"
 import type { ChatEvent, ChatPayload, ContinuePayload, NewChatPayload, RegeneratePayload } from "./Chat/Api.js"
 import { ChatResult } from "./Chat/Api.js"
-import { answerReserve, fitToContext, toChatMessages } from "./Chat/Context.js"
+import { answerReserve, fillsContext, fitToContext, toChatMessages } from "./Chat/Context.js"
 import { AppConfig } from "./Config.js"
 import { Conversations } from "./Conversations.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
@@ -69,11 +69,12 @@ interface Defaults {
   readonly modelConfigId: ModelConfigId | null
 }
 
-/** A turn's model (the answer records its id and name) and preset. */
+/** A turn's model (the answer records its id and name) and preset, and how much of the branch it sends. */
 interface Prepared {
   readonly model: { readonly id: LlmModelId; readonly name: string }
   readonly resolved: ResolvedModel
   readonly preset: Option.Option<ModelConfig>
+  readonly enough: (newestFirst: ReadonlyArray<MessageView>) => boolean
 }
 
 /** Events that arrived together; empty when there is nothing new (a keep-alive). */
@@ -253,12 +254,27 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         return preset
       })
 
-    /** What a turn is answered with: the preset, then the model, from the request or the conversation. */
+    /** The tokens of the model's window that the system prompt and the history may take. */
+    const promptBudget = (resolved: ResolvedModel, config: ModelConfig | null) => {
+      const window = resolved.model.contextWindow ?? settings.defaultContextWindow
+      return window - answerReserve(window, config?.maxTokens ?? null)
+    }
+
+    /**
+     * What a turn is answered with: the preset, then the model, from the request or the conversation;
+     * and how much of the branch to read (what fits in the model's window).
+     */
     const prepareTurn = (actor: Actor, input: TurnInput, conversation: Defaults | null) =>
       Effect.gen(function*() {
         const preset = yield* presetFor(actor, input, conversation)
         const resolved = yield* chooseModel(input, conversation, preset)
-        return { model: { id: resolved.model.id, name: resolved.model.displayName }, resolved, preset } as const
+        const config = Option.getOrNull(preset)
+        return {
+          model: { id: resolved.model.id, name: resolved.model.displayName },
+          resolved,
+          preset,
+          enough: fillsContext(config?.systemPrompt ?? null, promptBudget(resolved, config))
+        } satisfies Prepared
       })
 
     /** The request for the provider: the preset's parameters, and `branch` fitted to the window. */
@@ -268,12 +284,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       branch: ReadonlyArray<MessageView>
     ): ChatRequest => {
       const config = Option.getOrNull(preset)
-      const window = resolved.model.contextWindow ?? settings.defaultContextWindow
       const maxTokens = config?.maxTokens ?? null
       const messages = fitToContext(
         config?.systemPrompt ?? null,
         toChatMessages(branch),
-        window - answerReserve(window, maxTokens)
+        promptBudget(resolved, config)
       )
       return {
         model: resolved.model.providerModel,

@@ -105,6 +105,8 @@ const ListPosition = Schema.Struct({ ...Position.fields, pinned: Schema.Boolean 
 const listCursor = cursorOf(ListPosition)
 /** Where the next page of the active branch starts (walking up from this message). */
 const branchCursor = cursorOf(Schema.Struct({ from: MessageIdSchema }))
+/** How many messages of a branch a chat turn reads at a time (see `branchUntil`). */
+const branchPage = 128
 const SearchPosition = Schema.Struct({ offset: Schema.Int.pipe(Schema.between(0, 10_000)) })
 const searchCursor = cursorOf(SearchPosition)
 
@@ -352,7 +354,40 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
      * preset): it names the answer's model, and if it fails nothing is written. Gives both
      * messages as stored, and the branch the answer follows (root first, up to its parent).
      */
-    const openAnswer = <P extends { readonly model: { readonly id: LlmModelId; readonly name: string } }, E, R>(
+    /**
+     * The branch that ends at `leafId`, root first, read from the leaf up a page at a time until
+     * there is no more or `enough` (given what was read, newest first) says so.
+     */
+    const branchUntil = (
+      id: ConversationId,
+      leafId: MessageId,
+      enough: (newestFirst: ReadonlyArray<MessageView>) => boolean
+    ) =>
+      Effect.gen(function*() {
+        const pages: Array<ReadonlyArray<MessageView>> = []
+        const newestFirst: Array<MessageView> = []
+        let from: MessageId = leafId
+        while (true) {
+          // Root first: the page, and before it, when there is more, the message it continues from.
+          const rows = yield* repo.activeBranch(id, from, branchPage)
+          const more = rows.length > branchPage
+          const page = more ? rows.slice(1) : rows
+          pages.unshift(page)
+          for (let i = page.length - 1; i >= 0; i--) newestFirst.push(page[i]!)
+          if (!more || enough(newestFirst)) return pages.flat()
+          from = rows[0]!.id
+        }
+      })
+
+    const openAnswer = <
+      P extends {
+        readonly model: { readonly id: LlmModelId; readonly name: string }
+        /** What the model is sent is cut there: the branch is read only until this says it is enough. */
+        readonly enough?: (newestFirst: ReadonlyArray<MessageView>) => boolean
+      },
+      E,
+      R
+    >(
       id: ConversationId,
       input: {
         readonly content?: string | undefined
@@ -410,7 +445,9 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         }))
         // One read gives both messages as stored and what the model is sent: the branch, root first,
         // ends with the question (if any) and the answer.
-        const branch = yield* Effect.orDie(repo.activeBranch(id, answerId))
+        const branch = yield* Effect.orDie(
+          prepared.enough === undefined ? repo.activeBranch(id, answerId) : branchUntil(id, answerId, prepared.enough)
+        )
         const answer = branch.at(-1)
         if (answer === undefined || answer.id !== answerId) {
           return yield* Effect.die(new Error("The answer was not stored"))

@@ -288,6 +288,63 @@ for (const dialect of dialects) {
           expect(sent.map((m) => m.content)).not.toContainEqual(expect.stringMatching(/^question 0 /))
         }))
 
+      it.scoped("reads a long branch a page at a time, only as far as the model's window reaches", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: ["Noted"] })
+          const { smallModelId } = yield* TheCast
+          // A conversation of 300 messages (three pages of the branch), imported as a chain.
+          const at = new Date().toISOString()
+          const messages = Array.from({ length: 300 }, (_, i) => ({
+            id: `m${i}`,
+            parentId: i === 0 ? null : `m${i - 1}`,
+            role: i % 2 === 0 ? "user" : "assistant",
+            content: `message ${i}`,
+            status: "complete",
+            modelName: null,
+            promptTokens: null,
+            completionTokens: null,
+            toolCalls: [],
+            metadata: {},
+            editedFromId: null,
+            deleted: false,
+            createdAt: at
+          }))
+          const imported = expectStatus(
+            yield* asUser("POST", "/api/v1/conversations/import", {
+              format: "webplus.conversation",
+              version: 1,
+              exportedAt: at,
+              conversation: { title: "Long", pinned: false, archived: false, currentLeafId: "m299", createdAt: at },
+              messages,
+              threads: []
+            }),
+            201
+          )
+          const conversationId = imported.id as string
+          const sent = () => chatRequests(openai).at(-1)!.body.messages as Array<{ role: string; content: string }>
+
+          // Everything fits the large window: the whole branch, in order, across the pages' seams.
+          expectStatus(yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, { content: "first" }), 200)
+          expect(sent().map((m) => m.content)).toEqual([...messages.map((m) => m.content), "first"])
+
+          // The small window (400 tokens, a quarter kept for the answer) holds the newest messages only.
+          expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, {
+              content: "second",
+              modelId: smallModelId
+            }),
+            200
+          )
+          const fitted = sent()
+          expect(fitted.length).toBeGreaterThan(10)
+          expect(fitted.length).toBeLessThan(100)
+          expect(fitted[0]!.role).toBe("user")
+          expect(fitted.slice(-3).map((m) => m.content)).toEqual(["first", "Noted", "second"])
+          // Consecutive, newest last: nothing skipped where it was cut.
+          const numbers = fitted.slice(0, -3).map((m) => Number(m.content.split(" ")[1]))
+          expect(numbers).toEqual(Array.from({ length: numbers.length }, (_, i) => 300 - numbers.length + i))
+        }))
+
       it.scoped("streams tool calls and stores them on the answer", () =>
         Effect.gen(function*() {
           yield* script({

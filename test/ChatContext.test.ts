@@ -1,7 +1,8 @@
 /** What the model is sent: the branch fitted to its context window, and titles made from its answers. */
 import { describe, expect, it } from "@effect/vitest"
 import { cleanTitle, fallbackTitle } from "../src/Chat.js"
-import { answerReserve, estimateTokens, fitToContext } from "../src/Chat/Context.js"
+import { answerReserve, estimateTokens, fillsContext, fitToContext, toChatMessages } from "../src/Chat/Context.js"
+import type { MessageView } from "../src/Domain/Conversation.js"
 import type { ChatMessage } from "../src/Providers/Chat.js"
 
 const turn = (role: ChatMessage["role"], words: number, tag: string): ChatMessage => ({
@@ -42,6 +43,38 @@ describe("fitting the branch to the context window", () => {
     expect(answerReserve(8192, 300)).toBe(300)
     expect(answerReserve(8192, null)).toBe(1024)
     expect(answerReserve(2048, null)).toBe(512)
+  })
+})
+
+describe("reading only the branch that can be sent", () => {
+  // A branch as stored, root first: questions and answers of varied lengths, one answer empty
+  // (cut short before its first chunk), which is not sent.
+  const branch = Array.from({ length: 40 }, (_, i) =>
+    ({
+      role: i % 2 === 0 ? "user" : "assistant",
+      content: i === 13 ? "" : `m${i} ${"word ".repeat((i * 7) % 23)}`.trim(),
+      toolCalls: [],
+      metadata: {}
+    }) as unknown as MessageView)
+
+  it("stops only once what was read, from the end up, holds more than fitToContext keeps", () => {
+    for (const systemPrompt of [null, "Be brief and precise."]) {
+      for (const budget of [1, 20, 60, 150, 400, 10_000]) {
+        const whole = fitToContext(systemPrompt, toChatMessages(branch), budget)
+        const enough = fillsContext(systemPrompt, budget)
+        let stoppedAt: number | null = null
+        for (let read = 1; read <= branch.length; read++) {
+          const newestFirst = branch.slice(-read).reverse()
+          if (!enough(newestFirst)) continue
+          stoppedAt ??= read
+          // What was read is enough: fitting it gives what fitting the whole branch gives.
+          expect(fitToContext(systemPrompt, toChatMessages(branch.slice(-read)), budget)).toEqual(whole)
+        }
+        // A budget the whole branch fits in never stops the reading; a small one stops it early.
+        if (budget === 10_000) expect(stoppedAt).toBeNull()
+        if (budget <= 60) expect(stoppedAt).not.toBeNull()
+      }
+    }
   })
 })
 

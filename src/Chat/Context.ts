@@ -35,6 +35,13 @@ export const toChatMessages = (branch: ReadonlyArray<MessageView>): Array<ChatMe
     }]
   })
 
+const systemMessages = (systemPrompt: string | null): Array<ChatMessage> =>
+  systemPrompt ? [{ role: "system", content: systemPrompt }] : []
+
+/** The tokens of `budget` left for the history once the system prompt is counted. */
+const historyBudget = (system: ReadonlyArray<ChatMessage>, budget: number): number =>
+  budget - system.reduce((sum, message) => sum + estimateTokens(message), 0)
+
 /**
  * The system prompt (if any) and the newest messages that fit in `budget` tokens. The last
  * message is always kept, and the kept history starts with a user message, as every provider
@@ -45,8 +52,8 @@ export const fitToContext = (
   history: ReadonlyArray<ChatMessage>,
   budget: number
 ): Array<ChatMessage> => {
-  const system: Array<ChatMessage> = systemPrompt ? [{ role: "system", content: systemPrompt }] : []
-  let remaining = budget - system.reduce((sum, message) => sum + estimateTokens(message), 0)
+  const system = systemMessages(systemPrompt)
+  let remaining = historyBudget(system, budget)
   let start = history.length
   while (start > 0) {
     const cost = estimateTokens(history[start - 1]!)
@@ -56,4 +63,20 @@ export const fitToContext = (
   }
   while (start < history.length - 1 && history[start]!.role !== "user" && history[start]!.role !== "system") start++
   return [...system, ...history.slice(start)]
+}
+
+/**
+ * Whether a branch read from its end up (`newestFirst`) already holds more history than
+ * `fitToContext(systemPrompt, …, budget)` would keep: what lies above it would not be sent.
+ */
+export const fillsContext = (systemPrompt: string | null, budget: number) => {
+  const remaining = historyBudget(systemMessages(systemPrompt), budget)
+  return (newestFirst: ReadonlyArray<MessageView>): boolean => {
+    let cost = 0
+    for (const message of toChatMessages(newestFirst)) {
+      cost += estimateTokens(message)
+      if (cost > remaining) return true
+    }
+    return false
+  }
 }

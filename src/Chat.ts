@@ -47,6 +47,14 @@ import type { JsonObject } from "./Domain/Fields.js"
 import type { ConversationId, LlmModelId, MessageId, ModelConfigId } from "./Domain/Ids.js"
 import type { ModelConfig } from "./Domain/Model.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
+import {
+  chatAnswersEnded,
+  chatAnswersStarted,
+  chatAnswersStreaming,
+  chatFirstToken,
+  chatTokens,
+  labels
+} from "./Metrics.js"
 import { ModelRegistry, type ResolvedModel } from "./Models.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
@@ -217,6 +225,13 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       })
     )
     const flushEvery = Duration.toMillis(settings.flushInterval)
+
+    /** The answers this instance is writing, for the metrics. */
+    let streaming = 0
+    const countStreaming = (change: number) => {
+      streaming += change
+      chatAnswersStreaming.unsafeUpdate(streaming, [])
+    }
     const heartbeatEvery = Duration.toMillis(settings.streamLease) / 3
 
     // --- choosing the model and what it is sent
@@ -393,6 +408,9 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       after: Effect.Effect<void>
     ): void => {
       let usage: { promptTokens: number; completionTokens: number } | null = null
+      const startedAt = Date.now()
+      chatAnswersStarted.unsafeUpdate(1, [])
+      countStreaming(1)
 
       /** Takes in one chunk of the answer; true when followers have something new. */
       const take = (chunk: ChatChunk): boolean => {
@@ -430,9 +448,14 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
       // The chunks are taken in as the provider's socket delivers them, with one wake-up for those
       // that came together. The text is written meanwhile by the engine's flusher (`flushDrafts`).
+      let firstToken = true
       const onChunks = (chunks: ReadonlyArray<ChatChunk>) => {
         let added = false
         for (const chunk of chunks) added = take(chunk) || added
+        if (added && firstToken) {
+          firstToken = false
+          chatFirstToken.unsafeUpdate((Date.now() - startedAt) / 1000, [])
+        }
         if (added) wake(generation)
       }
 
@@ -459,6 +482,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             ? { _tag: "InternalError", message: "The answer failed unexpectedly" }
             : null
           const stats: { promptTokens: number; completionTokens: number } | null = usage
+          chatAnswersEnded.unsafeUpdate(1, labels(["status", status]))
+          if (stats !== null) {
+            chatTokens.unsafeUpdate(stats.promptTokens, labels(["kind", "prompt"]))
+            chatTokens.unsafeUpdate(stats.completionTokens, labels(["kind", "completion"]))
+          }
           const ended = yield* answers.finish(
             generation.conversationId,
             answer.id,
@@ -504,6 +532,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           Effect.ensuring(Effect.sync(() => {
             generation.parts.length = 0
             generation.calls.length = 0
+            countStreaming(-1)
           }))
         )
 

@@ -170,6 +170,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
     const corsOrigins = yield* commaList("CORS_ORIGINS").pipe(Config.withDefault<ReadonlyArray<string>>([]))
     const shutdownTimeout = yield* Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
     const trustProxy = yield* Config.boolean("TRUST_PROXY").pipe(Config.withDefault(false))
+    // Without it, `/metrics` is open (it holds counts, never data); with it, a scraper sends it as a bearer token.
+    const metricsToken = yield* Config.option(Config.redacted(Config.nonEmptyString("METRICS_TOKEN")))
     const auth: AuthSettings = {
       accessTokenTtl: yield* Config.duration("ACCESS_TOKEN_TTL").pipe(Config.withDefault(Duration.minutes(15))),
       refreshTokenTtl: yield* Config.duration("REFRESH_TOKEN_TTL").pipe(Config.withDefault(Duration.days(30))),
@@ -243,6 +245,7 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       corsOrigins,
       shutdownTimeout,
       trustProxy,
+      metricsToken,
       auth,
       redis,
       models,

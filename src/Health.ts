@@ -1,11 +1,15 @@
 /**
- * Liveness and readiness. Ready means: the database answers, and every
- * migration this build knows has been applied to it.
+ * Liveness and readiness, and the metrics. Ready means: the database answers,
+ * and every migration this build knows has been applied to it.
  */
 import { SqlClient } from "@effect/sql"
-import { Clock, Duration, Effect, Option } from "effect"
+import { Clock, Duration, Effect, Metric, Option, Redacted } from "effect"
+import * as Crypto from "node:crypto"
 import { latestMigrationId } from "../migrations/index.js"
+import { AppConfig } from "./Config.js"
+import { Unauthorized } from "./Domain/Errors.js"
 import { Live, NotReady, ReadinessCheck, Ready } from "./Health/Api.js"
+import { processFigures, prometheusText } from "./Metrics.js"
 import { appliedMigrationId } from "./Migrations.js"
 
 const checkTimeout = Duration.seconds(2)
@@ -28,9 +32,17 @@ const runCheck = <E, R>(check: Effect.Effect<void, E, R>, describe: (error: E) =
       : new ReadinessCheck({ status: "failing", message: outcome.left, durationMs })
   })
 
+/** Whether `authorization` is `Bearer <token>`, compared in constant time. */
+const bearerMatches = (authorization: string | undefined, token: string) => {
+  const given = Buffer.from(authorization?.startsWith("Bearer ") ? authorization.slice(7).trim() : "")
+  const expected = Buffer.from(token)
+  return given.length === expected.length && Crypto.timingSafeEqual(given, expected)
+}
+
 export class Health extends Effect.Service<Health>()("Health", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
+    const { metricsToken } = yield* AppConfig
     const startedAt = yield* Clock.currentTimeMillis
 
     const live = Effect.map(
@@ -61,6 +73,15 @@ export class Health extends Effect.Service<Health>()("Health", {
       return yield* new NotReady({ message: `Not ready: ${failing.join(", ")} failing`, checks })
     }).pipe(Effect.withSpan("Health.ready"))
 
-    return { live, ready } as const
+    /** The metrics as text, for a scraper that shows the token (when one is set). */
+    const metrics = (authorization: string | undefined): Effect.Effect<string, Unauthorized> =>
+      Effect.gen(function*() {
+        if (Option.isSome(metricsToken) && !bearerMatches(authorization, Redacted.value(metricsToken.value))) {
+          return yield* new Unauthorized({ message: "The metrics need METRICS_TOKEN as a bearer token" })
+        }
+        return prometheusText(yield* Metric.snapshot, processFigures())
+      })
+
+    return { live, ready, metrics } as const
   })
 }) {}

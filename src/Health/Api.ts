@@ -1,5 +1,7 @@
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
 import { Schema } from "effect"
+import { Unauthorized } from "../Domain/Errors.js"
+import { request } from "../Domain/Request.js"
 
 export const CheckStatus = Schema.Literal("ok", "failing")
 
@@ -28,6 +30,9 @@ export class NotReady extends Schema.TaggedError<NotReady>()(
   HttpApiSchema.annotations({ status: 503, description: "Not ready to serve traffic" })
 ) {}
 
+/** Prometheus's text format, version 0.0.4. */
+export const MetricsText = HttpApiSchema.Text({ contentType: "text/plain; version=0.0.4; charset=utf-8" })
+
 export class HealthApi extends HttpApiGroup.make("health")
   .add(
     HttpApiEndpoint.get("live", "/health/live")
@@ -40,5 +45,21 @@ export class HealthApi extends HttpApiGroup.make("health")
       .addError(NotReady)
       .annotate(OpenApi.Summary, "The database is reachable and every migration is applied")
   )
-  .annotate(OpenApi.Description, "Liveness and readiness probes for orchestrators and load balancers")
+  .add(
+    HttpApiEndpoint.get("metrics", "/metrics")
+      .setHeaders(request(Schema.Struct({ authorization: Schema.optional(Schema.String) })))
+      .addSuccess(MetricsText)
+      .addError(Unauthorized)
+      .annotate(OpenApi.Summary, "This instance's metrics, in Prometheus's text format")
+      .annotate(
+        OpenApi.Description,
+        "HTTP requests by route and status, chat answers (started, ended by status, streaming, time to the first " +
+          "token, tokens), and the process (CPU time, memory). With `METRICS_TOKEN` set, it must come as " +
+          "`Authorization: Bearer <token>`."
+      )
+  )
+  .annotate(
+    OpenApi.Description,
+    "Liveness and readiness probes for orchestrators and load balancers, and metrics for Prometheus"
+  )
 {}

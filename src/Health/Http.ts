@@ -9,4 +9,5 @@ export const HealthHttpLive = HttpApiBuilder.group(WebPlusApi, "health", (handle
     return handlers
       .handle("live", () => health.live)
       .handle("ready", () => health.ready)
+      .handle("metrics", ({ headers }) => health.metrics(headers.authorization))
   }))

@@ -2,7 +2,7 @@
  * What every request goes through, whatever it asks for: a request id
  * (`x-request-id`, honoured when the client sends a sane one), security
  * headers, and one structured log line with the matched route, the status and
- * the duration.
+ * the duration, also counted in the metrics (`Metrics.ts`).
  *
  * Headers are added by a pre-response handler: the platform writes error
  * responses from inside the app, so that is the one hook that sees every
@@ -12,6 +12,7 @@ import { Headers, HttpApp, HttpMiddleware, HttpServerRequest, HttpServerResponse
 import { Clock, Context, Effect, Exit, FiberRef, HashMap, Option } from "effect"
 import { globalValue } from "effect/GlobalValue"
 import * as Crypto from "node:crypto"
+import { httpRequestDuration, httpRequests, labels } from "../Metrics.js"
 
 /** The id of the request being served, for logs and error bodies. */
 export const CurrentRequestId = globalValue("webplus/CurrentRequestId", () => FiberRef.unsafeMake<string>(""))
@@ -114,8 +115,17 @@ export const requestContext = (options: {
         Effect.gen(function*() {
           // 499: the client went away before the answer was written.
           const finalStatus = interrupted ? 499 : status
-          const route = Option.getOrElse(yield* matchedRoute, () => path)
-          const durationMs = Math.round(Number((yield* Clock.currentTimeNanos) - start) / 1e4) / 100
+          const matched = yield* matchedRoute
+          const route = Option.getOrElse(matched, () => path)
+          const elapsed = Number((yield* Clock.currentTimeNanos) - start)
+          const durationMs = Math.round(elapsed / 1e4) / 100
+          // A path no route matched is counted as such: its text could be anything.
+          const routeName = Option.getOrElse(matched, () => "unmatched")
+          httpRequests.unsafeUpdate(
+            1,
+            labels(["method", request.method], ["route", routeName], ["status", String(finalStatus)])
+          )
+          httpRequestDuration.unsafeUpdate(elapsed / 1e9, labels(["method", request.method], ["route", routeName]))
           yield* (finalStatus >= 500 ? Effect.logError("request") : Effect.logInfo("request")).pipe(
             Effect.annotateLogs({ method: request.method, route, status: finalStatus, durationMs })
           )

@@ -12,6 +12,9 @@ import { HealthApi } from "./Health/Api.js"
 import { ModelConfigsApi, ModelsApi, ProvidersApi } from "./Models/Api.js"
 import { AdminApi, MeApi } from "./Users/Api.js"
 
+/** This server's version, as the API document and the exported traces give it. */
+export const serverVersion = "0.1.0"
+
 /**
  * Request decoding failures are answered as `ValidationError` (422) by the
  * error model (see `Http/ErrorModel.ts`); the platform's own 400
@@ -84,7 +87,7 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .addError(InternalError)
   .annotateContext(OpenApi.annotations({
     title: "Web+ API",
-    version: "0.1.0",
+    version: serverVersion,
     description: "Self-hostable backend for an LLM chat platform. Every error body has `_tag` and `message`.",
     transform: withoutPlatformDecodeError
   }))

@@ -82,6 +82,44 @@ export interface AuthSettings {
   readonly rateLimitPerAccount: number
 }
 
+export interface TelemetrySettings {
+  /**
+   * `None`: spans stay in the process. `Some`: they are exported over OTLP/HTTP (JSON) to
+   * `<endpoint>/v1/traces`, as OpenTelemetry's SDKs do with the same variable.
+   */
+  readonly otlpEndpoint: Option.Option<string>
+  /** Headers sent with each export (an API key of the collector, say). */
+  readonly otlpHeaders: Redacted.Redacted<Record<string, string>>
+  readonly serviceName: string
+  /** How often finished spans are sent. */
+  readonly exportInterval: Duration.Duration
+}
+
+/**
+ * `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, values URL-encoded. The
+ * error names the variable only: the values may be secrets.
+ */
+const otlpHeaders = (name: string) =>
+  Config.redacted(name).pipe(
+    Config.mapOrFail((raw) => {
+      const headers: Record<string, string> = {}
+      for (const pair of Redacted.value(raw).split(",")) {
+        if (pair.trim().length === 0) continue
+        const at = pair.indexOf("=")
+        const key = at > 0 ? pair.slice(0, at).trim() : ""
+        if (!/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/.test(key)) {
+          return Either.left(ConfigError.InvalidData([], "Expected key=value pairs separated by commas"))
+        }
+        try {
+          headers[key.toLowerCase()] = decodeURIComponent(pair.slice(at + 1).trim())
+        } catch {
+          return Either.left(ConfigError.InvalidData([], "Expected URL-encoded header values"))
+        }
+      }
+      return Either.right(Redacted.make(headers))
+    })
+  )
+
 export interface RedisSettings {
   /** `None`: rate limits and caches live in process memory. */
   readonly url: Option.Option<Redacted.Redacted<string>>
@@ -188,6 +226,25 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       rateLimitPerAddress: yield* positiveInt("AUTH_RATE_LIMIT_PER_ADDRESS").pipe(Config.withDefault(20)),
       rateLimitPerAccount: yield* positiveInt("AUTH_RATE_LIMIT_PER_ACCOUNT").pipe(Config.withDefault(5))
     }
+    const telemetry: TelemetrySettings = {
+      otlpEndpoint: yield* Config.option(
+        Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT").pipe(
+          Config.validate({
+            message: "Expected an http:// or https:// URL",
+            validation: (url) => /^https?:\/\/[^\s]+$/.test(url)
+          }),
+          Config.map((url) => url.replace(/\/+$/, ""))
+        )
+      ),
+      otlpHeaders: yield* otlpHeaders("OTEL_EXPORTER_OTLP_HEADERS").pipe(
+        Config.withDefault(Redacted.make<Record<string, string>>({}))
+      ),
+      serviceName: yield* Config.nonEmptyString("OTEL_SERVICE_NAME").pipe(Config.withDefault("webplus")),
+      exportInterval: yield* positiveInt("OTEL_BSP_SCHEDULE_DELAY").pipe(
+        Config.map(Duration.millis),
+        Config.withDefault(Duration.seconds(5))
+      )
+    }
     const redis: RedisSettings = {
       url: yield* Config.option(Config.nonEmptyString("REDIS_URL").pipe(Config.map(Redacted.make))),
       keyPrefix: yield* Config.string("REDIS_KEY_PREFIX").pipe(Config.withDefault("webplus:"))
@@ -246,6 +303,7 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       shutdownTimeout,
       trustProxy,
       metricsToken,
+      telemetry,
       auth,
       redis,
       models,

@@ -30,7 +30,7 @@ export const withInfrastructure = <A, E, R>(http: Layer.Layer<A, E, R>) =>
     Layer.provide(LoggingLive),
     Layer.provide(AppConfig.Default),
     Layer.provide(NodeContext.layer),
-    Layer.provide(TracingLive)
+    Layer.provide(TracingLive.pipe(Layer.provide(AppConfig.Default)))
   )
 
 export const ServerLive = withInfrastructure(HttpLive)

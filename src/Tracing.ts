@@ -1,17 +1,27 @@
 /**
- * The spans the server records when no exporter is set up: Effect's own
- * (native) spans, with ids that hold less memory.
+ * Where the server's spans go. With `OTEL_EXPORTER_OTLP_ENDPOINT` set, to an
+ * OpenTelemetry collector over OTLP/HTTP (JSON), every `OTEL_BSP_SCHEDULE_DELAY`
+ * (`@effect/opentelemetry`'s `OtlpTracer`, which needs no OpenTelemetry SDK).
+ * A request's span continues the trace of an incoming `traceparent` header.
  *
- * The native tracer builds each id one character at a time. V8 keeps such a
- * string as a chain of pieces, one per character: about 1.5 KiB for a trace
- * id and a span id, held as long as the span is. The span of a request that
- * streams an answer lives as long as the stream, so every open stream pays it.
- * Here the same spans get ids cut from a buffer of random bytes, each one flat
- * string. A tracer that the program running the server has set (an exporter,
- * a benchmark's) is left as it is.
+ * Without it, the spans stay in the process: Effect's own (native) spans, with
+ * ids that hold less memory. The native tracer builds each id one character at
+ * a time. V8 keeps such a string as a chain of pieces, one per character: about
+ * 1.5 KiB for a trace id and a span id, held as long as the span is. The span
+ * of a request that streams an answer lives as long as the stream, so every
+ * open stream pays it. Here the same spans get ids cut from a buffer of random
+ * bytes, each one flat string.
+ *
+ * Either way, a tracer that the program running the server has set (a
+ * benchmark's, a test's) is left as it is.
  */
-import { Effect, Layer, Tracer } from "effect"
+import * as OtlpSerialization from "@effect/opentelemetry/OtlpSerialization"
+import * as OtlpTracer from "@effect/opentelemetry/OtlpTracer"
+import { FetchHttpClient } from "@effect/platform"
+import { Effect, Layer, Option, Redacted, Tracer } from "effect"
 import * as Crypto from "node:crypto"
+import { serverVersion } from "./Api.js"
+import { AppConfig } from "./Config.js"
 
 /** The tracer Effect uses by default. */
 const nativeTracer = Effect.runSync(Effect.tracer)
@@ -48,7 +58,26 @@ const flatIdsTracer = Tracer.make({
   context: nativeTracer.context
 })
 
-/** Native spans with flat ids, unless another tracer was set. */
+/** The spans exported to the collector at `endpoint`. */
+const otlpTracing = (endpoint: string, settings: AppConfig["telemetry"]) =>
+  OtlpTracer.layer({
+    url: `${endpoint}/v1/traces`,
+    resource: { serviceName: settings.serviceName, serviceVersion: serverVersion },
+    headers: Redacted.value(settings.otlpHeaders),
+    exportInterval: settings.exportInterval
+  }).pipe(
+    Layer.provide(OtlpSerialization.layerJson),
+    Layer.provide(FetchHttpClient.layer)
+  )
+
+/** Exported spans with `OTEL_EXPORTER_OTLP_ENDPOINT`, else native spans with flat ids, unless another tracer was set. */
 export const TracingLive = Layer.unwrapEffect(
-  Effect.map(Effect.tracer, (current) => current === nativeTracer ? Layer.setTracer(flatIdsTracer) : Layer.empty)
+  Effect.gen(function*() {
+    if ((yield* Effect.tracer) !== nativeTracer) return Layer.empty
+    const { telemetry } = yield* AppConfig
+    return Option.match(telemetry.otlpEndpoint, {
+      onNone: () => Layer.setTracer(flatIdsTracer),
+      onSome: (endpoint) => otlpTracing(endpoint, telemetry)
+    })
+  })
 )

@@ -225,6 +225,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       })
     )
     const flushEvery = Duration.toMillis(settings.flushInterval)
+    const heartbeatEvery = Duration.toMillis(settings.streamLease) / 3
 
     /** The answers this instance is writing, for the metrics. */
     let streaming = 0
@@ -232,7 +233,6 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       streaming += change
       chatAnswersStreaming.unsafeUpdate(streaming, [])
     }
-    const heartbeatEvery = Duration.toMillis(settings.streamLease) / 3
 
     // --- choosing the model and what it is sent
 

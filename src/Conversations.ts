@@ -346,15 +346,6 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       })
 
     /**
-     * Opens an answer, in one transaction committed before any provider is called: the user's
-     * message (when `content` is given) under `parentId` or the current leaf, and below it an
-     * empty `streaming` assistant message, which becomes the leaf. Without `content` (regenerate,
-     * continue) the answer goes under `parentId` or the leaf, which must be a user or tool message.
-     * `prepare` runs first in that transaction, with the conversation as locked (its model, its
-     * preset): it names the answer's model, and if it fails nothing is written. Gives both
-     * messages as stored, and the branch the answer follows (root first, up to its parent).
-     */
-    /**
      * The branch that ends at `leafId`, root first, read from the leaf up a page at a time until
      * there is no more or `enough` (given what was read, newest first) says so.
      */
@@ -379,6 +370,15 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         }
       })
 
+    /**
+     * Opens an answer, in one transaction committed before any provider is called: the user's
+     * message (when `content` is given) under `parentId` or the current leaf, and below it an
+     * empty `streaming` assistant message, which becomes the leaf. Without `content` (regenerate,
+     * continue) the answer goes under `parentId` or the leaf, which must be a user or tool message.
+     * `prepare` runs first in that transaction, with the conversation as locked (its model, its
+     * preset): it names the answer's model, and if it fails nothing is written. Gives both
+     * messages as stored, and the branch the answer follows (root first, up to its parent).
+     */
     const openAnswer = <
       P extends {
         readonly model: { readonly id: LlmModelId; readonly name: string }

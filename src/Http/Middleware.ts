@@ -80,6 +80,31 @@ const docsSecurityHeaders = {
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; frame-ancestors 'self'"
 } as const
 
+/**
+ * Keeps credentials out of the request's span, which is exported with `OTEL_EXPORTER_OTLP_ENDPOINT`:
+ * the platform records the URL and the headers on it (`authorization`, `x-api-key` and cookies
+ * redacted), but a browser's WebSocket can only send a token in the query (`access_token`) or as a
+ * subprotocol (`Sec-WebSocket-Protocol`).
+ */
+const redactCredentials = (request: HttpServerRequest.HttpServerRequest) =>
+  request.headers["sec-websocket-protocol"] === undefined && !request.url.includes("access_token=")
+    ? Effect.void
+    : Effect.flatMap(Effect.option(Effect.currentSpan), (span) =>
+      Effect.sync(() => {
+        if (Option.isNone(span)) return
+        const { attributes } = span.value
+        if (attributes.has("http.request.header.sec-websocket-protocol")) {
+          span.value.attribute("http.request.header.sec-websocket-protocol", "<redacted>")
+        }
+        const full = attributes.get("url.full")
+        if (typeof full !== "string" || !URL.canParse(full)) return
+        const url = new URL(full)
+        if (!url.searchParams.has("access_token")) return
+        url.searchParams.set("access_token", "<redacted>")
+        span.value.attribute("url.full", url.toString())
+        span.value.attribute("url.query", url.search.slice(1))
+      }))
+
 /** The route pattern the router matched, which it records on the request span. */
 const matchedRoute = Effect.map(
   Effect.option(Effect.currentSpan),
@@ -98,6 +123,7 @@ export const requestContext = (options: {
       const incoming = request.headers["x-request-id"]
       const requestId = incoming !== undefined && requestIdPattern.test(incoming) ? incoming : Crypto.randomUUID()
       const path = request.url.split("?")[0] ?? ""
+      yield* redactCredentials(request)
       const securityHeaders = path === options.docsPath ? docsSecurityHeaders : apiSecurityHeaders
       const start = yield* Clock.currentTimeNanos
       let status = 500

@@ -58,14 +58,42 @@ const flatIdsTracer = Tracer.make({
   context: nativeTracer.context
 })
 
+/** An attribute value that is a plain value, or a list of them. */
+const isPlain = (value: unknown): boolean =>
+  Array.isArray(value) ? value.every((item) => item === null || typeof item !== "object") : value === null ||
+    typeof value !== "object"
+
+/**
+ * The spans of `tracer`, keeping only plain attributes (text, numbers, lists of them): `@effect/sql`'s
+ * repositories put the whole row on their insert and update spans (a password's hash, a message's
+ * text), which must not leave the server.
+ */
+const plainAttributesOnly = (tracer: Tracer.Tracer): Tracer.Tracer =>
+  Tracer.make({
+    span: (name, parent, context, links, startTime, kind, options) => {
+      const span = tracer.span(name, parent, context, links, startTime, kind, options)
+      const attribute = span.attribute.bind(span) // Replaced on the span itself: the exporter keeps this object.
+      ;(span as { attribute: Tracer.Span["attribute"] }).attribute = (key, value) => {
+        if (isPlain(value)) attribute(key, value)
+      }
+      return span
+    },
+    context: tracer.context
+  })
+
 /** The spans exported to the collector at `endpoint`. */
 const otlpTracing = (endpoint: string, settings: AppConfig["telemetry"]) =>
-  OtlpTracer.layer({
-    url: `${endpoint}/v1/traces`,
-    resource: { serviceName: settings.serviceName, serviceVersion: serverVersion },
-    headers: Redacted.value(settings.otlpHeaders),
-    exportInterval: settings.exportInterval
-  }).pipe(
+  Layer.unwrapScoped(
+    Effect.map(
+      OtlpTracer.make({
+        url: `${endpoint}/v1/traces`,
+        resource: { serviceName: settings.serviceName, serviceVersion: serverVersion },
+        headers: Redacted.value(settings.otlpHeaders),
+        exportInterval: settings.exportInterval
+      }),
+      (tracer) => Layer.setTracer(plainAttributesOnly(tracer))
+    )
+  ).pipe(
     Layer.provide(OtlpSerialization.layerJson),
     Layer.provide(FetchHttpClient.layer)
   )

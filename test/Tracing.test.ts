@@ -8,6 +8,7 @@ import { ConfigProvider, Effect, Layer, Option, Tracer } from "effect"
 import * as Http from "node:http"
 import { AppConfig } from "../src/Config.js"
 import { TracingLive } from "../src/Tracing.js"
+import { signUp } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 
@@ -147,7 +148,11 @@ for (const dialect of dialects) {
           })
         ]).pipe(Effect.provide(server))
         expect(statuses).toEqual([200, 200])
+        // A new account: its row (with the password's hash) is on the repository's insert span.
+        yield* signUp().pipe(Effect.provide(server))
         const exported = JSON.stringify(exports)
+        expect(exports.flatMap((batch) => batch.spans).some((span) => span.name === "UsersRepo.insert")).toBe(true)
+        expect(exported).not.toMatch(/scrypt\$/)
         expect(exported).not.toContain("query-secret-4711")
         expect(exported).not.toContain("protocol-secret-4711")
         expect(exported).toContain("access_token=%3Credacted%3E&x=1")

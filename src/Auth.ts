@@ -34,11 +34,13 @@ import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
 
 type UserRow = typeof UserWithRole.Type
 
+/** The token of an `Authorization: Bearer …` header. */
+export const bearerIn = (authorization: string | undefined): string | undefined =>
+  /^Bearer\s+(.+)$/i.exec(authorization ?? "")?.[1]?.trim()
+
 /** The credential of a request's headers: `Authorization: Bearer …` (a token or an API key), else `X-API-Key`. */
-export const credentialIn = (headers: Headers.Headers): string | undefined => {
-  const bearer = /^Bearer\s+(.+)$/i.exec(headers.authorization ?? "")?.[1]
-  return (bearer ?? headers["x-api-key"])?.trim()
-}
+export const credentialIn = (headers: Headers.Headers): string | undefined =>
+  bearerIn(headers.authorization) ?? headers["x-api-key"]?.trim()
 
 export const toUserView = (user: UserRow) =>
   new UserView({

@@ -6,6 +6,7 @@ import { SqlClient } from "@effect/sql"
 import { Clock, Duration, Effect, Metric, Option, Redacted } from "effect"
 import * as Crypto from "node:crypto"
 import { latestMigrationId } from "../migrations/index.js"
+import { bearerIn } from "./Auth.js"
 import { AppConfig } from "./Config.js"
 import { Unauthorized } from "./Domain/Errors.js"
 import { Live, NotReady, ReadinessCheck, Ready } from "./Health/Api.js"
@@ -34,7 +35,7 @@ const runCheck = <E, R>(check: Effect.Effect<void, E, R>, describe: (error: E) =
 
 /** Whether `authorization` is `Bearer <token>`, compared in constant time. */
 const bearerMatches = (authorization: string | undefined, token: string) => {
-  const given = Buffer.from(authorization?.startsWith("Bearer ") ? authorization.slice(7).trim() : "")
+  const given = Buffer.from(bearerIn(authorization) ?? "")
   const expected = Buffer.from(token)
   return given.length === expected.length && Crypto.timingSafeEqual(given, expected)
 }

@@ -16,7 +16,7 @@
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Effect, Fiber, HashMap, Option, PubSub, Queue, Redacted, Ref, Schedule, Schema } from "effect"
-import { Auth } from "../Auth.js"
+import { Auth, credentialIn } from "../Auth.js"
 import { AppConfig } from "../Config.js"
 import type { Actor } from "../Domain/Actor.js"
 import { Forbidden, RateLimited, Unauthorized } from "../Domain/Errors.js"
@@ -134,10 +134,8 @@ const errorResponse = (error: Unauthorized | Forbidden | RateLimited, status: nu
 const maxPendingEvents = 10_000
 
 const credentialOf = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
-  const bearer = /^Bearer\s+(.+)$/i.exec(request.headers.authorization ?? "")?.[1]
-  if (bearer) return bearer
-  const apiKey = request.headers["x-api-key"]
-  if (apiKey) return apiKey
+  const fromHeaders = credentialIn(request.headers)
+  if (fromHeaders) return fromHeaders
   const query = new URL(request.url, "http://localhost").searchParams.get("access_token")
   if (query) return query
   const protocols = (request.headers["sec-websocket-protocol"] ?? "").split(",").map((item) => item.trim())

@@ -9,6 +9,7 @@ import { WebPlusApi } from "../src/Api.js"
 import { generateUuid } from "../src/Domain/Ids.js"
 import { call, createKey, type Reply, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
+import { conversationDocument } from "./fixtures/Documents.js"
 import { type FakeProvider, fakeProvider } from "./fixtures/Providers.js"
 import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
 
@@ -278,20 +279,7 @@ const expectations: Readonly<Record<string, Expectation>> = {
   "conversations.importConversation": {
     statuses: conversationsUse(201),
     request: () => ({
-      body: {
-        format: "webplus.conversation",
-        version: 1,
-        exportedAt: new Date().toISOString(),
-        conversation: {
-          title: "Imported",
-          pinned: false,
-          archived: false,
-          currentLeafId: null,
-          createdAt: new Date().toISOString()
-        },
-        messages: [],
-        threads: []
-      }
+      body: conversationDocument({ title: "Imported", messages: [], currentLeafId: null, at: new Date().toISOString() })
     })
   },
   "conversations.getConversation": { statuses: ownConversation(200), request: inConversation() },

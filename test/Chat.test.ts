@@ -15,6 +15,7 @@ import * as Http from "node:http"
 import type * as Net from "node:net"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
+import { conversationDocument, documentMessage } from "./fixtures/Documents.js"
 import { collect, spawnEntry } from "./fixtures/Process.js"
 import {
   chatPath,
@@ -294,30 +295,19 @@ for (const dialect of dialects) {
           const { smallModelId } = yield* TheCast
           // A conversation of 300 messages (three pages of the branch), imported as a chain.
           const at = new Date().toISOString()
-          const messages = Array.from({ length: 300 }, (_, i) => ({
-            id: `m${i}`,
-            parentId: i === 0 ? null : `m${i - 1}`,
-            role: i % 2 === 0 ? "user" : "assistant",
-            content: `message ${i}`,
-            status: "complete",
-            modelName: null,
-            promptTokens: null,
-            completionTokens: null,
-            toolCalls: [],
-            metadata: {},
-            editedFromId: null,
-            deleted: false,
-            createdAt: at
-          }))
+          const messages = Array.from({ length: 300 }, (_, i) =>
+            documentMessage({
+              id: `m${i}`,
+              parentId: i === 0 ? null : `m${i - 1}`,
+              role: i % 2 === 0 ? "user" : "assistant",
+              content: `message ${i}`
+            }, at))
           const imported = expectStatus(
-            yield* asUser("POST", "/api/v1/conversations/import", {
-              format: "webplus.conversation",
-              version: 1,
-              exportedAt: at,
-              conversation: { title: "Long", pinned: false, archived: false, currentLeafId: "m299", createdAt: at },
-              messages,
-              threads: []
-            }),
+            yield* asUser(
+              "POST",
+              "/api/v1/conversations/import",
+              conversationDocument({ title: "Long", messages, currentLeafId: "m299", at })
+            ),
             201
           )
           const conversationId = imported.id as string

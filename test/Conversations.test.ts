@@ -18,6 +18,7 @@ import { ModelConfigsRepo } from "../src/Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "../src/Models/ModelsRepo.js"
 import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
+import { conversationDocument, documentMessage } from "./fixtures/Documents.js"
 import { fakeProvider } from "./fixtures/Providers.js"
 import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
 
@@ -713,29 +714,10 @@ for (const dialect of dialects) {
         Effect.gen(function*() {
           const alice = yield* person
           const at = new Date().toISOString()
-          const message = (id: string, parentId: string | null) => ({
-            id,
-            parentId,
-            role: "user",
-            content: id,
-            status: "complete",
-            modelName: null,
-            promptTokens: null,
-            completionTokens: null,
-            toolCalls: [],
-            metadata: {},
-            editedFromId: null,
-            deleted: false,
-            createdAt: at
-          })
-          const document = (messages: Array<unknown>, currentLeafId: string | null = null) => ({
-            format: "webplus.conversation",
-            version: 1,
-            exportedAt: at,
-            conversation: { title: "bad", pinned: false, archived: false, currentLeafId, createdAt: at },
-            messages,
-            threads: []
-          })
+          const message = (id: string, parentId: string | null) =>
+            documentMessage({ id, parentId, role: "user", content: id }, at)
+          const document = (messages: Array<unknown>, currentLeafId: string | null = null) =>
+            conversationDocument({ title: "bad", messages, currentLeafId, at })
           const paths = (reply: Reply) =>
             expectStatus(reply, 422).issues.map((issue: { path: Array<string> }) => issue.path.join("."))
           const post = (body: unknown) => api(alice).post("/api/v1/conversations/import", body)

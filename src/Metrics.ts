@@ -115,16 +115,17 @@ export const prometheusText = (
   const series = pairs
     .map((pair) => {
       const labels = pair.metricKey.tags.map((tag) => [tag.key, tag.value] as const)
-      return { ...pair, labels, sortKey: `${pair.metricKey.name}${labelSet(labels)}` }
+      const labelText = labelSet(labels)
+      return { ...pair, labels, labelText, sortKey: `${pair.metricKey.name}${labelText}` }
     })
     .sort((a, b) => a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : 0)
-  for (const { labels, metricKey, metricState } of series) {
+  for (const { labelText, labels, metricKey, metricState } of series) {
     const name = metricName(metricKey.name)
     const help = Option.getOrElse(metricKey.description, () => "")
     if (MetricState.isCounterState(metricState)) {
-      family(name, "counter", help)?.lines.push(`${name}${labelSet(labels)} ${numberText(metricState.count)}`)
+      family(name, "counter", help)?.lines.push(`${name}${labelText} ${numberText(metricState.count)}`)
     } else if (MetricState.isGaugeState(metricState)) {
-      family(name, "gauge", help)?.lines.push(`${name}${labelSet(labels)} ${numberText(metricState.value)}`)
+      family(name, "gauge", help)?.lines.push(`${name}${labelText} ${numberText(metricState.value)}`)
     } else if (MetricState.isHistogramState(metricState)) {
       const lines = family(name, "histogram", help)?.lines
       if (lines === undefined) continue
@@ -134,8 +135,8 @@ export const prometheusText = (
         lines.push(`${name}_bucket${labelSet([...labels, ["le", numberText(boundary)]])} ${count}`)
       }
       lines.push(`${name}_bucket${labelSet([...labels, ["le", "+Inf"]])} ${metricState.count}`)
-      lines.push(`${name}_sum${labelSet(labels)} ${numberText(metricState.sum)}`)
-      lines.push(`${name}_count${labelSet(labels)} ${metricState.count}`)
+      lines.push(`${name}_sum${labelText} ${numberText(metricState.sum)}`)
+      lines.push(`${name}_count${labelText} ${metricState.count}`)
     }
   }
   for (const { help, name, type, value } of extra) {

@@ -174,6 +174,16 @@ export interface Turn {
   readonly result: Effect.Effect<ChatResult, ProviderFailure>
 }
 
+/**
+ * Resumes after the I/O callbacks already due (`setImmediate`): what Node has queued for the next
+ * tick, such as a request given its socket, goes first. Effect's own yield resumes in a microtask,
+ * before them.
+ */
+const afterPendingIo: Effect.Effect<void> = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
 const invalid = (path: ReadonlyArray<string>, message: string) =>
   new ValidationError({ message, issues: [new FieldIssue({ path, message })] })
 
@@ -653,6 +663,9 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             ? writeTitle(conversation.id, question.content, resolved)
             : Effect.void
         )
+        // Node sends the provider's request on a later tick (once the agent hands it a socket): the
+        // rest of this request (its response, the middleware) waits until it has left.
+        yield* afterPendingIo
         const result = Effect.flatMap(
           Deferred.await(generation.outcome),
           ({ answer, failure }) =>

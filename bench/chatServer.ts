@@ -20,6 +20,7 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Layer, Option, Tracer } from "effect"
 import { monitorEventLoopDelay } from "node:perf_hooks"
+import { environment } from "../src/Config.js"
 import { describeStartupFailure, ServerLive } from "../src/Server.js"
 
 interface ProbeRequest {
@@ -98,6 +99,7 @@ const server = process.env.BENCH_SPANS === "1"
   : ServerLive
 
 Layer.launch(server).pipe(
+  Effect.withConfigProvider(environment()),
   Effect.tapErrorCause((cause) => Effect.sync(() => process.stderr.write(`${describeStartupFailure(cause)}\n`))),
   NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
 )

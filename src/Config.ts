@@ -4,10 +4,22 @@
  * Other modules depend on `AppConfig` (never on `process.env`), so tests can
  * run the whole server against a `ConfigProvider.fromMap`.
  */
-import { Config, ConfigError, Duration, Effect, Either, LogLevel, type Option, Redacted } from "effect"
+import { Config, ConfigError, ConfigProvider, Duration, Effect, Either, LogLevel, type Option, Redacted } from "effect"
 
 export type NodeEnv = "development" | "production" | "test"
 export type LogFormat = "json" | "pretty"
+
+/**
+ * The environment as the entry points read it: a variable set to the empty string (`KEY=` in an
+ * env file or a compose file) counts as unset, so it takes its default instead of failing as an
+ * empty value.
+ */
+export const environment = (
+  env: Readonly<Record<string, string | undefined>> = process.env
+): ConfigProvider.ConfigProvider =>
+  ConfigProvider.fromMap(
+    new Map(Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined && entry[1] !== ""))
+  )
 
 const byteUnits: Record<string, number> = { "": 1, b: 1, kb: 1024, kib: 1024, mb: 1024 ** 2, mib: 1024 ** 2 }
 

@@ -4,7 +4,7 @@ import { type ConfigError, ConfigProvider, Duration, Effect, Either, Layer, LogL
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import { AppConfig, formatConfigError, parseByteSize } from "../src/Config.js"
+import { AppConfig, environment, formatConfigError, parseByteSize } from "../src/Config.js"
 import { parseEncryptionKeys, Secrets } from "../src/Secrets.js"
 import { freshDirectory } from "./fixtures/Database.js"
 import { runEntry } from "./fixtures/Process.js"
@@ -41,6 +41,32 @@ describe("configuration", () => {
       expect(config.logFormat).toBe("pretty")
       expect(config.maxBodySize).toBe(1024 * 1024)
       expect(config.corsOrigins).toEqual([])
+    }))
+
+  it.effect("a variable set to the empty string (KEY= in an env file) counts as unset", () =>
+    Effect.gen(function*() {
+      const config = yield* AppConfig.pipe(
+        Effect.provide(AppConfig.Default),
+        Effect.withConfigProvider(environment({
+          PORT: "",
+          DATABASE_URL: "",
+          REDIS_URL: "",
+          METRICS_TOKEN: "",
+          OTEL_EXPORTER_OTLP_ENDPOINT: "",
+          OTEL_EXPORTER_OTLP_HEADERS: "",
+          OPENAI_API_KEY: "",
+          LOG_LEVEL: "",
+          HOST: "0.0.0.0"
+        }))
+      )
+      expect(config.port).toBe(3000)
+      expect(config.host).toBe("0.0.0.0")
+      expect(Option.isNone(config.database.url)).toBe(true)
+      expect(Option.isNone(config.redis.url)).toBe(true)
+      expect(Option.isNone(config.metricsToken)).toBe(true)
+      expect(Option.isNone(config.telemetry.otlpEndpoint)).toBe(true)
+      expect(Option.isNone(config.models.openAiApiKey)).toBe(true)
+      expect(config.logLevel).toEqual(LogLevel.Info)
     }))
 
   it.effect("reads every variable", () =>
@@ -190,6 +216,28 @@ describe("start-up failures", () => {
       const lines = run.stderr.trim().split("\n")
       expect(lines).toHaveLength(1)
       expect(lines[0]).toMatch(/^Invalid configuration: PORT: /)
+    }))
+
+  it.scopedLive("the entry points take a variable set to the empty string as unset", () =>
+    Effect.gen(function*() {
+      const dataDir = yield* freshDirectory
+      const migrated = yield* runEntry("migrate", {
+        DATA_DIR: dataDir,
+        DATABASE_URL: "",
+        METRICS_TOKEN: "",
+        OTEL_EXPORTER_OTLP_ENDPOINT: "",
+        LOG_LEVEL: ""
+      })
+      expect(migrated.stderr).toBe("")
+      expect(migrated.code).toBe(0)
+      const refused = yield* runEntry("server", {
+        DATA_DIR: dataDir,
+        NODE_ENV: "production",
+        PORT: "0",
+        JWT_SECRET: ""
+      })
+      expect(refused.code).toBe(1)
+      expect(refused.stderr.trim()).toMatch(/^Invalid configuration: JWT_SECRET is required$/)
     }))
 
   it.scopedLive("production without secrets refuses to start, naming what is missing", () =>

@@ -6,7 +6,7 @@
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Cause, Effect, Layer, Option } from "effect"
 import { latestMigrationId } from "../../migrations/index.js"
-import { AppConfig } from "../Config.js"
+import { AppConfig, environment } from "../Config.js"
 import { LoggingLive } from "../Logging.js"
 import { appliedMigrationId, MigrationsError } from "../Migrations.js"
 import { CredentialCipher } from "../Models/CredentialCipher.js"
@@ -59,6 +59,7 @@ program.pipe(
   Effect.provide(LoggingLive),
   Effect.provide(AppConfig.Default),
   Effect.provide(NodeContext.layer),
+  Effect.withConfigProvider(environment()),
   Effect.tapErrorCause((cause) =>
     Effect.sync(() => {
       // A defect here is a credential that does not open: say so without the stack (no secrets in it either).

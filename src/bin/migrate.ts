@@ -1,7 +1,7 @@
 /** `npm run migrate`: applies pending migrations to the configured database and exits. */
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
-import { AppConfig } from "../Config.js"
+import { AppConfig, environment } from "../Config.js"
 import { LoggingLive } from "../Logging.js"
 import { runMigrations } from "../Migrations.js"
 import { describeStartupFailure } from "../Server.js"
@@ -13,6 +13,7 @@ runMigrations.pipe(
   ),
   Effect.provide(SqlLive.pipe(Layer.provideMerge(LoggingLive), Layer.provide(AppConfig.Default))),
   Effect.provide(NodeContext.layer),
+  Effect.withConfigProvider(environment()),
   Effect.tapErrorCause((cause) => Effect.sync(() => process.stderr.write(`${describeStartupFailure(cause)}\n`))),
   NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
 )

@@ -5,7 +5,7 @@
  * and provider faults answered as typed errors, never as hangs.
  */
 import { SqlClient } from "@effect/sql"
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
@@ -13,7 +13,8 @@ import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor } from "./fixtures/Database.js"
 import { openEvents, stalledEvents, upgradeAttempt, upgradeStatus } from "./fixtures/Events.js"
 import { fakeProvider, unreachableUrl } from "./fixtures/Providers.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
+import { redisPrefix, redisUrl, withRedis } from "./fixtures/Redis.js"
+import { startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 interface Cast {
   readonly admin: TestUser
@@ -838,3 +839,43 @@ for (const dialect of dialects) {
     }
   )
 }
+
+describe("status events across instances", () => {
+  it.scopedLive("with REDIS_URL, a socket on any instance hears every change once, whichever instance made it", () =>
+    Effect.gen(function*() {
+      const prefix = yield* redisPrefix
+      const shared = { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix, MODEL_STATUS_POLL_INTERVAL: "0 seconds" }
+      const a = yield* startTestServer(testServer({ dialect: "pg", env: shared }))
+      // The same database and secrets (in the data directory): a token from one instance holds on the other.
+      const b = yield* startTestServer(
+        testServer({ env: { ...shared, DATABASE_URL: a.databaseUrl!, DATA_DIR: a.dataDir } })
+      )
+      const on = (server: typeof a) => Effect.provideService(TestServer, server)
+      const admin = yield* signUp().pipe(on(a))
+      const user = yield* signUp().pipe(on(a))
+      const cast = Effect.provideService(TheCast, { admin, user })
+
+      const fake = yield* fakeProvider("ollama", [{ name: "shared:1b" }])
+      fake.running.add("shared:1b")
+      const model = modelNamed((yield* syncedOllama(fake).pipe(cast, on(a))).models, "shared:1b")
+      const onA = yield* openEvents(admin.accessToken).pipe(on(a))
+      const onB = yield* openEvents(user.accessToken).pipe(on(b))
+      yield* onA.next((message) => message.type === "snapshot")
+      const snapshot = yield* onB.next((message) => message.type === "snapshot")
+      expect(snapshot.models.find((entry: any) => entry.modelId === model.id)).toMatchObject({ status: "running" })
+
+      const about = (message: any) => message.modelId === model.id
+      // Made through A: heard on A (at once) and on B (through Redis).
+      expectStatus(yield* asAdmin("POST", `/api/v1/models/${model.id}/stop`).pipe(cast, on(a)), 200)
+      expect(yield* onA.next(about)).toMatchObject({ type: "model.status", status: "stopped" })
+      expect(yield* onB.next(about)).toMatchObject({ type: "model.status", status: "stopped", usable: true })
+      // Made through B: heard on both, and A hears nothing twice (its own events do not come back to it).
+      expectStatus(yield* asAdmin("DELETE", `/api/v1/models/${model.id}`).pipe(cast, on(b)), 204)
+      expect(yield* onA.next(about)).toMatchObject({ type: "model.removed" })
+      expect(yield* onB.next(about)).toMatchObject({ type: "model.removed" })
+
+      // Only the channel under the instances' prefix was used: nothing else of theirs is in Redis.
+      const channels = yield* withRedis((redis) => redis.pubsub("CHANNELS", `${prefix}*`) as Promise<Array<string>>)
+      expect(channels).toEqual([`${prefix}events:models`])
+    }))
+})

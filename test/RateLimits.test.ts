@@ -3,17 +3,15 @@
  * per client address, in process memory and, with `REDIS_URL`, shared by every
  * instance through Redis.
  *
- * Redis is required (`TEST_REDIS_URL`, default `redis://127.0.0.1:6379`): when
- * it is unreachable the Redis tests fail, they are never skipped.
+ * Redis is required (see `fixtures/Redis.ts`): when it is unreachable the
+ * Redis tests fail, they are never skipped.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Duration, Effect, Layer } from "effect"
-import { Redis } from "ioredis"
+import { Duration, Effect } from "effect"
 import * as Crypto from "node:crypto"
 import { call, type Reply, signUp } from "./fixtures/Auth.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
-
-const redisUrl = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379"
+import { redisPrefix, redisUrl, scanKeys, uniquePrefix, withRedis } from "./fixtures/Redis.js"
+import { startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 const unique = () => Crypto.randomBytes(5).toString("hex")
 
@@ -170,51 +168,6 @@ describe("rate limits in process memory", () => {
     ))
 })
 
-/** A key prefix for this run, and a finalizer that deletes every key under it. */
-const redisPrefix = Effect.acquireRelease(
-  Effect.sync(() => `webplus-test-${unique()}:`),
-  (prefix) => Effect.promise(() => deleteKeys(prefix))
-)
-
-const withRedis = <A>(f: (redis: Redis) => Promise<A>) =>
-  Effect.promise(async () => {
-    const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 })
-    await redis.connect()
-    try {
-      return await f(redis)
-    } finally {
-      await redis.quit()
-    }
-  })
-
-const scanKeys = async (redis: Redis, prefix: string) => {
-  const keys: Array<string> = []
-  let cursor = "0"
-  do {
-    const [next, batch] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000)
-    cursor = next
-    keys.push(...batch)
-  } while (cursor !== "0")
-  return keys
-}
-
-const deleteKeys = async (prefix: string) => {
-  const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 })
-  await redis.connect()
-  try {
-    const keys = await scanKeys(redis, prefix)
-    if (keys.length > 0) await redis.del(...keys)
-  } finally {
-    await redis.quit()
-  }
-}
-
-/** Builds a server into the current scope; its `TestServer`. */
-const startServer = <E>(layer: Layer.Layer<TestServer, E>) =>
-  Effect.flatMap(Effect.scope, (scope) => Layer.buildWithScope(layer, scope)).pipe(
-    Effect.map((context) => Context.get(context, TestServer))
-  )
-
 describe("rate limits in Redis", () => {
   it.scopedLive("two instances share one budget per account", () =>
     Effect.gen(function*() {
@@ -226,8 +179,8 @@ describe("rate limits in Redis", () => {
         AUTH_RATE_LIMIT_PER_ADDRESS: "1000",
         AUTH_RATE_LIMIT_PER_ACCOUNT: "4"
       }
-      const a = yield* startServer(testServer({ dialect: "pg", env: shared }))
-      const b = yield* startServer(testServer({ env: { ...shared, DATABASE_URL: a.databaseUrl! } }))
+      const a = yield* startTestServer(testServer({ dialect: "pg", env: shared }))
+      const b = yield* startTestServer(testServer({ env: { ...shared, DATABASE_URL: a.databaseUrl! } }))
       const on = (server: typeof a) => Effect.provideService(TestServer, server)
 
       const user = yield* register().pipe(on(a))
@@ -257,7 +210,7 @@ describe("rate limits in Redis", () => {
     Effect.gen(function*() {
       const prefix = yield* redisPrefix
       // 60 000 ms / 7 attempts is not a whole number of milliseconds.
-      yield* startServer(
+      yield* startTestServer(
         testServer({
           env: {
             REDIS_URL: redisUrl,
@@ -299,7 +252,7 @@ describe("rate limits in Redis", () => {
             REDIS_URL: "redis://127.0.0.1:1",
             // Each request logs a warning with the store's error: keep the output readable.
             LOG_LEVEL: "error",
-            REDIS_KEY_PREFIX: `webplus-test-${unique()}:`,
+            REDIS_KEY_PREFIX: uniquePrefix(),
             // Were the store up, the logins after the first would be refused.
             AUTH_RATE_LIMIT_PER_ACCOUNT: "1"
           }

@@ -2,15 +2,15 @@
  * A Redis store for `@effect/experimental`'s RateLimiter, so every instance
  * counts against the same limits.
  *
- * The server owns the connection's life: a Redis outage is logged once (not
- * once per command), commands fail within about a second while it lasts (the
- * limits then let requests through, see `RateLimits`), and shutdown never
- * waits on, or fails because of, an unreachable Redis. Both algorithms run as
- * Lua scripts, atomically, on Redis's clock.
+ * The connection is `redisConnection`'s: while Redis cannot be reached,
+ * commands fail within about a second and the limits let requests through
+ * (see `RateLimits`). Both algorithms run as Lua scripts, atomically, on
+ * Redis's clock.
  */
 import { RateLimiter } from "@effect/experimental"
-import { Duration, Effect, Layer, Redacted, Runtime } from "effect"
-import { Redis } from "ioredis"
+import { Duration, Effect, Layer, type Redacted } from "effect"
+import type { Redis } from "ioredis"
+import { redisConnection } from "../Redis.js"
 
 const fixedWindowScript = `
 local count = tonumber(redis.call("GET", KEYS[1]) or "0")
@@ -69,41 +69,13 @@ export const layerRedisStore = (options: { readonly url: Redacted.Redacted<strin
   Layer.scoped(
     RateLimiter.RateLimiterStore,
     Effect.gen(function*() {
-      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-      const redis = yield* Effect.acquireRelease(
-        Effect.sync(() => {
-          const client = new Redis(Redacted.value(options.url), {
-            keyPrefix: options.keyPrefix,
-            maxRetriesPerRequest: 1,
-            retryStrategy: (attempt) => Math.min(attempt * 200, 1_000),
-            connectTimeout: 2_000,
-            commandTimeout: 1_000
-          }) as ScriptedRedis
-          let down = false
-          client.on("error", (error: Error) => {
-            if (down) return
-            down = true
-            runFork(
-              Effect.logWarning("Redis unreachable; rate limits are not enforced until it is back", error.message)
-            )
-          })
-          client.on("ready", () => {
-            if (!down) return
-            down = false
-            runFork(Effect.logInfo("Redis reachable again"))
-          })
-          client.defineCommand("fixedWindow", { numberOfKeys: 1, lua: fixedWindowScript })
-          client.defineCommand("tokenBucket", { numberOfKeys: 1, lua: tokenBucketScript })
-          return client
-        }),
-        (client) =>
-          Effect.promise(() =>
-            client.quit().then(
-              () => undefined,
-              () => client.disconnect()
-            )
-          )
-      )
+      const redis = (yield* redisConnection({
+        url: options.url,
+        keyPrefix: options.keyPrefix,
+        whileDown: "rate limits are not enforced"
+      })) as ScriptedRedis
+      redis.defineCommand("fixedWindow", { numberOfKeys: 1, lua: fixedWindowScript })
+      redis.defineCommand("tokenBucket", { numberOfKeys: 1, lua: tokenBucketScript })
 
       return RateLimiter.RateLimiterStore.of({
         fixedWindow: (request) =>

@@ -1,7 +1,10 @@
 /**
  * Model status events: every status change of a model is published here, and
  * `/api/v1/events` (a WebSocket) pushes them to connected clients, which get
- * the current state of every model they may see first.
+ * the current state of every model they may see first. With `REDIS_URL`, the
+ * instances pass their events on to each other through a Redis channel
+ * (`<REDIS_KEY_PREFIX>events:models`), so a client hears every change
+ * whichever instance it is connected to.
  *
  * Each socket is bounded: a client that does not read (its unsent data
  * passes `EVENTS_SOCKET_BUFFER_SIZE`) is disconnected at once, and a
@@ -15,13 +18,15 @@
  */
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Effect, Fiber, HashMap, Option, PubSub, Queue, Redacted, Ref, Schedule, Schema } from "effect"
+import { Effect, Either, Fiber, HashMap, Option, PubSub, Queue, Redacted, Ref, Schedule, Schema } from "effect"
+import * as Crypto from "node:crypto"
 import { Auth, credentialIn } from "../Auth.js"
 import { AppConfig } from "../Config.js"
 import type { Actor } from "../Domain/Actor.js"
 import { Forbidden, RateLimited, Unauthorized } from "../Domain/Errors.js"
 import { LlmModelId, ProviderId, type UserId } from "../Domain/Ids.js"
 import { ModelStatus } from "../Domain/Model.js"
+import { redisConnection } from "../Redis.js"
 
 export const eventsPath = "/api/v1/events"
 
@@ -89,13 +94,56 @@ const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
   }
 }
 
+/** What instances tell each other about a model event: which instance had it, and the event. */
+const Broadcast = Schema.parseJson(Schema.Struct({ origin: Schema.String, event: ModelEvent }))
+const encodeBroadcast = Schema.encodeSync(Broadcast)
+const decodeBroadcast = Schema.decodeUnknownEither(Broadcast)
+
+/**
+ * Where events go besides this instance's sockets: with `REDIS_URL`, a Redis channel every
+ * instance publishes to and listens on, so a socket on any instance hears a change made through
+ * another. `deliver` takes the events other instances published.
+ */
+const fanOut = (deliver: (event: ModelEvent) => void) =>
+  Effect.gen(function*() {
+    const { redis } = yield* AppConfig
+    if (Option.isNone(redis.url)) return (_event: ModelEvent) => Effect.void
+    const channel = `${redis.keyPrefix}events:models`
+    const origin = Crypto.randomUUID()
+    const publisher = yield* redisConnection({
+      url: redis.url.value,
+      whileDown: "model events are not passed on to other instances"
+    })
+    // A connection that subscribes can do nothing else.
+    const subscriber = yield* redisConnection({
+      url: redis.url.value,
+      whileDown: "model events from other instances are not heard"
+    })
+    subscriber.on("message", (from: string, message: string) => {
+      if (from !== channel) return
+      const received = decodeBroadcast(message)
+      // Another version's or another program's message on the channel is not ours to read.
+      if (Either.isRight(received) && received.right.origin !== origin) deliver(received.right.event)
+    })
+    // On every connection (again after an outage, or first after a Redis that was down at start-up,
+    // which does not stop the server).
+    const subscribe = () => subscriber.subscribe(channel).catch(() => undefined)
+    subscriber.on("ready", subscribe)
+    yield* Effect.promise(subscribe)
+    // Not waited for: one connection keeps the events in order, and a Redis that is down slows no one.
+    return (event: ModelEvent) =>
+      Effect.sync(() => void publisher.publish(channel, encodeBroadcast({ origin, event })).catch(() => undefined))
+  })
+
 export class ModelEvents extends Effect.Service<ModelEvents>()("Models/ModelEvents", {
   scoped: Effect.gen(function*() {
     // Unbounded hub: publishing never waits on a subscriber; each socket bounds itself instead.
     const hub = yield* Effect.acquireRelease(PubSub.unbounded<ModelEvent>(), PubSub.shutdown)
+    const broadcast = yield* fanOut((event) => void hub.unsafeOffer(event))
     const sockets = yield* Ref.make(HashMap.empty<UserId, number>())
     return {
-      publish: (event: ModelEvent) => Effect.asVoid(PubSub.publish(hub, event)),
+      /** To this instance's sockets at once, then to the other instances' (a Redis that is down loses it there). */
+      publish: (event: ModelEvent) => Effect.zipRight(PubSub.publish(hub, event), broadcast(event)),
       subscribe: PubSub.subscribe(hub),
       /** Holds one of `limit` socket slots of the user for the scope; false when none is left. */
       acquireSlot: (userId: UserId, limit: number) =>

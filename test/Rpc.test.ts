@@ -7,11 +7,12 @@
  * operation of `WebPlusRpcs` runs over both transports; administration as the
  * first account (the administrator).
  */
-import { FetchHttpClient } from "@effect/platform"
+import { FetchHttpClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeSocket } from "@effect/platform-node"
 import { RpcClient, type RpcClientError, RpcSerialization } from "@effect/rpc"
-import { describe, expect, layer } from "@effect/vitest"
-import { Cause, Context, Effect, Exit, Layer, Option, Redacted, Stream } from "effect"
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Cause, Context, Effect, Exit, Fiber, HashMap, Layer, Logger, Option, Redacted, Stream } from "effect"
 import * as Crypto from "node:crypto"
 import type { ChatEvent } from "../src/Chat/Api.js"
 import type { LlmModelId, ProviderId } from "../src/Domain/Ids.js"
@@ -22,7 +23,7 @@ import { call, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { collect, spawnScript } from "./fixtures/Process.js"
 import { fakeProvider } from "./fixtures/Providers.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
+import { inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 type Client = RpcClient.FromGroup<typeof WebPlusRpcs, RpcClientError.RpcClientError>
 
@@ -39,10 +40,13 @@ class TheCast extends Context.Tag("test/Rpc/Cast")<TheCast, Cast>() {}
 const clientOver = <E>(protocol: Layer.Layer<RpcClient.Protocol, E>) =>
   Effect.flatMap(Layer.build(protocol), (context) => Effect.provide(RpcClient.make(WebPlusRpcs), context))
 
-/** `/rpc` over HTTP, NDJSON. */
-const overHttp = (baseUrl: string) =>
+/** `/rpc` over HTTP, NDJSON; every request with `headers`. */
+const overHttp = (baseUrl: string, headers: Record<string, string> = {}) =>
   clientOver(
-    RpcClient.layerProtocolHttp({ url: `${baseUrl}${rpcPath}` }).pipe(
+    RpcClient.layerProtocolHttp({
+      url: `${baseUrl}${rpcPath}`,
+      transformClient: HttpClient.mapRequest(HttpClientRequest.setHeaders(headers))
+    }).pipe(
       Layer.provide([RpcSerialization.layerNdjson, FetchHttpClient.layer])
     )
   )
@@ -956,3 +960,86 @@ for (const dialect of dialects) {
     })
   })
 }
+
+/** What the server logs, kept for assertions: each line's message, annotations and cause. */
+const capturedLogs = () => {
+  const lines: Array<
+    { readonly message: unknown; readonly annotations: Record<string, unknown>; readonly cause: string }
+  > = []
+  const logger = Logger.make(({ annotations, cause, message }) => {
+    lines.push({
+      message: Array.isArray(message) ? message[0] : message,
+      annotations: Object.fromEntries(HashMap.toEntries(annotations)),
+      cause: Cause.pretty(cause)
+    })
+  })
+  return { lines, layer: Logger.add(logger) }
+}
+
+/** What a client was told of a defect: its message. */
+const defectMessage = <A, E>(exit: Exit.Exit<A, E>): string =>
+  Exit.isFailure(exit)
+    ? Option.match(Cause.dieOption(exit.cause), {
+      onNone: () => `not a defect: ${Cause.pretty(exit.cause)}`,
+      onSome: (defect) => defect instanceof Error ? defect.message : String(defect)
+    })
+    : "no failure"
+
+describe("rpc defects", () => {
+  for (const dialect of dialects) {
+    it.scopedLive(
+      `on ${dialect}: logged with the request id and the call, answered with the request id only, ending that call alone`,
+      () =>
+        Effect.gen(function*() {
+          const logs = capturedLogs()
+          const server = yield* startTestServer(
+            testServer({ dialect, env: { DEVELOPMENT_MODEL: "true" } }).pipe(Layer.provide(logs.layer))
+          )
+          const on = Effect.provideService(TestServer, server)
+          const admin = yield* signUp().pipe(on)
+          const socket = yield* overWebSocket(server.baseUrl)
+          const http = yield* overHttp(server.baseUrl, { "x-request-id": "rpc-defect-1" })
+          // An answer under way on the socket: 150 words, one every 20 ms.
+          const words = Array.from({ length: 150 }, (_, index) => `w${index}`).join(" ")
+          const answer = yield* Effect.fork(eventsOf(admin, socket.newChat({ content: words })))
+          yield* Effect.sleep("300 millis")
+
+          // A statement that cannot run is a defect of the handler.
+          const renameAudit = (from: string, to: string) =>
+            inServerDatabase(
+              Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(`ALTER TABLE ${from} RENAME TO ${to}`))
+            )
+              .pipe(on)
+          yield* renameAudit("audit_events", "audit_events_gone")
+          const overHttpExit = yield* Effect.exit(as(admin)(http.listAuditEvents({})))
+          const overSocketExit = yield* Effect.exit(as(admin)(socket.listAuditEvents({})))
+          yield* renameAudit("audit_events_gone", "audit_events")
+
+          expect(defectMessage(overHttpExit)).toBe("Internal server error (request id rpc-defect-1)")
+          const onSocket = /^Internal server error \(request id ([0-9a-f-]{36})\)$/.exec(defectMessage(overSocketExit))
+          expect(onSocket, defectMessage(overSocketExit)).not.toBeNull()
+          for (const exit of [overHttpExit, overSocketExit]) {
+            expect(Cause.pretty((exit as Exit.Failure<unknown, unknown>).cause)).not.toMatch(
+              /audit_events|no such table|does not exist|SELECT/i
+            )
+          }
+
+          // The answer under way on the same socket went on to its end.
+          const events = yield* Fiber.join(answer)
+          expect(doneOf(events).message.status).toBe("complete")
+          expect(doneOf(events).message.content).toContain("w149")
+
+          // The log has what the client was not told, under the request id it was.
+          const failures = logs.lines.filter((line) => line.message === "Unexpected failure")
+          expect(failures.map((line) => [line.annotations.requestId, line.annotations.rpc])).toEqual([
+            ["rpc-defect-1", "listAuditEvents"],
+            [onSocket![1], "listAuditEvents"]
+          ])
+          for (const failure of failures) expect(failure.cause).toMatch(/SqlError/)
+          // And the client is still served.
+          expect((yield* as(admin)(socket.me())).id).toBe(admin.id)
+        }),
+      30_000
+    )
+  }
+})

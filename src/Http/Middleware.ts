@@ -39,26 +39,37 @@ const clientOf = (request: HttpServerRequest.HttpServerRequest, trustProxy: bool
 
 const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/
 
+/** What an HTTP request passes on to the code that serves it in other fibers. */
+export interface PassedOn {
+  readonly client: Client
+  readonly requestId: string
+}
+
 /**
- * Carries the client (address, user agent) of an HTTP request to the code that serves it in other
- * fibers (the RPC server handles a request's messages apart from the request): a header this
- * middleware sets on the request it passes on, sealed with a secret of this process so that no
- * client can set it itself. Read back with `clientFromHeaders`.
+ * Carries the client (address, user agent) and the id of an HTTP request to the code that serves
+ * it in other fibers (the RPC server handles a request's messages apart from the request): a
+ * header this middleware sets on the request it passes on, sealed with a secret of this process so
+ * that no client can set it itself. Read back with `passedOn`.
  */
-const clientHeader = "x-webplus-client"
-const clientSeal = Crypto.randomBytes(32).toString("base64url")
+const passedOnHeader = "x-webplus-client"
+const passedOnSeal = Crypto.randomBytes(32).toString("base64url")
 
-const sealClient = (client: Client): string =>
-  `${clientSeal}.${Buffer.from(JSON.stringify(client)).toString("base64url")}`
+const seal = (passed: PassedOn): string =>
+  `${passedOnSeal}.${
+    Buffer.from(JSON.stringify({ ...passed.client, requestId: passed.requestId })).toString("base64url")
+  }`
 
-/** The client an HTTP request's headers carry (see `clientHeader`), if this process sealed them. */
-export const clientFromHeaders = (headers: Headers.Headers): Client | null => {
-  const [seal, body] = (headers[clientHeader] ?? "").split(".")
-  if (seal === undefined || body === undefined || seal.length !== clientSeal.length) return null
-  if (!Crypto.timingSafeEqual(Buffer.from(seal), Buffer.from(clientSeal))) return null
+/** What an HTTP request's headers carry (see `passedOnHeader`), if this process sealed them. */
+export const passedOn = (headers: Headers.Headers): PassedOn | null => {
+  const [sealed, body] = (headers[passedOnHeader] ?? "").split(".")
+  if (sealed === undefined || body === undefined || sealed.length !== passedOnSeal.length) return null
+  if (!Crypto.timingSafeEqual(Buffer.from(sealed), Buffer.from(passedOnSeal))) return null
   try {
-    const client = JSON.parse(Buffer.from(body, "base64url").toString("utf8")) as Client
-    return { address: client.address ?? null, userAgent: client.userAgent ?? null }
+    const fields = JSON.parse(Buffer.from(body, "base64url").toString("utf8")) as Client & { requestId?: string }
+    return {
+      client: { address: fields.address ?? null, userAgent: fields.userAgent ?? null },
+      requestId: typeof fields.requestId === "string" ? fields.requestId : ""
+    }
   } catch {
     return null
   }
@@ -114,7 +125,7 @@ const matchedRoute = Effect.map(
 export const requestContext = (options: {
   readonly docsPath: string
   readonly trustProxy: boolean
-  /** Paths (and what is below them) whose handlers read the client from the request's headers (`clientFromHeaders`). */
+  /** Paths (and what is below them) whose handlers read the client and the request id from the request's headers (`passedOn`). */
   readonly passClientOn: ReadonlyArray<string>
 }) =>
   HttpMiddleware.make((app) =>
@@ -166,8 +177,10 @@ export const requestContext = (options: {
       yield* FiberRef.update(FiberRef.currentLogAnnotations, HashMap.set("requestId", requestId as unknown))
       if (options.passClientOn.some((prefix) => path === prefix || path.startsWith(`${prefix}/`))) {
         // Whatever a client sent in the header is replaced: only this middleware sets it.
-        const passedOn = request.modify({ headers: Headers.set(request.headers, clientHeader, sealClient(client)) })
-        yield* FiberRef.update(FiberRef.currentContext, Context.add(HttpServerRequest.HttpServerRequest, passedOn))
+        const sealed = request.modify({
+          headers: Headers.set(request.headers, passedOnHeader, seal({ client, requestId }))
+        })
+        yield* FiberRef.update(FiberRef.currentContext, Context.add(HttpServerRequest.HttpServerRequest, sealed))
       }
       return yield* Effect.onExit(app, (exit) => logLine(Exit.isInterrupted(exit)))
     })

@@ -11,14 +11,15 @@
  */
 import { HttpApiBuilder } from "@effect/platform"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
-import { Effect, Layer, Redacted, Stream } from "effect"
+import { Cause, Effect, Layer, Redacted, Stream } from "effect"
+import * as Crypto from "node:crypto"
 import { AuditLog } from "../Audit.js"
 import { Auth, credentialIn } from "../Auth.js"
 import { ChatEngine, type Following, followingStream, type Turn } from "../Chat.js"
 import { Conversations } from "../Conversations.js"
 import { Unauthorized } from "../Domain/Errors.js"
 import { Gateway } from "../Gateway.js"
-import { clientFromHeaders, CurrentClient } from "../Http/Middleware.js"
+import { CurrentClient, CurrentRequestId, passedOn } from "../Http/Middleware.js"
 import { ModelRegistry } from "../Models.js"
 import { Users } from "../Users.js"
 import { RpcAuthentication, RpcClientContext, WebPlusRpcs } from "./Api.js"
@@ -36,11 +37,31 @@ const RpcAuthenticationLive = Layer.effect(
   })
 )
 
+/** What a client is told of a defect: that there was one, and which request to look for in the logs. */
+const internalError = (requestId: string) =>
+  Object.assign(new Error(`Internal server error (request id ${requestId})`), { name: "InternalError" })
+
+/**
+ * Each call runs as part of the HTTP request (or the WebSocket's upgrade) it came in, as the REST
+ * handlers do: with its client, and its request id on every log line (with the call's name). A
+ * defect is logged there, and the client is told only that there was one and the request id (as
+ * the REST API's 500); it ends that call alone (`disableFatalDefects`), not the client's others.
+ */
 const RpcClientContextLive = Layer.succeed(
   RpcClientContext,
-  RpcClientContext.of(({ headers, next }) => {
-    const client = clientFromHeaders(headers)
-    return client === null ? next : Effect.locally(next, CurrentClient, client)
+  RpcClientContext.of(({ headers, next, rpc }) => {
+    const passed = passedOn(headers)
+    const requestId = passed?.requestId || Crypto.randomUUID()
+    const served = next.pipe(
+      Effect.catchAllCause((cause) =>
+        Cause.isDie(cause)
+          ? Effect.zipRight(Effect.logError("Unexpected failure", cause), Effect.die(internalError(requestId)))
+          : Effect.failCause(cause)
+      ),
+      Effect.annotateLogs({ requestId, rpc: rpc._tag }),
+      Effect.locally(CurrentRequestId, requestId)
+    )
+    return passed === null ? served : Effect.locally(served, CurrentClient, passed.client)
   })
 )
 
@@ -137,11 +158,11 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
 
 /** The RPC endpoints, added to the REST API's router (so they share its server and middleware). */
 export const RpcLive = Layer.mergeAll(
-  RpcServer.layer(WebPlusRpcs).pipe(
+  RpcServer.layer(WebPlusRpcs, { disableFatalDefects: true }).pipe(
     Layer.provide(RpcServer.layerProtocolHttp({ path: rpcPath, routerTag: HttpApiBuilder.Router })),
     Layer.provide(RpcSerialization.layerNdjson)
   ),
-  RpcServer.layer(WebPlusRpcs).pipe(
+  RpcServer.layer(WebPlusRpcs, { disableFatalDefects: true }).pipe(
     Layer.provide(RpcServer.layerProtocolWebsocket({ path: rpcPath, routerTag: HttpApiBuilder.Router })),
     Layer.provide(RpcSerialization.layerJson)
   )

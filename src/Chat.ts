@@ -57,6 +57,7 @@ import {
 } from "./Metrics.js"
 import { ModelRegistry, type ResolvedModel } from "./Models.js"
 import type { ProviderFailure } from "./Models/Errors.js"
+import { ConversationTitleEvent, EventHub } from "./Models/Events.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import type { ChatChunk, ChatRequest } from "./Providers/Chat.js"
@@ -213,6 +214,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const configs = yield* ModelConfigsRepo
     const answers = yield* AnswerRepo
     const usageRecords = yield* UsageRepo
+    const events = yield* EventHub
     const scope = yield* Effect.scope
     // Generations run apart from the requests that start them, from a runtime of their own: a
     // request's fiber refs (its span, log annotations, client) are not copied into each one, and
@@ -598,8 +600,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
     const interrupting = (fiber: Fiber.RuntimeFiber<void>) => () => fiber.unsafeInterruptAsFork(FiberId.none)
 
-    /** Writes a title for a new conversation, from the model, or from the question if the model gives none. */
-    const writeTitle = (conversationId: ConversationId, question: string, resolved: ResolvedModel) =>
+    /**
+     * Writes a title for a new conversation, from the model, or from the question if the model gives
+     * none, and tells the owner's event sockets (`conversation.title`).
+     */
+    const writeTitle = (owner: Actor, conversationId: ConversationId, question: string, resolved: ResolvedModel) =>
       resolved.client.chat({
         model: resolved.model.providerModel,
         messages: [{ role: "system", content: titlePrompt }, { role: "user", content: question.slice(0, 2000) }],
@@ -610,8 +615,20 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         Effect.timeout(Duration.seconds(60)),
         Effect.map(cleanTitle),
         Effect.orElseSucceed(() => ""),
+        Effect.map((title) => title.length > 0 ? title : fallbackTitle(question)),
         Effect.flatMap((title) =>
-          answers.setTitleIfEmpty(conversationId, title.length > 0 ? title : fallbackTitle(question))
+          Effect.flatMap(answers.setTitleIfEmpty(conversationId, title), (written) =>
+            written
+              ? Effect.flatMap(DateTime.now, (now) =>
+                events.publish(
+                  new ConversationTitleEvent({
+                    conversationId,
+                    ownerId: owner.userId,
+                    title,
+                    at: DateTime.formatIso(now)
+                  })
+                ))
+              : Effect.void)
         ),
         Effect.withSpan("ChatEngine.writeTitle")
       )
@@ -660,7 +677,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           resolved,
           request,
           conversation.title === "" && question !== null
-            ? writeTitle(conversation.id, question.content, resolved)
+            ? writeTitle(actor, conversation.id, question.content, resolved)
             : Effect.void
         )
         // Node sends the provider's request on a later tick (once the agent hands it a socket): the

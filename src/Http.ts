@@ -35,7 +35,7 @@ import { HttpServerLive } from "./Http/Server.js"
 import { ModelRegistry } from "./Models.js"
 import { CredentialCipher } from "./Models/CredentialCipher.js"
 import { EnvironmentProvidersLive } from "./Models/EnvironmentProviders.js"
-import { ModelEvents } from "./Models/Events.js"
+import { EventHub } from "./Models/Events.js"
 import { ModelsApiLive } from "./Models/Http.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
@@ -105,7 +105,7 @@ const AuthSupportLive = Layer.mergeAll(
 const ModelSupportLive = Layer.mergeAll(
   CredentialCipher.Default,
   ProviderClients.Default.pipe(Layer.provide(FetchHttpClient.layer)),
-  ModelEvents.Default
+  EventHub.Default
 )
 
 /** The services behind the handlers, with what they stand on. */

@@ -27,7 +27,7 @@ import {
 } from "./Models/Api.js"
 import { CredentialCipher } from "./Models/CredentialCipher.js"
 import type { ProviderFailure } from "./Models/Errors.js"
-import { ModelEvents, ModelPullEvent, ModelRemovedEvent, ModelStatusEvent } from "./Models/Events.js"
+import { EventHub, ModelPullEvent, ModelRemovedEvent, ModelStatusEvent } from "./Models/Events.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
@@ -159,7 +159,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
     const configs = yield* ModelConfigsRepo
     const cipher = yield* CredentialCipher
     const clients = yield* ProviderClients
-    const events = yield* ModelEvents
+    const events = yield* EventHub
     const audit = yield* AuditLog
     const settings = yield* AppConfig
     // Background work (downloads) ends with the server.

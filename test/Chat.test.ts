@@ -16,6 +16,7 @@ import type * as Net from "node:net"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
 import { conversationDocument, documentMessage } from "./fixtures/Documents.js"
+import { openEvents } from "./fixtures/Events.js"
 import { collect, spawnEntry } from "./fixtures/Process.js"
 import {
   chatPath,
@@ -167,7 +168,10 @@ for (const dialect of dialects) {
       it.scoped("waits and answers JSON; the question, then the complete answer with its usage, are stored", () =>
         Effect.gen(function*() {
           const openai = yield* script({ text: ["Hello", ", world"], usage: { promptTokens: 11, completionTokens: 2 } })
-          const { modelId } = yield* TheCast
+          const { admin, modelId, other, user } = yield* TheCast
+          // Event sockets, open before the chat: the owner's and two others' (one an administrator).
+          const sockets = yield* Effect.all([user, other, admin].map((someone) => openEvents(someone.accessToken)))
+          for (const socket of sockets) yield* socket.next((message) => message.type === "snapshot")
           const result = expectStatus(
             yield* asUser("POST", "/api/v1/chat", { content: "Say hello", modelId }),
             200
@@ -202,6 +206,20 @@ for (const dialect of dialects) {
             (body) => body.title !== ""
           )
           expect(conversation.title).toBe("Hello, world")
+          // The owner's sockets are told, with nothing about whose it is; nobody else's.
+          const told = yield* sockets[0]!.next((message) => message.type === "conversation.title")
+          expect(told).toEqual({
+            type: "conversation.title",
+            conversationId: result.conversationId,
+            title: "Hello, world",
+            at: expect.any(String)
+          })
+          for (const socket of sockets.slice(1)) {
+            const heard = yield* Effect.exit(
+              socket.next((message) => message.type === "conversation.title", "300 millis")
+            )
+            expect(Exit.isFailure(heard)).toBe(true)
+          }
         }))
 
       it.scoped("an answer asked for with an API key counts toward the key's usage", () =>

@@ -119,8 +119,11 @@ export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", 
       )
 
     /** Sets a conversation's title unless someone gave it one meanwhile. */
+    /** Whether the title was set (the conversation had none: nobody named it meanwhile). */
     const setTitleIfEmpty = (conversationId: ConversationId, title: string) =>
-      Effect.orDie(sql`UPDATE conversations SET title = ${title} WHERE id = ${conversationId} AND title = ''`)
+      Effect.orDie(
+        sql`UPDATE conversations SET title = ${title} WHERE id = ${conversationId} AND title = '' RETURNING id`
+      ).pipe(Effect.map((rows) => rows.length > 0))
 
     return { flush, finish, cancel, recoverAbandoned, setTitleIfEmpty } as const
   })

@@ -24,7 +24,7 @@ import { Auth, credentialIn } from "../Auth.js"
 import { AppConfig } from "../Config.js"
 import type { Actor } from "../Domain/Actor.js"
 import { Forbidden, RateLimited, Unauthorized } from "../Domain/Errors.js"
-import { LlmModelId, ProviderId, type UserId } from "../Domain/Ids.js"
+import { ConversationId, LlmModelId, ProviderId, UserId } from "../Domain/Ids.js"
 import { ModelStatus } from "../Domain/Model.js"
 import { redisConnection } from "../Redis.js"
 
@@ -58,27 +58,43 @@ export class ModelPullEvent extends Schema.TaggedClass<ModelPullEvent>()("model.
   at: Schema.String
 }) {}
 
-export const ModelEvent = Schema.Union(ModelStatusEvent, ModelRemovedEvent, ModelPullEvent)
-export type ModelEvent = typeof ModelEvent.Type
+/** A new conversation's generated title, written in the background once its first answer is done. */
+export class ConversationTitleEvent extends Schema.TaggedClass<ConversationTitleEvent>()("conversation.title", {
+  conversationId: ConversationId,
+  /** Whose it is: only their sockets hear it (not sent). */
+  ownerId: UserId,
+  title: Schema.String,
+  at: Schema.String
+}) {}
+
+export const ServerEvent = Schema.Union(ModelStatusEvent, ModelRemovedEvent, ModelPullEvent, ConversationTitleEvent)
+export type ServerEvent = typeof ServerEvent.Type
 
 /** The wire form: `{ "type": "model.status", … }`, and first `{ "type": "snapshot", "models": [ModelStatusEvent…] }`. */
-const encodeEvent = (event: ModelEvent | { readonly snapshot: ReadonlyArray<ModelStatusEvent> }): string => {
+const encodeEvent = (event: ServerEvent | { readonly snapshot: ReadonlyArray<ModelStatusEvent> }): string => {
   if ("snapshot" in event) {
     return JSON.stringify({ type: "snapshot", models: event.snapshot.map(({ _tag, ...rest }) => rest) })
+  }
+  if (event._tag === "conversation.title") {
+    const { _tag, ownerId: _ownerId, ...rest } = event
+    return JSON.stringify({ type: _tag, ...rest })
   }
   const { _tag, ...rest } = event
   return JSON.stringify({ type: _tag, ...rest })
 }
 
 /**
- * Which events a socket forwards. Admins (`admin:models`) see everything. A user sees the
- * models they may pick, and hears once when one of those stops being theirs to pick
- * (disabled, removed), so a client never keeps a stale entry; nothing else.
+ * Which events a socket forwards. A conversation's events go to its owner alone. Of the models,
+ * admins (`admin:models`) see everything; a user sees the models they may pick, and hears once
+ * when one of those stops being theirs to pick (disabled, removed), so a client never keeps a
+ * stale entry; nothing else.
  */
 const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
-  if (actor.can("admin:models")) return (_event: ModelEvent) => true
+  const admin = actor.can("admin:models")
   const known = new Set(initial.map((event) => event.modelId))
-  return (event: ModelEvent): boolean => {
+  return (event: ServerEvent): boolean => {
+    if (event._tag === "conversation.title") return event.ownerId === actor.userId
+    if (admin) return true
     switch (event._tag) {
       case "model.status":
         if (event.usable) {
@@ -95,7 +111,7 @@ const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
 }
 
 /** What instances tell each other about a model event: which instance had it, and the event. */
-const Broadcast = Schema.parseJson(Schema.Struct({ origin: Schema.String, event: ModelEvent }))
+const Broadcast = Schema.parseJson(Schema.Struct({ origin: Schema.String, event: ServerEvent }))
 const encodeBroadcast = Schema.encodeSync(Broadcast)
 const decodeBroadcast = Schema.decodeUnknownEither(Broadcast)
 
@@ -104,10 +120,10 @@ const decodeBroadcast = Schema.decodeUnknownEither(Broadcast)
  * instance publishes to and listens on, so a socket on any instance hears a change made through
  * another. `deliver` takes the events other instances published.
  */
-const fanOut = (deliver: (event: ModelEvent) => void) =>
+const fanOut = (deliver: (event: ServerEvent) => void) =>
   Effect.gen(function*() {
     const { redis } = yield* AppConfig
-    if (Option.isNone(redis.url)) return (_event: ModelEvent) => Effect.void
+    if (Option.isNone(redis.url)) return (_event: ServerEvent) => Effect.void
     const channel = `${redis.keyPrefix}events:models`
     const origin = Crypto.randomUUID()
     const publisher = yield* redisConnection({
@@ -131,19 +147,20 @@ const fanOut = (deliver: (event: ModelEvent) => void) =>
     subscriber.on("ready", subscribe)
     yield* Effect.promise(subscribe)
     // Not waited for: one connection keeps the events in order, and a Redis that is down slows no one.
-    return (event: ModelEvent) =>
+    return (event: ServerEvent) =>
       Effect.sync(() => void publisher.publish(channel, encodeBroadcast({ origin, event })).catch(() => undefined))
   })
 
-export class ModelEvents extends Effect.Service<ModelEvents>()("Models/ModelEvents", {
+/** The events the server pushes to `/api/v1/events`: published here, heard on every instance. */
+export class EventHub extends Effect.Service<EventHub>()("Models/EventHub", {
   scoped: Effect.gen(function*() {
     // Unbounded hub: publishing never waits on a subscriber; each socket bounds itself instead.
-    const hub = yield* Effect.acquireRelease(PubSub.unbounded<ModelEvent>(), PubSub.shutdown)
+    const hub = yield* Effect.acquireRelease(PubSub.unbounded<ServerEvent>(), PubSub.shutdown)
     const broadcast = yield* fanOut((event) => void hub.unsafeOffer(event))
     const sockets = yield* Ref.make(HashMap.empty<UserId, number>())
     return {
       /** To this instance's sockets at once, then to the other instances' (a Redis that is down loses it there). */
-      publish: (event: ModelEvent) => Effect.zipRight(PubSub.publish(hub, event), broadcast(event)),
+      publish: (event: ServerEvent) => Effect.zipRight(PubSub.publish(hub, event), broadcast(event)),
       subscribe: PubSub.subscribe(hub),
       /** Holds one of `limit` socket slots of the user for the scope; false when none is left. */
       acquireSlot: (userId: UserId, limit: number) =>
@@ -199,7 +216,7 @@ export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyAr
   HttpApiBuilder.Router.use((router) =>
     Effect.gen(function*() {
       const auth = yield* Auth
-      const events = yield* ModelEvents
+      const events = yield* EventHub
       const { events: settings } = yield* AppConfig
       yield* router.get(
         eventsPath,

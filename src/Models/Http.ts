@@ -47,7 +47,7 @@ export const ModelConfigsHttpLive = HttpApiBuilder.group(
 )
 
 /** `/api/v1/events`, beside the API (HttpApi does not describe WebSockets). */
-export const ModelEventsHttpLive = Layer.unwrapEffect(
+export const EventsHttpLive = Layer.unwrapEffect(
   Effect.map(ModelRegistry, (registry) => eventsRoute(registry.snapshot))
 )
 
@@ -55,5 +55,5 @@ export const ModelsApiLive = Layer.mergeAll(
   ProvidersHttpLive,
   ModelsHttpLive,
   ModelConfigsHttpLive,
-  ModelEventsHttpLive
+  EventsHttpLive
 )

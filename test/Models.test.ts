@@ -876,6 +876,6 @@ describe("status events across instances", () => {
 
       // Only the channel under the instances' prefix was used: nothing else of theirs is in Redis.
       const channels = yield* withRedis((redis) => redis.pubsub("CHANNELS", `${prefix}*`) as Promise<Array<string>>)
-      expect(channels).toEqual([`${prefix}events:models`])
+      expect(channels).toEqual([`${prefix}events`])
     }))
 })

@@ -118,8 +118,7 @@ export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", 
         Effect.orDie
       )
 
-    /** Sets a conversation's title unless someone gave it one meanwhile. */
-    /** Whether the title was set (the conversation had none: nobody named it meanwhile). */
+    /** Sets a conversation's title unless someone gave it one meanwhile; whether it did. */
     const setTitleIfEmpty = (conversationId: ConversationId, title: string) =>
       Effect.orDie(
         sql`UPDATE conversations SET title = ${title} WHERE id = ${conversationId} AND title = '' RETURNING id`

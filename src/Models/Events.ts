@@ -1,10 +1,11 @@
 /**
- * Model status events: every status change of a model is published here, and
+ * The events the server pushes: every status change of a model, and a new
+ * conversation's generated title (to its owner), are published here, and
  * `/api/v1/events` (a WebSocket) pushes them to connected clients, which get
  * the current state of every model they may see first. With `REDIS_URL`, the
  * instances pass their events on to each other through a Redis channel
- * (`<REDIS_KEY_PREFIX>events:models`), so a client hears every change
- * whichever instance it is connected to.
+ * (`<REDIS_KEY_PREFIX>events`), so a client hears every change whichever
+ * instance it is connected to.
  *
  * Each socket is bounded: a client that does not read (its unsent data
  * passes `EVENTS_SOCKET_BUFFER_SIZE`) is disconnected at once, and a
@@ -110,30 +111,30 @@ const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
   }
 }
 
-/** What instances tell each other about a model event: which instance had it, and the event. */
+/** What instances tell each other about an event: which instance had it, and the event. */
 const Broadcast = Schema.parseJson(Schema.Struct({ origin: Schema.String, event: ServerEvent }))
 const encodeBroadcast = Schema.encodeSync(Broadcast)
 const decodeBroadcast = Schema.decodeUnknownEither(Broadcast)
 
 /**
  * Where events go besides this instance's sockets: with `REDIS_URL`, a Redis channel every
- * instance publishes to and listens on, so a socket on any instance hears a change made through
+ * instance publishes to and listens on, so a socket on any instance hears what happened through
  * another. `deliver` takes the events other instances published.
  */
 const fanOut = (deliver: (event: ServerEvent) => void) =>
   Effect.gen(function*() {
     const { redis } = yield* AppConfig
     if (Option.isNone(redis.url)) return (_event: ServerEvent) => Effect.void
-    const channel = `${redis.keyPrefix}events:models`
+    const channel = `${redis.keyPrefix}events`
     const origin = Crypto.randomUUID()
     const publisher = yield* redisConnection({
       url: redis.url.value,
-      whileDown: "model events are not passed on to other instances"
+      whileDown: "events are not passed on to other instances"
     })
     // A connection that subscribes can do nothing else.
     const subscriber = yield* redisConnection({
       url: redis.url.value,
-      whileDown: "model events from other instances are not heard"
+      whileDown: "events from other instances are not heard"
     })
     subscriber.on("message", (from: string, message: string) => {
       if (from !== channel) return

@@ -62,6 +62,7 @@ import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import type { ChatChunk, ChatRequest } from "./Providers/Chat.js"
 import type { AnswerFeed } from "./Providers/Client.js"
+import { storedNow } from "./Sql.js"
 
 /** What a turn asks for: a message (or none, to answer the leaf again) and the model to use. */
 export interface TurnInput {
@@ -617,18 +618,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         Effect.orElseSucceed(() => ""),
         Effect.map((title) => title.length > 0 ? title : fallbackTitle(question)),
         Effect.flatMap((title) =>
-          Effect.flatMap(answers.setTitleIfEmpty(conversationId, title), (written) =>
-            written
-              ? Effect.flatMap(DateTime.now, (now) =>
-                events.publish(
-                  new ConversationTitleEvent({
-                    conversationId,
-                    ownerId: owner.userId,
-                    title,
-                    at: DateTime.formatIso(now)
-                  })
-                ))
-              : Effect.void)
+          Effect.gen(function*() {
+            if (!(yield* answers.setTitleIfEmpty(conversationId, title))) return
+            const at = yield* storedNow
+            yield* events.publish(new ConversationTitleEvent({ conversationId, ownerId: owner.userId, title, at }))
+          })
         ),
         Effect.withSpan("ChatEngine.writeTitle")
       )

@@ -1,6 +1,6 @@
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { type ConfigError, ConfigProvider, Duration, Effect, Either, Layer, LogLevel, Option, Redacted } from "effect"
+import { type ConfigError, Duration, Effect, Either, Layer, LogLevel, Option, Redacted } from "effect"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
@@ -9,8 +9,8 @@ import { parseEncryptionKeys, Secrets } from "../src/Secrets.js"
 import { freshDirectory } from "./fixtures/Database.js"
 import { runEntry } from "./fixtures/Process.js"
 
-const withEnv = (env: Record<string, string>) =>
-  Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
+/** The environment `env`, read as the entry points read theirs (`environment`). */
+const withEnv = (env: Record<string, string>) => Effect.withConfigProvider(environment(env))
 
 const loadConfig = (env: Record<string, string>) => AppConfig.pipe(Effect.provide(AppConfig.Default), withEnv(env))
 
@@ -45,20 +45,17 @@ describe("configuration", () => {
 
   it.effect("a variable set to the empty string (KEY= in an env file) counts as unset", () =>
     Effect.gen(function*() {
-      const config = yield* AppConfig.pipe(
-        Effect.provide(AppConfig.Default),
-        Effect.withConfigProvider(environment({
-          PORT: "",
-          DATABASE_URL: "",
-          REDIS_URL: "",
-          METRICS_TOKEN: "",
-          OTEL_EXPORTER_OTLP_ENDPOINT: "",
-          OTEL_EXPORTER_OTLP_HEADERS: "",
-          OPENAI_API_KEY: "",
-          LOG_LEVEL: "",
-          HOST: "0.0.0.0"
-        }))
-      )
+      const config = yield* loadConfig({
+        PORT: "",
+        DATABASE_URL: "",
+        REDIS_URL: "",
+        METRICS_TOKEN: "",
+        OTEL_EXPORTER_OTLP_ENDPOINT: "",
+        OTEL_EXPORTER_OTLP_HEADERS: "",
+        OPENAI_API_KEY: "",
+        LOG_LEVEL: "",
+        HOST: "0.0.0.0"
+      })
       expect(config.port).toBe(3000)
       expect(config.host).toBe("0.0.0.0")
       expect(Option.isNone(config.database.url)).toBe(true)
@@ -230,22 +227,16 @@ describe("start-up failures", () => {
       })
       expect(migrated.stderr).toBe("")
       expect(migrated.code).toBe(0)
-      const refused = yield* runEntry("server", {
-        DATA_DIR: dataDir,
-        NODE_ENV: "production",
-        PORT: "0",
-        JWT_SECRET: ""
-      })
-      expect(refused.code).toBe(1)
-      expect(refused.stderr.trim()).toMatch(/^Invalid configuration: JWT_SECRET is required$/)
     }))
 
-  it.scopedLive("production without secrets refuses to start, naming what is missing", () =>
+  it.scopedLive("production without secrets (unset or empty) refuses to start, naming what is missing", () =>
     Effect.gen(function*() {
       const dataDir = yield* freshDirectory
-      const run = yield* runEntry("server", { DATA_DIR: dataDir, NODE_ENV: "production", PORT: "0" })
-      expect(run.code).toBe(1)
-      expect(run.stderr.trim()).toMatch(/^Invalid configuration: JWT_SECRET is required$/)
+      for (const secrets of [{}, { JWT_SECRET: "" }]) {
+        const run = yield* runEntry("server", { DATA_DIR: dataDir, NODE_ENV: "production", PORT: "0", ...secrets })
+        expect(run.code).toBe(1)
+        expect(run.stderr.trim()).toMatch(/^Invalid configuration: JWT_SECRET is required$/)
+      }
     }))
 
   it.scopedLive("an unreachable database stops the server with one line and no credentials", () =>

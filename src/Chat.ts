@@ -34,6 +34,7 @@ import {
   Stream
 } from "effect"
 import { requirePermission } from "./Auth/Policy.js"
+import { RateLimits } from "./Auth/RateLimits.js"
 import { AnswerRepo, type FinalStatus } from "./Chat/AnswerRepo.js"
 import type { ChatEvent, ChatPayload, ContinuePayload, NewChatPayload, RegeneratePayload } from "./Chat/Api.js"
 import { ChatResult } from "./Chat/Api.js"
@@ -216,6 +217,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const answers = yield* AnswerRepo
     const usageRecords = yield* UsageRepo
     const events = yield* EventHub
+    const rateLimits = yield* RateLimits
     const scope = yield* Effect.scope
     // Generations run apart from the requests that start them, from a runtime of their own: a
     // request's fiber refs (its span, log annotations, client) are not copied into each one, and
@@ -701,6 +703,8 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       Effect.gen(function*() {
         const actor = yield* chatting
         yield* requirePermission("conversations:read")
+        // Counted once the actor may chat at all (a refused request does not use up the budget).
+        yield* rateLimits.modelRequest(actor.userId)
         return yield* startTurn(actor, conversationId, input, (conversation) => prepareTurn(actor, input, conversation))
       })
 
@@ -711,6 +715,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const newChat = (payload: NewChatPayload) =>
       Effect.gen(function*() {
         const actor = yield* chatting
+        yield* rateLimits.modelRequest(actor.userId)
         const prepared = yield* prepareTurn(actor, payload, null)
         const conversation = yield* conversations.create({
           title: payload.title,

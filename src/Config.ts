@@ -4,7 +4,7 @@
  * Other modules depend on `AppConfig` (never on `process.env`), so tests can
  * run the whole server against a `ConfigProvider.fromMap`.
  */
-import { Config, ConfigError, ConfigProvider, Duration, Effect, Either, LogLevel, type Option, Redacted } from "effect"
+import { Config, ConfigError, ConfigProvider, Duration, Effect, Either, LogLevel, Option, Redacted } from "effect"
 
 export type NodeEnv = "development" | "production" | "test"
 export type LogFormat = "json" | "pretty"
@@ -190,6 +190,11 @@ export interface ChatSettings {
   readonly defaultContextWindow: number
   /** The development model (a deterministic echo, not an LLM): on by default outside production. */
   readonly developmentModel: boolean
+  /**
+   * How many answers one user may ask models for per window (chat turns on every transport, and the
+   * gateway's completions, together); `None`: no limit.
+   */
+  readonly rateLimit: Option.Option<{ readonly perUser: number; readonly window: Duration.Duration }>
 }
 
 export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
@@ -281,6 +286,9 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       socketBufferBytes: yield* byteSize("EVENTS_SOCKET_BUFFER_SIZE").pipe(Config.withDefault(1024 * 1024)),
       heartbeat: yield* Config.duration("EVENTS_HEARTBEAT_INTERVAL").pipe(Config.withDefault(Duration.seconds(30)))
     }
+    const chatRateLimitWindow = yield* Config.duration("CHAT_RATE_LIMIT_WINDOW").pipe(
+      Config.withDefault(Duration.minutes(1))
+    )
     const chat: ChatSettings = {
       firstChunkTimeout: yield* Config.duration("CHAT_FIRST_CHUNK_TIMEOUT").pipe(
         Config.withDefault(Duration.seconds(120))
@@ -300,7 +308,11 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       streamLease: yield* Config.duration("CHAT_STREAM_LEASE").pipe(Config.withDefault(Duration.seconds(30))),
       resumeRetention: yield* Config.duration("CHAT_RESUME_RETENTION").pipe(Config.withDefault(Duration.minutes(2))),
       defaultContextWindow: yield* positiveInt("CHAT_DEFAULT_CONTEXT_WINDOW").pipe(Config.withDefault(8192)),
-      developmentModel: yield* Config.boolean("DEVELOPMENT_MODEL").pipe(Config.withDefault(nodeEnv !== "production"))
+      developmentModel: yield* Config.boolean("DEVELOPMENT_MODEL").pipe(Config.withDefault(nodeEnv !== "production")),
+      rateLimit: Option.map(
+        yield* Config.option(positiveInt("CHAT_RATE_LIMIT_PER_USER")),
+        (perUser) => ({ perUser, window: chatRateLimitWindow })
+      )
     }
     return {
       nodeEnv,

@@ -11,8 +11,9 @@
 import { Chunk, DateTime, Effect, Option, Ref, type Scope, Stream } from "effect"
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { requirePermission } from "./Auth/Policy.js"
+import { RateLimits } from "./Auth/RateLimits.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
-import { type Forbidden, type NotFound, orNotFound } from "./Domain/Errors.js"
+import { type Forbidden, type NotFound, orNotFound, type RateLimited } from "./Domain/Errors.js"
 import { type ApiKeyId, generateUuid } from "./Domain/Ids.js"
 import type { LlmModel, Provider } from "./Domain/Model.js"
 import {
@@ -39,7 +40,7 @@ import { ProvidersRepo } from "./Models/ProvidersRepo.js"
 import type { ChatChunk, ChatMessage, ChatRequest, ChatToolChoice, FinishReason } from "./Providers/Chat.js"
 
 /** What a completion request can fail with before the provider is involved, and then the provider's failures. */
-export type GatewayFailure = InvalidRequest | UnknownModel | Forbidden | ProviderFailure
+export type GatewayFailure = InvalidRequest | UnknownModel | Forbidden | RateLimited | ProviderFailure
 
 /** A model a caller may use, with the id the gateway lists it under. */
 interface Target {
@@ -172,6 +173,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
     const registry = yield* ModelRegistry
     const usageRepo = yield* UsageRepo
     const apiKeys = yield* ApiKeysRepo
+    const rateLimits = yield* RateLimits
 
     /**
      * Every model a user may pick (enabled, of an enabled provider; for admins
@@ -223,12 +225,14 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       name: string
     ): Effect.Effect<
       { readonly actor: Actor; readonly target: Target; readonly resolved: ResolvedModel },
-      UnknownModel | Forbidden,
+      UnknownModel | Forbidden | RateLimited,
       CurrentActor
     > =>
       Effect.gen(function*() {
         // Checked first: a key that may not use models learns nothing about which exist.
         const actor = yield* requirePermission("models:use")
+        // One budget with the chat turns: `CHAT_RATE_LIMIT_PER_USER` counts every answer asked for.
+        yield* rateLimits.modelRequest(actor.userId)
         const target = yield* pick(yield* usableTargets, name)
         const resolved = yield* registry.resolve(target.model.id).pipe(
           // Disabled between the two reads: as unknown as if it had been a moment earlier.

@@ -1,16 +1,24 @@
 /**
  * Abuse limits on the front door (register, login, refresh): per account and
- * per client address, in process memory and, with `REDIS_URL`, shared by every
- * instance through Redis.
+ * per client address; and the budget of answers each user may ask models for
+ * (`CHAT_RATE_LIMIT_PER_USER`: chat turns on every transport and the gateway's
+ * completions together). In process memory and, with `REDIS_URL`, shared by
+ * every instance through Redis.
  *
  * Redis is required (see `fixtures/Redis.ts`): when it is unreachable the
  * Redis tests fail, they are never skipped.
  */
-import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect } from "effect"
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Duration, Effect, Stream } from "effect"
 import * as Crypto from "node:crypto"
-import { call, type Reply, signUp } from "./fixtures/Auth.js"
+import OpenAI from "openai"
+import WebSocket from "ws"
+import { chatSocketPath } from "../src/Chat/Socket.js"
+import type { ConversationId } from "../src/Domain/Ids.js"
+import { call, createKey, type Reply, signUp } from "./fixtures/Auth.js"
+import { dialects } from "./fixtures/Database.js"
 import { redisPrefix, redisUrl, scanKeys, uniquePrefix, withRedis } from "./fixtures/Redis.js"
+import { as, overHttp } from "./fixtures/Rpc.js"
 import { startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 const unique = () => Crypto.randomBytes(5).toString("hex")
@@ -261,4 +269,168 @@ describe("rate limits in Redis", () => {
       ),
     60_000
   )
+})
+
+// --- answers
+
+const developmentModel = "webplus-development"
+
+/** A chat turn answered as JSON: a new conversation, or one more turn in `conversationId`. */
+const chatTurn = (auth: string, content: string, conversationId?: string, headers: Record<string, string> = {}) =>
+  call("POST", conversationId === undefined ? "/api/v1/chat" : `/api/v1/conversations/${conversationId}/chat`, {
+    auth,
+    body: { content },
+    headers
+  })
+
+const expectAnswered = (reply: Reply) => {
+  expect(reply.status, JSON.stringify(reply.body)).toBe(200)
+  expect(reply.body.answer).toMatchObject({ status: "complete", content: expect.stringContaining("You said:") })
+  return reply
+}
+
+/** A gateway completion with the official client (no retries of its own), or the error it rejects with. */
+const complete = (apiKey: string) =>
+  Effect.flatMap(TestServer, ({ baseUrl }) =>
+    Effect.tryPromise({
+      try: () =>
+        new OpenAI({ apiKey, baseURL: `${baseUrl}/v1`, maxRetries: 0 }).chat.completions.create({
+          model: developmentModel,
+          messages: [{ role: "user", content: "Hello gateway" }]
+        }),
+      catch: (error) => error
+    }))
+
+/** The first frame the chat WebSocket answers a `chat` message with. */
+const socketReply = (auth: string, content: string) =>
+  Effect.flatMap(TestServer, ({ baseUrl }) =>
+    Effect.async<Record<string, any>>((resume) => {
+      const ws = new WebSocket(`${baseUrl.replace(/^http/, "ws")}${chatSocketPath}`, {
+        headers: { authorization: `Bearer ${auth}` }
+      })
+      ws.on("message", (data) => {
+        const frame = JSON.parse(String(data))
+        if (frame.type === "ready") return ws.send(JSON.stringify({ type: "chat", ref: "r1", content }))
+        ws.close()
+        resume(Effect.succeed(frame))
+      })
+      ws.on("error", (error) => resume(Effect.die(error)))
+      return Effect.sync(() => ws.close())
+    }).pipe(Effect.timeout("10 seconds"), Effect.orDie))
+
+for (const dialect of dialects) {
+  layer(
+    testServer({ dialect, env: { DEVELOPMENT_MODEL: "true", CHAT_RATE_LIMIT_PER_USER: "3" } }),
+    { excludeTestServices: true }
+  )(`the answers a user may ask for on ${dialect}`, (it) => {
+    it.scoped("chat turns and gateway completions share one budget; beyond it 429 everywhere, nothing stored", () =>
+      Effect.gen(function*() {
+        yield* signUp() // the administrator
+        const user = yield* signUp()
+        const other = yield* signUp()
+        const key = yield* createKey(user, ["chat", "conversations:read", "conversations:write", "models:use"])
+
+        const first = expectAnswered(yield* chatTurn(user.accessToken, "one"))
+        expect(limitHeaders(first)).toMatchObject({ limit: 3, remaining: 2 })
+        const conversationId: string = first.body.conversationId
+        // The same budget through a key: the key's owner is counted.
+        const second = expectAnswered(yield* chatTurn(key.secret, "two", conversationId))
+        expect(limitHeaders(second)).toMatchObject({ limit: 3, remaining: 1 })
+        const completion = yield* complete(key.secret)
+        expect(completion).toMatchObject({ choices: [{ message: { content: expect.stringContaining("You said:") } }] })
+
+        // Spent: every way of asking for an answer is refused, with when to try again.
+        expectRateLimited(yield* chatTurn(user.accessToken, "three", conversationId), 3, 60)
+        expectRateLimited(
+          yield* chatTurn(user.accessToken, "streamed", conversationId, { accept: "text/event-stream" }),
+          3,
+          60
+        )
+        expectRateLimited(yield* chatTurn(user.accessToken, "new"), 3, 60)
+        expectRateLimited(
+          yield* call("POST", `/api/${user.id}/chat`, {
+            auth: user.accessToken,
+            body: { message: "simple", conversation_id: conversationId }
+          }),
+          3,
+          60
+        )
+        const answerId: string = second.body.answer.id
+        expectRateLimited(
+          yield* call("POST", `/api/v1/conversations/${conversationId}/messages/${answerId}/regenerate`, {
+            auth: user.accessToken,
+            body: {}
+          }),
+          3,
+          60
+        )
+        const refused = yield* Effect.flip(complete(key.secret))
+        expect(refused).toBeInstanceOf(OpenAI.RateLimitError)
+        const limited = refused as InstanceType<typeof OpenAI.RateLimitError>
+        expect(limited.status).toBe(429)
+        expect(limited.code).toBe("rate_limit_exceeded")
+        expect(Number(limited.headers?.get("retry-after"))).toBeGreaterThanOrEqual(1)
+        const rpc = yield* overHttp((yield* TestServer).baseUrl)
+        const overRpc = yield* Effect.flip(
+          as(user)(
+            Stream.runCollect(rpc.chat({ id: conversationId as ConversationId, message: { content: "over rpc" } }))
+          )
+        )
+        expect(overRpc).toMatchObject({ _tag: "RateLimited", retryAfterSeconds: expect.any(Number) })
+        const frame = yield* socketReply(user.accessToken, "over the socket")
+        expect(frame).toEqual({
+          type: "error",
+          ref: "r1",
+          error: { _tag: "RateLimited", message: expect.any(String), retryAfterSeconds: expect.any(Number) }
+        })
+
+        // The refused turns stored nothing: two questions and two answers.
+        const conversation = yield* call("GET", `/api/v1/conversations/${conversationId}`, { auth: user.accessToken })
+        expect(conversation.body.messageCount).toBe(4)
+        const conversations = yield* call("GET", "/api/v1/conversations", { auth: user.accessToken })
+        expect(conversations.body.items).toHaveLength(1)
+        // Reading is not asking: the answer's events and the conversation are still served.
+        const events = yield* call("GET", `/api/v1/conversations/${conversationId}/messages/${answerId}/events`, {
+          auth: user.accessToken
+        })
+        expect(events.status).toBe(200)
+        expect(events.headers["ratelimit-limit"]).toBeUndefined()
+
+        // Another user has a budget of their own.
+        expect(limitHeaders(expectAnswered(yield* chatTurn(other.accessToken, "mine")))).toMatchObject({
+          limit: 3,
+          remaining: 2
+        })
+      }))
+  })
+}
+
+describe("the answers a user may ask for, in Redis", () => {
+  it.scopedLive("two instances share one budget", () =>
+    Effect.gen(function*() {
+      const prefix = yield* redisPrefix
+      const shared = {
+        REDIS_URL: redisUrl,
+        REDIS_KEY_PREFIX: prefix,
+        DEVELOPMENT_MODEL: "true",
+        CHAT_RATE_LIMIT_PER_USER: "2"
+      }
+      const a = yield* startTestServer(testServer({ dialect: "pg", env: shared }))
+      // The same database and secrets (`DATA_DIR`): a token signed by one is valid on the other.
+      const b = yield* startTestServer(
+        testServer({ env: { ...shared, DATABASE_URL: a.databaseUrl!, DATA_DIR: a.dataDir } })
+      )
+      const on = (server: typeof a) => Effect.provideService(TestServer, server)
+
+      yield* signUp().pipe(on(a)) // the administrator
+      const user = yield* signUp().pipe(on(a))
+      const first = expectAnswered(yield* chatTurn(user.accessToken, "on a").pipe(on(a)))
+      expect(limitHeaders(first)).toMatchObject({ limit: 2, remaining: 1 })
+      const second = expectAnswered(yield* chatTurn(user.accessToken, "on b", first.body.conversationId).pipe(on(b)))
+      expect(limitHeaders(second)).toMatchObject({ limit: 2, remaining: 0 })
+      expectRateLimited(yield* chatTurn(user.accessToken, "again on a", first.body.conversationId).pipe(on(a)), 2, 60)
+
+      const keys = yield* withRedis((redis) => scanKeys(redis, prefix))
+      expect(keys.some((key) => key.startsWith(`${prefix}ratelimit:chat:user:`))).toBe(true)
+    }))
 })

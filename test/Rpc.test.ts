@@ -7,9 +7,7 @@
  * operation of `WebPlusRpcs` runs over both transports; administration as the
  * first account (the administrator).
  */
-import { FetchHttpClient, HttpClient, HttpClientRequest } from "@effect/platform"
-import { NodeSocket } from "@effect/platform-node"
-import { RpcClient, type RpcClientError, RpcSerialization } from "@effect/rpc"
+import { RpcClient } from "@effect/rpc"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Cause, Context, Effect, Exit, Fiber, HashMap, Layer, Logger, Option, Redacted, Stream } from "effect"
@@ -17,15 +15,14 @@ import * as Crypto from "node:crypto"
 import type { ChatEvent } from "../src/Chat/Api.js"
 import type { LlmModelId, ProviderId } from "../src/Domain/Ids.js"
 import { Email, Username } from "../src/Domain/User.js"
-import { WebPlusRpcs } from "../src/Rpc/Api.js"
-import { rpcPath } from "../src/Rpc/Server.js"
 import { call, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { collect, spawnScript } from "./fixtures/Process.js"
 import { fakeProvider } from "./fixtures/Providers.js"
+import { as, overHttp, overWebSocket, type RpcTestClient } from "./fixtures/Rpc.js"
 import { inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
-type Client = RpcClient.FromGroup<typeof WebPlusRpcs, RpcClientError.RpcClientError>
+type Client = RpcTestClient
 
 interface Cast {
   readonly admin: TestUser
@@ -35,32 +32,6 @@ interface Cast {
 }
 
 class TheCast extends Context.Tag("test/Rpc/Cast")<TheCast, Cast>() {}
-
-/** A client of `protocol`, whose connection lasts as long as the surrounding scope. */
-const clientOver = <E>(protocol: Layer.Layer<RpcClient.Protocol, E>) =>
-  Effect.flatMap(Layer.build(protocol), (context) => Effect.provide(RpcClient.make(WebPlusRpcs), context))
-
-/** `/rpc` over HTTP, NDJSON; every request with `headers`. */
-const overHttp = (baseUrl: string, headers: Record<string, string> = {}) =>
-  clientOver(
-    RpcClient.layerProtocolHttp({
-      url: `${baseUrl}${rpcPath}`,
-      transformClient: HttpClient.mapRequest(HttpClientRequest.setHeaders(headers))
-    }).pipe(
-      Layer.provide([RpcSerialization.layerNdjson, FetchHttpClient.layer])
-    )
-  )
-
-/** `/rpc` over one WebSocket, JSON. */
-const overWebSocket = (baseUrl: string) =>
-  clientOver(
-    RpcClient.layerProtocolSocket().pipe(
-      Layer.provide([
-        NodeSocket.layerWebSocket(`${baseUrl.replace(/^http/, "ws")}${rpcPath}`),
-        RpcSerialization.layerJson
-      ])
-    )
-  )
 
 const withCast = (dialect: (typeof dialects)[number]) =>
   Layer.scoped(
@@ -76,9 +47,6 @@ const withCast = (dialect: (typeof dialects)[number]) =>
   ).pipe(Layer.provideMerge(testServer({ dialect, env: { DEVELOPMENT_MODEL: "true" } })))
 
 /** Runs `effect` with `user`'s access token on every call it makes. */
-const as = (user: TestUser) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  RpcClient.withHeaders(effect, { authorization: `Bearer ${user.accessToken}` })
-
 /** A name no other test (transport, dialect or run) uses. */
 const uniqueName = (prefix: string) => `${prefix}_${Crypto.randomBytes(4).toString("hex")}`
 

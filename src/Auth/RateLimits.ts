@@ -1,8 +1,9 @@
 /**
  * Abuse limits on the front door (register, login, refresh), per client
- * address and per account, with `@effect/experimental`'s RateLimiter: in
- * process memory by default, in Redis when `REDIS_URL` is set so the limits
- * hold across every instance.
+ * address and per account, and, when `CHAT_RATE_LIMIT_PER_USER` is set, on
+ * how many answers each user asks models for, with `@effect/experimental`'s
+ * RateLimiter: in process memory by default, in Redis when `REDIS_URL` is set
+ * so the limits hold across every instance.
  *
  * Every limited response carries `RateLimit-Limit`, `RateLimit-Remaining`
  * and `RateLimit-Reset`; an exceeded limit answers 429 with `Retry-After`.
@@ -13,6 +14,7 @@ import { Duration, Effect, FiberRef, Layer, Option } from "effect"
 import * as Crypto from "node:crypto"
 import { AppConfig } from "../Config.js"
 import { RateLimited } from "../Domain/Errors.js"
+import type { UserId } from "../Domain/Ids.js"
 import { CurrentClient } from "../Http/Middleware.js"
 import { layerRedisStore } from "./RedisRateLimitStore.js"
 
@@ -46,13 +48,16 @@ const setHeaders = (headers: Record<string, string>) =>
 export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", {
   effect: Effect.gen(function*() {
     const limiter = yield* RateLimiter.RateLimiter
-    const { auth } = yield* AppConfig
+    const { auth, chat } = yield* AppConfig
 
     /**
      * Takes one token from every limit; fails with `RateLimited` if any is
      * exhausted. Headers describe the most constrained limit.
      */
-    const consume = (limits: ReadonlyArray<Limit>): Effect.Effect<void, RateLimited> =>
+    const consume = (
+      limits: ReadonlyArray<Limit>,
+      message = "Too many attempts; try again later"
+    ): Effect.Effect<void, RateLimited> =>
       Effect.gen(function*() {
         const results = yield* Effect.forEach(
           limits,
@@ -75,10 +80,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
             "ratelimit-remaining": "0",
             "ratelimit-reset": String(retryAfter)
           })
-          return yield* new RateLimited({
-            message: "Too many attempts; try again later",
-            retryAfterSeconds: retryAfter
-          })
+          return yield* new RateLimited({ message, retryAfterSeconds: retryAfter })
         }
         // A store failure (Redis unreachable, logged by the store) must not lock everyone out: let it through.
         const passed = results.flatMap((result) => (result._tag === "Right" ? [result.right] : []))
@@ -113,7 +115,20 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
             }])
         ]))
 
-    return { consume, authAttempt } as const
+    /**
+     * One answer asked of a model on `userId`'s behalf (a chat turn, a gateway completion), within
+     * `CHAT_RATE_LIMIT_PER_USER`; free when no limit is set.
+     */
+    const modelRequest: (userId: UserId) => Effect.Effect<void, RateLimited> = Option.match(chat.rateLimit, {
+      onNone: () => () => Effect.void,
+      onSome: ({ perUser, window }) => (userId) =>
+        consume(
+          [{ key: `chat:user:${userId}`, limit: perUser, window }],
+          `Too many answers asked for: at most ${perUser} per ${Duration.format(window)}; try again later`
+        )
+    })
+
+    return { consume, authAttempt, modelRequest } as const
   })
 }) {}
 

@@ -10,7 +10,7 @@ import { Schema } from "effect"
 import { Authentication } from "../Auth/Api.js"
 import { MessageContent } from "../Conversations/Api.js"
 import { MessageView, ToolCall } from "../Domain/Conversation.js"
-import { Forbidden, NotFound } from "../Domain/Errors.js"
+import { Forbidden, NotFound, RateLimited } from "../Domain/Errors.js"
 import { JsonObject, NonNegativeInt } from "../Domain/Fields.js"
 import { ConversationId, LlmModelId, MessageId, ModelConfigId } from "../Domain/Ids.js"
 import { request } from "../Domain/Request.js"
@@ -150,6 +150,7 @@ export class ChatApi extends HttpApiGroup.make("chat")
       .setPayload(request(ChatPayload))
       .addSuccess(ChatResult)
       .addError(NotFound)
+      .addError(RateLimited)
       .annotate(OpenApi.Summary, "Send a message and get the answer")
       .annotate(OpenApi.Description, streamedOrJson)
   )
@@ -157,6 +158,7 @@ export class ChatApi extends HttpApiGroup.make("chat")
     HttpApiEndpoint.post("newChat", "/api/v1/chat")
       .setPayload(request(NewChatPayload))
       .addSuccess(ChatResult)
+      .addError(RateLimited)
       .annotate(OpenApi.Summary, "Start a conversation with a message and get the answer")
       .annotate(OpenApi.Description, streamedOrJson)
   )
@@ -166,6 +168,7 @@ export class ChatApi extends HttpApiGroup.make("chat")
       .setPayload(request(RegeneratePayload))
       .addSuccess(ChatResult)
       .addError(NotFound)
+      .addError(RateLimited)
       .annotate(OpenApi.Summary, "Answer the same question again, as a new sibling branch of this answer")
       .annotate(OpenApi.Description, streamedOrJson)
   )
@@ -175,6 +178,7 @@ export class ChatApi extends HttpApiGroup.make("chat")
       .setPayload(request(ContinuePayload))
       .addSuccess(ChatResult)
       .addError(NotFound)
+      .addError(RateLimited)
       .annotate(OpenApi.Summary, "Answer the user message at the end of the branch (after an edit)")
       .annotate(OpenApi.Description, streamedOrJson)
   )
@@ -204,6 +208,7 @@ export class ChatApi extends HttpApiGroup.make("chat")
       .setPayload(SimpleChatPayload)
       .addSuccess(SimpleChatResponse)
       .addError(NotFound)
+      .addError(RateLimited)
       .annotate(OpenApi.Summary, "Send a message as the user in the path; JSON in, JSON out")
       .annotate(
         OpenApi.Description,

@@ -13,7 +13,8 @@
  * The server sends `{ "type": "ready", "userId" }` once authenticated, then
  * `{ "type": "event", "ref", "event" }` with the SSE endpoint's events (`start` … `done`), and
  * `{ "type": "error", "ref"?, "error": { "_tag", "message" } }` for a refused message (the
- * socket stays open) or a failed answer.
+ * socket stays open) or a failed answer; a `RateLimited` error (`CHAT_RATE_LIMIT_PER_USER`) also
+ * says in how many seconds to try again (`retryAfterSeconds`).
  *
  * Bounded: an answer's events are sent at most `window` ahead of the client's last `ack`; past
  * that its stream waits (the answer itself goes on and is stored), so a client that stops reading
@@ -72,12 +73,19 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
       const socket: Socket.Socket = yield* request.upgrade
       const write = yield* socket.writer
       const send = (frame: object) => write(JSON.stringify(frame)).pipe(Effect.ignore)
-      /** An `error` frame: its tag and message only, with the `ref` of the message it answers. */
-      const sendError = (error: { readonly _tag: string; readonly message: string }, ref?: string) =>
+      /** An `error` frame: its tag and message (and when to retry), with the `ref` of the message it answers. */
+      const sendError = (
+        error: { readonly _tag: string; readonly message: string; readonly retryAfterSeconds?: number },
+        ref?: string
+      ) =>
         send({
           type: "error",
           ...(ref === undefined ? {} : { ref }),
-          error: { _tag: error._tag, message: error.message }
+          error: {
+            _tag: error._tag,
+            message: error.message,
+            ...(error.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: error.retryAfterSeconds })
+          }
         })
       const answers = yield* FiberSet.make()
       const open = new Map<MessageId, Open>()

@@ -71,6 +71,15 @@ const describe = (failure: Failure): OpenAiError => {
         param: null,
         code: "insufficient_permissions"
       }
+    case "RateLimited":
+      return {
+        status: 429,
+        message: failure.message,
+        type: "requests",
+        param: null,
+        code: "rate_limit_exceeded",
+        retryAfterMs: failure.retryAfterSeconds * 1000
+      }
     case "PayloadTooLarge":
       return {
         status: 413,

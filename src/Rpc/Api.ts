@@ -127,7 +127,7 @@ const AuthError = Schema.Union(
 )
 const ConversationError = Schema.Union(Refused, NotFound, Conflict)
 const ModelError = Schema.Union(Refused, NotFound, Conflict, ProviderFailure)
-const ChatError = Schema.Union(Refused, NotFound, ProviderFailure)
+const ChatError = Schema.Union(Refused, NotFound, RateLimited, ProviderFailure)
 
 const conversation = { id: ConversationId }
 const message = { id: ConversationId, messageId: MessageId }

@@ -169,9 +169,22 @@ for (const dialect of dialects) {
         Effect.gen(function*() {
           const openai = yield* script({ text: ["Hello", ", world"], usage: { promptTokens: 11, completionTokens: 2 } })
           const { admin, modelId, other, user } = yield* TheCast
-          // Event sockets, open before the chat: the owner's and two others' (one an administrator).
-          const sockets = yield* Effect.all([user, other, admin].map((someone) => openEvents(someone.accessToken)))
-          for (const socket of sockets) yield* socket.next((message) => message.type === "snapshot")
+          // Event sockets, open before the chat: the owner's and two others' (one an administrator); then
+          // the owner's through a chat client's key (no `models:read`: no models, but its titles) and
+          // through a key that may read models but not conversations (no titles).
+          const chatKey = yield* createKey(user, ["chat", "conversations:read", "conversations:write", "models:use"])
+          const modelsKey = yield* createKey(user, ["models:read"])
+          const sockets = yield* Effect.all(
+            [user.accessToken, chatKey.secret, other.accessToken, admin.accessToken, modelsKey.secret].map((
+              credential
+            ) => openEvents(credential))
+          )
+          const snapshots = yield* Effect.forEach(
+            sockets,
+            (socket) => socket.next((message) => message.type === "snapshot")
+          )
+          expect(snapshots[1].models).toEqual([])
+          expect(snapshots[4].models.length).toBeGreaterThan(0)
           const result = expectStatus(
             yield* asUser("POST", "/api/v1/chat", { content: "Say hello", modelId }),
             200
@@ -214,7 +227,8 @@ for (const dialect of dialects) {
             title: "Hello, world",
             at: expect.any(String)
           })
-          for (const socket of sockets.slice(1)) {
+          expect(yield* sockets[1]!.next((message) => message.type === "conversation.title")).toEqual(told)
+          for (const socket of sockets.slice(2)) {
             const heard = yield* Effect.exit(
               socket.next((message) => message.type === "conversation.title", "300 millis")
             )

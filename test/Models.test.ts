@@ -9,7 +9,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor } from "./fixtures/Database.js"
 import { openEvents, stalledEvents, upgradeAttempt, upgradeStatus } from "./fixtures/Events.js"
 import { fakeProvider, unreachableUrl } from "./fixtures/Providers.js"
@@ -784,6 +784,12 @@ for (const dialect of dialects) {
           expect({ status: plain.status, _tag: plain.body?._tag }).toEqual({ status: 426, _tag: "UpgradeRequired" })
           expect(yield* upgradeStatus("/api/v1/events?access_token=nonsense")).toBe(401)
           expect(yield* upgradeStatus("/api/v1/events", { authorization: `Bearer ${user.accessToken}` })).toBe(101)
+          // A key that may read neither models nor conversations has nothing to hear.
+          const deaf = yield* createKey(user, ["chat", "models:use"])
+          expect(yield* upgradeAttempt(`/api/v1/events?access_token=${deaf.secret}`)).toMatchObject({
+            status: 403,
+            body: { _tag: "Forbidden" }
+          })
           const other = yield* signUp()
           yield* Effect.gen(function*() {
             const first = yield* openEvents(other.accessToken)

@@ -85,16 +85,19 @@ const encodeEvent = (event: ServerEvent | { readonly snapshot: ReadonlyArray<Mod
 }
 
 /**
- * Which events a socket forwards. A conversation's events go to its owner alone. Of the models,
- * admins (`admin:models`) see everything; a user sees the models they may pick, and hears once
- * when one of those stops being theirs to pick (disabled, removed), so a client never keeps a
- * stale entry; nothing else.
+ * Which events a socket forwards. A conversation's events go to its owner alone, if they may read
+ * conversations (`conversations:read`). Model events need `models:read`: admins (`admin:models`)
+ * see everything; a user sees the models they may pick, and hears once when one of those stops
+ * being theirs to pick (disabled, removed), so a client never keeps a stale entry; nothing else.
  */
 const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
   const admin = actor.can("admin:models")
+  const models = actor.can("models:read")
+  const conversations = actor.can("conversations:read")
   const known = new Set(initial.map((event) => event.modelId))
   return (event: ServerEvent): boolean => {
-    if (event._tag === "conversation.title") return event.ownerId === actor.userId
+    if (event._tag === "conversation.title") return conversations && event.ownerId === actor.userId
+    if (!models) return false
     if (admin) return true
     switch (event._tag) {
       case "model.status":
@@ -236,8 +239,12 @@ export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyAr
           const authenticated = yield* Effect.either(auth.authenticate(Redacted.make(credential)))
           if (authenticated._tag === "Left") return errorResponse(authenticated.left, 401)
           const actor = authenticated.right
-          if (!actor.can("models:read")) {
-            return errorResponse(new Forbidden({ message: "This requires the \"models:read\" permission" }), 403)
+          // Either is enough: a chat client's key may hear its conversations' titles without seeing models.
+          if (!actor.can("models:read") && !actor.can("conversations:read")) {
+            return errorResponse(
+              new Forbidden({ message: "This requires the \"models:read\" or \"conversations:read\" permission" }),
+              403
+            )
           }
           if (!(yield* events.acquireSlot(actor.userId, settings.maxSocketsPerUser))) {
             return errorResponse(
@@ -247,7 +254,7 @@ export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyAr
           }
           // Subscribed before the snapshot is read, so no change falls between the two.
           const subscription = yield* events.subscribe
-          const initial = yield* snapshot(actor)
+          const initial = actor.can("models:read") ? yield* snapshot(actor) : []
           const raw = NodeHttpServerRequest.toIncomingMessage(request).socket
           const socket = yield* request.upgrade
           const write = yield* socket.writer

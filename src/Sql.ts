@@ -10,7 +10,7 @@ import { FileSystem, Path } from "@effect/platform"
 import { SqlClient, SqlError } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { ConfigError, DateTime, Duration, Effect, Layer, Option, Redacted, Runtime, String } from "effect"
+import { Cause, ConfigError, DateTime, Duration, Effect, Layer, Option, Redacted, Runtime, String } from "effect"
 import { createRequire } from "node:module"
 import { Worker } from "node:worker_threads"
 import Pg from "pg"
@@ -233,3 +233,58 @@ export const transactionLock = (sql: SqlClient.SqlClient, name: string): Effect.
   dialectOf(sql) === "pg"
     ? Effect.orDie(Effect.asVoid(sql`SELECT pg_advisory_xact_lock(hashtext(${`webplus.${name}`}))`))
     : Effect.void
+
+/** PostgreSQL's SQLSTATEs of a server that is gone or refuses work: connection exceptions, shutdown, no free connection. */
+const unavailableStates = /^(08|57P0[123]$|53300$)/
+
+/** Node's errors of a connection that could not be made or was cut; SQLite's of a database locked past its busy timeout. */
+const unavailableCodes = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EPIPE",
+  "SQLITE_BUSY"
+])
+
+/** `pg`'s own words for a connection that broke, or that the pool could not open in time. */
+const unavailableMessages = /Connection terminated|timeout exceeded when trying to connect|not queryable/
+
+const cannotReach = (error: SqlError.SqlError): boolean => {
+  // @effect/sql-pg's failures to get or keep a connection.
+  if (error.message === "Failed to acquire connection" || error.message === "Connection error") return true
+  const cause: unknown = error.cause
+  if (typeof cause !== "object" || cause === null) return false
+  const code = (cause as { readonly code?: unknown }).code
+  if (typeof code === "string" && (unavailableCodes.has(code) || unavailableStates.test(code))) return true
+  return cause instanceof Error && unavailableMessages.test(cause.message)
+}
+
+/**
+ * The database failure `cause` comes down to, when it is one of reaching the database (the server
+ * gone or refusing connections, a connection cut, SQLite locked past its busy timeout) rather than
+ * a fault of the request or of the code: the client may try again shortly, and the answer says so
+ * (503 with `Retry-After`) instead of a 500.
+ */
+export const databaseUnavailable = (cause: Cause.Cause<unknown>): Option.Option<SqlError.SqlError> =>
+  Option.fromNullable(
+    [...Cause.defects(cause), ...Cause.failures(cause)].find(
+      (error): error is SqlError.SqlError => error instanceof SqlError.SqlError && cannotReach(error)
+    )
+  )
+
+/** How long a client is asked to wait when the database cannot be reached (`Retry-After`, seconds). */
+export const databaseRetryAfterSeconds = 5
+
+export const databaseUnavailableMessage = "The database cannot be reached; try again shortly"
+
+/** One warning line per refused request, with what the driver said (no stack: an outage would flood the log). */
+export const logDatabaseUnavailable = (error: SqlError.SqlError): Effect.Effect<void> =>
+  Effect.logWarning("Database unavailable").pipe(
+    Effect.annotateLogs({
+      error: error.cause instanceof Error ? `${error.message}: ${error.cause.message}` : error.message
+    })
+  )

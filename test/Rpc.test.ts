@@ -10,16 +10,17 @@
 import { RpcClient } from "@effect/rpc"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Cause, Context, Effect, Exit, Fiber, HashMap, Layer, Logger, Option, Redacted, Stream } from "effect"
+import { Cause, Context, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
 import * as Crypto from "node:crypto"
 import type { ChatEvent } from "../src/Chat/Api.js"
 import type { LlmModelId, ProviderId } from "../src/Domain/Ids.js"
 import { Email, Username } from "../src/Domain/User.js"
 import { call, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
+import { capturedLogs } from "./fixtures/Logs.js"
 import { collect, spawnScript } from "./fixtures/Process.js"
 import { fakeProvider } from "./fixtures/Providers.js"
-import { as, overHttp, overWebSocket, type RpcTestClient } from "./fixtures/Rpc.js"
+import { as, defectMessage, overHttp, overWebSocket, type RpcTestClient } from "./fixtures/Rpc.js"
 import { inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 type Client = RpcTestClient
@@ -928,30 +929,6 @@ for (const dialect of dialects) {
     })
   })
 }
-
-/** What the server logs, kept for assertions: each line's message, annotations and cause. */
-const capturedLogs = () => {
-  const lines: Array<
-    { readonly message: unknown; readonly annotations: Record<string, unknown>; readonly cause: string }
-  > = []
-  const logger = Logger.make(({ annotations, cause, message }) => {
-    lines.push({
-      message: Array.isArray(message) ? message[0] : message,
-      annotations: Object.fromEntries(HashMap.toEntries(annotations)),
-      cause: Cause.pretty(cause)
-    })
-  })
-  return { lines, layer: Logger.add(logger) }
-}
-
-/** What a client was told of a defect: its message. */
-const defectMessage = <A, E>(exit: Exit.Exit<A, E>): string =>
-  Exit.isFailure(exit)
-    ? Option.match(Cause.dieOption(exit.cause), {
-      onNone: () => `not a defect: ${Cause.pretty(exit.cause)}`,
-      onSome: (defect) => defect instanceof Error ? defect.message : String(defect)
-    })
-    : "no failure"
 
 describe("rpc defects", () => {
   for (const dialect of dialects) {

@@ -18,6 +18,12 @@ import { PayloadTooLarge, Unauthorized } from "../Domain/Errors.js"
 import { Gateway, type GatewayFailure } from "../Gateway.js"
 import { CurrentRequestId } from "../Http/Middleware.js"
 import {
+  databaseRetryAfterSeconds,
+  databaseUnavailable,
+  databaseUnavailableMessage,
+  logDatabaseUnavailable
+} from "../Sql.js"
+import {
   ChatCompletion,
   ChatCompletionChunk,
   ChatCompletionRequest,
@@ -134,6 +140,18 @@ const errorResponse = (error: OpenAiError) =>
 /** A defect: logged with its cause, answered with the request id to quote and nothing else. */
 const internalError = (cause: Cause.Cause<unknown>): Effect.Effect<OpenAiError> =>
   Effect.gen(function*() {
+    const unreachable = databaseUnavailable(cause)
+    if (Option.isSome(unreachable)) {
+      yield* logDatabaseUnavailable(unreachable.value)
+      return {
+        status: 503,
+        message: databaseUnavailableMessage,
+        type: "api_error",
+        param: null,
+        code: "service_unavailable",
+        retryAfterMs: databaseRetryAfterSeconds * 1000
+      } satisfies OpenAiError
+    }
     yield* Effect.logError("Unexpected failure in the gateway", cause)
     const requestId = yield* FiberRef.get(CurrentRequestId)
     return {

@@ -9,8 +9,10 @@
  * - an unknown route answers `404 NotFound`.
  *
  * Typed errors that some endpoint declares pass through to be encoded by the
- * API. Anything else (a defect, an undeclared error) is logged with its cause
- * and answered `500 InternalError` carrying only the request id.
+ * API. A database that cannot be reached answers `503 ServiceUnavailable` with
+ * `Retry-After` (logged as one warning). Anything else (a defect, an
+ * undeclared error) is logged with its cause and answered `500 InternalError`
+ * carrying only the request id.
  */
 import {
   HttpApi,
@@ -25,8 +27,21 @@ import {
 } from "@effect/platform"
 import { Cause, Effect, FiberRef, Option, Schema } from "effect"
 import { AppConfig } from "../Config.js"
-import { FieldIssue, InternalError, NotFound, PayloadTooLarge, ValidationError } from "../Domain/Errors.js"
+import {
+  FieldIssue,
+  InternalError,
+  NotFound,
+  PayloadTooLarge,
+  ServiceUnavailable,
+  ValidationError
+} from "../Domain/Errors.js"
 import { gatewayPrefix } from "../Gateway/Http.js"
+import {
+  databaseRetryAfterSeconds,
+  databaseUnavailable,
+  databaseUnavailableMessage,
+  logDatabaseUnavailable
+} from "../Sql.js"
 import { CurrentRequestId } from "./Middleware.js"
 
 const respond = <A, I>(schema: Schema.Schema<A, I>) => {
@@ -40,6 +55,7 @@ const validationResponse = respond(ValidationError)
 const internalErrorResponse = respond(InternalError)
 const notFoundResponse = respond(NotFound)
 const tooLargeResponse = respond(PayloadTooLarge)
+const unavailableResponse = respond(ServiceUnavailable)
 
 const tooLarge = (limitBytes: number) =>
   tooLargeResponse(
@@ -96,6 +112,13 @@ const declaredErrors = (api: HttpApi.HttpApi<string, HttpApiGroup.HttpApiGroup.A
 
 const unexpected = (cause: Cause.Cause<unknown>) =>
   Effect.gen(function*() {
+    const unreachable = databaseUnavailable(cause)
+    if (Option.isSome(unreachable)) {
+      yield* logDatabaseUnavailable(unreachable.value)
+      return unavailableResponse(new ServiceUnavailable({ message: databaseUnavailableMessage }), {
+        "retry-after": String(databaseRetryAfterSeconds)
+      })
+    }
     yield* Effect.logError("Unexpected failure", cause)
     const requestId = yield* FiberRef.get(CurrentRequestId)
     return internalErrorResponse(new InternalError({ message: "Internal server error", requestId }))

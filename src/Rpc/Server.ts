@@ -11,7 +11,7 @@
  */
 import { HttpApiBuilder } from "@effect/platform"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
-import { Cause, Effect, Layer, Redacted, Stream } from "effect"
+import { Cause, Effect, Layer, Option, Redacted, Stream } from "effect"
 import * as Crypto from "node:crypto"
 import { AuditLog } from "../Audit.js"
 import { Auth, credentialIn } from "../Auth.js"
@@ -21,6 +21,7 @@ import { Unauthorized } from "../Domain/Errors.js"
 import { Gateway } from "../Gateway.js"
 import { CurrentClient, CurrentRequestId, passedOn } from "../Http/Middleware.js"
 import { ModelRegistry } from "../Models.js"
+import { databaseUnavailable, databaseUnavailableMessage, logDatabaseUnavailable } from "../Sql.js"
 import { Users } from "../Users.js"
 import { RpcAuthentication, RpcClientContext, WebPlusRpcs } from "./Api.js"
 
@@ -41,6 +42,16 @@ const RpcAuthenticationLive = Layer.effect(
 const internalError = (requestId: string) =>
   Object.assign(new Error(`Internal server error (request id ${requestId})`), { name: "InternalError" })
 
+/** What a client is told when the database cannot be reached: to try again (the REST API's 503). */
+const unavailable = (requestId: string) =>
+  Object.assign(new Error(`${databaseUnavailableMessage} (request id ${requestId})`), { name: "ServiceUnavailable" })
+
+const reportDefect = (cause: Cause.Cause<unknown>, requestId: string) =>
+  Option.match(databaseUnavailable(cause), {
+    onNone: () => Effect.zipRight(Effect.logError("Unexpected failure", cause), Effect.die(internalError(requestId))),
+    onSome: (error) => Effect.zipRight(logDatabaseUnavailable(error), Effect.die(unavailable(requestId)))
+  })
+
 /**
  * Each call runs as part of the HTTP request (or the WebSocket's upgrade) it came in, as the REST
  * handlers do: with its client, and its request id on every log line (with the call's name). A
@@ -53,11 +64,7 @@ const RpcClientContextLive = Layer.succeed(
     const passed = passedOn(headers)
     const requestId = passed?.requestId || Crypto.randomUUID()
     const served = next.pipe(
-      Effect.catchAllCause((cause) =>
-        Cause.isDie(cause)
-          ? Effect.zipRight(Effect.logError("Unexpected failure", cause), Effect.die(internalError(requestId)))
-          : Effect.failCause(cause)
-      ),
+      Effect.catchAllCause((cause) => Cause.isDie(cause) ? reportDefect(cause, requestId) : Effect.failCause(cause)),
       Effect.annotateLogs({ requestId, rpc: rpc._tag }),
       Effect.locally(CurrentRequestId, requestId)
     )

@@ -157,6 +157,13 @@ export interface ModelSettings {
   readonly resolveCacheTtl: Duration.Duration
 }
 
+export interface CompressionSettings {
+  /** Whether responses are compressed for clients that accept it. */
+  readonly enabled: boolean
+  /** Bodies smaller than this (bytes) go out as they are. */
+  readonly minSize: number
+}
+
 export interface EventsSettings {
   readonly maxSocketsPerUser: number
   /** Unsent bytes a socket may hold before it is dropped as too slow. */
@@ -222,6 +229,10 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       Config.withDefault<LogFormat>(nodeEnv === "production" ? "json" : "pretty")
     )
     const maxBodySize = yield* byteSize("MAX_BODY_SIZE").pipe(Config.withDefault(1024 * 1024))
+    const compression: CompressionSettings = {
+      enabled: yield* Config.boolean("COMPRESSION").pipe(Config.withDefault(true)),
+      minSize: yield* byteSize("COMPRESSION_MIN_SIZE").pipe(Config.withDefault(1024))
+    }
     const corsOrigins = yield* commaList("CORS_ORIGINS").pipe(Config.withDefault<ReadonlyArray<string>>([]))
     const shutdownTimeout = yield* Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
     const trustProxy = yield* Config.boolean("TRUST_PROXY").pipe(Config.withDefault(false))
@@ -323,6 +334,7 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       logLevel: minimumLogLevel,
       logFormat,
       maxBodySize,
+      compression,
       corsOrigins,
       shutdownTimeout,
       trustProxy,

@@ -29,6 +29,7 @@ import { GatewayRoutesLive, UsageHttpLive } from "./Gateway/Http.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
 import { Health } from "./Health.js"
 import { HealthHttpLive } from "./Health/Http.js"
+import { compression } from "./Http/Compression.js"
 import { ErrorModelLive } from "./Http/ErrorModel.js"
 import { requestContext } from "./Http/Middleware.js"
 import { HttpServerLive } from "./Http/Server.js"
@@ -66,9 +67,11 @@ const CorsLive = Layer.unwrapEffect(
  */
 export const serve = <E, R>(apiLayer: Layer.Layer<HttpApi.Api, E, R>) =>
   Layer.unwrapEffect(
-    Effect.map(AppConfig, ({ trustProxy }) =>
+    Effect.map(AppConfig, ({ compression: compressing, trustProxy }) =>
       HttpApiBuilder.serve((app) =>
-        requestContext({ docsPath, trustProxy, passClientOn: [rpcPath] })(app).pipe(HttpMiddleware.withLoggerDisabled)
+        requestContext({ docsPath, trustProxy, passClientOn: [rpcPath] })(
+          compressing.enabled ? compression(compressing.minSize)(app) : app
+        ).pipe(HttpMiddleware.withLoggerDisabled)
       ))
   ).pipe(
     // Listening starts only once everything below is built: a connection accepted earlier would hang.

@@ -7,13 +7,15 @@ import conversationHistory from "./0002_conversation_history.js"
 import usage from "./0003_usage.js"
 import siblingPositions from "./0004_sibling_positions.js"
 import searchFinishedAnswers from "./0005_search_finished_answers.js"
+import apiKeyRateLimits from "./0006_api_key_rate_limits.js"
 
 export const migrations = {
   "0001_initial": initial,
   "0002_conversation_history": conversationHistory,
   "0003_usage": usage,
   "0004_sibling_positions": siblingPositions,
-  "0005_search_finished_answers": searchFinishedAnswers
+  "0005_search_finished_answers": searchFinishedAnswers,
+  "0006_api_key_rate_limits": apiKeyRateLimits
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -64,6 +64,7 @@ export const toApiKeyView = (key: ApiKey) =>
     expiresAt: Option.getOrNull(key.expiresAt),
     lastUsedAt: Option.getOrNull(key.lastUsedAt),
     revokedAt: Option.getOrNull(key.revokedAt),
+    rateLimitPerMinute: key.rateLimitPerMinute,
     createdAt: key.createdAt
   })
 
@@ -280,7 +281,10 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
           ? rolePermissions
           : rolePermissions.filter((permission) => via.key.scopes.includes(permission)),
         via: via.kind,
-        ...(via.kind === "session" ? { sessionFamilyId: via.familyId } : { apiKeyId: via.key.id })
+        ...(via.kind === "session" ? { sessionFamilyId: via.familyId } : {
+          apiKeyId: via.key.id,
+          ...(via.key.rateLimitPerMinute === null ? {} : { keyRateLimitPerMinute: via.key.rateLimitPerMinute })
+        })
       })
     }
 
@@ -350,7 +354,8 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
           scopes: Array.from(new Set(payload.scopes)),
           expiresAt: Option.fromNullable(payload.expiresAt),
           lastUsedAt: Option.none(),
-          revokedAt: Option.none()
+          revokedAt: Option.none(),
+          rateLimitPerMinute: payload.rateLimitPerMinute ?? null
         }))
         yield* audit.record({
           action: "api-key.created",

@@ -704,7 +704,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         const actor = yield* chatting
         yield* requirePermission("conversations:read")
         // Counted once the actor may chat at all (a refused request does not use up the budget).
-        yield* rateLimits.modelRequest(actor.userId)
+        yield* rateLimits.modelRequest(actor)
         return yield* startTurn(actor, conversationId, input, (conversation) => prepareTurn(actor, input, conversation))
       })
 
@@ -715,7 +715,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const newChat = (payload: NewChatPayload) =>
       Effect.gen(function*() {
         const actor = yield* chatting
-        yield* rateLimits.modelRequest(actor.userId)
+        yield* rateLimits.modelRequest(actor)
         const prepared = yield* prepareTurn(actor, payload, null)
         const conversation = yield* conversations.create({
           title: payload.title,

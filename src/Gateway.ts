@@ -232,7 +232,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         // Checked first: a key that may not use models learns nothing about which exist.
         const actor = yield* requirePermission("models:use")
         // One budget with the chat turns: `CHAT_RATE_LIMIT_PER_USER` counts every answer asked for.
-        yield* rateLimits.modelRequest(actor.userId)
+        yield* rateLimits.modelRequest(actor)
         const target = yield* pick(yield* usableTargets, name)
         const resolved = yield* registry.resolve(target.model.id).pipe(
           // Disabled between the two reads: as unknown as if it had been a moment earlier.

@@ -405,6 +405,54 @@ for (const dialect of dialects) {
   })
 }
 
+for (const dialect of dialects) {
+  layer(testServer({ dialect, env: { DEVELOPMENT_MODEL: "true" } }), { excludeTestServices: true })(
+    `an API key's own limit on ${dialect}`,
+    (it) => {
+      it.effect("a key with rateLimitPerMinute is refused past it; its owner and other keys are not", () =>
+        Effect.gen(function*() {
+          yield* signUp() // the administrator
+          const user = yield* signUp()
+          const scopes = ["chat", "conversations:read", "conversations:write", "models:read", "models:use"]
+          const limited = yield* createKey(user, scopes, { rateLimitPerMinute: 2 })
+          const free = yield* createKey(user, scopes)
+          const listed = yield* call("GET", "/api/v1/auth/api-keys", { auth: user.accessToken })
+          expect(
+            Object.fromEntries(
+              listed.body.items.map((key: { id: string; rateLimitPerMinute: number | null }) => [
+                key.id,
+                key.rateLimitPerMinute
+              ])
+            )
+          ).toEqual({ [limited.id]: 2, [free.id]: null })
+
+          // Two answers, through the gateway and a chat turn: one budget for the key.
+          expect(yield* complete(limited.secret)).toMatchObject({ object: "chat.completion" })
+          const turn = expectAnswered(yield* chatTurn(limited.secret, "one"))
+          expect(limitHeaders(turn)).toMatchObject({ limit: 2, remaining: 0 })
+          expectRateLimited(yield* chatTurn(limited.secret, "two"), 2, 60)
+          const refused = yield* Effect.flip(complete(limited.secret))
+          expect(refused).toBeInstanceOf(OpenAI.RateLimitError)
+
+          // The owner with a session, and the owner's other key, are not held back by it.
+          const own = expectAnswered(yield* chatTurn(user.accessToken, "mine"))
+          expect(own.headers["ratelimit-limit"]).toBeUndefined()
+          expectAnswered(yield* chatTurn(free.secret, "free"))
+          expect(yield* complete(free.secret)).toMatchObject({ object: "chat.completion" })
+
+          // A limit must be a positive whole number.
+          for (const rateLimitPerMinute of [0, -1, 1.5, "10"]) {
+            const reply = yield* call("POST", "/api/v1/auth/api-keys", {
+              auth: user.accessToken,
+              body: { name: "bad", scopes: ["chat"], rateLimitPerMinute }
+            })
+            expect(reply.status, JSON.stringify(rateLimitPerMinute)).toBe(422)
+          }
+        }))
+    }
+  )
+}
+
 describe("the answers a user may ask for, in Redis", () => {
   it.scopedLive("two instances share one budget", () =>
     Effect.gen(function*() {

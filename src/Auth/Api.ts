@@ -91,6 +91,10 @@ export class ApiKeyView extends Schema.Class<ApiKeyView>("ApiKeyView")({
   expiresAt: Schema.NullOr(Schema.DateTimeUtc),
   lastUsedAt: Schema.NullOr(Schema.DateTimeUtc),
   revokedAt: Schema.NullOr(Schema.DateTimeUtc),
+  rateLimitPerMinute: Schema.NullOr(Schema.Int).annotations({
+    description:
+      "Answers the key may ask models for per minute (chat turns and gateway completions); null: no limit of its own"
+  }),
   createdAt: Schema.DateTimeUtc
 }) {}
 
@@ -99,7 +103,12 @@ export class CreateApiKeyPayload extends Schema.Class<CreateApiKeyPayload>("Crea
   scopes: Schema.Array(Permission).pipe(Schema.minItems(1)).annotations({
     description: "What the key may do: a subset of your own permissions"
   }),
-  expiresAt: Schema.optional(Schema.DateTimeUtc)
+  expiresAt: Schema.optional(Schema.DateTimeUtc),
+  rateLimitPerMinute: Schema.optional(
+    Schema.Int.pipe(Schema.between(1, 1_000_000)).annotations({
+      description: "Answers the key may ask models for per minute, on top of any limit its owner has"
+    })
+  )
 }) {}
 
 export class CreatedApiKey extends Schema.Class<CreatedApiKey>("CreatedApiKey")({

@@ -13,8 +13,8 @@ import { HttpApp, HttpServerResponse } from "@effect/platform"
 import { Duration, Effect, FiberRef, Layer, Option } from "effect"
 import * as Crypto from "node:crypto"
 import { AppConfig } from "../Config.js"
+import type { Actor } from "../Domain/Actor.js"
 import { RateLimited } from "../Domain/Errors.js"
-import type { UserId } from "../Domain/Ids.js"
 import { CurrentClient } from "../Http/Middleware.js"
 import { layerRedisStore } from "./RedisRateLimitStore.js"
 
@@ -116,17 +116,25 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
         ]))
 
     /**
-     * One answer asked of a model on `userId`'s behalf (a chat turn, a gateway completion), within
-     * `CHAT_RATE_LIMIT_PER_USER`; free when no limit is set.
+     * One answer asked of a model by `actor` (a chat turn, a gateway completion): within its user's
+     * `CHAT_RATE_LIMIT_PER_USER`, and within its API key's own limit per minute if it has one. Free
+     * when neither applies.
      */
-    const modelRequest: (userId: UserId) => Effect.Effect<void, RateLimited> = Option.match(chat.rateLimit, {
-      onNone: () => () => Effect.void,
-      onSome: ({ perUser, window }) => (userId) =>
-        consume(
-          [{ key: `chat:user:${userId}`, limit: perUser, window }],
-          `Too many answers asked for: at most ${perUser} per ${Duration.format(window)}; try again later`
-        )
-    })
+    const modelRequest = (actor: Actor): Effect.Effect<void, RateLimited> => {
+      const limits: Array<Limit> = []
+      if (Option.isSome(chat.rateLimit)) {
+        const { perUser, window } = chat.rateLimit.value
+        limits.push({ key: `chat:user:${actor.userId}`, limit: perUser, window })
+      }
+      if (actor.apiKeyId !== undefined && actor.keyRateLimitPerMinute !== undefined) {
+        limits.push({
+          key: `chat:key:${actor.apiKeyId}`,
+          limit: actor.keyRateLimitPerMinute,
+          window: Duration.minutes(1)
+        })
+      }
+      return limits.length === 0 ? Effect.void : consume(limits, "Too many answers asked for; try again later")
+    }
 
     return { consume, authAttempt, modelRequest } as const
   })

@@ -35,7 +35,9 @@ export class Actor extends Schema.Class<Actor>("Actor")({
   permissions: Schema.Array(Permission),
   via: Schema.Literal("session", "api_key"),
   sessionFamilyId: Schema.optional(SessionFamilyId),
-  apiKeyId: Schema.optional(ApiKeyId)
+  apiKeyId: Schema.optional(ApiKeyId),
+  /** For an API key with a limit of its own: the answers it may ask models for per minute. */
+  keyRateLimitPerMinute: Schema.optional(Schema.Int)
 }) {
   can(permission: Permission): boolean {
     return this.permissions.includes(permission)

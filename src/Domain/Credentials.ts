@@ -34,6 +34,8 @@ export class ApiKey extends Model.Class<ApiKey>("ApiKey")({
   expiresAt: OptionalDateTime,
   lastUsedAt: OptionalDateTime,
   revokedAt: OptionalDateTime,
+  /** Answers the key may ask models for per minute, besides its owner's limit; null: no limit of its own. */
+  rateLimitPerMinute: Schema.NullOr(Schema.Int),
   createdAt: Model.DateTimeInsert
 }) {}
 

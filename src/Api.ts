@@ -3,6 +3,7 @@
  * Clients import this module (schemas only) to get a typed `HttpApiClient`.
  */
 import { HttpApi, OpenApi } from "@effect/platform"
+import { withRoutesBeside } from "./ApiBeside.js"
 import { AuthApi } from "./Auth/Api.js"
 import { ChatApi } from "./Chat/Api.js"
 import { ConversationsApi } from "./Conversations/Api.js"
@@ -89,6 +90,6 @@ export class WebPlusApi extends HttpApi.make("webplus")
     title: "Web+ API",
     version: serverVersion,
     description: "Self-hostable backend for an LLM chat platform. Every error body has `_tag` and `message`.",
-    transform: withoutPlatformDecodeError
+    transform: (spec) => withoutPlatformDecodeError(withRoutesBeside(spec))
   }))
 {}

@@ -10,6 +10,7 @@
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Cause, Effect, FiberRef, Option, ParseResult, Redacted, Schema, Stream } from "effect"
 import { WebPlusApi } from "../Api.js"
+import { gatewayPrefix } from "../ApiBeside.js"
 import { Auth, credentialIn } from "../Auth.js"
 import { apiKeyPrefix } from "../Auth/Tokens.js"
 import { AppConfig } from "../Config.js"
@@ -32,9 +33,6 @@ import {
   InvalidRequest,
   ModelList
 } from "./Schemas.js"
-
-/** The path prefix OpenAI's clients put after their base URL (`http://host/v1`). */
-export const gatewayPrefix = "/v1"
 
 type Failure = GatewayFailure | Unauthorized | PayloadTooLarge
 

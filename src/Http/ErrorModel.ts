@@ -26,6 +26,7 @@ import {
   HttpServerResponse
 } from "@effect/platform"
 import { Cause, Effect, FiberRef, Option, Schema } from "effect"
+import { gatewayPrefix } from "../ApiBeside.js"
 import { AppConfig } from "../Config.js"
 import {
   FieldIssue,
@@ -35,7 +36,6 @@ import {
   ServiceUnavailable,
   ValidationError
 } from "../Domain/Errors.js"
-import { gatewayPrefix } from "../Gateway/Http.js"
 import {
   databaseRetryAfterSeconds,
   databaseUnavailable,

@@ -21,6 +21,7 @@ import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, Socket } from "@
 import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Effect, Either, Fiber, HashMap, Option, PubSub, Queue, Redacted, Ref, Schedule, Schema } from "effect"
 import * as Crypto from "node:crypto"
+import { eventsPath } from "../ApiBeside.js"
 import { Auth, credentialIn } from "../Auth.js"
 import { AppConfig } from "../Config.js"
 import type { Actor } from "../Domain/Actor.js"
@@ -28,8 +29,6 @@ import { Forbidden, RateLimited, Unauthorized } from "../Domain/Errors.js"
 import { ConversationId, LlmModelId, ProviderId, UserId } from "../Domain/Ids.js"
 import { ModelStatus } from "../Domain/Model.js"
 import { redisConnection } from "../Redis.js"
-
-export const eventsPath = "/api/v1/events"
 
 export class ModelStatusEvent extends Schema.TaggedClass<ModelStatusEvent>()("model.status", {
   modelId: LlmModelId,

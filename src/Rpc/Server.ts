@@ -13,6 +13,7 @@ import { HttpApiBuilder } from "@effect/platform"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
 import { Cause, Effect, Layer, Option, Redacted, Stream } from "effect"
 import * as Crypto from "node:crypto"
+import { rpcPath } from "../ApiBeside.js"
 import { AuditLog } from "../Audit.js"
 import { Auth, credentialIn } from "../Auth.js"
 import { ChatEngine, type Following, followingStream, type Turn } from "../Chat.js"
@@ -26,7 +27,6 @@ import { Users } from "../Users.js"
 import { RpcAuthentication, RpcClientContext, WebPlusRpcs } from "./Api.js"
 
 /** `POST` for RPC over HTTP (NDJSON), `GET` to open a WebSocket (JSON messages). */
-export const rpcPath = "/rpc"
 
 const RpcAuthenticationLive = Layer.effect(
   RpcAuthentication,

@@ -22,6 +22,12 @@ export const eventsPath = "/api/v1/events"
 /** Chat over a plain WebSocket, for clients that do not use Effect. */
 export const chatSocketPath = "/api/v1/chat/ws"
 
+/** Events of one answer the chat socket sends beyond the client's last acknowledgement. */
+export const chatSocketWindow = 64
+
+/** Answers streaming on one chat socket at once. */
+export const chatSocketMaxOpen = 4
+
 /** Effect RPC: NDJSON over HTTP (`POST`), JSON over a WebSocket (`GET`). */
 export const rpcPath = "/rpc"
 
@@ -72,7 +78,8 @@ const socketPaths: Json = {
         "`modelConfigId?`, `ref?`), `ack` (`messageId`, `id`) and `cancel` (`conversationId`, `messageId`). " +
         "The server sends `ready`, then `event` (the Server-Sent Events' `start` … `done`, with the `ref`) " +
         "and `error` (`_tag`, `message`, `retryAfterSeconds` when rate-limited). An answer's events run at " +
-        "most 64 ahead of the client's last `ack`; at most 4 answers stream on one socket.",
+        `most ${chatSocketWindow} ahead of the client's last \`ack\`; at most ${chatSocketMaxOpen} answers ` +
+        "stream on one socket.",
       security: bearer,
       responses: {
         "101": described("Switching Protocols: the socket is open"),

@@ -23,19 +23,13 @@
  */
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, type Socket } from "@effect/platform"
 import { Deferred, Effect, Either, FiberId, FiberSet, Redacted, Schema, Stream } from "effect"
-import { chatSocketPath } from "../ApiBeside.js"
+import { chatSocketMaxOpen as maxOpen, chatSocketPath, chatSocketWindow as window } from "../ApiBeside.js"
 import { Auth, credentialIn } from "../Auth.js"
 import { ChatEngine, type EventBatch, followingStream } from "../Chat.js"
 import { type Actor, CurrentActor } from "../Domain/Actor.js"
 import { NonNegativeInt } from "../Domain/Fields.js"
 import { ConversationId, MessageId } from "../Domain/Ids.js"
 import { ChatEvent, NewChatPayload } from "./Api.js"
-
-/** Events of one answer sent beyond the client's last acknowledgement. */
-export const window = 64
-
-/** Answers streaming on one socket at once. */
-export const maxOpen = 4
 
 const Ref = Schema.optional(Schema.String.pipe(Schema.maxLength(200)))
 

@@ -444,6 +444,23 @@ for (const dialect of dialects) {
           expect(chatRequests(openai)).toHaveLength(3)
         }))
 
+      it.scoped("429 every time: 502 with the provider's wait as Retry-After, after the retries", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: ["Never"] })
+          openai.faults.set(chatPath.openai, {
+            kind: "status",
+            status: 429,
+            times: 10,
+            headers: { "retry-after": "7" }
+          })
+          const conversationId = yield* newConversation
+          const reply = yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, { content: "Hi" })
+          expect(reply.status).toBe(502)
+          expect(reply.body).toMatchObject({ _tag: "ProviderError", upstreamStatus: 429, retryAfterMs: 7_000 })
+          expect(reply.headers["retry-after"]).toBe("7")
+          expect(chatRequests(openai)).toHaveLength(4)
+        }))
+
       it.scoped("a first token slower than the timeout: 504, and the answer stored as error", () =>
         Effect.gen(function*() {
           yield* script({ text: ["Late"], firstChunkDelayMs: 1_500 })

@@ -9,7 +9,8 @@
  * - an unknown route answers `404 NotFound`.
  *
  * Typed errors that some endpoint declares pass through to be encoded by the
- * API. A database that cannot be reached answers `503 ServiceUnavailable` with
+ * API, with a `Retry-After` header when they say how long to wait
+ * (`retryAfterMs`, `retryAfterSeconds`: a provider's 429, an open circuit). A database that cannot be reached answers `503 ServiceUnavailable` with
  * `Retry-After` (logged as one warning). Anything else (a defect, an
  * undeclared error) is logged with its cause and answered `500 InternalError`
  * carrying only the request id.
@@ -20,6 +21,7 @@ import {
   HttpApiError,
   type HttpApiGroup,
   HttpApiSchema,
+  HttpApp,
   HttpIncomingMessage,
   HttpServerError,
   HttpServerRequest,
@@ -110,6 +112,29 @@ const declaredErrors = (api: HttpApi.HttpApi<string, HttpApiGroup.HttpApiGroup.A
     )
   )
 
+/** The wait, in whole seconds, that a declared error carries, if any. */
+const retryAfterOf = (error: unknown): number | null => {
+  if (typeof error !== "object" || error === null) return null
+  const { retryAfterMs, retryAfterSeconds } = error as { retryAfterMs?: unknown; retryAfterSeconds?: unknown }
+  const seconds = typeof retryAfterSeconds === "number"
+    ? retryAfterSeconds
+    : typeof retryAfterMs === "number"
+    ? retryAfterMs / 1000
+    : null
+  return seconds === null ? null : Math.max(1, Math.ceil(seconds))
+}
+
+/** A declared error, passed on to the API to encode; its wait, if it has one, as `Retry-After`. */
+const passOn = <E>(error: unknown, cause: Cause.Cause<E>): Effect.Effect<never, E> => {
+  const retryAfter = retryAfterOf(error)
+  return retryAfter === null ? Effect.failCause(cause) : Effect.zipRight(
+    HttpApp.appendPreResponseHandler((_request, response) =>
+      Effect.succeed(HttpServerResponse.setHeader(response, "retry-after", String(retryAfter)))
+    ),
+    Effect.failCause(cause)
+  )
+}
+
 const unexpected = (cause: Cause.Cause<unknown>) =>
   Effect.gen(function*() {
     const unreachable = databaseUnavailable(cause)
@@ -149,7 +174,7 @@ export const ErrorModelLive = HttpApiBuilder.middleware(
                 notFoundResponse(new NotFound({ message: `No route for ${error.request.method} ${path}` }))
               )
             }
-            return isDeclaredError(error) ? Effect.failCause(cause) : unexpected(cause)
+            return isDeclaredError(error) ? passOn(error, cause) : unexpected(cause)
           }
           const bodyFailure = bodyReadFailure(cause)
           if (Option.isSome(bodyFailure)) {

@@ -1,9 +1,10 @@
 /**
  * Abuse limits on the front door (register, login, refresh), per client
- * address and per account, and, when `CHAT_RATE_LIMIT_PER_USER` is set, on
- * how many answers each user asks models for, with `@effect/experimental`'s
- * RateLimiter: in process memory by default, in Redis when `REDIS_URL` is set
- * so the limits hold across every instance.
+ * address and per account; and limits on how many answers a user
+ * (`CHAT_RATE_LIMIT_PER_USER`) and an API key (its `rateLimitPerMinute`) ask
+ * models for. With `@effect/experimental`'s RateLimiter: in process memory by
+ * default, in Redis when `REDIS_URL` is set so the limits hold across every
+ * instance.
  *
  * Every limited response carries `RateLimit-Limit`, `RateLimit-Remaining`
  * and `RateLimit-Reset`; an exceeded limit answers 429 with `Retry-After`.

@@ -440,8 +440,8 @@ for (const dialect of dialects) {
           expectAnswered(yield* chatTurn(free.secret, "free"))
           expect(yield* complete(free.secret)).toMatchObject({ object: "chat.completion" })
 
-          // A limit must be a positive whole number.
-          for (const rateLimitPerMinute of [0, -1, 1.5, "10"]) {
+          // A limit must be a whole number from 1 to 60,000 (one a millisecond: the finest the store keeps).
+          for (const rateLimitPerMinute of [0, -1, 1.5, "10", 60_001]) {
             const reply = yield* call("POST", "/api/v1/auth/api-keys", {
               auth: user.accessToken,
               body: { name: "bad", scopes: ["chat"], rateLimitPerMinute }

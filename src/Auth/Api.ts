@@ -105,8 +105,8 @@ export class CreateApiKeyPayload extends Schema.Class<CreateApiKeyPayload>("Crea
   }),
   expiresAt: Schema.optional(Schema.DateTimeUtc),
   rateLimitPerMinute: Schema.optional(
-    Schema.Int.pipe(Schema.between(1, 1_000_000)).annotations({
-      description: "Answers the key may ask models for per minute, on top of any limit its owner has"
+    Schema.Int.pipe(Schema.between(1, 60_000)).annotations({
+      description: "Answers the key may ask models for per minute (at most 60,000), on top of any limit its owner has"
     })
   )
 }) {}

@@ -10,7 +10,8 @@
  *
  * Typed errors that some endpoint declares pass through to be encoded by the
  * API, with a `Retry-After` header when they say how long to wait
- * (`retryAfterMs`, `retryAfterSeconds`: a provider's 429, an open circuit). A database that cannot be reached answers `503 ServiceUnavailable` with
+ * (`retryAfterMs`, `retryAfterSeconds`: a provider's 429, an open circuit).
+ * A database that cannot be reached answers `503 ServiceUnavailable` with
  * `Retry-After` (logged as one warning). Anything else (a defect, an
  * undeclared error) is logged with its cause and answered `500 InternalError`
  * carrying only the request id.

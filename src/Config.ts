@@ -78,6 +78,11 @@ export interface DatabaseSettings {
   readonly statementTimeout: Duration.Duration
   readonly connectTimeout: Duration.Duration
   readonly migrateOnStart: boolean
+  /**
+   * SQLite: how long a statement waits for a lock another process holds (the server's own
+   * connection never contends with itself). The wait blocks the event loop, every stream with it.
+   */
+  readonly sqliteBusyTimeout: Duration.Duration
 }
 
 export interface AuthSettings {
@@ -222,7 +227,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
         Config.withDefault(Duration.seconds(30))
       ),
       connectTimeout: yield* Config.duration("DATABASE_CONNECT_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
-      migrateOnStart: yield* Config.boolean("MIGRATE_ON_START").pipe(Config.withDefault(true))
+      migrateOnStart: yield* Config.boolean("MIGRATE_ON_START").pipe(Config.withDefault(true)),
+      sqliteBusyTimeout: yield* Config.duration("SQLITE_BUSY_TIMEOUT").pipe(Config.withDefault(Duration.seconds(1)))
     }
     const minimumLogLevel = yield* logLevel("LOG_LEVEL").pipe(Config.withDefault<LogLevel.LogLevel>(LogLevel.Info))
     const logFormat = yield* Config.literal("json", "pretty")("LOG_FORMAT").pipe(

@@ -84,7 +84,12 @@ const walCheckpointer = (filename: string) =>
     )
   }))
 
-export const sqliteLayer = (filename: string) =>
+/**
+ * The embedded database. `busyTimeout`: how long a statement waits for a lock held by another
+ * process (a command-line tool writing the file, say) before it fails with `SQLITE_BUSY` (answered
+ * 503): better-sqlite3 waits synchronously, so the whole server waits with it.
+ */
+export const sqliteLayer = (filename: string, busyTimeout: Duration.Duration = Duration.seconds(1)) =>
   walCheckpointer(filename).pipe(
     Layer.provideMerge(
       SqliteClient.layer({ filename, ...transforms }).pipe(
@@ -93,7 +98,7 @@ export const sqliteLayer = (filename: string) =>
           // Per-connection settings: the client keeps one connection for its whole life.
           return Effect.all([
             sql.unsafe("PRAGMA foreign_keys = ON"),
-            sql.unsafe("PRAGMA busy_timeout = 5000"),
+            sql.unsafe(`PRAGMA busy_timeout = ${Math.round(Duration.toMillis(busyTimeout))}`),
             sql.unsafe("PRAGMA synchronous = NORMAL"),
             sql.unsafe(`PRAGMA wal_autocheckpoint = ${servingCheckpointPages}`)
           ], { discard: true })
@@ -138,7 +143,10 @@ const pgTypes: Pg.CustomTypesConfig = {
   }) as Pg.CustomTypesConfig["getTypeParser"]
 }
 
-export const pgLayer = (url: Redacted.Redacted<string>, settings: Omit<DatabaseSettings, "url" | "migrateOnStart">) =>
+export const pgLayer = (
+  url: Redacted.Redacted<string>,
+  settings: Omit<DatabaseSettings, "url" | "migrateOnStart" | "sqliteBusyTimeout">
+) =>
   PgClient.layerFromPool({
     ...transforms,
     transformJson: false,
@@ -194,7 +202,7 @@ export const SqlLive = Layer.unwrapEffect(
         ConfigError.InvalidData(["DATA_DIR"], `Cannot create ${config.dataDir}: ${error.message}`)
       )
     )
-    return sqliteLayer(sqliteFilename(config.dataDir, path))
+    return sqliteLayer(sqliteFilename(config.dataDir, path), config.database.sqliteBusyTimeout)
   })
 )
 

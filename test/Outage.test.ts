@@ -7,7 +7,7 @@
  * the database is back the same server answers again, with the data as it was.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Duration, Effect, Layer } from "effect"
 import { createRequire } from "node:module"
 import * as Path from "node:path"
 import OpenAI from "openai"
@@ -103,23 +103,29 @@ describe("a database that cannot be reached", () => {
   )
 
   it.scopedLive(
-    "SQLite locked by another connection past the busy timeout: 503, then served again",
+    "SQLite locked by another connection past SQLITE_BUSY_TIMEOUT: 503 once it is over, then served again",
     () =>
       Effect.gen(function*() {
-        const server = yield* startTestServer(testServer())
+        const server = yield* startTestServer(testServer({ env: { SQLITE_BUSY_TIMEOUT: "300 millis" } }))
         yield* Effect.gen(function*() {
           const user = yield* signUp()
           // Another connection to the file (as another process would) takes the write lock and holds it.
           const holder = new Sqlite(Path.join(server.dataDir, "webplus.db"))
           holder.exec("BEGIN EXCLUSIVE")
-          const refused = yield* call("POST", "/api/v1/conversations", {
+          const [waited, refused] = yield* call("POST", "/api/v1/conversations", {
             auth: user.accessToken,
             body: { title: "Waits" }
-          }).pipe(Effect.ensuring(Effect.sync(() => {
-            holder.exec("ROLLBACK")
-            holder.close()
-          })))
+          }).pipe(
+            Effect.timed,
+            Effect.ensuring(Effect.sync(() => {
+              holder.exec("ROLLBACK")
+              holder.close()
+            }))
+          )
           expectUnavailable(refused)
+          // It waited for the lock as long as it was told to, not the 5 s SQLite tools often use.
+          expect(Duration.toMillis(waited)).toBeGreaterThanOrEqual(280)
+          expect(Duration.toMillis(waited)).toBeLessThan(2_000)
           const created = yield* call("POST", "/api/v1/conversations", {
             auth: user.accessToken,
             body: { title: "Now" }

@@ -39,6 +39,7 @@ import { AnswerRepo, type FinalStatus } from "./Chat/AnswerRepo.js"
 import type { ChatEvent, ChatPayload, ContinuePayload, NewChatPayload, RegeneratePayload } from "./Chat/Api.js"
 import { ChatResult } from "./Chat/Api.js"
 import { answerReserve, fillsContext, fitToContext, toChatMessages } from "./Chat/Context.js"
+import { AnswerRelay } from "./Chat/Relay.js"
 import { AppConfig } from "./Config.js"
 import { Conversations } from "./Conversations.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
@@ -144,14 +145,18 @@ export interface LiveEvents {
   readonly onChange: (listener: () => void) => () => void
 }
 
-/** An answer's events for a follower: live from this instance's memory, or polled from the database. */
+/**
+ * An answer's events for a follower: live from this instance's memory; or, when another instance
+ * writes it, a stream of batches relayed from that instance (with `REDIS_URL`) or polled from the
+ * database.
+ */
 export type Following =
   | { readonly _tag: "Live"; readonly events: LiveEvents; readonly after: number }
-  | { readonly _tag: "Polled"; readonly batches: Stream.Stream<EventBatch> }
+  | { readonly _tag: "Streamed"; readonly batches: Stream.Stream<EventBatch> }
 
 /** What a follower reads as a stream of batches; an empty batch means "nothing new yet" (a keep-alive). */
 export const followingStream = (following: Following): Stream.Stream<EventBatch> => {
-  if (following._tag === "Polled") return following.batches
+  if (following._tag === "Streamed") return following.batches
   const { events } = following
   const read = (cursor: number): readonly [EventBatch, Option.Option<number>] => {
     const { batch, over } = events.after(cursor)
@@ -218,6 +223,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const usageRecords = yield* UsageRepo
     const events = yield* EventHub
     const rateLimits = yield* RateLimits
+    const relay = yield* AnswerRelay
     const scope = yield* Effect.scope
     // Generations run apart from the requests that start them, from a runtime of their own: a
     // request's fiber refs (its span, log annotations, client) are not copied into each one, and
@@ -757,17 +763,38 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         return yield* conversations.getMessage(conversationId, messageId)
       }).pipe(Effect.withSpan("ChatEngine.cancel"))
 
-    /** An answer's events after `after`: live here, polled from the database if another instance writes it. */
+    /**
+     * An answer's events after `after`: live here; if another instance writes it, its events relayed
+     * from there (with `REDIS_URL`), else (or once the relay falls silent) snapshots polled from the
+     * database.
+     */
     const resume = (conversationId: ConversationId, messageId: MessageId, after: number) =>
       Effect.gen(function*(): Effect.fn.Return<Following, NotFound | Forbidden, CurrentActor> {
         const message = yield* conversations.getMessage(conversationId, messageId)
         if (message.role !== "assistant") return yield* new NotFound({ message: "No such answer" })
         const generation = live.get(messageId)
         // An id beyond what was sent (from another answer's stream) counts as "everything so far".
-        return generation
-          ? { _tag: "Live", events: liveEvents(generation), after: Math.min(after, generation.events.length) }
-          : { _tag: "Polled", batches: pollStored(conversationId, message, after) }
+        if (generation) {
+          return { _tag: "Live", events: liveEvents(generation), after: Math.min(after, generation.events.length) }
+        }
+        const relayed = message.status === "streaming" ? yield* relay.follow(messageId, after) : Option.none()
+        if (Option.isNone(relayed)) return { _tag: "Streamed", batches: pollStored(conversationId, message, after) }
+        const polledFrom = (cursor: number) =>
+          Stream.unwrap(
+            Effect.map(conversations.readBack(conversationId, messageId), (latest) =>
+              pollStored(conversationId, latest, cursor))
+          )
+        return {
+          _tag: "Streamed",
+          batches: relayed.value.pipe(Stream.catchTag("RelayQuiet", ({ cursor }) => polledFrom(cursor)))
+        }
       }).pipe(Effect.withSpan("ChatEngine.resume"))
+
+    // Other instances' clients follow the answers written here through the relay.
+    relay.serve((answerId) => {
+      const generation = live.get(answerId)
+      return generation === undefined ? null : { ...liveEvents(generation), size: () => generation.events.length }
+    })
 
     // Answers a crashed instance left streaming: at start-up, then as often as the lease runs out.
     const recover = Effect.gen(function*() {

@@ -19,6 +19,7 @@ import { Tokens } from "./Auth/Tokens.js"
 import { ChatEngine } from "./Chat.js"
 import { AnswerRepo } from "./Chat/AnswerRepo.js"
 import { ChatHttpLive } from "./Chat/Http.js"
+import { AnswerRelay } from "./Chat/Relay.js"
 import { ChatSocketLive } from "./Chat/Socket.js"
 import { AppConfig } from "./Config.js"
 import { Conversations } from "./Conversations.js"
@@ -109,7 +110,8 @@ const AuthSupportLive = Layer.mergeAll(
 const ModelSupportLive = Layer.mergeAll(
   CredentialCipher.Default,
   ProviderClients.Default.pipe(Layer.provide(FetchHttpClient.layer)),
-  EventHub.Default
+  EventHub.Default,
+  AnswerRelay.Default
 )
 
 /** The services behind the handlers, with what they stand on. */

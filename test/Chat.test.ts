@@ -26,7 +26,8 @@ import {
   registerFake,
   upstreamSecret
 } from "./fixtures/Providers.js"
-import { testEnvironment, TestServer, testServer } from "./fixtures/Server.js"
+import { redisPrefix, redisUrl } from "./fixtures/Redis.js"
+import { startTestServer, testEnvironment, TestServer, testServer } from "./fixtures/Server.js"
 import { openSse, type SseEvent } from "./fixtures/Sse.js"
 
 interface Cast {
@@ -760,6 +761,53 @@ for (const dialect of dialects) {
           expect(chatRequests(openai).at(-1)!.body.messages.map((m: any) => m.content)).toEqual(
             branch.items.slice(0, 7).map((m: any) => m.content)
           )
+        }))
+
+      it.scoped("with Redis, an answer written by one instance is followed through another with its own events", () =>
+        Effect.gen(function*() {
+          const { dataDir, databaseUrl } = yield* TestServer
+          const { user } = yield* TheCast
+          yield* script({ text: pieces(40), paceMs: 25 })
+          const conversationId = yield* newConversation
+          const env = {
+            ...chatEnv,
+            DATA_DIR: dataDir,
+            ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
+            REDIS_URL: redisUrl,
+            REDIS_KEY_PREFIX: yield* redisPrefix
+          }
+          const writer = yield* startTestServer(testServer({ env }))
+          const follower = yield* startTestServer(testServer({ env }))
+          const stream = yield* chatSse(conversationId, { content: "Go" }).pipe(
+            Effect.provideService(TestServer, writer)
+          )
+          const seen = [yield* stream.next, yield* stream.next, yield* stream.next, yield* stream.next]
+          expect(seen.map((event) => [event!.id, event!.event])).toEqual([
+            ["1", "start"],
+            ["2", "delta"],
+            ["3", "delta"],
+            ["4", "delta"]
+          ])
+          const answerId = seen[0]!.data.answer.id
+          // The client comes back on the other instance: the writer's own events from the 5th on, not snapshots.
+          const followed = yield* openSse(
+            "GET",
+            `/api/v1/conversations/${conversationId}/messages/${answerId}/events`,
+            { auth: user.accessToken, headers: { "last-event-id": "4" } }
+          ).pipe(Effect.provideService(TestServer, follower))
+          const rest = yield* followed.rest
+          expect(rest.map((event) => Number(event.id))).toEqual(rest.map((_, index) => index + 5))
+          expect(new Set(rest.map((event) => event.event))).toEqual(new Set(["delta", "usage", "done"]))
+          expect(rest.at(-1)).toMatchObject({ event: "done", data: { message: { status: "complete" } } })
+          expect(textOf(seen as Array<SseEvent>) + textOf(rest)).toBe(pieces(40).join(""))
+          expect((yield* stream.rest).at(-1)?.event).toBe("done")
+          // A bogus id beyond the answer's counts as everything so far: the end again.
+          const again = yield* openSse(
+            "GET",
+            `/api/v1/conversations/${conversationId}/messages/${answerId}/events`,
+            { auth: user.accessToken, headers: { "last-event-id": "9999" } }
+          ).pipe(Effect.provideService(TestServer, follower))
+          expect((yield* again.rest).map((event) => event.event)).toEqual(["done"])
         }))
 
       it.scoped("an answer written by one instance is followed and cancelled through another", () =>

@@ -880,8 +880,9 @@ describe("status events across instances", () => {
       expect(yield* onA.next(about)).toMatchObject({ type: "model.removed" })
       expect(yield* onB.next(about)).toMatchObject({ type: "model.removed" })
 
-      // Only the channel under the instances' prefix was used: nothing else of theirs is in Redis.
+      // Only channels under the instances' prefix were used (the events', and the relay's for answers
+      // followed across instances): nothing else of theirs is in Redis.
       const channels = yield* withRedis((redis) => redis.pubsub("CHANNELS", `${prefix}*`) as Promise<Array<string>>)
-      expect(channels).toEqual([`${prefix}events`])
+      expect(channels.sort()).toEqual([`${prefix}answers`, `${prefix}events`])
     }))
 })

@@ -7,8 +7,9 @@
  * subscribes again); and shutdown never waits on, or fails because of, an
  * unreachable Redis.
  */
-import { Effect, Redacted, Runtime, type Scope } from "effect"
+import { Effect, Either, Redacted, Runtime, Schema, type Scope } from "effect"
 import { Redis, type RedisOptions } from "ioredis"
+import * as Crypto from "node:crypto"
 
 export interface RedisConnection {
   readonly url: Redacted.Redacted<string>
@@ -53,3 +54,55 @@ export const redisConnection = (connection: RedisConnection): Effect.Effect<Redi
           )
         )
     ))
+
+/**
+ * A pub/sub channel every instance publishes to and listens on, in messages of `schema` (JSON
+ * text) that name the instance they come from (`origin`). Publishing is not waited for: one
+ * connection keeps the messages in order, and a Redis that is down slows no one (its messages are
+ * lost). `listen` hands `receive` the other instances' messages; a message this instance sent, or
+ * one it cannot read (another version's, another program's), is dropped.
+ */
+export const instanceChannel = <A extends { readonly origin: string }>(options: {
+  readonly url: Redacted.Redacted<string>
+  readonly channel: string
+  readonly schema: Schema.Schema<A, string>
+  /** What is lost while Redis cannot be reached, for publishing and for listening. */
+  readonly whileDown: { readonly publishing: string; readonly listening: string }
+}): Effect.Effect<
+  {
+    /** This instance's name in the messages it publishes. */
+    readonly origin: string
+    readonly publish: (message: A) => void
+    /** Starts listening (once subscribed, and again after each reconnection). */
+    readonly listen: (receive: (message: A) => void) => Effect.Effect<void>
+  },
+  never,
+  Scope.Scope
+> =>
+  Effect.gen(function*() {
+    const { channel } = options
+    const encode = Schema.encodeSync(options.schema)
+    const decode = Schema.decodeUnknownEither(options.schema)
+    const origin = Crypto.randomUUID()
+    const publisher = yield* redisConnection({ url: options.url, whileDown: options.whileDown.publishing })
+    // A connection that subscribes can do nothing else.
+    const subscriber = yield* redisConnection({ url: options.url, whileDown: options.whileDown.listening })
+    const listen = (receive: (message: A) => void) =>
+      Effect.suspend(() => {
+        subscriber.on("message", (on: string, text: string) => {
+          if (on !== channel) return
+          const received = decode(text)
+          if (Either.isRight(received) && received.right.origin !== origin) receive(received.right)
+        })
+        // On every connection (again after an outage, or first after a Redis that was down at
+        // start-up, which does not stop the server).
+        const subscribe = () => subscriber.subscribe(channel).catch(() => undefined)
+        subscriber.on("ready", subscribe)
+        return Effect.promise(subscribe)
+      })
+    return {
+      origin,
+      publish: (message: A) => void publisher.publish(channel, encode(message)).catch(() => undefined),
+      listen
+    }
+  })

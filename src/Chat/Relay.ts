@@ -13,11 +13,11 @@
  * (no instance writes the answer) or for longer than `quietLimit` (its writer
  * went away) says so, and the engine polls the database instead.
  */
-import { Data, Duration, Effect, Either, Option, Queue, Schema, Stream } from "effect"
+import { Data, Duration, Effect, Option, Queue, Schema, Stream } from "effect"
 import * as Crypto from "node:crypto"
 import { AppConfig } from "../Config.js"
 import type { MessageId } from "../Domain/Ids.js"
-import { redisConnection } from "../Redis.js"
+import { instanceChannel } from "../Redis.js"
 import { ChatEvent } from "./Api.js"
 
 /** Events that arrived together; empty: nothing new (a keep-alive). */
@@ -46,8 +46,6 @@ const Message = Schema.parseJson(Schema.Union(
   })
 ))
 type EventsMessage = Extract<typeof Message.Type, { readonly kind: "events" }>
-const encodeMessage = Schema.encodeSync(Message)
-const decodeMessage = Schema.decodeUnknownEither(Message)
 
 /** How long a follower waits for the writer's first answer. */
 const firstWait = Duration.seconds(1)
@@ -89,18 +87,15 @@ export class AnswerRelay extends Effect.Service<AnswerRelay>()("Chat/AnswerRelay
   scoped: Effect.gen(function*() {
     const { redis } = yield* AppConfig
     if (Option.isNone(redis.url)) return disabled
-    const channel = `${redis.keyPrefix}answers`
-    const origin = Crypto.randomUUID()
-    const publisher = yield* redisConnection({
+    const { listen, origin, publish } = yield* instanceChannel({
       url: redis.url.value,
-      whileDown: "answers written here cannot be followed from other instances"
+      channel: `${redis.keyPrefix}answers`,
+      schema: Message,
+      whileDown: {
+        publishing: "answers written here cannot be followed from other instances",
+        listening: "answers written elsewhere are followed from the database"
+      }
     })
-    const subscriber = yield* redisConnection({
-      url: redis.url.value,
-      whileDown: "answers written elsewhere are followed from the database"
-    })
-    const publish = (message: typeof Message.Type) =>
-      void publisher.publish(channel, encodeMessage(message)).catch(() => undefined)
 
     /** The answers this instance follows for its clients, by id: where their events go. */
     const followers = new Map<string, Set<(message: EventsMessage) => void>>()
@@ -123,11 +118,7 @@ export class AnswerRelay extends Effect.Service<AnswerRelay>()("Chat/AnswerRelay
       next()
     }
 
-    subscriber.on("message", (on: string, text: string) => {
-      if (on !== channel) return
-      const received = decodeMessage(text)
-      if (Either.isLeft(received) || received.right.origin === origin) return
-      const message = received.right
+    yield* listen((message) => {
       if (message.kind === "events") {
         for (const deliver of followers.get(message.answerId) ?? []) deliver(message)
         // Nothing more comes for it: a follower whose stream never ran leaves nothing behind.
@@ -150,9 +141,6 @@ export class AnswerRelay extends Effect.Service<AnswerRelay>()("Chat/AnswerRelay
       })
       if (!over && !forwarding.has(message.answerId)) forward(message.answerId, served, from + batch.length)
     })
-    const subscribe = () => subscriber.subscribe(channel).catch(() => undefined)
-    subscriber.on("ready", subscribe)
-    yield* Effect.promise(subscribe)
 
     /**
      * The events of `answerId` after `after`, as its writer sends them, ending with its `done`

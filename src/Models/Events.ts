@@ -19,8 +19,7 @@
  */
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Effect, Either, Fiber, HashMap, Option, PubSub, Queue, Redacted, Ref, Schedule, Schema } from "effect"
-import * as Crypto from "node:crypto"
+import { Effect, Fiber, HashMap, Option, PubSub, Queue, Redacted, Ref, Schedule, Schema } from "effect"
 import { eventsPath } from "../ApiBeside.js"
 import { Auth, credentialIn } from "../Auth.js"
 import { AppConfig } from "../Config.js"
@@ -28,7 +27,7 @@ import type { Actor } from "../Domain/Actor.js"
 import { Forbidden, RateLimited, Unauthorized } from "../Domain/Errors.js"
 import { ConversationId, LlmModelId, ProviderId, UserId } from "../Domain/Ids.js"
 import { ModelStatus } from "../Domain/Model.js"
-import { redisConnection } from "../Redis.js"
+import { instanceChannel } from "../Redis.js"
 
 export class ModelStatusEvent extends Schema.TaggedClass<ModelStatusEvent>()("model.status", {
   modelId: LlmModelId,
@@ -115,8 +114,6 @@ const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
 
 /** What instances tell each other about an event: which instance had it, and the event. */
 const Broadcast = Schema.parseJson(Schema.Struct({ origin: Schema.String, event: ServerEvent }))
-const encodeBroadcast = Schema.encodeSync(Broadcast)
-const decodeBroadcast = Schema.decodeUnknownEither(Broadcast)
 
 /**
  * Where events go besides this instance's sockets: with `REDIS_URL`, a Redis channel every
@@ -127,31 +124,17 @@ const fanOut = (deliver: (event: ServerEvent) => void) =>
   Effect.gen(function*() {
     const { redis } = yield* AppConfig
     if (Option.isNone(redis.url)) return (_event: ServerEvent) => Effect.void
-    const channel = `${redis.keyPrefix}events`
-    const origin = Crypto.randomUUID()
-    const publisher = yield* redisConnection({
+    const { listen, origin, publish } = yield* instanceChannel({
       url: redis.url.value,
-      whileDown: "events are not passed on to other instances"
+      channel: `${redis.keyPrefix}events`,
+      schema: Broadcast,
+      whileDown: {
+        publishing: "events are not passed on to other instances",
+        listening: "events from other instances are not heard"
+      }
     })
-    // A connection that subscribes can do nothing else.
-    const subscriber = yield* redisConnection({
-      url: redis.url.value,
-      whileDown: "events from other instances are not heard"
-    })
-    subscriber.on("message", (from: string, message: string) => {
-      if (from !== channel) return
-      const received = decodeBroadcast(message)
-      // Another version's or another program's message on the channel is not ours to read.
-      if (Either.isRight(received) && received.right.origin !== origin) deliver(received.right.event)
-    })
-    // On every connection (again after an outage, or first after a Redis that was down at start-up,
-    // which does not stop the server).
-    const subscribe = () => subscriber.subscribe(channel).catch(() => undefined)
-    subscriber.on("ready", subscribe)
-    yield* Effect.promise(subscribe)
-    // Not waited for: one connection keeps the events in order, and a Redis that is down slows no one.
-    return (event: ServerEvent) =>
-      Effect.sync(() => void publisher.publish(channel, encodeBroadcast({ origin, event })).catch(() => undefined))
+    yield* listen(({ event }) => deliver(event))
+    return (event: ServerEvent) => Effect.sync(() => publish({ origin, event }))
   })
 
 /** The events the server pushes to `/api/v1/events`: published here, heard on every instance. */

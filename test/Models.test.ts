@@ -14,7 +14,7 @@ import { dialects, pgClientFor } from "./fixtures/Database.js"
 import { openEvents, stalledEvents, upgradeAttempt, upgradeStatus } from "./fixtures/Events.js"
 import { fakeProvider, unreachableUrl } from "./fixtures/Providers.js"
 import { redisPrefix, redisUrl, withRedis } from "./fixtures/Redis.js"
-import { startTestServer, TestServer, testServer } from "./fixtures/Server.js"
+import { startTwoInstances, TestServer, testServer } from "./fixtures/Server.js"
 
 interface Cast {
   readonly admin: TestUser
@@ -851,12 +851,7 @@ describe("status events across instances", () => {
     Effect.gen(function*() {
       const prefix = yield* redisPrefix
       const shared = { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix, MODEL_STATUS_POLL_INTERVAL: "0 seconds" }
-      const a = yield* startTestServer(testServer({ dialect: "pg", env: shared }))
-      // The same database and secrets (in the data directory): a token from one instance holds on the other.
-      const b = yield* startTestServer(
-        testServer({ env: { ...shared, DATABASE_URL: a.databaseUrl!, DATA_DIR: a.dataDir } })
-      )
-      const on = (server: typeof a) => Effect.provideService(TestServer, server)
+      const { a, b, on } = yield* startTwoInstances(shared)
       const admin = yield* signUp().pipe(on(a))
       const user = yield* signUp().pipe(on(a))
       const cast = Effect.provideService(TheCast, { admin, user })

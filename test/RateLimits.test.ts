@@ -19,7 +19,7 @@ import { call, createKey, type Reply, signUp } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { redisPrefix, redisUrl, scanKeys, uniquePrefix, withRedis } from "./fixtures/Redis.js"
 import { as, overHttp } from "./fixtures/Rpc.js"
-import { startTestServer, TestServer, testServer } from "./fixtures/Server.js"
+import { startTestServer, startTwoInstances, TestServer, testServer } from "./fixtures/Server.js"
 
 const unique = () => Crypto.randomBytes(5).toString("hex")
 
@@ -187,9 +187,7 @@ describe("rate limits in Redis", () => {
         AUTH_RATE_LIMIT_PER_ADDRESS: "1000",
         AUTH_RATE_LIMIT_PER_ACCOUNT: "4"
       }
-      const a = yield* startTestServer(testServer({ dialect: "pg", env: shared }))
-      const b = yield* startTestServer(testServer({ env: { ...shared, DATABASE_URL: a.databaseUrl! } }))
-      const on = (server: typeof a) => Effect.provideService(TestServer, server)
+      const { a, b, on } = yield* startTwoInstances(shared)
 
       const user = yield* register().pipe(on(a))
       const bystander = yield* register().pipe(on(b))
@@ -463,12 +461,7 @@ describe("the answers a user may ask for, in Redis", () => {
         DEVELOPMENT_MODEL: "true",
         CHAT_RATE_LIMIT_PER_USER: "2"
       }
-      const a = yield* startTestServer(testServer({ dialect: "pg", env: shared }))
-      // The same database and secrets (`DATA_DIR`): a token signed by one is valid on the other.
-      const b = yield* startTestServer(
-        testServer({ env: { ...shared, DATABASE_URL: a.databaseUrl!, DATA_DIR: a.dataDir } })
-      )
-      const on = (server: typeof a) => Effect.provideService(TestServer, server)
+      const { a, b, on } = yield* startTwoInstances(shared)
 
       yield* signUp().pipe(on(a)) // the administrator
       const user = yield* signUp().pipe(on(a))

@@ -75,8 +75,8 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
             exceeded.map((error) => error.retryAfter).reduce(Duration.max)
           )
           const limit = exceeded[0]!.limit
+          // `Retry-After` comes from the error itself (its `retryAfterSeconds`), as for every error that waits.
           yield* setHeaders({
-            "retry-after": String(retryAfter),
             "ratelimit-limit": String(limit),
             "ratelimit-remaining": "0",
             "ratelimit-reset": String(retryAfter)

@@ -8,6 +8,7 @@ import usage from "./0003_usage.js"
 import siblingPositions from "./0004_sibling_positions.js"
 import searchFinishedAnswers from "./0005_search_finished_answers.js"
 import apiKeyRateLimits from "./0006_api_key_rate_limits.js"
+import jobQueue from "./0007_job_queue.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -15,7 +16,8 @@ export const migrations = {
   "0003_usage": usage,
   "0004_sibling_positions": siblingPositions,
   "0005_search_finished_answers": searchFinishedAnswers,
-  "0006_api_key_rate_limits": apiKeyRateLimits
+  "0006_api_key_rate_limits": apiKeyRateLimits,
+  "0007_job_queue": jobQueue
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -8,6 +8,7 @@ import { AuthApi } from "./Auth/Api.js"
 import { ChatApi } from "./Chat/Api.js"
 import { ConversationsApi } from "./Conversations/Api.js"
 import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
+import { FilesApi } from "./Files/Api.js"
 import { UsageApi } from "./Gateway/Api.js"
 import { HealthApi } from "./Health/Api.js"
 import { ModelConfigsApi, ModelsApi, ProvidersApi } from "./Models/Api.js"
@@ -78,6 +79,7 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .add(MeApi)
   .add(ConversationsApi)
   .add(ChatApi)
+  .add(FilesApi)
   .add(ProvidersApi)
   .add(ModelsApi)
   .add(ModelConfigsApi)

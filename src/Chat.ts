@@ -44,7 +44,7 @@ import { AppConfig } from "./Config.js"
 import { Conversations } from "./Conversations.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
 import type { MessageView, ToolCall } from "./Domain/Conversation.js"
-import { FieldIssue, type Forbidden, NotFound, ValidationError } from "./Domain/Errors.js"
+import { type Forbidden, invalid, NotFound, type ValidationError } from "./Domain/Errors.js"
 import type { JsonObject } from "./Domain/Fields.js"
 import type { ConversationId, LlmModelId, MessageId, ModelConfigId } from "./Domain/Ids.js"
 import type { ModelConfig } from "./Domain/Model.js"
@@ -61,7 +61,6 @@ import { ModelRegistry, type ResolvedModel } from "./Models.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ConversationTitleEvent, EventHub } from "./Models/Events.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
-import { ModelsRepo } from "./Models/ModelsRepo.js"
 import type { ChatChunk, ChatRequest } from "./Providers/Chat.js"
 import type { AnswerFeed } from "./Providers/Client.js"
 import { storedNow } from "./Sql.js"
@@ -192,9 +191,6 @@ const afterPendingIo: Effect.Effect<void> = Effect.async<void>((resume) => {
   return Effect.sync(() => clearImmediate(handle))
 })
 
-const invalid = (path: ReadonlyArray<string>, message: string) =>
-  new ValidationError({ message, issues: [new FieldIssue({ path, message })] })
-
 const titlePrompt = "Write a title of at most six words for a conversation that starts with the user's message " +
   "below. Answer with the title only: no quotes, no punctuation at the end."
 
@@ -217,7 +213,6 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const { chat: settings } = yield* AppConfig
     const conversations = yield* Conversations
     const registry = yield* ModelRegistry
-    const models = yield* ModelsRepo
     const configs = yield* ModelConfigsRepo
     const answers = yield* AnswerRepo
     const usageRecords = yield* UsageRepo
@@ -265,7 +260,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     ): Effect.Effect<ResolvedModel, ValidationError | Forbidden, CurrentActor> =>
       Effect.gen(function*() {
         const chosen = input.modelId ?? conversation?.modelId ?? Option.getOrNull(preset)?.modelId ?? null
-        const id = chosen ?? (yield* firstUsableModel)
+        const id = chosen ?? (yield* registry.firstUsableModelId)
         if (id === null) {
           return yield* invalid(["modelId"], "No model is available: an administrator has to add a provider first")
         }
@@ -273,11 +268,6 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           Effect.catchTag("NotFound", () => invalid(["modelId"], "No such model"))
         )
       })
-
-    const firstUsableModel = Effect.map(
-      models.list({ providerId: null, status: null, usableOnly: true }),
-      (rows) => (rows.find((model) => model.status === "running") ?? rows[0])?.id ?? null
-    )
 
     /** The preset for a turn: the request's (which must exist), else the conversation's. */
     const presetFor = (actor: Actor, input: TurnInput, conversation: Defaults | null) =>

@@ -21,7 +21,16 @@ export const environment = (
     new Map(Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined && entry[1] !== ""))
   )
 
-const byteUnits: Record<string, number> = { "": 1, b: 1, kb: 1024, kib: 1024, mb: 1024 ** 2, mib: 1024 ** 2 }
+const byteUnits: Record<string, number> = {
+  "": 1,
+  b: 1,
+  kb: 1024,
+  kib: 1024,
+  mb: 1024 ** 2,
+  mib: 1024 ** 2,
+  gb: 1024 ** 3,
+  gib: 1024 ** 3
+}
 
 /** Parses `1048576`, `512kb` or `10mb` into a number of bytes. */
 export const parseByteSize = (input: string): Either.Either<number, string> => {
@@ -29,7 +38,7 @@ export const parseByteSize = (input: string): Either.Either<number, string> => {
   const unit = match?.[2]?.toLowerCase() ?? ""
   const factor = byteUnits[unit]
   if (!match || factor === undefined) {
-    return Either.left(`Expected a size such as 1048576, 512kb or 10mb, received "${input}"`)
+    return Either.left(`Expected a size such as 1048576, 512kb, 10mb or 1gb, received "${input}"`)
   }
   const bytes = Number(match[1]) * factor
   return bytes > 0 && Number.isSafeInteger(bytes) ? Either.right(bytes) : Either.left(`Expected a positive size`)
@@ -209,6 +218,44 @@ export interface ChatSettings {
   readonly rateLimit: Option.Option<{ readonly perUser: number; readonly window: Duration.Duration }>
 }
 
+export interface JobsSettings {
+  /** `None`: background jobs are queued in the database; `Some`: in RabbitMQ. */
+  readonly amqpUrl: Option.Option<Redacted.Redacted<string>>
+  /** RabbitMQ: the prefix of this deployment's queue names. */
+  readonly queuePrefix: string
+  /** Database queue: how often an idle worker looks for new jobs. */
+  readonly pollInterval: Duration.Duration
+  /** Jobs of one kind this instance runs at once. */
+  readonly concurrency: number
+  /** Attempts of a job (the first included) before it is given up. */
+  readonly maxAttempts: number
+}
+
+export interface FilesSettings {
+  /** Where uploaded files' contents are kept (shared by every instance when there are several). */
+  readonly dir: string
+  /** The largest file accepted, in bytes: a bigger upload is refused while it is read. */
+  readonly maxSize: number
+  /** Content types accepted, as detected from the content (`text/*` matches every text type). */
+  readonly allowedTypes: ReadonlyArray<string>
+  /** Characters of a file's text kept by its analysis and given to the model. */
+  readonly analysisMaxChars: number
+}
+
+/** What uploads accept unless `FILES_ALLOWED_TYPES` says otherwise: text, PDF, images and office documents. */
+export const defaultAllowedFileTypes: ReadonlyArray<string> = [
+  "text/*",
+  "application/json",
+  "application/pdf",
+  "image/png",
+  "image/jpeg",
+  "image/gif",
+  "image/webp",
+  "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+  "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+  "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+]
+
 export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
   effect: Effect.gen(function*() {
     const nodeEnv = yield* Config.literal("development", "production", "test")("NODE_ENV").pipe(
@@ -331,6 +378,22 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
         (perUser) => ({ perUser, window: chatRateLimitWindow })
       )
     }
+    const jobs: JobsSettings = {
+      amqpUrl: yield* Config.option(Config.nonEmptyString("AMQP_URL").pipe(Config.map(Redacted.make))),
+      queuePrefix: yield* Config.string("AMQP_QUEUE_PREFIX").pipe(Config.withDefault("webplus.")),
+      pollInterval: yield* Config.duration("JOBS_POLL_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
+      concurrency: yield* positiveInt("JOBS_CONCURRENCY").pipe(Config.withDefault(2)),
+      maxAttempts: yield* positiveInt("JOBS_MAX_ATTEMPTS").pipe(Config.withDefault(3))
+    }
+    const files: FilesSettings = {
+      dir: yield* Config.nonEmptyString("FILES_DIR").pipe(Config.withDefault(`${dataDir.replace(/\/+$/, "")}/files`)),
+      maxSize: yield* byteSize("FILES_MAX_SIZE").pipe(Config.withDefault(25 * 1024 * 1024)),
+      allowedTypes: yield* commaList("FILES_ALLOWED_TYPES").pipe(
+        Config.map((types) => types.map((type) => type.toLowerCase())),
+        Config.withDefault(defaultAllowedFileTypes)
+      ),
+      analysisMaxChars: yield* positiveInt("FILE_ANALYSIS_MAX_CHARS").pipe(Config.withDefault(100_000))
+    }
     return {
       nodeEnv,
       port,
@@ -350,7 +413,9 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       redis,
       models,
       events,
-      chat
+      chat,
+      jobs,
+      files
     }
   })
 }) {}

@@ -43,7 +43,7 @@ import {
   Thread,
   ThreadView
 } from "./Domain/Conversation.js"
-import { FieldIssue, type Forbidden, type NotFound, orNotFound, ValidationError } from "./Domain/Errors.js"
+import { FieldIssue, type Forbidden, invalid, type NotFound, orNotFound, ValidationError } from "./Domain/Errors.js"
 import type { JsonObject } from "./Domain/Fields.js"
 import {
   type ConversationId,
@@ -96,9 +96,6 @@ const toThreadView = (row: ThreadRow) =>
     createdAt: row.createdAt,
     updatedAt: row.updatedAt
   }, true)
-
-const invalid = (path: ReadonlyArray<string | number>, message: string) =>
-  new ValidationError({ message, issues: [new FieldIssue({ path, message })] })
 
 /** Where a conversation list page ends: pinned, then time (updated, or deleted in the trash), then id. */
 const ListPosition = Schema.Struct({ ...Position.fields, pinned: Schema.Boolean })

@@ -4,6 +4,7 @@
  * per-request middleware, on the Node HTTP server.
  */
 import { FetchHttpClient, type HttpApi, HttpApiBuilder, HttpApiScalar, HttpMiddleware } from "@effect/platform"
+import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
 import { WebPlusApi } from "./Api.js"
 import { rpcPath } from "./ApiBeside.js"
@@ -26,6 +27,10 @@ import { Conversations } from "./Conversations.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import { ConversationsHttpLive } from "./Conversations/Http.js"
 import { SearchRepo } from "./Conversations/SearchRepo.js"
+import { Files } from "./Files.js"
+import { FilesRepo } from "./Files/FilesRepo.js"
+import { FilesHttpLive } from "./Files/Http.js"
+import { FileStorage } from "./Files/Storage.js"
 import { Gateway } from "./Gateway.js"
 import { GatewayRoutesLive, UsageHttpLive } from "./Gateway/Http.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
@@ -35,6 +40,7 @@ import { compression } from "./Http/Compression.js"
 import { ErrorModelLive } from "./Http/ErrorModel.js"
 import { requestContext } from "./Http/Middleware.js"
 import { HttpServerLive } from "./Http/Server.js"
+import { JobQueuesLive } from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
 import { CredentialCipher } from "./Models/CredentialCipher.js"
 import { EnvironmentProvidersLive } from "./Models/EnvironmentProviders.js"
@@ -97,7 +103,8 @@ const ReposLive = Layer.mergeAll(
   ModelsRepo.Default,
   ModelConfigsRepo.Default,
   AnswerRepo.Default,
-  UsageRepo.Default
+  UsageRepo.Default,
+  FilesRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -121,6 +128,7 @@ export const ServicesLive = Layer.mergeAll(
   Users.Default,
   Health.Default,
   Gateway.Default,
+  Files.Default.pipe(Layer.provide(JobQueuesLive)),
   SessionCleanupLive
 ).pipe(
   Layer.provideMerge(Conversations.Default),
@@ -128,6 +136,7 @@ export const ServicesLive = Layer.mergeAll(
   Layer.provideMerge(ModelRegistry.Default),
   Layer.provideMerge(ModelSupportLive),
   Layer.provideMerge(AuthSupportLive),
+  Layer.provideMerge(FileStorage.Default.pipe(Layer.provide(NodeFileSystem.layer), Layer.provide(NodePath.layer))),
   Layer.provideMerge(ReposLive)
 )
 
@@ -139,6 +148,7 @@ export const ApiGroupsLive = Layer.mergeAll(
   MeHttpLive,
   ConversationsHttpLive,
   ChatHttpLive,
+  FilesHttpLive,
   ModelsApiLive,
   UsageHttpLive,
   GatewayRoutesLive,

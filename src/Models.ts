@@ -783,6 +783,12 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
         return entry
       })
 
+    /** The model used when none is named: a running one, else the first usable one; null when there is none. */
+    const firstUsableModelId = Effect.map(
+      models.list({ providerId: null, status: null, usableOnly: true }),
+      (rows) => (rows.find((model) => model.status === "running") ?? rows[0])?.id ?? null
+    )
+
     /** One round of reading Ollama's running models back, for every enabled Ollama provider. */
     const pollRunning = Effect.gen(function*() {
       for (const provider of yield* providers.list) {
@@ -936,6 +942,8 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
       stop,
       snapshot,
       resolve,
+      resolveAny,
+      firstUsableModelId,
       pollRunning,
       listConfigs,
       getConfig,

@@ -15,6 +15,8 @@ import { Conflict, FieldIssue, Forbidden, orNotFound, ValidationError } from "./
 import type { UserId } from "./Domain/Ids.js"
 import { decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { BuiltinRoles, type RoleName } from "./Domain/User.js"
+import { FilesRepo } from "./Files/FilesRepo.js"
+import { FileStorage } from "./Files/Storage.js"
 import { inTransaction, storedNow, transactionLock } from "./Sql.js"
 import { Consent, type DeleteAccountPayload, PersonalDataExport, type UpdateConsentPayload } from "./Users/Api.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
@@ -36,6 +38,8 @@ export class Users extends Effect.Service<Users>()("Users", {
     const apiKeys = yield* ApiKeysRepo
     const sessions = yield* SessionsRepo
     const personalData = yield* PersonalDataRepo
+    const files = yield* FilesRepo
+    const storage = yield* FileStorage
     const passwords = yield* Passwords
     const rateLimits = yield* RateLimits
     const audit = yield* AuditLog
@@ -128,6 +132,7 @@ export class Users extends Effect.Service<Users>()("Users", {
         apiKeys: keys.map(toApiKeyView),
         conversations: data.conversations,
         files: data.files,
+        fileAnalyses: data.fileAnalyses,
         modelConfigs: data.modelConfigs,
         usage: data.usage,
         auditEvents: events
@@ -141,8 +146,9 @@ export class Users extends Effect.Service<Users>()("Users", {
         const user = yield* users.get(actor.userId)
         const { valid } = yield* passwords.verify(payload.password, user.passwordHash)
         if (!valid) return yield* new Forbidden({ message: "The password is incorrect" })
-        yield* Effect.gen(function*() {
+        const contents = yield* Effect.gen(function*() {
           yield* ensureNotLastAdmin(user, "delete")
+          const contents = yield* files.storageKeysOf(user.id)
           // Cascades to sessions, API keys, conversations, messages, threads, files and personal presets.
           yield* users.delete(user.id)
           yield* audit.pseudonymize(user.id)
@@ -152,7 +158,10 @@ export class Users extends Effect.Service<Users>()("Users", {
             target: { type: "user", id: user.id },
             withoutClient: true
           })
+          return contents
         }).pipe(inTransaction(sql))
+        // The files' contents go once their rows are gone for good.
+        yield* Effect.forEach(contents, (key) => Effect.ignoreLogged(storage.remove(key)), { discard: true })
       }).pipe(Effect.withSpan("Users.deleteAccount"))
 
     const getConsent = Effect.gen(function*() {

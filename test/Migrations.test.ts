@@ -21,6 +21,7 @@ const expectedTables = [
   "conversations",
   "file_analyses",
   "files",
+  "job_queue",
   "llm_models",
   "message_files",
   "messages",

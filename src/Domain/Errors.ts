@@ -20,6 +20,10 @@ export class ValidationError extends Schema.TaggedError<ValidationError>()(
   HttpApiSchema.annotations({ status: 422, description: "The request is malformed; `issues` lists the failing fields" })
 ) {}
 
+/** A `ValidationError` about one field. */
+export const invalid = (path: ReadonlyArray<string | number>, message: string) =>
+  new ValidationError({ message, issues: [new FieldIssue({ path, message })] })
+
 export class Unauthorized extends Schema.TaggedError<Unauthorized>()(
   "Unauthorized",
   { message: Schema.String },

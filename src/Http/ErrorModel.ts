@@ -5,7 +5,8 @@
  *   with the failing fields (the platform would answer 400);
  * - a body that is not JSON answers `422 ValidationError`;
  * - a body over `MAX_BODY_SIZE` answers `413 PayloadTooLarge`: refused up front
- *   when `Content-Length` says so, else as soon as reading crosses the limit;
+ *   when `Content-Length` says so, else as soon as reading crosses the limit
+ *   (a file upload's limit is `FILES_MAX_SIZE`, its handler enforcing it per file);
  * - an unknown route answers `404 NotFound`.
  *
  * Typed errors that some endpoint declares pass through to be encoded by the
@@ -39,6 +40,7 @@ import {
   ServiceUnavailable,
   ValidationError
 } from "../Domain/Errors.js"
+import { uploadOverheadBytes, uploadPath } from "../Files/Api.js"
 import {
   databaseRetryAfterSeconds,
   databaseUnavailable,
@@ -60,9 +62,9 @@ const notFoundResponse = respond(NotFound)
 const tooLargeResponse = respond(PayloadTooLarge)
 const unavailableResponse = respond(ServiceUnavailable)
 
-const tooLarge = (limitBytes: number) =>
+const tooLarge = (limitBytes: number, what = "Request body") =>
   tooLargeResponse(
-    new PayloadTooLarge({ message: `Request body exceeds the limit of ${limitBytes} bytes`, limitBytes }),
+    new PayloadTooLarge({ message: `${what} exceeds the limit of ${limitBytes} bytes`, limitBytes }),
     // The rest of the body is not read: the connection cannot be reused.
     { connection: "close" }
   )
@@ -152,7 +154,8 @@ const unexpected = (cause: Cause.Cause<unknown>) =>
 
 export const ErrorModelLive = HttpApiBuilder.middleware(
   Effect.gen(function*() {
-    const { maxBodySize } = yield* AppConfig
+    const { files, maxBodySize } = yield* AppConfig
+    const uploadLimit = files.maxSize + uploadOverheadBytes
     const { api } = yield* HttpApi.Api
     const isDeclaredError = declaredErrors(api)
     return (app) =>
@@ -161,6 +164,10 @@ export const ErrorModelLive = HttpApiBuilder.middleware(
         const declaredLength = Number(request.headers["content-length"] ?? 0)
         // The OpenAI-compatible routes answer in OpenAI's error format, an oversized body included.
         const ownErrors = request.url.startsWith(`${gatewayPrefix}/`)
+        if (request.method === "POST" && request.url.split("?")[0] === uploadPath) {
+          if (declaredLength > uploadLimit) return tooLarge(files.maxSize, "The file")
+          return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(uploadLimit))
+        }
         if (declaredLength > maxBodySize && !ownErrors) return tooLarge(maxBodySize)
         return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(maxBodySize))
       }).pipe(

@@ -110,6 +110,9 @@ export class PersonalDataExport extends Schema.Class<PersonalDataExport>("Person
   apiKeys: Schema.Array(ApiKeyView),
   conversations: Schema.Array(PersonalConversation),
   files: Schema.Array(ExportedRecord),
+  fileAnalyses: Schema.Array(ExportedRecord).annotations({
+    description: "Analyses of your files: what the model found and the text it read"
+  }),
   modelConfigs: Schema.Array(ExportedRecord),
   usage: Schema.Array(ExportedRecord).annotations({ description: "Tokens spent per answer (chat and gateway)" }),
   auditEvents: Schema.Array(AuditEventView)

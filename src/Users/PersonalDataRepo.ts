@@ -40,6 +40,11 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
         const files = yield* sql<Record<string, unknown>>`
           SELECT id, original_name, content_type, size_bytes, sha256, deleted_at, created_at
           FROM files WHERE user_id = ${userId} ORDER BY created_at, id`
+        const fileAnalyses = yield* sql<Record<string, unknown>>`
+          SELECT a.id, a.file_id, a.status, a.model_id, a.analysis, a.extracted_text, a.error, a.attempts,
+                 a.created_at, a.completed_at
+          FROM file_analyses a JOIN files f ON f.id = a.file_id
+          WHERE f.user_id = ${userId} ORDER BY a.created_at, a.id`
         const modelConfigs = yield* sql<Record<string, unknown>>`
           SELECT id, name, model_id, system_prompt, temperature, top_p, max_tokens, stop, extra_params, created_at
           FROM model_configs WHERE owner_id = ${userId} ORDER BY created_at, id`
@@ -62,6 +67,7 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
             )
           })),
           files,
+          fileAnalyses: fileAnalyses.map((analysis) => parseJsonColumns(analysis, ["analysis"])),
           modelConfigs: modelConfigs.map((config) => parseJsonColumns(config, ["stop", "extraParams"])),
           usage
         }

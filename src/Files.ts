@@ -1,0 +1,357 @@
+/**
+ * Files: a user's uploads, kept by `FileStorage`, described by rows of `files`, and analysed in the
+ * background by a model (`file_analyses`, through the job queue `file-analysis`).
+ *
+ * An upload is read once, as it arrives: it is hashed, measured against `FILES_MAX_SIZE` (refused
+ * as soon as it passes it) and checked for text on the way to storage, and its type is decided from
+ * its first bytes. Only then is its row written; a refused or failed upload leaves nothing.
+ */
+import * as PersistedQueue from "@effect/experimental/PersistedQueue"
+import type { Multipart } from "@effect/platform"
+import { HttpServerResponse, Multipart as Multiparts } from "@effect/platform"
+import { isPlatformError, type PlatformError } from "@effect/platform/Error"
+import { SqlClient } from "@effect/sql"
+import { DateTime, Effect, Option, Schema, Stream } from "effect"
+import { requirePermission } from "./Auth/Policy.js"
+import { AppConfig } from "./Config.js"
+import type { Actor } from "./Domain/Actor.js"
+import { invalid, NotFound, orNotFound, PayloadTooLarge, type ValidationError } from "./Domain/Errors.js"
+import { FileAnalysis, StoredFile } from "./Domain/File.js"
+import { FileAnalysisId, type FileId, type LlmModelId } from "./Domain/Ids.js"
+import { cursorOf, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
+import {
+  FileAnalysisView,
+  FileView,
+  type RequestAnalysisPayload,
+  UnsupportedMediaType,
+  uploadOverheadBytes
+} from "./Files/Api.js"
+import { detectContentType, hasReadableText, isAllowedType, sanitizeFileName } from "./Files/Content.js"
+import { FilesRepo } from "./Files/FilesRepo.js"
+import { type ContentTooLarge, FileStorage, type WrittenContent } from "./Files/Storage.js"
+import * as Jobs from "./Jobs.js"
+import { ModelRegistry } from "./Models.js"
+import { inTransaction } from "./Sql.js"
+
+/** The queue of analyses to run, and what each of its jobs carries. */
+export const analysisQueue = "file-analysis"
+export const AnalysisJob = Schema.Struct({ analysisId: FileAnalysisId })
+
+const positionCursor = cursorOf(Position)
+
+/**
+ * Whether the multipart parser stopped at a limit. While streaming, the parser's own limit on a
+ * part comes as an `InternalError` whose cause says `ReachedLimit`.
+ */
+const overLimit = (error: Multipart.MultipartError) =>
+  error.reason === "FileTooLarge" || error.reason === "BodyTooLarge" ||
+  (typeof error.cause === "object" && error.cause !== null && "_tag" in error.cause &&
+    error.cause._tag === "ReachedLimit")
+
+type StoreFailure = ValidationError | Multipart.MultipartError | PlatformError | ContentTooLarge
+
+const analysisPrompt = [
+  "You analyse documents. Read the document the user sends and answer with one JSON object only,",
+  "no other text, of this shape:",
+  `{"summary": "three sentences at most", "keyPoints": ["…"], "topics": ["…"], "language": "ISO 639-1 code"}`
+].join(" ")
+
+/** What the model's answer is kept as: its JSON object when it gave one, else its text as the summary. */
+export const insightsOf = (answer: string): Record<string, unknown> => {
+  const start = answer.indexOf("{")
+  const end = answer.lastIndexOf("}")
+  if (start >= 0 && end > start) {
+    try {
+      const parsed: unknown = JSON.parse(answer.slice(start, end + 1))
+      if (parsed !== null && typeof parsed === "object" && !Array.isArray(parsed)) {
+        return parsed as Record<string, unknown>
+      }
+    } catch {
+      // Not JSON after all: kept as text below.
+    }
+  }
+  return { summary: answer.trim() }
+}
+
+/** `Content-Disposition` for a download: an ASCII name for old clients, the exact one as RFC 5987 says. */
+const attachment = (name: string) => {
+  const ascii = name.replace(/[^\x20-\x7e]/g, "_").replace(/["\\]/g, "_")
+  return `attachment; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(name)}`
+}
+
+const fileView = (file: StoredFile) =>
+  new FileView({
+    id: file.id,
+    name: file.originalName,
+    contentType: file.contentType,
+    sizeBytes: file.sizeBytes,
+    sha256: file.sha256,
+    createdAt: file.createdAt
+  }, true)
+
+const analysisView = (analysis: FileAnalysis) =>
+  new FileAnalysisView({
+    id: analysis.id,
+    fileId: analysis.fileId,
+    status: analysis.status,
+    modelId: analysis.modelId,
+    analysis: analysis.analysis,
+    extractedText: analysis.extractedText,
+    error: analysis.error,
+    attempts: analysis.attempts,
+    createdAt: analysis.createdAt,
+    updatedAt: analysis.updatedAt,
+    completedAt: Option.getOrNull(analysis.completedAt)
+  }, true)
+
+export class Files extends Effect.Service<Files>()("Files", {
+  scoped: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const { files: settings } = yield* AppConfig
+    const repo = yield* FilesRepo
+    const storage = yield* FileStorage
+    const registry = yield* ModelRegistry
+    const transaction = inTransaction(sql)
+    const jobs = yield* PersistedQueue.make({ name: analysisQueue, schema: AnalysisJob })
+
+    const readable = requirePermission("files:read")
+    const writable = requirePermission("files:write")
+    const findOwn = (actor: Actor, id: FileId) => repo.findOwn(id, actor.userId).pipe(orNotFound("No such file"))
+
+    // --- upload
+
+    const tooLarge = new PayloadTooLarge({
+      message: `The file exceeds the limit of ${settings.maxSize} bytes`,
+      limitBytes: settings.maxSize
+    })
+    const notMultipart = invalid(["body"], "Expected a multipart/form-data body with one file in the part `file`")
+
+    /** Stores the part `file` of a multipart body; the other parts are read past. */
+    const storeFilePart = (parts: Stream.Stream<Multipart.Part, Multipart.MultipartError>) => {
+      let stored: { readonly written: WrittenContent; readonly name: string } | undefined
+      // The file's own limit is counted exactly by `storage.write`; the parser bounds the whole body.
+      const limited = Multiparts.withLimitsStream(parts, {
+        maxFileSize: Option.none(),
+        maxTotalSize: Option.some(settings.maxSize + uploadOverheadBytes)
+      })
+      return Stream.runForEach(limited, (part): Effect.Effect<void, StoreFailure> => {
+        if (part._tag !== "File") return Effect.void
+        if (part.key !== "file") return Stream.runDrain(part.content)
+        if (stored !== undefined) return Effect.fail(invalid(["file"], "Send one file per upload"))
+        return Effect.map(storage.write(part.content, settings.maxSize), (written) => {
+          stored = { written, name: part.name }
+        })
+      }).pipe(
+        Effect.catchTags({
+          ContentTooLarge: () => Effect.fail(tooLarge),
+          MultipartError: (error) => Effect.fail(overLimit(error) ? tooLarge : notMultipart)
+        }),
+        // The storage failing (a full disk, say) is the server's fault, not the request's.
+        Effect.catchIf(isPlatformError, Effect.die),
+        // A part stored before the body went wrong goes with it.
+        Effect.onError(() =>
+          stored === undefined ? Effect.void : Effect.ignore(storage.remove(stored.written.storageKey))
+        ),
+        Effect.map(() => stored)
+      )
+    }
+
+    const upload = (contentType: string, parts: Stream.Stream<Multipart.Part, Multipart.MultipartError>) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        // Anything else is not handed to the multipart parser at all.
+        if (!/^multipart\/form-data\s*;.*\bboundary=/i.test(contentType)) return yield* notMultipart
+        const stored = yield* storeFilePart(parts)
+        if (stored === undefined) return yield* notMultipart
+        const { name: rawName, written } = stored
+        return yield* Effect.gen(function*() {
+          if (written.sizeBytes === 0) return yield* invalid(["file"], "The file is empty")
+          const name = sanitizeFileName(rawName)
+          const contentType = yield* Effect.promise(() => detectContentType(written.head, written.isText, name))
+          if (!isAllowedType(contentType, settings.allowedTypes)) {
+            return yield* new UnsupportedMediaType({
+              message: `Files of type ${contentType} are not accepted`,
+              contentType
+            })
+          }
+          const file = yield* repo.insertFile(StoredFile.insert.make({
+            userId: actor.userId,
+            originalName: name,
+            contentType,
+            sizeBytes: written.sizeBytes,
+            sha256: written.sha256,
+            storageKey: written.storageKey,
+            deletedAt: Option.none()
+          }))
+          yield* Effect.logInfo("File uploaded").pipe(
+            Effect.annotateLogs({ fileId: file.id, contentType, sizeBytes: file.sizeBytes })
+          )
+          return fileView(file)
+        }).pipe(Effect.onError(() => Effect.ignore(storage.remove(written.storageKey))))
+      }).pipe(Effect.withSpan("Files.upload"))
+
+    // --- reading and deleting
+
+    const list = (query: { readonly limit?: number | undefined; readonly cursor?: string | undefined }) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const limit = query.limit ?? defaultLimit
+        const after = yield* positionCursor.decode(query.cursor)
+        const rows = yield* repo.page(actor.userId, after, limit + 1)
+        const page = toPage(rows, limit, (row) => ({ at: DateTime.formatIso(row.createdAt), id: row.id }))
+        return { items: page.items.map(fileView), nextCursor: page.nextCursor }
+      }).pipe(Effect.withSpan("Files.list"))
+
+    const get = (id: FileId) =>
+      Effect.flatMap(readable, (actor) => Effect.map(findOwn(actor, id), fileView)).pipe(Effect.withSpan("Files.get"))
+
+    /** The content as an attachment, streamed from storage, never interpreted by the browser. */
+    const download = (id: FileId) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const file = yield* findOwn(actor, id)
+        const type = file.contentType.startsWith("text/") ? `${file.contentType}; charset=utf-8` : file.contentType
+        return HttpServerResponse.stream(storage.read(file.storageKey), {
+          contentType: type,
+          contentLength: file.sizeBytes,
+          headers: {
+            "content-disposition": attachment(file.originalName),
+            "x-content-type-options": "nosniff",
+            "cache-control": "private, no-cache",
+            etag: `"${file.sha256}"`
+          }
+        })
+      }).pipe(Effect.withSpan("Files.download"))
+
+    /** Deletes the row (its analyses and attachments go with it), then the content. */
+    const remove = (id: FileId) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        const key = yield* repo.removeOwn(id, actor.userId)
+        if (Option.isNone(key)) return yield* new NotFound({ message: "No such file" })
+        yield* storage.remove(key.value).pipe(
+          Effect.catchAll((error) =>
+            Effect.logWarning("A deleted file's content could not be removed", error).pipe(
+              Effect.annotateLogs({ fileId: id })
+            )
+          )
+        )
+      }).pipe(Effect.withSpan("Files.remove"))
+
+    // --- analyses
+
+    const chooseModel = (modelId: LlmModelId | undefined) =>
+      Effect.gen(function*() {
+        yield* requirePermission("models:use")
+        const id = modelId ?? (yield* registry.firstUsableModelId)
+        if (id === null) {
+          return yield* invalid(["modelId"], "No model is available: an administrator has to add a provider first")
+        }
+        const resolved = yield* registry.resolve(id).pipe(
+          Effect.catchTag("NotFound", () => invalid(["modelId"], "No such model"))
+        )
+        return resolved.model.id
+      })
+
+    const requestAnalysis = (id: FileId, payload: RequestAnalysisPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        const file = yield* findOwn(actor, id)
+        if (!hasReadableText(file.contentType)) {
+          return yield* invalid(["id"], `Text cannot be read from ${file.contentType} files: analyses cover text files`)
+        }
+        const modelId = yield* chooseModel(payload.modelId)
+        // On the database queue the job commits with its row; on RabbitMQ it is published before the
+        // commit, and a job whose row never committed finds nothing to do.
+        const analysis = yield* transaction(Effect.gen(function*() {
+          const inserted = yield* repo.insertAnalysis(FileAnalysis.insert.make({
+            fileId: file.id,
+            status: "pending",
+            extractedText: null,
+            analysis: {},
+            error: null,
+            modelId,
+            attempts: 0,
+            completedAt: Option.none()
+          }))
+          yield* jobs.offer({ analysisId: inserted.id }, { id: inserted.id }).pipe(Effect.orDie)
+          return inserted
+        }))
+        return analysisView(analysis)
+      }).pipe(Effect.withSpan("Files.requestAnalysis"))
+
+    const listAnalyses = (id: FileId) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const file = yield* findOwn(actor, id)
+        return (yield* repo.analysesOf(file.id)).map(analysisView)
+      }).pipe(Effect.withSpan("Files.listAnalyses"))
+
+    const getAnalysis = (id: FileId, analysisId: FileAnalysisId) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const file = yield* findOwn(actor, id)
+        return yield* repo.analysisOf(analysisId, file.id).pipe(
+          orNotFound("No such analysis"),
+          Effect.map(analysisView)
+        )
+      }).pipe(Effect.withSpan("Files.getAnalysis"))
+
+    /**
+     * Runs one analysis: reads the file's text, asks the model, stores what it said. A provider that
+     * fails is tried again by the queue; on the last attempt, or for a failure no retry would mend,
+     * the analysis ends as `error` with the reason.
+     */
+    const analyse = ({ analysisId }: typeof AnalysisJob.Type, attempt: Jobs.Attempt) =>
+      Effect.gen(function*() {
+        const found = yield* repo.jobRow(analysisId)
+        // The file was deleted, or the job is delivered again after it ended.
+        if (Option.isNone(found) || found.value.status === "complete" || found.value.status === "error") return
+        const job = found.value
+        const fail = (message: string) => repo.setStatus(analysisId, { status: "error", error: message })
+        yield* repo.setStatus(analysisId, { status: "processing", attempts: attempt.attempts + 1 })
+        if (job.modelId === null) return yield* fail("The model chosen for this analysis was removed")
+        const text = yield* Effect.either(storage.readText(job.storageKey, settings.analysisMaxChars))
+        if (text._tag === "Left") return yield* fail("The file's content could not be read")
+        const resolved = yield* Effect.either(registry.resolveAny(job.modelId))
+        if (resolved._tag === "Left") return yield* fail("The model chosen for this analysis was removed")
+        const answer = yield* resolved.right.client.chat({
+          model: resolved.right.model.providerModel,
+          messages: [
+            { role: "system", content: analysisPrompt },
+            { role: "user", content: `Document: ${job.originalName}\n\n${text.right}` }
+          ],
+          temperature: 0.2,
+          maxTokens: 1024
+        }).pipe(
+          Stream.runFold("", (answer, chunk) => chunk._tag === "text" ? answer + chunk.text : answer),
+          Effect.either
+        )
+        if (answer._tag === "Left") {
+          const reason = `The model could not be reached: ${answer.left.message}`
+          if (attempt.last) return yield* fail(reason)
+          yield* repo.setStatus(analysisId, { status: "pending", error: reason })
+          return yield* Effect.fail(answer.left)
+        }
+        yield* repo.setStatus(analysisId, {
+          status: "complete",
+          error: null,
+          extractedText: text.right,
+          analysis: insightsOf(answer.right)
+        })
+      }).pipe(Effect.annotateLogs({ analysisId }))
+
+    yield* Jobs.runWorkers(jobs, { name: analysisQueue, handle: analyse })
+
+    return {
+      upload,
+      list,
+      get,
+      download,
+      remove,
+      requestAnalysis,
+      listAnalyses,
+      getAnalysis
+    } as const
+  })
+}) {}

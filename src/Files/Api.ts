@@ -1,0 +1,131 @@
+/** Files: upload, listing, download, deletion, and the background analysis of their content. */
+import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, Multipart, OpenApi } from "@effect/platform"
+import { Schema } from "effect"
+import { Authentication } from "../Auth/Api.js"
+import { Forbidden, NotFound } from "../Domain/Errors.js"
+import { JsonObject, NonNegativeInt } from "../Domain/Fields.js"
+import { AnalysisStatus } from "../Domain/File.js"
+import { FileAnalysisId, FileId, LlmModelId } from "../Domain/Ids.js"
+import { Page, PageParams } from "../Domain/Pagination.js"
+import { request } from "../Domain/Request.js"
+
+/** The upload's path: its body limit is `FILES_MAX_SIZE`, not `MAX_BODY_SIZE` (see `Http/ErrorModel.ts`). */
+export const uploadPath = "/api/v1/files"
+
+/** Room for the multipart framing and the form's other fields, beyond the file itself. */
+export const uploadOverheadBytes = 64 * 1024
+
+export class FileView extends Schema.Class<FileView>("FileView")({
+  id: FileId,
+  name: Schema.String.annotations({ description: "The uploaded file's name, sanitised" }),
+  contentType: Schema.String.annotations({ description: "Detected from the content, not taken from the client" }),
+  sizeBytes: NonNegativeInt,
+  sha256: Schema.String.annotations({ description: "Hex SHA-256 of the content" }),
+  createdAt: Schema.DateTimeUtc
+}) {}
+
+export class FileAnalysisView extends Schema.Class<FileAnalysisView>("FileAnalysisView")({
+  id: FileAnalysisId,
+  fileId: FileId,
+  status: AnalysisStatus.annotations({
+    description: "`pending` (queued), `processing`, `complete` or `error` (see `error`)"
+  }),
+  modelId: Schema.NullOr(LlmModelId),
+  analysis: JsonObject.annotations({
+    description: "When complete: `summary`, `keyPoints`, `topics` and `language`, as the model gave them"
+  }),
+  extractedText: Schema.NullOr(Schema.String).annotations({
+    description: "The text read from the file (at most `FILE_ANALYSIS_MAX_CHARS` characters)"
+  }),
+  error: Schema.NullOr(Schema.String),
+  attempts: NonNegativeInt,
+  createdAt: Schema.DateTimeUtc,
+  updatedAt: Schema.DateTimeUtc,
+  completedAt: Schema.NullOr(Schema.DateTimeUtc)
+}) {}
+
+export class RequestAnalysisPayload extends Schema.Class<RequestAnalysisPayload>("RequestAnalysisPayload")({
+  modelId: Schema.optional(LlmModelId).annotations({
+    description: "The model to analyse with; a usable one if omitted"
+  })
+}) {}
+
+/** The content type is not accepted (`FILES_ALLOWED_TYPES`). */
+export class UnsupportedMediaType extends Schema.TaggedError<UnsupportedMediaType>()(
+  "UnsupportedMediaType",
+  { message: Schema.String, contentType: Schema.String },
+  HttpApiSchema.annotations({ status: 415, description: "The file's type (detected from its content) is not accepted" })
+) {}
+
+const FilePath = request(Schema.Struct({ id: FileId }))
+const AnalysisPath = request(Schema.Struct({ id: FileId, analysisId: FileAnalysisId }))
+
+export class FilesApi extends HttpApiGroup.make("files")
+  .add(
+    HttpApiEndpoint.post("uploadFile", uploadPath)
+      .setPayload(request(HttpApiSchema.MultipartStream(Schema.Struct({ file: Multipart.SingleFileSchema }))))
+      .addSuccess(FileView, { status: 201 })
+      .addError(UnsupportedMediaType)
+      .annotate(
+        OpenApi.Summary,
+        "Upload a file (multipart/form-data, part `file`); its type is detected from its content"
+      )
+  )
+  .add(
+    HttpApiEndpoint.get("listFiles", "/api/v1/files")
+      .setUrlParams(PageParams)
+      .addSuccess(Page(FileView))
+      .annotate(OpenApi.Summary, "Your files, newest first")
+  )
+  .add(
+    HttpApiEndpoint.get("getFile", "/api/v1/files/:id")
+      .setPath(FilePath)
+      .addSuccess(FileView)
+      .addError(NotFound)
+  )
+  .add(
+    HttpApiEndpoint.get("downloadFile", "/api/v1/files/:id/content")
+      .setPath(FilePath)
+      .addSuccess(
+        Schema.Uint8ArrayFromSelf.pipe(
+          HttpApiSchema.withEncoding({ kind: "Uint8Array", contentType: "application/octet-stream" })
+        )
+      )
+      .addError(NotFound)
+      .annotate(OpenApi.Summary, "The file's content, as an attachment, with its detected type")
+  )
+  .add(
+    HttpApiEndpoint.del("deleteFile", "/api/v1/files/:id")
+      .setPath(FilePath)
+      .addSuccess(HttpApiSchema.NoContent)
+      .addError(NotFound)
+      .annotate(OpenApi.Summary, "Delete a file, its content and its analyses")
+  )
+  .add(
+    HttpApiEndpoint.post("requestAnalysis", "/api/v1/files/:id/analyses")
+      .setPath(FilePath)
+      .setPayload(request(RequestAnalysisPayload))
+      .addSuccess(FileAnalysisView, { status: 202 })
+      .addError(NotFound)
+      .annotate(
+        OpenApi.Summary,
+        "Queue an analysis of the file's text by a model; follow it with the analysis' own endpoint"
+      )
+  )
+  .add(
+    HttpApiEndpoint.get("listAnalyses", "/api/v1/files/:id/analyses")
+      .setPath(FilePath)
+      .addSuccess(Schema.Array(FileAnalysisView))
+      .addError(NotFound)
+      .annotate(OpenApi.Summary, "The file's analyses, newest first")
+  )
+  .add(
+    HttpApiEndpoint.get("getAnalysis", "/api/v1/files/:id/analyses/:analysisId")
+      .setPath(AnalysisPath)
+      .addSuccess(FileAnalysisView)
+      .addError(NotFound)
+  )
+  .addError(Forbidden)
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "Uploaded files, their contents, and analyses of their text by a model")
+{}

@@ -1,0 +1,100 @@
+/**
+ * What an uploaded file is, decided from its bytes rather than from what the client claims, and the
+ * name it is kept under.
+ */
+import { fileTypeFromBuffer } from "file-type"
+
+/** How many bytes from a file's start its type is decided on (what `file-type` reads at most). */
+export const sniffLength = 4100
+
+/**
+ * A name safe to keep and to send back in `Content-Disposition`: the last path segment only, no
+ * control characters or characters that file systems reserve, no leading or trailing dots and
+ * spaces, NFC, at most 255 characters (the extension kept when it has to be shortened).
+ */
+export const sanitizeFileName = (raw: string): string => {
+  const segment = raw.split(/[\\/]/).pop() ?? ""
+  const cleaned = segment
+    .normalize("NFC")
+    .replace(/[\u0000-\u001f\u007f-\u009f<>:"|?*]/g, "_")
+    .replace(/\s+/g, " ")
+    .replace(/^[\s.]+|[\s.]+$/g, "")
+  const characters = Array.from(cleaned)
+  if (characters.length === 0) return "file"
+  if (characters.length <= 255) return cleaned
+  const dot = cleaned.lastIndexOf(".")
+  const extension = dot > 0 && cleaned.length - dot <= 16 ? Array.from(cleaned.slice(dot)) : []
+  return characters.slice(0, 255 - extension.length).join("") + extension.join("")
+}
+
+/** Text types told apart by the name's extension, once the content is known to be text. */
+const textTypes: Record<string, string> = {
+  md: "text/markdown",
+  markdown: "text/markdown",
+  csv: "text/csv",
+  tsv: "text/tab-separated-values",
+  json: "application/json",
+  html: "text/html",
+  htm: "text/html",
+  xml: "text/xml",
+  yaml: "text/yaml",
+  yml: "text/yaml"
+}
+
+/**
+ * The content type of a file: a binary format recognised by its signature (`file-type`), else, for
+ * content that is valid UTF-8 without NUL bytes, a text type (its subtype from the extension among
+ * a few, `text/plain` otherwise), else `application/octet-stream`. The extension alone never makes
+ * a file anything but text.
+ */
+export const detectContentType = async (head: Uint8Array, isText: boolean, name: string): Promise<string> => {
+  const detected = await fileTypeFromBuffer(head)
+  if (detected !== undefined) return detected.mime
+  if (!isText) return "application/octet-stream"
+  const dot = name.lastIndexOf(".")
+  const extension = dot >= 0 ? name.slice(dot + 1).toLowerCase() : ""
+  return textTypes[extension] ?? "text/plain"
+}
+
+/** Whether a file of this type has text that can be read out of it (for its analysis). */
+export const hasReadableText = (contentType: string): boolean =>
+  contentType.startsWith("text/") || contentType === "application/json"
+
+/** Whether `contentType` is among `allowed` (`text/*` allows every `text/…` type). */
+export const isAllowedType = (contentType: string, allowed: ReadonlyArray<string>): boolean =>
+  allowed.some((pattern) =>
+    pattern === "*/*" || pattern === contentType ||
+    (pattern.endsWith("/*") && contentType.startsWith(pattern.slice(0, -1)))
+  )
+
+/**
+ * Checks a stream of bytes for text as it passes: valid UTF-8 (a character may span chunks) and no
+ * NUL byte.
+ */
+export const textChecker = () => {
+  const decoder = new TextDecoder("utf-8", { fatal: true })
+  let text = true
+  return {
+    update: (chunk: Uint8Array) => {
+      if (!text) return
+      if (chunk.includes(0)) {
+        text = false
+        return
+      }
+      try {
+        decoder.decode(chunk, { stream: true })
+      } catch {
+        text = false
+      }
+    },
+    isText: (): boolean => {
+      if (!text) return false
+      try {
+        decoder.decode()
+        return true
+      } catch {
+        return false
+      }
+    }
+  }
+}

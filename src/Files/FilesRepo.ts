@@ -1,0 +1,141 @@
+/**
+ * Files and their analyses. Every read of a file is scoped to its owner: another user's file is not
+ * found.
+ */
+import { Model, SqlClient, SqlSchema } from "@effect/sql"
+import { Effect, Option, Schema } from "effect"
+import { FileAnalysis, StoredFile } from "../Domain/File.js"
+import { FileAnalysisId, FileId, LlmModelId, UserId } from "../Domain/Ids.js"
+import { storedNow } from "../Sql.js"
+
+/** Where a page of files (newest first) continues: before the last item's time and id. */
+export interface FilePosition {
+  readonly at: string
+  readonly id: string
+}
+
+/** What an analysis job reads: the analysis, and the file it is about. */
+export class AnalysisJobRow extends Schema.Class<AnalysisJobRow>("AnalysisJobRow")({
+  status: FileAnalysis.fields.status,
+  modelId: Schema.NullOr(LlmModelId),
+  userId: UserId,
+  originalName: Schema.String,
+  contentType: Schema.String,
+  storageKey: Schema.String
+}) {}
+
+export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const files = yield* Model.makeRepository(StoredFile, {
+      tableName: "files",
+      spanPrefix: "FilesRepo",
+      idColumn: "id"
+    })
+    const analyses = yield* Model.makeRepository(FileAnalysis, {
+      tableName: "file_analyses",
+      spanPrefix: "FileAnalysesRepo",
+      idColumn: "id"
+    })
+
+    const findOwn = SqlSchema.findOne({
+      Request: Schema.Struct({ id: FileId, userId: UserId }),
+      Result: StoredFile,
+      execute: ({ id, userId }) =>
+        sql`SELECT * FROM files WHERE id = ${id} AND user_id = ${userId} AND deleted_at IS NULL`
+    })
+
+    const page = SqlSchema.findAll({
+      Request: Schema.Struct({
+        userId: UserId,
+        after: Schema.NullOr(Schema.Struct({ at: Schema.String, id: Schema.String })),
+        limit: Schema.Int
+      }),
+      Result: StoredFile,
+      execute: ({ after, limit, userId }) =>
+        sql`SELECT * FROM files WHERE user_id = ${userId} AND deleted_at IS NULL
+            AND ${
+          after === null
+            ? sql`TRUE`
+            : sql`(created_at < ${after.at} OR (created_at = ${after.at} AND id < ${after.id}))`
+        }
+            ORDER BY created_at DESC, id DESC LIMIT ${limit}`
+    })
+
+    const removeOwn = SqlSchema.findOne({
+      Request: Schema.Struct({ id: FileId, userId: UserId }),
+      Result: Schema.Struct({ storageKey: Schema.String }),
+      execute: ({ id, userId }) =>
+        sql`DELETE FROM files WHERE id = ${id} AND user_id = ${userId} AND deleted_at IS NULL RETURNING storage_key`
+    })
+
+    const storageKeysOf = SqlSchema.findAll({
+      Request: UserId,
+      Result: Schema.Struct({ storageKey: Schema.String }),
+      execute: (userId) => sql`SELECT storage_key FROM files WHERE user_id = ${userId}`
+    })
+
+    const analysisOf = SqlSchema.findOne({
+      Request: Schema.Struct({ id: FileAnalysisId, fileId: FileId }),
+      Result: FileAnalysis,
+      execute: ({ fileId, id }) => sql`SELECT * FROM file_analyses WHERE id = ${id} AND file_id = ${fileId}`
+    })
+
+    const analysesOf = SqlSchema.findAll({
+      Request: FileId,
+      Result: FileAnalysis,
+      execute: (fileId) => sql`SELECT * FROM file_analyses WHERE file_id = ${fileId} ORDER BY created_at DESC, id DESC`
+    })
+
+    const jobRow = SqlSchema.findOne({
+      Request: FileAnalysisId,
+      Result: AnalysisJobRow,
+      execute: (id) =>
+        sql`SELECT a.status, a.model_id, f.user_id, f.original_name, f.content_type, f.storage_key
+            FROM file_analyses a JOIN files f ON f.id = a.file_id
+            WHERE a.id = ${id} AND f.deleted_at IS NULL`
+    })
+
+    /** Moves an analysis on; `attempts` counts the attempts started. */
+    const setStatus = (
+      id: FileAnalysisId,
+      change: {
+        readonly status: "pending" | "processing" | "complete" | "error"
+        readonly attempts?: number
+        readonly error?: string | null
+        readonly extractedText?: string
+        readonly analysis?: Record<string, unknown>
+      }
+    ) =>
+      Effect.flatMap(storedNow, (now) => {
+        const ended = change.status === "complete" || change.status === "error"
+        return sql`UPDATE file_analyses SET ${
+          sql.update({
+            status: change.status,
+            updatedAt: now,
+            ...(change.attempts === undefined ? {} : { attempts: change.attempts }),
+            ...(change.error === undefined ? {} : { error: change.error }),
+            ...(change.extractedText === undefined ? {} : { extractedText: change.extractedText }),
+            ...(change.analysis === undefined ? {} : { analysis: JSON.stringify(change.analysis) }),
+            ...(ended ? { completedAt: now } : {})
+          })
+        } WHERE id = ${id}`
+      })
+
+    return {
+      insertFile: (file: typeof StoredFile.insert.Type) => Effect.orDie(files.insert(file)),
+      findOwn: (id: FileId, userId: UserId) => Effect.orDie(findOwn({ id, userId })),
+      page: (userId: UserId, after: Option.Option<FilePosition>, limit: number) =>
+        Effect.orDie(page({ userId, after: Option.getOrNull(after), limit })),
+      removeOwn: (id: FileId, userId: UserId) =>
+        Effect.orDie(Effect.map(removeOwn({ id, userId }), Option.map((row) => row.storageKey))),
+      storageKeysOf: (userId: UserId) =>
+        Effect.orDie(Effect.map(storageKeysOf(userId), (rows) => rows.map((row) => row.storageKey))),
+      insertAnalysis: (analysis: typeof FileAnalysis.insert.Type) => Effect.orDie(analyses.insert(analysis)),
+      analysisOf: (id: FileAnalysisId, fileId: FileId) => Effect.orDie(analysisOf({ id, fileId })),
+      analysesOf: (fileId: FileId) => Effect.orDie(analysesOf(fileId)),
+      jobRow: (id: FileAnalysisId) => Effect.orDie(jobRow(id)),
+      setStatus: (id: FileAnalysisId, change: Parameters<typeof setStatus>[1]) => Effect.orDie(setStatus(id, change))
+    } as const
+  })
+}) {}

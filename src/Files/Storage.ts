@@ -1,0 +1,100 @@
+/**
+ * Where files' contents live: a directory (`FILES_DIR`, by default `files` under `DATA_DIR`), one
+ * file per upload under a random key, spread over 256 subdirectories. A content is written to
+ * `tmp/` first and moved into place whole, so a failed or refused upload leaves nothing behind and
+ * a reader never sees half a file.
+ */
+import { FileSystem, Path } from "@effect/platform"
+import type { PlatformError } from "@effect/platform/Error"
+import { Data, Effect, Stream } from "effect"
+import { createHash, randomBytes } from "node:crypto"
+import { AppConfig } from "../Config.js"
+import { sniffLength, textChecker } from "./Content.js"
+
+/** The content passed the size limit while it was read. */
+export class ContentTooLarge extends Data.TaggedError("ContentTooLarge")<{ readonly limitBytes: number }> {}
+
+/** A content written into place, and what was learnt while writing it. */
+export interface WrittenContent {
+  readonly storageKey: string
+  readonly sizeBytes: number
+  readonly sha256: string
+  /** The first bytes (up to `sniffLength`), to decide the type on. */
+  readonly head: Uint8Array
+  /** Valid UTF-8 with no NUL byte. */
+  readonly isText: boolean
+}
+
+export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorage", {
+  effect: Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const { files } = yield* AppConfig
+    const root = path.resolve(files.dir)
+    const scratch = path.join(root, "tmp")
+    yield* Effect.orDie(fs.makeDirectory(scratch, { recursive: true }))
+
+    const locate = (key: string) => path.join(root, key.slice(0, 2), key)
+    const removeQuietly = (file: string) => Effect.ignore(fs.remove(file))
+
+    /**
+     * Writes `content` under a new key, hashing it and checking it for text on the way; fails with
+     * `ContentTooLarge` as soon as it passes `limitBytes`, without reading the rest.
+     */
+    const write = <E>(content: Stream.Stream<Uint8Array, E>, limitBytes: number) =>
+      Effect.gen(function*() {
+        const key = randomBytes(16).toString("hex")
+        const temporary = path.join(scratch, key)
+        const hash = createHash("sha256")
+        const text = textChecker()
+        const head = new Uint8Array(sniffLength)
+        let headLength = 0
+        let size = 0
+        const measured = Stream.mapEffect(content, (chunk) => {
+          size += chunk.length
+          if (size > limitBytes) return Effect.fail(new ContentTooLarge({ limitBytes }))
+          hash.update(chunk)
+          text.update(chunk)
+          if (headLength < sniffLength) {
+            const taken = chunk.subarray(0, sniffLength - headLength)
+            head.set(taken, headLength)
+            headLength += taken.length
+          }
+          return Effect.succeed(chunk)
+        })
+        yield* Stream.run(measured, fs.sink(temporary)).pipe(Effect.onError(() => removeQuietly(temporary)))
+        const target = locate(key)
+        yield* fs.makeDirectory(path.dirname(target), { recursive: true }).pipe(
+          Effect.zipRight(fs.rename(temporary, target)),
+          Effect.onError(() => removeQuietly(temporary))
+        )
+        const written: WrittenContent = {
+          storageKey: key,
+          sizeBytes: size,
+          sha256: hash.digest("hex"),
+          head: head.slice(0, headLength),
+          isText: text.isText()
+        }
+        return written
+      })
+
+    /** A stored content, as a stream of chunks. */
+    const read = (key: string): Stream.Stream<Uint8Array, PlatformError> => fs.stream(locate(key))
+
+    /** A stored text's first `maxChars` characters (the whole file is at most `FILES_MAX_SIZE`). */
+    const readText = (key: string, maxChars: number) =>
+      Effect.map(fs.readFile(locate(key)), (bytes) => {
+        const text = new TextDecoder("utf-8").decode(bytes).slice(0, maxChars)
+        // Not half a character at the cut.
+        return /[\uD800-\uDBFF]$/.test(text) ? text.slice(0, -1) : text
+      })
+
+    /** Removes a stored content; one already gone is not an error. */
+    const remove = (key: string) =>
+      fs.remove(locate(key)).pipe(
+        Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "NotFound", () => Effect.void)
+      )
+
+    return { write, read, readText, remove } as const
+  })
+}) {}

@@ -1,0 +1,82 @@
+/**
+ * Background jobs: durable queues that outlive the request that filled them and the instance that
+ * runs them. In the embedded mode the queue is a table of the database (`SqlPersistedQueue`, table
+ * `job_queue`), so a job offered inside a transaction exists exactly when the transaction commits.
+ * With `AMQP_URL` the queues are RabbitMQ's (`Jobs/AmqpQueueStore.ts`).
+ *
+ * Whichever holds them, a job is taken by one worker of any instance; it is completed when its
+ * handler succeeds, offered again (its attempts counted) when it fails, and released untouched when
+ * its worker is interrupted (the instance stopping), so another instance takes it.
+ */
+import * as PersistedQueue from "@effect/experimental/PersistedQueue"
+import { type SqlClient, SqlPersistedQueue } from "@effect/sql"
+import { Cause, Effect, Layer, Option, Schedule, type Scope } from "effect"
+import { AppConfig } from "./Config.js"
+import * as AmqpQueueStore from "./Jobs/AmqpQueueStore.js"
+
+/** The table of the embedded mode's queue (created by migration 0007). */
+export const jobTable = "job_queue"
+
+/** The queues' store, chosen from configuration: the database, or RabbitMQ with `AMQP_URL`. */
+export const JobQueuesLive = Layer.unwrapEffect(
+  Effect.map(AppConfig, ({ jobs }) => {
+    const store: Layer.Layer<PersistedQueue.PersistedQueueStore, unknown, SqlClient.SqlClient> = Option.match(
+      jobs.amqpUrl,
+      {
+        onNone: () => SqlPersistedQueue.layerStore({ tableName: jobTable, pollInterval: jobs.pollInterval }),
+        // Each instance holds no more jobs than it runs at once: the rest stay for other instances.
+        onSome: (url) => AmqpQueueStore.layerStore({ url, queuePrefix: jobs.queuePrefix, prefetch: jobs.concurrency })
+      }
+    )
+    // A store that cannot be set up (the broker unreachable) stops the start-up, as the database does.
+    return PersistedQueue.layer.pipe(Layer.provide(store), Layer.orDie)
+  })
+)
+
+/** What a job's handler is told besides the job: its id, and the attempts made before this one. */
+export interface Attempt {
+  readonly id: string
+  readonly attempts: number
+  /** Whether this is the last attempt: a failure now gives the job up. */
+  readonly last: boolean
+}
+
+/**
+ * Runs `JOBS_CONCURRENCY` workers of one kind of job for as long as the enclosing scope lasts.
+ *
+ * A handler that fails has its job offered again, up to `JOBS_MAX_ATTEMPTS` attempts in all; a
+ * handler that wants a failure recorded rather than retried records it and succeeds. A queue that
+ * cannot be read (the database or the broker away) is tried again every second.
+ */
+export const runWorkers = <A, E, R>(
+  queue: PersistedQueue.PersistedQueue<A>,
+  options: {
+    readonly name: string
+    readonly handle: (job: A, attempt: Attempt) => Effect.Effect<void, E, R>
+  }
+): Effect.Effect<void, never, R | AppConfig | Scope.Scope> =>
+  Effect.gen(function*() {
+    const { jobs } = yield* AppConfig
+    const takeOne = queue.take(
+      (job, { attempts, id }) =>
+        options.handle(job, { id, attempts, last: attempts + 1 >= jobs.maxAttempts }).pipe(
+          Effect.withSpan(`Jobs.${options.name}`, { attributes: { "job.id": id, "job.attempts": attempts } })
+        ),
+      { maxAttempts: jobs.maxAttempts }
+    )
+    const worker = takeOne.pipe(
+      Effect.catchAllCause((cause) =>
+        Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : Effect.gen(function*() {
+          const failure = Cause.failureOption(cause)
+          const unreadable = Option.isSome(failure) && failure.value instanceof PersistedQueue.PersistedQueueError
+          yield* Effect.logWarning(unreadable ? "Job queue unavailable" : "Job failed", cause).pipe(
+            Effect.annotateLogs({ job: options.name })
+          )
+          if (unreadable) yield* Effect.sleep("1 second")
+        })
+      ),
+      Effect.repeat(Schedule.forever),
+      Effect.annotateLogs({ job: options.name })
+    )
+    for (let i = 0; i < jobs.concurrency; i++) yield* Effect.forkScoped(worker)
+  })

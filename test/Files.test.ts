@@ -1,0 +1,520 @@
+/**
+ * Files over real HTTP: multipart uploads (type detected from the content, names sanitised, the size
+ * limit enforced while reading), listing, download, deletion, isolation; and analyses run by the
+ * background job queue against a loopback OpenAI-compatible provider, on both dialects, with the
+ * database queue and with RabbitMQ.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, layer } from "@effect/vitest"
+import * as Amqp from "amqplib"
+import { Context, Effect, Layer } from "effect"
+import * as Crypto from "node:crypto"
+import * as Fs from "node:fs"
+import * as Http from "node:http"
+import * as Path from "node:path"
+import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { dialects, sqliteClientFor } from "./fixtures/Database.js"
+import { chatPath, type FakeProvider, fakeProvider, registerFake, upstreamSecret } from "./fixtures/Providers.js"
+import { TestServer, testServer } from "./fixtures/Server.js"
+
+interface Cast {
+  readonly admin: TestUser
+  readonly user: TestUser
+  readonly other: TestUser
+  readonly openai: FakeProvider
+  readonly modelId: string
+}
+
+class TheCast extends Context.Tag("test/Files/Cast")<TheCast, Cast>() {}
+
+const maxSize = 64 * 1024
+
+const filesEnv = {
+  FILES_MAX_SIZE: String(maxSize),
+  JOBS_POLL_INTERVAL: "50 millis",
+  JOBS_MAX_ATTEMPTS: "2",
+  CHAT_RETRY_ATTEMPTS: "0",
+  CHAT_FIRST_CHUNK_TIMEOUT: "2 seconds",
+  PROVIDER_BREAKER_THRESHOLD: "1000",
+  MODEL_STATUS_POLL_INTERVAL: "0 seconds"
+}
+
+const withCast = (dialect: (typeof dialects)[number], env: Record<string, string> = {}) =>
+  Layer.scoped(
+    TheCast,
+    Effect.gen(function*() {
+      const admin = yield* signUp()
+      const [user, other] = yield* Effect.all([signUp(), signUp()])
+      const openai = yield* fakeProvider("openai", [{ name: "gpt-files" }])
+      const { models } = yield* registerFake(admin, openai, { connectTimeoutMs: 1_000, requestTimeoutMs: 2_000 })
+      return { admin, user, other, openai, modelId: models["gpt-files"]! }
+    })
+  ).pipe(Layer.provideMerge(testServer({ dialect, env: { ...filesEnv, ...env } })))
+
+const expectStatus = (reply: Reply, status: number) => {
+  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
+  return reply.body
+}
+
+interface Part {
+  readonly field?: string
+  /** A file part when named; a plain field otherwise. */
+  readonly filename?: string
+  readonly content: Uint8Array | string
+  readonly type?: string
+}
+
+/** Uploads a multipart form with `fetch`, as a browser or an SDK sends it. */
+const upload = (auth: string | undefined, parts: ReadonlyArray<Part>) =>
+  Effect.gen(function*() {
+    const { baseUrl } = yield* TestServer
+    const form = new FormData()
+    for (const part of parts) {
+      if (part.filename === undefined) form.append(part.field ?? "file", String(part.content))
+      else form.append(part.field ?? "file", new Blob([part.content], { type: part.type ?? "" }), part.filename)
+    }
+    return yield* Effect.promise(async (): Promise<Reply> => {
+      const response = await fetch(`${baseUrl}/api/v1/files`, {
+        method: "POST",
+        body: form,
+        headers: auth === undefined ? {} : { authorization: `Bearer ${auth}` }
+      })
+      const text = await response.text()
+      return {
+        status: response.status,
+        headers: Object.fromEntries(response.headers),
+        body: text.length === 0 ? undefined : JSON.parse(text)
+      }
+    })
+  })
+
+const uploadOne = (auth: string, filename: string, content: Uint8Array | string, type = "text/plain") =>
+  Effect.map(upload(auth, [{ filename, content, type }]), (reply) => expectStatus(reply, 201))
+
+/** The raw bytes and headers of a download. */
+const download = (auth: string, id: string) =>
+  Effect.gen(function*() {
+    const { baseUrl } = yield* TestServer
+    return yield* Effect.promise(async () => {
+      const response = await fetch(`${baseUrl}/api/v1/files/${id}/content`, {
+        headers: { authorization: `Bearer ${auth}`, "accept-encoding": "identity" }
+      })
+      return {
+        status: response.status,
+        headers: Object.fromEntries(response.headers),
+        bytes: new Uint8Array(await response.arrayBuffer())
+      }
+    })
+  })
+
+/** The contents kept under the files directory (the scratch directory must be empty). */
+const storedContents = Effect.map(TestServer, ({ dataDir }) => {
+  const root = Path.join(dataDir, "files")
+  const found: Array<string> = []
+  for (const entry of Fs.readdirSync(root, { recursive: true, withFileTypes: true })) {
+    if (entry.isFile()) found.push(Path.relative(root, Path.join(entry.parentPath, entry.name)))
+  }
+  return found
+})
+
+const sha256 = (content: Uint8Array | string) => Crypto.createHash("sha256").update(content).digest("hex")
+
+/** A 1×1 PNG. */
+const png = new Uint8Array(Buffer.from(
+  "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
+  "base64"
+))
+
+/** Polls an analysis until it ends (or 15 s pass). */
+const settled = (auth: string, fileId: string, analysisId: string) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 300; i++) {
+      const reply = yield* call("GET", `/api/v1/files/${fileId}/analyses/${analysisId}`, { auth })
+      const body = expectStatus(reply, 200)
+      if (body.status === "complete" || body.status === "error") return body
+      yield* Effect.sleep("50 millis")
+    }
+    return yield* Effect.dieMessage("the analysis did not end within 15 s")
+  })
+
+/** Sends a body through `node:http` in chunks without a length, and the status once the server answered. */
+const rawUpload = (auth: string, boundary: string, chunks: ReadonlyArray<Buffer>) =>
+  Effect.gen(function*() {
+    const { baseUrl } = yield* TestServer
+    return yield* Effect.async<{ status: number; body: any; sentAll: boolean }>((resume) => {
+      let sent = 0
+      const request = Http.request(`${baseUrl}/api/v1/files`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${auth}`, "content-type": `multipart/form-data; boundary=${boundary}` }
+      })
+      request.on("response", (response) => {
+        let text = ""
+        response.on("data", (chunk) => (text += chunk))
+        response.on("end", () =>
+          resume(
+            Effect.succeed({
+              status: response.statusCode ?? 0,
+              body: JSON.parse(text),
+              sentAll: sent === chunks.length
+            })
+          ))
+      })
+      request.on("error", () => undefined)
+      const next = () => {
+        if (sent === chunks.length) {
+          return request.end()
+        }
+        request.write(chunks[sent++], () => setTimeout(next, 5))
+      }
+      next()
+    })
+  })
+
+for (const dialect of dialects) {
+  layer(withCast(dialect), { excludeTestServices: true })(`files on ${dialect}`, (it) => {
+    describe("upload and download", () => {
+      it.scoped("stores a file under a sanitised name with its detected type, size and hash; gives it back", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const content = "# Notes\n\nCafé au lait — ünïcödé.\n"
+          const view = yield* uploadOne(user.accessToken, "../../etc/no<tes>.md", content, "application/x-made-up")
+          expect(view).toMatchObject({
+            name: "no_tes_.md",
+            contentType: "text/markdown",
+            sizeBytes: Buffer.byteLength(content),
+            sha256: sha256(content)
+          })
+          expect(expectStatus(yield* call("GET", `/api/v1/files/${view.id}`, { auth: user.accessToken }), 200)).toEqual(
+            view
+          )
+          const listed = expectStatus(yield* call("GET", "/api/v1/files", { auth: user.accessToken }), 200)
+          expect(listed.items.map((item: { id: string }) => item.id)).toContain(view.id)
+
+          const fetched = yield* download(user.accessToken, view.id)
+          expect(fetched.status).toBe(200)
+          expect(Buffer.from(fetched.bytes).toString()).toBe(content)
+          expect(fetched.headers["content-type"]).toBe("text/markdown; charset=utf-8")
+          expect(fetched.headers["content-disposition"]).toBe(
+            `attachment; filename="no_tes_.md"; filename*=UTF-8''no_tes_.md`
+          )
+          expect(fetched.headers["x-content-type-options"]).toBe("nosniff")
+          expect(fetched.headers["etag"]).toBe(`"${sha256(content)}"`)
+        }))
+
+      it.scoped("decides the type from the content, not from the name or the client's claim", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const image = yield* uploadOne(user.accessToken, "holiday.txt", png, "text/plain")
+          expect(image.contentType).toBe("image/png")
+          const text = yield* uploadOne(user.accessToken, "photo.png", "just words", "image/png")
+          expect(text.contentType).toBe("text/plain")
+          const fetched = yield* download(user.accessToken, image.id)
+          expect(Buffer.from(fetched.bytes).equals(Buffer.from(png))).toBe(true)
+          expect(fetched.headers["content-type"]).toBe("image/png")
+        }))
+
+      it.scoped("refuses a type that is not accepted with 415, and keeps nothing of it", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const before = yield* storedContents
+          const binary = Buffer.concat([Buffer.from([0, 1, 2, 0xff, 0xfe]), Crypto.randomBytes(2000)])
+          const reply = yield* upload(user.accessToken, [{ filename: "data.txt", content: binary, type: "text/plain" }])
+          expect(expectStatus(reply, 415)).toEqual({
+            _tag: "UnsupportedMediaType",
+            message: "Files of type application/octet-stream are not accepted",
+            contentType: "application/octet-stream"
+          })
+          expect(yield* storedContents).toEqual(before)
+          const names = expectStatus(yield* call("GET", "/api/v1/files", { auth: user.accessToken }), 200).items.map((
+            item: { name: string }
+          ) => item.name)
+          expect(names).not.toContain("data.txt")
+        }))
+
+      it.scoped("a file over FILES_MAX_SIZE: 413, refused while it is read, nothing kept", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const before = yield* storedContents
+          const announced = yield* upload(user.accessToken, [{ filename: "big.txt", content: "x".repeat(maxSize + 1) }])
+          expect(expectStatus(announced, 413)).toMatchObject({ _tag: "PayloadTooLarge", limitBytes: maxSize })
+
+          // No length announced: the server stops reading at the limit and answers while the client still sends.
+          const boundary = "----webplus-test"
+          const head = Buffer.from(
+            `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="stream.txt"\r\n` +
+              `Content-Type: text/plain\r\n\r\n`
+          )
+          const chunks = [head, ...Array.from({ length: 40 }, () => Buffer.alloc(16 * 1024, "y"))]
+          const streamed = yield* rawUpload(user.accessToken, boundary, chunks)
+          expect(streamed.status).toBe(413)
+          expect(streamed.body).toMatchObject({ _tag: "PayloadTooLarge", limitBytes: maxSize })
+          expect(streamed.sentAll).toBe(false)
+          expect(yield* storedContents).toEqual(before)
+
+          // A file of exactly the limit is fine.
+          const fits = yield* uploadOne(user.accessToken, "fits.txt", "z".repeat(maxSize))
+          expect(fits.sizeBytes).toBe(maxSize)
+        }))
+
+      it.scoped("malformed uploads answer 422 and keep nothing", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const before = yield* storedContents
+          const json = yield* call("POST", "/api/v1/files", { auth: user.accessToken, body: { file: "hello" } })
+          expect(expectStatus(json, 422)._tag).toBe("ValidationError")
+          const noFile = yield* upload(user.accessToken, [{ field: "comment", content: "no file here" }])
+          expect(expectStatus(noFile, 422)._tag).toBe("ValidationError")
+          const wrongField = yield* upload(user.accessToken, [{ field: "attachment", filename: "a.txt", content: "a" }])
+          expect(expectStatus(wrongField, 422)._tag).toBe("ValidationError")
+          const empty = yield* upload(user.accessToken, [{ filename: "empty.txt", content: "" }])
+          expect(expectStatus(empty, 422).message).toBe("The file is empty")
+          const two = yield* upload(user.accessToken, [
+            { filename: "one.txt", content: "one" },
+            { filename: "two.txt", content: "two" }
+          ])
+          expect(expectStatus(two, 422).message).toBe("Send one file per upload")
+          expect(yield* storedContents).toEqual(before)
+        }))
+
+      it.scoped("credentials: 401 without, 403 for a key without files:write, 201 with it", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          expect((yield* upload(undefined, [{ filename: "a.txt", content: "a" }])).status).toBe(401)
+          const readOnly = yield* createKey(user, ["files:read"])
+          const refused = yield* upload(readOnly.secret, [{ filename: "a.txt", content: "a" }])
+          expect(expectStatus(refused, 403)._tag).toBe("Forbidden")
+          const writer = yield* createKey(user, ["files:read", "files:write"])
+          yield* uploadOne(writer.secret, "a.txt", "a")
+        }))
+    })
+
+    describe("ownership and deletion", () => {
+      it.scoped("another user's file is not found, whatever they try", () =>
+        Effect.gen(function*() {
+          const { other, user } = yield* TheCast
+          const view = yield* uploadOne(user.accessToken, "private.txt", "mine")
+          const auth = other.accessToken
+          expect((yield* call("GET", `/api/v1/files/${view.id}`, { auth })).status).toBe(404)
+          expect((yield* download(auth, view.id)).status).toBe(404)
+          expect((yield* call("DELETE", `/api/v1/files/${view.id}`, { auth })).status).toBe(404)
+          expect((yield* call("POST", `/api/v1/files/${view.id}/analyses`, { auth, body: {} })).status).toBe(404)
+          expect((yield* call("GET", `/api/v1/files/${view.id}/analyses`, { auth })).status).toBe(404)
+          const theirs = expectStatus(yield* call("GET", "/api/v1/files", { auth }), 200)
+          expect(theirs.items.map((item: { id: string }) => item.id)).not.toContain(view.id)
+          expect((yield* download(user.accessToken, view.id)).status).toBe(200)
+        }))
+
+      it.scoped("deleting a file removes its row and its content", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const before = yield* storedContents
+          const view = yield* uploadOne(user.accessToken, "gone.txt", "soon gone")
+          expect((yield* storedContents).length).toBe(before.length + 1)
+          expect((yield* call("DELETE", `/api/v1/files/${view.id}`, { auth: user.accessToken })).status).toBe(204)
+          expect((yield* call("GET", `/api/v1/files/${view.id}`, { auth: user.accessToken })).status).toBe(404)
+          expect((yield* call("DELETE", `/api/v1/files/${view.id}`, { auth: user.accessToken })).status).toBe(404)
+          expect(yield* storedContents).toEqual(before)
+        }))
+
+      it.scoped("lists newest first, a page at a time", () =>
+        Effect.gen(function*() {
+          const owner = yield* signUp()
+          const ids: Array<string> = []
+          for (let i = 0; i < 5; i++) ids.push((yield* uploadOne(owner.accessToken, `f${i}.txt`, `file ${i}`)).id)
+          const seen: Array<string> = []
+          let cursor: string | null = null
+          do {
+            const query: string = cursor === null ? "?limit=2" : `?limit=2&cursor=${cursor}`
+            const page: any = expectStatus(
+              yield* call("GET", `/api/v1/files${query}`, { auth: owner.accessToken }),
+              200
+            )
+            seen.push(...page.items.map((item: { id: string }) => item.id))
+            cursor = page.nextCursor
+          } while (cursor !== null)
+          expect(seen).toEqual([...ids].reverse())
+        }))
+
+      it.scoped("deleting the account removes the contents of its files", () =>
+        Effect.gen(function*() {
+          const leaving = yield* signUp()
+          const before = yield* storedContents
+          yield* uploadOne(leaving.accessToken, "a.txt", "a")
+          yield* uploadOne(leaving.accessToken, "b.txt", "b")
+          expect((yield* storedContents).length).toBe(before.length + 2)
+          const deleted = yield* call("DELETE", "/api/v1/me", {
+            auth: leaving.accessToken,
+            body: { password: leaving.password }
+          })
+          expect(deleted.status, JSON.stringify(deleted.body)).toBe(204)
+          expect(yield* storedContents).toEqual(before)
+        }))
+    })
+
+    describe("analyses", () => {
+      it.scoped("queues an analysis (202) that a worker completes with the model's findings and the text", () =>
+        Effect.gen(function*() {
+          const { modelId, openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = {
+            text: [
+              `{"summary": "A note on cats.", "keyPoints": ["Cats sleep"], `,
+              `"topics": ["pets"], "language": "en"}`
+            ]
+          }
+          const content = "Cats sleep for most of the day.\n"
+          const file = yield* uploadOne(user.accessToken, "cats.txt", content)
+          const queued = expectStatus(
+            yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: { modelId } }),
+            202
+          )
+          expect(queued).toMatchObject({ fileId: file.id, status: "pending", modelId, attempts: 0, completedAt: null })
+          const done = yield* settled(user.accessToken, file.id, queued.id)
+          expect(done).toMatchObject({
+            status: "complete",
+            error: null,
+            attempts: 1,
+            extractedText: content,
+            analysis: { summary: "A note on cats.", keyPoints: ["Cats sleep"], topics: ["pets"], language: "en" }
+          })
+          expect(done.completedAt).not.toBeNull()
+          const sent = openai.requests.filter((request) => request.path === chatPath.openai).at(-1)!
+          expect(JSON.stringify(sent.body.messages)).toContain("Cats sleep for most of the day.")
+          const listed = expectStatus(
+            yield* call("GET", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken }),
+            200
+          )
+          expect(listed.map((analysis: { id: string }) => analysis.id)).toEqual([queued.id])
+        }))
+
+      it.scoped("the personal-data export lists the files and their analyses", () =>
+        Effect.gen(function*() {
+          const { openai } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: [`{"summary": "Exported."}`] }
+          const owner = yield* signUp()
+          const file = yield* uploadOne(owner.accessToken, "export.txt", "For the export.")
+          const queued = expectStatus(
+            yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: owner.accessToken, body: {} }),
+            202
+          )
+          yield* settled(owner.accessToken, file.id, queued.id)
+          const exported = expectStatus(yield* call("GET", "/api/v1/me/export", { auth: owner.accessToken }), 200)
+          expect(exported.files).toEqual([expect.objectContaining({ id: file.id, originalName: "export.txt" })])
+          expect(exported.files[0]).not.toHaveProperty("storageKey")
+          expect(exported.fileAnalyses).toEqual([
+            expect.objectContaining({
+              id: queued.id,
+              fileId: file.id,
+              status: "complete",
+              analysis: { summary: "Exported." },
+              extractedText: "For the export."
+            })
+          ])
+        }))
+
+      it.scoped("an answer that is not JSON is kept as the summary", () =>
+        Effect.gen(function*() {
+          const { openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: ["Just a plain ", "summary."] }
+          const file = yield* uploadOne(user.accessToken, "plain.txt", "Some text.")
+          const queued = expectStatus(
+            yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
+            202
+          )
+          const done = yield* settled(user.accessToken, file.id, queued.id)
+          expect(done).toMatchObject({ status: "complete", analysis: { summary: "Just a plain summary." } })
+        }))
+
+      it.scoped("a provider that keeps failing: retried by the queue, then error with the reason", () =>
+        Effect.gen(function*() {
+          const { openai, user } = yield* TheCast
+          openai.faults.set(chatPath.openai, { kind: "status", status: 500, body: { error: upstreamSecret } })
+          const file = yield* uploadOne(user.accessToken, "unlucky.txt", "Bad luck.")
+          const queued = expectStatus(
+            yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
+            202
+          )
+          const done = yield* settled(user.accessToken, file.id, queued.id)
+          openai.faults.clear()
+          expect(done).toMatchObject({ status: "error", attempts: 2, analysis: {}, extractedText: null })
+          expect(done.error).toMatch(/^The model could not be reached/)
+          expect(done.error).not.toContain(upstreamSecret)
+        }))
+
+      it.scoped("files without readable text, and unknown models, are refused at once (422)", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const image = yield* uploadOne(user.accessToken, "image.png", png, "image/png")
+          const refused = yield* call("POST", `/api/v1/files/${image.id}/analyses`, {
+            auth: user.accessToken,
+            body: {}
+          })
+          expect(expectStatus(refused, 422).message).toBe(
+            "Text cannot be read from image/png files: analyses cover text files"
+          )
+          const text = yield* uploadOne(user.accessToken, "t.txt", "text")
+          const unknown = yield* call("POST", `/api/v1/files/${text.id}/analyses`, {
+            auth: user.accessToken,
+            body: { modelId: "0190a4b5-0000-7000-8000-000000000000" }
+          })
+          expect(expectStatus(unknown, 422).issues).toEqual([{ path: ["modelId"], message: "No such model" }])
+          const none = expectStatus(
+            yield* call("GET", `/api/v1/files/${text.id}/analyses`, { auth: user.accessToken }),
+            200
+          )
+          expect(none).toEqual([])
+        }))
+    })
+  })
+}
+
+/** RabbitMQ holds the queue when `AMQP_URL` is set; the analysis is run the same way. */
+const amqpUrl = process.env.TEST_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672"
+const amqpPrefix = `webplus-test-${Crypto.randomBytes(5).toString("hex")}.`
+
+/** Removes the run's queues from the broker once the server is gone. */
+const brokerCleanup = Layer.scopedDiscard(Effect.addFinalizer(() =>
+  Effect.promise(async () => {
+    const connection = await Amqp.connect(amqpUrl)
+    const channel = await connection.createChannel()
+    for (const queue of [`${amqpPrefix}file-analysis`, `${amqpPrefix}file-analysis.failed`]) {
+      await channel.deleteQueue(queue)
+    }
+    await connection.close()
+  })
+))
+
+layer(
+  withCast("sqlite", { AMQP_URL: amqpUrl, AMQP_QUEUE_PREFIX: amqpPrefix }).pipe(Layer.provideMerge(brokerCleanup)),
+  { excludeTestServices: true }
+)("files with the job queue on RabbitMQ", (it) => {
+  it.scoped("an analysis is queued on RabbitMQ, not in the database, and completed", () =>
+    Effect.gen(function*() {
+      const { openai, user } = yield* TheCast
+      const { dataDir } = yield* TestServer
+      openai.chat = { text: [`{"summary": "Queued through the broker."}`] }
+      const file = yield* uploadOne(user.accessToken, "broker.txt", "Through RabbitMQ.")
+      const queued = expectStatus(
+        yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
+        202
+      )
+      const done = yield* settled(user.accessToken, file.id, queued.id)
+      expect(done).toMatchObject({ status: "complete", analysis: { summary: "Queued through the broker." } })
+      // The database's queue was never used; the broker's queue exists, drained.
+      const rows = yield* Effect.flatMap(
+        SqlClient.SqlClient,
+        (sql) => sql<{ readonly n: number }>`SELECT count(*) AS n FROM job_queue`
+      ).pipe(Effect.provide(sqliteClientFor(dataDir)))
+      expect(rows[0]?.n).toBe(0)
+      const messages = yield* Effect.promise(async () => {
+        const connection = await Amqp.connect(amqpUrl)
+        const channel = await connection.createChannel()
+        const { messageCount } = await channel.checkQueue(`${amqpPrefix}file-analysis`)
+        await connection.close()
+        return messageCount
+      })
+      expect(messages).toBe(0)
+    }))
+})

@@ -46,8 +46,9 @@ import type { Actor, CurrentActor } from "./Domain/Actor.js"
 import type { MessageView, ToolCall } from "./Domain/Conversation.js"
 import { type Forbidden, invalid, NotFound, type ValidationError } from "./Domain/Errors.js"
 import type { JsonObject } from "./Domain/Fields.js"
-import type { ConversationId, LlmModelId, MessageId, ModelConfigId } from "./Domain/Ids.js"
+import type { ConversationId, FileId, LlmModelId, MessageId, ModelConfigId } from "./Domain/Ids.js"
 import type { ModelConfig } from "./Domain/Model.js"
+import { type Attachment, Attachments, type AttachmentTexts } from "./Files/Attachments.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
 import {
   chatAnswersEnded,
@@ -69,6 +70,7 @@ import { storedNow } from "./Sql.js"
 export interface TurnInput {
   readonly content?: string | undefined
   readonly metadata?: JsonObject | undefined
+  readonly fileIds?: ReadonlyArray<FileId> | undefined
   readonly parentId?: MessageId | undefined
   readonly modelId?: LlmModelId | undefined
   readonly modelConfigId?: ModelConfigId | undefined
@@ -219,6 +221,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const events = yield* EventHub
     const rateLimits = yield* RateLimits
     const relay = yield* AnswerRelay
+    const attachments = yield* Attachments
     const scope = yield* Effect.scope
     // Generations run apart from the requests that start them, from a runtime of their own: a
     // request's fiber refs (its span, log annotations, client) are not copied into each one, and
@@ -307,13 +310,14 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const buildRequest = (
       resolved: ResolvedModel,
       preset: Option.Option<ModelConfig>,
-      branch: ReadonlyArray<MessageView>
+      branch: ReadonlyArray<MessageView>,
+      texts: AttachmentTexts
     ): ChatRequest => {
       const config = Option.getOrNull(preset)
       const maxTokens = config?.maxTokens ?? null
       const messages = fitToContext(
         config?.systemPrompt ?? null,
-        toChatMessages(branch),
+        toChatMessages(branch, texts),
         promptBudget(resolved, config)
       )
       return {
@@ -633,16 +637,22 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       actor: Actor,
       conversationId: ConversationId,
       input: TurnInput,
+      attached: ReadonlyArray<Attachment>,
       prepare: (conversation: Defaults) => Effect.Effect<Prepared, E, R>
     ) =>
       Effect.gen(function*() {
         const { answer, branch, conversation, prepared, question } = yield* conversations.openAnswer(
           conversationId,
-          { content: input.content, metadata: input.metadata, parentId: input.parentId },
+          {
+            content: input.content,
+            metadata: attached.length === 0 ? input.metadata : { ...input.metadata, attachments: attached },
+            parentId: input.parentId,
+            fileIds: attached.map((file) => file.id)
+          },
           prepare
         )
         const { preset, resolved } = prepared
-        const request = buildRequest(resolved, preset, branch)
+        const request = buildRequest(resolved, preset, branch, yield* attachments.texts(actor.userId, branch))
         const generation: Generation = {
           conversationId: conversation.id,
           answerId: answer.id,
@@ -691,6 +701,12 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
     const chatting = Effect.zipRight(requirePermission("chat"), requirePermission("conversations:write"))
 
+    /** The files a turn attaches, checked (the caller's, with readable text) before anything is stored. */
+    const attachedFiles = (actor: Actor, input: TurnInput) =>
+      input.fileIds === undefined || input.fileIds.length === 0
+        ? Effect.succeed([])
+        : Effect.zipRight(requirePermission("files:read"), attachments.check(actor.userId, input.fileIds))
+
     /**
      * A turn in an existing conversation of the actor's (not in the trash), whose model and preset are
      * chosen once it is locked: it is read once.
@@ -701,7 +717,14 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         yield* requirePermission("conversations:read")
         // Counted once the actor may chat at all (a refused request does not use up the budget).
         yield* rateLimits.modelRequest(actor)
-        return yield* startTurn(actor, conversationId, input, (conversation) => prepareTurn(actor, input, conversation))
+        const attached = yield* attachedFiles(actor, input)
+        return yield* startTurn(
+          actor,
+          conversationId,
+          input,
+          attached,
+          (conversation) => prepareTurn(actor, input, conversation)
+        )
       })
 
     const chat = (conversationId: ConversationId, payload: ChatPayload) =>
@@ -713,12 +736,13 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         const actor = yield* chatting
         yield* rateLimits.modelRequest(actor)
         const prepared = yield* prepareTurn(actor, payload, null)
+        const attached = yield* attachedFiles(actor, payload)
         const conversation = yield* conversations.create({
           title: payload.title,
           modelId: prepared.resolved.model.id,
           modelConfigId: payload.modelConfigId ?? null
         })
-        return yield* startTurn(actor, conversation.id, payload, () => Effect.succeed(prepared))
+        return yield* startTurn(actor, conversation.id, payload, attached, () => Effect.succeed(prepared))
       }).pipe(Effect.withSpan("ChatEngine.newChat"))
 
     /** Another answer to the question `messageId` answered, as its sibling. */

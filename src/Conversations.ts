@@ -47,6 +47,7 @@ import { FieldIssue, type Forbidden, invalid, type NotFound, orNotFound, Validat
 import type { JsonObject } from "./Domain/Fields.js"
 import {
   type ConversationId,
+  type FileId,
   generateUuid,
   type LlmModelId,
   type MessageId,
@@ -390,6 +391,8 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         readonly content?: string | undefined
         readonly metadata?: JsonObject | undefined
         readonly parentId?: MessageId | undefined
+        /** Files the question carries (checked by the caller). */
+        readonly fileIds?: ReadonlyArray<FileId> | undefined
       },
       prepare: (conversation: Conversation) => Effect.Effect<P, E, R>
     ): Effect.Effect<
@@ -438,6 +441,9 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
             modelName: prepared.model.name
           })
           yield* addLeaf(id, answerId, ...question, answer)
+          if (questionId !== null && input.fileIds !== undefined && input.fileIds.length > 0) {
+            yield* repo.attachFiles(questionId, input.fileIds)
+          }
           return { answerId, conversation, prepared, questionId }
         }))
         // One read gives both messages as stored and what the model is sent: the branch, root first,

@@ -28,6 +28,7 @@ import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import { ConversationsHttpLive } from "./Conversations/Http.js"
 import { SearchRepo } from "./Conversations/SearchRepo.js"
 import { Files } from "./Files.js"
+import { Attachments } from "./Files/Attachments.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import { FilesHttpLive } from "./Files/Http.js"
 import { FileStorage } from "./Files/Storage.js"
@@ -135,6 +136,7 @@ export const ServicesLive = Layer.mergeAll(
   Layer.provideMerge(EnvironmentProvidersLive),
   Layer.provideMerge(ModelRegistry.Default),
   Layer.provideMerge(ModelSupportLive),
+  Layer.provideMerge(Attachments.Default),
   Layer.provideMerge(AuthSupportLive),
   Layer.provideMerge(FileStorage.Default.pipe(Layer.provide(NodeFileSystem.layer), Layer.provide(NodePath.layer))),
   Layer.provideMerge(ReposLive)

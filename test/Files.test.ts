@@ -351,6 +351,107 @@ for (const dialect of dialects) {
         }))
     })
 
+    describe("attached to chat questions", () => {
+      /** The user messages the loopback provider was last sent. */
+      const lastQuestionSent = (openai: FakeProvider) => {
+        const sent = openai.requests.filter((request) => request.path === chatPath.openai).at(-1)!
+        return (sent.body.messages as Array<{ role: string; content: string }>).filter((message) =>
+          message.role === "user"
+        )
+      }
+
+      it.scoped("a question's files are sent with it, at this turn and the next; a deleted one is named as such", () =>
+        Effect.gen(function*() {
+          const { modelId, openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: ["Noted."] }
+          const file = yield* uploadOne(user.accessToken, "recipe.md", "# Soup\n\nBoil water.")
+          const conversation = expectStatus(
+            yield* call("POST", "/api/v1/conversations", { auth: user.accessToken, body: { title: "Files", modelId } }),
+            201
+          )
+          const first = expectStatus(
+            yield* call("POST", `/api/v1/conversations/${conversation.id}/chat`, {
+              auth: user.accessToken,
+              body: { content: "What does this say?", fileIds: [file.id] }
+            }),
+            200
+          )
+          expect(first.question.content).toBe("What does this say?")
+          expect(first.question.metadata.attachments).toEqual([
+            { id: file.id, name: "recipe.md", contentType: "text/markdown" }
+          ])
+          const attachedText =
+            `What does this say?\n\n<attachment name="recipe.md" type="text/markdown">\n# Soup\n\nBoil water.\n</attachment>`
+          expect(lastQuestionSent(openai).map((message) => message.content)).toEqual([attachedText])
+
+          expectStatus(
+            yield* call("POST", `/api/v1/conversations/${conversation.id}/chat`, {
+              auth: user.accessToken,
+              body: { content: "And then?" }
+            }),
+            200
+          )
+          expect(lastQuestionSent(openai).map((message) => message.content)).toEqual([attachedText, "And then?"])
+
+          expect((yield* call("DELETE", `/api/v1/files/${file.id}`, { auth: user.accessToken })).status).toBe(204)
+          expectStatus(
+            yield* call("POST", `/api/v1/conversations/${conversation.id}/chat`, {
+              auth: user.accessToken,
+              body: { content: "Still there?" }
+            }),
+            200
+          )
+          expect(lastQuestionSent(openai)[0]!.content).toBe(
+            `What does this say?\n\n[The attached file "recipe.md" has been deleted]`
+          )
+        }))
+
+      it.scoped("another user's file, a file without text, or no files:read: refused, nothing stored", () =>
+        Effect.gen(function*() {
+          const { modelId, other, user } = yield* TheCast
+          const theirs = yield* uploadOne(other.accessToken, "theirs.txt", "not yours")
+          const image = yield* uploadOne(user.accessToken, "pixel.png", png, "image/png")
+          const conversation = expectStatus(
+            yield* call("POST", "/api/v1/conversations", {
+              auth: user.accessToken,
+              body: { title: "Refused", modelId }
+            }),
+            201
+          )
+          const path = `/api/v1/conversations/${conversation.id}/chat`
+          const notTheirs = yield* call("POST", path, {
+            auth: user.accessToken,
+            body: { content: "Read it", fileIds: [theirs.id] }
+          })
+          expect(expectStatus(notTheirs, 422).issues).toEqual([{ path: ["fileIds", 0], message: "No such file" }])
+          const noText = yield* call("POST", path, {
+            auth: user.accessToken,
+            body: { content: "See", fileIds: [image.id] }
+          })
+          expect(expectStatus(noText, 422).issues).toEqual([
+            { path: ["fileIds", 0], message: "Text cannot be read from image/png files" }
+          ])
+          const mine = yield* uploadOne(user.accessToken, "mine.txt", "mine")
+          const chatOnly = yield* createKey(user, ["chat", "conversations:read", "conversations:write", "models:read"])
+          const refused = yield* call("POST", path, {
+            auth: chatOnly.secret,
+            body: { content: "Hi", fileIds: [mine.id] }
+          })
+          expect(expectStatus(refused, 403)._tag).toBe("Forbidden")
+          const newChat = yield* call("POST", "/api/v1/chat", {
+            auth: user.accessToken,
+            body: { content: "New", modelId, fileIds: [theirs.id] }
+          })
+          expect(newChat.status).toBe(422)
+          const messages = expectStatus(
+            yield* call("GET", `${path.replace("/chat", "/messages")}`, { auth: user.accessToken }),
+            200
+          )
+          expect(messages.items).toEqual([])
+        }))
+    })
+
     describe("analyses", () => {
       it.scoped("queues an analysis (202) that a worker completes with the model's findings and the text", () =>
         Effect.gen(function*() {

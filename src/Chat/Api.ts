@@ -12,8 +12,9 @@ import { MessageContent } from "../Conversations/Api.js"
 import { MessageView, ToolCall } from "../Domain/Conversation.js"
 import { Forbidden, NotFound, RateLimited } from "../Domain/Errors.js"
 import { JsonObject, NonNegativeInt } from "../Domain/Fields.js"
-import { ConversationId, LlmModelId, MessageId, ModelConfigId } from "../Domain/Ids.js"
+import { ConversationId, FileId, LlmModelId, MessageId, ModelConfigId } from "../Domain/Ids.js"
 import { request } from "../Domain/Request.js"
+import { maxAttachments } from "../Files/Api.js"
 import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "../Models/Errors.js"
 
 // --- the events of a streamed answer
@@ -84,12 +85,18 @@ const ModelChoice = {
   })
 }
 
+/** Files the question carries: their text is sent to the model with it, at this turn and the next ones. */
+const Attached = Schema.optional(Schema.Array(FileId).pipe(Schema.maxItems(maxAttachments))).annotations({
+  description: `Your text files (at most ${maxAttachments}) to send with the question (needs \`files:read\`)`
+})
+
 export class ChatPayload extends Schema.Class<ChatPayload>("ChatPayload")({
   content: MessageContent,
   parentId: Schema.optional(MessageId).annotations({
     description: "The message to answer; the current leaf when omitted (the active branch goes on)"
   }),
   metadata: Schema.optional(JsonObject),
+  fileIds: Attached,
   ...ModelChoice
 }) {}
 
@@ -99,6 +106,7 @@ export class NewChatPayload extends Schema.Class<NewChatPayload>("NewChatPayload
     description: "Without one, a title is generated in the background"
   }),
   metadata: Schema.optional(JsonObject),
+  fileIds: Attached,
   ...ModelChoice
 }) {}
 

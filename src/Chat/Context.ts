@@ -8,6 +8,7 @@
  * the generous side of real English text.
  */
 import type { MessageView } from "../Domain/Conversation.js"
+import { attachmentsOf, type AttachmentTexts } from "../Files/Attachments.js"
 import type { ChatMessage } from "../Providers/Chat.js"
 
 const perMessageTokens = 4
@@ -22,14 +23,39 @@ export const estimateTokens = (message: ChatMessage): number =>
 export const answerReserve = (contextWindow: number, maxTokens: number | null): number =>
   maxTokens ?? Math.min(1024, Math.floor(contextWindow / 4))
 
-/** The branch's messages as the model reads them: answers cut short keep their text; empty ones are left out. */
-export const toChatMessages = (branch: ReadonlyArray<MessageView>): Array<ChatMessage> =>
+/** A question's text followed by the files it carries, each in an `<attachment>` element. */
+const withAttachments = (message: MessageView, texts: AttachmentTexts): string => {
+  const attached = attachmentsOf(message)
+  if (attached.length === 0) return message.content
+  const parts = [message.content]
+  for (const { contentType, id, name } of attached) {
+    const text = texts.get(id)
+    const label = JSON.stringify(name)
+    parts.push(
+      text === null || text === undefined
+        ? `[The attached file ${label} has been deleted]`
+        : `<attachment name=${label} type="${contentType}">\n${text}\n</attachment>`
+    )
+  }
+  return parts.join("\n\n")
+}
+
+const noTexts: AttachmentTexts = new Map()
+
+/**
+ * The branch's messages as the model reads them: answers cut short keep their text; empty ones are
+ * left out; a question's attached files follow its text (`texts`, by file id).
+ */
+export const toChatMessages = (
+  branch: ReadonlyArray<MessageView>,
+  texts: AttachmentTexts = noTexts
+): Array<ChatMessage> =>
   branch.flatMap((message): Array<ChatMessage> => {
     if (message.content.length === 0 && message.toolCalls.length === 0) return []
     const toolCallId = message.metadata["toolCallId"]
     return [{
       role: message.role,
-      content: message.content,
+      content: withAttachments(message, texts),
       ...(message.toolCalls.length > 0 ? { toolCalls: message.toolCalls } : {}),
       ...(message.role === "tool" && typeof toolCallId === "string" ? { toolCallId } : {})
     }]

@@ -20,7 +20,7 @@ import {
   ToolCall
 } from "../Domain/Conversation.js"
 import { NonNegativeInt } from "../Domain/Fields.js"
-import type { ConversationId, LlmModelId, MessageId, ThreadId, UserId } from "../Domain/Ids.js"
+import type { ConversationId, FileId, LlmModelId, MessageId, ThreadId, UserId } from "../Domain/Ids.js"
 import { dialectOf, storedNow } from "../Sql.js"
 
 /** A conversation with what its list item shows: the message count and the current leaf's preview. */
@@ -379,7 +379,17 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
       execute: (row) => sql`INSERT INTO threads ${sql.insert(row)}`
     })
 
+    /** Records the files a question carries. */
+    const attachFiles = (messageId: MessageId, fileIds: ReadonlyArray<FileId>) =>
+      Effect.flatMap(
+        now,
+        (at) =>
+          sql`INSERT INTO message_files ${sql.insert(fileIds.map((fileId) => ({ messageId, fileId, createdAt: at })))}`
+      )
+
     return {
+      attachFiles: (messageId: MessageId, fileIds: ReadonlyArray<FileId>) =>
+        Effect.orDie(attachFiles(messageId, fileIds)),
       findSummary: (userId: UserId, id: ConversationId) => Effect.orDie(findSummary({ userId, id })),
       listSummaries: (userId: UserId, state: ListState, after: Option.Option<ConversationPosition>, limit: number) =>
         Effect.orDie(Effect.flatMap(listSummaries(userId, state, after, limit + 1), decodeSummaries)),

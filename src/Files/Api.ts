@@ -12,6 +12,9 @@ import { request } from "../Domain/Request.js"
 /** The upload's path: its body limit is `FILES_MAX_SIZE`, not `MAX_BODY_SIZE` (see `Http/ErrorModel.ts`). */
 export const uploadPath = "/api/v1/files"
 
+/** How many files one chat question may carry. */
+export const maxAttachments = 10
+
 /** Room for the multipart framing and the form's other fields, beyond the file itself. */
 export const uploadOverheadBytes = 64 * 1024
 

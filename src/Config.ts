@@ -229,6 +229,10 @@ export interface JobsSettings {
   readonly concurrency: number
   /** Attempts of a job (the first included) before it is given up. */
   readonly maxAttempts: number
+  /** The wait before a failed job is offered again, doubled at each attempt (with jitter). */
+  readonly retryBaseDelay: Duration.Duration
+  /** The longest such wait (a worker is held for it). */
+  readonly retryMaxDelay: Duration.Duration
 }
 
 export interface FilesSettings {
@@ -383,7 +387,9 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       queuePrefix: yield* Config.string("AMQP_QUEUE_PREFIX").pipe(Config.withDefault("webplus.")),
       pollInterval: yield* Config.duration("JOBS_POLL_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
       concurrency: yield* positiveInt("JOBS_CONCURRENCY").pipe(Config.withDefault(2)),
-      maxAttempts: yield* positiveInt("JOBS_MAX_ATTEMPTS").pipe(Config.withDefault(3))
+      maxAttempts: yield* positiveInt("JOBS_MAX_ATTEMPTS").pipe(Config.withDefault(3)),
+      retryBaseDelay: yield* Config.duration("JOBS_RETRY_BASE_DELAY").pipe(Config.withDefault(Duration.seconds(2))),
+      retryMaxDelay: yield* Config.duration("JOBS_RETRY_MAX_DELAY").pipe(Config.withDefault(Duration.minutes(1)))
     }
     const files: FilesSettings = {
       dir: yield* Config.nonEmptyString("FILES_DIR").pipe(Config.withDefault(`${dataDir.replace(/\/+$/, "")}/files`)),

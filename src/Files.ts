@@ -328,9 +328,9 @@ export class Files extends Effect.Service<Files>()("Files", {
           Effect.either
         )
         if (answer._tag === "Left") {
+          // Failed either way (so the queue counts it); the last attempt ends the analysis.
           const reason = `The model could not be reached: ${answer.left.message}`
-          if (attempt.last) return yield* fail(reason)
-          yield* repo.setStatus(analysisId, { status: "pending", error: reason })
+          yield* repo.setStatus(analysisId, { status: attempt.last ? "error" : "pending", error: reason })
           return yield* Effect.fail(answer.left)
         }
         yield* repo.setStatus(analysisId, {

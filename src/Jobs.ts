@@ -10,9 +10,10 @@
  */
 import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { type SqlClient, SqlPersistedQueue } from "@effect/sql"
-import { Cause, Effect, Layer, Option, Schedule, type Scope } from "effect"
-import { AppConfig } from "./Config.js"
+import { Cause, Duration, Effect, Layer, Metric, Option, Schedule, type Scope } from "effect"
+import { AppConfig, type JobsSettings } from "./Config.js"
 import * as AmqpQueueStore from "./Jobs/AmqpQueueStore.js"
+import { jobDuration, jobsRun, labels } from "./Metrics.js"
 
 /** The table of the embedded mode's queue (created by migration 0007). */
 export const jobTable = "job_queue"
@@ -33,6 +34,13 @@ export const JobQueuesLive = Layer.unwrapEffect(
   })
 )
 
+/** The wait after a job's attempt `attempts` (0 for the first) failed: doubled each time, capped, ±25% jitter. */
+export const retryDelay = (jobs: JobsSettings, attempts: number): Duration.Duration => {
+  const base = Duration.toMillis(jobs.retryBaseDelay) * 2 ** Math.min(attempts, 20)
+  const capped = Math.min(base, Duration.toMillis(jobs.retryMaxDelay))
+  return Duration.millis(Math.round(capped * (0.75 + Math.random() * 0.5)))
+}
+
 /** What a job's handler is told besides the job: its id, and the attempts made before this one. */
 export interface Attempt {
   readonly id: string
@@ -44,8 +52,10 @@ export interface Attempt {
 /**
  * Runs `JOBS_CONCURRENCY` workers of one kind of job for as long as the enclosing scope lasts.
  *
- * A handler that fails has its job offered again, up to `JOBS_MAX_ATTEMPTS` attempts in all; a
- * handler that wants a failure recorded rather than retried records it and succeeds. A queue that
+ * A handler that fails has its job offered again after a wait (`JOBS_RETRY_BASE_DELAY`, doubled
+ * at each attempt up to `JOBS_RETRY_MAX_DELAY`), up to `JOBS_MAX_ATTEMPTS` attempts in all; a
+ * handler that wants a failure recorded rather than retried records it and succeeds. Each job is
+ * counted (`webplus_jobs_total`) and timed (`webplus_job_duration_seconds`). A queue that
  * cannot be read (the database or the broker away) is tried again every second.
  */
 export const runWorkers = <A, E, R>(
@@ -57,11 +67,30 @@ export const runWorkers = <A, E, R>(
 ): Effect.Effect<void, never, R | AppConfig | Scope.Scope> =>
   Effect.gen(function*() {
     const { jobs } = yield* AppConfig
+    const queueLabel = labels(["queue", options.name])
+    const outcomeLabels = {
+      done: labels(["queue", options.name], ["outcome", "done"]),
+      retried: labels(["queue", options.name], ["outcome", "retried"]),
+      givenUp: labels(["queue", options.name], ["outcome", "given up"])
+    }
     const takeOne = queue.take(
-      (job, { attempts, id }) =>
-        options.handle(job, { id, attempts, last: attempts + 1 >= jobs.maxAttempts }).pipe(
+      (job, { attempts, id }) => {
+        const last = attempts + 1 >= jobs.maxAttempts
+        return options.handle(job, { id, attempts, last }).pipe(
+          Metric.trackDurationWith(jobDuration.pipe(Metric.taggedWithLabels(queueLabel)), Duration.toSeconds),
+          Effect.tapBoth({
+            onSuccess: () => Effect.sync(() => jobsRun.unsafeUpdate(1, outcomeLabels.done)),
+            // The job is offered again once the handler's failure is returned: waiting here first
+            // spaces its attempts out (a provider given time to recover), holding this worker meanwhile.
+            onFailure: () =>
+              Effect.zipRight(
+                Effect.sync(() => jobsRun.unsafeUpdate(1, last ? outcomeLabels.givenUp : outcomeLabels.retried)),
+                last ? Effect.void : Effect.sleep(retryDelay(jobs, attempts))
+              )
+          }),
           Effect.withSpan(`Jobs.${options.name}`, { attributes: { "job.id": id, "job.attempts": attempts } })
-        ),
+        )
+      },
       { maxAttempts: jobs.maxAttempts }
     )
     const worker = takeOne.pipe(

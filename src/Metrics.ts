@@ -48,6 +48,18 @@ export const chatTokens = Metric.counter("webplus_chat_tokens_total", {
   incremental: true
 })
 
+export const jobsRun = Metric.counter("webplus_jobs_total", {
+  description: "Background jobs this instance ran, by queue and outcome: done, retried (failed, offered again), " +
+    "given up (failed its last attempt)",
+  incremental: true
+})
+
+export const jobDuration = Metric.histogram(
+  "webplus_job_duration_seconds",
+  durationBuckets,
+  "Time a background job's handler took, by queue"
+)
+
 const labelSets = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
 
 /**

@@ -5,13 +5,14 @@
  * database queue and with RabbitMQ.
  */
 import { SqlClient } from "@effect/sql"
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import * as Amqp from "amqplib"
-import { Context, Effect, Layer } from "effect"
+import { Context, Duration, Effect, Layer, Option } from "effect"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import * as Path from "node:path"
+import { retryDelay } from "../src/Jobs.js"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, sqliteClientFor } from "./fixtures/Database.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake, upstreamSecret } from "./fixtures/Providers.js"
@@ -33,6 +34,7 @@ const filesEnv = {
   FILES_MAX_SIZE: String(maxSize),
   JOBS_POLL_INTERVAL: "50 millis",
   JOBS_MAX_ATTEMPTS: "2",
+  JOBS_RETRY_BASE_DELAY: "20 millis",
   CHAT_RETRY_ATTEMPTS: "0",
   CHAT_FIRST_CHUNK_TIMEOUT: "2 seconds",
   PROVIDER_BREAKER_THRESHOLD: "1000",
@@ -542,6 +544,11 @@ for (const dialect of dialects) {
           expect(done).toMatchObject({ status: "error", attempts: 2, analysis: {}, extractedText: null })
           expect(done.error).toMatch(/^The model could not be reached/)
           expect(done.error).not.toContain(upstreamSecret)
+          // Counted: the first attempt retried, the second given up.
+          const metrics = yield* call("GET", "/metrics")
+          expect(metrics.body).toMatch(/^webplus_jobs_total\{queue="file-analysis",outcome="retried"\} [1-9]/m)
+          expect(metrics.body).toMatch(/^webplus_jobs_total\{queue="file-analysis",outcome="given up"\} [1-9]/m)
+          expect(metrics.body).toMatch(/^webplus_job_duration_seconds_count\{queue="file-analysis"\} [1-9]/m)
         }))
 
       it.scoped("files without readable text, and unknown models, are refused at once (422)", () =>
@@ -570,6 +577,31 @@ for (const dialect of dialects) {
     })
   })
 }
+
+describe("retries of background jobs", () => {
+  it("wait longer at each attempt, up to the limit, with jitter", () => {
+    const jobs = {
+      amqpUrl: Option.none(),
+      queuePrefix: "",
+      pollInterval: Duration.seconds(1),
+      concurrency: 1,
+      maxAttempts: 10,
+      retryBaseDelay: Duration.millis(100),
+      retryMaxDelay: Duration.seconds(1)
+    }
+    for (let i = 0; i < 50; i++) {
+      const first = Duration.toMillis(retryDelay(jobs, 0))
+      const third = Duration.toMillis(retryDelay(jobs, 2))
+      const late = Duration.toMillis(retryDelay(jobs, 12))
+      expect(first).toBeGreaterThanOrEqual(75)
+      expect(first).toBeLessThanOrEqual(125)
+      expect(third).toBeGreaterThanOrEqual(300)
+      expect(third).toBeLessThanOrEqual(500)
+      expect(late).toBeGreaterThanOrEqual(750)
+      expect(late).toBeLessThanOrEqual(1250)
+    }
+  })
+})
 
 /** RabbitMQ holds the queue when `AMQP_URL` is set; the analysis is run the same way. */
 const amqpUrl = process.env.TEST_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672"

@@ -9,6 +9,7 @@ import siblingPositions from "./0004_sibling_positions.js"
 import searchFinishedAnswers from "./0005_search_finished_answers.js"
 import apiKeyRateLimits from "./0006_api_key_rate_limits.js"
 import jobQueue from "./0007_job_queue.js"
+import knowledgeGraph from "./0008_knowledge_graph.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -17,7 +18,8 @@ export const migrations = {
   "0004_sibling_positions": siblingPositions,
   "0005_search_finished_answers": searchFinishedAnswers,
   "0006_api_key_rate_limits": apiKeyRateLimits,
-  "0007_job_queue": jobQueue
+  "0007_job_queue": jobQueue,
+  "0008_knowledge_graph": knowledgeGraph
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

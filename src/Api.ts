@@ -10,6 +10,7 @@ import { ConversationsApi } from "./Conversations/Api.js"
 import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
 import { FilesApi } from "./Files/Api.js"
 import { UsageApi } from "./Gateway/Api.js"
+import { GraphApi } from "./Graph/Api.js"
 import { HealthApi } from "./Health/Api.js"
 import { ModelConfigsApi, ModelsApi, ProvidersApi } from "./Models/Api.js"
 import { AdminApi, MeApi } from "./Users/Api.js"
@@ -80,6 +81,7 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .add(ConversationsApi)
   .add(ChatApi)
   .add(FilesApi)
+  .add(GraphApi)
   .add(ProvidersApi)
   .add(ModelsApi)
   .add(ModelConfigsApi)

@@ -59,6 +59,7 @@ import {
   labels
 } from "./Metrics.js"
 import { ModelRegistry, type ResolvedModel } from "./Models.js"
+import { completeText } from "./Models/Completion.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ConversationTitleEvent, EventHub } from "./Models/Events.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
@@ -261,16 +262,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       conversation: Defaults | null,
       preset: Option.Option<ModelConfig>
     ): Effect.Effect<ResolvedModel, ValidationError | Forbidden, CurrentActor> =>
-      Effect.gen(function*() {
-        const chosen = input.modelId ?? conversation?.modelId ?? Option.getOrNull(preset)?.modelId ?? null
-        const id = chosen ?? (yield* registry.firstUsableModelId)
-        if (id === null) {
-          return yield* invalid(["modelId"], "No model is available: an administrator has to add a provider first")
-        }
-        return yield* registry.resolve(id).pipe(
-          Effect.catchTag("NotFound", () => invalid(["modelId"], "No such model"))
-        )
-      })
+      registry.usableModel(input.modelId ?? conversation?.modelId ?? Option.getOrNull(preset)?.modelId ?? null)
 
     /** The preset for a turn: the request's (which must exist), else the conversation's. */
     const presetFor = (actor: Actor, input: TurnInput, conversation: Defaults | null) =>
@@ -608,13 +600,11 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
      * none, and tells the owner's event sockets (`conversation.title`).
      */
     const writeTitle = (owner: Actor, conversationId: ConversationId, question: string, resolved: ResolvedModel) =>
-      resolved.client.chat({
-        model: resolved.model.providerModel,
+      completeText(resolved, {
         messages: [{ role: "system", content: titlePrompt }, { role: "user", content: question.slice(0, 2000) }],
         maxTokens: 24,
         temperature: 0.2
       }).pipe(
-        Stream.runFold("", (title, chunk) => chunk._tag === "text" ? title + chunk.text : title),
         Effect.timeout(Duration.seconds(60)),
         Effect.map(cleanTitle),
         Effect.orElseSucceed(() => ""),

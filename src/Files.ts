@@ -17,7 +17,7 @@ import { AppConfig } from "./Config.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound, PayloadTooLarge, type ValidationError } from "./Domain/Errors.js"
 import { FileAnalysis, StoredFile } from "./Domain/File.js"
-import { FileAnalysisId, type FileId, type LlmModelId } from "./Domain/Ids.js"
+import { FileAnalysisId, type FileId } from "./Domain/Ids.js"
 import { cursorOf, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
 import {
   FileAnalysisView,
@@ -31,6 +31,7 @@ import { FilesRepo } from "./Files/FilesRepo.js"
 import { type ContentTooLarge, FileStorage, type WrittenContent } from "./Files/Storage.js"
 import * as Jobs from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
+import { completeText, jsonObjectIn } from "./Models/Completion.js"
 import { inTransaction } from "./Sql.js"
 
 /** The queue of analyses to run, and what each of its jobs carries. */
@@ -57,21 +58,8 @@ const analysisPrompt = [
 ].join(" ")
 
 /** What the model's answer is kept as: its JSON object when it gave one, else its text as the summary. */
-export const insightsOf = (answer: string): Record<string, unknown> => {
-  const start = answer.indexOf("{")
-  const end = answer.lastIndexOf("}")
-  if (start >= 0 && end > start) {
-    try {
-      const parsed: unknown = JSON.parse(answer.slice(start, end + 1))
-      if (parsed !== null && typeof parsed === "object" && !Array.isArray(parsed)) {
-        return parsed as Record<string, unknown>
-      }
-    } catch {
-      // Not JSON after all: kept as text below.
-    }
-  }
-  return { summary: answer.trim() }
-}
+export const insightsOf = (answer: string): Record<string, unknown> =>
+  Option.getOrElse(jsonObjectIn(answer), () => ({ summary: answer.trim() }))
 
 /** `Content-Disposition` for a download: an ASCII name for old clients, the exact one as RFC 5987 says. */
 const attachment = (name: string) => {
@@ -240,19 +228,6 @@ export class Files extends Effect.Service<Files>()("Files", {
 
     // --- analyses
 
-    const chooseModel = (modelId: LlmModelId | undefined) =>
-      Effect.gen(function*() {
-        yield* requirePermission("models:use")
-        const id = modelId ?? (yield* registry.firstUsableModelId)
-        if (id === null) {
-          return yield* invalid(["modelId"], "No model is available: an administrator has to add a provider first")
-        }
-        const resolved = yield* registry.resolve(id).pipe(
-          Effect.catchTag("NotFound", () => invalid(["modelId"], "No such model"))
-        )
-        return resolved.model.id
-      })
-
     const requestAnalysis = (id: FileId, payload: RequestAnalysisPayload) =>
       Effect.gen(function*() {
         const actor = yield* writable
@@ -260,7 +235,8 @@ export class Files extends Effect.Service<Files>()("Files", {
         if (!hasReadableText(file.contentType)) {
           return yield* invalid(["id"], `Text cannot be read from ${file.contentType} files: analyses cover text files`)
         }
-        const modelId = yield* chooseModel(payload.modelId)
+        yield* requirePermission("models:use")
+        const modelId = (yield* registry.usableModel(payload.modelId)).model.id
         // On the database queue the job commits with its row; on RabbitMQ it is published before the
         // commit, and a job whose row never committed finds nothing to do.
         const analysis = yield* transaction(Effect.gen(function*() {
@@ -315,18 +291,14 @@ export class Files extends Effect.Service<Files>()("Files", {
         if (text._tag === "Left") return yield* fail("The file's content could not be read")
         const resolved = yield* Effect.either(registry.resolveAny(job.modelId))
         if (resolved._tag === "Left") return yield* fail("The model chosen for this analysis was removed")
-        const answer = yield* resolved.right.client.chat({
-          model: resolved.right.model.providerModel,
+        const answer = yield* Effect.either(completeText(resolved.right, {
           messages: [
             { role: "system", content: analysisPrompt },
             { role: "user", content: `Document: ${job.originalName}\n\n${text.right}` }
           ],
           temperature: 0.2,
           maxTokens: 1024
-        }).pipe(
-          Stream.runFold("", (answer, chunk) => chunk._tag === "text" ? answer + chunk.text : answer),
-          Effect.either
-        )
+        }))
         if (answer._tag === "Left") {
           // Failed either way (so the queue counts it); the last attempt ends the analysis.
           const reason = `The model could not be reached: ${answer.left.message}`

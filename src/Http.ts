@@ -35,6 +35,9 @@ import { FileStorage } from "./Files/Storage.js"
 import { Gateway } from "./Gateway.js"
 import { GatewayRoutesLive, UsageHttpLive } from "./Gateway/Http.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
+import { Graph } from "./Graph.js"
+import { GraphRepo } from "./Graph/GraphRepo.js"
+import { GraphHttpLive } from "./Graph/Http.js"
 import { Health } from "./Health.js"
 import { HealthHttpLive } from "./Health/Http.js"
 import { compression } from "./Http/Compression.js"
@@ -105,7 +108,8 @@ const ReposLive = Layer.mergeAll(
   ModelConfigsRepo.Default,
   AnswerRepo.Default,
   UsageRepo.Default,
-  FilesRepo.Default
+  FilesRepo.Default,
+  GraphRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -129,7 +133,8 @@ export const ServicesLive = Layer.mergeAll(
   Users.Default,
   Health.Default,
   Gateway.Default,
-  Files.Default.pipe(Layer.provide(JobQueuesLive)),
+  Files.Default,
+  Graph.Default,
   SessionCleanupLive
 ).pipe(
   Layer.provideMerge(Conversations.Default),
@@ -137,6 +142,7 @@ export const ServicesLive = Layer.mergeAll(
   Layer.provideMerge(ModelRegistry.Default),
   Layer.provideMerge(ModelSupportLive),
   Layer.provideMerge(Attachments.Default),
+  Layer.provideMerge(JobQueuesLive),
   Layer.provideMerge(AuthSupportLive),
   Layer.provideMerge(FileStorage.Default.pipe(Layer.provide(NodeFileSystem.layer), Layer.provide(NodePath.layer))),
   Layer.provideMerge(ReposLive)
@@ -151,6 +157,7 @@ export const ApiGroupsLive = Layer.mergeAll(
   ConversationsHttpLive,
   ChatHttpLive,
   FilesHttpLive,
+  GraphHttpLive,
   ModelsApiLive,
   UsageHttpLive,
   GatewayRoutesLive,

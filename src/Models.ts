@@ -9,7 +9,15 @@ import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { AppConfig } from "./Config.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
-import { Conflict, FieldIssue, type Forbidden, NotFound, orNotFound, ValidationError } from "./Domain/Errors.js"
+import {
+  Conflict,
+  FieldIssue,
+  type Forbidden,
+  invalid as invalidField,
+  NotFound,
+  orNotFound,
+  ValidationError
+} from "./Domain/Errors.js"
 import type { LlmModelId, ModelConfigId, ProviderId } from "./Domain/Ids.js"
 import { LlmModel, ModelConfig, type ModelStatus, Provider, type ProviderKind } from "./Domain/Model.js"
 import {
@@ -789,6 +797,21 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
       (rows) => (rows.find((model) => model.status === "running") ?? rows[0])?.id ?? null
     )
 
+    /**
+     * The model a request asked for (`chosen`), else the first usable one, checked for the caller:
+     * an unknown or unusable model, or none at all, is a 422 on `modelId`.
+     */
+    const usableModel = (
+      chosen: LlmModelId | null | undefined
+    ): Effect.Effect<ResolvedModel, ValidationError | Forbidden, CurrentActor> =>
+      Effect.gen(function*() {
+        const id = chosen ?? (yield* firstUsableModelId)
+        if (id === null) {
+          return yield* invalidField(["modelId"], "No model is available: an administrator has to add a provider first")
+        }
+        return yield* resolve(id).pipe(Effect.catchTag("NotFound", () => invalidField(["modelId"], "No such model")))
+      })
+
     /** One round of reading Ollama's running models back, for every enabled Ollama provider. */
     const pollRunning = Effect.gen(function*() {
       for (const provider of yield* providers.list) {
@@ -944,6 +967,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
       resolve,
       resolveAny,
       firstUsableModelId,
+      usableModel,
       pollRunning,
       listConfigs,
       getConfig,

@@ -11,7 +11,7 @@ import { call, createKey, type Reply, signIn, signUp, type TestUser } from "./fi
 import { dialects } from "./fixtures/Database.js"
 import { conversationDocument } from "./fixtures/Documents.js"
 import { type FakeProvider, fakeProvider } from "./fixtures/Providers.js"
-import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
+import { inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
 
 type Method = "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
 
@@ -102,6 +102,11 @@ interface Cast {
   readonly modelId: string
   /** A personal preset of the owner. */
   readonly ownerConfigId: string
+  /** The owner's file, an analysis of it, an extraction of the conversation, and an entity of the owner's graph. */
+  readonly fileId: string
+  readonly analysisId: string
+  readonly extractionId: string
+  readonly entityId: string
 }
 
 /** The loopback Ollama the cast's providers point at. */
@@ -162,11 +167,56 @@ const makeCast = (promotedBy?: TestUser) =>
       }),
       200
     )
+    const { baseUrl } = yield* TestServer
+    const form = new FormData()
+    form.append("file", new Blob(["The owner's notes."]), "notes.txt")
+    const file = yield* Effect.promise(async () =>
+      (await fetch(`${baseUrl}/api/v1/files`, {
+        method: "POST",
+        body: form,
+        headers: { authorization: `Bearer ${auth}` }
+      }))
+        .json() as Promise<{ id: string }>
+    )
+    const analysis = expectStatus(
+      yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth, body: { modelId: synced.models[0].id } }),
+      202
+    )
+    const extraction = expectStatus(
+      yield* call("POST", "/api/v1/graph/extractions", {
+        auth,
+        body: { conversationId: conversation.id, modelId: synced.models[0].id }
+      }),
+      202
+    )
+    const entityId = yield* generateUuid
+    yield* inServerDatabase(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+      sql`INSERT INTO graph_entities ${
+        sql.insert({
+          id: entityId,
+          userId: owner.id,
+          name: "Matrix",
+          normalizedName: "matrix",
+          type: "concept",
+          confidence: 1,
+          mentionCount: 1
+        })
+      }`.pipe(
+        Effect.zipRight(
+          sql`INSERT INTO graph_mentions ${
+            sql.insert({ entityId, sourceKind: "file", sourceId: file.id, confidence: 1 })
+          }`
+        )
+      )))
     return {
       admin,
       owner,
       other,
       target,
+      fileId: file.id,
+      analysisId: analysis.id,
+      extractionId: extraction.id,
+      entityId,
       scopedKey: scoped.secret,
       ownerKeyId: ownerKey.id,
       conversation: { id: conversation.id, messageId: message.id, threadId: thread.id, answerId: answered.answer.id },
@@ -218,6 +268,9 @@ const inConversation = (extra: Record<string, string> = {}) => (cast: Cast): Cel
 const onMessage = (cast: Cast) => inConversation({ messageId: cast.conversation.messageId })(cast)
 const onAnswer = (cast: Cast) => inConversation({ messageId: cast.conversation.answerId })(cast)
 const onThread = (cast: Cast) => inConversation({ threadId: cast.conversation.threadId })(cast)
+/** The owner's file (and graph): not found for anyone else, admins included. */
+const ownFile = ownConversation
+const onFile = (cast: Cast): CellRequest => ({ params: { id: cast.fileId } })
 
 interface CellRequest {
   readonly params?: Readonly<Record<string, string>>
@@ -400,6 +453,34 @@ const expectations: Readonly<Record<string, Expectation>> = {
     statuses: { anonymous: 401, owner: 204, other: 404, admin: 404, scopedKey: 403 },
     request: (cast) => ({ params: { id: cast.ownerConfigId } })
   },
+  // Authorized callers get as far as reading the body, which is not multipart here (the upload itself
+  // is tested in Files.test.ts).
+  "files.uploadFile": { statuses: { ...conversationsUse(422) } },
+  "files.listFiles": { statuses: conversationsUse(200) },
+  "files.getFile": { statuses: ownFile(200), request: onFile },
+  "files.downloadFile": { statuses: ownFile(200), request: onFile },
+  "files.deleteFile": { statuses: ownFile(204), request: onFile, throwaway: true },
+  "files.requestAnalysis": {
+    statuses: ownFile(202),
+    request: (cast) => ({ ...onFile(cast), body: { modelId: cast.modelId } })
+  },
+  "files.listAnalyses": { statuses: ownFile(200), request: onFile },
+  "files.getAnalysis": {
+    statuses: ownFile(200),
+    request: (cast) => ({ params: { id: cast.fileId, analysisId: cast.analysisId } })
+  },
+  "graph.requestExtraction": {
+    statuses: ownConversation(202),
+    request: (cast) => ({ body: { conversationId: cast.conversation.id, modelId: cast.modelId } })
+  },
+  "graph.getExtraction": { statuses: ownConversation(200), request: (cast) => ({ params: { id: cast.extractionId } }) },
+  "graph.searchEntities": { statuses: conversationsUse(200) },
+  "graph.getEntity": { statuses: ownConversation(200), request: (cast) => ({ params: { id: cast.entityId } }) },
+  "graph.deleteEntity": {
+    statuses: ownConversation(204),
+    throwaway: true,
+    request: (cast) => ({ params: { id: cast.entityId } })
+  },
   "usage.apiKeyUsage": {
     // Like the key itself: the owner's (a session, or a key with `keys:manage`), not found for anyone else.
     statuses: { anonymous: 401, owner: 200, other: 404, admin: 404, scopedKey: 403 },
@@ -422,7 +503,12 @@ const protectedEndpoints: ReadonlyArray<Endpoint> = Object.values(WebPlusApi.gro
   }))
 ).filter(({ id }) => !id.startsWith("health.") && !publicEndpoints.has(id))
 
-const errorTags: Readonly<Record<number, string>> = { 401: "Unauthorized", 403: "Forbidden", 404: "NotFound" }
+const errorTags: Readonly<Record<number, string>> = {
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "NotFound",
+  422: "ValidationError"
+}
 
 const send = (endpoint: Endpoint, credential: string | undefined, request: CellRequest) => {
   const path = endpoint.path.replace(/:(\w+)/g, (_, name: string) => {

@@ -1,0 +1,282 @@
+/**
+ * The knowledge graph's SQL. Every read is scoped to the user: another user's entity or extraction
+ * is not found. Names are matched through `normalized_name` (see `normalizeName`).
+ */
+import { SqlClient, SqlSchema } from "@effect/sql"
+import { Effect, Option, Schema } from "effect"
+import { generateUuid, LlmModelId, UserId } from "../Domain/Ids.js"
+import { storedNow } from "../Sql.js"
+import { GraphEntityId, GraphExtractionId, type SourceKind } from "./Api.js"
+
+/** Names compare without case, width or spacing differences. */
+export const normalizeName = (name: string) => name.normalize("NFKC").trim().replace(/\s+/g, " ").toLowerCase()
+
+const Timestamp = Schema.Union(Schema.DateTimeUtc, Schema.DateTimeUtcFromDate)
+const Count = Schema.Union(Schema.Int, Schema.NumberFromString)
+
+export const ExtractionRow = Schema.Struct({
+  id: GraphExtractionId,
+  userId: UserId,
+  sourceKind: Schema.Literal("conversation", "file"),
+  sourceId: Schema.String,
+  modelId: Schema.NullOr(LlmModelId),
+  status: Schema.Literal("pending", "processing", "complete", "error"),
+  entityCount: Count,
+  relationshipCount: Count,
+  error: Schema.NullOr(Schema.String),
+  attempts: Count,
+  createdAt: Timestamp,
+  completedAt: Schema.NullOr(Timestamp)
+})
+export type ExtractionRow = typeof ExtractionRow.Type
+
+export const EntityRow = Schema.Struct({
+  id: GraphEntityId,
+  name: Schema.String,
+  normalizedName: Schema.String,
+  type: Schema.String,
+  description: Schema.String,
+  confidence: Schema.Number,
+  mentionCount: Count,
+  createdAt: Timestamp,
+  updatedAt: Timestamp
+})
+export type EntityRow = typeof EntityRow.Type
+
+export const RelationshipRow = Schema.Struct({
+  type: Schema.String,
+  confidence: Schema.Number,
+  sourceKind: Schema.Literal("conversation", "file"),
+  sourceId: Schema.String,
+  outgoing: Schema.Union(Schema.Boolean, Schema.Number).pipe(
+    Schema.transform(Schema.Boolean, {
+      strict: true,
+      decode: (value) => value === true || value === 1,
+      encode: (b) => b
+    })
+  ),
+  otherId: GraphEntityId,
+  otherName: Schema.String,
+  otherType: Schema.String
+})
+
+export const MentionRow = Schema.Struct({
+  sourceKind: Schema.Literal("conversation", "file"),
+  sourceId: Schema.String,
+  confidence: Schema.Number,
+  createdAt: Timestamp
+})
+
+/** What one extraction found, ready to store. */
+export interface Findings {
+  readonly entities: ReadonlyArray<{
+    readonly name: string
+    readonly type: string
+    readonly description: string
+    readonly confidence: number
+  }>
+  readonly relationships: ReadonlyArray<{
+    readonly source: { readonly name: string; readonly type: string }
+    readonly target: { readonly name: string; readonly type: string }
+    readonly type: string
+    readonly confidence: number
+  }>
+}
+
+export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+
+    const insertExtraction = (row: {
+      readonly userId: UserId
+      readonly sourceKind: SourceKind
+      readonly sourceId: string
+      readonly modelId: LlmModelId
+    }) =>
+      Effect.gen(function*() {
+        const id = yield* generateUuid
+        const now = yield* storedNow
+        const rows = yield* sql`INSERT INTO graph_extractions ${
+          sql.insert({ id, ...row, status: "pending", createdAt: now, updatedAt: now })
+        } RETURNING *`
+        return yield* Schema.decodeUnknown(ExtractionRow)(rows[0])
+      })
+
+    const findExtraction = SqlSchema.findOne({
+      Request: Schema.Struct({ id: Schema.String, userId: UserId }),
+      Result: ExtractionRow,
+      execute: ({ id, userId }) => sql`SELECT * FROM graph_extractions WHERE id = ${id} AND user_id = ${userId}`
+    })
+
+    const extractionById = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: ExtractionRow,
+      execute: (id) => sql`SELECT * FROM graph_extractions WHERE id = ${id}`
+    })
+
+    const setExtraction = (id: string, change: Record<string, unknown>) =>
+      Effect.flatMap(storedNow, (now) => {
+        const ended = change["status"] === "complete" || change["status"] === "error"
+        return sql`UPDATE graph_extractions SET ${
+          sql.update({ ...change, updatedAt: now, ...(ended ? { completedAt: now } : {}) })
+        } WHERE id = ${id}`
+      })
+
+    /**
+     * Stores what an extraction of a source found, in place of what earlier extractions of the same
+     * source found: its mentions and relationships are replaced, entities merged by user, type and
+     * name (keeping the highest confidence and the first description), entities left with no
+     * mention removed. Run within a transaction.
+     */
+    const storeFindings = (userId: UserId, kind: SourceKind, sourceId: string, findings: Findings) =>
+      Effect.gen(function*() {
+        const now = yield* storedNow
+        // The entities this source named before: their counts change, and some may be left with none.
+        const before = yield* sql<{ readonly entityId: string }>`
+          DELETE FROM graph_mentions WHERE source_kind = ${kind} AND source_id = ${sourceId}
+          AND entity_id IN (SELECT id FROM graph_entities WHERE user_id = ${userId})
+          RETURNING entity_id`
+        yield* sql`DELETE FROM graph_relationships
+                   WHERE user_id = ${userId} AND source_kind = ${kind} AND source_id = ${sourceId}`
+        const ids = new Map<string, string>()
+        const keyOf = (type: string, name: string) => `${type}\u0000${normalizeName(name)}`
+        for (const entity of findings.entities) {
+          const id = yield* generateUuid
+          const rows = yield* sql<{ readonly id: string }>`
+            INSERT INTO graph_entities ${
+            sql.insert({
+              id,
+              userId,
+              name: entity.name,
+              normalizedName: normalizeName(entity.name),
+              type: entity.type,
+              description: entity.description,
+              confidence: entity.confidence,
+              mentionCount: 0,
+              createdAt: now,
+              updatedAt: now
+            })
+          }
+            ON CONFLICT (user_id, type, normalized_name) DO UPDATE SET
+              confidence = CASE WHEN excluded.confidence > graph_entities.confidence
+                THEN excluded.confidence ELSE graph_entities.confidence END,
+              description = CASE WHEN graph_entities.description = ''
+                THEN excluded.description ELSE graph_entities.description END,
+              updated_at = excluded.updated_at
+            RETURNING id`
+          const entityId = rows[0]!.id
+          ids.set(keyOf(entity.type, entity.name), entityId)
+          yield* sql`INSERT INTO graph_mentions ${
+            sql.insert({ entityId, sourceKind: kind, sourceId, confidence: entity.confidence, createdAt: now })
+          } ON CONFLICT (entity_id, source_kind, source_id) DO UPDATE SET confidence = excluded.confidence`
+        }
+        let relationships = 0
+        for (const relationship of findings.relationships) {
+          const source = ids.get(keyOf(relationship.source.type, relationship.source.name))
+          const target = ids.get(keyOf(relationship.target.type, relationship.target.name))
+          if (source === undefined || target === undefined || source === target) continue
+          const id = yield* generateUuid
+          yield* sql`INSERT INTO graph_relationships ${
+            sql.insert({
+              id,
+              userId,
+              sourceEntityId: source,
+              targetEntityId: target,
+              type: relationship.type,
+              confidence: relationship.confidence,
+              sourceKind: kind,
+              sourceId,
+              createdAt: now,
+              updatedAt: now
+            })
+          } ON CONFLICT (source_entity_id, target_entity_id, type) DO UPDATE SET
+              confidence = excluded.confidence, source_kind = excluded.source_kind,
+              source_id = excluded.source_id, updated_at = excluded.updated_at`
+          relationships++
+        }
+        const touched = [...new Set([...before.map((row) => row.entityId), ...ids.values()])]
+        if (touched.length > 0) {
+          yield* sql`UPDATE graph_entities SET mention_count =
+                       (SELECT count(*) FROM graph_mentions WHERE graph_mentions.entity_id = graph_entities.id)
+                     WHERE ${sql.in("id", touched)}`
+          yield* sql`DELETE FROM graph_entities WHERE ${sql.in("id", touched)} AND mention_count = 0`
+        }
+        return { entities: ids.size, relationships }
+      })
+
+    const search = (
+      userId: UserId,
+      query: { readonly q?: string | undefined; readonly type?: string | undefined },
+      after: Option.Option<{ readonly name: string; readonly id: string }>,
+      limit: number
+    ) => {
+      const pattern = query.q === undefined
+        ? null
+        : `%${normalizeName(query.q).replace(/[\\%_]/g, (character) => `\\${character}`)}%`
+      return Effect.flatMap(
+        sql`SELECT * FROM graph_entities WHERE user_id = ${userId}
+            AND ${pattern === null ? sql`TRUE` : sql`normalized_name LIKE ${pattern} ESCAPE '\\'`}
+            AND ${query.type === undefined ? sql`TRUE` : sql`type = ${query.type}`}
+            AND ${
+          Option.match(after, {
+            onNone: () => sql`TRUE`,
+            onSome: ({ id, name }) => sql`(normalized_name > ${name} OR (normalized_name = ${name} AND id > ${id}))`
+          })
+        }
+            ORDER BY normalized_name, id LIMIT ${limit}`,
+        Schema.decodeUnknown(Schema.Array(EntityRow))
+      )
+    }
+
+    const findEntity = SqlSchema.findOne({
+      Request: Schema.Struct({ id: Schema.String, userId: UserId }),
+      Result: EntityRow,
+      execute: ({ id, userId }) => sql`SELECT * FROM graph_entities WHERE id = ${id} AND user_id = ${userId}`
+    })
+
+    const relationshipsOf = SqlSchema.findAll({
+      Request: Schema.String,
+      Result: RelationshipRow,
+      execute: (id) =>
+        sql`SELECT * FROM (
+              SELECT r.type AS type, r.confidence AS confidence, r.source_kind AS source_kind,
+                     r.source_id AS source_id, 1 AS outgoing,
+                     e.id AS other_id, e.name AS other_name, e.type AS other_type
+              FROM graph_relationships r JOIN graph_entities e ON e.id = r.target_entity_id
+              WHERE r.source_entity_id = ${id}
+              UNION ALL
+              SELECT r.type, r.confidence, r.source_kind, r.source_id, 0, e.id, e.name, e.type
+              FROM graph_relationships r JOIN graph_entities e ON e.id = r.source_entity_id
+              WHERE r.target_entity_id = ${id}
+            ) edges ORDER BY confidence DESC, other_name`
+    })
+
+    const mentionsOf = SqlSchema.findAll({
+      Request: Schema.String,
+      Result: MentionRow,
+      execute: (id) =>
+        sql`SELECT source_kind, source_id, confidence, created_at FROM graph_mentions
+            WHERE entity_id = ${id} ORDER BY created_at, source_id`
+    })
+
+    const deleteEntity = (id: string, userId: UserId) =>
+      Effect.map(
+        sql`DELETE FROM graph_entities WHERE id = ${id} AND user_id = ${userId} RETURNING id`,
+        (rows) => rows.length > 0
+      )
+
+    return {
+      insertExtraction: (row: Parameters<typeof insertExtraction>[0]) => Effect.orDie(insertExtraction(row)),
+      findExtraction: (id: string, userId: UserId) => Effect.orDie(findExtraction({ id, userId })),
+      extractionById: (id: string) => Effect.orDie(extractionById(id)),
+      setExtraction: (id: string, change: Record<string, unknown>) => Effect.orDie(setExtraction(id, change)),
+      storeFindings: (userId: UserId, kind: SourceKind, sourceId: string, findings: Findings) =>
+        Effect.orDie(storeFindings(userId, kind, sourceId, findings)),
+      search: (...args: Parameters<typeof search>) => Effect.orDie(search(...args)),
+      findEntity: (id: string, userId: UserId) => Effect.orDie(findEntity({ id, userId })),
+      relationshipsOf: (id: string) => Effect.orDie(relationshipsOf(id)),
+      mentionsOf: (id: string) => Effect.orDie(mentionsOf(id)),
+      deleteEntity: (id: string, userId: UserId) => Effect.orDie(deleteEntity(id, userId))
+    } as const
+  })
+}) {}

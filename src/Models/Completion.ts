@@ -1,0 +1,28 @@
+/**
+ * A model asked for one whole answer, for work done in the background (titles, file analyses, the
+ * knowledge graph), and the JSON object such an answer is asked to be.
+ */
+import { Option, Stream } from "effect"
+import type { ResolvedModel } from "../Models.js"
+import type { ChatRequest } from "../Providers/Chat.js"
+
+/** The text of the model's answer to `request` (tool calls and usage left aside). */
+export const completeText = (resolved: ResolvedModel, request: Omit<ChatRequest, "model">) =>
+  resolved.client.chat({ ...request, model: resolved.model.providerModel }).pipe(
+    Stream.runFold("", (text, chunk) => chunk._tag === "text" ? text + chunk.text : text)
+  )
+
+/** The JSON object in a model's answer: from its first `{` to its last `}` (models wrap JSON in prose and fences). */
+export const jsonObjectIn = (answer: string): Option.Option<Record<string, unknown>> => {
+  const start = answer.indexOf("{")
+  const end = answer.lastIndexOf("}")
+  if (start < 0 || end <= start) return Option.none()
+  try {
+    const parsed: unknown = JSON.parse(answer.slice(start, end + 1))
+    return parsed !== null && typeof parsed === "object" && !Array.isArray(parsed)
+      ? Option.some(parsed as Record<string, unknown>)
+      : Option.none()
+  } catch {
+    return Option.none()
+  }
+}

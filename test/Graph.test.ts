@@ -1,0 +1,290 @@
+/**
+ * The knowledge graph over real HTTP, on both dialects: extractions run by the job queue against a
+ * loopback OpenAI-compatible model that answers JSON; what it names merged into the user's graph,
+ * searched, read with relationships and sources, replaced when a source is read again, deleted;
+ * isolation between users; malformed findings dropped.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { dialects } from "./fixtures/Database.js"
+import { chatPath, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
+import { TestServer, testServer } from "./fixtures/Server.js"
+
+interface Cast {
+  readonly admin: TestUser
+  readonly openai: FakeProvider
+  readonly modelId: string
+}
+
+class TheCast extends Context.Tag("test/Graph/Cast")<TheCast, Cast>() {}
+
+const withCast = (dialect: (typeof dialects)[number]) =>
+  Layer.scoped(
+    TheCast,
+    Effect.gen(function*() {
+      const admin = yield* signUp()
+      const openai = yield* fakeProvider("openai", [{ name: "gpt-graph" }])
+      const { models } = yield* registerFake(admin, openai, { connectTimeoutMs: 1_000, requestTimeoutMs: 2_000 })
+      return { admin, openai, modelId: models["gpt-graph"]! }
+    })
+  ).pipe(Layer.provideMerge(testServer({
+    dialect,
+    env: {
+      JOBS_POLL_INTERVAL: "50 millis",
+      JOBS_MAX_ATTEMPTS: "2",
+      JOBS_RETRY_BASE_DELAY: "20 millis",
+      CHAT_RETRY_ATTEMPTS: "0",
+      PROVIDER_BREAKER_THRESHOLD: "1000",
+      MODEL_STATUS_POLL_INTERVAL: "0 seconds"
+    }
+  })))
+
+const expectStatus = (reply: Reply, status: number) => {
+  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
+  return reply.body
+}
+
+/** The model's next answers: one JSON document, split in two chunks as a stream would. */
+const modelFinds = (openai: FakeProvider, findings: unknown) => {
+  const text = `Here is the graph:\n${JSON.stringify(findings)}`
+  openai.faults.clear()
+  openai.chat = { text: [text.slice(0, 20), text.slice(20)] }
+}
+
+const lovelace = {
+  entities: [
+    { name: "Ada Lovelace", type: "Person", description: "Wrote the first program.", confidence: 0.95 },
+    { name: "Analytical Engine", type: "product", description: "A mechanical computer.", confidence: 0.9 },
+    { name: "Charles Babbage", type: "person", description: "Designed the engine.", confidence: 1.7 },
+    { name: "", type: "person" },
+    { name: "No type" }
+  ],
+  relationships: [
+    { source: "Ada Lovelace", target: "Analytical Engine", type: "wrote programs for", confidence: 0.8 },
+    { source: "charles babbage", target: "Analytical Engine", type: "designed", confidence: 0.9 },
+    { source: "Ada Lovelace", target: "Someone else", type: "knew", confidence: 0.5 }
+  ]
+}
+
+/** A conversation of the user's with two messages. */
+const conversationWith = (user: TestUser, texts: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const conversation = expectStatus(
+      yield* call("POST", "/api/v1/conversations", { auth: user.accessToken, body: { title: "Notes" } }),
+      201
+    )
+    for (const [index, content] of texts.entries()) {
+      expectStatus(
+        yield* call("POST", `/api/v1/conversations/${conversation.id}/messages`, {
+          auth: user.accessToken,
+          body: { content, role: index % 2 === 0 ? "user" : "assistant" }
+        }),
+        201
+      )
+    }
+    return conversation.id as string
+  })
+
+const extract = (user: TestUser, body: Record<string, unknown>) =>
+  Effect.gen(function*() {
+    const queued = expectStatus(yield* call("POST", "/api/v1/graph/extractions", { auth: user.accessToken, body }), 202)
+    expect(queued.status).toBe("pending")
+    for (let i = 0; i < 300; i++) {
+      const current = expectStatus(
+        yield* call("GET", `/api/v1/graph/extractions/${queued.id}`, { auth: user.accessToken }),
+        200
+      )
+      if (current.status === "complete" || current.status === "error") return current
+      yield* Effect.sleep("50 millis")
+    }
+    return yield* Effect.dieMessage("the extraction did not end within 15 s")
+  })
+
+const search = (user: TestUser, query: string) =>
+  Effect.map(
+    call("GET", `/api/v1/graph/entities${query}`, { auth: user.accessToken }),
+    (reply) => expectStatus(reply, 200)
+  )
+
+for (const dialect of dialects) {
+  layer(withCast(dialect), { excludeTestServices: true })(`knowledge graph on ${dialect}`, (it) => {
+    describe("extraction", () => {
+      it.scoped("reads a conversation, keeps the well-formed findings, and merges them into the graph", () =>
+        Effect.gen(function*() {
+          const { modelId, openai } = yield* TheCast
+          const user = yield* signUp()
+          const conversationId = yield* conversationWith(user, [
+            "Tell me about Ada Lovelace.",
+            "She wrote programs for Babbage's Analytical Engine."
+          ])
+          modelFinds(openai, lovelace)
+          const done = yield* extract(user, { conversationId, modelId })
+          expect(done).toMatchObject({
+            status: "complete",
+            source: { kind: "conversation", id: conversationId },
+            modelId,
+            entityCount: 3,
+            relationshipCount: 2,
+            error: null,
+            attempts: 1
+          })
+          const sent = openai.requests.filter((request) => request.path === chatPath.openai).at(-1)!
+          expect(sent.body.messages[1].content).toBe(
+            "user: Tell me about Ada Lovelace.\n\nassistant: She wrote programs for Babbage's Analytical Engine."
+          )
+
+          const all = yield* search(user, "")
+          expect(all.items.map((entity: { name: string; type: string }) => [entity.name, entity.type])).toEqual([
+            ["Ada Lovelace", "person"],
+            ["Analytical Engine", "product"],
+            ["Charles Babbage", "person"]
+          ])
+          const babbage = all.items.find((entity: { name: string }) => entity.name === "Charles Babbage")
+          expect(babbage).toMatchObject({ confidence: 1, mentionCount: 1, description: "Designed the engine." })
+
+          const engine = all.items.find((entity: { name: string }) => entity.name === "Analytical Engine")
+          const detail = expectStatus(
+            yield* call("GET", `/api/v1/graph/entities/${engine.id}`, { auth: user.accessToken }),
+            200
+          )
+          expect(detail.relationships).toEqual([
+            {
+              type: "designed",
+              direction: "incoming",
+              entity: { id: babbage.id, name: "Charles Babbage", type: "person" },
+              confidence: 0.9,
+              source: { kind: "conversation", id: conversationId }
+            },
+            {
+              type: "wrote_programs_for",
+              direction: "incoming",
+              entity: expect.objectContaining({ name: "Ada Lovelace" }),
+              confidence: 0.8,
+              source: { kind: "conversation", id: conversationId }
+            }
+          ])
+          expect(detail.mentions).toEqual([
+            expect.objectContaining({ source: { kind: "conversation", id: conversationId }, confidence: 0.9 })
+          ])
+        }))
+
+      it.scoped("reading a source again replaces what it found; another source adds to the same entities", () =>
+        Effect.gen(function*() {
+          const { openai } = yield* TheCast
+          const user = yield* signUp()
+          const conversationId = yield* conversationWith(user, ["Ada and Babbage."])
+          modelFinds(openai, lovelace)
+          yield* extract(user, { conversationId })
+
+          modelFinds(openai, {
+            entities: [
+              { name: "Ada Lovelace", type: "person", confidence: 0.6 },
+              { name: "Analytical Engine", type: "product", confidence: 0.7 }
+            ],
+            relationships: [{ source: "Ada Lovelace", target: "Analytical Engine", type: "described", confidence: 0.7 }]
+          })
+          const again = yield* extract(user, { conversationId })
+          expect(again).toMatchObject({ status: "complete", entityCount: 2, relationshipCount: 1 })
+          const names = (yield* search(user, "")).items.map((entity: { name: string }) => entity.name)
+          expect(names).toEqual(["Ada Lovelace", "Analytical Engine"])
+
+          const upload = new FormData()
+          upload.append("file", new Blob(["ADA LOVELACE was a mathematician."]), "ada.txt")
+          const { baseUrl } = yield* TestServer
+          const file = yield* Effect.promise(async () =>
+            (await fetch(`${baseUrl}/api/v1/files`, {
+              method: "POST",
+              body: upload,
+              headers: { authorization: `Bearer ${user.accessToken}` }
+            })).json() as unknown as { id: string }
+          )
+          modelFinds(openai, {
+            entities: [{ name: "ADA LOVELACE", type: "person", description: "A mathematician.", confidence: 0.99 }],
+            relationships: []
+          })
+          const fromFile = yield* extract(user, { fileId: file.id })
+          expect(fromFile).toMatchObject({ status: "complete", source: { kind: "file", id: file.id }, entityCount: 1 })
+          const ada = (yield* search(user, "?q=lovelace")).items
+          expect(ada).toEqual([
+            expect.objectContaining({ name: "Ada Lovelace", mentionCount: 2, confidence: 0.99 })
+          ])
+          const detail = expectStatus(
+            yield* call("GET", `/api/v1/graph/entities/${ada[0].id}`, { auth: user.accessToken }),
+            200
+          )
+          expect(detail.mentions.map((mention: { source: { kind: string } }) => mention.source.kind).sort()).toEqual([
+            "conversation",
+            "file"
+          ])
+          expect(detail.relationships.map((relationship: { type: string }) => relationship.type)).toEqual(["described"])
+        }))
+
+      it.scoped("a model that keeps failing ends the extraction as error; a bad request changes nothing", () =>
+        Effect.gen(function*() {
+          const { openai } = yield* TheCast
+          const user = yield* signUp()
+          const other = yield* signUp()
+          const conversationId = yield* conversationWith(user, ["Something."])
+          openai.faults.set(chatPath.openai, { kind: "status", status: 500 })
+          const failed = yield* extract(user, { conversationId })
+          openai.faults.clear()
+          expect(failed).toMatchObject({ status: "error", attempts: 2, entityCount: 0 })
+          expect(failed.error).toMatch(/^The model could not be reached/)
+
+          const post = (auth: TestUser, body: unknown) =>
+            call("POST", "/api/v1/graph/extractions", { auth: auth.accessToken, body })
+          expect((yield* post(user, {})).status).toBe(422)
+          expect((yield* post(user, { conversationId, fileId: conversationId })).status).toBe(422)
+          expect((yield* post(other, { conversationId })).status).toBe(404)
+          expect((yield* search(user, "")).items).toEqual([])
+        }))
+    })
+
+    describe("reading the graph", () => {
+      it.scoped("search by name and type, a page at a time; entities are their owner's only; deletion", () =>
+        Effect.gen(function*() {
+          const { openai } = yield* TheCast
+          const user = yield* signUp()
+          const other = yield* signUp()
+          modelFinds(openai, lovelace)
+          yield* extract(user, { conversationId: yield* conversationWith(user, ["The engine."]) })
+
+          expect((yield* search(user, "?type=person")).items.map((entity: { name: string }) => entity.name)).toEqual([
+            "Ada Lovelace",
+            "Charles Babbage"
+          ])
+          expect((yield* search(user, "?q=ENGINE")).items.map((entity: { name: string }) => entity.name)).toEqual([
+            "Analytical Engine"
+          ])
+          expect((yield* search(user, "?q=%25")).items).toEqual([])
+          const first = yield* search(user, "?limit=2")
+          const second = yield* search(user, `?limit=2&cursor=${first.nextCursor}`)
+          expect([...first.items, ...second.items].map((entity: { name: string }) => entity.name)).toEqual([
+            "Ada Lovelace",
+            "Analytical Engine",
+            "Charles Babbage"
+          ])
+          expect(second.nextCursor).toBeNull()
+
+          expect((yield* search(other, "")).items).toEqual([])
+          const engine = first.items[1]
+          expect((yield* call("GET", `/api/v1/graph/entities/${engine.id}`, { auth: other.accessToken })).status)
+            .toBe(404)
+          expect((yield* call("DELETE", `/api/v1/graph/entities/${engine.id}`, { auth: other.accessToken })).status)
+            .toBe(404)
+
+          expect((yield* call("DELETE", `/api/v1/graph/entities/${engine.id}`, { auth: user.accessToken })).status)
+            .toBe(204)
+          expect((yield* call("GET", `/api/v1/graph/entities/${engine.id}`, { auth: user.accessToken })).status)
+            .toBe(404)
+          const ada = first.items[0]
+          const detail = expectStatus(
+            yield* call("GET", `/api/v1/graph/entities/${ada.id}`, { auth: user.accessToken }),
+            200
+          )
+          expect(detail.relationships).toEqual([])
+        }))
+    })
+  })
+}

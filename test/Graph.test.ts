@@ -5,11 +5,20 @@
  * isolation between users; malformed findings dropped.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
+import type { FileId, LlmModelId } from "../src/Domain/Ids.js"
 import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
+import { as, overHttp, overWebSocket } from "./fixtures/Rpc.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
+
+/** The tag of an exit's typed failure ("success" or "defect" otherwise). */
+const failureTag = <A, E extends { readonly _tag: string }>(exit: Exit.Exit<A, E>): string =>
+  Exit.isSuccess(exit) ? "success" : Option.match(Cause.failureOption(exit.cause), {
+    onNone: () => `defect: ${Cause.pretty(exit.cause).slice(0, 300)}`,
+    onSome: (error) => error._tag
+  })
 
 interface Cast {
   readonly admin: TestUser
@@ -238,6 +247,83 @@ for (const dialect of dialects) {
           expect((yield* post(user, { conversationId, fileId: conversationId })).status).toBe(422)
           expect((yield* post(other, { conversationId })).status).toBe(404)
           expect((yield* search(user, "")).items).toEqual([])
+        }))
+    })
+
+    describe("over RPC", () => {
+      it.scoped("files, analyses, extractions and entities, over HTTP and WebSocket, with the REST API's rules", () =>
+        Effect.gen(function*() {
+          const { modelId, openai } = yield* TheCast
+          const { baseUrl } = yield* TestServer
+          const user = yield* signUp()
+          const other = yield* signUp()
+          for (
+            const [transport, client] of [["http", yield* overHttp(baseUrl)], [
+              "websocket",
+              yield* overWebSocket(baseUrl)
+            ]] as const
+          ) {
+            const upload = new FormData()
+            upload.append("file", new Blob([`Grace Hopper wrote a compiler (${transport}).`]), `${transport}.txt`)
+            const uploaded = yield* Effect.promise(async () =>
+              (await fetch(`${baseUrl}/api/v1/files`, {
+                method: "POST",
+                body: upload,
+                headers: { authorization: `Bearer ${user.accessToken}` }
+              })).json() as unknown as { id: FileId }
+            )
+            const fileId = uploaded.id
+            const file = yield* as(user)(client.getFile({ id: fileId }))
+            expect(file.name, transport).toBe(`${transport}.txt`)
+            const listed = yield* as(user)(client.listFiles({}))
+            expect(listed.items.map((item) => item.id), transport).toContain(fileId)
+            expect(failureTag(yield* Effect.exit(as(other)(client.getFile({ id: fileId })))), transport).toBe(
+              "NotFound"
+            )
+
+            openai.faults.clear()
+            openai.chat = { text: [`{"summary": "About Grace Hopper."}`] }
+            const analysis = yield* as(user)(
+              client.requestAnalysis({ id: fileId, analysis: { modelId: modelId as LlmModelId } })
+            )
+            let analysed = analysis
+            for (let i = 0; i < 300 && (analysed.status === "pending" || analysed.status === "processing"); i++) {
+              yield* Effect.sleep("50 millis")
+              analysed = yield* as(user)(client.getAnalysis({ id: fileId, analysisId: analysis.id }))
+            }
+            expect(analysed, transport).toMatchObject({
+              status: "complete",
+              analysis: { summary: "About Grace Hopper." }
+            })
+            expect((yield* as(user)(client.listAnalyses({ id: fileId }))).map((item) => item.id), transport).toEqual([
+              analysis.id
+            ])
+
+            modelFinds(openai, {
+              entities: [{ name: `Grace Hopper ${transport}`, type: "person", confidence: 0.9 }],
+              relationships: []
+            })
+            const extraction = yield* as(user)(client.requestExtraction({ fileId }))
+            let extracted = extraction
+            for (let i = 0; i < 300 && (extracted.status === "pending" || extracted.status === "processing"); i++) {
+              yield* Effect.sleep("50 millis")
+              extracted = yield* as(user)(client.getExtraction({ id: extraction.id }))
+            }
+            expect(extracted, transport).toMatchObject({ status: "complete", entityCount: 1 })
+            const found = yield* as(user)(client.searchEntities({ q: transport }))
+            expect(found.items.map((entity) => entity.name), transport).toEqual([`Grace Hopper ${transport}`])
+            const entity = found.items[0]!
+            const detail = yield* as(user)(client.getEntity({ id: entity.id }))
+            expect(detail.mentions.map((mention) => mention.source), transport).toEqual([
+              expect.objectContaining({ kind: "file", id: fileId })
+            ])
+            expect(failureTag(yield* Effect.exit(as(other)(client.getEntity({ id: entity.id })))), transport)
+              .toBe("NotFound")
+            yield* as(user)(client.deleteEntity({ id: entity.id }))
+            yield* as(user)(client.deleteFile({ id: fileId }))
+            expect(failureTag(yield* Effect.exit(as(user)(client.getFile({ id: fileId })))), transport).toBe("NotFound")
+            expect(failureTag(yield* Effect.exit(client.listFiles({}))), transport).toBe("Unauthorized")
+          }
         }))
     })
 

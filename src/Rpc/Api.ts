@@ -57,6 +57,8 @@ import { NonNegativeInt } from "../Domain/Fields.js"
 import {
   ApiKeyId,
   ConversationId,
+  FileAnalysisId,
+  FileId,
   LlmModelId,
   MessageId,
   ModelConfigId,
@@ -65,7 +67,17 @@ import {
   UserId
 } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
+import { FileAnalysisView, FileView, RequestAnalysisPayload } from "../Files/Api.js"
 import { ApiKeyUsage } from "../Gateway/Schemas.js"
+import {
+  EntityDetail,
+  EntitySearch,
+  EntityView,
+  ExtractionView,
+  GraphEntityId,
+  GraphExtractionId,
+  RequestExtractionPayload
+} from "../Graph/Api.js"
 import {
   CreateModelConfigPayload,
   CreateModelPayload,
@@ -294,6 +306,37 @@ const AccountDataRpcs = RpcGroup.make(
   Rpc.make("listAuditEvents", { payload: AuditQuery, success: Page(AuditEventView), error: Refused })
 )
 
+// --- files and the knowledge graph (uploads and downloads are the REST API's: their bodies are bytes)
+
+const OwnError = Schema.Union(Refused, NotFound)
+const file = { id: FileId }
+
+const FileRpcs = RpcGroup.make(
+  Rpc.make("listFiles", { payload: PageParams, success: Page(FileView), error: Refused }),
+  Rpc.make("getFile", { payload: file, success: FileView, error: OwnError }),
+  Rpc.make("deleteFile", { payload: file, error: OwnError }),
+  Rpc.make("requestAnalysis", {
+    payload: { ...file, analysis: fieldsOf(RequestAnalysisPayload) },
+    success: FileAnalysisView,
+    error: OwnError
+  }),
+  Rpc.make("listAnalyses", { payload: file, success: Schema.Array(FileAnalysisView), error: OwnError }),
+  Rpc.make("getAnalysis", {
+    payload: { ...file, analysisId: FileAnalysisId },
+    success: FileAnalysisView,
+    error: OwnError
+  }),
+  Rpc.make("requestExtraction", {
+    payload: fieldsOf(RequestExtractionPayload),
+    success: ExtractionView,
+    error: OwnError
+  }),
+  Rpc.make("getExtraction", { payload: { id: GraphExtractionId }, success: ExtractionView, error: OwnError }),
+  Rpc.make("searchEntities", { payload: EntitySearch, success: Page(EntityView), error: Refused }),
+  Rpc.make("getEntity", { payload: { id: GraphEntityId }, success: EntityDetail, error: OwnError }),
+  Rpc.make("deleteEntity", { payload: { id: GraphEntityId }, error: OwnError })
+)
+
 // --- chat: each answer a stream of the SSE endpoint's events, `start` first and `done` last
 
 const ChatRpcs = RpcGroup.make(
@@ -327,5 +370,5 @@ const ChatRpcs = RpcGroup.make(
 
 /** Every operation: the account ones without a credential, the others with one. */
 export class WebPlusRpcs extends AccountRpcs.merge(
-  SessionRpcs.merge(AccountDataRpcs, ConversationRpcs, ModelRpcs, ChatRpcs).middleware(RpcAuthentication)
+  SessionRpcs.merge(AccountDataRpcs, ConversationRpcs, ModelRpcs, FileRpcs, ChatRpcs).middleware(RpcAuthentication)
 ).middleware(RpcClientContext) {}

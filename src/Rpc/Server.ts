@@ -19,7 +19,9 @@ import { Auth, credentialIn } from "../Auth.js"
 import { ChatEngine, type Following, followingStream, type Turn } from "../Chat.js"
 import { Conversations } from "../Conversations.js"
 import { Unauthorized } from "../Domain/Errors.js"
+import { Files } from "../Files.js"
 import { Gateway } from "../Gateway.js"
+import { Graph } from "../Graph.js"
 import { CurrentClient, CurrentRequestId, passedOn } from "../Http/Middleware.js"
 import { ModelRegistry } from "../Models.js"
 import { databaseUnavailable, databaseUnavailableMessage, logDatabaseUnavailable } from "../Sql.js"
@@ -86,6 +88,8 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
   const users = yield* Users
   const audit = yield* AuditLog
   const gateway = yield* Gateway
+  const files = yield* Files
+  const graph = yield* Graph
   return {
     register: (payload) => auth.register(payload),
     login: (payload) => auth.login(payload),
@@ -153,6 +157,18 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     enableUser: ({ id }) => users.setDisabled(id, false),
     listAuditEvents: ({ cursor, limit, ...filter }) =>
       audit.list(filter, { ...(limit ? { limit } : {}), ...(cursor ? { cursor } : {}) }),
+
+    listFiles: (page) => files.list(page),
+    getFile: ({ id }) => files.get(id),
+    deleteFile: ({ id }) => files.remove(id),
+    requestAnalysis: ({ analysis, id }) => files.requestAnalysis(id, analysis),
+    listAnalyses: ({ id }) => files.listAnalyses(id),
+    getAnalysis: ({ analysisId, id }) => files.getAnalysis(id, analysisId),
+    requestExtraction: (payload) => graph.requestExtraction(payload),
+    getExtraction: ({ id }) => graph.getExtraction(id),
+    searchEntities: (query) => graph.searchEntities(query),
+    getEntity: ({ id }) => graph.getEntity(id),
+    deleteEntity: ({ id }) => graph.deleteEntity(id),
 
     chat: ({ id, message }) => eventsOf(engine.chat(id, message)),
     newChat: (payload) => eventsOf(engine.newChat(payload)),

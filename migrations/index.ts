@@ -10,6 +10,7 @@ import searchFinishedAnswers from "./0005_search_finished_answers.js"
 import apiKeyRateLimits from "./0006_api_key_rate_limits.js"
 import jobQueue from "./0007_job_queue.js"
 import knowledgeGraph from "./0008_knowledge_graph.js"
+import shares from "./0009_shares.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -19,7 +20,8 @@ export const migrations = {
   "0005_search_finished_answers": searchFinishedAnswers,
   "0006_api_key_rate_limits": apiKeyRateLimits,
   "0007_job_queue": jobQueue,
-  "0008_knowledge_graph": knowledgeGraph
+  "0008_knowledge_graph": knowledgeGraph,
+  "0009_shares": shares
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

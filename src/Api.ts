@@ -13,6 +13,7 @@ import { UsageApi } from "./Gateway/Api.js"
 import { GraphApi } from "./Graph/Api.js"
 import { HealthApi } from "./Health/Api.js"
 import { ModelConfigsApi, ModelsApi, ProvidersApi } from "./Models/Api.js"
+import { PublicSharesApi, SharesApi } from "./Shares/Api.js"
 import { AdminApi, MeApi } from "./Users/Api.js"
 
 /** This server's version, as the API document and the exported traces give it. */
@@ -82,6 +83,8 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .add(ChatApi)
   .add(FilesApi)
   .add(GraphApi)
+  .add(SharesApi)
+  .add(PublicSharesApi)
   .add(ProvidersApi)
   .add(ModelsApi)
   .add(ModelConfigsApi)

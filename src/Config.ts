@@ -106,6 +106,8 @@ export interface AuthSettings {
   readonly rateLimitWindow: Duration.Duration
   readonly rateLimitPerAddress: number
   readonly rateLimitPerAccount: number
+  /** Reactions to shares one client address may give per `rateLimitWindow`. */
+  readonly shareReactionsPerAddress: number
 }
 
 export interface TelemetrySettings {
@@ -309,7 +311,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       ),
       rateLimitWindow: yield* Config.duration("AUTH_RATE_LIMIT_WINDOW").pipe(Config.withDefault(Duration.minutes(1))),
       rateLimitPerAddress: yield* positiveInt("AUTH_RATE_LIMIT_PER_ADDRESS").pipe(Config.withDefault(20)),
-      rateLimitPerAccount: yield* positiveInt("AUTH_RATE_LIMIT_PER_ACCOUNT").pipe(Config.withDefault(5))
+      rateLimitPerAccount: yield* positiveInt("AUTH_RATE_LIMIT_PER_ACCOUNT").pipe(Config.withDefault(5)),
+      shareReactionsPerAddress: yield* positiveInt("SHARE_REACTIONS_PER_ADDRESS").pipe(Config.withDefault(30))
     }
     const telemetry: TelemetrySettings = {
       otlpEndpoint: yield* Config.option(

@@ -55,6 +55,9 @@ import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
 import { ProviderClients } from "./Providers.js"
 import { RpcLive } from "./Rpc/Server.js"
+import { Shares } from "./Shares.js"
+import { PublicSharesHttpLive, SharesHttpLive } from "./Shares/Http.js"
+import { SharesRepo } from "./Shares/SharesRepo.js"
 import { Users } from "./Users.js"
 import { AdminHttpLive, MeHttpLive } from "./Users/Http.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
@@ -109,7 +112,8 @@ const ReposLive = Layer.mergeAll(
   AnswerRepo.Default,
   UsageRepo.Default,
   FilesRepo.Default,
-  GraphRepo.Default
+  GraphRepo.Default,
+  SharesRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -135,6 +139,7 @@ export const ServicesLive = Layer.mergeAll(
   Gateway.Default,
   Files.Default,
   Graph.Default,
+  Shares.Default,
   SessionCleanupLive
 ).pipe(
   Layer.provideMerge(Conversations.Default),
@@ -158,6 +163,8 @@ export const ApiGroupsLive = Layer.mergeAll(
   ChatHttpLive,
   FilesHttpLive,
   GraphHttpLive,
+  SharesHttpLive,
+  PublicSharesHttpLive,
   ModelsApiLive,
   UsageHttpLive,
   GatewayRoutesLive,

@@ -107,6 +107,8 @@ interface Cast {
   readonly analysisId: string
   readonly extractionId: string
   readonly entityId: string
+  /** A share of the owner's conversation. */
+  readonly shareId: string
 }
 
 /** The loopback Ollama the cast's providers point at. */
@@ -189,6 +191,10 @@ const makeCast = (promotedBy?: TestUser) =>
       }),
       202
     )
+    const share = expectStatus(
+      yield* call("POST", "/api/v1/shares", { auth, body: { conversationId: conversation.id } }),
+      201
+    )
     const entityId = yield* generateUuid
     yield* inServerDatabase(Effect.flatMap(SqlClient.SqlClient, (sql) =>
       sql`INSERT INTO graph_entities ${
@@ -217,6 +223,7 @@ const makeCast = (promotedBy?: TestUser) =>
       analysisId: analysis.id,
       extractionId: extraction.id,
       entityId,
+      shareId: share.id,
       scopedKey: scoped.secret,
       ownerKeyId: ownerKey.id,
       conversation: { id: conversation.id, messageId: message.id, threadId: thread.id, answerId: answered.answer.id },
@@ -287,7 +294,13 @@ interface Expectation {
 }
 
 /** Every endpoint anyone may call without credentials. */
-const publicEndpoints = new Set(["auth.register", "auth.login", "auth.refresh"])
+const publicEndpoints = new Set([
+  "auth.register",
+  "auth.login",
+  "auth.refresh",
+  "publicShares.viewShare",
+  "publicShares.reactToShare"
+])
 
 /** The expected status of every protected endpoint, for each kind of caller. */
 const expectations: Readonly<Record<string, Expectation>> = {
@@ -480,6 +493,17 @@ const expectations: Readonly<Record<string, Expectation>> = {
     statuses: ownConversation(204),
     throwaway: true,
     request: (cast) => ({ params: { id: cast.entityId } })
+  },
+  "shares.createShare": {
+    statuses: ownConversation(201),
+    request: (cast) => ({ body: { conversationId: cast.conversation.id } })
+  },
+  "shares.listShares": { statuses: conversationsUse(200) },
+  "shares.getShare": { statuses: ownConversation(200), request: (cast) => ({ params: { id: cast.shareId } }) },
+  "shares.revokeShare": {
+    statuses: ownConversation(204),
+    throwaway: true,
+    request: (cast) => ({ params: { id: cast.shareId } })
   },
   "usage.apiKeyUsage": {
     // Like the key itself: the owner's (a session, or a key with `keys:manage`), not found for anyone else.

@@ -251,7 +251,7 @@ for (const dialect of dialects) {
     })
 
     describe("over RPC", () => {
-      it.scoped("files, analyses, extractions and entities, over HTTP and WebSocket, with the REST API's rules", () =>
+      it.scoped("files, analyses, shares, extractions and entities, over HTTP and WebSocket, with the REST API's rules", () =>
         Effect.gen(function*() {
           const { modelId, openai } = yield* TheCast
           const { baseUrl } = yield* TestServer
@@ -298,6 +298,14 @@ for (const dialect of dialects) {
             expect((yield* as(user)(client.listAnalyses({ id: fileId }))).map((item) => item.id), transport).toEqual([
               analysis.id
             ])
+
+            const share = yield* as(user)(client.createShare({ fileId, analysisId: analysis.id }))
+            expect(share, transport).toMatchObject({ kind: "analysis", targetId: analysis.id, revokedAt: null })
+            expect((yield* as(user)(client.listShares({}))).items.map((item) => item.id), transport).toContain(share.id)
+            expect(failureTag(yield* Effect.exit(as(other)(client.getShare({ id: share.id })))), transport)
+              .toBe("NotFound")
+            yield* as(user)(client.revokeShare({ id: share.id }))
+            expect((yield* as(user)(client.getShare({ id: share.id }))).revokedAt, transport).not.toBeNull()
 
             modelFinds(openai, {
               entities: [{ name: `Grace Hopper ${transport}`, type: "person", confidence: 0.9 }],

@@ -33,6 +33,8 @@ const expectedTables = [
   "providers",
   "roles",
   "sessions",
+  "share_reactions",
+  "shares",
   "threads",
   "usage_records",
   "users"

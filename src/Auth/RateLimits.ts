@@ -116,6 +116,14 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
             }])
         ]))
 
+    /** A reaction to a share, which anyone may give without an account: `SHARE_REACTIONS_PER_ADDRESS`. */
+    const shareReaction = Effect.flatMap(FiberRef.get(CurrentClient), (client) =>
+      consume([{
+        key: `public:share-reaction:address:${client.address ?? "unknown"}`,
+        limit: auth.shareReactionsPerAddress,
+        window: auth.rateLimitWindow
+      }], "Too many reactions; try again later"))
+
     /**
      * One answer asked of a model by `actor` (a chat turn, a gateway completion): within its user's
      * `CHAT_RATE_LIMIT_PER_USER`, and within its API key's own limit per minute if it has one. Free
@@ -137,7 +145,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
       return limits.length === 0 ? Effect.void : consume(limits, "Too many answers asked for; try again later")
     }
 
-    return { consume, authAttempt, modelRequest } as const
+    return { consume, authAttempt, shareReaction, modelRequest } as const
   })
 }) {}
 

@@ -95,6 +95,7 @@ import {
   Whole
 } from "../Models/Api.js"
 import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "../Models/Errors.js"
+import { CreateSharePayload, ShareId, ShareView } from "../Shares/Api.js"
 import {
   AuditEventView,
   AuditQuery,
@@ -306,7 +307,8 @@ const AccountDataRpcs = RpcGroup.make(
   Rpc.make("listAuditEvents", { payload: AuditQuery, success: Page(AuditEventView), error: Refused })
 )
 
-// --- files and the knowledge graph (uploads and downloads are the REST API's: their bodies are bytes)
+// --- files, the knowledge graph and shares (uploads and downloads are the REST API's: their bodies
+// are bytes; so is the public side of shares, for browsers without an account)
 
 const OwnError = Schema.Union(Refused, NotFound)
 const file = { id: FileId }
@@ -334,7 +336,11 @@ const FileRpcs = RpcGroup.make(
   Rpc.make("getExtraction", { payload: { id: GraphExtractionId }, success: ExtractionView, error: OwnError }),
   Rpc.make("searchEntities", { payload: EntitySearch, success: Page(EntityView), error: Refused }),
   Rpc.make("getEntity", { payload: { id: GraphEntityId }, success: EntityDetail, error: OwnError }),
-  Rpc.make("deleteEntity", { payload: { id: GraphEntityId }, error: OwnError })
+  Rpc.make("deleteEntity", { payload: { id: GraphEntityId }, error: OwnError }),
+  Rpc.make("createShare", { payload: fieldsOf(CreateSharePayload), success: ShareView, error: OwnError }),
+  Rpc.make("listShares", { payload: PageParams, success: Page(ShareView), error: Refused }),
+  Rpc.make("getShare", { payload: { id: ShareId }, success: ShareView, error: OwnError }),
+  Rpc.make("revokeShare", { payload: { id: ShareId }, error: OwnError })
 )
 
 // --- chat: each answer a stream of the SSE endpoint's events, `start` first and `done` last

@@ -24,6 +24,7 @@ import { Gateway } from "../Gateway.js"
 import { Graph } from "../Graph.js"
 import { CurrentClient, CurrentRequestId, passedOn } from "../Http/Middleware.js"
 import { ModelRegistry } from "../Models.js"
+import { Shares } from "../Shares.js"
 import { databaseUnavailable, databaseUnavailableMessage, logDatabaseUnavailable } from "../Sql.js"
 import { Users } from "../Users.js"
 import { RpcAuthentication, RpcClientContext, WebPlusRpcs } from "./Api.js"
@@ -90,6 +91,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
   const gateway = yield* Gateway
   const files = yield* Files
   const graph = yield* Graph
+  const shares = yield* Shares
   return {
     register: (payload) => auth.register(payload),
     login: (payload) => auth.login(payload),
@@ -169,6 +171,10 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     searchEntities: (query) => graph.searchEntities(query),
     getEntity: ({ id }) => graph.getEntity(id),
     deleteEntity: ({ id }) => graph.deleteEntity(id),
+    createShare: (payload) => shares.create(payload),
+    listShares: (page) => shares.list(page),
+    getShare: ({ id }) => shares.get(id),
+    revokeShare: ({ id }) => shares.revoke(id),
 
     chat: ({ id, message }) => eventsOf(engine.chat(id, message)),
     newChat: (payload) => eventsOf(engine.newChat(payload)),

@@ -233,7 +233,10 @@ export class Files extends Effect.Service<Files>()("Files", {
         const actor = yield* writable
         const file = yield* findOwn(actor, id)
         if (!hasReadableText(file.contentType)) {
-          return yield* invalid(["id"], `Text cannot be read from ${file.contentType} files: analyses cover text files`)
+          return yield* invalid(
+            ["id"],
+            `Text cannot be read from ${file.contentType} files: analyses cover text and PDF files`
+          )
         }
         yield* requirePermission("models:use")
         const modelId = (yield* registry.usableModel(payload.modelId)).model.id
@@ -287,8 +290,8 @@ export class Files extends Effect.Service<Files>()("Files", {
         const fail = (message: string) => repo.setStatus(analysisId, { status: "error", error: message })
         yield* repo.setStatus(analysisId, { status: "processing", attempts: attempt.attempts + 1 })
         if (job.modelId === null) return yield* fail("The model chosen for this analysis was removed")
-        const text = yield* Effect.either(storage.readText(job.storageKey, settings.analysisMaxChars))
-        if (text._tag === "Left") return yield* fail("The file's content could not be read")
+        const text = yield* Effect.either(storage.readText(job.storageKey, job.contentType, settings.analysisMaxChars))
+        if (text._tag === "Left") return yield* fail("The file's text could not be read")
         const resolved = yield* Effect.either(registry.resolveAny(job.modelId))
         if (resolved._tag === "Left") return yield* fail("The model chosen for this analysis was removed")
         const answer = yield* Effect.either(completeText(resolved.right, {

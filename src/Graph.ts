@@ -250,7 +250,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         if (kind === "file") {
           const file = yield* files.findOwn(id as FileId, userId)
           if (Option.isNone(file)) return Option.none<string>()
-          return Option.some(yield* storage.readText(file.value.storageKey, max))
+          return Option.some(yield* storage.readText(file.value.storageKey, file.value.contentType, max))
         }
         const conversation = yield* conversations.findSummary(userId, id as ConversationId)
         if (Option.isNone(conversation) || Option.isSome(conversation.value.deletedAt)) return Option.none<string>()

@@ -15,6 +15,7 @@ import * as Path from "node:path"
 import { retryDelay } from "../src/Jobs.js"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, sqliteClientFor } from "./fixtures/Database.js"
+import { minimalPdf } from "./fixtures/Documents.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake, upstreamSecret } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 
@@ -409,6 +410,24 @@ for (const dialect of dialects) {
           )
         }))
 
+      it.scoped("a PDF's text is sent with the question", () =>
+        Effect.gen(function*() {
+          const { modelId, openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: ["Read."] }
+          const pdf = yield* uploadOne(user.accessToken, "memo.pdf", minimalPdf(["Memo: ship on Friday."]))
+          expectStatus(
+            yield* call("POST", "/api/v1/chat", {
+              auth: user.accessToken,
+              body: { content: "Summarise", title: "Memo", modelId, fileIds: [pdf.id] }
+            }),
+            200
+          )
+          expect(lastQuestionSent(openai).map((message) => message.content)).toEqual([
+            `Summarise\n\n<attachment name="memo.pdf" type="application/pdf">\nMemo: ship on Friday.\n</attachment>`
+          ])
+        }))
+
       it.scoped("another user's file, a file without text, or no files:read: refused, nothing stored", () =>
         Effect.gen(function*() {
           const { modelId, other, user } = yield* TheCast
@@ -516,6 +535,44 @@ for (const dialect of dialects) {
           ])
         }))
 
+      it.scoped("a PDF's text is read for its analysis (on a worker thread); a malformed PDF ends as error at once", () =>
+        Effect.gen(function*() {
+          const { openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: [`{"summary": "A report."}`] }
+          const pdf = yield* uploadOne(
+            user.accessToken,
+            "report.pdf",
+            minimalPdf(["Quarterly report", "Revenue grew."])
+          )
+          expect(pdf.contentType).toBe("application/pdf")
+          const queued = expectStatus(
+            yield* call("POST", `/api/v1/files/${pdf.id}/analyses`, { auth: user.accessToken, body: {} }),
+            202
+          )
+          const done = yield* settled(user.accessToken, pdf.id, queued.id)
+          expect(done).toMatchObject({
+            status: "complete",
+            extractedText: "Quarterly report\nRevenue grew.",
+            analysis: { summary: "A report." }
+          })
+          const sent = openai.requests.filter((request) => request.path === chatPath.openai).at(-1)!
+          expect(sent.body.messages[1].content).toBe("Document: report.pdf\n\nQuarterly report\nRevenue grew.")
+
+          const broken = yield* uploadOne(
+            user.accessToken,
+            "broken.pdf",
+            Buffer.concat([Buffer.from("%PDF-1.7\n"), Crypto.randomBytes(3000)])
+          )
+          expect(broken.contentType).toBe("application/pdf")
+          const failing = expectStatus(
+            yield* call("POST", `/api/v1/files/${broken.id}/analyses`, { auth: user.accessToken, body: {} }),
+            202
+          )
+          const failed = yield* settled(user.accessToken, broken.id, failing.id)
+          expect(failed).toMatchObject({ status: "error", attempts: 1, error: "The file's text could not be read" })
+        }))
+
       it.scoped("an answer that is not JSON is kept as the summary", () =>
         Effect.gen(function*() {
           const { openai, user } = yield* TheCast
@@ -560,7 +617,7 @@ for (const dialect of dialects) {
             body: {}
           })
           expect(expectStatus(refused, 422).message).toBe(
-            "Text cannot be read from image/png files: analyses cover text files"
+            "Text cannot be read from image/png files: analyses cover text and PDF files"
           )
           const text = yield* uploadOne(user.accessToken, "t.txt", "text")
           const unknown = yield* call("POST", `/api/v1/files/${text.id}/analyses`, {

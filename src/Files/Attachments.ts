@@ -7,6 +7,7 @@ import { Effect, Schema } from "effect"
 import { AppConfig } from "../Config.js"
 import type { MessageView } from "../Domain/Conversation.js"
 import { invalid } from "../Domain/Errors.js"
+import type { StoredFile } from "../Domain/File.js"
 import { FileId, type UserId } from "../Domain/Ids.js"
 import { hasReadableText } from "./Content.js"
 import { FilesRepo } from "./FilesRepo.js"
@@ -52,6 +53,31 @@ export class Attachments extends Effect.Service<Attachments>()("Files/Attachment
           return Effect.succeed(attachment)
         }))
 
+    // A file's content never changes: its text, once read (a PDF's takes a worker), is kept for the
+    // next turns of this instance, the newest `cachedTexts` of them.
+    const cache = new Map<string, string>()
+    const cachedTexts = 32
+
+    const textOf = (file: StoredFile) => {
+      const kept = cache.get(file.sha256)
+      if (kept !== undefined) return Effect.succeed(kept)
+      return storage.readText(file.storageKey, file.contentType, settings.analysisMaxChars).pipe(
+        Effect.tap((text) =>
+          Effect.sync(() => {
+            if (cache.size >= cachedTexts) cache.delete(cache.keys().next().value!)
+            cache.set(file.sha256, text)
+          })
+        ),
+        // The turn goes on without it, saying so.
+        Effect.catchAll((error) =>
+          Effect.as(
+            Effect.logWarning("An attached file's text could not be read", error),
+            "[The text of this file could not be read]"
+          )
+        )
+      )
+    }
+
     /**
      * The texts of the files the branch's messages carry (none read when no message carries one),
      * each cut at `FILE_ANALYSIS_MAX_CHARS`.
@@ -62,19 +88,13 @@ export class Attachments extends Effect.Service<Attachments>()("Files/Attachment
       if (ids.size === 0) return noTexts
       return Effect.map(
         Effect.forEach(ids, (id) =>
-          Effect.flatMap(repo.findOwn(id, userId), (found) =>
-            found._tag === "None"
-              ? Effect.succeed([id, null] as const)
-              : storage.readText(found.value.storageKey, settings.analysisMaxChars).pipe(
-                Effect.map((text) => [id, text] as const),
-                // A content gone from the disk reads as a deleted file; the turn goes on.
-                Effect.catchAll((error) =>
-                  Effect.as(
-                    Effect.logWarning("An attached file's content could not be read", error),
-                    [id, null] as const
-                  )
-                )
-              ))),
+          Effect.flatMap(
+            repo.findOwn(id, userId),
+            (found): Effect.Effect<readonly [string, string | null]> =>
+              found._tag === "None"
+                ? Effect.succeed([id, null])
+                : Effect.map(textOf(found.value), (text) => [id, text])
+          )),
         (entries) => new Map(entries)
       )
     }

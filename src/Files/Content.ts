@@ -56,9 +56,9 @@ export const detectContentType = async (head: Uint8Array, isText: boolean, name:
   return textTypes[extension] ?? "text/plain"
 }
 
-/** Whether a file of this type has text that can be read out of it (for its analysis). */
+/** Whether a file of this type has text that can be read out of it (for analyses, attachments, the graph). */
 export const hasReadableText = (contentType: string): boolean =>
-  contentType.startsWith("text/") || contentType === "application/json"
+  contentType.startsWith("text/") || contentType === "application/json" || contentType === "application/pdf"
 
 /** Whether `contentType` is among `allowed` (`text/*` allows every `text/…` type). */
 export const isAllowedType = (contentType: string, allowed: ReadonlyArray<string>): boolean =>

@@ -10,6 +10,7 @@ import { Data, Effect, Stream } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { AppConfig } from "../Config.js"
 import { sniffLength, textChecker } from "./Content.js"
+import { pdfText } from "./Pdf.js"
 
 /** The content passed the size limit while it was read. */
 export class ContentTooLarge extends Data.TaggedError("ContentTooLarge")<{ readonly limitBytes: number }> {}
@@ -81,10 +82,15 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
     /** A stored content, as a stream of chunks. */
     const read = (key: string): Stream.Stream<Uint8Array, PlatformError> => fs.stream(locate(key))
 
-    /** A stored text's first `maxChars` characters (the whole file is at most `FILES_MAX_SIZE`). */
-    const readText = (key: string, maxChars: number) =>
-      Effect.map(fs.readFile(locate(key)), (bytes) => {
-        const text = new TextDecoder("utf-8").decode(bytes).slice(0, maxChars)
+    /**
+     * The first `maxChars` characters of a stored content's text: UTF-8 for text types, read by
+     * pdf.js for a PDF (the whole file is at most `FILES_MAX_SIZE`).
+     */
+    const readText = (key: string, contentType: string, maxChars: number) =>
+      Effect.gen(function*() {
+        const bytes = yield* fs.readFile(locate(key))
+        const whole = contentType === "application/pdf" ? yield* pdfText(bytes) : new TextDecoder("utf-8").decode(bytes)
+        const text = whole.slice(0, maxChars)
         // Not half a character at the cut.
         return /[\uD800-\uDBFF]$/.test(text) ? text.slice(0, -1) : text
       })

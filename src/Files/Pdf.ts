@@ -1,0 +1,56 @@
+/**
+ * The text of a PDF, read by pdf.js (through `unpdf`) on a worker thread of its own: parsing a large
+ * document takes CPU time that must not hold up the event loop (every open stream with it), and a
+ * malformed one must not take the server down. The worker is stopped when the read ends, fails,
+ * times out or is interrupted.
+ */
+import { Data, Duration, Effect } from "effect"
+import { createRequire } from "node:module"
+import { Worker } from "node:worker_threads"
+
+/** The content's text could not be read (a malformed or encrypted document, a read that took too long). */
+export class TextUnreadable extends Data.TaggedError("TextUnreadable")<{ readonly reason: string }> {}
+
+const unpdf = createRequire(import.meta.url).resolve("unpdf")
+
+const workerSource = `
+const { parentPort, workerData } = require("node:worker_threads")
+const { extractText, getDocumentProxy } = require(workerData.unpdf)
+getDocumentProxy(workerData.bytes)
+  .then((document) => extractText(document, { mergePages: true }))
+  .then(({ text }) => parentPort.postMessage({ text }), (error) => parentPort.postMessage({ error: String(error && error.message || error) }))
+`
+
+/** How long one document may take. */
+const readTimeout = Duration.seconds(60)
+
+export const pdfText = (bytes: Uint8Array): Effect.Effect<string, TextUnreadable> =>
+  Effect.async<string, TextUnreadable>((resume) => {
+    const worker = new Worker(workerSource, {
+      eval: true,
+      workerData: { unpdf, bytes },
+      // A hostile document cannot take more than this of the server's memory.
+      resourceLimits: { maxOldGenerationSizeMb: 512 }
+    })
+    let settled = false
+    const settle = (outcome: Effect.Effect<string, TextUnreadable>) => {
+      if (settled) return
+      settled = true
+      resume(outcome)
+      void worker.terminate()
+    }
+    worker.once("message", (message: { readonly text?: string; readonly error?: string }) =>
+      settle(
+        typeof message.text === "string"
+          ? Effect.succeed(message.text)
+          : Effect.fail(new TextUnreadable({ reason: message.error ?? "no text" }))
+      ))
+    worker.once("error", (error) => settle(Effect.fail(new TextUnreadable({ reason: error.message }))))
+    worker.once("exit", (code) => settle(Effect.fail(new TextUnreadable({ reason: `the reader stopped (${code})` }))))
+    return Effect.sync(() => {
+      settled = true
+      void worker.terminate()
+    })
+  }).pipe(
+    Effect.timeoutFail({ duration: readTimeout, onTimeout: () => new TextUnreadable({ reason: "it took too long" }) })
+  )

@@ -32,7 +32,8 @@ import { type ContentTooLarge, FileStorage, type WrittenContent } from "./Files/
 import * as Jobs from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
 import { completeText, jsonObjectIn } from "./Models/Completion.js"
-import { inTransaction } from "./Sql.js"
+import { EventHub, FileAnalysisEvent } from "./Models/Events.js"
+import { inTransaction, storedNow } from "./Sql.js"
 
 /** The queue of analyses to run, and what each of its jobs carries. */
 export const analysisQueue = "file-analysis"
@@ -99,6 +100,7 @@ export class Files extends Effect.Service<Files>()("Files", {
     const repo = yield* FilesRepo
     const storage = yield* FileStorage
     const registry = yield* ModelRegistry
+    const events = yield* EventHub
     const transaction = inTransaction(sql)
     const jobs = yield* PersistedQueue.make({ name: analysisQueue, schema: AnalysisJob })
 
@@ -287,13 +289,24 @@ export class Files extends Effect.Service<Files>()("Files", {
         // The file was deleted, or the job is delivered again after it ended.
         if (Option.isNone(found) || found.value.status === "complete" || found.value.status === "error") return
         const job = found.value
-        const fail = (message: string) => repo.setStatus(analysisId, { status: "error", error: message })
+        // The owner's event sockets hear of the end (`file.analysis`).
+        const announce = (status: "complete" | "error") =>
+          Effect.flatMap(storedNow, (at) =>
+            events.publish(new FileAnalysisEvent({ analysisId, fileId: job.fileId, ownerId: job.userId, status, at })))
+        const fail = (message: string) =>
+          Effect.zipRight(repo.setStatus(analysisId, { status: "error", error: message }), announce("error"))
         yield* repo.setStatus(analysisId, { status: "processing", attempts: attempt.attempts + 1 })
-        if (job.modelId === null) return yield* fail("The model chosen for this analysis was removed")
+        if (job.modelId === null) {
+          return yield* fail("The model chosen for this analysis was removed")
+        }
         const text = yield* Effect.either(storage.readText(job.storageKey, job.contentType, settings.analysisMaxChars))
-        if (text._tag === "Left") return yield* fail("The file's text could not be read")
+        if (text._tag === "Left") {
+          return yield* fail("The file's text could not be read")
+        }
         const resolved = yield* Effect.either(registry.resolveAny(job.modelId))
-        if (resolved._tag === "Left") return yield* fail("The model chosen for this analysis was removed")
+        if (resolved._tag === "Left") {
+          return yield* fail("The model chosen for this analysis was removed")
+        }
         const answer = yield* Effect.either(completeText(resolved.right, {
           messages: [
             { role: "system", content: analysisPrompt },
@@ -306,6 +319,9 @@ export class Files extends Effect.Service<Files>()("Files", {
           // Failed either way (so the queue counts it); the last attempt ends the analysis.
           const reason = `The model could not be reached: ${answer.left.message}`
           yield* repo.setStatus(analysisId, { status: attempt.last ? "error" : "pending", error: reason })
+          if (attempt.last) {
+            yield* announce("error")
+          }
           return yield* Effect.fail(answer.left)
         }
         yield* repo.setStatus(analysisId, {
@@ -314,6 +330,7 @@ export class Files extends Effect.Service<Files>()("Files", {
           extractedText: text.right,
           analysis: insightsOf(answer.right)
         })
+        yield* announce("complete")
       }).pipe(Effect.annotateLogs({ analysisId }))
 
     yield* Jobs.runWorkers(jobs, { name: analysisQueue, handle: analyse })

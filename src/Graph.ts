@@ -33,7 +33,8 @@ import { type EntityRow, type ExtractionRow, type Findings, GraphRepo } from "./
 import * as Jobs from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
 import { completeText, jsonObjectIn } from "./Models/Completion.js"
-import { inTransaction } from "./Sql.js"
+import { EventHub, GraphExtractionEvent } from "./Models/Events.js"
+import { inTransaction, storedNow } from "./Sql.js"
 
 export const extractionQueue = "graph-extraction"
 export const ExtractionJob = Schema.Struct({ extractionId: GraphExtractionId })
@@ -142,6 +143,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
     const files = yield* FilesRepo
     const storage = yield* FileStorage
     const registry = yield* ModelRegistry
+    const events = yield* EventHub
     const transaction = inTransaction(sql)
     const jobs = yield* PersistedQueue.make({ name: extractionQueue, schema: ExtractionJob })
 
@@ -269,7 +271,21 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         const found = yield* repo.extractionById(extractionId)
         if (Option.isNone(found) || found.value.status === "complete" || found.value.status === "error") return
         const job = found.value
-        const fail = (message: string) => repo.setExtraction(extractionId, { status: "error", error: message })
+        // The owner's event sockets hear of the end (`graph.extraction`).
+        const announce = (status: "complete" | "error", counts = { entities: 0, relationships: 0 }) =>
+          Effect.flatMap(storedNow, (at) =>
+            events.publish(
+              new GraphExtractionEvent({
+                extractionId,
+                ownerId: job.userId,
+                status,
+                entityCount: counts.entities,
+                relationshipCount: counts.relationships,
+                at
+              })
+            ))
+        const fail = (message: string) =>
+          Effect.zipRight(repo.setExtraction(extractionId, { status: "error", error: message }), announce("error"))
         yield* repo.setExtraction(extractionId, { status: "processing", attempts: attempt.attempts + 1 })
         const text = yield* Effect.either(textOf(job.userId, job.sourceKind, job.sourceId))
         if (text._tag === "Left" || Option.isNone(text.right)) return yield* fail("The source is gone or unreadable")
@@ -285,6 +301,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         if (answer._tag === "Left") {
           const reason = `The model could not be reached: ${answer.left.message}`
           yield* repo.setExtraction(extractionId, { status: attempt.last ? "error" : "pending", error: reason })
+          if (attempt.last) yield* announce("error")
           return yield* Effect.fail(answer.left)
         }
         const findings = findingsIn(answer.right)
@@ -295,6 +312,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
           entityCount: stored.entities,
           relationshipCount: stored.relationships
         })
+        yield* announce("complete", stored)
       }).pipe(Effect.annotateLogs({ extractionId }))
 
     yield* Jobs.runWorkers(jobs, { name: extractionQueue, handle: extract })

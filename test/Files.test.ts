@@ -16,6 +16,7 @@ import { retryDelay } from "../src/Jobs.js"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, sqliteClientFor } from "./fixtures/Database.js"
 import { minimalPdf } from "./fixtures/Documents.js"
+import { openEvents } from "./fixtures/Events.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake, upstreamSecret } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 
@@ -507,6 +508,35 @@ for (const dialect of dialects) {
             200
           )
           expect(listed.map((analysis: { id: string }) => analysis.id)).toEqual([queued.id])
+        }))
+
+      it.scoped("the owner's event sockets hear when an analysis ends; a files-only key may listen", () =>
+        Effect.gen(function*() {
+          const { openai, other, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: [`{"summary": "Heard."}`] }
+          const key = yield* createKey(user, ["files:read"])
+          const mine = yield* openEvents(key.secret)
+          const theirs = yield* openEvents(other.accessToken)
+          yield* mine.next((message) => message.type === "snapshot")
+          yield* theirs.next((message) => message.type === "snapshot")
+          const file = yield* uploadOne(user.accessToken, "heard.txt", "Something to hear about.")
+          const queued = expectStatus(
+            yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
+            202
+          )
+          const heard = yield* mine.next((message) => message.type === "file.analysis", "15 seconds")
+          expect(heard).toEqual({
+            type: "file.analysis",
+            analysisId: queued.id,
+            fileId: file.id,
+            status: "complete",
+            at: expect.any(String)
+          })
+          const overheard = yield* Effect.exit(
+            theirs.next((message) => message.type === "file.analysis" && message.analysisId === queued.id, "300 millis")
+          )
+          expect(overheard._tag).toBe("Failure")
         }))
 
       it.scoped("the personal-data export lists the files and their analyses", () =>

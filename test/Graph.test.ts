@@ -9,6 +9,7 @@ import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
 import type { FileId, LlmModelId } from "../src/Domain/Ids.js"
 import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
+import { openEvents } from "./fixtures/Events.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
 import { as, overHttp, overWebSocket } from "./fixtures/Rpc.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
@@ -128,7 +129,17 @@ for (const dialect of dialects) {
             "She wrote programs for Babbage's Analytical Engine."
           ])
           modelFinds(openai, lovelace)
+          const events = yield* openEvents(user.accessToken)
+          yield* events.next((message) => message.type === "snapshot")
           const done = yield* extract(user, { conversationId, modelId })
+          expect(yield* events.next((message) => message.type === "graph.extraction")).toEqual({
+            type: "graph.extraction",
+            extractionId: done.id,
+            status: "complete",
+            entityCount: 3,
+            relationshipCount: 2,
+            at: expect.any(String)
+          })
           expect(done).toMatchObject({
             status: "complete",
             source: { kind: "conversation", id: conversationId },

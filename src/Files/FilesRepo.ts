@@ -16,6 +16,7 @@ export interface FilePosition {
 
 /** What an analysis job reads: the analysis, and the file it is about. */
 export class AnalysisJobRow extends Schema.Class<AnalysisJobRow>("AnalysisJobRow")({
+  fileId: FileId,
   status: FileAnalysis.fields.status,
   modelId: Schema.NullOr(LlmModelId),
   userId: UserId,
@@ -91,7 +92,7 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
       Request: FileAnalysisId,
       Result: AnalysisJobRow,
       execute: (id) =>
-        sql`SELECT a.status, a.model_id, f.user_id, f.original_name, f.content_type, f.storage_key
+        sql`SELECT a.file_id, a.status, a.model_id, f.user_id, f.original_name, f.content_type, f.storage_key
             FROM file_analyses a JOIN files f ON f.id = a.file_id
             WHERE a.id = ${id} AND f.deleted_at IS NULL`
     })

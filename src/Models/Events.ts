@@ -25,7 +25,7 @@ import { Auth, credentialIn } from "../Auth.js"
 import { AppConfig } from "../Config.js"
 import type { Actor } from "../Domain/Actor.js"
 import { Forbidden, RateLimited, Unauthorized } from "../Domain/Errors.js"
-import { ConversationId, LlmModelId, ProviderId, UserId } from "../Domain/Ids.js"
+import { ConversationId, FileAnalysisId, FileId, LlmModelId, ProviderId, UserId } from "../Domain/Ids.js"
 import { ModelStatus } from "../Domain/Model.js"
 import { instanceChannel } from "../Redis.js"
 
@@ -66,7 +66,33 @@ export class ConversationTitleEvent extends Schema.TaggedClass<ConversationTitle
   at: Schema.String
 }) {}
 
-export const ServerEvent = Schema.Union(ModelStatusEvent, ModelRemovedEvent, ModelPullEvent, ConversationTitleEvent)
+/** A file's analysis ended (`complete` or `error`): read it with `GET /api/v1/files/{fileId}/analyses/{analysisId}`. */
+export class FileAnalysisEvent extends Schema.TaggedClass<FileAnalysisEvent>()("file.analysis", {
+  analysisId: FileAnalysisId,
+  fileId: FileId,
+  ownerId: UserId,
+  status: Schema.Literal("complete", "error"),
+  at: Schema.String
+}) {}
+
+/** A knowledge-graph extraction ended (`complete` or `error`), with what it found. */
+export class GraphExtractionEvent extends Schema.TaggedClass<GraphExtractionEvent>()("graph.extraction", {
+  extractionId: Schema.String,
+  ownerId: UserId,
+  status: Schema.Literal("complete", "error"),
+  entityCount: Schema.Number,
+  relationshipCount: Schema.Number,
+  at: Schema.String
+}) {}
+
+export const ServerEvent = Schema.Union(
+  ModelStatusEvent,
+  ModelRemovedEvent,
+  ModelPullEvent,
+  ConversationTitleEvent,
+  FileAnalysisEvent,
+  GraphExtractionEvent
+)
 export type ServerEvent = typeof ServerEvent.Type
 
 /** The wire form: `{ "type": "model.status", … }`, and first `{ "type": "snapshot", "models": [ModelStatusEvent…] }`. */
@@ -74,17 +100,15 @@ const encodeEvent = (event: ServerEvent | { readonly snapshot: ReadonlyArray<Mod
   if ("snapshot" in event) {
     return JSON.stringify({ type: "snapshot", models: event.snapshot.map(({ _tag, ...rest }) => rest) })
   }
-  if (event._tag === "conversation.title") {
-    const { _tag, ownerId: _ownerId, ...rest } = event
-    return JSON.stringify({ type: _tag, ...rest })
-  }
-  const { _tag, ...rest } = event
+  // Whose an event is decides who hears it; it is not sent.
+  const { _tag, ownerId: _ownerId, ...rest } = event as ServerEvent & { readonly ownerId?: string }
   return JSON.stringify({ type: _tag, ...rest })
 }
 
 /**
- * Which events a socket forwards. A conversation's events go to its owner alone, if they may read
- * conversations (`conversations:read`). Model events need `models:read`: admins (`admin:models`)
+ * Which events a socket forwards. A conversation's title and a graph extraction's end go to their
+ * owner alone, if they may read conversations (`conversations:read`); a file analysis' end to its
+ * owner, if they may read files (`files:read`). Model events need `models:read`: admins (`admin:models`)
  * see everything; a user sees the models they may pick, and hears once when one of those stops
  * being theirs to pick (disabled, removed), so a client never keeps a stale entry; nothing else.
  */
@@ -92,9 +116,16 @@ const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
   const admin = actor.can("admin:models")
   const models = actor.can("models:read")
   const conversations = actor.can("conversations:read")
+  const files = actor.can("files:read")
   const known = new Set(initial.map((event) => event.modelId))
   return (event: ServerEvent): boolean => {
-    if (event._tag === "conversation.title") return conversations && event.ownerId === actor.userId
+    switch (event._tag) {
+      case "conversation.title":
+      case "graph.extraction":
+        return conversations && event.ownerId === actor.userId
+      case "file.analysis":
+        return files && event.ownerId === actor.userId
+    }
     if (!models) return false
     if (admin) return true
     switch (event._tag) {
@@ -222,9 +253,11 @@ export const eventsRoute = (snapshot: (actor: Actor) => Effect.Effect<ReadonlyAr
           if (authenticated._tag === "Left") return errorResponse(authenticated.left, 401)
           const actor = authenticated.right
           // Either is enough: a chat client's key may hear its conversations' titles without seeing models.
-          if (!actor.can("models:read") && !actor.can("conversations:read")) {
+          if (!actor.can("models:read") && !actor.can("conversations:read") && !actor.can("files:read")) {
             return errorResponse(
-              new Forbidden({ message: "This requires the \"models:read\" or \"conversations:read\" permission" }),
+              new Forbidden({
+                message: "This requires the \"models:read\", \"conversations:read\" or \"files:read\" permission"
+              }),
               403
             )
           }

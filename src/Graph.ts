@@ -12,7 +12,7 @@ import { AppConfig } from "./Config.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound } from "./Domain/Errors.js"
-import type { ConversationId, FileId, MessageId, UserId } from "./Domain/Ids.js"
+import type { ConversationId, FileId, UserId } from "./Domain/Ids.js"
 import { cursorOf, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { hasReadableText } from "./Files/Content.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
@@ -157,10 +157,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
           return yield* invalid(["conversationId"], "Name either a conversation or a file")
         }
         if (payload.conversationId !== undefined) {
-          const found = yield* conversations.findSummary(actor.userId, payload.conversationId)
-          if (Option.isNone(found) || Option.isSome(found.value.deletedAt)) {
-            return yield* new NotFound({ message: "No such conversation" })
-          }
+          yield* conversations.findLive(actor.userId, payload.conversationId).pipe(orNotFound("No such conversation"))
           return { kind: "conversation" as const, id: payload.conversationId as string }
         }
         const file = yield* files.findOwn(payload.fileId!, actor.userId).pipe(orNotFound("No such file"))
@@ -254,11 +251,9 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
           if (Option.isNone(file)) return Option.none<string>()
           return Option.some(yield* storage.readText(file.value.storageKey, file.value.contentType, max))
         }
-        const conversation = yield* conversations.findSummary(userId, id as ConversationId)
-        if (Option.isNone(conversation) || Option.isSome(conversation.value.deletedAt)) return Option.none<string>()
-        const leaf = conversation.value.currentLeafId as MessageId | null
-        const branch = leaf === null ? [] : yield* conversations.activeBranch(id as ConversationId, leaf)
-        const text = branch
+        const live = yield* conversations.liveBranch(userId, id as ConversationId)
+        if (Option.isNone(live)) return Option.none<string>()
+        const text = live.value.branch
           .filter((message) => message.content.length > 0)
           .map((message) => `${message.role}: ${message.content}`)
           .join("\n\n")

@@ -11,7 +11,6 @@ import { RateLimits } from "./Auth/RateLimits.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound } from "./Domain/Errors.js"
-import type { MessageId } from "./Domain/Ids.js"
 import { cursorOf, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import {
@@ -62,13 +61,9 @@ export class Shares extends Effect.Service<Shares>()("Shares", {
           return yield* invalid(["conversationId"], "Share either a conversation or a file's analysis")
         }
         if (payload.conversationId !== undefined) {
-          const found = yield* conversations.findSummary(actor.userId, payload.conversationId)
-          if (Option.isNone(found) || Option.isSome(found.value.deletedAt)) {
-            return yield* new NotFound({ message: "No such conversation" })
-          }
-          const conversation = found.value
-          const leaf = conversation.currentLeafId as MessageId | null
-          const branch = leaf === null ? [] : yield* conversations.activeBranch(conversation.id, leaf)
+          const { branch, conversation } = yield* conversations.liveBranch(actor.userId, payload.conversationId).pipe(
+            orNotFound("No such conversation")
+          )
           const messages = branch
             .filter((message) => message.content.length > 0 && message.role !== "tool")
             .map((message) =>

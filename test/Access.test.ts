@@ -8,10 +8,11 @@ import { Context, Effect, Layer } from "effect"
 import { WebPlusApi } from "../src/Api.js"
 import { generateUuid } from "../src/Domain/Ids.js"
 import { call, createKey, type Reply, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
+import { uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { conversationDocument } from "./fixtures/Documents.js"
 import { type FakeProvider, fakeProvider } from "./fixtures/Providers.js"
-import { inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
+import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
 
 type Method = "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
 
@@ -169,17 +170,7 @@ const makeCast = (promotedBy?: TestUser) =>
       }),
       200
     )
-    const { baseUrl } = yield* TestServer
-    const form = new FormData()
-    form.append("file", new Blob(["The owner's notes."]), "notes.txt")
-    const file = yield* Effect.promise(async () =>
-      (await fetch(`${baseUrl}/api/v1/files`, {
-        method: "POST",
-        body: form,
-        headers: { authorization: `Bearer ${auth}` }
-      }))
-        .json() as Promise<{ id: string }>
-    )
+    const file = yield* uploadOne(auth, "notes.txt", "The owner's notes.")
     const analysis = expectStatus(
       yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth, body: { modelId: synced.models[0].id } }),
       202

@@ -13,8 +13,8 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Amqp from "amqplib"
 import { Cause, Data, Deferred, Effect, Exit, Fiber, Layer, Logger, Option, Redacted, Schedule, Schema } from "effect"
 import * as Crypto from "node:crypto"
-import * as Net from "node:net"
 import * as AmqpQueueStore from "../src/Jobs/AmqpQueueStore.js"
+import { tcpRelay } from "./fixtures/Outage.js"
 
 const amqpUrl = process.env.TEST_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672"
 
@@ -94,43 +94,6 @@ const drain = (queue: string) =>
     }
     return messages
   })
-
-/** A TCP proxy to the broker whose connections can be cut, as a network failure would. */
-const tcpProxy = Effect.acquireRelease(
-  Effect.async<{ readonly port: number; readonly cut: () => void; readonly server: Net.Server }>((resume) => {
-    const target = new URL(amqpUrl)
-    const sockets = new Set<Net.Socket>()
-    const server = Net.createServer((client) => {
-      const upstream = Net.connect(Number(target.port || 5672), target.hostname)
-      for (const socket of [client, upstream]) {
-        sockets.add(socket)
-        socket.on("error", () => undefined)
-        socket.on("close", () => {
-          sockets.delete(socket)
-          client.destroy()
-          upstream.destroy()
-        })
-      }
-      client.pipe(upstream)
-      upstream.pipe(client)
-    })
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      resume(Effect.succeed({
-        port: typeof address === "object" && address !== null ? address.port : 0,
-        cut: () => {
-          for (const socket of sockets) socket.destroy()
-        },
-        server
-      }))
-    })
-  }),
-  ({ cut, server }) =>
-    Effect.async<void>((resume) => {
-      cut()
-      server.close(() => resume(Effect.void))
-    })
-)
 
 describe("AmqpQueueStore", () => {
   it.scopedLive("an offered element is taken decoded, with attempts 0, and is gone once handled", () =>
@@ -344,10 +307,10 @@ describe("AmqpQueueStore", () => {
   it.scopedLive("a lost connection is re-established; the element being handled then is delivered again", () =>
     Effect.gen(function*() {
       const prefix = yield* testQueues(["jobs"])
-      const proxy = yield* tcpProxy
       const url = new URL(amqpUrl)
+      const relay = yield* tcpRelay({ host: url.hostname, port: Number(url.port || 5672) })
       url.hostname = "127.0.0.1"
-      url.port = String(proxy.port)
+      url.port = String(relay.port)
       yield* Effect.gen(function*() {
         const queue = yield* jobs
         const id = yield* queue.offer(job(8))
@@ -360,7 +323,9 @@ describe("AmqpQueueStore", () => {
           )
         ).pipe(Effect.fork)
         yield* Deferred.await(started).pipe(Effect.timeout(takeTimeout))
-        proxy.cut()
+        // A network failure: every connection cut; the broker reachable again at once.
+        yield* relay.cut
+        yield* relay.restore
         // The handler succeeds after the loss: its acknowledgement cannot reach the broker.
         yield* Effect.sleep("200 millis")
         yield* Deferred.succeed(proceed, undefined)

@@ -14,6 +14,7 @@ import * as Http from "node:http"
 import * as Path from "node:path"
 import { retryDelay } from "../src/Jobs.js"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { upload, uploadOne } from "./fixtures/Content.js"
 import { dialects, sqliteClientFor } from "./fixtures/Database.js"
 import { minimalPdf } from "./fixtures/Documents.js"
 import { openEvents } from "./fixtures/Events.js"
@@ -59,41 +60,6 @@ const expectStatus = (reply: Reply, status: number) => {
   expect(reply.status, JSON.stringify(reply.body)).toBe(status)
   return reply.body
 }
-
-interface Part {
-  readonly field?: string
-  /** A file part when named; a plain field otherwise. */
-  readonly filename?: string
-  readonly content: Uint8Array | string
-  readonly type?: string
-}
-
-/** Uploads a multipart form with `fetch`, as a browser or an SDK sends it. */
-const upload = (auth: string | undefined, parts: ReadonlyArray<Part>) =>
-  Effect.gen(function*() {
-    const { baseUrl } = yield* TestServer
-    const form = new FormData()
-    for (const part of parts) {
-      if (part.filename === undefined) form.append(part.field ?? "file", String(part.content))
-      else form.append(part.field ?? "file", new Blob([part.content], { type: part.type ?? "" }), part.filename)
-    }
-    return yield* Effect.promise(async (): Promise<Reply> => {
-      const response = await fetch(`${baseUrl}/api/v1/files`, {
-        method: "POST",
-        body: form,
-        headers: auth === undefined ? {} : { authorization: `Bearer ${auth}` }
-      })
-      const text = await response.text()
-      return {
-        status: response.status,
-        headers: Object.fromEntries(response.headers),
-        body: text.length === 0 ? undefined : JSON.parse(text)
-      }
-    })
-  })
-
-const uploadOne = (auth: string, filename: string, content: Uint8Array | string, type = "text/plain") =>
-  Effect.map(upload(auth, [{ filename, content, type }]), (reply) => expectStatus(reply, 201))
 
 /** The raw bytes and headers of a download. */
 const download = (auth: string, id: string) =>

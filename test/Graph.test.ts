@@ -8,6 +8,7 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
 import type { FileId, LlmModelId } from "../src/Domain/Ids.js"
 import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { conversationWith, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { openEvents } from "./fixtures/Events.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
@@ -78,24 +79,6 @@ const lovelace = {
 }
 
 /** A conversation of the user's with two messages. */
-const conversationWith = (user: TestUser, texts: ReadonlyArray<string>) =>
-  Effect.gen(function*() {
-    const conversation = expectStatus(
-      yield* call("POST", "/api/v1/conversations", { auth: user.accessToken, body: { title: "Notes" } }),
-      201
-    )
-    for (const [index, content] of texts.entries()) {
-      expectStatus(
-        yield* call("POST", `/api/v1/conversations/${conversation.id}/messages`, {
-          auth: user.accessToken,
-          body: { content, role: index % 2 === 0 ? "user" : "assistant" }
-        }),
-        201
-      )
-    }
-    return conversation.id as string
-  })
-
 const extract = (user: TestUser, body: Record<string, unknown>) =>
   Effect.gen(function*() {
     const queued = expectStatus(yield* call("POST", "/api/v1/graph/extractions", { auth: user.accessToken, body }), 202)
@@ -209,16 +192,7 @@ for (const dialect of dialects) {
           const names = (yield* search(user, "")).items.map((entity: { name: string }) => entity.name)
           expect(names).toEqual(["Ada Lovelace", "Analytical Engine"])
 
-          const upload = new FormData()
-          upload.append("file", new Blob(["ADA LOVELACE was a mathematician."]), "ada.txt")
-          const { baseUrl } = yield* TestServer
-          const file = yield* Effect.promise(async () =>
-            (await fetch(`${baseUrl}/api/v1/files`, {
-              method: "POST",
-              body: upload,
-              headers: { authorization: `Bearer ${user.accessToken}` }
-            })).json() as unknown as { id: string }
-          )
+          const file = yield* uploadOne(user.accessToken, "ada.txt", "ADA LOVELACE was a mathematician.")
           modelFinds(openai, {
             entities: [{ name: "ADA LOVELACE", type: "person", description: "A mathematician.", confidence: 0.99 }],
             relationships: []
@@ -274,16 +248,12 @@ for (const dialect of dialects) {
               yield* overWebSocket(baseUrl)
             ]] as const
           ) {
-            const upload = new FormData()
-            upload.append("file", new Blob([`Grace Hopper wrote a compiler (${transport}).`]), `${transport}.txt`)
-            const uploaded = yield* Effect.promise(async () =>
-              (await fetch(`${baseUrl}/api/v1/files`, {
-                method: "POST",
-                body: upload,
-                headers: { authorization: `Bearer ${user.accessToken}` }
-              })).json() as unknown as { id: FileId }
+            const uploaded = yield* uploadOne(
+              user.accessToken,
+              `${transport}.txt`,
+              `Grace Hopper wrote a compiler (${transport}).`
             )
-            const fileId = uploaded.id
+            const fileId = uploaded.id as FileId
             const file = yield* as(user)(client.getFile({ id: fileId }))
             expect(file.name, transport).toBe(`${transport}.txt`)
             const listed = yield* as(user)(client.listFiles({}))

@@ -5,10 +5,11 @@
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
-import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, type Reply, signUp } from "./fixtures/Auth.js"
+import { conversationWith, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
+import { testServer } from "./fixtures/Server.js"
 
 interface Cast {
   readonly openai: FakeProvider
@@ -43,24 +44,6 @@ const expectStatus = (reply: Reply, status: number) => {
   return reply.body
 }
 
-const conversationWith = (user: TestUser, texts: ReadonlyArray<string>) =>
-  Effect.gen(function*() {
-    const conversation = expectStatus(
-      yield* call("POST", "/api/v1/conversations", { auth: user.accessToken, body: { title: "Shared notes" } }),
-      201
-    )
-    for (const [index, content] of texts.entries()) {
-      expectStatus(
-        yield* call("POST", `/api/v1/conversations/${conversation.id}/messages`, {
-          auth: user.accessToken,
-          body: { content, role: index % 2 === 0 ? "user" : "assistant" }
-        }),
-        201
-      )
-    }
-    return conversation.id as string
-  })
-
 /** A public request: no credential. */
 const publicly = (method: "GET" | "POST", path: string, body?: unknown) =>
   call(method, path, body === undefined ? {} : { body })
@@ -79,7 +62,7 @@ for (const dialect of dialects) {
           expect(share).toMatchObject({
             kind: "conversation",
             targetId: conversationId,
-            title: "Shared notes",
+            title: "Notes",
             viewCount: 0,
             reactions: {},
             revokedAt: null
@@ -93,7 +76,7 @@ for (const dialect of dialects) {
             body: { content: "A private follow-up" }
           })
           const seen = expectStatus(yield* publicly("GET", share.path), 200)
-          expect(seen).toMatchObject({ title: "Shared notes", viewCount: 1, reactions: {} })
+          expect(seen).toMatchObject({ title: "Notes", viewCount: 1, reactions: {} })
           expect(seen.content.kind).toBe("conversation")
           expect(
             seen.content.conversation.messages.map((
@@ -189,18 +172,9 @@ for (const dialect of dialects) {
       it.scoped("publishes a complete analysis with the file's name and type, not its text", () =>
         Effect.gen(function*() {
           const { modelId, openai } = yield* TheCast
-          const { baseUrl } = yield* TestServer
           const user = yield* signUp()
           openai.chat = { text: [`{"summary": "A secret recipe, summarised."}`] }
-          const form = new FormData()
-          form.append("file", new Blob(["The secret ingredient is love."]), "recipe.txt")
-          const file = yield* Effect.promise(async () =>
-            (await fetch(`${baseUrl}/api/v1/files`, {
-              method: "POST",
-              body: form,
-              headers: { authorization: `Bearer ${user.accessToken}` }
-            })).json() as unknown as { id: string }
-          )
+          const file = yield* uploadOne(user.accessToken, "recipe.txt", "The secret ingredient is love.")
           const queued = expectStatus(
             yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: { modelId } }),
             202

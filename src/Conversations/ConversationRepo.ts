@@ -387,7 +387,30 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
           sql`INSERT INTO message_files ${sql.insert(fileIds.map((fileId) => ({ messageId, fileId, createdAt: at })))}`
       )
 
+    /** The user's conversation if it is out of the trash. */
+    const findLive = (userId: UserId, id: ConversationId) =>
+      Effect.map(
+        Effect.orDie(findSummary({ userId, id })),
+        Option.filter((conversation) => Option.isNone(conversation.deletedAt))
+      )
+
+    /** The user's conversation out of the trash, and its active branch, root first. */
+    const liveBranch = (userId: UserId, id: ConversationId) =>
+      Effect.flatMap(findLive(userId, id), (found) =>
+        Option.match(found, {
+          onNone: () => Effect.succeedNone,
+          onSome: (conversation) =>
+            conversation.currentLeafId === null
+              ? Effect.succeedSome({ conversation, branch: [] })
+              : Effect.map(
+                Effect.orDie(activeBranch(id, conversation.currentLeafId, undefined)),
+                (rows) => Option.some({ conversation, branch: readMessages(rows) })
+              )
+        }))
+
     return {
+      findLive,
+      liveBranch,
       attachFiles: (messageId: MessageId, fileIds: ReadonlyArray<FileId>) =>
         Effect.orDie(attachFiles(messageId, fileIds)),
       findSummary: (userId: UserId, id: ConversationId) => Effect.orDie(findSummary({ userId, id })),

@@ -235,6 +235,8 @@ export interface JobsSettings {
   readonly retryBaseDelay: Duration.Duration
   /** The longest such wait (a worker is held for it). */
   readonly retryMaxDelay: Duration.Duration
+  /** Database queue: how long a finished or given-up job stays in `job_queue` before it is removed. */
+  readonly retention: Duration.Duration
 }
 
 export interface FilesSettings {
@@ -392,7 +394,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       concurrency: yield* positiveInt("JOBS_CONCURRENCY").pipe(Config.withDefault(2)),
       maxAttempts: yield* positiveInt("JOBS_MAX_ATTEMPTS").pipe(Config.withDefault(3)),
       retryBaseDelay: yield* Config.duration("JOBS_RETRY_BASE_DELAY").pipe(Config.withDefault(Duration.seconds(2))),
-      retryMaxDelay: yield* Config.duration("JOBS_RETRY_MAX_DELAY").pipe(Config.withDefault(Duration.minutes(1)))
+      retryMaxDelay: yield* Config.duration("JOBS_RETRY_MAX_DELAY").pipe(Config.withDefault(Duration.minutes(1))),
+      retention: yield* Config.duration("JOBS_RETENTION").pipe(Config.withDefault(Duration.days(7)))
     }
     const files: FilesSettings = {
       dir: yield* Config.nonEmptyString("FILES_DIR").pipe(Config.withDefault(`${dataDir.replace(/\/+$/, "")}/files`)),

@@ -44,7 +44,7 @@ import { compression } from "./Http/Compression.js"
 import { ErrorModelLive } from "./Http/ErrorModel.js"
 import { requestContext } from "./Http/Middleware.js"
 import { HttpServerLive } from "./Http/Server.js"
-import { JobQueuesLive } from "./Jobs.js"
+import { JobQueuesLive, JobsSweepLive } from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
 import { CredentialCipher } from "./Models/CredentialCipher.js"
 import { EnvironmentProvidersLive } from "./Models/EnvironmentProviders.js"
@@ -140,6 +140,7 @@ export const ServicesLive = Layer.mergeAll(
   Files.Default,
   Graph.Default,
   Shares.Default,
+  JobsSweepLive,
   SessionCleanupLive
 ).pipe(
   Layer.provideMerge(Conversations.Default),

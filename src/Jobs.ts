@@ -9,7 +9,7 @@
  * its worker is interrupted (the instance stopping), so another instance takes it.
  */
 import * as PersistedQueue from "@effect/experimental/PersistedQueue"
-import { type SqlClient, SqlPersistedQueue } from "@effect/sql"
+import { SqlClient, SqlPersistedQueue } from "@effect/sql"
 import { Cause, Duration, Effect, Layer, Metric, Option, Schedule, type Scope } from "effect"
 import { AppConfig, type JobsSettings } from "./Config.js"
 import * as AmqpQueueStore from "./Jobs/AmqpQueueStore.js"
@@ -35,11 +35,53 @@ export const JobQueuesLive = Layer.unwrapEffect(
 )
 
 /** The wait after a job's attempt `attempts` (0 for the first) failed: doubled each time, capped, ±25% jitter. */
-export const retryDelay = (jobs: JobsSettings, attempts: number): Duration.Duration => {
+export const retryDelay = (
+  jobs: Pick<JobsSettings, "retryBaseDelay" | "retryMaxDelay">,
+  attempts: number
+): Duration.Duration => {
   const base = Duration.toMillis(jobs.retryBaseDelay) * 2 ** Math.min(attempts, 20)
   const capped = Math.min(base, Duration.toMillis(jobs.retryMaxDelay))
   return Duration.millis(Math.round(capped * (0.75 + Math.random() * 0.5)))
 }
+
+/**
+ * Removes the jobs of the database queue that ended (completed, or given up after `maxAttempts`)
+ * more than `retention` ago: `SqlPersistedQueue` keeps every row. Their outcome is kept where it
+ * matters (an analysis' or an extraction's own row). Returns how many were removed.
+ */
+export const sweepJobs = (retention: Duration.Duration, maxAttempts: number) =>
+  Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const seconds = Math.ceil(Duration.toSeconds(retention))
+    // The store writes its own clock's times (SQLite's CURRENT_TIMESTAMP, PostgreSQL's NOW()).
+    const before = sql.onDialectOrElse({
+      pg: () => sql`NOW() - make_interval(secs => ${seconds})`,
+      orElse: () => sql`datetime('now', ${`-${seconds} seconds`})`
+    })
+    const removed = yield* sql<{ readonly sequence: number }>`
+      DELETE FROM ${sql(jobTable)}
+      WHERE (completed = ${sql.onDialectOrElse({ pg: () => sql`TRUE`, orElse: () => sql`1` })}
+             OR attempts >= ${maxAttempts})
+        AND updated_at < ${before}
+      RETURNING sequence`
+    return removed.length
+  })
+
+/** With the database queue, sweeps `job_queue` once an hour (from one instance or several: it is idempotent). */
+export const JobsSweepLive = Layer.scopedDiscard(
+  Effect.gen(function*() {
+    const { jobs } = yield* AppConfig
+    if (Option.isSome(jobs.amqpUrl)) return
+    yield* sweepJobs(jobs.retention, jobs.maxAttempts).pipe(
+      Effect.tap((count) =>
+        count > 0 ? Effect.logInfo("Old jobs removed").pipe(Effect.annotateLogs({ count })) : Effect.void
+      ),
+      Effect.catchAllCause((cause) => Effect.logWarning("The job queue could not be swept", cause)),
+      Effect.repeat(Schedule.spaced("1 hour")),
+      Effect.forkScoped
+    )
+  })
+)
 
 /** What a job's handler is told besides the job: its id, and the attempts made before this one. */
 export interface Attempt {

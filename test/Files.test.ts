@@ -7,15 +7,16 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it, layer } from "@effect/vitest"
 import * as Amqp from "amqplib"
-import { Context, Duration, Effect, Layer, Option } from "effect"
+import { Context, Duration, Effect, Layer } from "effect"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import * as Path from "node:path"
-import { retryDelay } from "../src/Jobs.js"
+import { retryDelay, sweepJobs } from "../src/Jobs.js"
+import { runMigrations } from "../src/Migrations.js"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { upload, uploadOne } from "./fixtures/Content.js"
-import { dialects, sqliteClientFor } from "./fixtures/Database.js"
+import { dialects, freshDatabase, sqliteClientFor } from "./fixtures/Database.js"
 import { minimalPdf } from "./fixtures/Documents.js"
 import { openEvents } from "./fixtures/Events.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake, upstreamSecret } from "./fixtures/Providers.js"
@@ -633,15 +634,7 @@ for (const dialect of dialects) {
 
 describe("retries of background jobs", () => {
   it("wait longer at each attempt, up to the limit, with jitter", () => {
-    const jobs = {
-      amqpUrl: Option.none(),
-      queuePrefix: "",
-      pollInterval: Duration.seconds(1),
-      concurrency: 1,
-      maxAttempts: 10,
-      retryBaseDelay: Duration.millis(100),
-      retryMaxDelay: Duration.seconds(1)
-    }
+    const jobs = { retryBaseDelay: Duration.millis(100), retryMaxDelay: Duration.seconds(1) }
     for (let i = 0; i < 50; i++) {
       const first = Duration.toMillis(retryDelay(jobs, 0))
       const third = Duration.toMillis(retryDelay(jobs, 2))
@@ -655,6 +648,37 @@ describe("retries of background jobs", () => {
     }
   })
 })
+
+for (const dialect of dialects) {
+  layer(freshDatabase(dialect), { excludeTestServices: true })(`the database queue's sweep on ${dialect}`, (it) => {
+    it.effect("removes the jobs that ended (done or given up) before the retention, and nothing else", () =>
+      Effect.gen(function*() {
+        yield* runMigrations
+        const sql = yield* SqlClient.SqlClient
+        const ago = (days: number) =>
+          sql.onDialectOrElse({
+            pg: () => sql`NOW() - make_interval(days => ${days})`,
+            orElse: () => sql`datetime('now', ${`-${days} days`})`
+          })
+        const rows: ReadonlyArray<readonly [string, boolean, number, number]> = [
+          ["old-done", true, 1, 10],
+          ["old-given-up", false, 3, 10],
+          ["old-pending", false, 1, 10],
+          ["new-done", true, 1, 0],
+          ["new-given-up", false, 3, 0]
+        ]
+        for (const [id, completed, attempts, days] of rows) {
+          yield* sql`INSERT INTO job_queue (id, queue_name, element, completed, attempts, created_at, updated_at)
+                     VALUES (${id}, 'test', '{}', ${
+            sql.onDialectOrElse({ pg: () => completed, orElse: () => (completed ? 1 : 0) })
+          }, ${attempts}, ${ago(days)}, ${ago(days)})`
+        }
+        expect(yield* sweepJobs(Duration.days(7), 3)).toBe(2)
+        const left = yield* sql<{ readonly id: string }>`SELECT id FROM job_queue ORDER BY id`
+        expect(left.map((row) => row.id)).toEqual(["new-done", "new-given-up", "old-pending"])
+      }))
+  })
+}
 
 /** RabbitMQ holds the queue when `AMQP_URL` is set; the analysis is run the same way. */
 const amqpUrl = process.env.TEST_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672"

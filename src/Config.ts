@@ -235,6 +235,8 @@ export interface JobsSettings {
   readonly retryBaseDelay: Duration.Duration
   /** The longest such wait (a worker is held for it). */
   readonly retryMaxDelay: Duration.Duration
+  /** The longest a job's handler may run; past it, the attempt fails. */
+  readonly timeout: Duration.Duration
   /** Database queue: how long a finished or given-up job stays in `job_queue` before it is removed. */
   readonly retention: Duration.Duration
 }
@@ -395,7 +397,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       maxAttempts: yield* positiveInt("JOBS_MAX_ATTEMPTS").pipe(Config.withDefault(3)),
       retryBaseDelay: yield* Config.duration("JOBS_RETRY_BASE_DELAY").pipe(Config.withDefault(Duration.seconds(2))),
       retryMaxDelay: yield* Config.duration("JOBS_RETRY_MAX_DELAY").pipe(Config.withDefault(Duration.minutes(1))),
-      retention: yield* Config.duration("JOBS_RETENTION").pipe(Config.withDefault(Duration.days(7)))
+      retention: yield* Config.duration("JOBS_RETENTION").pipe(Config.withDefault(Duration.days(7))),
+      timeout: yield* Config.duration("JOBS_TIMEOUT").pipe(Config.withDefault(Duration.minutes(10)))
     }
     const files: FilesSettings = {
       dir: yield* Config.nonEmptyString("FILES_DIR").pipe(Config.withDefault(`${dataDir.replace(/\/+$/, "")}/files`)),

@@ -27,7 +27,7 @@ import {
   uploadOverheadBytes
 } from "./Files/Api.js"
 import { detectContentType, hasReadableText, isAllowedType, sanitizeFileName } from "./Files/Content.js"
-import { FilesRepo } from "./Files/FilesRepo.js"
+import { type AnalysisJobRow, FilesRepo } from "./Files/FilesRepo.js"
 import { type ContentTooLarge, FileStorage, type WrittenContent } from "./Files/Storage.js"
 import * as Jobs from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
@@ -60,7 +60,7 @@ const analysisPrompt = [
 
 /** What the model's answer is kept as: its JSON object when it gave one, else its text as the summary. */
 export const insightsOf = (answer: string): Record<string, unknown> =>
-  Option.getOrElse(jsonObjectIn(answer), () => ({ summary: answer.trim() }))
+  Option.getOrElse(jsonObjectIn(answer), () => ({ summary: answer.replace(/\0/g, "").trim() }))
 
 /** `Content-Disposition` for a download: an ASCII name for old clients, the exact one as RFC 5987 says. */
 const attachment = (name: string) => {
@@ -242,10 +242,9 @@ export class Files extends Effect.Service<Files>()("Files", {
         }
         yield* requirePermission("models:use")
         const modelId = (yield* registry.usableModel(payload.modelId)).model.id
-        // On the database queue the job commits with its row; on RabbitMQ it is published before the
-        // commit, and a job whose row never committed finds nothing to do.
-        const analysis = yield* transaction(Effect.gen(function*() {
-          const inserted = yield* repo.insertAnalysis(FileAnalysis.insert.make({
+        const analysis = yield* Jobs.storeAndOffer({
+          transaction,
+          store: repo.insertAnalysis(FileAnalysis.insert.make({
             fileId: file.id,
             status: "pending",
             extractedText: null,
@@ -254,10 +253,11 @@ export class Files extends Effect.Service<Files>()("Files", {
             modelId,
             attempts: 0,
             completedAt: Option.none()
-          }))
-          yield* jobs.offer({ analysisId: inserted.id }, { id: inserted.id }).pipe(Effect.orDie)
-          return inserted
-        }))
+          })),
+          queue: jobs,
+          job: (row) => ({ value: { analysisId: row.id }, id: row.id }),
+          abandon: (row) => repo.setStatus(row.id, { status: "error", error: "The job queue could not be reached" })
+        })
         return analysisView(analysis)
       }).pipe(Effect.withSpan("Files.requestAnalysis"))
 
@@ -283,30 +283,41 @@ export class Files extends Effect.Service<Files>()("Files", {
      * fails is tried again by the queue; on the last attempt, or for a failure no retry would mend,
      * the analysis ends as `error` with the reason.
      */
+    /** The owner's event sockets hear that an analysis ended (`file.analysis`). */
+    const announce = (analysisId: FileAnalysisId, job: AnalysisJobRow, status: "complete" | "error") =>
+      Effect.flatMap(
+        storedNow,
+        (at) =>
+          events.publish(new FileAnalysisEvent({ analysisId, fileId: job.fileId, ownerId: job.userId, status, at }))
+      )
+
+    /** Ends an analysis as `error` with `reason`, unless it has ended already (or its file is gone). */
+    const endInError = (analysisId: FileAnalysisId, reason: string) =>
+      Effect.gen(function*() {
+        const found = yield* repo.jobRow(analysisId)
+        if (Option.isNone(found) || found.value.status === "complete" || found.value.status === "error") return
+        yield* repo.setStatus(analysisId, { status: "error", error: reason })
+        yield* announce(analysisId, found.value, "error")
+      })
+
+    /**
+     * Runs one analysis: reads the file's text, asks the model, stores what it said. A provider that
+     * fails is tried again by the queue (the analysis back to `pending` with the reason meanwhile);
+     * a failure no retry would mend ends it as `error` at once, and so does the last attempt.
+     */
     const analyse = ({ analysisId }: typeof AnalysisJob.Type, attempt: Jobs.Attempt) =>
       Effect.gen(function*() {
         const found = yield* repo.jobRow(analysisId)
         // The file was deleted, or the job is delivered again after it ended.
         if (Option.isNone(found) || found.value.status === "complete" || found.value.status === "error") return
         const job = found.value
-        // The owner's event sockets hear of the end (`file.analysis`).
-        const announce = (status: "complete" | "error") =>
-          Effect.flatMap(storedNow, (at) =>
-            events.publish(new FileAnalysisEvent({ analysisId, fileId: job.fileId, ownerId: job.userId, status, at })))
-        const fail = (message: string) =>
-          Effect.zipRight(repo.setStatus(analysisId, { status: "error", error: message }), announce("error"))
+        const fail = (message: string) => endInError(analysisId, message)
         yield* repo.setStatus(analysisId, { status: "processing", attempts: attempt.attempts + 1 })
-        if (job.modelId === null) {
-          return yield* fail("The model chosen for this analysis was removed")
-        }
+        if (job.modelId === null) return yield* fail("The model chosen for this analysis was removed")
         const text = yield* Effect.either(storage.readText(job.storageKey, job.contentType, settings.analysisMaxChars))
-        if (text._tag === "Left") {
-          return yield* fail("The file's text could not be read")
-        }
+        if (text._tag === "Left") return yield* fail("The file's text could not be read")
         const resolved = yield* Effect.either(registry.resolveAny(job.modelId))
-        if (resolved._tag === "Left") {
-          return yield* fail("The model chosen for this analysis was removed")
-        }
+        if (resolved._tag === "Left") return yield* fail("The model chosen for this analysis was removed")
         const answer = yield* Effect.either(completeText(resolved.right, {
           messages: [
             { role: "system", content: analysisPrompt },
@@ -316,13 +327,9 @@ export class Files extends Effect.Service<Files>()("Files", {
           maxTokens: 1024
         }))
         if (answer._tag === "Left") {
-          // Failed either way (so the queue counts it); the last attempt ends the analysis.
           const reason = `The model could not be reached: ${answer.left.message}`
-          yield* repo.setStatus(analysisId, { status: attempt.last ? "error" : "pending", error: reason })
-          if (attempt.last) {
-            yield* announce("error")
-          }
-          return yield* Effect.fail(answer.left)
+          yield* repo.setStatus(analysisId, { status: "pending", error: reason })
+          return yield* new Jobs.JobFailed({ message: reason })
         }
         yield* repo.setStatus(analysisId, {
           status: "complete",
@@ -330,10 +337,14 @@ export class Files extends Effect.Service<Files>()("Files", {
           extractedText: text.right,
           analysis: insightsOf(answer.right)
         })
-        yield* announce("complete")
+        yield* announce(analysisId, job, "complete")
       }).pipe(Effect.annotateLogs({ analysisId }))
 
-    yield* Jobs.runWorkers(jobs, { name: analysisQueue, handle: analyse })
+    yield* Jobs.runWorkers(jobs, {
+      name: analysisQueue,
+      handle: analyse,
+      giveUp: ({ analysisId }, reason) => endInError(analysisId, reason)
+    })
 
     return {
       upload,

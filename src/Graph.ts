@@ -12,7 +12,7 @@ import { AppConfig } from "./Config.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound } from "./Domain/Errors.js"
-import type { ConversationId, FileId, UserId } from "./Domain/Ids.js"
+import { type ConversationId, type FileId, type UserId, UuidV7 } from "./Domain/Ids.js"
 import { cursorOf, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { hasReadableText } from "./Files/Content.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
@@ -39,7 +39,7 @@ import { inTransaction, storedNow } from "./Sql.js"
 export const extractionQueue = "graph-extraction"
 export const ExtractionJob = Schema.Struct({ extractionId: GraphExtractionId })
 
-const entityCursor = cursorOf(Schema.Struct({ name: Schema.String, id: Schema.String }))
+const entityCursor = cursorOf(Schema.Struct({ name: Schema.String, id: UuidV7 }))
 
 const extractionPrompt = [
   "You build a knowledge graph. Read the text the user sends and answer with one JSON object only, no other",
@@ -54,17 +54,22 @@ const extractionPrompt = [
 const maxEntities = 200
 const maxRelationships = 400
 
-const label = (value: unknown, max: number): string | null => {
-  if (typeof value !== "string") return null
-  const text = value.normalize("NFKC").trim().replace(/\s+/g, " ")
-  return text.length === 0 ? null : text.slice(0, max)
+/** Cut to `max` UTF-16 units (what the columns' length checks count, on both dialects), not within a character. */
+const cut = (text: string, max: number) => {
+  const kept = text.slice(0, max)
+  return /[\uD800-\uDBFF]$/.test(kept) ? kept.slice(0, -1) : kept
 }
 
-/** A type as stored: lower case, words joined by `_`. */
-const typeLabel = (value: unknown): string | null => {
-  const text = label(value, 50)
-  return text === null ? null : text.toLowerCase().replace(/[\s-]+/g, "_")
+/** A model's string, tidied: NFKC, no NUL (PostgreSQL refuses it) or runs of spaces, at most `max` long. */
+const label = (value: unknown, max: number, transform: (text: string) => string = (text) => text): string | null => {
+  if (typeof value !== "string") return null
+  const text = cut(transform(value.normalize("NFKC").replace(/\0/g, "").trim().replace(/\s+/g, " ")), max).trim()
+  return text.length === 0 ? null : text
 }
+
+/** A type as stored: lower case (before the cut: lower-casing may lengthen it), words joined by `_`. */
+const typeLabel = (value: unknown): string | null =>
+  label(value, 50, (text) => text.toLowerCase().replace(/[\s-]+/g, "_"))
 
 const confidenceOf = (value: unknown): number =>
   typeof value === "number" && Number.isFinite(value) ? Math.min(1, Math.max(0, value)) : 0.5
@@ -160,6 +165,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
           yield* conversations.findLive(actor.userId, payload.conversationId).pipe(orNotFound("No such conversation"))
           return { kind: "conversation" as const, id: payload.conversationId as string }
         }
+        yield* requirePermission("files:read")
         const file = yield* files.findOwn(payload.fileId!, actor.userId).pipe(orNotFound("No such file"))
         if (!hasReadableText(file.contentType)) {
           return yield* invalid(["fileId"], `Text cannot be read from ${file.contentType} files`)
@@ -173,16 +179,19 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         yield* requirePermission("models:use")
         const source = yield* checkSource(actor, payload)
         const resolved = yield* registry.usableModel(payload.modelId)
-        const row = yield* transaction(Effect.gen(function*() {
-          const inserted = yield* repo.insertExtraction({
+        const row = yield* Jobs.storeAndOffer({
+          transaction,
+          store: repo.insertExtraction({
             userId: actor.userId,
             sourceKind: source.kind,
             sourceId: source.id,
             modelId: resolved.model.id
-          })
-          yield* jobs.offer({ extractionId: inserted.id }, { id: inserted.id }).pipe(Effect.orDie)
-          return inserted
-        }))
+          }),
+          queue: jobs,
+          job: (inserted) => ({ value: { extractionId: inserted.id }, id: inserted.id }),
+          abandon: (inserted) =>
+            repo.setExtraction(inserted.id, { status: "error", error: "The job queue could not be reached" })
+        })
         return extractionView(row)
       }).pipe(Effect.withSpan("Graph.requestExtraction"))
 
@@ -261,26 +270,44 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         return Option.some(text.length <= max ? text : text.slice(text.length - max))
       })
 
+    /** The owner's event sockets hear that an extraction ended (`graph.extraction`). */
+    const announce = (
+      job: ExtractionRow,
+      status: "complete" | "error",
+      counts = { entities: 0, relationships: 0 }
+    ) =>
+      Effect.flatMap(storedNow, (at) =>
+        events.publish(
+          new GraphExtractionEvent({
+            extractionId: job.id,
+            ownerId: job.userId,
+            status,
+            entityCount: counts.entities,
+            relationshipCount: counts.relationships,
+            at
+          })
+        ))
+
+    /** Ends an extraction as `error` with `reason`, unless it has ended already. */
+    const endInError = (extractionId: GraphExtractionId, reason: string) =>
+      Effect.gen(function*() {
+        const found = yield* repo.extractionById(extractionId)
+        if (Option.isNone(found) || found.value.status === "complete" || found.value.status === "error") return
+        yield* repo.setExtraction(extractionId, { status: "error", error: reason })
+        yield* announce(found.value, "error")
+      })
+
+    /**
+     * Runs one extraction: reads the source, asks the model, merges what it found. A provider that
+     * fails is tried again by the queue; a failure no retry would mend ends it as `error` at once,
+     * and so does the last attempt.
+     */
     const extract = ({ extractionId }: typeof ExtractionJob.Type, attempt: Jobs.Attempt) =>
       Effect.gen(function*() {
         const found = yield* repo.extractionById(extractionId)
         if (Option.isNone(found) || found.value.status === "complete" || found.value.status === "error") return
         const job = found.value
-        // The owner's event sockets hear of the end (`graph.extraction`).
-        const announce = (status: "complete" | "error", counts = { entities: 0, relationships: 0 }) =>
-          Effect.flatMap(storedNow, (at) =>
-            events.publish(
-              new GraphExtractionEvent({
-                extractionId,
-                ownerId: job.userId,
-                status,
-                entityCount: counts.entities,
-                relationshipCount: counts.relationships,
-                at
-              })
-            ))
-        const fail = (message: string) =>
-          Effect.zipRight(repo.setExtraction(extractionId, { status: "error", error: message }), announce("error"))
+        const fail = (message: string) => endInError(extractionId, message)
         yield* repo.setExtraction(extractionId, { status: "processing", attempts: attempt.attempts + 1 })
         const text = yield* Effect.either(textOf(job.userId, job.sourceKind, job.sourceId))
         if (text._tag === "Left" || Option.isNone(text.right)) return yield* fail("The source is gone or unreadable")
@@ -295,9 +322,8 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         }))
         if (answer._tag === "Left") {
           const reason = `The model could not be reached: ${answer.left.message}`
-          yield* repo.setExtraction(extractionId, { status: attempt.last ? "error" : "pending", error: reason })
-          if (attempt.last) yield* announce("error")
-          return yield* Effect.fail(answer.left)
+          yield* repo.setExtraction(extractionId, { status: "pending", error: reason })
+          return yield* new Jobs.JobFailed({ message: reason })
         }
         const findings = findingsIn(answer.right)
         const stored = yield* transaction(repo.storeFindings(job.userId, job.sourceKind, job.sourceId, findings))
@@ -307,10 +333,14 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
           entityCount: stored.entities,
           relationshipCount: stored.relationships
         })
-        yield* announce("complete", stored)
+        yield* announce(job, "complete", stored)
       }).pipe(Effect.annotateLogs({ extractionId }))
 
-    yield* Jobs.runWorkers(jobs, { name: extractionQueue, handle: extract })
+    yield* Jobs.runWorkers(jobs, {
+      name: extractionQueue,
+      handle: extract,
+      giveUp: ({ extractionId }, reason) => endInError(extractionId, reason)
+    })
 
     return { requestExtraction, getExtraction, searchEntities, getEntity, deleteEntity } as const
   })

@@ -10,7 +10,7 @@
  */
 import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { SqlClient, SqlPersistedQueue } from "@effect/sql"
-import { Cause, Duration, Effect, Layer, Metric, Option, Schedule, type Scope } from "effect"
+import { Cause, Data, Duration, Effect, Layer, Metric, Option, Schedule, type Scope } from "effect"
 import { AppConfig, type JobsSettings } from "./Config.js"
 import * as AmqpQueueStore from "./Jobs/AmqpQueueStore.js"
 import { jobDuration, jobsRun, labels } from "./Metrics.js"
@@ -91,22 +91,50 @@ export interface Attempt {
   readonly last: boolean
 }
 
+/** An attempt at a job failed, for a reason worth trying again (a provider unreachable, say). */
+export class JobFailed extends Data.TaggedError("JobFailed")<{ readonly message: string }> {}
+
+/** A job's handler did not finish within `JOBS_TIMEOUT`. */
+export class JobTimedOut extends Data.TaggedError("JobTimedOut")<{ readonly after: Duration.Duration }> {
+  override get message() {
+    return `It did not finish within ${Duration.format(this.after)}`
+  }
+}
+
+/** A job's handler died of a defect (logged where it happened). */
+export class JobCrashed extends Data.TaggedError("JobCrashed")<Record<never, never>> {
+  override get message() {
+    return "It failed unexpectedly"
+  }
+}
+
+/**
+ * How long the database queue leaves a taken job to its worker before another may take it: longer
+ * than a job may run and wait to be retried. (`SqlPersistedQueue` does not renew its workers'
+ * locks, so this must outlast the job; a worker stopping cleanly releases its job at once.)
+ */
+export const lockExpiration = (jobs: Pick<JobsSettings, "timeout" | "retryMaxDelay">) =>
+  Duration.sum(Duration.sum(jobs.timeout, jobs.retryMaxDelay), Duration.minutes(1))
+
 /**
  * Runs `JOBS_CONCURRENCY` workers of one kind of job for as long as the enclosing scope lasts.
  *
- * A handler that fails has its job offered again after a wait (`JOBS_RETRY_BASE_DELAY`, doubled
- * at each attempt up to `JOBS_RETRY_MAX_DELAY`), up to `JOBS_MAX_ATTEMPTS` attempts in all; a
- * handler that wants a failure recorded rather than retried records it and succeeds. Each job is
- * counted (`webplus_jobs_total`) and timed (`webplus_job_duration_seconds`). A queue that
- * cannot be read (the database or the broker away) is tried again every second.
+ * A handler that fails, dies or runs past `JOBS_TIMEOUT` has its job offered again after a wait
+ * (`JOBS_RETRY_BASE_DELAY`, doubled at each attempt up to `JOBS_RETRY_MAX_DELAY`), up to
+ * `JOBS_MAX_ATTEMPTS` attempts in all; after the last, `giveUp` records why. A handler that wants a
+ * failure recorded rather than retried records it and succeeds. Each job is counted
+ * (`webplus_jobs_total`) and timed (`webplus_job_duration_seconds`). A queue that cannot be read
+ * (the database or the broker away) is tried again every second.
  */
-export const runWorkers = <A, E, R>(
+export const runWorkers = <A, E extends { readonly message: string }, R, R2>(
   queue: PersistedQueue.PersistedQueue<A>,
   options: {
     readonly name: string
     readonly handle: (job: A, attempt: Attempt) => Effect.Effect<void, E, R>
+    /** Records that the job was given up, and why (the failure's message). */
+    readonly giveUp: (job: A, reason: string) => Effect.Effect<void, never, R2>
   }
-): Effect.Effect<void, never, R | AppConfig | Scope.Scope> =>
+): Effect.Effect<void, never, R | R2 | AppConfig | Scope.Scope> =>
   Effect.gen(function*() {
     const { jobs } = yield* AppConfig
     const queueLabel = labels(["queue", options.name])
@@ -119,15 +147,19 @@ export const runWorkers = <A, E, R>(
       (job, { attempts, id }) => {
         const last = attempts + 1 >= jobs.maxAttempts
         return options.handle(job, { id, attempts, last }).pipe(
+          Effect.timeoutFail({ duration: jobs.timeout, onTimeout: () => new JobTimedOut({ after: jobs.timeout }) }),
+          Effect.catchAllDefect((defect) =>
+            Effect.zipRight(Effect.logError("Job failed unexpectedly", defect), Effect.fail(new JobCrashed()))
+          ),
           Metric.trackDurationWith(jobDuration.pipe(Metric.taggedWithLabels(queueLabel)), Duration.toSeconds),
           Effect.tapBoth({
             onSuccess: () => Effect.sync(() => jobsRun.unsafeUpdate(1, outcomeLabels.done)),
             // The job is offered again once the handler's failure is returned: waiting here first
             // spaces its attempts out (a provider given time to recover), holding this worker meanwhile.
-            onFailure: () =>
+            onFailure: (error) =>
               Effect.zipRight(
                 Effect.sync(() => jobsRun.unsafeUpdate(1, last ? outcomeLabels.givenUp : outcomeLabels.retried)),
-                last ? Effect.void : Effect.sleep(retryDelay(jobs, attempts))
+                last ? options.giveUp(job, error.message) : Effect.sleep(retryDelay(jobs, attempts))
               )
           }),
           Effect.withSpan(`Jobs.${options.name}`, { attributes: { "job.id": id, "job.attempts": attempts } })
@@ -150,4 +182,30 @@ export const runWorkers = <A, E, R>(
       Effect.annotateLogs({ job: options.name })
     )
     for (let i = 0; i < jobs.concurrency; i++) yield* Effect.forkScoped(worker)
+  })
+
+/**
+ * Stores a job's row and offers the job. On the database queue both happen in one transaction: the
+ * job exists exactly when its row does. On RabbitMQ the job is offered once the row is committed
+ * (offered earlier, a worker could take it before the row is visible to it); if the broker then
+ * refuses it, `abandon` marks the row, and the request fails.
+ */
+export const storeAndOffer = <Row, A, E, R, R2>(options: {
+  readonly transaction: <X, XE, XR>(effect: Effect.Effect<X, XE, XR>) => Effect.Effect<X, XE, XR>
+  readonly store: Effect.Effect<Row, E, R>
+  readonly queue: PersistedQueue.PersistedQueue<A>
+  readonly job: (row: Row) => { readonly value: A; readonly id: string }
+  readonly abandon: (row: Row) => Effect.Effect<void, never, R2>
+}): Effect.Effect<Row, E, R | R2 | AppConfig> =>
+  Effect.flatMap(AppConfig, ({ jobs }) => {
+    const offer = (row: Row) => {
+      const { id, value } = options.job(row)
+      return Effect.orDie(options.queue.offer(value, { id }))
+    }
+    return Option.isNone(jobs.amqpUrl)
+      ? options.transaction(Effect.tap(options.store, offer))
+      : Effect.tap(
+        options.transaction(options.store),
+        (row) => Effect.tapErrorCause(offer(row), () => options.abandon(row))
+      )
   })

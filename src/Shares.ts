@@ -86,6 +86,7 @@ export class Shares extends Effect.Service<Shares>()("Shares", {
         if (payload.analysisId === undefined) {
           return yield* invalid(["analysisId"], "Name the analysis of the file to share")
         }
+        yield* requirePermission("files:read")
         const file = yield* files.findOwn(payload.fileId!, actor.userId).pipe(orNotFound("No such file"))
         const analysis = yield* files.analysisOf(payload.analysisId, file.id).pipe(orNotFound("No such analysis"))
         if (analysis.status !== "complete") {

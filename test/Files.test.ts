@@ -12,6 +12,7 @@ import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import * as Path from "node:path"
+import { sanitizeFileName } from "../src/Files/Content.js"
 import { retryDelay, sweepJobs } from "../src/Jobs.js"
 import { runMigrations } from "../src/Migrations.js"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
@@ -39,6 +40,7 @@ const filesEnv = {
   JOBS_POLL_INTERVAL: "50 millis",
   JOBS_MAX_ATTEMPTS: "2",
   JOBS_RETRY_BASE_DELAY: "20 millis",
+  JOBS_TIMEOUT: "1500 millis",
   CHAT_RETRY_ATTEMPTS: "0",
   CHAT_FIRST_CHUNK_TIMEOUT: "2 seconds",
   PROVIDER_BREAKER_THRESHOLD: "1000",
@@ -227,6 +229,18 @@ for (const dialect of dialects) {
           expect(fits.sizeBytes).toBe(maxSize)
         }))
 
+      it.scoped("a long name is shortened to 255, its extension kept", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const view = yield* uploadOne(user.accessToken, `${"é".repeat(300)}.txt`, "accents")
+          expect(view.name).toBe(`${"é".repeat(251)}.txt`)
+          // Characters outside the BMP count two (as the schema counts) and are never cut in half.
+          const name = sanitizeFileName(`${"😀".repeat(200)}.txt`)
+          expect(name.length).toBeLessThanOrEqual(255)
+          expect(name.endsWith("😀.txt")).toBe(true)
+          expect(Buffer.from(name, "utf8").toString("utf8")).toBe(name)
+        }))
+
       it.scoped("malformed uploads answer 422 and keep nothing", () =>
         Effect.gen(function*() {
           const { user } = yield* TheCast
@@ -394,6 +408,24 @@ for (const dialect of dialects) {
           expect(lastQuestionSent(openai).map((message) => message.content)).toEqual([
             `Summarise\n\n<attachment name="memo.pdf" type="application/pdf">\nMemo: ship on Friday.\n</attachment>`
           ])
+        }))
+
+      it.scoped("a question's metadata naming a file does not attach it: only fileIds does", () =>
+        Effect.gen(function*() {
+          const { modelId, openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: ["Nothing attached."] }
+          const file = yield* uploadOne(user.accessToken, "private.txt", "The vault code is 1234.")
+          const forged = { attachments: [{ id: file.id, name: "private.txt", contentType: "text/plain" }] }
+          const chatOnly = yield* createKey(user, ["chat", "conversations:read", "conversations:write", "models:use"])
+          expectStatus(
+            yield* call("POST", "/api/v1/chat", {
+              auth: chatOnly.secret,
+              body: { content: "What is in it?", title: "Forged", modelId, metadata: forged }
+            }),
+            200
+          )
+          expect(lastQuestionSent(openai).map((message) => message.content)).toEqual(["What is in it?"])
         }))
 
       it.scoped("another user's file, a file without text, or no files:read: refused, nothing stored", () =>
@@ -603,6 +635,23 @@ for (const dialect of dialects) {
           expect(metrics.body).toMatch(/^webplus_jobs_total\{queue="file-analysis",outcome="retried"\} [1-9]/m)
           expect(metrics.body).toMatch(/^webplus_jobs_total\{queue="file-analysis",outcome="given up"\} [1-9]/m)
           expect(metrics.body).toMatch(/^webplus_job_duration_seconds_count\{queue="file-analysis"\} [1-9]/m)
+        }))
+
+      it.scoped("an attempt that runs past JOBS_TIMEOUT is tried again, then the analysis ends as error", () =>
+        Effect.gen(function*() {
+          const { openai, user } = yield* TheCast
+          // The answer starts, then stalls (well within the provider's own idle timeout).
+          openai.faults.clear()
+          openai.chat = { text: ["Thinking", "…"], fault: { kind: "stall", afterChunks: 1, ms: 5_000 } }
+          const file = yield* uploadOne(user.accessToken, "slow.txt", "Take your time.")
+          const queued = expectStatus(
+            yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
+            202
+          )
+          const done = yield* settled(user.accessToken, file.id, queued.id)
+          openai.chat = { text: ["Hello"] }
+          expect(done).toMatchObject({ status: "error", attempts: 2 })
+          expect(done.error).toMatch(/^It did not finish within 1s 500ms/)
         }))
 
       it.scoped("files without readable text, and unknown models, are refused at once (422)", () =>

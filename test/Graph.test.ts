@@ -7,7 +7,7 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
 import type { FileId, LlmModelId } from "../src/Domain/Ids.js"
-import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { conversationWith, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { openEvents } from "./fixtures/Events.js"
@@ -232,6 +232,39 @@ for (const dialect of dialects) {
           expect((yield* post(user, { conversationId, fileId: conversationId })).status).toBe(422)
           expect((yield* post(other, { conversationId })).status).toBe(404)
           expect((yield* search(user, "")).items).toEqual([])
+        }))
+    })
+
+    describe("untidy findings", () => {
+      it.scoped("types that lengthen when lower-cased and NUL characters are tidied, not failed on", () =>
+        Effect.gen(function*() {
+          const { openai } = yield* TheCast
+          const user = yield* signUp()
+          modelFinds(openai, {
+            entities: [{ name: "Ist\u0000anbul", type: "İ".repeat(30), description: "A city\u0000.", confidence: 1 }],
+            relationships: []
+          })
+          const done = yield* extract(user, { conversationId: yield* conversationWith(user, ["Istanbul."]) })
+          expect(done).toMatchObject({ status: "complete", entityCount: 1 })
+          const [entity] = (yield* search(user, "")).items
+          expect(entity.name).toBe("Istanbul")
+          expect(entity.description).toBe("A city.")
+          expect(entity.type.length).toBeLessThanOrEqual(50)
+          const bad = Buffer.from(JSON.stringify({ name: "a", id: "not-a-uuid" })).toString("base64url")
+          expect((yield* call("GET", `/api/v1/graph/entities?cursor=${bad}`, { auth: user.accessToken })).status)
+            .toBe(422)
+        }))
+
+      it.scoped("reading a file into the graph needs files:read", () =>
+        Effect.gen(function*() {
+          const user = yield* signUp()
+          const file = yield* uploadOne(user.accessToken, "notes.txt", "Notes.")
+          const key = yield* createKey(user, ["conversations:read", "conversations:write", "models:use"])
+          const refused = yield* call("POST", "/api/v1/graph/extractions", {
+            auth: key.secret,
+            body: { fileId: file.id }
+          })
+          expect(refused.status).toBe(403)
         }))
     })
 

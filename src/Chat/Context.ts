@@ -8,7 +8,7 @@
  * the generous side of real English text.
  */
 import type { MessageView } from "../Domain/Conversation.js"
-import { attachmentsOf, type AttachmentTexts } from "../Files/Attachments.js"
+import { attachmentKey, attachmentsOf, type AttachmentTexts } from "../Files/Attachments.js"
 import type { ChatMessage } from "../Providers/Chat.js"
 
 const perMessageTokens = 4
@@ -29,12 +29,14 @@ const withAttachments = (message: MessageView, texts: AttachmentTexts): string =
   if (attached.length === 0) return message.content
   const parts = [message.content]
   for (const { contentType, id, name } of attached) {
-    const text = texts.get(id)
+    const key = attachmentKey(message.id, id)
+    if (!texts.has(key)) continue
+    const text = texts.get(key)
     const label = JSON.stringify(name)
     parts.push(
-      text === null || text === undefined
-        ? `[The attached file ${label} has been deleted]`
-        : `<attachment name=${label} type="${contentType}">\n${text}\n</attachment>`
+      typeof text === "string"
+        ? `<attachment name=${label} type="${contentType}">\n${text}\n</attachment>`
+        : `[The attached file ${label} has been deleted]`
     )
   }
   return parts.join("\n\n")

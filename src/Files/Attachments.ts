@@ -27,8 +27,14 @@ export const attachmentsOf = (message: MessageView): ReadonlyArray<Attachment> =
   return decoded._tag === "Some" ? decoded.value : []
 }
 
-/** The texts of attached files by id; `null` for a file deleted since. */
+/**
+ * The texts of a branch's attachments, by `attachmentKey(messageId, fileId)`: the text; `null` for
+ * a file deleted since; no entry for an attachment the question does not really carry (named in
+ * its metadata by a client, not recorded with it), which is left out.
+ */
 export type AttachmentTexts = ReadonlyMap<string, string | null>
+
+export const attachmentKey = (messageId: string, fileId: string) => `${messageId}\u0000${fileId}`
 
 const noTexts: Effect.Effect<AttachmentTexts> = Effect.succeed(new Map())
 
@@ -38,20 +44,27 @@ export class Attachments extends Effect.Service<Attachments>()("Files/Attachment
     const repo = yield* FilesRepo
     const storage = yield* FileStorage
 
-    /** The files a turn attaches: each must be the user's and hold readable text (422 otherwise). */
+    /**
+     * The files a turn attaches: each must be the user's and hold readable text (422 on the
+     * offending `fileIds` entry otherwise). Their texts are read now, before anything is stored,
+     * so the turn does not wait for them once its answer exists.
+     */
     const check = (userId: UserId, ids: ReadonlyArray<FileId>) =>
-      Effect.forEach(Array.from(new Set(ids)), (id, index) =>
-        Effect.flatMap(repo.findOwn(id, userId), (found) => {
-          if (found._tag === "None") return Effect.fail(invalid(["fileIds", index], "No such file"))
+      Effect.gen(function*() {
+        const attached: Array<Attachment> = []
+        for (const [index, id] of ids.entries()) {
+          if (attached.some((file) => file.id === id)) continue
+          const found = yield* repo.findOwn(id, userId)
+          if (found._tag === "None") return yield* invalid(["fileIds", index], "No such file")
           const file = found.value
           if (!hasReadableText(file.contentType)) {
-            return Effect.fail(
-              invalid(["fileIds", index], `Text cannot be read from ${file.contentType} files`)
-            )
+            return yield* invalid(["fileIds", index], `Text cannot be read from ${file.contentType} files`)
           }
-          const attachment: Attachment = { id: file.id, name: file.originalName, contentType: file.contentType }
-          return Effect.succeed(attachment)
-        }))
+          yield* textOf(file)
+          attached.push({ id: file.id, name: file.originalName, contentType: file.contentType })
+        }
+        return attached
+      })
 
     // A file's content never changes: its text, once read (a PDF's takes a worker), is kept for the
     // next turns of this instance, the newest `cachedTexts` of them.
@@ -79,24 +92,29 @@ export class Attachments extends Effect.Service<Attachments>()("Files/Attachment
     }
 
     /**
-     * The texts of the files the branch's messages carry (none read when no message carries one),
-     * each cut at `FILE_ANALYSIS_MAX_CHARS`.
+     * The texts of the attachments the branch's questions carry (nothing read when none names one),
+     * each cut at `FILE_ANALYSIS_MAX_CHARS`. Only what `message_files` records counts: a question's
+     * metadata alone cannot bring a file's text to the model.
      */
     const texts = (userId: UserId, branch: ReadonlyArray<MessageView>): Effect.Effect<AttachmentTexts> => {
-      const ids = new Set<FileId>()
-      for (const message of branch) for (const attachment of attachmentsOf(message)) ids.add(attachment.id)
-      if (ids.size === 0) return noTexts
-      return Effect.map(
-        Effect.forEach(ids, (id) =>
-          Effect.flatMap(
-            repo.findOwn(id, userId),
-            (found): Effect.Effect<readonly [string, string | null]> =>
-              found._tag === "None"
-                ? Effect.succeed([id, null])
-                : Effect.map(textOf(found.value), (text) => [id, text])
-          )),
-        (entries) => new Map(entries)
-      )
+      const named = branch.flatMap((message) => attachmentsOf(message).map((file) => [message.id, file.id] as const))
+      if (named.length === 0) return noTexts
+      return Effect.gen(function*() {
+        const recorded = new Set(
+          (yield* repo.attachedTo(Array.from(new Set(named.map(([messageId]) => messageId))))).map((row) =>
+            attachmentKey(row.messageId, row.fileId)
+          )
+        )
+        const texts = new Map<string, string | null>()
+        for (const [messageId, fileId] of named) {
+          const key = attachmentKey(messageId, fileId)
+          const found = yield* repo.findOwn(fileId, userId)
+          // Deleted since (its record went with it): named as such. Existing but never attached: left out.
+          if (found._tag === "None") texts.set(key, null)
+          else if (recorded.has(key)) texts.set(key, yield* textOf(found.value))
+        }
+        return texts
+      })
     }
 
     return { check, texts } as const

@@ -4,13 +4,15 @@
  */
 import { fileTypeFromBuffer } from "file-type"
 
+const maxNameLength = 255
+
 /** How many bytes from a file's start its type is decided on (what `file-type` reads at most). */
 export const sniffLength = 4100
 
 /**
  * A name safe to keep and to send back in `Content-Disposition`: the last path segment only, no
  * control characters or characters that file systems reserve, no leading or trailing dots and
- * spaces, NFC, at most 255 characters (the extension kept when it has to be shortened).
+ * spaces, NFC, at most 255 UTF-16 units (the extension kept when it has to be shortened).
  */
 export const sanitizeFileName = (raw: string): string => {
   const segment = raw.split(/[\\/]/).pop() ?? ""
@@ -19,12 +21,15 @@ export const sanitizeFileName = (raw: string): string => {
     .replace(/[\u0000-\u001f\u007f-\u009f<>:"|?*]/g, "_")
     .replace(/\s+/g, " ")
     .replace(/^[\s.]+|[\s.]+$/g, "")
-  const characters = Array.from(cleaned)
-  if (characters.length === 0) return "file"
-  if (characters.length <= 255) return cleaned
+  if (cleaned.length === 0) return "file"
+  // 255 UTF-16 units, as the schema counts (PostgreSQL and SQLite count characters: fewer), not
+  // cutting a character in two.
+  if (cleaned.length <= maxNameLength) return cleaned
   const dot = cleaned.lastIndexOf(".")
-  const extension = dot > 0 && cleaned.length - dot <= 16 ? Array.from(cleaned.slice(dot)) : []
-  return characters.slice(0, 255 - extension.length).join("") + extension.join("")
+  const extension = dot > 0 && cleaned.length - dot <= 16 ? cleaned.slice(dot) : ""
+  let stem = cleaned.slice(0, maxNameLength - extension.length)
+  if (/[\uD800-\uDBFF]$/.test(stem)) stem = stem.slice(0, -1)
+  return stem + extension
 }
 
 /** Text types told apart by the name's extension, once the content is known to be text. */

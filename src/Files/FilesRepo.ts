@@ -76,6 +76,13 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
       execute: (userId) => sql`SELECT storage_key FROM files WHERE user_id = ${userId}`
     })
 
+    const attachedTo = SqlSchema.findAll({
+      Request: Schema.Array(Schema.String),
+      Result: Schema.Struct({ messageId: Schema.String, fileId: Schema.String }),
+      execute: (messageIds) =>
+        sql`SELECT message_id, file_id FROM message_files WHERE ${sql.in("message_id", messageIds)}`
+    })
+
     const analysisOf = SqlSchema.findOne({
       Request: Schema.Struct({ id: FileAnalysisId, fileId: FileId }),
       Result: FileAnalysis,
@@ -133,6 +140,8 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
       storageKeysOf: (userId: UserId) =>
         Effect.orDie(Effect.map(storageKeysOf(userId), (rows) => rows.map((row) => row.storageKey))),
       insertAnalysis: (analysis: typeof FileAnalysis.insert.Type) => Effect.orDie(analyses.insert(analysis)),
+      /** The files recorded as attached to these messages. */
+      attachedTo: (messageIds: ReadonlyArray<string>) => Effect.orDie(attachedTo(messageIds)),
       analysisOf: (id: FileAnalysisId, fileId: FileId) => Effect.orDie(analysisOf({ id, fileId })),
       analysesOf: (fileId: FileId) => Effect.orDie(analysesOf(fileId)),
       jobRow: (id: FileAnalysisId) => Effect.orDie(jobRow(id)),

@@ -24,6 +24,9 @@ getDocumentProxy(workerData.bytes)
 /** How long one document may take. */
 const readTimeout = Duration.seconds(60)
 
+/** Documents read at once, server-wide (each reader may take up to 512 MB); the rest wait their turn. */
+const readers = Effect.unsafeMakeSemaphore(2)
+
 export const pdfText = (bytes: Uint8Array): Effect.Effect<string, TextUnreadable> =>
   Effect.async<string, TextUnreadable>((resume) => {
     const worker = new Worker(workerSource, {
@@ -52,5 +55,6 @@ export const pdfText = (bytes: Uint8Array): Effect.Effect<string, TextUnreadable
       void worker.terminate()
     })
   }).pipe(
-    Effect.timeoutFail({ duration: readTimeout, onTimeout: () => new TextUnreadable({ reason: "it took too long" }) })
+    Effect.timeoutFail({ duration: readTimeout, onTimeout: () => new TextUnreadable({ reason: "it took too long" }) }),
+    readers.withPermits(1)
   )

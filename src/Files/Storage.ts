@@ -6,7 +6,7 @@
  */
 import { FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
-import { Data, Effect, Stream } from "effect"
+import { Data, Effect, Option, Stream } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { AppConfig } from "../Config.js"
 import { sniffLength, textChecker } from "./Content.js"
@@ -34,6 +34,22 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
     const root = path.resolve(files.dir)
     const scratch = path.join(root, "tmp")
     yield* Effect.orDie(fs.makeDirectory(scratch, { recursive: true }))
+    // What a crash left half-written. Only old files: another instance may be writing to a shared directory.
+    const dayAgo = Date.now() - 24 * 60 * 60 * 1000
+    yield* Effect.forEach(
+      yield* Effect.orElseSucceed(fs.readDirectory(scratch), () => []),
+      (name) =>
+        fs.stat(path.join(scratch, name)).pipe(
+          Effect.flatMap((info) =>
+            Option.match(info.mtime, {
+              onNone: () => Effect.void,
+              onSome: (mtime) => mtime.getTime() < dayAgo ? fs.remove(path.join(scratch, name)) : Effect.void
+            })
+          ),
+          Effect.ignore
+        ),
+      { discard: true }
+    )
 
     const locate = (key: string) => path.join(root, key.slice(0, 2), key)
     const removeQuietly = (file: string) => Effect.ignore(fs.remove(file))
@@ -90,7 +106,8 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
       Effect.gen(function*() {
         const bytes = yield* fs.readFile(locate(key))
         const whole = contentType === "application/pdf" ? yield* pdfText(bytes) : new TextDecoder("utf-8").decode(bytes)
-        const text = whole.slice(0, maxChars)
+        // PostgreSQL's text cannot hold NUL; a model has no use for it either.
+        const text = whole.replace(/\0/g, "").slice(0, maxChars)
         // Not half a character at the cut.
         return /[\uD800-\uDBFF]$/.test(text) ? text.slice(0, -1) : text
       })

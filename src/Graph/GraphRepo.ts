@@ -140,7 +140,13 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
                    WHERE user_id = ${userId} AND source_kind = ${kind} AND source_id = ${sourceId}`
         const ids = new Map<string, string>()
         const keyOf = (type: string, name: string) => `${type}\u0000${normalizeName(name)}`
-        for (const entity of findings.entities) {
+        // One order for every extraction (concurrent ones on PostgreSQL lock rows in it: no deadlock).
+        const entities = [...findings.entities].sort((a, b) => {
+          const left = keyOf(a.type, a.name)
+          const right = keyOf(b.type, b.name)
+          return left < right ? -1 : left > right ? 1 : 0
+        })
+        for (const entity of entities) {
           const id = yield* generateUuid
           const rows = yield* sql<{ readonly id: string }>`
             INSERT INTO graph_entities ${

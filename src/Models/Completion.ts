@@ -12,13 +12,23 @@ export const completeText = (resolved: ResolvedModel, request: Omit<ChatRequest,
     Stream.runFold("", (text, chunk) => chunk._tag === "text" ? text + chunk.text : text)
   )
 
+/** A JSON value with NUL taken out of its strings (PostgreSQL's text and jsonb refuse it). */
+const withoutNul = (value: unknown): unknown => {
+  if (typeof value === "string") return value.replace(/\0/g, "")
+  if (Array.isArray(value)) return value.map(withoutNul)
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([key, item]) => [key.replace(/\0/g, ""), withoutNul(item)]))
+  }
+  return value
+}
+
 /** The JSON object in a model's answer: from its first `{` to its last `}` (models wrap JSON in prose and fences). */
 export const jsonObjectIn = (answer: string): Option.Option<Record<string, unknown>> => {
   const start = answer.indexOf("{")
   const end = answer.lastIndexOf("}")
   if (start < 0 || end <= start) return Option.none()
   try {
-    const parsed: unknown = JSON.parse(answer.slice(start, end + 1))
+    const parsed = withoutNul(JSON.parse(answer.slice(start, end + 1)))
     return parsed !== null && typeof parsed === "object" && !Array.isArray(parsed)
       ? Option.some(parsed as Record<string, unknown>)
       : Option.none()

@@ -133,6 +133,8 @@ export class Users extends Effect.Service<Users>()("Users", {
         conversations: data.conversations,
         files: data.files,
         fileAnalyses: data.fileAnalyses,
+        graph: data.graph,
+        shares: data.shares,
         modelConfigs: data.modelConfigs,
         usage: data.usage,
         auditEvents: events

@@ -255,6 +255,23 @@ for (const dialect of dialects) {
             .toBe(422)
         }))
 
+      it.scoped("the personal-data export holds the graph and its extractions", () =>
+        Effect.gen(function*() {
+          const { openai } = yield* TheCast
+          const user = yield* signUp()
+          modelFinds(openai, lovelace)
+          const done = yield* extract(user, { conversationId: yield* conversationWith(user, ["Ada."]) })
+          const exported = yield* call("GET", "/api/v1/me/export", { auth: user.accessToken })
+          const graph = expectStatus(exported, 200).graph
+          expect(graph.entities.map((entity: { name: string }) => entity.name).sort()).toEqual([
+            "Ada Lovelace",
+            "Analytical Engine",
+            "Charles Babbage"
+          ])
+          expect(graph.relationships).toHaveLength(2)
+          expect(graph.extractions).toEqual([expect.objectContaining({ id: done.id, status: "complete" })])
+        }))
+
       it.scoped("reading a file into the graph needs files:read", () =>
         Effect.gen(function*() {
           const user = yield* signUp()

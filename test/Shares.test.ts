@@ -150,6 +150,26 @@ for (const dialect of dialects) {
           expect(expectStatus(yield* call("GET", "/api/v1/shares", { auth: user.accessToken }), 200).items).toEqual([])
         }))
 
+      it.scoped("the personal-data export holds the shares as published", () =>
+        Effect.gen(function*() {
+          const user = yield* signUp()
+          const share = expectStatus(
+            yield* call("POST", "/api/v1/shares", {
+              auth: user.accessToken,
+              body: { conversationId: yield* conversationWith(user, ["Exported"]) }
+            }),
+            201
+          )
+          const exported = expectStatus(yield* call("GET", "/api/v1/me/export", { auth: user.accessToken }), 200)
+          expect(exported.shares).toEqual([
+            expect.objectContaining({
+              id: share.id,
+              slug: share.slug,
+              content: expect.objectContaining({ kind: "conversation" })
+            })
+          ])
+        }))
+
       it.scoped("deleting the account takes its shares down", () =>
         Effect.gen(function*() {
           const user = yield* signUp()

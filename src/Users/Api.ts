@@ -113,6 +113,12 @@ export class PersonalDataExport extends Schema.Class<PersonalDataExport>("Person
   fileAnalyses: Schema.Array(ExportedRecord).annotations({
     description: "Analyses of your files: what the model found and the text it read"
   }),
+  graph: Schema.Struct({
+    entities: Schema.Array(ExportedRecord),
+    relationships: Schema.Array(ExportedRecord),
+    extractions: Schema.Array(ExportedRecord)
+  }).annotations({ description: "Your knowledge graph, and the extractions that built it" }),
+  shares: Schema.Array(ExportedRecord).annotations({ description: "What you published, as published" }),
   modelConfigs: Schema.Array(ExportedRecord),
   usage: Schema.Array(ExportedRecord).annotations({ description: "Tokens spent per answer (chat and gateway)" }),
   auditEvents: Schema.Array(AuditEventView)

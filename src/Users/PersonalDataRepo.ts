@@ -45,6 +45,19 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
                  a.created_at, a.completed_at
           FROM file_analyses a JOIN files f ON f.id = a.file_id
           WHERE f.user_id = ${userId} ORDER BY a.created_at, a.id`
+        const graphEntities = yield* sql<Record<string, unknown>>`
+          SELECT id, name, type, description, confidence, mention_count, created_at, updated_at
+          FROM graph_entities WHERE user_id = ${userId} ORDER BY created_at, id`
+        const graphRelationships = yield* sql<Record<string, unknown>>`
+          SELECT source_entity_id, target_entity_id, type, confidence, source_kind, source_id, created_at
+          FROM graph_relationships WHERE user_id = ${userId} ORDER BY created_at, id`
+        const graphExtractions = yield* sql<Record<string, unknown>>`
+          SELECT id, source_kind, source_id, model_id, status, entity_count, relationship_count, error,
+                 created_at, completed_at
+          FROM graph_extractions WHERE user_id = ${userId} ORDER BY created_at, id`
+        const shares = yield* sql<Record<string, unknown>>`
+          SELECT id, slug, kind, target_id, title, content, view_count, revoked_at, created_at
+          FROM shares WHERE user_id = ${userId} ORDER BY created_at, id`
         const modelConfigs = yield* sql<Record<string, unknown>>`
           SELECT id, name, model_id, system_prompt, temperature, top_p, max_tokens, stop, extra_params, created_at
           FROM model_configs WHERE owner_id = ${userId} ORDER BY created_at, id`
@@ -68,6 +81,8 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
           })),
           files,
           fileAnalyses: fileAnalyses.map((analysis) => parseJsonColumns(analysis, ["analysis"])),
+          graph: { entities: graphEntities, relationships: graphRelationships, extractions: graphExtractions },
+          shares: shares.map((share) => parseJsonColumns(share, ["content"])),
           modelConfigs: modelConfigs.map((config) => parseJsonColumns(config, ["stop", "extraParams"])),
           usage
         }

@@ -55,7 +55,7 @@ import {
   type ModelConfigId,
   type ThreadId
 } from "./Domain/Ids.js"
-import { cursorOf, decodeCursor, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
+import { createdPosition, cursorOf, decodeCursor, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { inTransaction, storedNow } from "./Sql.js"
@@ -295,11 +295,6 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
 
     // --- the message tree
 
-    const messagePosition = (row: { readonly id: MessageId; readonly createdAt: DateTime.Utc }) => ({
-      at: DateTime.formatIso(row.createdAt),
-      id: row.id
-    })
-
     const listMessages = (
       id: ConversationId,
       query: {
@@ -314,7 +309,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         if (query.view === "tree") {
           const limit = query.limit ?? 100
           const rows = yield* repo.treePage(id, yield* decodeCursor(query.cursor), limit)
-          const page = toPage(rows, limit, messagePosition)
+          const page = toPage(rows, limit, createdPosition)
           return new MessageList({
             currentLeafId: conversation.currentLeafId,
             items: page.items,
@@ -586,8 +581,6 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         return toThreadView(yield* findThread(id, threadId))
       }).pipe(Effect.withSpan("Conversations.createThread"))
 
-    const threadPosition = (row: ThreadRow) => ({ at: DateTime.formatIso(row.createdAt), id: row.id })
-
     const listThreads = (
       id: ConversationId,
       page: { readonly limit?: number | undefined; readonly cursor?: string | undefined }
@@ -597,7 +590,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         yield* findOwn(actor, id)
         const limit = page.limit ?? defaultLimit
         const rows = yield* repo.threadsPage(id, yield* decodeCursor(page.cursor), limit)
-        const result = toPage(rows, limit, threadPosition)
+        const result = toPage(rows, limit, createdPosition)
         return { items: result.items.map(toThreadView), nextCursor: result.nextCursor }
       }).pipe(Effect.withSpan("Conversations.listThreads"))
 
@@ -629,7 +622,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         yield* findThread(id, threadId)
         const limit = page.limit ?? defaultLimit
         const rows = yield* repo.threadMessagesPage(threadId, yield* decodeCursor(page.cursor), limit)
-        const result = toPage(rows, limit, messagePosition)
+        const result = toPage(rows, limit, createdPosition)
         return { items: result.items, nextCursor: result.nextCursor }
       }).pipe(Effect.withSpan("Conversations.listThreadMessages"))
 

@@ -11,14 +11,14 @@ import type { Multipart } from "@effect/platform"
 import { HttpServerResponse, Multipart as Multiparts } from "@effect/platform"
 import { isPlatformError, type PlatformError } from "@effect/platform/Error"
 import { SqlClient } from "@effect/sql"
-import { DateTime, Effect, Option, Schema, Stream } from "effect"
+import { Effect, Option, Schema, Stream } from "effect"
 import { requirePermission } from "./Auth/Policy.js"
 import { AppConfig } from "./Config.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound, PayloadTooLarge, type ValidationError } from "./Domain/Errors.js"
 import { FileAnalysis, StoredFile } from "./Domain/File.js"
 import { FileAnalysisId, type FileId } from "./Domain/Ids.js"
-import { cursorOf, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
+import { createdPosition, decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import {
   FileAnalysisView,
   FileView,
@@ -38,8 +38,6 @@ import { inTransaction, storedNow } from "./Sql.js"
 /** The queue of analyses to run, and what each of its jobs carries. */
 export const analysisQueue = "file-analysis"
 export const AnalysisJob = Schema.Struct({ analysisId: FileAnalysisId })
-
-const positionCursor = cursorOf(Position)
 
 /**
  * Whether the multipart parser stopped at a limit. While streaming, the parser's own limit on a
@@ -186,9 +184,8 @@ export class Files extends Effect.Service<Files>()("Files", {
       Effect.gen(function*() {
         const actor = yield* readable
         const limit = query.limit ?? defaultLimit
-        const after = yield* positionCursor.decode(query.cursor)
-        const rows = yield* repo.page(actor.userId, after, limit + 1)
-        const page = toPage(rows, limit, (row) => ({ at: DateTime.formatIso(row.createdAt), id: row.id }))
+        const rows = yield* repo.page(actor.userId, yield* decodeCursor(query.cursor), limit + 1)
+        const page = toPage(rows, limit, createdPosition)
         return { items: page.items.map(fileView), nextCursor: page.nextCursor }
       }).pipe(Effect.withSpan("Files.list"))
 

@@ -14,7 +14,7 @@ import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound } from "./Domain/Errors.js"
 import { type ConversationId, type FileId, type UserId, UuidV7 } from "./Domain/Ids.js"
 import { cursorOf, defaultLimit, toPage } from "./Domain/Pagination.js"
-import { hasReadableText } from "./Files/Content.js"
+import { cutText, hasReadableText } from "./Files/Content.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import { FileStorage } from "./Files/Storage.js"
 import {
@@ -54,16 +54,13 @@ const extractionPrompt = [
 const maxEntities = 200
 const maxRelationships = 400
 
-/** Cut to `max` UTF-16 units (what the columns' length checks count, on both dialects), not within a character. */
-const cut = (text: string, max: number) => {
-  const kept = text.slice(0, max)
-  return /[\uD800-\uDBFF]$/.test(kept) ? kept.slice(0, -1) : kept
-}
-
-/** A model's string, tidied: NFKC, no NUL (PostgreSQL refuses it) or runs of spaces, at most `max` long. */
+/**
+ * A model's string, tidied: NFKC, no runs of spaces, at most `max` UTF-16 units (what the columns'
+ * checks count). `jsonObjectIn` has taken NUL out already.
+ */
 const label = (value: unknown, max: number, transform: (text: string) => string = (text) => text): string | null => {
   if (typeof value !== "string") return null
-  const text = cut(transform(value.normalize("NFKC").replace(/\0/g, "").trim().replace(/\s+/g, " ")), max).trim()
+  const text = cutText(transform(value.normalize("NFKC").trim().replace(/\s+/g, " ")), max).trim()
   return text.length === 0 ? null : text
 }
 

@@ -87,8 +87,6 @@ export const JobsSweepLive = Layer.scopedDiscard(
 export interface Attempt {
   readonly id: string
   readonly attempts: number
-  /** Whether this is the last attempt: a failure now gives the job up. */
-  readonly last: boolean
 }
 
 /** An attempt at a job failed, for a reason worth trying again (a provider unreachable, say). */
@@ -146,7 +144,7 @@ export const runWorkers = <A, E extends { readonly message: string }, R, R2>(
     const takeOne = queue.take(
       (job, { attempts, id }) => {
         const last = attempts + 1 >= jobs.maxAttempts
-        return options.handle(job, { id, attempts, last }).pipe(
+        return options.handle(job, { id, attempts }).pipe(
           Effect.timeoutFail({ duration: jobs.timeout, onTimeout: () => new JobTimedOut({ after: jobs.timeout }) }),
           Effect.catchAllDefect((defect) =>
             Effect.zipRight(Effect.logError("Job failed unexpectedly", defect), Effect.fail(new JobCrashed()))

@@ -4,14 +4,14 @@
  * counted) and reacts to it (limited per client address), without an account. Revoking a share
  * takes the link down; an unknown or revoked link answers 404 alike.
  */
-import { DateTime, Effect, Option } from "effect"
+import { Effect, Option } from "effect"
 import * as Crypto from "node:crypto"
 import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound } from "./Domain/Errors.js"
-import { cursorOf, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
+import { createdPosition, decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import {
   type CreateSharePayload,
@@ -27,8 +27,6 @@ import {
   ShareView
 } from "./Shares/Api.js"
 import { type ShareRow, SharesRepo } from "./Shares/SharesRepo.js"
-
-const positionCursor = cursorOf(Position)
 
 const shareView = (row: ShareRow, reactions: Record<string, number>) =>
   new ShareView({
@@ -129,8 +127,8 @@ export class Shares extends Effect.Service<Shares>()("Shares", {
       Effect.gen(function*() {
         const actor = yield* readable
         const limit = query.limit ?? defaultLimit
-        const rows = yield* repo.page(actor.userId, yield* positionCursor.decode(query.cursor), limit + 1)
-        const page = toPage(rows, limit, (row) => ({ at: DateTime.formatIso(row.createdAt), id: row.id }))
+        const rows = yield* repo.page(actor.userId, yield* decodeCursor(query.cursor), limit + 1)
+        const page = toPage(rows, limit, createdPosition)
         return { items: yield* withReactions(page.items), nextCursor: page.nextCursor }
       }).pipe(Effect.withSpan("Shares.list"))
 

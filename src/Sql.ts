@@ -207,6 +207,19 @@ export const SqlLive = Layer.unwrapEffect(
 )
 
 /**
+ * Where a newest-first page, ordered by `(created_at, id)` descending, continues: the rows before
+ * `after`; every row when there is none.
+ */
+export const createdBefore = (
+  sql: SqlClient.SqlClient,
+  after: Option.Option<{ readonly at: string; readonly id: string }>
+) =>
+  Option.match(after, {
+    onNone: () => sql`TRUE`,
+    onSome: ({ at, id }) => sql`(created_at < ${at} OR (created_at = ${at} AND id < ${id}))`
+  })
+
+/**
  * Runs `effect` in a transaction. Repositories already turn query failures
  * into defects; what is left (BEGIN or COMMIT failing) is one too.
  */

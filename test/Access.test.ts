@@ -459,7 +459,7 @@ const expectations: Readonly<Record<string, Expectation>> = {
   },
   // Authorized callers get as far as reading the body, which is not multipart here (the upload itself
   // is tested in Files.test.ts).
-  "files.uploadFile": { statuses: { ...conversationsUse(422) } },
+  "files.uploadFile": { statuses: conversationsUse(422) },
   "files.listFiles": { statuses: conversationsUse(200) },
   "files.getFile": { statuses: ownFile(200), request: onFile },
   "files.downloadFile": { statuses: ownFile(200), request: onFile },

@@ -3,6 +3,7 @@ import { DateTime, Effect, Option, Schema } from "effect"
 import { AuditEvent } from "../Domain/Credentials.js"
 import type { UserId } from "../Domain/Ids.js"
 import type { Position } from "../Domain/Pagination.js"
+import { createdBefore } from "../Sql.js"
 
 export const AuditFilter = Schema.Struct({
   actorId: Schema.optional(Schema.String),
@@ -34,9 +35,7 @@ export class AuditRepo extends Effect.Service<AuditRepo>()("Audit/AuditRepo", {
         filter.targetId !== undefined ? sql`target_id = ${filter.targetId}` : undefined,
         filter.from !== undefined ? sql`created_at >= ${DateTime.formatIso(filter.from)}` : undefined,
         filter.to !== undefined ? sql`created_at < ${DateTime.formatIso(filter.to)}` : undefined,
-        Option.isSome(after)
-          ? sql`(created_at < ${after.value.at} OR (created_at = ${after.value.at} AND id < ${after.value.id}))`
-          : undefined
+        Option.isSome(after) ? createdBefore(sql, after) : undefined
       ].filter((condition) => condition !== undefined)
       return sql`SELECT * FROM audit_events WHERE ${sql.and(conditions)}
                  ORDER BY created_at DESC, id DESC LIMIT ${limit + 1}`.pipe(

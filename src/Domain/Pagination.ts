@@ -3,7 +3,7 @@
  * encodes the sort key of the last item (keyset pagination: stable while new
  * rows arrive, and fast at any depth).
  */
-import { Effect, Option, Schema } from "effect"
+import { DateTime, Effect, Option, Schema } from "effect"
 import { FieldIssue, ValidationError } from "./Errors.js"
 import { UuidV7 } from "./Ids.js"
 import { request } from "./Request.js"
@@ -49,6 +49,12 @@ export const cursorOf = <A, I>(schema: Schema.Schema<A, I>) => {
 }
 
 const positionCursor = cursorOf(Position)
+
+/** Where a page ordered by creation time ends: the row's time (as stored: ISO-8601 UTC) and id. */
+export const createdPosition = (row: { readonly id: string; readonly createdAt: DateTime.Utc }) => ({
+  at: DateTime.formatIso(row.createdAt),
+  id: row.id
+})
 
 export const encodeCursor = positionCursor.encode
 export const decodeCursor = positionCursor.decode

@@ -10,6 +10,15 @@ const maxNameLength = 255
 export const sniffLength = 4100
 
 /**
+ * `text` cut to `max` UTF-16 units (what the schemas' and columns' length checks count), never
+ * between the two halves of a character.
+ */
+export const cutText = (text: string, max: number): string => {
+  const kept = text.slice(0, max)
+  return /[\uD800-\uDBFF]$/.test(kept) ? kept.slice(0, -1) : kept
+}
+
+/**
  * A name safe to keep and to send back in `Content-Disposition`: the last path segment only, no
  * control characters or characters that file systems reserve, no leading or trailing dots and
  * spaces, NFC, at most 255 UTF-16 units (the extension kept when it has to be shortened).
@@ -22,14 +31,11 @@ export const sanitizeFileName = (raw: string): string => {
     .replace(/\s+/g, " ")
     .replace(/^[\s.]+|[\s.]+$/g, "")
   if (cleaned.length === 0) return "file"
-  // 255 UTF-16 units, as the schema counts (PostgreSQL and SQLite count characters: fewer), not
-  // cutting a character in two.
+  // 255 UTF-16 units, as the schema counts (PostgreSQL and SQLite count characters: fewer).
   if (cleaned.length <= maxNameLength) return cleaned
   const dot = cleaned.lastIndexOf(".")
   const extension = dot > 0 && cleaned.length - dot <= 16 ? cleaned.slice(dot) : ""
-  let stem = cleaned.slice(0, maxNameLength - extension.length)
-  if (/[\uD800-\uDBFF]$/.test(stem)) stem = stem.slice(0, -1)
-  return stem + extension
+  return cutText(cleaned, maxNameLength - extension.length) + extension
 }
 
 /** Text types told apart by the name's extension, once the content is known to be text. */

@@ -6,7 +6,7 @@ import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Option, Schema } from "effect"
 import { FileAnalysis, StoredFile } from "../Domain/File.js"
 import { FileAnalysisId, FileId, LlmModelId, UserId } from "../Domain/Ids.js"
-import { storedNow } from "../Sql.js"
+import { createdBefore, storedNow } from "../Sql.js"
 
 /** Where a page of files (newest first) continues: before the last item's time and id. */
 export interface FilePosition {
@@ -55,11 +55,7 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
       Result: StoredFile,
       execute: ({ after, limit, userId }) =>
         sql`SELECT * FROM files WHERE user_id = ${userId} AND deleted_at IS NULL
-            AND ${
-          after === null
-            ? sql`TRUE`
-            : sql`(created_at < ${after.at} OR (created_at = ${after.at} AND id < ${after.id}))`
-        }
+            AND ${createdBefore(sql, Option.fromNullable(after))}
             ORDER BY created_at DESC, id DESC LIMIT ${limit}`
     })
 

@@ -9,7 +9,7 @@ import type { PlatformError } from "@effect/platform/Error"
 import { Data, Effect, Option, Stream } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { AppConfig } from "../Config.js"
-import { sniffLength, textChecker } from "./Content.js"
+import { cutText, sniffLength, textChecker } from "./Content.js"
 import { pdfText } from "./Pdf.js"
 
 /** The content passed the size limit while it was read. */
@@ -107,9 +107,7 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
         const bytes = yield* fs.readFile(locate(key))
         const whole = contentType === "application/pdf" ? yield* pdfText(bytes) : new TextDecoder("utf-8").decode(bytes)
         // PostgreSQL's text cannot hold NUL; a model has no use for it either.
-        const text = whole.replace(/\0/g, "").slice(0, maxChars)
-        // Not half a character at the cut.
-        return /[\uD800-\uDBFF]$/.test(text) ? text.slice(0, -1) : text
+        return cutText(whole.replace(/\0/g, ""), maxChars)
       })
 
     /** Removes a stored content; one already gone is not an error. */

@@ -2,7 +2,7 @@
 import { SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Option, Schema } from "effect"
 import { generateUuid, UserId } from "../Domain/Ids.js"
-import { storedNow } from "../Sql.js"
+import { createdBefore, storedNow } from "../Sql.js"
 import { type Reaction, ShareContent, ShareId } from "./Api.js"
 
 export const ShareRow = Schema.Struct({
@@ -45,12 +45,8 @@ export class SharesRepo extends Effect.Service<SharesRepo>()("Shares/SharesRepo"
 
     const page = (userId: UserId, after: Option.Option<{ readonly at: string; readonly id: string }>, limit: number) =>
       Effect.flatMap(
-        sql`SELECT * FROM shares WHERE user_id = ${userId} AND ${
-          Option.match(after, {
-            onNone: () => sql`TRUE`,
-            onSome: ({ at, id }) => sql`(created_at < ${at} OR (created_at = ${at} AND id < ${id}))`
-          })
-        } ORDER BY created_at DESC, id DESC LIMIT ${limit}`,
+        sql`SELECT * FROM shares WHERE user_id = ${userId} AND ${createdBefore(sql, after)}
+            ORDER BY created_at DESC, id DESC LIMIT ${limit}`,
         decodeRows
       )
 

@@ -10,11 +10,12 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import WebSocket from "ws"
 import { chatSocketPath, chatSocketWindow as window } from "../src/ApiBeside.js"
-import { call, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 
 interface Cast {
+  readonly admin: TestUser
   readonly user: TestUser
   readonly other: TestUser
 }
@@ -25,11 +26,18 @@ const withCast = (dialect: (typeof dialects)[number]) =>
   Layer.effect(
     TheCast,
     Effect.gen(function*() {
-      yield* signUp() // the administrator
+      const admin = yield* signUp()
       const [user, other] = yield* Effect.all([signUp(), signUp()])
-      return { user, other }
+      return { admin, user, other }
     })
-  ).pipe(Layer.provideMerge(testServer({ dialect, env: { DEVELOPMENT_MODEL: "true" } })))
+  ).pipe(
+    Layer.provideMerge(
+      testServer({ dialect, env: { DEVELOPMENT_MODEL: "true", EVENTS_HEARTBEAT_INTERVAL: heartbeat } })
+    )
+  )
+
+/** How often the server checks a socket's credential again (short, for the tests that wait for it). */
+const heartbeat = "1 second"
 
 type Frame = Record<string, any>
 
@@ -37,23 +45,38 @@ type Frame = Record<string, any>
 const connect = (headers: Record<string, string> = {}) =>
   Effect.acquireRelease(
     Effect.flatMap(TestServer, ({ baseUrl }) =>
-      Effect.async<{ readonly ws: WebSocket; readonly frames: Array<Frame>; waiters: Array<() => void> }>(
+      Effect.async<{
+        readonly ws: WebSocket
+        readonly frames: Array<Frame>
+        waiters: Array<() => void>
+        closed: { readonly code: number; readonly reason: string } | null
+      }>(
         (resume) => {
           const ws = new WebSocket(`${baseUrl.replace(/^http/, "ws")}${chatSocketPath}`, { headers })
-          const socket = { ws, frames: [] as Array<Frame>, waiters: [] as Array<() => void> }
-          ws.on("message", (data) => {
-            socket.frames.push(JSON.parse(String(data)))
+          const socket = {
+            ws,
+            frames: [] as Array<Frame>,
+            waiters: [] as Array<() => void>,
+            closed: null as { readonly code: number; readonly reason: string } | null
+          }
+          const wakeAll = () => {
             for (const wake of socket.waiters.splice(0)) {
               wake()
             }
+          }
+          ws.on("message", (data) => {
+            socket.frames.push(JSON.parse(String(data)))
+            wakeAll()
           })
-          ws.on("open", () =>
-            resume(Effect.succeed(socket)))
+          ws.on("close", (code, reason) => {
+            socket.closed = { code, reason: String(reason) }
+            wakeAll()
+          })
+          ws.on("open", () => resume(Effect.succeed(socket)))
           ws.on("error", (error) => resume(Effect.die(error)))
         }
       )),
-    ({ ws }) =>
-      Effect.sync(() => ws.close())
+    ({ ws }) => Effect.sync(() => ws.close())
   )
 
 type Socket = Effect.Effect.Success<ReturnType<typeof connect>>
@@ -93,6 +116,20 @@ const untilDone = (socket: Socket, answerId?: string) =>
   })
 
 const sleep = (millis: number) => Effect.sleep(`${millis} millis`)
+
+/** How the server closed the socket (waiting up to `timeoutMs` for it). */
+const closing = (socket: Socket, timeoutMs = 5_000) =>
+  Effect.suspend(() =>
+    socket.closed !== null ? Effect.succeed(socket.closed) : Effect.async<void>((resume) => {
+      socket.waiters.push(() => resume(Effect.void))
+    }).pipe(Effect.zipRight(Effect.suspend(() =>
+      socket.closed === null ? Effect.fail("open" as const) : Effect.succeed(socket.closed)
+    )))
+  ).pipe(
+    Effect.retry({ while: (open) => open === "open" }),
+    Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new Error("still open") }),
+    Effect.orDie
+  )
 
 for (const dialect of dialects) {
   layer(withCast(dialect), { excludeTestServices: true })(`chat over a WebSocket on ${dialect}`, (it) => {
@@ -134,6 +171,53 @@ for (const dialect of dialects) {
           yield* send(socket, { type: "chat", conversationId: created.body.id, content: "in this one" })
           const frames = yield* untilDone(socket)
           expect(frames[0]!.event.conversationId).toBe(created.body.id)
+        }))
+    })
+
+    describe("credentials checked again", () => {
+      it.scoped("after signing out, the next message gets Unauthorized and the socket is closed (1008)", () =>
+        Effect.gen(function*() {
+          const leaving = yield* signUp()
+          const socket = yield* connect({ authorization: `Bearer ${leaving.accessToken}` })
+          expect(yield* next(socket)).toEqual({ type: "ready", userId: leaving.id })
+          expect((yield* call("POST", "/api/v1/auth/logout", { auth: leaving.accessToken })).status).toBe(204)
+          yield* send(socket, { type: "chat", ref: "late", content: "still there?" })
+          expect(yield* next(socket)).toMatchObject({ type: "error", ref: "late", error: { _tag: "Unauthorized" } })
+          expect(yield* closing(socket)).toEqual({ code: 1008, reason: "Credentials expired or revoked" })
+          // Nothing was stored for that message.
+          const again = yield* signIn(leaving.email, leaving.password)
+          const listed = yield* call("GET", "/api/v1/conversations", { auth: again.accessToken })
+          expect(listed.body.items).toEqual([])
+        }))
+
+      it.scoped("a user disabled while the socket is idle: closed at the next check, without a message", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const disabled = yield* signUp()
+          const socket = yield* connect({ authorization: `Bearer ${disabled.accessToken}` })
+          expect(yield* next(socket)).toEqual({ type: "ready", userId: disabled.id })
+          const refused = yield* call("POST", `/api/v1/admin/users/${disabled.id}/disable`, { auth: admin.accessToken })
+          expect(refused.status).toBeLessThan(300)
+          expect(yield* closing(socket)).toEqual({ code: 1008, reason: "Credentials expired or revoked" })
+          expect(socket.frames).toEqual([])
+        }))
+
+      it.scoped("a socket that stays signed in keeps working past several checks", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const socket = yield* connect({ authorization: `Bearer ${user.accessToken}` })
+          yield* next(socket)
+          yield* sleep(2_500)
+          expect(socket.closed).toBeNull()
+          yield* send(socket, { type: "chat", content: "after a while" })
+          const frames = yield* untilDone(socket)
+          expect(frames.at(-1)!.event.message.status).toBe("complete")
+        }))
+
+      it.scoped("a socket that never signs in is closed at the first check", () =>
+        Effect.gen(function*() {
+          const socket = yield* connect()
+          expect(yield* closing(socket)).toEqual({ code: 1008, reason: "Not signed in" })
         }))
     })
 

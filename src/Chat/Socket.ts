@@ -16,16 +16,23 @@
  * socket stays open) or a failed answer; a `RateLimited` error (`CHAT_RATE_LIMIT_PER_USER`) also
  * says in how many seconds to try again (`retryAfterSeconds`).
  *
+ * Signed in for as long as the credential is good: every `chat` and `cancel` checks it again, and
+ * so does a timer every `EVENTS_HEARTBEAT_INTERVAL`. A signed-out, disabled or erased user, a
+ * revoked key or an expired token gets an `Unauthorized` error (for a message) and the socket is
+ * closed with code 1008; so is a socket that has not signed in by the first check. An answer
+ * already streaming is still finished and stored, as when any client goes away.
+ *
  * Bounded: an answer's events are sent at most `window` ahead of the client's last `ack`; past
  * that its stream waits (the answer itself goes on and is stored), so a client that stops reading
  * holds no more than that many events in the server's buffers. At most `maxOpen` answers stream
  * on one socket at a time.
  */
-import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, type Socket } from "@effect/platform"
-import { Deferred, Effect, Either, FiberId, FiberSet, Redacted, Schema, Stream } from "effect"
+import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
+import { Deferred, Effect, Either, FiberId, FiberSet, Redacted, Schedule, Schema, Stream } from "effect"
 import { chatSocketMaxOpen as maxOpen, chatSocketPath, chatSocketWindow as window } from "../ApiBeside.js"
 import { Auth, credentialIn } from "../Auth.js"
 import { ChatEngine, type EventBatch, followingStream } from "../Chat.js"
+import { AppConfig } from "../Config.js"
 import { type Actor, CurrentActor } from "../Domain/Actor.js"
 import { NonNegativeInt } from "../Domain/Fields.js"
 import { ConversationId, MessageId } from "../Domain/Ids.js"
@@ -59,6 +66,7 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
   Effect.gen(function*() {
     const auth = yield* Auth
     const engine = yield* ChatEngine
+    const { events: { heartbeat } } = yield* AppConfig
 
     const serve = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
@@ -83,12 +91,28 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
       const answers = yield* FiberSet.make()
       const open = new Map<MessageId, Open>()
       let actor: Actor | null = null
+      let credential: Redacted.Redacted | null = null
+
+      /** Closes the socket as a policy violation (1008), and fails to end the reading loop. */
+      const closeWith = (reason: string) =>
+        Effect.zipRight(Effect.ignore(write(new Socket.CloseEvent(1008, reason))), Effect.fail(reason))
+
+      /** The actor the credential stands for now; else the socket is closed (after an error frame for a message). */
+      const current = (signedIn: Redacted.Redacted, ref?: string, answering = true) =>
+        Effect.catchAll(auth.authenticate(signedIn), () => {
+          const reason = "Credentials expired or revoked"
+          return Effect.zipRight(
+            answering ? sendError({ _tag: "Unauthorized", message: reason }, ref) : Effect.void,
+            closeWith(reason)
+          )
+        })
 
       const signIn = (token: string) =>
         auth.authenticate(Redacted.make(token)).pipe(
           Effect.tap((who) =>
             Effect.sync(() => {
               actor = who
+              credential = Redacted.make(token)
             })
           ),
           Effect.flatMap((who) => send({ type: "ready", userId: who.userId })),
@@ -158,6 +182,12 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
         }
       }
 
+      // The first check also ends a socket that never signed in.
+      const watch = Effect.repeat(
+        Effect.suspend(() => credential === null ? closeWith("Not signed in") : current(credential, undefined, false)),
+        Schedule.spaced(heartbeat)
+      ).pipe(Effect.delay(heartbeat))
+
       yield* socket.runRaw((data) =>
         Effect.suspend(() => {
           const decoded = decodeMessage(typeof data === "string" ? data : new TextDecoder().decode(data))
@@ -165,14 +195,19 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
             return sendError({ _tag: "ValidationError", message: "Not a message of this socket" })
           }
           const message = decoded.right
-          if (actor === null) {
+          if (actor === null || credential === null) {
             return message.type === "auth"
               ? signIn(message.token)
               : sendError({ _tag: "Unauthorized", message: "Send { type: \"auth\" } first" })
           }
-          return handle(message, actor)
+          // Acknowledgements only pace what is already being sent; anything else needs the credential as it is now.
+          if (message.type === "ack") return handle(message, actor)
+          return Effect.flatMap(
+            current(credential, message.type === "chat" ? message.ref : undefined),
+            (who) => handle(message, who)
+          )
         })
-      ).pipe(Effect.catchAll(() => Effect.void))
+      ).pipe(Effect.raceFirst(watch), Effect.catchAll(() => Effect.void))
       return HttpServerResponse.empty()
     }).pipe(Effect.scoped)
 

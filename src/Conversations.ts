@@ -503,7 +503,8 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
             orNotFound("No such message")
           )
           const editId = yield* freshId<MessageId>()
-          return yield* addLeaf(
+          const metadata = payload.metadata ?? original.metadata
+          const added = yield* addLeaf(
             id,
             editId,
             newMessage(editId, {
@@ -511,10 +512,15 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
               parentId: original.parentId,
               role: original.role,
               content: payload.content,
-              metadata: payload.metadata ?? original.metadata,
+              // The files a question carries stay with its new version, unless new metadata names others.
+              metadata: "attachments" in original.metadata && !("attachments" in metadata)
+                ? { ...metadata, attachments: original.metadata["attachments"] }
+                : metadata,
               editedFromId: original.id
             })
           )
+          yield* repo.copyAttachments(original.id, editId)
+          return added
         }))
         return yield* readBack(id, editId)
       }).pipe(Effect.withSpan("Conversations.editMessage"))

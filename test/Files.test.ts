@@ -392,6 +392,58 @@ for (const dialect of dialects) {
           )
         }))
 
+      it.scoped("an edited question keeps its files: the answer after the edit is sent them", () =>
+        Effect.gen(function*() {
+          const { modelId, openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: ["Noted."] }
+          const file = yield* uploadOne(user.accessToken, "list.txt", "eggs, flour")
+          const first = expectStatus(
+            yield* call("POST", "/api/v1/chat", {
+              auth: user.accessToken,
+              body: { content: "What do I need?", title: "Edit", modelId, fileIds: [file.id] }
+            }),
+            200
+          )
+          const conversationId = first.conversationId
+          const edited = expectStatus(
+            yield* call("POST", `/api/v1/conversations/${conversationId}/messages/${first.question.id}/edit`, {
+              auth: user.accessToken,
+              body: { content: "What do I need to buy?" }
+            }),
+            201
+          )
+          expect(edited.metadata.attachments).toEqual(first.question.metadata.attachments)
+          expectStatus(
+            yield* call("POST", `/api/v1/conversations/${conversationId}/continue`, {
+              auth: user.accessToken,
+              body: {}
+            }),
+            200
+          )
+          expect(lastQuestionSent(openai).map((message) => message.content)).toEqual([
+            `What do I need to buy?\n\n<attachment name="list.txt" type="text/plain">\neggs, flour\n</attachment>`
+          ])
+
+          // New metadata that names no files drops them from the new version.
+          const bare = expectStatus(
+            yield* call("POST", `/api/v1/conversations/${conversationId}/messages/${first.question.id}/edit`, {
+              auth: user.accessToken,
+              body: { content: "Never mind the list", metadata: { attachments: [] } }
+            }),
+            201
+          )
+          expect(bare.metadata.attachments).toEqual([])
+          expectStatus(
+            yield* call("POST", `/api/v1/conversations/${conversationId}/continue`, {
+              auth: user.accessToken,
+              body: {}
+            }),
+            200
+          )
+          expect(lastQuestionSent(openai).map((message) => message.content)).toEqual(["Never mind the list"])
+        }))
+
       it.scoped("a PDF's text is sent with the question", () =>
         Effect.gen(function*() {
           const { modelId, openai, user } = yield* TheCast

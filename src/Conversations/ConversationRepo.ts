@@ -387,6 +387,15 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
           sql`INSERT INTO message_files ${sql.insert(fileIds.map((fileId) => ({ messageId, fileId, createdAt: at })))}`
       )
 
+    /** Records for `toId` the files `fromId` carries (an edited question keeps its attachments). */
+    const copyAttachments = (fromId: MessageId, toId: MessageId) =>
+      Effect.flatMap(
+        now,
+        (at) =>
+          sql`INSERT INTO message_files (message_id, file_id, created_at)
+            SELECT ${toId}, file_id, ${at} FROM message_files WHERE message_id = ${fromId}`
+      )
+
     /** The user's conversation if it is out of the trash. */
     const findLive = (userId: UserId, id: ConversationId) =>
       Effect.map(
@@ -413,6 +422,7 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
       liveBranch,
       attachFiles: (messageId: MessageId, fileIds: ReadonlyArray<FileId>) =>
         Effect.orDie(attachFiles(messageId, fileIds)),
+      copyAttachments: (fromId: MessageId, toId: MessageId) => Effect.orDie(copyAttachments(fromId, toId)),
       findSummary: (userId: UserId, id: ConversationId) => Effect.orDie(findSummary({ userId, id })),
       listSummaries: (userId: UserId, state: ListState, after: Option.Option<ConversationPosition>, limit: number) =>
         Effect.orDie(Effect.flatMap(listSummaries(userId, state, after, limit + 1), decodeSummaries)),

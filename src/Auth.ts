@@ -27,9 +27,10 @@ import { Actor, CurrentActor, isPermission } from "./Domain/Actor.js"
 import { ApiKey, Session } from "./Domain/Credentials.js"
 import { Conflict, FieldIssue, Forbidden, orNotFound, Unauthorized, ValidationError } from "./Domain/Errors.js"
 import { type ApiKeyId, generateUuid, SessionFamilyId, type UserId } from "./Domain/Ids.js"
-import { BuiltinRoles, User } from "./Domain/User.js"
+import { BuiltinRoles, type Email, type RoleName, User, type Username } from "./Domain/User.js"
 import { CurrentClient } from "./Http/Middleware.js"
 import { inTransaction, transactionLock } from "./Sql.js"
+import type { CreateUserPayload } from "./Users/Api.js"
 import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
 
 type UserRow = typeof UserWithRole.Type
@@ -83,6 +84,16 @@ export const checkPasswordPolicy = (password: Redacted.Redacted<string>, identit
     : Effect.void
 }
 
+/**
+ * Taken by every change that adds or renames an account, in its transaction: exactly one first
+ * user becomes admin, and two accounts never end up with the same email address or username.
+ */
+export const lockAccountNames = (sql: SqlClient.SqlClient) => transactionLock(sql, "register")
+
+const closedRegistration = new Forbidden({
+  message: "Registration is closed: an administrator creates accounts on this server"
+})
+
 export class Auth extends Effect.Service<Auth>()("Auth", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
@@ -95,50 +106,90 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
     const audit = yield* AuditLog
     const rateLimits = yield* RateLimits
 
-    /** Registrations are serialised so exactly one first user becomes admin. */
-    const serialiseRegistrations = transactionLock(sql, "register")
+    const serialiseRegistrations = lockAccountNames(sql)
 
-    const register = (payload: RegisterPayload) =>
+    /**
+     * Stores a new account, the first one as an admin. `by`: the administrator creating it and the
+     * role they give it; `null`: someone registering, which `REGISTRATION=closed` allows only for
+     * the first account.
+     */
+    const createAccount = (
+      input: {
+        readonly email: Email
+        readonly username: Username
+        readonly password: Redacted.Redacted<string>
+        readonly marketingConsent: boolean
+      },
+      by: { readonly admin: Actor; readonly role: RoleName } | null
+    ) =>
       Effect.gen(function*() {
-        yield* rateLimits.authAttempt("register", payload.email)
-        yield* checkPasswordPolicy(payload.password, [payload.email, payload.username])
-        const passwordHash = yield* passwords.hash(payload.password)
+        const registrationClosed = by === null && settings.registration === "closed"
+        // Checked before the (costly) hash too, so a closed server spends nothing on refused requests.
+        if (registrationClosed && (yield* users.countUsers) > 0) return yield* closedRegistration
+        yield* checkPasswordPolicy(input.password, [input.email, input.username])
+        const passwordHash = yield* passwords.hash(input.password)
         const now = yield* DateTime.now
-        const user = yield* Effect.gen(function*() {
+        return yield* Effect.gen(function*() {
           yield* serialiseRegistrations
-          const taken = yield* Effect.all([users.findByLogin(payload.email), users.findByLogin(payload.username)])
+          const taken = yield* Effect.all([users.findByLogin(input.email), users.findByLogin(input.username)])
           if (taken.some(Option.isSome)) {
             return yield* new Conflict({ message: "That email address or username is already registered" })
           }
           const first = (yield* users.countUsers) === 0
-          const role = yield* users.findRoleByName(first ? BuiltinRoles.admin : BuiltinRoles.user).pipe(
-            Effect.flatten,
-            Effect.orDie
-          )
+          if (registrationClosed && !first) return yield* closedRegistration
+          const role = yield* knownRole(first ? BuiltinRoles.admin : by?.role ?? BuiltinRoles.user)
           const created = yield* users.insert(User.insert.make({
-            email: payload.email,
-            username: payload.username,
+            email: input.email,
+            username: input.username,
             passwordHash,
             roleId: role.id,
             disabled: false,
             termsAcceptedAt: now,
-            marketingConsent: payload.marketingConsent,
-            marketingConsentAt: payload.marketingConsent ? Option.some(now) : Option.none(),
+            marketingConsent: input.marketingConsent,
+            marketingConsentAt: input.marketingConsent ? Option.some(now) : Option.none(),
             lastLoginAt: Option.none(),
             failedLoginCount: 0,
             deletedAt: Option.none()
           }))
           const user = yield* users.get(created.id)
           yield* audit.record({
-            action: "user.registered",
-            actor: { type: "user", id: user.id },
+            action: by === null ? "user.registered" : "user.created",
+            actor: by === null ? { type: "user", id: user.id } : by.admin,
             target: { type: "user", id: user.id },
-            metadata: { role: user.roleName, marketingConsent: payload.marketingConsent }
+            metadata: { role: user.roleName, marketingConsent: input.marketingConsent }
           })
-          return user
+          return toUserView(user)
         }).pipe(inTransaction(sql))
-        return toUserView(user)
-      }).pipe(Effect.withSpan("Auth.register"))
+      })
+
+    /** A role by name, or a 422 naming the field that asked for it. */
+    const knownRole = (name: RoleName) =>
+      Effect.flatMap(
+        users.findRoleByName(name),
+        Option.match({
+          onNone: () =>
+            Effect.fail(
+              new ValidationError({
+                message: "No such role",
+                issues: [new FieldIssue({ path: ["role"], message: `Unknown role "${name}"` })]
+              })
+            ),
+          onSome: Effect.succeed
+        })
+      )
+
+    const register = (payload: RegisterPayload) =>
+      Effect.zipRight(
+        rateLimits.authAttempt("register", payload.email),
+        createAccount(payload, null)
+      ).pipe(Effect.withSpan("Auth.register"))
+
+    /** An account an administrator creates (the way in when `REGISTRATION=closed`). */
+    const createUser = (payload: CreateUserPayload) =>
+      Effect.gen(function*() {
+        const admin = yield* requirePermission("admin:users")
+        return yield* createAccount({ ...payload, marketingConsent: false }, { admin, role: payload.role })
+      }).pipe(Effect.withSpan("Auth.createUser"))
 
     /** A new session family for the user, and its first tokens. */
     const startSession = (userId: UserId, familyId: SessionFamilyId) =>
@@ -382,6 +433,8 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
 
     return {
       register,
+      createUser,
+      knownRole,
       login,
       refresh,
       logout,

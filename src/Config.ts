@@ -108,6 +108,8 @@ export interface AuthSettings {
   readonly rateLimitPerAccount: number
   /** Reactions to shares one client address may give per `rateLimitWindow`. */
   readonly shareReactionsPerAddress: number
+  /** `open`: anyone may register; `closed`: only the first user does, then administrators create accounts. */
+  readonly registration: "open" | "closed"
 }
 
 export interface TelemetrySettings {
@@ -316,7 +318,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       rateLimitWindow: yield* Config.duration("AUTH_RATE_LIMIT_WINDOW").pipe(Config.withDefault(Duration.minutes(1))),
       rateLimitPerAddress: yield* positiveInt("AUTH_RATE_LIMIT_PER_ADDRESS").pipe(Config.withDefault(20)),
       rateLimitPerAccount: yield* positiveInt("AUTH_RATE_LIMIT_PER_ACCOUNT").pipe(Config.withDefault(5)),
-      shareReactionsPerAddress: yield* positiveInt("SHARE_REACTIONS_PER_ADDRESS").pipe(Config.withDefault(30))
+      shareReactionsPerAddress: yield* positiveInt("SHARE_REACTIONS_PER_ADDRESS").pipe(Config.withDefault(30)),
+      registration: yield* Config.literal("open", "closed")("REGISTRATION").pipe(Config.withDefault("open" as const))
     }
     const telemetry: TelemetrySettings = {
       otlpEndpoint: yield* Config.option(

@@ -133,7 +133,6 @@ const ModelSupportLive = Layer.mergeAll(
 /** The services behind the handlers, with what they stand on. */
 export const ServicesLive = Layer.mergeAll(
   ChatEngine.Default,
-  Auth.Default,
   Users.Default,
   Health.Default,
   Gateway.Default,
@@ -144,6 +143,7 @@ export const ServicesLive = Layer.mergeAll(
   SessionCleanupLive
 ).pipe(
   Layer.provideMerge(Conversations.Default),
+  Layer.provideMerge(Auth.Default),
   Layer.provideMerge(EnvironmentProvidersLive),
   Layer.provideMerge(ModelRegistry.Default),
   Layer.provideMerge(ModelSupportLive),

@@ -1,24 +1,32 @@
 /**
- * Users as administrators see them (list, role, disable/enable) and as each
- * user sees their own personal data (export, erasure, consent).
+ * Users as administrators see them (list, role, disable/enable, erase, password reset) and as
+ * each user sees their own account and personal data (identity, export, erasure, consent).
  */
 import { SqlClient } from "@effect/sql"
 import { DateTime, Effect, Option, Schema } from "effect"
-import { AuditLog } from "./Audit.js"
-import { toApiKeyView, toUserView } from "./Auth.js"
+import { type AuditEntry, AuditLog } from "./Audit.js"
+import { Auth, lockAccountNames, toApiKeyView, toUserView } from "./Auth.js"
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { Passwords } from "./Auth/Passwords.js"
 import { requirePermission, requireSession } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
 import { SessionsRepo } from "./Auth/SessionsRepo.js"
-import { Conflict, FieldIssue, Forbidden, orNotFound, ValidationError } from "./Domain/Errors.js"
+import { Conflict, Forbidden, orNotFound } from "./Domain/Errors.js"
 import type { UserId } from "./Domain/Ids.js"
 import { decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { BuiltinRoles, type RoleName } from "./Domain/User.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import { FileStorage } from "./Files/Storage.js"
 import { inTransaction, storedNow, transactionLock } from "./Sql.js"
-import { Consent, type DeleteAccountPayload, PersonalDataExport, type UpdateConsentPayload } from "./Users/Api.js"
+import {
+  Consent,
+  type DeleteAccountPayload,
+  PersonalDataExport,
+  type ResetPasswordPayload,
+  type UpdateAccountPayload,
+  type UpdateConsentPayload
+} from "./Users/Api.js"
+import { resetPassword as resetPasswordOf } from "./Users/PasswordReset.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
 import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
 
@@ -43,6 +51,8 @@ export class Users extends Effect.Service<Users>()("Users", {
     const passwords = yield* Passwords
     const rateLimits = yield* RateLimits
     const audit = yield* AuditLog
+    const auth = yield* Auth
+    const services = yield* Effect.context<SqlClient.SqlClient | UsersRepo | SessionsRepo | Passwords | AuditLog>()
 
     const findUser = (id: UserId) => users.findById(id).pipe(orNotFound("No such user"))
 
@@ -76,18 +86,7 @@ export class Users extends Effect.Service<Users>()("Users", {
       Effect.gen(function*() {
         const actor = yield* requirePermission("admin:users")
         const user = yield* findUser(id)
-        const role = yield* users.findRoleByName(roleName).pipe(
-          Effect.flatMap(Option.match({
-            onNone: () =>
-              Effect.fail(
-                new ValidationError({
-                  message: "No such role",
-                  issues: [new FieldIssue({ path: ["role"], message: `Unknown role "${roleName}"` })]
-                })
-              ),
-            onSome: Effect.succeed
-          }))
-        )
+        const role = yield* auth.knownRole(roleName)
         if (role.name === user.roleName) return toUserView(user)
         yield* ensureNotLastAdmin(user, "demote")
         yield* users.setRole(user.id, role.id)
@@ -141,13 +140,9 @@ export class Users extends Effect.Service<Users>()("Users", {
       })
     }).pipe(Effect.withSpan("Users.exportData"))
 
-    const deleteAccount = (payload: DeleteAccountPayload) =>
+    /** Erases `user` and everything in it; the last admin stays. */
+    const erase = (user: UserRow, actor: AuditEntry["actor"]) =>
       Effect.gen(function*() {
-        const actor = yield* requireSession
-        yield* rateLimits.authAttempt("password", actor.userId)
-        const user = yield* users.get(actor.userId)
-        const { valid } = yield* passwords.verify(payload.password, user.passwordHash)
-        if (!valid) return yield* new Forbidden({ message: "The password is incorrect" })
         const contents = yield* Effect.gen(function*() {
           yield* ensureNotLastAdmin(user, "delete")
           const contents = yield* files.storageKeysOf(user.id)
@@ -156,15 +151,80 @@ export class Users extends Effect.Service<Users>()("Users", {
           yield* audit.pseudonymize(user.id)
           yield* audit.record({
             action: "user.erased",
-            actor: { type: "user", id: user.id },
+            actor,
             target: { type: "user", id: user.id },
-            withoutClient: true
+            // Erasing oneself leaves no trace of where from.
+            withoutClient: "userId" in actor ? actor.userId === user.id : actor.id === user.id
           })
           return contents
         }).pipe(inTransaction(sql))
         // The files' contents go once their rows are gone for good.
         yield* Effect.forEach(contents, (key) => Effect.ignoreLogged(storage.remove(key)), { discard: true })
-      }).pipe(Effect.withSpan("Users.deleteAccount"))
+      })
+
+    /** The signed-in user, once they have given their password again (rate limited like a login). */
+    const confirmedSelf = (password: DeleteAccountPayload["password"]) =>
+      Effect.gen(function*() {
+        const actor = yield* requireSession
+        yield* rateLimits.authAttempt("password", actor.userId)
+        const user = yield* users.get(actor.userId)
+        const { valid } = yield* passwords.verify(password, user.passwordHash)
+        if (!valid) return yield* new Forbidden({ message: "The password is incorrect" })
+        return user
+      })
+
+    const deleteAccount = (payload: DeleteAccountPayload) =>
+      Effect.flatMap(confirmedSelf(payload.password), (user) => erase(user, { type: "user", id: user.id })).pipe(
+        Effect.withSpan("Users.deleteAccount")
+      )
+
+    const deleteUser = (id: UserId) =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("admin:users")
+        const user = yield* findUser(id)
+        if (user.id === actor.userId) {
+          return yield* new Conflict({ message: "Erase your own account with DELETE /api/v1/me" })
+        }
+        yield* erase(user, actor)
+      }).pipe(Effect.withSpan("Users.deleteUser"))
+
+    const resetPassword = (id: UserId, payload: ResetPasswordPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("admin:users")
+        const user = yield* findUser(id)
+        yield* Effect.provide(resetPasswordOf(user, payload.password, actor), services)
+      }).pipe(Effect.withSpan("Users.resetPassword"))
+
+    const updateAccount = (payload: UpdateAccountPayload) =>
+      Effect.gen(function*() {
+        const user = yield* confirmedSelf(payload.password)
+        const identity = {
+          ...(payload.email !== undefined && payload.email !== user.email ? { email: payload.email } : {}),
+          ...(payload.username !== undefined && payload.username !== user.username
+            ? { username: payload.username }
+            : {})
+        }
+        const changed = Object.keys(identity)
+        if (changed.length === 0) return toUserView(user)
+        yield* Effect.gen(function*() {
+          yield* lockAccountNames(sql)
+          const taken = yield* Effect.forEach(
+            Object.values(identity),
+            (login) => Effect.map(users.findByLogin(login), Option.filter((found) => found.id !== user.id))
+          )
+          if (taken.some(Option.isSome)) {
+            return yield* new Conflict({ message: "That email address or username is already registered" })
+          }
+          yield* users.setIdentity(user.id, identity)
+          yield* audit.record({
+            action: "user.updated",
+            actor: yield* requireSession,
+            target: { type: "user", id: user.id },
+            metadata: { changed }
+          })
+        }).pipe(inTransaction(sql))
+        return toUserView(yield* users.get(user.id))
+      }).pipe(Effect.withSpan("Users.updateAccount"))
 
     const getConsent = Effect.gen(function*() {
       const actor = yield* requireSession
@@ -188,6 +248,17 @@ export class Users extends Effect.Service<Users>()("Users", {
         return consentOf(yield* users.get(actor.userId))
       }).pipe(Effect.withSpan("Users.updateConsent"))
 
-    return { listUsers, setRole, setDisabled, exportData, deleteAccount, getConsent, updateConsent } as const
+    return {
+      listUsers,
+      setRole,
+      setDisabled,
+      deleteUser,
+      resetPassword,
+      exportData,
+      updateAccount,
+      deleteAccount,
+      getConsent,
+      updateConsent
+    } as const
   })
 }) {}

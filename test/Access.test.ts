@@ -319,6 +319,21 @@ const expectations: Readonly<Record<string, Expectation>> = {
     statuses: adminOnly(200),
     request: (cast) => ({ params: { id: cast.target.id }, body: { role: "user" } })
   },
+  "admin.createUser": {
+    statuses: adminOnly(201),
+    request: () => ({
+      body: { email: `created-${unique()}@example.com`, username: `created_${unique()}`, password: "a long passphrase" }
+    })
+  },
+  "admin.deleteUser": {
+    statuses: adminOnly(204),
+    throwaway: true,
+    request: (cast) => ({ params: { id: cast.target.id } })
+  },
+  "admin.resetPassword": {
+    statuses: adminOnly(204),
+    request: (cast) => ({ params: { id: cast.target.id }, body: { password: "a reset passphrase" } })
+  },
   "admin.disableUser": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.target.id } }) },
   "admin.enableUser": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.target.id } }) },
   "admin.listAuditEvents": { statuses: adminOnly(200) },
@@ -328,6 +343,10 @@ const expectations: Readonly<Record<string, Expectation>> = {
     statuses: sessionOnly(204),
     throwaway: true,
     request: (cast, actor) => ({ body: { password: personOf(cast, actor).password } })
+  },
+  "me.updateAccount": {
+    statuses: sessionOnly(200),
+    request: (cast, actor) => ({ body: { password: personOf(cast, actor).password, username: `renamed_${unique()}` } })
   },
   "me.getConsent": { statuses: sessionOnly(200) },
   "me.updateConsent": { statuses: sessionOnly(200), request: () => ({ body: { marketingConsent: false } }) },

@@ -122,9 +122,14 @@ export class AuthApi extends HttpApiGroup.make("auth")
       .setPayload(request(RegisterPayload))
       .addSuccess(UserView, { status: 201 })
       .addError(Conflict)
+      .addError(Forbidden)
       .addError(RateLimited)
       .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Create an account (the first one becomes admin)")
+      .annotate(
+        OpenApi.Description,
+        "With `REGISTRATION=closed` only the first account registers (403 after it); administrators create the others."
+      )
   )
   .add(
     HttpApiEndpoint.post("login", "/api/v1/auth/login")

@@ -100,9 +100,12 @@ import {
   AuditEventView,
   AuditQuery,
   Consent,
+  CreateUserPayload,
   DeleteAccountPayload,
   PersonalDataExport,
+  ResetPasswordPayload,
   SetRolePayload,
+  UpdateAccountPayload,
   UpdateConsentPayload
 } from "../Users/Api.js"
 
@@ -284,11 +287,18 @@ const ModelRpcs = RpcGroup.make(
 
 const AccountDataRpcs = RpcGroup.make(
   Rpc.make("exportPersonalData", { success: PersonalDataExport, error: Refused }),
+  Rpc.make("updateAccount", { payload: fieldsOf(UpdateAccountPayload), success: UserView, error: AuthError }),
   Rpc.make("deleteAccount", { payload: fieldsOf(DeleteAccountPayload), error: AuthError }),
   Rpc.make("getConsent", { success: Consent, error: Refused }),
   Rpc.make("updateConsent", { payload: fieldsOf(UpdateConsentPayload), success: Consent, error: Refused }),
   Rpc.make("apiKeyUsage", { payload: { id: ApiKeyId }, success: ApiKeyUsage, error: Schema.Union(Refused, NotFound) }),
   Rpc.make("listUsers", { payload: PageParams, success: Page(UserView), error: Refused }),
+  Rpc.make("createUser", { payload: fieldsOf(CreateUserPayload), success: UserView, error: AuthError }),
+  Rpc.make("deleteUser", { payload: { id: UserId }, error: Schema.Union(Refused, NotFound, Conflict) }),
+  Rpc.make("resetPassword", {
+    payload: { id: UserId, ...ResetPasswordPayload.fields },
+    error: Schema.Union(Refused, NotFound, ServiceUnavailable)
+  }),
   Rpc.make("setRole", {
     payload: { id: UserId, ...SetRolePayload.fields },
     success: UserView,

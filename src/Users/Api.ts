@@ -1,7 +1,7 @@
 /** Administration of users, and each user's own personal data (export, erasure, consent). */
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
 import { Schema } from "effect"
-import { ApiKeyView, Authentication, UserView } from "../Auth/Api.js"
+import { ApiKeyView, Authentication, Password, UserView } from "../Auth/Api.js"
 import { ConversationExport } from "../Conversations/Api.js"
 import { AuditEvent } from "../Domain/Credentials.js"
 import { Conflict, Forbidden, NotFound, RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
@@ -9,11 +9,31 @@ import { JsonObject } from "../Domain/Fields.js"
 import { ConversationId, UserId } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { request } from "../Domain/Request.js"
-import { RoleName } from "../Domain/User.js"
+import { Email, RoleName, Username } from "../Domain/User.js"
 
 const UserPath = request(Schema.Struct({ id: UserId }))
 
 export class SetRolePayload extends Schema.Class<SetRolePayload>("SetRolePayload")({ role: RoleName }) {}
+
+export class CreateUserPayload extends Schema.Class<CreateUserPayload>("CreateUserPayload")({
+  email: Email,
+  username: Username,
+  password: Password,
+  role: Schema.optionalWith(RoleName, { default: () => RoleName.make("user") })
+}) {}
+
+export class ResetPasswordPayload extends Schema.Class<ResetPasswordPayload>("ResetPasswordPayload")({
+  password: Password
+}) {}
+
+/** A password asked again, to confirm a change to the account. */
+const CurrentPassword = Schema.Redacted(Schema.String.pipe(Schema.maxLength(1024)))
+
+export class UpdateAccountPayload extends Schema.Class<UpdateAccountPayload>("UpdateAccountPayload")({
+  email: Schema.optional(Email),
+  username: Schema.optional(Username),
+  password: CurrentPassword.annotations({ description: "Your current password" })
+}) {}
 
 /** An audit event as the API shows it: the row model's JSON variant. */
 export const AuditEventView = AuditEvent.json.annotations({ identifier: "AuditEvent" })
@@ -33,6 +53,31 @@ export class AdminApi extends HttpApiGroup.make("admin")
     HttpApiEndpoint.get("listUsers", "/api/v1/admin/users")
       .setUrlParams(PageParams)
       .addSuccess(Page(UserView))
+  )
+  .add(
+    HttpApiEndpoint.post("createUser", "/api/v1/admin/users")
+      .setPayload(request(CreateUserPayload))
+      .addSuccess(UserView, { status: 201 })
+      .addError(Conflict)
+      .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "Create an account (its role `user` unless named)")
+  )
+  .add(
+    HttpApiEndpoint.del("deleteUser", "/api/v1/admin/users/:id")
+      .setPath(UserPath)
+      .addSuccess(HttpApiSchema.NoContent)
+      .addError(NotFound)
+      .addError(Conflict)
+      .annotate(OpenApi.Summary, "Erase a user and everything in it (not yourself, not the last admin)")
+  )
+  .add(
+    HttpApiEndpoint.post("resetPassword", "/api/v1/admin/users/:id/password")
+      .setPath(UserPath)
+      .setPayload(request(ResetPasswordPayload))
+      .addSuccess(HttpApiSchema.NoContent)
+      .addError(NotFound)
+      .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "Set a user's password; their sessions end")
   )
   .add(
     HttpApiEndpoint.put("setRole", "/api/v1/admin/users/:id/role")
@@ -80,7 +125,7 @@ export class UpdateConsentPayload extends Schema.Class<UpdateConsentPayload>("Up
 }) {}
 
 export class DeleteAccountPayload extends Schema.Class<DeleteAccountPayload>("DeleteAccountPayload")({
-  password: Schema.Redacted(Schema.String.pipe(Schema.maxLength(1024)))
+  password: CurrentPassword
 }) {}
 
 /** Each conversation as its importable document (see the conversation export), with its id. */
@@ -129,6 +174,15 @@ export class MeApi extends HttpApiGroup.make("me")
     HttpApiEndpoint.get("export", "/api/v1/me/export")
       .addSuccess(PersonalDataExport)
       .annotate(OpenApi.Summary, "Everything stored about you, as JSON")
+  )
+  .add(
+    HttpApiEndpoint.patch("updateAccount", "/api/v1/me")
+      .setPayload(request(UpdateAccountPayload))
+      .addSuccess(UserView)
+      .addError(Conflict)
+      .addError(RateLimited)
+      .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "Change your email address or username (the password is asked again)")
   )
   .add(
     HttpApiEndpoint.del("deleteAccount", "/api/v1/me")

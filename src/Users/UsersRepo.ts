@@ -108,6 +108,8 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
       setRole: (id: UserId, roleId: RoleId) => Effect.orDie(touch(id, { roleId })),
       setDisabled: (id: UserId, disabled: boolean) => Effect.orDie(touch(id, { disabled: disabled ? 1 : 0 })),
       setPasswordHash: (id: UserId, passwordHash: string) => Effect.orDie(touch(id, { passwordHash })),
+      setIdentity: (id: UserId, identity: { readonly email?: string; readonly username?: string }) =>
+        Effect.orDie(touch(id, identity)),
       setConsent: (id: UserId, marketingConsent: boolean, at: string | null) =>
         Effect.orDie(touch(id, { marketingConsent: marketingConsent ? 1 : 0, marketingConsentAt: at })),
       recordLogin: (id: UserId) =>

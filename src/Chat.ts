@@ -36,17 +36,24 @@ import {
 import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
 import { AnswerRepo, type FinalStatus } from "./Chat/AnswerRepo.js"
-import type { ChatEvent, ChatPayload, ContinuePayload, NewChatPayload, RegeneratePayload } from "./Chat/Api.js"
+import type {
+  ChatEvent,
+  ChatPayload,
+  ContinuePayload,
+  NewChatPayload,
+  RegeneratePayload,
+  ThreadChatPayload
+} from "./Chat/Api.js"
 import { ChatResult } from "./Chat/Api.js"
 import { answerReserve, fillsContext, fitToContext, toChatMessages } from "./Chat/Context.js"
 import { AnswerRelay } from "./Chat/Relay.js"
 import { AppConfig } from "./Config.js"
 import { Conversations } from "./Conversations.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
-import type { MessageView, ToolCall } from "./Domain/Conversation.js"
+import type { Conversation, MessageView, ToolCall } from "./Domain/Conversation.js"
 import { type Forbidden, invalid, NotFound, type ValidationError } from "./Domain/Errors.js"
 import type { JsonObject } from "./Domain/Fields.js"
-import type { ConversationId, FileId, LlmModelId, MessageId, ModelConfigId } from "./Domain/Ids.js"
+import type { ConversationId, FileId, LlmModelId, MessageId, ModelConfigId, ThreadId } from "./Domain/Ids.js"
 import type { ModelConfig } from "./Domain/Model.js"
 import { type Attachment, Attachments, type AttachmentTexts } from "./Files/Attachments.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
@@ -81,6 +88,15 @@ export interface TurnInput {
 interface Defaults {
   readonly modelId: LlmModelId | null
   readonly modelConfigId: ModelConfigId | null
+}
+
+/** What a turn has stored before its provider is called, and what the answer follows (root first). */
+interface Opened {
+  readonly conversation: Conversation
+  readonly prepared: Prepared
+  readonly question: MessageView | null
+  readonly answer: MessageView
+  readonly branch: ReadonlyArray<MessageView>
 }
 
 /** A turn's model (the answer records its id and name) and preset, and how much of the branch it sends. */
@@ -619,28 +635,22 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         Effect.withSpan("ChatEngine.writeTitle")
       )
 
+    /** The question and the empty answer a turn stores in its conversation (or thread). */
+    const turnMessages = (input: TurnInput, attached: ReadonlyArray<Attachment>) => ({
+      content: input.content,
+      metadata: attached.length === 0 ? input.metadata : { ...input.metadata, attachments: attached },
+      parentId: input.parentId,
+      fileIds: attached.map((file) => file.id)
+    })
+
     /**
-     * Stores the question and an empty answer (with the model and preset `prepare` chooses, once the
-     * conversation is locked), then generates the answer in the engine's scope.
+     * Once `opening` has stored the question and an empty answer (with the model and preset it
+     * chose with the conversation locked), generates the answer in the engine's scope. `titled`: a
+     * conversation still without a title gets one from its first question.
      */
-    const startTurn = <E, R>(
-      actor: Actor,
-      conversationId: ConversationId,
-      input: TurnInput,
-      attached: ReadonlyArray<Attachment>,
-      prepare: (conversation: Defaults) => Effect.Effect<Prepared, E, R>
-    ) =>
+    const startTurn = <E, R>(actor: Actor, opening: Effect.Effect<Opened, E, R>, titled: boolean) =>
       Effect.gen(function*() {
-        const { answer, branch, conversation, prepared, question } = yield* conversations.openAnswer(
-          conversationId,
-          {
-            content: input.content,
-            metadata: attached.length === 0 ? input.metadata : { ...input.metadata, attachments: attached },
-            parentId: input.parentId,
-            fileIds: attached.map((file) => file.id)
-          },
-          prepare
-        )
+        const { answer, branch, conversation, prepared, question } = yield* opening
         const { preset, resolved } = prepared
         const request = buildRequest(resolved, preset, branch, yield* attachments.texts(actor.userId, branch))
         const generation: Generation = {
@@ -668,7 +678,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           answer,
           resolved,
           request,
-          conversation.title === "" && question !== null
+          titled && conversation.title === "" && question !== null
             ? writeTitle(actor, conversation.id, question.content, resolved)
             : Effect.void
         )
@@ -710,10 +720,12 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         const attached = yield* attachedFiles(actor, input)
         return yield* startTurn(
           actor,
-          conversationId,
-          input,
-          attached,
-          (conversation) => prepareTurn(actor, input, conversation)
+          conversations.openAnswer(
+            conversationId,
+            turnMessages(input, attached),
+            (conversation) => prepareTurn(actor, input, conversation)
+          ),
+          true
         )
       })
 
@@ -732,8 +744,35 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           modelId: prepared.resolved.model.id,
           modelConfigId: payload.modelConfigId ?? null
         })
-        return yield* startTurn(actor, conversation.id, payload, attached, () => Effect.succeed(prepared))
+        return yield* startTurn(
+          actor,
+          conversations.openAnswer(conversation.id, turnMessages(payload, attached), () => Effect.succeed(prepared)),
+          true
+        )
       }).pipe(Effect.withSpan("ChatEngine.newChat"))
+
+    /**
+     * A turn in a thread: the question and the answer are the thread's; the model is sent the
+     * branch up to the thread's anchor, then the thread.
+     */
+    const threadChat = (conversationId: ConversationId, threadId: ThreadId, payload: ThreadChatPayload) =>
+      Effect.gen(function*() {
+        const actor = yield* chatting
+        yield* requirePermission("conversations:read")
+        yield* rateLimits.modelRequest(actor)
+        const attached = yield* attachedFiles(actor, payload)
+        const { parentId: _, ...messages } = turnMessages(payload, attached)
+        return yield* startTurn(
+          actor,
+          conversations.openThreadAnswer(
+            conversationId,
+            threadId,
+            { ...messages, content: payload.content },
+            (conversation) => prepareTurn(actor, payload, conversation)
+          ),
+          false
+        )
+      }).pipe(Effect.withSpan("ChatEngine.threadChat"))
 
     /** Another answer to the question `messageId` answered, as its sibling. */
     const regenerate = (conversationId: ConversationId, messageId: MessageId, payload: RegeneratePayload) =>
@@ -861,6 +900,6 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       Effect.forkIn(scope)
     )
 
-    return { chat, newChat, regenerate, continueChat, cancel, resume } as const
+    return { chat, newChat, threadChat, regenerate, continueChat, cancel, resume } as const
   })
 }) {}

@@ -459,6 +459,63 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         }
       }).pipe(Effect.withSpan("Conversations.openAnswer"))
 
+    /**
+     * Opens an answer in a thread, as `openAnswer` does in the tree: the user's message and an empty
+     * `streaming` answer appended to the thread, in one transaction committed before any provider
+     * is called (`prepare` first, as there). What the answer follows: the branch from the root to
+     * the thread's anchor, then the thread's messages up to the question, oldest first.
+     */
+    const openThreadAnswer = <P extends { readonly model: { readonly id: LlmModelId; readonly name: string } }, E, R>(
+      id: ConversationId,
+      threadId: ThreadId,
+      input: {
+        readonly content: string
+        readonly metadata?: JsonObject | undefined
+        readonly fileIds?: ReadonlyArray<FileId> | undefined
+      },
+      prepare: (conversation: Conversation) => Effect.Effect<P, E, R>
+    ) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        const { answerId, conversation, prepared, questionId, thread } = yield* transaction(Effect.gen(function*() {
+          const conversation = yield* lockLive(actor, id)
+          const thread = yield* findThread(id, threadId)
+          const prepared = yield* prepare(conversation)
+          const questionId = yield* freshId<MessageId>()
+          const answerId = yield* freshId<MessageId>()
+          const inThread = { conversationId: id, parentId: null, threadId }
+          yield* repo.insertMessages([
+            newMessage(questionId, { ...inThread, role: "user", content: input.content, metadata: input.metadata }),
+            newMessage(answerId, {
+              ...inThread,
+              role: "assistant",
+              content: "",
+              status: "streaming",
+              modelId: prepared.model.id,
+              modelName: prepared.model.name
+            })
+          ])
+          if (input.fileIds !== undefined && input.fileIds.length > 0) {
+            yield* repo.attachFiles(questionId, input.fileIds)
+          }
+          yield* repo.updateThread(threadId, {})
+          yield* repo.touchConversation(id)
+          return { answerId, conversation, prepared, questionId, thread }
+        }))
+        const anchored = yield* repo.activeBranch(id, thread.anchorMessageId)
+        const messages = yield* repo.threadMessages(threadId)
+        const at = messages.findIndex((message) => message.id === answerId)
+        const question = messages.find((message) => message.id === questionId)
+        if (at < 0 || question === undefined) return yield* Effect.die(new Error("The answer was not stored"))
+        return {
+          conversation,
+          prepared,
+          question,
+          answer: messages[at]!,
+          branch: [...anchored, ...messages.slice(0, at)]
+        }
+      }).pipe(Effect.withSpan("Conversations.openThreadAnswer"))
+
     const getMessage = (id: ConversationId, messageId: MessageId) =>
       Effect.gen(function*() {
         const actor = yield* readable
@@ -888,6 +945,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       purge,
       listMessages,
       openAnswer,
+      openThreadAnswer,
       readBack,
       getMessage,
       appendMessage,

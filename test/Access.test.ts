@@ -407,6 +407,10 @@ const expectations: Readonly<Record<string, Expectation>> = {
     statuses: conversationsUse(200),
     request: (cast) => ({ body: { content: "Hello", modelId: cast.modelId } })
   },
+  "chat.threadChat": {
+    statuses: ownConversation(200),
+    request: (cast) => ({ ...onThread(cast), body: { content: "Hello", modelId: cast.modelId } })
+  },
   "chat.regenerate": { statuses: ownConversation(200), request: (cast) => ({ ...onAnswer(cast), body: {} }) },
   "chat.continueChat": {
     statuses: ownConversation(200),

@@ -685,6 +685,119 @@ for (const dialect of dialects) {
         }))
     })
 
+    describe("threads", () => {
+      it.scoped("a question in a thread: the model is sent the branch up to the anchor, then the thread", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({ text: ["Paris."] })
+          const conversationId = yield* newConversation
+          const first = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, { content: "Capital of France?" }),
+            200
+          )
+          openai.chat = { text: ["Berlin."] }
+          expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, { content: "And of Germany?" }),
+            200
+          )
+          const thread = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/threads`, {
+              messageId: first.answer.id,
+              title: "About Paris"
+            }),
+            201
+          )
+          const threadPath = `/api/v1/conversations/${conversationId}/threads/${thread.id}`
+
+          openai.chat = { text: ["About two million."] }
+          const asked = expectStatus(yield* asUser("POST", `${threadPath}/chat`, { content: "How many people?" }), 200)
+          expect(asked.question).toMatchObject({ threadId: thread.id, parentId: null, role: "user" })
+          expect(asked.answer).toMatchObject({
+            threadId: thread.id,
+            parentId: null,
+            status: "complete",
+            content: "About two million."
+          })
+          // The branch up to the anchor (not the turn after it), then the thread.
+          expect(chatRequests(openai).at(-1)!.body.messages).toEqual([
+            { role: "user", content: "Capital of France?" },
+            { role: "assistant", content: "Paris." },
+            { role: "user", content: "How many people?" }
+          ])
+
+          // Streamed, the next one follows the thread's first turn.
+          openai.chat = { text: ["Yes, ", "it is."] }
+          const stream = yield* Effect.flatMap(
+            TheCast,
+            ({ user }) =>
+              openSse("POST", `${threadPath}/chat`, { auth: user.accessToken, body: { content: "Is it big?" } })
+          )
+          const events = yield* stream.rest
+          expect(events[0]!.data.question).toMatchObject({ threadId: thread.id, content: "Is it big?" })
+          expect(events.at(-1)!.data.message).toMatchObject({ threadId: thread.id, content: "Yes, it is." })
+          expect(textOf(events)).toBe("Yes, it is.")
+          expect(chatRequests(openai).at(-1)!.body.messages.slice(2)).toEqual([
+            { role: "user", content: "How many people?" },
+            { role: "assistant", content: "About two million." },
+            { role: "user", content: "Is it big?" }
+          ])
+
+          const listed = expectStatus(yield* asUser("GET", `${threadPath}/messages`), 200)
+          expect(listed.items.map((message: { content: string }) => message.content)).toEqual([
+            "How many people?",
+            "About two million.",
+            "Is it big?",
+            "Yes, it is."
+          ])
+          // The conversation's branch is as it was: the thread's turns are not on it.
+          const branch = expectStatus(
+            yield* asUser("GET", `/api/v1/conversations/${conversationId}/messages?view=active`),
+            200
+          )
+          expect(branch.items.map((message: { content: string }) => message.content)).toEqual([
+            "Capital of France?",
+            "Paris.",
+            "And of Germany?",
+            "Berlin."
+          ])
+        }))
+
+      it.scoped("another user's thread or an unknown one: 404; a refused model stores nothing", () =>
+        Effect.gen(function*() {
+          const { other } = yield* TheCast
+          yield* script({ text: ["Fine."] })
+          const conversationId = yield* newConversation
+          const first = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, { content: "Hello" }),
+            200
+          )
+          const thread = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/threads`, { messageId: first.question.id }),
+            201
+          )
+          const threadPath = `/api/v1/conversations/${conversationId}/threads/${thread.id}`
+          const theirs = yield* call("POST", `${threadPath}/chat`, {
+            auth: other.accessToken,
+            body: { content: "Mine?" }
+          })
+          expectStatus(theirs, 404)
+          expectStatus(
+            yield* asUser(
+              "POST",
+              `/api/v1/conversations/${conversationId}/threads/018f0000-0000-7000-8000-000000000000/chat`,
+              { content: "Nowhere" }
+            ),
+            404
+          )
+          const refused = yield* asUser("POST", `${threadPath}/chat`, {
+            content: "With a model that is not there",
+            modelId: "018f0000-0000-7000-8000-000000000000"
+          })
+          expect(refused.status).toBeGreaterThanOrEqual(400)
+          expect(refused.status).toBeLessThan(500)
+          expect(expectStatus(yield* asUser("GET", `${threadPath}/messages`), 200).items).toEqual([])
+        }))
+    })
+
     describe("POST /api/{user_id}/chat", () => {
       it.scoped("answers { conversation_id, response, tool_calls }, and continues a conversation", () =>
         Effect.gen(function*() {

@@ -12,7 +12,7 @@ import { MessageContent } from "../Conversations/Api.js"
 import { MessageView, ToolCall } from "../Domain/Conversation.js"
 import { Forbidden, NotFound, RateLimited } from "../Domain/Errors.js"
 import { JsonObject, NonNegativeInt } from "../Domain/Fields.js"
-import { ConversationId, FileId, LlmModelId, MessageId, ModelConfigId } from "../Domain/Ids.js"
+import { ConversationId, FileId, LlmModelId, MessageId, ModelConfigId, ThreadId } from "../Domain/Ids.js"
 import { request } from "../Domain/Request.js"
 import { maxAttachments } from "../Files/Api.js"
 import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "../Models/Errors.js"
@@ -110,6 +110,13 @@ export class NewChatPayload extends Schema.Class<NewChatPayload>("NewChatPayload
   ...ModelChoice
 }) {}
 
+export class ThreadChatPayload extends Schema.Class<ThreadChatPayload>("ThreadChatPayload")({
+  content: MessageContent,
+  metadata: Schema.optional(JsonObject),
+  fileIds: Attached,
+  ...ModelChoice
+}) {}
+
 export class RegeneratePayload extends Schema.Class<RegeneratePayload>("RegeneratePayload")(ModelChoice) {}
 
 export class ContinuePayload extends Schema.Class<ContinuePayload>("ContinuePayload")({
@@ -143,6 +150,7 @@ const EventStream = HttpApiSchema.Text({ contentType: "text/event-stream" }).ann
 
 const ConversationPath = request(Schema.Struct({ id: ConversationId }))
 const MessagePath = request(Schema.Struct({ id: ConversationId, messageId: MessageId }))
+const ThreadPath = request(Schema.Struct({ id: ConversationId, threadId: ThreadId }))
 const ResumeHeaders = request(Schema.Struct({
   "last-event-id": Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.nonNegative()))
 }))
@@ -169,6 +177,21 @@ export class ChatApi extends HttpApiGroup.make("chat")
       .addError(RateLimited)
       .annotate(OpenApi.Summary, "Start a conversation with a message and get the answer")
       .annotate(OpenApi.Description, streamedOrJson)
+  )
+  .add(
+    HttpApiEndpoint.post("threadChat", "/api/v1/conversations/:id/threads/:threadId/chat")
+      .setPath(ThreadPath)
+      .setPayload(request(ThreadChatPayload))
+      .addSuccess(ChatResult)
+      .addError(NotFound)
+      .addError(RateLimited)
+      .annotate(OpenApi.Summary, "Ask in a side thread and get the answer")
+      .annotate(
+        OpenApi.Description,
+        "The question and the answer are the thread's messages. The model is sent the conversation's branch up " +
+          "to the thread's message, then the thread (oldest turns dropped to fit its context window). " +
+          streamedOrJson
+      )
   )
   .add(
     HttpApiEndpoint.post("regenerate", "/api/v1/conversations/:id/messages/:messageId/regenerate")

@@ -97,6 +97,10 @@ export const ChatHttpLive = HttpApiBuilder.group(WebPlusApi, "chat", (handlers) 
       .handle("chat", ({ path, payload }) => Effect.flatMap(engine.chat(path.id, payload), respond))
       .handle("newChat", ({ payload }) => Effect.flatMap(engine.newChat(payload), respond))
       .handle(
+        "threadChat",
+        ({ path, payload }) => Effect.flatMap(engine.threadChat(path.id, path.threadId, payload), respond)
+      )
+      .handle(
         "regenerate",
         ({ path, payload }) => Effect.flatMap(engine.regenerate(path.id, path.messageId, payload), respond)
       )

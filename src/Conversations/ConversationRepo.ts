@@ -501,6 +501,13 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
         Effect.orDie(Effect.flatMap(threadsPage(conversationId, after, limit + 1), decodeThreads)),
       threadMessagesPage: (threadId: ThreadId, after: Option.Option<MessagePosition>, limit: number) =>
         Effect.orDie(Effect.map(threadMessagesPage(threadId, after, limit + 1), readMessages)),
+      /** Every message of a thread (not deleted), oldest first. */
+      threadMessages: (threadId: ThreadId) =>
+        Effect.orDie(Effect.map(
+          raw<StoredMessageRow>`SELECT ${messageColumns} FROM messages m
+            WHERE m.thread_id = ${threadId} AND m.deleted_at IS NULL ORDER BY m.created_at, m.id`,
+          readMessages
+        )),
       updateThread: (id: ThreadId, fields: Record<string, unknown>) =>
         Effect.orDie(Effect.flatMap(
           now,

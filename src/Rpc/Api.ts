@@ -25,7 +25,14 @@ import {
   TokenPair,
   UserView
 } from "../Auth/Api.js"
-import { ChatEvent, ChatPayload, ContinuePayload, NewChatPayload, RegeneratePayload } from "../Chat/Api.js"
+import {
+  ChatEvent,
+  ChatPayload,
+  ContinuePayload,
+  NewChatPayload,
+  RegeneratePayload,
+  ThreadChatPayload
+} from "../Chat/Api.js"
 import {
   AppendMessagePayload,
   AppendThreadMessagePayload,
@@ -363,6 +370,12 @@ const ChatRpcs = RpcGroup.make(
     stream: true
   }),
   Rpc.make("newChat", { payload: fieldsOf(NewChatPayload), success: ChatEvent, error: ChatError, stream: true }),
+  Rpc.make("threadChat", {
+    payload: { ...thread, message: fieldsOf(ThreadChatPayload) },
+    success: ChatEvent,
+    error: ChatError,
+    stream: true
+  }),
   Rpc.make("regenerate", {
     payload: { ...message, choice: fieldsOf(RegeneratePayload) },
     success: ChatEvent,

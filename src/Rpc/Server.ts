@@ -182,6 +182,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
 
     chat: ({ id, message }) => eventsOf(engine.chat(id, message)),
     newChat: (payload) => eventsOf(engine.newChat(payload)),
+    threadChat: ({ id, message, threadId }) => eventsOf(engine.threadChat(id, threadId, message)),
     regenerate: ({ choice, id, messageId }) => eventsOf(engine.regenerate(id, messageId, choice)),
     continueChat: ({ choice, id }) => eventsOf(engine.continueChat(id, choice)),
     cancelAnswer: ({ id, messageId }) => engine.cancel(id, messageId),

@@ -40,6 +40,8 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { v7 } from "uuid"
+import { AuditLog } from "../src/Audit.js"
+import { AuditRepo } from "../src/Audit/AuditRepo.js"
 import { Conversations } from "../src/Conversations.js"
 import { type ConversationPosition, ConversationRepo } from "../src/Conversations/ConversationRepo.js"
 import { SearchRepo, searchTerms } from "../src/Conversations/SearchRepo.js"
@@ -916,7 +918,13 @@ const servicesOn = (dialect: Dialect) => {
   ).pipe(Layer.orDie)
   return Conversations.Default.pipe(
     Layer.provideMerge(
-      Layer.mergeAll(ConversationRepo.Default, SearchRepo.Default, ModelsRepo.Default, ModelConfigsRepo.Default)
+      Layer.mergeAll(
+        ConversationRepo.Default,
+        SearchRepo.Default,
+        ModelsRepo.Default,
+        ModelConfigsRepo.Default,
+        AuditLog.Default.pipe(Layer.provide(AuditRepo.Default))
+      )
     ),
     Layer.provideMerge(client)
   )

@@ -11,6 +11,7 @@
  */
 import { Model, SqlClient } from "@effect/sql"
 import { DateTime, Effect, Option, Schema } from "effect"
+import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
 import type {
   AppendMessagePayload,
@@ -156,6 +157,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
     const searchRepo = yield* SearchRepo
     const models = yield* ModelsRepo
     const configs = yield* ModelConfigsRepo
+    const audit = yield* AuditLog
     const transaction = inTransaction(sql)
 
     const readable = requirePermission("conversations:read")
@@ -290,7 +292,10 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       Effect.gen(function*() {
         const actor = yield* writable
         yield* findOwn(actor, id)
-        yield* repo.purgeConversation(id)
+        yield* transaction(Effect.zipRight(
+          repo.purgeConversation(id),
+          audit.record({ action: "conversation.purged", actor, target: { type: "conversation", id } })
+        ))
       }).pipe(Effect.withSpan("Conversations.purge"))
 
     // --- the message tree
@@ -750,12 +755,21 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
 
     // --- export and import
 
+    const exported = (actor: Actor, id: ConversationId, format: string) =>
+      audit.record({
+        action: "conversation.exported",
+        actor,
+        target: { type: "conversation", id },
+        metadata: { format }
+      })
+
     const exportJson = (id: ConversationId) =>
       Effect.gen(function*() {
         const actor = yield* readable
         const conversation = yield* findOwn(actor, id)
         const messages = yield* repo.allMessages(id)
         const threads = yield* repo.allThreads(id)
+        yield* exported(actor, id, "json")
         return exportDocument(conversation, messages, threads, yield* DateTime.now)
       }).pipe(Effect.withSpan("Conversations.exportJson"))
 
@@ -766,6 +780,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         const branch = conversation.currentLeafId === null
           ? []
           : yield* repo.activeBranch(id, conversation.currentLeafId)
+        yield* exported(actor, id, "markdown")
         const title = conversation.title.trim() === "" ? "Untitled conversation" : conversation.title
         const parts = [`# ${title.replace(/\s+/g, " ")}`, ""]
         for (const message of branch) {
@@ -931,6 +946,12 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
             ? Option.getOrNull(yield* repo.newestLeafBelow(conversationId, Option.none()))
             : mapped(document.conversation.currentLeafId)
           yield* repo.recordTreeChange(conversationId, leaf, liveCount)
+          yield* audit.record({
+            action: "conversation.imported",
+            actor,
+            target: { type: "conversation", id: conversationId },
+            metadata: { messages: rows.length, threads: document.threads.length }
+          })
         }))
         return yield* viewOf(actor, conversationId)
       }).pipe(Effect.withSpan("Conversations.importConversation"))

@@ -12,6 +12,7 @@ import { HttpServerResponse, Multipart as Multiparts } from "@effect/platform"
 import { isPlatformError, type PlatformError } from "@effect/platform/Error"
 import { SqlClient } from "@effect/sql"
 import { Effect, Option, Schema, Stream } from "effect"
+import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { AppConfig } from "./Config.js"
 import type { Actor } from "./Domain/Actor.js"
@@ -96,6 +97,7 @@ export class Files extends Effect.Service<Files>()("Files", {
     const sql = yield* SqlClient.SqlClient
     const { files: settings } = yield* AppConfig
     const repo = yield* FilesRepo
+    const audit = yield* AuditLog
     const storage = yield* FileStorage
     const registry = yield* ModelRegistry
     const events = yield* EventHub
@@ -162,14 +164,23 @@ export class Files extends Effect.Service<Files>()("Files", {
               contentType
             })
           }
-          const file = yield* repo.insertFile(StoredFile.insert.make({
-            userId: actor.userId,
-            originalName: name,
-            contentType,
-            sizeBytes: written.sizeBytes,
-            sha256: written.sha256,
-            storageKey: written.storageKey,
-            deletedAt: Option.none()
+          const file = yield* transaction(Effect.gen(function*() {
+            const file = yield* repo.insertFile(StoredFile.insert.make({
+              userId: actor.userId,
+              originalName: name,
+              contentType,
+              sizeBytes: written.sizeBytes,
+              sha256: written.sha256,
+              storageKey: written.storageKey,
+              deletedAt: Option.none()
+            }))
+            yield* audit.record({
+              action: "file.uploaded",
+              actor,
+              target: { type: "file", id: file.id },
+              metadata: { contentType, sizeBytes: file.sizeBytes }
+            })
+            return file
           }))
           yield* Effect.logInfo("File uploaded").pipe(
             Effect.annotateLogs({ fileId: file.id, contentType, sizeBytes: file.sizeBytes })
@@ -214,9 +225,13 @@ export class Files extends Effect.Service<Files>()("Files", {
     const remove = (id: FileId) =>
       Effect.gen(function*() {
         const actor = yield* writable
-        const key = yield* repo.removeOwn(id, actor.userId)
-        if (Option.isNone(key)) return yield* new NotFound({ message: "No such file" })
-        yield* storage.remove(key.value).pipe(
+        const key = yield* transaction(Effect.gen(function*() {
+          const key = yield* repo.removeOwn(id, actor.userId)
+          if (Option.isNone(key)) return yield* new NotFound({ message: "No such file" })
+          yield* audit.record({ action: "file.deleted", actor, target: { type: "file", id } })
+          return key.value
+        }))
+        yield* storage.remove(key).pipe(
           Effect.catchAll((error) =>
             Effect.logWarning("A deleted file's content could not be removed", error).pipe(
               Effect.annotateLogs({ fileId: id })

@@ -4,8 +4,10 @@
  * counted) and reacts to it (limited per client address), without an account. Revoking a share
  * takes the link down; an unknown or revoked link answers 404 alike.
  */
+import { SqlClient } from "@effect/sql"
 import { Effect, Option } from "effect"
 import * as Crypto from "node:crypto"
+import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
@@ -27,6 +29,7 @@ import {
   ShareView
 } from "./Shares/Api.js"
 import { type ShareRow, SharesRepo } from "./Shares/SharesRepo.js"
+import { inTransaction } from "./Sql.js"
 
 const shareView = (row: ShareRow, reactions: Record<string, number>) =>
   new ShareView({
@@ -48,6 +51,8 @@ export class Shares extends Effect.Service<Shares>()("Shares", {
     const conversations = yield* ConversationRepo
     const files = yield* FilesRepo
     const rateLimits = yield* RateLimits
+    const audit = yield* AuditLog
+    const transaction = inTransaction(yield* SqlClient.SqlClient)
 
     const readable = requirePermission("conversations:read")
     const writable = requirePermission("conversations:write")
@@ -106,14 +111,24 @@ export class Shares extends Effect.Service<Shares>()("Shares", {
       Effect.gen(function*() {
         const actor = yield* writable
         const published = yield* snapshot(actor, payload)
-        const row = yield* repo.insert({
-          userId: actor.userId,
-          slug: Crypto.randomBytes(16).toString("base64url"),
-          kind: published.kind,
-          targetId: published.targetId,
-          title: payload.title ?? published.title,
-          content: published.content
-        })
+        const row = yield* transaction(Effect.gen(function*() {
+          const row = yield* repo.insert({
+            userId: actor.userId,
+            slug: Crypto.randomBytes(16).toString("base64url"),
+            kind: published.kind,
+            targetId: published.targetId,
+            title: payload.title ?? published.title,
+            content: published.content
+          })
+          // Made public: who published what is kept (the link itself is not).
+          yield* audit.record({
+            action: "share.created",
+            actor,
+            target: { type: "share", id: row.id },
+            metadata: { kind: published.kind, targetId: published.targetId }
+          })
+          return row
+        }))
         return shareView(row, {})
       }).pipe(Effect.withSpan("Shares.create"))
 
@@ -142,7 +157,10 @@ export class Shares extends Effect.Service<Shares>()("Shares", {
     const revoke = (id: ShareId) =>
       Effect.gen(function*() {
         const actor = yield* writable
-        if (!(yield* repo.revoke(id, actor.userId))) return yield* new NotFound({ message: "No such share" })
+        yield* transaction(Effect.gen(function*() {
+          if (!(yield* repo.revoke(id, actor.userId))) return yield* new NotFound({ message: "No such share" })
+          yield* audit.record({ action: "share.revoked", actor, target: { type: "share", id } })
+        }))
       }).pipe(Effect.withSpan("Shares.revoke"))
 
     // --- the public side

@@ -828,6 +828,62 @@ for (const dialect of dialects) {
           ]))
         }))
 
+      it.effect("records what a user publishes, uploads, deletes for good, imports and exports", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const bob = yield* signUp()
+          const auth = { auth: bob.accessToken }
+          const conversation = expectStatus(
+            yield* call("POST", "/api/v1/conversations", { ...auth, body: { title: "Audited" } }),
+            201
+          )
+          expectStatus(
+            yield* call("POST", `/api/v1/conversations/${conversation.id}/messages`, {
+              ...auth,
+              body: { role: "user", content: "hello" }
+            }),
+            201
+          )
+          const share = expectStatus(
+            yield* call("POST", "/api/v1/shares", { ...auth, body: { conversationId: conversation.id } }),
+            201
+          )
+          expectStatus(yield* call("DELETE", `/api/v1/shares/${share.id}`, auth), 204)
+          const document = expectStatus(
+            yield* call("GET", `/api/v1/conversations/${conversation.id}/export`, auth),
+            200
+          )
+          const imported = expectStatus(
+            yield* call("POST", "/api/v1/conversations/import", { ...auth, body: document }),
+            201
+          )
+          expectStatus(yield* call("POST", `/api/v1/conversations/${imported.id}/purge`, auth), 204)
+          const file = yield* uploadOne(bob.accessToken, "notes.txt", "some notes")
+          expectStatus(yield* call("DELETE", `/api/v1/files/${file.id}`, auth), 204)
+
+          const byBob = (yield* everyPage("/api/v1/admin/audit-events", admin.accessToken, { actorId: bob.id })).flat()
+          const recorded = (action: string, targetType: string, targetId: string, metadata?: object) =>
+            expect.objectContaining({
+              action,
+              actorId: bob.id,
+              targetType,
+              targetId,
+              ipAddress: expect.any(String),
+              ...(metadata ? { metadata } : {})
+            })
+          expect(byBob).toEqual(expect.arrayContaining([
+            recorded("share.created", "share", share.id, { kind: "conversation", targetId: conversation.id }),
+            recorded("share.revoked", "share", share.id),
+            recorded("conversation.exported", "conversation", conversation.id, { format: "json" }),
+            recorded("conversation.imported", "conversation", imported.id),
+            recorded("conversation.purged", "conversation", imported.id),
+            recorded("file.uploaded", "file", file.id, { contentType: "text/plain", sizeBytes: 10 }),
+            recorded("file.deleted", "file", file.id)
+          ]))
+          // The link of a share is a secret: the trail does not hold it.
+          expect(JSON.stringify(byBob)).not.toContain(share.slug)
+        }))
+
       it.effect("filters by action, actor, target, target type and time", () =>
         Effect.gen(function*() {
           const { admin } = yield* TheCast

@@ -6,6 +6,8 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
 import { Cause, Context, Effect, Exit, Layer, Schema } from "effect"
+import { AuditLog } from "../src/Audit.js"
+import { AuditRepo } from "../src/Audit/AuditRepo.js"
 import { Conversations } from "../src/Conversations.js"
 import { ConversationExport } from "../src/Conversations/Api.js"
 import { ConversationRepo, readMessage, type StoredMessageRow } from "../src/Conversations/ConversationRepo.js"
@@ -772,7 +774,12 @@ for (const dialect of dialects) {
                 Effect.provide(
                   Conversations.Default.pipe(
                     Layer.provide(failingRepo),
-                    Layer.provide(Layer.mergeAll(SearchRepo.Default, ModelsRepo.Default, ModelConfigsRepo.Default))
+                    Layer.provide(Layer.mergeAll(
+                      SearchRepo.Default,
+                      ModelsRepo.Default,
+                      ModelConfigsRepo.Default,
+                      AuditLog.Default.pipe(Layer.provide(AuditRepo.Default))
+                    ))
                   )
                 ),
                 Effect.provideService(CurrentActor, actor),

@@ -42,7 +42,9 @@ import type {
   ContinuePayload,
   NewChatPayload,
   RegeneratePayload,
-  ThreadChatPayload
+  ThreadChatPayload,
+  ToolChoice,
+  ToolDefinition
 } from "./Chat/Api.js"
 import { ChatResult } from "./Chat/Api.js"
 import { answerReserve, fillsContext, fitToContext, toChatMessages } from "./Chat/Context.js"
@@ -82,6 +84,8 @@ export interface TurnInput {
   readonly parentId?: MessageId | undefined
   readonly modelId?: LlmModelId | undefined
   readonly modelConfigId?: ModelConfigId | undefined
+  readonly tools?: ReadonlyArray<ToolDefinition> | undefined
+  readonly toolChoice?: ToolChoice | undefined
 }
 
 /** What a turn takes from its conversation, if it has one: the model and preset it defaults to. */
@@ -104,6 +108,7 @@ interface Prepared {
   readonly model: { readonly id: LlmModelId; readonly name: string }
   readonly resolved: ResolvedModel
   readonly preset: Option.Option<ModelConfig>
+  readonly tooling: Pick<ChatRequest, "tools" | "toolChoice">
   readonly enough: (newestFirst: ReadonlyArray<MessageView>) => boolean
 }
 
@@ -227,6 +232,37 @@ export const fallbackTitle = (question: string): string => {
   return line.length <= 60 ? line : `${line.slice(0, 59).trimEnd()}…`
 }
 
+/**
+ * The tools a turn offers the model, as the provider request holds them; a choice that needs tools
+ * (or names one) must come with them.
+ */
+const toolingOf = (input: TurnInput): Effect.Effect<Pick<ChatRequest, "tools" | "toolChoice">, ValidationError> => {
+  const tools = input.tools ?? []
+  const choice = input.toolChoice
+  if ((choice === "required" || typeof choice === "object") && tools.length === 0) {
+    return invalid(["toolChoice"], "This tool choice needs tools")
+  }
+  if (typeof choice === "object" && !tools.some((tool) => tool.name === choice.name)) {
+    return invalid(["toolChoice", "name"], `No tool named "${choice.name}" among the tools`)
+  }
+  return Effect.succeed({
+    ...(tools.length > 0
+      ? {
+        tools: tools.map((tool) => ({
+          name: tool.name,
+          description: tool.description,
+          parameters: tool.parameters ?? { type: "object", properties: {} }
+        }))
+      }
+      : {}),
+    ...(choice !== undefined ? { toolChoice: choice } : {})
+  })
+}
+
+/** The window the tools' descriptions take (estimated as the messages are). */
+const toolTokens = ({ tools }: Pick<ChatRequest, "tools">): number =>
+  tools === undefined ? 0 : Math.ceil(JSON.stringify(tools).length / 4)
+
 export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", {
   scoped: Effect.gen(function*() {
     const { chat: settings } = yield* AppConfig
@@ -303,6 +339,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
      */
     const prepareTurn = (actor: Actor, input: TurnInput, conversation: Defaults | null) =>
       Effect.gen(function*() {
+        const tooling = yield* toolingOf(input)
         const preset = yield* presetFor(actor, input, conversation)
         const resolved = yield* chooseModel(input, conversation, preset)
         const config = Option.getOrNull(preset)
@@ -310,14 +347,14 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           model: { id: resolved.model.id, name: resolved.model.displayName },
           resolved,
           preset,
-          enough: fillsContext(config?.systemPrompt ?? null, promptBudget(resolved, config))
+          tooling,
+          enough: fillsContext(config?.systemPrompt ?? null, promptBudget(resolved, config) - toolTokens(tooling))
         } satisfies Prepared
       })
 
-    /** The request for the provider: the preset's parameters, and `branch` fitted to the window. */
+    /** The request for the provider: the preset's parameters, the tools, and `branch` fitted to the window. */
     const buildRequest = (
-      resolved: ResolvedModel,
-      preset: Option.Option<ModelConfig>,
+      { preset, resolved, tooling }: Prepared,
       branch: ReadonlyArray<MessageView>,
       texts: AttachmentTexts
     ): ChatRequest => {
@@ -326,11 +363,12 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       const messages = fitToContext(
         config?.systemPrompt ?? null,
         toChatMessages(branch, texts),
-        promptBudget(resolved, config)
+        promptBudget(resolved, config) - toolTokens(tooling)
       )
       return {
         model: resolved.model.providerModel,
         messages,
+        ...tooling,
         ...(config?.temperature != null ? { temperature: config.temperature } : {}),
         ...(config?.topP != null ? { topP: config.topP } : {}),
         ...(maxTokens !== null ? { maxTokens } : {}),
@@ -651,8 +689,8 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const startTurn = <E, R>(actor: Actor, opening: Effect.Effect<Opened, E, R>, titled: boolean) =>
       Effect.gen(function*() {
         const { answer, branch, conversation, prepared, question } = yield* opening
-        const { preset, resolved } = prepared
-        const request = buildRequest(resolved, preset, branch, yield* attachments.texts(actor.userId, branch))
+        const { resolved } = prepared
+        const request = buildRequest(prepared, branch, yield* attachments.texts(actor.userId, branch))
         const generation: Generation = {
           conversationId: conversation.id,
           answerId: answer.id,

@@ -532,6 +532,26 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
     const readBack = (id: ConversationId, messageId: MessageId) =>
       repo.findMessage(id, messageId).pipe(Effect.flatten, Effect.orDie)
 
+    /**
+     * A tool result answers a call of the answer above it: its parent is that answer, or a result of
+     * another of its calls.
+     */
+    const checkToolResult = (id: ConversationId, parentId: MessageId | null, toolCallId: string | undefined) =>
+      Effect.gen(function*() {
+        if (toolCallId === undefined) return yield* invalid(["toolCallId"], "A tool message names the call it answers")
+        let above = parentId
+        while (above !== null) {
+          const message = yield* findTreeMessage(id, above, ["parentId"])
+          if (message.role === "tool") {
+            above = message.parentId
+            continue
+          }
+          if (message.role === "assistant" && message.toolCalls.some((call) => call.id === toolCallId)) return
+          break
+        }
+        return yield* invalid(["toolCallId"], "No call of the answer above has this id")
+      })
+
     const appendMessage = (id: ConversationId, payload: AppendMessagePayload) =>
       Effect.gen(function*() {
         const actor = yield* writable
@@ -539,6 +559,10 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
           const conversation = yield* lockLive(actor, id)
           const parentId = payload.parentId ?? conversation.currentLeafId
           if (payload.parentId !== undefined) yield* findTreeMessage(id, payload.parentId, ["parentId"])
+          if (payload.role === "tool") yield* checkToolResult(id, parentId, payload.toolCallId)
+          else if (payload.toolCallId !== undefined) {
+            return yield* invalid(["toolCallId"], "Only a tool message answers a tool call")
+          }
           const messageId = yield* freshId<MessageId>()
           return yield* addLeaf(
             id,
@@ -548,7 +572,9 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
               parentId,
               role: payload.role,
               content: payload.content,
-              metadata: payload.metadata
+              metadata: payload.toolCallId === undefined
+                ? payload.metadata
+                : { ...payload.metadata, toolCallId: payload.toolCallId }
             })
           )
         }))

@@ -384,6 +384,91 @@ for (const dialect of dialects) {
           ])
         }))
 
+      it.scoped("tools: offered to the model, its calls stored, results appended, then the answer continued", () =>
+        Effect.gen(function*() {
+          const openai = yield* script({
+            text: [],
+            toolCalls: [
+              { id: "call_a", name: "weather", arguments: ["{\"city\":\"Oslo\"}"] },
+              { id: "call_b", name: "weather", arguments: ["{\"city\":\"Rome\"}"] }
+            ]
+          })
+          const conversationId = yield* newConversation
+          const tools = [{
+            name: "weather",
+            description: "The weather in a city",
+            parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] }
+          }]
+          const asked = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, {
+              content: "Oslo or Rome: which is warmer?",
+              tools,
+              toolChoice: "auto"
+            }),
+            200
+          )
+          const sent = chatRequests(openai).at(-1)!.body
+          expect(sent.tools).toEqual([{ type: "function", function: tools[0] }])
+          expect(sent.tool_choice).toBe("auto")
+          expect(asked.answer.toolCalls.map((call: { id: string }) => call.id)).toEqual(["call_a", "call_b"])
+
+          const messages = `/api/v1/conversations/${conversationId}/messages`
+          // A result must answer a call of the answer above it.
+          const unknown = yield* asUser("POST", messages, { role: "tool", toolCallId: "call_z", content: "?" })
+          expect(expectStatus(unknown, 422).issues[0].path).toEqual(["toolCallId"])
+          expectStatus(yield* asUser("POST", messages, { role: "tool", content: "no id" }), 422)
+          expectStatus(yield* asUser("POST", messages, { role: "user", toolCallId: "call_a", content: "x" }), 422)
+          const oslo = expectStatus(
+            yield* asUser("POST", messages, { role: "tool", toolCallId: "call_a", content: "12 °C" }),
+            201
+          )
+          expect(oslo).toMatchObject({ role: "tool", parentId: asked.answer.id, metadata: { toolCallId: "call_a" } })
+          expectStatus(yield* asUser("POST", messages, { role: "tool", toolCallId: "call_b", content: "21 °C" }), 201)
+
+          openai.chat = { text: ["Rome is warmer."] }
+          const continued = expectStatus(
+            yield* asUser("POST", `/api/v1/conversations/${conversationId}/continue`, { tools }),
+            200
+          )
+          expect(continued.answer.content).toBe("Rome is warmer.")
+          const next = chatRequests(openai).at(-1)!.body
+          expect(next.tools).toEqual([{ type: "function", function: tools[0] }])
+          expect(next.messages).toEqual([
+            { role: "user", content: "Oslo or Rome: which is warmer?" },
+            {
+              role: "assistant",
+              content: null,
+              tool_calls: [
+                { id: "call_a", type: "function", function: { name: "weather", arguments: "{\"city\":\"Oslo\"}" } },
+                { id: "call_b", type: "function", function: { name: "weather", arguments: "{\"city\":\"Rome\"}" } }
+              ]
+            },
+            { role: "tool", tool_call_id: "call_a", content: "12 °C" },
+            { role: "tool", tool_call_id: "call_b", content: "21 °C" }
+          ])
+        }))
+
+      it.scoped("a tool choice naming no offered tool is refused before anything is stored", () =>
+        Effect.gen(function*() {
+          yield* script({ text: ["unused"] })
+          const conversationId = yield* newConversation
+          const named = yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, {
+            content: "Hello",
+            tools: [{ name: "weather" }],
+            toolChoice: { name: "clock" }
+          })
+          expect(expectStatus(named, 422).issues).toEqual([
+            { path: ["toolChoice", "name"], message: "No tool named \"clock\" among the tools" }
+          ])
+          const required = yield* asUser("POST", `/api/v1/conversations/${conversationId}/chat`, {
+            content: "Hello",
+            toolChoice: "required"
+          })
+          expectStatus(required, 422)
+          const stored = expectStatus(yield* asUser("GET", `/api/v1/conversations/${conversationId}/messages`), 200)
+          expect(stored.items).toEqual([])
+        }))
+
       it.scoped("speaks to Anthropic and Ollama providers the same way", () =>
         Effect.gen(function*() {
           const { admin } = yield* TheCast

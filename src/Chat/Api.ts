@@ -85,6 +85,40 @@ const ModelChoice = {
   })
 }
 
+const ToolName = Schema.String.pipe(
+  Schema.pattern(/^[A-Za-z0-9_-]{1,64}$/, {
+    message: () => "A tool name is 1 to 64 letters, digits, underscores or dashes"
+  })
+)
+
+export const ToolDefinition = Schema.Struct({
+  name: ToolName,
+  description: Schema.optional(Schema.String.pipe(Schema.maxLength(4096))),
+  parameters: Schema.optional(JsonObject).annotations({
+    description: "A JSON Schema of the tool's arguments; without one, it takes none"
+  })
+}).annotations({ identifier: "ToolDefinition" })
+export type ToolDefinition = typeof ToolDefinition.Type
+
+export const ToolChoice = Schema.Union(
+  Schema.Literal("auto", "none", "required"),
+  Schema.Struct({ name: ToolName })
+).annotations({ identifier: "ToolChoice" })
+export type ToolChoice = typeof ToolChoice.Type
+
+/**
+ * Tools the model may call in this answer. Its calls end the answer (`toolCalls`); run them, append
+ * each result as a `tool` message (`toolCallId`), then `continue` with the same tools.
+ */
+const ToolUse = {
+  tools: Schema.optional(Schema.Array(ToolDefinition).pipe(Schema.maxItems(128))).annotations({
+    description: "Functions the model may call in this answer (it calls none when omitted)"
+  }),
+  toolChoice: Schema.optional(ToolChoice).annotations({
+    description: "`auto` (the default with tools), `none`, `required`, or `{ name }`: that tool"
+  })
+}
+
 /** Files the question carries: their text is sent to the model with it, at this turn and the next ones. */
 const Attached = Schema.optional(Schema.Array(FileId).pipe(Schema.maxItems(maxAttachments))).annotations({
   description: `Your text files (at most ${maxAttachments}) to send with the question (needs \`files:read\`)`
@@ -97,7 +131,8 @@ export class ChatPayload extends Schema.Class<ChatPayload>("ChatPayload")({
   }),
   metadata: Schema.optional(JsonObject),
   fileIds: Attached,
-  ...ModelChoice
+  ...ModelChoice,
+  ...ToolUse
 }) {}
 
 export class NewChatPayload extends Schema.Class<NewChatPayload>("NewChatPayload")({
@@ -107,23 +142,30 @@ export class NewChatPayload extends Schema.Class<NewChatPayload>("NewChatPayload
   }),
   metadata: Schema.optional(JsonObject),
   fileIds: Attached,
-  ...ModelChoice
+  ...ModelChoice,
+  ...ToolUse
 }) {}
 
 export class ThreadChatPayload extends Schema.Class<ThreadChatPayload>("ThreadChatPayload")({
   content: MessageContent,
   metadata: Schema.optional(JsonObject),
   fileIds: Attached,
-  ...ModelChoice
+  ...ModelChoice,
+  ...ToolUse
 }) {}
 
-export class RegeneratePayload extends Schema.Class<RegeneratePayload>("RegeneratePayload")(ModelChoice) {}
+export class RegeneratePayload extends Schema.Class<RegeneratePayload>("RegeneratePayload")({
+  ...ModelChoice,
+  ...ToolUse
+}) {}
 
 export class ContinuePayload extends Schema.Class<ContinuePayload>("ContinuePayload")({
   parentId: Schema.optional(MessageId).annotations({
-    description: "The user message to answer; the current leaf when omitted (after an edit, the edited message)"
+    description: "The user or tool message to answer; the current leaf when omitted (after an edit, the edited " +
+      "message; after tool results, the last of them)"
   }),
-  ...ModelChoice
+  ...ModelChoice,
+  ...ToolUse
 }) {}
 
 /** The answer, once finished, for a client that does not read events. */

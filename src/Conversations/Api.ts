@@ -55,9 +55,14 @@ export const ConversationListQuery = request(Schema.Struct({
 
 export class AppendMessagePayload extends Schema.Class<AppendMessagePayload>("AppendMessagePayload")({
   content: MessageContent,
-  role: Schema.optionalWith(Schema.Literal("user", "assistant", "system"), { default: () => "user" as const }),
+  role: Schema.optionalWith(Schema.Literal("user", "assistant", "system", "tool"), {
+    default: () => "user" as const
+  }),
   parentId: Schema.optional(MessageId).annotations({
     description: "The message to answer; the current leaf when omitted (the active branch goes on)"
+  }),
+  toolCallId: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(200))).annotations({
+    description: "A `tool` message's call: one the answer above it made (directly, or above other results)"
   }),
   metadata: Schema.optional(JsonObject)
 }) {}

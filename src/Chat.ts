@@ -57,7 +57,7 @@ import { type Forbidden, invalid, NotFound, type ValidationError } from "./Domai
 import type { JsonObject } from "./Domain/Fields.js"
 import type { ConversationId, FileId, LlmModelId, MessageId, ModelConfigId, ThreadId } from "./Domain/Ids.js"
 import type { ModelConfig } from "./Domain/Model.js"
-import { type Attachment, Attachments, type AttachmentTexts } from "./Files/Attachments.js"
+import { type Attachment, type AttachmentContents, Attachments } from "./Files/Attachments.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
 import {
   chatAnswersEnded,
@@ -356,13 +356,13 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const buildRequest = (
       { preset, resolved, tooling }: Prepared,
       branch: ReadonlyArray<MessageView>,
-      texts: AttachmentTexts
+      contents: AttachmentContents
     ): ChatRequest => {
       const config = Option.getOrNull(preset)
       const maxTokens = config?.maxTokens ?? null
       const messages = fitToContext(
         config?.systemPrompt ?? null,
-        toChatMessages(branch, texts),
+        toChatMessages(branch, contents),
         promptBudget(resolved, config) - toolTokens(tooling)
       )
       return {
@@ -690,7 +690,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       Effect.gen(function*() {
         const { answer, branch, conversation, prepared, question } = yield* opening
         const { resolved } = prepared
-        const request = buildRequest(prepared, branch, yield* attachments.texts(actor.userId, branch))
+        const request = buildRequest(prepared, branch, yield* attachments.contents(actor.userId, branch))
         const generation: Generation = {
           conversationId: conversation.id,
           answerId: answer.id,

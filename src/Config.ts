@@ -252,6 +252,8 @@ export interface FilesSettings {
   readonly allowedTypes: ReadonlyArray<string>
   /** Characters of a file's text kept by its analysis and given to the model. */
   readonly analysisMaxChars: number
+  /** The largest image a chat question may carry to the model, in bytes. */
+  readonly chatImageMaxSize: number
 }
 
 /** What uploads accept unless `FILES_ALLOWED_TYPES` says otherwise: text, PDF, images and office documents. */
@@ -410,7 +412,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
         Config.map((types) => types.map((type) => type.toLowerCase())),
         Config.withDefault(defaultAllowedFileTypes)
       ),
-      analysisMaxChars: yield* positiveInt("FILE_ANALYSIS_MAX_CHARS").pipe(Config.withDefault(100_000))
+      analysisMaxChars: yield* positiveInt("FILE_ANALYSIS_MAX_CHARS").pipe(Config.withDefault(100_000)),
+      chatImageMaxSize: yield* byteSize("CHAT_IMAGE_MAX_SIZE").pipe(Config.withDefault(5 * 1024 * 1024))
     }
     return {
       nodeEnv,

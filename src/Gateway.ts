@@ -24,6 +24,7 @@ import {
   type ChunkChoice,
   type Content,
   type GatewayModel,
+  imageOfUrl,
   InvalidRequest,
   type ModelList,
   passedThrough,
@@ -73,8 +74,17 @@ const toChatMessage = (message: RequestMessage): ChatMessage => {
     case "system":
     case "developer":
       return { role: "system", content: textOf(message.content) }
-    case "user":
-      return { role: "user", content: textOf(message.content) }
+    case "user": {
+      if (typeof message.content === "string") return { role: "user", content: message.content }
+      const images = message.content.flatMap((part) =>
+        part.type === "image_url" ? [imageOfUrl(part.image_url.url)] : []
+      )
+      return {
+        role: "user",
+        content: message.content.flatMap((part) => part.type === "text" ? [part.text] : []).join("\n"),
+        ...(images.length > 0 ? { images } : {})
+      }
+    }
     case "assistant":
       return {
         role: "assistant",

@@ -18,7 +18,7 @@ import { runMigrations } from "../src/Migrations.js"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { upload, uploadOne } from "./fixtures/Content.js"
 import { dialects, freshDatabase, sqliteClientFor } from "./fixtures/Database.js"
-import { minimalPdf } from "./fixtures/Documents.js"
+import { minimalDocx, minimalPdf } from "./fixtures/Documents.js"
 import { openEvents } from "./fixtures/Events.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake, upstreamSecret } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
@@ -38,6 +38,8 @@ const maxSize = 64 * 1024
 const filesEnv = {
   FILES_MAX_SIZE: String(maxSize),
   JOBS_POLL_INTERVAL: "50 millis",
+  // The 1×1 PNG below fits; the same PNG followed by padding does not.
+  CHAT_IMAGE_MAX_SIZE: "200",
   JOBS_MAX_ATTEMPTS: "2",
   JOBS_RETRY_BASE_DELAY: "20 millis",
   JOBS_TIMEOUT: "1500 millis",
@@ -444,6 +446,52 @@ for (const dialect of dialects) {
           expect(lastQuestionSent(openai).map((message) => message.content)).toEqual(["Never mind the list"])
         }))
 
+      it.scoped("an image is shown to the model with its question, at this turn and the next", () =>
+        Effect.gen(function*() {
+          const { modelId, openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: ["A pixel."] }
+          const image = yield* uploadOne(user.accessToken, "pixel.png", png)
+          const notes = yield* uploadOne(user.accessToken, "notes.txt", "It is red.")
+          const first = expectStatus(
+            yield* call("POST", "/api/v1/chat", {
+              auth: user.accessToken,
+              body: { content: "What is this?", title: "Image", modelId, fileIds: [image.id, notes.id] }
+            }),
+            200
+          )
+          expect(first.question.metadata.attachments.map((file: { contentType: string }) => file.contentType)).toEqual([
+            "image/png",
+            "text/plain"
+          ])
+          const shown = {
+            role: "user",
+            content: [
+              {
+                type: "text",
+                text: "What is this?\n\n<attachment name=\"notes.txt\" type=\"text/plain\">\nIt is red.\n</attachment>"
+              },
+              {
+                type: "image_url",
+                image_url: { url: `data:image/png;base64,${Buffer.from(png).toString("base64")}` }
+              }
+            ]
+          }
+          const sent = () => openai.requests.filter((request) => request.path === chatPath.openai).at(-1)!.body.messages
+          expect(sent()).toEqual([shown])
+          expectStatus(
+            yield* call("POST", `/api/v1/conversations/${first.conversationId}/chat`, {
+              auth: user.accessToken,
+              body: { content: "And now?" }
+            }),
+            200
+          )
+          expect(sent()).toEqual([shown, { role: "assistant", content: "A pixel." }, {
+            role: "user",
+            content: "And now?"
+          }])
+        }))
+
       it.scoped("a PDF's text is sent with the question", () =>
         Effect.gen(function*() {
           const { modelId, openai, user } = yield* TheCast
@@ -484,7 +532,13 @@ for (const dialect of dialects) {
         Effect.gen(function*() {
           const { modelId, other, user } = yield* TheCast
           const theirs = yield* uploadOne(other.accessToken, "theirs.txt", "not yours")
-          const image = yield* uploadOne(user.accessToken, "pixel.png", png, "image/png")
+          const document = yield* uploadOne(
+            user.accessToken,
+            "letter.docx",
+            minimalDocx(),
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+          )
+          const big = yield* uploadOne(user.accessToken, "big.png", new Uint8Array([...png, ...new Uint8Array(300)]))
           const conversation = expectStatus(
             yield* call("POST", "/api/v1/conversations", {
               auth: user.accessToken,
@@ -500,10 +554,19 @@ for (const dialect of dialects) {
           expect(expectStatus(notTheirs, 422).issues).toEqual([{ path: ["fileIds", 0], message: "No such file" }])
           const noText = yield* call("POST", path, {
             auth: user.accessToken,
-            body: { content: "See", fileIds: [image.id] }
+            body: { content: "See", fileIds: [document.id] }
           })
-          expect(expectStatus(noText, 422).issues).toEqual([
-            { path: ["fileIds", 0], message: "Text cannot be read from image/png files" }
+          expect(expectStatus(noText, 422).issues).toEqual([{
+            path: ["fileIds", 0],
+            message:
+              "A model can neither read nor see application/vnd.openxmlformats-officedocument.wordprocessingml.document files"
+          }])
+          const tooBig = yield* call("POST", path, {
+            auth: user.accessToken,
+            body: { content: "See", fileIds: [big.id] }
+          })
+          expect(expectStatus(tooBig, 422).issues).toEqual([
+            { path: ["fileIds", 0], message: "Images shown to a model are at most 200 bytes" }
           ])
           const mine = yield* uploadOne(user.accessToken, "mine.txt", "mine")
           const chatOnly = yield* createKey(user, ["chat", "conversations:read", "conversations:write", "models:read"])

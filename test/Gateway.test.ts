@@ -398,6 +398,33 @@ for (const dialect of dialects) {
           })
           expect(toolCall!.id.length).toBeGreaterThan(0)
         }))
+      it.effect("passes a question's inline images on, in front of Ollama and Anthropic", () =>
+        Effect.gen(function*() {
+          const { anthropic, key, ollama } = yield* TheCast
+          const client = yield* clientFor(key.secret)
+          const content = [
+            { type: "text" as const, text: "What is in it?" },
+            { type: "image_url" as const, image_url: { url: "data:image/png;base64,iVBORw0KGgo=" } }
+          ]
+          ollama.chat = { text: ["A dot."] }
+          yield* promise(() =>
+            client.chat.completions.create({ model: "llama-loop:1b", messages: [{ role: "user", content }] })
+          )
+          expect(chatRequests(ollama).at(-1)!.body.messages).toEqual([
+            { role: "user", content: "What is in it?", images: ["iVBORw0KGgo="] }
+          ])
+          anthropic.chat = { text: ["A dot."] }
+          yield* promise(() =>
+            client.chat.completions.create({ model: "claude-loop", messages: [{ role: "user", content }] })
+          )
+          expect(chatRequests(anthropic).at(-1)!.body.messages).toEqual([{
+            role: "user",
+            content: [
+              { type: "image", source: { type: "base64", media_type: "image/png", data: "iVBORw0KGgo=" } },
+              { type: "text", text: "What is in it?" }
+            ]
+          }])
+        }))
     })
 
     describe("errors in OpenAI's format", () => {

@@ -221,6 +221,42 @@ layer(ClientsLive, { excludeTestServices: true })("provider chat", (it) => {
           }
         }))
 
+      it.scoped("shows a question's images in the provider's own format", () =>
+        Effect.gen(function*() {
+          const fake = yield* fakeProvider(dialect)
+          fake.chat = { text: ["A red dot."] }
+          const image = { mediaType: "image/png", data: "iVBORw0KGgo=" }
+          const answer = assemble(
+            yield* chat(connectionTo(fake), {
+              model: "loopback-model",
+              messages: [{ role: "user", content: "What is this?", images: [image] }]
+            })
+          )
+          expect(answer.text).toBe("A red dot.")
+          const sent = chatRequests(fake)[0]?.body.messages
+          if (dialect === "openai") {
+            expect(sent).toEqual([{
+              role: "user",
+              content: [
+                { type: "text", text: "What is this?" },
+                { type: "image_url", image_url: { url: "data:image/png;base64,iVBORw0KGgo=" } }
+              ]
+            }])
+          }
+          if (dialect === "anthropic") {
+            expect(sent).toEqual([{
+              role: "user",
+              content: [
+                { type: "image", source: { type: "base64", media_type: "image/png", data: "iVBORw0KGgo=" } },
+                { type: "text", text: "What is this?" }
+              ]
+            }])
+          }
+          if (dialect === "ollama") {
+            expect(sent).toEqual([{ role: "user", content: "What is this?", images: ["iVBORw0KGgo="] }])
+          }
+        }))
+
       it.scoped("relayed as the engine reads it: the same chunks as pulled, and a failure after those received", () =>
         Effect.gen(function*() {
           const fake = yield* fakeProvider(dialect)

@@ -8,56 +8,63 @@
  * the generous side of real English text.
  */
 import type { MessageView } from "../Domain/Conversation.js"
-import { attachmentKey, attachmentsOf, type AttachmentTexts } from "../Files/Attachments.js"
-import type { ChatMessage } from "../Providers/Chat.js"
+import { type AttachmentContents, attachmentKey, attachmentsOf } from "../Files/Attachments.js"
+import type { ChatImage, ChatMessage } from "../Providers/Chat.js"
 
 const perMessageTokens = 4
+
+/** What an image costs, estimated on the generous side (Anthropic counts about 1,600 for a 1.15-megapixel one). */
+const perImageTokens = 1_600
 
 export const estimateTokens = (message: ChatMessage): number =>
   Math.ceil(
     (message.content.length +
       (message.toolCalls ?? []).reduce((sum, call) => sum + call.name.length + call.arguments.length, 0)) / 4
-  ) + perMessageTokens
+  ) + perMessageTokens + (message.images?.length ?? 0) * perImageTokens
 
 /** Room kept for the answer when the preset sets no `maxTokens`. */
 export const answerReserve = (contextWindow: number, maxTokens: number | null): number =>
   maxTokens ?? Math.min(1024, Math.floor(contextWindow / 4))
 
-/** A question's text followed by the files it carries, each in an `<attachment>` element. */
-const withAttachments = (message: MessageView, texts: AttachmentTexts): string => {
+/** A question's text followed by the texts of the files it carries, each in an `<attachment>` element; its images. */
+const withAttachments = (
+  message: MessageView,
+  contents: AttachmentContents
+): { readonly content: string; readonly images: ReadonlyArray<ChatImage> } => {
   const attached = attachmentsOf(message)
-  if (attached.length === 0) return message.content
+  if (attached.length === 0) return { content: message.content, images: [] }
   const parts = [message.content]
+  const images: Array<ChatImage> = []
   for (const { contentType, id, name } of attached) {
     const key = attachmentKey(message.id, id)
-    if (!texts.has(key)) continue
-    const text = texts.get(key)
+    if (!contents.has(key)) continue
+    const content = contents.get(key)
     const label = JSON.stringify(name)
-    parts.push(
-      typeof text === "string"
-        ? `<attachment name=${label} type="${contentType}">\n${text}\n</attachment>`
-        : `[The attached file ${label} has been deleted]`
-    )
+    if (content === null || content === undefined) parts.push(`[The attached file ${label} has been deleted]`)
+    else if (content._tag === "image") images.push(content.image)
+    else parts.push(`<attachment name=${label} type="${contentType}">\n${content.text}\n</attachment>`)
   }
-  return parts.join("\n\n")
+  return { content: parts.join("\n\n"), images }
 }
 
-const noTexts: AttachmentTexts = new Map()
+const noContents: AttachmentContents = new Map()
 
 /**
  * The branch's messages as the model reads them: answers cut short keep their text; empty ones are
- * left out; a question's attached files follow its text (`texts`, by file id).
+ * left out; a question's attached files follow its text, or are shown as images (`contents`).
  */
 export const toChatMessages = (
   branch: ReadonlyArray<MessageView>,
-  texts: AttachmentTexts = noTexts
+  contents: AttachmentContents = noContents
 ): Array<ChatMessage> =>
   branch.flatMap((message): Array<ChatMessage> => {
     if (message.content.length === 0 && message.toolCalls.length === 0) return []
     const toolCallId = message.metadata["toolCallId"]
+    const { content, images } = withAttachments(message, contents)
     return [{
       role: message.role,
-      content: withAttachments(message, texts),
+      content,
+      ...(images.length > 0 ? { images } : {}),
       ...(message.toolCalls.length > 0 ? { toolCalls: message.toolCalls } : {}),
       ...(message.role === "tool" && typeof toolCallId === "string" ? { toolCallId } : {})
     }]

@@ -71,6 +71,12 @@ export const detectContentType = async (head: Uint8Array, isText: boolean, name:
 export const hasReadableText = (contentType: string): boolean =>
   contentType.startsWith("text/") || contentType === "application/json" || contentType === "application/pdf"
 
+/** Image types models take in a chat (OpenAI, Anthropic and Ollama's vision models all read these). */
+const seenImageTypes = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"])
+
+/** Whether a file is an image a model can be shown. */
+export const isSeenImage = (contentType: string): boolean => seenImageTypes.has(contentType)
+
 /** Whether `contentType` is among `allowed` (`text/*` allows every `text/…` type). */
 export const isAllowedType = (contentType: string, allowed: ReadonlyArray<string>): boolean =>
   allowed.some((pattern) =>

@@ -110,12 +110,15 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
         return cutText(whole.replace(/\0/g, ""), maxChars)
       })
 
+    /** A stored content, whole. */
+    const readAll = (key: string) => fs.readFile(locate(key))
+
     /** Removes a stored content; one already gone is not an error. */
     const remove = (key: string) =>
       fs.remove(locate(key)).pipe(
         Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "NotFound", () => Effect.void)
       )
 
-    return { write, read, readText, remove } as const
+    return { write, read, readAll, readText, remove } as const
   })
 }) {}

@@ -18,14 +18,42 @@ const TextPart = Schema.Struct({
   text: Schema.String
 })
 
-/** A message's content: a string, or text parts (images and audio are not supported). */
+/** A message's content: a string, or text parts. */
 const Content = Schema.Union(Schema.String, Schema.Array(TextPart)).annotations({
   message: () => ({
-    message: "Expected a string or an array of text parts (images and audio are not supported)",
+    message: "Expected a string or an array of text parts",
     override: true
   })
 })
 export type Content = typeof Content.Type
+
+/** An image a user message shows, inline: a `data:` URL of a PNG, JPEG, GIF or WebP image. */
+const dataUrl = /^data:(image\/(?:png|jpeg|gif|webp));base64,([A-Za-z0-9+/=]+)$/
+
+const ImagePart = Schema.Struct({
+  type: Schema.Literal("image_url"),
+  image_url: Schema.Struct({
+    url: Schema.String.pipe(Schema.pattern(dataUrl, {
+      message: () => "Images are accepted as data: URLs (base64) of PNG, JPEG, GIF or WebP images"
+    })),
+    detail: Schema.optional(Schema.String)
+  })
+})
+
+/** A user message's content: a string, or text and image parts (audio is not supported). */
+const UserContent = Schema.Union(Schema.String, Schema.Array(Schema.Union(TextPart, ImagePart))).annotations({
+  message: () => ({
+    message: "Expected a string or an array of text and image_url parts (audio is not supported)",
+    override: true
+  })
+})
+export type UserContent = typeof UserContent.Type
+
+/** The type and the base64 bytes of an image part's `data:` URL. */
+export const imageOfUrl = (url: string): { readonly mediaType: string; readonly data: string } => {
+  const [, mediaType = "", data = ""] = dataUrl.exec(url) ?? []
+  return { mediaType, data }
+}
 
 const RequestToolCall = Schema.Struct({
   id: Schema.String,
@@ -46,7 +74,7 @@ const DeveloperMessage = Schema.Struct({
 
 const UserMessage = Schema.Struct({
   role: Schema.Literal("user"),
-  content: Content
+  content: UserContent
 })
 
 const AssistantMessage = Schema.Struct({

@@ -114,6 +114,18 @@ const toMessage = (message: ChatMessage) =>
         }))
       ]
     }
+    : message.images?.length
+    ? {
+      role: message.role,
+      // Anthropic reads a question best with its images before its text.
+      content: [
+        ...message.images.map((image) => ({
+          type: "image",
+          source: { type: "base64", media_type: image.mediaType, data: image.data }
+        })),
+        { type: "text", text: message.content }
+      ]
+    }
     : { role: message.role, content: message.content }
 
 const toolChoiceOf = (choice: ChatRequest["toolChoice"]) =>

@@ -16,9 +16,17 @@ export interface ChatToolCall {
   readonly arguments: string
 }
 
+/** An image a message shows the model: its type and its bytes in base64. */
+export interface ChatImage {
+  readonly mediaType: string
+  readonly data: string
+}
+
 export interface ChatMessage {
   readonly role: ChatRole
   readonly content: string
+  /** On a user message: images it shows (for models that see). */
+  readonly images?: ReadonlyArray<ChatImage> | undefined
   /** On an assistant message: the tools it called. */
   readonly toolCalls?: ReadonlyArray<ChatToolCall> | undefined
   /** On a tool message: the call it answers. */

@@ -83,6 +83,7 @@ const toMessages = (messages: ReadonlyArray<ChatMessage>) => {
       : {
         role: message.role,
         content: message.content,
+        images: message.images?.length ? message.images.map((image) => image.data) : undefined,
         tool_calls: message.toolCalls?.length
           ? message.toolCalls.map((call) => ({
             function: { name: call.name, arguments: argumentsObject(call.arguments) }

@@ -78,6 +78,17 @@ const toMessage = (message: ChatMessage) =>
         function: { name: call.name, arguments: call.arguments }
       }))
     }
+    : message.images?.length
+    ? {
+      role: message.role,
+      content: [
+        { type: "text", text: message.content },
+        ...message.images.map((image) => ({
+          type: "image_url",
+          image_url: { url: `data:${image.mediaType};base64,${image.data}` }
+        }))
+      ]
+    }
     : { role: message.role, content: message.content }
 
 /** The request body; `extra` may add or override generation parameters, never what the server sets. */

@@ -405,6 +405,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       retention: yield* Config.duration("JOBS_RETENTION").pipe(Config.withDefault(Duration.days(7))),
       timeout: yield* Config.duration("JOBS_TIMEOUT").pipe(Config.withDefault(Duration.minutes(10)))
     }
+    /** How long a trashed conversation, and a deleted message's content, are kept before being erased. */
+    const trashRetention = yield* Config.duration("TRASH_RETENTION").pipe(Config.withDefault(Duration.days(30)))
     const files: FilesSettings = {
       dir: yield* Config.nonEmptyString("FILES_DIR").pipe(Config.withDefault(`${dataDir.replace(/\/+$/, "")}/files`)),
       maxSize: yield* byteSize("FILES_MAX_SIZE").pipe(Config.withDefault(25 * 1024 * 1024)),
@@ -436,7 +438,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       events,
       chat,
       jobs,
-      files
+      files,
+      trashRetention
     }
   })
 }) {}

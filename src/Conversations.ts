@@ -10,9 +10,10 @@
  * the conversation row locked, so the leaf, the count and the rows agree.
  */
 import { Model, SqlClient } from "@effect/sql"
-import { DateTime, Effect, Option, Schema } from "effect"
+import { DateTime, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
 import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
+import { AppConfig } from "./Config.js"
 import type {
   AppendMessagePayload,
   AppendThreadMessagePayload,
@@ -1012,3 +1013,47 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
     } as const
   })
 }) {}
+
+/**
+ * Erases what the trash and deletions keep once `retention` has passed: conversations in the trash
+ * since before then are deleted for good (each recorded in the audit trail as the system's doing),
+ * and messages deleted before then lose what they said (their place in the tree stays).
+ */
+export const sweepTrash = (retention: Duration.Duration) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const repo = yield* ConversationRepo
+    const audit = yield* AuditLog
+    const cutoff = DateTime.formatIso(DateTime.subtractDuration(yield* DateTime.now, retention))
+    const purged = yield* inTransaction(sql)(Effect.gen(function*() {
+      const rows = yield* repo.purgeTrashedBefore(cutoff)
+      for (const row of rows) {
+        yield* audit.record({
+          action: "conversation.purged",
+          actor: { type: "system", id: null },
+          target: { type: "conversation", id: row.id },
+          metadata: { reason: "trash-retention" },
+          withoutClient: true
+        })
+      }
+      return rows.length
+    }))
+    const erased = yield* repo.eraseDeletedBefore(cutoff)
+    return { purged, erased }
+  })
+
+/** Runs `sweepTrash` hourly (on every instance: it is idempotent), with `TRASH_RETENTION`. */
+export const TrashSweepLive = Layer.scopedDiscard(
+  Effect.gen(function*() {
+    const { trashRetention } = yield* AppConfig
+    const sweep = sweepTrash(trashRetention).pipe(
+      Effect.tap(({ erased, purged }) =>
+        purged + erased > 0
+          ? Effect.logInfo("Trash emptied").pipe(Effect.annotateLogs({ purged, erased }))
+          : Effect.void
+      ),
+      Effect.catchAllCause((cause) => Effect.logWarning("The trash could not be emptied", cause))
+    )
+    yield* Effect.forkScoped(Effect.repeat(sweep, Schedule.spaced(Duration.hours(1))))
+  })
+)

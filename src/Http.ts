@@ -23,7 +23,7 @@ import { ChatHttpLive } from "./Chat/Http.js"
 import { AnswerRelay } from "./Chat/Relay.js"
 import { ChatSocketLive } from "./Chat/Socket.js"
 import { AppConfig } from "./Config.js"
-import { Conversations } from "./Conversations.js"
+import { Conversations, TrashSweepLive } from "./Conversations.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import { ConversationsHttpLive } from "./Conversations/Http.js"
 import { SearchRepo } from "./Conversations/SearchRepo.js"
@@ -140,7 +140,8 @@ export const ServicesLive = Layer.mergeAll(
   Graph.Default,
   Shares.Default,
   JobsSweepLive,
-  SessionCleanupLive
+  SessionCleanupLive,
+  TrashSweepLive
 ).pipe(
   Layer.provideMerge(Conversations.Default),
   Layer.provideMerge(Auth.Default),

@@ -396,6 +396,28 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
             SELECT ${toId}, file_id, ${at} FROM message_files WHERE message_id = ${fromId}`
       )
 
+    /** Deletes for good the conversations in the trash since before `cutoff` (an ISO time). */
+    const purgeTrashedBefore = (cutoff: string) =>
+      sql<{ readonly id: ConversationId; readonly userId: UserId }>`
+        DELETE FROM conversations WHERE deleted_at IS NOT NULL AND deleted_at < ${cutoff}
+        RETURNING id, user_id`
+
+    /**
+     * Erases what the messages deleted before `cutoff` said (text, tool calls, metadata, attached
+     * files): their place in the tree stays, so the branches around them keep their shape.
+     */
+    const eraseDeletedBefore = (cutoff: string) =>
+      Effect.gen(function*() {
+        yield* sql`DELETE FROM message_files WHERE message_id IN (
+          SELECT id FROM messages WHERE deleted_at IS NOT NULL AND deleted_at < ${cutoff})`
+        const erased = yield* sql<{ readonly id: MessageId }>`
+          UPDATE messages SET content = '', tool_calls = '[]', metadata = '{}'
+          WHERE deleted_at IS NOT NULL AND deleted_at < ${cutoff}
+            AND (content <> '' OR tool_calls <> '[]' OR metadata <> '{}')
+          RETURNING id`
+        return erased.length
+      })
+
     /** The user's conversation if it is out of the trash. */
     const findLive = (userId: UserId, id: ConversationId) =>
       Effect.map(
@@ -423,6 +445,8 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
       attachFiles: (messageId: MessageId, fileIds: ReadonlyArray<FileId>) =>
         Effect.orDie(attachFiles(messageId, fileIds)),
       copyAttachments: (fromId: MessageId, toId: MessageId) => Effect.orDie(copyAttachments(fromId, toId)),
+      purgeTrashedBefore: (cutoff: string) => purgeTrashedBefore(cutoff),
+      eraseDeletedBefore: (cutoff: string) => eraseDeletedBefore(cutoff),
       findSummary: (userId: UserId, id: ConversationId) => Effect.orDie(findSummary({ userId, id })),
       listSummaries: (userId: UserId, state: ListState, after: Option.Option<ConversationPosition>, limit: number) =>
         Effect.orDie(Effect.flatMap(listSummaries(userId, state, after, limit + 1), decodeSummaries)),

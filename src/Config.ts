@@ -303,6 +303,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
     const corsOrigins = yield* commaList("CORS_ORIGINS").pipe(Config.withDefault<ReadonlyArray<string>>([]))
     const shutdownTimeout = yield* Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
     const trustProxy = yield* Config.boolean("TRUST_PROXY").pipe(Config.withDefault(false))
+    /** `Strict-Transport-Security`'s max-age, for a server reached over HTTPS only (through its proxy). */
+    const hstsMaxAge = yield* Config.option(Config.duration("HSTS_MAX_AGE"))
     // Without it, `/metrics` is open (it holds counts, never data); with it, a scraper sends it as a bearer token.
     const metricsToken = yield* Config.option(Config.redacted(Config.nonEmptyString("METRICS_TOKEN")))
     const auth: AuthSettings = {
@@ -430,6 +432,7 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       corsOrigins,
       shutdownTimeout,
       trustProxy,
+      hstsMaxAge,
       metricsToken,
       telemetry,
       auth,

@@ -92,6 +92,13 @@ const analysisView = (analysis: FileAnalysis) =>
     completedAt: Option.getOrNull(analysis.completedAt)
   }, true)
 
+/** Whether an `If-None-Match` header names `etag` (or any: `*`); weak tags compare by their value. */
+const matchesEtag = (header: string, etag: string): boolean =>
+  header.split(",").some((tag) => {
+    const trimmed = tag.trim()
+    return trimmed === "*" || trimmed.replace(/^W\//, "") === etag
+  })
+
 export class Files extends Effect.Service<Files>()("Files", {
   scoped: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
@@ -203,11 +210,19 @@ export class Files extends Effect.Service<Files>()("Files", {
     const get = (id: FileId) =>
       Effect.flatMap(readable, (actor) => Effect.map(findOwn(actor, id), fileView)).pipe(Effect.withSpan("Files.get"))
 
-    /** The content as an attachment, streamed from storage, never interpreted by the browser. */
-    const download = (id: FileId) =>
+    /**
+     * The content as an attachment, streamed from storage, never interpreted by the browser; 304
+     * without it when `ifNoneMatch` names its `ETag` (its hash: a file's content never changes).
+     */
+    const download = (id: FileId, ifNoneMatch?: string) =>
       Effect.gen(function*() {
         const actor = yield* readable
         const file = yield* findOwn(actor, id)
+        const etag = `"${file.sha256}"`
+        const caching = { "cache-control": "private, no-cache", etag }
+        if (ifNoneMatch !== undefined && matchesEtag(ifNoneMatch, etag)) {
+          return HttpServerResponse.empty({ status: 304, headers: caching })
+        }
         const type = file.contentType.startsWith("text/") ? `${file.contentType}; charset=utf-8` : file.contentType
         return HttpServerResponse.stream(storage.read(file.storageKey), {
           contentType: type,
@@ -215,8 +230,7 @@ export class Files extends Effect.Service<Files>()("Files", {
           headers: {
             "content-disposition": attachment(file.originalName),
             "x-content-type-options": "nosniff",
-            "cache-control": "private, no-cache",
-            etag: `"${file.sha256}"`
+            ...caching
           }
         })
       }).pipe(Effect.withSpan("Files.download"))

@@ -82,9 +82,9 @@ const CorsLive = Layer.unwrapEffect(
  */
 export const serve = <E, R>(apiLayer: Layer.Layer<HttpApi.Api, E, R>) =>
   Layer.unwrapEffect(
-    Effect.map(AppConfig, ({ compression: compressing, trustProxy }) =>
+    Effect.map(AppConfig, ({ compression: compressing, hstsMaxAge, trustProxy }) =>
       HttpApiBuilder.serve((app) =>
-        requestContext({ docsPath, trustProxy, passClientOn: [rpcPath] })(
+        requestContext({ docsPath, trustProxy, hstsMaxAge, passClientOn: [rpcPath] })(
           compressing.enabled ? compression(compressing.minSize)(app) : app
         ).pipe(HttpMiddleware.withLoggerDisabled)
       ))

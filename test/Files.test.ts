@@ -67,12 +67,12 @@ const expectStatus = (reply: Reply, status: number) => {
 }
 
 /** The raw bytes and headers of a download. */
-const download = (auth: string, id: string) =>
+const download = (auth: string, id: string, headers: Record<string, string> = {}) =>
   Effect.gen(function*() {
     const { baseUrl } = yield* TestServer
     return yield* Effect.promise(async () => {
       const response = await fetch(`${baseUrl}/api/v1/files/${id}/content`, {
-        headers: { authorization: `Bearer ${auth}`, "accept-encoding": "identity" }
+        headers: { authorization: `Bearer ${auth}`, "accept-encoding": "identity", ...headers }
       })
       return {
         status: response.status,
@@ -174,6 +174,17 @@ for (const dialect of dialects) {
           )
           expect(fetched.headers["x-content-type-options"]).toBe("nosniff")
           expect(fetched.headers["etag"]).toBe(`"${sha256(content)}"`)
+
+          // A client holding that copy is told it is still the content, without it.
+          for (const tag of [`"${sha256(content)}"`, `W/"${sha256(content)}"`, `"other", "${sha256(content)}"`, "*"]) {
+            const cached = yield* download(user.accessToken, view.id, { "if-none-match": tag })
+            expect(cached.status, tag).toBe(304)
+            expect(cached.bytes.length).toBe(0)
+            expect(cached.headers["etag"]).toBe(`"${sha256(content)}"`)
+          }
+          const changed = yield* download(user.accessToken, view.id, { "if-none-match": "\"other\"" })
+          expect(changed.status).toBe(200)
+          expect(Buffer.from(changed.bytes).toString()).toBe(content)
         }))
 
       it.scoped("decides the type from the content, not from the name or the client's claim", () =>

@@ -258,6 +258,24 @@ describe("HTTP behaviour every endpoint shares", () => {
   })
 })
 
+describe("Strict-Transport-Security", () => {
+  layer(testServer({ env: { HSTS_MAX_AGE: "365 days" } }), { excludeTestServices: true })((it) => {
+    it.effect("is sent on every response with HSTS_MAX_AGE", () =>
+      Effect.gen(function*() {
+        for (const path of ["/health/live", "/nope", "/docs"]) {
+          expect((yield* get(path)).headers["strict-transport-security"]).toBe("max-age=31536000")
+        }
+      }))
+  })
+
+  layer(testServer(), { excludeTestServices: true })((it) => {
+    it.effect("is not sent without it (a server reached over plain HTTP must not ask for it)", () =>
+      Effect.gen(function*() {
+        expect((yield* get("/health/live")).headers["strict-transport-security"]).toBeUndefined()
+      }))
+  })
+})
+
 describe("CORS", () => {
   layer(testServer({ env: { CORS_ORIGINS: "https://app.example" } }), { excludeTestServices: true })((it) => {
     it.effect("allows the configured origins only", () =>

@@ -89,6 +89,11 @@ export class FilesApi extends HttpApiGroup.make("files")
   .add(
     HttpApiEndpoint.get("downloadFile", "/api/v1/files/:id/content")
       .setPath(FilePath)
+      .setHeaders(request(Schema.Struct({
+        "if-none-match": Schema.optional(Schema.String.pipe(Schema.maxLength(1024))).annotations({
+          description: "The `ETag` of a copy the client has: 304 without a body when it is still the content"
+        })
+      })))
       .addSuccess(
         Schema.Uint8ArrayFromSelf.pipe(
           HttpApiSchema.withEncoding({ kind: "Uint8Array", contentType: "application/octet-stream" })

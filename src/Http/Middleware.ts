@@ -9,7 +9,7 @@
  * response, successful or not.
  */
 import { Headers, HttpApp, HttpMiddleware, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Clock, Context, Effect, Exit, FiberRef, HashMap, Option } from "effect"
+import { Clock, Context, Duration, Effect, Exit, FiberRef, HashMap, Option } from "effect"
 import { globalValue } from "effect/GlobalValue"
 import * as Crypto from "node:crypto"
 import { httpRequestDuration, httpRequests, labels } from "../Metrics.js"
@@ -125,11 +125,17 @@ const matchedRoute = Effect.map(
 export const requestContext = (options: {
   readonly docsPath: string
   readonly trustProxy: boolean
+  /** Sent as `Strict-Transport-Security` when set. */
+  readonly hstsMaxAge: Option.Option<Duration.Duration>
   /** Paths (and what is below them) whose handlers read the client and the request id from the request's headers (`passedOn`). */
   readonly passClientOn: ReadonlyArray<string>
 }) =>
-  HttpMiddleware.make((app) =>
-    Effect.gen(function*() {
+  HttpMiddleware.make((app) => {
+    const transportSecurity = Option.match(options.hstsMaxAge, {
+      onNone: () => ({}),
+      onSome: (maxAge) => ({ "strict-transport-security": `max-age=${Math.floor(Duration.toSeconds(maxAge))}` })
+    })
+    return Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
       const incoming = request.headers["x-request-id"]
       const requestId = incoming !== undefined && requestIdPattern.test(incoming) ? incoming : Crypto.randomUUID()
@@ -143,6 +149,7 @@ export const requestContext = (options: {
         status = response.status
         return Effect.succeed(HttpServerResponse.setHeaders(response, {
           ...securityHeaders,
+          ...transportSecurity,
           ...(Headers.has(response.headers, "cache-control") ? {} : { "cache-control": "no-store" }),
           "x-request-id": requestId
         }))
@@ -184,4 +191,4 @@ export const requestContext = (options: {
       }
       return yield* Effect.onExit(app, (exit) => logLine(Exit.isInterrupted(exit)))
     })
-  )
+  })

@@ -169,13 +169,17 @@ export class Shares extends Effect.Service<Shares>()("Shares", {
 
     const view = (slug: string) =>
       Effect.gen(function*() {
-        const row = yield* Effect.flatMap(
-          repo.view(slug),
+        const found = yield* Effect.flatMap(
+          repo.findLive(slug),
           Option.match({
             onNone: () => Effect.fail(gone),
             onSome: Effect.succeed
           })
         )
+        // Counted once per address and hour: reloading the page is not another view.
+        const row = (yield* rateLimits.firstShareView(found.id))
+          ? Option.getOrElse(yield* repo.countView(found.id), () => found)
+          : found
         const reactions = (yield* repo.reactionsOf([row.id])).get(row.id) ?? {}
         return new PublicShare({
           title: row.title,

@@ -34,6 +34,8 @@ const withCast = (dialect: (typeof dialects)[number]) =>
     dialect,
     env: {
       SHARE_REACTIONS_PER_ADDRESS: String(reactionLimit),
+      // Views are counted per address: the tests name theirs.
+      TRUST_PROXY: "true",
       JOBS_POLL_INTERVAL: "50 millis",
       MODEL_STATUS_POLL_INTERVAL: "0 seconds"
     }
@@ -51,7 +53,7 @@ const publicly = (method: "GET" | "POST", path: string, body?: unknown) =>
 for (const dialect of dialects) {
   layer(withCast(dialect), { excludeTestServices: true })(`shares on ${dialect}`, (it) => {
     describe("a shared conversation", () => {
-      it.scoped("is a snapshot anyone with the link reads, each read counted; the owner sees the counts", () =>
+      it.scoped("is a snapshot anyone with the link reads, counted once per address; the owner sees the counts", () =>
         Effect.gen(function*() {
           const user = yield* signUp()
           const conversationId = yield* conversationWith(user, ["What is 2 + 2?", "4."])
@@ -84,6 +86,10 @@ for (const dialect of dialects) {
             ) => [message.role, message.content])
           ).toEqual([["user", "What is 2 + 2?"], ["assistant", "4."]])
           expect(JSON.stringify(seen)).not.toContain(user.id)
+          // Read again from the same address: not another view. From another: one more.
+          expect(expectStatus(yield* publicly("GET", share.path), 200).viewCount).toBe(1)
+          const elsewhere = yield* call("GET", share.path, { headers: { "x-forwarded-for": "203.0.113.7" } })
+          expect(expectStatus(elsewhere, 200).viewCount).toBe(2)
           expect(expectStatus(yield* publicly("GET", share.path), 200).viewCount).toBe(2)
 
           const owned = expectStatus(yield* call("GET", `/api/v1/shares/${share.id}`, { auth: user.accessToken }), 200)

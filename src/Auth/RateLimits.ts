@@ -125,6 +125,24 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
       }], "Too many reactions; try again later"))
 
     /**
+     * Whether this is the first view of share `shareId` from the client's address within the hour:
+     * views are counted once per address and hour, so reloading a page does not inflate them. A store
+     * failure counts the view.
+     */
+    const firstShareView = (shareId: string): Effect.Effect<boolean> =>
+      Effect.flatMap(FiberRef.get(CurrentClient), (client) => {
+        const limit: Limit = {
+          key: `public:share-view:${shareId}:address:${client.address ?? "unknown"}`,
+          limit: 1,
+          window: Duration.hours(1)
+        }
+        return limiter.consume({ key: limit.key, limit: 1, window: storeWindow(limit), onExceeded: "fail" }).pipe(
+          Effect.as(true),
+          Effect.catchAll((error) => Effect.succeed(error.reason !== "Exceeded"))
+        )
+      })
+
+    /**
      * One answer asked of a model by `actor` (a chat turn, a gateway completion): within its user's
      * `CHAT_RATE_LIMIT_PER_USER`, and within its API key's own limit per minute if it has one. Free
      * when neither applies.
@@ -145,7 +163,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
       return limits.length === 0 ? Effect.void : consume(limits, "Too many answers asked for; try again later")
     }
 
-    return { consume, authAttempt, shareReaction, modelRequest } as const
+    return { consume, authAttempt, shareReaction, firstShareView, modelRequest } as const
   })
 }) {}
 

@@ -65,11 +65,18 @@ export class SharesRepo extends Effect.Service<SharesRepo>()("Shares/SharesRepo"
         return rows.length > 0
       })
 
-    /** A live share by its slug, counting the view in the same statement. */
-    const view = (slug: string) =>
+    /** A live share by its slug. */
+    const findLive = (slug: string) =>
+      Effect.map(
+        Effect.flatMap(sql`SELECT * FROM shares WHERE slug = ${slug} AND revoked_at IS NULL`, decodeRows),
+        (rows) => Option.fromNullable(rows[0])
+      )
+
+    /** Counts a view of a live share; the share as it is then (`None` if revoked meanwhile). */
+    const countView = (id: string) =>
       Effect.map(
         Effect.flatMap(
-          sql`UPDATE shares SET view_count = view_count + 1 WHERE slug = ${slug} AND revoked_at IS NULL RETURNING *`,
+          sql`UPDATE shares SET view_count = view_count + 1 WHERE id = ${id} AND revoked_at IS NULL RETURNING *`,
           decodeRows
         ),
         (rows) => Option.fromNullable(rows[0])
@@ -110,7 +117,8 @@ export class SharesRepo extends Effect.Service<SharesRepo>()("Shares/SharesRepo"
       page: (...args: Parameters<typeof page>) => Effect.orDie(page(...args)),
       findOwn: (id: string, userId: UserId) => Effect.orDie(findOwn({ id, userId })),
       revoke: (id: string, userId: UserId) => Effect.orDie(revoke(id, userId)),
-      view: (slug: string) => Effect.orDie(view(slug)),
+      findLive: (slug: string) => Effect.orDie(findLive(slug)),
+      countView: (id: string) => Effect.orDie(countView(id)),
       react: (slug: string, reaction: Reaction) => Effect.orDie(react(slug, reaction)),
       reactionsOf: (ids: ReadonlyArray<string>) => Effect.orDie(reactionsOf(ids))
     } as const

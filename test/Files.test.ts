@@ -187,6 +187,19 @@ for (const dialect of dialects) {
           expect(Buffer.from(changed.bytes).toString()).toBe(content)
         }))
 
+      it.scoped("keeps a name in any script, sent raw as browsers send it; the download names it", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          for (const name of ["Отчёт за год.txt", "完成したレポート.md", "notes 🎉 (final).txt", "Café.txt"]) {
+            const view = yield* uploadOne(user.accessToken, name, `content of ${name}`)
+            expect(view.name).toBe(name)
+            const fetched = yield* download(user.accessToken, view.id)
+            expect(Buffer.from(fetched.bytes).toString()).toBe(`content of ${name}`)
+            const disposition = fetched.headers["content-disposition"]!
+            expect(decodeURIComponent(disposition.split("filename*=UTF-8''")[1]!)).toBe(name)
+          }
+        }))
+
       it.scoped("decides the type from the content, not from the name or the client's claim", () =>
         Effect.gen(function*() {
           const { user } = yield* TheCast

@@ -1,7 +1,25 @@
-import { HttpApiBuilder } from "@effect/platform"
+import { HttpApiBuilder, type HttpServerRequest } from "@effect/platform"
+import { NodeHttpServerRequest, NodeMultipart } from "@effect/platform-node"
 import { Effect } from "effect"
 import { WebPlusApi } from "../Api.js"
 import { Files } from "../Files.js"
+import { utf8FileNames } from "./FileNames.js"
+
+const boundaryParameter = /;\s*boundary\s*=\s*(?:"([^"]+)"|([^;\s]+))/i
+
+/**
+ * The parts of a multipart request, read from its body with non-Latin-1 file names restated so
+ * that the parser keeps them (`utf8FileNames`).
+ */
+const partsOf = (request: HttpServerRequest.HttpServerRequest) => {
+  const incoming = NodeHttpServerRequest.toIncomingMessage(request)
+  const match = boundaryParameter.exec(request.headers["content-type"] ?? "")
+  const boundary = match?.[1] ?? match?.[2]
+  return NodeMultipart.stream(
+    boundary === undefined ? incoming : incoming.pipe(utf8FileNames(boundary)),
+    incoming.headers
+  )
+}
 
 export const FilesHttpLive = HttpApiBuilder.group(
   WebPlusApi,
@@ -10,7 +28,7 @@ export const FilesHttpLive = HttpApiBuilder.group(
     Effect.gen(function*() {
       const files = yield* Files
       return handlers
-        .handle("uploadFile", ({ payload, request }) => files.upload(request.headers["content-type"] ?? "", payload))
+        .handleRaw("uploadFile", ({ request }) => files.upload(request.headers["content-type"] ?? "", partsOf(request)))
         .handle("listFiles", ({ urlParams }) => files.list(urlParams))
         .handle("getFile", ({ path }) => files.get(path.id))
         .handle("downloadFile", ({ headers, path }) => files.download(path.id, headers["if-none-match"]))

@@ -10,7 +10,7 @@
  */
 import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { SqlClient, SqlPersistedQueue } from "@effect/sql"
-import { Cause, Data, Duration, Effect, Layer, Metric, Option, Schedule, type Scope } from "effect"
+import { Cause, Context, Data, Duration, Effect, Layer, Metric, Option, Schedule, type Scope } from "effect"
 import { AppConfig, type JobsSettings } from "./Config.js"
 import * as AmqpQueueStore from "./Jobs/AmqpQueueStore.js"
 import { jobDuration, jobsRun, labels } from "./Metrics.js"
@@ -18,19 +18,106 @@ import { jobDuration, jobsRun, labels } from "./Metrics.js"
 /** The table of the embedded mode's queue (created by migration 0007). */
 export const jobTable = "job_queue"
 
-/** The queues' store, chosen from configuration: the database, or RabbitMQ with `AMQP_URL`. */
+/** How many jobs of one queue wait: offered, and not yet taken by a worker of any instance. */
+export interface QueueDepth {
+  readonly queue: string
+  readonly waiting: number
+}
+
+/**
+ * The job queues' store seen from outside, for readiness and `/metrics`: the jobs waiting in each
+ * queue this instance works, and, on RabbitMQ, whether the broker answers.
+ */
+export class JobQueueMonitor extends Context.Tag("Jobs/JobQueueMonitor")<JobQueueMonitor, {
+  /** Counts queue `name` among those this instance works (`runWorkers` does). */
+  readonly watch: (name: string) => Effect.Effect<void>
+  /** Each watched queue's depth, read from the store now (the same figure on every instance). */
+  readonly depths: Effect.Effect<ReadonlyArray<QueueDepth>, PersistedQueue.PersistedQueueError>
+  /**
+   * RabbitMQ: a round trip to the broker on the store's connection. `None` for the database queue,
+   * which the database's own check covers.
+   */
+  readonly broker: Option.Option<Effect.Effect<void, PersistedQueue.PersistedQueueError>>
+}>() {}
+
+const makeMonitor = (options: {
+  readonly waiting: (name: string) => Effect.Effect<number, PersistedQueue.PersistedQueueError>
+  readonly broker: JobQueueMonitor["Type"]["broker"]
+}): JobQueueMonitor["Type"] => {
+  const watched = new Set<string>()
+  return {
+    watch: (name) => Effect.sync(() => void watched.add(name)),
+    // One after the other: a few cheap questions, and the broker's are asked on one channel anyway.
+    depths: Effect.suspend(() =>
+      Effect.forEach(
+        [...watched].sort(),
+        (queue) => Effect.map(options.waiting(queue), (waiting): QueueDepth => ({ queue, waiting }))
+      )
+    ),
+    broker: options.broker
+  }
+}
+
+/**
+ * The database queue's depths: its rows neither completed, nor given up (`maxAttempts` reached), nor
+ * held by a worker (a worker that vanished holds its job until its lock expires). One count per
+ * queue, on the store's own index (`queue_name, completed, attempts, acquired_at`).
+ */
+const databaseMonitor = (maxAttempts: number) =>
+  Layer.effect(
+    JobQueueMonitor,
+    Effect.map(SqlClient.SqlClient, (client) => {
+      const sql = client.withoutTransforms()
+      return makeMonitor({
+        waiting: (name) =>
+          sql<{ readonly waiting: number | string }>`
+            SELECT COUNT(*) AS waiting FROM ${sql(jobTable)}
+            WHERE queue_name = ${name} AND completed = FALSE AND attempts < ${maxAttempts} AND acquired_at IS NULL`
+            .pipe(
+              // PostgreSQL's count is a bigint, which the driver gives as text.
+              Effect.map((rows) => Number(rows[0]?.waiting ?? 0)),
+              Effect.mapError((error) =>
+                new PersistedQueue.PersistedQueueError({
+                  message: "The job queue table could not be read",
+                  cause: error
+                })
+              )
+            ),
+        broker: Option.none()
+      })
+    })
+  )
+
+/** The queues' store, chosen from configuration: the database, or RabbitMQ with `AMQP_URL`; and its monitor. */
 export const JobQueuesLive = Layer.unwrapEffect(
   Effect.map(AppConfig, ({ jobs }) => {
-    const store: Layer.Layer<PersistedQueue.PersistedQueueStore, unknown, SqlClient.SqlClient> = Option.match(
-      jobs.amqpUrl,
-      {
-        onNone: () => SqlPersistedQueue.layerStore({ tableName: jobTable, pollInterval: jobs.pollInterval }),
-        // Each instance holds no more jobs than it runs at once: the rest stay for other instances.
-        onSome: (url) => AmqpQueueStore.layerStore({ url, queuePrefix: jobs.queuePrefix, prefetch: jobs.concurrency })
-      }
-    )
+    const store: Layer.Layer<
+      PersistedQueue.PersistedQueueStore | JobQueueMonitor,
+      unknown,
+      SqlClient.SqlClient
+    > = Option.match(jobs.amqpUrl, {
+      onNone: () =>
+        Layer.merge(
+          SqlPersistedQueue.layerStore({ tableName: jobTable, pollInterval: jobs.pollInterval }),
+          databaseMonitor(jobs.maxAttempts)
+        ),
+      onSome: (url) =>
+        Layer.scopedContext(
+          Effect.map(
+            // Each instance holds no more jobs than it runs at once: the rest stay for other instances.
+            AmqpQueueStore.make({ url, queuePrefix: jobs.queuePrefix, prefetch: jobs.concurrency }),
+            (amqp) =>
+              Context.make(PersistedQueue.PersistedQueueStore, amqp).pipe(
+                Context.add(JobQueueMonitor, makeMonitor({ waiting: amqp.waiting, broker: Option.some(amqp.ping) }))
+              )
+          )
+        )
+    })
     // A store that cannot be set up (the broker unreachable) stops the start-up, as the database does.
-    return PersistedQueue.layer.pipe(Layer.provide(store), Layer.orDie)
+    return Layer.merge(PersistedQueue.layer, Layer.context<JobQueueMonitor>()).pipe(
+      Layer.provide(store),
+      Layer.orDie
+    )
   })
 )
 
@@ -121,7 +208,8 @@ export const lockExpiration = (jobs: Pick<JobsSettings, "timeout" | "retryMaxDel
  * (`JOBS_RETRY_BASE_DELAY`, doubled at each attempt up to `JOBS_RETRY_MAX_DELAY`), up to
  * `JOBS_MAX_ATTEMPTS` attempts in all; after the last, `giveUp` records why. A handler that wants a
  * failure recorded rather than retried records it and succeeds. Each job is counted
- * (`webplus_jobs_total`) and timed (`webplus_job_duration_seconds`). A queue that cannot be read
+ * (`webplus_jobs_total`) and timed (`webplus_job_duration_seconds`), and the jobs waiting in the
+ * queue are reported (`webplus_jobs_waiting`, through `JobQueueMonitor`). A queue that cannot be read
  * (the database or the broker away) is tried again every second.
  */
 export const runWorkers = <A, E extends { readonly message: string }, R, R2>(
@@ -132,9 +220,10 @@ export const runWorkers = <A, E extends { readonly message: string }, R, R2>(
     /** Records that the job was given up, and why (the failure's message). */
     readonly giveUp: (job: A, reason: string) => Effect.Effect<void, never, R2>
   }
-): Effect.Effect<void, never, R | R2 | AppConfig | Scope.Scope> =>
+): Effect.Effect<void, never, R | R2 | AppConfig | JobQueueMonitor | Scope.Scope> =>
   Effect.gen(function*() {
     const { jobs } = yield* AppConfig
+    yield* (yield* JobQueueMonitor).watch(options.name)
     const queueLabel = labels(["queue", options.name])
     const outcomeLabels = {
       done: labels(["queue", options.name], ["outcome", "done"]),

@@ -104,6 +104,15 @@ interface Family {
   readonly lines: Array<string>
 }
 
+/** A figure read when the metrics are scraped, rather than kept as a `Metric`. */
+export interface Figure {
+  readonly name: string
+  readonly type: "counter" | "gauge"
+  readonly help: string
+  readonly labels?: ReadonlyArray<readonly [string, string]>
+  readonly value: number
+}
+
 /**
  * Metrics in Prometheus's text format: counters, gauges and histograms (others are left out), one
  * family per name with its `HELP` and `TYPE`, then `extra` (figures read at the time, as gauges or
@@ -111,9 +120,7 @@ interface Family {
  */
 export const prometheusText = (
   pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>,
-  extra: ReadonlyArray<
-    { readonly name: string; readonly type: "counter" | "gauge"; readonly help: string; readonly value: number }
-  > = []
+  extra: ReadonlyArray<Figure> = []
 ): string => {
   const families = new Map<string, Family>()
   const family = (name: string, type: Family["type"], help: string) => {
@@ -151,8 +158,8 @@ export const prometheusText = (
       lines.push(`${name}_count${labelText} ${metricState.count}`)
     }
   }
-  for (const { help, name, type, value } of extra) {
-    family(metricName(name), type, help)?.lines.push(`${metricName(name)} ${numberText(value)}`)
+  for (const { help, labels = [], name, type, value } of extra) {
+    family(metricName(name), type, help)?.lines.push(`${metricName(name)}${labelSet(labels)} ${numberText(value)}`)
   }
   const text: Array<string> = []
   for (const [name, { help, lines, type }] of [...families].sort(([a], [b]) => a.localeCompare(b))) {
@@ -162,6 +169,20 @@ export const prometheusText = (
   }
   return text.length === 0 ? "" : `${text.join("\n")}\n`
 }
+
+/**
+ * `webplus_jobs_waiting`: the jobs of each queue offered and not yet taken, read from the queues'
+ * store when scraped. The store is shared, so every instance reports the same figure.
+ */
+export const jobsWaiting = (depths: ReadonlyArray<{ readonly queue: string; readonly waiting: number }>) =>
+  depths.map(({ queue, waiting }): Figure => ({
+    name: "webplus_jobs_waiting",
+    type: "gauge",
+    help: "Background jobs offered and not yet taken by a worker, by queue (the shared queue's figure, " +
+      "the same from every instance)",
+    labels: [["queue", queue]],
+    value: waiting
+  }))
 
 const startedAt = Date.now() / 1000 - process.uptime()
 

@@ -1,13 +1,19 @@
 /**
  * `GET /metrics`: this instance's metrics in Prometheus's text format, counted
- * as requests and chat answers go through the real server, and the format
- * itself.
+ * as requests and chat answers go through the real server, the job queues'
+ * depths read from their store (the database's table, RabbitMQ) when scraped,
+ * and the format itself.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
+import { Deferred, Effect, Layer, Metric, MetricBoundaries, MetricLabel } from "effect"
+import { analysisQueue } from "../src/Files.js"
+import { extractionQueue } from "../src/Graph.js"
 import { prometheusText } from "../src/Metrics.js"
+import { amqpUrl, queuesRemovedAfter, readyMessages, uniqueQueuePrefix } from "./fixtures/Amqp.js"
 import { call, signUp } from "./fixtures/Auth.js"
+import { uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
+import { chatPath, chatRequests, fakeProvider, registerFake } from "./fixtures/Providers.js"
 import { testServer } from "./fixtures/Server.js"
 
 /** The value of the one sample `series` (name and labels, as written) in `text`. */
@@ -108,6 +114,111 @@ for (const dialect of dialects) {
     })
   })
 }
+
+/** One worker per queue, and a model that may take its time: jobs wait behind the one it holds. */
+const oneWorker = {
+  JOBS_CONCURRENCY: "1",
+  JOBS_POLL_INTERVAL: "50 millis",
+  JOBS_TIMEOUT: "30 seconds",
+  CHAT_RETRY_ATTEMPTS: "0",
+  CHAT_FIRST_CHUNK_TIMEOUT: "30 seconds",
+  MODEL_STATUS_POLL_INTERVAL: "0 seconds"
+}
+
+const scrapeText = Effect.map(call("GET", "/metrics"), (reply) => {
+  expect(reply.status).toBe(200)
+  return reply.body as string
+})
+
+const waitingIn = (queue: string) => `webplus_jobs_waiting{queue="${queue}"}`
+
+/** Runs `effect` until `done` holds for its result (every 50 ms, for 15 s at most); that result. */
+const eventually = <A, E, R>(effect: Effect.Effect<A, E, R>, done: (a: A) => boolean) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 300; i++) {
+      const result = yield* effect
+      if (done(result)) return result
+      yield* Effect.sleep("50 millis")
+    }
+    return yield* Effect.dieMessage("the condition never held within 15 s")
+  })
+
+/**
+ * Three analyses for one worker, whose model answers only once the test lets it: the worker holds
+ * the first, two wait, and `webplus_jobs_waiting` says so; once the model answers, all three run
+ * and it falls back to 0. `broker`: the same figure as RabbitMQ's own count, when it holds the queue.
+ */
+const jobsWaitThenRun = (broker?: (queue: string) => Effect.Effect<number>) =>
+  Effect.gen(function*() {
+    const admin = yield* signUp()
+    const user = yield* signUp()
+    const openai = yield* fakeProvider("openai", [{ name: "gpt-queue" }])
+    yield* registerFake(admin, openai, { connectTimeoutMs: 1_000, requestTimeoutMs: 30_000 })
+    openai.chat = { text: [`{"summary": "Waited its turn."}`] }
+    const answer = yield* Deferred.make<void>()
+    const route = `POST ${chatPath.openai}`
+    const answerNow = openai.routes.get(route)!
+    openai.routes.set(route, async (request, response) => {
+      await Effect.runPromise(Deferred.await(answer))
+      await answerNow(request, response)
+    })
+
+    // Both queues are reported from the start, empty.
+    const idle = yield* scrapeText
+    expect(sample(idle, waitingIn(analysisQueue))).toBe(0)
+    expect(sample(idle, waitingIn(extractionQueue))).toBe(0)
+    expect(idle).toContain("# TYPE webplus_jobs_waiting gauge\n")
+
+    const file = yield* uploadOne(user.accessToken, "queued.txt", "Three analyses for one worker.")
+    const analyses = yield* Effect.forEach([1, 2, 3], () =>
+      Effect.map(
+        call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
+        (reply) => {
+          expect(reply.status, JSON.stringify(reply.body)).toBe(202)
+          return reply.body.id as string
+        }
+      ))
+
+    // The worker has taken one (its model call is waiting); the other two wait for it.
+    const busy = yield* eventually(
+      scrapeText,
+      (text) => chatRequests(openai).length === 1 && sample(text, waitingIn(analysisQueue)) === 2
+    )
+    expect(sample(busy, waitingIn(extractionQueue))).toBe(0)
+    if (broker) expect(yield* broker(analysisQueue)).toBe(2)
+
+    yield* Deferred.succeed(answer, undefined)
+    for (const id of analyses) {
+      const done = yield* eventually(
+        call("GET", `/api/v1/files/${file.id}/analyses/${id}`, { auth: user.accessToken }),
+        (reply) => reply.body.status === "complete" || reply.body.status === "error"
+      )
+      expect(done.body.status, JSON.stringify(done.body)).toBe("complete")
+    }
+    expect(chatRequests(openai)).toHaveLength(3)
+    expect(sample(yield* scrapeText, waitingIn(analysisQueue))).toBe(0)
+    if (broker) expect(yield* broker(analysisQueue)).toBe(0)
+  })
+
+describe("jobs waiting", () => {
+  for (const dialect of dialects) {
+    layer(testServer({ dialect, env: oneWorker }), { excludeTestServices: true })((it) => {
+      it.scoped(`in the database's queue on ${dialect}: rises while jobs wait for a worker, falls once run`, () =>
+        jobsWaitThenRun())
+    })
+  }
+
+  const prefix = uniqueQueuePrefix()
+  layer(
+    testServer({ env: { ...oneWorker, AMQP_URL: amqpUrl, AMQP_QUEUE_PREFIX: prefix } }).pipe(
+      Layer.provideMerge(queuesRemovedAfter(prefix))
+    ),
+    { excludeTestServices: true }
+  )((it) => {
+    it.scoped("in RabbitMQ's queues: rises while jobs wait for a worker, falls once run, as the broker counts", () =>
+      jobsWaitThenRun((queue) => readyMessages(prefix, queue)))
+  })
+})
 
 describe("a metrics token", () => {
   const token = "metrics-token-0123456789abcdef"

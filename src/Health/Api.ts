@@ -11,7 +11,17 @@ export class ReadinessCheck extends Schema.Class<ReadinessCheck>("ReadinessCheck
   durationMs: Schema.Number
 }) {}
 
-export const ReadinessChecks = Schema.Struct({ database: ReadinessCheck, migrations: ReadinessCheck })
+/**
+ * `database`, `migrations` and, with `AMQP_URL`, `rabbitmq` must be ok for the instance to be ready.
+ * `redis`, with `REDIS_URL`, is reported only: without it the instance serves every request, its
+ * rate limits and cross-instance events aside.
+ */
+export const ReadinessChecks = Schema.Struct({
+  database: ReadinessCheck,
+  migrations: ReadinessCheck,
+  redis: Schema.optional(ReadinessCheck),
+  rabbitmq: Schema.optional(ReadinessCheck)
+})
 
 export class Live extends Schema.Class<Live>("Live")({
   status: Schema.Literal("live"),
@@ -43,7 +53,17 @@ export class HealthApi extends HttpApiGroup.make("health")
     HttpApiEndpoint.get("ready", "/health/ready")
       .addSuccess(Ready)
       .addError(NotReady)
-      .annotate(OpenApi.Summary, "The database is reachable and every migration is applied")
+      .annotate(
+        OpenApi.Summary,
+        "The database is reachable and every migration is applied; RabbitMQ answers (when configured)"
+      )
+      .annotate(
+        OpenApi.Description,
+        "Each check within 2 s. With `REDIS_URL`, `checks.redis` reports Redis, but an unreachable Redis leaves " +
+          "the instance ready (200): rate limits are then not enforced and events are not passed between instances. " +
+          "With `AMQP_URL`, an unreachable RabbitMQ makes it not ready (503): background jobs can be neither " +
+          "queued nor run."
+      )
   )
   .add(
     HttpApiEndpoint.get("metrics", "/metrics")
@@ -54,7 +74,8 @@ export class HealthApi extends HttpApiGroup.make("health")
       .annotate(
         OpenApi.Description,
         "HTTP requests by route and status, chat answers (started, ended by status, streaming, time to the first " +
-          "token, tokens), and the process (CPU time, memory). With `METRICS_TOKEN` set, it must come as " +
+          "token, tokens), background jobs (run, timed, waiting by queue), and the process (CPU time, memory). " +
+          "With `METRICS_TOKEN` set, it must come as " +
           "`Authorization: Bearer <token>`."
       )
   )

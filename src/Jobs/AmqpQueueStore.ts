@@ -11,6 +11,9 @@
  * consumed once something takes from it; up to `prefetch` of its messages are then held by this
  * instance, unacknowledged, so that other instances take the rest.
  *
+ * Besides the store's two operations, `ping` (a round trip to the broker) and `waiting` (a queue's
+ * ready messages) answer readiness and `/metrics`, on a channel of their own.
+ *
  * Delivery is at least once: a connection lost while an element is being handled, or a broker
  * that loses the acknowledgement, has the broker deliver the element again. Unlike the SQL store,
  * ids are not deduplicated: RabbitMQ keeps no index of message ids, so offering twice with the same
@@ -166,6 +169,18 @@ const republishOptions = (
   }
 }
 
+/** The store, and what else can be asked of the broker through its connection: is it there, how full is a queue. */
+export type AmqpQueueStore = PersistedQueue.PersistedQueueStore["Type"] & {
+  /** A round trip to the broker; fails at once while the connection is lost (and being re-established). */
+  readonly ping: Effect.Effect<void, PersistedQueue.PersistedQueueError>
+  /**
+   * The messages of the queue for the name `name` that are ready: offered (or offered again) and not
+   * delivered to any instance. Those delivered and not yet acknowledged (up to `prefetch` per
+   * instance) are not counted. 0 for a queue the broker does not have.
+   */
+  readonly waiting: (name: string) => Effect.Effect<number, PersistedQueue.PersistedQueueError>
+}
+
 /**
  * A store on the RabbitMQ of `options.url`, for the life of the scope. It connects at once (and
  * fails if the broker cannot be reached within a few seconds); later, a lost connection is
@@ -177,7 +192,7 @@ const republishOptions = (
  */
 export const make = (
   options: AmqpQueueStoreOptions
-): Effect.Effect<PersistedQueue.PersistedQueueStore["Type"], PersistedQueue.PersistedQueueError, Scope.Scope> =>
+): Effect.Effect<AmqpQueueStore, PersistedQueue.PersistedQueueError, Scope.Scope> =>
   Effect.gen(function*() {
     const url = Redacted.value(options.url)
     const prefetch = options.prefetch ?? defaultPrefetch
@@ -200,6 +215,8 @@ export const make = (
       Effect.tryPromise({ try: f, catch: (error) => queueError(doing, error) })
     const storeClosed = () => new PersistedQueue.PersistedQueueError({ message: "The RabbitMQ queue store is closed" })
 
+    /** Whether amqplib holds a connection now (false from a 'disconnect' until the next 'connect'). */
+    let connected = false
     const connection = yield* Effect.acquireRelease(
       tryAmqp("connecting", () =>
         Amqp.connect(url, {
@@ -217,10 +234,12 @@ export const make = (
           // 'error' event without a listener would throw, and crash the process.
           let connectedBefore = false
           connection.on("connect", () => {
+            connected = true
             if (connectedBefore) log(Effect.logWarning("RabbitMQ connection re-established"))
             connectedBefore = true
           })
           connection.on("disconnect", (error: Error) => {
+            connected = false
             log(Effect.logWarning("RabbitMQ connection lost; reconnecting", describe(error)))
           })
           connection.on("reconnect-scheduled", (info: { attempt: number; delay: number; error: Error }) => {
@@ -528,7 +547,58 @@ export const make = (
         }
       })
 
-    return PersistedQueue.PersistedQueueStore.of({
+    // Inspecting (`ping`, `waiting`): a channel of its own, since the broker closes a channel that
+    // asks after a queue it does not have, and that must cost no publish and no delivery. One
+    // question at a time, so that such a closing fails no other question.
+    let inspector: { readonly channel: Amqp.Channel; readonly state: ChannelState } | undefined
+    const inspectorLock = yield* Effect.makeSemaphore(1)
+    const inspect = <A>(f: (channel: Amqp.Channel) => Effect.Effect<A, PersistedQueue.PersistedQueueError>) =>
+      inspectorLock.withPermits(1)(Effect.suspend(() => {
+        if (closed) return Effect.fail(storeClosed())
+        if (inspector !== undefined && inspector.state.open) return f(inspector.channel)
+        // Not waiting for amqplib to reconnect, as an offer does: whoever inspects wants to know now.
+        if (!connected) {
+          return Effect.fail(
+            new PersistedQueue.PersistedQueueError({ message: "RabbitMQ: not connected (reconnecting)" })
+          )
+        }
+        return openChannel("inspection", () => connection.createChannel(), () => undefined).pipe(
+          Effect.flatMap((opened) => {
+            inspector = opened
+            return f(opened.channel)
+          })
+        )
+      }))
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        const current = inspector
+        if (current === undefined || !current.state.open) return Effect.void
+        return tryAmqp("closing the inspection channel", () => current.channel.close()).pipe(
+          Effect.timeout(closeTimeout),
+          Effect.ignore
+        )
+      })
+    )
+
+    const store: AmqpQueueStore = {
+      ping: inspect((channel) =>
+        // A passive declare of an exchange every virtual host has: an answer, and nothing changed.
+        tryAmqp("checking the broker", () => channel.checkExchange("amq.direct"))
+      ).pipe(Effect.asVoid),
+      waiting: (name) => {
+        const queue = `${options.queuePrefix}${name}`
+        return inspect((channel) =>
+          Effect.tryPromise({ try: () => channel.checkQueue(queue), catch: (error) => error }).pipe(
+            Effect.map(({ messageCount }) => messageCount),
+            Effect.catchAll((error) =>
+              // Not declared yet (nothing offered, nothing consuming): nothing waits in it.
+              typeof error === "object" && error !== null && "code" in error && error.code === 404
+                ? Effect.succeed(0)
+                : Effect.fail(queueError(`checking ${queue}`, error))
+            )
+          )
+        )
+      },
       offer: ({ element, id, name }) =>
         Effect.gen(function*() {
           if (closed) return yield* Effect.fail(storeClosed())
@@ -582,7 +652,8 @@ export const make = (
             }
           })
         ).pipe(Effect.annotateLogs("queueStore", "amqp"))
-    })
+    }
+    return store
   })
 
 /** The `PersistedQueueStore` of `make`, for the life of the layer; `PersistedQueue.layer` over it gives the queues. */

@@ -212,8 +212,15 @@ const errorResponse = (error: Unauthorized | Forbidden | RateLimited, status: nu
     }
   )
 
-/** Events waiting for one socket's turn; beyond this the socket cannot keep up and is dropped. */
-const maxPendingEvents = 10_000
+/**
+ * Events waiting for one socket's turn; beyond this the socket cannot keep up and is dropped. A
+ * client that stops reading is cut by its unsent bytes (`EVENTS_SOCKET_BUFFER_SIZE`) long before:
+ * this only bounds a socket whose sending cannot run. It must stay well above a burst the server
+ * itself publishes at once (a model download reporting tens of thousands of phases), which a
+ * client reading at full speed still takes a moment to catch up on. A waiting event costs a socket
+ * only its place in the queue: the event is shared by every socket.
+ */
+const maxPendingEvents = 100_000
 
 const credentialOf = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
   const fromHeaders = credentialIn(request.headers)

@@ -6,7 +6,9 @@
  *
  * Whichever holds them, a job is taken by one worker of any instance; it is completed when its
  * handler succeeds, offered again (its attempts counted) when it fails, and released untouched when
- * its worker is interrupted (the instance stopping), so another instance takes it.
+ * its worker is interrupted (the instance stopping), so another instance takes it. In the table, a
+ * worker's instance renews the locks of the jobs it holds every 30 seconds, however long they run;
+ * a job whose instance vanished is taken again two minutes after the last renewal.
  */
 import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { SqlClient, SqlPersistedQueue } from "@effect/sql"
@@ -192,14 +194,6 @@ export class JobCrashed extends Data.TaggedError("JobCrashed")<Record<never, nev
     return "It failed unexpectedly"
   }
 }
-
-/**
- * How long the database queue leaves a taken job to its worker before another may take it: longer
- * than a job may run and wait to be retried. (`SqlPersistedQueue` does not renew its workers'
- * locks, so this must outlast the job; a worker stopping cleanly releases its job at once.)
- */
-export const lockExpiration = (jobs: Pick<JobsSettings, "timeout" | "retryMaxDelay">) =>
-  Duration.sum(Duration.sum(jobs.timeout, jobs.retryMaxDelay), Duration.minutes(1))
 
 /**
  * Runs `JOBS_CONCURRENCY` workers of one kind of job for as long as the enclosing scope lasts.

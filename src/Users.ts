@@ -11,20 +11,24 @@ import { Passwords } from "./Auth/Passwords.js"
 import { requirePermission, requireSession } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
 import { SessionsRepo } from "./Auth/SessionsRepo.js"
+import { isPermission } from "./Domain/Actor.js"
 import { Conflict, Forbidden, orNotFound } from "./Domain/Errors.js"
 import type { UserId } from "./Domain/Ids.js"
 import { decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
-import { BuiltinRoles, type RoleName } from "./Domain/User.js"
+import { BuiltinRoles, Role, type RoleName } from "./Domain/User.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import { FileStorage } from "./Files/Storage.js"
 import { inTransaction, storedNow, transactionLock } from "./Sql.js"
 import {
   Consent,
+  type CreateRolePayload,
   type DeleteAccountPayload,
   PersonalDataExport,
   type ResetPasswordPayload,
+  RoleView,
   type UpdateAccountPayload,
-  type UpdateConsentPayload
+  type UpdateConsentPayload,
+  type UpdateRolePayload
 } from "./Users/Api.js"
 import { resetPassword as resetPasswordOf } from "./Users/PasswordReset.js"
 import { PersonalDataRepo } from "./Users/PersonalDataRepo.js"
@@ -115,6 +119,88 @@ export class Users extends Effect.Service<Users>()("Users", {
         })
         return toUserView(yield* findUser(id))
       }).pipe(inTransaction(sql), Effect.withSpan("Users.setDisabled"))
+
+    // --- roles
+
+    const roleView = (role: typeof Role.Type, userCount: number) =>
+      new RoleView({
+        name: role.name,
+        description: role.description,
+        permissions: role.permissions.filter(isPermission),
+        builtin: role.builtin,
+        userCount
+      })
+
+    const listRoles = Effect.gen(function*() {
+      yield* requirePermission("admin:roles")
+      return (yield* users.listRoles).map((role) => roleView(role, role.userCount))
+    }).pipe(Effect.withSpan("Users.listRoles"))
+
+    /** A role by name that may be changed: it exists (404) and is not built in (409). */
+    const changeableRole = (name: RoleName, what: string) =>
+      Effect.gen(function*() {
+        const role = yield* users.findRoleByName(name).pipe(orNotFound("No such role"))
+        if (role.builtin) return yield* new Conflict({ message: `The built-in role "${name}" cannot be ${what}` })
+        return role
+      })
+
+    const createRole = (payload: CreateRolePayload) =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("admin:roles")
+        if (Option.isSome(yield* users.findRoleByName(payload.name))) {
+          return yield* new Conflict({ message: `A role named "${payload.name}" exists` })
+        }
+        const role = yield* users.insertRole(Role.insert.make({
+          name: payload.name,
+          description: payload.description,
+          permissions: Array.from(new Set(payload.permissions)),
+          builtin: false
+        }))
+        yield* audit.record({
+          action: "role.created",
+          actor,
+          target: { type: "role", id: role.id },
+          metadata: { name: role.name, permissions: role.permissions }
+        })
+        return roleView(role, 0)
+      }).pipe(inTransaction(sql), Effect.withSpan("Users.createRole"))
+
+    const updateRole = (name: RoleName, payload: UpdateRolePayload) =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("admin:roles")
+        const role = yield* changeableRole(name, "changed")
+        const updated = yield* users.updateRole(Role.update.make({
+          id: role.id,
+          name: role.name,
+          builtin: role.builtin,
+          description: payload.description ?? role.description,
+          permissions: payload.permissions === undefined ? role.permissions : Array.from(new Set(payload.permissions))
+        }))
+        yield* audit.record({
+          action: "role.updated",
+          actor,
+          target: { type: "role", id: role.id },
+          metadata: { name: role.name, from: role.permissions, to: updated.permissions }
+        })
+        return roleView(updated, yield* users.countWithRole(role.id))
+      }).pipe(inTransaction(sql), Effect.withSpan("Users.updateRole"))
+
+    const deleteRole = (name: RoleName) =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("admin:roles")
+        const role = yield* changeableRole(name, "deleted")
+        const holders = yield* users.countWithRole(role.id)
+        if (holders > 0) {
+          return yield* new Conflict({ message: `${holders} account(s) hold this role; give them another first` })
+        }
+        yield* users.deleteRole(role.id)
+        yield* audit.record({
+          action: "role.deleted",
+          actor,
+          target: { type: "role", id: role.id },
+          metadata: { name }
+        })
+      }).pipe(inTransaction(sql), Effect.withSpan("Users.deleteRole"))
 
     const exportData = Effect.gen(function*() {
       const actor = yield* requireSession
@@ -250,6 +336,10 @@ export class Users extends Effect.Service<Users>()("Users", {
 
     return {
       listUsers,
+      listRoles,
+      createRole,
+      updateRole,
+      deleteRole,
       setRole,
       setDisabled,
       deleteUser,

@@ -334,6 +334,19 @@ const expectations: Readonly<Record<string, Expectation>> = {
     statuses: adminOnly(204),
     request: (cast) => ({ params: { id: cast.target.id }, body: { password: "a reset passphrase" } })
   },
+  "admin.listRoles": { statuses: adminOnly(200) },
+  "admin.createRole": {
+    statuses: adminOnly(201),
+    request: () => ({ body: { name: `role-${unique()}`, permissions: ["models:read"] } })
+  },
+  "admin.updateRole": {
+    statuses: { ...adminOnly(404) },
+    request: () => ({ params: { name: "no-such-role" }, body: { description: "changed" } })
+  },
+  "admin.deleteRole": {
+    statuses: { ...adminOnly(404) },
+    request: () => ({ params: { name: "no-such-role" } })
+  },
   "admin.disableUser": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.target.id } }) },
   "admin.enableUser": { statuses: adminOnly(200), request: (cast) => ({ params: { id: cast.target.id } }) },
   "admin.listAuditEvents": { statuses: adminOnly(200) },

@@ -219,6 +219,83 @@ for (const dialect of dialects) {
       )
     })
 
+    describe("roles", () => {
+      it.scoped("created, given, changed and deleted by an administrator; a holder's access follows at once", () =>
+        Effect.gen(function*() {
+          const admin = yield* Admin
+          const auth = { auth: admin.accessToken }
+          const before = expectStatus(yield* call("GET", "/api/v1/admin/roles", auth), 200)
+          expect(before.filter((role: { builtin: boolean }) => role.builtin).map((role: { name: string }) => role.name))
+            .toEqual(["admin", "user"])
+          const name = `reader-${unique()}`
+          const created = expectStatus(
+            yield* call("POST", "/api/v1/admin/roles", {
+              ...auth,
+              body: { name, description: "Reads only", permissions: ["conversations:read", "models:read"] }
+            }),
+            201
+          )
+          expect(created).toEqual({
+            name,
+            description: "Reads only",
+            permissions: ["conversations:read", "models:read"],
+            builtin: false,
+            userCount: 0
+          })
+          expectStatus(yield* call("POST", "/api/v1/admin/roles", { ...auth, body: { name, permissions: [] } }), 409)
+          const unknown = yield* call("POST", "/api/v1/admin/roles", {
+            ...auth,
+            body: { name: `x-${unique()}`, permissions: ["fly"] }
+          })
+          expect(expectStatus(unknown, 422).issues[0].path).toEqual(["permissions", 0])
+
+          const holder = yield* signUp()
+          expectStatus(
+            yield* call("PUT", `/api/v1/admin/users/${holder.id}/role`, { ...auth, body: { role: name } }),
+            200
+          )
+          expectStatus(yield* call("GET", "/api/v1/conversations", { auth: holder.accessToken }), 200)
+          expectStatus(yield* call("POST", "/api/v1/conversations", { auth: holder.accessToken, body: {} }), 403)
+
+          const widened = expectStatus(
+            yield* call("PATCH", `/api/v1/admin/roles/${name}`, {
+              ...auth,
+              body: { permissions: ["conversations:read", "conversations:write", "models:read"] }
+            }),
+            200
+          )
+          expect(widened).toMatchObject({ name, description: "Reads only", userCount: 1 })
+          expectStatus(yield* call("POST", "/api/v1/conversations", { auth: holder.accessToken, body: {} }), 201)
+
+          for (const builtin of ["admin", "user"]) {
+            expectStatus(
+              yield* call("PATCH", `/api/v1/admin/roles/${builtin}`, { ...auth, body: { permissions: [] } }),
+              409
+            )
+            expectStatus(yield* call("DELETE", `/api/v1/admin/roles/${builtin}`, auth), 409)
+          }
+          expectStatus(yield* call("DELETE", `/api/v1/admin/roles/${name}`, auth), 409)
+          expectStatus(
+            yield* call("PUT", `/api/v1/admin/users/${holder.id}/role`, { ...auth, body: { role: "user" } }),
+            200
+          )
+          expectStatus(yield* call("DELETE", `/api/v1/admin/roles/${name}`, auth), 204)
+          expectStatus(yield* call("DELETE", `/api/v1/admin/roles/${name}`, auth), 404)
+          const after = expectStatus(yield* call("GET", "/api/v1/admin/roles", auth), 200)
+          expect(after.map((role: { name: string }) => role.name)).not.toContain(name)
+          expect((yield* auditActions(admin, created.name)).length).toBe(0)
+          const byAdmin = expectStatus(
+            yield* call("GET", `/api/v1/admin/audit-events?actorId=${admin.id}&targetType=role&limit=100`, auth),
+            200
+          )
+          expect(byAdmin.items.map((event: { action: string }) => event.action).slice(0, 3)).toEqual([
+            "role.deleted",
+            "role.updated",
+            "role.created"
+          ])
+        }))
+    })
+
     describe("your own account", () => {
       it.scoped("a new email address and username, with the password given again; taken names answer 409", () =>
         Effect.gen(function*() {

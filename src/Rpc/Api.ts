@@ -74,6 +74,7 @@ import {
   UserId
 } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
+import { RoleName } from "../Domain/User.js"
 import { FileAnalysisView, FileView, RequestAnalysisPayload } from "../Files/Api.js"
 import { ApiKeyUsage } from "../Gateway/Schemas.js"
 import {
@@ -107,13 +108,16 @@ import {
   AuditEventView,
   AuditQuery,
   Consent,
+  CreateRolePayload,
   CreateUserPayload,
   DeleteAccountPayload,
   PersonalDataExport,
   ResetPasswordPayload,
+  RoleView,
   SetRolePayload,
   UpdateAccountPayload,
-  UpdateConsentPayload
+  UpdateConsentPayload,
+  UpdateRolePayload
 } from "../Users/Api.js"
 
 /** The caller, from the credential of the request (or of the WebSocket's upgrade, or of the call). */
@@ -321,6 +325,18 @@ const AccountDataRpcs = RpcGroup.make(
     success: UserView,
     error: Schema.Union(Refused, NotFound, Conflict)
   }),
+  Rpc.make("listRoles", { success: Schema.Array(RoleView), error: Refused }),
+  Rpc.make("createRole", {
+    payload: fieldsOf(CreateRolePayload),
+    success: RoleView,
+    error: Schema.Union(Refused, Conflict)
+  }),
+  Rpc.make("updateRole", {
+    payload: { name: RoleName, ...UpdateRolePayload.fields },
+    success: RoleView,
+    error: Schema.Union(Refused, NotFound, Conflict)
+  }),
+  Rpc.make("deleteRole", { payload: { name: RoleName }, error: Schema.Union(Refused, NotFound, Conflict) }),
   Rpc.make("listAuditEvents", { payload: AuditQuery, success: Page(AuditEventView), error: Refused })
 )
 

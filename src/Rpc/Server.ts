@@ -161,6 +161,10 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     setRole: ({ id, role }) => users.setRole(id, role),
     disableUser: ({ id }) => users.setDisabled(id, true),
     enableUser: ({ id }) => users.setDisabled(id, false),
+    listRoles: () => users.listRoles,
+    createRole: (payload) => users.createRole(payload),
+    updateRole: ({ name, ...changes }) => users.updateRole(name, changes),
+    deleteRole: ({ name }) => users.deleteRole(name),
     listAuditEvents: ({ cursor, limit, ...filter }) =>
       audit.list(filter, { ...(limit ? { limit } : {}), ...(cursor ? { cursor } : {}) }),
 

@@ -3,6 +3,7 @@ import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/p
 import { Schema } from "effect"
 import { ApiKeyView, Authentication, Password, UserView } from "../Auth/Api.js"
 import { ConversationExport } from "../Conversations/Api.js"
+import { Permission } from "../Domain/Actor.js"
 import { AuditEvent } from "../Domain/Credentials.js"
 import { Conflict, Forbidden, NotFound, RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
 import { JsonObject } from "../Domain/Fields.js"
@@ -12,6 +13,32 @@ import { request } from "../Domain/Request.js"
 import { Email, RoleName, Username } from "../Domain/User.js"
 
 const UserPath = request(Schema.Struct({ id: UserId }))
+const RolePath = request(Schema.Struct({ name: RoleName }))
+
+export class RoleView extends Schema.Class<RoleView>("RoleView")({
+  name: RoleName,
+  description: Schema.String,
+  permissions: Schema.Array(Permission),
+  builtin: Schema.Boolean.annotations({ description: "`admin` and `user`: they cannot be changed or deleted" }),
+  userCount: Schema.Int.annotations({ description: "How many accounts hold it" })
+}) {}
+
+const Permissions = Schema.Array(Permission).pipe(Schema.maxItems(64)).annotations({
+  description: "What holders may do; an API key of theirs is limited further by its scopes"
+})
+
+const RoleDescription = Schema.String.pipe(Schema.maxLength(500))
+
+export class CreateRolePayload extends Schema.Class<CreateRolePayload>("CreateRolePayload")({
+  name: RoleName,
+  description: Schema.optionalWith(RoleDescription, { default: () => "" }),
+  permissions: Permissions
+}) {}
+
+export class UpdateRolePayload extends Schema.Class<UpdateRolePayload>("UpdateRolePayload")({
+  description: Schema.optional(RoleDescription),
+  permissions: Schema.optional(Permissions)
+}) {}
 
 export class SetRolePayload extends Schema.Class<SetRolePayload>("SetRolePayload")({ role: RoleName }) {}
 
@@ -102,6 +129,35 @@ export class AdminApi extends HttpApiGroup.make("admin")
       .addSuccess(UserView)
       .addError(NotFound)
       .addError(Conflict)
+  )
+  .add(
+    HttpApiEndpoint.get("listRoles", "/api/v1/admin/roles")
+      .addSuccess(Schema.Array(RoleView))
+      .annotate(OpenApi.Summary, "The roles, with their permissions and how many accounts hold each")
+  )
+  .add(
+    HttpApiEndpoint.post("createRole", "/api/v1/admin/roles")
+      .setPayload(request(CreateRolePayload))
+      .addSuccess(RoleView, { status: 201 })
+      .addError(Conflict)
+      .annotate(OpenApi.Summary, "Create a role (a named set of permissions) to give users")
+  )
+  .add(
+    HttpApiEndpoint.patch("updateRole", "/api/v1/admin/roles/:name")
+      .setPath(RolePath)
+      .setPayload(request(UpdateRolePayload))
+      .addSuccess(RoleView)
+      .addError(NotFound)
+      .addError(Conflict)
+      .annotate(OpenApi.Summary, "Change a role's description or permissions (not a built-in one's)")
+  )
+  .add(
+    HttpApiEndpoint.del("deleteRole", "/api/v1/admin/roles/:name")
+      .setPath(RolePath)
+      .addSuccess(HttpApiSchema.NoContent)
+      .addError(NotFound)
+      .addError(Conflict)
+      .annotate(OpenApi.Summary, "Delete a role no account holds (not a built-in one)")
   )
   .add(
     HttpApiEndpoint.get("listAuditEvents", "/api/v1/admin/audit-events")

@@ -17,6 +17,16 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const repo = yield* Model.makeRepository(User, { tableName: "users", spanPrefix: "UsersRepo", idColumn: "id" })
+    const roles = yield* Model.makeRepository(Role, { tableName: "roles", spanPrefix: "RolesRepo", idColumn: "id" })
+
+    /** Every role with how many accounts hold it, by name. */
+    const listRoles = SqlSchema.findAll({
+      Request: Schema.Void,
+      Result: Schema.Struct({ ...Role.fields, userCount: Schema.NumberFromString.pipe(Schema.int()) }),
+      execute: () =>
+        sql`SELECT roles.*, CAST((SELECT count(*) FROM users WHERE users.role_id = roles.id) AS TEXT) AS user_count
+            FROM roles ORDER BY roles.name`
+    })
 
     const selectWithRole = sql`
       SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions
@@ -118,7 +128,16 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
         ),
       recordFailedLogin: (id: UserId) =>
         Effect.orDie(sql`UPDATE users SET failed_login_count = failed_login_count + 1 WHERE id = ${id}`),
-      delete: (id: UserId) => Effect.orDie(sql`DELETE FROM users WHERE id = ${id}`)
+      delete: (id: UserId) => Effect.orDie(sql`DELETE FROM users WHERE id = ${id}`),
+      listRoles: Effect.orDie(listRoles(undefined)),
+      insertRole: (role: typeof Role.insert.Type) => Effect.orDie(roles.insert(role)),
+      updateRole: (role: typeof Role.update.Type) => Effect.orDie(roles.update(role)),
+      deleteRole: (id: RoleId) => Effect.orDie(roles.delete(id)),
+      countWithRole: (id: RoleId) =>
+        Effect.orDie(Effect.map(
+          sql<{ count: number }>`SELECT count(*) AS count FROM users WHERE role_id = ${id}`,
+          (rows) => Number(rows[0]?.count ?? 0)
+        ))
     } as const
   })
 }) {}

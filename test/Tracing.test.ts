@@ -140,16 +140,27 @@ for (const dialect of dialects) {
                 response.on("end", () => resume(Effect.succeed(response.statusCode ?? 0)))
               })
             }))
-        const statuses = yield* Effect.all([
-          get("/health/ready", { traceparent: `00-${traceId}-00f067aa0ba902b7-01` }),
-          // Credentials where a browser's WebSocket sends them stay out of the spans.
-          get("/health/live?access_token=query-secret-4711&x=1", {
-            "sec-websocket-protocol": "webplus.bearer, protocol-secret-4711"
-          })
-        ]).pipe(Effect.provide(server))
-        expect(statuses).toEqual([200, 200])
-        // A new account: its row (with the password's hash) is on the repository's insert span.
-        yield* signUp().pipe(Effect.provide(server))
+        const spansOf = () => exports.flatMap((batch) => batch.spans)
+        yield* Effect.gen(function*() {
+          const statuses = yield* Effect.all([
+            get("/health/ready", { traceparent: `00-${traceId}-00f067aa0ba902b7-01` }),
+            // Credentials where a browser's WebSocket sends them stay out of the spans.
+            get("/health/live?access_token=query-secret-4711&x=1", {
+              "sec-websocket-protocol": "webplus.bearer, protocol-secret-4711"
+            })
+          ])
+          expect(statuses).toEqual([200, 200])
+          // A new account: its row (with the password's hash) is on the repository's insert span.
+          yield* signUp()
+          // Exported while the server runs, every OTEL_BSP_SCHEDULE_DELAY.
+          for (let attempt = 0; attempt < 100; attempt++) {
+            const names = spansOf().map((span) => span.name)
+            if (names.includes("UsersRepo.insert") && names.filter((name) => name === "http.server GET").length >= 2) {
+              break
+            }
+            yield* Effect.sleep("50 millis")
+          }
+        }).pipe(Effect.provide(server))
         const exported = JSON.stringify(exports)
         expect(exports.flatMap((batch) => batch.spans).some((span) => span.name === "UsersRepo.insert")).toBe(true)
         expect(exported).not.toMatch(/scrypt\$/)
@@ -157,7 +168,6 @@ for (const dialect of dialects) {
         expect(exported).not.toContain("protocol-secret-4711")
         expect(exported).toContain("access_token=%3Credacted%3E&x=1")
 
-        // The server is gone (its exporter flushed at shutdown), or the next export came.
         const spans = exports.flatMap((batch) => batch.spans).filter((span) => span.traceId === traceId)
         const request = spans.find((span) => span.name === "http.server GET")
         expect(request, JSON.stringify(spans.map((span) => span.name))).toBeDefined()

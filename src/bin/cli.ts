@@ -3,12 +3,18 @@
  *
  *   rotate-keys                       re-encrypt every stored credential under the first key of
  *                                     ENCRYPTION_KEYS
+ *   backup <directory>                the embedded database (a consistent copy, taken while the
+ *                                     server runs), DATA_DIR/secrets.json and the files' contents,
+ *                                     into a new directory below <directory>; with DATABASE_URL
+ *                                     PostgreSQL is backed up with its own tools instead
  *   reset-password <login> [--stdin]  set an account's password (email address or username) and end
  *                                     its sessions: the way back in when no administrator can sign
  *                                     in. A new random password is printed, or with `--stdin` the
  *                                     first line of the standard input is the password.
  */
+import { FileSystem, Path } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { SqlClient } from "@effect/sql"
 import { Cause, Console, Effect, Layer, Option, Redacted, Schema } from "effect"
 import * as Crypto from "node:crypto"
 import { latestMigrationId } from "../../migrations/index.js"
@@ -29,7 +35,7 @@ import { SqlLive } from "../Sql.js"
 import { resetPassword as resetPasswordOf } from "../Users/PasswordReset.js"
 import { UsersRepo } from "../Users/UsersRepo.js"
 
-const usage = "Usage: npm run cli -- rotate-keys | reset-password <email or username> [--stdin]"
+const usage = "Usage: npm run cli -- rotate-keys | backup <directory> | reset-password <email or username> [--stdin]"
 
 /** Refuses to touch a database whose schema is behind this build (`npm run migrate` first). */
 const requireMigrated = Effect.flatMap(
@@ -104,10 +110,64 @@ const resetPassword = (login: string | undefined, fromStdin: boolean) =>
     )
   )
 
+/**
+ * A backup of the embedded mode's state in a new directory below `into`: `webplus.db` (SQLite's
+ * `VACUUM INTO`, a consistent copy while the server runs), `secrets.json` (without it the copy's
+ * tokens and provider credentials cannot be read) and `files/` (the uploads' contents, written once
+ * and never changed; half-written ones left out). Prints the directory.
+ */
+const backup = (into: string | undefined) =>
+  Effect.gen(function*() {
+    if (into === undefined) return yield* new CliError({ message: usage })
+    const { dataDir, database, files } = yield* AppConfig
+    if (Option.isSome(database.url)) {
+      return yield* new CliError({
+        message: "The database is PostgreSQL (DATABASE_URL): back it up with pg_dump, and FILES_DIR with it"
+      })
+    }
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const stamp = new Date().toISOString().replace(/[:.]/g, "-")
+    const target = path.resolve(into, `webplus-backup-${stamp}`)
+    yield* fs.makeDirectory(target, { recursive: true })
+    yield* requireMigrated
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`VACUUM INTO ${path.join(target, "webplus.db")}`
+    const secrets = path.join(dataDir, "secrets.json")
+    if (yield* fs.exists(secrets)) {
+      yield* fs.copyFile(secrets, path.join(target, "secrets.json"))
+      yield* fs.chmod(path.join(target, "secrets.json"), 0o600)
+    }
+    let copied = 0
+    if (yield* fs.exists(files.dir)) {
+      for (const entry of yield* fs.readDirectory(files.dir, { recursive: true })) {
+        const from = path.join(files.dir, entry)
+        // Uploads being written live under tmp/ until they are whole.
+        if (entry === "tmp" || entry.startsWith(`tmp${path.sep}`)) continue
+        if ((yield* fs.stat(from)).type !== "File") continue
+        yield* fs.makeDirectory(path.dirname(path.join(target, "files", entry)), { recursive: true })
+        yield* fs.copyFile(from, path.join(target, "files", entry))
+        copied++
+      }
+    }
+    const withSecrets = yield* fs.exists(path.join(target, "secrets.json"))
+    yield* Console.log(
+      `Backed up to ${target}: the database, ${copied} file content(s)${withSecrets ? ", secrets.json" : ""}.\n` +
+        "To restore: stop the server; put webplus.db and secrets.json in DATA_DIR, and files/ as FILES_DIR."
+    )
+  }).pipe(
+    Effect.mapError((error) =>
+      error instanceof CliError ? error : new CliError({ message: `The backup failed: ${String(error)}` })
+    ),
+    Effect.provide(Layer.mergeAll(SqlLive, NodeContext.layer).pipe(Layer.provide(Secrets.Default)))
+  )
+
 const [command, ...rest] = process.argv.slice(2)
 
 const program: Effect.Effect<unknown, unknown, AppConfig | NodeContext.NodeContext> = command === "rotate-keys"
   ? rotateKeys
+  : command === "backup"
+  ? backup(rest[0])
   : command === "reset-password"
   ? resetPassword(rest.find((arg) => !arg.startsWith("--")), rest.includes("--stdin"))
   : Effect.sync(() => {

@@ -11,7 +11,22 @@
 import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { describe, expect, it } from "@effect/vitest"
 import * as Amqp from "amqplib"
-import { Cause, Data, Deferred, Effect, Exit, Fiber, Layer, Logger, Option, Redacted, Schedule, Schema } from "effect"
+import {
+  Cause,
+  Data,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Logger,
+  Option,
+  Redacted,
+  Schedule,
+  Schema,
+  Scope
+} from "effect"
 import * as Crypto from "node:crypto"
 import * as AmqpQueueStore from "../src/Jobs/AmqpQueueStore.js"
 import { tcpRelay } from "./fixtures/Outage.js"
@@ -338,4 +353,29 @@ describe("AmqpQueueStore", () => {
         expect(yield* takeNothing(queue)).toEqual(Option.none())
       }).pipe(Effect.provide(store(prefix, { url: url.toString() })))
     }))
+
+  it.scopedLive(
+    "stops at once while the broker is unreachable, its consumers waiting for it",
+    () =>
+      Effect.gen(function*() {
+        const prefix = yield* testQueues(["jobs"])
+        const url = new URL(amqpUrl)
+        const relay = yield* tcpRelay({ host: url.hostname, port: Number(url.port || 5672) })
+        url.hostname = "127.0.0.1"
+        url.port = String(relay.port)
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(store(prefix, { url: url.toString() }), scope)
+        const queue = yield* Effect.provide(jobs, context)
+        // A consumer running: a take waiting for a job.
+        const waiting = yield* Effect.fork(queue.take(() => Effect.void))
+        yield* Effect.sleep("300 millis")
+        // The broker gone, for good: the consumer waits to open a channel again.
+        yield* relay.cut
+        yield* Effect.sleep("500 millis")
+        yield* Fiber.interrupt(waiting)
+        const [closing] = yield* Effect.timed(Scope.close(scope, Exit.void))
+        expect(Duration.toMillis(closing)).toBeLessThan(10_000)
+      }),
+    { timeout: 60_000 }
+  )
 })

@@ -467,11 +467,13 @@ export const make = (
         const stopped = yield* Deferred.make<string>()
         const generation: Generation = yield* Effect.acquireRelease(
           Effect.map(
-            openChannel(
+            // Interruptible: while the broker is away this waits for amqplib's reconnection, which the
+            // store's closing must not wait for (a channel opened after all is closed by `openChannel`).
+            Effect.interruptible(openChannel(
               `${consumer.queue} consumer`,
               () => connection.createChannel(),
               () => Deferred.unsafeDone(stopped, Exit.succeed("its channel closed"))
-            ),
+            )),
             ({ channel, state }): Generation => ({ channel, state, consumerTag: undefined })
           ),
           (generation) => releaseGeneration(consumer, generation)

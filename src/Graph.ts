@@ -13,7 +13,7 @@ import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound } from "./Domain/Errors.js"
 import { type ConversationId, type FileId, type UserId, UuidV7 } from "./Domain/Ids.js"
-import { cursorOf, defaultLimit, toPage } from "./Domain/Pagination.js"
+import { createdPosition, cursorOf, decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { cutText, hasReadableText } from "./Files/Content.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import { FileStorage } from "./Files/Storage.js"
@@ -198,9 +198,19 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         return extractionView(yield* repo.findExtraction(id, actor.userId).pipe(orNotFound("No such extraction")))
       })
 
+    const listExtractions = (query: { readonly limit?: number | undefined; readonly cursor?: string | undefined }) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const limit = query.limit ?? defaultLimit
+        const rows = yield* repo.extractionsPage(actor.userId, yield* decodeCursor(query.cursor), limit + 1)
+        const page = toPage(rows, limit, createdPosition)
+        return { items: page.items.map(extractionView), nextCursor: page.nextCursor }
+      }).pipe(Effect.withSpan("Graph.listExtractions"))
+
     const searchEntities = (query: {
       readonly q?: string | undefined
       readonly type?: string | undefined
+      readonly minConfidence?: number | undefined
       readonly limit?: number | undefined
       readonly cursor?: string | undefined
     }) =>
@@ -339,6 +349,6 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
       giveUp: ({ extractionId }, reason) => endInError(extractionId, reason)
     })
 
-    return { requestExtraction, getExtraction, searchEntities, getEntity, deleteEntity } as const
+    return { requestExtraction, listExtractions, getExtraction, searchEntities, getEntity, deleteEntity } as const
   })
 }) {}

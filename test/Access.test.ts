@@ -515,6 +515,7 @@ const expectations: Readonly<Record<string, Expectation>> = {
   },
   "graph.getExtraction": { statuses: ownConversation(200), request: (cast) => ({ params: { id: cast.extractionId } }) },
   "graph.searchEntities": { statuses: conversationsUse(200) },
+  "graph.listExtractions": { statuses: conversationsUse(200) },
   "graph.getEntity": { statuses: ownConversation(200), request: (cast) => ({ params: { id: cast.entityId } }) },
   "graph.deleteEntity": {
     statuses: ownConversation(204),

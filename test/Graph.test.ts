@@ -367,6 +367,35 @@ for (const dialect of dialects) {
     })
 
     describe("reading the graph", () => {
+      it.scoped("lists the user's extractions newest first, a page at a time, and no one else's", () =>
+        Effect.gen(function*() {
+          const { openai } = yield* TheCast
+          const user = yield* signUp()
+          const other = yield* signUp()
+          modelFinds(openai, lovelace)
+          const ids: Array<string> = []
+          for (const text of ["One.", "Two.", "Three."]) {
+            ids.push((yield* extract(user, { conversationId: yield* conversationWith(user, [text]) })).id)
+          }
+          const first = expectStatus(
+            yield* call("GET", "/api/v1/graph/extractions?limit=2", { auth: user.accessToken }),
+            200
+          )
+          const second = expectStatus(
+            yield* call("GET", `/api/v1/graph/extractions?limit=2&cursor=${first.nextCursor}`, {
+              auth: user.accessToken
+            }),
+            200
+          )
+          expect([...first.items, ...second.items].map((extraction: { id: string }) => extraction.id)).toEqual(
+            [...ids].reverse()
+          )
+          expect(first.items[0]).toMatchObject({ status: "complete", source: { kind: "conversation" } })
+          expect(second.nextCursor).toBeNull()
+          const theirs = expectStatus(yield* call("GET", "/api/v1/graph/extractions", { auth: other.accessToken }), 200)
+          expect(theirs.items).toEqual([])
+        }))
+
       it.scoped("search by name and type, a page at a time; entities are their owner's only; deletion", () =>
         Effect.gen(function*() {
           const { openai } = yield* TheCast
@@ -383,6 +412,11 @@ for (const dialect of dialects) {
             "Analytical Engine"
           ])
           expect((yield* search(user, "?q=%25")).items).toEqual([])
+          // Ada 0.95, the engine 0.9, Babbage 1 (its 1.7 taken as certain).
+          expect((yield* search(user, "?minConfidence=0.92")).items.map((entity: { name: string }) => entity.name))
+            .toEqual(["Ada Lovelace", "Charles Babbage"])
+          expect((yield* call("GET", "/api/v1/graph/entities?minConfidence=2", { auth: user.accessToken })).status)
+            .toBe(422)
           const first = yield* search(user, "?limit=2")
           const second = yield* search(user, `?limit=2&cursor=${first.nextCursor}`)
           expect([...first.items, ...second.items].map((entity: { name: string }) => entity.name)).toEqual([

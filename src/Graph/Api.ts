@@ -88,7 +88,10 @@ export const EntitySearch = request(Schema.Struct({
   q: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(200))).annotations({
     description: "Entities whose name contains this (case-blind)"
   }),
-  type: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(50)))
+  type: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(50))),
+  minConfidence: Schema.optional(Schema.NumberFromString.pipe(Schema.between(0, 1))).annotations({
+    description: "Only entities found with at least this confidence (0 to 1)"
+  })
 }))
 
 const EntityPath = request(Schema.Struct({ id: GraphEntityId }))
@@ -104,6 +107,12 @@ export class GraphApi extends HttpApiGroup.make("graph")
         OpenApi.Summary,
         "Have a model read a conversation or a text file for entities and relationships (in the background)"
       )
+  )
+  .add(
+    HttpApiEndpoint.get("listExtractions", "/api/v1/graph/extractions")
+      .setUrlParams(PageParams)
+      .addSuccess(Page(ExtractionView))
+      .annotate(OpenApi.Summary, "Your extractions, newest first: what was read, by which model, and how it went")
   )
   .add(
     HttpApiEndpoint.get("getExtraction", "/api/v1/graph/extractions/:id")

@@ -5,7 +5,7 @@
 import { SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Option, Schema } from "effect"
 import { generateUuid, LlmModelId, UserId } from "../Domain/Ids.js"
-import { storedNow } from "../Sql.js"
+import { createdBefore, storedNow } from "../Sql.js"
 import { GraphEntityId, GraphExtractionId, type SourceKind } from "./Api.js"
 
 /** Names compare without case, width or spacing differences. */
@@ -107,6 +107,18 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
       Result: ExtractionRow,
       execute: ({ id, userId }) => sql`SELECT * FROM graph_extractions WHERE id = ${id} AND user_id = ${userId}`
     })
+
+    /** The user's extractions, newest first, after a page's end. */
+    const extractionsPage = (
+      userId: UserId,
+      after: Option.Option<{ readonly at: string; readonly id: string }>,
+      limit: number
+    ) =>
+      Effect.flatMap(
+        sql`SELECT * FROM graph_extractions WHERE user_id = ${userId} AND ${createdBefore(sql, after)}
+            ORDER BY created_at DESC, id DESC LIMIT ${limit}`,
+        Schema.decodeUnknown(Schema.Array(ExtractionRow))
+      )
 
     const extractionById = SqlSchema.findOne({
       Request: Schema.String,
@@ -212,7 +224,11 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
 
     const search = (
       userId: UserId,
-      query: { readonly q?: string | undefined; readonly type?: string | undefined },
+      query: {
+        readonly q?: string | undefined
+        readonly type?: string | undefined
+        readonly minConfidence?: number | undefined
+      },
       after: Option.Option<{ readonly name: string; readonly id: string }>,
       limit: number
     ) => {
@@ -223,6 +239,7 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
         sql`SELECT * FROM graph_entities WHERE user_id = ${userId}
             AND ${pattern === null ? sql`TRUE` : sql`normalized_name LIKE ${pattern} ESCAPE '\\'`}
             AND ${query.type === undefined ? sql`TRUE` : sql`type = ${query.type}`}
+            AND ${query.minConfidence === undefined ? sql`TRUE` : sql`confidence >= ${query.minConfidence}`}
             AND ${
           Option.match(after, {
             onNone: () => sql`TRUE`,
@@ -279,6 +296,7 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
       storeFindings: (userId: UserId, kind: SourceKind, sourceId: string, findings: Findings) =>
         Effect.orDie(storeFindings(userId, kind, sourceId, findings)),
       search: (...args: Parameters<typeof search>) => Effect.orDie(search(...args)),
+      extractionsPage: (...args: Parameters<typeof extractionsPage>) => Effect.orDie(extractionsPage(...args)),
       findEntity: (id: string, userId: UserId) => Effect.orDie(findEntity({ id, userId })),
       relationshipsOf: (id: string) => Effect.orDie(relationshipsOf(id)),
       mentionsOf: (id: string) => Effect.orDie(mentionsOf(id)),

@@ -11,6 +11,7 @@ export const GraphHttpLive = HttpApiBuilder.group(
       const graph = yield* Graph
       return handlers
         .handle("requestExtraction", ({ payload }) => graph.requestExtraction(payload))
+        .handle("listExtractions", ({ urlParams }) => graph.listExtractions(urlParams))
         .handle("getExtraction", ({ path }) => graph.getExtraction(path.id))
         .handle("searchEntities", ({ urlParams }) => graph.searchEntities(urlParams))
         .handle("getEntity", ({ path }) => graph.getEntity(path.id))

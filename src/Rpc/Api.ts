@@ -366,6 +366,7 @@ const FileRpcs = RpcGroup.make(
     success: ExtractionView,
     error: OwnError
   }),
+  Rpc.make("listExtractions", { payload: PageParams, success: Page(ExtractionView), error: Refused }),
   Rpc.make("getExtraction", { payload: { id: GraphExtractionId }, success: ExtractionView, error: OwnError }),
   Rpc.make("searchEntities", { payload: EntitySearch, success: Page(EntityView), error: Refused }),
   Rpc.make("getEntity", { payload: { id: GraphEntityId }, success: EntityDetail, error: OwnError }),

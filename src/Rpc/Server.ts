@@ -175,6 +175,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     listAnalyses: ({ id }) => files.listAnalyses(id),
     getAnalysis: ({ analysisId, id }) => files.getAnalysis(id, analysisId),
     requestExtraction: (payload) => graph.requestExtraction(payload),
+    listExtractions: (page) => graph.listExtractions(page),
     getExtraction: ({ id }) => graph.getExtraction(id),
     searchEntities: (query) => graph.searchEntities(query),
     getEntity: ({ id }) => graph.getEntity(id),

@@ -8,8 +8,8 @@ import { Context, Effect, Layer } from "effect"
 import * as Crypto from "node:crypto"
 import { call, type Reply, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
-import { runEntry } from "./fixtures/Process.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
+import { runCli } from "./fixtures/Process.js"
+import { testServer } from "./fixtures/Server.js"
 
 const expectStatus = (reply: Reply, status: number) => {
   expect(reply.status, JSON.stringify(reply.body)).toBe(status)
@@ -35,21 +35,7 @@ const auditActions = (admin: TestUser, targetId: string) =>
     (reply) => (expectStatus(reply, 200).items as Array<{ action: string; actorId: string | null }>)
   )
 
-const cli = (args: ReadonlyArray<string>) =>
-  Effect.flatMap(TestServer, ({ databaseUrl, dataDir }) =>
-    runEntry(
-      "cli",
-      {
-        NODE_ENV: "test",
-        DATA_DIR: dataDir,
-        LOG_LEVEL: "warn",
-        JWT_SECRET: jwtSecret,
-        PASSWORD_HASH_COST: "14",
-        ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
-      },
-      60_000,
-      args
-    )).pipe(Effect.orDie)
+const cli = (args: ReadonlyArray<string>) => runCli(args, { JWT_SECRET: jwtSecret, PASSWORD_HASH_COST: "14" })
 
 for (const dialect of dialects) {
   layer(serverWithAdmin(dialect), { excludeTestServices: true })(`accounts on ${dialect}`, (it) => {

@@ -72,6 +72,15 @@ const store = (queuePrefix: string, options: { readonly url?: string; readonly p
     )
   )
 
+/** The broker behind a relay the test can cut: the relay, and the URL that goes through it. */
+const relayedBroker = Effect.gen(function*() {
+  const url = new URL(amqpUrl)
+  const relay = yield* tcpRelay({ host: url.hostname, port: Number(url.port || 5672) })
+  url.hostname = "127.0.0.1"
+  url.port = String(relay.port)
+  return { relay, url: url.toString() }
+})
+
 /** A job whose date is a string on the wire, so that a take shows the schema decoded it. */
 const Job = Schema.Struct({ n: Schema.Number, at: Schema.DateFromString })
 type Job = typeof Job.Type
@@ -322,10 +331,7 @@ describe("AmqpQueueStore", () => {
   it.scopedLive("a lost connection is re-established; the element being handled then is delivered again", () =>
     Effect.gen(function*() {
       const prefix = yield* testQueues(["jobs"])
-      const url = new URL(amqpUrl)
-      const relay = yield* tcpRelay({ host: url.hostname, port: Number(url.port || 5672) })
-      url.hostname = "127.0.0.1"
-      url.port = String(relay.port)
+      const { relay, url } = yield* relayedBroker
       yield* Effect.gen(function*() {
         const queue = yield* jobs
         const id = yield* queue.offer(job(8))
@@ -351,7 +357,7 @@ describe("AmqpQueueStore", () => {
         const next = yield* queue.offer(job(9))
         expect(yield* takeOne(queue)).toEqual({ value: job(9), id: next, attempts: 0 })
         expect(yield* takeNothing(queue)).toEqual(Option.none())
-      }).pipe(Effect.provide(store(prefix, { url: url.toString() })))
+      }).pipe(Effect.provide(store(prefix, { url })))
     }))
 
   it.scopedLive(
@@ -359,12 +365,9 @@ describe("AmqpQueueStore", () => {
     () =>
       Effect.gen(function*() {
         const prefix = yield* testQueues(["jobs"])
-        const url = new URL(amqpUrl)
-        const relay = yield* tcpRelay({ host: url.hostname, port: Number(url.port || 5672) })
-        url.hostname = "127.0.0.1"
-        url.port = String(relay.port)
+        const { relay, url } = yield* relayedBroker
         const scope = yield* Scope.make()
-        const context = yield* Layer.buildWithScope(store(prefix, { url: url.toString() }), scope)
+        const context = yield* Layer.buildWithScope(store(prefix, { url }), scope)
         const queue = yield* Effect.provide(jobs, context)
         // A consumer running: a take waiting for a job.
         const waiting = yield* Effect.fork(queue.take(() => Effect.void))

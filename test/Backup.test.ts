@@ -13,22 +13,10 @@ import * as Path from "node:path"
 import { signUp } from "./fixtures/Auth.js"
 import { uploadOne } from "./fixtures/Content.js"
 import { dialects, sqliteClientFor } from "./fixtures/Database.js"
-import { runEntry } from "./fixtures/Process.js"
+import { runCli } from "./fixtures/Process.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 
-const backupInto = (directory: string) =>
-  Effect.flatMap(TestServer, ({ databaseUrl, dataDir }) =>
-    runEntry(
-      "cli",
-      {
-        NODE_ENV: "test",
-        DATA_DIR: dataDir,
-        LOG_LEVEL: "warn",
-        ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
-      },
-      60_000,
-      ["backup", directory]
-    )).pipe(Effect.orDie)
+const backupInto = (directory: string) => runCli(["backup", directory])
 
 const scratch = Effect.acquireRelease(
   Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "webplus-backup-test-"))),

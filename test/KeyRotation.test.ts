@@ -9,7 +9,7 @@ import { Context, Effect, Layer } from "effect"
 import * as Crypto from "node:crypto"
 import { call, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
-import { runEntry } from "./fixtures/Process.js"
+import { runCli } from "./fixtures/Process.js"
 import { fakeProvider } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 
@@ -53,21 +53,7 @@ const open = (stored: StoredCredential, key: Buffer) => {
   return Buffer.concat([decipher.update(bytes.subarray(28)), decipher.final()]).toString("utf8")
 }
 
-const rotate = (keys: string) =>
-  Effect.flatMap(TestServer, ({ databaseUrl, dataDir }) =>
-    runEntry(
-      "cli",
-      {
-        NODE_ENV: "test",
-        DATA_DIR: dataDir,
-        LOG_LEVEL: "warn",
-        JWT_SECRET: jwtSecret,
-        ENCRYPTION_KEYS: keys,
-        ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
-      },
-      60_000,
-      ["rotate-keys"]
-    )).pipe(Effect.orDie)
+const rotate = (keys: string) => runCli(["rotate-keys"], { JWT_SECRET: jwtSecret, ENCRYPTION_KEYS: keys })
 
 for (const dialect of dialects) {
   layer(serverWithAdmin(dialect), { excludeTestServices: true })(`key rotation on ${dialect}`, (it) => {

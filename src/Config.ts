@@ -254,6 +254,8 @@ export interface FilesSettings {
   readonly analysisMaxChars: number
   /** The largest image a chat question may carry to the model, in bytes. */
   readonly chatImageMaxSize: number
+  /** The bytes of files each user may keep; `None`: no limit. */
+  readonly quotaPerUser: Option.Option<number>
 }
 
 /** What uploads accept unless `FILES_ALLOWED_TYPES` says otherwise: text, PDF, images and office documents. */
@@ -417,7 +419,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
         Config.withDefault(defaultAllowedFileTypes)
       ),
       analysisMaxChars: yield* positiveInt("FILE_ANALYSIS_MAX_CHARS").pipe(Config.withDefault(100_000)),
-      chatImageMaxSize: yield* byteSize("CHAT_IMAGE_MAX_SIZE").pipe(Config.withDefault(5 * 1024 * 1024))
+      chatImageMaxSize: yield* byteSize("CHAT_IMAGE_MAX_SIZE").pipe(Config.withDefault(5 * 1024 * 1024)),
+      quotaPerUser: yield* Config.option(byteSize("FILES_QUOTA_PER_USER"))
     }
     return {
       nodeEnv,

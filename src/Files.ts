@@ -18,10 +18,11 @@ import { AppConfig } from "./Config.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound, PayloadTooLarge, type ValidationError } from "./Domain/Errors.js"
 import { FileAnalysis, StoredFile } from "./Domain/File.js"
-import { FileAnalysisId, type FileId } from "./Domain/Ids.js"
+import { FileAnalysisId, type FileId, type UserId } from "./Domain/Ids.js"
 import { createdPosition, decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import {
   FileAnalysisView,
+  FilesUsage,
   FileView,
   type RequestAnalysisPayload,
   UnsupportedMediaType,
@@ -34,7 +35,7 @@ import * as Jobs from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
 import { completeText, jsonObjectIn } from "./Models/Completion.js"
 import { EventHub, FileAnalysisEvent } from "./Models/Events.js"
-import { inTransaction, storedNow } from "./Sql.js"
+import { inTransaction, storedNow, transactionLock } from "./Sql.js"
 
 /** The queue of analyses to run, and what each of its jobs carries. */
 export const analysisQueue = "file-analysis"
@@ -123,8 +124,31 @@ export class Files extends Effect.Service<Files>()("Files", {
     })
     const notMultipart = invalid(["body"], "Expected a multipart/form-data body with one file in the part `file`")
 
-    /** Stores the part `file` of a multipart body; the other parts are read past. */
-    const storeFilePart = (parts: Stream.Stream<Multipart.Part, Multipart.MultipartError>) => {
+    /** Refused because of the user's quota: what the upload would take past it. */
+    const overQuota = (left: number) =>
+      new PayloadTooLarge({
+        message: `The file exceeds the space left in your storage quota (${left} of ${
+          Option.getOrElse(settings.quotaPerUser, () => 0)
+        } bytes)`,
+        limitBytes: left
+      })
+
+    /** What the user may still store: `None` without a quota. */
+    const roomOf = (userId: UserId) =>
+      Option.match(settings.quotaPerUser, {
+        onNone: () => Effect.succeedNone,
+        onSome: (quota) => Effect.map(repo.usageOf(userId), ({ bytes }) => Option.some(Math.max(0, quota - bytes)))
+      })
+
+    /**
+     * Stores the part `file` of a multipart body, at most `limit` bytes (`refused` past them); the
+     * other parts are read past.
+     */
+    const storeFilePart = (
+      parts: Stream.Stream<Multipart.Part, Multipart.MultipartError>,
+      limit: number,
+      refused: PayloadTooLarge
+    ) => {
       let stored: { readonly written: WrittenContent; readonly name: string } | undefined
       // The file's own limit is counted exactly by `storage.write`; the parser bounds the whole body.
       const limited = Multiparts.withLimitsStream(parts, {
@@ -135,12 +159,12 @@ export class Files extends Effect.Service<Files>()("Files", {
         if (part._tag !== "File") return Effect.void
         if (part.key !== "file") return Stream.runDrain(part.content)
         if (stored !== undefined) return Effect.fail(invalid(["file"], "Send one file per upload"))
-        return Effect.map(storage.write(part.content, settings.maxSize), (written) => {
+        return Effect.map(storage.write(part.content, limit), (written) => {
           stored = { written, name: part.name }
         })
       }).pipe(
         Effect.catchTags({
-          ContentTooLarge: () => Effect.fail(tooLarge),
+          ContentTooLarge: () => Effect.fail(refused),
           MultipartError: (error) => Effect.fail(overLimit(error) ? tooLarge : notMultipart)
         }),
         // The storage failing (a full disk, say) is the server's fault, not the request's.
@@ -158,7 +182,13 @@ export class Files extends Effect.Service<Files>()("Files", {
         const actor = yield* writable
         // Anything else is not handed to the multipart parser at all.
         if (!/^multipart\/form-data\s*;.*\bboundary=/i.test(contentType)) return yield* notMultipart
-        const stored = yield* storeFilePart(parts)
+        const room = yield* roomOf(actor.userId)
+        const byQuota = Option.isSome(room) && room.value < settings.maxSize
+        const stored = yield* storeFilePart(
+          parts,
+          byQuota ? room.value : settings.maxSize,
+          byQuota ? overQuota(room.value) : tooLarge
+        )
         if (stored === undefined) return yield* notMultipart
         const { name: rawName, written } = stored
         return yield* Effect.gen(function*() {
@@ -172,6 +202,12 @@ export class Files extends Effect.Service<Files>()("Files", {
             })
           }
           const file = yield* transaction(Effect.gen(function*() {
+            // Checked again with the user's uploads serialised: two at once cannot both take the last room.
+            if (Option.isSome(settings.quotaPerUser)) {
+              yield* transactionLock(sql, `files:${actor.userId}`)
+              const left = Option.getOrElse(yield* roomOf(actor.userId), () => 0)
+              if (written.sizeBytes > left) return yield* overQuota(left)
+            }
             const file = yield* repo.insertFile(StoredFile.insert.make({
               userId: actor.userId,
               originalName: name,
@@ -197,6 +233,12 @@ export class Files extends Effect.Service<Files>()("Files", {
       }).pipe(Effect.withSpan("Files.upload"))
 
     // --- reading and deleting
+
+    const usage = Effect.gen(function*() {
+      const actor = yield* readable
+      const { bytes, files } = yield* repo.usageOf(actor.userId)
+      return new FilesUsage({ files, usedBytes: bytes, quotaBytes: Option.getOrNull(settings.quotaPerUser) })
+    }).pipe(Effect.withSpan("Files.usage"))
 
     const list = (query: { readonly limit?: number | undefined; readonly cursor?: string | undefined }) =>
       Effect.gen(function*() {
@@ -374,6 +416,7 @@ export class Files extends Effect.Service<Files>()("Files", {
 
     return {
       upload,
+      usage,
       list,
       get,
       download,

@@ -497,6 +497,7 @@ const expectations: Readonly<Record<string, Expectation>> = {
   // is tested in Files.test.ts).
   "files.uploadFile": { statuses: conversationsUse(422) },
   "files.listFiles": { statuses: conversationsUse(200) },
+  "files.filesUsage": { statuses: conversationsUse(200) },
   "files.getFile": { statuses: ownFile(200), request: onFile },
   "files.downloadFile": { statuses: ownFile(200), request: onFile },
   "files.deleteFile": { statuses: ownFile(204), request: onFile, throwaway: true },

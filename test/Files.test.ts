@@ -344,6 +344,11 @@ for (const dialect of dialects) {
             cursor = page.nextCursor
           } while (cursor !== null)
           expect(seen).toEqual([...ids].reverse())
+          expect(expectStatus(yield* call("GET", "/api/v1/files/usage", { auth: owner.accessToken }), 200)).toEqual({
+            files: 5,
+            usedBytes: 30,
+            quotaBytes: null
+          })
         }))
 
       it.scoped("deleting the account removes the contents of its files", () =>
@@ -836,6 +841,39 @@ describe("retries of background jobs", () => {
     }
   })
 })
+
+for (const dialect of dialects) {
+  layer(withCast(dialect, { FILES_QUOTA_PER_USER: "100" }), { excludeTestServices: true })(
+    `a storage quota on ${dialect}`,
+    (it) => {
+      it.scoped("each user stores up to FILES_QUOTA_PER_USER bytes; past it 413 and nothing kept; deleting frees room", () =>
+        Effect.gen(function*() {
+          const user = yield* signUp()
+          const other = yield* signUp()
+          const usage = (auth: string) =>
+            Effect.map(call("GET", "/api/v1/files/usage", { auth }), (reply) => expectStatus(reply, 200))
+          const first = yield* uploadOne(user.accessToken, "sixty.txt", "x".repeat(60))
+          expect(yield* usage(user.accessToken)).toEqual({ files: 1, usedBytes: 60, quotaBytes: 100 })
+
+          const before = yield* storedContents
+          const refused = yield* upload(user.accessToken, [{ filename: "fifty.txt", content: "y".repeat(50) }])
+          expect(expectStatus(refused, 413)).toEqual({
+            _tag: "PayloadTooLarge",
+            message: "The file exceeds the space left in your storage quota (40 of 100 bytes)",
+            limitBytes: 40
+          })
+          expect(yield* storedContents).toEqual(before)
+          expect(yield* usage(user.accessToken)).toEqual({ files: 1, usedBytes: 60, quotaBytes: 100 })
+          // Another user has a quota of their own.
+          yield* uploadOne(other.accessToken, "fifty.txt", "z".repeat(50))
+
+          expectStatus(yield* call("DELETE", `/api/v1/files/${first.id}`, { auth: user.accessToken }), 204)
+          yield* uploadOne(user.accessToken, "fifty.txt", "y".repeat(50))
+          expect(yield* usage(user.accessToken)).toEqual({ files: 1, usedBytes: 50, quotaBytes: 100 })
+        }))
+    }
+  )
+}
 
 for (const dialect of dialects) {
   layer(freshDatabase(dialect), { excludeTestServices: true })(`the database queue's sweep on ${dialect}`, (it) => {

@@ -27,6 +27,14 @@ export class FileView extends Schema.Class<FileView>("FileView")({
   createdAt: Schema.DateTimeUtc
 }) {}
 
+export class FilesUsage extends Schema.Class<FilesUsage>("FilesUsage")({
+  files: NonNegativeInt,
+  usedBytes: NonNegativeInt.annotations({ description: "The bytes your files take" }),
+  quotaBytes: Schema.NullOr(NonNegativeInt).annotations({
+    description: "The bytes you may keep (`FILES_QUOTA_PER_USER`); null: no limit"
+  })
+}) {}
+
 export class FileAnalysisView extends Schema.Class<FileAnalysisView>("FileAnalysisView")({
   id: FileAnalysisId,
   fileId: FileId,
@@ -79,6 +87,11 @@ export class FilesApi extends HttpApiGroup.make("files")
       .setUrlParams(PageParams)
       .addSuccess(Page(FileView))
       .annotate(OpenApi.Summary, "Your files, newest first")
+  )
+  .add(
+    HttpApiEndpoint.get("filesUsage", "/api/v1/files/usage")
+      .addSuccess(FilesUsage)
+      .annotate(OpenApi.Summary, "How much your files take, and your quota")
   )
   .add(
     HttpApiEndpoint.get("getFile", "/api/v1/files/:id")

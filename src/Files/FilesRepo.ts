@@ -66,6 +66,16 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
         sql`DELETE FROM files WHERE id = ${id} AND user_id = ${userId} AND deleted_at IS NULL RETURNING storage_key`
     })
 
+    /** How many files a user keeps, and their bytes. */
+    const usageOf = (userId: UserId) =>
+      Effect.map(
+        sql<{ readonly files: number | string; readonly bytes: number | string | null }>`
+          SELECT count(*) AS files, sum(size_bytes) AS bytes FROM files
+          WHERE user_id = ${userId} AND deleted_at IS NULL`,
+        // PostgreSQL's count and sum are bigint and numeric, which the driver gives as text.
+        (rows) => ({ files: Number(rows[0]?.files ?? 0), bytes: Number(rows[0]?.bytes ?? 0) })
+      )
+
     const storageKeysOf = SqlSchema.findAll({
       Request: UserId,
       Result: Schema.Struct({ storageKey: Schema.String }),
@@ -128,6 +138,7 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
 
     return {
       insertFile: (file: typeof StoredFile.insert.Type) => Effect.orDie(files.insert(file)),
+      usageOf: (userId: UserId) => Effect.orDie(usageOf(userId)),
       findOwn: (id: FileId, userId: UserId) => Effect.orDie(findOwn({ id, userId })),
       page: (userId: UserId, after: Option.Option<FilePosition>, limit: number) =>
         Effect.orDie(page({ userId, after: Option.getOrNull(after), limit })),

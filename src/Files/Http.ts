@@ -29,6 +29,7 @@ export const FilesHttpLive = HttpApiBuilder.group(
       const files = yield* Files
       return handlers
         .handleRaw("uploadFile", ({ request }) => files.upload(request.headers["content-type"] ?? "", partsOf(request)))
+        .handle("filesUsage", () => files.usage)
         .handle("listFiles", ({ urlParams }) => files.list(urlParams))
         .handle("getFile", ({ path }) => files.get(path.id))
         .handle("downloadFile", ({ headers, path }) => files.download(path.id, headers["if-none-match"]))

@@ -75,7 +75,7 @@ import {
 } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { RoleName } from "../Domain/User.js"
-import { FileAnalysisView, FileView, RequestAnalysisPayload } from "../Files/Api.js"
+import { FileAnalysisView, FilesUsage, FileView, RequestAnalysisPayload } from "../Files/Api.js"
 import { ApiKeyUsage } from "../Gateway/Schemas.js"
 import {
   EntityDetail,
@@ -347,6 +347,7 @@ const OwnError = Schema.Union(Refused, NotFound)
 const file = { id: FileId }
 
 const FileRpcs = RpcGroup.make(
+  Rpc.make("filesUsage", { success: FilesUsage, error: Refused }),
   Rpc.make("listFiles", { payload: PageParams, success: Page(FileView), error: Refused }),
   Rpc.make("getFile", { payload: file, success: FileView, error: OwnError }),
   Rpc.make("deleteFile", { payload: file, error: OwnError }),

@@ -168,6 +168,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     listAuditEvents: ({ cursor, limit, ...filter }) =>
       audit.list(filter, { ...(limit ? { limit } : {}), ...(cursor ? { cursor } : {}) }),
 
+    filesUsage: () => files.usage,
     listFiles: (page) => files.list(page),
     getFile: ({ id }) => files.get(id),
     deleteFile: ({ id }) => files.remove(id),

@@ -16,6 +16,7 @@
  * following it (the request that started it, and any that resume it with
  * `Last-Event-ID`), and for `CHAT_RESUME_RETENTION` after it ends.
  */
+import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import {
   Cause,
   Clock,
@@ -30,6 +31,7 @@ import {
   FiberSet,
   Option,
   Schedule,
+  Schema,
   Scope,
   Stream
 } from "effect"
@@ -55,10 +57,19 @@ import type { Actor, CurrentActor } from "./Domain/Actor.js"
 import type { Conversation, MessageView, ToolCall } from "./Domain/Conversation.js"
 import { type Forbidden, invalid, NotFound, type ValidationError } from "./Domain/Errors.js"
 import type { JsonObject } from "./Domain/Fields.js"
-import type { ConversationId, FileId, LlmModelId, MessageId, ModelConfigId, ThreadId } from "./Domain/Ids.js"
+import {
+  ConversationId,
+  type FileId,
+  type LlmModelId,
+  MessageId,
+  type ModelConfigId,
+  type ThreadId,
+  type UserId
+} from "./Domain/Ids.js"
 import type { ModelConfig } from "./Domain/Model.js"
 import { type Attachment, type AttachmentContents, Attachments } from "./Files/Attachments.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
+import { JobFailed, runWorkers } from "./Jobs.js"
 import {
   chatAnswersEnded,
   chatAnswersStarted,
@@ -226,6 +237,10 @@ export const cleanTitle = (text: string): string =>
     .slice(0, 80)
     .trim()
 
+/** The queue of titles to write, and its jobs: a new conversation's first answer, once it has ended. */
+export const titleQueue = "conversation-title"
+export const TitleJob = Schema.Struct({ conversationId: ConversationId, answerId: MessageId })
+
 /** A title from the user's first message, when the model gives none. */
 export const fallbackTitle = (question: string): string => {
   const line = question.trim().split("\n")[0]?.trim() ?? ""
@@ -275,6 +290,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const rateLimits = yield* RateLimits
     const relay = yield* AnswerRelay
     const attachments = yield* Attachments
+    const titleJobs = yield* PersistedQueue.make({ name: titleQueue, schema: TitleJob })
     const scope = yield* Effect.scope
     // Generations run apart from the requests that start them, from a runtime of their own: a
     // request's fiber refs (its span, log annotations, client) are not copied into each one, and
@@ -649,28 +665,61 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
 
     const interrupting = (fiber: Fiber.RuntimeFiber<void>) => () => fiber.unsafeInterruptAsFork(FiberId.none)
 
+    /** Sets a conversation's title if it has none yet, and tells the owner's event sockets (`conversation.title`). */
+    const setTitle = (ownerId: UserId, conversationId: ConversationId, title: string) =>
+      Effect.gen(function*() {
+        if (!(yield* answers.setTitleIfEmpty(conversationId, title))) return
+        const at = yield* storedNow
+        yield* events.publish(new ConversationTitleEvent({ conversationId, ownerId, title, at }))
+      })
+
     /**
-     * Writes a title for a new conversation, from the model, or from the question if the model gives
-     * none, and tells the owner's event sockets (`conversation.title`).
+     * A job of the `conversation-title` queue, queued when a new conversation's first answer ends:
+     * writes its title from the answer's model, or from the question when the model gives none. A
+     * model that cannot be reached is tried again by the queue; the last attempt's `giveUp` writes
+     * the question's.
      */
-    const writeTitle = (owner: Actor, conversationId: ConversationId, question: string, resolved: ResolvedModel) =>
-      completeText(resolved, {
-        messages: [{ role: "system", content: titlePrompt }, { role: "user", content: question.slice(0, 2000) }],
-        maxTokens: 24,
-        temperature: 0.2
-      }).pipe(
-        Effect.timeout(Duration.seconds(60)),
-        Effect.map(cleanTitle),
-        Effect.orElseSucceed(() => ""),
-        Effect.map((title) => title.length > 0 ? title : fallbackTitle(question)),
-        Effect.flatMap((title) =>
-          Effect.gen(function*() {
-            if (!(yield* answers.setTitleIfEmpty(conversationId, title))) return
-            const at = yield* storedNow
-            yield* events.publish(new ConversationTitleEvent({ conversationId, ownerId: owner.userId, title, at }))
-          })
-        ),
-        Effect.withSpan("ChatEngine.writeTitle")
+    const writeTitle = ({ answerId, conversationId }: typeof TitleJob.Type) =>
+      Effect.gen(function*() {
+        const found = yield* answers.titleSource(answerId)
+        // Gone, titled meanwhile, or with no question to name it after.
+        if (Option.isNone(found) || found.value.title !== "" || found.value.question === null) return
+        const { modelId, question, userId } = found.value
+        const resolved = modelId === null
+          ? Option.none()
+          : Option.getRight(yield* Effect.either(registry.resolveAny(modelId)))
+        if (Option.isNone(resolved)) return yield* setTitle(userId, conversationId, fallbackTitle(question))
+        const answer = yield* completeText(resolved.value, {
+          messages: [{ role: "system", content: titlePrompt }, { role: "user", content: question.slice(0, 2000) }],
+          maxTokens: 24,
+          temperature: 0.2
+        }).pipe(
+          Effect.timeoutFail({
+            duration: Duration.seconds(60),
+            onTimeout: () => new JobFailed({ message: "The model did not answer within 60 s" })
+          }),
+          Effect.mapError((error) =>
+            error._tag === "JobFailed"
+              ? error
+              : new JobFailed({ message: `The model could not be reached: ${error.message}` })
+          )
+        )
+        const title = cleanTitle(answer)
+        yield* setTitle(userId, conversationId, title.length > 0 ? title : fallbackTitle(question))
+      }).pipe(Effect.withSpan("ChatEngine.writeTitle"), Effect.annotateLogs({ conversationId }))
+
+    /** After the last attempt: the question's own words. */
+    const titleFromQuestion = ({ answerId, conversationId }: typeof TitleJob.Type) =>
+      Effect.flatMap(answers.titleSource(answerId), (found) =>
+        Option.isNone(found) || found.value.question === null
+          ? Effect.void
+          : setTitle(found.value.userId, conversationId, fallbackTitle(found.value.question)))
+
+    /** Queues the title of a conversation whose first answer has ended (logged if it cannot be). */
+    const requestTitle = (conversationId: ConversationId, answerId: MessageId) =>
+      titleJobs.offer({ conversationId, answerId }, { id: answerId }).pipe(
+        Effect.asVoid,
+        Effect.catchAllCause((cause) => Effect.logWarning("A conversation's title could not be queued", cause))
       )
 
     /** The question and the empty answer a turn stores in its conversation (or thread). */
@@ -717,7 +766,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           resolved,
           request,
           titled && conversation.title === "" && question !== null
-            ? writeTitle(actor, conversation.id, question.content, resolved)
+            ? requestTitle(conversation.id, answer.id)
             : Effect.void
         )
         // Node sends the provider's request on a later tick (once the agent hands it a socket): the
@@ -937,6 +986,8 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       Effect.repeat(Schedule.spaced(Duration.millis(Math.max(100, retentionMs / 4)))),
       Effect.forkIn(scope)
     )
+
+    yield* runWorkers(titleJobs, { name: titleQueue, handle: writeTitle, giveUp: titleFromQuestion })
 
     return { chat, newChat, threadChat, regenerate, continueChat, cancel, resume } as const
   })

@@ -51,7 +51,11 @@ const chatEnv = {
   CHAT_RETRY_BASE_DELAY: "10 millis",
   CHAT_RETRY_MAX_DELAY: "50 millis",
   PROVIDER_BREAKER_THRESHOLD: "1000",
-  MODEL_STATUS_POLL_INTERVAL: "0 seconds"
+  MODEL_STATUS_POLL_INTERVAL: "0 seconds",
+  // Titles are jobs: taken soon, tried again soon.
+  JOBS_POLL_INTERVAL: "100 millis",
+  JOBS_RETRY_BASE_DELAY: "50 millis",
+  JOBS_RETRY_MAX_DELAY: "100 millis"
 }
 
 const expectStatus = (reply: Reply, status: number) => {
@@ -234,6 +238,73 @@ for (const dialect of dialects) {
               socket.next((message) => message.type === "conversation.title", "300 millis")
             )
             expect(Exit.isFailure(heard)).toBe(true)
+          }
+        }))
+
+      it.scoped("a title is a job: a model failing is tried again; failing to the end, the question names it", () =>
+        Effect.gen(function*() {
+          const { modelId } = yield* TheCast
+          const openai = yield* script({ text: ["unused"] })
+          // Answers stream as usual; title requests fail as many times as `failing` says. A job's attempt
+          // calls the provider up to 4 times (CHAT_RETRY_ATTEMPTS retries of a 5xx before any chunk).
+          let failing = 4
+          let titleCalls = 0
+          const chunk = (delta: object, finish: string | null) =>
+            `data: ${
+              JSON.stringify({
+                id: "chatcmpl-title",
+                object: "chat.completion.chunk",
+                created: 0,
+                model: "gpt-loop",
+                choices: [{ index: 0, delta, finish_reason: finish }]
+              })
+            }\n\n`
+          const route = `POST ${chatPath.openai}`
+          const usual = openai.routes.get(route)
+          openai.routes.set(route, (request, response) => {
+            const title = JSON.stringify(request.body.messages).includes("Write a title")
+            if (title && ++titleCalls <= failing) {
+              response.writeHead(500, { "content-type": "application/json" })
+              response.end(JSON.stringify({ error: { message: "overloaded" } }))
+              return
+            }
+            response.writeHead(200, { "content-type": "text/event-stream" })
+            response.end(
+              chunk({ content: title ? "Trip to Kyoto" : "Go in spring." }, null) + chunk({}, "stop") +
+                "data: [DONE]\n\n"
+            )
+          })
+          try {
+            const first = expectStatus(
+              yield* asUser("POST", "/api/v1/chat", { content: "Plan a trip to Kyoto", modelId }),
+              200
+            )
+            const titled = yield* eventually(
+              Effect.map(asUser("GET", `/api/v1/conversations/${first.conversationId}`), (reply) => reply.body),
+              (body) => body.title !== "",
+              400
+            )
+            expect(titled.title).toBe("Trip to Kyoto")
+            // The first attempt failed with its 4 calls; the job was tried again.
+            expect(titleCalls).toBe(5)
+
+            failing = Number.POSITIVE_INFINITY
+            titleCalls = 0
+            const second = expectStatus(
+              yield* asUser("POST", "/api/v1/chat", { content: "what should I pack for the mountains", modelId }),
+              200
+            )
+            const fallback = yield* eventually(
+              Effect.map(asUser("GET", `/api/v1/conversations/${second.conversationId}`), (reply) => reply.body),
+              (body) => body.title !== "",
+              400
+            )
+            expect(fallback.title).toBe("what should I pack for the mountains")
+            // JOBS_MAX_ATTEMPTS (3) attempts of 4 calls each, then the question's words.
+            expect(titleCalls).toBe(12)
+          } finally {
+            if (usual === undefined) openai.routes.delete(route)
+            else openai.routes.set(route, usual)
           }
         }))
 

@@ -10,7 +10,7 @@ import { Array, Effect, Option } from "effect"
 import { readMessage, storedMessageColumns, type StoredMessageRow } from "../Conversations/ConversationRepo.js"
 import type { MessageView, ToolCall } from "../Domain/Conversation.js"
 import type { JsonObject } from "../Domain/Fields.js"
-import type { ConversationId, MessageId } from "../Domain/Ids.js"
+import type { ConversationId, LlmModelId, MessageId, UserId } from "../Domain/Ids.js"
 import { dialectOf, storedNow } from "../Sql.js"
 
 export type FinalStatus = "complete" | "cancelled" | "error" | "incomplete"
@@ -124,6 +124,20 @@ export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", 
         sql`UPDATE conversations SET title = ${title} WHERE id = ${conversationId} AND title = '' RETURNING id`
       ).pipe(Effect.map((rows) => rows.length > 0))
 
-    return { flush, finish, cancel, recoverAbandoned, setTitleIfEmpty } as const
+    /** What a title is written from: the answer's conversation (its owner and title), the question and the model. */
+    const titleSource = (answerId: MessageId) =>
+      Effect.orDie(
+        sql<{
+          readonly userId: UserId
+          readonly title: string
+          readonly question: string | null
+          readonly modelId: LlmModelId | null
+        }>`SELECT c.user_id, c.title, q.content AS question, a.model_id
+           FROM messages a JOIN conversations c ON c.id = a.conversation_id
+           LEFT JOIN messages q ON q.id = a.parent_id
+           WHERE a.id = ${answerId}`
+      ).pipe(Effect.map((rows) => Option.fromNullable(rows[0])))
+
+    return { flush, finish, cancel, recoverAbandoned, setTitleIfEmpty, titleSource } as const
   })
 }) {}

@@ -57,7 +57,15 @@ import {
   type ModelConfigId,
   type ThreadId
 } from "./Domain/Ids.js"
-import { createdPosition, cursorOf, decodeCursor, defaultLimit, Position, toPage } from "./Domain/Pagination.js"
+import {
+  createdPosition,
+  cursorOf,
+  decodeCursor,
+  defaultLimit,
+  pageByCreation,
+  Position,
+  toPage
+} from "./Domain/Pagination.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { inTransaction, storedNow } from "./Sql.js"
@@ -683,9 +691,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       Effect.gen(function*() {
         const actor = yield* readable
         yield* findOwn(actor, id)
-        const limit = page.limit ?? defaultLimit
-        const rows = yield* repo.threadsPage(id, yield* decodeCursor(page.cursor), limit)
-        const result = toPage(rows, limit, createdPosition)
+        const result = yield* pageByCreation(page, (after, rows) => repo.threadsPage(id, after, rows))
         return { items: result.items.map(toThreadView), nextCursor: result.nextCursor }
       }).pipe(Effect.withSpan("Conversations.listThreads"))
 
@@ -715,10 +721,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         const actor = yield* readable
         yield* findOwn(actor, id)
         yield* findThread(id, threadId)
-        const limit = page.limit ?? defaultLimit
-        const rows = yield* repo.threadMessagesPage(threadId, yield* decodeCursor(page.cursor), limit)
-        const result = toPage(rows, limit, createdPosition)
-        return { items: result.items, nextCursor: result.nextCursor }
+        return yield* pageByCreation(page, (after, rows) => repo.threadMessagesPage(threadId, after, rows))
       }).pipe(Effect.withSpan("Conversations.listThreadMessages"))
 
     const appendThreadMessage = (id: ConversationId, threadId: ThreadId, payload: AppendThreadMessagePayload) =>

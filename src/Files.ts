@@ -19,7 +19,7 @@ import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound, PayloadTooLarge, type ValidationError } from "./Domain/Errors.js"
 import { FileAnalysis, StoredFile } from "./Domain/File.js"
 import { FileAnalysisId, type FileId, type UserId } from "./Domain/Ids.js"
-import { createdPosition, decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
+import { pageByCreation } from "./Domain/Pagination.js"
 import {
   FileAnalysisView,
   FilesUsage,
@@ -243,9 +243,7 @@ export class Files extends Effect.Service<Files>()("Files", {
     const list = (query: { readonly limit?: number | undefined; readonly cursor?: string | undefined }) =>
       Effect.gen(function*() {
         const actor = yield* readable
-        const limit = query.limit ?? defaultLimit
-        const rows = yield* repo.page(actor.userId, yield* decodeCursor(query.cursor), limit + 1)
-        const page = toPage(rows, limit, createdPosition)
+        const page = yield* pageByCreation(query, (after, rows) => repo.page(actor.userId, after, rows))
         return { items: page.items.map(fileView), nextCursor: page.nextCursor }
       }).pipe(Effect.withSpan("Files.list"))
 

@@ -13,7 +13,7 @@ import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound } from "./Domain/Errors.js"
 import { type ConversationId, type FileId, type UserId, UuidV7 } from "./Domain/Ids.js"
-import { createdPosition, cursorOf, decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
+import { cursorOf, defaultLimit, pageByCreation, toPage } from "./Domain/Pagination.js"
 import { cutText, hasReadableText } from "./Files/Content.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import { FileStorage } from "./Files/Storage.js"
@@ -201,9 +201,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
     const listExtractions = (query: { readonly limit?: number | undefined; readonly cursor?: string | undefined }) =>
       Effect.gen(function*() {
         const actor = yield* readable
-        const limit = query.limit ?? defaultLimit
-        const rows = yield* repo.extractionsPage(actor.userId, yield* decodeCursor(query.cursor), limit + 1)
-        const page = toPage(rows, limit, createdPosition)
+        const page = yield* pageByCreation(query, (after, rows) => repo.extractionsPage(actor.userId, after, rows))
         return { items: page.items.map(extractionView), nextCursor: page.nextCursor }
       }).pipe(Effect.withSpan("Graph.listExtractions"))
 

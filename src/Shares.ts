@@ -13,7 +13,7 @@ import { RateLimits } from "./Auth/RateLimits.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound } from "./Domain/Errors.js"
-import { createdPosition, decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
+import { pageByCreation } from "./Domain/Pagination.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import {
   type CreateSharePayload,
@@ -141,9 +141,7 @@ export class Shares extends Effect.Service<Shares>()("Shares", {
     const list = (query: { readonly limit?: number | undefined; readonly cursor?: string | undefined }) =>
       Effect.gen(function*() {
         const actor = yield* readable
-        const limit = query.limit ?? defaultLimit
-        const rows = yield* repo.page(actor.userId, yield* decodeCursor(query.cursor), limit + 1)
-        const page = toPage(rows, limit, createdPosition)
+        const page = yield* pageByCreation(query, (after, rows) => repo.page(actor.userId, after, rows))
         return { items: yield* withReactions(page.items), nextCursor: page.nextCursor }
       }).pipe(Effect.withSpan("Shares.list"))
 

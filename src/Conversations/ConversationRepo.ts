@@ -521,10 +521,12 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
         )),
       insertThread: (row: typeof Thread.insert.Type) => Effect.orDie(insertThread(row)),
       findThread: (conversationId: ConversationId, id: ThreadId) => Effect.orDie(findThread({ conversationId, id })),
-      threadsPage: (conversationId: ConversationId, after: Option.Option<MessagePosition>, limit: number) =>
-        Effect.orDie(Effect.flatMap(threadsPage(conversationId, after, limit + 1), decodeThreads)),
-      threadMessagesPage: (threadId: ThreadId, after: Option.Option<MessagePosition>, limit: number) =>
-        Effect.orDie(Effect.map(threadMessagesPage(threadId, after, limit + 1), readMessages)),
+      /** `rows` threads after `after`, oldest first. */
+      threadsPage: (conversationId: ConversationId, after: Option.Option<MessagePosition>, rows: number) =>
+        Effect.orDie(Effect.flatMap(threadsPage(conversationId, after, rows), decodeThreads)),
+      /** `rows` messages of a thread after `after`, oldest first. */
+      threadMessagesPage: (threadId: ThreadId, after: Option.Option<MessagePosition>, rows: number) =>
+        Effect.orDie(Effect.map(threadMessagesPage(threadId, after, rows), readMessages)),
       /** Every message of a thread (not deleted), oldest first. */
       threadMessages: (threadId: ThreadId) =>
         Effect.orDie(Effect.map(

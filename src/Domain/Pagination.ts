@@ -70,3 +70,18 @@ export const toPage = <A, P = Position>(
   const last = items[items.length - 1]
   return { items, nextCursor: rows.length > limit && last !== undefined ? encode(positionOf(last)) : null }
 }
+
+/**
+ * A page of rows ordered by creation time: the request's `limit` (else the default) and `cursor`,
+ * `read` asked for the rows after the cursor's position (`rows`: one more than the page holds, to
+ * know whether another follows), and the page built from them.
+ */
+export const pageByCreation = <A extends { readonly id: string; readonly createdAt: DateTime.Utc }, E, R>(
+  query: { readonly limit?: number | undefined; readonly cursor?: string | undefined },
+  read: (after: Option.Option<Position>, rows: number) => Effect.Effect<ReadonlyArray<A>, E, R>
+): Effect.Effect<{ readonly items: ReadonlyArray<A>; readonly nextCursor: string | null }, E | ValidationError, R> =>
+  Effect.gen(function*() {
+    const limit = query.limit ?? defaultLimit
+    const rows = yield* read(yield* decodeCursor(query.cursor), limit + 1)
+    return toPage(rows, limit, createdPosition)
+  })

@@ -4,7 +4,7 @@
  */
 import type { Headers } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
-import { DateTime, Duration, Effect, FiberRef, Layer, Option, Redacted, Schedule } from "effect"
+import { DateTime, Effect, FiberRef, Layer, Option, Redacted } from "effect"
 import { AuditLog } from "./Audit.js"
 import {
   ApiKeyView,
@@ -28,6 +28,7 @@ import { ApiKey, Session } from "./Domain/Credentials.js"
 import { Conflict, FieldIssue, Forbidden, orNotFound, Unauthorized, ValidationError } from "./Domain/Errors.js"
 import { type ApiKeyId, generateUuid, SessionFamilyId, type UserId } from "./Domain/Ids.js"
 import { BuiltinRoles, type Email, type RoleName, User, type Username } from "./Domain/User.js"
+import { everyHour } from "./Housekeeping.js"
 import { CurrentClient } from "./Http/Middleware.js"
 import { inTransaction, transactionLock } from "./Sql.js"
 import type { CreateUserPayload } from "./Users/Api.js"
@@ -455,13 +456,10 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
 export const SessionCleanupLive = Layer.scopedDiscard(
   Effect.gen(function*() {
     const sessions = yield* SessionsRepo
-    yield* sessions.deleteExpired.pipe(
-      Effect.tap((deleted) =>
-        deleted > 0 ? Effect.logInfo("Deleted expired sessions").pipe(Effect.annotateLogs({ deleted })) : Effect.void
-      ),
-      Effect.catchAllCause((cause) => Effect.logWarning("Could not delete expired sessions", cause)),
-      Effect.repeat(Schedule.spaced(Duration.hours(1))),
-      Effect.forkScoped
-    )
+    yield* everyHour(sessions.deleteExpired, {
+      done: "Deleted expired sessions",
+      failed: "Could not delete expired sessions",
+      counts: (deleted) => ({ deleted })
+    })
   })
 )

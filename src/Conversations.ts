@@ -10,7 +10,7 @@
  * the conversation row locked, so the leaf, the count and the rows agree.
  */
 import { Model, SqlClient } from "@effect/sql"
-import { DateTime, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
+import { DateTime, type Duration, Effect, Layer, Option, Schema } from "effect"
 import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { AppConfig } from "./Config.js"
@@ -66,6 +66,7 @@ import {
   Position,
   toPage
 } from "./Domain/Pagination.js"
+import { everyHour } from "./Housekeeping.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { inTransaction, storedNow } from "./Sql.js"
@@ -1049,14 +1050,10 @@ export const sweepTrash = (retention: Duration.Duration) =>
 export const TrashSweepLive = Layer.scopedDiscard(
   Effect.gen(function*() {
     const { trashRetention } = yield* AppConfig
-    const sweep = sweepTrash(trashRetention).pipe(
-      Effect.tap(({ erased, purged }) =>
-        purged + erased > 0
-          ? Effect.logInfo("Trash emptied").pipe(Effect.annotateLogs({ purged, erased }))
-          : Effect.void
-      ),
-      Effect.catchAllCause((cause) => Effect.logWarning("The trash could not be emptied", cause))
-    )
-    yield* Effect.forkScoped(Effect.repeat(sweep, Schedule.spaced(Duration.hours(1))))
+    yield* everyHour(sweepTrash(trashRetention), {
+      done: "Trash emptied",
+      failed: "The trash could not be emptied",
+      counts: ({ erased, purged }) => ({ purged, erased })
+    })
   })
 )

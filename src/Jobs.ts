@@ -14,6 +14,7 @@ import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { SqlClient, SqlPersistedQueue } from "@effect/sql"
 import { Cause, Context, Data, Duration, Effect, Layer, Metric, Option, Schedule, type Scope } from "effect"
 import { AppConfig, type JobsSettings } from "./Config.js"
+import { everyHour } from "./Housekeeping.js"
 import * as AmqpQueueStore from "./Jobs/AmqpQueueStore.js"
 import { jobDuration, jobsRun, labels } from "./Metrics.js"
 
@@ -161,14 +162,11 @@ export const JobsSweepLive = Layer.scopedDiscard(
   Effect.gen(function*() {
     const { jobs } = yield* AppConfig
     if (Option.isSome(jobs.amqpUrl)) return
-    yield* sweepJobs(jobs.retention, jobs.maxAttempts).pipe(
-      Effect.tap((count) =>
-        count > 0 ? Effect.logInfo("Old jobs removed").pipe(Effect.annotateLogs({ count })) : Effect.void
-      ),
-      Effect.catchAllCause((cause) => Effect.logWarning("The job queue could not be swept", cause)),
-      Effect.repeat(Schedule.spaced("1 hour")),
-      Effect.forkScoped
-    )
+    yield* everyHour(sweepJobs(jobs.retention, jobs.maxAttempts), {
+      done: "Old jobs removed",
+      failed: "The job queue could not be swept",
+      counts: (count) => ({ count })
+    })
   })
 )
 

@@ -25,6 +25,7 @@ import {
   Deferred,
   Duration,
   Effect,
+  Either,
   Exit,
   type Fiber,
   FiberId,
@@ -83,7 +84,7 @@ import { completeText } from "./Models/Completion.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ConversationTitleEvent, EventHub } from "./Models/Events.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
-import type { ChatChunk, ChatRequest } from "./Providers/Chat.js"
+import { type ChatChunk, type ChatRequest, offerTools } from "./Providers/Chat.js"
 import type { AnswerFeed } from "./Providers/Client.js"
 import { storedNow } from "./Sql.js"
 
@@ -251,28 +252,17 @@ export const fallbackTitle = (question: string): string => {
  * The tools a turn offers the model, as the provider request holds them; a choice that needs tools
  * (or names one) must come with them.
  */
-const toolingOf = (input: TurnInput): Effect.Effect<Pick<ChatRequest, "tools" | "toolChoice">, ValidationError> => {
-  const tools = input.tools ?? []
-  const choice = input.toolChoice
-  if ((choice === "required" || typeof choice === "object") && tools.length === 0) {
-    return invalid(["toolChoice"], "This tool choice needs tools")
-  }
-  if (typeof choice === "object" && !tools.some((tool) => tool.name === choice.name)) {
-    return invalid(["toolChoice", "name"], `No tool named "${choice.name}" among the tools`)
-  }
-  return Effect.succeed({
-    ...(tools.length > 0
-      ? {
-        tools: tools.map((tool) => ({
-          name: tool.name,
-          description: tool.description,
-          parameters: tool.parameters ?? { type: "object", properties: {} }
-        }))
-      }
-      : {}),
-    ...(choice !== undefined ? { toolChoice: choice } : {})
+const toolingOf = (input: TurnInput): Effect.Effect<Pick<ChatRequest, "tools" | "toolChoice">, ValidationError> =>
+  Either.match(offerTools(input.tools ?? [], input.toolChoice), {
+    onLeft: (problem) =>
+      problem === "needs-tools"
+        ? invalid(["toolChoice"], "This tool choice needs tools")
+        : invalid(
+          ["toolChoice", "name"],
+          `No tool named "${typeof input.toolChoice === "object" ? input.toolChoice.name : ""}" among the tools`
+        ),
+    onRight: Effect.succeed
   })
-}
 
 /** The window the tools' descriptions take (estimated as the messages are). */
 const toolTokens = ({ tools }: Pick<ChatRequest, "tools">): number =>

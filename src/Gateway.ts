@@ -8,7 +8,7 @@
  * lives exactly as long as the caller's scope: a client that goes away ends
  * it. The HTTP side (`Gateway/Http.ts`) turns failures into OpenAI's error body.
  */
-import { Chunk, DateTime, Effect, Option, Ref, type Scope, Stream } from "effect"
+import { Chunk, DateTime, Effect, Either, Option, Ref, type Scope, Stream } from "effect"
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
@@ -38,7 +38,7 @@ import { ModelRegistry, type ResolvedModel } from "./Models.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
-import type { ChatChunk, ChatMessage, ChatRequest, ChatToolChoice, FinishReason } from "./Providers/Chat.js"
+import { type ChatChunk, type ChatMessage, type ChatRequest, type FinishReason, offerTools } from "./Providers/Chat.js"
 
 /** What a completion request can fail with before the provider is involved, and then the provider's failures. */
 export type GatewayFailure = InvalidRequest | UnknownModel | Forbidden | RateLimited | ProviderFailure
@@ -109,22 +109,23 @@ const toChatRequest = (
   body: ChatCompletionRequest,
   target: Target
 ): Effect.Effect<ChatRequest, InvalidRequest> => {
-  const tools = body.tools ?? []
   const choice = body.tool_choice ?? undefined
-  if (choice !== undefined && choice !== "none" && choice !== "auto" && tools.length === 0) {
-    return Effect.fail(
-      new InvalidRequest({ message: "'tool_choice' requires 'tools' to be specified", param: "tool_choice" })
-    )
-  }
-  if (typeof choice === "object" && !tools.some((tool) => tool.function.name === choice.function.name)) {
+  const offered = offerTools(
+    (body.tools ?? []).map(({ function: tool }) => tool),
+    typeof choice === "object" ? { name: choice.function.name } : choice
+  )
+  if (Either.isLeft(offered)) {
     return Effect.fail(
       new InvalidRequest({
-        message: `'tool_choice' names a function that is not among 'tools': ${choice.function.name}`,
+        message: offered.left === "needs-tools"
+          ? "'tool_choice' requires 'tools' to be specified"
+          : `'tool_choice' names a function that is not among 'tools': ${
+            typeof choice === "object" ? choice.function.name : ""
+          }`,
         param: "tool_choice"
       })
     )
   }
-  const toolChoice: ChatToolChoice | undefined = typeof choice === "object" ? { name: choice.function.name } : choice
   const stop = body.stop ?? undefined
   const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined
   // These mean the same to every OpenAI-style API; another provider's API would reject or misread them.
@@ -139,17 +140,7 @@ const toChatRequest = (
     ...(body.top_p != null ? { topP: body.top_p } : {}),
     ...(maxTokens !== undefined ? { maxTokens } : {}),
     ...(stop !== undefined ? { stop: typeof stop === "string" ? [stop] : stop } : {}),
-    ...(tools.length > 0
-      ? {
-        tools: tools.map((tool) => ({
-          name: tool.function.name,
-          description: tool.function.description,
-          // OpenAI reads a function without parameters as one that takes none.
-          parameters: tool.function.parameters ?? { type: "object", properties: {} }
-        }))
-      }
-      : {}),
-    ...(toolChoice !== undefined ? { toolChoice } : {}),
+    ...offered.right,
     ...(Object.keys(extra).length > 0 ? { extra } : {})
   })
 }

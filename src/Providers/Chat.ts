@@ -4,7 +4,7 @@
  * the answer as a stream of typed chunks. Each adapter (`OpenAi.ts`,
  * `Anthropic.ts`, `Ollama.ts`, `Development.ts`) translates both ways.
  */
-import { Schema } from "effect"
+import { Either, Schema } from "effect"
 
 export const ChatRole = Schema.Literal("system", "user", "assistant", "tool")
 export type ChatRole = typeof ChatRole.Type
@@ -42,6 +42,39 @@ export interface ChatTool {
 
 /** `auto`, `none`, `required`, or one named tool. */
 export type ChatToolChoice = "auto" | "none" | "required" | { readonly name: string }
+
+/** Why a tool choice cannot be served: it needs tools and none are offered, or it names one not offered. */
+export type ToolChoiceProblem = "needs-tools" | "unknown-tool"
+
+/**
+ * A request's tools and tool choice as providers are sent them (a function without parameters
+ * takes none, as OpenAI reads it), or why the choice cannot be served.
+ */
+export const offerTools = (
+  tools: ReadonlyArray<{
+    readonly name: string
+    readonly description?: string | undefined
+    readonly parameters?: Record<string, unknown> | undefined
+  }>,
+  choice: ChatToolChoice | undefined
+): Either.Either<Pick<ChatRequest, "tools" | "toolChoice">, ToolChoiceProblem> => {
+  if ((choice === "required" || typeof choice === "object") && tools.length === 0) return Either.left("needs-tools")
+  if (typeof choice === "object" && !tools.some((tool) => tool.name === choice.name)) {
+    return Either.left("unknown-tool")
+  }
+  return Either.right({
+    ...(tools.length > 0
+      ? {
+        tools: tools.map((tool) => ({
+          name: tool.name,
+          description: tool.description,
+          parameters: tool.parameters ?? { type: "object", properties: {} }
+        }))
+      }
+      : {}),
+    ...(choice !== undefined ? { toolChoice: choice } : {})
+  })
+}
 
 export interface ChatRequest {
   /** The model as the provider names it. */

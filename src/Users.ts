@@ -248,7 +248,7 @@ export class Users extends Effect.Service<Users>()("Users", {
         yield* Effect.forEach(contents, (key) => Effect.ignoreLogged(storage.remove(key)), { discard: true })
       })
 
-    /** The signed-in user, once they have given their password again (rate limited like a login). */
+    /** The signed-in user (and their session), once they have given their password again (rate limited like a login). */
     const confirmedSelf = (password: DeleteAccountPayload["password"]) =>
       Effect.gen(function*() {
         const actor = yield* requireSession
@@ -256,11 +256,11 @@ export class Users extends Effect.Service<Users>()("Users", {
         const user = yield* users.get(actor.userId)
         const { valid } = yield* passwords.verify(password, user.passwordHash)
         if (!valid) return yield* new Forbidden({ message: "The password is incorrect" })
-        return user
+        return { actor, user }
       })
 
     const deleteAccount = (payload: DeleteAccountPayload) =>
-      Effect.flatMap(confirmedSelf(payload.password), (user) => erase(user, { type: "user", id: user.id })).pipe(
+      Effect.flatMap(confirmedSelf(payload.password), ({ user }) => erase(user, { type: "user", id: user.id })).pipe(
         Effect.withSpan("Users.deleteAccount")
       )
 
@@ -283,7 +283,7 @@ export class Users extends Effect.Service<Users>()("Users", {
 
     const updateAccount = (payload: UpdateAccountPayload) =>
       Effect.gen(function*() {
-        const user = yield* confirmedSelf(payload.password)
+        const { actor, user } = yield* confirmedSelf(payload.password)
         const identity = {
           ...(payload.email !== undefined && payload.email !== user.email ? { email: payload.email } : {}),
           ...(payload.username !== undefined && payload.username !== user.username
@@ -304,7 +304,7 @@ export class Users extends Effect.Service<Users>()("Users", {
           yield* users.setIdentity(user.id, identity)
           yield* audit.record({
             action: "user.updated",
-            actor: yield* requireSession,
+            actor,
             target: { type: "user", id: user.id },
             metadata: { changed }
           })

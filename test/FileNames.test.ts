@@ -86,7 +86,9 @@ describe("utf8FileNames", () => {
     const preamble = Buffer.from("This is a preamble ё\r\n", "utf8")
     const long = part(`form-data; name="file"; filename="${"я".repeat(10_000)}"`, "text/plain", Buffer.from("x"))
     const input = Buffer.concat([preamble, body(long)])
-    expect((await through(input, randomCuts(input.length, 5))).equals(input)).toBe(true)
+    for (let round = 0; round < 50; round++) {
+      expect((await through(input, randomCuts(input.length, 5))).equals(input)).toBe(true)
+    }
     expect(await text(Readable.from([Buffer.alloc(0)]).pipe(utf8FileNames(boundary)))).toBe("")
   })
 })

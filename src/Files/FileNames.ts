@@ -71,16 +71,14 @@ export const utf8FileNames = (boundary: string): Transform => {
       while (pending.length > 0) {
         if (inHeaders) {
           const end = pending.indexOf(crlfcrlf)
-          if (end < 0) {
-            if (pending.length <= maxHeaderBytes) break
-            // Not headers after all: on as they are.
-            emit(this, pending)
-            pending = Buffer.alloc(0)
+          if (end >= 0 && end + crlfcrlf.length <= maxHeaderBytes) {
+            emit(this, restateHeaders(pending.subarray(0, end + crlfcrlf.length)))
+            pending = pending.subarray(end + crlfcrlf.length)
             inHeaders = false
-            break
+            continue
           }
-          emit(this, restateHeaders(pending.subarray(0, end + crlfcrlf.length)))
-          pending = pending.subarray(end + crlfcrlf.length)
+          if (end < 0 && pending.length <= maxHeaderBytes) break
+          // Too long to be headers, however the body was cut: read on as body, as they are.
           inHeaders = false
         } else {
           const found = pending.indexOf(delimiter)

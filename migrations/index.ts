@@ -11,6 +11,7 @@ import apiKeyRateLimits from "./0006_api_key_rate_limits.js"
 import jobQueue from "./0007_job_queue.js"
 import knowledgeGraph from "./0008_knowledge_graph.js"
 import shares from "./0009_shares.js"
+import rateLimitExemption from "./0011_rate_limit_exemption.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -21,7 +22,8 @@ export const migrations = {
   "0006_api_key_rate_limits": apiKeyRateLimits,
   "0007_job_queue": jobQueue,
   "0008_knowledge_graph": knowledgeGraph,
-  "0009_shares": shares
+  "0009_shares": shares,
+  "0011_rate_limit_exemption": rateLimitExemption
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

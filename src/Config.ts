@@ -5,6 +5,7 @@
  * run the whole server against a `ConfigProvider.fromMap`.
  */
 import { Config, ConfigError, ConfigProvider, Duration, Effect, Either, LogLevel, Option, Redacted } from "effect"
+import * as Net from "node:net"
 
 export type NodeEnv = "development" | "production" | "test"
 export type LogFormat = "json" | "pretty"
@@ -111,6 +112,51 @@ export interface AuthSettings {
   /** `open`: anyone may register; `closed`: only the first user does, then administrators create accounts. */
   readonly registration: "open" | "closed"
 }
+
+/**
+ * The general limits on API requests, beside the front door's (`AuthSettings`), the models'
+ * (`ChatSettings.rateLimit`) and the shares' reactions: every request from one client address, and
+ * every authenticated request of one user. Off unless set.
+ */
+export interface ApiRateLimitSettings {
+  readonly window: Duration.Duration
+  /** Requests one client address may send per `window` (health checks and metrics aside). */
+  readonly perAddress: Option.Option<number>
+  /** Authenticated requests one user may send per `window`, whatever the address or the credential. */
+  readonly perUser: Option.Option<number>
+  /**
+   * Addresses and networks (`10.0.0.0/8`, `::1`) to which neither general limit applies: a
+   * trusted service, the monitoring. Users are exempted by the `ratelimit:exempt` permission.
+   */
+  readonly exemptAddresses: ReadonlyArray<AddressRange>
+}
+
+/** One address (`prefix` its full length) or a network in CIDR notation. */
+export interface AddressRange {
+  readonly address: string
+  readonly prefix: number
+  readonly family: "ipv4" | "ipv6"
+}
+
+/** `RATE_LIMIT_EXEMPT_ADDRESSES`: addresses or CIDR networks, comma-separated. */
+const addressRanges = (name: string) =>
+  // Split here rather than with `commaList`: a failure after a `Config.map` would lose the variable's name.
+  Config.string(name).pipe(
+    Config.mapOrFail((raw) => {
+      const ranges: Array<AddressRange> = []
+      for (const entry of raw.split(",").map((item) => item.trim()).filter((item) => item.length > 0)) {
+        const [address = "", prefix, ...rest] = entry.split("/")
+        const version = Net.isIP(address)
+        const bits = version === 4 ? 32 : 128
+        const length = prefix === undefined ? bits : /^\d{1,3}$/.test(prefix) ? Number(prefix) : -1
+        if (version === 0 || rest.length > 0 || length < 0 || length > bits) {
+          return Either.left(ConfigError.InvalidData([], `Expected addresses or CIDR networks, got "${entry}"`))
+        }
+        ranges.push({ address, prefix: length, family: version === 4 ? "ipv4" : "ipv6" })
+      }
+      return Either.right(ranges)
+    })
+  )
 
 export interface TelemetrySettings {
   /**
@@ -327,6 +373,14 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       shareReactionsPerAddress: yield* positiveInt("SHARE_REACTIONS_PER_ADDRESS").pipe(Config.withDefault(30)),
       registration: yield* Config.literal("open", "closed")("REGISTRATION").pipe(Config.withDefault("open" as const))
     }
+    const apiRateLimit: ApiRateLimitSettings = {
+      window: yield* Config.duration("RATE_LIMIT_WINDOW").pipe(Config.withDefault(Duration.minutes(1))),
+      perAddress: yield* Config.option(positiveInt("RATE_LIMIT_PER_ADDRESS")),
+      perUser: yield* Config.option(positiveInt("RATE_LIMIT_PER_USER")),
+      exemptAddresses: yield* addressRanges("RATE_LIMIT_EXEMPT_ADDRESSES").pipe(
+        Config.withDefault<ReadonlyArray<AddressRange>>([])
+      )
+    }
     const telemetry: TelemetrySettings = {
       otlpEndpoint: yield* Config.option(
         Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT").pipe(
@@ -439,6 +493,7 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       metricsToken,
       telemetry,
       auth,
+      apiRateLimit,
       redis,
       models,
       events,

@@ -40,6 +40,7 @@ import { GraphRepo } from "./Graph/GraphRepo.js"
 import { GraphHttpLive } from "./Graph/Http.js"
 import { Health } from "./Health.js"
 import { HealthHttpLive } from "./Health/Http.js"
+import { AddressRateLimitLive } from "./Http/AddressRateLimit.js"
 import { compression } from "./Http/Compression.js"
 import { ErrorModelLive } from "./Http/ErrorModel.js"
 import { requestContext } from "./Http/Middleware.js"
@@ -171,7 +172,8 @@ export const ApiGroupsLive = Layer.mergeAll(
   UsageHttpLive,
   GatewayRoutesLive,
   RpcLive,
-  ChatSocketLive
+  ChatSocketLive,
+  AddressRateLimitLive
 ).pipe(
   Layer.provide(AuthenticationLive),
   Layer.provideMerge(ServicesLive)

@@ -136,6 +136,34 @@ describe("configuration", () => {
       expect(line).not.toContain("\n")
     }))
 
+  it.effect("general rate limits: off by default; exempt addresses are addresses or CIDR networks", () =>
+    Effect.gen(function*() {
+      const defaults = yield* loadConfig({})
+      expect(Option.isNone(defaults.apiRateLimit.perAddress)).toBe(true)
+      expect(Option.isNone(defaults.apiRateLimit.perUser)).toBe(true)
+      expect(defaults.apiRateLimit.exemptAddresses).toEqual([])
+      const set = yield* loadConfig({
+        RATE_LIMIT_PER_ADDRESS: "600",
+        RATE_LIMIT_PER_USER: "300",
+        RATE_LIMIT_WINDOW: "30 seconds",
+        RATE_LIMIT_EXEMPT_ADDRESSES: "10.0.0.0/8, 192.0.2.7 ,fd00::/8"
+      })
+      expect(set.apiRateLimit.perAddress).toEqual(Option.some(600))
+      expect(set.apiRateLimit.perUser).toEqual(Option.some(300))
+      expect(Duration.toMillis(set.apiRateLimit.window)).toBe(30_000)
+      expect(set.apiRateLimit.exemptAddresses).toEqual([
+        { address: "10.0.0.0", prefix: 8, family: "ipv4" },
+        { address: "192.0.2.7", prefix: 32, family: "ipv4" },
+        { address: "fd00::", prefix: 8, family: "ipv6" }
+      ])
+      for (const bad of ["10.0.0.0/33", "example.com", "10.0.0.1/8/8", "::1/129", "10.0.0.0/x"]) {
+        expect(yield* failureLine(loadConfig({ RATE_LIMIT_EXEMPT_ADDRESSES: bad }))).toContain(
+          "RATE_LIMIT_EXEMPT_ADDRESSES"
+        )
+      }
+      expect(yield* failureLine(loadConfig({ RATE_LIMIT_PER_USER: "0" }))).toContain("RATE_LIMIT_PER_USER")
+    }))
+
   it("parses byte sizes", () => {
     expect(parseByteSize("1048576")).toEqual(Either.right(1048576))
     expect(parseByteSize("512kb")).toEqual(Either.right(512 * 1024))

@@ -285,7 +285,7 @@ for (const dialect of dialects) {
           SqlClient.SqlClient,
           (sql) => sql<{ id: number }>`SELECT migration_id AS id FROM ${sql(migrationsTable)}`
         ).pipe(Effect.provide(client))
-        expect(rows.map((row) => Number(row.id)).sort()).toEqual(migrationIds)
+        expect(rows.map((row) => Number(row.id)).sort((a, b) => a - b)).toEqual(migrationIds)
       }).pipe(Effect.scoped))
   })
 }

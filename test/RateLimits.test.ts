@@ -475,3 +475,146 @@ describe("the answers a user may ask for, in Redis", () => {
       expect(keys.some((key) => key.startsWith(`${prefix}ratelimit:chat:user:`))).toBe(true)
     }))
 })
+
+// --- the general limits: every request of an address, every authenticated request of a user
+
+/** A request from `address` (the server trusts its proxy's `X-Forwarded-For`). */
+const from = (
+  address: string,
+  path: string,
+  options: { auth?: string; method?: "GET" | "POST"; body?: unknown } = {}
+) =>
+  call(options.method ?? "GET", path, {
+    ...(options.auth ? { auth: options.auth } : {}),
+    ...(options.body === undefined ? {} : { body: options.body }),
+    headers: { "x-forwarded-for": address }
+  })
+
+for (const dialect of dialects) {
+  layer(
+    testServer({
+      dialect,
+      env: {
+        TRUST_PROXY: "true",
+        RATE_LIMIT_PER_ADDRESS: "5",
+        RATE_LIMIT_EXEMPT_ADDRESSES: "10.1.0.0/16, 2001:db8::1"
+      }
+    }),
+    { excludeTestServices: true }
+  )(`the per-address limit on ${dialect}`, (it) => {
+    it.effect("every route counts, answered or refused; past the limit 429 before routing, other addresses unaffected", () =>
+      Effect.gen(function*() {
+        const address = `192.0.2.${1 + Crypto.randomInt(250)}`
+        const remaining: Array<number> = []
+        // Unauthenticated (401), unknown route (404), public (200), a body that fails its schema (422).
+        for (
+          const reply of [
+            yield* from(address, "/api/v1/conversations"),
+            yield* from(address, "/api/v1/no-such-route"),
+            yield* from(address, "/openapi.json"),
+            yield* from(address, "/api/v1/auth/login", { method: "POST", body: { login: 1 } }),
+            yield* from(address, "/api/v1/models")
+          ]
+        ) remaining.push(limitHeaders(reply).remaining)
+        expect(remaining).toEqual([4, 3, 2, 1, 0])
+        expectRateLimited(yield* from(address, "/api/v1/conversations"), 5, 60)
+        expectRateLimited(yield* from(address, "/api/v1/auth/register", { method: "POST", body: {} }), 5, 60)
+
+        // Probes and scrapers are never limited.
+        expect((yield* from(address, "/health/live")).status).toBe(200)
+        expect((yield* from(address, "/metrics")).status).toBe(200)
+
+        // The OpenAI-compatible routes answer in OpenAI's format.
+        const gateway = yield* from(address, "/v1/models")
+        expect(gateway.status).toBe(429)
+        expect(gateway.body).toEqual({
+          error: { message: expect.any(String), type: "requests", param: null, code: "rate_limit_exceeded" }
+        })
+        expect(Number(gateway.headers["retry-after"])).toBeGreaterThanOrEqual(1)
+
+        // Another address has its own budget.
+        const other = yield* from(`198.51.100.${1 + Crypto.randomInt(250)}`, "/api/v1/conversations")
+        expect(other.status).toBe(401)
+        expect(limitHeaders(other)).toMatchObject({ limit: 5, remaining: 4 })
+      }))
+
+    it.effect("exempt addresses and networks are never limited (IPv4 written as IPv6 too)", () =>
+      Effect.gen(function*() {
+        for (const address of ["10.1.7.9", "::ffff:10.1.200.3", "2001:db8::1"]) {
+          for (let i = 0; i < 8; i++) {
+            const reply = yield* from(address, "/api/v1/conversations")
+            expect(reply.status, `${address}, request ${i + 1}`).toBe(401)
+            expect(reply.headers["ratelimit-limit"]).toBeUndefined()
+          }
+        }
+        // Just outside the network: limited.
+        const outside = "10.2.0.1"
+        for (let i = 0; i < 5; i++) expect((yield* from(outside, "/api/v1/conversations")).status).toBe(401)
+        expectRateLimited(yield* from(outside, "/api/v1/conversations"), 5, 60)
+      }))
+  })
+
+  layer(
+    testServer({
+      dialect,
+      env: {
+        TRUST_PROXY: "true",
+        DEVELOPMENT_MODEL: "true",
+        RATE_LIMIT_PER_USER: "6",
+        RATE_LIMIT_EXEMPT_ADDRESSES: "10.9.0.0/16"
+      }
+    }),
+    { excludeTestServices: true }
+  )(`the per-user limit on ${dialect}`, (it) => {
+    it.scoped("one budget per user over sessions, API keys, RPC and the gateway; others and admins unaffected", () =>
+      Effect.gen(function*() {
+        const admin = yield* signUp()
+        const user = yield* signUp()
+        const other = yield* signUp()
+        const key = yield* createKey(user, ["conversations:read", "models:read", "models:use"])
+
+        // Spend what is left of the user's budget (signing up used some of it), alternating credentials.
+        const first = yield* call("GET", "/api/v1/conversations", { auth: user.accessToken })
+        expect(first.status).toBe(200)
+        const left = limitHeaders(first)
+        expect(left.limit).toBe(6)
+        for (let i = left.remaining; i > 0; i--) {
+          const reply = yield* call("GET", "/api/v1/conversations", {
+            auth: i % 2 === 0 ? key.secret : user.accessToken
+          })
+          expect(reply.status).toBe(200)
+          expect(limitHeaders(reply)).toMatchObject({ limit: 6, remaining: i - 1 })
+        }
+        // Past it: 429 with either credential, on REST, RPC and the gateway.
+        expectRateLimited(yield* call("GET", "/api/v1/conversations", { auth: user.accessToken }), 6, 60)
+        expectRateLimited(yield* call("GET", "/api/v1/conversations", { auth: key.secret }), 6, 60)
+        const rpc = yield* overHttp((yield* TestServer).baseUrl)
+        expect(yield* Effect.flip(as(user)(rpc.listConversations({})))).toMatchObject({
+          _tag: "RateLimited",
+          retryAfterSeconds: expect.any(Number)
+        })
+        const refused = yield* Effect.flip(complete(key.secret))
+        expect(refused).toBeInstanceOf(OpenAI.RateLimitError)
+        // A wrong credential is still told so, not counted.
+        expect((yield* call("GET", "/api/v1/conversations", { auth: "wp_not-a-key" })).status).toBe(401)
+
+        // From an exempt address the same user passes.
+        const exempt = yield* from("10.9.1.1", "/api/v1/conversations", { auth: user.accessToken })
+        expect(exempt.status).toBe(200)
+
+        // Another user has their own budget; the administrator holds `ratelimit:exempt`.
+        const others = yield* call("GET", "/api/v1/conversations", { auth: other.accessToken })
+        expect(others.status).toBe(200)
+        expect(limitHeaders(others).limit).toBe(6)
+        for (let i = 0; i < 10; i++) {
+          const reply = yield* call("GET", "/api/v1/conversations", { auth: admin.accessToken })
+          expect(reply.status).toBe(200)
+          expect(reply.headers["ratelimit-limit"]).toBeUndefined()
+        }
+        const roles = yield* call("GET", "/api/v1/admin/roles", { auth: admin.accessToken })
+        const byName = Object.fromEntries(roles.body.map((role: any) => [role.name, role.permissions]))
+        expect(byName.admin).toContain("ratelimit:exempt")
+        expect(byName.user).not.toContain("ratelimit:exempt")
+      }))
+  })
+}

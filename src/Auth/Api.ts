@@ -19,10 +19,11 @@ import { Email, RoleName, Username } from "../Domain/User.js"
 
 /**
  * Every protected endpoint: an access token (`Authorization: Bearer <jwt>`)
- * or an API key (`Authorization: Bearer wp_…` or `X-API-Key: wp_…`).
+ * or an API key (`Authorization: Bearer wp_…` or `X-API-Key: wp_…`); and,
+ * with `RATE_LIMIT_PER_USER`, the caller's requests counted (429 past it).
  */
 export class Authentication extends HttpApiMiddleware.Tag<Authentication>()("Auth/Authentication", {
-  failure: Unauthorized,
+  failure: Schema.Union(Unauthorized, RateLimited),
   provides: CurrentActor,
   security: {
     bearer: HttpApiSecurity.bearer,

@@ -2,7 +2,9 @@ import { HttpApiBuilder, HttpApp, HttpServerRequest, HttpServerResponse } from "
 import { Effect, Layer, Redacted } from "effect"
 import { WebPlusApi } from "../Api.js"
 import { Auth, credentialIn } from "../Auth.js"
+import type { Actor } from "../Domain/Actor.js"
 import { Authentication } from "./Api.js"
+import { RateLimits } from "./RateLimits.js"
 
 /** RFC 6750: a 401 tells the client which scheme to use. */
 const challenge = HttpApp.appendPreResponseHandler((_request, response) =>
@@ -13,20 +15,27 @@ const challenge = HttpApp.appendPreResponseHandler((_request, response) =>
   )
 )
 
+/**
+ * Who is calling, held to the general per-user limit (`RATE_LIMIT_PER_USER`) once known. A request
+ * over it is refused before its handler runs.
+ */
 export const AuthenticationLive = Layer.effect(
   Authentication,
   Effect.gen(function*() {
     const auth = yield* Auth
+    const rateLimits = yield* RateLimits
+    const withinLimit = (actor: Actor) => Effect.as(rateLimits.userRequest(actor), actor)
     return {
-      bearer: (token) => auth.authenticate(token),
-      // Tried after `bearer` fails: with no X-API-Key, answer with the bearer credential's own failure.
+      bearer: (token) => Effect.flatMap(auth.authenticate(token), withinLimit),
+      // Tried after `bearer` fails: with no X-API-Key, answer with the bearer credential's own failure
+      // (a limit already exceeded takes nothing more from it).
       apiKey: (key) =>
         (Redacted.value(key).length > 0
           ? auth.authenticate(key)
           : Effect.flatMap(
             HttpServerRequest.HttpServerRequest,
             (request) => auth.authenticate(Redacted.make(credentialIn(request.headers) ?? ""))
-          )).pipe(Effect.tapError(() => challenge))
+          )).pipe(Effect.tapError(() => challenge), Effect.flatMap(withinLimit))
     }
   })
 )

@@ -1,10 +1,13 @@
 /**
  * Abuse limits on the front door (register, login, refresh), per client
- * address and per account; and limits on how many answers a user
+ * address and per account; limits on how many answers a user
  * (`CHAT_RATE_LIMIT_PER_USER`) and an API key (its `rateLimitPerMinute`) ask
- * models for. With `@effect/experimental`'s RateLimiter: in process memory by
- * default, in Redis when `REDIS_URL` is set so the limits hold across every
- * instance.
+ * models for; and, when set, general limits on every request of a client
+ * address (`RATE_LIMIT_PER_ADDRESS`) and every authenticated request of a user
+ * (`RATE_LIMIT_PER_USER`), from which `RATE_LIMIT_EXEMPT_ADDRESSES` and the
+ * `ratelimit:exempt` permission exempt. With `@effect/experimental`'s
+ * RateLimiter: in process memory by default, in Redis when `REDIS_URL` is set
+ * so the limits hold across every instance.
  *
  * Every limited response carries `RateLimit-Limit`, `RateLimit-Remaining`
  * and `RateLimit-Reset`; an exceeded limit answers 429 with `Retry-After`.
@@ -13,7 +16,8 @@ import { RateLimiter } from "@effect/experimental"
 import { HttpApp, HttpServerResponse } from "@effect/platform"
 import { Duration, Effect, FiberRef, Layer, Option } from "effect"
 import * as Crypto from "node:crypto"
-import { AppConfig } from "../Config.js"
+import * as Net from "node:net"
+import { type AddressRange, AppConfig } from "../Config.js"
 import type { Actor } from "../Domain/Actor.js"
 import { RateLimited } from "../Domain/Errors.js"
 import { CurrentClient } from "../Http/Middleware.js"
@@ -41,6 +45,21 @@ const storeWindow = (limit: Limit) => {
   return Duration.millis(millis)
 }
 
+/**
+ * Whether `address` lies in one of `ranges` (Node's `BlockList`, which also matches an IPv4 address
+ * written as IPv6, `::ffff:a.b.c.d`, against IPv4 networks).
+ */
+const addressMatcher = (ranges: ReadonlyArray<AddressRange>): (address: string | null) => boolean => {
+  if (ranges.length === 0) return () => false
+  const list = new Net.BlockList()
+  for (const range of ranges) list.addSubnet(range.address, range.prefix, range.family)
+  return (address) => {
+    if (address === null) return false
+    const version = Net.isIP(address)
+    return version !== 0 && list.check(address, version === 4 ? "ipv4" : "ipv6")
+  }
+}
+
 const setHeaders = (headers: Record<string, string>) =>
   HttpApp.appendPreResponseHandler((_request, response) =>
     Effect.succeed(HttpServerResponse.setHeaders(response, headers))
@@ -49,7 +68,8 @@ const setHeaders = (headers: Record<string, string>) =>
 export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", {
   effect: Effect.gen(function*() {
     const limiter = yield* RateLimiter.RateLimiter
-    const { auth, chat } = yield* AppConfig
+    const { apiRateLimit, auth, chat } = yield* AppConfig
+    const exempt = addressMatcher(apiRateLimit.exemptAddresses)
 
     /**
      * Takes one token from every limit; fails with `RateLimited` if any is
@@ -163,7 +183,50 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
       return limits.length === 0 ? Effect.void : consume(limits, "Too many answers asked for; try again later")
     }
 
-    return { consume, authAttempt, shareReaction, firstShareView, modelRequest } as const
+    const tooManyRequests = "Too many requests; try again later"
+
+    /**
+     * Any request from the client's address, within `RATE_LIMIT_PER_ADDRESS`. Free when it is not
+     * set or the address is exempt.
+     */
+    const addressRequest: Effect.Effect<void, RateLimited> = Option.match(apiRateLimit.perAddress, {
+      onNone: () => Effect.void,
+      onSome: (limit) =>
+        Effect.flatMap(FiberRef.get(CurrentClient), (client) =>
+          exempt(client.address)
+            ? Effect.void
+            : consume([{
+              key: `api:address:${client.address ?? "unknown"}`,
+              limit,
+              window: apiRateLimit.window
+            }], tooManyRequests))
+    })
+
+    /**
+     * An authenticated request of `actor`'s user (any credential), within `RATE_LIMIT_PER_USER`.
+     * Free when it is not set, the actor holds `ratelimit:exempt` or the address is exempt.
+     */
+    const userRequest = (actor: Actor): Effect.Effect<void, RateLimited> =>
+      Option.match(apiRateLimit.perUser, {
+        onNone: () => Effect.void,
+        onSome: (limit) =>
+          actor.can("ratelimit:exempt")
+            ? Effect.void
+            : Effect.flatMap(FiberRef.get(CurrentClient), (client) =>
+              exempt(client.address)
+                ? Effect.void
+                : consume([{ key: `api:user:${actor.userId}`, limit, window: apiRateLimit.window }], tooManyRequests))
+      })
+
+    return {
+      consume,
+      authAttempt,
+      shareReaction,
+      firstShareView,
+      modelRequest,
+      addressRequest,
+      userRequest
+    } as const
   })
 }) {}
 

@@ -22,7 +22,8 @@ export const Permission = Schema.Literal(
   "admin:audit",
   "admin:providers",
   "admin:models",
-  "admin:model-configs"
+  "admin:model-configs",
+  "ratelimit:exempt"
 )
 export type Permission = typeof Permission.Type
 

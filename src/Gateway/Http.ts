@@ -12,9 +12,10 @@ import { Cause, Effect, FiberRef, Option, ParseResult, Redacted, Schema, Stream 
 import { WebPlusApi } from "../Api.js"
 import { gatewayPrefix } from "../ApiBeside.js"
 import { Auth, credentialIn } from "../Auth.js"
+import { RateLimits } from "../Auth/RateLimits.js"
 import { apiKeyPrefix } from "../Auth/Tokens.js"
 import { AppConfig } from "../Config.js"
-import { type Actor, CurrentActor } from "../Domain/Actor.js"
+import { CurrentActor } from "../Domain/Actor.js"
 import { PayloadTooLarge, Unauthorized } from "../Domain/Errors.js"
 import { Gateway, type GatewayFailure } from "../Gateway.js"
 import { CurrentRequestId } from "../Http/Middleware.js"
@@ -121,6 +122,9 @@ const encodeErrorBody = Schema.encodeSync(ErrorBody)
 
 const errorBody = ({ code, message, param, type }: OpenAiError) =>
   encodeErrorBody({ error: { message, type, param, code } })
+
+/** A failure, as OpenAI's clients expect it. */
+export const gatewayErrorResponse = (failure: Failure) => errorResponse(describe(failure))
 
 const errorResponse = (error: OpenAiError) =>
   HttpServerResponse.unsafeJson(errorBody(error), {
@@ -243,6 +247,7 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
   Effect.gen(function*() {
     const gateway = yield* Gateway
     const auth = yield* Auth
+    const rateLimits = yield* RateLimits
     const { maxBodySize } = yield* AppConfig
 
     /**
@@ -250,20 +255,21 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
      * through the REST API. A key's scopes apply (`models:read` to list,
      * `models:use` to complete).
      */
-    const authenticate: Effect.Effect<Actor, Unauthorized, HttpServerRequest.HttpServerRequest> = Effect.gen(
-      function*() {
-        const credential = credentialIn((yield* HttpServerRequest.HttpServerRequest).headers)
-        if (credential === undefined || credential.length === 0) {
-          return yield* new Unauthorized({
-            message: "You didn't provide an API key. Send it as 'Authorization: Bearer wp_…'."
-          })
-        }
-        if (!credential.startsWith(apiKeyPrefix)) {
-          return yield* new Unauthorized({ message: "This endpoint accepts API keys (wp_…) only." })
-        }
-        return yield* auth.authenticate(Redacted.make(credential))
+    const authenticate = Effect.gen(function*() {
+      const credential = credentialIn((yield* HttpServerRequest.HttpServerRequest).headers)
+      if (credential === undefined || credential.length === 0) {
+        return yield* new Unauthorized({
+          message: "You didn't provide an API key. Send it as 'Authorization: Bearer wp_…'."
+        })
       }
-    )
+      if (!credential.startsWith(apiKeyPrefix)) {
+        return yield* new Unauthorized({ message: "This endpoint accepts API keys (wp_…) only." })
+      }
+      const actor = yield* auth.authenticate(Redacted.make(credential))
+      // The general per-user limit (`RATE_LIMIT_PER_USER`), as for every authenticated request.
+      yield* rateLimits.userRequest(actor)
+      return actor
+    })
 
     const asCaller = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       Effect.flatMap(authenticate, (actor) => Effect.provideService(effect, CurrentActor, actor))

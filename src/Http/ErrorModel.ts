@@ -49,7 +49,8 @@ import {
 } from "../Sql.js"
 import { CurrentRequestId } from "./Middleware.js"
 
-const respond = <A, I>(schema: Schema.Schema<A, I>) => {
+/** A response for errors of `schema`, with the status the schema declares. */
+export const respond = <A, I>(schema: Schema.Schema<A, I>) => {
   const status = HttpApiSchema.getStatusErrorAST(schema.ast)
   const encode = Schema.encodeSync(schema)
   return (error: A, headers?: Record<string, string>) =>

@@ -123,7 +123,7 @@ import {
 /** The caller, from the credential of the request (or of the WebSocket's upgrade, or of the call). */
 export class RpcAuthentication extends RpcMiddleware.Tag<RpcAuthentication>()("Rpc/Authentication", {
   provides: CurrentActor,
-  failure: Unauthorized
+  failure: Schema.Union(Unauthorized, RateLimited)
 }) {}
 
 /**

@@ -16,6 +16,7 @@ import * as Crypto from "node:crypto"
 import { rpcPath } from "../ApiBeside.js"
 import { AuditLog } from "../Audit.js"
 import { Auth, credentialIn } from "../Auth.js"
+import { RateLimits } from "../Auth/RateLimits.js"
 import { ChatEngine, type Following, followingStream, type Turn } from "../Chat.js"
 import { Conversations } from "../Conversations.js"
 import { Unauthorized } from "../Domain/Errors.js"
@@ -31,13 +32,18 @@ import { RpcAuthentication, RpcClientContext, WebPlusRpcs } from "./Api.js"
 
 /** `POST` for RPC over HTTP (NDJSON), `GET` to open a WebSocket (JSON messages). */
 
+/** Each call: its caller, held to the general per-user limit (`RATE_LIMIT_PER_USER`) as a REST request is. */
 const RpcAuthenticationLive = Layer.effect(
   RpcAuthentication,
-  Effect.map(Auth, (auth) => ({ headers }) => {
-    const credential = credentialIn(headers)
-    return credential === undefined || credential.length === 0
-      ? Effect.fail(new Unauthorized({ message: "Send a bearer token or an API key" }))
-      : auth.authenticate(Redacted.make(credential))
+  Effect.gen(function*() {
+    const auth = yield* Auth
+    const rateLimits = yield* RateLimits
+    return ({ headers }) => {
+      const credential = credentialIn(headers)
+      return credential === undefined || credential.length === 0
+        ? Effect.fail(new Unauthorized({ message: "Send a bearer token or an API key" }))
+        : Effect.tap(auth.authenticate(Redacted.make(credential)), rateLimits.userRequest)
+    }
   })
 )
 

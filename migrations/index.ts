@@ -11,6 +11,7 @@ import apiKeyRateLimits from "./0006_api_key_rate_limits.js"
 import jobQueue from "./0007_job_queue.js"
 import knowledgeGraph from "./0008_knowledge_graph.js"
 import shares from "./0009_shares.js"
+import shareDetails from "./0010_share_details.js"
 import rateLimitExemption from "./0011_rate_limit_exemption.js"
 
 export const migrations = {
@@ -23,6 +24,7 @@ export const migrations = {
   "0007_job_queue": jobQueue,
   "0008_knowledge_graph": knowledgeGraph,
   "0009_shares": shares,
+  "0010_share_details": shareDetails,
   "0011_rate_limit_exemption": rateLimitExemption
 } as const
 

@@ -528,7 +528,12 @@ const expectations: Readonly<Record<string, Expectation>> = {
     request: (cast) => ({ body: { conversationId: cast.conversation.id } })
   },
   "shares.listShares": { statuses: conversationsUse(200) },
+  "shares.shareStats": { statuses: conversationsUse(200) },
   "shares.getShare": { statuses: ownConversation(200), request: (cast) => ({ params: { id: cast.shareId } }) },
+  "shares.updateShare": {
+    statuses: ownConversation(200),
+    request: (cast) => ({ params: { id: cast.shareId }, body: { description: "Seen by the matrix" } })
+  },
   "shares.revokeShare": {
     statuses: ownConversation(204),
     throwaway: true,

@@ -34,6 +34,7 @@ const expectedTables = [
   "roles",
   "sessions",
   "share_reactions",
+  "share_tags",
   "shares",
   "threads",
   "usage_records",

@@ -1,17 +1,22 @@
 /**
  * Shares over real HTTP, on both dialects: a conversation or a complete analysis published as a
  * snapshot under a random link; read and reacted to without an account (views and reactions
- * counted, reactions limited per address); revoked; isolated between users; gone with the account.
+ * counted, reactions limited per address); described and tagged, changed and refreshed by their
+ * owner, found by tag, text, kind and status, totalled; revoked; isolated between users; gone with
+ * the account. The owner's operations over RPC too.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
-import { call, type Reply, signUp } from "./fixtures/Auth.js"
+import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
+import type { ConversationId } from "../src/Domain/Ids.js"
+import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { conversationWith, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
-import { testServer } from "./fixtures/Server.js"
+import { as, overHttp, overWebSocket } from "./fixtures/Rpc.js"
+import { TestServer, testServer } from "./fixtures/Server.js"
 
 interface Cast {
+  readonly admin: TestUser
   readonly openai: FakeProvider
   readonly modelId: string
 }
@@ -28,7 +33,7 @@ const withCast = (dialect: (typeof dialects)[number]) =>
       const admin = yield* signUp()
       const openai = yield* fakeProvider("openai", [{ name: "gpt-shares" }])
       const { models } = yield* registerFake(admin, openai, { connectTimeoutMs: 1_000, requestTimeoutMs: 2_000 })
-      return { openai, modelId: models["gpt-shares"]! }
+      return { admin, openai, modelId: models["gpt-shares"]! }
     })
   ).pipe(Layer.provideMerge(testServer({
     dialect,
@@ -49,6 +54,48 @@ const expectStatus = (reply: Reply, status: number) => {
 /** A public request: no credential. */
 const publicly = (method: "GET" | "POST", path: string, body?: unknown) =>
   call(method, path, body === undefined ? {} : { body })
+
+/** A public request from another client address (views and reactions are counted per address). */
+const from = (address: string, method: "GET" | "POST", path: string, body?: unknown) =>
+  call(method, path, { headers: { "x-forwarded-for": address }, ...(body === undefined ? {} : { body }) })
+
+/** The tag of an exit's typed failure ("success" or "defect" otherwise). */
+const failureTag = <A, E extends { readonly _tag: string }>(exit: Exit.Exit<A, E>): string =>
+  Exit.isSuccess(exit) ? "success" : Option.match(Cause.failureOption(exit.cause), {
+    onNone: () => `defect: ${Cause.pretty(exit.cause).slice(0, 300)}`,
+    onSome: (error) => error._tag
+  })
+
+/** `user`'s share of a new conversation of theirs; `body` adds to the request. */
+const shareOf = (user: TestUser, texts: ReadonlyArray<string>, body: Record<string, unknown> = {}) =>
+  Effect.gen(function*() {
+    const conversationId = yield* conversationWith(user, texts)
+    const share = expectStatus(
+      yield* call("POST", "/api/v1/shares", { auth: user.accessToken, body: { conversationId, ...body } }),
+      201
+    )
+    return { ...share, conversationId }
+  })
+
+const patch = (user: TestUser, id: string, body: unknown) =>
+  call("PATCH", `/api/v1/shares/${id}`, { auth: user.accessToken, body })
+
+/** The ids of `user`'s shares the list gives for `params`, and its next cursor. */
+const listed = (user: TestUser, params: Record<string, string>) =>
+  Effect.map(
+    call("GET", `/api/v1/shares?${new URLSearchParams(params)}`, { auth: user.accessToken }),
+    (reply) => {
+      const body = expectStatus(reply, 200)
+      return { ids: body.items.map((item: { id: string }) => item.id), nextCursor: body.nextCursor as string | null }
+    }
+  )
+
+/** The public view's messages, as role and text. */
+const publishedMessages = (seen: any) =>
+  seen.content.conversation.messages.map((message: { role: string; content: string }) => [
+    message.role,
+    message.content
+  ])
 
 for (const dialect of dialects) {
   layer(withCast(dialect), { excludeTestServices: true })(`shares on ${dialect}`, (it) => {
@@ -162,7 +209,11 @@ for (const dialect of dialects) {
           const share = expectStatus(
             yield* call("POST", "/api/v1/shares", {
               auth: user.accessToken,
-              body: { conversationId: yield* conversationWith(user, ["Exported"]) }
+              body: {
+                conversationId: yield* conversationWith(user, ["Exported"]),
+                description: "Mine to take",
+                tags: ["export", "data"]
+              }
             }),
             201
           )
@@ -171,6 +222,8 @@ for (const dialect of dialects) {
             expect.objectContaining({
               id: share.id,
               slug: share.slug,
+              description: "Mine to take",
+              tags: ["data", "export"],
               content: expect.objectContaining({ kind: "conversation" })
             })
           ])
@@ -191,6 +244,309 @@ for (const dialect of dialects) {
               .status
           ).toBe(204)
           expect((yield* publicly("GET", share.path)).status).toBe(404)
+        }))
+    })
+
+    describe("details, changes and finding them", () => {
+      it.scoped("a description and tags, trimmed, lower-cased, folded and sorted, on the owner's and the public side", () =>
+        Effect.gen(function*() {
+          const user = yield* signUp()
+          const share = yield* shareOf(user, ["What is 2 + 2?", "4."], {
+            description: "Arithmetic, shown step by step",
+            tags: [" Math ", "math", "Basics", "q_and-a 2", "éTé"]
+          })
+          expect(share).toMatchObject({
+            description: "Arithmetic, shown step by step",
+            tags: ["basics", "math", "q_and-a 2", "été"],
+            updatedAt: null
+          })
+          const owned = expectStatus(yield* call("GET", `/api/v1/shares/${share.id}`, { auth: user.accessToken }), 200)
+          expect(owned).toMatchObject({ description: share.description, tags: share.tags, updatedAt: null })
+          const seen = expectStatus(yield* publicly("GET", share.path), 200)
+          expect(seen).toMatchObject({ description: share.description, tags: share.tags, updatedAt: null })
+
+          // Without them: an empty description and no tags.
+          const plain = yield* shareOf(user, ["Plain"])
+          expect(plain).toMatchObject({ description: "", tags: [] })
+          // Twenty-two given, twenty once folded: accepted.
+          const folded = Array.from({ length: 20 }, (_, i) => `tag ${i}`)
+          const many = yield* shareOf(user, ["Many"], { tags: [...folded, "TAG 0", " tag 1 "] })
+          expect(many.tags).toHaveLength(20)
+        }))
+
+      it.scoped("bad tags or a description too long are 422 naming the field; nothing is stored", () =>
+        Effect.gen(function*() {
+          const user = yield* signUp()
+          const conversationId = yield* conversationWith(user, ["Hello"])
+          const refusals = [
+            { tags: Array.from({ length: 21 }, (_, i) => `tag${i}`) },
+            { tags: ["x".repeat(41)] },
+            { tags: ["no!bangs"] },
+            { tags: ["   "] },
+            { tags: "not-a-list" },
+            { description: "d".repeat(2001) }
+          ]
+          for (const refused of refusals) {
+            const reply = yield* call("POST", "/api/v1/shares", {
+              auth: user.accessToken,
+              body: { conversationId, ...refused }
+            })
+            const body = expectStatus(reply, 422)
+            expect(body._tag).toBe("ValidationError")
+            expect(typeof body.message).toBe("string")
+            const field = Object.keys(refused)[0]
+            expect(
+              body.issues.some((issue: { path: Array<string> }) => issue.path.includes(field!)),
+              JSON.stringify(body)
+            )
+              .toBe(true)
+          }
+          expect((yield* listed(user, {})).ids).toEqual([])
+
+          // Nor does a refused change touch the share.
+          const share = yield* shareOf(user, ["Kept"], { tags: ["kept"] })
+          expectStatus(yield* patch(user, share.id, { title: "Changed", tags: ["fine", "not fine!"] }), 422)
+          const owned = expectStatus(yield* call("GET", `/api/v1/shares/${share.id}`, { auth: user.accessToken }), 200)
+          expect(owned).toMatchObject({ title: "Notes", tags: ["kept"], updatedAt: null })
+        }))
+
+      it.scoped("PATCH changes the title, the description and the whole set of tags; audited as share.updated", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const user = yield* signUp()
+          const share = yield* shareOf(user, ["Hello"], { tags: ["first", "second"] })
+          const changed = expectStatus(
+            yield* patch(user, share.id, { title: "A new title", description: "Now described", tags: ["Third"] }),
+            200
+          )
+          expect(changed).toMatchObject({
+            id: share.id,
+            slug: share.slug,
+            title: "A new title",
+            description: "Now described",
+            tags: ["third"]
+          })
+          expect(changed.updatedAt).toEqual(expect.any(String))
+          expect(expectStatus(yield* publicly("GET", share.path), 200)).toMatchObject({
+            title: "A new title",
+            description: "Now described",
+            tags: ["third"],
+            updatedAt: changed.updatedAt
+          })
+          // Nothing given: nothing changes (not even the time).
+          expect(expectStatus(yield* patch(user, share.id, {}), 200)).toEqual({ ...changed, viewCount: 1 })
+          // Only the tags: the others stay; an empty list clears them.
+          expect(expectStatus(yield* patch(user, share.id, { tags: ["b", "a"] }), 200)).toMatchObject({
+            title: "A new title",
+            description: "Now described",
+            tags: ["a", "b"]
+          })
+          expect(expectStatus(yield* patch(user, share.id, { tags: [] }), 200).tags).toEqual([])
+          expect((yield* listed(user, { tag: "third" })).ids).toEqual([])
+
+          const audited = expectStatus(
+            yield* call(
+              "GET",
+              `/api/v1/admin/audit-events?${new URLSearchParams({ actorId: user.id, action: "share.updated" })}`,
+              { auth: admin.accessToken }
+            ),
+            200
+          )
+          expect(audited.items).toHaveLength(3)
+          expect(audited.items).toEqual(expect.arrayContaining([
+            expect.objectContaining({
+              action: "share.updated",
+              actorId: user.id,
+              targetType: "share",
+              targetId: share.id,
+              metadata: expect.objectContaining({ changed: ["title", "description", "tags"] })
+            })
+          ]))
+          // The link is a secret: the trail does not hold it.
+          expect(JSON.stringify(audited)).not.toContain(share.slug)
+        }))
+
+      it.scoped("refresh takes the snapshot again; without it the public view keeps the old one", () =>
+        Effect.gen(function*() {
+          const user = yield* signUp()
+          const share = yield* shareOf(user, ["What is 2 + 2?", "4."])
+          expectStatus(
+            yield* call("POST", `/api/v1/conversations/${share.conversationId}/messages`, {
+              auth: user.accessToken,
+              body: { content: "And 3 + 3?" }
+            }),
+            201
+          )
+          expectStatus(yield* patch(user, share.id, { title: "Sums" }), 200)
+          expect(publishedMessages(expectStatus(yield* publicly("GET", share.path), 200))).toEqual([
+            ["user", "What is 2 + 2?"],
+            ["assistant", "4."]
+          ])
+
+          const refreshed = expectStatus(yield* patch(user, share.id, { refresh: true }), 200)
+          expect(refreshed).toMatchObject({ title: "Sums", targetId: share.conversationId })
+          const seen = expectStatus(yield* publicly("GET", share.path), 200)
+          expect(publishedMessages(seen)).toEqual([
+            ["user", "What is 2 + 2?"],
+            ["assistant", "4."],
+            ["user", "And 3 + 3?"]
+          ])
+
+          // Its conversation deleted: a refresh is 404, and nothing else given with it is written.
+          expectStatus(
+            yield* call("DELETE", `/api/v1/conversations/${share.conversationId}`, { auth: user.accessToken }),
+            204
+          )
+          const gone = expectStatus(yield* patch(user, share.id, { refresh: true, title: "Lost" }), 404)
+          expect(gone._tag).toBe("NotFound")
+          const kept = expectStatus(yield* publicly("GET", share.path), 200)
+          expect(kept.title).toBe("Sums")
+          expect(publishedMessages(kept)).toHaveLength(3)
+        }))
+
+      it.scoped("a revoked share cannot be changed (409); another user's is not found (404)", () =>
+        Effect.gen(function*() {
+          const user = yield* signUp()
+          const other = yield* signUp()
+          const share = yield* shareOf(user, ["Mine"])
+          expect(expectStatus(yield* patch(other, share.id, { title: "Theirs" }), 404)._tag).toBe("NotFound")
+          expect(expectStatus(yield* patch(other, share.id, {}), 404)._tag).toBe("NotFound")
+          expectStatus(yield* call("DELETE", `/api/v1/shares/${share.id}`, { auth: user.accessToken }), 204)
+          for (const body of [{ title: "Back?" }, { refresh: true }, {}]) {
+            const refused = expectStatus(yield* patch(user, share.id, body), 409)
+            expect(refused._tag).toBe("Conflict")
+            expect(typeof refused.message).toBe("string")
+          }
+          const owned = expectStatus(yield* call("GET", `/api/v1/shares/${share.id}`, { auth: user.accessToken }), 200)
+          expect(owned).toMatchObject({ title: "Notes", updatedAt: null })
+          expect((yield* call("PATCH", `/api/v1/shares/${share.id}`, { body: {} })).status).toBe(401)
+        }))
+
+      it.scoped("the list filters by tag, text (wildcards taken literally), kind and status, page by page", () =>
+        Effect.gen(function*() {
+          const user = yield* signUp()
+          const other = yield* signUp()
+          const sure = yield* shareOf(user, ["A"], { title: "100% sure", tags: ["alpha"] })
+          const percent = yield* shareOf(user, ["B"], {
+            title: "A hundred percent",
+            description: "Nothing special: 1000 of them",
+            tags: ["alpha", "beta"]
+          })
+          const described = yield* shareOf(user, ["C"], { title: "Other", description: "Said to be 100% SURE" })
+          const lastAlpha = yield* shareOf(user, ["D"], { title: "under_score", tags: ["Alpha"] })
+          yield* shareOf(other, ["E"], { title: "100% theirs", tags: ["alpha"] })
+
+          expect((yield* listed(user, { q: "100%" })).ids).toEqual([described.id, sure.id])
+          expect((yield* listed(user, { q: "sure" })).ids).toEqual([described.id, sure.id])
+          expect((yield* listed(user, { q: "1_0" })).ids).toEqual([])
+          expect((yield* listed(user, { q: "r_s" })).ids).toEqual([lastAlpha.id])
+          expect((yield* listed(user, { q: "%" })).ids).toEqual([described.id, sure.id])
+          expect((yield* listed(user, { tag: "alpha" })).ids).toEqual([lastAlpha.id, percent.id, sure.id])
+          expect((yield* listed(user, { tag: " BETA " })).ids).toEqual([percent.id])
+          expect((yield* listed(user, { tag: "gamma" })).ids).toEqual([])
+          expect((yield* listed(user, { kind: "analysis" })).ids).toEqual([])
+          expect((yield* listed(user, { kind: "conversation" })).ids).toHaveLength(4)
+          expect((yield* listed(user, { tag: "alpha", q: "percent" })).ids).toEqual([percent.id])
+
+          expectStatus(yield* call("DELETE", `/api/v1/shares/${percent.id}`, { auth: user.accessToken }), 204)
+          expect((yield* listed(user, { status: "revoked" })).ids).toEqual([percent.id])
+          expect((yield* listed(user, { status: "active" })).ids).toEqual([lastAlpha.id, described.id, sure.id])
+          expect((yield* listed(user, {})).ids).toHaveLength(4)
+
+          // A filtered list, page by page: the cursor keeps to the filter.
+          const first = yield* listed(user, { tag: "alpha", limit: "2" })
+          expect(first.ids).toEqual([lastAlpha.id, percent.id])
+          expect(first.nextCursor).not.toBeNull()
+          const second = yield* listed(user, { tag: "alpha", limit: "2", cursor: first.nextCursor! })
+          expect(second).toEqual({ ids: [sure.id], nextCursor: null })
+
+          for (const params of [{ kind: "video" }, { status: "gone" }, { tag: "no!" }]) {
+            const reply = yield* call("GET", `/api/v1/shares?${new URLSearchParams(params)}`, {
+              auth: user.accessToken
+            })
+            expect(expectStatus(reply, 422)._tag).toBe("ValidationError")
+          }
+        }))
+
+      it.scoped("stats total the shares, the revoked ones, their views and reactions", () =>
+        Effect.gen(function*() {
+          const user = yield* signUp()
+          const stats = () =>
+            Effect.map(
+              call("GET", "/api/v1/shares/stats", { auth: user.accessToken }),
+              (reply) => expectStatus(reply, 200)
+            )
+          expect(yield* stats()).toEqual({
+            shares: 0,
+            active: 0,
+            revoked: 0,
+            views: 0,
+            reactions: { like: 0, love: 0, insightful: 0, funny: 0 }
+          })
+          const kept = yield* shareOf(user, ["Kept"])
+          const dropped = yield* shareOf(user, ["Dropped"])
+          // Other users' shares are not counted.
+          const theirs = yield* shareOf(yield* signUp(), ["Theirs"])
+          expectStatus(yield* from("198.51.100.1", "GET", theirs.path), 200)
+
+          expectStatus(yield* from("198.51.100.1", "GET", kept.path), 200)
+          expectStatus(yield* from("198.51.100.2", "GET", kept.path), 200)
+          expectStatus(yield* from("198.51.100.1", "GET", dropped.path), 200)
+          expectStatus(yield* from("198.51.100.1", "POST", `${kept.path}/reactions`, { reaction: "like" }), 200)
+          expectStatus(yield* from("198.51.100.2", "POST", `${kept.path}/reactions`, { reaction: "like" }), 200)
+          expectStatus(
+            yield* from("198.51.100.1", "POST", `${dropped.path}/reactions`, { reaction: "insightful" }),
+            200
+          )
+          expectStatus(yield* call("DELETE", `/api/v1/shares/${dropped.id}`, { auth: user.accessToken }), 204)
+
+          expect(yield* stats()).toEqual({
+            shares: 2,
+            active: 1,
+            revoked: 1,
+            views: 3,
+            reactions: { like: 2, love: 0, insightful: 1, funny: 0 }
+          })
+          expect((yield* call("GET", "/api/v1/shares/stats")).status).toBe(401)
+        }))
+
+      it.scoped("over RPC: tags, updates, filters and stats; a revoked share is Conflict, another's NotFound", () =>
+        Effect.gen(function*() {
+          const { baseUrl } = yield* TestServer
+          const user = yield* signUp()
+          const other = yield* signUp()
+          for (
+            const [transport, client] of [
+              ["http", yield* overHttp(baseUrl)],
+              ["websocket", yield* overWebSocket(baseUrl)]
+            ] as const
+          ) {
+            const conversationId = (yield* conversationWith(user, [`Over ${transport}`])) as ConversationId
+            const share = yield* as(user)(client.createShare({ conversationId, tags: [transport, "RPC "] }))
+            expect(share.tags, transport).toEqual([transport, "rpc"].sort())
+            const updated = yield* as(user)(
+              client.updateShare({ id: share.id, changes: { description: `Sent over ${transport}`, tags: ["rpc"] } })
+            )
+            expect(updated, transport).toMatchObject({ description: `Sent over ${transport}`, tags: ["rpc"] })
+            expect(updated.updatedAt, transport).not.toBeNull()
+            const found = yield* as(user)(client.listShares({ tag: "rpc", q: transport, status: "active" }))
+            expect(found.items.map((item) => item.id), transport).toEqual([share.id])
+            expect(
+              failureTag(yield* Effect.exit(as(other)(client.updateShare({ id: share.id, changes: {} })))),
+              transport
+            ).toBe("NotFound")
+            yield* as(user)(client.revokeShare({ id: share.id }))
+            expect(
+              failureTag(yield* Effect.exit(as(user)(client.updateShare({ id: share.id, changes: { title: "x" } })))),
+              transport
+            ).toBe("Conflict")
+          }
+          const client = yield* overHttp(baseUrl)
+          expect(yield* as(user)(client.shareStats())).toMatchObject({
+            shares: 2,
+            active: 0,
+            revoked: 2
+          })
         }))
     })
 
@@ -243,6 +599,14 @@ for (const dialect of dialects) {
               body: { fileId: file.id }
             })).status
           ).toBe(422)
+
+          // Refreshed: the analysis taken again; once the file is deleted, there is nothing to take.
+          const refreshed = expectStatus(yield* patch(user, share.id, { refresh: true, tags: ["recipes"] }), 200)
+          expect(refreshed).toMatchObject({ kind: "analysis", targetId: queued.id, tags: ["recipes"] })
+          expect(expectStatus(yield* publicly("GET", share.path), 200).content).toEqual(seen.content)
+          expectStatus(yield* call("DELETE", `/api/v1/files/${file.id}`, { auth: user.accessToken }), 204)
+          expect(expectStatus(yield* patch(user, share.id, { refresh: true }), 404)._tag).toBe("NotFound")
+          expect(expectStatus(yield* publicly("GET", share.path), 200).content).toEqual(seen.content)
         }))
     })
 

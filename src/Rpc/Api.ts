@@ -103,7 +103,14 @@ import {
   Whole
 } from "../Models/Api.js"
 import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "../Models/Errors.js"
-import { CreateSharePayload, ShareId, ShareView } from "../Shares/Api.js"
+import {
+  CreateSharePayload,
+  ShareId,
+  ShareListQuery,
+  ShareStats,
+  ShareView,
+  UpdateSharePayload
+} from "../Shares/Api.js"
 import {
   AuditEventView,
   AuditQuery,
@@ -373,8 +380,14 @@ const FileRpcs = RpcGroup.make(
   Rpc.make("getEntity", { payload: { id: GraphEntityId }, success: EntityDetail, error: OwnError }),
   Rpc.make("deleteEntity", { payload: { id: GraphEntityId }, error: OwnError }),
   Rpc.make("createShare", { payload: fieldsOf(CreateSharePayload), success: ShareView, error: OwnError }),
-  Rpc.make("listShares", { payload: PageParams, success: Page(ShareView), error: Refused }),
+  Rpc.make("listShares", { payload: ShareListQuery, success: Page(ShareView), error: Refused }),
+  Rpc.make("shareStats", { success: ShareStats, error: Refused }),
   Rpc.make("getShare", { payload: { id: ShareId }, success: ShareView, error: OwnError }),
+  Rpc.make("updateShare", {
+    payload: { id: ShareId, changes: fieldsOf(UpdateSharePayload) },
+    success: ShareView,
+    error: Schema.Union(Refused, NotFound, Conflict)
+  }),
   Rpc.make("revokeShare", { payload: { id: ShareId }, error: OwnError })
 )
 

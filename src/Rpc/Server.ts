@@ -188,8 +188,10 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     getEntity: ({ id }) => graph.getEntity(id),
     deleteEntity: ({ id }) => graph.deleteEntity(id),
     createShare: (payload) => shares.create(payload),
-    listShares: (page) => shares.list(page),
+    listShares: (query) => shares.list(query),
+    shareStats: () => shares.stats,
     getShare: ({ id }) => shares.get(id),
+    updateShare: ({ changes, id }) => shares.update(id, changes),
     revokeShare: ({ id }) => shares.revoke(id),
 
     chat: ({ id, message }) => eventsOf(engine.chat(id, message)),

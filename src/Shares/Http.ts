@@ -12,7 +12,9 @@ export const SharesHttpLive = HttpApiBuilder.group(
       return handlers
         .handle("createShare", ({ payload }) => shares.create(payload))
         .handle("listShares", ({ urlParams }) => shares.list(urlParams))
+        .handle("shareStats", () => shares.stats)
         .handle("getShare", ({ path }) => shares.get(path.id))
+        .handle("updateShare", ({ path, payload }) => shares.update(path.id, payload))
         .handle("revokeShare", ({ path }) => shares.revoke(path.id))
     })
 )

@@ -56,8 +56,12 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
                  created_at, completed_at
           FROM graph_extractions WHERE user_id = ${userId} ORDER BY created_at, id`
         const shares = yield* sql<Record<string, unknown>>`
-          SELECT id, slug, kind, target_id, title, content, view_count, revoked_at, created_at
+          SELECT id, slug, kind, target_id, title, description, content, view_count, revoked_at, created_at, updated_at
           FROM shares WHERE user_id = ${userId} ORDER BY created_at, id`
+        const shareTags = yield* sql<{ readonly shareId: string; readonly tag: string }>`
+          SELECT t.share_id, t.tag FROM share_tags t JOIN shares s ON s.id = t.share_id
+          WHERE s.user_id = ${userId}`
+        const tagsOf = Array.groupBy(shareTags, (row) => row.shareId)
         const modelConfigs = yield* sql<Record<string, unknown>>`
           SELECT id, name, model_id, system_prompt, temperature, top_p, max_tokens, stop, extra_params, created_at
           FROM model_configs WHERE owner_id = ${userId} ORDER BY created_at, id`
@@ -82,7 +86,10 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
           files,
           fileAnalyses: fileAnalyses.map((analysis) => parseJsonColumns(analysis, ["analysis"])),
           graph: { entities: graphEntities, relationships: graphRelationships, extractions: graphExtractions },
-          shares: shares.map((share) => parseJsonColumns(share, ["content"])),
+          shares: shares.map((share) => ({
+            ...parseJsonColumns(share, ["content"]),
+            tags: (tagsOf[share.id as string] ?? []).map((row) => row.tag).sort()
+          })),
           modelConfigs: modelConfigs.map((config) => parseJsonColumns(config, ["stop", "extraParams"])),
           usage
         }

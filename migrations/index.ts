@@ -13,6 +13,7 @@ import knowledgeGraph from "./0008_knowledge_graph.js"
 import shares from "./0009_shares.js"
 import shareDetails from "./0010_share_details.js"
 import rateLimitExemption from "./0011_rate_limit_exemption.js"
+import apiKeyModels from "./0012_api_key_models.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -25,7 +26,8 @@ export const migrations = {
   "0008_knowledge_graph": knowledgeGraph,
   "0009_shares": shares,
   "0010_share_details": shareDetails,
-  "0011_rate_limit_exemption": rateLimitExemption
+  "0011_rate_limit_exemption": rateLimitExemption,
+  "0012_api_key_models": apiKeyModels
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -30,6 +30,7 @@ import { type ApiKeyId, generateUuid, SessionFamilyId, type UserId } from "./Dom
 import { BuiltinRoles, type Email, type RoleName, User, type Username } from "./Domain/User.js"
 import { everyHour } from "./Housekeeping.js"
 import { CurrentClient } from "./Http/Middleware.js"
+import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { inTransaction, transactionLock } from "./Sql.js"
 import type { CreateUserPayload } from "./Users/Api.js"
 import { UsersRepo, type UserWithRole } from "./Users/UsersRepo.js"
@@ -67,6 +68,7 @@ export const toApiKeyView = (key: ApiKey) =>
     lastUsedAt: Option.getOrNull(key.lastUsedAt),
     revokedAt: Option.getOrNull(key.revokedAt),
     rateLimitPerMinute: key.rateLimitPerMinute,
+    models: key.models,
     createdAt: key.createdAt
   })
 
@@ -102,6 +104,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
     const users = yield* UsersRepo
     const sessions = yield* SessionsRepo
     const apiKeys = yield* ApiKeysRepo
+    const models = yield* ModelsRepo
     const passwords = yield* Passwords
     const tokens = yield* Tokens
     const audit = yield* AuditLog
@@ -335,7 +338,8 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
         via: via.kind,
         ...(via.kind === "session" ? { sessionFamilyId: via.familyId } : {
           apiKeyId: via.key.id,
-          ...(via.key.rateLimitPerMinute === null ? {} : { keyRateLimitPerMinute: via.key.rateLimitPerMinute })
+          ...(via.key.rateLimitPerMinute === null ? {} : { keyRateLimitPerMinute: via.key.rateLimitPerMinute }),
+          ...(via.key.models === null ? {} : { models: via.key.models })
         })
       })
     }
@@ -397,6 +401,22 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
             issues: [new FieldIssue({ path: ["expiresAt"], message: "Must be in the future" })]
           })
         }
+        const keyModels = payload.models === undefined ? null : Array.from(new Set(payload.models))
+        if (keyModels !== null) {
+          // Models the person may see: any for an administrator of models, else the usable ones.
+          const unknown = yield* Effect.filter(
+            keyModels,
+            (id) => Effect.map(actor.can("admin:models") ? models.findById(id) : models.findUsable(id), Option.isNone)
+          )
+          if (unknown.length > 0) {
+            return yield* new ValidationError({
+              message: "A key can be limited to existing models only",
+              issues: unknown.map((id) =>
+                new FieldIssue({ path: ["models", payload.models!.indexOf(id)], message: "No such model" })
+              )
+            })
+          }
+        }
         const secret = Redacted.make(randomSecret(apiKeyPrefix))
         const key = yield* apiKeys.insert(ApiKey.insert.make({
           userId: actor.userId,
@@ -407,13 +427,18 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
           expiresAt: Option.fromNullable(payload.expiresAt),
           lastUsedAt: Option.none(),
           revokedAt: Option.none(),
-          rateLimitPerMinute: payload.rateLimitPerMinute ?? null
+          rateLimitPerMinute: payload.rateLimitPerMinute ?? null,
+          models: keyModels
         }))
         yield* audit.record({
           action: "api-key.created",
           actor,
           target: { type: "api_key", id: key.id },
-          metadata: { name: key.name, scopes: [...key.scopes] }
+          metadata: {
+            name: key.name,
+            scopes: [...key.scopes],
+            ...(key.models === null ? {} : { models: [...key.models] })
+          }
         })
         return new CreatedApiKey({ apiKey: toApiKeyView(key), secret })
       }).pipe(Effect.withSpan("Auth.createApiKey"))

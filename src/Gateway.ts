@@ -12,7 +12,7 @@ import { Chunk, DateTime, Effect, Either, Option, Ref, type Scope, Stream } from
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
-import type { Actor, CurrentActor } from "./Domain/Actor.js"
+import { type Actor, CurrentActor } from "./Domain/Actor.js"
 import { type Forbidden, type NotFound, orNotFound, type RateLimited } from "./Domain/Errors.js"
 import { type ApiKeyId, generateUuid } from "./Domain/Ids.js"
 import type { LlmModel, Provider } from "./Domain/Model.js"
@@ -179,16 +179,19 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
     /**
      * Every model a user may pick (enabled, of an enabled provider; for admins
      * too), each under the provider's name for it when no other usable model
-     * has that name, else under `<provider name>/<model>`.
+     * has that name, else under `<provider name>/<model>`; of those, the
+     * ones the caller's key allows.
      */
     const usableTargets = Effect.gen(function*() {
       const rows = yield* models.list({ status: null, providerId: null, usableOnly: true })
       const providerById = new Map((yield* providers.list).map((provider) => [provider.id, provider]))
       const sharing = new Map<string, number>()
       for (const row of rows) sharing.set(row.providerModel, (sharing.get(row.providerModel) ?? 0) + 1)
+      // Named among every usable model, so that a model's name does not depend on the key asking.
+      const actor = yield* CurrentActor
       return rows.flatMap((model): Array<Target> => {
         const provider = providerById.get(model.providerId)
-        if (provider === undefined) return []
+        if (provider === undefined || !actor.mayUse(model.id)) return []
         const id = sharing.get(model.providerModel) === 1 ? model.providerModel : qualifiedName(provider, model)
         return [{ id, model, provider }]
       })

@@ -8,7 +8,7 @@ import { Clock, DateTime, Duration, Effect, FiberSet, Option, Schedule, Stream }
 import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { AppConfig } from "./Config.js"
-import type { Actor, CurrentActor } from "./Domain/Actor.js"
+import { type Actor, CurrentActor } from "./Domain/Actor.js"
 import {
   Conflict,
   FieldIssue,
@@ -472,9 +472,16 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
     const syncAsSystem = (id: ProviderId) =>
       syncAs({ type: "system", id: null }, id).pipe(Effect.withSpan("ModelRegistry.syncAsSystem"))
 
-    /** Whether the actor may use the model: admins see every model, users the enabled ones of enabled providers. */
+    /**
+     * Whether the actor may use the model: admins see every model, users the enabled ones of enabled
+     * providers; an API key limited to some models, only those.
+     */
     const visibleModel = (actor: Actor, id: LlmModelId) =>
-      (actor.can("admin:models") ? models.findById(id) : models.findUsable(id)).pipe(orNotFound("No such model"))
+      (!actor.mayUse(id)
+        ? Effect.succeedNone
+        : actor.can("admin:models")
+        ? models.findById(id)
+        : models.findUsable(id)).pipe(orNotFound("No such model"))
 
     const listModels = (
       query: { readonly status?: ModelStatus | undefined; readonly providerId?: ProviderId | undefined }
@@ -486,7 +493,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
           providerId: query.providerId ?? null,
           usableOnly: !actor.can("admin:models")
         })
-        return { items: rows.map(toModelView), nextCursor: null }
+        return { items: rows.filter((row) => actor.mayUse(row.id)).map(toModelView), nextCursor: null }
       }).pipe(Effect.withSpan("ModelRegistry.listModels"))
 
     const getModel = (id: LlmModelId) =>
@@ -784,18 +791,22 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
       Effect.gen(function*() {
         const actor = yield* requirePermission("models:use")
         const entry = yield* resolveAny(id)
-        // What `visibleModel` allows: an administrator any model, anyone else a usable one.
-        if (!actor.can("admin:models") && !(entry.model.enabled && entry.provider.enabled)) {
+        // What `visibleModel` allows: an administrator any model, anyone else a usable one; a key its own.
+        if (!actor.mayUse(id) || (!actor.can("admin:models") && !(entry.model.enabled && entry.provider.enabled))) {
           return yield* new NotFound({ message: "No such model" })
         }
         return entry
       })
 
-    /** The model used when none is named: a running one, else the first usable one; null when there is none. */
-    const firstUsableModelId = Effect.map(
-      models.list({ providerId: null, status: null, usableOnly: true }),
-      (rows) => (rows.find((model) => model.status === "running") ?? rows[0])?.id ?? null
-    )
+    /**
+     * The model used when none is named: a running one, else the first usable one (of those the
+     * caller's key allows); null when there is none.
+     */
+    const firstUsableModelId = (actor: Actor) =>
+      Effect.map(models.list({ providerId: null, status: null, usableOnly: true }), (all) => {
+        const rows = all.filter((model) => actor.mayUse(model.id))
+        return (rows.find((model) => model.status === "running") ?? rows[0])?.id ?? null
+      })
 
     /**
      * The model a request asked for (`chosen`), else the first usable one, checked for the caller:
@@ -805,7 +816,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
       chosen: LlmModelId | null | undefined
     ): Effect.Effect<ResolvedModel, ValidationError | Forbidden, CurrentActor> =>
       Effect.gen(function*() {
-        const id = chosen ?? (yield* firstUsableModelId)
+        const id = chosen ?? (yield* firstUsableModelId(yield* CurrentActor))
         if (id === null) {
           return yield* invalidField(["modelId"], "No model is available: an administrator has to add a provider first")
         }

@@ -476,6 +476,84 @@ for (const dialect of dialects) {
           }
         }))
 
+      it.effect("a key limited to some models sees and uses only those: gateway, model list, chat", () =>
+        Effect.gen(function*() {
+          const { names, openai, user } = yield* TheCast
+          const all = expectStatus(yield* call("GET", "/api/v1/models", { auth: user.accessToken }), 200).items
+          const idOf = (providerModel: string) => all.find((model: any) => model.providerModel === providerModel).id
+          const [loopChat, claude] = [idOf("loop-chat"), idOf("claude-loop")]
+          const limited = yield* createKey(user, [
+            "models:read",
+            "models:use",
+            "chat",
+            "conversations:read",
+            "conversations:write"
+          ], {
+            models: [loopChat, claude, loopChat]
+          })
+          const keys = expectStatus(yield* call("GET", "/api/v1/auth/api-keys", { auth: user.accessToken }), 200).items
+          expect(keys.find((key: any) => key.id === limited.id).models).toEqual([loopChat, claude])
+
+          // The gateway lists them under the names everyone else sees, and nothing else.
+          const client = yield* clientFor(limited.secret)
+          expect((yield* promise(() => client.models.list())).data.map((model) => model.id).sort()).toEqual(
+            ["claude-loop", "loop-chat"]
+          )
+          openai.chat = { text: ["Allowed"] }
+          const allowed = yield* promise(() =>
+            client.chat.completions.create({ model: "loop-chat", messages: [{ role: "user", content: "Hi" }] })
+          )
+          expect(allowed.choices[0]!.message.content).toBe("Allowed")
+          for (const model of ["llama-loop:1b", `${names.openai}/shared:1b`, idOf("llama-loop:1b")]) {
+            expect(
+              yield* failure(() =>
+                client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }] })
+              )
+            )
+              .toMatchObject({ status: 404, code: "model_not_found" })
+            expect(yield* failure(() => client.models.retrieve(model))).toMatchObject({ status: 404 })
+          }
+
+          // The REST API: the model list, a model, and chat.
+          const listed = expectStatus(yield* call("GET", "/api/v1/models", { auth: limited.secret }), 200).items
+          expect(listed.map((model: any) => model.id).sort()).toEqual([loopChat, claude].sort())
+          expectStatus(yield* call("GET", `/api/v1/models/${idOf("llama-loop:1b")}`, { auth: limited.secret }), 404)
+          expectStatus(yield* call("GET", `/api/v1/models/${loopChat}`, { auth: limited.secret }), 200)
+          const refused = yield* call("POST", "/api/v1/chat", {
+            auth: limited.secret,
+            body: { content: "Hi", modelId: idOf("llama-loop:1b") }
+          })
+          expect(expectStatus(refused, 422).issues).toEqual([{ path: ["modelId"], message: "No such model" }])
+          openai.chat = { text: ["Chatted"] }
+          const chatted = expectStatus(
+            yield* call("POST", "/api/v1/chat", { auth: limited.secret, body: { content: "Hi", modelId: loopChat } }),
+            200
+          )
+          expect(chatted.answer).toMatchObject({ status: "complete", content: "Chatted" })
+
+          // The owner's other credentials are not limited.
+          expect(expectStatus(yield* call("GET", "/api/v1/models", { auth: user.accessToken }), 200).items.length)
+            .toBe(all.length)
+
+          // Only models the owner may see: an unknown id is refused, naming it, and no key is made.
+          const before = keys.length
+          const unknown = "01900000-0000-7000-8000-00000000abcd"
+          const bad = yield* call("POST", "/api/v1/auth/api-keys", {
+            auth: user.accessToken,
+            body: { name: "bad", scopes: ["models:use"], models: [loopChat, unknown] }
+          })
+          expect(expectStatus(bad, 422).issues).toEqual([{ path: ["models", 1], message: "No such model" }])
+          expectStatus(
+            yield* call("POST", "/api/v1/auth/api-keys", {
+              auth: user.accessToken,
+              body: { name: "empty", scopes: ["models:use"], models: [] }
+            }),
+            422
+          )
+          const after = expectStatus(yield* call("GET", "/api/v1/auth/api-keys", { auth: user.accessToken }), 200)
+          expect(after.items.length).toBe(before)
+        }))
+
       it.effect("400 invalid_request_error naming the field, for bodies the gateway cannot serve", () =>
         Effect.gen(function*() {
           const { baseUrl } = yield* TestServer

@@ -13,7 +13,7 @@ import {
 import { Schema } from "effect"
 import { CurrentActor, Permission } from "../Domain/Actor.js"
 import { Conflict, Forbidden, NotFound, RateLimited, ServiceUnavailable, Unauthorized } from "../Domain/Errors.js"
-import { ApiKeyId, UserId } from "../Domain/Ids.js"
+import { ApiKeyId, LlmModelId, UserId } from "../Domain/Ids.js"
 import { request } from "../Domain/Request.js"
 import { Email, RoleName, Username } from "../Domain/User.js"
 
@@ -96,6 +96,9 @@ export class ApiKeyView extends Schema.Class<ApiKeyView>("ApiKeyView")({
     description:
       "Answers the key may ask models for per minute (chat turns and gateway completions); null: no limit of its own"
   }),
+  models: Schema.NullOr(Schema.Array(LlmModelId)).annotations({
+    description: "The only models the key may see and use, by id; null: every model its owner may use"
+  }),
   createdAt: Schema.DateTimeUtc
 }) {}
 
@@ -108,6 +111,12 @@ export class CreateApiKeyPayload extends Schema.Class<CreateApiKeyPayload>("Crea
   rateLimitPerMinute: Schema.optional(
     Schema.Int.pipe(Schema.between(1, 60_000)).annotations({
       description: "Answers the key may ask models for per minute (at most 60,000), on top of any limit its owner has"
+    })
+  ),
+  models: Schema.optional(
+    Schema.Array(LlmModelId).pipe(Schema.minItems(1), Schema.maxItems(100)).annotations({
+      description: "Limit the key to these models (1 to 100 ids from `GET /api/v1/models`); every other model is " +
+        "unknown to it, in the model list, in chat and at the gateway"
     })
   )
 }) {}

@@ -5,7 +5,7 @@
  * their policies.
  */
 import { Context, Schema } from "effect"
-import { ApiKeyId, SessionFamilyId, UserId } from "./Ids.js"
+import { ApiKeyId, LlmModelId, SessionFamilyId, UserId } from "./Ids.js"
 import { RoleName } from "./User.js"
 
 export const Permission = Schema.Literal(
@@ -38,10 +38,17 @@ export class Actor extends Schema.Class<Actor>("Actor")({
   sessionFamilyId: Schema.optional(SessionFamilyId),
   apiKeyId: Schema.optional(ApiKeyId),
   /** For an API key with a limit of its own: the answers it may ask models for per minute. */
-  keyRateLimitPerMinute: Schema.optional(Schema.Int)
+  keyRateLimitPerMinute: Schema.optional(Schema.Int),
+  /** For an API key limited to some models: their ids. */
+  models: Schema.optional(Schema.Array(LlmModelId))
 }) {
   can(permission: Permission): boolean {
     return this.permissions.includes(permission)
+  }
+
+  /** Whether this actor's credential allows the model (an API key may be limited to some). */
+  mayUse(model: LlmModelId): boolean {
+    return this.models === undefined || this.models.includes(model)
   }
 }
 

@@ -2,7 +2,7 @@
 import { Model } from "@effect/sql"
 import { Schema } from "effect"
 import { JsonObjectColumn, OptionalDateTime, StringListColumn } from "./Fields.js"
-import { ApiKeyId, AuditEventId, IdInsert, SessionFamilyId, SessionId, UserId } from "./Ids.js"
+import { ApiKeyId, AuditEventId, IdInsert, LlmModelId, SessionFamilyId, SessionId, UserId } from "./Ids.js"
 
 /**
  * One refresh token. Rotation creates the next session of the same family;
@@ -36,6 +36,8 @@ export class ApiKey extends Model.Class<ApiKey>("ApiKey")({
   revokedAt: OptionalDateTime,
   /** Answers the key may ask models for per minute, besides its owner's limit; null: no limit of its own. */
   rateLimitPerMinute: Schema.NullOr(Schema.Int),
+  /** The models the key may use, by id; null: every model its owner may use. */
+  models: Model.JsonFromString(Schema.NullOr(Schema.Array(LlmModelId))),
   createdAt: Model.DateTimeInsert
 }) {}
 

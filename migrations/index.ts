@@ -14,6 +14,7 @@ import shares from "./0009_shares.js"
 import shareDetails from "./0010_share_details.js"
 import rateLimitExemption from "./0011_rate_limit_exemption.js"
 import apiKeyModels from "./0012_api_key_models.js"
+import roleModels from "./0013_role_models.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -27,7 +28,8 @@ export const migrations = {
   "0009_shares": shares,
   "0010_share_details": shareDetails,
   "0011_rate_limit_exemption": rateLimitExemption,
-  "0012_api_key_models": apiKeyModels
+  "0012_api_key_models": apiKeyModels,
+  "0013_role_models": roleModels
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -30,6 +30,7 @@ import { type ApiKeyId, generateUuid, SessionFamilyId, type UserId } from "./Dom
 import { BuiltinRoles, type Email, type RoleName, User, type Username } from "./Domain/User.js"
 import { everyHour } from "./Housekeeping.js"
 import { CurrentClient } from "./Http/Middleware.js"
+import { allowedModels, checkedModelList } from "./Models/ModelAllowlist.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { inTransaction, transactionLock } from "./Sql.js"
 import type { CreateUserPayload } from "./Users/Api.js"
@@ -329,6 +330,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
       }
     ) => {
       const rolePermissions = user.rolePermissions.filter(isPermission)
+      const models = allowedModels(user.roleModels, via.kind === "api_key" ? via.key.models : null)
       return new Actor({
         userId: user.id,
         role: user.roleName,
@@ -338,9 +340,9 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
         via: via.kind,
         ...(via.kind === "session" ? { sessionFamilyId: via.familyId } : {
           apiKeyId: via.key.id,
-          ...(via.key.rateLimitPerMinute === null ? {} : { keyRateLimitPerMinute: via.key.rateLimitPerMinute }),
-          ...(via.key.models === null ? {} : { models: via.key.models })
-        })
+          ...(via.key.rateLimitPerMinute === null ? {} : { keyRateLimitPerMinute: via.key.rateLimitPerMinute })
+        }),
+        ...(models === undefined ? {} : { models })
       })
     }
 
@@ -401,22 +403,12 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
             issues: [new FieldIssue({ path: ["expiresAt"], message: "Must be in the future" })]
           })
         }
-        const keyModels = payload.models === undefined ? null : Array.from(new Set(payload.models))
-        if (keyModels !== null) {
-          // Models the person may see: any for an administrator of models, else the usable ones.
-          const unknown = yield* Effect.filter(
-            keyModels,
-            (id) => Effect.map(actor.can("admin:models") ? models.findById(id) : models.findUsable(id), Option.isNone)
-          )
-          if (unknown.length > 0) {
-            return yield* new ValidationError({
-              message: "A key can be limited to existing models only",
-              issues: unknown.map((id) =>
-                new FieldIssue({ path: ["models", payload.models!.indexOf(id)], message: "No such model" })
-              )
-            })
-          }
-        }
+        // Models the person may see: any for an administrator of models, else the usable ones; within their role's.
+        const keyModels = payload.models === undefined ? null : yield* checkedModelList(models, payload.models, {
+          usableOnly: !actor.can("admin:models"),
+          allowed: (id) => actor.mayUse(id),
+          message: "A key can be limited to models you may use only"
+        })
         const secret = Redacted.make(randomSecret(apiKeyPrefix))
         const key = yield* apiKeys.insert(ApiKey.insert.make({
           userId: actor.userId,

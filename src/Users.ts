@@ -13,11 +13,13 @@ import { RateLimits } from "./Auth/RateLimits.js"
 import { SessionsRepo } from "./Auth/SessionsRepo.js"
 import { isPermission } from "./Domain/Actor.js"
 import { Conflict, Forbidden, orNotFound } from "./Domain/Errors.js"
-import type { UserId } from "./Domain/Ids.js"
+import type { LlmModelId, UserId } from "./Domain/Ids.js"
 import { decodeCursor, defaultLimit, toPage } from "./Domain/Pagination.js"
 import { BuiltinRoles, Role, type RoleName } from "./Domain/User.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import { FileStorage } from "./Files/Storage.js"
+import { checkedModelList } from "./Models/ModelAllowlist.js"
+import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { inTransaction, storedNow, transactionLock } from "./Sql.js"
 import {
   Consent,
@@ -47,6 +49,7 @@ export class Users extends Effect.Service<Users>()("Users", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const users = yield* UsersRepo
+    const modelsRepo = yield* ModelsRepo
     const apiKeys = yield* ApiKeysRepo
     const sessions = yield* SessionsRepo
     const personalData = yield* PersonalDataRepo
@@ -127,6 +130,7 @@ export class Users extends Effect.Service<Users>()("Users", {
         name: role.name,
         description: role.description,
         permissions: role.permissions.filter(isPermission),
+        models: role.models,
         builtin: role.builtin,
         userCount
       })
@@ -144,6 +148,15 @@ export class Users extends Effect.Service<Users>()("Users", {
         return role
       })
 
+    /** A role's list of models, checked to name models (enabled or not: an administrator sets it); null: every model. */
+    const roleModels = (ids: ReadonlyArray<LlmModelId> | null) =>
+      ids === null
+        ? Effect.succeed(null)
+        : checkedModelList(modelsRepo, ids, {
+          usableOnly: false,
+          message: "A role can be limited to existing models only"
+        })
+
     const createRole = (payload: CreateRolePayload) =>
       Effect.gen(function*() {
         const actor = yield* requirePermission("admin:roles")
@@ -154,13 +167,14 @@ export class Users extends Effect.Service<Users>()("Users", {
           name: payload.name,
           description: payload.description,
           permissions: Array.from(new Set(payload.permissions)),
+          models: yield* roleModels(payload.models),
           builtin: false
         }))
         yield* audit.record({
           action: "role.created",
           actor,
           target: { type: "role", id: role.id },
-          metadata: { name: role.name, permissions: role.permissions }
+          metadata: { name: role.name, permissions: role.permissions, models: role.models }
         })
         return roleView(role, 0)
       }).pipe(inTransaction(sql), Effect.withSpan("Users.createRole"))
@@ -174,13 +188,19 @@ export class Users extends Effect.Service<Users>()("Users", {
           name: role.name,
           builtin: role.builtin,
           description: payload.description ?? role.description,
-          permissions: payload.permissions === undefined ? role.permissions : Array.from(new Set(payload.permissions))
+          permissions: payload.permissions === undefined ? role.permissions : Array.from(new Set(payload.permissions)),
+          models: payload.models === undefined ? role.models : yield* roleModels(payload.models)
         }))
         yield* audit.record({
           action: "role.updated",
           actor,
           target: { type: "role", id: role.id },
-          metadata: { name: role.name, from: role.permissions, to: updated.permissions }
+          metadata: {
+            name: role.name,
+            from: role.permissions,
+            to: updated.permissions,
+            ...(payload.models === undefined ? {} : { modelsFrom: role.models, modelsTo: updated.models })
+          }
         })
         return roleView(updated, yield* users.countWithRole(role.id))
       }).pipe(inTransaction(sql), Effect.withSpan("Users.updateRole"))

@@ -225,6 +225,7 @@ for (const dialect of dialects) {
             name,
             description: "Reads only",
             permissions: ["conversations:read", "models:read"],
+            models: null,
             builtin: false,
             userCount: 0
           })

@@ -554,6 +554,75 @@ for (const dialect of dialects) {
           expect(after.items.length).toBe(before)
         }))
 
+      it.effect("a role limited to some models: its holders and their keys see and use only those", () =>
+        Effect.gen(function*() {
+          const { admin } = yield* TheCast
+          const auth = { auth: admin.accessToken }
+          const all = expectStatus(yield* call("GET", "/api/v1/models", auth), 200).items
+          const idOf = (providerModel: string) => all.find((model: any) => model.providerModel === providerModel).id
+          const [loopChat, claude] = [idOf("loop-chat"), idOf("claude-loop")]
+          const name = uniqueName("local").toLowerCase().replace(/[^a-z0-9-]/g, "-").slice(0, 32)
+          const permissions = [
+            "models:read",
+            "models:use",
+            "chat",
+            "conversations:read",
+            "conversations:write",
+            "keys:manage"
+          ]
+          const unknown = yield* call("POST", "/api/v1/admin/roles", {
+            ...auth,
+            body: { name, permissions, models: [loopChat, "01900000-0000-7000-8000-00000000abcd"] }
+          })
+          expect(expectStatus(unknown, 422).issues).toEqual([{ path: ["models", 1], message: "No such model" }])
+          const role = expectStatus(
+            yield* call("POST", "/api/v1/admin/roles", { ...auth, body: { name, permissions, models: [loopChat] } }),
+            201
+          )
+          expect(role.models).toEqual([loopChat])
+          const holder = yield* signUp()
+          expectStatus(
+            yield* call("PUT", `/api/v1/admin/users/${holder.id}/role`, { ...auth, body: { role: name } }),
+            200
+          )
+
+          const listed = expectStatus(yield* call("GET", "/api/v1/models", { auth: holder.accessToken }), 200).items
+          expect(listed.map((model: any) => model.id)).toEqual([loopChat])
+          const refused = yield* call("POST", "/api/v1/chat", {
+            auth: holder.accessToken,
+            body: { content: "Hi", modelId: claude }
+          })
+          expect(expectStatus(refused, 422).issues).toEqual([{ path: ["modelId"], message: "No such model" }])
+          // A key cannot reach past its owner's role; one without a list has the role's.
+          const beyond = yield* call("POST", "/api/v1/auth/api-keys", {
+            auth: holder.accessToken,
+            body: { name: "beyond", scopes: ["models:read", "models:use"], models: [loopChat, claude] }
+          })
+          expect(expectStatus(beyond, 422).issues).toEqual([{ path: ["models", 1], message: "No such model" }])
+          const key = yield* createKey(holder, ["models:read", "models:use"])
+          const client = yield* clientFor(key.secret)
+          expect((yield* promise(() => client.models.list())).data.map((model) => model.id)).toEqual(["loop-chat"])
+          expect(
+            yield* failure(() =>
+              client.chat.completions.create({ model: "claude-loop", messages: [{ role: "user", content: "Hi" }] })
+            )
+          )
+            .toMatchObject({ status: 404, code: "model_not_found" })
+
+          // Lifted (null), every model again, on the next request.
+          const lifted = expectStatus(
+            yield* call("PATCH", `/api/v1/admin/roles/${name}`, { ...auth, body: { models: null } }),
+            200
+          )
+          expect(lifted).toMatchObject({ models: null, permissions, userCount: 1 })
+          expect((yield* promise(() => client.models.list())).data.length).toBe(all.length)
+          expectStatus(
+            yield* call("PUT", `/api/v1/admin/users/${holder.id}/role`, { ...auth, body: { role: "user" } }),
+            200
+          )
+          expectStatus(yield* call("DELETE", `/api/v1/admin/roles/${name}`, auth), 204)
+        }))
+
       it.effect("400 invalid_request_error naming the field, for bodies the gateway cannot serve", () =>
         Effect.gen(function*() {
           const { baseUrl } = yield* TestServer

@@ -1,7 +1,7 @@
 import { Model } from "@effect/sql"
 import { Schema } from "effect"
 import { NonNegativeInt, OptionalDateTime, StringListColumn } from "./Fields.js"
-import { IdInsert, RoleId, UserId } from "./Ids.js"
+import { IdInsert, LlmModelId, RoleId, UserId } from "./Ids.js"
 
 export const RoleName = Schema.String.pipe(Schema.pattern(/^[a-z][a-z0-9_-]{1,31}$/), Schema.brand("RoleName"))
 export type RoleName = typeof RoleName.Type
@@ -15,6 +15,8 @@ export class Role extends Model.Class<Role>("Role")({
   name: RoleName,
   description: Schema.String,
   permissions: StringListColumn,
+  /** The only models holders may see and use, by id; null: every model. */
+  models: Model.JsonFromString(Schema.NullOr(Schema.Array(LlmModelId))),
   builtin: Model.BooleanFromNumber,
   createdAt: Model.DateTimeInsert,
   updatedAt: Model.DateTimeUpdate

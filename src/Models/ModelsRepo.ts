@@ -48,6 +48,15 @@ export class ModelsRepo extends Effect.Service<ModelsRepo>()("Models/ModelsRepo"
       execute: (id) => sql`${withProvider} WHERE llm_models.id = ${id} AND ${usable}`
     })
 
+    /** Which of `ids` name a model (a usable one, with `usableOnly`). */
+    const existing = (ids: ReadonlyArray<LlmModelId>, usableOnly: boolean) =>
+      ids.length === 0 ? Effect.succeed(new Set<string>()) : Effect.map(
+        sql<{ readonly id: string }>`SELECT llm_models.id FROM llm_models
+          JOIN providers ON providers.id = llm_models.provider_id
+          WHERE ${sql.in("llm_models.id", ids)} ${usableOnly ? sql`AND ${usable}` : sql``}`,
+        (rows) => new Set(rows.map((row) => row.id))
+      )
+
     const findByProviderModel = SqlSchema.findOne({
       Request: Schema.Struct({ providerId: ProviderId, providerModel: Schema.String }),
       Result: LlmModel,
@@ -81,6 +90,7 @@ export class ModelsRepo extends Effect.Service<ModelsRepo>()("Models/ModelsRepo"
       findById: (id: LlmModelId) => Effect.orDie(repo.findById(id)),
       /** The model, if a user may pick it (enabled, of an enabled provider). */
       findUsable: (id: LlmModelId) => Effect.orDie(findUsable(id)),
+      existing: (ids: ReadonlyArray<LlmModelId>, usableOnly: boolean) => Effect.orDie(existing(ids, usableOnly)),
       delete: (id: LlmModelId) => counted(Effect.orDie(repo.delete(id))),
       list: (filter: ModelFilter) => Effect.orDie(list(filter)),
       findByProviderModel: (providerId: ProviderId, providerModel: string) =>

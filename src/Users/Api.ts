@@ -7,7 +7,7 @@ import { Permission } from "../Domain/Actor.js"
 import { AuditEvent } from "../Domain/Credentials.js"
 import { Conflict, Forbidden, NotFound, RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
 import { JsonObject } from "../Domain/Fields.js"
-import { ConversationId, UserId } from "../Domain/Ids.js"
+import { ConversationId, LlmModelId, UserId } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { request } from "../Domain/Request.js"
 import { Email, RoleName, Username } from "../Domain/User.js"
@@ -19,6 +19,9 @@ export class RoleView extends Schema.Class<RoleView>("RoleView")({
   name: RoleName,
   description: Schema.String,
   permissions: Schema.Array(Permission),
+  models: Schema.NullOr(Schema.Array(LlmModelId)).annotations({
+    description: "The only models holders may see and use; null: every model"
+  }),
   builtin: Schema.Boolean.annotations({ description: "`admin` and `user`: they cannot be changed or deleted" }),
   userCount: Schema.Int.annotations({ description: "How many accounts hold it" })
 }) {}
@@ -29,15 +32,22 @@ const Permissions = Schema.Array(Permission).pipe(Schema.maxItems(64)).annotatio
 
 const RoleDescription = Schema.String.pipe(Schema.maxLength(500))
 
+const RoleModels = Schema.NullOr(Schema.Array(LlmModelId).pipe(Schema.maxItems(100))).annotations({
+  description: "Limit holders to these models (ids from `GET /api/v1/models`, at most 100); every other model " +
+    "is unknown to them, in the model lists, in chat and at the gateway; null: every model"
+})
+
 export class CreateRolePayload extends Schema.Class<CreateRolePayload>("CreateRolePayload")({
   name: RoleName,
   description: Schema.optionalWith(RoleDescription, { default: () => "" }),
-  permissions: Permissions
+  permissions: Permissions,
+  models: Schema.optionalWith(RoleModels, { default: () => null })
 }) {}
 
 export class UpdateRolePayload extends Schema.Class<UpdateRolePayload>("UpdateRolePayload")({
   description: Schema.optional(RoleDescription),
-  permissions: Schema.optional(Permissions)
+  permissions: Schema.optional(Permissions),
+  models: Schema.optional(RoleModels)
 }) {}
 
 export class SetRolePayload extends Schema.Class<SetRolePayload>("SetRolePayload")({ role: RoleName }) {}

@@ -1,7 +1,7 @@
 import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, type Option, Schema } from "effect"
 import type { RoleId } from "../Domain/Ids.js"
-import { UserId } from "../Domain/Ids.js"
+import { LlmModelId, UserId } from "../Domain/Ids.js"
 import { Position } from "../Domain/Pagination.js"
 import { Role, RoleName, User } from "../Domain/User.js"
 import { storedNow } from "../Sql.js"
@@ -10,7 +10,8 @@ import { storedNow } from "../Sql.js"
 export const UserWithRole = Schema.Struct({
   ...User.fields,
   roleName: RoleName,
-  rolePermissions: Schema.parseJson(Schema.Array(Schema.String))
+  rolePermissions: Schema.parseJson(Schema.Array(Schema.String)),
+  roleModels: Schema.parseJson(Schema.NullOr(Schema.Array(LlmModelId)))
 })
 
 export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
@@ -29,7 +30,7 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
     })
 
     const selectWithRole = sql`
-      SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions
+      SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions, roles.models AS role_models
       FROM users JOIN roles ON roles.id = users.role_id`
 
     const findWithRole = SqlSchema.findOne({
@@ -47,7 +48,7 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
       Result: Schema.Struct({ ...UserWithRole.fields, sessionActive: Model.BooleanFromNumber }),
       execute: ({ familyId, userId }) =>
         sql`
-          SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions,
+          SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions, roles.models AS role_models,
             (
               EXISTS (SELECT 1 FROM sessions WHERE sessions.family_id = ${familyId} AND sessions.user_id = users.id)
               AND NOT EXISTS (

@@ -752,7 +752,8 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
     /** The current state of every model `actor` may see, for a client that just connected. */
     const snapshot = (actor: Actor) =>
       Effect.gen(function*() {
-        const rows = yield* models.list({ providerId: null, status: null, usableOnly: !actor.can("admin:models") })
+        const all = yield* models.list({ providerId: null, status: null, usableOnly: !actor.can("admin:models") })
+        const rows = all.filter((model) => actor.mayUse(model.id))
         const enabledProviders = new Set((yield* providers.list).filter((p) => p.enabled).map((p) => p.id))
         return yield* Effect.forEach(rows, (model) => statusEvent(model, enabledProviders.has(model.providerId)))
       })

@@ -716,6 +716,29 @@ for (const dialect of dialects) {
           yield* events.next((message) => message.type === "model.removed" && message.modelId === model.id)
         }))
 
+      it.scoped("a key limited to some models hears of those only, in the snapshot and after", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const fake = yield* fakeProvider("ollama", [{ name: "heard:1b" }, { name: "unheard:1b" }])
+          fake.running.add("heard:1b")
+          fake.running.add("unheard:1b")
+          const { models } = yield* syncedOllama(fake)
+          const [heard, unheard] = [modelNamed(models, "heard:1b"), modelNamed(models, "unheard:1b")]
+          const key = yield* createKey(user, ["models:read"], { models: [heard.id] })
+          const events = yield* openEvents(key.secret)
+          const snapshot = yield* events.next((message) => message.type === "snapshot")
+          const ids = snapshot.models.map((entry: any) => entry.modelId)
+          expect(ids).toContain(heard.id)
+          expect(ids).not.toContain(unheard.id)
+          // The other model's change first: were it sent, it would arrive before the heard one's.
+          expectStatus(yield* asAdmin("POST", `/api/v1/models/${unheard.id}/stop`), 200)
+          expectStatus(yield* asAdmin("POST", `/api/v1/models/${heard.id}/stop`), 200)
+          expect(yield* events.next((message) => message.type === "model.status")).toMatchObject({
+            modelId: heard.id,
+            status: "stopped"
+          })
+        }))
+
       it.scoped("a client that stops reading is dropped; the others get every event", () =>
         Effect.gen(function*() {
           const { admin } = yield* TheCast

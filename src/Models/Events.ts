@@ -111,6 +111,7 @@ const encodeEvent = (event: ServerEvent | { readonly snapshot: ReadonlyArray<Mod
  * owner, if they may read files (`files:read`). Model events need `models:read`: admins (`admin:models`)
  * see everything; a user sees the models they may pick, and hears once when one of those stops
  * being theirs to pick (disabled, removed), so a client never keeps a stale entry; nothing else.
+ * A credential limited to some models (an API key's list, a role's) hears only of those.
  */
 const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
   const admin = actor.can("admin:models")
@@ -126,7 +127,8 @@ const visibleTo = (actor: Actor, initial: ReadonlyArray<ModelStatusEvent>) => {
       case "file.analysis":
         return files && event.ownerId === actor.userId
     }
-    if (!models) return false
+    // A credential limited to some models (its key's, its role's) hears of those only.
+    if (!models || !actor.mayUse(event.modelId)) return false
     if (admin) return true
     switch (event._tag) {
       case "model.status":

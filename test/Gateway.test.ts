@@ -526,7 +526,11 @@ for (const dialect of dialects) {
           expect(expectStatus(refused, 422).issues).toEqual([{ path: ["modelId"], message: "No such model" }])
           openai.chat = { text: ["Chatted"] }
           const chatted = expectStatus(
-            yield* call("POST", "/api/v1/chat", { auth: limited.secret, body: { content: "Hi", modelId: loopChat } }),
+            // Titled: no title job calls the provider later, in another test.
+            yield* call("POST", "/api/v1/chat", {
+              auth: limited.secret,
+              body: { content: "Hi", modelId: loopChat, title: "Limited" }
+            }),
             200
           )
           expect(chatted.answer).toMatchObject({ status: "complete", content: "Chatted" })

@@ -266,7 +266,14 @@ export interface ChatSettings {
    * gateway's completions, together); `None`: no limit.
    */
   readonly rateLimit: Option.Option<{ readonly perUser: number; readonly window: Duration.Duration }>
+  /**
+   * The tokens (prompt and completion, as providers report them) one user may spend per calendar
+   * period (UTC), chat and gateway together; `None`: no budget.
+   */
+  readonly tokenBudget: Option.Option<{ readonly perUser: number; readonly period: BudgetPeriod }>
 }
+
+export type BudgetPeriod = "day" | "week" | "month"
 
 export interface JobsSettings {
   /** `None`: background jobs are queued in the database; `Some`: in RabbitMQ. */
@@ -427,6 +434,9 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
     const chatRateLimitWindow = yield* Config.duration("CHAT_RATE_LIMIT_WINDOW").pipe(
       Config.withDefault(Duration.minutes(1))
     )
+    const tokenBudgetPeriod = yield* Config.literal("day", "week", "month")("TOKEN_BUDGET_PERIOD").pipe(
+      Config.withDefault<BudgetPeriod>("month")
+    )
     const chat: ChatSettings = {
       firstChunkTimeout: yield* Config.duration("CHAT_FIRST_CHUNK_TIMEOUT").pipe(
         Config.withDefault(Duration.seconds(120))
@@ -450,6 +460,10 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       rateLimit: Option.map(
         yield* Config.option(positiveInt("CHAT_RATE_LIMIT_PER_USER")),
         (perUser) => ({ perUser, window: chatRateLimitWindow })
+      ),
+      tokenBudget: Option.map(
+        yield* Config.option(positiveInt("TOKEN_BUDGET_PER_USER")),
+        (perUser) => ({ perUser, period: tokenBudgetPeriod })
       )
     }
     const jobs: JobsSettings = {

@@ -14,6 +14,7 @@ import * as Crypto from "node:crypto"
 import OpenAI from "openai"
 import WebSocket from "ws"
 import { chatSocketPath } from "../src/ApiBeside.js"
+import { budgetPeriod } from "../src/Auth/RateLimits.js"
 import type { ConversationId } from "../src/Domain/Ids.js"
 import { call, createKey, type Reply, signUp } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
@@ -615,6 +616,91 @@ for (const dialect of dialects) {
         const byName = Object.fromEntries(roles.body.map((role: any) => [role.name, role.permissions]))
         expect(byName.admin).toContain("ratelimit:exempt")
         expect(byName.user).not.toContain("ratelimit:exempt")
+      }))
+  })
+}
+
+// --- token budgets
+
+describe("token budget periods (UTC calendar)", () => {
+  it("a day, a week from Monday, a month; across the year's end", () => {
+    const at = (iso: string) => Date.parse(iso)
+    const iso = ({ end, start }: { start: number; end: number }) => [start, end].map((t) => new Date(t).toISOString())
+    // Sunday 2026-11-22, late.
+    expect(iso(budgetPeriod("day", at("2026-11-22T23:59:59.999Z")))).toEqual([
+      "2026-11-22T00:00:00.000Z",
+      "2026-11-23T00:00:00.000Z"
+    ])
+    expect(iso(budgetPeriod("week", at("2026-11-22T23:59:59.999Z")))).toEqual([
+      "2026-11-16T00:00:00.000Z",
+      "2026-11-23T00:00:00.000Z"
+    ])
+    // Monday at midnight opens a new week.
+    expect(iso(budgetPeriod("week", at("2026-11-23T00:00:00.000Z")))[0]).toBe("2026-11-23T00:00:00.000Z")
+    expect(iso(budgetPeriod("week", at("2026-12-31T12:00:00.000Z")))).toEqual([
+      "2026-12-28T00:00:00.000Z",
+      "2027-01-04T00:00:00.000Z"
+    ])
+    expect(iso(budgetPeriod("month", at("2026-12-31T12:00:00.000Z")))).toEqual([
+      "2026-12-01T00:00:00.000Z",
+      "2027-01-01T00:00:00.000Z"
+    ])
+    expect(iso(budgetPeriod("month", at("2028-02-29T08:00:00.000Z")))).toEqual([
+      "2028-02-01T00:00:00.000Z",
+      "2028-03-01T00:00:00.000Z"
+    ])
+  })
+})
+
+for (const dialect of dialects) {
+  layer(
+    testServer({ dialect, env: { DEVELOPMENT_MODEL: "true", TOKEN_BUDGET_PER_USER: "1", TOKEN_BUDGET_PERIOD: "day" } }),
+    { excludeTestServices: true }
+  )(`the token budget on ${dialect}`, (it) => {
+    it.scoped("spent by a turn, then refused on every door until the period renews; others and admins go on", () =>
+      Effect.gen(function*() {
+        const admin = yield* signUp()
+        const user = yield* signUp()
+        const other = yield* signUp()
+        const key = yield* createKey(user, ["chat", "conversations:read", "conversations:write", "models:use"])
+
+        // Nothing spent yet: the first answer is given (and takes the user past the budget).
+        const first = expectAnswered(yield* chatTurn(user.accessToken, "first"))
+        const conversationId = first.body.conversationId as ConversationId
+        const refused = yield* chatTurn(user.accessToken, "again", conversationId)
+        expect(refused.status).toBe(429)
+        expect(refused.body).toEqual({
+          _tag: "RateLimited",
+          message: expect.stringMatching(/token budget for this day \(1 tokens\) is spent; it renews at \d{4}-/),
+          retryAfterSeconds: expect.any(Number)
+        })
+        const untilMidnight = Math.ceil((budgetPeriod("day", Date.now()).end - Date.now()) / 1000)
+        expect(refused.body.retryAfterSeconds).toBeGreaterThan(0)
+        expect(refused.body.retryAfterSeconds).toBeLessThanOrEqual(untilMidnight + 1)
+        expect(Number(refused.headers["retry-after"])).toBe(refused.body.retryAfterSeconds)
+
+        // The same budget through the API key, at the gateway, over RPC and the socket.
+        expect((yield* chatTurn(key.secret, "with the key", conversationId)).status).toBe(429)
+        const gateway = yield* Effect.flip(complete(key.secret))
+        expect(gateway).toBeInstanceOf(OpenAI.RateLimitError)
+        const rpc = yield* overHttp((yield* TestServer).baseUrl)
+        expect(
+          yield* Effect.flip(as(user)(Stream.runCollect(rpc.chat({ id: conversationId, message: { content: "rpc" } }))))
+        ).toMatchObject({ _tag: "RateLimited" })
+        expect(yield* socketReply(user.accessToken, "socket")).toMatchObject({
+          type: "error",
+          error: { _tag: "RateLimited" }
+        })
+        // Nothing was stored for the refused turns: the first question and its answer.
+        const messages = yield* call("GET", `/api/v1/conversations/${conversationId}/messages`, {
+          auth: user.accessToken
+        })
+        expect(messages.body.items.map((message: any) => message.role)).toEqual(["user", "assistant"])
+
+        // Another user has a budget of their own; the administrator holds ratelimit:exempt.
+        expectAnswered(yield* chatTurn(other.accessToken, "mine"))
+        const admins = expectAnswered(yield* chatTurn(admin.accessToken, "one"))
+        expectAnswered(yield* chatTurn(admin.accessToken, "two", admins.body.conversationId))
       }))
   })
 }

@@ -14,12 +14,13 @@
  */
 import { RateLimiter } from "@effect/experimental"
 import { HttpApp, HttpServerResponse } from "@effect/platform"
-import { Duration, Effect, FiberRef, Layer, Option } from "effect"
+import { Clock, Duration, Effect, FiberRef, Layer, Option } from "effect"
 import * as Crypto from "node:crypto"
 import * as Net from "node:net"
-import { type AddressRange, AppConfig } from "../Config.js"
+import { type AddressRange, AppConfig, type BudgetPeriod } from "../Config.js"
 import type { Actor } from "../Domain/Actor.js"
 import { RateLimited } from "../Domain/Errors.js"
+import { UsageRepo } from "../Gateway/UsageRepo.js"
 import { CurrentClient } from "../Http/Middleware.js"
 import { layerRedisStore } from "./RedisRateLimitStore.js"
 
@@ -60,6 +61,22 @@ const addressMatcher = (ranges: ReadonlyArray<AddressRange>): (address: string |
   }
 }
 
+/** The calendar period (UTC; weeks start on Monday) that `now` falls in: its start, and the next one's. */
+export const budgetPeriod = (period: BudgetPeriod, now: number): { readonly start: number; readonly end: number } => {
+  const at = new Date(now)
+  const [year, month, day] = [at.getUTCFullYear(), at.getUTCMonth(), at.getUTCDate()]
+  switch (period) {
+    case "day":
+      return { start: Date.UTC(year, month, day), end: Date.UTC(year, month, day + 1) }
+    case "week": {
+      const monday = day - (at.getUTCDay() + 6) % 7
+      return { start: Date.UTC(year, month, monday), end: Date.UTC(year, month, monday + 7) }
+    }
+    case "month":
+      return { start: Date.UTC(year, month, 1), end: Date.UTC(year, month + 1, 1) }
+  }
+}
+
 const setHeaders = (headers: Record<string, string>) =>
   HttpApp.appendPreResponseHandler((_request, response) =>
     Effect.succeed(HttpServerResponse.setHeaders(response, headers))
@@ -69,6 +86,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
   effect: Effect.gen(function*() {
     const limiter = yield* RateLimiter.RateLimiter
     const { apiRateLimit, auth, chat } = yield* AppConfig
+    const usage = yield* UsageRepo
     const exempt = addressMatcher(apiRateLimit.exemptAddresses)
 
     /**
@@ -163,11 +181,28 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
       })
 
     /**
-     * One answer asked of a model by `actor` (a chat turn, a gateway completion): within its user's
-     * `CHAT_RATE_LIMIT_PER_USER`, and within its API key's own limit per minute if it has one. Free
-     * when neither applies.
+     * Whether `actor`'s user has tokens left in this period's `TOKEN_BUDGET_PER_USER` (holders of
+     * `ratelimit:exempt` have no budget). The budget is checked before an answer, never during one:
+     * the answer that crosses it is finished, and the next is refused until the period renews.
      */
-    const modelRequest = (actor: Actor): Effect.Effect<void, RateLimited> => {
+    const tokenBudget = (actor: Actor): Effect.Effect<void, RateLimited> =>
+      Option.match(chat.tokenBudget, {
+        onNone: () => Effect.void,
+        onSome: ({ perUser, period }) =>
+          actor.can("ratelimit:exempt") ? Effect.void : Effect.gen(function*() {
+            const now = yield* Clock.currentTimeMillis
+            const { end, start } = budgetPeriod(period, now)
+            if ((yield* usage.tokensSince(actor.userId, new Date(start).toISOString())) < perUser) return
+            const renews = new Date(end).toISOString()
+            return yield* new RateLimited({
+              message: `Your token budget for this ${period} (${perUser} tokens) is spent; it renews at ${renews}`,
+              retryAfterSeconds: Math.max(1, Math.ceil((end - now) / 1000))
+            })
+          })
+      })
+
+    /** `CHAT_RATE_LIMIT_PER_USER` and the API key's own limit per minute. */
+    const answerRate = (actor: Actor): Effect.Effect<void, RateLimited> => {
       const limits: Array<Limit> = []
       if (Option.isSome(chat.rateLimit)) {
         const { perUser, window } = chat.rateLimit.value
@@ -182,6 +217,14 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
       }
       return limits.length === 0 ? Effect.void : consume(limits, "Too many answers asked for; try again later")
     }
+
+    /**
+     * One answer asked of a model by `actor` (a chat turn, a gateway completion): within its user's
+     * token budget (`TOKEN_BUDGET_PER_USER`), its user's `CHAT_RATE_LIMIT_PER_USER`, and its API
+     * key's own limit per minute if it has one. Free when none applies.
+     */
+    const modelRequest = (actor: Actor): Effect.Effect<void, RateLimited> =>
+      Effect.zipRight(tokenBudget(actor), answerRate(actor))
 
     const tooManyRequests = "Too many requests; try again later"
 

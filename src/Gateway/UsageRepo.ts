@@ -85,8 +85,18 @@ export class UsageRepo extends Effect.Service<UsageRepo>()("Gateway/UsageRepo", 
         completionTokens: input.completionTokens
       }, { disableValidation: true })).pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("UsageRepo.record"))
 
+    /** The tokens (prompt and completion) `userId` spent from `since` on: a sum over the user's index range. */
+    const tokensSince = (userId: UserId, since: string) =>
+      Effect.map(
+        sql<{ readonly tokens: number | string | null }>`
+          SELECT sum(prompt_tokens + completion_tokens) AS tokens FROM usage_records
+          WHERE user_id = ${userId} AND created_at >= ${since}`,
+        (rows) => Number(rows[0]?.tokens ?? 0)
+      ).pipe(Effect.orDie, Effect.withSpan("UsageRepo.tokensSince"))
+
     return {
       record,
+      tokensSince,
       /** Sums per source and model of the rows of `apiKeyId`, a key of `userId`. */
       totalsForKey: (apiKeyId: ApiKeyId, userId: UserId): Effect.Effect<ReadonlyArray<UsageTotalsRow>> =>
         Effect.orDie(totalsForKey({ apiKeyId, userId }))

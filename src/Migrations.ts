@@ -67,6 +67,25 @@ const awaitLatest = appliedMigrationId.pipe(
   Effect.retry({ schedule: Schedule.spaced(Duration.millis(100)), times: 600 })
 )
 
+/**
+ * A database a newer build has migrated further than this one knows: this build would run against
+ * a schema it was not written for. Refused, saying what to do (roll forward, or restore the backup
+ * taken before the upgrade).
+ */
+const refuseNewerSchema = Effect.flatMap(
+  appliedMigrationId,
+  (applied) =>
+    Option.isSome(applied) && applied.value > latestMigrationId
+      ? Effect.fail(
+        new MigrationsError({
+          message: `The database is at migration ${applied.value}, newer than this build knows ` +
+            `(${latestMigrationId}): a newer version upgraded it. Run that version again, or restore the ` +
+            "backup taken before the upgrade (README, \"Upgrading and rolling back\")"
+        })
+      )
+      : Effect.void
+)
+
 /** Applies pending migrations; returns the ones this call applied. */
 export const runMigrations: Effect.Effect<
   ReadonlyArray<readonly [id: number, name: string]>,
@@ -74,6 +93,7 @@ export const runMigrations: Effect.Effect<
   SqlClient.SqlClient
 > = Effect.gen(function*() {
   yield* ensureMigrationsTable
+  yield* refuseNewerSchema
   const applied = yield* migrate.pipe(
     // A busy SQLite database or a serialisation failure is transient: try the whole run again.
     Effect.retry({

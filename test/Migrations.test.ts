@@ -106,6 +106,19 @@ for (const dialect of dialects) {
           expect(yield* appliedMigrationId).toEqual(Option.some(latestMigrationId))
         }))
 
+      it.effect("a database a newer build migrated further is refused, and left as it was", () =>
+        Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          const future = latestMigrationId + 1
+          yield* sql`INSERT INTO ${sql(migrationsTable)} (migration_id, name) VALUES (${future}, 'from_the_future')`
+          const error = yield* Effect.flip(runMigrations)
+          expect(error.message).toContain(`at migration ${future}, newer than this build knows (${latestMigrationId})`)
+          expect(error.message).toContain("restore the backup")
+          expect(yield* appliedMigrationId).toEqual(Option.some(future))
+          yield* sql`DELETE FROM ${sql(migrationsTable)} WHERE migration_id = ${future}`
+          expect(yield* runMigrations).toEqual([])
+        }))
+
       it.effect("row models round-trip identically (booleans, timestamps, JSON, nullable columns)", () =>
         Effect.gen(function*() {
           const user = yield* seedUser()

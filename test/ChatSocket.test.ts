@@ -174,6 +174,59 @@ for (const dialect of dialects) {
         }))
     })
 
+    describe("threads and branches", () => {
+      it.scoped("a question in a side thread, and one answering an earlier message (a new branch)", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const auth = { auth: user.accessToken }
+          const first = yield* call("POST", "/api/v1/chat", { ...auth, body: { content: "first", title: "Socket" } })
+          const conversationId = first.body.conversationId
+          yield* call("POST", `/api/v1/conversations/${conversationId}/chat`, { ...auth, body: { content: "second" } })
+          const thread = yield* call("POST", `/api/v1/conversations/${conversationId}/threads`, {
+            ...auth,
+            body: { messageId: first.body.answer.id, title: "Aside" }
+          })
+          expect(thread.status).toBe(201)
+
+          const socket = yield* connect({ authorization: `Bearer ${user.accessToken}` })
+          yield* next(socket)
+          yield* send(socket, { type: "chat", ref: "t", conversationId, threadId: thread.body.id, content: "aside" })
+          const inThread = yield* untilDone(socket)
+          expect(inThread[0]).toMatchObject({ ref: "t", event: { question: { threadId: thread.body.id } } })
+          expect(inThread.at(-1)!.event.message).toMatchObject({ threadId: thread.body.id, status: "complete" })
+
+          yield* send(socket, {
+            type: "chat",
+            ref: "b",
+            conversationId,
+            parentId: first.body.answer.id,
+            content: "again"
+          })
+          const branched = yield* untilDone(socket)
+          expect(branched[0]!.event.question).toMatchObject({ parentId: first.body.answer.id, threadId: null })
+          const messages = yield* call("GET", `/api/v1/conversations/${conversationId}/messages`, auth)
+          expect(messages.body.items.map((message: any) => message.content).slice(0, 2)).toEqual([
+            "first",
+            expect.any(String)
+          ])
+          expect(messages.body.items.map((message: any) => message.content)).toContain("again")
+          expect(messages.body.items.map((message: any) => message.content)).not.toContain("second")
+
+          // Misplaced fields are refused, naming why; nothing is stored.
+          yield* send(socket, { type: "chat", ref: "p", parentId: first.body.answer.id, content: "where?" })
+          expect(yield* next(socket)).toMatchObject({ type: "error", ref: "p", error: { _tag: "ValidationError" } })
+          yield* send(socket, {
+            type: "chat",
+            ref: "both",
+            conversationId,
+            threadId: thread.body.id,
+            parentId: first.body.answer.id,
+            content: "both?"
+          })
+          expect(yield* next(socket)).toMatchObject({ type: "error", ref: "both", error: { _tag: "ValidationError" } })
+        }))
+    })
+
     describe("credentials checked again", () => {
       it.scoped("after signing out, the next message gets Unauthorized and the socket is closed (1008)", () =>
         Effect.gen(function*() {

@@ -6,7 +6,9 @@
  * - `{ "type": "auth", "token": "…" }` first, unless the upgrade request carried an
  *   `Authorization: Bearer …` (or `X-API-Key`) header (a browser cannot set one);
  * - `{ "type": "chat", "ref"?: "…", "content": "…", "conversationId"?: "…", "modelId"?: "…",
- *   "modelConfigId"?: "…" }`: a new conversation, or a turn in `conversationId`;
+ *   "modelConfigId"?: "…" }`: a new conversation, or a turn in `conversationId`, answering
+ *   `parentId` when given (a question edited, a branch taken up again), or asked in the side
+ *   thread `threadId`;
  * - `{ "type": "ack", "messageId": "…", "id": n }`: the events of that answer up to `id` are read;
  * - `{ "type": "cancel", "conversationId": "…", "messageId": "…" }`.
  *
@@ -35,7 +37,7 @@ import { ChatEngine, type EventBatch, followingStream } from "../Chat.js"
 import { AppConfig } from "../Config.js"
 import { type Actor, CurrentActor } from "../Domain/Actor.js"
 import { NonNegativeInt } from "../Domain/Fields.js"
-import { ConversationId, MessageId } from "../Domain/Ids.js"
+import { ConversationId, MessageId, ThreadId } from "../Domain/Ids.js"
 import { ChatEvent, NewChatPayload } from "./Api.js"
 
 const Ref = Schema.optional(Schema.String.pipe(Schema.maxLength(200)))
@@ -46,6 +48,10 @@ const ClientMessage = Schema.Union(
     type: Schema.Literal("chat"),
     ref: Ref,
     conversationId: Schema.optional(ConversationId),
+    /** With `conversationId`: the message to answer (as the REST turn's `parentId`). */
+    parentId: Schema.optional(MessageId),
+    /** With `conversationId`: a question in this side thread of it. */
+    threadId: Schema.optional(ThreadId),
     ...NewChatPayload.fields
   }),
   Schema.Struct({ type: Schema.Literal("ack"), messageId: MessageId, id: NonNegativeInt }),
@@ -165,12 +171,23 @@ export const ChatSocketLive = HttpApiBuilder.Router.use((router) =>
               Effect.provideService(CurrentActor, who)
             )
           case "chat": {
-            const { conversationId, ref, type: _, ...payload } = message
+            const { conversationId, parentId, ref, threadId, title, type: _, ...payload } = message
+            const misplaced = conversationId === undefined
+              ? (parentId ?? threadId) !== undefined ? "parentId and threadId need a conversationId" : null
+              : parentId !== undefined && threadId !== undefined
+              ? "A question goes either in a thread or after parentId, not both"
+              : null
+            if (misplaced !== null) return sendError({ _tag: "ValidationError", message: misplaced }, ref)
             if (streaming >= maxOpen) {
               return sendError({ _tag: "RateLimited", message: `At most ${maxOpen} answers stream on one socket` }, ref)
             }
             streaming++
-            return (conversationId === undefined ? engine.newChat(payload) : engine.chat(conversationId, payload))
+            const turn = conversationId === undefined
+              ? engine.newChat({ ...payload, ...(title === undefined ? {} : { title }) })
+              : threadId !== undefined
+              ? engine.threadChat(conversationId, threadId, payload)
+              : engine.chat(conversationId, { ...payload, ...(parentId === undefined ? {} : { parentId }) })
+            return turn
               .pipe(
                 Effect.provideService(CurrentActor, who),
                 Effect.matchEffect({

@@ -270,7 +270,7 @@ const toolTokens = ({ tools }: Pick<ChatRequest, "tools">): number =>
 
 export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", {
   scoped: Effect.gen(function*() {
-    const { chat: settings } = yield* AppConfig
+    const { chat: settings, jobs: jobSettings } = yield* AppConfig
     const conversations = yield* Conversations
     const registry = yield* ModelRegistry
     const configs = yield* ModelConfigsRepo
@@ -926,8 +926,21 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         )
       }
     }).pipe(Effect.catchAllCause((cause) => Effect.logWarning("Could not recover answers left streaming", cause)))
+
+    /**
+     * Titles whose job a stopped instance never queued: every untitled conversation whose first
+     * answer ended within `JOBS_RETENTION` gets its job again. A job already queued or done under
+     * the same id is not added twice (with the database's queue), and a job that finds a title
+     * does nothing, so queueing again is harmless.
+     */
+    const recoverTitles = Effect.gen(function*() {
+      const since = DateTime.formatIso(DateTime.subtractDuration(yield* DateTime.now, jobSettings.retention))
+      const untitled = yield* answers.untitledSince(since, 1_000)
+      for (const { answerId, conversationId } of untitled) yield* requestTitle(conversationId, answerId)
+    }).pipe(Effect.catchAllCause((cause) => Effect.logWarning("Could not queue the titles left behind", cause)))
     yield* recover
     yield* recover.pipe(Effect.repeat(Schedule.spaced(settings.streamLease)), Effect.forkIn(scope))
+    yield* Effect.forkIn(recoverTitles, scope)
 
     // Every flush interval, one statement writes the text of every answer that grew (or whose lease
     // is a third gone). An answer that is no longer `streaming` was cancelled from another instance

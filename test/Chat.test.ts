@@ -9,10 +9,11 @@
  */
 import { FetchHttpClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Scope } from "effect"
 import * as Http from "node:http"
 import type * as Net from "node:net"
+import { titleQueue } from "../src/Chat.js"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
 import { conversationDocument, documentMessage } from "./fixtures/Documents.js"
@@ -27,7 +28,7 @@ import {
   upstreamSecret
 } from "./fixtures/Providers.js"
 import { redisPrefix, redisUrl } from "./fixtures/Redis.js"
-import { startTestServer, testEnvironment, TestServer, testServer } from "./fixtures/Server.js"
+import { inServerDatabase, startTestServer, testEnvironment, TestServer, testServer } from "./fixtures/Server.js"
 import { openSse, type SseEvent } from "./fixtures/Sse.js"
 
 interface Cast {
@@ -1244,3 +1245,47 @@ const freePort = Effect.async<number>((resume) => {
     server.close(() => resume(Effect.succeed(port)))
   })
 })
+
+// --- titles a stopped instance left behind
+
+for (const dialect of dialects) {
+  describe(`titles left behind on ${dialect}`, () => {
+    it.scoped("an untitled conversation whose title job was lost gets one when an instance starts", () =>
+      Effect.gen(function*() {
+        const env = { DEVELOPMENT_MODEL: "true" }
+        const first = yield* startTestServer(testServer({ dialect, env }))
+        const titleOf = (conversationId: string, auth: string) =>
+          Effect.map(call("GET", `/api/v1/conversations/${conversationId}`, { auth }), (reply) => reply.body.title)
+        const { conversationId, user } = yield* Effect.gen(function*() {
+          const user = yield* signUp()
+          const chatted = expectStatus(
+            yield* call("POST", "/api/v1/chat", {
+              auth: user.accessToken,
+              body: { content: "Where do herons nest?" }
+            }),
+            200
+          )
+          const conversationId = chatted.conversationId as string
+          yield* eventually(titleOf(conversationId, user.accessToken), (title) => title !== "")
+          // As if the instance had stopped between the answer's end and the title's job: neither is there.
+          yield* inServerDatabase(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+            Effect.all([
+              sql`UPDATE conversations SET title = '' WHERE id = ${conversationId}`,
+              sql`DELETE FROM job_queue WHERE queue_name = ${titleQueue}`
+            ])))
+          expect(yield* titleOf(conversationId, user.accessToken)).toBe("")
+          return { conversationId, user }
+        }).pipe(Effect.provideService(TestServer, first))
+
+        // Another instance starting on the same data queues it again.
+        yield* startTestServer(testServer({
+          dialect,
+          env: { ...env, DATA_DIR: first.dataDir, ...(first.databaseUrl ? { DATABASE_URL: first.databaseUrl } : {}) }
+        }))
+        const title = yield* eventually(titleOf(conversationId, user.accessToken), (title) => title !== "").pipe(
+          Effect.provideService(TestServer, first)
+        )
+        expect(title.length).toBeGreaterThan(0)
+      }))
+  })
+}

@@ -138,6 +138,27 @@ export class AnswerRepo extends Effect.Service<AnswerRepo>()("Chat/AnswerRepo", 
            WHERE a.id = ${answerId}`
       ).pipe(Effect.map((rows) => Option.fromNullable(rows[0])))
 
-    return { flush, finish, cancel, recoverAbandoned, setTitleIfEmpty, titleSource } as const
+    /**
+     * Untitled conversations whose first answer ended from `since` on: those whose title job may
+     * have been lost (the instance stopped between the answer's end and the job's queueing). The
+     * first answer of each, oldest first.
+     */
+    const untitledSince = (since: string, limit: number) =>
+      Effect.orDie(
+        sql<{ readonly conversationId: ConversationId; readonly answerId: MessageId; readonly createdAt: string }>`
+          SELECT c.id AS conversation_id, a.id AS answer_id, a.created_at
+          FROM conversations c
+          JOIN messages q ON q.conversation_id = c.id AND q.parent_id IS NULL AND q.thread_id IS NULL
+          JOIN messages a ON a.parent_id = q.id AND a.role = 'assistant'
+          WHERE c.title = '' AND c.deleted_at IS NULL AND a.status <> 'streaming' AND a.updated_at >= ${since}
+          ORDER BY a.created_at, a.id
+          LIMIT ${limit}`
+      ).pipe(Effect.map((rows) => {
+        const first = new Map<ConversationId, MessageId>()
+        for (const row of rows) if (!first.has(row.conversationId)) first.set(row.conversationId, row.answerId)
+        return [...first].map(([conversationId, answerId]) => ({ conversationId, answerId }))
+      }))
+
+    return { flush, finish, cancel, recoverAbandoned, setTitleIfEmpty, titleSource, untitledSince } as const
   })
 }) {}

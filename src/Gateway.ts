@@ -4,7 +4,8 @@
  * format into a `ChatRequest` for whichever provider serves the model, and
  * back from its chunks into OpenAI's completion objects or stream chunks.
  *
- * Nothing is stored but the token usage, per API key. The upstream call
+ * Nothing is stored but the token usage, per API key, which the reports
+ * here sum per key, per user and over every user. The upstream call
  * lives exactly as long as the caller's scope: a client that goes away ends
  * it. The HTTP side (`Gateway/Http.ts`) turns failures into OpenAI's error body.
  */
@@ -13,9 +14,17 @@ import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
 import { type Actor, CurrentActor } from "./Domain/Actor.js"
-import { type Forbidden, type NotFound, orNotFound, type RateLimited } from "./Domain/Errors.js"
+import {
+  type Forbidden,
+  invalid,
+  type NotFound,
+  orNotFound,
+  type RateLimited,
+  type ValidationError
+} from "./Domain/Errors.js"
 import { type ApiKeyId, generateUuid } from "./Domain/Ids.js"
 import type { LlmModel, Provider } from "./Domain/Model.js"
+import type { MyUsageQuery, UsageReportQuery } from "./Gateway/Api.js"
 import {
   ApiKeyUsage,
   type ChatCompletion,
@@ -27,13 +36,20 @@ import {
   imageOfUrl,
   InvalidRequest,
   type ModelList,
+  type MyUsage,
   passedThrough,
   type RequestMessage,
   UnknownModel,
   type Usage,
+  type UsageByDay,
+  type UsageByModel,
+  type UsageBySource,
+  type UsageByUser,
+  type UsageCounts,
+  type UsageReport,
   UsageTotals
 } from "./Gateway/Schemas.js"
-import { UsageRepo } from "./Gateway/UsageRepo.js"
+import { type UsageFilter, UsageRepo } from "./Gateway/UsageRepo.js"
 import { ModelRegistry, type ResolvedModel } from "./Models.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
@@ -439,6 +455,99 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         })
       }).pipe(Effect.withSpan("Gateway.keyUsage"))
 
-    return { listModels, retrieveModel, complete, stream, keyUsage } as const
+    // --- usage reports: the database groups and sums, this adds the totals of the groups (one query, so
+    // the totals always agree with the groups)
+
+    const counted = (
+      row: { readonly requests: number; readonly promptTokens: number; readonly completionTokens: number }
+    ) => ({
+      requests: row.requests,
+      promptTokens: row.promptTokens,
+      completionTokens: row.completionTokens,
+      totalTokens: row.promptTokens + row.completionTokens
+    })
+
+    /** The range asked for and the totals of `groups`: what every report has besides its groups. */
+    const framed = (filter: UsageFilter, groups: ReadonlyArray<UsageCounts>) => ({
+      from: filter.from ?? null,
+      to: filter.to ?? null,
+      totals: groups.reduce(
+        (totals, group) => ({
+          requests: totals.requests + group.requests,
+          promptTokens: totals.promptTokens + group.promptTokens,
+          completionTokens: totals.completionTokens + group.completionTokens,
+          totalTokens: totals.totalTokens + group.totalTokens
+        }),
+        { requests: 0, promptTokens: 0, completionTokens: 0, totalTokens: 0 }
+      )
+    })
+
+    const byModel = (filter: UsageFilter): Effect.Effect<UsageByModel> =>
+      Effect.map(usageRepo.sumsByModel(filter), (rows) => {
+        const groups = rows.map((row) => ({
+          key: row.modelId ?? row.modelName ?? "",
+          modelId: row.modelId,
+          modelName: row.modelName,
+          ...counted(row)
+        }))
+        return { ...framed(filter, groups), groupBy: "model" as const, groups }
+      })
+
+    const byDay = (filter: UsageFilter): Effect.Effect<UsageByDay> =>
+      Effect.map(usageRepo.sumsByDay(filter), (rows) => {
+        const groups = rows.map((row) => ({ key: row.day, day: row.day, ...counted(row) }))
+        return { ...framed(filter, groups), groupBy: "day" as const, groups }
+      })
+
+    const bySource = (filter: UsageFilter): Effect.Effect<UsageBySource> =>
+      Effect.map(usageRepo.sumsBySource(filter), (rows) => {
+        const groups = rows.map((row) => ({ key: row.source, source: row.source, ...counted(row) }))
+        return { ...framed(filter, groups), groupBy: "source" as const, groups }
+      })
+
+    const byUser = (filter: UsageFilter): Effect.Effect<UsageByUser> =>
+      Effect.map(usageRepo.sumsByUser(filter), (rows) => {
+        const groups = rows.map((row) => ({
+          key: row.userId,
+          userId: row.userId,
+          username: row.username,
+          ...counted(row)
+        }))
+        return { ...framed(filter, groups), groupBy: "user" as const, groups }
+      })
+
+    const reports = { model: byModel, day: byDay, source: bySource, user: byUser } as const
+
+    /** A range ending before it starts is a mistake, not an empty report (`from` = `to` is the empty one). */
+    const checkRange = (filter: UsageFilter): Effect.Effect<void, ValidationError> =>
+      filter.from !== undefined && filter.to !== undefined && DateTime.greaterThan(filter.from, filter.to)
+        ? Effect.fail(invalid(["from"], "`from` is after `to`"))
+        : Effect.void
+
+    /**
+     * The caller's own usage, chat and gateway, every key and session of theirs. Like the per-key report
+     * it needs `keys:manage`: a session, or a key allowed to manage its owner's keys (what a key that may
+     * only use models has spent is not for that key to read).
+     */
+    const myUsage = (query: MyUsageQuery): Effect.Effect<MyUsage, Forbidden | ValidationError, CurrentActor> =>
+      Effect.gen(function*() {
+        const actor = yield* requirePermission("keys:manage")
+        const filter = { from: query.from, to: query.to, userId: actor.userId }
+        yield* checkRange(filter)
+        return yield* reports[query.groupBy](filter)
+      }).pipe(Effect.withSpan("Gateway.myUsage"))
+
+    /** Every user's usage, or `userId`'s: for those who administer users (`admin:users`). */
+    const usageReport = (
+      query: UsageReportQuery
+    ): Effect.Effect<UsageReport, Forbidden | ValidationError, CurrentActor> =>
+      Effect.gen(function*() {
+        yield* requirePermission("admin:users")
+        const filter = { from: query.from, to: query.to, userId: query.userId }
+        yield* checkRange(filter)
+        return yield* reports[query.groupBy](filter)
+      }).pipe(Effect.withSpan("Gateway.usageReport"))
+
+    return { listModels, retrieveModel, complete, stream, keyUsage, myUsage, usageReport } as const
   })
 }) {}

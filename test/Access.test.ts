@@ -543,7 +543,10 @@ const expectations: Readonly<Record<string, Expectation>> = {
     // Like the key itself: the owner's (a session, or a key with `keys:manage`), not found for anyone else.
     statuses: { anonymous: 401, owner: 200, other: 404, admin: 404, scopedKey: 403 },
     request: (cast) => ({ params: { id: cast.ownerKeyId } })
-  }
+  },
+  // Like the per-key report: a session, or a key with `keys:manage`; each caller's own usage.
+  "usage.myUsage": { statuses: keysManage(200) },
+  "usage.usageReport": { statuses: adminOnly(200) }
 }
 
 interface Endpoint {

@@ -10,7 +10,7 @@
 import { RpcClient } from "@effect/rpc"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Cause, Context, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
+import { Cause, Context, DateTime, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
 import * as Crypto from "node:crypto"
 import type { ChatEvent } from "../src/Chat/Api.js"
 import type { LlmModelId, ProviderId } from "../src/Domain/Ids.js"
@@ -375,6 +375,15 @@ for (const dialect of dialects) {
             expect(failureTag(yield* Effect.exit(as(other)(client.apiKeyUsage({ id: key.apiKey.id }))))).toBe(
               "NotFound"
             )
+            const mine = yield* as(user)(client.myUsage({ groupBy: "source" }))
+            expect(mine, transport).toMatchObject({ from: null, to: null, groupBy: "source" })
+            const [from, to] = [
+              DateTime.unsafeMake("2021-03-02T00:00:00Z"),
+              DateTime.unsafeMake("2021-03-01T00:00:00Z")
+            ]
+            expect(failureTag(yield* Effect.exit(as(user)(client.myUsage({ from, to, groupBy: "day" }))))).toBe(
+              "ValidationError"
+            )
           }
         }))
 
@@ -409,14 +418,18 @@ for (const dialect of dialects) {
             yield* as(admin)(client.enableUser({ id: target.id }))
             const audit = yield* as(admin)(client.listAuditEvents({ targetId: target.id }))
             expect(audit.items.length, transport).toBeGreaterThan(0)
+            const usage = yield* as(admin)(client.usageReport({ userId: target.id, groupBy: "user" }))
+            expect(usage, transport).toMatchObject({ groupBy: "user", groups: [], totals: { requests: 0 } })
 
             const refused: Array<Exit.Exit<unknown, { readonly _tag: string }>> = [
               yield* Effect.exit(as(user)(client.listUsers({}))),
               yield* Effect.exit(as(user)(client.disableUser({ id: target.id }))),
               yield* Effect.exit(as(user)(client.setRole({ id: target.id, role: "admin" as never }))),
-              yield* Effect.exit(as(user)(client.listAuditEvents({})))
+              yield* Effect.exit(as(user)(client.listAuditEvents({}))),
+              yield* Effect.exit(as(user)(client.usageReport({ groupBy: "model" })))
             ]
             expect(refused.map((exit) => failureTag(exit)), transport).toEqual([
+              "Forbidden",
               "Forbidden",
               "Forbidden",
               "Forbidden",

@@ -4,8 +4,8 @@
  * `POST /v1/chat/completions`, authenticated by an API key sent as
  * `Authorization: Bearer wp_…` (what OpenAI's clients send) or `X-API-Key`.
  * Every failure is answered in OpenAI's error body, so official clients
- * raise their usual error classes. Also the handler of the per-key usage
- * endpoint of the REST API.
+ * raise their usual error classes. Also the handlers of the REST API's
+ * usage reports (per key, your own, every user's).
  */
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Cause, Effect, FiberRef, Option, ParseResult, Redacted, Schema, Stream } from "effect"
@@ -329,5 +329,8 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
 export const UsageHttpLive = HttpApiBuilder.group(WebPlusApi, "usage", (handlers) =>
   Effect.gen(function*() {
     const gateway = yield* Gateway
-    return handlers.handle("apiKeyUsage", ({ path }) => gateway.keyUsage(path.id))
+    return handlers
+      .handle("apiKeyUsage", ({ path }) => gateway.keyUsage(path.id))
+      .handle("myUsage", ({ urlParams }) => gateway.myUsage(urlParams))
+      .handle("usageReport", ({ urlParams }) => gateway.usageReport(urlParams))
   }))

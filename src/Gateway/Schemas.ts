@@ -5,7 +5,8 @@
  * clients read them as they are.
  */
 import { Schema } from "effect"
-import { ApiKeyId, LlmModelId } from "../Domain/Ids.js"
+import { ApiKeyId, LlmModelId, UserId } from "../Domain/Ids.js"
+import { Username } from "../Domain/User.js"
 
 /** Where an answer's tokens were spent: through the OpenAI-compatible gateway, or in a chat. */
 export const UsageSource = Schema.Literal("gateway", "chat")
@@ -292,3 +293,90 @@ export class ApiKeyUsage extends Schema.Class<ApiKeyUsage>("ApiKeyUsage")(
   },
   { description: "Tokens the providers reported for answers requested with this key" }
 ) {}
+
+// --- usage reports per user and over every user (part of the REST API)
+
+/** A UTC calendar day. */
+export const UsageDay = Schema.String.pipe(Schema.pattern(/^\d{4}-\d{2}-\d{2}$/)).annotations({
+  description: "A calendar day in UTC, YYYY-MM-DD"
+})
+
+const counts = {
+  requests: Schema.Int.annotations({ description: "Answers whose usage the provider reported" }),
+  promptTokens: Schema.Int,
+  completionTokens: Schema.Int,
+  totalTokens: Schema.Int
+}
+
+export const UsageCounts = Schema.Struct(counts).annotations({ identifier: "UsageCounts" })
+export type UsageCounts = typeof UsageCounts.Type
+
+/**
+ * One group of a report: `key` names it whatever the grouping (what a client keys a table row or a
+ * chart's series by), beside the grouping's own typed fields.
+ */
+export const ModelUsage = Schema.Struct({
+  key: Schema.String.annotations({ description: "The model's id; for a deleted model, the name it had" }),
+  modelId: Schema.NullOr(LlmModelId).annotations({ description: "Null once the model was deleted" }),
+  modelName: Schema.NullOr(Schema.String).annotations({ description: "The provider's name for the model" }),
+  ...counts
+}).annotations({ identifier: "ModelUsage" })
+
+export const DayUsage = Schema.Struct({
+  key: Schema.String.annotations({ description: "The day" }),
+  day: UsageDay,
+  ...counts
+}).annotations({ identifier: "DayUsage" })
+
+export const SourceUsage = Schema.Struct({
+  key: Schema.String.annotations({ description: "The source" }),
+  source: UsageSource,
+  ...counts
+}).annotations({ identifier: "SourceUsage" })
+
+export const UserUsage = Schema.Struct({
+  key: Schema.String.annotations({ description: "The user's id" }),
+  userId: UserId,
+  username: Username,
+  ...counts
+}).annotations({ identifier: "UserUsage" })
+
+/** A report grouped by `groupBy`: the range asked for, the totals over it, and its groups. */
+const usageReport = <G extends string, Group extends Schema.Schema.Any>(groupBy: G, group: Group, order: string) =>
+  Schema.Struct({
+    from: Schema.NullOr(Schema.DateTimeUtc).annotations({ description: "The range's start (inclusive); null: none" }),
+    to: Schema.NullOr(Schema.DateTimeUtc).annotations({ description: "The range's end (exclusive); null: none" }),
+    groupBy: Schema.Literal(groupBy),
+    totals: UsageCounts,
+    groups: Schema.Array(group).annotations({ description: order })
+  })
+
+const byTokens = "Most tokens first"
+
+export const UsageByModel = usageReport("model", ModelUsage, `${byTokens}, then by model name`).annotations({
+  identifier: "UsageByModel"
+})
+export const UsageByDay = usageReport("day", DayUsage, "Oldest day first; days without usage are left out")
+  .annotations({ identifier: "UsageByDay" })
+export const UsageBySource = usageReport("source", SourceUsage, `${byTokens}, then by source`).annotations({
+  identifier: "UsageBySource"
+})
+export const UsageByUser = usageReport("user", UserUsage, `${byTokens}, then by username`).annotations({
+  identifier: "UsageByUser"
+})
+export type UsageByModel = typeof UsageByModel.Type
+export type UsageByDay = typeof UsageByDay.Type
+export type UsageBySource = typeof UsageBySource.Type
+export type UsageByUser = typeof UsageByUser.Type
+
+/** A user's own usage, as grouped. */
+export const MyUsage = Schema.Union(UsageByModel, UsageByDay, UsageBySource).annotations({
+  description: "Tokens the providers reported for your answers (chat and gateway, every key and session)"
+})
+export type MyUsage = typeof MyUsage.Type
+
+/** Every user's usage (or one user's), as grouped. */
+export const UsageReport = Schema.Union(UsageByModel, UsageByDay, UsageBySource, UsageByUser).annotations({
+  description: "Tokens the providers reported for the answers of every user (or of one)"
+})
+export type UsageReport = typeof UsageReport.Type

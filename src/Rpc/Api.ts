@@ -76,7 +76,8 @@ import {
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { RoleName } from "../Domain/User.js"
 import { FileAnalysisView, FilesUsage, FileView, RequestAnalysisPayload } from "../Files/Api.js"
-import { ApiKeyUsage } from "../Gateway/Schemas.js"
+import { MyUsageQuery, UsageReportQuery } from "../Gateway/Api.js"
+import { ApiKeyUsage, MyUsage, UsageReport } from "../Gateway/Schemas.js"
 import {
   EntityDetail,
   EntitySearch,
@@ -301,7 +302,7 @@ const ModelRpcs = RpcGroup.make(
   Rpc.make("deleteModelConfig", { payload: { id: ModelConfigId }, error: ModelError })
 )
 
-// --- your personal data, your keys' usage, and user administration (administrators)
+// --- your personal data, your usage, and user administration and usage (administrators)
 
 const AccountDataRpcs = RpcGroup.make(
   Rpc.make("exportPersonalData", { success: PersonalDataExport, error: Refused }),
@@ -310,6 +311,7 @@ const AccountDataRpcs = RpcGroup.make(
   Rpc.make("getConsent", { success: Consent, error: Refused }),
   Rpc.make("updateConsent", { payload: fieldsOf(UpdateConsentPayload), success: Consent, error: Refused }),
   Rpc.make("apiKeyUsage", { payload: { id: ApiKeyId }, success: ApiKeyUsage, error: Schema.Union(Refused, NotFound) }),
+  Rpc.make("myUsage", { payload: MyUsageQuery, success: MyUsage, error: Refused }),
   Rpc.make("listUsers", { payload: PageParams, success: Page(UserView), error: Refused }),
   Rpc.make("createUser", { payload: fieldsOf(CreateUserPayload), success: UserView, error: AuthError }),
   Rpc.make("deleteUser", { payload: { id: UserId }, error: Schema.Union(Refused, NotFound, Conflict) }),
@@ -344,7 +346,8 @@ const AccountDataRpcs = RpcGroup.make(
     error: Schema.Union(Refused, NotFound, Conflict)
   }),
   Rpc.make("deleteRole", { payload: { name: RoleName }, error: Schema.Union(Refused, NotFound, Conflict) }),
-  Rpc.make("listAuditEvents", { payload: AuditQuery, success: Page(AuditEventView), error: Refused })
+  Rpc.make("listAuditEvents", { payload: AuditQuery, success: Page(AuditEventView), error: Refused }),
+  Rpc.make("usageReport", { payload: UsageReportQuery, success: UsageReport, error: Refused })
 )
 
 // --- files, the knowledge graph and shares (uploads and downloads are the REST API's: their bodies

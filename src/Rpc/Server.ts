@@ -160,6 +160,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     getConsent: () => users.getConsent,
     updateConsent: (payload) => users.updateConsent(payload),
     apiKeyUsage: ({ id }) => gateway.keyUsage(id),
+    myUsage: (query) => gateway.myUsage(query),
     listUsers: (page) => users.listUsers(page),
     createUser: (payload) => auth.createUser(payload),
     deleteUser: ({ id }) => users.deleteUser(id),
@@ -173,6 +174,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     deleteRole: ({ name }) => users.deleteRole(name),
     listAuditEvents: ({ cursor, limit, ...filter }) =>
       audit.list(filter, { ...(limit ? { limit } : {}), ...(cursor ? { cursor } : {}) }),
+    usageReport: (query) => gateway.usageReport(query),
 
     filesUsage: () => files.usage,
     listFiles: (page) => files.list(page),

@@ -15,6 +15,7 @@ import shareDetails from "./0010_share_details.js"
 import rateLimitExemption from "./0011_rate_limit_exemption.js"
 import apiKeyModels from "./0012_api_key_models.js"
 import roleModels from "./0013_role_models.js"
+import roleTokenBudgets from "./0014_role_token_budgets.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -29,7 +30,8 @@ export const migrations = {
   "0010_share_details": shareDetails,
   "0011_rate_limit_exemption": rateLimitExemption,
   "0012_api_key_models": apiKeyModels,
-  "0013_role_models": roleModels
+  "0013_role_models": roleModels,
+  "0014_role_token_budgets": roleTokenBudgets
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -342,7 +342,8 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
           apiKeyId: via.key.id,
           ...(via.key.rateLimitPerMinute === null ? {} : { keyRateLimitPerMinute: via.key.rateLimitPerMinute })
         }),
-        ...(models === undefined ? {} : { models })
+        ...(models === undefined ? {} : { models }),
+        ...(user.roleTokenBudget === null ? {} : { tokenBudget: user.roleTokenBudget })
       })
     }
 

@@ -268,9 +268,10 @@ export interface ChatSettings {
   readonly rateLimit: Option.Option<{ readonly perUser: number; readonly window: Duration.Duration }>
   /**
    * The tokens (prompt and completion, as providers report them) one user may spend per calendar
-   * period (UTC), chat and gateway together; `None`: no budget.
+   * period (UTC), chat and gateway together: `perUser` for everyone (`None`: no budget), unless
+   * their role has a budget of its own.
    */
-  readonly tokenBudget: Option.Option<{ readonly perUser: number; readonly period: BudgetPeriod }>
+  readonly tokenBudget: { readonly perUser: Option.Option<number>; readonly period: BudgetPeriod }
 }
 
 export type BudgetPeriod = "day" | "week" | "month"
@@ -434,9 +435,6 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
     const chatRateLimitWindow = yield* Config.duration("CHAT_RATE_LIMIT_WINDOW").pipe(
       Config.withDefault(Duration.minutes(1))
     )
-    const tokenBudgetPeriod = yield* Config.literal("day", "week", "month")("TOKEN_BUDGET_PERIOD").pipe(
-      Config.withDefault<BudgetPeriod>("month")
-    )
     const chat: ChatSettings = {
       firstChunkTimeout: yield* Config.duration("CHAT_FIRST_CHUNK_TIMEOUT").pipe(
         Config.withDefault(Duration.seconds(120))
@@ -461,10 +459,12 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
         yield* Config.option(positiveInt("CHAT_RATE_LIMIT_PER_USER")),
         (perUser) => ({ perUser, window: chatRateLimitWindow })
       ),
-      tokenBudget: Option.map(
-        yield* Config.option(positiveInt("TOKEN_BUDGET_PER_USER")),
-        (perUser) => ({ perUser, period: tokenBudgetPeriod })
-      )
+      tokenBudget: {
+        perUser: yield* Config.option(positiveInt("TOKEN_BUDGET_PER_USER")),
+        period: yield* Config.literal("day", "week", "month")("TOKEN_BUDGET_PERIOD").pipe(
+          Config.withDefault<BudgetPeriod>("month")
+        )
+      }
     }
     const jobs: JobsSettings = {
       amqpUrl: yield* Config.option(Config.nonEmptyString("AMQP_URL").pipe(Config.map(Redacted.make))),

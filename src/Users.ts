@@ -131,6 +131,7 @@ export class Users extends Effect.Service<Users>()("Users", {
         description: role.description,
         permissions: role.permissions.filter(isPermission),
         models: role.models,
+        tokenBudget: role.tokenBudget,
         builtin: role.builtin,
         userCount
       })
@@ -168,13 +169,19 @@ export class Users extends Effect.Service<Users>()("Users", {
           description: payload.description,
           permissions: Array.from(new Set(payload.permissions)),
           models: yield* roleModels(payload.models),
+          tokenBudget: payload.tokenBudget,
           builtin: false
         }))
         yield* audit.record({
           action: "role.created",
           actor,
           target: { type: "role", id: role.id },
-          metadata: { name: role.name, permissions: role.permissions, models: role.models }
+          metadata: {
+            name: role.name,
+            permissions: role.permissions,
+            models: role.models,
+            tokenBudget: role.tokenBudget
+          }
         })
         return roleView(role, 0)
       }).pipe(inTransaction(sql), Effect.withSpan("Users.createRole"))
@@ -189,7 +196,8 @@ export class Users extends Effect.Service<Users>()("Users", {
           builtin: role.builtin,
           description: payload.description ?? role.description,
           permissions: payload.permissions === undefined ? role.permissions : Array.from(new Set(payload.permissions)),
-          models: payload.models === undefined ? role.models : yield* roleModels(payload.models)
+          models: payload.models === undefined ? role.models : yield* roleModels(payload.models),
+          tokenBudget: payload.tokenBudget === undefined ? role.tokenBudget : payload.tokenBudget
         }))
         yield* audit.record({
           action: "role.updated",
@@ -199,7 +207,11 @@ export class Users extends Effect.Service<Users>()("Users", {
             name: role.name,
             from: role.permissions,
             to: updated.permissions,
-            ...(payload.models === undefined ? {} : { modelsFrom: role.models, modelsTo: updated.models })
+            ...(payload.models === undefined ? {} : { modelsFrom: role.models, modelsTo: updated.models }),
+            ...(payload.tokenBudget === undefined ? {} : {
+              tokenBudgetFrom: role.tokenBudget,
+              tokenBudgetTo: updated.tokenBudget
+            })
           }
         })
         return roleView(updated, yield* users.countWithRole(role.id))

@@ -226,6 +226,7 @@ for (const dialect of dialects) {
             description: "Reads only",
             permissions: ["conversations:read", "models:read"],
             models: null,
+            tokenBudget: null,
             builtin: false,
             userCount: 0
           })

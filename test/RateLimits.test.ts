@@ -702,5 +702,55 @@ for (const dialect of dialects) {
         const admins = expectAnswered(yield* chatTurn(admin.accessToken, "one"))
         expectAnswered(yield* chatTurn(admin.accessToken, "two", admins.body.conversationId))
       }))
+
+    it.scoped("a role's own budget replaces the server's for its holders, until it is taken away", () =>
+      Effect.gen(function*() {
+        // A server of its own: its first account is the administrator.
+        const server = yield* startTestServer(testServer({
+          dialect,
+          env: { DEVELOPMENT_MODEL: "true", TOKEN_BUDGET_PER_USER: "1", TOKEN_BUDGET_PERIOD: "day" }
+        }))
+        yield* Effect.provideService(roleBudget, TestServer, server)
+      }))
   })
 }
+
+/** A role with a roomy budget of its own on a server whose budget is 1 token a day; then taken away. */
+const roleBudget = Effect.gen(function*() {
+  const admin = yield* signUp()
+  const holder = yield* signUp()
+  const name = `roomy-${unique()}`
+  const role = yield* call("POST", "/api/v1/admin/roles", {
+    auth: admin.accessToken,
+    body: {
+      name,
+      permissions: ["chat", "conversations:read", "conversations:write", "models:use"],
+      tokenBudget: 1_000_000
+    }
+  })
+  expect(role.status, JSON.stringify(role.body)).toBe(201)
+  expect(role.body.tokenBudget).toBe(1_000_000)
+  const zero = yield* call("POST", "/api/v1/admin/roles", {
+    auth: admin.accessToken,
+    body: { name: `zero-${unique()}`, permissions: ["chat"], tokenBudget: 0 }
+  })
+  expect(zero.status).toBe(422)
+  const give = yield* call("PUT", `/api/v1/admin/users/${holder.id}/role`, {
+    auth: admin.accessToken,
+    body: { role: name }
+  })
+  expect(give.status).toBe(200)
+
+  const first = expectAnswered(yield* chatTurn(holder.accessToken, "one"))
+  const conversationId = first.body.conversationId as string
+  expectAnswered(yield* chatTurn(holder.accessToken, "two", conversationId))
+  expectAnswered(yield* chatTurn(holder.accessToken, "three", conversationId))
+
+  // Back to the server's budget (1 token a day), long spent.
+  const lifted = yield* call("PATCH", `/api/v1/admin/roles/${name}`, {
+    auth: admin.accessToken,
+    body: { tokenBudget: null }
+  })
+  expect(lifted.body.tokenBudget).toBeNull()
+  expect((yield* chatTurn(holder.accessToken, "four", conversationId)).status).toBe(429)
+})

@@ -181,15 +181,17 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
       })
 
     /**
-     * Whether `actor`'s user has tokens left in this period's `TOKEN_BUDGET_PER_USER` (holders of
-     * `ratelimit:exempt` have no budget). The budget is checked before an answer, never during one:
-     * the answer that crosses it is finished, and the next is refused until the period renews.
+     * Whether `actor`'s user has tokens left in this period's budget: their role's, else
+     * `TOKEN_BUDGET_PER_USER` (holders of `ratelimit:exempt` have none). The budget is checked
+     * before an answer, never during one: the answer that crosses it is finished, and the next is
+     * refused until the period renews.
      */
     const tokenBudget = (actor: Actor): Effect.Effect<void, RateLimited> =>
-      Option.match(chat.tokenBudget, {
+      Option.match(Option.orElse(Option.fromNullable(actor.tokenBudget), () => chat.tokenBudget.perUser), {
         onNone: () => Effect.void,
-        onSome: ({ perUser, period }) =>
+        onSome: (perUser) =>
           actor.can("ratelimit:exempt") ? Effect.void : Effect.gen(function*() {
+            const { period } = chat.tokenBudget
             const now = yield* Clock.currentTimeMillis
             const { end, start } = budgetPeriod(period, now)
             if ((yield* usage.tokensSince(actor.userId, new Date(start).toISOString())) < perUser) return

@@ -39,8 +39,10 @@ export class Actor extends Schema.Class<Actor>("Actor")({
   apiKeyId: Schema.optional(ApiKeyId),
   /** For an API key with a limit of its own: the answers it may ask models for per minute. */
   keyRateLimitPerMinute: Schema.optional(Schema.Int),
-  /** For an API key limited to some models: their ids. */
-  models: Schema.optional(Schema.Array(LlmModelId))
+  /** For a credential limited to some models (its key's list, its role's): their ids. */
+  models: Schema.optional(Schema.Array(LlmModelId)),
+  /** When the user's role has a token budget of its own: the tokens per budget period. */
+  tokenBudget: Schema.optional(Schema.Int)
 }) {
   can(permission: Permission): boolean {
     return this.permissions.includes(permission)

@@ -17,6 +17,8 @@ export class Role extends Model.Class<Role>("Role")({
   permissions: StringListColumn,
   /** The only models holders may see and use, by id; null: every model. */
   models: Model.JsonFromString(Schema.NullOr(Schema.Array(LlmModelId))),
+  /** Tokens each holder may spend per budget period; null: the server's `TOKEN_BUDGET_PER_USER`. */
+  tokenBudget: Schema.NullOr(Schema.Int),
   builtin: Model.BooleanFromNumber,
   createdAt: Model.DateTimeInsert,
   updatedAt: Model.DateTimeUpdate

@@ -22,6 +22,9 @@ export class RoleView extends Schema.Class<RoleView>("RoleView")({
   models: Schema.NullOr(Schema.Array(LlmModelId)).annotations({
     description: "The only models holders may see and use; null: every model"
   }),
+  tokenBudget: Schema.NullOr(Schema.Int).annotations({
+    description: "Tokens each holder may spend per `TOKEN_BUDGET_PERIOD`; null: the server's `TOKEN_BUDGET_PER_USER`"
+  }),
   builtin: Schema.Boolean.annotations({ description: "`admin` and `user`: they cannot be changed or deleted" }),
   userCount: Schema.Int.annotations({ description: "How many accounts hold it" })
 }) {}
@@ -37,17 +40,24 @@ const RoleModels = Schema.NullOr(Schema.Array(LlmModelId).pipe(Schema.maxItems(1
     "is unknown to them, in the model lists, in chat and at the gateway; null: every model"
 })
 
+const RoleTokenBudget = Schema.NullOr(Schema.Int.pipe(Schema.between(1, 1_000_000_000_000))).annotations({
+  description: "Tokens each holder may spend per `TOKEN_BUDGET_PERIOD` (chat and gateway together), instead of " +
+    "`TOKEN_BUDGET_PER_USER`; null: the server's"
+})
+
 export class CreateRolePayload extends Schema.Class<CreateRolePayload>("CreateRolePayload")({
   name: RoleName,
   description: Schema.optionalWith(RoleDescription, { default: () => "" }),
   permissions: Permissions,
-  models: Schema.optionalWith(RoleModels, { default: () => null })
+  models: Schema.optionalWith(RoleModels, { default: () => null }),
+  tokenBudget: Schema.optionalWith(RoleTokenBudget, { default: () => null })
 }) {}
 
 export class UpdateRolePayload extends Schema.Class<UpdateRolePayload>("UpdateRolePayload")({
   description: Schema.optional(RoleDescription),
   permissions: Schema.optional(Permissions),
-  models: Schema.optional(RoleModels)
+  models: Schema.optional(RoleModels),
+  tokenBudget: Schema.optional(RoleTokenBudget)
 }) {}
 
 export class SetRolePayload extends Schema.Class<SetRolePayload>("SetRolePayload")({ role: RoleName }) {}

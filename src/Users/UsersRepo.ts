@@ -11,7 +11,8 @@ export const UserWithRole = Schema.Struct({
   ...User.fields,
   roleName: RoleName,
   rolePermissions: Schema.parseJson(Schema.Array(Schema.String)),
-  roleModels: Schema.parseJson(Schema.NullOr(Schema.Array(LlmModelId)))
+  roleModels: Schema.parseJson(Schema.NullOr(Schema.Array(LlmModelId))),
+  roleTokenBudget: Schema.NullOr(Schema.Int)
 })
 
 export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
@@ -30,7 +31,8 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
     })
 
     const selectWithRole = sql`
-      SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions, roles.models AS role_models
+      SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions, roles.models AS role_models,
+        roles.token_budget AS role_token_budget
       FROM users JOIN roles ON roles.id = users.role_id`
 
     const findWithRole = SqlSchema.findOne({
@@ -49,6 +51,7 @@ export class UsersRepo extends Effect.Service<UsersRepo>()("Users/UsersRepo", {
       execute: ({ familyId, userId }) =>
         sql`
           SELECT users.*, roles.name AS role_name, roles.permissions AS role_permissions, roles.models AS role_models,
+            roles.token_budget AS role_token_budget,
             (
               EXISTS (SELECT 1 FROM sessions WHERE sessions.family_id = ${familyId} AND sessions.user_id = users.id)
               AND NOT EXISTS (

@@ -39,6 +39,7 @@ import {
   type MyUsage,
   passedThrough,
   type RequestMessage,
+  TokenBudget,
   UnknownModel,
   type Usage,
   type UsageByDay,
@@ -548,6 +549,20 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         return yield* reports[query.groupBy](filter)
       }).pipe(Effect.withSpan("Gateway.usageReport"))
 
-    return { listModels, retrieveModel, complete, stream, keyUsage, myUsage, usageReport } as const
+    /** The caller's token budget this period; anyone may read their own (it says what their next answer meets). */
+    const myBudget: Effect.Effect<TokenBudget, never, CurrentActor> = Effect.gen(function*() {
+      const budget = yield* rateLimits.budgetOf(yield* CurrentActor)
+      return new TokenBudget({
+        tokens: budget.tokens,
+        spent: budget.spent,
+        remaining: budget.tokens === null ? null : Math.max(0, budget.tokens - budget.spent),
+        exempt: budget.exempt,
+        period: budget.period,
+        periodStart: DateTime.unsafeMake(budget.start),
+        renewsAt: DateTime.unsafeMake(budget.end)
+      })
+    }).pipe(Effect.withSpan("Gateway.myBudget"))
+
+    return { listModels, retrieveModel, complete, stream, keyUsage, myUsage, myBudget, usageReport } as const
   })
 }) {}

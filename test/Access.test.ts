@@ -546,6 +546,8 @@ const expectations: Readonly<Record<string, Expectation>> = {
   },
   // Like the per-key report: a session, or a key with `keys:manage`; each caller's own usage.
   "usage.myUsage": { statuses: keysManage(200) },
+  // Anyone's own budget: it says what their next answer meets.
+  "usage.myBudget": { statuses: anyone(200) },
   "usage.usageReport": { statuses: adminOnly(200) }
 }
 

@@ -665,7 +665,21 @@ for (const dialect of dialects) {
         const key = yield* createKey(user, ["chat", "conversations:read", "conversations:write", "models:use"])
 
         // Nothing spent yet: the first answer is given (and takes the user past the budget).
+        const before = yield* call("GET", "/api/v1/me/budget", { auth: user.accessToken })
+        const today = budgetPeriod("day", Date.now())
+        expect(before.body).toEqual({
+          tokens: 1,
+          spent: 0,
+          remaining: 1,
+          exempt: false,
+          period: "day",
+          periodStart: new Date(today.start).toISOString(),
+          renewsAt: new Date(today.end).toISOString()
+        })
         const first = expectAnswered(yield* chatTurn(user.accessToken, "first"))
+        const after = yield* call("GET", "/api/v1/me/budget", { auth: key.secret })
+        expect(after.body).toMatchObject({ tokens: 1, remaining: 0 })
+        expect(after.body.spent).toBe(first.body.answer.promptTokens + first.body.answer.completionTokens)
         const conversationId = first.body.conversationId as ConversationId
         const refused = yield* chatTurn(user.accessToken, "again", conversationId)
         expect(refused.status).toBe(429)
@@ -699,6 +713,11 @@ for (const dialect of dialects) {
 
         // Another user has a budget of their own; the administrator holds ratelimit:exempt.
         expectAnswered(yield* chatTurn(other.accessToken, "mine"))
+        expect((yield* call("GET", "/api/v1/me/budget", { auth: admin.accessToken })).body).toMatchObject({
+          tokens: null,
+          remaining: null,
+          exempt: true
+        })
         const admins = expectAnswered(yield* chatTurn(admin.accessToken, "one"))
         expectAnswered(yield* chatTurn(admin.accessToken, "two", admins.body.conversationId))
       }))
@@ -740,6 +759,10 @@ const roleBudget = Effect.gen(function*() {
     body: { role: name }
   })
   expect(give.status).toBe(200)
+  expect((yield* call("GET", "/api/v1/me/budget", { auth: holder.accessToken })).body).toMatchObject({
+    tokens: 1_000_000,
+    spent: 0
+  })
 
   const first = expectAnswered(yield* chatTurn(holder.accessToken, "one"))
   const conversationId = first.body.conversationId as string

@@ -384,6 +384,8 @@ for (const dialect of dialects) {
             expect(failureTag(yield* Effect.exit(as(user)(client.myUsage({ from, to, groupBy: "day" }))))).toBe(
               "ValidationError"
             )
+            // No budget on this server: none holds the user.
+            expect(yield* as(user)(client.myBudget())).toMatchObject({ tokens: null, remaining: null, exempt: false })
           }
         }))
 

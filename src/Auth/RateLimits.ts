@@ -187,20 +187,40 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
      * refused until the period renews.
      */
     const tokenBudget = (actor: Actor): Effect.Effect<void, RateLimited> =>
-      Option.match(Option.orElse(Option.fromNullable(actor.tokenBudget), () => chat.tokenBudget.perUser), {
+      Option.match(budgetTokens(actor), {
         onNone: () => Effect.void,
-        onSome: (perUser) =>
-          actor.can("ratelimit:exempt") ? Effect.void : Effect.gen(function*() {
-            const { period } = chat.tokenBudget
-            const now = yield* Clock.currentTimeMillis
-            const { end, start } = budgetPeriod(period, now)
-            if ((yield* usage.tokensSince(actor.userId, new Date(start).toISOString())) < perUser) return
-            const renews = new Date(end).toISOString()
-            return yield* new RateLimited({
-              message: `Your token budget for this ${period} (${perUser} tokens) is spent; it renews at ${renews}`,
-              retryAfterSeconds: Math.max(1, Math.ceil((end - now) / 1000))
-            })
+        onSome: () =>
+          Effect.flatMap(budgetOf(actor), (budget) => {
+            if (budget.tokens === null || budget.spent < budget.tokens) return Effect.void
+            const renews = new Date(budget.end).toISOString()
+            return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              new RateLimited({
+                message: `Your token budget for this ${budget.period} (${budget.tokens} tokens) is spent; ` +
+                  `it renews at ${renews}`,
+                retryAfterSeconds: Math.max(1, Math.ceil((budget.end - now) / 1000))
+              }))
           })
+      })
+
+    /** The budget that holds `actor`'s user: their role's, else the server's; none for `ratelimit:exempt`. */
+    const budgetTokens = (actor: Actor): Option.Option<number> =>
+      actor.can("ratelimit:exempt")
+        ? Option.none()
+        : Option.orElse(Option.fromNullable(actor.tokenBudget), () => chat.tokenBudget.perUser)
+
+    /** Where `actor`'s user stands in this budget period: the budget (null: none), what is spent, the period. */
+    const budgetOf = (actor: Actor) =>
+      Effect.gen(function*() {
+        const { period } = chat.tokenBudget
+        const { end, start } = budgetPeriod(period, yield* Clock.currentTimeMillis)
+        return {
+          tokens: Option.getOrNull(budgetTokens(actor)),
+          spent: yield* usage.tokensSince(actor.userId, new Date(start).toISOString()),
+          exempt: actor.can("ratelimit:exempt"),
+          period,
+          start,
+          end
+        }
       })
 
     /** `CHAT_RATE_LIMIT_PER_USER` and the API key's own limit per minute. */
@@ -269,6 +289,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
       shareReaction,
       firstShareView,
       modelRequest,
+      budgetOf,
       addressRequest,
       userRequest
     } as const

@@ -10,7 +10,7 @@ import { Authentication } from "../Auth/Api.js"
 import { Forbidden, NotFound } from "../Domain/Errors.js"
 import { ApiKeyId, UserId } from "../Domain/Ids.js"
 import { request } from "../Domain/Request.js"
-import { ApiKeyUsage, MyUsage, UsageReport } from "./Schemas.js"
+import { ApiKeyUsage, MyUsage, TokenBudget, UsageReport } from "./Schemas.js"
 
 /** The time range of a report: rows recorded at `from` or later, and before `to`. */
 const UsageRange = {
@@ -52,6 +52,12 @@ export class UsageApi extends HttpApiGroup.make("usage")
       .addError(Forbidden)
       .middleware(Authentication)
       .annotate(OpenApi.Summary, "Tokens you spent, in total and per model, day or source")
+  )
+  .add(
+    HttpApiEndpoint.get("myBudget", "/api/v1/me/budget")
+      .addSuccess(TokenBudget)
+      .middleware(Authentication)
+      .annotate(OpenApi.Summary, "Your token budget this period: how much, how much is spent, when it renews")
   )
   .add(
     HttpApiEndpoint.get("usageReport", "/api/v1/admin/usage")

@@ -332,5 +332,6 @@ export const UsageHttpLive = HttpApiBuilder.group(WebPlusApi, "usage", (handlers
     return handlers
       .handle("apiKeyUsage", ({ path }) => gateway.keyUsage(path.id))
       .handle("myUsage", ({ urlParams }) => gateway.myUsage(urlParams))
+      .handle("myBudget", () => gateway.myBudget)
       .handle("usageReport", ({ urlParams }) => gateway.usageReport(urlParams))
   }))

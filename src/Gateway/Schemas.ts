@@ -369,6 +369,19 @@ export type UsageByDay = typeof UsageByDay.Type
 export type UsageBySource = typeof UsageBySource.Type
 export type UsageByUser = typeof UsageByUser.Type
 
+/** Where the caller stands in the current token budget period (`TOKEN_BUDGET_PER_USER`, their role's budget). */
+export class TokenBudget extends Schema.Class<TokenBudget>("TokenBudget")({
+  tokens: Schema.NullOr(Schema.Int).annotations({
+    description: "Tokens you may spend per period: your role's budget, else the server's; null: no budget holds you"
+  }),
+  spent: Schema.Int.annotations({ description: "Tokens spent this period, chat and gateway together" }),
+  remaining: Schema.NullOr(Schema.Int).annotations({ description: "Left this period (0 once spent); null: no budget" }),
+  exempt: Schema.Boolean.annotations({ description: "Whether you hold `ratelimit:exempt` (no budget, no limits)" }),
+  period: Schema.Literal("day", "week", "month"),
+  periodStart: Schema.DateTimeUtc,
+  renewsAt: Schema.DateTimeUtc
+}) {}
+
 /** A user's own usage, as grouped. */
 export const MyUsage = Schema.Union(UsageByModel, UsageByDay, UsageBySource).annotations({
   description: "Tokens the providers reported for your answers (chat and gateway, every key and session)"

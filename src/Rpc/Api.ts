@@ -77,7 +77,7 @@ import { Page, PageParams } from "../Domain/Pagination.js"
 import { RoleName } from "../Domain/User.js"
 import { FileAnalysisView, FilesUsage, FileView, RequestAnalysisPayload } from "../Files/Api.js"
 import { MyUsageQuery, UsageReportQuery } from "../Gateway/Api.js"
-import { ApiKeyUsage, MyUsage, UsageReport } from "../Gateway/Schemas.js"
+import { ApiKeyUsage, MyUsage, TokenBudget, UsageReport } from "../Gateway/Schemas.js"
 import {
   EntityDetail,
   EntitySearch,
@@ -312,6 +312,7 @@ const AccountDataRpcs = RpcGroup.make(
   Rpc.make("updateConsent", { payload: fieldsOf(UpdateConsentPayload), success: Consent, error: Refused }),
   Rpc.make("apiKeyUsage", { payload: { id: ApiKeyId }, success: ApiKeyUsage, error: Schema.Union(Refused, NotFound) }),
   Rpc.make("myUsage", { payload: MyUsageQuery, success: MyUsage, error: Refused }),
+  Rpc.make("myBudget", { success: TokenBudget, error: Refused }),
   Rpc.make("listUsers", { payload: PageParams, success: Page(UserView), error: Refused }),
   Rpc.make("createUser", { payload: fieldsOf(CreateUserPayload), success: UserView, error: AuthError }),
   Rpc.make("deleteUser", { payload: { id: UserId }, error: Schema.Union(Refused, NotFound, Conflict) }),

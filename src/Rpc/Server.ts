@@ -161,6 +161,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     updateConsent: (payload) => users.updateConsent(payload),
     apiKeyUsage: ({ id }) => gateway.keyUsage(id),
     myUsage: (query) => gateway.myUsage(query),
+    myBudget: () => gateway.myBudget,
     listUsers: (page) => users.listUsers(page),
     createUser: (payload) => auth.createUser(payload),
     deleteUser: ({ id }) => users.deleteUser(id),

@@ -54,6 +54,10 @@ describe("configuration", () => {
         OTEL_EXPORTER_OTLP_HEADERS: "",
         OPENAI_API_KEY: "",
         LOG_LEVEL: "",
+        RATE_LIMIT_PER_ADDRESS: "",
+        RATE_LIMIT_EXEMPT_ADDRESSES: "",
+        TOKEN_BUDGET_PER_USER: "",
+        TOKEN_BUDGET_PERIOD: "",
         HOST: "0.0.0.0"
       })
       expect(config.port).toBe(3000)
@@ -64,6 +68,9 @@ describe("configuration", () => {
       expect(Option.isNone(config.telemetry.otlpEndpoint)).toBe(true)
       expect(Option.isNone(config.models.openAiApiKey)).toBe(true)
       expect(config.logLevel).toEqual(LogLevel.Info)
+      expect(Option.isNone(config.apiRateLimit.perAddress)).toBe(true)
+      expect(config.apiRateLimit.exemptAddresses).toEqual([])
+      expect(config.chat.tokenBudget).toEqual({ perUser: Option.none(), period: "month" })
     }))
 
   it.effect("reads every variable", () =>

@@ -16,6 +16,7 @@ import rateLimitExemption from "./0011_rate_limit_exemption.js"
 import apiKeyModels from "./0012_api_key_models.js"
 import roleModels from "./0013_role_models.js"
 import roleTokenBudgets from "./0014_role_token_budgets.js"
+import apiKeyTokenBudgets from "./0015_api_key_token_budgets.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -31,7 +32,8 @@ export const migrations = {
   "0011_rate_limit_exemption": rateLimitExemption,
   "0012_api_key_models": apiKeyModels,
   "0013_role_models": roleModels,
-  "0014_role_token_budgets": roleTokenBudgets
+  "0014_role_token_budgets": roleTokenBudgets,
+  "0015_api_key_token_budgets": apiKeyTokenBudgets
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -70,6 +70,7 @@ export const toApiKeyView = (key: ApiKey) =>
     revokedAt: Option.getOrNull(key.revokedAt),
     rateLimitPerMinute: key.rateLimitPerMinute,
     models: key.models,
+    tokenBudget: key.tokenBudget,
     createdAt: key.createdAt
   })
 
@@ -340,7 +341,8 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
         via: via.kind,
         ...(via.kind === "session" ? { sessionFamilyId: via.familyId } : {
           apiKeyId: via.key.id,
-          ...(via.key.rateLimitPerMinute === null ? {} : { keyRateLimitPerMinute: via.key.rateLimitPerMinute })
+          ...(via.key.rateLimitPerMinute === null ? {} : { keyRateLimitPerMinute: via.key.rateLimitPerMinute }),
+          ...(via.key.tokenBudget === null ? {} : { keyTokenBudget: via.key.tokenBudget })
         }),
         ...(models === undefined ? {} : { models }),
         ...(user.roleTokenBudget === null ? {} : { tokenBudget: user.roleTokenBudget })
@@ -421,7 +423,8 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
           lastUsedAt: Option.none(),
           revokedAt: Option.none(),
           rateLimitPerMinute: payload.rateLimitPerMinute ?? null,
-          models: keyModels
+          models: keyModels,
+          tokenBudget: payload.tokenBudget ?? null
         }))
         yield* audit.record({
           action: "api-key.created",

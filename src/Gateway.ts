@@ -557,6 +557,9 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         spent: budget.spent,
         remaining: budget.tokens === null ? null : Math.max(0, budget.tokens - budget.spent),
         exempt: budget.exempt,
+        key: budget.key === null
+          ? null
+          : { ...budget.key, remaining: Math.max(0, budget.key.tokens - budget.key.spent) },
         period: budget.period,
         periodStart: DateTime.unsafeMake(budget.start),
         renewsAt: DateTime.unsafeMake(budget.end)

@@ -672,6 +672,7 @@ for (const dialect of dialects) {
           spent: 0,
           remaining: 1,
           exempt: false,
+          key: null,
           period: "day",
           periodStart: new Date(today.start).toISOString(),
           renewsAt: new Date(today.end).toISOString()
@@ -731,8 +732,44 @@ for (const dialect of dialects) {
         }))
         yield* Effect.provideService(roleBudget, TestServer, server)
       }))
+
+    it.scoped("an API key's own budget stops that key only", () =>
+      Effect.gen(function*() {
+        const server = yield* startTestServer(testServer({ dialect, env: { DEVELOPMENT_MODEL: "true" } }))
+        yield* signUp().pipe(Effect.provideService(TestServer, server)) // the administrator
+        yield* Effect.provideService(keyBudget, TestServer, server)
+      }))
   })
 }
+
+/** A key with a budget of its own, on a server without one: the key stops, its owner goes on. */
+const keyBudget = Effect.gen(function*() {
+  const user = yield* signUp()
+  const key = yield* createKey(user, ["chat", "conversations:read", "conversations:write", "models:use"], {
+    tokenBudget: 1
+  })
+  const keys = yield* call("GET", "/api/v1/auth/api-keys", { auth: user.accessToken })
+  expect(keys.body.items.find((listed: any) => listed.id === key.id).tokenBudget).toBe(1)
+  const first = expectAnswered(yield* chatTurn(key.secret, "through the key"))
+  const conversationId = first.body.conversationId as string
+  const refused = yield* chatTurn(key.secret, "again", conversationId)
+  expect(refused.status).toBe(429)
+  expect(refused.body.message).toMatch(/^This API key's token budget for this month \(1 tokens\) is spent/)
+  expect(Number(refused.headers["retry-after"])).toBeGreaterThan(0)
+  expect(yield* Effect.flip(complete(key.secret))).toBeInstanceOf(OpenAI.RateLimitError)
+  const budget = yield* call("GET", "/api/v1/me/budget", { auth: key.secret })
+  expect(budget.body).toMatchObject({ tokens: null, remaining: null, key: { tokens: 1, remaining: 0 } })
+  expect(budget.body.key.spent).toBe(budget.body.spent)
+  // The owner's session has no budget: it goes on.
+  expectAnswered(yield* chatTurn(user.accessToken, "with the session", conversationId))
+  expect((yield* call("GET", "/api/v1/me/budget", { auth: user.accessToken })).body.key).toBeNull()
+  // Out of range: 422, no key made.
+  const zero = yield* call("POST", "/api/v1/auth/api-keys", {
+    auth: user.accessToken,
+    body: { name: "zero", scopes: ["chat"], tokenBudget: 0 }
+  })
+  expect(zero.status).toBe(422)
+})
 
 /** A role with a roomy budget of its own on a server whose budget is 1 token a day; then taken away. */
 const roleBudget = Effect.gen(function*() {

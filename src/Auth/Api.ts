@@ -99,6 +99,9 @@ export class ApiKeyView extends Schema.Class<ApiKeyView>("ApiKeyView")({
   models: Schema.NullOr(Schema.Array(LlmModelId)).annotations({
     description: "The only models the key may see and use, by id; null: every model its owner may use"
   }),
+  tokenBudget: Schema.NullOr(Schema.Int).annotations({
+    description: "Tokens the key may spend per `TOKEN_BUDGET_PERIOD`, within its owner's budget; null: none of its own"
+  }),
   createdAt: Schema.DateTimeUtc
 }) {}
 
@@ -111,6 +114,11 @@ export class CreateApiKeyPayload extends Schema.Class<CreateApiKeyPayload>("Crea
   rateLimitPerMinute: Schema.optional(
     Schema.Int.pipe(Schema.between(1, 60_000)).annotations({
       description: "Answers the key may ask models for per minute (at most 60,000), on top of any limit its owner has"
+    })
+  ),
+  tokenBudget: Schema.optional(
+    Schema.Int.pipe(Schema.between(1, 1_000_000_000_000)).annotations({
+      description: "Tokens the key may spend per `TOKEN_BUDGET_PERIOD` (chat and gateway), within its owner's budget"
     })
   ),
   models: Schema.optional(

@@ -181,26 +181,27 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
       })
 
     /**
-     * Whether `actor`'s user has tokens left in this period's budget: their role's, else
-     * `TOKEN_BUDGET_PER_USER` (holders of `ratelimit:exempt` have none). The budget is checked
-     * before an answer, never during one: the answer that crosses it is finished, and the next is
-     * refused until the period renews.
+     * Whether `actor` has tokens left in this period's budgets: their user's (their role's, else
+     * `TOKEN_BUDGET_PER_USER`; holders of `ratelimit:exempt` have none) and their API key's own, if
+     * it has one. Budgets are checked before an answer, never during one: the answer that crosses one
+     * is finished, and the next is refused until the period renews.
      */
     const tokenBudget = (actor: Actor): Effect.Effect<void, RateLimited> =>
-      Option.match(budgetTokens(actor), {
-        onNone: () => Effect.void,
-        onSome: () =>
-          Effect.flatMap(budgetOf(actor), (budget) => {
-            if (budget.tokens === null || budget.spent < budget.tokens) return Effect.void
-            const renews = new Date(budget.end).toISOString()
-            return Effect.flatMap(Clock.currentTimeMillis, (now) =>
-              new RateLimited({
-                message: `Your token budget for this ${budget.period} (${budget.tokens} tokens) is spent; ` +
-                  `it renews at ${renews}`,
-                retryAfterSeconds: Math.max(1, Math.ceil((budget.end - now) / 1000))
-              }))
-          })
-      })
+      Option.isNone(budgetTokens(actor)) && actor.keyTokenBudget === undefined
+        ? Effect.void
+        : Effect.flatMap(budgetOf(actor), (budget) => {
+          const spent = budget.tokens !== null && budget.spent >= budget.tokens
+            ? `Your token budget for this ${budget.period} (${budget.tokens} tokens)`
+            : budget.key !== null && budget.key.spent >= budget.key.tokens
+            ? `This API key's token budget for this ${budget.period} (${budget.key.tokens} tokens)`
+            : null
+          if (spent === null) return Effect.void
+          return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+            new RateLimited({
+              message: `${spent} is spent; it renews at ${new Date(budget.end).toISOString()}`,
+              retryAfterSeconds: Math.max(1, Math.ceil((budget.end - now) / 1000))
+            }))
+        })
 
     /** The budget that holds `actor`'s user: their role's, else the server's; none for `ratelimit:exempt`. */
     const budgetTokens = (actor: Actor): Option.Option<number> =>
@@ -208,14 +209,22 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
         ? Option.none()
         : Option.orElse(Option.fromNullable(actor.tokenBudget), () => chat.tokenBudget.perUser)
 
-    /** Where `actor`'s user stands in this budget period: the budget (null: none), what is spent, the period. */
+    /**
+     * Where `actor` stands in this budget period: their user's budget (null: none) and what the user
+     * spent; their API key's own budget and what the key spent, when it has one; the period.
+     */
     const budgetOf = (actor: Actor) =>
       Effect.gen(function*() {
         const { period } = chat.tokenBudget
         const { end, start } = budgetPeriod(period, yield* Clock.currentTimeMillis)
+        const since = new Date(start).toISOString()
         return {
           tokens: Option.getOrNull(budgetTokens(actor)),
-          spent: yield* usage.tokensSince(actor.userId, new Date(start).toISOString()),
+          spent: yield* usage.tokensSince(actor.userId, since),
+          key: actor.apiKeyId === undefined || actor.keyTokenBudget === undefined ? null : {
+            tokens: actor.keyTokenBudget,
+            spent: yield* usage.keyTokensSince(actor.apiKeyId, since)
+          },
           exempt: actor.can("ratelimit:exempt"),
           period,
           start,

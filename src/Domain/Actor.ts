@@ -42,7 +42,9 @@ export class Actor extends Schema.Class<Actor>("Actor")({
   /** For a credential limited to some models (its key's list, its role's): their ids. */
   models: Schema.optional(Schema.Array(LlmModelId)),
   /** When the user's role has a token budget of its own: the tokens per budget period. */
-  tokenBudget: Schema.optional(Schema.Int)
+  tokenBudget: Schema.optional(Schema.Int),
+  /** For an API key with a token budget of its own: the tokens it may spend per budget period. */
+  keyTokenBudget: Schema.optional(Schema.Int)
 }) {
   can(permission: Permission): boolean {
     return this.permissions.includes(permission)

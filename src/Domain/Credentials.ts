@@ -38,6 +38,8 @@ export class ApiKey extends Model.Class<ApiKey>("ApiKey")({
   rateLimitPerMinute: Schema.NullOr(Schema.Int),
   /** The models the key may use, by id; null: every model its owner may use. */
   models: Model.JsonFromString(Schema.NullOr(Schema.Array(LlmModelId))),
+  /** Tokens the key may spend per budget period, besides its owner's budget; null: none of its own. */
+  tokenBudget: Schema.NullOr(Schema.Int),
   createdAt: Model.DateTimeInsert
 }) {}
 

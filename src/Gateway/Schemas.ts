@@ -377,6 +377,11 @@ export class TokenBudget extends Schema.Class<TokenBudget>("TokenBudget")({
   spent: Schema.Int.annotations({ description: "Tokens spent this period, chat and gateway together" }),
   remaining: Schema.NullOr(Schema.Int).annotations({ description: "Left this period (0 once spent); null: no budget" }),
   exempt: Schema.Boolean.annotations({ description: "Whether you hold `ratelimit:exempt` (no budget, no limits)" }),
+  key: Schema.NullOr(Schema.Struct({
+    tokens: Schema.Int,
+    spent: Schema.Int,
+    remaining: Schema.Int
+  })).annotations({ description: "Asked with an API key that has a token budget of its own: that budget" }),
   period: Schema.Literal("day", "week", "month"),
   periodStart: Schema.DateTimeUtc,
   renewsAt: Schema.DateTimeUtc

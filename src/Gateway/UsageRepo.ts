@@ -185,9 +185,19 @@ export class UsageRepo extends Effect.Service<UsageRepo>()("Gateway/UsageRepo", 
         (rows) => Number(rows[0]?.tokens ?? 0)
       ).pipe(Effect.orDie, Effect.withSpan("UsageRepo.tokensSince"))
 
+    /** The tokens spent through API key `apiKeyId` from `since` on: a sum over the key's index range. */
+    const keyTokensSince = (apiKeyId: ApiKeyId, since: string) =>
+      Effect.map(
+        sql<{ readonly tokens: number | string | null }>`
+          SELECT sum(prompt_tokens + completion_tokens) AS tokens FROM usage_records
+          WHERE api_key_id = ${apiKeyId} AND created_at >= ${since}`,
+        (rows) => Number(rows[0]?.tokens ?? 0)
+      ).pipe(Effect.orDie, Effect.withSpan("UsageRepo.keyTokensSince"))
+
     return {
       record,
       tokensSince,
+      keyTokensSince,
       /** Sums per source and model of the rows of `apiKeyId`, a key of `userId`. */
       totalsForKey: (apiKeyId: ApiKeyId, userId: UserId): Effect.Effect<ReadonlyArray<UsageTotalsRow>> =>
         Effect.orDie(totalsForKey({ apiKeyId, userId })),

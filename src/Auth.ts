@@ -433,7 +433,8 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
           metadata: {
             name: key.name,
             scopes: [...key.scopes],
-            ...(key.models === null ? {} : { models: [...key.models] })
+            ...(key.models === null ? {} : { models: [...key.models] }),
+            ...(key.tokenBudget === null ? {} : { tokenBudget: key.tokenBudget })
           }
         })
         return new CreatedApiKey({ apiKey: toApiKeyView(key), secret })

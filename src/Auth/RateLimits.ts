@@ -220,10 +220,10 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
         const since = new Date(start).toISOString()
         return {
           tokens: Option.getOrNull(budgetTokens(actor)),
-          spent: yield* usage.tokensSince(actor.userId, since),
+          spent: yield* usage.tokensSince({ userId: actor.userId }, since),
           key: actor.apiKeyId === undefined || actor.keyTokenBudget === undefined ? null : {
             tokens: actor.keyTokenBudget,
-            spent: yield* usage.keyTokensSince(actor.apiKeyId, since)
+            spent: yield* usage.tokensSince({ apiKeyId: actor.apiKeyId }, since)
           },
           exempt: actor.can("ratelimit:exempt"),
           period,

@@ -176,28 +176,22 @@ export class UsageRepo extends Effect.Service<UsageRepo>()("Gateway/UsageRepo", 
         completionTokens: input.completionTokens
       }, { disableValidation: true })).pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("UsageRepo.record"))
 
-    /** The tokens (prompt and completion) `userId` spent from `since` on: a sum over the user's index range. */
-    const tokensSince = (userId: UserId, since: string) =>
+    /**
+     * The tokens (prompt and completion) a user, or an API key, spent from `since` on: a sum over the
+     * user's (the key's) index range.
+     */
+    const tokensSince = (spender: { readonly userId: UserId } | { readonly apiKeyId: ApiKeyId }, since: string) =>
       Effect.map(
         sql<{ readonly tokens: number | string | null }>`
           SELECT sum(prompt_tokens + completion_tokens) AS tokens FROM usage_records
-          WHERE user_id = ${userId} AND created_at >= ${since}`,
+          WHERE ${"userId" in spender ? sql`user_id = ${spender.userId}` : sql`api_key_id = ${spender.apiKeyId}`}
+            AND created_at >= ${since}`,
         (rows) => Number(rows[0]?.tokens ?? 0)
       ).pipe(Effect.orDie, Effect.withSpan("UsageRepo.tokensSince"))
-
-    /** The tokens spent through API key `apiKeyId` from `since` on: a sum over the key's index range. */
-    const keyTokensSince = (apiKeyId: ApiKeyId, since: string) =>
-      Effect.map(
-        sql<{ readonly tokens: number | string | null }>`
-          SELECT sum(prompt_tokens + completion_tokens) AS tokens FROM usage_records
-          WHERE api_key_id = ${apiKeyId} AND created_at >= ${since}`,
-        (rows) => Number(rows[0]?.tokens ?? 0)
-      ).pipe(Effect.orDie, Effect.withSpan("UsageRepo.keyTokensSince"))
 
     return {
       record,
       tokensSince,
-      keyTokensSince,
       /** Sums per source and model of the rows of `apiKeyId`, a key of `userId`. */
       totalsForKey: (apiKeyId: ApiKeyId, userId: UserId): Effect.Effect<ReadonlyArray<UsageTotalsRow>> =>
         Effect.orDie(totalsForKey({ apiKeyId, userId })),

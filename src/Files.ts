@@ -303,7 +303,7 @@ export class Files extends Effect.Service<Files>()("Files", {
         if (!hasReadableText(file.contentType)) {
           return yield* invalid(
             ["id"],
-            `Text cannot be read from ${file.contentType} files: analyses cover text and PDF files`
+            `Text cannot be read from ${file.contentType} files: analyses cover text, PDF, Word, Excel and PowerPoint files`
           )
         }
         yield* requirePermission("models:use")

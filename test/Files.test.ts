@@ -12,13 +12,14 @@ import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import * as Path from "node:path"
+import { defaultAllowedFileTypes } from "../src/Config.js"
 import { sanitizeFileName } from "../src/Files/Content.js"
 import { retryDelay, sweepJobs } from "../src/Jobs.js"
 import { runMigrations } from "../src/Migrations.js"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { upload, uploadOne } from "./fixtures/Content.js"
 import { dialects, freshDatabase, sqliteClientFor } from "./fixtures/Database.js"
-import { minimalDocx, minimalPdf } from "./fixtures/Documents.js"
+import { docxOf, minimalPdf, officeTypes, pptxOf, wordParagraph, xlsxOf, zipOf } from "./fixtures/Documents.js"
 import { openEvents } from "./fixtures/Events.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake, upstreamSecret } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
@@ -46,7 +47,9 @@ const filesEnv = {
   CHAT_RETRY_ATTEMPTS: "0",
   CHAT_FIRST_CHUNK_TIMEOUT: "2 seconds",
   PROVIDER_BREAKER_THRESHOLD: "1000",
-  MODEL_STATUS_POLL_INTERVAL: "0 seconds"
+  MODEL_STATUS_POLL_INTERVAL: "0 seconds",
+  // A ZIP archive stands for a file a model can neither read nor see.
+  FILES_ALLOWED_TYPES: [...defaultAllowedFileTypes, "application/zip"].join(",")
 }
 
 const withCast = (dialect: (typeof dialects)[number], env: Record<string, string> = {}) =>
@@ -539,6 +542,56 @@ for (const dialect of dialects) {
           ])
         }))
 
+      it.scoped("a Word document's text is sent with the question; one that cannot be read is named as such", () =>
+        Effect.gen(function*() {
+          const { modelId, openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: ["Read."] }
+          const letter = docxOf(wordParagraph("Dear Ada,") + wordParagraph("The engine works & so do the cards."))
+          const docx = yield* uploadOne(user.accessToken, "letter.docx", letter, officeTypes.docx)
+          expect(docx.contentType).toBe(officeTypes.docx)
+          const sheet = yield* uploadOne(
+            user.accessToken,
+            "costs.xlsx",
+            xlsxOf([{ name: "Costs", rows: `<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1"><v>42</v></c></row>` }], [
+              "Brass"
+            ]),
+            officeTypes.xlsx
+          )
+          expectStatus(
+            yield* call("POST", "/api/v1/chat", {
+              auth: user.accessToken,
+              body: { content: "Summarise", title: "Letter", modelId, fileIds: [docx.id, sheet.id] }
+            }),
+            200
+          )
+          expect(lastQuestionSent(openai).map((message) => message.content)).toEqual([
+            `Summarise\n\n<attachment name="letter.docx" type="${officeTypes.docx}">\n` +
+            `Dear Ada,\nThe engine works & so do the cards.\n</attachment>\n\n` +
+            `<attachment name="costs.xlsx" type="${officeTypes.xlsx}">\nSheet: Costs\nBrass\t42\n</attachment>`
+          ])
+
+          // Its end cut off: still a Word document by its first bytes, but no archive to read.
+          const cut = yield* uploadOne(
+            user.accessToken,
+            "cut.docx",
+            letter.subarray(0, letter.length - 40),
+            officeTypes.docx
+          )
+          expect(cut.contentType).toBe(officeTypes.docx)
+          expectStatus(
+            yield* call("POST", "/api/v1/chat", {
+              auth: user.accessToken,
+              body: { content: "And this one?", title: "Cut", modelId, fileIds: [cut.id] }
+            }),
+            200
+          )
+          expect(lastQuestionSent(openai).map((message) => message.content)).toEqual([
+            `And this one?\n\n<attachment name="cut.docx" type="${officeTypes.docx}">\n` +
+            `[This file could not be read]\n</attachment>`
+          ])
+        }))
+
       it.scoped("a question's metadata naming a file does not attach it: only fileIds does", () =>
         Effect.gen(function*() {
           const { modelId, openai, user } = yield* TheCast
@@ -561,11 +614,11 @@ for (const dialect of dialects) {
         Effect.gen(function*() {
           const { modelId, other, user } = yield* TheCast
           const theirs = yield* uploadOne(other.accessToken, "theirs.txt", "not yours")
-          const document = yield* uploadOne(
+          const archive = yield* uploadOne(
             user.accessToken,
-            "letter.docx",
-            minimalDocx(),
-            "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+            "photos.zip",
+            zipOf([{ name: "photo.png", content: png, method: "stored" }]),
+            "application/zip"
           )
           const big = yield* uploadOne(user.accessToken, "big.png", new Uint8Array([...png, ...new Uint8Array(300)]))
           const conversation = expectStatus(
@@ -583,12 +636,11 @@ for (const dialect of dialects) {
           expect(expectStatus(notTheirs, 422).issues).toEqual([{ path: ["fileIds", 0], message: "No such file" }])
           const noText = yield* call("POST", path, {
             auth: user.accessToken,
-            body: { content: "See", fileIds: [document.id] }
+            body: { content: "See", fileIds: [archive.id] }
           })
           expect(expectStatus(noText, 422).issues).toEqual([{
             path: ["fileIds", 0],
-            message:
-              "A model can neither read nor see application/vnd.openxmlformats-officedocument.wordprocessingml.document files"
+            message: "A model can neither read nor see application/zip files"
           }])
           const tooBig = yield* call("POST", path, {
             auth: user.accessToken,
@@ -746,6 +798,68 @@ for (const dialect of dialects) {
           expect(failed).toMatchObject({ status: "error", attempts: 1, error: "The file's text could not be read" })
         }))
 
+      it.scoped("Word, Excel and PowerPoint files' text is read for their analyses; a damaged one ends as error at once", () =>
+        Effect.gen(function*() {
+          const { openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: [`{"summary": "A document."}`] }
+          const documents = [
+            {
+              name: "minutes.docx",
+              type: officeTypes.docx,
+              content: docxOf(
+                wordParagraph("Minutes") + `<w:p><w:r><w:t>Present:</w:t><w:tab/><w:t>Ada</w:t></w:r></w:p>`
+              ),
+              text: "Minutes\nPresent:\tAda"
+            },
+            {
+              name: "budget.xlsx",
+              type: officeTypes.xlsx,
+              content: xlsxOf([{
+                name: "2025",
+                rows: `<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c></row>` +
+                  `<row r="2"><c r="A2" t="inlineStr"><is><t>Rent</t></is></c><c r="B2"><v>1200</v></c></row>`
+              }], ["Item", "Amount"]),
+              text: "Sheet: 2025\nItem\tAmount\nRent\t1200"
+            },
+            {
+              name: "talk.pptx",
+              type: officeTypes.pptx,
+              content: pptxOf([["The engine"], ["How it works", "Cards & gears"]]),
+              text: "Slide 1\nThe engine\n\nSlide 2\nHow it works\nCards & gears"
+            }
+          ]
+          for (const document of documents) {
+            const file = yield* uploadOne(user.accessToken, document.name, document.content, document.type)
+            expect(file.contentType).toBe(document.type)
+            const queued = expectStatus(
+              yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
+              202
+            )
+            const done = yield* settled(user.accessToken, file.id, queued.id)
+            expect(done).toMatchObject({
+              status: "complete",
+              extractedText: document.text,
+              analysis: { summary: "A document." }
+            })
+            const sent = openai.requests.filter((request) => request.path === chatPath.openai).at(-1)!
+            expect(sent.body.messages[1].content).toBe(`Document: ${document.name}\n\n${document.text}`)
+          }
+
+          // Detected as a Word document by its first part, its main part's data damaged.
+          const whole = docxOf(wordParagraph("Unreadable in the end."), { method: "stored" })
+          const damaged = Buffer.from(whole)
+          damaged.write("Unreadable in the END.", damaged.indexOf("Unreadable in the end."))
+          const broken = yield* uploadOne(user.accessToken, "broken.docx", damaged, officeTypes.docx)
+          expect(broken.contentType).toBe(officeTypes.docx)
+          const failing = expectStatus(
+            yield* call("POST", `/api/v1/files/${broken.id}/analyses`, { auth: user.accessToken, body: {} }),
+            202
+          )
+          const failed = yield* settled(user.accessToken, broken.id, failing.id)
+          expect(failed).toMatchObject({ status: "error", attempts: 1, error: "The file's text could not be read" })
+        }))
+
       it.scoped("an answer that is not JSON is kept as the summary", () =>
         Effect.gen(function*() {
           const { openai, user } = yield* TheCast
@@ -807,7 +921,7 @@ for (const dialect of dialects) {
             body: {}
           })
           expect(expectStatus(refused, 422).message).toBe(
-            "Text cannot be read from image/png files: analyses cover text and PDF files"
+            "Text cannot be read from image/png files: analyses cover text, PDF, Word, Excel and PowerPoint files"
           )
           const text = yield* uploadOne(user.accessToken, "t.txt", "text")
           const unknown = yield* call("POST", `/api/v1/files/${text.id}/analyses`, {

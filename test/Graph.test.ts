@@ -10,6 +10,7 @@ import type { FileId, LlmModelId } from "../src/Domain/Ids.js"
 import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { conversationWith, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
+import { docxOf, officeTypes, pptxOf, wordParagraph } from "./fixtures/Documents.js"
 import { openEvents } from "./fixtures/Events.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
 import { as, overHttp, overWebSocket } from "./fixtures/Rpc.js"
@@ -212,6 +213,38 @@ for (const dialect of dialects) {
             "file"
           ])
           expect(detail.relationships.map((relationship: { type: string }) => relationship.type)).toEqual(["described"])
+        }))
+
+      it.scoped("reads a Word document's or a presentation's text; one that cannot be read ends as error", () =>
+        Effect.gen(function*() {
+          const { openai } = yield* TheCast
+          const user = yield* signUp()
+          const letter = docxOf(wordParagraph("Ada Lovelace wrote to Charles Babbage."))
+          const docx = yield* uploadOne(user.accessToken, "letter.docx", letter, officeTypes.docx)
+          modelFinds(openai, lovelace)
+          const done = yield* extract(user, { fileId: docx.id })
+          expect(done).toMatchObject({ status: "complete", source: { kind: "file", id: docx.id }, entityCount: 3 })
+          const sent = () => openai.requests.filter((request) => request.path === chatPath.openai).at(-1)!.body
+          expect(sent().messages[1]).toEqual({ role: "user", content: "Ada Lovelace wrote to Charles Babbage." })
+
+          const talk = yield* uploadOne(
+            user.accessToken,
+            "talk.pptx",
+            pptxOf([["The Analytical Engine"]]),
+            officeTypes.pptx
+          )
+          modelFinds(openai, lovelace)
+          expect(yield* extract(user, { fileId: talk.id })).toMatchObject({ status: "complete" })
+          expect(sent().messages[1]).toEqual({ role: "user", content: "Slide 1\nThe Analytical Engine" })
+
+          const cut = yield* uploadOne(
+            user.accessToken,
+            "cut.docx",
+            letter.subarray(0, letter.length - 40),
+            officeTypes.docx
+          )
+          const failed = yield* extract(user, { fileId: cut.id })
+          expect(failed).toMatchObject({ status: "error", attempts: 1, error: "The source is gone or unreadable" })
         }))
 
       it.scoped("a model that keeps failing ends the extraction as error; a bad request changes nothing", () =>

@@ -80,9 +80,9 @@ export class Attachments extends Effect.Service<Attachments>()("Files/Attachment
         return attached
       })
 
-    // A file's content never changes: what it brings the model, once read (a PDF's text takes a
-    // worker), is kept for the next turns of this instance: the newest `cachedTexts` texts, and
-    // images up to `cachedImageBytes` of base64 in all.
+    // A file's content never changes: what it brings the model, once read (a PDF's or an office
+    // document's text takes a worker), is kept for the next turns of this instance: the newest
+    // `cachedTexts` texts, and images up to `cachedImageBytes` of base64 in all.
     const texts = new Map<string, AttachedContent>()
     const cachedTexts = 32
     const images = new Map<string, AttachedContent & { readonly _tag: "image" }>()

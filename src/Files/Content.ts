@@ -2,7 +2,9 @@
  * What an uploaded file is, decided from its bytes rather than from what the client claims, and the
  * name it is kept under.
  */
+import { Data } from "effect"
 import { fileTypeFromBuffer } from "file-type"
+import type { OfficeKind } from "./OfficeText.js"
 
 const maxNameLength = 255
 
@@ -67,9 +69,23 @@ export const detectContentType = async (head: Uint8Array, isText: boolean, name:
   return textTypes[extension] ?? "text/plain"
 }
 
+/** Word, Excel and PowerPoint documents (Office Open XML), whose text `Office.ts` reads, by content type. */
+const officeKinds: ReadonlyMap<string, OfficeKind> = new Map([
+  ["application/vnd.openxmlformats-officedocument.wordprocessingml.document", "docx"],
+  ["application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "xlsx"],
+  ["application/vnd.openxmlformats-officedocument.presentationml.presentation", "pptx"]
+])
+
+/** The kind of office document a file of this type is, if it is one. */
+export const officeKindOf = (contentType: string): OfficeKind | undefined => officeKinds.get(contentType)
+
 /** Whether a file of this type has text that can be read out of it (for analyses, attachments, the graph). */
 export const hasReadableText = (contentType: string): boolean =>
-  contentType.startsWith("text/") || contentType === "application/json" || contentType === "application/pdf"
+  contentType.startsWith("text/") || contentType === "application/json" || contentType === "application/pdf" ||
+  officeKinds.has(contentType)
+
+/** The content's text could not be read (a malformed or encrypted document, a read that took too long). */
+export class TextUnreadable extends Data.TaggedError("TextUnreadable")<{ readonly reason: string }> {}
 
 /** Image types models take in a chat (OpenAI, Anthropic and Ollama's vision models all read these). */
 const seenImageTypes = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"])

@@ -4,12 +4,10 @@
  * malformed one must not take the server down. The worker is stopped when the read ends, fails,
  * times out or is interrupted.
  */
-import { Data, Duration, Effect } from "effect"
+import { Duration, Effect } from "effect"
 import { createRequire } from "node:module"
 import { Worker } from "node:worker_threads"
-
-/** The content's text could not be read (a malformed or encrypted document, a read that took too long). */
-export class TextUnreadable extends Data.TaggedError("TextUnreadable")<{ readonly reason: string }> {}
+import { TextUnreadable } from "./Content.js"
 
 const unpdf = createRequire(import.meta.url).resolve("unpdf")
 

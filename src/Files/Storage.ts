@@ -9,7 +9,8 @@ import type { PlatformError } from "@effect/platform/Error"
 import { Data, Effect, Option, Stream } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { AppConfig } from "../Config.js"
-import { cutText, sniffLength, textChecker } from "./Content.js"
+import { cutText, officeKindOf, sniffLength, textChecker } from "./Content.js"
+import { officeText } from "./Office.js"
 import { pdfText } from "./Pdf.js"
 
 /** The content passed the size limit while it was read. */
@@ -100,12 +101,17 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
 
     /**
      * The first `maxChars` characters of a stored content's text: UTF-8 for text types, read by
-     * pdf.js for a PDF (the whole file is at most `FILES_MAX_SIZE`).
+     * pdf.js for a PDF, from the XML inside for a Word, Excel or PowerPoint document (the whole
+     * file is at most `FILES_MAX_SIZE`).
      */
     const readText = (key: string, contentType: string, maxChars: number) =>
       Effect.gen(function*() {
         const bytes = yield* fs.readFile(locate(key))
-        const whole = contentType === "application/pdf" ? yield* pdfText(bytes) : new TextDecoder("utf-8").decode(bytes)
+        const whole = contentType === "application/pdf"
+          ? yield* pdfText(bytes)
+          : officeKindOf(contentType) !== undefined
+          ? yield* officeText(bytes, contentType, maxChars)
+          : new TextDecoder("utf-8").decode(bytes)
         // PostgreSQL's text cannot hold NUL; a model has no use for it either.
         return cutText(whole.replace(/\0/g, ""), maxChars)
       })

@@ -1,18 +1,18 @@
 /**
  * The text of office documents (Office Open XML: Word, Excel and PowerPoint), read by
- * `OfficeText.ts` on a worker thread of its own, as a PDF's is (`Pdf.ts`): inflating and scanning a
- * large document's XML takes CPU time that must not hold up the event loop (measured: 0.13–0.17 s
- * to the first 100,000 characters of a 48 MiB `document.xml`, uploaded as 0.5 MiB; about 1 s to find
- * no text in 48 MiB of markup, uploaded as 0.16 MiB), and a hostile one must not take the server's
- * memory. The worker is stopped when the read ends, fails, times out or is interrupted.
+ * `OfficeText.ts` on a worker thread of its own (`TextWorker.ts`), as a PDF's is: inflating and
+ * scanning a large document's XML takes CPU time that must not hold up the event loop (measured:
+ * 0.13–0.17 s to the first 100,000 characters of a 48 MiB `document.xml`, uploaded as 0.5 MiB;
+ * about 1 s to find no text in 48 MiB of markup, uploaded as 0.16 MiB), and a hostile one must not
+ * take the server's memory.
  */
-import { Duration, Effect } from "effect"
+import { Effect } from "effect"
 import { createRequire } from "node:module"
 import * as Path from "node:path"
 import { pathToFileURL } from "node:url"
-import { Worker } from "node:worker_threads"
 import { officeKindOf, TextUnreadable } from "./Content.js"
 import type { OfficeLimits } from "./OfficeText.js"
+import { textOnWorker } from "./TextWorker.js"
 
 /** What a document may hold: past these, it is refused (`maxChars` is the caller's). */
 export const officeLimits: Omit<OfficeLimits, "maxChars"> = { maxEntries: 10_000, maxPartBytes: 50 * 1024 * 1024 }
@@ -44,12 +44,6 @@ const read = async () => {
 read().then((text) => parentPort.postMessage({ text }), (error) => parentPort.postMessage({ error: String(error && error.message || error) }))
 `
 
-/** How long one document may take. */
-const readTimeout = Duration.seconds(60)
-
-/** Documents read at once, server-wide (each reader may take up to 512 MB); the rest wait their turn. */
-const readers = Effect.unsafeMakeSemaphore(2)
-
 /**
  * The first `maxChars` characters (about: a little more may come) of an office document's text:
  * paragraphs, slides (headed "Slide n") and sheets' rows (headed "Sheet: <name>") as lines.
@@ -61,34 +55,5 @@ export const officeText = (
 ): Effect.Effect<string, TextUnreadable> => {
   const kind = officeKindOf(contentType)
   if (kind === undefined) return Effect.fail(new TextUnreadable({ reason: `${contentType} is not an office document` }))
-  return Effect.async<string, TextUnreadable>((resume) => {
-    const worker = new Worker(workerSource, {
-      eval: true,
-      workerData: { reader, tsx, bytes, kind, limits: { ...officeLimits, maxChars } },
-      // A hostile document cannot take more than this of the server's memory.
-      resourceLimits: { maxOldGenerationSizeMb: 512 }
-    })
-    let settled = false
-    const settle = (outcome: Effect.Effect<string, TextUnreadable>) => {
-      if (settled) return
-      settled = true
-      resume(outcome)
-      void worker.terminate()
-    }
-    worker.once("message", (message: { readonly text?: string; readonly error?: string }) =>
-      settle(
-        typeof message.text === "string"
-          ? Effect.succeed(message.text)
-          : Effect.fail(new TextUnreadable({ reason: message.error ?? "no text" }))
-      ))
-    worker.once("error", (error) => settle(Effect.fail(new TextUnreadable({ reason: error.message }))))
-    worker.once("exit", (code) => settle(Effect.fail(new TextUnreadable({ reason: `the reader stopped (${code})` }))))
-    return Effect.sync(() => {
-      settled = true
-      void worker.terminate()
-    })
-  }).pipe(
-    Effect.timeoutFail({ duration: readTimeout, onTimeout: () => new TextUnreadable({ reason: "it took too long" }) }),
-    readers.withPermits(1)
-  )
+  return textOnWorker(workerSource, { reader, tsx, bytes, kind, limits: { ...officeLimits, maxChars } })
 }

@@ -1,13 +1,10 @@
 /**
- * The text of a PDF, read by pdf.js (through `unpdf`) on a worker thread of its own: parsing a large
- * document takes CPU time that must not hold up the event loop (every open stream with it), and a
- * malformed one must not take the server down. The worker is stopped when the read ends, fails,
- * times out or is interrupted.
+ * The text of a PDF, read by pdf.js (through `unpdf`) on a worker thread of its own (`TextWorker.ts`).
  */
-import { Duration, Effect } from "effect"
+import type { Effect } from "effect"
 import { createRequire } from "node:module"
-import { Worker } from "node:worker_threads"
-import { TextUnreadable } from "./Content.js"
+import type { TextUnreadable } from "./Content.js"
+import { textOnWorker } from "./TextWorker.js"
 
 const unpdf = createRequire(import.meta.url).resolve("unpdf")
 
@@ -19,40 +16,5 @@ getDocumentProxy(workerData.bytes)
   .then(({ text }) => parentPort.postMessage({ text }), (error) => parentPort.postMessage({ error: String(error && error.message || error) }))
 `
 
-/** How long one document may take. */
-const readTimeout = Duration.seconds(60)
-
-/** Documents read at once, server-wide (each reader may take up to 512 MB); the rest wait their turn. */
-const readers = Effect.unsafeMakeSemaphore(2)
-
 export const pdfText = (bytes: Uint8Array): Effect.Effect<string, TextUnreadable> =>
-  Effect.async<string, TextUnreadable>((resume) => {
-    const worker = new Worker(workerSource, {
-      eval: true,
-      workerData: { unpdf, bytes },
-      // A hostile document cannot take more than this of the server's memory.
-      resourceLimits: { maxOldGenerationSizeMb: 512 }
-    })
-    let settled = false
-    const settle = (outcome: Effect.Effect<string, TextUnreadable>) => {
-      if (settled) return
-      settled = true
-      resume(outcome)
-      void worker.terminate()
-    }
-    worker.once("message", (message: { readonly text?: string; readonly error?: string }) =>
-      settle(
-        typeof message.text === "string"
-          ? Effect.succeed(message.text)
-          : Effect.fail(new TextUnreadable({ reason: message.error ?? "no text" }))
-      ))
-    worker.once("error", (error) => settle(Effect.fail(new TextUnreadable({ reason: error.message }))))
-    worker.once("exit", (code) => settle(Effect.fail(new TextUnreadable({ reason: `the reader stopped (${code})` }))))
-    return Effect.sync(() => {
-      settled = true
-      void worker.terminate()
-    })
-  }).pipe(
-    Effect.timeoutFail({ duration: readTimeout, onTimeout: () => new TextUnreadable({ reason: "it took too long" }) }),
-    readers.withPermits(1)
-  )
+  textOnWorker(workerSource, { unpdf, bytes })

@@ -18,3 +18,6 @@ export const StringListColumn = Model.JsonFromString(Schema.Array(Schema.String)
 export const OptionalDateTime = Model.FieldOption(Schema.DateTimeUtc)
 
 export const NonNegativeInt = Schema.Int.pipe(Schema.nonNegative())
+
+/** A count or a sum as either dialect gives it (PostgreSQL's bigint and numeric may come as text). */
+export const CountColumn = Schema.Union(Schema.Int, Schema.NumberFromString)

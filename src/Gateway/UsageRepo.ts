@@ -6,6 +6,7 @@
  */
 import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Schema } from "effect"
+import { CountColumn } from "../Domain/Fields.js"
 import { ApiKeyId, IdInsert, LlmModelId, UserId, UuidV7 } from "../Domain/Ids.js"
 import { Username } from "../Domain/User.js"
 import { UsageSource } from "./Schemas.js"
@@ -62,10 +63,7 @@ export const UsageFilter = Schema.Struct({
 })
 export type UsageFilter = typeof UsageFilter.Type
 
-/** A count or a sum as either dialect gives it (PostgreSQL's bigint and numeric may come as text). */
-const Count = Schema.Union(Schema.Int, Schema.NumberFromString)
-
-const sums = { requests: Count, promptTokens: Count, completionTokens: Count }
+const sums = { requests: CountColumn, promptTokens: CountColumn, completionTokens: CountColumn }
 
 export const ModelSumsRow = Schema.Struct({
   modelId: Schema.NullOr(LlmModelId),

@@ -4,6 +4,7 @@
  */
 import { SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Option, Schema } from "effect"
+import { CountColumn } from "../Domain/Fields.js"
 import { generateUuid, LlmModelId, UserId } from "../Domain/Ids.js"
 import { createdBefore, storedNow } from "../Sql.js"
 import { GraphEntityId, GraphExtractionId, type SourceKind } from "./Api.js"
@@ -12,7 +13,6 @@ import { GraphEntityId, GraphExtractionId, type SourceKind } from "./Api.js"
 export const normalizeName = (name: string) => name.normalize("NFKC").trim().replace(/\s+/g, " ").toLowerCase()
 
 const Timestamp = Schema.Union(Schema.DateTimeUtc, Schema.DateTimeUtcFromDate)
-const Count = Schema.Union(Schema.Int, Schema.NumberFromString)
 
 export const ExtractionRow = Schema.Struct({
   id: GraphExtractionId,
@@ -21,10 +21,10 @@ export const ExtractionRow = Schema.Struct({
   sourceId: Schema.String,
   modelId: Schema.NullOr(LlmModelId),
   status: Schema.Literal("pending", "processing", "complete", "error"),
-  entityCount: Count,
-  relationshipCount: Count,
+  entityCount: CountColumn,
+  relationshipCount: CountColumn,
   error: Schema.NullOr(Schema.String),
-  attempts: Count,
+  attempts: CountColumn,
   createdAt: Timestamp,
   completedAt: Schema.NullOr(Timestamp)
 })
@@ -37,7 +37,7 @@ export const EntityRow = Schema.Struct({
   type: Schema.String,
   description: Schema.String,
   confidence: Schema.Number,
-  mentionCount: Count,
+  mentionCount: CountColumn,
   createdAt: Timestamp,
   updatedAt: Timestamp
 })

@@ -4,6 +4,7 @@
  */
 import { SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Option, Schema } from "effect"
+import { CountColumn } from "../Domain/Fields.js"
 import { generateUuid, UserId } from "../Domain/Ids.js"
 import { createdBefore, storedNow } from "../Sql.js"
 import { type Reaction, ShareContent, ShareId, type ShareListQuery } from "./Api.js"
@@ -17,15 +18,12 @@ export const ShareRow = Schema.Struct({
   title: Schema.String,
   description: Schema.String,
   content: Schema.parseJson(ShareContent),
-  viewCount: Schema.Union(Schema.Int, Schema.NumberFromString),
+  viewCount: CountColumn,
   revokedAt: Schema.NullOr(Schema.DateTimeUtc),
   createdAt: Schema.DateTimeUtc,
   updatedAt: Schema.NullOr(Schema.DateTimeUtc)
 })
 export type ShareRow = typeof ShareRow.Type
-
-/** A count or a sum as either dialect gives it (PostgreSQL's bigint and numeric may come as text). */
-const Count = Schema.Union(Schema.Int, Schema.NumberFromString)
 
 /** The list's filters, as the request gives them. */
 export type ShareFilter = Pick<ShareListQuery, "tag" | "q" | "kind" | "status">
@@ -177,7 +175,7 @@ export class SharesRepo extends Effect.Service<SharesRepo>()("Shares/SharesRepo"
     /** An owner's totals, counted by the database: shares (all, revoked), views, and reactions by kind. */
     const totals = SqlSchema.findOne({
       Request: UserId,
-      Result: Schema.Struct({ shares: Count, revoked: Count, views: Schema.NullOr(Count) }),
+      Result: Schema.Struct({ shares: CountColumn, revoked: CountColumn, views: Schema.NullOr(CountColumn) }),
       execute: (userId) =>
         sql`SELECT count(*) AS shares, count(revoked_at) AS revoked, sum(view_count) AS views
             FROM shares WHERE user_id = ${userId}`
@@ -185,7 +183,7 @@ export class SharesRepo extends Effect.Service<SharesRepo>()("Shares/SharesRepo"
 
     const reactionTotals = SqlSchema.findAll({
       Request: UserId,
-      Result: Schema.Struct({ reaction: Schema.String, count: Count }),
+      Result: Schema.Struct({ reaction: Schema.String, count: CountColumn }),
       execute: (userId) =>
         sql`SELECT r.reaction, sum(r.count) AS count
             FROM share_reactions r JOIN shares s ON s.id = r.share_id

@@ -435,6 +435,18 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       )
     }
 
+    /** The sums of some groups of usage. */
+    const totalsOf = (groups: ReadonlyArray<UsageCounts>): UsageCounts =>
+      groups.reduce(
+        (totals, group) => ({
+          requests: totals.requests + group.requests,
+          promptTokens: totals.promptTokens + group.promptTokens,
+          completionTokens: totals.completionTokens + group.completionTokens,
+          totalTokens: totals.totalTokens + group.totalTokens
+        }),
+        { requests: 0, promptTokens: 0, completionTokens: 0, totalTokens: 0 }
+      )
+
     /** The usage of one of the caller's API keys. */
     const keyUsage = (id: ApiKeyId): Effect.Effect<ApiKeyUsage, Forbidden | NotFound, CurrentActor> =>
       Effect.gen(function*() {
@@ -444,16 +456,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         const byModel = rows.map((row) =>
           new UsageTotals({ ...row, totalTokens: row.promptTokens + row.completionTokens })
         )
-        const sum = (field: "requests" | "promptTokens" | "completionTokens") =>
-          byModel.reduce((total, row) => total + row[field], 0)
-        return new ApiKeyUsage({
-          apiKeyId: key.id,
-          requests: sum("requests"),
-          promptTokens: sum("promptTokens"),
-          completionTokens: sum("completionTokens"),
-          totalTokens: sum("promptTokens") + sum("completionTokens"),
-          byModel
-        })
+        return new ApiKeyUsage({ apiKeyId: key.id, ...totalsOf(byModel), byModel })
       }).pipe(Effect.withSpan("Gateway.keyUsage"))
 
     // --- usage reports: the database groups and sums, this adds the totals of the groups (one query, so
@@ -472,15 +475,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
     const framed = (filter: UsageFilter, groups: ReadonlyArray<UsageCounts>) => ({
       from: filter.from ?? null,
       to: filter.to ?? null,
-      totals: groups.reduce(
-        (totals, group) => ({
-          requests: totals.requests + group.requests,
-          promptTokens: totals.promptTokens + group.promptTokens,
-          completionTokens: totals.completionTokens + group.completionTokens,
-          totalTokens: totals.totalTokens + group.totalTokens
-        }),
-        { requests: 0, promptTokens: 0, completionTokens: 0, totalTokens: 0 }
-      )
+      totals: totalsOf(groups)
     })
 
     const byModel = (filter: UsageFilter): Effect.Effect<UsageByModel> =>

@@ -2,20 +2,21 @@
  * A database that cannot be reached: PostgreSQL behind a relay the test cuts,
  * and an SQLite file another connection holds locked. Requests that need the
  * database answer `503 ServiceUnavailable` with `Retry-After` (the gateway in
- * OpenAI's format, RPC as a `ServiceUnavailable` defect), each logged as one
+ * OpenAI's format, RPC as a typed `ServiceUnavailable` failure), each logged as one
  * warning rather than an unexpected failure; the process stays up, and once
  * the database is back the same server answers again, with the data as it was.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Layer } from "effect"
+import { Duration, Effect, Layer, Stream } from "effect"
 import { createRequire } from "node:module"
 import * as Path from "node:path"
 import OpenAI from "openai"
+import { ServiceUnavailable } from "../src/Domain/Errors.js"
 import { call, createKey, type Reply, signUp } from "./fixtures/Auth.js"
 import { adminUrl, freshPgDatabase } from "./fixtures/Database.js"
 import { capturedLogs } from "./fixtures/Logs.js"
 import { tcpRelay } from "./fixtures/Outage.js"
-import { as, defectMessage, overHttp } from "./fixtures/Rpc.js"
+import { as, overHttp } from "./fixtures/Rpc.js"
 import { startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 /** The SQLite driver the server uses, for a connection of the test's own. */
@@ -77,8 +78,12 @@ describe("a database that cannot be reached", () => {
           expect(refused.status).toBe(503)
           expect(refused.error).toMatchObject({ type: "api_error", code: "service_unavailable" })
           expect(refused.headers?.get("retry-after")).toBe("5")
-          const overRpc = yield* Effect.exit(as(user)(rpc.listConversations({})))
-          expect(defectMessage(overRpc)).toMatch(/^The database cannot be reached; try again shortly \(request id /)
+          // Over RPC a typed failure, a call or a stream alike, that a client can match on its tag.
+          const overRpc = yield* Effect.flip(as(user)(rpc.listConversations({})))
+          expect(overRpc).toBeInstanceOf(ServiceUnavailable)
+          expect(overRpc.message).toMatch(/^The database cannot be reached; try again shortly \(request id /)
+          const streamed = yield* Effect.flip(as(user)(Stream.runDrain(rpc.newChat({ content: "hi" }))))
+          expect(streamed).toBeInstanceOf(ServiceUnavailable)
           // The process is alive; it is not ready.
           expect((yield* call("GET", "/health/live")).status).toBe(200)
           expect((yield* call("GET", "/health/ready")).status).toBe(503)

@@ -143,9 +143,13 @@ const fieldsOf = <Fields extends Schema.Struct.Fields>(schema: { readonly fields
 
 /**
  * Runs each call as the HTTP request that carried it: the client's address and user agent, for
- * rate limits, sessions and the audit trail (server side only).
+ * rate limits, sessions and the audit trail (server side only). Any call may fail with
+ * `ServiceUnavailable` while the database cannot be reached (the REST API's 503).
  */
-export class RpcClientContext extends RpcMiddleware.Tag<RpcClientContext>()("Rpc/ClientContext", { wrap: true }) {}
+export class RpcClientContext extends RpcMiddleware.Tag<RpcClientContext>()("Rpc/ClientContext", {
+  wrap: true,
+  failure: ServiceUnavailable
+}) {}
 
 /** What any authenticated operation may fail with besides its own errors. */
 const Refused = Schema.Union(Forbidden, ValidationError)

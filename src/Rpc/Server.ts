@@ -19,7 +19,7 @@ import { Auth, credentialIn } from "../Auth.js"
 import { RateLimits } from "../Auth/RateLimits.js"
 import { ChatEngine, type Following, followingStream, type Turn } from "../Chat.js"
 import { Conversations } from "../Conversations.js"
-import { Unauthorized } from "../Domain/Errors.js"
+import { ServiceUnavailable, Unauthorized } from "../Domain/Errors.js"
 import { Files } from "../Files.js"
 import { Gateway } from "../Gateway.js"
 import { Graph } from "../Graph.js"
@@ -51,14 +51,18 @@ const RpcAuthenticationLive = Layer.effect(
 const internalError = (requestId: string) =>
   Object.assign(new Error(`Internal server error (request id ${requestId})`), { name: "InternalError" })
 
-/** What a client is told when the database cannot be reached: to try again (the REST API's 503). */
-const unavailable = (requestId: string) =>
-  Object.assign(new Error(`${databaseUnavailableMessage} (request id ${requestId})`), { name: "ServiceUnavailable" })
-
+/**
+ * A defect as the client is told it: while the database cannot be reached, a typed failure saying to
+ * try again (the REST API's 503); anything else, that there was one and the request id.
+ */
 const reportDefect = (cause: Cause.Cause<unknown>, requestId: string) =>
   Option.match(databaseUnavailable(cause), {
     onNone: () => Effect.zipRight(Effect.logError("Unexpected failure", cause), Effect.die(internalError(requestId))),
-    onSome: (error) => Effect.zipRight(logDatabaseUnavailable(error), Effect.die(unavailable(requestId)))
+    onSome: (error) =>
+      Effect.zipRight(
+        logDatabaseUnavailable(error),
+        new ServiceUnavailable({ message: `${databaseUnavailableMessage} (request id ${requestId})` })
+      )
   })
 
 /**

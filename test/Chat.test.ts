@@ -974,7 +974,7 @@ for (const dialect of dialects) {
           expect(branch.items.map((m: any) => m.content)).toEqual(["Hello", "Hi there", "Again", "Hi there"])
         }))
 
-      it.scoped("401 without credentials, 403 for another user's path, 404 for another's conversation, 422", () =>
+      it.scoped("401 without credentials, 403 for another user's path, 404 for another's conversation, 422 (a path naming no user too)", () =>
         Effect.gen(function*() {
           const { other, user } = yield* TheCast
           yield* script({ text: ["x"] })
@@ -984,6 +984,14 @@ for (const dialect of dialects) {
             body: { message: "Hi" }
           })
           expect([forbidden.status, forbidden.body._tag]).toEqual([403, "Forbidden"])
+          // A path that names no user at all is bad input, once the caller is known.
+          expect((yield* call("POST", "/api/not-a-user/chat", { body: { message: "Hi" } })).status).toBe(401)
+          const malformed = yield* asUser("POST", "/api/not-a-user/chat", { message: "Hi" })
+          expect([malformed.status, malformed.body._tag, malformed.body.issues[0].path]).toEqual([
+            422,
+            "ValidationError",
+            ["userId"]
+          ])
           const conversationId = yield* newConversation
           const notFound = yield* call("POST", `/api/${other.id}/chat`, {
             auth: other.accessToken,

@@ -12,7 +12,7 @@ import { MessageContent } from "../Conversations/Api.js"
 import { MessageView, ToolCall } from "../Domain/Conversation.js"
 import { Forbidden, NotFound, RateLimited } from "../Domain/Errors.js"
 import { JsonObject, NonNegativeInt } from "../Domain/Fields.js"
-import { ConversationId, FileId, LlmModelId, MessageId, ModelConfigId, ThreadId } from "../Domain/Ids.js"
+import { ConversationId, FileId, LlmModelId, MessageId, ModelConfigId, ThreadId, UserId } from "../Domain/Ids.js"
 import { request } from "../Domain/Request.js"
 import { maxAttachments } from "../Files/Api.js"
 import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "../Models/Errors.js"
@@ -277,7 +277,7 @@ export class ChatApi extends HttpApiGroup.make("chat")
   )
   .add(
     HttpApiEndpoint.post("simpleChat", "/api/:userId/chat")
-      .setPath(request(Schema.Struct({ userId: Schema.String })))
+      .setPath(request(Schema.Struct({ userId: UserId })))
       .setPayload(SimpleChatPayload)
       .addSuccess(SimpleChatResponse)
       .addError(NotFound)
@@ -285,7 +285,7 @@ export class ChatApi extends HttpApiGroup.make("chat")
       .annotate(OpenApi.Summary, "Send a message as the user in the path; JSON in, JSON out")
       .annotate(
         OpenApi.Description,
-        "Continues `conversation_id`, or starts a conversation without it. 403 when the path's user is not you."
+        "Continues `conversation_id`, or starts a conversation without it. 403 when the path's user is not you; 422 when it is not a user id."
       )
   )
   .addError(Forbidden)

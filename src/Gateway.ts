@@ -2,7 +2,10 @@
  * The OpenAI-compatible gateway: the models a caller may use, under names
  * people can type, and chat completions translated from OpenAI's request
  * format into a `ChatRequest` for whichever provider serves the model, and
- * back from its chunks into OpenAI's completion objects or stream chunks.
+ * back from its chunks into OpenAI's completion objects or stream chunks;
+ * embeddings likewise, into an `EmbedRequest` and back into OpenAI's list of
+ * vectors. Both go through the same checks (the key's scope, its model lists,
+ * rate limits and token budgets) and record their usage the same way.
  *
  * Nothing is stored but the token usage, per API key, which the reports
  * here sum per key, per user and over every user. The upstream call
@@ -32,9 +35,13 @@ import {
   type ChatCompletionRequest,
   type ChunkChoice,
   type Content,
+  type EmbeddingInput,
+  type EmbeddingList,
+  type EmbeddingRequest,
   type GatewayModel,
   imageOfUrl,
   InvalidRequest,
+  maxEmbeddingInputs,
   type ModelList,
   type MyUsage,
   passedThrough,
@@ -56,9 +63,13 @@ import type { ProviderFailure } from "./Models/Errors.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
 import { type ChatChunk, type ChatMessage, type ChatRequest, type FinishReason, offerTools } from "./Providers/Chat.js"
+import { EmbeddingsUnsupported, type EmbedInput } from "./Providers/Embeddings.js"
 
 /** What a completion request can fail with before the provider is involved, and then the provider's failures. */
 export type GatewayFailure = InvalidRequest | UnknownModel | Forbidden | RateLimited | ProviderFailure
+
+/** What an embeddings request can fail with: a completion's failures, and a provider that cannot embed it. */
+export type EmbeddingFailure = GatewayFailure | EmbeddingsUnsupported
 
 /** A model a caller may use, with the id the gateway lists it under. */
 interface Target {
@@ -160,6 +171,46 @@ const toChatRequest = (
     ...offered.right,
     ...(Object.keys(extra).length > 0 ? { extra } : {})
   })
+}
+
+/**
+ * Checks what the schema cannot see, as OpenAI does: no empty input, no empty text or token
+ * array, at most `maxEmbeddingInputs` inputs.
+ */
+const toEmbedInput = (input: EmbeddingInput): Either.Either<EmbedInput, InvalidRequest> => {
+  const invalidInput = (message: string, param = "input") => Either.left(new InvalidRequest({ message, param }))
+  if (typeof input === "string") {
+    return input.length === 0
+      ? invalidInput("'input' cannot be an empty string.")
+      : Either.right({ _tag: "texts", texts: [input] })
+  }
+  const items: ReadonlyArray<string | number | ReadonlyArray<number>> = input
+  if (items.length === 0) return invalidInput("'input' cannot be an empty array.")
+  if (items.length > maxEmbeddingInputs) {
+    return invalidInput(`'input' holds ${items.length} inputs; at most ${maxEmbeddingInputs} are allowed.`)
+  }
+  // One text's token ids.
+  if (items.every((item): item is number => typeof item === "number")) {
+    return Either.right({ _tag: "tokens", tokens: [items] })
+  }
+  const empty = items.findIndex((item) => typeof item !== "number" && item.length === 0)
+  if (empty >= 0) {
+    return invalidInput(`'input[${empty}]' cannot be empty.`, `input[${empty}]`)
+  }
+  if (items.every((item): item is string => typeof item === "string")) {
+    return Either.right({ _tag: "texts", texts: items })
+  }
+  return Either.right({
+    _tag: "tokens",
+    tokens: items.filter((item): item is ReadonlyArray<number> => typeof item === "object")
+  })
+}
+
+/** A vector as OpenAI's `base64` encoding has it: its float32 values' little-endian bytes. */
+const base64Of = (vector: ReadonlyArray<number>): string => {
+  const bytes = Buffer.alloc(vector.length * 4)
+  vector.forEach((value, index) => bytes.writeFloatLE(value, index * 4))
+  return bytes.toString("base64")
 }
 
 const toUsage = (reported: ReportedUsage): Usage => ({
@@ -274,31 +325,39 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         const { actor, resolved, target } = yield* findTarget(body.model)
         const request = yield* toChatRequest(body, target)
         const usage = yield* Ref.make(Option.none<ReportedUsage>())
-        yield* Effect.addFinalizer(() => recordUsage(actor, target, usage))
+        // Nothing to record if the provider reported no usage (the client left before it did).
+        yield* Effect.addFinalizer(() =>
+          Effect.flatMap(Ref.get(usage), (reported) =>
+            Option.isNone(reported) ? Effect.void : recordUsage(actor, target, reported.value))
+        )
         const completionId = `chatcmpl-${(yield* generateUuid).replaceAll("-", "")}`
         const created = Math.floor(DateTime.toEpochMillis(yield* DateTime.now) / 1000)
         const upstream = resolved.client.chat(request).pipe(
-          Stream.tap((chunk) => chunk._tag === "usage" ? Ref.set(usage, Option.some(chunk)) : Effect.void)
+          Stream.tap((chunk) =>
+            chunk._tag === "usage" ? Ref.set(usage, Option.some(chunk)) : Effect.void
+          )
         )
         return { target, upstream, completionId, created, usage }
       })
 
-    const recordUsage = (actor: Actor, target: Target, usage: Ref.Ref<Option.Option<ReportedUsage>>) =>
-      Effect.flatMap(Ref.get(usage), (reported) =>
-        Option.isNone(reported)
-          ? Effect.void
-          : usageRepo.record({
-            userId: actor.userId,
-            apiKeyId: actor.apiKeyId ?? null,
-            modelId: target.model.id,
-            modelName: target.model.providerModel,
-            source: "gateway",
-            promptTokens: reported.value.promptTokens,
-            completionTokens: reported.value.completionTokens
-          })).pipe(
-          // The answer was delivered; a lost usage row is logged, not turned into a failed request.
-          Effect.catchAllCause((cause) => Effect.logWarning("Could not record gateway usage", cause))
-        )
+    /** One request's usage, for the caller's key and user, under the model (completions and embeddings). */
+    const recordUsage = (
+      actor: Actor,
+      target: Target,
+      usage: { readonly promptTokens: number; readonly completionTokens: number }
+    ) =>
+      usageRepo.record({
+        userId: actor.userId,
+        apiKeyId: actor.apiKeyId ?? null,
+        modelId: target.model.id,
+        modelName: target.model.providerModel,
+        source: "gateway",
+        promptTokens: usage.promptTokens,
+        completionTokens: usage.completionTokens
+      }).pipe(
+        // The answer was delivered; a lost usage row is logged, not turned into a failed request.
+        Effect.catchAllCause((cause) => Effect.logWarning("Could not record gateway usage", cause))
+      )
 
     /** A whole answer as one `chat.completion` object. */
     const complete = (
@@ -435,6 +494,48 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       )
     }
 
+    /**
+     * Embeddings of the inputs, by the model the client names, with the checks of a completion
+     * (`findTarget`) and its usage recorded (prompt tokens only). Bad input and a provider that
+     * cannot embed the request are answered before anything is sent.
+     */
+    const embed = (body: EmbeddingRequest): Effect.Effect<EmbeddingList, EmbeddingFailure, CurrentActor> =>
+      Effect.gen(function*() {
+        const input = yield* toEmbedInput(body.input)
+        const { actor, resolved, target } = yield* findTarget(body.model)
+        const embedder = yield* Option.match(resolved.client.embedder, {
+          onNone: () =>
+            Effect.fail(
+              new EmbeddingsUnsupported({
+                message: `The model '${body.model}' cannot create embeddings: its provider (${target.provider.name}) ` +
+                  "has no embeddings API.",
+                param: "model"
+              })
+            ),
+          onSome: Effect.succeed
+        })
+        const request = {
+          model: target.model.providerModel,
+          input,
+          ...(body.dimensions != null ? { dimensions: body.dimensions } : {})
+        }
+        const refusal = embedder.refusal(request)
+        if (refusal !== undefined) return yield* refusal
+        const { promptTokens, vectors } = yield* embedder.embed(request)
+        yield* recordUsage(actor, target, { promptTokens, completionTokens: 0 })
+        const base64 = body.encoding_format === "base64"
+        return {
+          object: "list" as const,
+          data: vectors.map((vector, index) => ({
+            object: "embedding" as const,
+            index,
+            embedding: base64 ? base64Of(vector) : vector
+          })),
+          model: body.model,
+          usage: { prompt_tokens: promptTokens, total_tokens: promptTokens }
+        }
+      }).pipe(Effect.withSpan("Gateway.embed"))
+
     /** The sums of some groups of usage. */
     const totalsOf = (groups: ReadonlyArray<UsageCounts>): UsageCounts =>
       groups.reduce(
@@ -561,6 +662,6 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       })
     }).pipe(Effect.withSpan("Gateway.myBudget"))
 
-    return { listModels, retrieveModel, complete, stream, keyUsage, myUsage, myBudget, usageReport } as const
+    return { listModels, retrieveModel, complete, stream, embed, keyUsage, myUsage, myBudget, usageReport } as const
   })
 }) {}

@@ -1,8 +1,8 @@
 /**
  * The adapters of every provider kind behind one `ProviderClient` interface
  * (`Providers/Client.ts`), chosen by the provider's kind (the development
- * model by its base URL), each chat made resilient (`Providers/Resilience.ts`)
- * with one circuit breaker per provider, held here.
+ * model by its base URL), each chat and embedding made resilient
+ * (`Providers/Resilience.ts`) with one circuit breaker per provider, held here.
  */
 import { FetchHttpClient, HttpClient } from "@effect/platform"
 import { Effect, Option, Redacted } from "effect"
@@ -10,9 +10,10 @@ import { AppConfig } from "./Config.js"
 import * as Anthropic from "./Providers/Anthropic.js"
 import { type ProviderClient, type ProviderConnection, streamOf } from "./Providers/Client.js"
 import * as Development from "./Providers/Development.js"
+import type { EmbedRequest } from "./Providers/Embeddings.js"
 import * as Ollama from "./Providers/Ollama.js"
 import * as OpenAi from "./Providers/OpenAi.js"
-import { type CircuitBreaker, makeCircuitBreaker, resilient } from "./Providers/Resilience.js"
+import { type CircuitBreaker, makeCircuitBreaker, resilient, resilientCall } from "./Providers/Resilience.js"
 
 export class ProviderClients extends Effect.Service<ProviderClients>()("Providers/ProviderClients", {
   effect: Effect.gen(function*() {
@@ -49,8 +50,13 @@ export class ProviderClients extends Effect.Service<ProviderClients>()("Provider
 
     const build = (connection: ProviderConnection): ProviderClient => {
       const client = adapterFor(connection)
-      const answer = resilient(settings, breakerOf(connection), client.answer)
-      return { ...client, answer, chat: streamOf(answer) }
+      const breaker = breakerOf(connection)
+      const answer = resilient(settings, breaker, client.answer)
+      const embedder = Option.map(client.embedder, (embedder) => ({
+        ...embedder,
+        embed: (request: EmbedRequest) => resilientCall(settings, breaker, embedder.embed(request))
+      }))
+      return { ...client, answer, chat: streamOf(answer), embedder }
     }
 
     // A client is built once per connection (an adapter compiles its decoders): every turn asks

@@ -661,7 +661,7 @@ for (const dialect of dialects) {
           expect(malformed.status).toBe(400)
           expect(((yield* promise(() => malformed.json())) as any).error.type).toBe("invalid_request_error")
           const unknownRoute = yield* promise(() =>
-            fetch(`${baseUrl}/v1/embeddings`, { method: "POST", headers: { authorization: `Bearer ${key.secret}` } })
+            fetch(`${baseUrl}/v1/audio/speech`, { method: "POST", headers: { authorization: `Bearer ${key.secret}` } })
           )
           expect(unknownRoute.status).toBe(404)
           expect(((yield* promise(() => unknownRoute.json())) as any).error.type).toBe("invalid_request_error")

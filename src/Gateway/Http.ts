@@ -1,7 +1,7 @@
 /**
  * The OpenAI-compatible routes under `/v1`, beside the REST API (which
- * answers errors in its own format): `GET /v1/models` and
- * `POST /v1/chat/completions`, authenticated by an API key sent as
+ * answers errors in its own format): `GET /v1/models`,
+ * `POST /v1/chat/completions` and `POST /v1/embeddings`, authenticated by an API key sent as
  * `Authorization: Bearer wp_…` (what OpenAI's clients send) or `X-API-Key`.
  * Every failure is answered in OpenAI's error body, so official clients
  * raise their usual error classes. Also the handlers of the REST API's
@@ -17,7 +17,7 @@ import { apiKeyPrefix } from "../Auth/Tokens.js"
 import { AppConfig } from "../Config.js"
 import { CurrentActor } from "../Domain/Actor.js"
 import { PayloadTooLarge, Unauthorized } from "../Domain/Errors.js"
-import { Gateway, type GatewayFailure } from "../Gateway.js"
+import { type EmbeddingFailure, Gateway } from "../Gateway.js"
 import { CurrentRequestId } from "../Http/Middleware.js"
 import {
   databaseRetryAfterSeconds,
@@ -29,13 +29,15 @@ import {
   ChatCompletion,
   ChatCompletionChunk,
   ChatCompletionRequest,
+  EmbeddingList,
+  EmbeddingRequest,
   ErrorBody,
   GatewayModel,
   InvalidRequest,
   ModelList
 } from "./Schemas.js"
 
-type Failure = GatewayFailure | Unauthorized | PayloadTooLarge
+type Failure = EmbeddingFailure | Unauthorized | PayloadTooLarge
 
 interface OpenAiError {
   readonly status: number
@@ -51,6 +53,8 @@ interface OpenAiError {
 const describe = (failure: Failure): OpenAiError => {
   switch (failure._tag) {
     case "InvalidRequest":
+      return { status: 400, message: failure.message, type: "invalid_request_error", param: failure.param, code: null }
+    case "EmbeddingsUnsupported":
       return { status: 400, message: failure.message, type: "invalid_request_error", param: failure.param, code: null }
     case "UnknownModel":
       return {
@@ -188,8 +192,9 @@ const paramOf = (path: ReadonlyArray<PropertyKey>): string | null =>
       ""
     )
 
-const decodeRequest = (body: unknown): Effect.Effect<ChatCompletionRequest, InvalidRequest> =>
-  Schema.decodeUnknown(ChatCompletionRequest, { errors: "first", onExcessProperty: "ignore" })(body).pipe(
+/** A request body decoded with `schema`; the first problem is answered, naming its field. */
+const decodeBody = <A, I>(schema: Schema.Schema<A, I>) => (body: unknown): Effect.Effect<A, InvalidRequest> =>
+  Schema.decodeUnknown(schema, { errors: "first", onExcessProperty: "ignore" })(body).pipe(
     Effect.mapError((error) => {
       const issue = ParseResult.ArrayFormatter.formatErrorSync(error)[0]
       const param = issue ? paramOf(issue.path) : null
@@ -204,10 +209,14 @@ const decodeRequest = (body: unknown): Effect.Effect<ChatCompletionRequest, Inva
     })
   )
 
+const decodeCompletionRequest = decodeBody(ChatCompletionRequest)
+const decodeEmbeddingRequest = decodeBody(EmbeddingRequest)
+
 const encodeChunk = Schema.encodeSync(Schema.parseJson(ChatCompletionChunk))
 const encodeCompletion = Schema.encodeSync(ChatCompletion)
 const encodeModelList = Schema.encodeSync(ModelList)
 const encodeModel = Schema.encodeSync(GatewayModel)
+const encodeEmbeddings = Schema.encodeSync(EmbeddingList)
 
 /** Server-sent events as OpenAI sends them; a failure after the first event is the last event, without `[DONE]`. */
 const toEventStream = (chunks: Stream.Stream<ChatCompletionChunk, Failure>) =>
@@ -295,7 +304,7 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
       `${gatewayPrefix}/chat/completions`,
       answer(asCaller(
         Effect.gen(function*() {
-          const body = yield* Effect.flatMap(readJson(maxBodySize), decodeRequest)
+          const body = yield* Effect.flatMap(readJson(maxBodySize), decodeCompletionRequest)
           if (body.stream !== true) {
             return HttpServerResponse.unsafeJson(encodeCompletion(yield* gateway.complete(body)))
           }
@@ -307,6 +316,16 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
             headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
           })
         })
+      ))
+    )
+
+    yield* router.post(
+      `${gatewayPrefix}/embeddings`,
+      answer(asCaller(
+        Effect.flatMap(
+          Effect.flatMap(readJson(maxBodySize), decodeEmbeddingRequest),
+          (body) => Effect.map(gateway.embed(body), (list) => HttpServerResponse.unsafeJson(encodeEmbeddings(list)))
+        )
       ))
     )
 

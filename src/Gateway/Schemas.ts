@@ -1,7 +1,7 @@
 /**
- * OpenAI's chat-completions wire format, as far as the gateway speaks it:
- * the request it accepts, the objects and stream chunks it answers with, and
- * the error body. Field names are OpenAI's (snake_case), since official
+ * OpenAI's chat-completions and embeddings wire format, as far as the gateway
+ * speaks it: the requests it accepts, the objects and stream chunks it answers
+ * with, and the error body. Field names are OpenAI's (snake_case), since official
  * clients read them as they are.
  */
 import { Schema } from "effect"
@@ -245,6 +245,55 @@ export const ChatCompletionChunk = Schema.Struct({
   usage: Schema.optional(Schema.NullOr(Usage))
 })
 export type ChatCompletionChunk = typeof ChatCompletionChunk.Type
+
+// --- embeddings
+
+/** At most this many inputs in one embeddings request, as OpenAI allows. */
+export const maxEmbeddingInputs = 2048
+
+const TokenId = Schema.Int.pipe(Schema.nonNegative())
+
+/** A text, texts, one text's token ids, or several texts' token ids (emptiness is checked by the gateway). */
+const EmbeddingInput = Schema.Union(
+  Schema.String,
+  Schema.Array(Schema.String),
+  Schema.Array(TokenId),
+  Schema.Array(Schema.Array(TokenId))
+).annotations({
+  message: () => ({
+    message: "Expected a string, an array of strings, an array of token ids (integers) or an array of such arrays",
+    override: true
+  })
+})
+export type EmbeddingInput = typeof EmbeddingInput.Type
+
+/** `POST /v1/embeddings`. Fields not listed here are ignored. */
+export const EmbeddingRequest = Schema.Struct({
+  model: Schema.String,
+  input: EmbeddingInput,
+  /** `base64`: each vector as its float32 values' little-endian bytes, what OpenAI's clients ask for. */
+  encoding_format: optionalNullable(Schema.Literal("float", "base64")),
+  dimensions: optionalNullable(PositiveInt),
+  // Accepted as OpenAI accepts it, not used.
+  user: optionalNullable(Schema.String)
+})
+export type EmbeddingRequest = typeof EmbeddingRequest.Type
+
+export const Embedding = Schema.Struct({
+  object: Schema.Literal("embedding"),
+  index: Schema.Int,
+  /** The vector's numbers, or (`encoding_format: "base64"`) their float32 little-endian bytes in base64. */
+  embedding: Schema.Union(Schema.Array(Schema.Number), Schema.String)
+})
+
+export const EmbeddingList = Schema.Struct({
+  object: Schema.Literal("list"),
+  data: Schema.Array(Embedding),
+  /** As the client named it. */
+  model: Schema.String,
+  usage: Schema.Struct({ prompt_tokens: Schema.Int, total_tokens: Schema.Int })
+})
+export type EmbeddingList = typeof EmbeddingList.Type
 
 /** OpenAI's error body: the official clients read `error.message`, `type`, `param` and `code`. */
 export const ErrorBody = Schema.Struct({

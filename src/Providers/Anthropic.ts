@@ -264,5 +264,13 @@ export const make = (
       })
     )
 
-  return { chat: streamOf(answer), answer, listModels, ping: Effect.asVoid(page(null)), runtime: Option.none() }
+  return {
+    chat: streamOf(answer),
+    answer,
+    listModels,
+    ping: Effect.asVoid(page(null)),
+    runtime: Option.none(),
+    // Anthropic's API has no embeddings.
+    embedder: Option.none()
+  }
 }

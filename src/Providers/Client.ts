@@ -33,6 +33,7 @@ import * as Https from "node:https"
 import type { ProviderKind } from "../Domain/Model.js"
 import { ProviderError, type ProviderFailure, ProviderTimeout, ProviderUnreachable } from "../Models/Errors.js"
 import type { ChatChunk, ChatRequest } from "./Chat.js"
+import type { Embedder } from "./Embeddings.js"
 
 /** Where a provider is and how to talk to it: a provider row with its credential decrypted. */
 export interface ProviderConnection {
@@ -86,6 +87,8 @@ export interface ProviderClient {
   /** A cheap authenticated call, to tell whether the provider answers. */
   readonly ping: Effect.Effect<void, ProviderFailure>
   readonly runtime: Option.Option<LocalRuntime>
+  /** Embeddings, where the provider's API has them (not Anthropic's). */
+  readonly embedder: Option.Option<Embedder>
 }
 
 /** `base` + `path`, where an OpenAI-style base may or may not already end in `/v1`. */

@@ -4,6 +4,11 @@
  * by word, so the whole chat path (streaming, storage, usage) can be tried
  * and tested on a machine without an LLM.
  *
+ * It embeds too, for trying the embeddings API only: each text's vector
+ * counts its words (lower-cased), each hashed to one of the vector's
+ * positions with a sign, scaled to length 1. The same text always gets the
+ * same vector and texts sharing words point alike, but it knows no meaning.
+ *
  * It is stored as an `openai-compatible` provider whose base URL is
  * `builtin:development` (the kinds are fixed by a CHECK constraint); the API
  * accepts only http(s) base URLs, so only the server itself registers it.
@@ -11,6 +16,7 @@
 import { Effect, Option, Stream } from "effect"
 import type { ChatChunk, ChatRequest } from "./Chat.js"
 import { type DiscoveredModel, feedOf, type ProviderClient } from "./Client.js"
+import { type Embedder, EmbeddingsUnsupported, textOnly } from "./Embeddings.js"
 
 export const developmentBaseUrl = "builtin:development"
 
@@ -44,10 +50,57 @@ const chat = (request: ChatRequest): Stream.Stream<ChatChunk> => {
   )
 }
 
+/** The size of the development model's vectors, unless a request asks for another. */
+export const developmentDimensions = 256
+
+/** The largest size it makes: its vectors are held in memory, a batch at a time. */
+export const developmentMaxDimensions = 4096
+
+/** FNV-1a, 32 bits: a word's position and sign in a vector. */
+const hashOf = (word: string): number => {
+  let hash = 0x811c9dc5
+  for (let index = 0; index < word.length; index++) {
+    hash ^= word.charCodeAt(index)
+    hash = Math.imul(hash, 0x01000193)
+  }
+  return hash >>> 0
+}
+
+/** `text`'s vector of `dimensions` numbers, of length 1 (all zeros for a text without words). */
+export const embedText = (text: string, dimensions: number): Array<number> => {
+  const vector = new Array<number>(dimensions).fill(0)
+  for (const word of wordsOf(text.toLowerCase())) {
+    const hash = hashOf(word)
+    vector[hash % dimensions]! += hash & 0x80000000 ? -1 : 1
+  }
+  const length = Math.sqrt(vector.reduce((sum, value) => sum + value * value, 0))
+  return length === 0 ? vector : vector.map((value) => value / length)
+}
+
+const embedder: Embedder = {
+  refusal: (request) =>
+    textOnly("The development model")(request) ??
+      (request.dimensions !== undefined && request.dimensions > developmentMaxDimensions
+        ? new EmbeddingsUnsupported({
+          message: `The development model makes vectors of at most ${developmentMaxDimensions} dimensions.`,
+          param: "dimensions"
+        })
+        : undefined),
+  embed: (request) =>
+    Effect.sync(() => {
+      const texts = request.input._tag === "texts" ? request.input.texts : []
+      return {
+        vectors: texts.map((text) => embedText(text, request.dimensions ?? developmentDimensions)),
+        promptTokens: texts.reduce((count, text) => count + wordsOf(text).length, 0)
+      }
+    })
+}
+
 export const make = (): ProviderClient => ({
   chat,
   answer: (request) => feedOf(chat(request)),
   listModels: Effect.succeed([developmentModel]),
   ping: Effect.void,
-  runtime: Option.none()
+  runtime: Option.none(),
+  embedder: Option.some(embedder)
 })

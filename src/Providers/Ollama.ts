@@ -2,8 +2,9 @@
  * Ollama's own API: `GET /api/tags` (installed models), `GET /api/ps` (loaded
  * models), `POST /api/show` (details, context length), `POST /api/generate`
  * with `keep_alive` to load (-1: until unloaded) or unload (0),
- * `POST /api/pull` streaming NDJSON progress, and `POST /api/chat` streaming
- * NDJSON answer lines (the last one `done: true`, with the token counts).
+ * `POST /api/pull` streaming NDJSON progress, `POST /api/chat` streaming
+ * NDJSON answer lines (the last one `done: true`, with the token counts), and
+ * `POST /api/embed` embedding a batch of texts (token arrays are not taken).
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
 import { Effect, Option, Schema, Stream } from "effect"
@@ -26,6 +27,7 @@ import {
   type StreamTimeouts,
   withBearer
 } from "./Client.js"
+import { countMismatch, type Embedder, inputCount, textOnly } from "./Embeddings.js"
 
 const TagsResponse = Schema.Struct({
   models: Schema.Array(Schema.Struct({
@@ -70,6 +72,11 @@ const ChatLine = Schema.Struct({
   prompt_eval_count: Schema.optional(Schema.Int),
   eval_count: Schema.optional(Schema.Int),
   error: Schema.optional(Schema.Unknown)
+})
+
+const EmbedResponse = Schema.Struct({
+  embeddings: Schema.Array(Schema.Array(Schema.Number)),
+  prompt_eval_count: Schema.optional(Schema.NullOr(Schema.Int))
 })
 
 /** Ollama names the tool a result answers, not the call: the name is found from the call's id. */
@@ -219,10 +226,35 @@ export const make = (
       })
     )
 
+  const embedder: Embedder = {
+    refusal: textOnly(connection.name),
+    embed: (request) =>
+      Effect.flatMap(
+        requestJson(
+          http,
+          connection,
+          post("/api/embed", {
+            model: request.model,
+            input: request.input._tag === "texts" ? request.input.texts : [],
+            ...(request.dimensions !== undefined ? { dimensions: request.dimensions } : {})
+          }),
+          EmbedResponse,
+          connection.requestTimeoutMs
+        ),
+        ({ embeddings, prompt_eval_count }) => {
+          const expected = inputCount(request.input)
+          return embeddings.length === expected
+            ? Effect.succeed({ vectors: embeddings, promptTokens: prompt_eval_count ?? 0 })
+            : Effect.fail(countMismatch(connection, expected, embeddings.length))
+        }
+      )
+  }
+
   return {
     chat: streamOf(answer),
     answer,
     listModels,
+    embedder: Option.some(embedder),
     ping: Effect.asVoid(tags),
     runtime: Option.some({
       running: Effect.map(

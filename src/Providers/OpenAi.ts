@@ -4,6 +4,8 @@
  * `POST /v1/chat/completions` streamed as server-sent events (`data: {…}`
  * chunks, then `data: [DONE]`). Context windows are read where a server
  * reports them (`context_length`, `max_model_len`, `context_window`).
+ * `POST /v1/embeddings` embeds texts or token arrays, the vectors asked for
+ * as floats.
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
 import { Effect, Option, Schema } from "effect"
@@ -24,6 +26,7 @@ import {
   type StreamTimeouts,
   withBearer
 } from "./Client.js"
+import { countMismatch, type Embedder, type EmbedRequest, inputCount } from "./Embeddings.js"
 
 const ModelsResponse = Schema.Struct({
   data: Schema.Array(Schema.Struct({
@@ -55,6 +58,12 @@ const StreamChunk = Schema.Struct({
   usage: Schema.optional(Schema.NullOr(Schema.Struct({ prompt_tokens: Schema.Int, completion_tokens: Schema.Int }))),
   // Some compatible servers report a failure inside the stream instead of with a status.
   error: Schema.optional(Schema.Unknown)
+})
+
+const EmbeddingsResponse = Schema.Struct({
+  data: Schema.Array(Schema.Struct({ index: Schema.Int, embedding: Schema.Array(Schema.Number) })),
+  // Some compatible servers leave the usage out.
+  usage: Schema.optional(Schema.NullOr(Schema.Struct({ prompt_tokens: Schema.Int })))
 })
 
 const finishReasons: Record<string, FinishReason> = {
@@ -111,6 +120,13 @@ const chatBody = (request: ChatRequest) => ({
   messages: request.messages.map(toMessage),
   stream: true,
   stream_options: { include_usage: true }
+})
+
+const embeddingsBody = (request: EmbedRequest) => ({
+  model: request.model,
+  input: request.input._tag === "texts" ? request.input.texts : request.input.tokens,
+  ...(request.dimensions !== undefined ? { dimensions: request.dimensions } : {}),
+  encoding_format: "float"
 })
 
 const positiveInt = (value: number | null | undefined): number | null =>
@@ -177,6 +193,32 @@ export const make = (
       )
     )
 
+  const embedder: Embedder = {
+    // Token arrays are OpenAI's own input too.
+    refusal: () => undefined,
+    embed: (request) =>
+      Effect.flatMap(
+        requestJson(
+          http,
+          connection,
+          withBearer(connection)(postJson(connection, "/v1/embeddings", embeddingsBody(request))),
+          EmbeddingsResponse,
+          connection.requestTimeoutMs
+        ),
+        ({ data, usage }) => {
+          // In the inputs' order, each input's vector once.
+          const vectors = [...data].sort((a, b) => a.index - b.index)
+          const expected = inputCount(request.input)
+          return vectors.length === expected && vectors.every((entry, position) => entry.index === position)
+            ? Effect.succeed({
+              vectors: vectors.map((entry) => entry.embedding),
+              promptTokens: usage?.prompt_tokens ?? 0
+            })
+            : Effect.fail(countMismatch(connection, expected, data.length))
+        }
+      )
+  }
+
   return {
     chat: streamOf(answer),
     answer,
@@ -189,6 +231,7 @@ export const make = (
         metadata: entry.owned_by ? { ownedBy: entry.owned_by } : {}
       }))),
     ping: Effect.asVoid(models),
-    runtime: Option.none()
+    runtime: Option.none(),
+    embedder: Option.some(embedder)
   }
 }

@@ -1,6 +1,6 @@
 /**
- * What every chat stream goes through, whatever the provider (`ProviderClients`
- * applies it to each adapter's `chat`):
+ * What every chat stream and every embedding goes through, whatever the provider
+ * (`ProviderClients` applies it to each adapter's `chat` and `embed`):
  * - retries with exponential backoff and jitter, only while nothing has been
  *   emitted, only on connection failures, 429 (honouring `Retry-After`) and 5xx;
  * - a circuit breaker per provider: after `breakerThreshold` failed calls in a
@@ -195,3 +195,28 @@ const answered = (
     } satisfies AnswerFeed
   )
 }
+
+/**
+ * `call`, one request answered whole (an embedding), with the retries and circuit breaker above:
+ * retried on connection failures, 429 and 5xx until it succeeds, its outcome counted for the
+ * provider's breaker.
+ */
+export const resilientCall = <A>(
+  settings: ChatSettings,
+  breaker: CircuitBreaker,
+  call: Effect.Effect<A, ProviderFailure>
+): Effect.Effect<A, ProviderFailure> =>
+  Effect.zipRight(
+    breaker.enter,
+    call.pipe(
+      Effect.retry(retrySchedule(settings, retryable)),
+      Effect.onExit((exit) =>
+        breaker.record(
+          Exit.isSuccess(exit)
+            ? "healthy"
+            // Interrupted (the client left): that says nothing about the provider.
+            : Option.match(Cause.failureOption(exit.cause), { onNone: () => "unknown", onSome: verdictOf })
+        )
+      )
+    )
+  )

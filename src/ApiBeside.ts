@@ -11,6 +11,8 @@ import {
   ChatCompletion,
   ChatCompletionChunk,
   ChatCompletionRequest,
+  EmbeddingList,
+  EmbeddingRequest,
   ErrorBody,
   GatewayModel,
   ModelList
@@ -171,6 +173,31 @@ const gatewayPaths = (definitions: Json): Json => {
           "413": error("The body is larger than `MAX_BODY_SIZE` (`request_too_large`)"),
           "429": error("`CHAT_RATE_LIMIT_PER_USER` or the key's `rateLimitPerMinute` used up (`rate_limit_exceeded`)"),
           "502": error("The provider failed (`provider_error`)"),
+          "503": error("The provider cannot be reached or its circuit is open, or the database cannot be reached"),
+          "504": error("The provider did not answer in time (`provider_timeout`)")
+        }
+      }
+    },
+    [`${gatewayPrefix}/embeddings`]: {
+      post: {
+        tags: ["gateway"],
+        summary: "Embeddings of texts or token ids (OpenAI's format)",
+        description: "One vector per input, in their order: numbers, or with `encoding_format: \"base64\"` " +
+          "(what OpenAI's SDKs ask for) their float32 little-endian bytes in base64. OpenAI-style providers " +
+          "and Ollama embed (Ollama text only), Anthropic does not. Usage (prompt tokens) is recorded for the key.",
+        security: bearer,
+        requestBody: { required: true, content: jsonContent(schemaOf(EmbeddingRequest, definitions)) },
+        responses: {
+          "200": { description: "The vectors", content: jsonContent(schemaOf(EmbeddingList, definitions)) },
+          "400": error(
+            "The request does not match the schema, has an empty input or more than 2048, or the model's " +
+              "provider cannot embed it (`invalid_request_error`, `param` names the field)"
+          ),
+          ...failures,
+          "404": error("No such model (`model_not_found`)"),
+          "413": error("The body is larger than `MAX_BODY_SIZE` (`request_too_large`)"),
+          "429": error("A rate limit or token budget used up (`rate_limit_exceeded`)"),
+          "502": error("The provider failed or sent vectors that do not match the inputs (`provider_error`)"),
           "503": error("The provider cannot be reached or its circuit is open, or the database cannot be reached"),
           "504": error("The provider did not answer in time (`provider_timeout`)")
         }

@@ -46,6 +46,8 @@ describe("the API contract", () => {
         expect.arrayContaining(["200", "400", "401", "404", "429", "502", "503", "504"])
       )
       expect(completions.responses["429"].content["application/json"].schema).toMatchObject({ required: ["error"] })
+      expect(spec.paths[`${gatewayPrefix}/embeddings`].post.requestBody.content["application/json"].schema)
+        .toMatchObject({ type: "object", required: ["model", "input"] })
       expect(spec.paths[`${gatewayPrefix}/models`].get.responses["200"].content["application/json"].schema)
         .toMatchObject({ properties: { object: { enum: ["list"] } } })
       expect(spec.tags.map((tag: { name: string }) => tag.name)).toEqual(

@@ -511,4 +511,44 @@ for (const dialect of dialects) {
         }))
     })
   })
+
+  layer(
+    testServer({
+      dialect,
+      env: {
+        DEVELOPMENT_MODEL: "false",
+        MODEL_STATUS_POLL_INTERVAL: "0 seconds",
+        CHAT_RETRY_ATTEMPTS: "0",
+        PROVIDER_BREAKER_THRESHOLD: "2",
+        PROVIDER_BREAKER_COOLDOWN: "30 seconds"
+      }
+    }),
+    { excludeTestServices: true }
+  )(`embeddings in front of a failing provider on ${dialect}`, (it) => {
+    it.scoped("its circuit opens after failures in a row, for embeddings and chats alike: 503 with Retry-After", () =>
+      Effect.gen(function*() {
+        const admin = yield* signUp()
+        const user = yield* signUp()
+        const failing = yield* fakeProvider("openai", [{ name: "flaky-embed" }])
+        yield* registerFake(admin, failing, { name: uniqueName("flaky"), kind: "openai", connectTimeoutMs: 1_000 })
+        const key = yield* createKey(user, ["models:use"])
+        failing.faults.set(embedPath.openai, { kind: "status", status: 502 })
+        for (let attempt = 0; attempt < 2; attempt++) {
+          const failed = yield* postEmbeddings(key.secret, { model: "flaky-embed", input: "a" })
+          expect(expectStatus(failed, 502).error).toMatchObject({ code: "provider_error" })
+        }
+        const open = yield* postEmbeddings(key.secret, { model: "flaky-embed", input: "a" })
+        expect(expectStatus(open, 503).error).toMatchObject({ type: "api_error", code: "provider_unavailable" })
+        const retryAfter = Number(open.headers["retry-after"])
+        expect(retryAfter).toBeGreaterThan(0)
+        expect(retryAfter).toBeLessThanOrEqual(30)
+        // Short-circuited: the provider was not called a third time, and its chats wait too.
+        expect(embedRequests(failing)).toHaveLength(2)
+        const chat = yield* call("POST", "/v1/chat/completions", {
+          auth: key.secret,
+          body: { model: "flaky-embed", messages: [{ role: "user", content: "Hi" }] }
+        })
+        expect(expectStatus(chat, 503).error).toMatchObject({ code: "provider_unavailable" })
+      }))
+  })
 }

@@ -17,6 +17,7 @@ import apiKeyModels from "./0012_api_key_models.js"
 import roleModels from "./0013_role_models.js"
 import roleTokenBudgets from "./0014_role_token_budgets.js"
 import apiKeyTokenBudgets from "./0015_api_key_token_budgets.js"
+import oidc from "./0017_oidc.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -33,7 +34,8 @@ export const migrations = {
   "0012_api_key_models": apiKeyModels,
   "0013_role_models": roleModels,
   "0014_role_token_budgets": roleTokenBudgets,
-  "0015_api_key_token_budgets": apiKeyTokenBudgets
+  "0015_api_key_token_budgets": apiKeyTokenBudgets,
+  "0017_oidc": oidc
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -13,6 +13,7 @@ import { UsageApi } from "./Gateway/Api.js"
 import { GraphApi } from "./Graph/Api.js"
 import { HealthApi } from "./Health/Api.js"
 import { ModelConfigsApi, ModelsApi, ProvidersApi } from "./Models/Api.js"
+import { OidcApi } from "./Oidc/Api.js"
 import { PublicSharesApi, SharesApi } from "./Shares/Api.js"
 import { AdminApi, MeApi } from "./Users/Api.js"
 
@@ -77,6 +78,7 @@ const withoutRepeatedIds = (node: unknown): unknown => {
 export class WebPlusApi extends HttpApi.make("webplus")
   .add(HealthApi)
   .add(AuthApi)
+  .add(OidcApi)
   .add(AdminApi)
   .add(MeApi)
   .add(ConversationsApi)

@@ -256,6 +256,26 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
         }).pipe(inTransaction(sql))
       }).pipe(Effect.withSpan("Auth.login"))
 
+    /**
+     * A new session for a user whose identity was established another way (single sign-on:
+     * `method`), recorded as their sign-in. The caller has checked that the account is usable.
+     */
+    const signInVerified = (userId: UserId, method: string) =>
+      Effect.gen(function*() {
+        const familyId = SessionFamilyId.make(yield* generateUuid)
+        return yield* Effect.gen(function*() {
+          yield* users.recordLogin(userId)
+          const pair = yield* startSession(userId, familyId)
+          yield* audit.record({
+            action: "auth.login.succeeded",
+            actor: { type: "user", id: userId },
+            target: { type: "session", id: familyId },
+            metadata: { method }
+          })
+          return pair
+        }).pipe(inTransaction(sql))
+      }).pipe(Effect.withSpan("Auth.signInVerified"))
+
     const refresh = (refreshToken: Redacted.Redacted<string>) =>
       Effect.gen(function*() {
         const tokenHash = hashSecret(refreshToken)
@@ -459,6 +479,7 @@ export class Auth extends Effect.Service<Auth>()("Auth", {
       createUser,
       knownRole,
       login,
+      signInVerified,
       refresh,
       logout,
       currentUser,

@@ -326,6 +326,115 @@ export const defaultAllowedFileTypes: ReadonlyArray<string> = [
   "application/vnd.openxmlformats-officedocument.presentationml.presentation"
 ]
 
+/**
+ * Single sign-on with an OpenID Connect provider (authorization code flow with PKCE), on when
+ * `OIDC_ISSUER` is set with its companions.
+ */
+export interface OidcSettings {
+  /** The issuer's URL as the provider names itself; its discovery document is `{issuer}/.well-known/openid-configuration`. */
+  readonly issuer: string
+  readonly clientId: string
+  /** `None`: a public client (PKCE alone); `Some`: sent as HTTP Basic credentials to the token endpoint. */
+  readonly clientSecret: Option.Option<Redacted.Redacted<string>>
+  readonly scopes: string
+  /** What a front end shows on its sign-in button. */
+  readonly providerName: string
+  /** This server's callback URL, exactly as registered at the provider. */
+  readonly redirectUri: string
+  /**
+   * The front-end URLs a sign-in may return to: one with a path allows exactly that URL, one
+   * without (an origin) any URL of that origin.
+   */
+  readonly allowedRedirects: ReadonlyArray<URL>
+  /** Create an account for someone signing in for the first time. */
+  readonly autoRegister: boolean
+  /** Email domains (lower case) allowed to sign in; empty: any. */
+  readonly allowedDomains: ReadonlyArray<string>
+  /** The role of accounts it creates (the first account of a server is an admin all the same). */
+  readonly defaultRole: string
+}
+
+const httpUrl = (name: string) =>
+  Config.nonEmptyString(name).pipe(
+    Config.validate({
+      message: "Expected an http:// or https:// URL",
+      validation: (raw) => {
+        try {
+          const url = new URL(raw)
+          return (url.protocol === "http:" || url.protocol === "https:") && url.username === "" && url.password === ""
+        } catch {
+          return false
+        }
+      }
+    })
+  )
+
+/** `OIDC_ALLOWED_REDIRECTS`: absolute http(s) URLs, comma-separated. */
+const redirectList = (name: string) =>
+  Config.string(name).pipe(
+    Config.mapOrFail((raw) => {
+      const urls: Array<URL> = []
+      for (const entry of raw.split(",").map((item) => item.trim()).filter((item) => item.length > 0)) {
+        const url = URL.canParse(entry) ? new URL(entry) : undefined
+        if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:") || url.username !== "") {
+          return Either.left(ConfigError.InvalidData([], `Expected http:// or https:// URLs, got "${entry}"`))
+        }
+        urls.push(url)
+      }
+      return urls.length > 0
+        ? Either.right(urls)
+        : Either.left(ConfigError.InvalidData([], "Expected at least one URL"))
+    })
+  )
+
+/** The single sign-on settings: none unless `OIDC_ISSUER` is set, and then every required companion too. */
+const oidcSettings = Effect.gen(function*() {
+  const required = {
+    OIDC_ISSUER: yield* Config.option(httpUrl("OIDC_ISSUER")),
+    OIDC_CLIENT_ID: yield* Config.option(Config.nonEmptyString("OIDC_CLIENT_ID")),
+    OIDC_REDIRECT_URI: yield* Config.option(httpUrl("OIDC_REDIRECT_URI")),
+    OIDC_ALLOWED_REDIRECTS: yield* Config.option(redirectList("OIDC_ALLOWED_REDIRECTS"))
+  }
+  const missing = Object.entries(required).filter(([, value]) => Option.isNone(value as Option.Option<unknown>))
+    .map(([name]) => name)
+  const clientSecret = yield* Config.option(Config.redacted(Config.nonEmptyString("OIDC_CLIENT_SECRET")))
+  if (missing.length === Object.keys(required).length && Option.isNone(clientSecret)) return Option.none<OidcSettings>()
+  if (missing.length > 0) {
+    return yield* Effect.fail(ConfigError.InvalidData(
+      [missing[0]!],
+      `single sign-on needs ${Object.keys(required).join(", ")} together; missing: ${missing.join(", ")}`
+    ))
+  }
+  const settings: OidcSettings = {
+    issuer: Option.getOrThrow(required.OIDC_ISSUER),
+    clientId: Option.getOrThrow(required.OIDC_CLIENT_ID),
+    clientSecret,
+    scopes: yield* Config.nonEmptyString("OIDC_SCOPES").pipe(
+      Config.validate({
+        message: "Expected space-separated scopes including openid",
+        validation: (scopes) => scopes.split(/\s+/).includes("openid")
+      }),
+      Config.withDefault("openid email profile")
+    ),
+    providerName: yield* Config.nonEmptyString("OIDC_PROVIDER_NAME").pipe(Config.withDefault("Single sign-on")),
+    redirectUri: Option.getOrThrow(required.OIDC_REDIRECT_URI),
+    allowedRedirects: Option.getOrThrow(required.OIDC_ALLOWED_REDIRECTS),
+    autoRegister: yield* Config.boolean("OIDC_AUTO_REGISTER").pipe(Config.withDefault(true)),
+    allowedDomains: yield* commaList("OIDC_ALLOWED_DOMAINS").pipe(
+      Config.map((domains) => domains.map((domain) => domain.replace(/^@/, "").toLowerCase())),
+      Config.withDefault<ReadonlyArray<string>>([])
+    ),
+    defaultRole: yield* Config.string("OIDC_DEFAULT_ROLE").pipe(
+      Config.validate({
+        message: "Expected a role name (lower case letters, digits, _ and -)",
+        validation: (name) => /^[a-z][a-z0-9_-]{1,31}$/.test(name)
+      }),
+      Config.withDefault("user")
+    )
+  }
+  return Option.some(settings)
+})
+
 export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
   effect: Effect.gen(function*() {
     const nodeEnv = yield* Config.literal("development", "production", "test")("NODE_ENV").pipe(
@@ -490,6 +599,7 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       chatImageMaxSize: yield* byteSize("CHAT_IMAGE_MAX_SIZE").pipe(Config.withDefault(5 * 1024 * 1024)),
       quotaPerUser: yield* Config.option(byteSize("FILES_QUOTA_PER_USER"))
     }
+    const oidc = yield* oidcSettings
     return {
       nodeEnv,
       port,
@@ -514,7 +624,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       chat,
       jobs,
       files,
-      trashRetention
+      trashRetention,
+      oidc
     }
   })
 }) {}

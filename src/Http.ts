@@ -54,6 +54,10 @@ import { ModelsApiLive } from "./Models/Http.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
+import { Oidc, OidcCleanupLive } from "./Oidc.js"
+import { OidcHttpLive } from "./Oidc/Http.js"
+import { OidcRepo } from "./Oidc/OidcRepo.js"
+import { OidcProvider } from "./Oidc/Provider.js"
 import { ProviderClients } from "./Providers.js"
 import { RpcLive } from "./Rpc/Server.js"
 import { Shares } from "./Shares.js"
@@ -114,7 +118,8 @@ const ReposLive = Layer.mergeAll(
   UsageRepo.Default,
   FilesRepo.Default,
   GraphRepo.Default,
-  SharesRepo.Default
+  SharesRepo.Default,
+  OidcRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -140,6 +145,8 @@ export const ServicesLive = Layer.mergeAll(
   Files.Default,
   Graph.Default,
   Shares.Default,
+  Oidc.Default.pipe(Layer.provide(OidcProvider.Default.pipe(Layer.provide(FetchHttpClient.layer)))),
+  OidcCleanupLive,
   JobsSweepLive,
   SessionCleanupLive,
   TrashSweepLive
@@ -160,6 +167,7 @@ export const ServicesLive = Layer.mergeAll(
 export const ApiGroupsLive = Layer.mergeAll(
   HealthHttpLive,
   AuthHttpLive,
+  OidcHttpLive,
   AdminHttpLive,
   MeHttpLive,
   ConversationsHttpLive,

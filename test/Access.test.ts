@@ -289,6 +289,11 @@ const publicEndpoints = new Set([
   "auth.register",
   "auth.login",
   "auth.refresh",
+  // Single sign-on: the browser's way in and the exchange of its one-time code (test/Oidc.test.ts).
+  "oidc.info",
+  "oidc.login",
+  "oidc.callback",
+  "oidc.token",
   "publicShares.viewShare",
   "publicShares.reactToShare"
 ])

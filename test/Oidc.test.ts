@@ -1,0 +1,497 @@
+/**
+ * Single sign-on with OpenID Connect over real HTTP, on both dialects, against a loopback provider
+ * (test/fixtures/OidcProvider.ts). Each sign-in is followed by hand: the server's redirect to the
+ * provider, the provider's back to the callback, the callback's to the front end with a one-time
+ * code, and the code's exchange for tokens. Accounts are created, found again, linked by verified
+ * email; refused when disabled, of another domain, unverified or unknown; states, codes and
+ * attempts are good once and for a while; a front-end URL not allowed is refused; a provider that
+ * lies or fails gets nobody in. Off unless configured.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import { AppConfig, environment, formatConfigError } from "../src/Config.js"
+import { call, type Reply, signUp } from "./fixtures/Auth.js"
+import { dialects } from "./fixtures/Database.js"
+import { type FakeIdp, fakeOidcProvider, idpSecret, type IdpUser } from "./fixtures/OidcProvider.js"
+import { inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
+
+const callbackUri = "http://webplus.test/api/v1/auth/oidc/callback"
+const frontEnd = "http://app.test/signed-in"
+const otherFrontEnd = "http://other.test"
+
+class Idp extends Context.Tag("test/Oidc/Idp")<Idp, FakeIdp>() {}
+
+const oidcEnv = (idp: FakeIdp, extra: Record<string, string> = {}) => ({
+  OIDC_ISSUER: idp.issuer,
+  OIDC_CLIENT_ID: idp.clientId,
+  OIDC_CLIENT_SECRET: idp.clientSecret,
+  OIDC_REDIRECT_URI: callbackUri,
+  OIDC_ALLOWED_REDIRECTS: `${frontEnd},${otherFrontEnd}`,
+  OIDC_PROVIDER_NAME: "Loopback ID",
+  ...extra
+})
+
+/** A loopback provider and a server using it. */
+const withIdp = (dialect: (typeof dialects)[number], extra: Record<string, string> = {}) =>
+  Layer.unwrapScoped(Effect.gen(function*() {
+    const idp = yield* fakeOidcProvider()
+    return Layer.merge(Layer.succeed(Idp, idp), testServer({ dialect, env: oidcEnv(idp, extra) }))
+  }))
+
+const expectStatus = (reply: Reply, status: number) => {
+  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
+  return reply.body
+}
+
+/** A browser's request: redirects are not followed, so each `Location` can be checked. */
+const browse = (url: string, headers: Record<string, string> = {}) =>
+  Effect.promise(() => fetch(url, { redirect: "manual", headers }))
+
+const loginUrl = (redirect?: string) =>
+  Effect.map(
+    TestServer,
+    ({ baseUrl }) =>
+      `${baseUrl}/api/v1/auth/oidc/login${redirect === undefined ? "" : `?redirect=${encodeURIComponent(redirect)}`}`
+  )
+
+/** The browser's cookie header from a response's `Set-Cookie`s. */
+const cookieOf = (response: Response) =>
+  response.headers.getSetCookie().map((cookie) => cookie.split(";")[0]!).join("; ")
+
+let subjects = 0
+const person = (overrides: Partial<IdpUser> = {}): IdpUser => {
+  const n = `${Date.now().toString(36)}${subjects++}`
+  return {
+    sub: `sub-${n}`,
+    email: `sso-${n}@example.com`,
+    email_verified: true,
+    preferred_username: `sso ${n}`,
+    ...overrides
+  }
+}
+
+/**
+ * A whole sign-in as `user` at the provider, by hand: where the browser lands at the end (the front
+ * end's URL with `code` or `error`), the callback it went through and the binding cookie.
+ */
+const signInAs = (user: IdpUser, redirect?: string) =>
+  Effect.gen(function*() {
+    const idp = yield* Idp
+    const { baseUrl } = yield* TestServer
+    idp.user = user
+    const started = yield* browse(yield* loginUrl(redirect))
+    expect(started.status).toBe(302)
+    const toIdp = new URL(started.headers.get("location")!)
+    expect(`${toIdp.origin}${toIdp.pathname}`).toBe(`${idp.issuer}/authorize`)
+    expect(toIdp.searchParams.get("code_challenge_method")).toBe("S256")
+    expect(toIdp.searchParams.get("redirect_uri")).toBe(callbackUri)
+    // The verifier never travels through the browser; only its challenge does.
+    expect(toIdp.searchParams.has("code_verifier")).toBe(false)
+    const cookie = cookieOf(started)
+    expect(started.headers.getSetCookie()[0]).toMatch(/HttpOnly/i)
+    const atIdp = yield* browse(toIdp.toString())
+    expect(atIdp.status).toBe(302)
+    const back = atIdp.headers.get("location")!
+    expect(back.startsWith(`${callbackUri}?`)).toBe(true)
+    // The callback URL is the public one registered at the provider; the test server answers it.
+    const callback = `${baseUrl}${back.slice("http://webplus.test".length)}`
+    const landed = yield* browse(callback, { cookie })
+    expect(landed.status, yield* Effect.promise(() => landed.clone().text())).toBe(302)
+    const final = new URL(landed.headers.get("location")!)
+    return { final, callback, cookie, state: toIdp.searchParams.get("state")! }
+  })
+
+/** A sign-in expected to succeed: the one-time code the front end received. */
+const codeFor = (user: IdpUser, redirect?: string) =>
+  Effect.gen(function*() {
+    const { final } = yield* signInAs(user, redirect)
+    expect(final.searchParams.get("error"), final.searchParams.get("error_description") ?? "").toBeNull()
+    expect(`${final.origin}${final.pathname}`).toBe(redirect ?? frontEnd)
+    const code = final.searchParams.get("code")
+    expect(code).toMatch(/^wpo_/)
+    return code!
+  })
+
+/** A sign-in expected to be refused: the `error` the front end received. */
+const refusalFor = (user: IdpUser, redirect?: string) =>
+  Effect.gen(function*() {
+    const { final } = yield* signInAs(user, redirect)
+    expect(final.searchParams.has("code")).toBe(false)
+    expect(final.searchParams.get("error_description")).not.toContain(idpSecret)
+    return final.searchParams.get("error")
+  })
+
+const exchange = (code: string) => call("POST", "/api/v1/auth/oidc/token", { body: { code } })
+
+/** A sign-in's tokens. */
+const tokensFor = (user: IdpUser) =>
+  Effect.flatMap(codeFor(user), (code) => Effect.map(exchange(code), (reply) => expectStatus(reply, 200)))
+
+const me = (accessToken: string) =>
+  Effect.map(call("GET", "/api/v1/auth/me", { auth: accessToken }), (r) => expectStatus(r, 200))
+
+const auditActions = (admin: string, action: string) =>
+  Effect.map(
+    call("GET", `/api/v1/admin/audit-events?action=${encodeURIComponent(action)}&limit=100`, { auth: admin }),
+    (reply) => expectStatus(reply, 200).items as Array<any>
+  )
+
+const countRows = (table: string) =>
+  inServerDatabase(
+    Effect.flatMap(SqlClient.SqlClient, (sql) =>
+      Effect.map(sql<{ n: number }>`SELECT count(*) AS n FROM ${sql(table)}`, (rows) => Number(rows[0]!.n)))
+  )
+
+for (const dialect of dialects) {
+  describe(`single sign-on (${dialect})`, () => {
+    /** Who the shared server's first sign-in was: its admin. */
+    let firstPerson: IdpUser | undefined
+    const firstAdmin = Effect.suspend(() =>
+      Effect.map(tokensFor(firstPerson!), (tokens) => tokens.accessToken as string)
+    )
+
+    // The live clock: expiries are set in the database in real time, and the provider signs with it.
+    layer(withIdp(dialect), { timeout: 60_000, excludeTestServices: true })((it) => {
+      // Runs first: the server has no account yet.
+      it.effect("the first sign-in creates the account, an admin on an empty server; tokens work and refresh", () =>
+        Effect.gen(function*() {
+          const info = expectStatus(yield* call("GET", "/api/v1/auth/oidc"), 200)
+          expect(info).toEqual({ enabled: true, name: "Loopback ID" })
+          const first = person({ preferred_username: "Ada Lovelace" })
+          firstPerson = first
+          const tokens = yield* tokensFor(first)
+          expect(tokens.tokenType).toBe("Bearer")
+          const account = yield* me(tokens.accessToken)
+          expect(account).toMatchObject({ email: first.email, username: "Ada_Lovelace", role: "admin" })
+          const refreshed = expectStatus(
+            yield* call("POST", "/api/v1/auth/refresh", { body: { refreshToken: tokens.refreshToken } }),
+            200
+          )
+          expect((yield* me(refreshed.accessToken)).id).toBe(account.id)
+          // No usable password: neither an empty one nor any other signs in.
+          expect((yield* call("POST", "/api/v1/auth/login", { body: { login: first.email, password: "" } })).status)
+            .toBe(401)
+          expect(
+            (yield* call("POST", "/api/v1/auth/login", { body: { login: first.email, password: "anything at all" } }))
+              .status
+          ).toBe(401)
+          const idp = yield* Idp
+          expect(idp.tokenRequests.at(-1)).toEqual({ outcome: "ok", basicAuth: true })
+          // The next one is a plain user, and takes another name when the one it asks for is taken.
+          const second = person({ preferred_username: "Ada Lovelace" })
+          const secondAccount = yield* me((yield* tokensFor(second)).accessToken)
+          expect(secondAccount).toMatchObject({ role: "user", username: "Ada_Lovelace_2" })
+          const registered = yield* auditActions(tokens.accessToken, "user.registered")
+          expect(registered.map((event) => event.targetId)).toEqual(
+            expect.arrayContaining([account.id, secondAccount.id])
+          )
+          expect(registered.find((event) => event.targetId === account.id)?.metadata).toMatchObject({
+            method: "oidc",
+            issuer: idp.issuer,
+            role: "admin"
+          })
+          const logins = yield* auditActions(tokens.accessToken, "auth.login.succeeded")
+          expect(logins.some((event) => event.actorId === account.id && event.metadata.method === "oidc")).toBe(true)
+        }))
+
+      it.effect("a second sign-in finds the same account, whatever its email became at the provider", () =>
+        Effect.gen(function*() {
+          const someone = person()
+          const before = yield* me((yield* tokensFor(someone)).accessToken)
+          const users = yield* countRows("users")
+          const again = yield* me((yield* tokensFor({ ...someone, email: `renamed-${someone.email}` })).accessToken)
+          expect(again.id).toBe(before.id)
+          expect(yield* countRows("users")).toBe(users)
+        }))
+
+      it.effect("links an existing account by an email the provider verified, and only then", () =>
+        Effect.gen(function*() {
+          const local = yield* signUp()
+          const unverified = person({ email: local.email.toUpperCase(), email_verified: false })
+          expect(yield* refusalFor(unverified)).toBe("account_not_found")
+          expect(yield* refusalFor({ ...unverified, email_verified: undefined as never })).toBe("account_not_found")
+          const identities = yield* countRows("oidc_identities")
+          const verified = { ...unverified, email_verified: true }
+          const linked = yield* me((yield* tokensFor(verified)).accessToken)
+          expect(linked.id).toBe(local.id)
+          expect(yield* countRows("oidc_identities")).toBe(identities + 1)
+          // The password still works beside it.
+          expectStatus(
+            yield* call("POST", "/api/v1/auth/login", { body: { login: local.email, password: local.password } }),
+            200
+          )
+          const admin = yield* firstAdmin
+          const events = yield* auditActions(admin, "auth.oidc.linked")
+          expect(events.some((event) => event.targetId === local.id)).toBe(true)
+          const refused = yield* auditActions(admin, "auth.login.failed")
+          expect(refused.some((event) => event.metadata.reason === "email-not-verified")).toBe(true)
+        }))
+
+      it.effect("refuses a disabled account, and a code it got before being disabled", () =>
+        Effect.gen(function*() {
+          const someone = person()
+          const account = yield* me((yield* tokensFor(someone)).accessToken)
+          const code = yield* codeFor(someone)
+          const admin = yield* firstAdmin
+          expectStatus(yield* call("POST", `/api/v1/admin/users/${account.id}/disable`, { auth: admin }), 200)
+          expect(yield* refusalFor(someone)).toBe("account_disabled")
+          expect(expectStatus(yield* exchange(code), 401)._tag).toBe("Unauthorized")
+          expectStatus(yield* call("POST", `/api/v1/admin/users/${account.id}/enable`, { auth: admin }), 200)
+          yield* tokensFor(someone)
+        }))
+
+      it.effect("a state is good once, in the browser that started it; a one-time code once, for a minute", () =>
+        Effect.gen(function*() {
+          const someone = person()
+          const { callback, cookie, final } = yield* signInAs(someone)
+          const code = final.searchParams.get("code")!
+          // The provider's redirect replayed: the attempt is gone.
+          const replayed = yield* browse(callback, { cookie })
+          expect(replayed.status).toBe(401)
+          expect(yield* Effect.promise(() => replayed.json())).toMatchObject({ _tag: "Unauthorized" })
+          // Unknown and missing states.
+          const { baseUrl } = yield* TestServer
+          expect((yield* browse(`${baseUrl}/api/v1/auth/oidc/callback?code=x&state=unknown`, { cookie })).status).toBe(
+            401
+          )
+          expect((yield* browse(`${baseUrl}/api/v1/auth/oidc/callback?code=x`, { cookie })).status).toBe(401)
+          // The code: once.
+          const tokens = expectStatus(yield* exchange(code), 200)
+          expect((yield* me(tokens.accessToken)).email).toBe(someone.email)
+          const again = expectStatus(yield* exchange(code), 401)
+          expect(again).toMatchObject({ _tag: "Unauthorized", message: expect.any(String) })
+          expect(expectStatus(yield* exchange("wpo_unknown"), 401)._tag).toBe("Unauthorized")
+          // A code past its minute.
+          const late = yield* codeFor(someone)
+          yield* inServerDatabase(
+            Effect.flatMap(
+              SqlClient.SqlClient,
+              (sql) => sql`UPDATE oidc_login_codes SET expires_at = ${new Date(Date.now() - 1000).toISOString()}`
+            )
+          )
+          expectStatus(yield* exchange(late), 401)
+        }))
+
+      it.effect("a callback from another browser (without the attempt's cookie) is refused", () =>
+        Effect.gen(function*() {
+          const idp = yield* Idp
+          const { baseUrl } = yield* TestServer
+          idp.user = person()
+          const started = yield* browse(yield* loginUrl())
+          const atIdp = yield* browse(started.headers.get("location")!)
+          const callback = `${baseUrl}${atIdp.headers.get("location")!.slice("http://webplus.test".length)}`
+          const foreign = yield* browse(callback, { cookie: "webplus_oidc=someone-elses" })
+          expect(foreign.status).toBe(401)
+          const body: any = yield* Effect.promise(() => foreign.json())
+          expect(body._tag).toBe("Unauthorized")
+          // …and the attempt is used up: the right browser cannot come after it.
+          expect((yield* browse(callback, { cookie: cookieOf(started) })).status).toBe(401)
+        }))
+
+      it.effect("an attempt older than ten minutes sends the browser back with login_expired", () =>
+        Effect.gen(function*() {
+          const idp = yield* Idp
+          const { baseUrl } = yield* TestServer
+          idp.user = person()
+          const started = yield* browse(yield* loginUrl())
+          const atIdp = yield* browse(started.headers.get("location")!)
+          yield* inServerDatabase(
+            Effect.flatMap(
+              SqlClient.SqlClient,
+              (sql) => sql`UPDATE oidc_login_attempts SET expires_at = ${new Date(Date.now() - 1000).toISOString()}`
+            )
+          )
+          const callback = `${baseUrl}${atIdp.headers.get("location")!.slice("http://webplus.test".length)}`
+          const landed = yield* browse(callback, { cookie: cookieOf(started) })
+          expect(landed.status).toBe(302)
+          const final = new URL(landed.headers.get("location")!)
+          expect(final.searchParams.get("error")).toBe("login_expired")
+          expect(final.searchParams.has("code")).toBe(false)
+        }))
+
+      it.effect("returns only to the front-end URLs allowed: exactly, or by origin; never elsewhere", () =>
+        Effect.gen(function*() {
+          const refusedUrls = [
+            "https://evil.test/",
+            "http://app.test/elsewhere",
+            "http://app.test/signed-in/../elsewhere?x",
+            "http://app.test.evil.test/signed-in",
+            "http://user@app.test/signed-in",
+            "//evil.test",
+            "javascript:alert(1)",
+            "http://other.test.evil.test/"
+          ]
+          const attempts = yield* countRows("oidc_login_attempts")
+          for (const url of refusedUrls) {
+            const response = yield* browse(yield* loginUrl(url))
+            expect(response.status, url).toBe(422)
+            expect(response.headers.get("location")).toBeNull()
+            const body = yield* Effect.promise(() => response.json())
+            expect(body).toMatchObject({ _tag: "ValidationError", issues: [{ path: ["redirect"] }] })
+          }
+          expect(yield* countRows("oidc_login_attempts")).toBe(attempts)
+          // An origin allows any URL on it; the query the front end put there comes back with the code.
+          const code = yield* codeFor(person(), "http://other.test/any/page")
+          expect(code).toMatch(/^wpo_/)
+          const { final } = yield* signInAs(person(), "http://other.test/back?tab=2")
+          expect(final.searchParams.get("tab")).toBe("2")
+          expect(final.searchParams.get("code")).toMatch(/^wpo_/)
+        }))
+
+      it.effect("a provider that lies or fails signs nobody in, and nothing of its answer reaches the client", () =>
+        Effect.gen(function*() {
+          const idp = yield* Idp
+          const users = yield* countRows("users")
+          const cases = [
+            ["bad-signature", "server_error"],
+            ["wrong-audience", "server_error"],
+            ["wrong-issuer", "server_error"],
+            ["wrong-nonce", "server_error"],
+            ["expired", "server_error"],
+            ["token-500", "server_error"],
+            ["error", "access_denied"]
+          ] as const
+          for (const [fault, error] of cases) {
+            idp.fault = fault
+            const { final } = yield* signInAs(person())
+            expect(final.searchParams.get("error"), fault).toBe(error)
+            expect(final.searchParams.has("code"), fault).toBe(false)
+            expect(final.toString(), fault).not.toContain(idpSecret)
+          }
+          idp.fault = "none"
+          expect(yield* countRows("users")).toBe(users)
+          yield* tokensFor(person())
+        }))
+    })
+
+    it.scopedLive(
+      "auto-registration off and allowed domains: unknown people and other domains are refused",
+      () =>
+        Effect.gen(function*() {
+          const idp = yield* fakeOidcProvider()
+          const server = yield* startTestServer(testServer({
+            dialect,
+            env: oidcEnv(idp, { OIDC_AUTO_REGISTER: "false", OIDC_ALLOWED_DOMAINS: "allowed.test, @Partner.test" })
+          }))
+          yield* Effect.gen(function*() {
+            const local = yield* signUp({ email: `local-${Date.now()}@allowed.test` })
+            expect(yield* refusalFor(person({ email: `new-${Date.now()}@allowed.test` }))).toBe("account_not_found")
+            expect(yield* refusalFor(person({ email: local.email.replace("allowed.test", "elsewhere.test") })))
+              .toBe("domain_not_allowed")
+            expect(yield* refusalFor(person({ email: undefined as never }))).toBe("domain_not_allowed")
+            expect(yield* countRows("users")).toBe(1)
+            // An existing account of an allowed domain still links and signs in.
+            const linked = yield* me((yield* tokensFor(person({ email: local.email }))).accessToken)
+            expect(linked.id).toBe(local.id)
+            const partner = yield* signUp({ email: `someone-${Date.now()}@partner.test` })
+            expect((yield* me((yield* tokensFor(person({ email: partner.email }))).accessToken)).id).toBe(partner.id)
+          }).pipe(Effect.provideService(TestServer, server), Effect.provideService(Idp, idp))
+        }),
+      { timeout: 60_000 }
+    )
+
+    it.scopedLive(
+      "a provider down at the start sends the browser back with server_error; once up, it works",
+      () =>
+        Effect.gen(function*() {
+          const idp = yield* fakeOidcProvider()
+          idp.fault = "discovery-500"
+          const server = yield* startTestServer(testServer({ dialect, env: oidcEnv(idp) }))
+          yield* Effect.gen(function*() {
+            const started = yield* browse(yield* loginUrl())
+            expect(started.status).toBe(302)
+            const final = new URL(started.headers.get("location")!)
+            expect(`${final.origin}${final.pathname}`).toBe(frontEnd)
+            expect(final.searchParams.get("error")).toBe("server_error")
+            idp.fault = "none"
+            yield* tokensFor(person())
+          }).pipe(Effect.provideService(TestServer, server), Effect.provideService(Idp, idp))
+        }),
+      { timeout: 60_000 }
+    )
+
+    it.scopedLive(
+      "without configuration: info says disabled, the other routes answer 404",
+      () =>
+        Effect.gen(function*() {
+          const server = yield* startTestServer(testServer({ dialect }))
+          yield* Effect.gen(function*() {
+            expect(expectStatus(yield* call("GET", "/api/v1/auth/oidc"), 200)).toEqual({ enabled: false, name: null })
+            const login = yield* browse(yield* loginUrl(frontEnd))
+            expect(login.status).toBe(404)
+            expect(yield* Effect.promise(() => login.json())).toMatchObject({
+              _tag: "NotFound",
+              message: expect.any(String)
+            })
+            expect(expectStatus(yield* call("GET", "/api/v1/auth/oidc/callback?code=x&state=y"), 404)._tag).toBe(
+              "NotFound"
+            )
+            expect(expectStatus(yield* exchange("wpo_x"), 404)._tag).toBe("NotFound")
+          }).pipe(Effect.provideService(TestServer, server))
+        }),
+      { timeout: 60_000 }
+    )
+
+    it.scopedLive("the login, callback and token routes are rate limited per address", () =>
+      Effect.gen(function*() {
+        const idp = yield* fakeOidcProvider()
+        const server = yield* startTestServer(testServer({
+          dialect,
+          env: { ...oidcEnv(idp), AUTH_RATE_LIMIT_PER_ADDRESS: "2" }
+        }))
+        yield* Effect.gen(function*() {
+          for (const path of ["/api/v1/auth/oidc/login", "/api/v1/auth/oidc/callback?state=x"]) {
+            const statuses: Array<number> = []
+            for (let i = 0; i < 3; i++) statuses.push((yield* browse(`${server.baseUrl}${path}`)).status)
+            expect(statuses[2], path).toBe(429)
+          }
+          const statuses: Array<number> = []
+          for (let i = 0; i < 3; i++) statuses.push((yield* exchange(`wpo_${i}`)).status)
+          expect(statuses).toEqual([401, 401, 429])
+        }).pipe(Effect.provideService(TestServer, server))
+      }), { timeout: 60_000 })
+  })
+}
+
+describe("single sign-on configuration", () => {
+  const load = (env: Record<string, string>) =>
+    AppConfig.pipe(Effect.provide(AppConfig.Default), Effect.withConfigProvider(environment(env)))
+  const complete = {
+    OIDC_ISSUER: "https://id.example.com/realms/team",
+    OIDC_CLIENT_ID: "webplus",
+    OIDC_REDIRECT_URI: "https://chat.example.com/api/v1/auth/oidc/callback",
+    OIDC_ALLOWED_REDIRECTS: "https://chat.example.com"
+  }
+
+  it.effect("is off without OIDC_ISSUER, with defaults when on", () =>
+    Effect.gen(function*() {
+      expect((yield* load({})).oidc._tag).toBe("None")
+      const config = yield* load(complete)
+      expect(config.oidc._tag).toBe("Some")
+      if (config.oidc._tag !== "Some") return
+      expect(config.oidc.value).toMatchObject({
+        scopes: "openid email profile",
+        providerName: "Single sign-on",
+        autoRegister: true,
+        allowedDomains: [],
+        defaultRole: "user"
+      })
+      expect(config.oidc.value.clientSecret._tag).toBe("None")
+    }))
+
+  it.effect("stops start-up naming what is missing when only some of the required settings are set", () =>
+    Effect.gen(function*() {
+      const { OIDC_CLIENT_ID: _, ...withoutClient } = complete
+      const line = formatConfigError(yield* Effect.flip(load(withoutClient)))
+      expect(line).toContain("OIDC_CLIENT_ID")
+      expect(line).toContain("missing: OIDC_CLIENT_ID")
+      const onlySecret = formatConfigError(yield* Effect.flip(load({ OIDC_CLIENT_SECRET: "s3cret-value" })))
+      expect(onlySecret).toContain("OIDC_ISSUER")
+      expect(onlySecret).not.toContain("s3cret-value")
+      const badRedirect = formatConfigError(
+        yield* Effect.flip(load({ ...complete, OIDC_ALLOWED_REDIRECTS: "chat.example.com" }))
+      )
+      expect(badRedirect).toContain("OIDC_ALLOWED_REDIRECTS")
+    }))
+})

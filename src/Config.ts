@@ -310,7 +310,49 @@ export interface FilesSettings {
   readonly chatImageMaxSize: number
   /** The bytes of files each user may keep; `None`: no limit. */
   readonly quotaPerUser: Option.Option<number>
+  /** `FILES_STORAGE=s3`: contents in an S3-compatible object store rather than under `dir` (then only a scratch space). */
+  readonly s3: Option.Option<S3Settings>
 }
+
+/** An S3-compatible object store (AWS S3, MinIO, R2, Garage, Ceph) holding files' contents. */
+export interface S3Settings {
+  /** `https://s3.eu-west-1.amazonaws.com`, `http://minio:9000`; no trailing slash. */
+  readonly endpoint: string
+  readonly bucket: string
+  readonly region: string
+  readonly accessKeyId: string
+  readonly secretAccessKey: Redacted.Redacted<string>
+  /** Put before every key (`webplus/`); may be empty. */
+  readonly prefix: string
+  /** `http://host/bucket/key` (MinIO and most self-hosted stores) rather than `http://bucket.host/key`. */
+  readonly forcePathStyle: boolean
+}
+
+/** The object store's settings, each required one read (and named when missing) only with `FILES_STORAGE=s3`. */
+const s3Settings = Effect.gen(function*() {
+  const storage = yield* Config.literal("local", "s3")("FILES_STORAGE").pipe(Config.withDefault("local" as const))
+  if (storage === "local") return Option.none<S3Settings>()
+  const settings: S3Settings = {
+    endpoint: yield* Config.nonEmptyString("S3_ENDPOINT").pipe(
+      Config.validate({
+        message: "Expected an http:// or https:// URL without credentials",
+        validation: (raw) => {
+          const url = URL.canParse(raw) ? new URL(raw) : undefined
+          return url !== undefined && (url.protocol === "http:" || url.protocol === "https:") && url.username === "" &&
+            url.password === "" && url.search === "" && url.hash === ""
+        }
+      }),
+      Config.map((url) => url.replace(/\/+$/, ""))
+    ),
+    bucket: yield* Config.nonEmptyString("S3_BUCKET"),
+    region: yield* Config.nonEmptyString("S3_REGION").pipe(Config.withDefault("us-east-1")),
+    accessKeyId: yield* Config.nonEmptyString("S3_ACCESS_KEY_ID"),
+    secretAccessKey: yield* Config.redacted(Config.nonEmptyString("S3_SECRET_ACCESS_KEY")),
+    prefix: yield* Config.string("S3_PREFIX").pipe(Config.withDefault("")),
+    forcePathStyle: yield* Config.boolean("S3_FORCE_PATH_STYLE").pipe(Config.withDefault(true))
+  }
+  return Option.some(settings)
+})
 
 /** What uploads accept unless `FILES_ALLOWED_TYPES` says otherwise: text, PDF, images and office documents. */
 export const defaultAllowedFileTypes: ReadonlyArray<string> = [
@@ -597,7 +639,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       ),
       analysisMaxChars: yield* positiveInt("FILE_ANALYSIS_MAX_CHARS").pipe(Config.withDefault(100_000)),
       chatImageMaxSize: yield* byteSize("CHAT_IMAGE_MAX_SIZE").pipe(Config.withDefault(5 * 1024 * 1024)),
-      quotaPerUser: yield* Config.option(byteSize("FILES_QUOTA_PER_USER"))
+      quotaPerUser: yield* Config.option(byteSize("FILES_QUOTA_PER_USER")),
+      s3: yield* s3Settings
     }
     const oidc = yield* oidcSettings
     return {

@@ -4,7 +4,8 @@
  * that queues a job succeeds (its offer fails after a wait) and no job runs, as the broker's
  * absence at start-up stops the server. Redis, with `REDIS_URL`, is reported but not required:
  * every user of it lets requests through while it is down (rate limits unenforced, events not
- * passed between instances), and the server starts without it.
+ * passed between instances), and the server starts without it. With `FILES_STORAGE=s3`, the object
+ * store must answer too: without it no file is stored or read.
  */
 import { SqlClient } from "@effect/sql"
 import { Clock, Duration, Effect, Metric, Option, Redacted } from "effect"
@@ -14,6 +15,7 @@ import { latestMigrationId } from "../migrations/index.js"
 import { bearerIn } from "./Auth.js"
 import { AppConfig } from "./Config.js"
 import { Unauthorized } from "./Domain/Errors.js"
+import { FileStorage } from "./Files/Storage.js"
 import { Live, NotReady, ReadinessCheck, type ReadinessChecks, Ready } from "./Health/Api.js"
 import { JobQueueMonitor } from "./Jobs.js"
 import { jobsWaiting, processFigures, prometheusText } from "./Metrics.js"
@@ -52,7 +54,7 @@ const pingRedis = (client: Redis): Effect.Effect<void, Error> =>
   )
 
 /** The checks that must pass for the instance to be ready; the others are reported only. */
-const required: ReadonlyArray<keyof typeof ReadinessChecks.Type> = ["database", "migrations", "rabbitmq"]
+const required: ReadonlyArray<keyof typeof ReadinessChecks.Type> = ["database", "migrations", "rabbitmq", "storage"]
 
 /** Whether `authorization` is `Bearer <token>`, compared in constant time. */
 const bearerMatches = (authorization: string | undefined, token: string) => {
@@ -66,6 +68,7 @@ export class Health extends Effect.Service<Health>()("Health", {
     const sql = yield* SqlClient.SqlClient
     const { metricsToken, redis } = yield* AppConfig
     const jobQueues = yield* JobQueueMonitor
+    const storage = yield* FileStorage
     const startedAt = yield* Clock.currentTimeMillis
     // A connection of its own: the others (rate limits, events) are their features' own business.
     const redisClient = yield* Effect.transposeOption(
@@ -105,15 +108,17 @@ export class Health extends Effect.Service<Health>()("Health", {
       ),
       rabbitmq: Effect.transposeOption(
         Option.map(jobQueues.broker, (ping) => runCheck(ping, () => "RabbitMQ unreachable"))
-      )
+      ),
+      storage: Effect.transposeOption(Option.map(storage.check, (check) => runCheck(check, (message) => message)))
     }, { concurrency: "unbounded" })
 
     const ready: Effect.Effect<Ready, NotReady> = Effect.gen(function*() {
-      const [core, { rabbitmq, redis }] = yield* Effect.all([schema, shared], { concurrency: "unbounded" })
+      const [core, { rabbitmq, redis, storage }] = yield* Effect.all([schema, shared], { concurrency: "unbounded" })
       const checks: typeof ReadinessChecks.Type = {
         ...core,
         ...(Option.isSome(redis) ? { redis: redis.value } : {}),
-        ...(Option.isSome(rabbitmq) ? { rabbitmq: rabbitmq.value } : {})
+        ...(Option.isSome(rabbitmq) ? { rabbitmq: rabbitmq.value } : {}),
+        ...(Option.isSome(storage) ? { storage: storage.value } : {})
       }
       const failing = required.filter((name) => checks[name]?.status === "failing")
       if (failing.length === 0) return new Ready({ status: "ready", checks })

@@ -1,8 +1,10 @@
 /**
- * Where files' contents live: a directory (`FILES_DIR`, by default `files` under `DATA_DIR`), one
- * file per upload under a random key, spread over 256 subdirectories. A content is written to
- * `tmp/` first and moved into place whole, so a failed or refused upload leaves nothing behind and
- * a reader never sees half a file.
+ * Where files' contents live, one per upload under a random key: by default a directory
+ * (`FILES_DIR`, by default `files` under `DATA_DIR`), spread over 256 subdirectories; with
+ * `FILES_STORAGE=s3`, objects in an S3-compatible store (`ObjectStore.ts`). Either way a content is
+ * written to `tmp/` under `FILES_DIR` first, measured, hashed and checked for text on the way, and
+ * only then moved (or sent) into place whole, so a failed or refused upload leaves nothing behind
+ * and a reader never sees half a file.
  */
 import { FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
@@ -10,6 +12,7 @@ import { Data, Effect, Option, Stream } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { AppConfig } from "../Config.js"
 import { cutText, officeKindOf, sniffLength, textChecker } from "./Content.js"
+import { makeObjectStore } from "./ObjectStore.js"
 import { officeText } from "./Office.js"
 import { pdfText } from "./Pdf.js"
 
@@ -27,8 +30,20 @@ export interface WrittenContent {
   readonly isText: boolean
 }
 
+/** Where the contents are kept: the one thing that differs between the local directory and an object store. */
+interface ContentPlace {
+  /** Moves the measured scratch file `file` into place under `key`. */
+  readonly place: (file: string, key: string, written: WrittenContent) => Effect.Effect<void, PlatformError>
+  readonly read: (key: string) => Stream.Stream<Uint8Array, PlatformError>
+  readonly readAll: (key: string) => Effect.Effect<Uint8Array, PlatformError>
+  /** One already gone is not an error. */
+  readonly remove: (key: string) => Effect.Effect<void, PlatformError>
+  /** For readiness: whether the place can be reached (`None`: nothing to check). */
+  readonly check: Option.Option<Effect.Effect<void, string>>
+}
+
 export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorage", {
-  effect: Effect.gen(function*() {
+  scoped: Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
     const { files } = yield* AppConfig
@@ -52,8 +67,33 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
       { discard: true }
     )
 
-    const locate = (key: string) => path.join(root, key.slice(0, 2), key)
     const removeQuietly = (file: string) => Effect.ignore(fs.remove(file))
+
+    const locate = (key: string) => path.join(root, key.slice(0, 2), key)
+    const directory: ContentPlace = {
+      place: (file, key) => {
+        const target = locate(key)
+        return Effect.zipRight(fs.makeDirectory(path.dirname(target), { recursive: true }), fs.rename(file, target))
+      },
+      read: (key) => fs.stream(locate(key)),
+      readAll: (key) => fs.readFile(locate(key)),
+      remove: (key) =>
+        fs.remove(locate(key)).pipe(
+          Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "NotFound", () => Effect.void)
+        ),
+      check: Option.none()
+    }
+    const contents: ContentPlace = Option.isNone(files.s3) ? directory : yield* Effect.map(
+      makeObjectStore(files.s3.value),
+      (store): ContentPlace => ({
+        place: (file, key, written) =>
+          store.put(key, { body: fs.stream(file), sizeBytes: written.sizeBytes, sha256: written.sha256 }),
+        read: store.get,
+        readAll: store.getAll,
+        remove: store.remove,
+        check: Option.some(store.check)
+      })
+    )
 
     /**
      * Writes `content` under a new key, hashing it and checking it for text on the way; fails with
@@ -81,11 +121,6 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
           return Effect.succeed(chunk)
         })
         yield* Stream.run(measured, fs.sink(temporary)).pipe(Effect.onError(() => removeQuietly(temporary)))
-        const target = locate(key)
-        yield* fs.makeDirectory(path.dirname(target), { recursive: true }).pipe(
-          Effect.zipRight(fs.rename(temporary, target)),
-          Effect.onError(() => removeQuietly(temporary))
-        )
         const written: WrittenContent = {
           storageKey: key,
           sizeBytes: size,
@@ -93,11 +128,12 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
           head: head.slice(0, headLength),
           isText: text.isText()
         }
+        yield* contents.place(temporary, key, written).pipe(Effect.ensuring(removeQuietly(temporary)))
         return written
       })
 
     /** A stored content, as a stream of chunks. */
-    const read = (key: string): Stream.Stream<Uint8Array, PlatformError> => fs.stream(locate(key))
+    const read = (key: string): Stream.Stream<Uint8Array, PlatformError> => contents.read(key)
 
     /**
      * The first `maxChars` characters of a stored content's text: UTF-8 for text types, read by
@@ -106,7 +142,7 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
      */
     const readText = (key: string, contentType: string, maxChars: number) =>
       Effect.gen(function*() {
-        const bytes = yield* fs.readFile(locate(key))
+        const bytes = yield* contents.readAll(key)
         const whole = contentType === "application/pdf"
           ? yield* pdfText(bytes)
           : officeKindOf(contentType) !== undefined
@@ -117,14 +153,14 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
       })
 
     /** A stored content, whole. */
-    const readAll = (key: string) => fs.readFile(locate(key))
+    const readAll = (key: string): Effect.Effect<Uint8Array, PlatformError> => contents.readAll(key)
 
     /** Removes a stored content; one already gone is not an error. */
-    const remove = (key: string) =>
-      fs.remove(locate(key)).pipe(
-        Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "NotFound", () => Effect.void)
-      )
+    const remove = (key: string): Effect.Effect<void, PlatformError> => contents.remove(key)
 
-    return { write, read, readAll, readText, remove } as const
+    /** Readiness of the object store; `None` for the local directory (the database's volume's business). */
+    const check = contents.check
+
+    return { write, read, readAll, readText, remove, check } as const
   })
 }) {}

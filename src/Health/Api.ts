@@ -12,15 +12,17 @@ export class ReadinessCheck extends Schema.Class<ReadinessCheck>("ReadinessCheck
 }) {}
 
 /**
- * `database`, `migrations` and, with `AMQP_URL`, `rabbitmq` must be ok for the instance to be ready.
- * `redis`, with `REDIS_URL`, is reported only: without it the instance serves every request, its
- * rate limits and cross-instance events aside.
+ * `database`, `migrations`, with `AMQP_URL` `rabbitmq`, and with `FILES_STORAGE=s3` `storage` (the
+ * object store's bucket) must be ok for the instance to be ready. `redis`, with `REDIS_URL`, is
+ * reported only: without it the instance serves every request, its rate limits and cross-instance
+ * events aside.
  */
 export const ReadinessChecks = Schema.Struct({
   database: ReadinessCheck,
   migrations: ReadinessCheck,
   redis: Schema.optional(ReadinessCheck),
-  rabbitmq: Schema.optional(ReadinessCheck)
+  rabbitmq: Schema.optional(ReadinessCheck),
+  storage: Schema.optional(ReadinessCheck)
 })
 
 export class Live extends Schema.Class<Live>("Live")({
@@ -55,14 +57,15 @@ export class HealthApi extends HttpApiGroup.make("health")
       .addError(NotReady)
       .annotate(
         OpenApi.Summary,
-        "The database is reachable and every migration is applied; RabbitMQ answers (when configured)"
+        "The database is reachable and every migration is applied; RabbitMQ and the object store answer (when configured)"
       )
       .annotate(
         OpenApi.Description,
         "Each check within 2 s. With `REDIS_URL`, `checks.redis` reports Redis, but an unreachable Redis leaves " +
           "the instance ready (200): rate limits are then not enforced and events are not passed between instances. " +
           "With `AMQP_URL`, an unreachable RabbitMQ makes it not ready (503): background jobs can be neither " +
-          "queued nor run."
+          "queued nor run. With `FILES_STORAGE=s3`, `checks.storage` is a signed HEAD on the bucket; an object " +
+          "store that does not answer or refuses makes it not ready (503): files can be neither stored nor read."
       )
   )
   .add(

@@ -157,7 +157,7 @@ export const makeObjectStore = (settings: S3Settings) =>
       })
       return once.pipe(
         Effect.tapError((error) =>
-          Effect.logWarning("The object store did not answer; asking again").pipe(
+          Effect.logWarning("The object store did not answer (asked again unless it was the last attempt)").pipe(
             Effect.annotateLogs({ method: target.method, reason: error.reason })
           )
         ),

@@ -48,6 +48,7 @@ import { SearchRepo, searchTerms } from "../src/Conversations/SearchRepo.js"
 import { Actor, CurrentActor } from "../src/Domain/Actor.js"
 import { ConversationId, MessageId, UserId } from "../src/Domain/Ids.js"
 import { BuiltinRoles } from "../src/Domain/User.js"
+import { GraphRepo } from "../src/Graph/GraphRepo.js"
 import { runMigrations } from "../src/Migrations.js"
 import { ModelConfigsRepo } from "../src/Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "../src/Models/ModelsRepo.js"
@@ -920,6 +921,7 @@ const servicesOn = (dialect: Dialect) => {
     Layer.provideMerge(
       Layer.mergeAll(
         ConversationRepo.Default,
+        GraphRepo.Default,
         SearchRepo.Default,
         ModelsRepo.Default,
         ModelConfigsRepo.Default,

@@ -18,6 +18,7 @@ import roleModels from "./0013_role_models.js"
 import roleTokenBudgets from "./0014_role_token_budgets.js"
 import apiKeyTokenBudgets from "./0015_api_key_token_budgets.js"
 import oidc from "./0017_oidc.js"
+import graphRelationshipSources from "./0018_graph_relationship_sources.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -35,7 +36,8 @@ export const migrations = {
   "0013_role_models": roleModels,
   "0014_role_token_budgets": roleTokenBudgets,
   "0015_api_key_token_budgets": apiKeyTokenBudgets,
-  "0017_oidc": oidc
+  "0017_oidc": oidc,
+  "0018_graph_relationship_sources": graphRelationshipSources
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -66,6 +66,7 @@ import {
   Position,
   toPage
 } from "./Domain/Pagination.js"
+import { GraphRepo } from "./Graph/GraphRepo.js"
 import { everyHour } from "./Housekeeping.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
@@ -164,6 +165,7 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const repo = yield* ConversationRepo
+    const graph = yield* GraphRepo
     const searchRepo = yield* SearchRepo
     const models = yield* ModelsRepo
     const configs = yield* ModelConfigsRepo
@@ -298,14 +300,16 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         return yield* viewOf(actor, id)
       }).pipe(Effect.withSpan("Conversations.restore"))
 
+    /** Deletes a conversation for good, with what the knowledge graph took from it. */
     const purge = (id: ConversationId) =>
       Effect.gen(function*() {
         const actor = yield* writable
         yield* findOwn(actor, id)
-        yield* transaction(Effect.zipRight(
+        yield* transaction(Effect.all([
           repo.purgeConversation(id),
+          graph.forgetSource(actor.userId, "conversation", id),
           audit.record({ action: "conversation.purged", actor, target: { type: "conversation", id } })
-        ))
+        ], { discard: true }))
       }).pipe(Effect.withSpan("Conversations.purge"))
 
     // --- the message tree
@@ -1020,18 +1024,21 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
 
 /**
  * Erases what the trash and deletions keep once `retention` has passed: conversations in the trash
- * since before then are deleted for good (each recorded in the audit trail as the system's doing),
+ * since before then are deleted for good, with what the knowledge graph took from them (each
+ * recorded in the audit trail as the system's doing),
  * and messages deleted before then lose what they said (their place in the tree stays).
  */
 export const sweepTrash = (retention: Duration.Duration) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const repo = yield* ConversationRepo
+    const graph = yield* GraphRepo
     const audit = yield* AuditLog
     const cutoff = DateTime.formatIso(DateTime.subtractDuration(yield* DateTime.now, retention))
     const purged = yield* inTransaction(sql)(Effect.gen(function*() {
       const rows = yield* repo.purgeTrashedBefore(cutoff)
       for (const row of rows) {
+        yield* graph.forgetSource(row.userId, "conversation", row.id)
         yield* audit.record({
           action: "conversation.purged",
           actor: { type: "system", id: null },

@@ -31,6 +31,7 @@ import {
 import { detectContentType, hasReadableText, isAllowedType, sanitizeFileName } from "./Files/Content.js"
 import { type AnalysisJobRow, FilesRepo } from "./Files/FilesRepo.js"
 import { type ContentTooLarge, FileStorage, type WrittenContent } from "./Files/Storage.js"
+import { GraphRepo } from "./Graph/GraphRepo.js"
 import * as Jobs from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
 import { completeText, jsonObjectIn } from "./Models/Completion.js"
@@ -105,6 +106,7 @@ export class Files extends Effect.Service<Files>()("Files", {
     const sql = yield* SqlClient.SqlClient
     const { files: settings } = yield* AppConfig
     const repo = yield* FilesRepo
+    const graph = yield* GraphRepo
     const audit = yield* AuditLog
     const storage = yield* FileStorage
     const registry = yield* ModelRegistry
@@ -275,13 +277,17 @@ export class Files extends Effect.Service<Files>()("Files", {
         })
       }).pipe(Effect.withSpan("Files.download"))
 
-    /** Deletes the row (its analyses and attachments go with it), then the content. */
+    /**
+     * Deletes the row (its analyses and attachments go with it) and what the knowledge graph took
+     * from it, then the content.
+     */
     const remove = (id: FileId) =>
       Effect.gen(function*() {
         const actor = yield* writable
         const key = yield* transaction(Effect.gen(function*() {
           const key = yield* repo.removeOwn(id, actor.userId)
           if (Option.isNone(key)) return yield* new NotFound({ message: "No such file" })
+          yield* graph.forgetSource(actor.userId, "file", id)
           yield* audit.record({ action: "file.deleted", actor, target: { type: "file", id } })
           return key.value
         }))

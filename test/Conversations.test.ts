@@ -16,6 +16,7 @@ import { Actor, CurrentActor } from "../src/Domain/Actor.js"
 import { Message, MessageView } from "../src/Domain/Conversation.js"
 import { generateUuid, UserId } from "../src/Domain/Ids.js"
 import { BuiltinRoles } from "../src/Domain/User.js"
+import { GraphRepo } from "../src/Graph/GraphRepo.js"
 import { ModelConfigsRepo } from "../src/Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "../src/Models/ModelsRepo.js"
 import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
@@ -775,6 +776,7 @@ for (const dialect of dialects) {
                   Conversations.Default.pipe(
                     Layer.provide(failingRepo),
                     Layer.provide(Layer.mergeAll(
+                      GraphRepo.Default,
                       SearchRepo.Default,
                       ModelsRepo.Default,
                       ModelConfigsRepo.Default,

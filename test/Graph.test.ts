@@ -215,6 +215,70 @@ for (const dialect of dialects) {
           expect(detail.relationships.map((relationship: { type: string }) => relationship.type)).toEqual(["described"])
         }))
 
+      it.scoped("a relationship stays while a source has it; a deleted file or purged conversation takes its part back", () =>
+        Effect.gen(function*() {
+          const { openai } = yield* TheCast
+          const user = yield* signUp()
+          const auth = { auth: user.accessToken }
+          const ada = { name: "Ada Lovelace", type: "person", confidence: 0.9 }
+          const engine = { name: "Analytical Engine", type: "product", confidence: 0.9 }
+          const babbage = { name: "Charles Babbage", type: "person", confidence: 0.9 }
+          const wrote = (confidence: number) => ({
+            source: "Ada Lovelace",
+            target: "Analytical Engine",
+            type: "wrote programs for",
+            confidence
+          })
+          const designed = { source: "Charles Babbage", target: "Analytical Engine", type: "designed", confidence: 0.8 }
+          const edgesOf = (entityName: string) =>
+            Effect.gen(function*() {
+              const found = (yield* search(user, `?q=${encodeURIComponent(entityName)}`)).items
+              if (found.length === 0) return undefined
+              const detail = expectStatus(yield* call("GET", `/api/v1/graph/entities/${found[0].id}`, auth), 200)
+              return {
+                mentionCount: detail.entity.mentionCount as number,
+                edges: detail.relationships.map((edge: any) => ({
+                  type: edge.type,
+                  confidence: edge.confidence,
+                  source: edge.source.kind
+                }))
+              }
+            })
+
+          const conversationId = yield* conversationWith(user, ["Ada wrote programs for the Engine."])
+          modelFinds(openai, { entities: [ada, engine], relationships: [wrote(0.6)] })
+          yield* extract(user, { conversationId })
+          const file = yield* uploadOne(user.accessToken, "engine.txt", "Babbage designed it; Ada programmed it.")
+          modelFinds(openai, { entities: [ada, engine, babbage], relationships: [wrote(0.9), designed] })
+          yield* extract(user, { fileId: file.id })
+          // Found in both: the highest confidence, last found in the file.
+          expect(yield* edgesOf("Ada")).toEqual({
+            mentionCount: 2,
+            edges: [{ type: "wrote_programs_for", confidence: 0.9, source: "file" }]
+          })
+
+          // The file read again without it: the conversation still has it, at its own confidence.
+          modelFinds(openai, { entities: [ada, engine, babbage], relationships: [designed] })
+          expect(yield* extract(user, { fileId: file.id })).toMatchObject({ status: "complete", relationshipCount: 1 })
+          expect(yield* edgesOf("Ada")).toEqual({
+            mentionCount: 2,
+            edges: [{ type: "wrote_programs_for", confidence: 0.6, source: "conversation" }]
+          })
+
+          // The file deleted: what only it found goes, the rest stays.
+          expectStatus(yield* call("DELETE", `/api/v1/files/${file.id}`, auth), 204)
+          expect(yield* edgesOf("Babbage")).toBeUndefined()
+          expect(yield* edgesOf("Engine")).toEqual({
+            mentionCount: 1,
+            edges: [{ type: "wrote_programs_for", confidence: 0.6, source: "conversation" }]
+          })
+
+          // The conversation purged: nothing of it is left in the graph.
+          expectStatus(yield* call("DELETE", `/api/v1/conversations/${conversationId}`, auth), 204)
+          expectStatus(yield* call("POST", `/api/v1/conversations/${conversationId}/purge`, auth), 204)
+          expect((yield* search(user, "")).items).toEqual([])
+        }))
+
       it.scoped("reads a Word document's or a presentation's text; one that cannot be read ends as error", () =>
         Effect.gen(function*() {
           const { openai } = yield* TheCast

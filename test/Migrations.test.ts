@@ -1,4 +1,4 @@
-import { Model, SqlClient } from "@effect/sql"
+import { Migrator, Model, SqlClient } from "@effect/sql"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { DateTime, Effect, Exit, Option } from "effect"
 import { latestMigrationId, migrations } from "../migrations/index.js"
@@ -24,12 +24,16 @@ const expectedTables = [
   "graph_entities",
   "graph_extractions",
   "graph_mentions",
+  "graph_relationship_sources",
   "graph_relationships",
   "job_queue",
   "llm_models",
   "message_files",
   "messages",
   "model_configs",
+  "oidc_identities",
+  "oidc_login_attempts",
+  "oidc_login_codes",
   "providers",
   "roles",
   "sessions",
@@ -282,6 +286,31 @@ for (const dialect of dialects) {
           expect(Number(left[0]!.count)).toBe(0)
         }))
     })
+
+    it.scoped("0018 gives each relationship already stored the one source it had", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const earlier = Object.fromEntries(Object.entries(migrations).filter(([key]) => Number(key.slice(0, 4)) < 18))
+        yield* Migrator.make({})({ loader: Migrator.fromRecord(earlier), table: migrationsTable })
+        const user = yield* seedUser()
+        const [ada, engine, edge, source] = [
+          "01900000-0000-7000-8000-0000000000a1",
+          "01900000-0000-7000-8000-0000000000a2",
+          "01900000-0000-7000-8000-0000000000a3",
+          "01900000-0000-7000-8000-0000000000a4"
+        ]
+        for (const [id, name] of [[ada, "ada"], [engine, "engine"]] as const) {
+          yield* sql`INSERT INTO graph_entities (id, user_id, name, normalized_name, type, confidence)
+                     VALUES (${id}, ${user.id}, ${name}, ${name}, 'thing', 0.9)`
+        }
+        yield* sql`INSERT INTO graph_relationships
+                     (id, user_id, source_entity_id, target_entity_id, type, confidence, source_kind, source_id)
+                   VALUES (${edge}, ${user.id}, ${ada}, ${engine}, 'wrote', 0.75, 'file', ${source})`
+        yield* runMigrations
+        const rows = yield* sql<{ relationshipId: string; sourceKind: string; sourceId: string; confidence: number }>`
+          SELECT relationship_id, source_kind, source_id, confidence FROM graph_relationship_sources`
+        expect(rows).toEqual([{ relationshipId: edge, sourceKind: "file", sourceId: source, confidence: 0.75 }])
+      }).pipe(Effect.provide(freshDatabase(dialect))))
 
     it.live("several instances migrating one database at once apply each migration exactly once", () =>
       Effect.gen(function*() {

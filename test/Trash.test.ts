@@ -6,10 +6,12 @@
 import { SqlClient } from "@effect/sql"
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
+import { randomUUID } from "node:crypto"
 import { AuditLog } from "../src/Audit.js"
 import { AuditRepo } from "../src/Audit/AuditRepo.js"
 import { sweepTrash } from "../src/Conversations.js"
 import { ConversationRepo } from "../src/Conversations/ConversationRepo.js"
+import { GraphRepo } from "../src/Graph/GraphRepo.js"
 import { call, type Reply, signUp } from "./fixtures/Auth.js"
 import { uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
@@ -24,9 +26,48 @@ const sweep = (retention: Duration.Duration) =>
   inServerDatabase(
     Effect.provide(
       sweepTrash(retention),
-      Layer.mergeAll(ConversationRepo.Default, AuditLog.Default.pipe(Layer.provide(AuditRepo.Default)))
+      Layer.mergeAll(
+        ConversationRepo.Default,
+        GraphRepo.Default,
+        AuditLog.Default.pipe(Layer.provide(AuditRepo.Default))
+      )
     )
   )
+
+/** An entity of the knowledge graph found in one conversation only, as an extraction stores it. */
+const foundOnlyIn = (userId: string, conversationId: string) =>
+  inServerDatabase(Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const id = randomUUID()
+    const now = new Date().toISOString()
+    yield* sql`INSERT INTO graph_entities ${
+      sql.insert({
+        id,
+        userId,
+        name: "The plan",
+        normalizedName: "the plan",
+        type: "concept",
+        description: "",
+        confidence: 0.9,
+        mentionCount: 1,
+        createdAt: now,
+        updatedAt: now
+      })
+    }`
+    yield* sql`INSERT INTO graph_mentions ${
+      sql.insert({
+        entityId: id,
+        sourceKind: "conversation",
+        sourceId: conversationId,
+        confidence: 0.9,
+        createdAt: now
+      })
+    }`
+    return id
+  }))
+
+const entityRows = (id: string) =>
+  inServerDatabase(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT id FROM graph_entities WHERE id = ${id}`))
 
 const attachedRows = (messageId: string) =>
   inServerDatabase(Effect.flatMap(
@@ -45,6 +86,7 @@ for (const dialect of dialects) {
           const auth = { auth: user.accessToken }
           const trashed = expectStatus(yield* call("POST", "/api/v1/conversations", { ...auth, body: {} }), 201)
           expectStatus(yield* call("DELETE", `/api/v1/conversations/${trashed.id}`, auth), 204)
+          const entity = yield* foundOnlyIn(user.id, trashed.id)
 
           const file = yield* uploadOne(user.accessToken, "secret.txt", "the secret plan")
           const kept = expectStatus(
@@ -74,11 +116,14 @@ for (const dialect of dialects) {
           // Within the retention nothing is touched.
           expect(yield* sweep(Duration.hours(1))).toEqual({ purged: 0, erased: 0 })
           expectStatus(yield* call("GET", `/api/v1/conversations/${trashed.id}`, auth), 200)
+          expect(yield* entityRows(entity)).toHaveLength(1)
 
           const swept = yield* sweep(Duration.zero)
           expect(swept.purged).toBeGreaterThanOrEqual(1)
           expect(swept.erased).toBeGreaterThanOrEqual(2)
           expectStatus(yield* call("GET", `/api/v1/conversations/${trashed.id}`, auth), 404)
+          // What the knowledge graph took from it went with it.
+          expect(yield* entityRows(entity)).toEqual([])
           const trash = expectStatus(yield* call("GET", "/api/v1/conversations?trashed=true", auth), 200)
           expect(trash.items).toEqual([])
 

@@ -135,21 +135,67 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
       })
 
     /**
+     * Takes back what earlier extractions of a source contributed: its mentions and its part in
+     * relationships. Answers the entities and relationships it touched, for `settle`.
+     */
+    const retract = (userId: UserId, kind: SourceKind, sourceId: string) =>
+      Effect.gen(function*() {
+        const entities = yield* sql<{ readonly entityId: string }>`
+          DELETE FROM graph_mentions WHERE source_kind = ${kind} AND source_id = ${sourceId}
+          AND entity_id IN (SELECT id FROM graph_entities WHERE user_id = ${userId})
+          RETURNING entity_id`
+        const relationships = yield* sql<{ readonly relationshipId: string }>`
+          DELETE FROM graph_relationship_sources WHERE source_kind = ${kind} AND source_id = ${sourceId}
+          AND relationship_id IN (SELECT id FROM graph_relationships WHERE user_id = ${userId})
+          RETURNING relationship_id`
+        return {
+          entities: entities.map((row) => row.entityId),
+          relationships: relationships.map((row) => row.relationshipId)
+        }
+      })
+
+    /**
+     * Brings the touched entities and relationships in line with their sources: an entity's count
+     * of mentions; a relationship's confidence (the highest any source gave it) and the source it
+     * was last found in. What no source has any more is removed.
+     */
+    const settle = (entities: ReadonlyArray<string>, relationships: ReadonlyArray<string>) =>
+      Effect.gen(function*() {
+        if (relationships.length > 0) {
+          const ids = [...new Set(relationships)]
+          yield* sql`DELETE FROM graph_relationships WHERE ${sql.in("id", ids)} AND NOT EXISTS (
+                       SELECT 1 FROM graph_relationship_sources s WHERE s.relationship_id = graph_relationships.id)`
+          yield* sql`UPDATE graph_relationships SET
+                       confidence = (SELECT max(s.confidence) FROM graph_relationship_sources s
+                                     WHERE s.relationship_id = graph_relationships.id),
+                       source_kind = (SELECT s.source_kind FROM graph_relationship_sources s
+                                      WHERE s.relationship_id = graph_relationships.id
+                                      ORDER BY s.created_at DESC, s.source_id DESC LIMIT 1),
+                       source_id = (SELECT s.source_id FROM graph_relationship_sources s
+                                    WHERE s.relationship_id = graph_relationships.id
+                                    ORDER BY s.created_at DESC, s.source_id DESC LIMIT 1)
+                     WHERE ${sql.in("id", ids)}`
+        }
+        if (entities.length > 0) {
+          const ids = [...new Set(entities)]
+          yield* sql`UPDATE graph_entities SET mention_count =
+                       (SELECT count(*) FROM graph_mentions WHERE graph_mentions.entity_id = graph_entities.id)
+                     WHERE ${sql.in("id", ids)}`
+          yield* sql`DELETE FROM graph_entities WHERE ${sql.in("id", ids)} AND mention_count = 0`
+        }
+      })
+
+    /**
      * Stores what an extraction of a source found, in place of what earlier extractions of the same
-     * source found: its mentions and relationships are replaced, entities merged by user, type and
-     * name (keeping the highest confidence and the first description), entities left with no
-     * mention removed. Run within a transaction.
+     * source found: its mentions and its part in relationships are replaced, entities merged by
+     * user, type and name (keeping the highest confidence and the first description), relationships
+     * by their ends and type (keeping every source that found them), and what no source has any more
+     * removed. Run within a transaction.
      */
     const storeFindings = (userId: UserId, kind: SourceKind, sourceId: string, findings: Findings) =>
       Effect.gen(function*() {
         const now = yield* storedNow
-        // The entities this source named before: their counts change, and some may be left with none.
-        const before = yield* sql<{ readonly entityId: string }>`
-          DELETE FROM graph_mentions WHERE source_kind = ${kind} AND source_id = ${sourceId}
-          AND entity_id IN (SELECT id FROM graph_entities WHERE user_id = ${userId})
-          RETURNING entity_id`
-        yield* sql`DELETE FROM graph_relationships
-                   WHERE user_id = ${userId} AND source_kind = ${kind} AND source_id = ${sourceId}`
+        const before = yield* retract(userId, kind, sourceId)
         const ids = new Map<string, string>()
         const keyOf = (type: string, name: string) => `${type}\u0000${normalizeName(name)}`
         // One order for every extraction (concurrent ones on PostgreSQL lock rows in it: no deadlock).
@@ -188,13 +234,14 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
             sql.insert({ entityId, sourceKind: kind, sourceId, confidence: entity.confidence, createdAt: now })
           } ON CONFLICT (entity_id, source_kind, source_id) DO UPDATE SET confidence = excluded.confidence`
         }
-        let relationships = 0
+        const found: Array<string> = []
         for (const relationship of findings.relationships) {
           const source = ids.get(keyOf(relationship.source.type, relationship.source.name))
           const target = ids.get(keyOf(relationship.target.type, relationship.target.name))
           if (source === undefined || target === undefined || source === target) continue
           const id = yield* generateUuid
-          yield* sql`INSERT INTO graph_relationships ${
+          // Confidence and last source are set by `settle`, from all of the relationship's sources.
+          const rows = yield* sql<{ readonly id: string }>`INSERT INTO graph_relationships ${
             sql.insert({
               id,
               userId,
@@ -207,20 +254,32 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
               createdAt: now,
               updatedAt: now
             })
-          } ON CONFLICT (source_entity_id, target_entity_id, type) DO UPDATE SET
-              confidence = excluded.confidence, source_kind = excluded.source_kind,
-              source_id = excluded.source_id, updated_at = excluded.updated_at`
-          relationships++
+          } ON CONFLICT (source_entity_id, target_entity_id, type) DO UPDATE SET updated_at = excluded.updated_at
+            RETURNING id`
+          const relationshipId = rows[0]!.id
+          yield* sql`INSERT INTO graph_relationship_sources ${
+            sql.insert({
+              relationshipId,
+              sourceKind: kind,
+              sourceId,
+              confidence: relationship.confidence,
+              createdAt: now
+            })
+          } ON CONFLICT (relationship_id, source_kind, source_id) DO UPDATE SET
+              confidence = CASE WHEN excluded.confidence > graph_relationship_sources.confidence
+                THEN excluded.confidence ELSE graph_relationship_sources.confidence END`
+          found.push(relationshipId)
         }
-        const touched = [...new Set([...before.map((row) => row.entityId), ...ids.values()])]
-        if (touched.length > 0) {
-          yield* sql`UPDATE graph_entities SET mention_count =
-                       (SELECT count(*) FROM graph_mentions WHERE graph_mentions.entity_id = graph_entities.id)
-                     WHERE ${sql.in("id", touched)}`
-          yield* sql`DELETE FROM graph_entities WHERE ${sql.in("id", touched)} AND mention_count = 0`
-        }
-        return { entities: ids.size, relationships }
+        yield* settle([...before.entities, ...ids.values()], [...before.relationships, ...found])
+        return { entities: ids.size, relationships: new Set(found).size }
       })
+
+    /**
+     * Takes back everything a source contributed to the graph (the source is gone: a file deleted, a
+     * conversation purged). Run within the transaction that removes the source.
+     */
+    const forgetSource = (userId: UserId, kind: SourceKind, sourceId: string) =>
+      Effect.flatMap(retract(userId, kind, sourceId), (touched) => settle(touched.entities, touched.relationships))
 
     const search = (
       userId: UserId,
@@ -295,6 +354,8 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
       setExtraction: (id: string, change: Record<string, unknown>) => Effect.orDie(setExtraction(id, change)),
       storeFindings: (userId: UserId, kind: SourceKind, sourceId: string, findings: Findings) =>
         Effect.orDie(storeFindings(userId, kind, sourceId, findings)),
+      forgetSource: (userId: UserId, kind: SourceKind, sourceId: string) =>
+        Effect.orDie(forgetSource(userId, kind, sourceId)),
       search: (...args: Parameters<typeof search>) => Effect.orDie(search(...args)),
       extractionsPage: (...args: Parameters<typeof extractionsPage>) => Effect.orDie(extractionsPage(...args)),
       findEntity: (id: string, userId: UserId) => Effect.orDie(findEntity({ id, userId })),

@@ -25,9 +25,10 @@ const shown = (file) => {
 const fail = (file, msg) => failures.push(`${shown(file)}: ${msg}`)
 
 const SECRET_KEY = /SECRET|PASSWORD|KEY/i
-// A value that comes only from the environment: ${VAR}, ${VAR:?msg} or ${VAR?msg}.
-// Defaults (${VAR:-x}, ${VAR-x}) are rejected for secrets: the default is a literal.
-const SECRET_INTERPOLATION = /^\$\{[A-Za-z_][A-Za-z0-9_]*(?::?\?[^}]*)?\}$/
+// A value that comes only from the environment: ${VAR}, ${VAR:?msg} or ${VAR?msg}, or ${VAR:-} for an
+// optional secret (empty: unset, which the server reads as not configured).
+// Other defaults (${VAR:-x}, ${VAR-x}) are rejected for secrets: the default is a literal.
+const SECRET_INTERPOLATION = /^\$\{[A-Za-z_][A-Za-z0-9_]*(?::?\?[^}]*|:?-)?\}$/
 
 // ---------------------------------------------------------------- Dockerfile
 

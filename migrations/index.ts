@@ -19,6 +19,7 @@ import roleTokenBudgets from "./0014_role_token_budgets.js"
 import apiKeyTokenBudgets from "./0015_api_key_token_budgets.js"
 import oidc from "./0017_oidc.js"
 import graphRelationshipSources from "./0018_graph_relationship_sources.js"
+import messageFeedback from "./0019_message_feedback.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -37,7 +38,8 @@ export const migrations = {
   "0014_role_token_budgets": roleTokenBudgets,
   "0015_api_key_token_budgets": apiKeyTokenBudgets,
   "0017_oidc": oidc,
-  "0018_graph_relationship_sources": graphRelationshipSources
+  "0018_graph_relationship_sources": graphRelationshipSources,
+  "0019_message_feedback": messageFeedback
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -8,6 +8,7 @@ import { AuthApi } from "./Auth/Api.js"
 import { ChatApi } from "./Chat/Api.js"
 import { ConversationsApi } from "./Conversations/Api.js"
 import { InternalError, NotFound, PayloadTooLarge, ValidationError } from "./Domain/Errors.js"
+import { FeedbackApi } from "./Feedback/Api.js"
 import { FilesApi } from "./Files/Api.js"
 import { UsageApi } from "./Gateway/Api.js"
 import { GraphApi } from "./Graph/Api.js"
@@ -83,6 +84,7 @@ export class WebPlusApi extends HttpApi.make("webplus")
   .add(MeApi)
   .add(ConversationsApi)
   .add(ChatApi)
+  .add(FeedbackApi)
   .add(FilesApi)
   .add(GraphApi)
   .add(SharesApi)

@@ -27,6 +27,9 @@ import { Conversations, TrashSweepLive } from "./Conversations.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import { ConversationsHttpLive } from "./Conversations/Http.js"
 import { SearchRepo } from "./Conversations/SearchRepo.js"
+import { Feedback } from "./Feedback.js"
+import { FeedbackRepo } from "./Feedback/FeedbackRepo.js"
+import { FeedbackHttpLive } from "./Feedback/Http.js"
 import { Files } from "./Files.js"
 import { Attachments } from "./Files/Attachments.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
@@ -119,7 +122,8 @@ const ReposLive = Layer.mergeAll(
   FilesRepo.Default,
   GraphRepo.Default,
   SharesRepo.Default,
-  OidcRepo.Default
+  OidcRepo.Default,
+  FeedbackRepo.Default
 )
 
 const AuthSupportLive = Layer.mergeAll(
@@ -145,6 +149,7 @@ export const ServicesLive = Layer.mergeAll(
   Files.Default,
   Graph.Default,
   Shares.Default,
+  Feedback.Default,
   Oidc.Default.pipe(Layer.provide(OidcProvider.Default.pipe(Layer.provide(FetchHttpClient.layer)))),
   OidcCleanupLive,
   JobsSweepLive,
@@ -172,6 +177,7 @@ export const ApiGroupsLive = Layer.mergeAll(
   MeHttpLive,
   ConversationsHttpLive,
   ChatHttpLive,
+  FeedbackHttpLive,
   FilesHttpLive,
   GraphHttpLive,
   SharesHttpLive,

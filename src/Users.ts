@@ -254,6 +254,7 @@ export class Users extends Effect.Service<Users>()("Users", {
         shares: data.shares,
         modelConfigs: data.modelConfigs,
         usage: data.usage,
+        feedback: data.feedback,
         auditEvents: events
       })
     }).pipe(Effect.withSpan("Users.exportData"))

@@ -170,6 +170,14 @@ const makeCast = (promotedBy?: TestUser) =>
       }),
       200
     )
+    // The owner's rating of the answer: the object taking it back acts on.
+    expectStatus(
+      yield* call("PUT", `/api/v1/conversations/${conversation.id}/messages/${answered.answer.id}/feedback`, {
+        auth,
+        body: { rating: "up" }
+      }),
+      200
+    )
     const file = yield* uploadOne(auth, "notes.txt", "The owner's notes.")
     const analysis = expectStatus(
       yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth, body: { modelId: synced.models[0].id } }),
@@ -544,6 +552,15 @@ const expectations: Readonly<Record<string, Expectation>> = {
     throwaway: true,
     request: (cast) => ({ params: { id: cast.shareId } })
   },
+  "feedback.setFeedback": {
+    statuses: ownConversation(200),
+    request: (cast) => ({ ...onAnswer(cast), body: { rating: "down", reasons: ["incomplete"] } })
+  },
+  "feedback.deleteFeedback": { statuses: ownConversation(204), throwaway: true, request: onAnswer },
+  "feedback.listFeedback": { statuses: ownConversation(200), request: inConversation() },
+  // Like the usage report: for those who administer users.
+  "feedback.feedbackSummary": { statuses: adminOnly(200) },
+  "feedback.listAllFeedback": { statuses: adminOnly(200) },
   "usage.apiKeyUsage": {
     // Like the key itself: the owner's (a session, or a key with `keys:manage`), not found for anyone else.
     statuses: { anonymous: 401, owner: 200, other: 404, admin: 404, scopedKey: 403 },

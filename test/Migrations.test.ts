@@ -28,6 +28,8 @@ const expectedTables = [
   "graph_relationships",
   "job_queue",
   "llm_models",
+  "message_feedback",
+  "message_feedback_reasons",
   "message_files",
   "messages",
   "model_configs",

@@ -75,6 +75,14 @@ import {
 } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { RoleName } from "../Domain/User.js"
+import {
+  FeedbackEntry,
+  FeedbackListQuery,
+  FeedbackPayload,
+  FeedbackSummary,
+  FeedbackSummaryQuery,
+  FeedbackView
+} from "../Feedback/Api.js"
 import { FileAnalysisView, FilesUsage, FileView, RequestAnalysisPayload } from "../Files/Api.js"
 import { MyUsageQuery, UsageReportQuery } from "../Gateway/Api.js"
 import { ApiKeyUsage, MyUsage, TokenBudget, UsageReport } from "../Gateway/Schemas.js"
@@ -355,6 +363,24 @@ const AccountDataRpcs = RpcGroup.make(
   Rpc.make("usageReport", { payload: UsageReportQuery, success: UsageReport, error: Refused })
 )
 
+// --- feedback on answers: your own ratings, and every user's for administrators
+
+const FeedbackRpcs = RpcGroup.make(
+  Rpc.make("setFeedback", {
+    payload: { ...message, feedback: fieldsOf(FeedbackPayload) },
+    success: FeedbackView,
+    error: ConversationError
+  }),
+  Rpc.make("deleteFeedback", { payload: message, error: Schema.Union(Refused, NotFound) }),
+  Rpc.make("listFeedback", {
+    payload: conversation,
+    success: Whole(FeedbackView),
+    error: Schema.Union(Refused, NotFound)
+  }),
+  Rpc.make("feedbackSummary", { payload: FeedbackSummaryQuery, success: FeedbackSummary, error: Refused }),
+  Rpc.make("listAllFeedback", { payload: FeedbackListQuery, success: Page(FeedbackEntry), error: Refused })
+)
+
 // --- files, the knowledge graph and shares (uploads and downloads are the REST API's: their bodies
 // are bytes; so is the public side of shares, for browsers without an account)
 
@@ -438,5 +464,7 @@ const ChatRpcs = RpcGroup.make(
 
 /** Every operation: the account ones without a credential, the others with one. */
 export class WebPlusRpcs extends AccountRpcs.merge(
-  SessionRpcs.merge(AccountDataRpcs, ConversationRpcs, ModelRpcs, FileRpcs, ChatRpcs).middleware(RpcAuthentication)
+  SessionRpcs.merge(AccountDataRpcs, ConversationRpcs, FeedbackRpcs, ModelRpcs, FileRpcs, ChatRpcs).middleware(
+    RpcAuthentication
+  )
 ).middleware(RpcClientContext) {}

@@ -20,6 +20,7 @@ import { RateLimits } from "../Auth/RateLimits.js"
 import { ChatEngine, type Following, followingStream, type Turn } from "../Chat.js"
 import { Conversations } from "../Conversations.js"
 import { ServiceUnavailable, Unauthorized } from "../Domain/Errors.js"
+import { Feedback } from "../Feedback.js"
 import { Files } from "../Files.js"
 import { Gateway } from "../Gateway.js"
 import { Graph } from "../Graph.js"
@@ -102,6 +103,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
   const files = yield* Files
   const graph = yield* Graph
   const shares = yield* Shares
+  const feedback = yield* Feedback
   return {
     register: (payload) => auth.register(payload),
     login: (payload) => auth.login(payload),
@@ -136,6 +138,12 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     exportConversation: ({ id }) => conversations.exportJson(id),
     exportConversationMarkdown: ({ id }) => conversations.exportMarkdown(id),
     importConversation: ({ document }) => conversations.importConversation(document),
+
+    setFeedback: ({ feedback: payload, id, messageId }) => feedback.set(id, messageId, payload),
+    deleteFeedback: ({ id, messageId }) => feedback.remove(id, messageId),
+    listFeedback: ({ id }) => feedback.ofConversation(id),
+    feedbackSummary: (query) => feedback.summary(query),
+    listAllFeedback: (query) => feedback.list(query),
 
     listModels: (query) => registry.listModels(query),
     getModel: ({ id }) => registry.getModel(id),

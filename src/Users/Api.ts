@@ -242,6 +242,7 @@ export class PersonalDataExport extends Schema.Class<PersonalDataExport>("Person
   shares: Schema.Array(ExportedRecord).annotations({ description: "What you published, as published" }),
   modelConfigs: Schema.Array(ExportedRecord),
   usage: Schema.Array(ExportedRecord).annotations({ description: "Tokens spent per answer (chat and gateway)" }),
+  feedback: Schema.Array(ExportedRecord).annotations({ description: "Your ratings of answers" }),
   auditEvents: Schema.Array(AuditEventView)
 }) {}
 

@@ -68,6 +68,14 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
         const usage = yield* sql<Record<string, unknown>>`
           SELECT api_key_id, model_id, model_name, source, prompt_tokens, completion_tokens, created_at
           FROM usage_records WHERE user_id = ${userId} ORDER BY created_at, id`
+        const feedback = yield* sql<Record<string, unknown>>`
+          SELECT id, conversation_id, message_id, rating, comment, model_id, model_name, created_at, updated_at
+          FROM message_feedback WHERE user_id = ${userId} ORDER BY created_at, id`
+        const feedbackReasons = yield* sql<{ readonly feedbackId: string; readonly reason: string }>`
+          SELECT r.feedback_id, r.reason FROM message_feedback_reasons r
+          JOIN message_feedback f ON f.id = r.feedback_id
+          WHERE f.user_id = ${userId}`
+        const reasonsOf = Array.groupBy(feedbackReasons, (row) => row.feedbackId)
         const exportedAt = yield* DateTime.now
         const messagesOf = Array.groupBy(messages, (message) => message.conversationId)
         const threadsOf = Array.groupBy(threads, (thread) => thread.conversationId)
@@ -91,7 +99,11 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
             tags: (tagsOf[share.id as string] ?? []).map((row) => row.tag).sort()
           })),
           modelConfigs: modelConfigs.map((config) => parseJsonColumns(config, ["stop", "extraParams"])),
-          usage
+          usage,
+          feedback: feedback.map((rating) => ({
+            ...rating,
+            reasons: (reasonsOf[rating.id as string] ?? []).map((row) => row.reason).sort()
+          }))
         }
       }).pipe(Effect.orDie)
 

@@ -211,11 +211,16 @@ for (const dialect of dialects) {
           const unverified = person({ email: local.email.toUpperCase(), email_verified: false })
           expect(yield* refusalFor(unverified)).toBe("account_not_found")
           expect(yield* refusalFor({ ...unverified, email_verified: undefined as never })).toBe("account_not_found")
+          expect(yield* refusalFor({ ...unverified, email_verified: "false" })).toBe("account_not_found")
           const identities = yield* countRows("oidc_identities")
           const verified = { ...unverified, email_verified: true }
           const linked = yield* me((yield* tokensFor(verified)).accessToken)
           expect(linked.id).toBe(local.id)
           expect(yield* countRows("oidc_identities")).toBe(identities + 1)
+          // Verified as the string some providers send, "true".
+          const other = yield* signUp()
+          const asText = person({ email: other.email, email_verified: "true" })
+          expect((yield* me((yield* tokensFor(asText)).accessToken)).id).toBe(other.id)
           // The password still works beside it.
           expectStatus(
             yield* call("POST", "/api/v1/auth/login", { body: { login: local.email, password: local.password } }),

@@ -185,7 +185,8 @@ export class OidcProvider extends Effect.Service<OidcProvider>()("Oidc/OidcProvi
           issuer: document.issuer,
           subject: payload.sub!,
           email: text(payload.email),
-          emailVerified: payload.email_verified === true,
+          // Some providers (Amazon Cognito among them) send the claim as the string "true".
+          emailVerified: payload.email_verified === true || payload.email_verified === "true",
           preferredUsername: text(payload.preferred_username)
         }
       }).pipe(Effect.withSpan("OidcProvider.redeem"))

@@ -20,6 +20,7 @@ import apiKeyTokenBudgets from "./0015_api_key_token_budgets.js"
 import oidc from "./0017_oidc.js"
 import graphRelationshipSources from "./0018_graph_relationship_sources.js"
 import messageFeedback from "./0019_message_feedback.js"
+import graphEntityEmbeddings from "./0020_graph_entity_embeddings.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -39,7 +40,8 @@ export const migrations = {
   "0015_api_key_token_budgets": apiKeyTokenBudgets,
   "0017_oidc": oidc,
   "0018_graph_relationship_sources": graphRelationshipSources,
-  "0019_message_feedback": messageFeedback
+  "0019_message_feedback": messageFeedback,
+  "0020_graph_entity_embeddings": graphEntityEmbeddings
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

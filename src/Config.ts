@@ -314,6 +314,16 @@ export interface FilesSettings {
   readonly s3: Option.Option<S3Settings>
 }
 
+export interface GraphSettings {
+  /**
+   * Semantic search over the knowledge graph: the model its entities and queries are embedded with,
+   * named as the gateway names models (its listed id, `<provider>/<model>`, or its UUID); `None`: off.
+   * Nothing is checked at start-up (the provider may be down): the embedding step and the search
+   * report a name that means no usable model, or one that cannot embed.
+   */
+  readonly embeddingModel: Option.Option<string>
+}
+
 /** An S3-compatible object store (AWS S3, MinIO, R2, Garage, Ceph) holding files' contents. */
 export interface S3Settings {
   /** `https://s3.eu-west-1.amazonaws.com`, `http://minio:9000`; no trailing slash. */
@@ -643,6 +653,14 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       s3: yield* s3Settings
     }
     const oidc = yield* oidcSettings
+    const graph: GraphSettings = {
+      embeddingModel: yield* Config.option(
+        Config.nonEmptyString("GRAPH_EMBEDDING_MODEL").pipe(
+          Config.map((name) => name.trim()),
+          Config.validate({ message: "Expected a model's name", validation: (name) => name.length > 0 })
+        )
+      )
+    }
     return {
       nodeEnv,
       port,
@@ -668,7 +686,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       jobs,
       files,
       trashRetention,
-      oidc
+      oidc,
+      graph
     }
   })
 }) {}

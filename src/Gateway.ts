@@ -72,11 +72,40 @@ export type GatewayFailure = InvalidRequest | UnknownModel | Forbidden | RateLim
 export type EmbeddingFailure = GatewayFailure | EmbeddingsUnsupported
 
 /** A model a caller may use, with the id the gateway lists it under. */
-interface Target {
+export interface Target {
   readonly id: string
   readonly model: LlmModel
   readonly provider: Provider
 }
+
+const qualifiedName = (provider: Provider, model: LlmModel) => `${provider.name}/${model.providerModel}`
+
+/**
+ * Usable models (enabled, of an enabled provider) under the names the gateway lists them by: the
+ * provider's name for the model when no other usable model has that name, else
+ * `<provider name>/<model>`. Named among every usable model, so that a model's name does not depend
+ * on who asks.
+ */
+export const namedTargets = (
+  rows: ReadonlyArray<LlmModel>,
+  providers: ReadonlyArray<Provider>
+): ReadonlyArray<Target> => {
+  const providerById = new Map(providers.map((provider) => [provider.id, provider]))
+  const sharing = new Map<string, number>()
+  for (const row of rows) sharing.set(row.providerModel, (sharing.get(row.providerModel) ?? 0) + 1)
+  return rows.flatMap((model): Array<Target> => {
+    const provider = providerById.get(model.providerId)
+    if (provider === undefined) return []
+    const id = sharing.get(model.providerModel) === 1 ? model.providerModel : qualifiedName(provider, model)
+    return [{ id, model, provider }]
+  })
+}
+
+/** The model a name means: its listed id, `<provider>/<model>` even when unique, or its UUID. */
+export const targetNamed = (targets: ReadonlyArray<Target>, name: string): Target | undefined =>
+  targets.find((candidate) => candidate.id === name) ??
+    targets.find((candidate) => qualifiedName(candidate.provider, candidate.model) === name) ??
+    targets.find((candidate) => candidate.model.id === name)
 
 type ReportedUsage = Extract<ChatChunk, { readonly _tag: "usage" }>
 
@@ -246,26 +275,17 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
 
     /**
      * Every model a user may pick (enabled, of an enabled provider; for admins
-     * too), each under the provider's name for it when no other usable model
-     * has that name, else under `<provider name>/<model>`; of those, the
-     * ones the caller's key allows.
+     * too), under its gateway name (`namedTargets`); of those, the ones the
+     * caller's key allows.
      */
     const usableTargets = Effect.gen(function*() {
-      const rows = yield* models.list({ status: null, providerId: null, usableOnly: true })
-      const providerById = new Map((yield* providers.list).map((provider) => [provider.id, provider]))
-      const sharing = new Map<string, number>()
-      for (const row of rows) sharing.set(row.providerModel, (sharing.get(row.providerModel) ?? 0) + 1)
-      // Named among every usable model, so that a model's name does not depend on the key asking.
+      const targets = namedTargets(
+        yield* models.list({ status: null, providerId: null, usableOnly: true }),
+        yield* providers.list
+      )
       const actor = yield* CurrentActor
-      return rows.flatMap((model): Array<Target> => {
-        const provider = providerById.get(model.providerId)
-        if (provider === undefined || !actor.mayUse(model.id)) return []
-        const id = sharing.get(model.providerModel) === 1 ? model.providerModel : qualifiedName(provider, model)
-        return [{ id, model, provider }]
-      })
+      return targets.filter((target) => actor.mayUse(target.model.id))
     })
-
-    const qualifiedName = (provider: Provider, model: LlmModel) => `${provider.name}/${model.providerModel}`
 
     const toGatewayModel = (target: Target): GatewayModel => ({
       id: target.id,
@@ -276,9 +296,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
 
     /** The model a client names: by its listed id, by `<provider>/<model>` even when unique, or by its UUID. */
     const pick = (targets: ReadonlyArray<Target>, name: string): Effect.Effect<Target, UnknownModel> => {
-      const target = targets.find((candidate) => candidate.id === name) ??
-        targets.find((candidate) => qualifiedName(candidate.provider, candidate.model) === name) ??
-        targets.find((candidate) => candidate.model.id === name)
+      const target = targetNamed(targets, name)
       return target === undefined ? Effect.fail(new UnknownModel({ model: name })) : Effect.succeed(target)
     }
 

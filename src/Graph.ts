@@ -2,7 +2,8 @@
  * The knowledge graph: a model reads one of a user's sources (a conversation's active branch, or a
  * text file) in the background (the job queue `graph-extraction`) and names the entities and the
  * relationships in it, each with a confidence; they are merged into the user's graph, which the
- * user searches and reads. Reading a source again replaces what it contributed before.
+ * user searches and reads. Reading a source again replaces what it contributed before. With
+ * `GRAPH_EMBEDDING_MODEL`, entities are also embedded and searched by meaning (`Graph/Semantic.ts`).
  */
 import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { SqlClient } from "@effect/sql"
@@ -27,9 +28,13 @@ import {
   RelatedEntity,
   RelationshipView,
   type RequestExtractionPayload,
+  SimilarEntities,
+  SimilarEntity,
+  type SimilarSearch,
   type SourceKind
 } from "./Graph/Api.js"
 import { type EntityRow, type ExtractionRow, type Findings, GraphRepo } from "./Graph/GraphRepo.js"
+import { GraphSemantic } from "./Graph/Semantic.js"
 import * as Jobs from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
 import { completeText, jsonObjectIn } from "./Models/Completion.js"
@@ -146,6 +151,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
     const storage = yield* FileStorage
     const registry = yield* ModelRegistry
     const events = yield* EventHub
+    const semantic = yield* GraphSemantic
     const transaction = inTransaction(sql)
     const jobs = yield* PersistedQueue.make({ name: extractionQueue, schema: ExtractionJob })
 
@@ -248,6 +254,16 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         }, true)
       }).pipe(Effect.withSpan("Graph.getEntity"))
 
+    /** The caller's entities closest in meaning to a text (`GraphSemantic`), best first. */
+    const similarEntities = (query: typeof SimilarSearch.Type) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const found = yield* semantic.similar(actor.userId, actor.apiKeyId ?? null, query)
+        return new SimilarEntities({
+          items: found.map(({ entity, score }) => new SimilarEntity({ entity: entityView(entity), score }, true))
+        }, true)
+      }).pipe(Effect.withSpan("Graph.similarEntities"))
+
     const deleteEntity = (id: string) =>
       Effect.gen(function*() {
         const actor = yield* writable
@@ -339,6 +355,8 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
           relationshipCount: stored.relationships
         })
         yield* announce(job, "complete", stored)
+        // Its entities, and any others of the user's not embedded yet, for semantic search.
+        yield* semantic.embedLater(job.userId)
       }).pipe(Effect.annotateLogs({ extractionId }))
 
     yield* Jobs.runWorkers(jobs, {
@@ -347,6 +365,14 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
       giveUp: ({ extractionId }, reason) => endInError(extractionId, reason)
     })
 
-    return { requestExtraction, listExtractions, getExtraction, searchEntities, getEntity, deleteEntity } as const
+    return {
+      requestExtraction,
+      listExtractions,
+      getExtraction,
+      searchEntities,
+      similarEntities,
+      getEntity,
+      deleteEntity
+    } as const
   })
 }) {}

@@ -39,8 +39,10 @@ import { Gateway } from "./Gateway.js"
 import { GatewayRoutesLive, UsageHttpLive } from "./Gateway/Http.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
 import { Graph } from "./Graph.js"
+import { EmbeddingsRepo } from "./Graph/EmbeddingsRepo.js"
 import { GraphRepo } from "./Graph/GraphRepo.js"
 import { GraphHttpLive } from "./Graph/Http.js"
+import { GraphSemantic } from "./Graph/Semantic.js"
 import { Health } from "./Health.js"
 import { HealthHttpLive } from "./Health/Http.js"
 import { AddressRateLimitLive } from "./Http/AddressRateLimit.js"
@@ -121,6 +123,7 @@ const ReposLive = Layer.mergeAll(
   UsageRepo.Default,
   FilesRepo.Default,
   GraphRepo.Default,
+  EmbeddingsRepo.Default,
   SharesRepo.Default,
   OidcRepo.Default,
   FeedbackRepo.Default
@@ -157,6 +160,7 @@ export const ServicesLive = Layer.mergeAll(
   TrashSweepLive
 ).pipe(
   Layer.provideMerge(Conversations.Default),
+  Layer.provideMerge(GraphSemantic.Default),
   Layer.provideMerge(Auth.Default),
   Layer.provideMerge(EnvironmentProvidersLive),
   Layer.provideMerge(ModelRegistry.Default),

@@ -529,6 +529,8 @@ const expectations: Readonly<Record<string, Expectation>> = {
   },
   "graph.getExtraction": { statuses: ownConversation(200), request: (cast) => ({ params: { id: cast.extractionId } }) },
   "graph.searchEntities": { statuses: conversationsUse(200) },
+  // Semantic search is off on this server (no GRAPH_EMBEDDING_MODEL): 404 for whoever may read conversations.
+  "graph.similarEntities": { statuses: conversationsUse(404), request: () => ({ query: { q: "notes" } }) },
   "graph.listExtractions": { statuses: conversationsUse(200) },
   "graph.getEntity": { statuses: ownConversation(200), request: (cast) => ({ params: { id: cast.entityId } }) },
   "graph.deleteEntity": {

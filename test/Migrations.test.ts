@@ -22,6 +22,7 @@ const expectedTables = [
   "file_analyses",
   "files",
   "graph_entities",
+  "graph_entity_embeddings",
   "graph_extractions",
   "graph_mentions",
   "graph_relationship_sources",
@@ -312,6 +313,46 @@ for (const dialect of dialects) {
         const rows = yield* sql<{ relationshipId: string; sourceKind: string; sourceId: string; confidence: number }>`
           SELECT relationship_id, source_kind, source_id, confidence FROM graph_relationship_sources`
         expect(rows).toEqual([{ relationshipId: edge, sourceKind: "file", sourceId: source, confidence: 0.75 }])
+      }).pipe(Effect.provide(freshDatabase(dialect))))
+
+    it.scoped("0020 keeps the usage records, lets the graph record its own, and stores vectors as bytes", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const earlier = Object.fromEntries(Object.entries(migrations).filter(([key]) => Number(key.slice(0, 4)) < 20))
+        yield* Migrator.make({})({ loader: Migrator.fromRecord(earlier), table: migrationsTable })
+        const user = yield* seedUser()
+        const [provider, model, entity] = [
+          "01900000-0000-7000-8000-0000000000b1",
+          "01900000-0000-7000-8000-0000000000b2",
+          "01900000-0000-7000-8000-0000000000b3"
+        ]
+        yield* sql`INSERT INTO providers (id, name, kind, base_url) VALUES (${provider}, 'p', 'ollama', 'http://x')`
+        yield* sql`INSERT INTO llm_models (id, provider_id, provider_model, display_name)
+                   VALUES (${model}, ${provider}, 'm', 'm')`
+        const usage = (id: string, source: string) =>
+          sql`INSERT INTO usage_records (id, user_id, model_id, model_name, source, prompt_tokens, completion_tokens)
+              VALUES (${id}, ${user.id}, ${model}, 'm', ${source}, 5, 1)`
+        yield* usage("01900000-0000-7000-8000-0000000000b4", "chat")
+        yield* runMigrations
+        yield* usage("01900000-0000-7000-8000-0000000000b5", "graph")
+        expect(yield* refused(usage("01900000-0000-7000-8000-0000000000b6", "email"))).toBe(true)
+        const rows = yield* sql<{ source: string; promptTokens: number }>`
+          SELECT source, prompt_tokens FROM usage_records ORDER BY id`
+        expect(rows).toEqual([{ source: "chat", promptTokens: 5 }, { source: "graph", promptTokens: 5 }])
+
+        yield* sql`INSERT INTO graph_entities (id, user_id, name, normalized_name, type, confidence)
+                   VALUES (${entity}, ${user.id}, 'ada', 'ada', 'person', 0.9)`
+        const vector = new Uint8Array(new Float32Array([0.6, -0.8]).buffer)
+        const embed = (dimensions: number) =>
+          sql`INSERT INTO graph_entity_embeddings (entity_id, model_id, dimensions, vector, text_hash, created_at)
+              VALUES (${entity}, ${model}, ${dimensions}, ${vector}, ${"0".repeat(64)}, '2026-01-01T00:00:00.000Z')`
+        expect(yield* refused(embed(3))).toBe(true)
+        yield* embed(2)
+        const [stored] = yield* sql<{ vector: Uint8Array }>`SELECT vector FROM graph_entity_embeddings`
+        expect(new Uint8Array(stored!.vector)).toEqual(vector)
+        // The vector goes with its model, as with its entity.
+        yield* sql`DELETE FROM llm_models WHERE id = ${model}`
+        expect(yield* sql`SELECT entity_id FROM graph_entity_embeddings`).toEqual([])
       }).pipe(Effect.provide(freshDatabase(dialect))))
 
     it.live("several instances migrating one database at once apply each migration exactly once", () =>

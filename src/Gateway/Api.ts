@@ -23,7 +23,9 @@ const UsageRange = {
 export const MyUsageQuery = request(Schema.Struct({
   ...UsageRange,
   groupBy: Schema.optionalWith(Schema.Literal("model", "day", "source"), { default: () => "model" as const })
-    .annotations({ description: "Sum per model (the default), per day (UTC) or per source (`gateway`, `chat`)" })
+    .annotations({
+      description: "Sum per model (the default), per day (UTC) or per source (`gateway`, `chat`, `graph`)"
+    })
 }))
 export type MyUsageQuery = typeof MyUsageQuery.Type
 

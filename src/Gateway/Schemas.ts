@@ -8,8 +8,11 @@ import { Schema } from "effect"
 import { ApiKeyId, LlmModelId, UserId } from "../Domain/Ids.js"
 import { Username } from "../Domain/User.js"
 
-/** Where an answer's tokens were spent: through the OpenAI-compatible gateway, or in a chat. */
-export const UsageSource = Schema.Literal("gateway", "chat")
+/**
+ * Where tokens were spent: through the OpenAI-compatible gateway, in a chat, or by the knowledge graph
+ * (its entities embedded for semantic search, and the searches).
+ */
+export const UsageSource = Schema.Literal("gateway", "chat", "graph")
 export type UsageSource = typeof UsageSource.Type
 
 // --- request

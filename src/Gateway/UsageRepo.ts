@@ -1,7 +1,8 @@
 /**
  * Token usage as providers report it, one row per answer, whoever asked for
  * it: the gateway records its completions (`source: "gateway"`), the chat
- * engine its answers (`source: "chat"`). Totals are read per API key, and for
+ * engine its answers (`source: "chat"`), the knowledge graph its embeddings
+ * (`source: "graph"`). Totals are read per API key, and for
  * reports per model, day, source or user, summed by the database.
  */
 import { Model, SqlClient, SqlSchema } from "@effect/sql"

@@ -2,11 +2,12 @@
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
 import { Schema } from "effect"
 import { Authentication } from "../Auth/Api.js"
-import { Forbidden, NotFound } from "../Domain/Errors.js"
+import { Forbidden, NotFound, ServiceUnavailable } from "../Domain/Errors.js"
 import { NonNegativeInt } from "../Domain/Fields.js"
 import { ConversationId, FileId, LlmModelId, UuidV7 } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { request } from "../Domain/Request.js"
+import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "../Models/Errors.js"
 
 export const GraphEntityId = UuidV7.pipe(Schema.brand("GraphEntityId"))
 export type GraphEntityId = typeof GraphEntityId.Type
@@ -94,6 +95,32 @@ export const EntitySearch = request(Schema.Struct({
   })
 }))
 
+/** The most results a semantic search answers. */
+export const maxSimilar = 50
+
+export const SimilarSearch = request(Schema.Struct({
+  q: Schema.String.pipe(Schema.maxLength(1000), Schema.pattern(/\S/)).annotations({
+    description: "What to look for, in words: it is embedded and compared with each entity's type, name and description"
+  }),
+  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, maxSimilar))).annotations({
+    description: "How many entities to answer, best first (default 10)"
+  }),
+  minScore: Schema.optional(Schema.NumberFromString.pipe(Schema.between(-1, 1))).annotations({
+    description: "Only entities at least this similar (cosine similarity, -1 to 1)"
+  })
+}))
+
+export class SimilarEntity extends Schema.Class<SimilarEntity>("SimilarEntity")({
+  entity: EntityView,
+  score: Schema.Number.pipe(Schema.between(-1, 1)).annotations({
+    description: "Cosine similarity of the entity's vector and the query's, from -1 to 1 (higher is closer)"
+  })
+}) {}
+
+export class SimilarEntities extends Schema.Class<SimilarEntities>("SimilarEntities")({
+  items: Schema.Array(SimilarEntity)
+}) {}
+
 const EntityPath = request(Schema.Struct({ id: GraphEntityId }))
 const ExtractionPath = request(Schema.Struct({ id: GraphExtractionId }))
 
@@ -125,6 +152,24 @@ export class GraphApi extends HttpApiGroup.make("graph")
       .setUrlParams(EntitySearch)
       .addSuccess(Page(EntityView))
       .annotate(OpenApi.Summary, "Your entities by name, optionally of one type")
+  )
+  .add(
+    HttpApiEndpoint.get("similarEntities", "/api/v1/graph/similar")
+      .setUrlParams(SimilarSearch)
+      .addSuccess(SimilarEntities)
+      .addError(NotFound)
+      .addError(ServiceUnavailable)
+      .addError(ProviderUnreachable)
+      .addError(ProviderTimeout)
+      .addError(ProviderError)
+      .addError(ProviderUnavailable)
+      .annotate(OpenApi.Summary, "Your entities closest in meaning to a text (semantic search), best first")
+      .annotate(
+        OpenApi.Description,
+        "Off unless the server sets `GRAPH_EMBEDDING_MODEL` (404 then). Ranks the entities embedded so far: " +
+          "an extraction's entities shortly after it completes. 503 `ServiceUnavailable` when the configured " +
+          "model is not usable or cannot embed; the provider's failures as 502, 503 and 504."
+      )
   )
   .add(
     HttpApiEndpoint.get("getEntity", "/api/v1/graph/entities/:id")

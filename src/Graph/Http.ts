@@ -14,6 +14,7 @@ export const GraphHttpLive = HttpApiBuilder.group(
         .handle("listExtractions", ({ urlParams }) => graph.listExtractions(urlParams))
         .handle("getExtraction", ({ path }) => graph.getExtraction(path.id))
         .handle("searchEntities", ({ urlParams }) => graph.searchEntities(urlParams))
+        .handle("similarEntities", ({ urlParams }) => graph.similarEntities(urlParams))
         .handle("getEntity", ({ path }) => graph.getEntity(path.id))
         .handle("deleteEntity", ({ path }) => graph.deleteEntity(path.id))
     })

@@ -93,7 +93,9 @@ import {
   ExtractionView,
   GraphEntityId,
   GraphExtractionId,
-  RequestExtractionPayload
+  RequestExtractionPayload,
+  SimilarEntities,
+  SimilarSearch
 } from "../Graph/Api.js"
 import {
   CreateModelConfigPayload,
@@ -411,6 +413,11 @@ const FileRpcs = RpcGroup.make(
   Rpc.make("listExtractions", { payload: PageParams, success: Page(ExtractionView), error: Refused }),
   Rpc.make("getExtraction", { payload: { id: GraphExtractionId }, success: ExtractionView, error: OwnError }),
   Rpc.make("searchEntities", { payload: EntitySearch, success: Page(EntityView), error: Refused }),
+  Rpc.make("similarEntities", {
+    payload: SimilarSearch,
+    success: SimilarEntities,
+    error: Schema.Union(Refused, NotFound, ServiceUnavailable, ProviderFailure)
+  }),
   Rpc.make("getEntity", { payload: { id: GraphEntityId }, success: EntityDetail, error: OwnError }),
   Rpc.make("deleteEntity", { payload: { id: GraphEntityId }, error: OwnError }),
   Rpc.make("createShare", { payload: fieldsOf(CreateSharePayload), success: ShareView, error: OwnError }),

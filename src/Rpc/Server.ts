@@ -200,6 +200,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     listExtractions: (page) => graph.listExtractions(page),
     getExtraction: ({ id }) => graph.getExtraction(id),
     searchEntities: (query) => graph.searchEntities(query),
+    similarEntities: (query) => graph.similarEntities(query),
     getEntity: ({ id }) => graph.getEntity(id),
     deleteEntity: ({ id }) => graph.deleteEntity(id),
     createShare: (payload) => shares.create(payload),

@@ -1,0 +1,271 @@
+/**
+ * Semantic search over the knowledge graph, on when `GRAPH_EMBEDDING_MODEL` names a model: each
+ * entity's type, name and description are embedded by that model (the job queue
+ * `graph-embedding`, one job per user, queued when an extraction completes and, at start-up, for the
+ * users whose entities the model has not embedded yet), and a search embeds its text and ranks the
+ * user's vectors by cosine similarity.
+ *
+ * Ranking is done here, not in the database: a user's vectors are read as bytes a page at a time
+ * (`pageSize`), so memory stays small whatever the size of the graph, and time grows with it (one
+ * multiply-add per dimension and entity: 10,000 entities of 1,536 dimensions take some tens of
+ * milliseconds). That suits a personal graph of up to some tens of thousands of entities.
+ */
+import * as PersistedQueue from "@effect/experimental/PersistedQueue"
+import { Effect, Option, Schema } from "effect"
+import { createHash } from "node:crypto"
+import { AppConfig } from "../Config.js"
+import type { Actor } from "../Domain/Actor.js"
+import { NotFound, ServiceUnavailable } from "../Domain/Errors.js"
+import { UserId } from "../Domain/Ids.js"
+import { namedTargets, targetNamed } from "../Gateway.js"
+import { UsageRepo } from "../Gateway/UsageRepo.js"
+import * as Jobs from "../Jobs.js"
+import { ModelRegistry, type ResolvedModel } from "../Models.js"
+import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
+import { ModelsRepo } from "../Models/ModelsRepo.js"
+import { ProvidersRepo } from "../Models/ProvidersRepo.js"
+import type { Embedder } from "../Providers/Embeddings.js"
+import type { GraphEntityId } from "./Api.js"
+import { EmbeddingsRepo, type EmbeddingStateRow } from "./EmbeddingsRepo.js"
+import type { EntityRow } from "./GraphRepo.js"
+
+export const embeddingQueue = "graph-embedding"
+export const EmbeddingJob = Schema.Struct({ userId: UserId })
+
+/** Texts per embeddings request. */
+const batchSize = 128
+
+/** Vectors read at a time while ranking. */
+const pageSize = 1000
+
+const defaultSimilar = 10
+
+/** What an entity's vector is made of. */
+export const embeddedText = (entity: Pick<EmbeddingStateRow, "name" | "type" | "description">): string => {
+  const head = `${entity.name} (${entity.type.replaceAll("_", " ")})`
+  return entity.description.length > 0 ? `${head}: ${entity.description}` : head
+}
+
+const hashOf = (text: string) => createHash("sha256").update(text).digest("hex")
+
+/** `vector` scaled to length 1 (a vector of zeros stays as it is: it is close to nothing). */
+const unit = (vector: ReadonlyArray<number>): Array<number> => {
+  const length = Math.sqrt(vector.reduce((sum, value) => sum + value * value, 0))
+  return length === 0 ? [...vector] : vector.map((value) => value / length)
+}
+
+/** The dot product of a unit query and a stored unit vector's little-endian float32 bytes: their cosine. */
+const cosine = (query: ReadonlyArray<number>, bytes: Uint8Array): number => {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  let sum = 0
+  for (let index = 0; index < query.length; index++) sum += query[index]! * view.getFloat32(index * 4, true)
+  // Rounding may take it a hair past ±1.
+  return Math.max(-1, Math.min(1, sum))
+}
+
+/** The configured model, ready to embed. */
+interface EmbeddingModel {
+  readonly resolved: ResolvedModel
+  readonly embedder: Embedder
+}
+
+export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semantic", {
+  scoped: Effect.gen(function*() {
+    const { graph: settings } = yield* AppConfig
+    const repo = yield* EmbeddingsRepo
+    const models = yield* ModelsRepo
+    const providers = yield* ProvidersRepo
+    const registry = yield* ModelRegistry
+    const usage = yield* UsageRepo
+    const jobs = yield* PersistedQueue.make({ name: embeddingQueue, schema: EmbeddingJob })
+
+    const unusable = (message: string) =>
+      new ServiceUnavailable({ message: `Semantic search is unavailable: ${message}` })
+
+    /**
+     * The model `GRAPH_EMBEDDING_MODEL` names, as the gateway would find it among the usable models,
+     * with its provider's embeddings API. Looked up at each use: a model added, enabled or disabled
+     * later counts.
+     */
+    const embeddingModel = (name: string): Effect.Effect<EmbeddingModel, ServiceUnavailable> =>
+      Effect.gen(function*() {
+        const targets = namedTargets(
+          yield* models.list({ status: null, providerId: null, usableOnly: true }),
+          yield* providers.list
+        )
+        const notUsable = unusable(`the embedding model '${name}' (GRAPH_EMBEDDING_MODEL) is not a usable model`)
+        const target = targetNamed(targets, name)
+        if (target === undefined) return yield* notUsable
+        const resolved = yield* registry.resolveAny(target.model.id).pipe(Effect.mapError(() => notUsable))
+        if (Option.isNone(resolved.client.embedder)) {
+          return yield* unusable(
+            `the embedding model '${name}' cannot create embeddings: its provider (${target.provider.name}) ` +
+              "has no embeddings API"
+          )
+        }
+        return { resolved, embedder: resolved.client.embedder.value }
+      })
+
+    /** Unit vectors of `texts`, with the usage recorded for `userId` (and the key they came with). */
+    const embedTexts = (
+      model: EmbeddingModel,
+      texts: ReadonlyArray<string>,
+      spender: { readonly userId: UserId; readonly apiKeyId: Actor["apiKeyId"] | null }
+    ): Effect.Effect<ReadonlyArray<ReadonlyArray<number>>, ServiceUnavailable | ProviderFailure> =>
+      Effect.gen(function*() {
+        const { connection, model: llm } = model.resolved
+        const request = { model: llm.providerModel, input: { _tag: "texts" as const, texts } }
+        const refusal = model.embedder.refusal(request)
+        if (refusal !== undefined) return yield* unusable(refusal.message)
+        const { promptTokens, vectors } = yield* model.embedder.embed(request)
+        yield* usage.record({
+          userId: spender.userId,
+          apiKeyId: spender.apiKeyId ?? null,
+          modelId: llm.id,
+          modelName: llm.providerModel,
+          source: "graph",
+          promptTokens,
+          completionTokens: 0
+        }).pipe(
+          Effect.catchAllCause((cause) => Effect.logWarning("Could not record the graph's embedding usage", cause))
+        )
+        const malformed = vectors.length !== texts.length ||
+          vectors.some((vector) => vector.length === 0 || vector.length !== vectors[0]!.length) ||
+          vectors.some((vector) => vector.some((value) => !Number.isFinite(value)))
+        if (malformed) {
+          return yield* new ProviderError({
+            message: `${connection.name} sent embeddings that do not fit the ${texts.length} inputs`,
+            upstreamStatus: null
+          })
+        }
+        return vectors.map(unit)
+      })
+
+    /**
+     * Embeds the user's entities that the configured model has not embedded from their present text,
+     * `batchSize` to a request. Answers how many were embedded.
+     */
+    const embedUser = (name: string, userId: UserId) =>
+      Effect.gen(function*() {
+        const model = yield* embeddingModel(name)
+        const modelId = model.resolved.model.id
+        const stale = (yield* repo.states(userId)).flatMap((row) => {
+          const text = embeddedText(row)
+          const textHash = hashOf(text)
+          return row.modelId === modelId && row.textHash === textHash ? [] : [{ id: row.id, text, textHash }]
+        })
+        for (let start = 0; start < stale.length; start += batchSize) {
+          const batch = stale.slice(start, start + batchSize)
+          const vectors = yield* embedTexts(model, batch.map((entity) => entity.text), { userId, apiKeyId: null })
+          yield* Effect.forEach(batch, (entity, index) =>
+            repo.store({ entityId: entity.id, modelId, vector: vectors[index]!, textHash: entity.textHash }))
+        }
+        return stale.length
+      })
+
+    /** A job's run: a failure is logged with its reason and tried again by the queue, and by the next extraction. */
+    const embedJob = ({ userId }: typeof EmbeddingJob.Type) =>
+      Option.match(settings.embeddingModel, {
+        // Queued while semantic search was on: nothing to do now.
+        onNone: () => Effect.void,
+        onSome: (name) =>
+          embedUser(name, userId).pipe(
+            Effect.tap((count) => count > 0 ? Effect.logDebug("Entities embedded", { count }) : Effect.void),
+            Effect.catchAll((error) =>
+              Effect.zipRight(
+                Effect.logWarning(`The knowledge graph's entities could not be embedded: ${error.message}`),
+                Effect.fail(new Jobs.JobFailed({ message: error.message }))
+              )
+            ),
+            Effect.asVoid,
+            Effect.annotateLogs({ userId, embeddingModel: name })
+          )
+      })
+
+    yield* Jobs.runWorkers(jobs, {
+      name: embeddingQueue,
+      handle: embedJob,
+      giveUp: ({ userId }, reason) =>
+        Effect.logWarning(
+          `Gave up embedding the knowledge graph's entities (the next extraction tries again): ${reason}`
+        ).pipe(Effect.annotateLogs({ userId }))
+    })
+
+    /** Has the user's entities embedded in the background (when semantic search is on). */
+    const embedLater = (userId: UserId): Effect.Effect<void> =>
+      Option.isNone(settings.embeddingModel)
+        ? Effect.void
+        : jobs.offer({ userId }).pipe(
+          Effect.catchAllCause((cause) =>
+            Effect.logWarning("Could not queue the embedding of the knowledge graph's entities", cause)
+          ),
+          Effect.asVoid
+        )
+
+    // The backfill: entities stored before semantic search was on, or by another model. (Every instance
+    // starting queues its own jobs; a job that finds nothing to embed does nothing.)
+    if (Option.isSome(settings.embeddingModel)) {
+      const name = settings.embeddingModel.value
+      yield* Effect.forkScoped(
+        Effect.gen(function*() {
+          const model = yield* Effect.option(embeddingModel(name))
+          const users = yield* repo.usersToEmbed(Option.map(model, (found) => found.resolved.model.id))
+          yield* Effect.forEach(users, embedLater, { discard: true })
+          if (users.length > 0) {
+            yield* Effect.logInfo("Queued the embedding of knowledge graphs", { users: users.length })
+          }
+        }).pipe(
+          Effect.catchAllCause((cause) => Effect.logWarning("Could not queue the knowledge graph's backfill", cause))
+        )
+      )
+    }
+
+    /**
+     * The user's entities closest to `query.q`, best first, with their cosine similarity: the
+     * vectors are read a page at a time and the best `limit` kept.
+     */
+    const similar = (
+      userId: UserId,
+      apiKeyId: Actor["apiKeyId"] | null,
+      query: { readonly q: string; readonly limit?: number | undefined; readonly minScore?: number | undefined }
+    ): Effect.Effect<
+      ReadonlyArray<{ readonly entity: EntityRow; readonly score: number }>,
+      NotFound | ServiceUnavailable | ProviderFailure
+    > =>
+      Effect.gen(function*() {
+        if (Option.isNone(settings.embeddingModel)) {
+          return yield* new NotFound({ message: "Semantic search is not configured on this server" })
+        }
+        const model = yield* embeddingModel(settings.embeddingModel.value)
+        const [vector] = yield* embedTexts(model, [query.q], { userId, apiKeyId })
+        const limit = query.limit ?? defaultSimilar
+        const minScore = query.minScore ?? -1
+        const best: Array<{ readonly entityId: GraphEntityId; readonly score: number }> = []
+        let after = Option.none<string>()
+        for (;;) {
+          const page = yield* repo.vectorsPage(userId, model.resolved.model.id, vector!.length, after, pageSize)
+          for (const row of page) {
+            const score = cosine(vector!, row.vector)
+            if (score < minScore || (best.length === limit && score <= best[limit - 1]!.score)) continue
+            // Pages come in entity order, so among equal scores the first entity stays first.
+            let at = best.length
+            while (at > 0 && best[at - 1]!.score < score) at--
+            best.splice(at, 0, { entityId: row.entityId, score })
+            if (best.length > limit) best.pop()
+          }
+          if (page.length < pageSize) break
+          after = Option.some(page[page.length - 1]!.entityId)
+        }
+        const rows = new Map(
+          (yield* repo.entities(userId, best.map((item) => item.entityId))).map((row) => [row.id, row])
+        )
+        // An entity deleted meanwhile is left out.
+        return best.flatMap((item) => {
+          const entity = rows.get(item.entityId)
+          return entity === undefined ? [] : [{ entity, score: item.score }]
+        })
+      }).pipe(Effect.withSpan("GraphSemantic.similar"))
+
+    return { similar, embedLater } as const
+  })
+}) {}

@@ -7,7 +7,7 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import { WebPlusApi } from "../src/Api.js"
 import { generateUuid } from "../src/Domain/Ids.js"
-import { call, createKey, type Reply, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
 import { uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { conversationDocument } from "./fixtures/Documents.js"
@@ -17,10 +17,6 @@ import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server
 type Method = "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
 
 /** The body of `reply`, once its status is the expected one (else the body explains why not). */
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 const setRole = (admin: TestUser, userId: string, role: string) =>
   call("PUT", `/api/v1/admin/users/${userId}/role`, { auth: admin.accessToken, body: { role } })

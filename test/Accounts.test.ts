@@ -6,15 +6,10 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import * as Crypto from "node:crypto"
-import { call, type Reply, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, expectStatus, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { runCli } from "./fixtures/Process.js"
 import { testServer } from "./fixtures/Server.js"
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 const unique = () => Crypto.randomBytes(4).toString("hex")
 

@@ -14,7 +14,7 @@ import { Context, Effect, Exit, Layer, Scope } from "effect"
 import * as Http from "node:http"
 import type * as Net from "node:net"
 import { titleQueue } from "../src/Chat.js"
-import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, signUp, type TestUser, uniqueName } from "./fixtures/Auth.js"
 import { dialects, pgClientFor, sqliteClientFor } from "./fixtures/Database.js"
 import { conversationDocument, documentMessage } from "./fixtures/Documents.js"
 import { openEvents } from "./fixtures/Events.js"
@@ -58,14 +58,6 @@ const chatEnv = {
   JOBS_RETRY_BASE_DELAY: "50 millis",
   JOBS_RETRY_MAX_DELAY: "100 millis"
 }
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
-
-let counter = 0
-const uniqueName = (prefix: string) => `${prefix}-${Date.now().toString(36)}-${counter++}`
 
 /** Registers a loopback provider with short timeouts; its models by provider model name. */
 const registerProvider = (admin: TestUser, fake: FakeProvider) =>

@@ -19,16 +19,11 @@ import { BuiltinRoles } from "../src/Domain/User.js"
 import { GraphRepo } from "../src/Graph/GraphRepo.js"
 import { ModelConfigsRepo } from "../src/Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "../src/Models/ModelsRepo.js"
-import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, expectStatus, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { conversationDocument, documentMessage } from "./fixtures/Documents.js"
 import { fakeProvider } from "./fixtures/Providers.js"
 import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 const inDatabase = inServerDatabase
 

@@ -11,7 +11,7 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import OpenAI from "openai"
-import { call, createKey, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, signUp, type TestUser, uniqueName } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import {
   embeddingOf,
@@ -39,14 +39,6 @@ interface Cast {
 }
 
 class TheCast extends Context.Tag("test/Embeddings/Cast")<TheCast, Cast>() {}
-
-let counter = 0
-const uniqueName = (prefix: string) => `${prefix}-${Date.now().toString(36)}-${counter++}`
-
-const expectStatus = (reply: { status: number; body: any }, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 const withCast = (dialect: (typeof dialects)[number]) =>
   Layer.scoped(

@@ -8,16 +8,11 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Exit, Layer } from "effect"
-import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
 import { as, overHttp } from "./fixtures/Rpc.js"
 import { inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 const query = (params: Record<string, string | number | undefined>) => {
   const search = new URLSearchParams()

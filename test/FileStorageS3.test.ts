@@ -12,7 +12,7 @@ import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { AppConfig, formatConfigError } from "../src/Config.js"
-import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { upload, uploadOne } from "./fixtures/Content.js"
 import { dialects, freshDirectory } from "./fixtures/Database.js"
 import { capturedLogs, type LogLine } from "./fixtures/Logs.js"
@@ -60,11 +60,6 @@ const withCast = (dialect: (typeof dialects)[number]) =>
       Layer.provideMerge(testServer({ dialect, env: store.env(filesEnv) }).pipe(Layer.provide(logs.layer)))
     )
   }))
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 /** The raw bytes of a download. */
 const download = (auth: string, id: string) =>

@@ -16,7 +16,7 @@ import { defaultAllowedFileTypes } from "../src/Config.js"
 import { sanitizeFileName } from "../src/Files/Content.js"
 import { retryDelay, sweepJobs } from "../src/Jobs.js"
 import { runMigrations } from "../src/Migrations.js"
-import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { upload, uploadOne } from "./fixtures/Content.js"
 import { dialects, freshDatabase, sqliteClientFor } from "./fixtures/Database.js"
 import { docxOf, minimalPdf, officeTypes, pptxOf, wordParagraph, xlsxOf, zipOf } from "./fixtures/Documents.js"
@@ -63,11 +63,6 @@ const withCast = (dialect: (typeof dialects)[number], env: Record<string, string
       return { admin, user, other, openai, modelId: models["gpt-files"]! }
     })
   ).pipe(Layer.provideMerge(testServer({ dialect, env: { ...filesEnv, ...env } })))
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 /** The raw bytes and headers of a download. */
 const download = (auth: string, id: string, headers: Record<string, string> = {}) =>

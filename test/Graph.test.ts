@@ -7,7 +7,7 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
 import type { FileId, LlmModelId } from "../src/Domain/Ids.js"
-import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { conversationWith, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { docxOf, officeTypes, pptxOf, wordParagraph } from "./fixtures/Documents.js"
@@ -51,11 +51,6 @@ const withCast = (dialect: (typeof dialects)[number]) =>
       MODEL_STATUS_POLL_INTERVAL: "0 seconds"
     }
   })))
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 /** The model's next answers: one JSON document, split in two chunks as a stream would. */
 const modelFinds = (openai: FakeProvider, findings: unknown) => {

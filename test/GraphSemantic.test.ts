@@ -13,7 +13,7 @@ import { Context, Effect, Layer } from "effect"
 import { createHash } from "node:crypto"
 import type * as Http from "node:http"
 import { embedText } from "../src/Providers/Development.js"
-import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { conversationWith } from "./fixtures/Content.js"
 import { dialects, freshDirectory, freshPgDatabase } from "./fixtures/Database.js"
 import {
@@ -80,11 +80,6 @@ const withCast = (dialect: (typeof dialects)[number]) =>
       return { admin, ...(yield* providerFor(admin)) }
     })
   ).pipe(Layer.provideMerge(testServer({ dialect, env: { ...env, GRAPH_EMBEDDING_MODEL: embeddingModel } })))
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 interface Entity {
   readonly name: string

@@ -9,7 +9,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, type Reply, signUp, type TestUser, uniqueName } from "./fixtures/Auth.js"
 import { dialects, pgClientFor } from "./fixtures/Database.js"
 import { openEvents, stalledEvents, upgradeAttempt, upgradeStatus } from "./fixtures/Events.js"
 import { fakeProvider, unreachableUrl } from "./fixtures/Providers.js"
@@ -46,17 +46,9 @@ const withCast = (dialect: (typeof dialects)[number], env: Record<string, string
     )
   )
 
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
-
 const expectError = (reply: Reply, status: number, tag: string) => {
   expect({ status: reply.status, _tag: reply.body?._tag }, JSON.stringify(reply.body)).toEqual({ status, _tag: tag })
 }
-
-let counter = 0
-const uniqueName = (prefix: string) => `${prefix}-${Date.now().toString(36)}-${counter++}`
 
 /** Registers `fake` as a provider (with its key for OpenAI and Anthropic); the provider as the API shows it. */
 const addProvider = (

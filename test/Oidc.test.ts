@@ -11,7 +11,7 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import { AppConfig, environment, formatConfigError } from "../src/Config.js"
-import { call, type Reply, signUp } from "./fixtures/Auth.js"
+import { call, expectStatus, signUp } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { type FakeIdp, fakeOidcProvider, idpSecret, type IdpUser } from "./fixtures/OidcProvider.js"
 import { inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
@@ -38,11 +38,6 @@ const withIdp = (dialect: (typeof dialects)[number], extra: Record<string, strin
     const idp = yield* fakeOidcProvider()
     return Layer.merge(Layer.succeed(Idp, idp), testServer({ dialect, env: oidcEnv(idp, extra) }))
   }))
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 /** A browser's request: redirects are not followed, so each `Location` can be checked. */
 const browse = (url: string, headers: Record<string, string> = {}) =>

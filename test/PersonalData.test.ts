@@ -7,17 +7,12 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import { generateUuid } from "../src/Domain/Ids.js"
-import { call, createKey, type Reply, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
 
 /** The first user of the server: its only admin. */
 class Admin extends Context.Tag("test/PersonalData/Admin")<Admin, TestUser>() {}
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 const inDatabase = inServerDatabase
 

@@ -8,7 +8,7 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
 import type { ConversationId } from "../src/Domain/Ids.js"
-import { call, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, expectStatus, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { conversationWith, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
@@ -45,11 +45,6 @@ const withCast = (dialect: (typeof dialects)[number]) =>
       MODEL_STATUS_POLL_INTERVAL: "0 seconds"
     }
   })))
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 /** A public request: no credential. */
 const publicly = (method: "GET" | "POST", path: string, body?: unknown) =>

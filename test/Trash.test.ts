@@ -12,15 +12,10 @@ import { AuditRepo } from "../src/Audit/AuditRepo.js"
 import { sweepTrash } from "../src/Conversations.js"
 import { ConversationRepo } from "../src/Conversations/ConversationRepo.js"
 import { GraphRepo } from "../src/Graph/GraphRepo.js"
-import { call, type Reply, signUp } from "./fixtures/Auth.js"
+import { call, expectStatus, signUp } from "./fixtures/Auth.js"
 import { uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { inServerDatabase, testServer } from "./fixtures/Server.js"
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 const sweep = (retention: Duration.Duration) =>
   inServerDatabase(

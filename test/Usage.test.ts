@@ -10,15 +10,10 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import { generateUuid } from "../src/Domain/Ids.js"
-import { call, createKey, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
 import { inServerDatabase, testServer } from "./fixtures/Server.js"
-
-const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, JSON.stringify(reply.body)).toBe(status)
-  return reply.body
-}
 
 const query = (params: Record<string, string | undefined>) => {
   const search = new URLSearchParams()

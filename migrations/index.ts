@@ -21,6 +21,7 @@ import oidc from "./0017_oidc.js"
 import graphRelationshipSources from "./0018_graph_relationship_sources.js"
 import messageFeedback from "./0019_message_feedback.js"
 import graphEntityEmbeddings from "./0020_graph_entity_embeddings.js"
+import backgroundUsage from "./0021_background_usage.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -41,7 +42,8 @@ export const migrations = {
   "0017_oidc": oidc,
   "0018_graph_relationship_sources": graphRelationshipSources,
   "0019_message_feedback": messageFeedback,
-  "0020_graph_entity_embeddings": graphEntityEmbeddings
+  "0020_graph_entity_embeddings": graphEntityEmbeddings,
+  "0021_background_usage": backgroundUsage
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

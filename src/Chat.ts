@@ -80,7 +80,7 @@ import {
   labels
 } from "./Metrics.js"
 import { ModelRegistry, type ResolvedModel } from "./Models.js"
-import { completeText } from "./Models/Completion.js"
+import { complete, recordCompletionUsage } from "./Models/Completion.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ConversationTitleEvent, EventHub } from "./Models/Events.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
@@ -679,7 +679,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           ? Option.none()
           : Option.getRight(yield* Effect.either(registry.resolveAny(modelId)))
         if (Option.isNone(resolved)) return yield* setTitle(userId, conversationId, fallbackTitle(question))
-        const answer = yield* completeText(resolved.value, {
+        const answer = yield* complete(resolved.value, {
           messages: [{ role: "system", content: titlePrompt }, { role: "user", content: question.slice(0, 2000) }],
           maxTokens: 24,
           temperature: 0.2
@@ -694,7 +694,9 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
               : new JobFailed({ message: `The model could not be reached: ${error.message}` })
           )
         )
-        const title = cleanTitle(answer)
+        // The owner's tokens, as the turn's were (a title is not refused: the turn it follows was allowed).
+        yield* recordCompletionUsage(usageRecords, { userId, apiKeyId: null }, "title", resolved.value, answer)
+        const title = cleanTitle(answer.text)
         yield* setTitle(userId, conversationId, title.length > 0 ? title : fallbackTitle(question))
       }).pipe(Effect.withSpan("ChatEngine.writeTitle"), Effect.annotateLogs({ conversationId }))
 

@@ -14,11 +14,12 @@ import { SqlClient } from "@effect/sql"
 import { Effect, Option, Schema, Stream } from "effect"
 import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
+import { RateLimits } from "./Auth/RateLimits.js"
 import { AppConfig } from "./Config.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound, PayloadTooLarge, type ValidationError } from "./Domain/Errors.js"
 import { FileAnalysis, StoredFile } from "./Domain/File.js"
-import { FileAnalysisId, type FileId, type UserId } from "./Domain/Ids.js"
+import { ApiKeyId, FileAnalysisId, type FileId, type UserId } from "./Domain/Ids.js"
 import { pageByCreation } from "./Domain/Pagination.js"
 import {
   FileAnalysisView,
@@ -31,16 +32,20 @@ import {
 import { detectContentType, hasReadableText, isAllowedType, sanitizeFileName } from "./Files/Content.js"
 import { type AnalysisJobRow, FilesRepo } from "./Files/FilesRepo.js"
 import { type ContentTooLarge, FileStorage, type WrittenContent } from "./Files/Storage.js"
+import { UsageRepo } from "./Gateway/UsageRepo.js"
 import { GraphRepo } from "./Graph/GraphRepo.js"
 import * as Jobs from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
-import { completeText, jsonObjectIn } from "./Models/Completion.js"
+import { complete, jsonObjectIn, recordCompletionUsage } from "./Models/Completion.js"
 import { EventHub, FileAnalysisEvent } from "./Models/Events.js"
 import { inTransaction, storedNow, transactionLock } from "./Sql.js"
 
-/** The queue of analyses to run, and what each of its jobs carries. */
+/**
+ * The queue of analyses to run, and what each of its jobs carries: the analysis, and the API key it
+ * was requested with (its usage is recorded for the key too; absent for a session).
+ */
 export const analysisQueue = "file-analysis"
-export const AnalysisJob = Schema.Struct({ analysisId: FileAnalysisId })
+export const AnalysisJob = Schema.Struct({ analysisId: FileAnalysisId, apiKeyId: Schema.optional(ApiKeyId) })
 
 /**
  * Whether the multipart parser stopped at a limit. While streaming, the parser's own limit on a
@@ -111,6 +116,8 @@ export class Files extends Effect.Service<Files>()("Files", {
     const storage = yield* FileStorage
     const registry = yield* ModelRegistry
     const events = yield* EventHub
+    const rateLimits = yield* RateLimits
+    const usageRecords = yield* UsageRepo
     const transaction = inTransaction(sql)
     const jobs = yield* PersistedQueue.make({ name: analysisQueue, schema: AnalysisJob })
 
@@ -313,6 +320,8 @@ export class Files extends Effect.Service<Files>()("Files", {
           )
         }
         yield* requirePermission("models:use")
+        // The same budgets and limits as a chat turn: an analysis is an answer asked of a model.
+        yield* rateLimits.modelRequest(actor)
         const modelId = (yield* registry.usableModel(payload.modelId)).model.id
         const analysis = yield* Jobs.storeAndOffer({
           transaction,
@@ -327,7 +336,7 @@ export class Files extends Effect.Service<Files>()("Files", {
             completedAt: Option.none()
           })),
           queue: jobs,
-          job: (row) => ({ value: { analysisId: row.id }, id: row.id }),
+          job: (row) => ({ value: { analysisId: row.id, apiKeyId: actor.apiKeyId }, id: row.id }),
           abandon: (row) => repo.setStatus(row.id, { status: "error", error: "The job queue could not be reached" })
         })
         return analysisView(analysis)
@@ -377,7 +386,7 @@ export class Files extends Effect.Service<Files>()("Files", {
      * fails is tried again by the queue (the analysis back to `pending` with the reason meanwhile);
      * a failure no retry would mend ends it as `error` at once, and so does the last attempt.
      */
-    const analyse = ({ analysisId }: typeof AnalysisJob.Type, attempt: Jobs.Attempt) =>
+    const analyse = ({ analysisId, apiKeyId }: typeof AnalysisJob.Type, attempt: Jobs.Attempt) =>
       Effect.gen(function*() {
         const found = yield* repo.jobRow(analysisId)
         // The file was deleted, or the job is delivered again after it ended.
@@ -390,7 +399,7 @@ export class Files extends Effect.Service<Files>()("Files", {
         if (text._tag === "Left") return yield* fail("The file's text could not be read")
         const resolved = yield* Effect.either(registry.resolveAny(job.modelId))
         if (resolved._tag === "Left") return yield* fail("The model chosen for this analysis was removed")
-        const answer = yield* Effect.either(completeText(resolved.right, {
+        const answer = yield* Effect.either(complete(resolved.right, {
           messages: [
             { role: "system", content: analysisPrompt },
             { role: "user", content: `Document: ${job.originalName}\n\n${text.right}` }
@@ -403,11 +412,19 @@ export class Files extends Effect.Service<Files>()("Files", {
           yield* repo.setStatus(analysisId, { status: "pending", error: reason })
           return yield* new Jobs.JobFailed({ message: reason })
         }
+        // Recorded as soon as the model answered: a retry after a crash asks it again, and spends again.
+        yield* recordCompletionUsage(
+          usageRecords,
+          { userId: job.userId, apiKeyId: apiKeyId ?? null },
+          "analysis",
+          resolved.right,
+          answer.right
+        )
         yield* repo.setStatus(analysisId, {
           status: "complete",
           error: null,
           extractedText: text.right,
-          analysis: insightsOf(answer.right)
+          analysis: insightsOf(answer.right.text)
         })
         yield* announce(analysisId, job, "complete")
       }).pipe(Effect.annotateLogs({ analysisId }))

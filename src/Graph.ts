@@ -9,15 +9,17 @@ import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { SqlClient } from "@effect/sql"
 import { Effect, Option, Schema } from "effect"
 import { requirePermission } from "./Auth/Policy.js"
+import { RateLimits } from "./Auth/RateLimits.js"
 import { AppConfig } from "./Config.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import type { Actor } from "./Domain/Actor.js"
 import { invalid, NotFound, orNotFound } from "./Domain/Errors.js"
-import { type ConversationId, type FileId, type UserId, UuidV7 } from "./Domain/Ids.js"
+import { ApiKeyId, type ConversationId, type FileId, type UserId, UuidV7 } from "./Domain/Ids.js"
 import { cursorOf, defaultLimit, pageByCreation, toPage } from "./Domain/Pagination.js"
 import { cutText, hasReadableText } from "./Files/Content.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import { FileStorage } from "./Files/Storage.js"
+import { UsageRepo } from "./Gateway/UsageRepo.js"
 import {
   EntityDetail,
   EntityView,
@@ -37,12 +39,13 @@ import { type EntityRow, type ExtractionRow, type Findings, GraphRepo } from "./
 import { GraphSemantic } from "./Graph/Semantic.js"
 import * as Jobs from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
-import { completeText, jsonObjectIn } from "./Models/Completion.js"
+import { complete, jsonObjectIn, recordCompletionUsage } from "./Models/Completion.js"
 import { EventHub, GraphExtractionEvent } from "./Models/Events.js"
 import { inTransaction, storedNow } from "./Sql.js"
 
 export const extractionQueue = "graph-extraction"
-export const ExtractionJob = Schema.Struct({ extractionId: GraphExtractionId })
+/** An extraction to run, and the API key it was requested with (its usage is recorded for the key too). */
+export const ExtractionJob = Schema.Struct({ extractionId: GraphExtractionId, apiKeyId: Schema.optional(ApiKeyId) })
 
 const entityCursor = cursorOf(Schema.Struct({ name: Schema.String, id: UuidV7 }))
 
@@ -152,6 +155,8 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
     const registry = yield* ModelRegistry
     const events = yield* EventHub
     const semantic = yield* GraphSemantic
+    const rateLimits = yield* RateLimits
+    const usageRecords = yield* UsageRepo
     const transaction = inTransaction(sql)
     const jobs = yield* PersistedQueue.make({ name: extractionQueue, schema: ExtractionJob })
 
@@ -181,6 +186,8 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         const actor = yield* writable
         yield* requirePermission("models:use")
         const source = yield* checkSource(actor, payload)
+        // The same budgets and limits as a chat turn: an extraction is an answer asked of a model.
+        yield* rateLimits.modelRequest(actor)
         const resolved = yield* registry.usableModel(payload.modelId)
         const row = yield* Jobs.storeAndOffer({
           transaction,
@@ -191,7 +198,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
             modelId: resolved.model.id
           }),
           queue: jobs,
-          job: (inserted) => ({ value: { extractionId: inserted.id }, id: inserted.id }),
+          job: (inserted) => ({ value: { extractionId: inserted.id, apiKeyId: actor.apiKeyId }, id: inserted.id }),
           abandon: (inserted) =>
             repo.setExtraction(inserted.id, { status: "error", error: "The job queue could not be reached" })
         })
@@ -258,6 +265,8 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
     const similarEntities = (query: typeof SimilarSearch.Type) =>
       Effect.gen(function*() {
         const actor = yield* readable
+        // The query is embedded by a model: within the same budgets and limits as a chat turn.
+        yield* rateLimits.modelRequest(actor)
         const found = yield* semantic.similar(actor.userId, actor.apiKeyId ?? null, query)
         return new SimilarEntities({
           items: found.map(({ entity, score }) => new SimilarEntity({ entity: entityView(entity), score }, true))
@@ -323,7 +332,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
      * fails is tried again by the queue; a failure no retry would mend ends it as `error` at once,
      * and so does the last attempt.
      */
-    const extract = ({ extractionId }: typeof ExtractionJob.Type, attempt: Jobs.Attempt) =>
+    const extract = ({ apiKeyId, extractionId }: typeof ExtractionJob.Type, attempt: Jobs.Attempt) =>
       Effect.gen(function*() {
         const found = yield* repo.extractionById(extractionId)
         if (Option.isNone(found) || found.value.status === "complete" || found.value.status === "error") return
@@ -336,7 +345,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         if (job.modelId === null) return yield* fail("The model chosen for this extraction was removed")
         const resolved = yield* Effect.either(registry.resolveAny(job.modelId))
         if (resolved._tag === "Left") return yield* fail("The model chosen for this extraction was removed")
-        const answer = yield* Effect.either(completeText(resolved.right, {
+        const answer = yield* Effect.either(complete(resolved.right, {
           messages: [{ role: "system", content: extractionPrompt }, { role: "user", content: text.right.value }],
           temperature: 0,
           maxTokens: 4096
@@ -346,7 +355,15 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
           yield* repo.setExtraction(extractionId, { status: "pending", error: reason })
           return yield* new Jobs.JobFailed({ message: reason })
         }
-        const findings = findingsIn(answer.right)
+        // Recorded as soon as the model answered: a retry after a crash asks it again, and spends again.
+        yield* recordCompletionUsage(
+          usageRecords,
+          { userId: job.userId, apiKeyId: apiKeyId ?? null },
+          "extraction",
+          resolved.right,
+          answer.right
+        )
+        const findings = findingsIn(answer.right.text)
         const stored = yield* transaction(repo.storeFindings(job.userId, job.sourceKind, job.sourceId, findings))
         yield* repo.setExtraction(extractionId, {
           status: "complete",

@@ -355,6 +355,38 @@ for (const dialect of dialects) {
         expect(yield* sql`SELECT entity_id FROM graph_entity_embeddings`).toEqual([])
       }).pipe(Effect.provide(freshDatabase(dialect))))
 
+    it.scoped("0021 keeps the usage records and lets the background jobs record their own", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const earlier = Object.fromEntries(Object.entries(migrations).filter(([key]) => Number(key.slice(0, 4)) < 21))
+        yield* Migrator.make({})({ loader: Migrator.fromRecord(earlier), table: migrationsTable })
+        const user = yield* seedUser()
+        const usage = (id: string, source: string) =>
+          sql`INSERT INTO usage_records (id, user_id, model_name, source, prompt_tokens, completion_tokens)
+              VALUES (${id}, ${user.id}, 'm', ${source}, 5, 1)`
+        yield* usage("01900000-0000-7000-8000-0000000000c1", "graph")
+        expect(yield* refused(usage("01900000-0000-7000-8000-0000000000c2", "title"))).toBe(true)
+        yield* runMigrations
+        const sources = ["title", "analysis", "extraction", "files"]
+        for (const [index, source] of sources.entries()) {
+          yield* usage(`01900000-0000-7000-8000-0000000000d${index}`, source)
+        }
+        expect(yield* refused(usage("01900000-0000-7000-8000-0000000000c3", "email"))).toBe(true)
+        const rows = yield* sql<{ source: string }>`SELECT source FROM usage_records ORDER BY id`
+        expect(rows.map((row) => row.source)).toEqual(["graph", ...sources])
+        // The table's indexes are back (SQLite rebuilt it).
+        const indexes = yield* sql.onDialectOrElse({
+          pg: () => sql<{ name: string }>`SELECT indexname AS name FROM pg_indexes WHERE tablename = 'usage_records'`,
+          orElse: () =>
+            sql<{ name: string }>`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage_records'`
+        })
+        expect(indexes.map((index) => index.name)).toEqual(expect.arrayContaining([
+          "usage_records_user_idx",
+          "usage_records_api_key_idx",
+          "usage_records_model_idx"
+        ]))
+      }).pipe(Effect.provide(freshDatabase(dialect))))
+
     it.live("several instances migrating one database at once apply each migration exactly once", () =>
       Effect.gen(function*() {
         const dataDir = yield* freshDirectory

@@ -2,7 +2,7 @@
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, Multipart, OpenApi } from "@effect/platform"
 import { Schema } from "effect"
 import { Authentication } from "../Auth/Api.js"
-import { Forbidden, NotFound } from "../Domain/Errors.js"
+import { Forbidden, NotFound, RateLimited } from "../Domain/Errors.js"
 import { JsonObject, NonNegativeInt } from "../Domain/Fields.js"
 import { AnalysisStatus } from "../Domain/File.js"
 import { FileAnalysisId, FileId, LlmModelId } from "../Domain/Ids.js"
@@ -128,9 +128,16 @@ export class FilesApi extends HttpApiGroup.make("files")
       .setPayload(request(RequestAnalysisPayload))
       .addSuccess(FileAnalysisView, { status: 202 })
       .addError(NotFound)
+      .addError(RateLimited)
       .annotate(
         OpenApi.Summary,
         "Queue an analysis of the file's text by a model; follow it with the analysis' own endpoint"
+      )
+      .annotate(
+        OpenApi.Description,
+        "Within the same budgets and limits as a chat turn (the token budgets, `CHAT_RATE_LIMIT_PER_USER`): " +
+          "429 `RateLimited` with `Retry-After`, and nothing queued, when the caller is over one. The tokens " +
+          "it takes are counted in the usage reports under the source `analysis`."
       )
   )
   .add(

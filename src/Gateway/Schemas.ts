@@ -9,10 +9,17 @@ import { ApiKeyId, LlmModelId, UserId } from "../Domain/Ids.js"
 import { Username } from "../Domain/User.js"
 
 /**
- * Where tokens were spent: through the OpenAI-compatible gateway, in a chat, or by the knowledge graph
- * (its entities embedded for semantic search, and the searches).
+ * Where tokens were spent: through the OpenAI-compatible gateway, in a chat, by the knowledge graph
+ * (its entities embedded for semantic search, and the searches), or by the server's background work
+ * for a user: a conversation's title (`title`), a file's analysis (`analysis`), a knowledge-graph
+ * extraction (`extraction`), the embeddings of files' text for document retrieval (`files`).
  */
-export const UsageSource = Schema.Literal("gateway", "chat", "graph")
+export const UsageSource = Schema.Literal("gateway", "chat", "graph", "title", "analysis", "extraction", "files")
+  .annotations({
+    description: "gateway: the OpenAI-compatible API; chat: conversations' answers; graph: the knowledge graph's " +
+      "embeddings and semantic searches; title: conversations' titles; analysis: file analyses; extraction: " +
+      "knowledge-graph extractions; files: embeddings of files' text for document retrieval"
+  })
 export type UsageSource = typeof UsageSource.Type
 
 // --- request
@@ -426,7 +433,10 @@ export class TokenBudget extends Schema.Class<TokenBudget>("TokenBudget")({
   tokens: Schema.NullOr(Schema.Int).annotations({
     description: "Tokens you may spend per period: your role's budget, else the server's; null: no budget holds you"
   }),
-  spent: Schema.Int.annotations({ description: "Tokens spent this period, chat and gateway together" }),
+  spent: Schema.Int.annotations({
+    description: "Tokens spent this period: every model call made for you (chat, gateway, titles, analyses, " +
+      "extractions, the knowledge graph's embeddings and searches)"
+  }),
   remaining: Schema.NullOr(Schema.Int).annotations({ description: "Left this period (0 once spent); null: no budget" }),
   exempt: Schema.Boolean.annotations({ description: "Whether you hold `ratelimit:exempt` (no budget, no limits)" }),
   key: Schema.NullOr(Schema.Struct({
@@ -441,12 +451,13 @@ export class TokenBudget extends Schema.Class<TokenBudget>("TokenBudget")({
 
 /** A user's own usage, as grouped. */
 export const MyUsage = Schema.Union(UsageByModel, UsageByDay, UsageBySource).annotations({
-  description: "Tokens the providers reported for your answers (chat and gateway, every key and session)"
+  description: "Tokens the providers reported for every model call made for you (chat, gateway, titles, analyses, " +
+    "extractions, the knowledge graph's embeddings and searches), every key and session"
 })
 export type MyUsage = typeof MyUsage.Type
 
 /** Every user's usage (or one user's), as grouped. */
 export const UsageReport = Schema.Union(UsageByModel, UsageByDay, UsageBySource, UsageByUser).annotations({
-  description: "Tokens the providers reported for the answers of every user (or of one)"
+  description: "Tokens the providers reported for the model calls made for every user (or for one), whatever the source"
 })
 export type UsageReport = typeof UsageReport.Type

@@ -2,8 +2,10 @@
  * Token usage as providers report it, one row per answer, whoever asked for
  * it: the gateway records its completions (`source: "gateway"`), the chat
  * engine its answers (`source: "chat"`), the knowledge graph its embeddings
- * (`source: "graph"`). Totals are read per API key, and for
- * reports per model, day, source or user, summed by the database.
+ * (`source: "graph"`), and the background jobs the answers they needed
+ * (`title`, `analysis`, `extraction`). Totals are read per API key, and for
+ * reports per model, day, source or user, summed by the database; budgets
+ * count every row.
  */
 import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Schema } from "effect"
@@ -14,8 +16,6 @@ import { UsageSource } from "./Schemas.js"
 
 export const UsageRecordId = UuidV7.pipe(Schema.brand("UsageRecordId"))
 export type UsageRecordId = typeof UsageRecordId.Type
-
-/** Where the tokens were spent: the OpenAI-compatible gateway, or a conversation's chat. */
 
 const TokenCount = Schema.Int.pipe(Schema.nonNegative())
 
@@ -32,7 +32,7 @@ export class UsageRecord extends Model.Class<UsageRecord>("UsageRecord")({
   createdAt: Model.DateTimeInsert
 }) {}
 
-/** One answer's usage, as the chat engine or the gateway reports it. */
+/** One answer's usage, as the chat engine, the gateway, the knowledge graph or a background job reports it. */
 export interface UsageInput {
   readonly userId: UserId
   /** The API key the request came with; null for a signed-in session. */

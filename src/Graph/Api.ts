@@ -2,7 +2,7 @@
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
 import { Schema } from "effect"
 import { Authentication } from "../Auth/Api.js"
-import { Forbidden, NotFound, ServiceUnavailable } from "../Domain/Errors.js"
+import { Forbidden, NotFound, RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
 import { NonNegativeInt } from "../Domain/Fields.js"
 import { ConversationId, FileId, LlmModelId, UuidV7 } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
@@ -130,9 +130,16 @@ export class GraphApi extends HttpApiGroup.make("graph")
       .setPayload(request(RequestExtractionPayload))
       .addSuccess(ExtractionView, { status: 202 })
       .addError(NotFound)
+      .addError(RateLimited)
       .annotate(
         OpenApi.Summary,
         "Have a model read a conversation or a text file for entities and relationships (in the background)"
+      )
+      .annotate(
+        OpenApi.Description,
+        "Within the same budgets and limits as a chat turn (the token budgets, `CHAT_RATE_LIMIT_PER_USER`): " +
+          "429 `RateLimited` with `Retry-After`, and nothing queued, when the caller is over one. The tokens " +
+          "it takes are counted in the usage reports under the source `extraction`."
       )
   )
   .add(
@@ -159,6 +166,7 @@ export class GraphApi extends HttpApiGroup.make("graph")
       .addSuccess(SimilarEntities)
       .addError(NotFound)
       .addError(ServiceUnavailable)
+      .addError(RateLimited)
       .addError(ProviderUnreachable)
       .addError(ProviderTimeout)
       .addError(ProviderError)
@@ -168,7 +176,9 @@ export class GraphApi extends HttpApiGroup.make("graph")
         OpenApi.Description,
         "Off unless the server sets `GRAPH_EMBEDDING_MODEL` (404 then). Ranks the entities embedded so far: " +
           "an extraction's entities shortly after it completes. 503 `ServiceUnavailable` when the configured " +
-          "model is not usable or cannot embed; the provider's failures as 502, 503 and 504."
+          "model is not usable or cannot embed; the provider's failures as 502, 503 and 504. Within the same " +
+          "budgets and limits as a chat turn (429 `RateLimited` with `Retry-After` when over one); the query's " +
+          "embedding is counted under the source `graph`."
       )
   )
   .add(

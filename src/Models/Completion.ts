@@ -1,16 +1,76 @@
 /**
  * A model asked for one whole answer, for work done in the background (titles, file analyses, the
- * knowledge graph), and the JSON object such an answer is asked to be.
+ * knowledge graph), and the JSON object such an answer is asked to be. The tokens each answer took
+ * are recorded for the user it was done for, as the chat and the gateway record theirs.
  */
-import { Option, Stream } from "effect"
+import { Effect, Option, Stream } from "effect"
+import type { ApiKeyId, UserId } from "../Domain/Ids.js"
+import type { UsageSource } from "../Gateway/Schemas.js"
+import type { UsageRepo } from "../Gateway/UsageRepo.js"
 import type { ResolvedModel } from "../Models.js"
 import type { ChatRequest } from "../Providers/Chat.js"
 
-/** The text of the model's answer to `request` (tool calls and usage left aside). */
-export const completeText = (resolved: ResolvedModel, request: Omit<ChatRequest, "model">) =>
+/** The tokens a provider reported for one answer. */
+export interface CompletionUsage {
+  readonly promptTokens: number
+  readonly completionTokens: number
+}
+
+/** A model's whole answer: its text (tool calls left aside), and the usage the provider reported, if it did. */
+export interface Completion {
+  readonly text: string
+  readonly usage: Option.Option<CompletionUsage>
+}
+
+/** The model's answer to `request`; of several usage chunks, the last counts (each gives the answer's totals so far). */
+export const complete = (resolved: ResolvedModel, request: Omit<ChatRequest, "model">) =>
   resolved.client.chat({ ...request, model: resolved.model.providerModel }).pipe(
-    Stream.runFold("", (text, chunk) => chunk._tag === "text" ? text + chunk.text : text)
+    Stream.runFold(
+      { text: "", usage: Option.none() } as Completion,
+      (answer, chunk): Completion =>
+        chunk._tag === "text"
+          ? { ...answer, text: answer.text + chunk.text }
+          : chunk._tag === "usage"
+          ? {
+            ...answer,
+            usage: Option.some({ promptTokens: chunk.promptTokens, completionTokens: chunk.completionTokens })
+          }
+          : answer
+    )
   )
+
+/** Who a background answer was for: the user, and the API key they asked with (null: none, or not known). */
+export interface Spender {
+  readonly userId: UserId
+  readonly apiKeyId: ApiKeyId | null
+}
+
+/**
+ * Records the usage of `completion`, an answer of `resolved` for `spender`, under `source`; nothing
+ * when the provider reported none. The work was done: a row that cannot be written is logged, never
+ * the job's failure.
+ */
+export const recordCompletionUsage = (
+  usage: UsageRepo,
+  spender: Spender,
+  source: UsageSource,
+  resolved: ResolvedModel,
+  completion: Completion
+): Effect.Effect<void> =>
+  Option.match(completion.usage, {
+    onNone: () => Effect.void,
+    onSome: (reported) =>
+      usage.record({
+        userId: spender.userId,
+        apiKeyId: spender.apiKeyId,
+        modelId: resolved.model.id,
+        modelName: resolved.model.providerModel,
+        source,
+        ...reported
+      }).pipe(
+        Effect.catchAllCause((cause) => Effect.logWarning(`Could not record the usage of a ${source} job`, cause))
+      )
+  })
 
 /** A JSON value with NUL taken out of its strings (PostgreSQL's text and jsonb refuse it). */
 const withoutNul = (value: unknown): unknown => {

@@ -397,7 +397,7 @@ const FileRpcs = RpcGroup.make(
   Rpc.make("requestAnalysis", {
     payload: { ...file, analysis: fieldsOf(RequestAnalysisPayload) },
     success: FileAnalysisView,
-    error: OwnError
+    error: Schema.Union(OwnError, RateLimited)
   }),
   Rpc.make("listAnalyses", { payload: file, success: Schema.Array(FileAnalysisView), error: OwnError }),
   Rpc.make("getAnalysis", {
@@ -408,7 +408,7 @@ const FileRpcs = RpcGroup.make(
   Rpc.make("requestExtraction", {
     payload: fieldsOf(RequestExtractionPayload),
     success: ExtractionView,
-    error: OwnError
+    error: Schema.Union(OwnError, RateLimited)
   }),
   Rpc.make("listExtractions", { payload: PageParams, success: Page(ExtractionView), error: Refused }),
   Rpc.make("getExtraction", { payload: { id: GraphExtractionId }, success: ExtractionView, error: OwnError }),
@@ -416,7 +416,7 @@ const FileRpcs = RpcGroup.make(
   Rpc.make("similarEntities", {
     payload: SimilarSearch,
     success: SimilarEntities,
-    error: Schema.Union(Refused, NotFound, ServiceUnavailable, ProviderFailure)
+    error: Schema.Union(Refused, NotFound, ServiceUnavailable, RateLimited, ProviderFailure)
   }),
   Rpc.make("getEntity", { payload: { id: GraphEntityId }, success: EntityDetail, error: OwnError }),
   Rpc.make("deleteEntity", { payload: { id: GraphEntityId }, error: OwnError }),

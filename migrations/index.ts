@@ -22,6 +22,7 @@ import graphRelationshipSources from "./0018_graph_relationship_sources.js"
 import messageFeedback from "./0019_message_feedback.js"
 import graphEntityEmbeddings from "./0020_graph_entity_embeddings.js"
 import backgroundUsage from "./0021_background_usage.js"
+import filePassages from "./0022_file_passages.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -43,7 +44,8 @@ export const migrations = {
   "0018_graph_relationship_sources": graphRelationshipSources,
   "0019_message_feedback": messageFeedback,
   "0020_graph_entity_embeddings": graphEntityEmbeddings,
-  "0021_background_usage": backgroundUsage
+  "0021_background_usage": backgroundUsage,
+  "0022_file_passages": filePassages
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

@@ -69,6 +69,7 @@ import {
 } from "./Domain/Ids.js"
 import type { ModelConfig } from "./Domain/Model.js"
 import { type Attachment, type AttachmentContents, Attachments } from "./Files/Attachments.js"
+import { FilePassages } from "./Files/Passages.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
 import { JobFailed, runWorkers } from "./Jobs.js"
 import {
@@ -280,6 +281,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
     const rateLimits = yield* RateLimits
     const relay = yield* AnswerRelay
     const attachments = yield* Attachments
+    const passages = yield* FilePassages
     const titleJobs = yield* PersistedQueue.make({ name: titleQueue, schema: TitleJob })
     const scope = yield* Effect.scope
     // Generations run apart from the requests that start them, from a runtime of their own: a
@@ -731,7 +733,16 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       Effect.gen(function*() {
         const { answer, branch, conversation, prepared, question } = yield* opening
         const { resolved } = prepared
-        const request = buildRequest(prepared, branch, yield* attachments.contents(actor.userId, branch))
+        const attached = yield* attachments.contents(actor.userId, branch)
+        // Long attachments as their passages closest to the question, when they are ready: the room
+        // they may take is the history's (nothing is done for a branch without attachments).
+        const contents = attached.size === 0 ? attached : yield* passages.narrow(
+          actor.userId,
+          branch,
+          attached,
+          promptBudget(resolved, Option.getOrNull(prepared.preset)) - toolTokens(prepared.tooling)
+        )
+        const request = buildRequest(prepared, branch, contents)
         const generation: Generation = {
           conversationId: conversation.id,
           answerId: answer.id,

@@ -314,14 +314,15 @@ export interface FilesSettings {
   readonly s3: Option.Option<S3Settings>
 }
 
-export interface GraphSettings {
+export interface EmbeddingSettings {
   /**
-   * Semantic search over the knowledge graph: the model its entities and queries are embedded with,
-   * named as the gateway names models (its listed id, `<provider>/<model>`, or its UUID); `None`: off.
-   * Nothing is checked at start-up (the provider may be down): the embedding step and the search
-   * report a name that means no usable model, or one that cannot embed.
+   * `EMBEDDING_MODEL`: the model the server embeds with, for the knowledge graph's semantic search
+   * and the retrieval of attached files' passages, named as the gateway names models (its listed id,
+   * `<provider>/<model>`, or its UUID); `None`: both off. Nothing is checked at start-up (the
+   * provider may be down): the embedding jobs and the searches report a name that means no usable
+   * model, or one that cannot embed.
    */
-  readonly embeddingModel: Option.Option<string>
+  readonly model: Option.Option<string>
 }
 
 /** An S3-compatible object store (AWS S3, MinIO, R2, Garage, Ceph) holding files' contents. */
@@ -653,9 +654,9 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       s3: yield* s3Settings
     }
     const oidc = yield* oidcSettings
-    const graph: GraphSettings = {
-      embeddingModel: yield* Config.option(
-        Config.nonEmptyString("GRAPH_EMBEDDING_MODEL").pipe(
+    const embeddings: EmbeddingSettings = {
+      model: yield* Config.option(
+        Config.nonEmptyString("EMBEDDING_MODEL").pipe(
           Config.map((name) => name.trim()),
           Config.validate({ message: "Expected a model's name", validation: (name) => name.length > 0 })
         )
@@ -687,7 +688,7 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       files,
       trashRetention,
       oidc,
-      graph
+      embeddings
     }
   })
 }) {}

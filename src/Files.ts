@@ -25,12 +25,17 @@ import {
   FileAnalysisView,
   FilesUsage,
   FileView,
+  PassageMatch,
+  PassageMatches,
+  type PassageSearch,
+  PassagesStatus,
   type RequestAnalysisPayload,
   UnsupportedMediaType,
   uploadOverheadBytes
 } from "./Files/Api.js"
 import { detectContentType, hasReadableText, isAllowedType, sanitizeFileName } from "./Files/Content.js"
 import { type AnalysisJobRow, FilesRepo } from "./Files/FilesRepo.js"
+import { FilePassages, type PassagesState } from "./Files/Passages.js"
 import { type ContentTooLarge, FileStorage, type WrittenContent } from "./Files/Storage.js"
 import { UsageRepo } from "./Gateway/UsageRepo.js"
 import { GraphRepo } from "./Graph/GraphRepo.js"
@@ -74,14 +79,15 @@ const attachment = (name: string) => {
   return `attachment; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(name)}`
 }
 
-const fileView = (file: StoredFile) =>
+const fileView = (file: StoredFile, passages?: PassagesState) =>
   new FileView({
     id: file.id,
     name: file.originalName,
     contentType: file.contentType,
     sizeBytes: file.sizeBytes,
     sha256: file.sha256,
-    createdAt: file.createdAt
+    createdAt: file.createdAt,
+    ...(passages === undefined ? {} : { passages: new PassagesStatus(passages, true) })
   }, true)
 
 const analysisView = (analysis: FileAnalysis) =>
@@ -116,6 +122,7 @@ export class Files extends Effect.Service<Files>()("Files", {
     const storage = yield* FileStorage
     const registry = yield* ModelRegistry
     const events = yield* EventHub
+    const passages = yield* FilePassages
     const rateLimits = yield* RateLimits
     const usageRecords = yield* UsageRepo
     const transaction = inTransaction(sql)
@@ -237,7 +244,9 @@ export class Files extends Effect.Service<Files>()("Files", {
           yield* Effect.logInfo("File uploaded").pipe(
             Effect.annotateLogs({ fileId: file.id, contentType, sizeBytes: file.sizeBytes })
           )
-          return fileView(file)
+          yield* passages.embedLater(file.id, contentType)
+          const states = yield* passages.states([file])
+          return fileView(file, states.get(file.id))
         }).pipe(Effect.onError(() => Effect.ignore(storage.remove(written.storageKey))))
       }).pipe(Effect.withSpan("Files.upload"))
 
@@ -253,11 +262,27 @@ export class Files extends Effect.Service<Files>()("Files", {
       Effect.gen(function*() {
         const actor = yield* readable
         const page = yield* pageByCreation(query, (after, rows) => repo.page(actor.userId, after, rows))
-        return { items: page.items.map(fileView), nextCursor: page.nextCursor }
+        const states = yield* passages.states(page.items)
+        return { items: page.items.map((file) => fileView(file, states.get(file.id))), nextCursor: page.nextCursor }
       }).pipe(Effect.withSpan("Files.list"))
 
     const get = (id: FileId) =>
-      Effect.flatMap(readable, (actor) => Effect.map(findOwn(actor, id), fileView)).pipe(Effect.withSpan("Files.get"))
+      Effect.gen(function*() {
+        const file = yield* findOwn(yield* readable, id)
+        return fileView(file, (yield* passages.states([file])).get(file.id))
+      }).pipe(Effect.withSpan("Files.get"))
+
+    /** The passages of one of the caller's files closest in meaning to `query.q` (`FilePassages`), best first. */
+    const similarPassages = (id: FileId, query: typeof PassageSearch.Type) =>
+      Effect.gen(function*() {
+        const actor = yield* readable
+        const file = yield* findOwn(actor, id)
+        const found = yield* passages.similar(actor.userId, file.id, { q: query.q, limit: query.limit ?? 5 })
+        return new PassageMatches({
+          total: found.total,
+          items: found.items.map((passage) => new PassageMatch(passage, true))
+        }, true)
+      }).pipe(Effect.withSpan("Files.similarPassages"))
 
     /**
      * The content as an attachment, streamed from storage, never interpreted by the browser; 304
@@ -440,6 +465,7 @@ export class Files extends Effect.Service<Files>()("Files", {
       usage,
       list,
       get,
+      similarPassages,
       download,
       remove,
       requestAnalysis,

@@ -3,7 +3,7 @@
  * text file) in the background (the job queue `graph-extraction`) and names the entities and the
  * relationships in it, each with a confidence; they are merged into the user's graph, which the
  * user searches and reads. Reading a source again replaces what it contributed before. With
- * `GRAPH_EMBEDDING_MODEL`, entities are also embedded and searched by meaning (`Graph/Semantic.ts`).
+ * `EMBEDDING_MODEL`, entities are also embedded and searched by meaning (`Graph/Semantic.ts`).
  */
 import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { SqlClient } from "@effect/sql"

@@ -34,6 +34,8 @@ import { Files } from "./Files.js"
 import { Attachments } from "./Files/Attachments.js"
 import { FilesRepo } from "./Files/FilesRepo.js"
 import { FilesHttpLive } from "./Files/Http.js"
+import { FilePassages } from "./Files/Passages.js"
+import { PassagesRepo } from "./Files/PassagesRepo.js"
 import { FileStorage } from "./Files/Storage.js"
 import { Gateway } from "./Gateway.js"
 import { GatewayRoutesLive, UsageHttpLive } from "./Gateway/Http.js"
@@ -53,6 +55,7 @@ import { HttpServerLive } from "./Http/Server.js"
 import { JobQueuesLive, JobsSweepLive } from "./Jobs.js"
 import { ModelRegistry } from "./Models.js"
 import { CredentialCipher } from "./Models/CredentialCipher.js"
+import { EmbeddingModels } from "./Models/Embedding.js"
 import { EnvironmentProvidersLive } from "./Models/EnvironmentProviders.js"
 import { EventHub } from "./Models/Events.js"
 import { ModelsApiLive } from "./Models/Http.js"
@@ -124,6 +127,7 @@ const ReposLive = Layer.mergeAll(
   FilesRepo.Default,
   GraphRepo.Default,
   EmbeddingsRepo.Default,
+  PassagesRepo.Default,
   SharesRepo.Default,
   OidcRepo.Default,
   FeedbackRepo.Default
@@ -161,6 +165,8 @@ export const ServicesLive = Layer.mergeAll(
 ).pipe(
   Layer.provideMerge(Conversations.Default),
   Layer.provideMerge(GraphSemantic.Default),
+  Layer.provideMerge(FilePassages.Default),
+  Layer.provideMerge(EmbeddingModels.Default),
   Layer.provideMerge(Auth.Default),
   Layer.provideMerge(EnvironmentProvidersLive),
   Layer.provideMerge(ModelRegistry.Default),

@@ -509,6 +509,8 @@ const expectations: Readonly<Record<string, Expectation>> = {
   "files.filesUsage": { statuses: conversationsUse(200) },
   "files.getFile": { statuses: ownFile(200), request: onFile },
   "files.downloadFile": { statuses: ownFile(200), request: onFile },
+  // Retrieval is off on this server (no EMBEDDING_MODEL): 404 for the owner too.
+  "files.filePassages": { statuses: ownFile(404), request: (cast) => ({ ...onFile(cast), query: { q: "notes" } }) },
   "files.deleteFile": { statuses: ownFile(204), request: onFile, throwaway: true },
   "files.requestAnalysis": {
     statuses: ownFile(202),
@@ -525,7 +527,7 @@ const expectations: Readonly<Record<string, Expectation>> = {
   },
   "graph.getExtraction": { statuses: ownConversation(200), request: (cast) => ({ params: { id: cast.extractionId } }) },
   "graph.searchEntities": { statuses: conversationsUse(200) },
-  // Semantic search is off on this server (no GRAPH_EMBEDDING_MODEL): 404 for whoever may read conversations.
+  // Semantic search is off on this server (no EMBEDDING_MODEL): 404 for whoever may read conversations.
   "graph.similarEntities": { statuses: conversationsUse(404), request: () => ({ query: { q: "notes" } }) },
   "graph.listExtractions": { statuses: conversationsUse(200) },
   "graph.getEntity": { statuses: ownConversation(200), request: (cast) => ({ params: { id: cast.entityId } }) },

@@ -79,7 +79,7 @@ const withCast = (dialect: (typeof dialects)[number]) =>
       const admin = yield* signUp()
       return { admin, ...(yield* providerFor(admin)) }
     })
-  ).pipe(Layer.provideMerge(testServer({ dialect, env: { ...env, GRAPH_EMBEDDING_MODEL: embeddingModel } })))
+  ).pipe(Layer.provideMerge(testServer({ dialect, env: { ...env, EMBEDDING_MODEL: embeddingModel } })))
 
 interface Entity {
   readonly name: string
@@ -365,7 +365,7 @@ for (const dialect of dialects) {
           const refused = yield* similar(user, { q: "anything" }).pipe(Effect.ensuring(setEnabled(true)))
           expect(expectStatus(refused, 503)).toEqual({
             _tag: "ServiceUnavailable",
-            message: "Semantic search is unavailable: the embedding model 'text-embed' (GRAPH_EMBEDDING_MODEL) " +
+            message: "Semantic search is unavailable: the embedding model 'text-embed' (EMBEDDING_MODEL) " +
               "is not a usable model"
           })
           expectStatus(yield* similar(user, { q: "anything" }), 200)
@@ -384,7 +384,7 @@ for (const dialect of dialects) {
           const openai = yield* fakeProvider("openai", [{ name: "gpt-graph" }, { name: embeddingModel }])
           openai.routes.set(`POST ${embedPath.openai}`, bagOfWords)
 
-          // The first server, without GRAPH_EMBEDDING_MODEL, stops before the second starts.
+          // The first server, without EMBEDDING_MODEL, stops before the second starts.
           const user = yield* Effect.scoped(Effect.gen(function*() {
             const off = yield* startTestServer(testServer({ env: { ...env, ...stored } }))
             return yield* Effect.provideService(
@@ -422,7 +422,7 @@ for (const dialect of dialects) {
           expect(embedRequests(openai)).toEqual([])
 
           const on = yield* startTestServer(testServer({
-            env: { ...env, ...stored, GRAPH_EMBEDDING_MODEL: embeddingModel }
+            env: { ...env, ...stored, EMBEDDING_MODEL: embeddingModel }
           }))
           yield* Effect.provideService(
             Effect.gen(function*() {

@@ -20,6 +20,8 @@ const expectedTables = [
   "audit_events",
   "conversations",
   "file_analyses",
+  "file_passage_sets",
+  "file_passages",
   "files",
   "graph_entities",
   "graph_entity_embeddings",

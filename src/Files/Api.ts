@@ -2,12 +2,13 @@
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, Multipart, OpenApi } from "@effect/platform"
 import { Schema } from "effect"
 import { Authentication } from "../Auth/Api.js"
-import { Forbidden, NotFound, RateLimited } from "../Domain/Errors.js"
+import { Forbidden, NotFound, RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
 import { JsonObject, NonNegativeInt } from "../Domain/Fields.js"
 import { AnalysisStatus } from "../Domain/File.js"
 import { FileAnalysisId, FileId, LlmModelId } from "../Domain/Ids.js"
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { request } from "../Domain/Request.js"
+import { ProviderError, ProviderTimeout, ProviderUnavailable, ProviderUnreachable } from "../Models/Errors.js"
 
 /** The upload's path: its body limit is `FILES_MAX_SIZE`, not `MAX_BODY_SIZE` (see `Http/ErrorModel.ts`). */
 export const uploadPath = "/api/v1/files"
@@ -18,13 +19,55 @@ export const maxAttachments = 10
 /** Room for the multipart framing and the form's other fields, beyond the file itself. */
 export const uploadOverheadBytes = 64 * 1024
 
+export class PassagesStatus extends Schema.Class<PassagesStatus>("PassagesStatus")({
+  status: Schema.Literal("off", "none", "pending", "ready", "failed").annotations({
+    description: "`off`: retrieval is not configured (`EMBEDDING_MODEL`); `none`: the file has no text to " +
+      "split; `pending`: its passages are being made; `ready`; `failed`: they could not be made (tried again " +
+      "at the next start-up)"
+  }),
+  count: NonNegativeInt.annotations({ description: "How many passages the file's text was split into" })
+}) {}
+
 export class FileView extends Schema.Class<FileView>("FileView")({
   id: FileId,
   name: Schema.String.annotations({ description: "The uploaded file's name, sanitised" }),
   contentType: Schema.String.annotations({ description: "Detected from the content, not taken from the client" }),
   sizeBytes: NonNegativeInt,
   sha256: Schema.String.annotations({ description: "Hex SHA-256 of the content" }),
-  createdAt: Schema.DateTimeUtc
+  createdAt: Schema.DateTimeUtc,
+  passages: Schema.optional(PassagesStatus).annotations({
+    description: "Whether the file's text is split into passages for retrieval (see \"Long documents\")"
+  })
+}) {}
+
+/** The most passages one search answers. */
+export const maxPassageResults = 50
+
+export const PassageSearch = request(Schema.Struct({
+  q: Schema.String.pipe(Schema.maxLength(1000), Schema.pattern(/\S/)).annotations({
+    description: "What to look for, in words: it is embedded and compared with each passage"
+  }),
+  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, maxPassageResults)))
+    .annotations({ description: "How many passages to answer, best first (default 5)" })
+}))
+
+export class PassageMatch extends Schema.Class<PassageMatch>("PassageMatch")({
+  position: NonNegativeInt.annotations({ description: "The passage's place in the file, from 0" }),
+  text: Schema.String,
+  startOffset: NonNegativeInt.annotations({
+    description: "Where the passage starts in the file's text (UTF-16 units)"
+  }),
+  endOffset: NonNegativeInt.annotations({ description: "Where it ends, exclusive" }),
+  score: Schema.Number.pipe(Schema.between(-1, 1)).annotations({
+    description: "Cosine similarity of the passage's vector and the query's, from -1 to 1 (higher is closer)"
+  })
+}) {}
+
+export class PassageMatches extends Schema.Class<PassageMatches>("PassageMatches")({
+  total: NonNegativeInt.annotations({
+    description: "How many passages the file has (0 while they are not ready: see the file's `passages`)"
+  }),
+  items: Schema.Array(PassageMatch)
 }) {}
 
 export class FilesUsage extends Schema.Class<FilesUsage>("FilesUsage")({
@@ -98,6 +141,25 @@ export class FilesApi extends HttpApiGroup.make("files")
       .setPath(FilePath)
       .addSuccess(FileView)
       .addError(NotFound)
+  )
+  .add(
+    HttpApiEndpoint.get("filePassages", "/api/v1/files/:id/passages")
+      .setPath(FilePath)
+      .setUrlParams(PassageSearch)
+      .addSuccess(PassageMatches)
+      .addError(NotFound)
+      .addError(ServiceUnavailable)
+      .addError(ProviderUnreachable)
+      .addError(ProviderTimeout)
+      .addError(ProviderError)
+      .addError(ProviderUnavailable)
+      .annotate(OpenApi.Summary, "The file's passages closest in meaning to a text, best first, with their scores")
+      .annotate(
+        OpenApi.Description,
+        "Off unless the server sets `EMBEDDING_MODEL` (404 `NotFound` then, as for another user's file). " +
+          "503 `ServiceUnavailable` when the configured model is not usable or cannot embed; the provider's " +
+          "failures as 502, 503 and 504."
+      )
   )
   .add(
     HttpApiEndpoint.get("downloadFile", "/api/v1/files/:id/content")

@@ -10,7 +10,7 @@ import { invalid } from "../Domain/Errors.js"
 import type { StoredFile } from "../Domain/File.js"
 import { FileId, type UserId } from "../Domain/Ids.js"
 import type { ChatImage } from "../Providers/Chat.js"
-import { hasReadableText, isSeenImage } from "./Content.js"
+import { cutText, hasReadableText, isSeenImage } from "./Content.js"
 import { FilesRepo } from "./FilesRepo.js"
 import { FileStorage } from "./Storage.js"
 
@@ -28,9 +28,12 @@ export const attachmentsOf = (message: MessageView): ReadonlyArray<Attachment> =
   return decoded._tag === "Some" ? decoded.value : []
 }
 
-/** What an attachment brings the model: its text, or the image it is. */
+/**
+ * What an attachment brings the model: its text (`truncated` when it was cut at
+ * `FILE_ANALYSIS_MAX_CHARS`), or the image it is.
+ */
 export type AttachedContent =
-  | { readonly _tag: "text"; readonly text: string }
+  | { readonly _tag: "text"; readonly text: string; readonly truncated?: boolean }
   | { readonly _tag: "image"; readonly image: ChatImage }
 
 /**
@@ -123,8 +126,13 @@ export class Attachments extends Effect.Service<Attachments>()("Files/Attachment
       }
       const kept = texts.get(file.sha256)
       if (kept !== undefined) return Effect.succeed(kept)
-      return storage.readText(file.storageKey, file.contentType, settings.analysisMaxChars).pipe(
-        Effect.map((text): AttachedContent => ({ _tag: "text", text })),
+      // One character more than is sent tells a text that was cut.
+      return storage.readText(file.storageKey, file.contentType, settings.analysisMaxChars + 1).pipe(
+        Effect.map((text): AttachedContent =>
+          text.length > settings.analysisMaxChars
+            ? { _tag: "text", text: cutText(text, settings.analysisMaxChars), truncated: true }
+            : { _tag: "text", text }
+        ),
         Effect.tap((content) =>
           Effect.sync(() => {
             if (texts.size >= cachedTexts) texts.delete(texts.keys().next().value!)

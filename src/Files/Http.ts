@@ -32,6 +32,7 @@ export const FilesHttpLive = HttpApiBuilder.group(
         .handle("filesUsage", () => files.usage)
         .handle("listFiles", ({ urlParams }) => files.list(urlParams))
         .handle("getFile", ({ path }) => files.get(path.id))
+        .handle("filePassages", ({ path, urlParams }) => files.similarPassages(path.id, urlParams))
         .handle("downloadFile", ({ headers, path }) => files.download(path.id, headers["if-none-match"]))
         .handle("deleteFile", ({ path }) => files.remove(path.id))
         .handle("requestAnalysis", ({ path, payload }) => files.requestAnalysis(path.id, payload))

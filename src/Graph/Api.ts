@@ -174,7 +174,7 @@ export class GraphApi extends HttpApiGroup.make("graph")
       .annotate(OpenApi.Summary, "Your entities closest in meaning to a text (semantic search), best first")
       .annotate(
         OpenApi.Description,
-        "Off unless the server sets `GRAPH_EMBEDDING_MODEL` (404 then). Ranks the entities embedded so far: " +
+        "Off unless the server sets `EMBEDDING_MODEL` (404 then). Ranks the entities embedded so far: " +
           "an extraction's entities shortly after it completes. 503 `ServiceUnavailable` when the configured " +
           "model is not usable or cannot embed; the provider's failures as 502, 503 and 504. Within the same " +
           "budgets and limits as a chat turn (429 `RateLimited` with `Retry-After` when over one); the query's " +

@@ -6,6 +6,7 @@
 import { SqlClient } from "@effect/sql"
 import { Effect, Option, Schema } from "effect"
 import { type LlmModelId, UserId } from "../Domain/Ids.js"
+import { bytesOf } from "../Models/Embedding.js"
 import { storedNow } from "../Sql.js"
 import { GraphEntityId } from "./Api.js"
 import { EntityRow } from "./GraphRepo.js"
@@ -25,14 +26,6 @@ export type EmbeddingStateRow = typeof EmbeddingStateRow.Type
 export interface StoredVector {
   readonly entityId: GraphEntityId
   readonly vector: Uint8Array
-}
-
-/** A vector's float32 values as little-endian bytes. */
-export const bytesOf = (vector: ReadonlyArray<number>): Uint8Array => {
-  const bytes = new Uint8Array(vector.length * 4)
-  const view = new DataView(bytes.buffer)
-  vector.forEach((value, index) => view.setFloat32(index * 4, value, true))
-  return bytes
 }
 
 export class EmbeddingsRepo extends Effect.Service<EmbeddingsRepo>()("Graph/EmbeddingsRepo", {

@@ -1,5 +1,6 @@
 /**
- * Semantic search over the knowledge graph, on when `GRAPH_EMBEDDING_MODEL` names a model: each
+ * Semantic search over the knowledge graph, on when `EMBEDDING_MODEL` names a model (resolved
+ * and used through `Models/Embedding.ts`): each
  * entity's type, name and description are embedded by that model (the job queue
  * `graph-embedding`, one job per user, queued when an extraction completes and, at start-up, for the
  * users whose entities the model has not embedded yet), and a search embeds its text and ranks the
@@ -17,14 +18,10 @@ import { AppConfig } from "../Config.js"
 import type { Actor } from "../Domain/Actor.js"
 import { NotFound, ServiceUnavailable } from "../Domain/Errors.js"
 import { UserId } from "../Domain/Ids.js"
-import { namedTargets, targetNamed } from "../Gateway.js"
 import { UsageRepo } from "../Gateway/UsageRepo.js"
 import * as Jobs from "../Jobs.js"
-import { ModelRegistry, type ResolvedModel } from "../Models.js"
-import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
-import { ModelsRepo } from "../Models/ModelsRepo.js"
-import { ProvidersRepo } from "../Models/ProvidersRepo.js"
-import type { Embedder } from "../Providers/Embeddings.js"
+import { cosine, type EmbeddingModel, EmbeddingModels, type EmbeddingUnavailable } from "../Models/Embedding.js"
+import type { ProviderFailure } from "../Models/Errors.js"
 import type { GraphEntityId } from "./Api.js"
 import { EmbeddingsRepo, type EmbeddingStateRow } from "./EmbeddingsRepo.js"
 import type { EntityRow } from "./GraphRepo.js"
@@ -48,63 +45,22 @@ export const embeddedText = (entity: Pick<EmbeddingStateRow, "name" | "type" | "
 
 const hashOf = (text: string) => createHash("sha256").update(text).digest("hex")
 
-/** `vector` scaled to length 1 (a vector of zeros stays as it is: it is close to nothing). */
-const unit = (vector: ReadonlyArray<number>): Array<number> => {
-  const length = Math.sqrt(vector.reduce((sum, value) => sum + value * value, 0))
-  return length === 0 ? [...vector] : vector.map((value) => value / length)
-}
-
-/** The dot product of a unit query and a stored unit vector's little-endian float32 bytes: their cosine. */
-const cosine = (query: ReadonlyArray<number>, bytes: Uint8Array): number => {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-  let sum = 0
-  for (let index = 0; index < query.length; index++) sum += query[index]! * view.getFloat32(index * 4, true)
-  // Rounding may take it a hair past ±1.
-  return Math.max(-1, Math.min(1, sum))
-}
-
-/** The configured model, ready to embed. */
-interface EmbeddingModel {
-  readonly resolved: ResolvedModel
-  readonly embedder: Embedder
-}
-
 export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semantic", {
   scoped: Effect.gen(function*() {
-    const { graph: settings } = yield* AppConfig
+    const { embeddings: settings } = yield* AppConfig
     const repo = yield* EmbeddingsRepo
-    const models = yield* ModelsRepo
-    const providers = yield* ProvidersRepo
-    const registry = yield* ModelRegistry
+    const embeddings = yield* EmbeddingModels
     const usage = yield* UsageRepo
     const jobs = yield* PersistedQueue.make({ name: embeddingQueue, schema: EmbeddingJob })
 
     const unusable = (message: string) =>
       new ServiceUnavailable({ message: `Semantic search is unavailable: ${message}` })
 
-    /**
-     * The model `GRAPH_EMBEDDING_MODEL` names, as the gateway would find it among the usable models,
-     * with its provider's embeddings API. Looked up at each use: a model added, enabled or disabled
-     * later counts.
-     */
+    const unavailable = (error: EmbeddingUnavailable) => unusable(error.message)
+
+    /** The configured model (`Models/Embedding.ts`), or why semantic search cannot use it now. */
     const embeddingModel = (name: string): Effect.Effect<EmbeddingModel, ServiceUnavailable> =>
-      Effect.gen(function*() {
-        const targets = namedTargets(
-          yield* models.list({ status: null, providerId: null, usableOnly: true }),
-          yield* providers.list
-        )
-        const notUsable = unusable(`the embedding model '${name}' (GRAPH_EMBEDDING_MODEL) is not a usable model`)
-        const target = targetNamed(targets, name)
-        if (target === undefined) return yield* notUsable
-        const resolved = yield* registry.resolveAny(target.model.id).pipe(Effect.mapError(() => notUsable))
-        if (Option.isNone(resolved.client.embedder)) {
-          return yield* unusable(
-            `the embedding model '${name}' cannot create embeddings: its provider (${target.provider.name}) ` +
-              "has no embeddings API"
-          )
-        }
-        return { resolved, embedder: resolved.client.embedder.value }
-      })
+      Effect.mapError(embeddings.resolve(name), unavailable)
 
     /** Unit vectors of `texts`, with the usage recorded for `userId` (and the key they came with). */
     const embedTexts = (
@@ -113,11 +69,10 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
       spender: { readonly userId: UserId; readonly apiKeyId: Actor["apiKeyId"] | null }
     ): Effect.Effect<ReadonlyArray<ReadonlyArray<number>>, ServiceUnavailable | ProviderFailure> =>
       Effect.gen(function*() {
-        const { connection, model: llm } = model.resolved
-        const request = { model: llm.providerModel, input: { _tag: "texts" as const, texts } }
-        const refusal = model.embedder.refusal(request)
-        if (refusal !== undefined) return yield* unusable(refusal.message)
-        const { promptTokens, vectors } = yield* model.embedder.embed(request)
+        const { promptTokens, vectors } = yield* embeddings.embed(model, texts, batchSize).pipe(
+          Effect.catchTag("EmbeddingUnavailable", (error) => Effect.fail(unavailable(error)))
+        )
+        const llm = model.resolved.model
         yield* usage.record({
           userId: spender.userId,
           apiKeyId: spender.apiKeyId ?? null,
@@ -129,16 +84,7 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
         }).pipe(
           Effect.catchAllCause((cause) => Effect.logWarning("Could not record the graph's embedding usage", cause))
         )
-        const malformed = vectors.length !== texts.length ||
-          vectors.some((vector) => vector.length === 0 || vector.length !== vectors[0]!.length) ||
-          vectors.some((vector) => vector.some((value) => !Number.isFinite(value)))
-        if (malformed) {
-          return yield* new ProviderError({
-            message: `${connection.name} sent embeddings that do not fit the ${texts.length} inputs`,
-            upstreamStatus: null
-          })
-        }
-        return vectors.map(unit)
+        return vectors
       })
 
     /**
@@ -165,7 +111,7 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
 
     /** A job's run: a failure is logged with its reason and tried again by the queue, and by the next extraction. */
     const embedJob = ({ userId }: typeof EmbeddingJob.Type) =>
-      Option.match(settings.embeddingModel, {
+      Option.match(settings.model, {
         // Queued while semantic search was on: nothing to do now.
         onNone: () => Effect.void,
         onSome: (name) =>
@@ -193,7 +139,7 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
 
     /** Has the user's entities embedded in the background (when semantic search is on). */
     const embedLater = (userId: UserId): Effect.Effect<void> =>
-      Option.isNone(settings.embeddingModel)
+      Option.isNone(settings.model)
         ? Effect.void
         : jobs.offer({ userId }).pipe(
           Effect.catchAllCause((cause) =>
@@ -204,8 +150,8 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
 
     // The backfill: entities stored before semantic search was on, or by another model. (Every instance
     // starting queues its own jobs; a job that finds nothing to embed does nothing.)
-    if (Option.isSome(settings.embeddingModel)) {
-      const name = settings.embeddingModel.value
+    if (Option.isSome(settings.model)) {
+      const name = settings.model.value
       yield* Effect.forkScoped(
         Effect.gen(function*() {
           const model = yield* Effect.option(embeddingModel(name))
@@ -233,10 +179,10 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
       NotFound | ServiceUnavailable | ProviderFailure
     > =>
       Effect.gen(function*() {
-        if (Option.isNone(settings.embeddingModel)) {
+        if (Option.isNone(settings.model)) {
           return yield* new NotFound({ message: "Semantic search is not configured on this server" })
         }
-        const model = yield* embeddingModel(settings.embeddingModel.value)
+        const model = yield* embeddingModel(settings.model.value)
         const [vector] = yield* embedTexts(model, [query.q], { userId, apiKeyId })
         const limit = query.limit ?? defaultSimilar
         const minScore = query.minScore ?? -1

@@ -83,7 +83,14 @@ import {
   FeedbackSummaryQuery,
   FeedbackView
 } from "../Feedback/Api.js"
-import { FileAnalysisView, FilesUsage, FileView, RequestAnalysisPayload } from "../Files/Api.js"
+import {
+  FileAnalysisView,
+  FilesUsage,
+  FileView,
+  PassageMatches,
+  PassageSearch,
+  RequestAnalysisPayload
+} from "../Files/Api.js"
 import { MyUsageQuery, UsageReportQuery } from "../Gateway/Api.js"
 import { ApiKeyUsage, MyUsage, TokenBudget, UsageReport } from "../Gateway/Schemas.js"
 import {
@@ -393,6 +400,11 @@ const FileRpcs = RpcGroup.make(
   Rpc.make("filesUsage", { success: FilesUsage, error: Refused }),
   Rpc.make("listFiles", { payload: PageParams, success: Page(FileView), error: Refused }),
   Rpc.make("getFile", { payload: file, success: FileView, error: OwnError }),
+  Rpc.make("filePassages", {
+    payload: { ...file, ...PassageSearch.fields },
+    success: PassageMatches,
+    error: Schema.Union(OwnError, ServiceUnavailable, ProviderFailure)
+  }),
   Rpc.make("deleteFile", { payload: file, error: OwnError }),
   Rpc.make("requestAnalysis", {
     payload: { ...file, analysis: fieldsOf(RequestAnalysisPayload) },

@@ -192,6 +192,7 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     filesUsage: () => files.usage,
     listFiles: (page) => files.list(page),
     getFile: ({ id }) => files.get(id),
+    filePassages: ({ id, ...query }) => files.similarPassages(id, query),
     deleteFile: ({ id }) => files.remove(id),
     requestAnalysis: ({ analysis, id }) => files.requestAnalysis(id, analysis),
     listAnalyses: ({ id }) => files.listAnalyses(id),

@@ -1,0 +1,122 @@
+/**
+ * The server's own embeddings (`EMBEDDING_MODEL`), shared by the knowledge graph's semantic search
+ * (`Graph/Semantic.ts`) and the retrieval of attached files' passages (`Files/Passages.ts`): the model
+ * resolved as the gateway names models, texts embedded in batches into unit vectors, vectors kept as
+ * float32 bytes, and compared by cosine similarity.
+ */
+import { Data, Effect, Option } from "effect"
+import { AppConfig } from "../Config.js"
+import { namedTargets, targetNamed } from "../Gateway.js"
+import { ModelRegistry, type ResolvedModel } from "../Models.js"
+import type { Embedder } from "../Providers/Embeddings.js"
+import { ProviderError, type ProviderFailure } from "./Errors.js"
+import { ModelsRepo } from "./ModelsRepo.js"
+import { ProvidersRepo } from "./ProvidersRepo.js"
+
+/** The configured model cannot embed now: no usable model has its name, or its provider has no embeddings API. */
+export class EmbeddingUnavailable extends Data.TaggedError("EmbeddingUnavailable")<{ readonly message: string }> {}
+
+/** The configured model, ready to embed. */
+export interface EmbeddingModel {
+  readonly resolved: ResolvedModel
+  readonly embedder: Embedder
+}
+
+/** `vector` scaled to length 1 (a vector of zeros stays as it is: it is close to nothing). */
+export const unit = (vector: ReadonlyArray<number>): Array<number> => {
+  const length = Math.sqrt(vector.reduce((sum, value) => sum + value * value, 0))
+  return length === 0 ? [...vector] : vector.map((value) => value / length)
+}
+
+/** A vector's float32 values as little-endian bytes. */
+export const bytesOf = (vector: ReadonlyArray<number>): Uint8Array => {
+  const bytes = new Uint8Array(vector.length * 4)
+  const view = new DataView(bytes.buffer)
+  vector.forEach((value, index) => view.setFloat32(index * 4, value, true))
+  return bytes
+}
+
+/** The dot product of a unit query and a stored unit vector's little-endian float32 bytes: their cosine. */
+export const cosine = (query: ReadonlyArray<number>, bytes: Uint8Array): number => {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  let sum = 0
+  for (let index = 0; index < query.length; index++) sum += query[index]! * view.getFloat32(index * 4, true)
+  // Rounding may take it a hair past ±1.
+  return Math.max(-1, Math.min(1, sum))
+}
+
+export class EmbeddingModels extends Effect.Service<EmbeddingModels>()("Models/Embedding", {
+  effect: Effect.gen(function*() {
+    const { embeddings: settings } = yield* AppConfig
+    const models = yield* ModelsRepo
+    const providers = yield* ProvidersRepo
+    const registry = yield* ModelRegistry
+
+    /**
+     * The model `EMBEDDING_MODEL` names (`name`), as the gateway would find it among the usable
+     * models, with its provider's embeddings API. Looked up at each use: a model added, enabled or
+     * disabled later counts.
+     */
+    const resolve = (name: string): Effect.Effect<EmbeddingModel, EmbeddingUnavailable> =>
+      Effect.gen(function*() {
+        const targets = namedTargets(
+          yield* models.list({ status: null, providerId: null, usableOnly: true }),
+          yield* providers.list
+        )
+        const notUsable = new EmbeddingUnavailable({
+          message: `the embedding model '${name}' (EMBEDDING_MODEL) is not a usable model`
+        })
+        const target = targetNamed(targets, name)
+        if (target === undefined) return yield* notUsable
+        const resolved = yield* registry.resolveAny(target.model.id).pipe(Effect.mapError(() => notUsable))
+        if (Option.isNone(resolved.client.embedder)) {
+          return yield* new EmbeddingUnavailable({
+            message: `the embedding model '${name}' cannot create embeddings: its provider ` +
+              `(${target.provider.name}) has no embeddings API`
+          })
+        }
+        return { resolved, embedder: resolved.client.embedder.value }
+      })
+
+    /**
+     * Unit vectors of `texts`, one per text in their order, `batchSize` texts to a request, with the
+     * prompt tokens the provider counted. A provider's answer that does not fit the inputs fails.
+     */
+    const embed = (
+      model: EmbeddingModel,
+      texts: ReadonlyArray<string>,
+      batchSize: number
+    ): Effect.Effect<
+      { readonly vectors: ReadonlyArray<ReadonlyArray<number>>; readonly promptTokens: number },
+      EmbeddingUnavailable | ProviderFailure
+    > =>
+      Effect.gen(function*() {
+        const { connection, model: llm } = model.resolved
+        const vectors: Array<ReadonlyArray<number>> = []
+        let promptTokens = 0
+        for (let start = 0; start < texts.length; start += batchSize) {
+          const batch = texts.slice(start, start + batchSize)
+          const request = { model: llm.providerModel, input: { _tag: "texts" as const, texts: batch } }
+          const refusal = model.embedder.refusal(request)
+          if (refusal !== undefined) return yield* new EmbeddingUnavailable({ message: refusal.message })
+          const answer = yield* model.embedder.embed(request)
+          const malformed = answer.vectors.length !== batch.length ||
+            answer.vectors.some((vector) =>
+              vector.length === 0 || vector.length !== (vectors[0] ?? answer.vectors[0]!).length
+            ) ||
+            answer.vectors.some((vector) => vector.some((value) => !Number.isFinite(value)))
+          if (malformed) {
+            return yield* new ProviderError({
+              message: `${connection.name} sent embeddings that do not fit the ${batch.length} inputs`,
+              upstreamStatus: null
+            })
+          }
+          promptTokens += answer.promptTokens
+          vectors.push(...answer.vectors.map(unit))
+        }
+        return { vectors, promptTokens }
+      })
+
+    return { model: settings.model, resolve, embed } as const
+  })
+}) {}

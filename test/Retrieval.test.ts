@@ -1,0 +1,292 @@
+/**
+ * Retrieval of attached files' passages over real HTTP (and RPC), on both dialects, with the job
+ * queue running: a loopback OpenAI-compatible provider embeds with the development model's hashed
+ * bag of words (texts sharing words are closer) and records the chat requests it receives, so the
+ * passages a turn sends are known exactly. A long document's passages made after its upload; a
+ * question about a fact deep in it sent that passage; a short file sent whole; passages not ready,
+ * the embedder failing during a turn and retrieval off: the text as before; the passages endpoint
+ * ranks and isolates; a deleted file's passages gone.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import type * as Http from "node:http"
+import { embedText } from "../src/Providers/Development.js"
+import { call, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
+import { uploadOne } from "./fixtures/Content.js"
+import { dialects } from "./fixtures/Database.js"
+import {
+  chatPath,
+  embedPath,
+  embedRequests,
+  type FakeProvider,
+  fakeProvider,
+  type RecordedRequest,
+  registerFake
+} from "./fixtures/Providers.js"
+import { as, overHttp } from "./fixtures/Rpc.js"
+import { inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
+
+const dimensions = 256
+const embeddingModel = "text-embed"
+const maxChars = 6_000
+
+const env = {
+  JOBS_POLL_INTERVAL: "50 millis",
+  JOBS_MAX_ATTEMPTS: "2",
+  JOBS_RETRY_BASE_DELAY: "20 millis",
+  CHAT_RETRY_ATTEMPTS: "0",
+  PROVIDER_BREAKER_THRESHOLD: "1000",
+  MODEL_STATUS_POLL_INTERVAL: "0 seconds",
+  FILE_ANALYSIS_MAX_CHARS: String(maxChars)
+}
+
+/** The loopback's embeddings: the development model's vector of each text. */
+const bagOfWords = (request: RecordedRequest, response: Http.ServerResponse) => {
+  const input: Array<string> = typeof request.body.input === "string" ? [request.body.input] : request.body.input
+  const data = input.map((text, index) => ({ object: "embedding", index, embedding: embedText(text, dimensions) }))
+  response.writeHead(200, { "content-type": "application/json" })
+  response.end(
+    JSON.stringify({ object: "list", data, model: request.body.model, usage: { prompt_tokens: 1, total_tokens: 1 } })
+  )
+}
+
+const fact = "The secret launch code of the Zephyr rocket is PURPLEWALRUS."
+
+/**
+ * About 36,000 characters of minutes, a paragraph a topic, with the fact in paragraph 180 of 240:
+ * far past `FILE_ANALYSIS_MAX_CHARS`.
+ */
+const longDocument = Array.from({ length: 240 }, (_, index) =>
+  index === 180
+    ? `Section ${index}. ${fact} Nobody else may know it.`
+    : `Section ${index}. The committee reviewed item topic${index} and its schedule, budget and staffing, ` +
+      `and agreed to revisit topic${index} at the next quarterly meeting of the board.`).join("\n\n")
+
+interface Cast {
+  readonly user: TestUser
+  readonly other: TestUser
+  readonly openai: FakeProvider
+  readonly modelId: string
+}
+
+class TheCast extends Context.Tag("test/Retrieval/Cast")<TheCast, Cast>() {}
+
+const withCast = (dialect: (typeof dialects)[number], extra: Record<string, string>) =>
+  Layer.scoped(
+    TheCast,
+    Effect.gen(function*() {
+      const admin = yield* signUp()
+      const [user, other] = yield* Effect.all([signUp(), signUp()])
+      const openai = yield* fakeProvider("openai", [{ name: "gpt-docs", contextLength: 128_000 }, {
+        name: embeddingModel
+      }])
+      openai.routes.set(`POST ${embedPath.openai}`, bagOfWords)
+      const { models } = yield* registerFake(admin, openai, { connectTimeoutMs: 1_000, requestTimeoutMs: 2_000 })
+      return { user, other, openai, modelId: models["gpt-docs"]! }
+    })
+  ).pipe(Layer.provideMerge(testServer({ dialect, env: { ...env, ...extra } })))
+
+/** The user messages of the last chat request the provider received. */
+const lastQuestionSent = (openai: FakeProvider): string => {
+  const sent = openai.requests.filter((request) => request.path === chatPath.openai).at(-1)!
+  const users = (sent.body.messages as Array<{ role: string; content: string }>).filter((m) => m.role === "user")
+  return users.at(-1)!.content
+}
+
+/** Waits until the file's passages are no longer pending; the file's view. */
+const settled = (user: TestUser, fileId: string) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 300; i++) {
+      const file = expectStatus(yield* call("GET", `/api/v1/files/${fileId}`, { auth: user.accessToken }), 200)
+      if (file.passages.status !== "pending") return file
+      yield* Effect.sleep("50 millis")
+    }
+    return yield* Effect.dieMessage("the file's passages were not made within 15 s")
+  })
+
+const ask = (user: TestUser, modelId: string, fileId: string, content: string) =>
+  Effect.gen(function*() {
+    return expectStatus(
+      yield* call("POST", "/api/v1/chat", {
+        auth: user.accessToken,
+        body: { content, title: "Docs", modelId, fileIds: [fileId] }
+      }),
+      200
+    )
+  })
+
+const question = "What is the secret launch code of the Zephyr rocket?"
+
+for (const dialect of dialects) {
+  describe(`Retrieval of files' passages (${dialect})`, () => {
+    layer(withCast(dialect, { EMBEDDING_MODEL: embeddingModel }), { excludeTestServices: true, timeout: "60 seconds" })(
+      (it) => {
+        it.scoped("a long document is split and embedded after its upload; a question gets the passage it asks about", () =>
+          Effect.gen(function*() {
+            const { modelId, openai, user } = yield* TheCast
+            openai.faults.clear()
+            openai.chat = { text: ["PURPLEWALRUS."] }
+            const file = yield* uploadOne(user.accessToken, "minutes.md", longDocument, "text/markdown")
+            const view = yield* settled(user, file.id)
+            expect(view.passages.status).toBe("ready")
+            const stored = yield* inServerDatabase(Effect.gen(function*() {
+              const sql = yield* SqlClient.SqlClient
+              return yield* sql<{ position: number; text: string; startOffset: number; endOffset: number }>`
+              SELECT position, text, start_offset, end_offset FROM file_passages WHERE file_id = ${file.id}
+              ORDER BY position`
+            }))
+            expect(stored.length).toBe(view.passages.count)
+            expect(stored.length).toBeGreaterThan(15)
+            for (const passage of stored) {
+              expect(passage.text.length).toBeLessThanOrEqual(2_000)
+              expect(longDocument.slice(Number(passage.startOffset), Number(passage.endOffset))).toBe(passage.text)
+            }
+            const holding = stored.find((passage) => passage.text.includes(fact))!
+
+            const embedsBefore = embedRequests(openai).length
+            yield* ask(user, modelId, file.id, question)
+            // One embedding per turn with a long attachment: the question's.
+            expect(embedRequests(openai).length).toBe(embedsBefore + 1)
+            const sent = lastQuestionSent(openai)
+            const header =
+              `${question}\n\n<attachment name="minutes.md" type="text/markdown">\n[Excerpts: this file is ` +
+              "too long to send whole."
+            expect(sent.startsWith(header)).toBe(true)
+            expect(sent.endsWith("\n</attachment>")).toBe(true)
+            const first = sent.indexOf("[passage ")
+            expect(sent.slice(first)).toMatch(
+              new RegExp(`^\\[passage ${holding.position + 1} of ${stored.length}\\]\\n`)
+            )
+            expect(sent.slice(first).split("\n")[1]).toBe(holding.text.split("\n")[0])
+            expect(sent).toContain("PURPLEWALRUS")
+            // Excerpts, not the text as far as it was cut.
+            expect(sent).not.toContain(longDocument.slice(0, maxChars))
+          }))
+
+        it.scoped("a short file is still sent whole, with no embedding", () =>
+          Effect.gen(function*() {
+            const { modelId, openai, user } = yield* TheCast
+            openai.faults.clear()
+            openai.chat = { text: ["Eggs."] }
+            const file = yield* uploadOne(user.accessToken, "list.txt", "eggs, flour")
+            expect((yield* settled(user, file.id)).passages).toEqual({ status: "ready", count: 1 })
+            const embedsBefore = embedRequests(openai).length
+            yield* ask(user, modelId, file.id, "What do I need?")
+            expect(embedRequests(openai).length).toBe(embedsBefore)
+            expect(lastQuestionSent(openai)).toBe(
+              `What do I need?\n\n<attachment name="list.txt" type="text/plain">\neggs, flour\n</attachment>`
+            )
+          }))
+
+        it.scoped("passages not ready: the text as far as FILE_ANALYSIS_MAX_CHARS", () =>
+          Effect.gen(function*() {
+            const { modelId, openai, user } = yield* TheCast
+            openai.faults.clear()
+            openai.chat = { text: ["No idea."] }
+            openai.faults.set(embedPath.openai, { kind: "status", status: 500 })
+            const file = yield* uploadOne(user.accessToken, "notready.md", longDocument, "text/markdown")
+            const view = yield* settled(user, file.id)
+            expect(view.passages).toEqual({ status: "failed", count: 0 })
+            openai.faults.clear()
+            yield* ask(user, modelId, file.id, question)
+            expect(lastQuestionSent(openai)).toBe(
+              `${question}\n\n<attachment name="notready.md" type="text/markdown">\n${
+                longDocument.slice(0, maxChars)
+              }\n</attachment>`
+            )
+          }))
+
+        it.scoped("the embedder failing during a turn: the turn still answers, with the text as before", () =>
+          Effect.gen(function*() {
+            const { modelId, openai, user } = yield* TheCast
+            openai.faults.clear()
+            openai.chat = { text: ["Still here."] }
+            const file = yield* uploadOne(user.accessToken, "failing.md", longDocument, "text/markdown")
+            expect((yield* settled(user, file.id)).passages.status).toBe("ready")
+            openai.faults.set(embedPath.openai, { kind: "status", status: 500 })
+            const result = yield* ask(user, modelId, file.id, question)
+            openai.faults.clear()
+            expect(result.answer.content).toBe("Still here.")
+            expect(lastQuestionSent(openai)).toBe(
+              `${question}\n\n<attachment name="failing.md" type="text/markdown">\n${
+                longDocument.slice(0, maxChars)
+              }\n</attachment>`
+            )
+          }))
+
+        it.scoped("the passages endpoint ranks a file's passages and answers only its owner", () =>
+          Effect.gen(function*() {
+            const { openai, other, user } = yield* TheCast
+            openai.faults.clear()
+            const file = yield* uploadOne(user.accessToken, "ranked.md", longDocument, "text/markdown")
+            const view = yield* settled(user, file.id)
+            const found = expectStatus(
+              yield* call("GET", `/api/v1/files/${file.id}/passages?q=${encodeURIComponent(question)}&limit=3`, {
+                auth: user.accessToken
+              }),
+              200
+            )
+            expect(found.total).toBe(view.passages.count)
+            expect(found.items).toHaveLength(3)
+            expect(found.items[0].text).toContain(fact)
+            const scores = found.items.map((item: { score: number }) => item.score)
+            expect([...scores].sort((a, b) => b - a)).toEqual(scores)
+            expect(scores[0]).toBeGreaterThan(scores[2])
+
+            const client = yield* overHttp((yield* TestServer).baseUrl)
+            const viaRpc = yield* as(user)(client.filePassages({ id: file.id, q: question, limit: 1 }))
+            expect(viaRpc.items.map((item) => item.position)).toEqual([found.items[0].position])
+
+            const stranger = yield* call("GET", `/api/v1/files/${file.id}/passages?q=launch`, {
+              auth: other.accessToken
+            })
+            expect(stranger.status).toBe(404)
+            expect(stranger.body._tag).toBe("NotFound")
+            expectStatus(yield* call("GET", `/api/v1/files/${file.id}/passages`, { auth: user.accessToken }), 422)
+          }))
+
+        it.scoped("a deleted file's passages are gone", () =>
+          Effect.gen(function*() {
+            const { openai, user } = yield* TheCast
+            openai.faults.clear()
+            const file = yield* uploadOne(user.accessToken, "gone.md", longDocument, "text/markdown")
+            yield* settled(user, file.id)
+            const count = inServerDatabase(Effect.gen(function*() {
+              const sql = yield* SqlClient.SqlClient
+              const [passages] = yield* sql<
+                { n: number }
+              >`SELECT COUNT(*) AS n FROM file_passages WHERE file_id = ${file.id}`
+              const [sets] = yield* sql<
+                { n: number }
+              >`SELECT COUNT(*) AS n FROM file_passage_sets WHERE file_id = ${file.id}`
+              return [Number(passages!.n), Number(sets!.n)]
+            }))
+            expect((yield* count)[0]).toBeGreaterThan(0)
+            expectStatus(yield* call("DELETE", `/api/v1/files/${file.id}`, { auth: user.accessToken }), 204)
+            expect(yield* count).toEqual([0, 0])
+          }))
+      }
+    )
+
+    layer(withCast(dialect, {}), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
+      it.scoped("no embedding model: the text as before, no passages, the endpoint 404", () =>
+        Effect.gen(function*() {
+          const { modelId, openai, user } = yield* TheCast
+          openai.chat = { text: ["No idea."] }
+          const file = yield* uploadOne(user.accessToken, "plain.md", longDocument, "text/markdown")
+          expect(file.passages).toEqual({ status: "off", count: 0 })
+          yield* ask(user, modelId, file.id, question)
+          expect(lastQuestionSent(openai)).toBe(
+            `${question}\n\n<attachment name="plain.md" type="text/markdown">\n${
+              longDocument.slice(0, maxChars)
+            }\n</attachment>`
+          )
+          expect(embedRequests(openai)).toHaveLength(0)
+          const off = yield* call("GET", `/api/v1/files/${file.id}/passages?q=launch`, { auth: user.accessToken })
+          expect(off.status).toBe(404)
+          expect(off.body.message).toBe("Retrieval of files' passages is not configured on this server")
+        }))
+    })
+  })
+}

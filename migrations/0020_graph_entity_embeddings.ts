@@ -1,5 +1,5 @@
 /**
- * Semantic search over the knowledge graph (`GRAPH_EMBEDDING_MODEL`).
+ * Semantic search over the knowledge graph (`GRAPH_EMBEDDING_MODEL`, since renamed `EMBEDDING_MODEL`).
  *
  * - `graph_entity_embeddings`: an entity's vector, one per entity, made by `model_id` from the text
  *   whose SHA-256 is `text_hash` (the entity's type, name and description: a changed text is embedded

@@ -737,7 +737,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
         // Long attachments as their passages closest to the question, when they are ready: the room
         // they may take is the history's (nothing is done for a branch without attachments).
         const contents = attached.size === 0 ? attached : yield* passages.narrow(
-          actor.userId,
+          { userId: actor.userId, apiKeyId: actor.apiKeyId ?? null },
           branch,
           attached,
           promptBudget(resolved, Option.getOrNull(prepared.preset)) - toolTokens(prepared.tooling)

@@ -277,7 +277,13 @@ export class Files extends Effect.Service<Files>()("Files", {
       Effect.gen(function*() {
         const actor = yield* readable
         const file = yield* findOwn(actor, id)
-        const found = yield* passages.similar(actor.userId, file.id, { q: query.q, limit: query.limit ?? 5 })
+        // The query is embedded by a model: within the same budgets and limits as a chat turn.
+        const found = yield* passages.similar(
+          { userId: actor.userId, apiKeyId: actor.apiKeyId ?? null },
+          file.id,
+          { q: query.q, limit: query.limit ?? 5 },
+          rateLimits.modelRequest(actor)
+        )
         return new PassageMatches({
           total: found.total,
           items: found.items.map((passage) => new PassageMatch(passage, true))

@@ -364,7 +364,8 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       target: Target,
       usage: { readonly promptTokens: number; readonly completionTokens: number }
     ) =>
-      usageRepo.record({
+      // The answer was delivered: a lost usage row is logged, not turned into a failed request.
+      usageRepo.recordSpent({
         userId: actor.userId,
         apiKeyId: actor.apiKeyId ?? null,
         modelId: target.model.id,
@@ -372,10 +373,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         source: "gateway",
         promptTokens: usage.promptTokens,
         completionTokens: usage.completionTokens
-      }).pipe(
-        // The answer was delivered; a lost usage row is logged, not turned into a failed request.
-        Effect.catchAllCause((cause) => Effect.logWarning("Could not record gateway usage", cause))
-      )
+      })
 
     /** A whole answer as one `chat.completion` object. */
     const complete = (

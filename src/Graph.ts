@@ -265,9 +265,13 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
     const similarEntities = (query: typeof SimilarSearch.Type) =>
       Effect.gen(function*() {
         const actor = yield* readable
-        // The query is embedded by a model: within the same budgets and limits as a chat turn.
-        yield* rateLimits.modelRequest(actor)
-        const found = yield* semantic.similar(actor.userId, actor.apiKeyId ?? null, query)
+        // The query is embedded by a model: within the same budgets and limits as a chat turn, once
+        // search is known to be on.
+        const found = yield* semantic.similar(
+          { userId: actor.userId, apiKeyId: actor.apiKeyId ?? null },
+          query,
+          rateLimits.modelRequest(actor)
+        )
         return new SimilarEntities({
           items: found.map(({ entity, score }) => new SimilarEntity({ entity: entityView(entity), score }, true))
         }, true)

@@ -223,7 +223,13 @@ for (const dialect of dialects) {
       Effect.gen(function*() {
         const server = yield* startTestServer(testServer({
           dialect,
-          env: { ...jobsEnv, TOKEN_BUDGET_PER_USER: "20", TOKEN_BUDGET_PERIOD: "day" }
+          // Semantic search on (it checks the budget once it knows it is on): the loopback model embeds.
+          env: {
+            ...jobsEnv,
+            TOKEN_BUDGET_PER_USER: "20",
+            TOKEN_BUDGET_PERIOD: "day",
+            EMBEDDING_MODEL: "gpt-background"
+          }
         }))
         yield* Effect.provideService(overBudget, TestServer, server)
       }))
@@ -269,6 +275,8 @@ const queuedOf = (auth: string, fileId: string) =>
 const overBudget = Effect.gen(function*() {
   const { modelId, openai } = yield* registered
   const user = yield* signUp()
+  // The upload's passages are embedded too: at no cost here, so the analysis alone spends the budget.
+  openai.embedding = { promptTokens: 0 }
   const file = yield* uploadOne(user.accessToken, "budget.txt", "Margaret Hamilton led the flight software team.\n")
   modelAnswers(openai, `{"summary": "About Margaret Hamilton."}`, tokens(20, 5))
   expect(yield* analyse(user.accessToken, file.id, modelId)).toMatchObject({ status: "complete" })
@@ -313,6 +321,10 @@ const rateLimited = Effect.gen(function*() {
   const { modelId, openai } = yield* registered
   const user = yield* signUp()
   const file = yield* uploadOne(user.accessToken, "rate.txt", "Frances Allen worked on optimizing compilers.\n")
+  // Searches that are off on this server (no EMBEDDING_MODEL) are 404 and use up nothing.
+  for (const path of ["/api/v1/graph/similar?q=compilers", `/api/v1/files/${file.id}/passages?q=compilers`]) {
+    expect(expectStatus(yield* call("GET", path, { auth: user.accessToken }), 404)._tag).toBe("NotFound")
+  }
   modelAnswers(openai, `{"summary": "About Frances Allen."}`, tokens(2, 1))
   expect(yield* analyse(user.accessToken, file.id, modelId)).toMatchObject({ status: "complete" })
   modelAnswers(openai, findings, tokens(2, 1))

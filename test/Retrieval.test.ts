@@ -118,6 +118,15 @@ const ask = (user: TestUser, modelId: string, fileId: string, content: string) =
 
 const question = "What is the secret launch code of the Zephyr rocket?"
 
+/** The user's usage rows of source `files`: one per embeddings request made for their files. */
+const filesUsageRows = (user: TestUser) =>
+  inServerDatabase(Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const rows = yield* sql<{ count: number | string }>`
+      SELECT count(*) AS count FROM usage_records WHERE user_id = ${user.id} AND source = 'files'`
+    return Number(rows[0]!.count)
+  }))
+
 for (const dialect of dialects) {
   describe(`Retrieval of files' passages (${dialect})`, () => {
     layer(withCast(dialect, { EMBEDDING_MODEL: embeddingModel }), { excludeTestServices: true, timeout: "60 seconds" })(
@@ -144,10 +153,14 @@ for (const dialect of dialects) {
             }
             const holding = stored.find((passage) => passage.text.includes(fact))!
 
+            // The passages' embeddings count as the user's usage, one row a request.
+            const usageBefore = yield* filesUsageRows(user)
+            expect(usageBefore).toBeGreaterThan(0)
             const embedsBefore = embedRequests(openai).length
             yield* ask(user, modelId, file.id, question)
-            // One embedding per turn with a long attachment: the question's.
+            // One embedding per turn with a long attachment: the question's, counted too.
             expect(embedRequests(openai).length).toBe(embedsBefore + 1)
+            expect(yield* filesUsageRows(user)).toBe(usageBefore + 1)
             const sent = lastQuestionSent(openai)
             const header =
               `${question}\n\n<attachment name="minutes.md" type="text/markdown">\n[Excerpts: this file is ` +

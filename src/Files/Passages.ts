@@ -16,8 +16,9 @@ import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { Effect, Option, Schema } from "effect"
 import { AppConfig } from "../Config.js"
 import type { MessageView } from "../Domain/Conversation.js"
-import { NotFound, ServiceUnavailable } from "../Domain/Errors.js"
-import { FileId, type UserId } from "../Domain/Ids.js"
+import { NotFound, type RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
+import { FileId } from "../Domain/Ids.js"
+import type { Spender } from "../Gateway/UsageRepo.js"
 import * as Jobs from "../Jobs.js"
 import { cosine, type EmbeddingModel, EmbeddingModels, type EmbeddingUnavailable } from "../Models/Embedding.js"
 import type { ProviderFailure } from "../Models/Errors.js"
@@ -120,11 +121,11 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
      * configured model: every embedding made for files goes through here.
      */
     const embedForFiles = (
-      _owner: UserId,
+      spender: Spender,
       model: EmbeddingModel,
       texts: ReadonlyArray<string>
     ): Effect.Effect<ReadonlyArray<ReadonlyArray<number>>, EmbeddingUnavailable | ProviderFailure> =>
-      Effect.map(embeddings.embed(model, texts, batchSize), ({ vectors }) => vectors)
+      embeddings.embed(model, texts, batchSize, { spender, source: "files" })
 
     /** Splits and embeds the file's text, unless that model already has; nothing for a file gone or without text. */
     const embedFile = (name: string, fileId: FileId) =>
@@ -137,7 +138,11 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
         if (set !== undefined && set.status === "ready" && set.modelId === modelId) return 0
         const text = yield* storage.readText(found.value.storageKey, found.value.contentType, maxPassages * targetChars)
         const passages = splitPassages(text)
-        const vectors = yield* embedForFiles(found.value.userId, model, passages.map((passage) => passage.text))
+        const vectors = yield* embedForFiles(
+          { userId: found.value.userId, apiKeyId: null },
+          model,
+          passages.map((passage) => passage.text)
+        )
         yield* repo.replace(
           fileId,
           modelId,
@@ -239,21 +244,25 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
     /**
      * The file's passages closest to `q`, best first, with their cosine similarity, and how many it
      * has (none while they are not ready). The file must be the caller's: checked by the caller.
+     * `charge` (the caller's budgets and limits) is paid once retrieval is known to be on, before
+     * the query is embedded; its tokens are recorded for `spender`.
      */
     const similar = (
-      owner: UserId,
+      spender: Spender,
       fileId: FileId,
-      query: { readonly q: string; readonly limit: number }
+      query: { readonly q: string; readonly limit: number },
+      charge: Effect.Effect<void, RateLimited>
     ): Effect.Effect<
       { readonly total: number; readonly items: ReadonlyArray<RankedPassage> },
-      NotFound | ServiceUnavailable | ProviderFailure
+      NotFound | RateLimited | ServiceUnavailable | ProviderFailure
     > =>
       Effect.gen(function*() {
         if (Option.isNone(settings.model)) {
           return yield* new NotFound({ message: "Retrieval of files' passages is not configured on this server" })
         }
+        yield* charge
         const model = yield* Effect.mapError(embeddings.resolve(settings.model.value), unusable)
-        const [vector] = yield* embedForFiles(owner, model, [query.q]).pipe(
+        const [vector] = yield* embedForFiles(spender, model, [query.q]).pipe(
           Effect.catchTag("EmbeddingUnavailable", (error) => Effect.fail(unusable(error)))
         )
         const passages = yield* repo.passagesOf(fileId, model.resolved.model.id, vector!.length)
@@ -276,7 +285,7 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
      * contents as they were (logged): a turn never fails for want of retrieval.
      */
     const narrow = (
-      owner: UserId,
+      spender: Spender,
       branch: ReadonlyArray<MessageView>,
       contents: AttachmentContents,
       budgetTokens: number
@@ -310,7 +319,7 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
           yield* Effect.logDebug("Long attachments sent whole: their passages are not ready")
           return contents
         }
-        const [vector] = yield* embedForFiles(owner, model, [question])
+        const [vector] = yield* embedForFiles(spender, model, [question])
         const replaced = new Map(contents)
         const passagesByFile = new Map<string, ReadonlyArray<StoredPassage>>()
         for (const { fileId, key } of narrowed) {

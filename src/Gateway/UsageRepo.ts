@@ -33,6 +33,12 @@ export class UsageRecord extends Model.Class<UsageRecord>("UsageRecord")({
 }) {}
 
 /** One answer's usage, as the chat engine, the gateway, the knowledge graph or a background job reports it. */
+/** Whom model work was done for: the user, and the API key they asked with (null: a session, or not known). */
+export interface Spender {
+  readonly userId: UserId
+  readonly apiKeyId: ApiKeyId | null
+}
+
 export interface UsageInput {
   readonly userId: UserId
   /** The API key the request came with; null for a signed-in session. */
@@ -176,6 +182,18 @@ export class UsageRepo extends Effect.Service<UsageRepo>()("Gateway/UsageRepo", 
       }, { disableValidation: true })).pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("UsageRepo.record"))
 
     /**
+     * Records the usage of model work already done (a gateway answer, a background job, an
+     * embedding): the work stands whatever happens to its row, so a row that cannot be written is
+     * logged, never turned into a failure of the work.
+     */
+    const recordSpent = (input: UsageInput): Effect.Effect<void> =>
+      record(input).pipe(
+        Effect.catchAllCause((cause) =>
+          Effect.logWarning("Could not record token usage", cause).pipe(Effect.annotateLogs({ source: input.source }))
+        )
+      )
+
+    /**
      * The tokens (prompt and completion) a user, or an API key, spent from `since` on: a sum over the
      * user's (the key's) index range.
      */
@@ -190,6 +208,7 @@ export class UsageRepo extends Effect.Service<UsageRepo>()("Gateway/UsageRepo", 
 
     return {
       record,
+      recordSpent,
       tokensSince,
       /** Sums per source and model of the rows of `apiKeyId`, a key of `userId`. */
       totalsForKey: (apiKeyId: ApiKeyId, userId: UserId): Effect.Effect<ReadonlyArray<UsageTotalsRow>> =>

@@ -15,10 +15,9 @@ import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { Effect, Option, Schema } from "effect"
 import { createHash } from "node:crypto"
 import { AppConfig } from "../Config.js"
-import type { Actor } from "../Domain/Actor.js"
-import { NotFound, ServiceUnavailable } from "../Domain/Errors.js"
+import { NotFound, type RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
 import { UserId } from "../Domain/Ids.js"
-import { UsageRepo } from "../Gateway/UsageRepo.js"
+import type { Spender } from "../Gateway/UsageRepo.js"
 import * as Jobs from "../Jobs.js"
 import { cosine, type EmbeddingModel, EmbeddingModels, type EmbeddingUnavailable } from "../Models/Embedding.js"
 import type { ProviderFailure } from "../Models/Errors.js"
@@ -50,7 +49,6 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
     const { embeddings: settings } = yield* AppConfig
     const repo = yield* EmbeddingsRepo
     const embeddings = yield* EmbeddingModels
-    const usage = yield* UsageRepo
     const jobs = yield* PersistedQueue.make({ name: embeddingQueue, schema: EmbeddingJob })
 
     const unusable = (message: string) =>
@@ -62,30 +60,15 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
     const embeddingModel = (name: string): Effect.Effect<EmbeddingModel, ServiceUnavailable> =>
       Effect.mapError(embeddings.resolve(name), unavailable)
 
-    /** Unit vectors of `texts`, with the usage recorded for `userId` (and the key they came with). */
+    /** Unit vectors of `texts`, their tokens recorded for `spender` (source `graph`). */
     const embedTexts = (
       model: EmbeddingModel,
       texts: ReadonlyArray<string>,
-      spender: { readonly userId: UserId; readonly apiKeyId: Actor["apiKeyId"] | null }
+      spender: Spender
     ): Effect.Effect<ReadonlyArray<ReadonlyArray<number>>, ServiceUnavailable | ProviderFailure> =>
-      Effect.gen(function*() {
-        const { promptTokens, vectors } = yield* embeddings.embed(model, texts, batchSize).pipe(
-          Effect.catchTag("EmbeddingUnavailable", (error) => Effect.fail(unavailable(error)))
-        )
-        const llm = model.resolved.model
-        yield* usage.record({
-          userId: spender.userId,
-          apiKeyId: spender.apiKeyId ?? null,
-          modelId: llm.id,
-          modelName: llm.providerModel,
-          source: "graph",
-          promptTokens,
-          completionTokens: 0
-        }).pipe(
-          Effect.catchAllCause((cause) => Effect.logWarning("Could not record the graph's embedding usage", cause))
-        )
-        return vectors
-      })
+      embeddings.embed(model, texts, batchSize, { spender, source: "graph" }).pipe(
+        Effect.catchTag("EmbeddingUnavailable", (error) => Effect.fail(unavailable(error)))
+      )
 
     /**
      * Embeds the user's entities that the configured model has not embedded from their present text,
@@ -168,22 +151,25 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
 
     /**
      * The user's entities closest to `query.q`, best first, with their cosine similarity: the
-     * vectors are read a page at a time and the best `limit` kept.
+     * vectors are read a page at a time and the best `limit` kept. `charge` (the caller's budgets and
+     * limits) is paid once search is known to be on, before the query is embedded.
      */
     const similar = (
-      userId: UserId,
-      apiKeyId: Actor["apiKeyId"] | null,
-      query: { readonly q: string; readonly limit?: number | undefined; readonly minScore?: number | undefined }
+      spender: Spender,
+      query: { readonly q: string; readonly limit?: number | undefined; readonly minScore?: number | undefined },
+      charge: Effect.Effect<void, RateLimited>
     ): Effect.Effect<
       ReadonlyArray<{ readonly entity: EntityRow; readonly score: number }>,
-      NotFound | ServiceUnavailable | ProviderFailure
+      NotFound | RateLimited | ServiceUnavailable | ProviderFailure
     > =>
       Effect.gen(function*() {
         if (Option.isNone(settings.model)) {
           return yield* new NotFound({ message: "Semantic search is not configured on this server" })
         }
+        yield* charge
+        const { userId } = spender
         const model = yield* embeddingModel(settings.model.value)
-        const [vector] = yield* embedTexts(model, [query.q], { userId, apiKeyId })
+        const [vector] = yield* embedTexts(model, [query.q], spender)
         const limit = query.limit ?? defaultSimilar
         const minScore = query.minScore ?? -1
         const best: Array<{ readonly entityId: GraphEntityId; readonly score: number }> = []

@@ -4,9 +4,8 @@
  * are recorded for the user it was done for, as the chat and the gateway record theirs.
  */
 import { Effect, Option, Stream } from "effect"
-import type { ApiKeyId, UserId } from "../Domain/Ids.js"
 import type { UsageSource } from "../Gateway/Schemas.js"
-import type { UsageRepo } from "../Gateway/UsageRepo.js"
+import type { Spender, UsageRepo } from "../Gateway/UsageRepo.js"
 import type { ResolvedModel } from "../Models.js"
 import type { ChatRequest } from "../Providers/Chat.js"
 
@@ -39,16 +38,9 @@ export const complete = (resolved: ResolvedModel, request: Omit<ChatRequest, "mo
     )
   )
 
-/** Who a background answer was for: the user, and the API key they asked with (null: none, or not known). */
-export interface Spender {
-  readonly userId: UserId
-  readonly apiKeyId: ApiKeyId | null
-}
-
 /**
  * Records the usage of `completion`, an answer of `resolved` for `spender`, under `source`; nothing
- * when the provider reported none. The work was done: a row that cannot be written is logged, never
- * the job's failure.
+ * when the provider reported none (`UsageRepo.recordSpent`: never the job's failure).
  */
 export const recordCompletionUsage = (
   usage: UsageRepo,
@@ -60,16 +52,14 @@ export const recordCompletionUsage = (
   Option.match(completion.usage, {
     onNone: () => Effect.void,
     onSome: (reported) =>
-      usage.record({
+      usage.recordSpent({
         userId: spender.userId,
         apiKeyId: spender.apiKeyId,
         modelId: resolved.model.id,
         modelName: resolved.model.providerModel,
         source,
         ...reported
-      }).pipe(
-        Effect.catchAllCause((cause) => Effect.logWarning(`Could not record the usage of a ${source} job`, cause))
-      )
+      })
   })
 
 /** A JSON value with NUL taken out of its strings (PostgreSQL's text and jsonb refuse it). */

@@ -7,6 +7,8 @@
 import { Data, Effect, Option } from "effect"
 import { AppConfig } from "../Config.js"
 import { namedTargets, targetNamed } from "../Gateway.js"
+import type { UsageSource } from "../Gateway/Schemas.js"
+import { type Spender, UsageRepo } from "../Gateway/UsageRepo.js"
 import { ModelRegistry, type ResolvedModel } from "../Models.js"
 import type { Embedder } from "../Providers/Embeddings.js"
 import { ProviderError, type ProviderFailure } from "./Errors.js"
@@ -51,6 +53,7 @@ export class EmbeddingModels extends Effect.Service<EmbeddingModels>()("Models/E
     const models = yield* ModelsRepo
     const providers = yield* ProvidersRepo
     const registry = yield* ModelRegistry
+    const usage = yield* UsageRepo
 
     /**
      * The model `EMBEDDING_MODEL` names (`name`), as the gateway would find it among the usable
@@ -79,27 +82,34 @@ export class EmbeddingModels extends Effect.Service<EmbeddingModels>()("Models/E
       })
 
     /**
-     * Unit vectors of `texts`, one per text in their order, `batchSize` texts to a request, with the
-     * prompt tokens the provider counted. A provider's answer that does not fit the inputs fails.
+     * Unit vectors of `texts`, one per text in their order, `batchSize` texts to a request, each
+     * request's tokens recorded for `spender` under `source` as soon as it is answered (a later
+     * batch failing does not unspend an earlier one). A provider's answer that does not fit the
+     * inputs fails.
      */
     const embed = (
       model: EmbeddingModel,
       texts: ReadonlyArray<string>,
-      batchSize: number
-    ): Effect.Effect<
-      { readonly vectors: ReadonlyArray<ReadonlyArray<number>>; readonly promptTokens: number },
-      EmbeddingUnavailable | ProviderFailure
-    > =>
+      batchSize: number,
+      spent: { readonly spender: Spender; readonly source: UsageSource }
+    ): Effect.Effect<ReadonlyArray<ReadonlyArray<number>>, EmbeddingUnavailable | ProviderFailure> =>
       Effect.gen(function*() {
         const { connection, model: llm } = model.resolved
         const vectors: Array<ReadonlyArray<number>> = []
-        let promptTokens = 0
         for (let start = 0; start < texts.length; start += batchSize) {
           const batch = texts.slice(start, start + batchSize)
           const request = { model: llm.providerModel, input: { _tag: "texts" as const, texts: batch } }
           const refusal = model.embedder.refusal(request)
           if (refusal !== undefined) return yield* new EmbeddingUnavailable({ message: refusal.message })
           const answer = yield* model.embedder.embed(request)
+          yield* usage.recordSpent({
+            ...spent.spender,
+            modelId: llm.id,
+            modelName: llm.providerModel,
+            source: spent.source,
+            promptTokens: answer.promptTokens,
+            completionTokens: 0
+          })
           const malformed = answer.vectors.length !== batch.length ||
             answer.vectors.some((vector) =>
               vector.length === 0 || vector.length !== (vectors[0] ?? answer.vectors[0]!).length
@@ -111,10 +121,9 @@ export class EmbeddingModels extends Effect.Service<EmbeddingModels>()("Models/E
               upstreamStatus: null
             })
           }
-          promptTokens += answer.promptTokens
           vectors.push(...answer.vectors.map(unit))
         }
-        return { vectors, promptTokens }
+        return vectors
       })
 
     return { model: settings.model, resolve, embed } as const

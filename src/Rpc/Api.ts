@@ -403,7 +403,7 @@ const FileRpcs = RpcGroup.make(
   Rpc.make("filePassages", {
     payload: { ...file, ...PassageSearch.fields },
     success: PassageMatches,
-    error: Schema.Union(OwnError, ServiceUnavailable, ProviderFailure)
+    error: Schema.Union(OwnError, RateLimited, ServiceUnavailable, ProviderFailure)
   }),
   Rpc.make("deleteFile", { payload: file, error: OwnError }),
   Rpc.make("requestAnalysis", {

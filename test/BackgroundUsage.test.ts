@@ -9,23 +9,16 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
+import { Context, Effect, Layer } from "effect"
 import type { FileId, LlmModelId } from "../src/Domain/Ids.js"
 import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { chatRequests, type ChatScript, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
-import { as, overHttp } from "./fixtures/Rpc.js"
-import { inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
+import { as, failureTag, overHttp } from "./fixtures/Rpc.js"
+import { backgroundWorkEnv, inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
-const jobsEnv = {
-  JOBS_POLL_INTERVAL: "50 millis",
-  JOBS_MAX_ATTEMPTS: "2",
-  JOBS_RETRY_BASE_DELAY: "20 millis",
-  CHAT_RETRY_ATTEMPTS: "0",
-  PROVIDER_BREAKER_THRESHOLD: "1000",
-  MODEL_STATUS_POLL_INTERVAL: "0 seconds"
-}
+const jobsEnv = backgroundWorkEnv
 
 interface Cast {
   readonly openai: FakeProvider
@@ -243,13 +236,6 @@ for (const dialect of dialects) {
       }))
   })
 }
-
-/** The tag of an exit's typed failure ("success" or "defect" otherwise). */
-const failureTag = <A, E extends { readonly _tag: string }>(exit: Exit.Exit<A, E>): string =>
-  Exit.isSuccess(exit) ? "success" : Option.match(Cause.failureOption(exit.cause), {
-    onNone: () => `defect: ${Cause.pretty(exit.cause).slice(0, 300)}`,
-    onSome: (error) => error._tag
-  })
 
 /** A refusal for the budget or the rate: 429 `RateLimited`, its `Retry-After` as its body says. */
 const expectRefused = (reply: { status: number; body: any; headers: Record<string, string> }, message: RegExp) => {

@@ -5,7 +5,7 @@
  * isolation between users; malformed findings dropped.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
+import { Context, Effect, Layer } from "effect"
 import type { FileId, LlmModelId } from "../src/Domain/Ids.js"
 import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { conversationWith, uploadOne } from "./fixtures/Content.js"
@@ -13,15 +13,8 @@ import { dialects } from "./fixtures/Database.js"
 import { docxOf, officeTypes, pptxOf, wordParagraph } from "./fixtures/Documents.js"
 import { openEvents } from "./fixtures/Events.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
-import { as, overHttp, overWebSocket } from "./fixtures/Rpc.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
-
-/** The tag of an exit's typed failure ("success" or "defect" otherwise). */
-const failureTag = <A, E extends { readonly _tag: string }>(exit: Exit.Exit<A, E>): string =>
-  Exit.isSuccess(exit) ? "success" : Option.match(Cause.failureOption(exit.cause), {
-    onNone: () => `defect: ${Cause.pretty(exit.cause).slice(0, 300)}`,
-    onSome: (error) => error._tag
-  })
+import { as, failureTag, overHttp, overWebSocket } from "./fixtures/Rpc.js"
+import { backgroundWorkEnv, TestServer, testServer } from "./fixtures/Server.js"
 
 interface Cast {
   readonly admin: TestUser
@@ -42,14 +35,7 @@ const withCast = (dialect: (typeof dialects)[number]) =>
     })
   ).pipe(Layer.provideMerge(testServer({
     dialect,
-    env: {
-      JOBS_POLL_INTERVAL: "50 millis",
-      JOBS_MAX_ATTEMPTS: "2",
-      JOBS_RETRY_BASE_DELAY: "20 millis",
-      CHAT_RETRY_ATTEMPTS: "0",
-      PROVIDER_BREAKER_THRESHOLD: "1000",
-      MODEL_STATUS_POLL_INTERVAL: "0 seconds"
-    }
+    env: backgroundWorkEnv
   })))
 
 /** The model's next answers: one JSON document, split in two chunks as a stream would. */

@@ -26,19 +26,12 @@ import {
   upstreamSecret
 } from "./fixtures/Providers.js"
 import { as, overHttp, overWebSocket } from "./fixtures/Rpc.js"
-import { inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
+import { backgroundWorkEnv, inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 const dimensions = 256
 const embeddingModel = "text-embed"
 
-const env = {
-  JOBS_POLL_INTERVAL: "50 millis",
-  JOBS_MAX_ATTEMPTS: "2",
-  JOBS_RETRY_BASE_DELAY: "20 millis",
-  CHAT_RETRY_ATTEMPTS: "0",
-  PROVIDER_BREAKER_THRESHOLD: "1000",
-  MODEL_STATUS_POLL_INTERVAL: "0 seconds"
-}
+const env = backgroundWorkEnv
 
 /** The loopback's embeddings: the development model's vector of each text, one token per word. */
 const bagOfWords = (request: RecordedRequest, response: Http.ServerResponse) => {

@@ -25,21 +25,13 @@ import {
   registerFake
 } from "./fixtures/Providers.js"
 import { as, overHttp } from "./fixtures/Rpc.js"
-import { inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
+import { backgroundWorkEnv, inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
 
 const dimensions = 256
 const embeddingModel = "text-embed"
 const maxChars = 6_000
 
-const env = {
-  JOBS_POLL_INTERVAL: "50 millis",
-  JOBS_MAX_ATTEMPTS: "2",
-  JOBS_RETRY_BASE_DELAY: "20 millis",
-  CHAT_RETRY_ATTEMPTS: "0",
-  PROVIDER_BREAKER_THRESHOLD: "1000",
-  MODEL_STATUS_POLL_INTERVAL: "0 seconds",
-  FILE_ANALYSIS_MAX_CHARS: String(maxChars)
-}
+const env = { ...backgroundWorkEnv, FILE_ANALYSIS_MAX_CHARS: String(maxChars) }
 
 /** The loopback's embeddings: the development model's vector of each text. */
 const bagOfWords = (request: RecordedRequest, response: Http.ServerResponse) => {

@@ -10,7 +10,7 @@
 import { RpcClient } from "@effect/rpc"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Cause, Context, DateTime, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
+import { Cause, Context, DateTime, Effect, type Exit, Fiber, Layer, Redacted, Stream } from "effect"
 import * as Crypto from "node:crypto"
 import type { ChatEvent } from "../src/Chat/Api.js"
 import type { LlmModelId, ProviderId } from "../src/Domain/Ids.js"
@@ -20,7 +20,7 @@ import { dialects } from "./fixtures/Database.js"
 import { capturedLogs } from "./fixtures/Logs.js"
 import { collect, spawnScript } from "./fixtures/Process.js"
 import { fakeProvider } from "./fixtures/Providers.js"
-import { as, defectMessage, overHttp, overWebSocket, type RpcTestClient } from "./fixtures/Rpc.js"
+import { as, defectMessage, failureTag, overHttp, overWebSocket, type RpcTestClient } from "./fixtures/Rpc.js"
 import { inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 type Client = RpcTestClient
@@ -57,13 +57,6 @@ const eventsOf = <E, R>(user: TestUser, stream: Stream.Stream<ChatEvent, E, R>) 
 
 const startOf = (events: ReadonlyArray<ChatEvent>) => events[0] as Extract<ChatEvent, { _tag: "start" }>
 const doneOf = (events: ReadonlyArray<ChatEvent>) => events.at(-1) as Extract<ChatEvent, { _tag: "done" }>
-
-/** The tag of an exit's typed failure ("success" or "defect" otherwise). */
-const failureTag = <A, E extends { readonly _tag: string }>(exit: Exit.Exit<A, E>): string =>
-  Exit.isSuccess(exit) ? "success" : Option.match(Cause.failureOption(exit.cause), {
-    onNone: () => `defect: ${Cause.pretty(exit.cause).slice(0, 300)}`,
-    onSome: (error) => error._tag
-  })
 
 for (const dialect of dialects) {
   layer(withCast(dialect), { excludeTestServices: true })(`rpc on ${dialect}`, (it) => {

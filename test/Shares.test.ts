@@ -6,13 +6,13 @@
  * the account. The owner's operations over RPC too.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
+import { Context, Effect, Layer } from "effect"
 import type { ConversationId } from "../src/Domain/Ids.js"
 import { call, expectStatus, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { conversationWith, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
-import { as, overHttp, overWebSocket } from "./fixtures/Rpc.js"
+import { as, failureTag, overHttp, overWebSocket } from "./fixtures/Rpc.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 
 interface Cast {
@@ -53,13 +53,6 @@ const publicly = (method: "GET" | "POST", path: string, body?: unknown) =>
 /** A public request from another client address (views and reactions are counted per address). */
 const from = (address: string, method: "GET" | "POST", path: string, body?: unknown) =>
   call(method, path, { headers: { "x-forwarded-for": address }, ...(body === undefined ? {} : { body }) })
-
-/** The tag of an exit's typed failure ("success" or "defect" otherwise). */
-const failureTag = <A, E extends { readonly _tag: string }>(exit: Exit.Exit<A, E>): string =>
-  Exit.isSuccess(exit) ? "success" : Option.match(Cause.failureOption(exit.cause), {
-    onNone: () => `defect: ${Cause.pretty(exit.cause).slice(0, 300)}`,
-    onSome: (error) => error._tag
-  })
 
 /** `user`'s share of a new conversation of theirs; `body` adds to the request. */
 const shareOf = (user: TestUser, texts: ReadonlyArray<string>, body: Record<string, unknown> = {}) =>

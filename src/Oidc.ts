@@ -85,7 +85,10 @@ const withParams = (target: URL, params: Record<string, string>) => {
 
 const decodeEmail = Schema.decodeUnknownOption(Email)
 
-/** A username from what the provider calls the person: its allowed characters, 3 to 32 of them. */
+/** The longest username (`Username`). */
+const usernameMaxLength = 32
+
+/** A username from what the provider calls the person: its allowed characters, 3 to 24 of them. */
 const usernameBase = (identity: VerifiedIdentity, email: string | null) => {
   const source = identity.preferredUsername ?? email?.split("@")[0] ?? "user"
   const cleaned = source.normalize("NFKD").replace(/@.*$/, "").replace(/[^A-Za-z0-9_.-]+/g, "_").slice(0, 24)
@@ -270,14 +273,18 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
         }).pipe(inTransaction(sql))
       })
 
-    /** `base`, or `base_2`, `base_3`…, or `base_<random>`: the first free one. */
+    /**
+     * `base`, or `base_2`, `base_3`…, or `base_<random>`: the first free one. A suffixed form shortens
+     * `base` so that it stays within a username's 32 characters.
+     */
     const uniqueUsername = (base: string) =>
       Effect.gen(function*() {
-        const candidates = [base, ...[2, 3, 4, 5].map((n) => `${base}_${n}`)]
+        const suffixed = (suffix: string) => `${base.slice(0, usernameMaxLength - suffix.length - 1)}_${suffix}`
+        const candidates = [base, ...[2, 3, 4, 5].map((n) => suffixed(String(n)))]
         for (const candidate of candidates) {
           if (Option.isNone(yield* users.findByLogin(candidate))) return Username.make(candidate)
         }
-        return Username.make(`${base}_${Crypto.randomBytes(4).toString("hex")}`)
+        return Username.make(suffixed(Crypto.randomBytes(4).toString("hex")))
       })
 
     const callback = (

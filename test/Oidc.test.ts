@@ -200,6 +200,17 @@ for (const dialect of dialects) {
           expect(yield* countRows("users")).toBe(users)
         }))
 
+      it.effect("a long name whose shorter forms are all taken still gets a username within 32 characters", () =>
+        Effect.gen(function*() {
+          const base = `Long_name_${Date.now().toString(36)}_padding_padding`.slice(0, 24)
+          for (const taken of [base, ...[2, 3, 4, 5].map((n) => `${base}_${n}`)]) {
+            yield* signUp({ username: taken })
+          }
+          const account = yield* me((yield* tokensFor(person({ preferred_username: `${base}_and_more` }))).accessToken)
+          expect(account.username).toMatch(new RegExp(`^${base.slice(0, 23)}_[0-9a-f]{8}$`))
+          expect(account.username.length).toBe(32)
+        }))
+
       it.effect("links an existing account by an email the provider verified, and only then", () =>
         Effect.gen(function*() {
           const local = yield* signUp()

@@ -182,19 +182,22 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
           "domain_not_allowed",
           "Your email address's domain may not sign in to this server"
         )
+        /** A sign-in of an identity already known: its account, if it may still sign in. */
+        const signInKnown = (known: { readonly id: string; readonly userId: UserId }) =>
+          Effect.gen(function*() {
+            const user = yield* users.findById(known.userId)
+            if (Option.isNone(user) || Option.isSome(user.value.deletedAt)) {
+              return Either.left(refusal("account_not_found", "Your account no longer exists", "no-account"))
+            }
+            if (!domainAllowed) return Either.left(notAllowed)
+            if (user.value.disabled) {
+              return Either.left(refusal("account_disabled", "Your account is disabled", "disabled"))
+            }
+            yield* repo.touchIdentity(known.id, email)
+            return Either.right({ userId: user.value.id })
+          })
         const known = yield* repo.findIdentity(identity.issuer, identity.subject)
-        if (Option.isSome(known)) {
-          const user = yield* users.findById(known.value.userId)
-          if (Option.isNone(user) || Option.isSome(user.value.deletedAt)) {
-            return Either.left(refusal("account_not_found", "Your account no longer exists", "no-account"))
-          }
-          if (!domainAllowed) return Either.left(notAllowed)
-          if (user.value.disabled) {
-            return Either.left(refusal("account_disabled", "Your account is disabled", "disabled"))
-          }
-          yield* repo.touchIdentity(known.value.id, email)
-          return Either.right({ userId: user.value.id })
-        }
+        if (Option.isSome(known)) return yield* signInKnown(known.value)
         if (!domainAllowed) return Either.left(notAllowed)
         if (email === null) {
           return Either.left(
@@ -204,6 +207,9 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
         return yield* Effect.gen(function*() {
           // The same lock registrations take: one first account, and no two accounts with one name.
           yield* lockAccountNames(sql)
+          // Another callback of the same identity may have created or linked it while this one waited.
+          const knownNow = yield* repo.findIdentity(identity.issuer, identity.subject)
+          if (Option.isSome(knownNow)) return yield* signInKnown(knownNow.value)
           const holder = yield* users.findByLogin(email)
           if (Option.isSome(holder)) {
             if (!identity.emailVerified) {

@@ -200,6 +200,21 @@ for (const dialect of dialects) {
           expect(yield* countRows("users")).toBe(users)
         }))
 
+      it.effect("two first sign-ins of one person at the same moment both succeed, with one account", () =>
+        Effect.gen(function*() {
+          for (let round = 0; round < 3; round++) {
+            const someone = person()
+            const users = yield* countRows("users")
+            const codes = yield* Effect.all([codeFor(someone), codeFor(someone)], { concurrency: "unbounded" })
+            const accounts = yield* Effect.forEach(
+              codes,
+              (code) => Effect.flatMap(exchange(code), (reply) => me(expectStatus(reply, 200).accessToken))
+            )
+            expect(accounts[0].id).toBe(accounts[1].id)
+            expect(yield* countRows("users")).toBe(users + 1)
+          }
+        }))
+
       it.effect("a long name whose shorter forms are all taken still gets a username within 32 characters", () =>
         Effect.gen(function*() {
           const base = `Long_name_${Date.now().toString(36)}_padding_padding`.slice(0, 24)

@@ -401,8 +401,17 @@ export interface OidcSettings {
   readonly allowedRedirects: ReadonlyArray<URL>
   /** Create an account for someone signing in for the first time. */
   readonly autoRegister: boolean
-  /** Email domains (lower case) allowed to sign in; empty: any. */
+  /**
+   * Email domains (lower case) allowed to sign in; empty: any. Only an email the provider says it
+   * verified counts.
+   */
   readonly allowedDomains: ReadonlyArray<string>
+  /**
+   * Link a first sign-in to the existing account of the same email, when the provider says it
+   * verified that email. Off: such a sign-in is refused (`account_exists`), since the account's
+   * email may never have been verified by anyone (local registration does not verify emails).
+   */
+  readonly linkByEmail: boolean
   /** The role of accounts it creates (the first account of a server is an admin all the same). */
   readonly defaultRole: string
 }
@@ -477,6 +486,7 @@ const oidcSettings = Effect.gen(function*() {
       Config.map((domains) => domains.map((domain) => domain.replace(/^@/, "").toLowerCase())),
       Config.withDefault<ReadonlyArray<string>>([])
     ),
+    linkByEmail: yield* Config.boolean("OIDC_LINK_BY_EMAIL").pipe(Config.withDefault(false)),
     defaultRole: yield* Config.string("OIDC_DEFAULT_ROLE").pipe(
       Config.validate({
         message: "Expected a role name (lower case letters, digits, _ and -)",

@@ -172,12 +172,17 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
         )
       }).pipe(Effect.withSpan("Oidc.login"))
 
-    /** The account `identity` belongs to: found by the identity, linked by verified email, or created. */
+    /**
+     * The account `identity` belongs to: found by the identity, linked by verified email (when
+     * `OIDC_LINK_BY_EMAIL` allows), or created.
+     */
     const accountFor = (settings: OidcSettings, identity: VerifiedIdentity) =>
       Effect.gen(function*() {
         const email = Option.getOrNull(decodeEmail(identity.email))
+        // Anyone may put any address in their profile at some providers: only a verified one vouches for a domain.
         const domainAllowed = settings.allowedDomains.length === 0 ||
-          (email !== null && settings.allowedDomains.includes(email.slice(email.lastIndexOf("@") + 1)))
+          (email !== null && identity.emailVerified &&
+            settings.allowedDomains.includes(email.slice(email.lastIndexOf("@") + 1)))
         const notAllowed = refusal(
           "domain_not_allowed",
           "Your email address's domain may not sign in to this server"
@@ -212,6 +217,15 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
           if (Option.isSome(knownNow)) return yield* signInKnown(knownNow.value)
           const holder = yield* users.findByLogin(email)
           if (Option.isSome(holder)) {
+            // Nobody may have verified the account's email (local registration does not), so the
+            // account may be someone else's: linking is for servers that trust the provider's word.
+            if (!settings.linkByEmail) {
+              return Either.left(refusal(
+                "account_exists",
+                "An account with your email address exists; ask an administrator to link it",
+                "account-exists"
+              ))
+            }
             if (!identity.emailVerified) {
               return Either.left(refusal(
                 "account_not_found",

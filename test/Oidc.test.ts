@@ -147,7 +147,7 @@ for (const dialect of dialects) {
     )
 
     // The live clock: expiries are set in the database in real time, and the provider signs with it.
-    layer(withIdp(dialect), { timeout: 60_000, excludeTestServices: true })((it) => {
+    layer(withIdp(dialect, { OIDC_LINK_BY_EMAIL: "true" }), { timeout: 60_000, excludeTestServices: true })((it) => {
       // Runs first: the server has no account yet.
       it.effect("the first sign-in creates the account, an admin on an empty server; tokens work and refresh", () =>
         Effect.gen(function*() {
@@ -398,7 +398,11 @@ for (const dialect of dialects) {
           const idp = yield* fakeOidcProvider()
           const server = yield* startTestServer(testServer({
             dialect,
-            env: oidcEnv(idp, { OIDC_AUTO_REGISTER: "false", OIDC_ALLOWED_DOMAINS: "allowed.test, @Partner.test" })
+            env: oidcEnv(idp, {
+              OIDC_AUTO_REGISTER: "false",
+              OIDC_ALLOWED_DOMAINS: "allowed.test, @Partner.test",
+              OIDC_LINK_BY_EMAIL: "true"
+            })
           }))
           yield* Effect.gen(function*() {
             const local = yield* signUp({ email: `local-${Date.now()}@allowed.test` })
@@ -406,12 +410,49 @@ for (const dialect of dialects) {
             expect(yield* refusalFor(person({ email: local.email.replace("allowed.test", "elsewhere.test") })))
               .toBe("domain_not_allowed")
             expect(yield* refusalFor(person({ email: undefined as never }))).toBe("domain_not_allowed")
+            // An address of an allowed domain that the provider has not verified vouches for nothing.
+            expect(yield* refusalFor(person({ email: `new-${Date.now()}@allowed.test`, email_verified: false })))
+              .toBe("domain_not_allowed")
+            expect(yield* refusalFor(person({ email: local.email, email_verified: false }))).toBe("domain_not_allowed")
+            expect(yield* refusalFor(person({ email: local.email, email_verified: undefined as never })))
+              .toBe("domain_not_allowed")
             expect(yield* countRows("users")).toBe(1)
             // An existing account of an allowed domain still links and signs in.
             const linked = yield* me((yield* tokensFor(person({ email: local.email }))).accessToken)
             expect(linked.id).toBe(local.id)
             const partner = yield* signUp({ email: `someone-${Date.now()}@partner.test` })
             expect((yield* me((yield* tokensFor(person({ email: partner.email }))).accessToken)).id).toBe(partner.id)
+          }).pipe(Effect.provideService(TestServer, server), Effect.provideService(Idp, idp))
+        }),
+      { timeout: 60_000 }
+    )
+
+    it.scopedLive(
+      "by default, a sign-in with the email of an existing account is refused, and nothing is created",
+      () =>
+        Effect.gen(function*() {
+          const idp = yield* fakeOidcProvider()
+          const server = yield* startTestServer(testServer({ dialect, env: oidcEnv(idp) }))
+          yield* Effect.gen(function*() {
+            const admin = yield* signUp()
+            const local = yield* signUp()
+            const users = yield* countRows("users")
+            const identities = yield* countRows("oidc_identities")
+            for (const email_verified of [true, false] as const) {
+              const { final } = yield* signInAs(person({ email: local.email.toUpperCase(), email_verified }))
+              expect(final.searchParams.get("error")).toBe("account_exists")
+              expect(final.searchParams.get("error_description")).toBe(
+                "An account with your email address exists; ask an administrator to link it"
+              )
+              expect(final.searchParams.has("code")).toBe(false)
+            }
+            expect(yield* countRows("users")).toBe(users)
+            expect(yield* countRows("oidc_identities")).toBe(identities)
+            const refused = yield* auditActions(admin.accessToken, "auth.login.failed")
+            expect(refused.filter((event) => event.metadata.reason === "account-exists")).toHaveLength(2)
+            expect(yield* auditActions(admin.accessToken, "auth.oidc.linked")).toEqual([])
+            // Someone new still gets an account.
+            yield* tokensFor(person())
           }).pipe(Effect.provideService(TestServer, server), Effect.provideService(Idp, idp))
         }),
       { timeout: 60_000 }
@@ -501,6 +542,7 @@ describe("single sign-on configuration", () => {
         providerName: "Single sign-on",
         autoRegister: true,
         allowedDomains: [],
+        linkByEmail: false,
         defaultRole: "user"
       })
       expect(config.oidc.value.clientSecret._tag).toBe("None")

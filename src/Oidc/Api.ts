@@ -48,10 +48,12 @@ export const OidcFailure = Schema.Literal(
   "login_expired",
   /** The account is disabled. */
   "account_disabled",
-  /** The email address's domain is not in `OIDC_ALLOWED_DOMAINS`. */
+  /** The email address's domain is not in `OIDC_ALLOWED_DOMAINS`, or the provider did not verify the address. */
   "domain_not_allowed",
   /** No account, and none may be created (or one exists with this email, which the provider did not verify). */
   "account_not_found",
+  /** An account with this email exists and `OIDC_LINK_BY_EMAIL` is off: an administrator links it. */
+  "account_exists",
   /** The provider cannot be reached or answered something unusable (an ID token that does not verify). */
   "server_error"
 )
@@ -92,7 +94,8 @@ export class OidcApi extends HttpApiGroup.make("oidc")
         OpenApi.Description,
         "Register this URL (`OIDC_REDIRECT_URI`) at the provider. The browser goes on to the front end with a " +
           "one-time `code` to exchange at `POST /api/v1/auth/oidc/token`, or with `error` (`access_denied`, " +
-          "`login_expired`, `account_disabled`, `domain_not_allowed`, `account_not_found`, `server_error`) and " +
+          "`login_expired`, `account_disabled`, `domain_not_allowed`, `account_not_found`, `account_exists`, " +
+          "`server_error`) and " +
           "`error_description`. An unknown, used or foreign sign-in attempt is a 401: there is nowhere safe to go."
       )
   )

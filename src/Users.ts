@@ -246,6 +246,9 @@ export class Users extends Effect.Service<Users>()("Users", {
         user: toUserView(user),
         consent: consentOf(user),
         sessions: yield* Schema.decodeUnknown(PersonalDataExport.fields.sessions)(data.sessions).pipe(Effect.orDie),
+        identities: yield* Schema.decodeUnknown(PersonalDataExport.fields.identities)(data.identities).pipe(
+          Effect.orDie
+        ),
         apiKeys: keys.map(toApiKeyView),
         conversations: data.conversations,
         files: data.files,

@@ -215,6 +215,29 @@ for (const dialect of dialects) {
           }
         }))
 
+      it.effect("the personal-data export lists the account's identities at providers", () =>
+        Effect.gen(function*() {
+          const idp = yield* Idp
+          const someone = person()
+          yield* tokensFor(someone)
+          const renamed = { ...someone, email: `renamed-${someone.email}` }
+          const tokens = yield* tokensFor(renamed)
+          const exported = expectStatus(yield* call("GET", "/api/v1/me/export", { auth: tokens.accessToken }), 200)
+          expect(exported.identities).toEqual([{
+            issuer: idp.issuer,
+            subject: someone.sub,
+            email: renamed.email,
+            createdAt: expect.any(String),
+            lastLoginAt: expect.any(String)
+          }])
+          const [identity] = exported.identities
+          expect(Date.parse(identity.lastLoginAt)).toBeGreaterThanOrEqual(Date.parse(identity.createdAt))
+          // Another account's identities are not in it; an account without any has none.
+          const local = yield* signUp()
+          const own = expectStatus(yield* call("GET", "/api/v1/me/export", { auth: local.accessToken }), 200)
+          expect(own.identities).toEqual([])
+        }))
+
       it.effect("a long name whose shorter forms are all taken still gets a username within 32 characters", () =>
         Effect.gen(function*() {
           const base = `Long_name_${Date.now().toString(36)}_padding_padding`.slice(0, 24)

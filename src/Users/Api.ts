@@ -228,6 +228,16 @@ export class PersonalDataExport extends Schema.Class<PersonalDataExport>("Person
     ipAddress: Schema.NullOr(Schema.String),
     userAgent: Schema.NullOr(Schema.String)
   })),
+  identities: Schema.Array(Schema.Struct({
+    issuer: Schema.String,
+    subject: Schema.String,
+    email: Schema.NullOr(Schema.String),
+    createdAt: Schema.DateTimeUtc,
+    lastLoginAt: Schema.NullOr(Schema.DateTimeUtc)
+  })).annotations({
+    description: "Who you are at the identity providers you sign in with (single sign-on): the provider (`issuer`), " +
+      "the id it gives you (`subject`), the email it last gave, and when you first and last signed in with it"
+  }),
   apiKeys: Schema.Array(ApiKeyView),
   conversations: Schema.Array(PersonalConversation),
   files: Schema.Array(ExportedRecord),

@@ -23,6 +23,9 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
         const sessions = yield* sql<Record<string, unknown>>`
           SELECT created_at, last_used_at, expires_at, revoked_at, ip_address, user_agent
           FROM sessions WHERE user_id = ${userId} ORDER BY created_at`
+        const identities = yield* sql<Record<string, unknown>>`
+          SELECT issuer, subject, email, created_at, last_login_at
+          FROM oidc_identities WHERE user_id = ${userId} ORDER BY created_at, id`
         const conversations = yield* Effect.flatMap(
           sql`SELECT * FROM conversations WHERE user_id = ${userId} ORDER BY created_at, id`,
           Schema.decodeUnknown(Schema.Array(Conversation))
@@ -81,6 +84,7 @@ export class PersonalDataRepo extends Effect.Service<PersonalDataRepo>()("Users/
         const threadsOf = Array.groupBy(threads, (thread) => thread.conversationId)
         return {
           sessions,
+          identities,
           conversations: conversations.map((conversation) => ({
             id: conversation.id,
             deletedAt: Option.getOrNull(conversation.deletedAt),

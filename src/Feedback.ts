@@ -15,7 +15,15 @@ import { requirePermission } from "./Auth/Policy.js"
 import { ConversationRepo } from "./Conversations/ConversationRepo.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
 import type { MessageView } from "./Domain/Conversation.js"
-import { Conflict, type Forbidden, invalid, NotFound, orNotFound, type ValidationError } from "./Domain/Errors.js"
+import {
+  checkRange,
+  Conflict,
+  type Forbidden,
+  invalid,
+  NotFound,
+  orNotFound,
+  type ValidationError
+} from "./Domain/Errors.js"
 import type { ConversationId, MessageId } from "./Domain/Ids.js"
 import { decodeCursor, defaultLimit, encodeCursor, toPage } from "./Domain/Pagination.js"
 import {
@@ -30,7 +38,7 @@ import {
   FeedbackView,
   type ModelFeedback
 } from "./Feedback/Api.js"
-import { type EntryRow, type FeedbackFilter, FeedbackRepo, type FeedbackRow } from "./Feedback/FeedbackRepo.js"
+import { type EntryRow, FeedbackRepo, type FeedbackRow } from "./Feedback/FeedbackRepo.js"
 import { inTransaction } from "./Sql.js"
 
 const toView = (row: FeedbackRow) =>
@@ -154,12 +162,6 @@ export class Feedback extends Effect.Service<Feedback>()("Feedback", {
         const rows = yield* repo.ofConversation(id, actor.userId)
         return { items: rows.map(toView), nextCursor: null }
       }).pipe(Effect.withSpan("Feedback.ofConversation"))
-
-    /** A range ending before it starts is a mistake, not an empty report (`from` = `to` is the empty one). */
-    const checkRange = (filter: FeedbackFilter): Effect.Effect<void, ValidationError> =>
-      filter.from !== undefined && filter.to !== undefined && DateTime.greaterThan(filter.from, filter.to)
-        ? Effect.fail(invalid(["from"], "`from` is after `to`"))
-        : Effect.void
 
     /**
      * Every user's ratings per model, in `[from, to)` (by when each rating as it stands was given): up,

@@ -18,8 +18,8 @@ import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
 import { type Actor, CurrentActor } from "./Domain/Actor.js"
 import {
+  checkRange,
   type Forbidden,
-  invalid,
   type NotFound,
   orNotFound,
   type RateLimited,
@@ -63,7 +63,7 @@ import type { ProviderFailure } from "./Models/Errors.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
 import { type ChatChunk, type ChatMessage, type ChatRequest, type FinishReason, offerTools } from "./Providers/Chat.js"
-import { EmbeddingsUnsupported, type EmbedInput } from "./Providers/Embeddings.js"
+import { EmbeddingsUnsupported, type EmbedInput, float32Bytes } from "./Providers/Embeddings.js"
 
 /** What a completion request can fail with before the provider is involved, and then the provider's failures. */
 export type GatewayFailure = InvalidRequest | UnknownModel | Forbidden | RateLimited | ProviderFailure
@@ -215,12 +215,12 @@ const toEmbedInput = (input: EmbeddingInput): Either.Either<EmbedInput, InvalidR
   }
   const items: ReadonlyArray<string | number | ReadonlyArray<number>> = input
   if (items.length === 0) return invalidInput("'input' cannot be an empty array.")
-  if (items.length > maxEmbeddingInputs) {
-    return invalidInput(`'input' holds ${items.length} inputs; at most ${maxEmbeddingInputs} are allowed.`)
-  }
-  // One text's token ids.
+  // One text's token ids: one input, however long (the limit is on the number of inputs).
   if (items.every((item): item is number => typeof item === "number")) {
     return Either.right({ _tag: "tokens", tokens: [items] })
+  }
+  if (items.length > maxEmbeddingInputs) {
+    return invalidInput(`'input' holds ${items.length} inputs; at most ${maxEmbeddingInputs} are allowed.`)
   }
   const empty = items.findIndex((item) => typeof item !== "number" && item.length === 0)
   if (empty >= 0) {
@@ -233,13 +233,6 @@ const toEmbedInput = (input: EmbeddingInput): Either.Either<EmbedInput, InvalidR
     _tag: "tokens",
     tokens: items.filter((item): item is ReadonlyArray<number> => typeof item === "object")
   })
-}
-
-/** A vector as OpenAI's `base64` encoding has it: its float32 values' little-endian bytes. */
-const base64Of = (vector: ReadonlyArray<number>): string => {
-  const bytes = Buffer.alloc(vector.length * 4)
-  vector.forEach((value, index) => bytes.writeFloatLE(value, index * 4))
-  return bytes.toString("base64")
 }
 
 const toUsage = (reported: ReportedUsage): Usage => ({
@@ -545,7 +538,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
           data: vectors.map((vector, index) => ({
             object: "embedding" as const,
             index,
-            embedding: base64 ? base64Of(vector) : vector
+            embedding: base64 ? Buffer.from(float32Bytes(vector)).toString("base64") : vector
           })),
           model: body.model,
           usage: { prompt_tokens: promptTokens, total_tokens: promptTokens }
@@ -630,12 +623,6 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       })
 
     const reports = { model: byModel, day: byDay, source: bySource, user: byUser } as const
-
-    /** A range ending before it starts is a mistake, not an empty report (`from` = `to` is the empty one). */
-    const checkRange = (filter: UsageFilter): Effect.Effect<void, ValidationError> =>
-      filter.from !== undefined && filter.to !== undefined && DateTime.greaterThan(filter.from, filter.to)
-        ? Effect.fail(invalid(["from"], "`from` is after `to`"))
-        : Effect.void
 
     /**
      * The caller's own usage, chat and gateway, every key and session of theirs. Like the per-key report

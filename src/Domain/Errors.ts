@@ -4,7 +4,7 @@
  * `{ _tag, message, … }`. Feature errors live next to their feature.
  */
 import { HttpApiSchema } from "@effect/platform"
-import { Effect, Option, Schema } from "effect"
+import { DateTime, Effect, Option, Schema } from "effect"
 
 export class FieldIssue extends Schema.Class<FieldIssue>("FieldIssue")({
   path: Schema.Array(Schema.Union(Schema.String, Schema.Number)).annotations({
@@ -23,6 +23,18 @@ export class ValidationError extends Schema.TaggedError<ValidationError>()(
 /** A `ValidationError` about one field. */
 export const invalid = (path: ReadonlyArray<string | number>, message: string) =>
   new ValidationError({ message, issues: [new FieldIssue({ path, message })] })
+
+/**
+ * A report's `[from, to)`: a range ending before it starts is a mistake (422 on `from`), not an
+ * empty report (`from` = `to` is the empty one).
+ */
+export const checkRange = (range: {
+  readonly from?: DateTime.Utc | undefined
+  readonly to?: DateTime.Utc | undefined
+}): Effect.Effect<void, ValidationError> =>
+  range.from !== undefined && range.to !== undefined && DateTime.greaterThan(range.from, range.to)
+    ? Effect.fail(invalid(["from"], "`from` is after `to`"))
+    : Effect.void
 
 export class Unauthorized extends Schema.TaggedError<Unauthorized>()(
   "Unauthorized",

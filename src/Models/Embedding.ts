@@ -10,7 +10,7 @@ import { namedTargets, targetNamed } from "../Gateway.js"
 import type { UsageSource } from "../Gateway/Schemas.js"
 import { type Spender, UsageRepo } from "../Gateway/UsageRepo.js"
 import { ModelRegistry, type ResolvedModel } from "../Models.js"
-import type { Embedder } from "../Providers/Embeddings.js"
+import { type Embedder, float32Bytes } from "../Providers/Embeddings.js"
 import { ProviderError, type ProviderFailure } from "./Errors.js"
 import { ModelsRepo } from "./ModelsRepo.js"
 import { ProvidersRepo } from "./ProvidersRepo.js"
@@ -30,13 +30,8 @@ export const unit = (vector: ReadonlyArray<number>): Array<number> => {
   return length === 0 ? [...vector] : vector.map((value) => value / length)
 }
 
-/** A vector's float32 values as little-endian bytes. */
-export const bytesOf = (vector: ReadonlyArray<number>): Uint8Array => {
-  const bytes = new Uint8Array(vector.length * 4)
-  const view = new DataView(bytes.buffer)
-  vector.forEach((value, index) => view.setFloat32(index * 4, value, true))
-  return bytes
-}
+/** A vector's float32 values as little-endian bytes, as vectors are stored. */
+export const bytesOf = float32Bytes
 
 /** The dot product of a unit query and a stored unit vector's little-endian float32 bytes: their cosine. */
 export const cosine = (query: ReadonlyArray<number>, bytes: Uint8Array): number => {

@@ -48,6 +48,14 @@ export interface Embedder {
   readonly embed: (request: EmbedRequest) => Effect.Effect<Embeddings, ProviderFailure>
 }
 
+/** A vector's float32 values as little-endian bytes: how vectors are stored, and OpenAI's `base64` encoding. */
+export const float32Bytes = (vector: ReadonlyArray<number>): Uint8Array => {
+  const bytes = new Uint8Array(vector.length * 4)
+  const view = new DataView(bytes.buffer)
+  vector.forEach((value, index) => view.setFloat32(index * 4, value, true))
+  return bytes
+}
+
 /** How many inputs a request holds. */
 export const inputCount = (input: EmbedInput): number =>
   input._tag === "texts" ? input.texts.length : input.tokens.length

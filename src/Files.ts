@@ -207,7 +207,9 @@ export class Files extends Effect.Service<Files>()("Files", {
         )
         if (stored === undefined) return yield* notMultipart
         const { name: rawName, written } = stored
-        return yield* Effect.gen(function*() {
+        // Until its row is committed, a refused or failed upload takes its stored content with it;
+        // after that, the content belongs to the file (a failure then must not leave a row without it).
+        const file = yield* Effect.gen(function*() {
           if (written.sizeBytes === 0) return yield* invalid(["file"], "The file is empty")
           const name = sanitizeFileName(rawName)
           const contentType = yield* Effect.promise(() => detectContentType(written.head, written.isText, name))
@@ -217,7 +219,7 @@ export class Files extends Effect.Service<Files>()("Files", {
               contentType
             })
           }
-          const file = yield* transaction(Effect.gen(function*() {
+          return yield* transaction(Effect.gen(function*() {
             // Checked again with the user's uploads serialised: two at once cannot both take the last room.
             if (Option.isSome(settings.quotaPerUser)) {
               yield* transactionLock(sql, `files:${actor.userId}`)
@@ -241,13 +243,13 @@ export class Files extends Effect.Service<Files>()("Files", {
             })
             return file
           }))
-          yield* Effect.logInfo("File uploaded").pipe(
-            Effect.annotateLogs({ fileId: file.id, contentType, sizeBytes: file.sizeBytes })
-          )
-          yield* passages.embedLater(file.id, contentType)
-          const states = yield* passages.states([file])
-          return fileView(file, states.get(file.id))
         }).pipe(Effect.onError(() => Effect.ignore(storage.remove(written.storageKey))))
+        yield* Effect.logInfo("File uploaded").pipe(
+          Effect.annotateLogs({ fileId: file.id, contentType: file.contentType, sizeBytes: file.sizeBytes })
+        )
+        yield* passages.embedLater(file.id, file.contentType)
+        const states = yield* passages.states([file])
+        return fileView(file, states.get(file.id))
       }).pipe(Effect.withSpan("Files.upload"))
 
     // --- reading and deleting
@@ -276,6 +278,8 @@ export class Files extends Effect.Service<Files>()("Files", {
     const similarPassages = (id: FileId, query: typeof PassageSearch.Type) =>
       Effect.gen(function*() {
         const actor = yield* readable
+        // It asks a model, as an analysis does.
+        yield* requirePermission("models:use")
         const file = yield* findOwn(actor, id)
         // The query is embedded by a model: within the same budgets and limits as a chat turn.
         const found = yield* passages.similar(

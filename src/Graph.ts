@@ -265,6 +265,8 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
     const similarEntities = (query: typeof SimilarSearch.Type) =>
       Effect.gen(function*() {
         const actor = yield* readable
+        // It asks a model, as an extraction does.
+        yield* requirePermission("models:use")
         // The query is embedded by a model: within the same budgets and limits as a chat turn, once
         // search is known to be on.
         const found = yield* semantic.similar(
@@ -368,14 +370,24 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
           answer.right
         )
         const findings = findingsIn(answer.right.text)
-        const stored = yield* transaction(repo.storeFindings(job.userId, job.sourceKind, job.sourceId, findings))
+        // Stored only while the source still exists: one deleted while the model read it stays out.
+        const stored = yield* transaction(
+          Effect.flatMap(
+            repo.holdSource(job.userId, job.sourceKind, job.sourceId),
+            (held) =>
+              held
+                ? Effect.map(repo.storeFindings(job.userId, job.sourceKind, job.sourceId, findings), Option.some)
+                : Effect.succeed(Option.none())
+          )
+        )
+        if (Option.isNone(stored)) return yield* fail("The source was deleted while it was being read")
         yield* repo.setExtraction(extractionId, {
           status: "complete",
           error: null,
-          entityCount: stored.entities,
-          relationshipCount: stored.relationships
+          entityCount: stored.value.entities,
+          relationshipCount: stored.value.relationships
         })
-        yield* announce(job, "complete", stored)
+        yield* announce(job, "complete", stored.value)
         // Its entities, and any others of the user's not embedded yet, for semantic search.
         yield* semantic.embedLater(job.userId)
       }).pipe(Effect.annotateLogs({ extractionId }))

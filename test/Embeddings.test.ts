@@ -307,7 +307,12 @@ for (const dialect of dialects) {
           // 2048 inputs are fine.
           const most = yield* postEmbeddings(key.secret, { model, input: Array.from({ length: 2048 }, () => "x") })
           expect(expectStatus(most, 200).data).toHaveLength(2048)
-          expect(embedRequests(openai)).toHaveLength(before + 1)
+          // One text as 8,000 token ids is one input: the limit counts inputs, not a text's tokens.
+          const longTokens = Array.from({ length: 8_000 }, (_, index) => index % 50_000)
+          const oneText = yield* postEmbeddings(key.secret, { model, input: longTokens })
+          expect(expectStatus(oneText, 200).data).toHaveLength(1)
+          expect(embedRequests(openai).at(-1)!.body.input).toEqual([longTokens])
+          expect(embedRequests(openai)).toHaveLength(before + 2)
         }))
 
       it.effect("413 for a body over MAX_BODY_SIZE, nothing sent upstream", () =>

@@ -260,6 +260,41 @@ for (const dialect of dialects) {
           expect((yield* search(user, "")).items).toEqual([])
         }))
 
+      it.scoped("a file deleted while the model reads it: nothing of it enters the graph", () =>
+        Effect.gen(function*() {
+          const { openai } = yield* TheCast
+          const user = yield* signUp()
+          const file = yield* uploadOne(user.accessToken, "brief.txt", "Grace Hopper wrote the first compiler.")
+          modelFinds(openai, {
+            entities: [{ name: "Grace Hopper", type: "person", confidence: 0.9 }],
+            relationships: []
+          })
+          openai.chat = { ...openai.chat, firstChunkDelayMs: 1_500 }
+          const asked = () => openai.requests.filter((request) => request.path === chatPath.openai).length
+          const before = asked()
+          const queued = expectStatus(
+            yield* call("POST", "/api/v1/graph/extractions", { auth: user.accessToken, body: { fileId: file.id } }),
+            202
+          )
+          // Deleted once the model has been asked, before it answers.
+          for (let i = 0; i < 100 && asked() === before; i++) {
+            yield* Effect.sleep("20 millis")
+          }
+          expect(asked()).toBeGreaterThan(before)
+          expectStatus(yield* call("DELETE", `/api/v1/files/${file.id}`, { auth: user.accessToken }), 204)
+          let ended: any
+          for (let i = 0; i < 200; i++) {
+            ended = expectStatus(
+              yield* call("GET", `/api/v1/graph/extractions/${queued.id}`, { auth: user.accessToken }),
+              200
+            )
+            if (ended.status === "complete" || ended.status === "error") break
+            yield* Effect.sleep("50 millis")
+          }
+          expect(ended).toMatchObject({ status: "error", error: "The source was deleted while it was being read" })
+          expect((yield* search(user, "")).items).toEqual([])
+        }))
+
       it.scoped("reads a Word document's or a presentation's text; one that cannot be read ends as error", () =>
         Effect.gen(function*() {
           const { openai } = yield* TheCast

@@ -13,7 +13,7 @@ import { Context, Effect, Layer } from "effect"
 import { createHash } from "node:crypto"
 import type * as Http from "node:http"
 import { embedText } from "../src/Providers/Development.js"
-import { call, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { conversationWith } from "./fixtures/Content.js"
 import { dialects, freshDirectory, freshPgDatabase } from "./fixtures/Database.js"
 import {
@@ -312,6 +312,10 @@ for (const dialect of dialects) {
             "Analytical Engine",
             "Mechanical Turk"
           ])
+          // It asks a model: a key that may read conversations but not use models is refused.
+          const reader = yield* createKey(user, ["conversations:read"])
+          const refused = yield* call("GET", "/api/v1/graph/similar?q=computer", { auth: reader.secret })
+          expect([refused.status, refused.body._tag]).toEqual([403, "Forbidden"])
         }))
 
       it.scoped("the same over RPC, on HTTP and on a WebSocket", () =>

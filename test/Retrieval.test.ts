@@ -12,7 +12,7 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import type * as Http from "node:http"
 import { embedText } from "../src/Providers/Development.js"
-import { call, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import {
@@ -249,6 +249,10 @@ for (const dialect of dialects) {
             expect(stranger.status).toBe(404)
             expect(stranger.body._tag).toBe("NotFound")
             expectStatus(yield* call("GET", `/api/v1/files/${file.id}/passages`, { auth: user.accessToken }), 422)
+            // It asks a model: a key that may read files but not use models is refused.
+            const reader = yield* createKey(user, ["files:read"])
+            const refused = yield* call("GET", `/api/v1/files/${file.id}/passages?q=launch`, { auth: reader.secret })
+            expect([refused.status, refused.body._tag]).toEqual([403, "Forbidden"])
           }))
 
         it.scoped("a deleted file's passages are gone", () =>

@@ -33,8 +33,17 @@ const retrySchedule = Schedule.exponential(Duration.millis(100), 2).pipe(
 )
 /** SHA-256 of no bytes: the payload hash of a GET, HEAD or DELETE. */
 const emptyPayloadHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-/** Bounds the wait for the store's answer (its headers), not the transfer of a body. */
+/**
+ * Bounds the wait for the store's answer (its headers). The client sends a PUT's body before that
+ * wait ends, so a PUT is given one more second per `uploadBytesPerSecond` of its body (a slow link
+ * must not turn every large upload into four failed ones).
+ */
 const answerTimeout = Duration.seconds(30)
+const uploadBytesPerSecond = 256 * 1024
+const timeoutFor = (upload: Upload | undefined) =>
+  upload === undefined
+    ? answerTimeout
+    : Duration.sum(answerTimeout, Duration.seconds(Math.ceil(upload.sizeBytes / uploadBytesPerSecond)))
 
 /** RFC 3986 encoding of each path segment, as SigV4's canonical URI for S3 wants it. */
 const encodePath = (path: string) =>
@@ -139,8 +148,8 @@ export const makeObjectStore = (settings: S3Settings) =>
         const request = yield* signed(target, upload)
         const response = yield* client.execute(request).pipe(
           Effect.timeoutFail({
-            duration: answerTimeout,
-            onTimeout: () => new Transient({ reason: `no answer within ${Duration.format(answerTimeout)}` })
+            duration: timeoutFor(upload),
+            onTimeout: () => new Transient({ reason: `no answer within ${Duration.format(timeoutFor(upload))}` })
           }),
           // The request (its headers, the signature among them) stays out of the error.
           Effect.catchTag("RequestError", (error) => Effect.fail(new Transient({ reason: `${error.reason} error` }))),

@@ -321,19 +321,22 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
         }
         const [vector] = yield* embedForFiles(spender, model, [question])
         const replaced = new Map(contents)
-        const passagesByFile = new Map<string, ReadonlyArray<StoredPassage>>()
+        // Each file's passages ranked once (a file attached twice), kept without their vectors: only
+        // one file's vectors are held at a time.
+        const rankedByFile = new Map<string, ReadonlyArray<RankedPassage>>()
         for (const { fileId, key } of narrowed) {
-          const passages = passagesByFile.get(fileId) ?? (yield* repo.passagesOf(fileId, modelId, vector!.length))
-          passagesByFile.set(fileId, passages)
-          if (passages.length === 0) continue
+          const ranked = rankedByFile.get(fileId) ??
+            rank(vector!, yield* repo.passagesOf(fileId, modelId, vector!.length))
+          rankedByFile.set(fileId, ranked)
+          if (ranked.length === 0) continue
           const chosen: Array<RankedPassage> = []
           let used = 0
-          for (const passage of rank(vector!, passages)) {
+          for (const passage of ranked) {
             if (chosen.length > 0 && used + passage.text.length > shareChars) break
             chosen.push(passage)
             used += passage.text.length
           }
-          replaced.set(key, { _tag: "text", text: excerpts(chosen, passages.length) })
+          replaced.set(key, { _tag: "text", text: excerpts(chosen, ranked.length) })
         }
         return replaced as AttachmentContents
       }).pipe(

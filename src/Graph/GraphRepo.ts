@@ -275,6 +275,21 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
       })
 
     /**
+     * Whether the source still exists (a file not deleted, a conversation not purged), holding it
+     * until the transaction ends: on PostgreSQL a shared row lock, so a deletion waits for the
+     * findings to be stored and then takes them back; SQLite serialises the two writers anyway.
+     */
+    const holdSource = (userId: UserId, kind: SourceKind, sourceId: string) =>
+      Effect.map(
+        kind === "file"
+          ? sql`SELECT id FROM files WHERE id = ${sourceId} AND user_id = ${userId} AND deleted_at IS NULL
+                ${sql.onDialectOrElse({ pg: () => sql`FOR SHARE`, orElse: () => sql`` })}`
+          : sql`SELECT id FROM conversations WHERE id = ${sourceId} AND user_id = ${userId}
+                ${sql.onDialectOrElse({ pg: () => sql`FOR SHARE`, orElse: () => sql`` })}`,
+        (rows) => rows.length > 0
+      )
+
+    /**
      * Takes back everything a source contributed to the graph (the source is gone: a file deleted, a
      * conversation purged). Run within the transaction that removes the source.
      */
@@ -356,6 +371,8 @@ export class GraphRepo extends Effect.Service<GraphRepo>()("Graph/GraphRepo", {
         Effect.orDie(storeFindings(userId, kind, sourceId, findings)),
       forgetSource: (userId: UserId, kind: SourceKind, sourceId: string) =>
         Effect.orDie(forgetSource(userId, kind, sourceId)),
+      holdSource: (userId: UserId, kind: SourceKind, sourceId: string) =>
+        Effect.orDie(holdSource(userId, kind, sourceId)),
       search: (...args: Parameters<typeof search>) => Effect.orDie(search(...args)),
       extractionsPage: (...args: Parameters<typeof extractionsPage>) => Effect.orDie(extractionsPage(...args)),
       findEntity: (id: string, userId: UserId) => Effect.orDie(findEntity({ id, userId })),

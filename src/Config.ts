@@ -399,7 +399,7 @@ export interface OidcSettings {
    * without (an origin) any URL of that origin.
    */
   readonly allowedRedirects: ReadonlyArray<URL>
-  /** Create an account for someone signing in for the first time. */
+  /** Create an account for someone signing in for the first time, when the provider verified their email. */
   readonly autoRegister: boolean
   /**
    * Email domains (lower case) allowed to sign in; empty: any. Only an email the provider says it
@@ -412,6 +412,12 @@ export interface OidcSettings {
    * email may never have been verified by anyone (local registration does not verify emails).
    */
   readonly linkByEmail: boolean
+  /**
+   * Count every email the provider gives as verified, whether or not it says so (`email_verified`):
+   * for providers that vouch for the addresses they give without sending the claim (Entra ID).
+   * It counts for creating accounts, linking them and `allowedDomains` alike.
+   */
+  readonly trustEmail: boolean
   /** The role of accounts it creates (the first account of a server is an admin all the same). */
   readonly defaultRole: string
 }
@@ -487,6 +493,7 @@ const oidcSettings = Effect.gen(function*() {
       Config.withDefault<ReadonlyArray<string>>([])
     ),
     linkByEmail: yield* Config.boolean("OIDC_LINK_BY_EMAIL").pipe(Config.withDefault(false)),
+    trustEmail: yield* Config.boolean("OIDC_TRUST_EMAIL").pipe(Config.withDefault(false)),
     defaultRole: yield* Config.string("OIDC_DEFAULT_ROLE").pipe(
       Config.validate({
         message: "Expected a role name (lower case letters, digits, _ and -)",

@@ -174,14 +174,16 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
 
     /**
      * The account `identity` belongs to: found by the identity, linked by verified email (when
-     * `OIDC_LINK_BY_EMAIL` allows), or created.
+     * `OIDC_LINK_BY_EMAIL` allows), or created for a verified email.
      */
     const accountFor = (settings: OidcSettings, identity: VerifiedIdentity) =>
       Effect.gen(function*() {
         const email = Option.getOrNull(decodeEmail(identity.email))
-        // Anyone may put any address in their profile at some providers: only a verified one vouches for a domain.
+        // Anyone may put any address in their profile at some providers: only a verified one vouches
+        // for a domain, an account or a new account (`OIDC_TRUST_EMAIL`: every address the provider gives is).
+        const emailVerified = identity.emailVerified || settings.trustEmail
         const domainAllowed = settings.allowedDomains.length === 0 ||
-          (email !== null && identity.emailVerified &&
+          (email !== null && emailVerified &&
             settings.allowedDomains.includes(email.slice(email.lastIndexOf("@") + 1)))
         const notAllowed = refusal(
           "domain_not_allowed",
@@ -226,7 +228,7 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
                 "account-exists"
               ))
             }
-            if (!identity.emailVerified) {
+            if (!emailVerified) {
               return Either.left(refusal(
                 "account_not_found",
                 "An account with your email address exists, but the identity provider has not verified the " +
@@ -256,6 +258,16 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
               "account_not_found",
               "You have no account on this server; ask an administrator for one",
               "no-account"
+            ))
+          }
+          // An unverified address may be someone else's: the account would stay with whoever signed in
+          // first, and the address's owner, signing in later, would be linked into it (OIDC_LINK_BY_EMAIL).
+          if (!emailVerified) {
+            return Either.left(refusal(
+              "account_not_found",
+              "The identity provider has not verified your email address, so no account is created for you; " +
+                "verify it there and sign in again",
+              "email-not-verified-new-account"
             ))
           }
           const first = (yield* users.countUsers) === 0
@@ -355,9 +367,22 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
         if (query.code === undefined) {
           return yield* refuse(refusal("server_error", "The identity provider sent no code", "no-code"))
         }
-        const codeVerifier = yield* cipher.open(attempt.value.codeVerifier, attempt.value.codeVerifierKeyId)
+        const codeVerifier = yield* Effect.either(
+          cipher.tryOpen(attempt.value.codeVerifier, attempt.value.codeVerifierKeyId)
+        )
+        if (Either.isLeft(codeVerifier)) {
+          // Sealed before a key rotation dropped its key (or damaged): this sign-in cannot be finished.
+          yield* Effect.logWarning("Single sign-on: a sign-in attempt's code verifier cannot be opened").pipe(
+            Effect.annotateLogs({ keyId: codeVerifier.left.keyId, problem: codeVerifier.left.problem })
+          )
+          return yield* refuse(refusal(
+            "server_error",
+            "This sign-in cannot be finished on this server; start it again",
+            "attempt-unreadable"
+          ))
+        }
         const identity = yield* Effect.either(
-          provider.redeem(settings, { code: query.code, codeVerifier, nonce: attempt.value.nonce })
+          provider.redeem(settings, { code: query.code, codeVerifier: codeVerifier.right, nonce: attempt.value.nonce })
         )
         if (Either.isLeft(identity)) {
           yield* Effect.logWarning("Single sign-on: the identity provider's answer was refused").pipe(

@@ -3,17 +3,21 @@
  * (test/fixtures/OidcProvider.ts). Each sign-in is followed by hand: the server's redirect to the
  * provider, the provider's back to the callback, the callback's to the front end with a one-time
  * code, and the code's exchange for tokens. Accounts are created, found again, linked by verified
- * email; refused when disabled, of another domain, unverified or unknown; states, codes and
- * attempts are good once and for a while; a front-end URL not allowed is refused; a provider that
- * lies or fails gets nobody in. Off unless configured.
+ * email; refused when disabled, of another domain, unverified or unknown; an unverified email gets
+ * no account unless OIDC_TRUST_EMAIL says the provider's word is enough; the userinfo endpoint fills
+ * in what the ID token leaves out, about the same subject only; states, codes and attempts are good
+ * once and for a while, and an attempt sealed under a key the server no longer has is refused; a
+ * front-end URL not allowed is refused; a provider that lies or fails gets nobody in. Off unless
+ * configured.
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
+import * as Crypto from "node:crypto"
 import { AppConfig, environment, formatConfigError } from "../src/Config.js"
 import { call, expectStatus, signUp } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
-import { type FakeIdp, fakeOidcProvider, idpSecret, type IdpUser } from "./fixtures/OidcProvider.js"
+import { type FakeIdp, fakeOidcProvider, idpSecret, type IdpUser, type IdpUserinfo } from "./fixtures/OidcProvider.js"
 import { inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 const callbackUri = "http://webplus.test/api/v1/auth/oidc/callback"
@@ -32,10 +36,15 @@ const oidcEnv = (idp: FakeIdp, extra: Record<string, string> = {}) => ({
   ...extra
 })
 
-/** A loopback provider and a server using it. */
-const withIdp = (dialect: (typeof dialects)[number], extra: Record<string, string> = {}) =>
+/** A loopback provider (serving userinfo as `userinfo` says) and a server using it. */
+const withIdp = (
+  dialect: (typeof dialects)[number],
+  extra: Record<string, string> = {},
+  userinfo: IdpUserinfo = "none"
+) =>
   Layer.unwrapScoped(Effect.gen(function*() {
     const idp = yield* fakeOidcProvider()
+    idp.userinfo = userinfo
     return Layer.merge(Layer.succeed(Idp, idp), testServer({ dialect, env: oidcEnv(idp, extra) }))
   }))
 
@@ -412,6 +421,86 @@ for (const dialect of dialects) {
           expect(yield* countRows("users")).toBe(users)
           yield* tokensFor(person())
         }))
+
+      it.effect("an email the provider has not verified gets no account, nor its owner's later", () =>
+        Effect.gen(function*() {
+          const users = yield* countRows("users")
+          const identities = yield* countRows("oidc_identities")
+          const address = `taken-${Date.now().toString(36)}@example.com`
+          const pretender = person({ email: address, email_verified: false })
+          for (const email_verified of [false, "false", undefined] as const) {
+            const { final } = yield* signInAs({ ...pretender, email_verified: email_verified as never })
+            expect(final.searchParams.get("error"), String(email_verified)).toBe("account_not_found")
+            expect(final.searchParams.get("error_description")).toContain("not verified your email address")
+            expect(final.searchParams.has("code")).toBe(false)
+          }
+          expect(yield* countRows("users")).toBe(users)
+          expect(yield* countRows("oidc_identities")).toBe(identities)
+          // The address's owner, verified, gets an account of their own: nobody else holds it.
+          const owner = person({ email: address.toUpperCase() })
+          const account = yield* me((yield* tokensFor(owner)).accessToken)
+          expect(account.email).toBe(address)
+          expect(yield* countRows("users")).toBe(users + 1)
+          const admin = yield* firstAdmin
+          expect(yield* auditActions(admin, "auth.oidc.linked")).not.toContainEqual(
+            expect.objectContaining({ targetId: account.id })
+          )
+          const refused = yield* auditActions(admin, "auth.login.failed")
+          expect(refused.filter((event) => event.metadata.reason === "email-not-verified-new-account"))
+            .toHaveLength(3)
+        }))
+    })
+
+    // The provider's discovery document names a userinfo endpoint from the start: the server keeps it an hour.
+    let userinfoAdmin: IdpUser | undefined
+    layer(withIdp(dialect, {}, "claims"), { timeout: 60_000, excludeTestServices: true })((it) => {
+      // Runs first: its sign-in is the server's admin.
+      it.effect("userinfo fills in the email an ID token leaves out, asked with the access token", () =>
+        Effect.gen(function*() {
+          const idp = yield* Idp
+          idp.fault = "id-token-sub-only"
+          const someone = person({ preferred_username: "Grace Hopper", email_verified: "true" })
+          userinfoAdmin = someone
+          const account = yield* me((yield* tokensFor(someone)).accessToken)
+          expect(account).toMatchObject({ email: someone.email, username: "Grace_Hopper" })
+          // The fixture answers only an access token it issued.
+          expect(idp.userinfoRequests).toEqual(["ok"])
+          // Found again by its identity the next time, with the email still from userinfo.
+          expect((yield* me((yield* tokensFor(someone)).accessToken)).id).toBe(account.id)
+          // Unverified there too: no account.
+          expect(yield* refusalFor(person({ email_verified: false }))).toBe("account_not_found")
+          // An ID token with an email but no email_verified is completed the same way.
+          idp.fault = "none"
+          const asked = idp.userinfoRequests.length
+          const noClaim = person({ email_verified: undefined as never })
+          expect(yield* refusalFor(noClaim)).toBe("account_not_found")
+          expect(idp.userinfoRequests.length).toBe(asked + 1)
+          // An ID token that says it all: userinfo is not asked.
+          yield* tokensFor(person())
+          expect(idp.userinfoRequests.length).toBe(asked + 1)
+        }))
+
+      it.effect("userinfo about another subject, or failing, signs nobody in and shows nothing of it", () =>
+        Effect.gen(function*() {
+          const idp = yield* Idp
+          const admin = (yield* tokensFor(userinfoAdmin!)).accessToken as string
+          const users = yield* countRows("users")
+          idp.fault = "id-token-sub-only"
+          for (const answer of ["other-sub", "http-500", "not-json"] as const) {
+            idp.userinfo = answer
+            const asked = idp.userinfoRequests.length
+            const { final } = yield* signInAs(person())
+            expect(idp.userinfoRequests.length, answer).toBe(asked + 1)
+            expect(final.searchParams.get("error"), answer).toBe("server_error")
+            expect(final.searchParams.has("code"), answer).toBe(false)
+            expect(final.toString(), answer).not.toContain(idpSecret)
+          }
+          expect(yield* countRows("users")).toBe(users)
+          const refused = yield* auditActions(admin, "auth.login.failed")
+          expect(refused.filter((event) => event.metadata.reason === "provider-answer")).toHaveLength(3)
+          idp.userinfo = "claims"
+          idp.fault = "none"
+        }))
     })
 
     it.scopedLive(
@@ -477,6 +566,113 @@ for (const dialect of dialects) {
             // Someone new still gets an account.
             yield* tokensFor(person())
           }).pipe(Effect.provideService(TestServer, server), Effect.provideService(Idp, idp))
+        }),
+      { timeout: 60_000 }
+    )
+
+    it.scopedLive(
+      "OIDC_TRUST_EMAIL: an address the provider does not say it verified creates, links and passes the domains",
+      () =>
+        Effect.gen(function*() {
+          const idp = yield* fakeOidcProvider()
+          const server = yield* startTestServer(testServer({
+            dialect,
+            env: oidcEnv(idp, {
+              OIDC_TRUST_EMAIL: "true",
+              OIDC_LINK_BY_EMAIL: "true",
+              OIDC_ALLOWED_DOMAINS: "trusted.test"
+            })
+          }))
+          yield* Effect.gen(function*() {
+            const n = Date.now().toString(36)
+            const created = person({ email: `new-${n}@trusted.test`, email_verified: undefined as never })
+            const account = yield* me((yield* tokensFor(created)).accessToken)
+            expect(account).toMatchObject({ email: created.email, role: "admin" })
+            const local = yield* signUp({ email: `local-${n}@trusted.test` })
+            const linked = yield* me(
+              (yield* tokensFor(person({ email: local.email, email_verified: false }))).accessToken
+            )
+            expect(linked.id).toBe(local.id)
+            // Trusted is not allowed: another domain stays out.
+            expect(yield* refusalFor(person({ email: `x-${n}@elsewhere.test`, email_verified: false })))
+              .toBe("domain_not_allowed")
+            expect(yield* countRows("users")).toBe(2)
+          }).pipe(Effect.provideService(TestServer, server), Effect.provideService(Idp, idp))
+        }),
+      { timeout: 60_000 }
+    )
+
+    it.scopedLive(
+      "a sign-in started under a key the server no longer has, or whose verifier was damaged, is refused",
+      () =>
+        Effect.gen(function*() {
+          const idp = yield* fakeOidcProvider()
+          const key = () => Crypto.randomBytes(32).toString("base64")
+          const secrets = { JWT_SECRET: Crypto.randomBytes(32).toString("hex") }
+          const before = yield* startTestServer(testServer({
+            dialect,
+            env: { ...oidcEnv(idp), ...secrets, ENCRYPTION_KEYS: `old:${key()}` }
+          }))
+          // The same database after a rotation that dropped the old key.
+          const after = yield* startTestServer(testServer({
+            env: {
+              ...oidcEnv(idp),
+              ...secrets,
+              ENCRYPTION_KEYS: `new:${key()}`,
+              ...(before.databaseUrl === undefined
+                ? { DATA_DIR: before.dataDir }
+                : { DATABASE_URL: before.databaseUrl })
+            }
+          }))
+          /** A sign-in started on `from`, up to the provider's redirect to the callback. */
+          const startOn = (from: typeof before) =>
+            Effect.gen(function*() {
+              idp.user = person()
+              const started = yield* browse(`${from.baseUrl}/api/v1/auth/oidc/login`)
+              const atIdp = yield* browse(started.headers.get("location")!)
+              const path = atIdp.headers.get("location")!.slice("http://webplus.test".length)
+              return { path, cookie: cookieOf(started) }
+            })
+          const land = (server: typeof before, attempt: { path: string; cookie: string }) =>
+            browse(`${server.baseUrl}${attempt.path}`, { cookie: attempt.cookie })
+          const admin = yield* signUp().pipe(Effect.provideService(TestServer, after))
+          // The database through `before`, whose TestServer knows where it is.
+          const inDatabase = Effect.provideService(TestServer, before)
+          const users = yield* countRows("users").pipe(inDatabase)
+
+          const rotated = yield* startOn(before)
+          const landed = yield* land(after, rotated)
+          expect(landed.status).toBe(302)
+          const final = new URL(landed.headers.get("location")!)
+          expect(`${final.origin}${final.pathname}`).toBe(frontEnd)
+          expect(final.searchParams.get("error")).toBe("server_error")
+          expect(final.searchParams.get("error_description")).toBe(
+            "This sign-in cannot be finished on this server; start it again"
+          )
+          expect(final.searchParams.has("code")).toBe(false)
+          // Used up all the same: not even the server with the key may finish it now.
+          expect((yield* land(before, rotated)).status).toBe(401)
+          // The token endpoint was never asked.
+          expect(idp.tokenRequests).toEqual([])
+
+          // A verifier that does not open under a key the server has.
+          const damaged = yield* startOn(after)
+          yield* inServerDatabase(
+            Effect.flatMap(
+              SqlClient.SqlClient,
+              (sql) => sql`UPDATE oidc_login_attempts SET code_verifier = ${Crypto.randomBytes(60).toString("base64")}`
+            )
+          ).pipe(inDatabase)
+          const refused = new URL((yield* land(after, damaged)).headers.get("location")!)
+          expect(refused.searchParams.get("error")).toBe("server_error")
+
+          expect(yield* countRows("users").pipe(inDatabase)).toBe(users)
+          yield* Effect.gen(function*() {
+            const events = yield* auditActions(admin.accessToken, "auth.login.failed")
+            expect(events.filter((event) => event.metadata.reason === "attempt-unreadable")).toHaveLength(2)
+            // A new sign-in on the rotated server works.
+            yield* tokensFor(person())
+          }).pipe(Effect.provideService(TestServer, after), Effect.provideService(Idp, idp))
         }),
       { timeout: 60_000 }
     )
@@ -569,6 +765,17 @@ describe("single sign-on configuration", () => {
         defaultRole: "user"
       })
       expect(config.oidc.value.clientSecret._tag).toBe("None")
+    }))
+
+  it.effect("OIDC_TRUST_EMAIL is off unless set to true", () =>
+    Effect.gen(function*() {
+      const trust = (env: Record<string, string>) =>
+        Effect.map(load(env), (config) => config.oidc._tag === "Some" && config.oidc.value.trustEmail)
+      expect(yield* trust(complete)).toBe(false)
+      expect(yield* trust({ ...complete, OIDC_TRUST_EMAIL: "true" })).toBe(true)
+      expect(yield* trust({ ...complete, OIDC_TRUST_EMAIL: "false" })).toBe(false)
+      expect(formatConfigError(yield* Effect.flip(load({ ...complete, OIDC_TRUST_EMAIL: "maybe" }))))
+        .toContain("OIDC_TRUST_EMAIL")
     }))
 
   it.effect("stops start-up naming what is missing when only some of the required settings are set", () =>

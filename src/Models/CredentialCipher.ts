@@ -6,7 +6,7 @@
  * The key id is bound as additional data: a ciphertext moved under another
  * key id does not open.
  */
-import { Effect, Redacted } from "effect"
+import { Data, Effect, Redacted } from "effect"
 import * as Crypto from "node:crypto"
 import { Secrets } from "../Secrets.js"
 
@@ -18,6 +18,18 @@ export interface SealedCredential {
 }
 
 const minimumLengthToHint = 12
+
+/** A sealed credential this server cannot open: its key is not in `ENCRYPTION_KEYS`, or it does not open under it. */
+export class CredentialUnreadable extends Data.TaggedError("CredentialUnreadable")<{
+  readonly keyId: string
+  readonly problem: "key-absent" | "does-not-open"
+}> {
+  override get message() {
+    return this.problem === "key-absent"
+      ? `A stored credential is sealed under key "${this.keyId}", absent from ENCRYPTION_KEYS`
+      : `A stored credential sealed under key "${this.keyId}" does not open`
+  }
+}
 
 export class CredentialCipher extends Effect.Service<CredentialCipher>()("Models/CredentialCipher", {
   effect: Effect.gen(function*() {
@@ -38,22 +50,32 @@ export class CredentialCipher extends Effect.Service<CredentialCipher>()("Models
       }
     }
 
-    /** The credential, or a defect: a ciphertext this server cannot open means lost or wrong keys. */
-    const open = (ciphertext: string, keyId: string): Effect.Effect<Redacted.Redacted<string>> =>
+    /** The credential, or why it cannot be opened (for what may outlive a key, such as a sign-in under way). */
+    const tryOpen = (
+      ciphertext: string,
+      keyId: string
+    ): Effect.Effect<Redacted.Redacted<string>, CredentialUnreadable> =>
       Effect.suspend(() => {
         const key = encryptionKeys.find((candidate) => candidate.id === keyId)
-        if (key === undefined) {
-          return Effect.dieMessage(`A stored credential is sealed under key "${keyId}", absent from ENCRYPTION_KEYS`)
-        }
-        return Effect.try(() => {
-          const bytes = Buffer.from(ciphertext, "base64")
-          const decipher = Crypto.createDecipheriv("aes-256-gcm", Redacted.value(key.key), bytes.subarray(0, 12))
-          decipher.setAAD(Buffer.from(keyId))
-          decipher.setAuthTag(bytes.subarray(12, 28))
-          return Redacted.make(Buffer.concat([decipher.update(bytes.subarray(28)), decipher.final()]).toString("utf8"))
-        }).pipe(Effect.orDieWith(() => new Error(`A stored credential sealed under key "${keyId}" does not open`)))
+        if (key === undefined) return Effect.fail(new CredentialUnreadable({ keyId, problem: "key-absent" }))
+        return Effect.try({
+          try: () => {
+            const bytes = Buffer.from(ciphertext, "base64")
+            const decipher = Crypto.createDecipheriv("aes-256-gcm", Redacted.value(key.key), bytes.subarray(0, 12))
+            decipher.setAAD(Buffer.from(keyId))
+            decipher.setAuthTag(bytes.subarray(12, 28))
+            return Redacted.make(
+              Buffer.concat([decipher.update(bytes.subarray(28)), decipher.final()]).toString("utf8")
+            )
+          },
+          catch: () => new CredentialUnreadable({ keyId, problem: "does-not-open" })
+        })
       })
 
-    return { seal, open, primaryKeyId: primary.id } as const
+    /** The credential, or a defect: a ciphertext this server cannot open means lost or wrong keys. */
+    const open = (ciphertext: string, keyId: string): Effect.Effect<Redacted.Redacted<string>> =>
+      tryOpen(ciphertext, keyId).pipe(Effect.orDieWith((unreadable) => new Error(unreadable.message)))
+
+    return { seal, open, tryOpen, primaryKeyId: primary.id } as const
   })
 }) {}

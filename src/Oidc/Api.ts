@@ -50,11 +50,18 @@ export const OidcFailure = Schema.Literal(
   "account_disabled",
   /** The email address's domain is not in `OIDC_ALLOWED_DOMAINS`, or the provider did not verify the address. */
   "domain_not_allowed",
-  /** No account, and none may be created (or one exists with this email, which the provider did not verify). */
+  /**
+   * No account, and none may be created (`OIDC_AUTO_REGISTER` off, or the provider did not verify the
+   * email); or one exists with this email, which the provider did not verify.
+   */
   "account_not_found",
   /** An account with this email exists and `OIDC_LINK_BY_EMAIL` is off: an administrator links it. */
   "account_exists",
-  /** The provider cannot be reached or answered something unusable (an ID token that does not verify). */
+  /**
+   * The provider cannot be reached or answered something unusable (an ID token that does not verify, a
+   * userinfo answer that fails or is about someone else), or the sign-in was started under an encryption
+   * key this server no longer has.
+   */
   "server_error"
 )
 export type OidcFailure = typeof OidcFailure.Type

@@ -2,7 +2,8 @@
  * The OpenID Connect provider as this server talks to it: its discovery document (read when first
  * needed and kept for an hour, so the server starts while the provider is down), the
  * authorization URL of a sign-in, the token request (PKCE, `client_secret_basic` when the client
- * has a secret) and the ID token's verification against the provider's published keys (`jose`).
+ * has a secret), the ID token's verification against the provider's published keys (`jose`), and
+ * the userinfo endpoint when the ID token leaves out the email or whether it is verified.
  *
  * Failures are `OidcProviderFailure`s whose reason is fit for the log: the status, the OAuth error
  * code or the claim that failed; never a body, a token or the client secret.
@@ -19,12 +20,19 @@ const Discovery = Schema.Struct({
   authorization_endpoint: Schema.String,
   token_endpoint: Schema.String,
   jwks_uri: Schema.String,
+  userinfo_endpoint: Schema.optional(Schema.String),
   id_token_signing_alg_values_supported: Schema.optional(Schema.Array(Schema.String))
 })
 type Discovery = typeof Discovery.Type
 
-const TokenResponse = Schema.Struct({ id_token: Schema.String })
+const TokenResponse = Schema.Struct({ id_token: Schema.String, access_token: Schema.optional(Schema.String) })
 const TokenError = Schema.Struct({ error: Schema.String })
+/** A userinfo answer (OpenID Connect Core §5.3.2): JSON claims about the access token's subject. */
+const UserinfoClaims = Schema.Record({ key: Schema.String, value: Schema.Unknown })
+
+/** Whether a claim says "verified": some providers (Amazon Cognito among them) send the string "true". */
+const isTrue = (value: unknown) => value === true || value === "true"
+const text = (value: unknown) => (typeof value === "string" && value.length > 0 ? value : null)
 
 /** What this server takes from a verified ID token. */
 export interface VerifiedIdentity {
@@ -117,7 +125,24 @@ export class OidcProvider extends Effect.Service<OidcProvider>()("Oidc/OidcProvi
         return url.toString()
       })
 
-    /** Trades the authorization code for an ID token, and verifies it; the identity it vouches for. */
+    /** The claims the userinfo endpoint gives for `accessToken` (a Bearer token). */
+    const userinfo = (endpoint: string, accessToken: string) =>
+      http.get(endpoint, { headers: { accept: "application/json", authorization: `Bearer ${accessToken}` } }).pipe(
+        Effect.flatMap(HttpClientResponse.schemaBodyJson(UserinfoClaims)),
+        Effect.scoped,
+        Effect.timeoutFail({ duration: requestTimeout, onTimeout: () => fail("userinfo: no answer in time") }),
+        Effect.catchTags({
+          RequestError: () => Effect.fail(fail("userinfo: cannot connect")),
+          ResponseError: (error) => Effect.fail(fail(`userinfo: HTTP ${error.response.status}`)),
+          ParseError: () => Effect.fail(fail("userinfo: not a JSON object of claims"))
+        }),
+        Effect.withSpan("OidcProvider.userinfo")
+      )
+
+    /**
+     * Trades the authorization code for an ID token, and verifies it; the identity it vouches for,
+     * completed from the userinfo endpoint when the token has no email or no `email_verified`.
+     */
     const redeem = (
       settings: OidcSettings,
       params: { readonly code: string; readonly codeVerifier: Redacted.Redacted<string>; readonly nonce: string }
@@ -180,14 +205,27 @@ export class OidcProvider extends Effect.Service<OidcProvider>()("Oidc/OidcProvi
         if (payload.azp !== undefined && payload.azp !== settings.clientId) {
           return yield* fail("ID token: issued to another party (azp)")
         }
-        const text = (value: unknown) => (typeof value === "string" && value.length > 0 ? value : null)
-        return {
+        const fromToken: VerifiedIdentity = {
           issuer: document.issuer,
           subject: payload.sub!,
           email: text(payload.email),
-          // Some providers (Amazon Cognito among them) send the claim as the string "true".
-          emailVerified: payload.email_verified === true || payload.email_verified === "true",
+          emailVerified: isTrue(payload.email_verified),
           preferredUsername: text(payload.preferred_username)
+        }
+        // Some providers put only `sub` in the ID token and the rest at the userinfo endpoint.
+        const incomplete = fromToken.email === null || payload.email_verified === undefined
+        if (!incomplete || document.userinfo_endpoint === undefined || tokens.access_token === undefined) {
+          return fromToken
+        }
+        const claims = yield* userinfo(document.userinfo_endpoint, tokens.access_token)
+        // OpenID Connect Core §5.3.4: claims about anyone but the ID token's subject are not used.
+        if (claims.sub !== fromToken.subject) return yield* fail("userinfo: sub does not match the ID token")
+        const email = text(claims.email)
+        return {
+          ...fromToken,
+          // An address and whether it is verified come from one place, never one from each.
+          ...(email === null ? {} : { email, emailVerified: isTrue(claims.email_verified) }),
+          preferredUsername: fromToken.preferredUsername ?? text(claims.preferred_username)
         }
       }).pipe(Effect.withSpan("OidcProvider.redeem"))
 

@@ -13,6 +13,7 @@
 import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { SqlClient, SqlPersistedQueue } from "@effect/sql"
 import { Cause, Context, Data, Duration, Effect, Layer, Metric, Option, Schedule, type Scope } from "effect"
+import { createHash } from "node:crypto"
 import { AppConfig, type JobsSettings } from "./Config.js"
 import { everyHour } from "./Housekeeping.js"
 import * as AmqpQueueStore from "./Jobs/AmqpQueueStore.js"
@@ -169,6 +170,17 @@ export const JobsSweepLive = Layer.scopedDiscard(
     })
   })
 )
+
+/**
+ * A job id made of `parts` (the work and the state it starts from): the same work offered twice with
+ * it, by two instances or two callers, is queued once by the database queue (`SqlPersistedQueue`
+ * keeps one row per id, for `JOBS_RETENTION` after it ends). Shaped as a UUID, as the table's ids are
+ * (36 characters at most). RabbitMQ does not deduplicate ids.
+ */
+export const stableJobId = (...parts: ReadonlyArray<string>): string => {
+  const hex = createHash("sha256").update(parts.join("\u0000")).digest("hex")
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`
+}
 
 /** What a job's handler is told besides the job: its id, and the attempts made before this one. */
 export interface Attempt {

@@ -14,7 +14,14 @@ import type { FileId, LlmModelId } from "../src/Domain/Ids.js"
 import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
-import { chatRequests, type ChatScript, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
+import {
+  chatRequests,
+  type ChatScript,
+  embedRequests,
+  type FakeProvider,
+  fakeProvider,
+  registerFake
+} from "./fixtures/Providers.js"
 import { as, failureTag, overHttp } from "./fixtures/Rpc.js"
 import { backgroundWorkEnv, inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
@@ -295,12 +302,71 @@ const overBudget = Effect.gen(function*() {
   expect(yield* queuedOf(user.accessToken, file.id)).toEqual({ analyses: 1, extractions: 0 })
   expect(chatRequests(openai).length).toBe(asked)
 
-  // Another user has a budget of their own.
+  // Work no request of theirs pays for waits for the budget too: a file uploaded now has its passages
+  // marked failed, the provider not asked to embed them.
+  const embedsBefore = embedRequests(openai).length
+  const late = yield* uploadOne(user.accessToken, "late.txt", "Ada Lovelace wrote the first program.\n")
+  expect(yield* passagesSettled(user.accessToken, late.id)).toBe("failed")
+  expect(embedRequests(openai).length).toBe(embedsBefore)
+
+  // Nor are the entities of an extraction that spent the budget embedded.
+  const extractor = yield* signUp()
+  const source = yield* uploadOne(extractor.accessToken, "source.txt", "Grace Hopper wrote the first compiler.\n")
+  expect(yield* passagesSettled(extractor.accessToken, source.id)).toBe("ready")
+  modelAnswers(openai, findings, tokens(20, 5))
+  expect(yield* extract(extractor.accessToken, source.id, modelId)).toMatchObject({ status: "complete" })
+  yield* graphEmbeddingRan(extractor)
+  expect(yield* embeddedEntities(extractor)).toBe(0)
+
+  // Another user has a budget of their own: their entities are embedded.
   const other = yield* signUp()
   const theirs = yield* uploadOne(other.accessToken, "theirs.txt", "Katherine Johnson computed trajectories.\n")
   modelAnswers(openai, findings, tokens(3, 1))
   expect(yield* extract(other.accessToken, theirs.id, modelId)).toMatchObject({ status: "complete" })
+  yield* graphEmbeddingRan(other)
+  expect(yield* embeddedEntities(other)).toBe(1)
 })
+
+/** Polls the file's view until its passages are no longer pending; their status. */
+const passagesSettled = (auth: string, fileId: string) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 300; i++) {
+      const file = expectStatus(yield* call("GET", `/api/v1/files/${fileId}`, { auth }), 200)
+      if (file.passages.status !== "pending") return file.passages.status as string
+      yield* Effect.sleep("50 millis")
+    }
+    return yield* Effect.dieMessage("the file's passages were not made within 15 s")
+  })
+
+/** Waits until the user's knowledge-graph embedding jobs have all run (15 s at most). */
+const graphEmbeddingRan = (user: TestUser) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 300; i++) {
+      const pending = yield* inServerDatabase(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql<{ completed: boolean | number }>`SELECT completed FROM job_queue
+          WHERE queue_name = 'graph-embedding' AND element LIKE ${`%${user.id}%`}`)).pipe(Effect.orDie)
+      if (
+        pending.length > 0 && pending.every((row) =>
+          Boolean(row.completed)
+        )
+      ) return
+      yield* Effect.sleep("50 millis")
+    }
+    return yield* Effect.dieMessage("the graph's embedding job did not run within 15 s")
+  })
+
+/** How many of the user's entities have a vector. */
+const embeddedEntities = (user: TestUser) =>
+  inServerDatabase(
+    Effect.flatMap(SqlClient.SqlClient, (sql) =>
+      sql<{ count: number | string }>`SELECT count(*) AS count FROM graph_entity_embeddings v
+      JOIN graph_entities e ON e.id = v.entity_id WHERE e.user_id = ${user.id}`)
+  ).pipe(
+    Effect.map((rows) =>
+      Number(rows[0]!.count)
+    ),
+    Effect.orDie
+  )
 
 /** On a server that allows two answers a minute per user: an analysis and an extraction take both. */
 const rateLimited = Effect.gen(function*() {

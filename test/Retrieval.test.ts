@@ -8,7 +8,7 @@
  * ranks and isolates; a deleted file's passages gone.
  */
 import { SqlClient } from "@effect/sql"
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import type * as Http from "node:http"
 import { embedText } from "../src/Providers/Development.js"
@@ -25,7 +25,7 @@ import {
   registerFake
 } from "./fixtures/Providers.js"
 import { as, overHttp } from "./fixtures/Rpc.js"
-import { backgroundWorkEnv, inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
+import { backgroundWorkEnv, inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 const dimensions = 256
 const embeddingModel = "text-embed"
@@ -56,6 +56,7 @@ const longDocument = Array.from({ length: 240 }, (_, index) =>
       `and agreed to revisit topic${index} at the next quarterly meeting of the board.`).join("\n\n")
 
 interface Cast {
+  readonly admin: TestUser
   readonly user: TestUser
   readonly other: TestUser
   readonly openai: FakeProvider
@@ -75,7 +76,7 @@ const withCast = (dialect: (typeof dialects)[number], extra: Record<string, stri
       }])
       openai.routes.set(`POST ${embedPath.openai}`, bagOfWords)
       const { models } = yield* registerFake(admin, openai, { connectTimeoutMs: 1_000, requestTimeoutMs: 2_000 })
-      return { user, other, openai, modelId: models["gpt-docs"]! }
+      return { admin, user, other, openai, modelId: models["gpt-docs"]! }
     })
   ).pipe(Layer.provideMerge(testServer({ dialect, env: { ...env, ...extra } })))
 
@@ -278,6 +279,61 @@ for (const dialect of dialects) {
       }
     )
 
+    layer(
+      withCast(dialect, { EMBEDDING_MODEL: embeddingModel, TOKEN_BUDGET_PER_USER: "1", TOKEN_BUDGET_PERIOD: "day" }),
+      { excludeTestServices: true, timeout: "60 seconds" }
+    )((it) => {
+      it.scoped("a spent budget: an upload's passages are not made; a turn attaching the file after it renews makes them", () =>
+        Effect.gen(function*() {
+          const { admin, modelId, openai, user } = yield* TheCast
+          openai.faults.clear()
+          openai.chat = { text: ["PURPLEWALRUS."] }
+          // One embeddings request (one token) spends the budget.
+          const warm = yield* uploadOne(user.accessToken, "warm.md", "A short note about rockets.\n", "text/markdown")
+          expect((yield* settled(user, warm.id)).passages.status).toBe("ready")
+          const embeds = embedRequests(openai).length
+          const file = yield* uploadOne(user.accessToken, "minutes.md", longDocument, "text/markdown")
+          expect((yield* settled(user, file.id)).passages).toEqual({ status: "failed", count: 0 })
+          expect(embedRequests(openai)).toHaveLength(embeds)
+          expect(yield* filesUsageRows(user)).toBe(1)
+          expectStatus(
+            yield* call("POST", "/api/v1/chat", {
+              auth: user.accessToken,
+              body: { content: question, title: "Docs", modelId, fileIds: [file.id] }
+            }),
+            429
+          )
+
+          // A role with a larger budget (the built-in roles cannot be changed).
+          const roles = expectStatus(yield* call("GET", "/api/v1/admin/roles", { auth: admin.accessToken }), 200)
+          const userRole = roles.find((role: { name: string }) => role.name === "user")
+          expectStatus(
+            yield* call("POST", "/api/v1/admin/roles", {
+              auth: admin.accessToken,
+              body: { name: "reader", permissions: userRole.permissions, tokenBudget: 1_000_000 }
+            }),
+            201
+          )
+          expectStatus(
+            yield* call("PUT", `/api/v1/admin/users/${user.id}/role`, {
+              auth: admin.accessToken,
+              body: { role: "reader" }
+            }),
+            200
+          )
+          // This turn sends the text as far as it goes, and asks for the passages again.
+          yield* ask(user, modelId, file.id, question)
+          expect(lastQuestionSent(openai)).not.toContain(fact)
+          for (let i = 0; i < 300; i++) {
+            const view = expectStatus(yield* call("GET", `/api/v1/files/${file.id}`, { auth: user.accessToken }), 200)
+            if (view.passages.status === "ready") break
+            yield* Effect.sleep("50 millis")
+          }
+          yield* ask(user, modelId, file.id, question)
+          expect(lastQuestionSent(openai)).toContain(fact)
+        }))
+    })
+
     layer(withCast(dialect, {}), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
       it.scoped("no embedding model: the text as before, no passages, the endpoint 404", () =>
         Effect.gen(function*() {
@@ -299,3 +355,52 @@ for (const dialect of dialects) {
     })
   })
 }
+
+describe("Retrieval with several instances (pg)", () => {
+  it.scopedLive(
+    "an instance starting while uploads are embedded queues no second job for their passages, nor embeds them again",
+    () =>
+      Effect.gen(function*() {
+        const first = yield* startTestServer(
+          testServer({ dialect: "pg", env: { ...env, EMBEDDING_MODEL: embeddingModel } })
+        )
+        const on = Effect.provideService(TestServer, first)
+        const admin = yield* signUp().pipe(on)
+        const user = yield* signUp().pipe(on)
+        const openai = yield* fakeProvider("openai", [{ name: embeddingModel }])
+        yield* registerFake(admin, openai, { connectTimeoutMs: 1_000, requestTimeoutMs: 5_000 }).pipe(on)
+        // Embeddings answer slowly: the uploads' jobs are still running when the second instance starts,
+        // and its start-up backfill finds the same files without passages.
+        openai.routes.set(`POST ${embedPath.openai}`, (request, response) => {
+          setTimeout(() => bagOfWords(request, response), 1_500)
+        })
+        const files = [
+          yield* uploadOne(user.accessToken, "one.md", "The first note.\n", "text/markdown").pipe(on),
+          yield* uploadOne(user.accessToken, "two.md", "The second note.\n", "text/markdown").pipe(on)
+        ]
+        yield* startTestServer(testServer({
+          env: { ...env, EMBEDDING_MODEL: embeddingModel, DATABASE_URL: first.databaseUrl!, DATA_DIR: first.dataDir }
+        }))
+
+        const sets = inServerDatabase(Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          return yield* sql<{ status: string }>`SELECT status FROM file_passage_sets`
+        })).pipe(on)
+        for (let i = 0; i < 300; i++) {
+          const made = yield* sets
+          if (made.length === files.length && made.every((set) => set.status === "ready")) break
+          yield* Effect.sleep("50 millis")
+        }
+        expect((yield* sets).map((set) => set.status)).toEqual(["ready", "ready"])
+        // Long enough for a duplicate job to have been taken and sent its request.
+        yield* Effect.sleep("2 seconds")
+        const jobs = yield* inServerDatabase(Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          return yield* sql<{ element: string }>`SELECT element FROM job_queue WHERE queue_name = 'file-embedding'`
+        })).pipe(on)
+        expect(jobs.map((job) => JSON.parse(job.element).fileId).sort()).toEqual(files.map((file) => file.id).sort())
+        expect(embedRequests(openai)).toHaveLength(2)
+      }),
+    { timeout: 60_000 }
+  )
+})

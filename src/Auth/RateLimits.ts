@@ -18,11 +18,19 @@ import { Clock, Duration, Effect, FiberRef, Layer, Option } from "effect"
 import * as Crypto from "node:crypto"
 import * as Net from "node:net"
 import { type AddressRange, AppConfig, type BudgetPeriod } from "../Config.js"
-import type { Actor } from "../Domain/Actor.js"
+import type { Actor, Permission } from "../Domain/Actor.js"
 import { RateLimited } from "../Domain/Errors.js"
+import type { UserId } from "../Domain/Ids.js"
 import { UsageRepo } from "../Gateway/UsageRepo.js"
 import { CurrentClient } from "../Http/Middleware.js"
+import { UsersRepo } from "../Users/UsersRepo.js"
 import { layerRedisStore } from "./RedisRateLimitStore.js"
+
+/**
+ * Whose tokens a model's work is counted against: an actor (a user through a session or an API key),
+ * or a user whose data the server works on in the background, with no credential of theirs.
+ */
+export type BudgetHolder = Pick<Actor, "userId" | "apiKeyId" | "keyTokenBudget" | "tokenBudget" | "can">
 
 export interface Limit {
   readonly key: string
@@ -87,6 +95,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
     const limiter = yield* RateLimiter.RateLimiter
     const { apiRateLimit, auth, chat } = yield* AppConfig
     const usage = yield* UsageRepo
+    const users = yield* UsersRepo
     const exempt = addressMatcher(apiRateLimit.exemptAddresses)
 
     /**
@@ -186,7 +195,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
      * it has one. Budgets are checked before an answer, never during one: the answer that crosses one
      * is finished, and the next is refused until the period renews.
      */
-    const tokenBudget = (actor: Actor): Effect.Effect<void, RateLimited> =>
+    const tokenBudget = (actor: BudgetHolder): Effect.Effect<void, RateLimited> =>
       Option.isNone(budgetTokens(actor)) && actor.keyTokenBudget === undefined
         ? Effect.void
         : Effect.flatMap(budgetOf(actor), (budget) => {
@@ -204,7 +213,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
         })
 
     /** The budget that holds `actor`'s user: their role's, else the server's; none for `ratelimit:exempt`. */
-    const budgetTokens = (actor: Actor): Option.Option<number> =>
+    const budgetTokens = (actor: BudgetHolder): Option.Option<number> =>
       actor.can("ratelimit:exempt")
         ? Option.none()
         : Option.orElse(Option.fromNullable(actor.tokenBudget), () => chat.tokenBudget.perUser)
@@ -213,7 +222,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
      * Where `actor` stands in this budget period: their user's budget (null: none) and what the user
      * spent; their API key's own budget and what the key spent, when it has one; the period.
      */
-    const budgetOf = (actor: Actor) =>
+    const budgetOf = (actor: BudgetHolder) =>
       Effect.gen(function*() {
         const { period } = chat.tokenBudget
         const { end, start } = budgetPeriod(period, yield* Clock.currentTimeMillis)
@@ -257,6 +266,24 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
     const modelRequest = (actor: Actor): Effect.Effect<void, RateLimited> =>
       Effect.zipRight(tokenBudget(actor), answerRate(actor))
 
+    /**
+     * Work the server does with a model in the background on `userId`'s data, asked for by no request
+     * (the embedding of an uploaded file's passages, of their knowledge graph's entities): within
+     * that user's token budget (their role's, else `TOKEN_BUDGET_PER_USER`; none for
+     * `ratelimit:exempt`), as their own answers are. Free for a user who no longer exists: the work
+     * finds nothing of theirs either.
+     */
+    const ownerBudget = (userId: UserId): Effect.Effect<void, RateLimited> =>
+      Effect.flatMap(users.findById(userId), (found) => {
+        if (Option.isNone(found)) return Effect.void
+        const { roleTokenBudget, rolePermissions } = found.value
+        return tokenBudget({
+          userId,
+          can: (permission: Permission) => rolePermissions.includes(permission),
+          ...(roleTokenBudget === null ? {} : { tokenBudget: roleTokenBudget })
+        })
+      })
+
     const tooManyRequests = "Too many requests; try again later"
 
     /**
@@ -298,6 +325,7 @@ export class RateLimits extends Effect.Service<RateLimits>()("Auth/RateLimits", 
       shareReaction,
       firstShareView,
       modelRequest,
+      ownerBudget,
       budgetOf,
       addressRequest,
       userRequest

@@ -12,15 +12,21 @@
  * (`narrow`), when they are ready; otherwise, and whenever retrieval cannot be done, the text as
  * before. Every embedding of a file's passages or of a question goes through `embedForFiles`.
  */
-import * as PersistedQueue from "@effect/experimental/PersistedQueue"
-import { Effect, Option, Schema } from "effect"
+import { Effect, Either, Option, Schema } from "effect"
+import { RateLimits } from "../Auth/RateLimits.js"
 import { AppConfig } from "../Config.js"
 import type { MessageView } from "../Domain/Conversation.js"
 import { NotFound, type RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
 import { FileId } from "../Domain/Ids.js"
 import type { Spender } from "../Gateway/UsageRepo.js"
 import * as Jobs from "../Jobs.js"
-import { cosine, type EmbeddingModel, EmbeddingModels, type EmbeddingUnavailable } from "../Models/Embedding.js"
+import {
+  cosine,
+  embeddingJobs,
+  type EmbeddingModel,
+  EmbeddingModels,
+  type EmbeddingUnavailable
+} from "../Models/Embedding.js"
 import type { ProviderFailure } from "../Models/Errors.js"
 import { type AttachedContent, type AttachmentContents, attachmentKey, attachmentsOf } from "./Attachments.js"
 import { hasReadableText } from "./Content.js"
@@ -114,7 +120,7 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
     const repo = yield* PassagesRepo
     const storage = yield* FileStorage
     const embeddings = yield* EmbeddingModels
-    const jobs = yield* PersistedQueue.make({ name: passageQueue, schema: PassageJob })
+    const rateLimits = yield* RateLimits
 
     /**
      * Unit vectors of `texts` (a file's passages, or a question about its owner's files), by the
@@ -127,8 +133,12 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
     ): Effect.Effect<ReadonlyArray<ReadonlyArray<number>>, EmbeddingUnavailable | ProviderFailure> =>
       embeddings.embed(model, texts, batchSize, { spender, source: "files" })
 
-    /** Splits and embeds the file's text, unless that model already has; nothing for a file gone or without text. */
-    const embedFile = (name: string, fileId: FileId) =>
+    /**
+     * Splits and embeds the file's text, unless that model already has; nothing for a file gone or
+     * without text. Within its owner's token budget: a spent budget marks the file's passages failed
+     * (for the next start-up, or the next turn it is attached to, to try again).
+     */
+    const embedFile = (name: string, { fileId }: typeof PassageJob.Type) =>
       Effect.gen(function*() {
         const found = yield* repo.fileToEmbed(fileId)
         if (Option.isNone(found) || !hasReadableText(found.value.contentType)) return 0
@@ -136,6 +146,12 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
         const modelId = model.resolved.model.id
         const [set] = yield* repo.sets([fileId])
         if (set !== undefined && set.status === "ready" && set.modelId === modelId) return 0
+        const spent = yield* Effect.either(rateLimits.ownerBudget(found.value.userId))
+        if (Either.isLeft(spent)) {
+          yield* repo.markFailed(fileId, modelId, `Not embedded: ${spent.left.message}`)
+          yield* Effect.logInfo(`A file's passages were not embedded: ${spent.left.message}`)
+          return 0
+        }
         const text = yield* storage.readText(found.value.storageKey, found.value.contentType, maxPassages * targetChars)
         const passages = splitPassages(text)
         const vectors = yield* embedForFiles(
@@ -149,66 +165,55 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
           passages.map((passage, index) => ({ ...passage, vector: vectors[index]! }))
         )
         return passages.length
-      })
+      }).pipe(
+        Effect.mapError((error) =>
+          error._tag === "TextUnreadable"
+            ? { message: `The file's text could not be read: ${error.reason}` }
+            : error
+        )
+      )
 
-    /** A job's run: a failure is logged with its reason, kept as the file's passages' state, and tried again. */
-    const embedJob = ({ fileId }: typeof PassageJob.Type) =>
-      Option.match(settings.model, {
-        // Queued while retrieval was on: nothing to do now.
-        onNone: () => Effect.void,
-        onSome: (name) =>
-          embedFile(name, fileId).pipe(
-            Effect.tap((count) => count > 0 ? Effect.logDebug("File's passages embedded", { count }) : Effect.void),
-            Effect.catchAll((error) => {
-              const message = error._tag === "TextUnreadable"
-                ? `The file's text could not be read: ${error.reason}`
-                : error.message
-              return Effect.zipRight(
-                Effect.logWarning(`A file's passages could not be embedded: ${message}`),
-                Effect.fail(new Jobs.JobFailed({ message }))
-              )
-            }),
-            Effect.asVoid,
-            Effect.annotateLogs({ fileId, embeddingModel: name })
-          )
-      })
+    /**
+     * The job that makes a file's passages from the state its set is in (none: never made), under an
+     * id that the same job, offered again from that state on the same day (by the upload and the
+     * backfill, by several instances' backfills, by each turn the file is attached to), shares: it is
+     * queued once.
+     */
+    const workOf = (name: string, fileId: FileId, set: PassageSetRow | undefined) => ({
+      job: { fileId },
+      id: Jobs.stableJobId(
+        passageQueue,
+        fileId,
+        name,
+        set === undefined ? "new" : `${set.status}|${set.modelId ?? ""}|${set.updatedAt}`,
+        new Date().toISOString().slice(0, 10)
+      )
+    })
 
-    yield* Jobs.runWorkers(jobs, {
-      name: passageQueue,
-      handle: embedJob,
-      giveUp: ({ fileId }, reason) =>
-        Effect.zipRight(
-          Effect.logWarning(`Gave up embedding a file's passages (the next start-up tries again): ${reason}`),
-          repo.markFailed(fileId, null, reason)
-        ).pipe(Effect.annotateLogs({ fileId }))
+    const { embedLater: queue } = yield* embeddingJobs({
+      queue: passageQueue,
+      schema: PassageJob,
+      what: "a file's passages",
+      run: embedFile,
+      giveUp: ({ fileId }, reason) => repo.markFailed(fileId, null, reason),
+      // Files uploaded before retrieval was on, or split by another model, or given up on.
+      backfill: (modelId) =>
+        Effect.map(
+          repo.filesToEmbed(modelId),
+          (files) =>
+            files.flatMap((file) =>
+              hasReadableText(file.contentType) && Option.isSome(settings.model)
+                ? [workOf(settings.model.value, file.id, file.set ?? undefined)]
+                : []
+            )
+        )
     })
 
     /** Has the file's passages made in the background (when retrieval is on and it has text). */
     const embedLater = (fileId: FileId, contentType: string): Effect.Effect<void> =>
       Option.isNone(settings.model) || !hasReadableText(contentType)
         ? Effect.void
-        : jobs.offer({ fileId }).pipe(
-          Effect.catchAllCause((cause) =>
-            Effect.logWarning("Could not queue the embedding of a file's passages", cause)
-          ),
-          Effect.asVoid
-        )
-
-    // The backfill: files uploaded before retrieval was on, or split by another model, or given up on.
-    if (Option.isSome(settings.model)) {
-      const name = settings.model.value
-      yield* Effect.forkScoped(
-        Effect.gen(function*() {
-          const model = yield* Effect.option(embeddings.resolve(name))
-          const files = (yield* repo.filesToEmbed(Option.map(model, (found) => found.resolved.model.id)))
-            .filter((file) => hasReadableText(file.contentType))
-          yield* Effect.forEach(files, (file) => embedLater(file.id, file.contentType), { discard: true })
-          if (files.length > 0) {
-            yield* Effect.logInfo("Queued the embedding of files' passages", { files: files.length })
-          }
-        }).pipe(Effect.catchAllCause((cause) => Effect.logWarning("Could not queue the files' backfill", cause)))
-      )
-    }
+        : queue(workOf(settings.model.value, fileId, undefined))
 
     /** What the views of `files` show of their passages (one query; none when retrieval is off). */
     const states = (
@@ -309,12 +314,21 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
       return Effect.gen(function*() {
         const model = yield* embeddings.resolve(name)
         const modelId = model.resolved.model.id
+        const sets = new Map(
+          (yield* repo.sets(Array.from(new Set(long.map((item) => item.fileId))))).map((set) => [set.fileId, set])
+        )
         const ready = new Set(
-          (yield* repo.sets(Array.from(new Set(long.map((item) => item.fileId)))))
+          Array.from(sets.values())
             .filter((set) => set.status === "ready" && set.modelId === modelId && set.passages > 0)
             .map((set) => set.fileId as string)
         )
         const narrowed = long.filter((item) => ready.has(item.fileId))
+        // Passages not made (a job lost, given up, or refused by a spent budget) are asked for again.
+        yield* Effect.forEach(
+          new Map(long.filter((item) => !ready.has(item.fileId)).map((item) => [item.fileId, item])).keys(),
+          (fileId) => queue(workOf(name, fileId, sets.get(fileId))),
+          { discard: true }
+        )
         if (narrowed.length === 0) {
           yield* Effect.logDebug("Long attachments sent whole: their passages are not ready")
           return contents

@@ -27,7 +27,9 @@ export const PassageSetRow = Schema.Struct({
   modelId: Schema.NullOr(Schema.String),
   status: Schema.Literal("ready", "failed"),
   passages: Schema.Number,
-  error: Schema.NullOr(Schema.String)
+  error: Schema.NullOr(Schema.String),
+  /** When the set last changed, as the database writes it: part of a job's id (`Files/Passages.ts`). */
+  updatedAt: Schema.String
 })
 export type PassageSetRow = typeof PassageSetRow.Type
 
@@ -98,8 +100,8 @@ export class PassagesRepo extends Effect.Service<PassagesRepo>()("Files/Passages
       fileIds.length === 0
         ? Effect.succeed([])
         : Effect.flatMap(
-          sql`SELECT file_id, model_id, status, passages, error FROM file_passage_sets
-              WHERE ${sql.in("file_id", fileIds)}`,
+          sql`SELECT file_id, model_id, status, passages, error, CAST(updated_at AS TEXT) AS updated_at
+              FROM file_passage_sets WHERE ${sql.in("file_id", fileIds)}`,
           Schema.decodeUnknown(Schema.Array(PassageSetRow))
         )
 
@@ -114,8 +116,10 @@ export class PassagesRepo extends Effect.Service<PassagesRepo>()("Files/Passages
      * yet), with their types: whom a backfill is for.
      */
     const filesToEmbed = (modelId: Option.Option<LlmModelId>) =>
-      Effect.map(
-        sql<{ readonly id: string; readonly contentType: string }>`SELECT f.id, f.content_type FROM files f
+      Effect.flatMap(
+        sql`SELECT f.id, f.content_type, s.file_id AS set_file_id, s.model_id, s.status, s.passages, s.error,
+              CAST(s.updated_at AS TEXT) AS updated_at
+            FROM files f
             LEFT JOIN file_passage_sets s ON s.file_id = f.id
             WHERE f.deleted_at IS NULL AND (s.file_id IS NULL OR s.status <> 'ready' ${
           Option.match(modelId, {
@@ -123,7 +127,14 @@ export class PassagesRepo extends Effect.Service<PassagesRepo>()("Files/Passages
             onSome: (id) => sql`OR s.model_id IS NULL OR s.model_id <> ${id}`
           })
         }) ORDER BY f.id`,
-        (rows) => rows.map((row) => ({ id: FileId.make(row.id), contentType: row.contentType }))
+        (rows) =>
+          Effect.forEach(rows, (row) =>
+            Effect.map(
+              row.setFileId === null
+                ? Effect.succeed(null)
+                : Schema.decodeUnknown(PassageSetRow)({ ...row, fileId: row.setFileId }),
+              (set) => ({ id: FileId.make(row.id as string), contentType: row.contentType as string, set })
+            ))
       )
 
     return {

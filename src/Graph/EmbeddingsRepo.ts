@@ -83,12 +83,15 @@ export class EmbeddingsRepo extends Effect.Service<EmbeddingsRepo>()("Graph/Embe
      */
     const usersToEmbed = (modelId: Option.Option<LlmModelId>) =>
       Effect.map(
-        sql<{ readonly userId: string }>`SELECT DISTINCT e.user_id FROM graph_entities e
+        sql<{ readonly userId: string; readonly entities: number | string; readonly lastUpdated: string }>`
+          SELECT e.user_id, COUNT(*) AS entities, CAST(MAX(e.updated_at) AS TEXT) AS last_updated
+            FROM graph_entities e
             LEFT JOIN graph_entity_embeddings v ON v.entity_id = e.id
             WHERE v.entity_id IS NULL ${
           Option.match(modelId, { onNone: () => sql``, onSome: (id) => sql`OR v.model_id <> ${id}` })
-        } ORDER BY e.user_id`,
-        (rows) => rows.map((row) => UserId.make(row.userId))
+        } GROUP BY e.user_id ORDER BY e.user_id`,
+        // What the user's entities to embed are: how many, and the last change of one.
+        (rows) => rows.map((row) => ({ userId: UserId.make(row.userId), stamp: `${row.entities}|${row.lastUpdated}` }))
       )
 
     /** The user's entities among `ids`. */

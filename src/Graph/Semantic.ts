@@ -11,15 +11,21 @@
  * multiply-add per dimension and entity: 10,000 entities of 1,536 dimensions take some tens of
  * milliseconds). That suits a personal graph of up to some tens of thousands of entities.
  */
-import * as PersistedQueue from "@effect/experimental/PersistedQueue"
-import { Effect, Option, Schema } from "effect"
+import { Effect, Either, Option, Schema } from "effect"
 import { createHash } from "node:crypto"
+import { RateLimits } from "../Auth/RateLimits.js"
 import { AppConfig } from "../Config.js"
 import { NotFound, type RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
 import { UserId } from "../Domain/Ids.js"
 import type { Spender } from "../Gateway/UsageRepo.js"
 import * as Jobs from "../Jobs.js"
-import { cosine, type EmbeddingModel, EmbeddingModels, type EmbeddingUnavailable } from "../Models/Embedding.js"
+import {
+  cosine,
+  embeddingJobs,
+  type EmbeddingModel,
+  EmbeddingModels,
+  type EmbeddingUnavailable
+} from "../Models/Embedding.js"
 import type { ProviderFailure } from "../Models/Errors.js"
 import type { GraphEntityId } from "./Api.js"
 import { EmbeddingsRepo, type EmbeddingStateRow } from "./EmbeddingsRepo.js"
@@ -49,7 +55,7 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
     const { embeddings: settings } = yield* AppConfig
     const repo = yield* EmbeddingsRepo
     const embeddings = yield* EmbeddingModels
-    const jobs = yield* PersistedQueue.make({ name: embeddingQueue, schema: EmbeddingJob })
+    const rateLimits = yield* RateLimits
 
     const unusable = (message: string) =>
       new ServiceUnavailable({ message: `Semantic search is unavailable: ${message}` })
@@ -72,9 +78,10 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
 
     /**
      * Embeds the user's entities that the configured model has not embedded from their present text,
-     * `batchSize` to a request. Answers how many were embedded.
+     * `batchSize` to a request, within the user's token budget (spent: nothing is embedded, and the
+     * next extraction tries again). Answers how many were embedded.
      */
-    const embedUser = (name: string, userId: UserId) =>
+    const embedUser = (name: string, { userId }: typeof EmbeddingJob.Type) =>
       Effect.gen(function*() {
         const model = yield* embeddingModel(name)
         const modelId = model.resolved.model.id
@@ -83,6 +90,12 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
           const textHash = hashOf(text)
           return row.modelId === modelId && row.textHash === textHash ? [] : [{ id: row.id, text, textHash }]
         })
+        if (stale.length === 0) return 0
+        const spent = yield* Effect.either(rateLimits.ownerBudget(userId))
+        if (Either.isLeft(spent)) {
+          yield* Effect.logInfo(`The knowledge graph's entities were not embedded: ${spent.left.message}`)
+          return 0
+        }
         for (let start = 0; start < stale.length; start += batchSize) {
           const batch = stale.slice(start, start + batchSize)
           const vectors = yield* embedTexts(model, batch.map((entity) => entity.text), { userId, apiKeyId: null })
@@ -92,62 +105,31 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
         return stale.length
       })
 
-    /** A job's run: a failure is logged with its reason and tried again by the queue, and by the next extraction. */
-    const embedJob = ({ userId }: typeof EmbeddingJob.Type) =>
-      Option.match(settings.model, {
-        // Queued while semantic search was on: nothing to do now.
-        onNone: () => Effect.void,
-        onSome: (name) =>
-          embedUser(name, userId).pipe(
-            Effect.tap((count) => count > 0 ? Effect.logDebug("Entities embedded", { count }) : Effect.void),
-            Effect.catchAll((error) =>
-              Effect.zipRight(
-                Effect.logWarning(`The knowledge graph's entities could not be embedded: ${error.message}`),
-                Effect.fail(new Jobs.JobFailed({ message: error.message }))
-              )
-            ),
-            Effect.asVoid,
-            Effect.annotateLogs({ userId, embeddingModel: name })
-          )
-      })
-
-    yield* Jobs.runWorkers(jobs, {
-      name: embeddingQueue,
-      handle: embedJob,
-      giveUp: ({ userId }, reason) =>
-        Effect.logWarning(
-          `Gave up embedding the knowledge graph's entities (the next extraction tries again): ${reason}`
-        ).pipe(Effect.annotateLogs({ userId }))
+    const { embedLater: queue } = yield* embeddingJobs({
+      queue: embeddingQueue,
+      schema: EmbeddingJob,
+      what: "a knowledge graph's entities",
+      run: embedUser,
+      // The next extraction tries again.
+      giveUp: () => Effect.void,
+      // Entities stored before semantic search was on, or embedded by another model. A user's job is
+      // queued once a day from the same entities, however many instances start.
+      backfill: (modelId) =>
+        Effect.map(repo.usersToEmbed(modelId), (users) =>
+          users.map(({ stamp, userId }) => ({
+            job: { userId },
+            id: Jobs.stableJobId(
+              embeddingQueue,
+              userId,
+              Option.getOrElse(settings.model, () => ""),
+              stamp,
+              new Date().toISOString().slice(0, 10)
+            )
+          })))
     })
 
     /** Has the user's entities embedded in the background (when semantic search is on). */
-    const embedLater = (userId: UserId): Effect.Effect<void> =>
-      Option.isNone(settings.model)
-        ? Effect.void
-        : jobs.offer({ userId }).pipe(
-          Effect.catchAllCause((cause) =>
-            Effect.logWarning("Could not queue the embedding of the knowledge graph's entities", cause)
-          ),
-          Effect.asVoid
-        )
-
-    // The backfill: entities stored before semantic search was on, or by another model. (Every instance
-    // starting queues its own jobs; a job that finds nothing to embed does nothing.)
-    if (Option.isSome(settings.model)) {
-      const name = settings.model.value
-      yield* Effect.forkScoped(
-        Effect.gen(function*() {
-          const model = yield* Effect.option(embeddingModel(name))
-          const users = yield* repo.usersToEmbed(Option.map(model, (found) => found.resolved.model.id))
-          yield* Effect.forEach(users, embedLater, { discard: true })
-          if (users.length > 0) {
-            yield* Effect.logInfo("Queued the embedding of knowledge graphs", { users: users.length })
-          }
-        }).pipe(
-          Effect.catchAllCause((cause) => Effect.logWarning("Could not queue the knowledge graph's backfill", cause))
-        )
-      )
-    }
+    const embedLater = (userId: UserId): Effect.Effect<void> => queue({ job: { userId } })
 
     /**
      * The user's entities closest to `query.q`, best first, with their cosine similarity: the

@@ -2,13 +2,17 @@
  * The server's own embeddings (`EMBEDDING_MODEL`), shared by the knowledge graph's semantic search
  * (`Graph/Semantic.ts`) and the retrieval of attached files' passages (`Files/Passages.ts`): the model
  * resolved as the gateway names models, texts embedded in batches into unit vectors, vectors kept as
- * float32 bytes, and compared by cosine similarity.
+ * float32 bytes, and compared by cosine similarity; and the background jobs that keep each one's
+ * vectors made (`embeddingJobs`).
  */
-import { Data, Effect, Option } from "effect"
+import * as PersistedQueue from "@effect/experimental/PersistedQueue"
+import { Data, Effect, Option, type Schema, type Scope } from "effect"
 import { AppConfig } from "../Config.js"
+import type { LlmModelId } from "../Domain/Ids.js"
 import { namedTargets, targetNamed } from "../Gateway.js"
 import type { UsageSource } from "../Gateway/Schemas.js"
 import { type Spender, UsageRepo } from "../Gateway/UsageRepo.js"
+import * as Jobs from "../Jobs.js"
 import { ModelRegistry, type ResolvedModel } from "../Models.js"
 import { type Embedder, float32Bytes } from "../Providers/Embeddings.js"
 import { ProviderError, type ProviderFailure } from "./Errors.js"
@@ -124,3 +128,98 @@ export class EmbeddingModels extends Effect.Service<EmbeddingModels>()("Models/E
     return { model: settings.model, resolve, embed } as const
   })
 }) {}
+
+/** A job to queue, with the id that makes the same work queued twice run once (`Jobs.stableJobId`), if any. */
+export interface EmbeddingWork<A> {
+  readonly job: A
+  readonly id?: string | undefined
+}
+
+/**
+ * The background embedding of one kind of thing (a file's passages, a user's knowledge graph) by the
+ * model `EMBEDDING_MODEL` names, on the durable job queue `queue`:
+ * - `embedLater` queues a job (nothing when the setting is unset; a queue that cannot take it is
+ *   logged: the backfill makes up for it);
+ * - a job's run (`run`, given the model's name) embeds what lacks that model's vectors and answers
+ *   how many it embedded; a failure is logged with its reason and tried again by the queue, and
+ *   `giveUp` records the last one;
+ * - at start-up, `backfill` (given the model's id when it resolves now) names the work made before
+ *   the setting was on, by another model, or given up, which is queued.
+ *
+ * Logs name the job's fields and the model, and `what` is embedded (say "a file's passages").
+ */
+export const embeddingJobs = <A extends Record<string, unknown>, I, E extends { readonly message: string }, R, R2>(
+  options: {
+    readonly queue: string
+    readonly schema: Schema.Schema<A, I>
+    readonly what: string
+    readonly run: (model: string, job: A) => Effect.Effect<number, E, R>
+    readonly giveUp: (job: A, reason: string) => Effect.Effect<void, never, R2>
+    readonly backfill: (model: Option.Option<LlmModelId>) => Effect.Effect<ReadonlyArray<EmbeddingWork<A>>>
+  }
+): Effect.Effect<
+  { readonly embedLater: (work: EmbeddingWork<A>) => Effect.Effect<void> },
+  never,
+  | R
+  | R2
+  | AppConfig
+  | EmbeddingModels
+  | PersistedQueue.PersistedQueueFactory
+  | Jobs.JobQueueMonitor
+  | Scope.Scope
+> =>
+  Effect.gen(function*() {
+    const { embeddings: settings } = yield* AppConfig
+    const embeddings = yield* EmbeddingModels
+    const jobs = yield* PersistedQueue.make({ name: options.queue, schema: options.schema })
+
+    yield* Jobs.runWorkers(jobs, {
+      name: options.queue,
+      handle: (job: A) =>
+        Option.match(settings.model, {
+          // Queued while the setting was on: nothing to do now.
+          onNone: () => Effect.void,
+          onSome: (name) =>
+            options.run(name, job).pipe(
+              Effect.tap((count) => count > 0 ? Effect.logDebug(`Embedded ${options.what}`, { count }) : Effect.void),
+              Effect.catchAll((error) =>
+                Effect.zipRight(
+                  Effect.logWarning(`Could not embed ${options.what}: ${error.message}`),
+                  Effect.fail(new Jobs.JobFailed({ message: error.message }))
+                )
+              ),
+              Effect.asVoid,
+              Effect.annotateLogs({ ...job, embeddingModel: name })
+            )
+        }),
+      giveUp: (job, reason) =>
+        Effect.zipRight(
+          Effect.logWarning(`Gave up embedding ${options.what}: ${reason}`),
+          options.giveUp(job, reason)
+        ).pipe(Effect.annotateLogs(job))
+    })
+
+    const embedLater = ({ id, job }: EmbeddingWork<A>): Effect.Effect<void> =>
+      Option.isNone(settings.model) ? Effect.void : jobs.offer(job, { id }).pipe(
+        Effect.catchAllCause((cause) => Effect.logWarning(`Could not queue the embedding of ${options.what}`, cause)),
+        Effect.asVoid
+      )
+
+    if (Option.isSome(settings.model)) {
+      const name = settings.model.value
+      yield* Effect.forkScoped(
+        Effect.gen(function*() {
+          const model = yield* Effect.option(embeddings.resolve(name))
+          const work = yield* options.backfill(Option.map(model, (found) => found.resolved.model.id))
+          yield* Effect.forEach(work, embedLater, { discard: true })
+          if (work.length > 0) yield* Effect.logInfo(`Queued jobs to embed ${options.what}`, { jobs: work.length })
+        }).pipe(
+          Effect.catchAllCause((cause) =>
+            Effect.logWarning(`Could not queue the start-up embedding of ${options.what}`, cause)
+          )
+        )
+      )
+    }
+
+    return { embedLater } as const
+  })

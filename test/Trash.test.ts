@@ -98,6 +98,15 @@ for (const dialect of dialects) {
             }),
             200
           )
+          // A rating of the answer whose comment quotes it.
+          expectStatus(
+            yield* call(
+              "PUT",
+              `/api/v1/conversations/${kept.conversationId}/messages/${regretted.answer.id}/feedback`,
+              { ...auth, body: { rating: "down", comment: "It repeated my secret plan" } }
+            ),
+            200
+          )
           expectStatus(
             yield* call(
               "DELETE",
@@ -133,6 +142,17 @@ for (const dialect of dialects) {
           expect(byId.get(regretted.answer.id)).toMatchObject({ content: "", deleted: true })
           expect(JSON.stringify(document)).not.toContain("secret plan")
           expect(yield* attachedRows(regretted.question.id)).toEqual([])
+          // The rating stays, without its comment.
+          expect(
+            yield* inServerDatabase(
+              Effect.flatMap(
+                SqlClient.SqlClient,
+                (sql) => sql`SELECT rating, comment FROM message_feedback WHERE message_id = ${regretted.answer.id}`
+              )
+            ).pipe(
+              Effect.orDie
+            )
+          ).toEqual([{ rating: "down", comment: null }])
 
           const audit = expectStatus(
             yield* call("GET", `/api/v1/admin/audit-events?targetId=${trashed.id}`, { auth: admin.accessToken }),

@@ -404,11 +404,14 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
 
     /**
      * Erases what the messages deleted before `cutoff` said (text, tool calls, metadata, attached
-     * files): their place in the tree stays, so the branches around them keep their shape.
+     * files, and the comments of their ratings, which may quote them; a rating's up or down and its
+     * reasons stay): their place in the tree stays, so the branches around them keep their shape.
      */
     const eraseDeletedBefore = (cutoff: string) =>
       Effect.gen(function*() {
         yield* sql`DELETE FROM message_files WHERE message_id IN (
+          SELECT id FROM messages WHERE deleted_at IS NOT NULL AND deleted_at < ${cutoff})`
+        yield* sql`UPDATE message_feedback SET comment = NULL WHERE comment IS NOT NULL AND message_id IN (
           SELECT id FROM messages WHERE deleted_at IS NOT NULL AND deleted_at < ${cutoff})`
         const erased = yield* sql<{ readonly id: MessageId }>`
           UPDATE messages SET content = '', tool_calls = '[]', metadata = '{}'

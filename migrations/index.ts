@@ -23,6 +23,7 @@ import messageFeedback from "./0019_message_feedback.js"
 import graphEntityEmbeddings from "./0020_graph_entity_embeddings.js"
 import backgroundUsage from "./0021_background_usage.js"
 import filePassages from "./0022_file_passages.js"
+import fileContentKeys from "./0023_file_content_keys.js"
 
 export const migrations = {
   "0001_initial": initial,
@@ -45,7 +46,8 @@ export const migrations = {
   "0019_message_feedback": messageFeedback,
   "0020_graph_entity_embeddings": graphEntityEmbeddings,
   "0021_background_usage": backgroundUsage,
-  "0022_file_passages": filePassages
+  "0022_file_passages": filePassages,
+  "0023_file_content_keys": fileContentKeys
 } as const
 
 /** The id of the newest migration this build knows: readiness requires it applied. */

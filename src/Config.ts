@@ -312,6 +312,12 @@ export interface FilesSettings {
   readonly quotaPerUser: Option.Option<number>
   /** `FILES_STORAGE=s3`: contents in an S3-compatible object store rather than under `dir` (then only a scratch space). */
   readonly s3: Option.Option<S3Settings>
+  /**
+   * `FILES_ENCRYPTION=on` (the default): each new content is stored encrypted under its own data key,
+   * sealed under `ENCRYPTION_KEYS` (`Files/ContentCipher.ts`); `off`: stored as it is. Either way
+   * every content stored before stays readable: its row says how it is kept.
+   */
+  readonly encryption: boolean
 }
 
 export interface EmbeddingSettings {
@@ -668,7 +674,11 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       analysisMaxChars: yield* positiveInt("FILE_ANALYSIS_MAX_CHARS").pipe(Config.withDefault(100_000)),
       chatImageMaxSize: yield* byteSize("CHAT_IMAGE_MAX_SIZE").pipe(Config.withDefault(5 * 1024 * 1024)),
       quotaPerUser: yield* Config.option(byteSize("FILES_QUOTA_PER_USER")),
-      s3: yield* s3Settings
+      s3: yield* s3Settings,
+      encryption: yield* Config.literal("on", "off")("FILES_ENCRYPTION").pipe(
+        Config.withDefault("on" as const),
+        Config.map((value) => value === "on")
+      )
     }
     const oidc = yield* oidcSettings
     const embeddings: EmbeddingSettings = {

@@ -233,6 +233,8 @@ export class Files extends Effect.Service<Files>()("Files", {
               sizeBytes: written.sizeBytes,
               sha256: written.sha256,
               storageKey: written.storageKey,
+              contentKeyCiphertext: written.contentKey?.ciphertext ?? null,
+              contentKeyId: written.contentKey?.keyId ?? null,
               deletedAt: Option.none()
             }))
             yield* audit.record({
@@ -308,7 +310,7 @@ export class Files extends Effect.Service<Files>()("Files", {
           return HttpServerResponse.empty({ status: 304, headers: caching })
         }
         const type = file.contentType.startsWith("text/") ? `${file.contentType}; charset=utf-8` : file.contentType
-        return HttpServerResponse.stream(storage.read(file.storageKey), {
+        return HttpServerResponse.stream(storage.read(file), {
           contentType: type,
           contentLength: file.sizeBytes,
           headers: {
@@ -430,7 +432,7 @@ export class Files extends Effect.Service<Files>()("Files", {
         const fail = (message: string) => endInError(analysisId, message)
         yield* repo.setStatus(analysisId, { status: "processing", attempts: attempt.attempts + 1 })
         if (job.modelId === null) return yield* fail("The model chosen for this analysis was removed")
-        const text = yield* Effect.either(storage.readText(job.storageKey, job.contentType, settings.analysisMaxChars))
+        const text = yield* Effect.either(storage.readText(job, job.contentType, settings.analysisMaxChars))
         if (text._tag === "Left") return yield* fail("The file's text could not be read")
         const resolved = yield* Effect.either(registry.resolveAny(job.modelId))
         if (resolved._tag === "Left") return yield* fail("The model chosen for this analysis was removed")

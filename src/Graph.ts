@@ -294,7 +294,7 @@ export class Graph extends Effect.Service<Graph>()("Graph", {
         if (kind === "file") {
           const file = yield* files.findOwn(id as FileId, userId)
           if (Option.isNone(file)) return Option.none<string>()
-          return Option.some(yield* storage.readText(file.value.storageKey, file.value.contentType, max))
+          return Option.some(yield* storage.readText(file.value, file.value.contentType, max))
         }
         const live = yield* conversations.liveBranch(userId, id as ConversationId)
         if (Option.isNone(live)) return Option.none<string>()

@@ -141,7 +141,6 @@ const AuthSupportLive = Layer.mergeAll(
 )
 
 const ModelSupportLive = Layer.mergeAll(
-  CredentialCipher.Default,
   ProviderClients.Default.pipe(Layer.provide(FetchHttpClient.layer)),
   EventHub.Default,
   AnswerRelay.Default
@@ -175,6 +174,8 @@ export const ServicesLive = Layer.mergeAll(
   Layer.provideMerge(JobQueuesLive),
   Layer.provideMerge(AuthSupportLive),
   Layer.provideMerge(FileStorage.Default.pipe(Layer.provide(NodeFileSystem.layer), Layer.provide(NodePath.layer))),
+  // Files' data keys are sealed as credentials are.
+  Layer.provideMerge(CredentialCipher.Default),
   Layer.provideMerge(ReposLive)
 )
 

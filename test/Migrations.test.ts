@@ -257,6 +257,15 @@ for (const dialect of dialects) {
               sql`INSERT INTO providers (id, name, kind, base_url, credential_ciphertext) VALUES ('01900000-0000-7000-8000-000000000026', 'q', 'openai', 'http://x', 'abc')`
             )
           ).toBe(true)
+          // So does a file's sealed data key.
+          const fileRow = (id: string, ciphertext: string | null, keyId: string | null) =>
+            sql`INSERT INTO files (id, user_id, original_name, content_type, size_bytes, sha256, storage_key,
+                  content_key_ciphertext, content_key_id)
+                VALUES (${id}, ${user.id}, 'f.txt', 'text/plain', 1, ${"0".repeat(64)}, ${id}, ${ciphertext}, ${keyId})`
+          expect(yield* refused(fileRow("01900000-0000-7000-8000-000000000027", "abc", null))).toBe(true)
+          expect(yield* refused(fileRow("01900000-0000-7000-8000-000000000028", null, "k1"))).toBe(true)
+          expect(yield* refused(fileRow("01900000-0000-7000-8000-000000000029", "abc", "k1"))).toBe(false)
+          expect(yield* refused(fileRow("01900000-0000-7000-8000-00000000002a", null, null))).toBe(false)
         }))
 
       it.effect("usage records outlive their key and model, and go with their user", () =>

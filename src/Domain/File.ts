@@ -12,6 +12,12 @@ export class StoredFile extends Model.Class<StoredFile>("StoredFile")({
   sizeBytes: NonNegativeInt,
   sha256: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/)),
   storageKey: Model.Sensitive(Schema.String),
+  /**
+   * The content's data key sealed under `contentKeyId` of `ENCRYPTION_KEYS` (`Files/ContentCipher.ts`);
+   * both null: the content is stored as it is.
+   */
+  contentKeyCiphertext: Model.Sensitive(Schema.NullOr(Schema.String)),
+  contentKeyId: Model.Sensitive(Schema.NullOr(Schema.String)),
   deletedAt: OptionalDateTime,
   createdAt: Model.DateTimeInsert
 }) {}

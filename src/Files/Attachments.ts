@@ -114,7 +114,7 @@ export class Attachments extends Effect.Service<Attachments>()("Files/Attachment
       if (isSeenImage(file.contentType)) {
         const kept = images.get(file.sha256)
         if (kept !== undefined) return Effect.succeed(kept)
-        return storage.readAll(file.storageKey).pipe(
+        return storage.readAll(file).pipe(
           Effect.map((bytes) => ({
             _tag: "image" as const,
             image: { mediaType: file.contentType, data: Buffer.from(bytes).toString("base64") }
@@ -127,7 +127,7 @@ export class Attachments extends Effect.Service<Attachments>()("Files/Attachment
       const kept = texts.get(file.sha256)
       if (kept !== undefined) return Effect.succeed(kept)
       // One character more than is sent tells a text that was cut.
-      return storage.readText(file.storageKey, file.contentType, settings.analysisMaxChars + 1).pipe(
+      return storage.readText(file, file.contentType, settings.analysisMaxChars + 1).pipe(
         Effect.map((text): AttachedContent =>
           text.length > settings.analysisMaxChars
             ? { _tag: "text", text: cutText(text, settings.analysisMaxChars), truncated: true }

@@ -6,6 +6,7 @@ import { Model, SqlClient, SqlSchema } from "@effect/sql"
 import { Effect, Option, Schema } from "effect"
 import { FileAnalysis, StoredFile } from "../Domain/File.js"
 import { FileAnalysisId, FileId, LlmModelId, UserId } from "../Domain/Ids.js"
+import type { Sealed } from "../Models/CredentialCipher.js"
 import { createdBefore, storedNow } from "../Sql.js"
 
 /** Where a page of files (newest first) continues: before the last item's time and id. */
@@ -22,7 +23,24 @@ export class AnalysisJobRow extends Schema.Class<AnalysisJobRow>("AnalysisJobRow
   userId: UserId,
   originalName: Schema.String,
   contentType: Schema.String,
-  storageKey: Schema.String
+  storageKey: Schema.String,
+  contentKeyCiphertext: Schema.NullOr(Schema.String),
+  contentKeyId: Schema.NullOr(Schema.String)
+}) {}
+
+/** A content stored as it is (before encryption at rest, or with it off), as `encrypt-files` reads it. */
+export class PlaintextContent extends Schema.Class<PlaintextContent>("PlaintextContent")({
+  id: FileId,
+  storageKey: Schema.String,
+  sizeBytes: Schema.Number,
+  sha256: Schema.String
+}) {}
+
+/** A content's sealed data key, as key rotation reads it. */
+export class SealedContentKey extends Schema.Class<SealedContentKey>("SealedContentKey")({
+  id: FileId,
+  contentKeyCiphertext: Schema.String,
+  contentKeyId: Schema.String
 }) {}
 
 export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
@@ -105,7 +123,8 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
       Request: FileAnalysisId,
       Result: AnalysisJobRow,
       execute: (id) =>
-        sql`SELECT a.file_id, a.status, a.model_id, f.user_id, f.original_name, f.content_type, f.storage_key
+        sql`SELECT a.file_id, a.status, a.model_id, f.user_id, f.original_name, f.content_type, f.storage_key,
+              f.content_key_ciphertext, f.content_key_id
             FROM file_analyses a JOIN files f ON f.id = a.file_id
             WHERE a.id = ${id} AND f.deleted_at IS NULL`
     })
@@ -136,6 +155,48 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
         } WHERE id = ${id}`
       })
 
+    /** Up to `limit` contents stored as they are, after the file `after` (by id). */
+    const plaintextContents = SqlSchema.findAll({
+      Request: Schema.Struct({ after: Schema.NullOr(FileId), limit: Schema.Int }),
+      Result: PlaintextContent,
+      execute: ({ after, limit }) =>
+        sql`SELECT id, storage_key, size_bytes, sha256 FROM files
+            WHERE content_key_ciphertext IS NULL AND ${after === null ? sql`TRUE` : sql`id > ${after}`}
+            ORDER BY id LIMIT ${limit}`
+    })
+
+    /**
+     * Puts a content encrypted under `storageKey` in place of the plaintext one under `previousKey`;
+     * whether the file was still there with that content (not deleted, not encrypted meanwhile).
+     */
+    const encryptedContent = (id: FileId, previousKey: string, storageKey: string, contentKey: Sealed) =>
+      Effect.map(
+        sql`UPDATE files SET storage_key = ${storageKey}, content_key_ciphertext = ${contentKey.ciphertext},
+              content_key_id = ${contentKey.keyId}
+            WHERE id = ${id} AND storage_key = ${previousKey} AND content_key_ciphertext IS NULL
+            RETURNING id`,
+        (rows) => rows.length > 0
+      )
+
+    /** Up to `limit` sealed data keys under another key than `keyId`. */
+    const contentKeysNotUnder = SqlSchema.findAll({
+      Request: Schema.Struct({ keyId: Schema.String, limit: Schema.Int }),
+      Result: SealedContentKey,
+      execute: ({ keyId, limit }) =>
+        sql`SELECT id, content_key_ciphertext, content_key_id FROM files
+            WHERE content_key_id IS NOT NULL AND content_key_id <> ${keyId} ORDER BY id LIMIT ${limit}`
+    })
+
+    /** How many contents are encrypted, and how many of them under `keyId`. */
+    const contentKeyCounts = (keyId: string) =>
+      Effect.map(
+        sql<{ readonly encrypted: number | string; readonly under: number | string | null }>`
+          SELECT count(*) AS encrypted,
+                 sum(CASE WHEN content_key_id = ${keyId} THEN 1 ELSE 0 END) AS under
+          FROM files WHERE content_key_id IS NOT NULL`,
+        (rows) => ({ encrypted: Number(rows[0]?.encrypted ?? 0), under: Number(rows[0]?.under ?? 0) })
+      )
+
     return {
       insertFile: (file: typeof StoredFile.insert.Type) => Effect.orDie(files.insert(file)),
       usageOf: (userId: UserId) => Effect.orDie(usageOf(userId)),
@@ -152,7 +213,18 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
       analysisOf: (id: FileAnalysisId, fileId: FileId) => Effect.orDie(analysisOf({ id, fileId })),
       analysesOf: (fileId: FileId) => Effect.orDie(analysesOf(fileId)),
       jobRow: (id: FileAnalysisId) => Effect.orDie(jobRow(id)),
-      setStatus: (id: FileAnalysisId, change: Parameters<typeof setStatus>[1]) => Effect.orDie(setStatus(id, change))
+      setStatus: (id: FileAnalysisId, change: Parameters<typeof setStatus>[1]) => Effect.orDie(setStatus(id, change)),
+      plaintextContents: (after: FileId | null, limit: number) => Effect.orDie(plaintextContents({ after, limit })),
+      encryptedContent: (id: FileId, previousKey: string, storageKey: string, contentKey: Sealed) =>
+        Effect.orDie(encryptedContent(id, previousKey, storageKey, contentKey)),
+      contentKeysNotUnder: (keyId: string, limit: number) => Effect.orDie(contentKeysNotUnder({ keyId, limit })),
+      /** Seals a content's data key anew (the content is untouched). */
+      setContentKey: (id: FileId, contentKey: Sealed) =>
+        Effect.orDie(
+          sql`UPDATE files SET content_key_ciphertext = ${contentKey.ciphertext}, content_key_id = ${contentKey.keyId}
+              WHERE id = ${id}`
+        ),
+      contentKeyCounts: (keyId: string) => Effect.orDie(contentKeyCounts(keyId))
     } as const
   })
 }) {}

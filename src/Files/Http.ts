@@ -1,6 +1,6 @@
-import { HttpApiBuilder, type HttpServerRequest } from "@effect/platform"
+import { HttpApiBuilder, HttpBody, type HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServerRequest, NodeMultipart } from "@effect/platform-node"
-import { Effect } from "effect"
+import { Effect, Stream } from "effect"
 import { WebPlusApi } from "../Api.js"
 import { Files } from "../Files.js"
 import { utf8FileNames } from "./FileNames.js"
@@ -21,6 +21,27 @@ const partsOf = (request: HttpServerRequest.HttpServerRequest) => {
   )
 }
 
+/**
+ * A download whose content fails on its way (a stored content that does not open: `FileStorage`)
+ * has sent its headers and part of its body: its connection is cut, so the client sees a broken
+ * response and cannot take what it received for the whole file (left alone, the platform would
+ * end the response as if it were complete, short of its `Content-Length`, on a connection kept
+ * open).
+ */
+const cutOnFailure =
+  (request: HttpServerRequest.HttpServerRequest) => (response: HttpServerResponse.HttpServerResponse) =>
+    response.body._tag !== "Stream" ? response : HttpServerResponse.setBody(
+      response,
+      HttpBody.stream(
+        Stream.tapErrorCause(
+          response.body.stream,
+          () => Effect.sync(() => NodeHttpServerRequest.toServerResponse(request).destroy())
+        ),
+        response.body.contentType,
+        response.body.contentLength
+      )
+    )
+
 export const FilesHttpLive = HttpApiBuilder.group(
   WebPlusApi,
   "files",
@@ -33,7 +54,11 @@ export const FilesHttpLive = HttpApiBuilder.group(
         .handle("listFiles", ({ urlParams }) => files.list(urlParams))
         .handle("getFile", ({ path }) => files.get(path.id))
         .handle("filePassages", ({ path, urlParams }) => files.similarPassages(path.id, urlParams))
-        .handle("downloadFile", ({ headers, path }) => files.download(path.id, headers["if-none-match"]))
+        .handle(
+          "downloadFile",
+          ({ headers, path, request }) =>
+            Effect.map(files.download(path.id, headers["if-none-match"]), cutOnFailure(request))
+        )
         .handle("deleteFile", ({ path }) => files.remove(path.id))
         .handle("requestAnalysis", ({ path, payload }) => files.requestAnalysis(path.id, payload))
         .handle("listAnalyses", ({ path }) => files.listAnalyses(path.id))

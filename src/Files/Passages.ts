@@ -152,7 +152,7 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
           yield* Effect.logInfo(`A file's passages were not embedded: ${spent.left.message}`)
           return 0
         }
-        const text = yield* storage.readText(found.value.storageKey, found.value.contentType, maxPassages * targetChars)
+        const text = yield* storage.readText(found.value, found.value.contentType, maxPassages * targetChars)
         const passages = splitPassages(text)
         const vectors = yield* embedForFiles(
           { userId: found.value.userId, apiKeyId: null },

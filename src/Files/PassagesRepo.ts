@@ -44,8 +44,15 @@ export class PassagesRepo extends Effect.Service<PassagesRepo>()("Files/Passages
     /** A file still there, as the embedding job reads it. */
     const fileToEmbed = (fileId: FileId) =>
       Effect.map(
-        sql<{ readonly userId: UserId; readonly contentType: string; readonly storageKey: string }>`
-          SELECT user_id, content_type, storage_key FROM files WHERE id = ${fileId} AND deleted_at IS NULL`,
+        sql<{
+          readonly userId: UserId
+          readonly contentType: string
+          readonly storageKey: string
+          readonly contentKeyCiphertext: string | null
+          readonly contentKeyId: string | null
+        }>`
+          SELECT user_id, content_type, storage_key, content_key_ciphertext, content_key_id
+          FROM files WHERE id = ${fileId} AND deleted_at IS NULL`,
         (rows) => Option.fromNullable(rows[0])
       )
 

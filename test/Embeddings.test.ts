@@ -8,7 +8,7 @@
  * limit and token budget; usage recorded per key; provider faults retried or
  * answered in OpenAI's format.
  */
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import OpenAI from "openai"
 import { call, createKey, expectStatus, signUp, type TestUser, uniqueName } from "./fixtures/Auth.js"
@@ -23,7 +23,7 @@ import {
   unreachableUrl,
   upstreamSecret
 } from "./fixtures/Providers.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
+import { startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 interface Cast {
   readonly admin: TestUser
@@ -508,6 +508,28 @@ for (const dialect of dialects) {
         }))
     })
   })
+
+  it.scopedLive(`RATE_LIMIT_PER_USER counts embeddings with the user's other requests on ${dialect}`, () =>
+    Effect.gen(function*() {
+      const server = yield* startTestServer(testServer({
+        dialect,
+        env: { DEVELOPMENT_MODEL: "true", MODEL_STATUS_POLL_INTERVAL: "0 seconds", RATE_LIMIT_PER_USER: "3" }
+      }))
+      yield* Effect.gen(function*() {
+        yield* signUp()
+        const user = yield* signUp()
+        // The key's creation is the user's first request of the window.
+        const key = yield* createKey(user, ["models:use"])
+        const request = { model: "webplus-development", input: "a" }
+        expectStatus(yield* postEmbeddings(key.secret, request), 200)
+        expectStatus(yield* postEmbeddings(key.secret, request), 200)
+        const limited = yield* postEmbeddings(key.secret, request)
+        expect(expectStatus(limited, 429).error).toMatchObject({ code: "rate_limit_exceeded" })
+        expect(Number(limited.headers["retry-after"])).toBeGreaterThan(0)
+        // Through the REST API too: one limit for every credential of the user.
+        expectStatus(yield* call("GET", "/api/v1/auth/me", { auth: user.accessToken }), 429)
+      }).pipe(Effect.provideService(TestServer, server))
+    }))
 
   layer(
     testServer({

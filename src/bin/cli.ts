@@ -1,8 +1,10 @@
 /**
  * `npm run cli -- <command>`: operator tasks on the configured database.
  *
- *   rotate-keys                       re-encrypt every stored credential under the first key of
- *                                     ENCRYPTION_KEYS
+ *   rotate-keys                       re-encrypt every stored credential, and re-seal every file's
+ *                                     data key, under the first key of ENCRYPTION_KEYS
+ *   encrypt-files                     encrypt the files' contents stored as they are (uploaded
+ *                                     before encryption at rest, or with FILES_ENCRYPTION=off)
  *   backup <directory>                the embedded database (a consistent copy, taken while the
  *                                     server runs), DATA_DIR/secrets.json and the files' contents,
  *                                     into a new directory below <directory>; with DATABASE_URL
@@ -24,10 +26,13 @@ import { Password } from "../Auth/Api.js"
 import { Passwords } from "../Auth/Passwords.js"
 import { SessionsRepo } from "../Auth/SessionsRepo.js"
 import { AppConfig, environment } from "../Config.js"
+import { encryptStoredContents } from "../Files/EncryptContents.js"
+import { FilesRepo } from "../Files/FilesRepo.js"
+import { FileStorage } from "../Files/Storage.js"
 import { LoggingLive } from "../Logging.js"
 import { appliedMigrationId, MigrationsError } from "../Migrations.js"
 import { CredentialCipher } from "../Models/CredentialCipher.js"
-import { rotateCredentials } from "../Models/KeyRotation.js"
+import { rotateKeys as rotateAllKeys } from "../Models/KeyRotation.js"
 import { ProvidersRepo } from "../Models/ProvidersRepo.js"
 import { Secrets } from "../Secrets.js"
 import { describeStartupFailure } from "../Server.js"
@@ -35,7 +40,8 @@ import { SqlLive } from "../Sql.js"
 import { resetPassword as resetPasswordOf } from "../Users/PasswordReset.js"
 import { UsersRepo } from "../Users/UsersRepo.js"
 
-const usage = "Usage: npm run cli -- rotate-keys | backup <directory> | reset-password <email or username> [--stdin]"
+const usage =
+  "Usage: npm run cli -- rotate-keys | encrypt-files | backup <directory> | reset-password <email or username> [--stdin]"
 
 /** Refuses to touch a database whose schema is behind this build (`npm run migrate` first). */
 const requireMigrated = Effect.flatMap(
@@ -48,17 +54,40 @@ const requireMigrated = Effect.flatMap(
       )
 )
 
-const rotateKeys = Effect.zipRight(requireMigrated, rotateCredentials).pipe(
+const rotateKeys = Effect.zipRight(requireMigrated, rotateAllKeys).pipe(
   Effect.tap((report) =>
     Effect.sync(() =>
       process.stdout.write(
-        `Re-encrypted ${report.reencrypted} credential(s) under key "${report.keyId}"; ` +
-          `${report.alreadyCurrent} already under it.\n`
+        `Re-encrypted ${report.credentials.reencrypted} credential(s) under key "${report.keyId}"; ` +
+          `${report.credentials.alreadyCurrent} already under it.\n` +
+          `Re-sealed ${report.fileKeys.resealed} file data key(s) under key "${report.keyId}"; ` +
+          `${report.fileKeys.alreadyCurrent} already under it (the files' contents are untouched).\n`
       )
     )
   ),
   Effect.provide(
-    Layer.mergeAll(ProvidersRepo.Default, CredentialCipher.Default).pipe(
+    Layer.mergeAll(ProvidersRepo.Default, FilesRepo.Default, CredentialCipher.Default).pipe(
+      Layer.provideMerge(SqlLive),
+      Layer.provide(Secrets.Default)
+    )
+  )
+)
+
+/** Encrypts the contents stored as they are; exits with 1 when some could not be (they are logged). */
+const encryptFiles = Effect.zipRight(requireMigrated, encryptStoredContents).pipe(
+  Effect.tap((report) =>
+    Effect.sync(() => {
+      process.stdout.write(
+        `Encrypted ${report.encrypted} file content(s) under key "${report.keyId}"; ` +
+          `${report.alreadyEncrypted} already encrypted; ${report.skipped} deleted meanwhile; ` +
+          `${report.failed} could not be encrypted.\n`
+      )
+      if (report.failed > 0) process.exitCode = 1
+    })
+  ),
+  Effect.provide(
+    FileStorage.Default.pipe(
+      Layer.provideMerge(Layer.mergeAll(FilesRepo.Default, CredentialCipher.Default)),
       Layer.provideMerge(SqlLive),
       Layer.provide(Secrets.Default)
     )
@@ -114,7 +143,8 @@ const resetPassword = (login: string | undefined, fromStdin: boolean) =>
  * A backup of the embedded mode's state in a new directory below `into`: `webplus.db` (SQLite's
  * `VACUUM INTO`, a consistent copy while the server runs), `secrets.json` (without it the copy's
  * tokens and provider credentials cannot be read) and `files/` (the uploads' contents, written once
- * and never changed; half-written ones left out). Prints the directory.
+ * and never changed; half-written ones left out; encrypted ones open only with the same
+ * `ENCRYPTION_KEYS`). Prints the directory.
  */
 const backup = (into: string | undefined) =>
   Effect.gen(function*() {
@@ -153,7 +183,9 @@ const backup = (into: string | undefined) =>
     const withSecrets = yield* fs.exists(path.join(target, "secrets.json"))
     yield* Console.log(
       `Backed up to ${target}: the database, ${copied} file content(s)${withSecrets ? ", secrets.json" : ""}.\n` +
-        "To restore: stop the server; put webplus.db and secrets.json in DATA_DIR, and files/ as FILES_DIR."
+        "To restore: stop the server; put webplus.db and secrets.json in DATA_DIR, and files/ as FILES_DIR.\n" +
+        "The credentials and the encrypted file contents open only with the same ENCRYPTION_KEYS " +
+        "(in secrets.json, unless set in the environment: keep them with the backup, apart from it)."
     )
   }).pipe(
     Effect.mapError((error) =>
@@ -166,6 +198,8 @@ const [command, ...rest] = process.argv.slice(2)
 
 const program: Effect.Effect<unknown, unknown, AppConfig | NodeContext.NodeContext> = command === "rotate-keys"
   ? rotateKeys
+  : command === "encrypt-files"
+  ? encryptFiles
   : command === "backup"
   ? backup(rest[0])
   : command === "reset-password"

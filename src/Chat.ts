@@ -59,6 +59,7 @@ import type { Conversation, MessageView, ToolCall } from "./Domain/Conversation.
 import { type Forbidden, invalid, NotFound, type ValidationError } from "./Domain/Errors.js"
 import type { JsonObject } from "./Domain/Fields.js"
 import {
+  ApiKeyId,
   ConversationId,
   type FileId,
   type LlmModelId,
@@ -241,7 +242,12 @@ export const cleanTitle = (text: string): string =>
 
 /** The queue of titles to write, and its jobs: a new conversation's first answer, once it has ended. */
 export const titleQueue = "conversation-title"
-export const TitleJob = Schema.Struct({ conversationId: ConversationId, answerId: MessageId })
+export const TitleJob = Schema.Struct({
+  conversationId: ConversationId,
+  answerId: MessageId,
+  /** The API key the turn came with, whose usage the title's tokens count in (none: a session, or recovered). */
+  apiKeyId: Schema.optional(ApiKeyId)
+})
 
 /** A title from the user's first message, when the model gives none. */
 export const fallbackTitle = (question: string): string => {
@@ -671,7 +677,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
      * model that cannot be reached is tried again by the queue; the last attempt's `giveUp` writes
      * the question's.
      */
-    const writeTitle = ({ answerId, conversationId }: typeof TitleJob.Type) =>
+    const writeTitle = ({ answerId, apiKeyId, conversationId }: typeof TitleJob.Type) =>
       Effect.gen(function*() {
         const found = yield* answers.titleSource(answerId)
         // Gone, titled meanwhile, or with no question to name it after.
@@ -696,8 +702,15 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
               : new JobFailed({ message: `The model could not be reached: ${error.message}` })
           )
         )
-        // The owner's tokens, as the turn's were (a title is not refused: the turn it follows was allowed).
-        yield* recordCompletionUsage(usageRecords, { userId, apiKeyId: null }, "title", resolved.value, answer)
+        // The owner's tokens, and the turn's key's, as the turn's were (a title is not refused: the turn
+        // it follows was allowed).
+        yield* recordCompletionUsage(
+          usageRecords,
+          { userId, apiKeyId: apiKeyId ?? null },
+          "title",
+          resolved.value,
+          answer
+        )
         const title = cleanTitle(answer.text)
         yield* setTitle(userId, conversationId, title.length > 0 ? title : fallbackTitle(question))
       }).pipe(Effect.withSpan("ChatEngine.writeTitle"), Effect.annotateLogs({ conversationId }))
@@ -710,11 +723,12 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           : setTitle(found.value.userId, conversationId, fallbackTitle(found.value.question)))
 
     /** Queues the title of a conversation whose first answer has ended (logged if it cannot be). */
-    const requestTitle = (conversationId: ConversationId, answerId: MessageId) =>
-      titleJobs.offer({ conversationId, answerId }, { id: answerId }).pipe(
-        Effect.asVoid,
-        Effect.catchAllCause((cause) => Effect.logWarning("A conversation's title could not be queued", cause))
-      )
+    const requestTitle = (conversationId: ConversationId, answerId: MessageId, apiKeyId?: ApiKeyId) =>
+      titleJobs.offer({ conversationId, answerId, ...(apiKeyId === undefined ? {} : { apiKeyId }) }, { id: answerId })
+        .pipe(
+          Effect.asVoid,
+          Effect.catchAllCause((cause) => Effect.logWarning("A conversation's title could not be queued", cause))
+        )
 
     /** The question and the empty answer a turn stores in its conversation (or thread). */
     const turnMessages = (input: TurnInput, attached: ReadonlyArray<Attachment>) => ({
@@ -769,7 +783,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           resolved,
           request,
           titled && conversation.title === "" && question !== null
-            ? requestTitle(conversation.id, answer.id)
+            ? requestTitle(conversation.id, answer.id, actor.apiKeyId)
             : Effect.void
         )
         // Node sends the provider's request on a later tick (once the agent hands it a socket): the

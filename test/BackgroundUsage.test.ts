@@ -175,7 +175,8 @@ for (const dialect of dialects) {
             "files:write",
             "models:use",
             "conversations:read",
-            "conversations:write"
+            "conversations:write",
+            "chat"
           ])
           const file = yield* uploadOne(user.accessToken, "key.txt", "Ada Lovelace wrote programs.\n")
           modelAnswers(openai, `{"summary": "About Ada."}`, tokens(9, 2))
@@ -195,6 +196,27 @@ for (const dialect of dialects) {
             200
           )
           expect(keyUsage).toMatchObject({ requests: 2, promptTokens: 17, completionTokens: 5 })
+
+          // A turn asked with the key starts a conversation: its title is the key's usage too.
+          modelAnswers(openai, "Programs", tokens(4, 1))
+          const turn = expectStatus(
+            yield* call("POST", "/api/v1/chat", {
+              auth: key.secret,
+              body: { content: "Who wrote programs?", modelId }
+            }),
+            200
+          )
+          for (let i = 0; i < 300; i++) {
+            const conversation = yield* call("GET", `/api/v1/conversations/${turn.conversationId}`, {
+              auth: user.accessToken
+            })
+            if (conversation.body.title !== "") break
+            yield* Effect.sleep("50 millis")
+          }
+          expect((yield* rowsOf(user)).slice(3).map((row) => [row.source, row.apiKeyId, row.promptTokens])).toEqual([
+            ["chat", key.id, 4],
+            ["title", key.id, 4]
+          ])
         }))
 
       it.scoped("a provider that reports no usage records nothing", () =>

@@ -1,8 +1,8 @@
 /**
  * `npm run cli -- backup <directory>`, run as an operator runs it (a child process) beside a running
  * server: on the embedded database, a consistent copy (a database of its own, whole, with what was
- * written before) with the secrets and the files' contents; with PostgreSQL, a refusal that says
- * what to use instead.
+ * written before) with the secrets and the files' contents (encrypted: restored with the backup's
+ * secrets, they open); with PostgreSQL, a refusal that says what to use instead.
  */
 import { SqlClient } from "@effect/sql"
 import { expect, layer } from "@effect/vitest"
@@ -14,7 +14,7 @@ import { signUp } from "./fixtures/Auth.js"
 import { uploadOne } from "./fixtures/Content.js"
 import { dialects, sqliteClientFor } from "./fixtures/Database.js"
 import { runCli } from "./fixtures/Process.js"
-import { TestServer, testServer } from "./fixtures/Server.js"
+import { startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 const backupInto = (directory: string) => runCli(["backup", directory])
 
@@ -60,13 +60,26 @@ for (const dialect of dialects) {
           const { dataDir } = yield* TestServer
           const at = Path.join(storageKey.slice(0, 2), storageKey)
           const original = Fs.readFileSync(Path.join(dataDir, "files", at))
-          expect(original.toString()).toBe("kept in the backup")
+          // Encrypted at rest: only the secrets open it.
+          expect(original.includes(Buffer.from("kept in the backup"))).toBe(false)
           expect(Fs.readFileSync(Path.join(target, "files", at)).equals(original)).toBe(true)
+          expect(run.stdout).toContain("the same ENCRYPTION_KEYS")
           const secrets = Fs.statSync(Path.join(target, "secrets.json"))
           expect(secrets.mode & 0o777).toBe(0o600)
           expect(Fs.readFileSync(Path.join(target, "secrets.json"), "utf8")).toBe(
             Fs.readFileSync(Path.join((yield* TestServer).dataDir, "secrets.json"), "utf8")
           )
+
+          // Restored as the command says (the backup as DATA_DIR), the file opens with the backup's secrets.
+          const restored = yield* startTestServer(testServer({ env: { DATA_DIR: target } }))
+          const { baseUrl } = restored
+          const downloaded = yield* Effect.promise(async () => {
+            const response = await fetch(`${baseUrl}/api/v1/files/${file.id}/content`, {
+              headers: { authorization: `Bearer ${user.accessToken}` }
+            })
+            return { status: response.status, text: await response.text() }
+          })
+          expect(downloaded).toEqual({ status: 200, text: "kept in the backup" })
         }),
       { timeout: 90_000 }
     )

@@ -335,6 +335,19 @@ layer(ClientsLive, { excludeTestServices: true })("provider chat", (it) => {
     })
   }
 
+  it.scoped("an Anthropic answer stopped by one of the stop sequences says which", () =>
+    Effect.gen(function*() {
+      const fake = yield* fakeProvider("anthropic")
+      fake.chat = { text: ["One, two"], stopSequence: "three" }
+      const answer = assemble(yield* chat(connectionTo(fake), { ...question, stop: ["three", "four"] }))
+      expect(answer.text).toBe("One, two")
+      expect(answer.last).toEqual({ _tag: "finish", reason: "stop", stopSequence: "three" })
+      expect(chatRequests(fake)[0]?.body.stop_sequences).toEqual(["three", "four"])
+      // Stopped otherwise: no sequence.
+      fake.chat = { text: ["Done"] }
+      expect(assemble(yield* chat(connectionTo(fake))).last).toEqual({ _tag: "finish", reason: "stop" })
+    }))
+
   describe("retries before the first chunk", () => {
     it.scoped("on 429, honouring Retry-After in seconds", () =>
       Effect.gen(function*() {

@@ -73,7 +73,10 @@ const StreamEvent = Schema.Union(
   }),
   Schema.Struct({
     type: Schema.Literal("message_delta"),
-    delta: Schema.Struct({ stop_reason: Schema.optional(Schema.NullOr(Schema.String)) }),
+    delta: Schema.Struct({
+      stop_reason: Schema.optional(Schema.NullOr(Schema.String)),
+      stop_sequence: Schema.optional(Schema.NullOr(Schema.String))
+    }),
     usage: Schema.optional(Usage)
   }),
   Schema.Struct({
@@ -212,6 +215,7 @@ export const make = (
   const translator = () => {
     let promptTokens = 0
     let finish: FinishReason = "stop"
+    let stopSequence: string | undefined
     // Content blocks are numbered with the text blocks; tool calls are numbered among themselves.
     const toolIndexOfBlock = new Map<number, number>()
     const translate = (data: string): ReadonlyArray<ChatChunk> | ProviderError => {
@@ -237,6 +241,7 @@ export const make = (
         }
       } else if ("delta" in event) {
         finish = finishReasons[event.delta.stop_reason ?? ""] ?? "stop"
+        stopSequence = event.delta.stop_sequence ?? undefined
         if (event.usage) {
           return [{
             _tag: "usage",
@@ -248,7 +253,7 @@ export const make = (
       } else if ("error" in event) {
         return reportedError(connection, errorStatuses[event.error.type] ?? null)
       } else if (event.type === "message_stop") {
-        return [{ _tag: "finish", reason: finish }]
+        return [{ _tag: "finish", reason: finish, ...(stopSequence !== undefined ? { stopSequence } : {}) }]
       }
       return []
     }

@@ -98,7 +98,8 @@ export type FinishReason = "stop" | "length" | "tool_calls" | "content_filter"
  * - `tool-call`: part of a tool call, identified by its `index` in the answer;
  *   `id` and `name` come with its first part, `arguments` grows part by part;
  * - `usage`: token counts (usually once, near the end);
- * - `finish`: why the model stopped (last chunk of a complete answer).
+ * - `finish`: why the model stopped (last chunk of a complete answer), and the stop sequence that
+ *   ended it when the provider says which (Anthropic does; OpenAI's and Ollama's APIs do not).
  */
 export type ChatChunk =
   | { readonly _tag: "text"; readonly text: string }
@@ -110,4 +111,4 @@ export type ChatChunk =
     readonly arguments: string
   }
   | { readonly _tag: "usage"; readonly promptTokens: number; readonly completionTokens: number }
-  | { readonly _tag: "finish"; readonly reason: FinishReason }
+  | { readonly _tag: "finish"; readonly reason: FinishReason; readonly stopSequence?: string | undefined }

@@ -1,12 +1,13 @@
 /**
  * The routes served beside the REST API's `HttpApi`: the WebSockets (server
- * events, chat), Effect RPC and the OpenAI-compatible gateway. Their paths are
+ * events, chat), Effect RPC and the OpenAI- and Anthropic-compatible gateway. Their paths are
  * part of the contract (clients need them), and the OpenAPI document describes
  * them too, so that `/docs` lists every way in: the gateway's bodies from the
  * schemas the gateway itself decodes and encodes; the sockets' protocols in
  * words (OpenAPI has no way to describe a WebSocket's messages).
  */
 import { JSONSchema, type Schema } from "effect"
+import { Message, MessagesErrorBody, MessagesRequest, MessageStreamEvent } from "./Gateway/MessagesSchemas.js"
 import {
   ChatCompletion,
   ChatCompletionChunk,
@@ -33,12 +34,15 @@ export const chatSocketMaxOpen = 4
 /** Effect RPC: NDJSON over HTTP (`POST`), JSON over a WebSocket (`GET`). */
 export const rpcPath = "/rpc"
 
-/** The path prefix OpenAI's clients put after their base URL (`http://host/v1`). */
+/** The path prefix OpenAI's clients put after their base URL (`http://host/v1`); Anthropic's put it after theirs (`http://host`). */
 export const gatewayPrefix = "/v1"
 
 type Json = Record<string, unknown>
 
 const bearer = [{ bearer: [] }]
+
+/** Anthropic's clients send the key as `x-api-key`; the bearer header works too. */
+const apiKeyHeader = [{ apiKey: [] }, { bearer: [] }]
 
 const jsonContent = (schema: Json) => ({ "application/json": { schema } })
 
@@ -121,8 +125,15 @@ const schemaOf = (schema: Schema.Schema.Any, definitions: Json): Json =>
     target: "openApi3.1"
   }) as unknown as Json
 
+/** Anthropic's error body, as `POST /v1/messages` answers every failure. */
+const messagesError = (definitions: Json) => (description: string) => ({
+  description,
+  content: jsonContent(schemaOf(MessagesErrorBody, definitions))
+})
+
 const gatewayPaths = (definitions: Json): Json => {
   const error = gatewayError(definitions)
+  const anthropicError = messagesError(definitions)
   const failures = {
     "401": error("No API key, or an invalid one (`invalid_api_key`)"),
     "403": error("The key lacks the scope (`permission_error`)")
@@ -202,6 +213,44 @@ const gatewayPaths = (definitions: Json): Json => {
           "504": error("The provider did not answer in time (`provider_timeout`)")
         }
       }
+    },
+    [`${gatewayPrefix}/messages`]: {
+      post: {
+        tags: ["gateway"],
+        summary: "A message (Anthropic's Messages API), streamed or not, from any model",
+        description: "For Anthropic's SDKs and tools built on them (base URL `http://host`, the key as " +
+          "`x-api-key`; `anthropic-version` is accepted and not needed). Any model the gateway serves, by the " +
+          "names of `/v1/models`. `system`, turns with text, base64 images, `tool_use` and `tool_result` " +
+          "blocks, `tools` and `tool_choice` are translated for the provider; `top_k` reaches Anthropic and " +
+          "Ollama. With `stream: true` the answer is Anthropic's Server-Sent Events (`message_start`, " +
+          "`content_block_start`, `content_block_delta`, `content_block_stop`, `message_delta` with the stop " +
+          "reason and usage, `message_stop`, and `ping` while the model is silent); a failure after the " +
+          "first event is an `error` event. Scopes, model lists, limits, budgets and usage as for chat " +
+          "completions. Every failure has Anthropic's error body.",
+        security: apiKeyHeader,
+        requestBody: { required: true, content: jsonContent(schemaOf(MessagesRequest, definitions)) },
+        responses: {
+          "200": {
+            description: "The message; with `stream: true`, its events as Server-Sent Events",
+            content: {
+              ...jsonContent(schemaOf(Message, definitions)),
+              "text/event-stream": { schema: schemaOf(MessageStreamEvent, definitions) }
+            }
+          },
+          "400": anthropicError("The request does not match the schema (`invalid_request_error`, naming the field)"),
+          "401": anthropicError("No API key, or an invalid one (`authentication_error`)"),
+          "403": anthropicError("The key lacks `models:use` (`permission_error`)"),
+          "404": anthropicError("No such model, or not one the key may use (`not_found_error`)"),
+          "413": anthropicError("The body is larger than `MAX_BODY_SIZE` (`request_too_large`)"),
+          "429": anthropicError("A rate limit or token budget used up (`rate_limit_error`, with `Retry-After`)"),
+          "502": anthropicError("The provider failed (`api_error`)"),
+          "503": anthropicError(
+            "The provider cannot be reached (`api_error`) or its circuit is open (`overloaded_error`), or the " +
+              "database cannot be reached"
+          ),
+          "504": anthropicError("The provider did not answer in time (`api_error`)")
+        }
+      }
     }
   }
 }
@@ -209,7 +258,11 @@ const gatewayPaths = (definitions: Json): Json => {
 const tags = [
   { name: "realtime", description: "WebSockets: the server's events, and chat for clients without Effect" },
   { name: "rpc", description: "Effect RPC, the typed interface for TypeScript clients" },
-  { name: "gateway", description: "OpenAI-compatible: OpenAI's SDKs work unchanged against `http://host/v1`" }
+  {
+    name: "gateway",
+    description: "OpenAI- and Anthropic-compatible: OpenAI's SDKs work unchanged against `http://host/v1`, " +
+      "Anthropic's against `http://host`"
+  }
 ]
 
 /** `spec` (the REST API's document) with the routes served beside it. */
@@ -226,7 +279,11 @@ export const withRoutesBeside = (spec: Json): Json => {
     components: {
       ...components,
       schemas: { ...schemas, ...definitions },
-      securitySchemes: { ...securitySchemes, bearer: securitySchemes.bearer ?? { type: "http", scheme: "bearer" } }
+      securitySchemes: {
+        ...securitySchemes,
+        bearer: securitySchemes.bearer ?? { type: "http", scheme: "bearer" },
+        apiKey: securitySchemes.apiKey ?? { type: "apiKey", in: "header", name: "X-API-Key" }
+      }
     }
   }
 }

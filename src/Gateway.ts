@@ -1,16 +1,19 @@
 /**
- * The OpenAI-compatible gateway: the models a caller may use, under names
- * people can type, and chat completions translated from OpenAI's request
- * format into a `ChatRequest` for whichever provider serves the model, and
- * back from its chunks into OpenAI's completion objects or stream chunks;
- * embeddings likewise, into an `EmbedRequest` and back into OpenAI's list of
- * vectors. Both go through the same checks (the key's scope, its model lists,
- * rate limits and token budgets) and record their usage the same way.
+ * The OpenAI- and Anthropic-compatible gateway: the models a caller may use,
+ * under names people can type, and chat completions translated from OpenAI's
+ * request format into a `ChatRequest` for whichever provider serves the model,
+ * and back from its chunks into OpenAI's completion objects or stream chunks;
+ * Anthropic's messages likewise (the translation in `Gateway/Messages.ts`);
+ * embeddings into an `EmbedRequest` and back into OpenAI's list of vectors.
+ * All go through the same checks (the key's scope, its model lists, rate
+ * limits and token budgets) and record their usage the same way: the two
+ * chat dialects share one call (`start`), one way of gathering a whole answer
+ * (`gather`) and of opening a stream (`opened`), and differ only in the wire.
  *
  * Nothing is stored but the token usage, per API key, which the reports
  * here sum per key, per user and over every user. The upstream call
  * lives exactly as long as the caller's scope: a client that goes away ends
- * it. The HTTP side (`Gateway/Http.ts`) turns failures into OpenAI's error body.
+ * it. The HTTP side (`Gateway/Http.ts`) turns failures into each dialect's error body.
  */
 import { Chunk, DateTime, Effect, Either, Option, Ref, type Scope, Stream } from "effect"
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
@@ -28,6 +31,8 @@ import {
 import { type ApiKeyId, generateUuid } from "./Domain/Ids.js"
 import type { LlmModel, Provider } from "./Domain/Model.js"
 import type { MyUsageQuery, UsageReportQuery } from "./Gateway/Api.js"
+import { messageEvents, messageOf, messagesChatRequest } from "./Gateway/Messages.js"
+import type { Message, MessagesRequest, MessageStreamEvent } from "./Gateway/MessagesSchemas.js"
 import {
   ApiKeyUsage,
   type ChatCompletion,
@@ -107,17 +112,21 @@ export const targetNamed = (targets: ReadonlyArray<Target>, name: string): Targe
     targets.find((candidate) => qualifiedName(candidate.provider, candidate.model) === name) ??
     targets.find((candidate) => candidate.model.id === name)
 
-type ReportedUsage = Extract<ChatChunk, { readonly _tag: "usage" }>
+export type ReportedUsage = Extract<ChatChunk, { readonly _tag: "usage" }>
 
-/** A completion on its way: the model, what the client will see as its identity, and the usage reported so far. */
+/** An answer on its way: the model, what the client will see as its identity, and the usage reported so far. */
 interface Call {
   readonly target: Target
   readonly upstream: Stream.Stream<ChatChunk, ProviderFailure>
-  readonly completionId: string
+  /** `chatcmpl-…`, `msg_…`: the answer's id in the client's dialect. */
+  readonly id: string
   /** Unix seconds. */
   readonly created: number
   readonly usage: Ref.Ref<Option.Option<ReportedUsage>>
 }
+
+/** How a request in one of the gateway's dialects becomes a provider's request, once its model is known. */
+type ToChatRequest = (target: Target) => Effect.Effect<ChatRequest, InvalidRequest>
 
 const textOf = (content: Content | null | undefined): string =>
   content === null || content === undefined
@@ -248,13 +257,34 @@ const toUsage = (reported: ReportedUsage): Usage => ({
 const finishReasonOf = (reason: FinishReason, calledTools: boolean): FinishReason =>
   reason === "stop" && calledTools ? "tool_calls" : reason
 
-const toolCallId = Effect.map(generateUuid, (uuid) => `call_${uuid.replaceAll("-", "")}`)
+/** A fresh id, `<prefix><32 hex digits>`: `call_` and `toolu_` for tool calls, `chatcmpl-` and `msg_` for answers. */
+const freshId = (prefix: string) => Effect.map(generateUuid, (uuid) => `${prefix}${uuid.replaceAll("-", "")}`)
 
-/** A non-streamed answer, gathered chunk by chunk. */
-interface Answer {
+const toolCallId = freshId("call_")
+const toolUseId = freshId("toolu_")
+
+export interface GatheredToolCall {
+  readonly id: string
+  readonly name: string
+  readonly arguments: string
+}
+
+/** A whole answer, gathered chunk by chunk. */
+export interface Answer {
   readonly text: string
-  readonly toolCalls: ReadonlyMap<number, { readonly id: string; readonly name: string; readonly arguments: string }>
-  readonly finish: FinishReason | null
+  /** In the order the model made them. */
+  readonly toolCalls: ReadonlyArray<GatheredToolCall>
+  /** Never null once gathered: a provider's answer ends with a finish chunk, else its stream fails (Providers/Resilience.ts). */
+  readonly finish: FinishReason
+  /** The stop sequence that ended the answer, when the provider said which. */
+  readonly stopSequence: string | undefined
+  readonly usage: Option.Option<ReportedUsage>
+}
+
+interface Gathering {
+  readonly text: string
+  readonly toolCalls: ReadonlyMap<number, GatheredToolCall>
+  readonly finish: Extract<ChatChunk, { readonly _tag: "finish" }> | null
 }
 
 export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
@@ -325,30 +355,32 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       })
 
     /**
-     * Resolves the model, translates the request and prepares the upstream
-     * call; usage is recorded when `scope` closes, with whatever the provider
-     * reported by then (nothing, if the client left before it did).
+     * Resolves the model, translates the request (from either dialect) and prepares the upstream
+     * call; usage is recorded when `scope` closes, with whatever the provider reported by then
+     * (nothing, if the client left before it did).
      */
     const start = (
-      body: ChatCompletionRequest
+      model: string,
+      toRequest: ToChatRequest,
+      idPrefix: string
     ): Effect.Effect<Call, GatewayFailure, CurrentActor | Scope.Scope> =>
       Effect.gen(function*() {
-        const { actor, resolved, target } = yield* findTarget(body.model)
-        const request = yield* toChatRequest(body, target)
+        const { actor, resolved, target } = yield* findTarget(model)
+        const request = yield* toRequest(target)
         const usage = yield* Ref.make(Option.none<ReportedUsage>())
         // Nothing to record if the provider reported no usage (the client left before it did).
         yield* Effect.addFinalizer(() =>
           Effect.flatMap(Ref.get(usage), (reported) =>
             Option.isNone(reported) ? Effect.void : recordUsage(actor, target, reported.value))
         )
-        const completionId = `chatcmpl-${(yield* generateUuid).replaceAll("-", "")}`
+        const id = yield* freshId(idPrefix)
         const created = Math.floor(DateTime.toEpochMillis(yield* DateTime.now) / 1000)
         const upstream = resolved.client.chat(request).pipe(
           Stream.tap((chunk) =>
             chunk._tag === "usage" ? Ref.set(usage, Option.some(chunk)) : Effect.void
           )
         )
-        return { target, upstream, completionId, created, usage }
+        return { target, upstream, id, created, usage }
       })
 
     /** One request's usage, for the caller's key and user, under the model (completions and embeddings). */
@@ -368,22 +400,39 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         completionTokens: usage.completionTokens
       })
 
+    /** The whole answer of `call`; tool calls the provider gave no id get `toolId`'s. */
+    const gather = (call: Call, toolId: Effect.Effect<string>): Effect.Effect<Answer, ProviderFailure> =>
+      Effect.gen(function*() {
+        const empty: Gathering = { text: "", toolCalls: new Map(), finish: null }
+        const gathered = yield* Stream.runFoldEffect(
+          call.upstream,
+          empty,
+          (gathering, chunk) => addChunk(gathering, chunk, toolId)
+        )
+        return {
+          text: gathered.text,
+          toolCalls: [...gathered.toolCalls.entries()].sort(([a], [b]) => a - b).map(([, toolCall]) => toolCall),
+          finish: gathered.finish?.reason ?? "stop",
+          stopSequence: gathered.finish?.stopSequence,
+          usage: yield* Ref.get(call.usage)
+        }
+      })
+
     /** A whole answer as one `chat.completion` object. */
     const complete = (
       body: ChatCompletionRequest
     ): Effect.Effect<ChatCompletion, GatewayFailure, CurrentActor> =>
       Effect.gen(function*() {
-        const call = yield* start(body)
-        const empty: Answer = { text: "", toolCalls: new Map(), finish: null }
-        const answer = yield* Stream.runFoldEffect(call.upstream, empty, (answer, chunk) => addChunk(answer, chunk))
-        const toolCalls = [...answer.toolCalls.entries()].sort(([a], [b]) => a - b).map(([, toolCall]) => ({
+        const call = yield* start(body.model, (target) => toChatRequest(body, target), "chatcmpl-")
+        const answer = yield* gather(call, toolCallId)
+        const toolCalls = answer.toolCalls.map((toolCall) => ({
           id: toolCall.id,
           type: "function" as const,
           function: { name: toolCall.name, arguments: toolCall.arguments }
         }))
-        const usage = yield* Ref.get(call.usage)
+        const usage = answer.usage
         return {
-          id: call.completionId,
+          id: call.id,
           object: "chat.completion" as const,
           created: call.created,
           model: call.target.id,
@@ -395,59 +444,86 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
               refusal: null,
               ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {})
             },
-            // Never null: a provider's answer ends with a finish chunk, else its stream fails (Providers/Resilience.ts).
-            finish_reason: finishReasonOf(answer.finish ?? "stop", toolCalls.length > 0),
+            finish_reason: finishReasonOf(answer.finish, toolCalls.length > 0),
             logprobs: null
           }],
           ...(Option.isSome(usage) ? { usage: toUsage(usage.value) } : {})
         }
       }).pipe(Effect.scoped, Effect.withSpan("Gateway.complete"))
 
-    const addChunk = (answer: Answer, chunk: ChatChunk): Effect.Effect<Answer> => {
+    const addChunk = (
+      gathering: Gathering,
+      chunk: ChatChunk,
+      toolId: Effect.Effect<string>
+    ): Effect.Effect<Gathering> => {
       switch (chunk._tag) {
         case "text":
-          return Effect.succeed({ ...answer, text: answer.text + chunk.text })
+          return Effect.succeed({ ...gathering, text: gathering.text + chunk.text })
         case "tool-call":
           return Effect.gen(function*() {
-            const known = answer.toolCalls.get(chunk.index)
-            const toolCalls = new Map(answer.toolCalls)
+            const known = gathering.toolCalls.get(chunk.index)
+            const toolCalls = new Map(gathering.toolCalls)
             toolCalls.set(chunk.index, {
-              id: known?.id ?? chunk.id ?? (yield* toolCallId),
+              id: known?.id ?? chunk.id ?? (yield* toolId),
               name: known?.name ?? chunk.name ?? "",
               arguments: (known?.arguments ?? "") + chunk.arguments
             })
-            return { ...answer, toolCalls }
+            return { ...gathering, toolCalls }
           })
         case "usage":
-          return Effect.succeed(answer)
+          return Effect.succeed(gathering)
         case "finish":
-          return Effect.succeed({ ...answer, finish: chunk.reason })
+          return Effect.succeed({ ...gathering, finish: chunk })
       }
     }
 
     /**
-     * The answer as `chat.completion.chunk`s. The provider's first chunk is
-     * awaited here, so a provider that fails from the start fails this effect
-     * (an HTTP error status) rather than the stream; the upstream call lives
-     * in the caller's scope.
+     * The upstream of `call`, its first chunk awaited here: a provider that fails from the start
+     * fails this effect (an HTTP error status) rather than the stream. The upstream call lives in
+     * the caller's scope.
      */
-    const stream = (
-      body: ChatCompletionRequest
-    ): Effect.Effect<Stream.Stream<ChatCompletionChunk, ProviderFailure>, GatewayFailure, CurrentActor | Scope.Scope> =>
+    const opened = (
+      call: Call
+    ): Effect.Effect<Stream.Stream<ChatChunk, ProviderFailure>, ProviderFailure, Scope.Scope> =>
       Effect.gen(function*() {
-        const call = yield* start(body)
         const pull = yield* Stream.toPull(call.upstream)
         const first = yield* pull.pipe(
           Effect.repeat({ until: Chunk.isNonEmpty }),
           Effect.map(Option.some),
           Effect.catchAll(Option.match({ onNone: () => Effect.succeed(Option.none()), onSome: Effect.fail }))
         )
-        const upstream = Option.match(first, {
+        return Option.match(first, {
           onNone: () => Stream.empty,
           onSome: (chunk) => Stream.concat(Stream.fromChunk(chunk), Stream.repeatEffectChunkOption(pull))
         })
+      })
+
+    /** The answer as `chat.completion.chunk`s, once the provider's first chunk has arrived (`opened`). */
+    const stream = (
+      body: ChatCompletionRequest
+    ): Effect.Effect<Stream.Stream<ChatCompletionChunk, ProviderFailure>, GatewayFailure, CurrentActor | Scope.Scope> =>
+      Effect.gen(function*() {
+        const call = yield* start(body.model, (target) => toChatRequest(body, target), "chatcmpl-")
+        const upstream = yield* opened(call)
         return toChunkStream(call, upstream, body.stream_options?.include_usage === true)
       }).pipe(Effect.withSpan("Gateway.stream"))
+
+    /** A whole answer as one Anthropic `message`. */
+    const createMessage = (body: MessagesRequest): Effect.Effect<Message, GatewayFailure, CurrentActor> =>
+      Effect.gen(function*() {
+        const call = yield* start(body.model, (target) => messagesChatRequest(body, target), "msg_")
+        return messageOf(call.id, call.target.id, yield* gather(call, toolUseId))
+      }).pipe(Effect.scoped, Effect.withSpan("Gateway.createMessage"))
+
+    /** The answer as Anthropic's stream events, once the provider's first chunk has arrived (`opened`). */
+    const streamMessage = (
+      body: MessagesRequest
+    ): Effect.Effect<Stream.Stream<MessageStreamEvent, ProviderFailure>, GatewayFailure, CurrentActor | Scope.Scope> =>
+      Effect.gen(function*() {
+        const call = yield* start(body.model, (target) => messagesChatRequest(body, target), "msg_")
+        const upstream = yield* opened(call)
+        return messageEvents({ id: call.id, model: call.target.id, upstream, usage: call.usage, toolUseId })
+      }).pipe(Effect.withSpan("Gateway.streamMessage"))
 
     const toChunkStream = (
       call: Call,
@@ -455,7 +531,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       includeUsage: boolean
     ): Stream.Stream<ChatCompletionChunk, ProviderFailure> => {
       const chunkOf = (choices: ReadonlyArray<ChunkChoice>, usage?: Usage): ChatCompletionChunk => ({
-        id: call.completionId,
+        id: call.id,
         object: "chat.completion.chunk",
         created: call.created,
         model: call.target.id,
@@ -665,6 +741,18 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       })
     }).pipe(Effect.withSpan("Gateway.myBudget"))
 
-    return { listModels, retrieveModel, complete, stream, embed, keyUsage, myUsage, myBudget, usageReport } as const
+    return {
+      listModels,
+      retrieveModel,
+      complete,
+      stream,
+      createMessage,
+      streamMessage,
+      embed,
+      keyUsage,
+      myUsage,
+      myBudget,
+      usageReport
+    } as const
   })
 }) {}

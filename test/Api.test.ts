@@ -50,6 +50,18 @@ describe("the API contract", () => {
         .toMatchObject({ type: "object", required: ["model", "input"] })
       expect(spec.paths[`${gatewayPrefix}/models`].get.responses["200"].content["application/json"].schema)
         .toMatchObject({ properties: { object: { enum: ["list"] } } })
+      const messages = spec.paths[`${gatewayPrefix}/messages`].post
+      expect(messages.requestBody.content["application/json"].schema).toMatchObject({
+        type: "object",
+        required: ["model", "max_tokens", "messages"]
+      })
+      expect(Object.keys(messages.responses)).toEqual(
+        expect.arrayContaining(["200", "400", "401", "403", "404", "429", "502", "503", "504"])
+      )
+      expect(messages.responses["200"].content["text/event-stream"]).toBeDefined()
+      expect(messages.responses["429"].content["application/json"].schema).toMatchObject({
+        required: ["type", "error"]
+      })
       expect(spec.tags.map((tag: { name: string }) => tag.name)).toEqual(
         expect.arrayContaining(["chat", "realtime", "rpc", "gateway"])
       )

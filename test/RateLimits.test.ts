@@ -532,6 +532,22 @@ for (const dialect of dialects) {
           error: { message: expect.any(String), type: "requests", param: null, code: "rate_limit_exceeded" }
         })
         expect(Number(gateway.headers["retry-after"])).toBeGreaterThanOrEqual(1)
+        // Anthropic's route, and Anthropic's clients elsewhere under /v1, in Anthropic's.
+        for (
+          const reply of [
+            yield* from(address, "/v1/messages", { method: "POST", body: {} }),
+            yield* call("GET", "/v1/models", {
+              headers: { "x-forwarded-for": address, "anthropic-version": "2023-06-01" }
+            })
+          ]
+        ) {
+          expect(reply.status).toBe(429)
+          expect(reply.body).toEqual({
+            type: "error",
+            error: { type: "rate_limit_error", message: expect.any(String) }
+          })
+          expect(Number(reply.headers["retry-after"])).toBeGreaterThanOrEqual(1)
+        }
 
         // Another address has its own budget.
         const other = yield* from(`198.51.100.${1 + Crypto.randomInt(250)}`, "/api/v1/conversations")

@@ -1,11 +1,13 @@
 /**
- * The OpenAI-compatible routes under `/v1`, beside the REST API (which
- * answers errors in its own format): `GET /v1/models`,
- * `POST /v1/chat/completions` and `POST /v1/embeddings`, authenticated by an API key sent as
- * `Authorization: Bearer wp_…` (what OpenAI's clients send) or `X-API-Key`.
- * Every failure is answered in OpenAI's error body, so official clients
- * raise their usual error classes. Also the handlers of the REST API's
- * usage reports (per key, your own, every user's).
+ * The gateway's routes under `/v1`, beside the REST API (which answers errors
+ * in its own format): OpenAI's `GET /v1/models`, `POST /v1/chat/completions`
+ * and `POST /v1/embeddings`, and Anthropic's `POST /v1/messages`,
+ * authenticated by an API key sent as `Authorization: Bearer wp_…` (what
+ * OpenAI's clients send) or `X-API-Key` (what Anthropic's send). Every
+ * failure is described once (`describe`) and answered in the error body of
+ * the route's dialect, so official clients raise their usual error classes.
+ * Also the handlers of the REST API's usage reports (per key, your own,
+ * every user's).
  */
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Cause, Effect, FiberRef, Option, ParseResult, Redacted, Schema, Stream } from "effect"
@@ -25,6 +27,7 @@ import {
   databaseUnavailableMessage,
   logDatabaseUnavailable
 } from "../Sql.js"
+import { Message, MessagesErrorBody, MessagesRequest, MessageStreamEvent } from "./MessagesSchemas.js"
 import {
   ChatCompletion,
   ChatCompletionChunk,
@@ -39,73 +42,54 @@ import {
 
 type Failure = EmbeddingFailure | Unauthorized | PayloadTooLarge
 
-interface OpenAiError {
+/** A failure as the gateway answers it, whatever the dialect. */
+interface GatewayError {
   readonly status: number
+  /** Never credentials or upstream bodies. */
   readonly message: string
-  readonly type: string
+  /** The request field at fault. */
   readonly param: string | null
+  /** What went wrong, as OpenAI's `code` says it (`model_not_found`, `provider_unavailable`…). */
   readonly code: string | null
   /** When the provider said how long to wait (its `Retry-After`, or the gateway's circuit for it). */
   readonly retryAfterMs?: number | undefined
 }
 
-/** OpenAI's status, type and code for each failure; messages never carry credentials or upstream bodies. */
-const describe = (failure: Failure): OpenAiError => {
+/** The status and code of each failure: one table, which each dialect renders in its own body. */
+const describe = (failure: Failure): GatewayError => {
   switch (failure._tag) {
     case "InvalidRequest":
-      return { status: 400, message: failure.message, type: "invalid_request_error", param: failure.param, code: null }
     case "EmbeddingsUnsupported":
-      return { status: 400, message: failure.message, type: "invalid_request_error", param: failure.param, code: null }
+      return { status: 400, message: failure.message, param: failure.param, code: null }
     case "UnknownModel":
       return {
         status: 404,
         message: `The model '${failure.model}' does not exist or you do not have access to it.`,
-        type: "invalid_request_error",
         param: "model",
         code: "model_not_found"
       }
     case "Unauthorized":
-      return {
-        status: 401,
-        message: failure.message,
-        type: "invalid_request_error",
-        param: null,
-        code: "invalid_api_key"
-      }
+      return { status: 401, message: failure.message, param: null, code: "invalid_api_key" }
     case "Forbidden":
-      return {
-        status: 403,
-        message: failure.message,
-        type: "permission_error",
-        param: null,
-        code: "insufficient_permissions"
-      }
+      return { status: 403, message: failure.message, param: null, code: "insufficient_permissions" }
     case "RateLimited":
       return {
         status: 429,
         message: failure.message,
-        type: "requests",
         param: null,
         code: "rate_limit_exceeded",
         retryAfterMs: failure.retryAfterSeconds * 1000
       }
     case "PayloadTooLarge":
-      return {
-        status: 413,
-        message: failure.message,
-        type: "invalid_request_error",
-        param: null,
-        code: "request_too_large"
-      }
+      return { status: 413, message: failure.message, param: null, code: "request_too_large" }
     case "ProviderUnreachable":
-      return { status: 503, message: failure.message, type: "api_error", param: null, code: "provider_unreachable" }
+      return { status: 503, message: failure.message, param: null, code: "provider_unreachable" }
     case "ProviderTimeout":
-      return { status: 504, message: failure.message, type: "api_error", param: null, code: "provider_timeout" }
+      return { status: 504, message: failure.message, param: null, code: "provider_timeout" }
     case "ProviderError":
       return {
         status: 502,
         message: failure.message,
-        type: "api_error",
         param: null,
         code: "provider_error",
         retryAfterMs: failure.retryAfterMs
@@ -114,7 +98,6 @@ const describe = (failure: Failure): OpenAiError => {
       return {
         status: 503,
         message: failure.message,
-        type: "api_error",
         param: null,
         code: "provider_unavailable",
         retryAfterMs: failure.retryAfterMs
@@ -122,21 +105,81 @@ const describe = (failure: Failure): OpenAiError => {
   }
 }
 
+/** How a dialect writes a failure: as a response's body, and as the last event of a stream. */
+interface Dialect {
+  readonly body: (error: GatewayError) => unknown
+  readonly event: (error: GatewayError) => string
+  /** How to send the key, for a request without one. */
+  readonly keyHint: string
+}
+
 const encodeErrorBody = Schema.encodeSync(ErrorBody)
 
-const errorBody = ({ code, message, param, type }: OpenAiError) =>
-  encodeErrorBody({ error: { message, type, param, code } })
+/** OpenAI's error type for a status. */
+const openAiType = (status: number) =>
+  status === 403
+    ? "permission_error"
+    : status === 429
+    ? "requests"
+    : status >= 500
+    ? "api_error"
+    : "invalid_request_error"
 
-/** A failure, as OpenAI's clients expect it. */
-export const gatewayErrorResponse = (failure: Failure) => errorResponse(describe(failure))
+const openAi: Dialect = {
+  body: ({ code, message, param, status }) =>
+    encodeErrorBody({ error: { message, type: openAiType(status), param, code } }),
+  event: (error) => `data: ${JSON.stringify(openAi.body(error))}\n\n`,
+  keyHint: "Authorization: Bearer wp_…"
+}
 
-const errorResponse = (error: OpenAiError) =>
-  HttpServerResponse.unsafeJson(errorBody(error), {
+const encodeMessagesErrorBody = Schema.encodeSync(MessagesErrorBody)
+
+/** Anthropic's error types by status, as Anthropic documents them. */
+const anthropicTypes: Readonly<Record<number, string>> = {
+  400: "invalid_request_error",
+  401: "authentication_error",
+  403: "permission_error",
+  404: "not_found_error",
+  413: "request_too_large",
+  429: "rate_limit_error"
+}
+
+/** Anthropic's error type for a failure: by its status; a provider whose circuit is open is `overloaded_error`. */
+const anthropicType = ({ code, status }: GatewayError) =>
+  code === "provider_unavailable"
+    ? "overloaded_error"
+    : anthropicTypes[status] ?? (status >= 500 ? "api_error" : "invalid_request_error")
+
+const anthropic: Dialect = {
+  body: (error) =>
+    encodeMessagesErrorBody({ type: "error", error: { type: anthropicType(error), message: error.message } }),
+  event: (error) => `event: error\ndata: ${JSON.stringify(anthropic.body(error))}\n\n`,
+  keyHint: "x-api-key: wp_…"
+}
+
+/** The path of Anthropic's Messages API. */
+const messagesPath = `${gatewayPrefix}/messages`
+
+/** Anthropic's dialect for its route, and for any request an Anthropic client sends (it says `anthropic-version`). */
+const dialectOf = (request: HttpServerRequest.HttpServerRequest): Dialect => {
+  const path = request.url.split("?")[0] ?? ""
+  return path === messagesPath || path.startsWith(`${messagesPath}/`) ||
+      request.headers["anthropic-version"] !== undefined
+    ? anthropic
+    : openAi
+}
+
+/** A failure on a path of the gateway, in the error format of the client that sent `request`. */
+export const gatewayErrorResponse = (failure: Failure, request: HttpServerRequest.HttpServerRequest) =>
+  errorResponse(dialectOf(request), describe(failure))
+
+const errorResponse = (dialect: Dialect, error: GatewayError) =>
+  HttpServerResponse.unsafeJson(dialect.body(error), {
     status: error.status,
     headers: {
       // RFC 6750: a 401 tells the client which scheme to use.
       ...(error.status === 401 ? { "www-authenticate": "Bearer realm=\"webplus\"" } : {}),
-      // OpenAI's clients wait this long before they retry.
+      // OpenAI's and Anthropic's clients wait this long before they retry.
       ...(error.retryAfterMs !== undefined
         ? { "retry-after": String(Math.ceil(error.retryAfterMs / 1000)), "retry-after-ms": String(error.retryAfterMs) }
         : {})
@@ -144,7 +187,7 @@ const errorResponse = (error: OpenAiError) =>
   })
 
 /** A defect: logged with its cause, answered with the request id to quote and nothing else. */
-const internalError = (cause: Cause.Cause<unknown>): Effect.Effect<OpenAiError> =>
+const internalError = (cause: Cause.Cause<unknown>): Effect.Effect<GatewayError> =>
   Effect.gen(function*() {
     const unreachable = databaseUnavailable(cause)
     if (Option.isSome(unreachable)) {
@@ -152,29 +195,29 @@ const internalError = (cause: Cause.Cause<unknown>): Effect.Effect<OpenAiError> 
       return {
         status: 503,
         message: databaseUnavailableMessage,
-        type: "api_error",
         param: null,
         code: "service_unavailable",
         retryAfterMs: databaseRetryAfterSeconds * 1000
-      } satisfies OpenAiError
+      } satisfies GatewayError
     }
     yield* Effect.logError("Unexpected failure in the gateway", cause)
     const requestId = yield* FiberRef.get(CurrentRequestId)
     return {
       status: 500,
       message: `Internal server error (request id ${requestId})`,
-      type: "api_error",
       param: null,
       code: null
-    } satisfies OpenAiError
+    } satisfies GatewayError
   })
 
-/** Every outcome of a gateway route as a response; only an interruption (the client left) passes through. */
-const answer = <R>(handler: Effect.Effect<HttpServerResponse.HttpServerResponse, Failure, R>) =>
+/** Every outcome of a gateway route as a response in `dialect`; only an interruption (the client left) passes through. */
+const answer = (dialect: Dialect) => <R>(handler: Effect.Effect<HttpServerResponse.HttpServerResponse, Failure, R>) =>
   handler.pipe(
-    Effect.catchAll((failure) => Effect.succeed(errorResponse(describe(failure)))),
+    Effect.catchAll((failure) => Effect.succeed(errorResponse(dialect, describe(failure)))),
     Effect.catchAllCause((cause) =>
-      Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : Effect.map(internalError(cause), errorResponse)
+      Cause.isInterruptedOnly(cause)
+        ? Effect.failCause(cause)
+        : Effect.map(internalError(cause), (error) => errorResponse(dialect, error))
     )
   )
 
@@ -211,28 +254,51 @@ const decodeBody = <A, I>(schema: Schema.Schema<A, I>) => (body: unknown): Effec
 
 const decodeCompletionRequest = decodeBody(ChatCompletionRequest)
 const decodeEmbeddingRequest = decodeBody(EmbeddingRequest)
+const decodeMessagesRequest = decodeBody(MessagesRequest)
 
 const encodeChunk = Schema.encodeSync(Schema.parseJson(ChatCompletionChunk))
 const encodeCompletion = Schema.encodeSync(ChatCompletion)
 const encodeModelList = Schema.encodeSync(ModelList)
 const encodeModel = Schema.encodeSync(GatewayModel)
 const encodeEmbeddings = Schema.encodeSync(EmbeddingList)
+const encodeMessage = Schema.encodeSync(Message)
+const encodeMessageEvent = Schema.encodeSync(Schema.parseJson(MessageStreamEvent))
 
-/** Server-sent events as OpenAI sends them; a failure after the first event is the last event, without `[DONE]`. */
-const toEventStream = (chunks: Stream.Stream<ChatCompletionChunk, Failure>) =>
-  chunks.pipe(
-    Stream.map((chunk) => `data: ${encodeChunk(chunk)}\n\n`),
-    Stream.concat(Stream.make("data: [DONE]\n\n")),
+/** Server-sent events, written by `dialect`; a failure after the first event is the last event, as `dialect` writes it. */
+const toEventStream = (dialect: Dialect, events: Stream.Stream<string, Failure>) =>
+  events.pipe(
     Stream.catchAllCause((cause) => {
       if (Cause.isInterruptedOnly(cause)) return Stream.failCause(cause)
       const failure = Cause.failureOption(cause)
-      const error: Effect.Effect<OpenAiError> = Option.isSome(failure)
+      const error: Effect.Effect<GatewayError> = Option.isSome(failure)
         ? Effect.succeed(describe(failure.value))
         : internalError(cause)
-      return Stream.fromEffect(Effect.map(error, (error) => `data: ${JSON.stringify(errorBody(error))}\n\n`))
+      return Stream.fromEffect(Effect.map(error, dialect.event))
     }),
     Stream.encodeText
   )
+
+/** OpenAI's events: each chunk as `data:`, then `data: [DONE]` (left out after a failure). */
+const completionEvents = (chunks: Stream.Stream<ChatCompletionChunk, Failure>) =>
+  toEventStream(
+    openAi,
+    chunks.pipe(
+      Stream.map((chunk) => `data: ${encodeChunk(chunk)}\n\n`),
+      Stream.concat(Stream.make("data: [DONE]\n\n"))
+    )
+  )
+
+/** Anthropic's events: each named by its type. */
+const messageEventStream = (events: Stream.Stream<MessageStreamEvent, Failure>) =>
+  toEventStream(
+    anthropic,
+    Stream.map(events, (event) => `event: ${event.type}\ndata: ${encodeMessageEvent(event)}\n\n`)
+  )
+
+const eventStreamHeaders = {
+  contentType: "text/event-stream",
+  headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
+} as const
 
 /** Reads a request's body within `MAX_BODY_SIZE`, as JSON. */
 const readJson = (
@@ -264,45 +330,53 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
      * through the REST API. A key's scopes apply (`models:read` to list,
      * `models:use` to complete).
      */
-    const authenticate = Effect.gen(function*() {
-      const credential = credentialIn((yield* HttpServerRequest.HttpServerRequest).headers)
-      if (credential === undefined || credential.length === 0) {
-        return yield* new Unauthorized({
-          message: "You didn't provide an API key. Send it as 'Authorization: Bearer wp_…'."
-        })
-      }
-      if (!credential.startsWith(apiKeyPrefix)) {
-        return yield* new Unauthorized({ message: "This endpoint accepts API keys (wp_…) only." })
-      }
-      const actor = yield* auth.authenticate(Redacted.make(credential))
-      // The general per-user limit (`RATE_LIMIT_PER_USER`), as for every authenticated request.
-      yield* rateLimits.userRequest(actor)
-      return actor
-    })
+    const authenticate = (dialect: Dialect) =>
+      Effect.gen(function*() {
+        const credential = credentialIn((yield* HttpServerRequest.HttpServerRequest).headers)
+        if (credential === undefined || credential.length === 0) {
+          return yield* new Unauthorized({
+            message: `You didn't provide an API key. Send it as '${dialect.keyHint}'.`
+          })
+        }
+        if (!credential.startsWith(apiKeyPrefix)) {
+          return yield* new Unauthorized({ message: "This endpoint accepts API keys (wp_…) only." })
+        }
+        const actor = yield* auth.authenticate(Redacted.make(credential))
+        // The general per-user limit (`RATE_LIMIT_PER_USER`), as for every authenticated request.
+        yield* rateLimits.userRequest(actor)
+        return actor
+      })
 
-    const asCaller = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-      Effect.flatMap(authenticate, (actor) => Effect.provideService(effect, CurrentActor, actor))
+    /** `effect` for the caller the key names; every outcome answered in `dialect`. */
+    const asCaller = (dialect: Dialect) =>
+    <R>(
+      effect: Effect.Effect<HttpServerResponse.HttpServerResponse, Failure, R>
+    ) =>
+      answer(dialect)(
+        Effect.flatMap(authenticate(dialect), (actor) => Effect.provideService(effect, CurrentActor, actor))
+      )
+    const asOpenAiCaller = asCaller(openAi)
 
     yield* router.get(
       `${gatewayPrefix}/models`,
-      answer(asCaller(Effect.map(gateway.listModels, (list) => HttpServerResponse.unsafeJson(encodeModelList(list)))))
+      asOpenAiCaller(Effect.map(gateway.listModels, (list) => HttpServerResponse.unsafeJson(encodeModelList(list))))
     )
 
     // Model ids may contain slashes (`<provider>/<model>`): the rest of the path is the id.
     yield* router.get(
       `${gatewayPrefix}/models/*`,
-      answer(asCaller(
+      asOpenAiCaller(
         Effect.flatMap(HttpRouter.params, (params) =>
           Effect.map(
             gateway.retrieveModel(params["*"] ?? ""),
             (model) => HttpServerResponse.unsafeJson(encodeModel(model))
           ))
-      ))
+      )
     )
 
     yield* router.post(
       `${gatewayPrefix}/chat/completions`,
-      answer(asCaller(
+      asOpenAiCaller(
         Effect.gen(function*() {
           const body = yield* Effect.flatMap(readJson(maxBodySize), decodeCompletionRequest)
           if (body.stream !== true) {
@@ -311,32 +385,44 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
           // The upstream call lives in the request's scope, which closes once the body is written
           // or the client goes away (the server then interrupts this fiber).
           const chunks = yield* gateway.stream(body)
-          return HttpServerResponse.stream(toEventStream(chunks), {
-            contentType: "text/event-stream",
-            headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
-          })
+          return HttpServerResponse.stream(completionEvents(chunks), eventStreamHeaders)
         })
-      ))
+      )
     )
 
     yield* router.post(
       `${gatewayPrefix}/embeddings`,
-      answer(asCaller(
+      asOpenAiCaller(
         Effect.flatMap(
           Effect.flatMap(readJson(maxBodySize), decodeEmbeddingRequest),
           (body) => Effect.map(gateway.embed(body), (list) => HttpServerResponse.unsafeJson(encodeEmbeddings(list)))
         )
-      ))
+      )
     )
 
-    // Unknown paths under /v1 answer in OpenAI's format too, as its clients expect.
+    // Anthropic's Messages API: the same checks, limits and usage as chat completions, in Anthropic's format.
+    yield* router.post(
+      messagesPath,
+      asCaller(anthropic)(
+        Effect.gen(function*() {
+          const body = yield* Effect.flatMap(readJson(maxBodySize), decodeMessagesRequest)
+          if (body.stream !== true) {
+            return HttpServerResponse.unsafeJson(encodeMessage(yield* gateway.createMessage(body)))
+          }
+          // In the request's scope, as for chat completions.
+          const events = yield* gateway.streamMessage(body)
+          return HttpServerResponse.stream(messageEventStream(events), eventStreamHeaders)
+        })
+      )
+    )
+
+    // Unknown paths under /v1 answer in the client's format too (Anthropic's for its clients), as they expect.
     yield* router.all(
       `${gatewayPrefix}/*`,
       Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
-        errorResponse({
+        errorResponse(dialectOf(request), {
           status: 404,
           message: `Invalid URL (${request.method} ${request.url.split("?")[0]})`,
-          type: "invalid_request_error",
           param: null,
           code: null
         }))

@@ -2,7 +2,8 @@
  * The general limit on requests per client address (`RATE_LIMIT_PER_ADDRESS`), in front of every
  * route: a request over it is answered 429 with `Retry-After` before it is routed, its body unread.
  * Health checks and metrics are left out (probes and scrapers poll them), as are the addresses of
- * `RATE_LIMIT_EXEMPT_ADDRESSES`. The OpenAI-compatible routes answer in OpenAI's error format.
+ * `RATE_LIMIT_EXEMPT_ADDRESSES`. The gateway's routes answer in the error format of their dialect
+ * (OpenAI's, or Anthropic's for `/v1/messages` and Anthropic's clients).
  */
 import { HttpApiBuilder, HttpServerRequest } from "@effect/platform"
 import { Effect, Either, Option } from "effect"
@@ -31,7 +32,7 @@ export const AddressRateLimitLive = HttpApiBuilder.middleware(
         if (Either.isRight(within)) return yield* app
         const error = within.left
         return path === gatewayPrefix || path.startsWith(`${gatewayPrefix}/`)
-          ? gatewayErrorResponse(error)
+          ? gatewayErrorResponse(error, request)
           : rateLimitedResponse(error, { "retry-after": String(error.retryAfterSeconds) })
       })
   })

@@ -11,63 +11,46 @@
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import OpenAI from "openai"
-import { call, createKey, expectStatus, signUp, type TestUser, uniqueName } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus, signUp, uniqueName } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import {
   embeddingOf,
   embedPath,
   embedRequests,
-  type FakeProvider,
   fakeProvider,
+  type GatewayCast,
+  gatewayCast,
+  gatewayTestEnv,
   registerFake,
   unreachableUrl,
   upstreamSecret
 } from "./fixtures/Providers.js"
 import { startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
-interface Cast {
-  readonly admin: TestUser
-  readonly user: TestUser
-  /** The user's key for the gateway (`models:read`, `models:use`). */
-  readonly key: { readonly id: string; readonly secret: string }
-  /** An OpenAI-compatible server with `embed-small`. */
-  readonly openai: FakeProvider
-  /** Ollama with `nomic-embed:v1`. */
-  readonly ollama: FakeProvider
-  /** Anthropic with `claude-loop`. */
-  readonly anthropic: FakeProvider
-}
-
-class TheCast extends Context.Tag("test/Embeddings/Cast")<TheCast, Cast>() {}
+/**
+ * The gateway's cast: an OpenAI-compatible server with `embed-small`, Ollama with `nomic-embed:v1`,
+ * Anthropic with `claude-loop`.
+ */
+class TheCast extends Context.Tag("test/Embeddings/Cast")<TheCast, GatewayCast>() {}
 
 const withCast = (dialect: (typeof dialects)[number]) =>
   Layer.scoped(
     TheCast,
-    Effect.gen(function*() {
-      const admin = yield* signUp()
-      const user = yield* signUp()
-      const openai = yield* fakeProvider("openai", [{ name: "embed-small" }])
-      const ollama = yield* fakeProvider("ollama", [{ name: "nomic-embed:v1" }])
-      const anthropic = yield* fakeProvider("anthropic", [{ name: "claude-loop" }])
-      const timeouts = { connectTimeoutMs: 1_000, requestTimeoutMs: 1_500 }
-      yield* registerFake(admin, openai, { name: uniqueName("compatible"), kind: "openai-compatible", ...timeouts })
-      yield* registerFake(admin, ollama, { name: uniqueName("ollama"), ...timeouts })
-      yield* registerFake(admin, anthropic, { name: uniqueName("anthropic"), ...timeouts })
-      const key = yield* createKey(user, ["models:read", "models:use"])
-      return { admin, user, key, openai, ollama, anthropic }
-    })
+    gatewayCast({
+      openai: { name: "embed-small" },
+      ollama: { name: "nomic-embed:v1" },
+      anthropic: { name: "claude-loop" }
+    }, 1_500)
   ).pipe(
     Layer.provideMerge(testServer({
       dialect,
       env: {
-        MODEL_STATUS_POLL_INTERVAL: "0 seconds",
+        ...gatewayTestEnv,
         DEVELOPMENT_MODEL: "true",
-        MAX_BODY_SIZE: "64kb",
         // Two quick retries: enough to see a fault overcome, short enough to see one that lasts.
         CHAT_RETRY_ATTEMPTS: "2",
         CHAT_RETRY_BASE_DELAY: "20 millis",
-        CHAT_RETRY_MAX_DELAY: "2 seconds",
-        PROVIDER_BREAKER_THRESHOLD: "1000"
+        CHAT_RETRY_MAX_DELAY: "2 seconds"
       }
     }))
   )

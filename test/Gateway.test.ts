@@ -15,6 +15,7 @@ import {
   chatRequests,
   type FakeProvider,
   fakeProvider,
+  gatewayTestEnv,
   registerFake,
   unreachableUrl,
   upstreamSecret
@@ -73,14 +74,7 @@ const withCast = (dialect: (typeof dialects)[number]) =>
   ).pipe(
     Layer.provideMerge(testServer({
       dialect,
-      env: {
-        MODEL_STATUS_POLL_INTERVAL: "0 seconds",
-        DEVELOPMENT_MODEL: "false",
-        MAX_BODY_SIZE: "64kb",
-        // Failures are answered at once: a retried or short-circuited call would blur what is tested.
-        CHAT_RETRY_ATTEMPTS: "0",
-        PROVIDER_BREAKER_THRESHOLD: "1000"
-      }
+      env: gatewayTestEnv
     }))
   )
 

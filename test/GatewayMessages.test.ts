@@ -9,14 +9,15 @@
 import Anthropic from "@anthropic-ai/sdk"
 import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
-import { call, createKey, expectStatus, signUp, type TestUser, uniqueName } from "./fixtures/Auth.js"
+import { call, createKey, expectStatus } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import {
   chatPath,
   chatRequests,
   type FakeProvider,
-  fakeProvider,
-  registerFake,
+  type GatewayCast,
+  gatewayCast,
+  gatewayTestEnv,
   upstreamSecret
 } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
@@ -31,50 +32,18 @@ const weatherTool = {
   input_schema: { type: "object" as const, properties: { city: { type: "string" } }, required: ["city"] }
 }
 
-interface Cast {
-  readonly admin: TestUser
-  readonly user: TestUser
-  /** The user's key for the gateway (`models:read`, `models:use`). */
-  readonly key: { readonly id: string; readonly secret: string }
-  /** OpenAI-compatible, serves `loop-chat`. */
-  readonly openai: FakeProvider
-  /** Serves `llama-loop:1b`. */
-  readonly ollama: FakeProvider
-  /** Serves `claude-loop`. */
-  readonly anthropic: FakeProvider
-}
-
-class TheCast extends Context.Tag("test/GatewayMessages/Cast")<TheCast, Cast>() {}
+/** The gateway's cast: an OpenAI-compatible server with `loop-chat`, Ollama with `llama-loop:1b`, Anthropic with `claude-loop`. */
+class TheCast extends Context.Tag("test/GatewayMessages/Cast")<TheCast, GatewayCast>() {}
 
 const withCast = (dialect: (typeof dialects)[number]) =>
   Layer.scoped(
     TheCast,
-    Effect.gen(function*() {
-      const admin = yield* signUp()
-      const user = yield* signUp()
-      const openai = yield* fakeProvider("openai", [{ name: "loop-chat" }])
-      const ollama = yield* fakeProvider("ollama", [{ name: "llama-loop:1b", capabilities: ["completion", "tools"] }])
-      const anthropic = yield* fakeProvider("anthropic", [{ name: "claude-loop" }])
-      const timeouts = { connectTimeoutMs: 1_000, requestTimeoutMs: 10_000 }
-      yield* registerFake(admin, openai, { name: uniqueName("compatible"), kind: "openai-compatible", ...timeouts })
-      yield* registerFake(admin, ollama, { name: uniqueName("ollama"), ...timeouts })
-      yield* registerFake(admin, anthropic, { name: uniqueName("anthropic"), ...timeouts })
-      const key = yield* createKey(user, ["models:read", "models:use"])
-      return { admin, user, key, openai, ollama, anthropic }
-    })
-  ).pipe(
-    Layer.provideMerge(testServer({
-      dialect,
-      env: {
-        MODEL_STATUS_POLL_INTERVAL: "0 seconds",
-        DEVELOPMENT_MODEL: "false",
-        MAX_BODY_SIZE: "64kb",
-        // Failures are answered at once: a retried or short-circuited call would blur what is tested.
-        CHAT_RETRY_ATTEMPTS: "0",
-        PROVIDER_BREAKER_THRESHOLD: "1000"
-      }
-    }))
-  )
+    gatewayCast({
+      openai: { name: "loop-chat" },
+      ollama: { name: "llama-loop:1b", capabilities: ["completion", "tools"] },
+      anthropic: { name: "claude-loop" }
+    }, 10_000)
+  ).pipe(Layer.provideMerge(testServer({ dialect, env: gatewayTestEnv })))
 
 /** The official client, pointed at the gateway; no retries, so failures arrive as they are. */
 const clientFor = (apiKey: string) =>

@@ -20,6 +20,7 @@ import {
   fakeProvider,
   type GatewayCast,
   gatewayCast,
+  gatewayModelTotals,
   gatewayTestEnv,
   registerFake,
   unreachableUrl,
@@ -383,22 +384,13 @@ for (const dialect of dialects) {
             yield* call("GET", `/api/v1/auth/api-keys/${key.id}/usage`, { auth: user.accessToken }),
             200
           )
-          const totals = (modelName: string, requests: number, promptTokens: number) => ({
-            source: "gateway",
-            modelId: expect.any(String),
-            modelName,
-            requests,
-            promptTokens,
-            completionTokens: 0,
-            totalTokens: promptTokens
-          })
           expect(usage).toEqual({
             apiKeyId: key.id,
             requests: 3,
             promptTokens: 9,
             completionTokens: 0,
             totalTokens: 9,
-            byModel: [totals("embed-small", 2, 7), totals("nomic-embed:v1", 1, 2)]
+            byModel: [gatewayModelTotals("embed-small", 2, 7), gatewayModelTotals("nomic-embed:v1", 1, 2)]
           })
           // The user's own report has them too, under the model.
           const mine = expectStatus(yield* call("GET", "/api/v1/me/usage", { auth: user.accessToken }), 200)

@@ -15,7 +15,9 @@ import {
   chatRequests,
   type FakeProvider,
   fakeProvider,
+  gatewayModelTotals,
   gatewayTestEnv,
+  keyUsageOf,
   registerFake,
   unreachableUrl,
   upstreamSecret
@@ -837,35 +839,14 @@ for (const dialect of dialects) {
           yield* promise(() =>
             client.chat.completions.create({ model: "claude-loop", messages: [{ role: "user", content: "Encore" }] })
           )
-          const path = `/api/v1/auth/api-keys/${key.id}/usage`
-          // A stream's usage is written as its request ends, just after the client has read the last event.
-          let usage: any
-          for (let attempt = 0; attempt < 50; attempt++) {
-            usage = expectStatus(yield* call("GET", path, { auth: user.accessToken }), 200)
-            if (usage.requests === 3) break
-            yield* Effect.sleep("50 millis")
-          }
-          const modelTotals = (
-            modelName: string,
-            requests: number,
-            promptTokens: number,
-            completionTokens: number
-          ) => ({
-            source: "gateway",
-            modelId: expect.any(String),
-            modelName,
-            requests,
-            promptTokens,
-            completionTokens,
-            totalTokens: promptTokens + completionTokens
-          })
+          const usage = yield* keyUsageOf(user, key.id, 3)
           expect(usage).toEqual({
             apiKeyId: key.id,
             requests: 3,
             promptTokens: 14,
             completionTokens: 4,
             totalTokens: 18,
-            byModel: [modelTotals("claude-loop", 1, 4, 1), modelTotals("loop-chat", 2, 10, 3)]
+            byModel: [gatewayModelTotals("claude-loop", 1, 4, 1), gatewayModelTotals("loop-chat", 2, 10, 3)]
           })
           // Only what was asked with this key counts.
           const fresh = yield* createKey(user, ["keys:manage"])
@@ -874,6 +855,7 @@ for (const dialect of dialects) {
           )
             .toMatchObject({ requests: 0, totalTokens: 0, byModel: [] })
           // Someone else's key is not found; no credentials, no answer.
+          const path = `/api/v1/auth/api-keys/${key.id}/usage`
           expectStatus(yield* call("GET", path, { auth: other.accessToken }), 404)
           expectStatus(yield* call("GET", path), 401)
         }))

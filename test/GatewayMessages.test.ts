@@ -17,7 +17,9 @@ import {
   type FakeProvider,
   type GatewayCast,
   gatewayCast,
+  gatewayModelTotals,
   gatewayTestEnv,
+  keyUsageOf,
   upstreamSecret
 } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
@@ -576,30 +578,14 @@ for (const dialect of dialects) {
           yield* streamedEvents(client, { model: "loop-chat", max_tokens: 10, messages: hi })
           ollama.chat = { text: ["Four"], usage: { promptTokens: 3, completionTokens: 1 } }
           yield* promise(() => client.messages.stream({ model: "llama-loop:1b", max_tokens: 10, messages: hi }).done())
-          const path = `/api/v1/auth/api-keys/${key.id}/usage`
-          // A stream's usage is written as its request ends, just after the client has read the last event.
-          let usage: any
-          for (let attempt = 0; attempt < 50; attempt++) {
-            usage = expectStatus(yield* call("GET", path, { auth: user.accessToken }), 200)
-            if (usage.requests === 3) break
-            yield* Effect.sleep("50 millis")
-          }
-          const totals = (modelName: string, requests: number, promptTokens: number, completionTokens: number) => ({
-            source: "gateway",
-            modelId: expect.any(String),
-            modelName,
-            requests,
-            promptTokens,
-            completionTokens,
-            totalTokens: promptTokens + completionTokens
-          })
+          const usage = yield* keyUsageOf(user, key.id, 3)
           expect(usage).toEqual({
             apiKeyId: key.id,
             requests: 3,
             promptTokens: 14,
             completionTokens: 4,
             totalTokens: 18,
-            byModel: [totals("llama-loop:1b", 1, 3, 1), totals("loop-chat", 2, 11, 3)]
+            byModel: [gatewayModelTotals("llama-loop:1b", 1, 3, 1), gatewayModelTotals("loop-chat", 2, 11, 3)]
           })
         }))
     })

@@ -141,7 +141,8 @@ export class OidcProvider extends Effect.Service<OidcProvider>()("Oidc/OidcProvi
 
     /**
      * Trades the authorization code for an ID token, and verifies it; the identity it vouches for,
-     * completed from the userinfo endpoint when the token has no email or no `email_verified`.
+     * completed from the userinfo endpoint when the token has no email or no `email_verified` (and
+     * as the token has it when the endpoint does not answer).
      */
     const redeem = (
       settings: OidcSettings,
@@ -217,7 +218,21 @@ export class OidcProvider extends Effect.Service<OidcProvider>()("Oidc/OidcProvi
         if (!incomplete || document.userinfo_endpoint === undefined || tokens.access_token === undefined) {
           return fromToken
         }
-        const claims = yield* userinfo(document.userinfo_endpoint, tokens.access_token)
+        // Unanswered (down, or refusing an access token meant for another API): the ID token's claims
+        // as they are, an address in it unverified. A known identity still signs in; what needs a
+        // verified address (a new account, a link) is refused further on.
+        const answered = yield* userinfo(document.userinfo_endpoint, tokens.access_token).pipe(
+          Effect.map(Option.some),
+          Effect.catchAll((failure) =>
+            Effect.as(
+              Effect.logWarning(`Single sign-on: the userinfo endpoint did not answer; the ID token's claims are used`)
+                .pipe(Effect.annotateLogs({ reason: failure.message })),
+              Option.none()
+            )
+          )
+        )
+        if (Option.isNone(answered)) return fromToken
+        const claims = answered.value
         // OpenID Connect Core §5.3.4: claims about anyone but the ID token's subject are not used.
         if (claims.sub !== fromToken.subject) return yield* fail("userinfo: sub does not match the ID token")
         const email = text(claims.email)

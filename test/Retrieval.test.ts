@@ -256,6 +256,28 @@ for (const dialect of dialects) {
             expect([refused.status, refused.body._tag]).toEqual([403, "Forbidden"])
           }))
 
+        it.scoped("passages the provider failed to make are not asked for again by a turn (the next start-up does)", () =>
+          Effect.gen(function*() {
+            const { modelId, openai, user } = yield* TheCast
+            openai.faults.clear()
+            openai.chat = { text: ["No idea."] }
+            openai.faults.set(embedPath.openai, { kind: "status", status: 500, times: 100 })
+            const file = yield* uploadOne(user.accessToken, "failing.md", longDocument, "text/markdown")
+            expect((yield* settled(user, file.id)).passages.status).toBe("failed")
+            openai.faults.clear()
+            const jobsOf = inServerDatabase(Effect.gen(function*() {
+              const sql = yield* SqlClient.SqlClient
+              const rows = yield* sql<{ n: number | string }>`SELECT count(*) AS n FROM job_queue
+                WHERE queue_name = 'file-embedding' AND element LIKE ${`%${file.id}%`}`
+              return Number(rows[0]!.n)
+            }))
+            const before = yield* jobsOf
+            yield* ask(user, modelId, file.id, question)
+            yield* Effect.sleep("300 millis")
+            expect(yield* jobsOf).toBe(before)
+            expect((yield* settled(user, file.id)).passages.status).toBe("failed")
+          }))
+
         it.scoped("a deleted file's passages are gone", () =>
           Effect.gen(function*() {
             const { openai, user } = yield* TheCast

@@ -45,6 +45,9 @@ export const maxPassages = 2_000
 /** Texts per embeddings request. */
 const batchSize = 64
 
+/** How the error of passages a spent budget refused begins. */
+const budgetRefusal = "Not embedded (the owner's token budget): "
+
 /** Where a unit of text ends: a paragraph, a line, or a sentence followed by space. */
 const boundary = /\n\s*\n|\n|[.!?。！？]["'”’)\]]*\s+/g
 
@@ -136,7 +139,8 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
     /**
      * Splits and embeds the file's text, unless that model already has; nothing for a file gone or
      * without text. Within its owner's token budget: a spent budget marks the file's passages failed
-     * (for the next start-up, or the next turn it is attached to, to try again).
+     * (for the next start-up, or the next turn it is attached to, to try again), unless another model
+     * made them (that set stays as it is, unused, until the next start-up).
      */
     const embedFile = (name: string, { fileId }: typeof PassageJob.Type) =>
       Effect.gen(function*() {
@@ -148,7 +152,7 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
         if (set !== undefined && set.status === "ready" && set.modelId === modelId) return 0
         const spent = yield* Effect.either(rateLimits.ownerBudget(found.value.userId))
         if (Either.isLeft(spent)) {
-          yield* repo.markFailed(fileId, modelId, `Not embedded: ${spent.left.message}`)
+          yield* repo.markFailed(fileId, modelId, `${budgetRefusal}${spent.left.message}`)
           yield* Effect.logInfo(`A file's passages were not embedded: ${spent.left.message}`)
           return 0
         }
@@ -323,10 +327,11 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
             .map((set) => set.fileId as string)
         )
         const narrowed = long.filter((item) => ready.has(item.fileId))
-        // Passages not made (a job lost, given up, or refused by a spent budget) are asked for again.
+        // Passages a spent budget refused are asked for again (the job checks the budget before any
+        // provider call); other failures wait for the next start-up, and a pending job for itself.
         yield* Effect.forEach(
-          new Map(long.filter((item) => !ready.has(item.fileId)).map((item) => [item.fileId, item])).keys(),
-          (fileId) => queue(workOf(name, fileId, sets.get(fileId))),
+          Array.from(sets.values()).filter((set) => set.status === "failed" && set.error?.startsWith(budgetRefusal)),
+          (set) => queue(workOf(name, set.fileId, set)),
           { discard: true }
         )
         if (narrowed.length === 0) {

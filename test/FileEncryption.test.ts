@@ -593,6 +593,28 @@ for (const dialect of dialects) {
             expect(JSON.stringify(logs)).not.toContain(newKey.toString("base64"))
             expect((yield* call("GET", "/health/live")).status).toBe(200)
           }))
+
+        if (storage === "s3") {
+          it.scoped("encrypt-files: a plaintext copy the store will not remove is counted, named, and the exit is 1", () =>
+            Effect.gen(function*() {
+              const { store, user } = yield* TheCast
+              const off = yield* sibling({ FILES_ENCRYPTION: "off" })
+              const content = textOf(100, `stuck-${Crypto.randomUUID()}`)
+              const file = yield* onServer(off)(uploadOne(user.accessToken, "stuck.txt", content))
+              const before = yield* rowOf(file.id)
+              store.refuseDeletes(true)
+              const run = yield* cli(["encrypt-files"], oldKeys).pipe(
+                Effect.ensuring(Effect.sync(() => store.refuseDeletes(false)))
+              )
+              expect(run.code, run.stdout + run.stderr).toBe(1)
+              expect(run.stdout).toContain("1 plaintext content(s) could not be removed")
+              expect(run.stdout + run.stderr).toContain(before.storageKey)
+              // The row moved onto the encrypted copy; the plaintext is still there, named.
+              expect((yield* rowOf(file.id)).contentKeyId).toBe("old")
+              expect(yield* storedBytes(before.storageKey)).toEqual(content)
+              yield* expectDownload(user.accessToken, file.id, content)
+            }))
+        }
       }
     )
   }

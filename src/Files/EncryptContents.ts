@@ -9,7 +9,7 @@
  * names). Safe while the server runs.
  */
 import { SqlClient } from "@effect/sql"
-import { Effect, Either } from "effect"
+import { Cause, Effect, Either } from "effect"
 import type { FileId } from "../Domain/Ids.js"
 import { CredentialCipher } from "../Models/CredentialCipher.js"
 import { inTransaction } from "../Sql.js"
@@ -26,6 +26,8 @@ export interface EncryptionReport {
   readonly skipped: number
   /** Could not be read, or did not match their row: left as they were, and logged. */
   readonly failed: number
+  /** Encrypted, but their plaintext could not be removed: logged with its storage key, to remove by hand. */
+  readonly leftBehind: number
 }
 
 /** Rows read at a time. */
@@ -44,10 +46,14 @@ export const encryptStoredContents: Effect.Effect<
   let encrypted = 0
   let skipped = 0
   let failed = 0
-  const removeQuietly = (storageKey: string) =>
+  let leftBehind = 0
+  /** Removes a content, or logs why it could not be (an object store's refusal is a defect: caught too). */
+  const removal = (storageKey: string, onFailure: (cause: Cause.Cause<unknown>) => Effect.Effect<void>) =>
     storage.remove(storageKey).pipe(
-      Effect.catchAll((error) => Effect.logWarning("A content could not be removed; nothing names it", error))
+      Effect.catchAllCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.interrupt : onFailure(cause))
     )
+  const removeQuietly = (storageKey: string) =>
+    removal(storageKey, (cause) => Effect.logWarning("A content could not be removed; nothing names it", cause))
   // Past every row read, failed ones included: each row is tried once a run.
   let after: FileId | null = null
   while (true) {
@@ -75,9 +81,17 @@ export const encryptStoredContents: Effect.Effect<
           return yield* removeQuietly(storageKey)
         }
         encrypted++
-        yield* removeQuietly(row.storageKey)
+        // No row names the plaintext any more: a copy that stays is named in the log, and counted.
+        yield* removal(row.storageKey, (cause) =>
+          Effect.suspend(() => {
+            leftBehind++
+            return Effect.logError(
+              "A file's content was encrypted, but its plaintext could not be removed; remove it by hand",
+              cause
+            ).pipe(Effect.annotateLogs({ plaintextStorageKey: row.storageKey }))
+          }))
       }).pipe(Effect.annotateLogs({ fileId: row.id }))
     }
   }
-  return { keyId: cipher.primaryKeyId, encrypted, alreadyEncrypted, skipped, failed }
+  return { keyId: cipher.primaryKeyId, encrypted, alreadyEncrypted, skipped, failed, leftBehind }
 }).pipe(Effect.withSpan("EncryptContents.encryptStoredContents"))

@@ -80,9 +80,12 @@ const encryptFiles = Effect.zipRight(requireMigrated, encryptStoredContents).pip
       process.stdout.write(
         `Encrypted ${report.encrypted} file content(s) under key "${report.keyId}"; ` +
           `${report.alreadyEncrypted} already encrypted; ${report.skipped} deleted meanwhile; ` +
-          `${report.failed} could not be encrypted.\n`
+          `${report.failed} could not be encrypted.\n` +
+          (report.leftBehind > 0
+            ? `${report.leftBehind} plaintext content(s) could not be removed: their storage keys are in the log.\n`
+            : "")
       )
-      if (report.failed > 0) process.exitCode = 1
+      if (report.failed > 0 || report.leftBehind > 0) process.exitCode = 1
     })
   ),
   Effect.provide(

@@ -16,7 +16,7 @@ import { Effect, Either, Option, Schema } from "effect"
 import { RateLimits } from "../Auth/RateLimits.js"
 import { AppConfig } from "../Config.js"
 import type { MessageView } from "../Domain/Conversation.js"
-import { NotFound, type RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
+import { type NotFound, type RateLimited, type ServiceUnavailable } from "../Domain/Errors.js"
 import { FileId } from "../Domain/Ids.js"
 import type { Spender } from "../Gateway/UsageRepo.js"
 import * as Jobs from "../Jobs.js"
@@ -247,9 +247,6 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
         return found
       })
 
-    const unusable = (error: EmbeddingUnavailable) =>
-      new ServiceUnavailable({ message: `Retrieval is unavailable: ${error.message}` })
-
     /**
      * The file's passages closest to `q`, best first, with their cosine similarity, and how many it
      * has (none while they are not ready). The file must be the caller's: checked by the caller.
@@ -266,16 +263,14 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
       NotFound | RateLimited | ServiceUnavailable | ProviderFailure
     > =>
       Effect.gen(function*() {
-        if (Option.isNone(settings.model)) {
-          return yield* new NotFound({ message: "Retrieval of files' passages is not configured on this server" })
-        }
-        yield* charge
-        const model = yield* Effect.mapError(embeddings.resolve(settings.model.value), unusable)
-        const [vector] = yield* embedForFiles(spender, model, [query.q]).pipe(
-          Effect.catchTag("EmbeddingUnavailable", (error) => Effect.fail(unusable(error)))
+        const { model, vector } = yield* embeddings.embedQuery(
+          { off: "Retrieval of files' passages", name: "Retrieval" },
+          query.q,
+          { spender, source: "files" },
+          charge
         )
-        const passages = yield* repo.passagesOf(fileId, model.resolved.model.id, vector!.length)
-        return { total: passages.length, items: rank(vector!, passages).slice(0, query.limit) }
+        const passages = yield* repo.passagesOf(fileId, model.resolved.model.id, vector.length)
+        return { total: passages.length, items: rank(vector, passages).slice(0, query.limit) }
       }).pipe(Effect.withSpan("FilePassages.similar"))
 
     /** An attachment as its passages: a line saying what they are, then each marked with its place. */

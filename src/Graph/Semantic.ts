@@ -15,17 +15,11 @@ import { Effect, Either, Option, Schema } from "effect"
 import { createHash } from "node:crypto"
 import { RateLimits } from "../Auth/RateLimits.js"
 import { AppConfig } from "../Config.js"
-import { NotFound, type RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
+import { type NotFound, type RateLimited, type ServiceUnavailable } from "../Domain/Errors.js"
 import { UserId } from "../Domain/Ids.js"
 import type { Spender } from "../Gateway/UsageRepo.js"
 import * as Jobs from "../Jobs.js"
-import {
-  cosine,
-  embeddingJobs,
-  type EmbeddingModel,
-  EmbeddingModels,
-  type EmbeddingUnavailable
-} from "../Models/Embedding.js"
+import { cosine, embeddingJobs, EmbeddingModels } from "../Models/Embedding.js"
 import type { ProviderFailure } from "../Models/Errors.js"
 import type { GraphEntityId } from "./Api.js"
 import { EmbeddingsRepo, type EmbeddingStateRow } from "./EmbeddingsRepo.js"
@@ -57,25 +51,6 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
     const embeddings = yield* EmbeddingModels
     const rateLimits = yield* RateLimits
 
-    const unusable = (message: string) =>
-      new ServiceUnavailable({ message: `Semantic search is unavailable: ${message}` })
-
-    const unavailable = (error: EmbeddingUnavailable) => unusable(error.message)
-
-    /** The configured model (`Models/Embedding.ts`), or why semantic search cannot use it now. */
-    const embeddingModel = (name: string): Effect.Effect<EmbeddingModel, ServiceUnavailable> =>
-      Effect.mapError(embeddings.resolve(name), unavailable)
-
-    /** Unit vectors of `texts`, their tokens recorded for `spender` (source `graph`). */
-    const embedTexts = (
-      model: EmbeddingModel,
-      texts: ReadonlyArray<string>,
-      spender: Spender
-    ): Effect.Effect<ReadonlyArray<ReadonlyArray<number>>, ServiceUnavailable | ProviderFailure> =>
-      embeddings.embed(model, texts, batchSize, { spender, source: "graph" }).pipe(
-        Effect.catchTag("EmbeddingUnavailable", (error) => Effect.fail(unavailable(error)))
-      )
-
     /**
      * Embeds the user's entities that the configured model has not embedded from their present text,
      * `batchSize` to a request, within the user's token budget (spent: nothing is embedded, and the
@@ -83,7 +58,7 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
      */
     const embedUser = (name: string, { userId }: typeof EmbeddingJob.Type) =>
       Effect.gen(function*() {
-        const model = yield* embeddingModel(name)
+        const model = yield* embeddings.resolve(name)
         const modelId = model.resolved.model.id
         const stale = (yield* repo.states(userId)).flatMap((row) => {
           const text = embeddedText(row)
@@ -98,7 +73,10 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
         }
         for (let start = 0; start < stale.length; start += batchSize) {
           const batch = stale.slice(start, start + batchSize)
-          const vectors = yield* embedTexts(model, batch.map((entity) => entity.text), { userId, apiKeyId: null })
+          const vectors = yield* embeddings.embed(model, batch.map((entity) => entity.text), batchSize, {
+            spender: { userId, apiKeyId: null },
+            source: "graph"
+          })
           yield* Effect.forEach(batch, (entity, index) =>
             repo.store({ entityId: entity.id, modelId, vector: vectors[index]!, textHash: entity.textHash }))
         }
@@ -145,21 +123,21 @@ export class GraphSemantic extends Effect.Service<GraphSemantic>()("Graph/Semant
       NotFound | RateLimited | ServiceUnavailable | ProviderFailure
     > =>
       Effect.gen(function*() {
-        if (Option.isNone(settings.model)) {
-          return yield* new NotFound({ message: "Semantic search is not configured on this server" })
-        }
-        yield* charge
+        const { model, vector } = yield* embeddings.embedQuery(
+          { off: "Semantic search", name: "Semantic search" },
+          query.q,
+          { spender, source: "graph" },
+          charge
+        )
         const { userId } = spender
-        const model = yield* embeddingModel(settings.model.value)
-        const [vector] = yield* embedTexts(model, [query.q], spender)
         const limit = query.limit ?? defaultSimilar
         const minScore = query.minScore ?? -1
         const best: Array<{ readonly entityId: GraphEntityId; readonly score: number }> = []
         let after = Option.none<string>()
         for (;;) {
-          const page = yield* repo.vectorsPage(userId, model.resolved.model.id, vector!.length, after, pageSize)
+          const page = yield* repo.vectorsPage(userId, model.resolved.model.id, vector.length, after, pageSize)
           for (const row of page) {
-            const score = cosine(vector!, row.vector)
+            const score = cosine(vector, row.vector)
             if (score < minScore || (best.length === limit && score <= best[limit - 1]!.score)) continue
             // Pages come in entity order, so among equal scores the first entity stays first.
             let at = best.length

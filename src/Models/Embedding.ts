@@ -8,6 +8,7 @@
 import * as PersistedQueue from "@effect/experimental/PersistedQueue"
 import { Data, Effect, Option, type Schema, type Scope } from "effect"
 import { AppConfig } from "../Config.js"
+import { NotFound, type RateLimited, ServiceUnavailable } from "../Domain/Errors.js"
 import type { LlmModelId } from "../Domain/Ids.js"
 import { namedTargets, targetNamed } from "../Gateway.js"
 import type { UsageSource } from "../Gateway/Schemas.js"
@@ -125,7 +126,36 @@ export class EmbeddingModels extends Effect.Service<EmbeddingModels>()("Models/E
         return vectors
       })
 
-    return { model: settings.model, resolve, embed } as const
+    /**
+     * A search's text as a unit vector of the configured model, for a feature that is on only with
+     * `EMBEDDING_MODEL` (named in its failures: `off` when it is unset, `name` when it cannot be used
+     * now): `NotFound` while the setting is unset, nothing paid; otherwise `charge` (the caller's
+     * budgets and limits) is paid, then the model resolved and the text embedded, its tokens
+     * recorded for `spender` under `source`. A model that cannot embed now is `ServiceUnavailable`.
+     */
+    const embedQuery = (
+      feature: { readonly off: string; readonly name: string },
+      text: string,
+      spent: { readonly spender: Spender; readonly source: UsageSource },
+      charge: Effect.Effect<void, RateLimited>
+    ): Effect.Effect<
+      { readonly model: EmbeddingModel; readonly vector: ReadonlyArray<number> },
+      NotFound | RateLimited | ServiceUnavailable | ProviderFailure
+    > =>
+      Effect.gen(function*() {
+        if (Option.isNone(settings.model)) {
+          return yield* new NotFound({ message: `${feature.off} is not configured on this server` })
+        }
+        yield* charge
+        const model = yield* resolve(settings.model.value)
+        const [vector] = yield* embed(model, [text], 1, spent)
+        return { model, vector: vector! }
+      }).pipe(
+        Effect.catchTag("EmbeddingUnavailable", (error) =>
+          Effect.fail(new ServiceUnavailable({ message: `${feature.name} is unavailable: ${error.message}` })))
+      )
+
+    return { model: settings.model, resolve, embed, embedQuery } as const
   })
 }) {}
 

@@ -517,35 +517,28 @@ for (const dialect of dialects) {
       "auto-registration off and allowed domains: unknown people and other domains are refused",
       () =>
         Effect.gen(function*() {
-          const idp = yield* fakeOidcProvider()
-          const server = yield* startTestServer(testServer({
-            dialect,
-            env: oidcEnv(idp, {
-              OIDC_AUTO_REGISTER: "false",
-              OIDC_ALLOWED_DOMAINS: "allowed.test, @Partner.test",
-              OIDC_LINK_BY_EMAIL: "true"
-            })
-          }))
-          yield* Effect.gen(function*() {
-            const local = yield* signUp({ email: `local-${Date.now()}@allowed.test` })
-            expect(yield* refusalFor(person({ email: `new-${Date.now()}@allowed.test` }))).toBe("account_not_found")
-            expect(yield* refusalFor(person({ email: local.email.replace("allowed.test", "elsewhere.test") })))
-              .toBe("domain_not_allowed")
-            expect(yield* refusalFor(person({ email: undefined as never }))).toBe("domain_not_allowed")
-            // An address of an allowed domain that the provider has not verified vouches for nothing.
-            expect(yield* refusalFor(person({ email: `new-${Date.now()}@allowed.test`, email_verified: false })))
-              .toBe("domain_not_allowed")
-            expect(yield* refusalFor(person({ email: local.email, email_verified: false }))).toBe("domain_not_allowed")
-            expect(yield* refusalFor(person({ email: local.email, email_verified: undefined as never })))
-              .toBe("domain_not_allowed")
-            expect(yield* countRows("users")).toBe(1)
-            // An existing account of an allowed domain still links and signs in.
-            const linked = yield* me((yield* tokensFor(person({ email: local.email }))).accessToken)
-            expect(linked.id).toBe(local.id)
-            const partner = yield* signUp({ email: `someone-${Date.now()}@partner.test` })
-            expect((yield* me((yield* tokensFor(person({ email: partner.email }))).accessToken)).id).toBe(partner.id)
-          }).pipe(Effect.provideService(TestServer, server), Effect.provideService(Idp, idp))
-        }),
+          const local = yield* signUp({ email: `local-${Date.now()}@allowed.test` })
+          expect(yield* refusalFor(person({ email: `new-${Date.now()}@allowed.test` }))).toBe("account_not_found")
+          expect(yield* refusalFor(person({ email: local.email.replace("allowed.test", "elsewhere.test") })))
+            .toBe("domain_not_allowed")
+          expect(yield* refusalFor(person({ email: undefined as never }))).toBe("domain_not_allowed")
+          // An address of an allowed domain that the provider has not verified vouches for nothing.
+          expect(yield* refusalFor(person({ email: `new-${Date.now()}@allowed.test`, email_verified: false })))
+            .toBe("domain_not_allowed")
+          expect(yield* refusalFor(person({ email: local.email, email_verified: false }))).toBe("domain_not_allowed")
+          expect(yield* refusalFor(person({ email: local.email, email_verified: undefined as never })))
+            .toBe("domain_not_allowed")
+          expect(yield* countRows("users")).toBe(1)
+          // An existing account of an allowed domain still links and signs in.
+          const linked = yield* me((yield* tokensFor(person({ email: local.email }))).accessToken)
+          expect(linked.id).toBe(local.id)
+          const partner = yield* signUp({ email: `someone-${Date.now()}@partner.test` })
+          expect((yield* me((yield* tokensFor(person({ email: partner.email }))).accessToken)).id).toBe(partner.id)
+        }).pipe(Effect.provide(withIdp(dialect, {
+          OIDC_AUTO_REGISTER: "false",
+          OIDC_ALLOWED_DOMAINS: "allowed.test, @Partner.test",
+          OIDC_LINK_BY_EMAIL: "true"
+        }))),
       { timeout: 60_000 }
     )
 
@@ -553,30 +546,26 @@ for (const dialect of dialects) {
       "by default, a sign-in with the email of an existing account is refused, and nothing is created",
       () =>
         Effect.gen(function*() {
-          const idp = yield* fakeOidcProvider()
-          const server = yield* startTestServer(testServer({ dialect, env: oidcEnv(idp) }))
-          yield* Effect.gen(function*() {
-            const admin = yield* signUp()
-            const local = yield* signUp()
-            const users = yield* countRows("users")
-            const identities = yield* countRows("oidc_identities")
-            for (const email_verified of [true, false] as const) {
-              const { final } = yield* signInAs(person({ email: local.email.toUpperCase(), email_verified }))
-              expect(final.searchParams.get("error")).toBe("account_exists")
-              expect(final.searchParams.get("error_description")).toBe(
-                "An account with your email address exists; ask an administrator to link it"
-              )
-              expect(final.searchParams.has("code")).toBe(false)
-            }
-            expect(yield* countRows("users")).toBe(users)
-            expect(yield* countRows("oidc_identities")).toBe(identities)
-            const refused = yield* auditActions(admin.accessToken, "auth.login.failed")
-            expect(refused.filter((event) => event.metadata.reason === "account-exists")).toHaveLength(2)
-            expect(yield* auditActions(admin.accessToken, "auth.oidc.linked")).toEqual([])
-            // Someone new still gets an account.
-            yield* tokensFor(person())
-          }).pipe(Effect.provideService(TestServer, server), Effect.provideService(Idp, idp))
-        }),
+          const admin = yield* signUp()
+          const local = yield* signUp()
+          const users = yield* countRows("users")
+          const identities = yield* countRows("oidc_identities")
+          for (const email_verified of [true, false] as const) {
+            const { final } = yield* signInAs(person({ email: local.email.toUpperCase(), email_verified }))
+            expect(final.searchParams.get("error")).toBe("account_exists")
+            expect(final.searchParams.get("error_description")).toBe(
+              "An account with your email address exists; ask an administrator to link it"
+            )
+            expect(final.searchParams.has("code")).toBe(false)
+          }
+          expect(yield* countRows("users")).toBe(users)
+          expect(yield* countRows("oidc_identities")).toBe(identities)
+          const refused = yield* auditActions(admin.accessToken, "auth.login.failed")
+          expect(refused.filter((event) => event.metadata.reason === "account-exists")).toHaveLength(2)
+          expect(yield* auditActions(admin.accessToken, "auth.oidc.linked")).toEqual([])
+          // Someone new still gets an account.
+          yield* tokensFor(person())
+        }).pipe(Effect.provide(withIdp(dialect))),
       { timeout: 60_000 }
     )
 
@@ -584,31 +573,24 @@ for (const dialect of dialects) {
       "OIDC_TRUST_EMAIL: an address the provider does not say it verified creates, links and passes the domains",
       () =>
         Effect.gen(function*() {
-          const idp = yield* fakeOidcProvider()
-          const server = yield* startTestServer(testServer({
-            dialect,
-            env: oidcEnv(idp, {
-              OIDC_TRUST_EMAIL: "true",
-              OIDC_LINK_BY_EMAIL: "true",
-              OIDC_ALLOWED_DOMAINS: "trusted.test"
-            })
-          }))
-          yield* Effect.gen(function*() {
-            const n = Date.now().toString(36)
-            const created = person({ email: `new-${n}@trusted.test`, email_verified: undefined as never })
-            const account = yield* me((yield* tokensFor(created)).accessToken)
-            expect(account).toMatchObject({ email: created.email, role: "admin" })
-            const local = yield* signUp({ email: `local-${n}@trusted.test` })
-            const linked = yield* me(
-              (yield* tokensFor(person({ email: local.email, email_verified: false }))).accessToken
-            )
-            expect(linked.id).toBe(local.id)
-            // Trusted is not allowed: another domain stays out.
-            expect(yield* refusalFor(person({ email: `x-${n}@elsewhere.test`, email_verified: false })))
-              .toBe("domain_not_allowed")
-            expect(yield* countRows("users")).toBe(2)
-          }).pipe(Effect.provideService(TestServer, server), Effect.provideService(Idp, idp))
-        }),
+          const n = Date.now().toString(36)
+          const created = person({ email: `new-${n}@trusted.test`, email_verified: undefined as never })
+          const account = yield* me((yield* tokensFor(created)).accessToken)
+          expect(account).toMatchObject({ email: created.email, role: "admin" })
+          const local = yield* signUp({ email: `local-${n}@trusted.test` })
+          const linked = yield* me(
+            (yield* tokensFor(person({ email: local.email, email_verified: false }))).accessToken
+          )
+          expect(linked.id).toBe(local.id)
+          // Trusted is not allowed: another domain stays out.
+          expect(yield* refusalFor(person({ email: `x-${n}@elsewhere.test`, email_verified: false })))
+            .toBe("domain_not_allowed")
+          expect(yield* countRows("users")).toBe(2)
+        }).pipe(Effect.provide(withIdp(dialect, {
+          OIDC_TRUST_EMAIL: "true",
+          OIDC_LINK_BY_EMAIL: "true",
+          OIDC_ALLOWED_DOMAINS: "trusted.test"
+        }))),
       { timeout: 60_000 }
     )
 

@@ -12,7 +12,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import type { FileId, LlmModelId } from "../src/Domain/Ids.js"
 import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
-import { uploadOne } from "./fixtures/Content.js"
+import { passagesSettled, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import {
   chatRequests,
@@ -328,13 +328,13 @@ const overBudget = Effect.gen(function*() {
   // marked failed, the provider not asked to embed them.
   const embedsBefore = embedRequests(openai).length
   const late = yield* uploadOne(user.accessToken, "late.txt", "Ada Lovelace wrote the first program.\n")
-  expect(yield* passagesSettled(user.accessToken, late.id)).toBe("failed")
+  expect((yield* passagesSettled(user.accessToken, late.id)).passages.status).toBe("failed")
   expect(embedRequests(openai).length).toBe(embedsBefore)
 
   // Nor are the entities of an extraction that spent the budget embedded.
   const extractor = yield* signUp()
   const source = yield* uploadOne(extractor.accessToken, "source.txt", "Grace Hopper wrote the first compiler.\n")
-  expect(yield* passagesSettled(extractor.accessToken, source.id)).toBe("ready")
+  expect((yield* passagesSettled(extractor.accessToken, source.id)).passages.status).toBe("ready")
   modelAnswers(openai, findings, tokens(20, 5))
   expect(yield* extract(extractor.accessToken, source.id, modelId)).toMatchObject({ status: "complete" })
   yield* graphEmbeddingRan(extractor)
@@ -348,17 +348,6 @@ const overBudget = Effect.gen(function*() {
   yield* graphEmbeddingRan(other)
   expect(yield* embeddedEntities(other)).toBe(1)
 })
-
-/** Polls the file's view until its passages are no longer pending; their status. */
-const passagesSettled = (auth: string, fileId: string) =>
-  Effect.gen(function*() {
-    for (let i = 0; i < 300; i++) {
-      const file = expectStatus(yield* call("GET", `/api/v1/files/${fileId}`, { auth }), 200)
-      if (file.passages.status !== "pending") return file.passages.status as string
-      yield* Effect.sleep("50 millis")
-    }
-    return yield* Effect.dieMessage("the file's passages were not made within 15 s")
-  })
 
 /** Waits until the user's knowledge-graph embedding jobs have all run (15 s at most). */
 const graphEmbeddingRan = (user: TestUser) =>

@@ -23,7 +23,7 @@ import { FileStorage } from "../src/Files/Storage.js"
 import { CredentialCipher } from "../src/Models/CredentialCipher.js"
 import { Secrets } from "../src/Secrets.js"
 import { call, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
-import { uploadOne } from "./fixtures/Content.js"
+import { analysisSettled, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import { capturedLogs, type LogLine } from "./fixtures/Logs.js"
 import { runCli } from "./fixtures/Process.js"
@@ -272,17 +272,6 @@ const expectCut = (auth: string, id: string, content: Uint8Array) =>
     return got
   })
 
-/** Polls an analysis until it ends. */
-const settled = (auth: string, fileId: string, analysisId: string) =>
-  Effect.gen(function*() {
-    for (let i = 0; i < 200; i++) {
-      const body = expectStatus(yield* call("GET", `/api/v1/files/${fileId}/analyses/${analysisId}`, { auth }), 200)
-      if (body.status === "complete" || body.status === "error") return body
-      yield* Effect.sleep("50 millis")
-    }
-    return yield* Effect.dieMessage("the analysis did not end within 10 s")
-  })
-
 /** How many files there are, and how many of their contents are encrypted. */
 const storedCounts = inServerDatabase(
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
@@ -355,7 +344,7 @@ for (const dialect of dialects) {
               yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: { modelId } }),
               202
             )
-            expect(yield* settled(user.accessToken, file.id, queued.id)).toMatchObject({
+            expect(yield* analysisSettled(user.accessToken, file.id, queued.id, 200)).toMatchObject({
               status: "complete",
               extractedText: content
             })

@@ -13,7 +13,7 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { AppConfig, formatConfigError } from "../src/Config.js"
 import { call, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
-import { upload, uploadOne } from "./fixtures/Content.js"
+import { analysisSettled, upload, uploadOne } from "./fixtures/Content.js"
 import { dialects, freshDirectory } from "./fixtures/Database.js"
 import { capturedLogs, type LogLine } from "./fixtures/Logs.js"
 import { type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
@@ -91,17 +91,6 @@ const pngLike = (size: number) => {
   return new Uint8Array(bytes)
 }
 
-/** Polls an analysis until it ends. */
-const settled = (auth: string, fileId: string, analysisId: string) =>
-  Effect.gen(function*() {
-    for (let i = 0; i < 200; i++) {
-      const body = expectStatus(yield* call("GET", `/api/v1/files/${fileId}/analyses/${analysisId}`, { auth }), 200)
-      if (body.status === "complete" || body.status === "error") return body
-      yield* Effect.sleep("50 millis")
-    }
-    return yield* Effect.dieMessage("the analysis did not end within 10 s")
-  })
-
 const probe = call("GET", "/health/ready")
 
 for (const dialect of dialects) {
@@ -171,7 +160,7 @@ for (const dialect of dialects) {
           yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: { modelId } }),
           202
         )
-        expect(yield* settled(user.accessToken, file.id, queued.id)).toMatchObject({
+        expect(yield* analysisSettled(user.accessToken, file.id, queued.id, 200)).toMatchObject({
           status: "complete",
           extractedText: content
         })
@@ -183,7 +172,7 @@ for (const dialect of dialects) {
           yield* call("POST", `/api/v1/files/${lost.id}/analyses`, { auth: user.accessToken, body: { modelId } }),
           202
         )
-        expect(yield* settled(user.accessToken, lost.id, again.id)).toMatchObject({
+        expect(yield* analysisSettled(user.accessToken, lost.id, again.id, 200)).toMatchObject({
           status: "error",
           error: "The file's text could not be read"
         })

@@ -17,7 +17,7 @@ import { sanitizeFileName } from "../src/Files/Content.js"
 import { retryDelay, sweepJobs } from "../src/Jobs.js"
 import { runMigrations } from "../src/Migrations.js"
 import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
-import { upload, uploadOne } from "./fixtures/Content.js"
+import { analysisSettled, upload, uploadOne } from "./fixtures/Content.js"
 import { dialects, freshDatabase, sqliteClientFor } from "./fixtures/Database.js"
 import { docxOf, minimalPdf, officeTypes, pptxOf, wordParagraph, xlsxOf, zipOf } from "./fixtures/Documents.js"
 import { openEvents } from "./fixtures/Events.js"
@@ -97,18 +97,6 @@ const png = new Uint8Array(Buffer.from(
   "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
   "base64"
 ))
-
-/** Polls an analysis until it ends (or 15 s pass). */
-const settled = (auth: string, fileId: string, analysisId: string) =>
-  Effect.gen(function*() {
-    for (let i = 0; i < 300; i++) {
-      const reply = yield* call("GET", `/api/v1/files/${fileId}/analyses/${analysisId}`, { auth })
-      const body = expectStatus(reply, 200)
-      if (body.status === "complete" || body.status === "error") return body
-      yield* Effect.sleep("50 millis")
-    }
-    return yield* Effect.dieMessage("the analysis did not end within 15 s")
-  })
 
 /** Sends a body through `node:http` in chunks without a length, and the status once the server answered. */
 const rawUpload = (auth: string, boundary: string, chunks: ReadonlyArray<Buffer>) =>
@@ -682,7 +670,7 @@ for (const dialect of dialects) {
             202
           )
           expect(queued).toMatchObject({ fileId: file.id, status: "pending", modelId, attempts: 0, completedAt: null })
-          const done = yield* settled(user.accessToken, file.id, queued.id)
+          const done = yield* analysisSettled(user.accessToken, file.id, queued.id)
           expect(done).toMatchObject({
             status: "complete",
             error: null,
@@ -740,7 +728,7 @@ for (const dialect of dialects) {
             yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: owner.accessToken, body: {} }),
             202
           )
-          yield* settled(owner.accessToken, file.id, queued.id)
+          yield* analysisSettled(owner.accessToken, file.id, queued.id)
           const exported = expectStatus(yield* call("GET", "/api/v1/me/export", { auth: owner.accessToken }), 200)
           expect(exported.files).toEqual([expect.objectContaining({ id: file.id, originalName: "export.txt" })])
           expect(exported.files[0]).not.toHaveProperty("storageKey")
@@ -770,7 +758,7 @@ for (const dialect of dialects) {
             yield* call("POST", `/api/v1/files/${pdf.id}/analyses`, { auth: user.accessToken, body: {} }),
             202
           )
-          const done = yield* settled(user.accessToken, pdf.id, queued.id)
+          const done = yield* analysisSettled(user.accessToken, pdf.id, queued.id)
           expect(done).toMatchObject({
             status: "complete",
             extractedText: "Quarterly report\nRevenue grew.",
@@ -789,7 +777,7 @@ for (const dialect of dialects) {
             yield* call("POST", `/api/v1/files/${broken.id}/analyses`, { auth: user.accessToken, body: {} }),
             202
           )
-          const failed = yield* settled(user.accessToken, broken.id, failing.id)
+          const failed = yield* analysisSettled(user.accessToken, broken.id, failing.id)
           expect(failed).toMatchObject({ status: "error", attempts: 1, error: "The file's text could not be read" })
         }))
 
@@ -831,7 +819,7 @@ for (const dialect of dialects) {
               yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
               202
             )
-            const done = yield* settled(user.accessToken, file.id, queued.id)
+            const done = yield* analysisSettled(user.accessToken, file.id, queued.id)
             expect(done).toMatchObject({
               status: "complete",
               extractedText: document.text,
@@ -851,7 +839,7 @@ for (const dialect of dialects) {
             yield* call("POST", `/api/v1/files/${broken.id}/analyses`, { auth: user.accessToken, body: {} }),
             202
           )
-          const failed = yield* settled(user.accessToken, broken.id, failing.id)
+          const failed = yield* analysisSettled(user.accessToken, broken.id, failing.id)
           expect(failed).toMatchObject({ status: "error", attempts: 1, error: "The file's text could not be read" })
         }))
 
@@ -865,7 +853,7 @@ for (const dialect of dialects) {
             yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
             202
           )
-          const done = yield* settled(user.accessToken, file.id, queued.id)
+          const done = yield* analysisSettled(user.accessToken, file.id, queued.id)
           expect(done).toMatchObject({ status: "complete", analysis: { summary: "Just a plain summary." } })
         }))
 
@@ -878,7 +866,7 @@ for (const dialect of dialects) {
             yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
             202
           )
-          const done = yield* settled(user.accessToken, file.id, queued.id)
+          const done = yield* analysisSettled(user.accessToken, file.id, queued.id)
           openai.faults.clear()
           expect(done).toMatchObject({ status: "error", attempts: 2, analysis: {}, extractedText: null })
           expect(done.error).toMatch(/^The model could not be reached/)
@@ -901,7 +889,7 @@ for (const dialect of dialects) {
             yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
             202
           )
-          const done = yield* settled(user.accessToken, file.id, queued.id)
+          const done = yield* analysisSettled(user.accessToken, file.id, queued.id)
           openai.chat = { text: ["Hello"] }
           expect(done).toMatchObject({ status: "error", attempts: 2 })
           expect(done.error).toMatch(/^It did not finish within 1s 500ms/)
@@ -1045,7 +1033,7 @@ layer(
         yield* call("POST", `/api/v1/files/${file.id}/analyses`, { auth: user.accessToken, body: {} }),
         202
       )
-      const done = yield* settled(user.accessToken, file.id, queued.id)
+      const done = yield* analysisSettled(user.accessToken, file.id, queued.id)
       expect(done).toMatchObject({ status: "complete", analysis: { summary: "Queued through the broker." } })
       // The database's queue was never used; the broker's queue exists, drained.
       const rows = yield* Effect.flatMap(

@@ -13,7 +13,7 @@ import { Context, Effect, Layer } from "effect"
 import type * as Http from "node:http"
 import { embedText } from "../src/Providers/Development.js"
 import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
-import { uploadOne } from "./fixtures/Content.js"
+import { passagesSettled, uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
 import {
   chatPath,
@@ -87,17 +87,6 @@ const lastQuestionSent = (openai: FakeProvider): string => {
   return users.at(-1)!.content
 }
 
-/** Waits until the file's passages are no longer pending; the file's view. */
-const settled = (user: TestUser, fileId: string) =>
-  Effect.gen(function*() {
-    for (let i = 0; i < 300; i++) {
-      const file = expectStatus(yield* call("GET", `/api/v1/files/${fileId}`, { auth: user.accessToken }), 200)
-      if (file.passages.status !== "pending") return file
-      yield* Effect.sleep("50 millis")
-    }
-    return yield* Effect.dieMessage("the file's passages were not made within 15 s")
-  })
-
 const ask = (user: TestUser, modelId: string, fileId: string, content: string) =>
   Effect.gen(function*() {
     return expectStatus(
@@ -130,7 +119,7 @@ for (const dialect of dialects) {
             openai.faults.clear()
             openai.chat = { text: ["PURPLEWALRUS."] }
             const file = yield* uploadOne(user.accessToken, "minutes.md", longDocument, "text/markdown")
-            const view = yield* settled(user, file.id)
+            const view = yield* passagesSettled(user.accessToken, file.id)
             expect(view.passages.status).toBe("ready")
             const stored = yield* inServerDatabase(Effect.gen(function*() {
               const sql = yield* SqlClient.SqlClient
@@ -176,7 +165,7 @@ for (const dialect of dialects) {
             openai.faults.clear()
             openai.chat = { text: ["Eggs."] }
             const file = yield* uploadOne(user.accessToken, "list.txt", "eggs, flour")
-            expect((yield* settled(user, file.id)).passages).toEqual({ status: "ready", count: 1 })
+            expect((yield* passagesSettled(user.accessToken, file.id)).passages).toEqual({ status: "ready", count: 1 })
             const embedsBefore = embedRequests(openai).length
             yield* ask(user, modelId, file.id, "What do I need?")
             expect(embedRequests(openai).length).toBe(embedsBefore)
@@ -192,7 +181,7 @@ for (const dialect of dialects) {
             openai.chat = { text: ["No idea."] }
             openai.faults.set(embedPath.openai, { kind: "status", status: 500 })
             const file = yield* uploadOne(user.accessToken, "notready.md", longDocument, "text/markdown")
-            const view = yield* settled(user, file.id)
+            const view = yield* passagesSettled(user.accessToken, file.id)
             expect(view.passages).toEqual({ status: "failed", count: 0 })
             openai.faults.clear()
             yield* ask(user, modelId, file.id, question)
@@ -209,7 +198,7 @@ for (const dialect of dialects) {
             openai.faults.clear()
             openai.chat = { text: ["Still here."] }
             const file = yield* uploadOne(user.accessToken, "failing.md", longDocument, "text/markdown")
-            expect((yield* settled(user, file.id)).passages.status).toBe("ready")
+            expect((yield* passagesSettled(user.accessToken, file.id)).passages.status).toBe("ready")
             openai.faults.set(embedPath.openai, { kind: "status", status: 500 })
             const result = yield* ask(user, modelId, file.id, question)
             openai.faults.clear()
@@ -226,7 +215,7 @@ for (const dialect of dialects) {
             const { openai, other, user } = yield* TheCast
             openai.faults.clear()
             const file = yield* uploadOne(user.accessToken, "ranked.md", longDocument, "text/markdown")
-            const view = yield* settled(user, file.id)
+            const view = yield* passagesSettled(user.accessToken, file.id)
             const found = expectStatus(
               yield* call("GET", `/api/v1/files/${file.id}/passages?q=${encodeURIComponent(question)}&limit=3`, {
                 auth: user.accessToken
@@ -263,7 +252,7 @@ for (const dialect of dialects) {
             openai.chat = { text: ["No idea."] }
             openai.faults.set(embedPath.openai, { kind: "status", status: 500, times: 100 })
             const file = yield* uploadOne(user.accessToken, "failing.md", longDocument, "text/markdown")
-            expect((yield* settled(user, file.id)).passages.status).toBe("failed")
+            expect((yield* passagesSettled(user.accessToken, file.id)).passages.status).toBe("failed")
             openai.faults.clear()
             const jobsOf = inServerDatabase(Effect.gen(function*() {
               const sql = yield* SqlClient.SqlClient
@@ -275,7 +264,7 @@ for (const dialect of dialects) {
             yield* ask(user, modelId, file.id, question)
             yield* Effect.sleep("300 millis")
             expect(yield* jobsOf).toBe(before)
-            expect((yield* settled(user, file.id)).passages.status).toBe("failed")
+            expect((yield* passagesSettled(user.accessToken, file.id)).passages.status).toBe("failed")
           }))
 
         it.scoped("a deleted file's passages are gone", () =>
@@ -283,7 +272,7 @@ for (const dialect of dialects) {
             const { openai, user } = yield* TheCast
             openai.faults.clear()
             const file = yield* uploadOne(user.accessToken, "gone.md", longDocument, "text/markdown")
-            yield* settled(user, file.id)
+            yield* passagesSettled(user.accessToken, file.id)
             const count = inServerDatabase(Effect.gen(function*() {
               const sql = yield* SqlClient.SqlClient
               const [passages] = yield* sql<
@@ -312,10 +301,10 @@ for (const dialect of dialects) {
           openai.chat = { text: ["PURPLEWALRUS."] }
           // One embeddings request (one token) spends the budget.
           const warm = yield* uploadOne(user.accessToken, "warm.md", "A short note about rockets.\n", "text/markdown")
-          expect((yield* settled(user, warm.id)).passages.status).toBe("ready")
+          expect((yield* passagesSettled(user.accessToken, warm.id)).passages.status).toBe("ready")
           const embeds = embedRequests(openai).length
           const file = yield* uploadOne(user.accessToken, "minutes.md", longDocument, "text/markdown")
-          expect((yield* settled(user, file.id)).passages).toEqual({ status: "failed", count: 0 })
+          expect((yield* passagesSettled(user.accessToken, file.id)).passages).toEqual({ status: "failed", count: 0 })
           expect(embedRequests(openai)).toHaveLength(embeds)
           expect(yield* filesUsageRows(user)).toBe(1)
           expectStatus(

@@ -9,7 +9,7 @@
  * names). Safe while the server runs.
  */
 import { SqlClient } from "@effect/sql"
-import { Cause, Effect, Either } from "effect"
+import { Effect, Either } from "effect"
 import type { FileId } from "../Domain/Ids.js"
 import { CredentialCipher } from "../Models/CredentialCipher.js"
 import { inTransaction } from "../Sql.js"
@@ -47,13 +47,10 @@ export const encryptStoredContents: Effect.Effect<
   let skipped = 0
   let failed = 0
   let leftBehind = 0
-  /** Removes a content, or logs why it could not be (an object store's refusal is a defect: caught too). */
-  const removal = (storageKey: string, onFailure: (cause: Cause.Cause<unknown>) => Effect.Effect<void>) =>
-    storage.remove(storageKey).pipe(
-      Effect.catchAllCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.interrupt : onFailure(cause))
-    )
   const removeQuietly = (storageKey: string) =>
-    removal(storageKey, (cause) => Effect.logWarning("A content could not be removed; nothing names it", cause))
+    storage.remove(storageKey).pipe(
+      Effect.catchAll((error) => Effect.logWarning("A content could not be removed; nothing names it", error))
+    )
   // Past every row read, failed ones included: each row is tried once a run.
   let after: FileId | null = null
   while (true) {
@@ -82,14 +79,15 @@ export const encryptStoredContents: Effect.Effect<
         }
         encrypted++
         // No row names the plaintext any more: a copy that stays is named in the log, and counted.
-        yield* removal(row.storageKey, (cause) =>
-          Effect.suspend(() => {
+        yield* storage.remove(row.storageKey).pipe(
+          Effect.catchAll((error) => {
             leftBehind++
             return Effect.logError(
               "A file's content was encrypted, but its plaintext could not be removed; remove it by hand",
-              cause
+              error
             ).pipe(Effect.annotateLogs({ plaintextStorageKey: row.storageKey }))
-          }))
+          })
+        )
       }).pipe(Effect.annotateLogs({ fileId: row.id }))
     }
   }

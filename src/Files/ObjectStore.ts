@@ -208,10 +208,20 @@ export const makeObjectStore = (settings: S3Settings) =>
     const getAll = (key: string): Effect.Effect<Uint8Array, PlatformError> =>
       Effect.map(Stream.runCollect(get(key)), (chunks) => Buffer.concat(Chunk.toReadonlyArray(chunks)))
 
-    /** Removes a content; one already gone is not an error. */
+    /**
+     * Removes a content; one already gone is not an error. A refusal (logged by `refuse`) fails
+     * rather than dies: a removal comes after the row that named the content is gone, and its
+     * callers log it and go on.
+     */
     const remove = (key: string): Effect.Effect<void, PlatformError> =>
       Effect.flatMap(send({ method: "DELETE", key }), (response) =>
-        Option.isSome(response) ? Effect.ignore(response.value.text) : Effect.void)
+        Option.isSome(response) ? Effect.ignore(response.value.text) : Effect.void).pipe(
+          Effect.catchSomeDefect((defect) =>
+            defect instanceof ObjectStoreRefused
+              ? Option.some(Effect.fail(systemError("PermissionDenied", "DELETE", key, defect.message)))
+              : Option.none()
+          )
+        )
 
     /** Readiness: one signed HEAD on the bucket, not retried (readiness asks again on its own). */
     const check = Effect.gen(function*() {

@@ -149,22 +149,6 @@ for (const dialect of dialects) {
         expect((yield* download(user.accessToken, view.id)).status).toBe(404)
       }))
 
-    it.effect("a store refusing the DELETE: the file is deleted all the same (204), its object left and logged", () =>
-      Effect.gen(function*() {
-        const { store, user } = yield* TheCast
-        const before = new Set(store.objects.keys())
-        const view = yield* uploadOne(user.accessToken, "stuck.txt", "Stays in the bucket.\n")
-        const key = [...store.objects.keys()].find((k) => !before.has(k))!
-        store.refuseDeletes(true)
-        const deleted = yield* call("DELETE", `/api/v1/files/${view.id}`, { auth: user.accessToken }).pipe(
-          Effect.ensuring(Effect.sync(() => store.refuseDeletes(false)))
-        )
-        expect(deleted.status).toBe(204)
-        expect(store.requests.at(-1)).toMatchObject({ method: "DELETE", path: `/${store.bucket}/${key}`, status: 403 })
-        expect(store.objects.has(key)).toBe(true)
-        expect((yield* download(user.accessToken, view.id)).status).toBe(404)
-      }))
-
     it.effect("an analysis reads the file's text from the store; an object gone from it ends the analysis in error", () =>
       Effect.gen(function*() {
         const { modelId, openai, store, user } = yield* TheCast
@@ -249,6 +233,22 @@ for (const dialect of dialects) {
         expect(said).not.toContain("Signature=")
         expect(yield* storedLocally).toEqual([])
         expect(expectStatus(yield* probe, 200).checks.storage).toMatchObject({ status: "ok" })
+      }))
+
+    it.effect("a store refusing the DELETE: the file is deleted all the same (204), its object left and logged", () =>
+      Effect.gen(function*() {
+        const { store, user } = yield* TheCast
+        const before = new Set(store.objects.keys())
+        const view = yield* uploadOne(user.accessToken, "stuck.txt", "Stays in the bucket.\n")
+        const key = [...store.objects.keys()].find((k) => !before.has(k))!
+        store.refuseDeletes(true)
+        const deleted = yield* call("DELETE", `/api/v1/files/${view.id}`, { auth: user.accessToken }).pipe(
+          Effect.ensuring(Effect.sync(() => store.refuseDeletes(false)))
+        )
+        expect(deleted.status).toBe(204)
+        expect(store.requests.at(-1)).toMatchObject({ method: "DELETE", path: `/${store.bucket}/${key}`, status: 403 })
+        expect(store.objects.has(key)).toBe(true)
+        expect((yield* download(user.accessToken, view.id)).status).toBe(404)
       }))
 
     it.scoped("a wrong secret: uploads fail 500 with a _tag and readiness fails; the secret is never said", () =>

@@ -250,8 +250,7 @@ export class Files extends Effect.Service<Files>()("Files", {
           Effect.annotateLogs({ fileId: file.id, contentType: file.contentType, sizeBytes: file.sizeBytes })
         )
         yield* passages.embedLater(file.id, file.contentType)
-        const states = yield* passages.states([file])
-        return fileView(file, states.get(file.id))
+        return fileView(file, passages.stateWithoutSet(file))
       }).pipe(Effect.withSpan("Files.upload"))
 
     // --- reading and deleting

@@ -224,28 +224,26 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
       files: ReadonlyArray<{ readonly id: FileId; readonly contentType: string }>
     ): Effect.Effect<ReadonlyMap<string, PassagesState>> =>
       Effect.gen(function*() {
-        const found = new Map<string, PassagesState>()
-        if (Option.isNone(settings.model)) {
-          for (const file of files) found.set(file.id, { status: "off", count: 0 })
-          return found
-        }
-        const sets = new Map<string, PassageSetRow>(
-          (yield* repo.sets(files.filter((file) => hasReadableText(file.contentType)).map((file) => file.id)))
-            .map((row) => [row.fileId, row])
-        )
-        for (const file of files) {
+        const withText = Option.isNone(settings.model)
+          ? []
+          : files.filter((file) => hasReadableText(file.contentType)).map((file) => file.id)
+        const sets = new Map<string, PassageSetRow>((yield* repo.sets(withText)).map((row) => [row.fileId, row]))
+        return new Map(files.map((file) => {
           const set = sets.get(file.id)
-          found.set(
-            file.id,
-            !hasReadableText(file.contentType)
-              ? { status: "none", count: 0 }
-              : set === undefined
-              ? { status: "pending", count: 0 }
-              : { status: set.status, count: set.passages }
-          )
-        }
-        return found
+          return [file.id, set === undefined ? stateWithoutSet(file) : { status: set.status, count: set.passages }]
+        }))
       })
+
+    /**
+     * What a file whose passages were never made shows (no query: a file just uploaded has none):
+     * retrieval off, no text to split, or waiting for its job.
+     */
+    const stateWithoutSet = (file: { readonly contentType: string }): PassagesState =>
+      Option.isNone(settings.model)
+        ? { status: "off", count: 0 }
+        : !hasReadableText(file.contentType)
+        ? { status: "none", count: 0 }
+        : { status: "pending", count: 0 }
 
     /**
      * The file's passages closest to `q`, best first, with their cosine similarity, and how many it
@@ -364,6 +362,6 @@ export class FilePassages extends Effect.Service<FilePassages>()("Files/Passages
       )
     }
 
-    return { embedLater, states, similar, narrow } as const
+    return { embedLater, states, stateWithoutSet, similar, narrow } as const
   })
 }) {}

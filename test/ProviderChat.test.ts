@@ -145,7 +145,7 @@ layer(ClientsLive, { excludeTestServices: true })("provider chat", (it) => {
           )
           expect(answer.text).toBe("Let me check.")
           expect(answer.toolCalls).toEqual([{
-            id: dialect === "ollama" ? "call_0" : "call_1",
+            id: dialect === "ollama" ? expect.stringMatching(/^call_[\w-]{12}_0$/) : "call_1",
             name: "weather",
             arguments: "{\"city\":\"Oslo\"}"
           }])
@@ -220,6 +220,35 @@ layer(ClientsLive, { excludeTestServices: true })("provider chat", (it) => {
             ])
           }
         }))
+
+      if (dialect === "ollama") {
+        it.scoped("gives each answer's tool calls ids of their own, and maps results to the call before them", () =>
+          Effect.gen(function*() {
+            const fake = yield* fakeProvider(dialect)
+            fake.chat = { toolCalls: [{ id: "unsent", name: "weather", arguments: ["{}"] }] }
+            const first = assemble(yield* chat(connectionTo(fake), question))
+            const second = assemble(yield* chat(connectionTo(fake), question))
+            expect(first.toolCalls[0]?.id).not.toBe(second.toolCalls[0]?.id)
+
+            // Answers stored before ids were unique each numbered their calls from `call_0`.
+            fake.chat = { text: ["Done."] }
+            yield* chat(connectionTo(fake), {
+              ...question,
+              messages: [
+                ...question.messages,
+                { role: "assistant", content: "", toolCalls: [{ id: "call_0", name: "weather", arguments: "{}" }] },
+                { role: "tool", content: "sunny", toolCallId: "call_0" },
+                { role: "assistant", content: "", toolCalls: [{ id: "call_0", name: "time", arguments: "{}" }] },
+                { role: "tool", content: "noon", toolCallId: "call_0" }
+              ]
+            })
+            const sent = chatRequests(fake).at(-1)?.body.messages as ReadonlyArray<Record<string, unknown>>
+            expect(sent.filter((message) => message.role === "tool")).toEqual([
+              { role: "tool", content: "sunny", tool_name: "weather" },
+              { role: "tool", content: "noon", tool_name: "time" }
+            ])
+          }))
+      }
 
       it.scoped("shows a question's images in the provider's own format", () =>
         Effect.gen(function*() {

@@ -8,6 +8,7 @@
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
 import { Effect, Option, Schema, Stream } from "effect"
+import * as Crypto from "node:crypto"
 import { ProviderError } from "../Models/Errors.js"
 import type { ChatChunk, ChatMessage, ChatRequest } from "./Chat.js"
 import {
@@ -79,13 +80,15 @@ const EmbedResponse = Schema.Struct({
   prompt_eval_count: Schema.optional(Schema.NullOr(Schema.Int))
 })
 
-/** Ollama names the tool a result answers, not the call: the name is found from the call's id. */
+/**
+ * Ollama names the tool a result answers, not the call: the name is found from the call's id, among
+ * the calls made before the result (answers stored before ids were unique repeat `call_0`, …).
+ */
 const toMessages = (messages: ReadonlyArray<ChatMessage>) => {
-  const toolNames = new Map(
-    messages.flatMap((message) => (message.toolCalls ?? []).map((call) => [call.id, call.name]))
-  )
-  return messages.map((message) =>
-    message.role === "tool"
+  const toolNames = new Map<string, string>()
+  return messages.map((message) => {
+    for (const call of message.toolCalls ?? []) toolNames.set(call.id, call.name)
+    return message.role === "tool"
       ? { role: "tool", content: message.content, tool_name: toolNames.get(message.toolCallId ?? "") }
       : {
         role: message.role,
@@ -97,7 +100,7 @@ const toMessages = (messages: ReadonlyArray<ChatMessage>) => {
           }))
           : undefined
       }
-  )
+  })
 }
 
 /** Generation parameters go into `options` (with any `options` of `extra`); Ollama has no tool choice. */
@@ -186,6 +189,9 @@ export const make = (
    */
   const translator = () => {
     let toolCalls = 0
+    // Ollama gives calls no id: each gets one of its own, so that a result maps back to its call
+    // across turns (numbering them per answer repeated `call_0` in every answer).
+    const idPrefix = `call_${Crypto.randomBytes(9).toString("base64url")}`
     const translate = (text: string): ReadonlyArray<ChatChunk> | ProviderError => {
       const line = decodeLine(text)
       if (line instanceof ProviderError) return line
@@ -198,7 +204,7 @@ export const make = (
         out.push({
           _tag: "tool-call",
           index,
-          id: call.id ?? `call_${index}`,
+          id: call.id ?? `${idPrefix}_${index}`,
           name: call.function.name,
           arguments: typeof args === "string" ? args : JSON.stringify(args ?? {})
         })

@@ -50,7 +50,7 @@ import type {
   ToolDefinition
 } from "./Chat/Api.js"
 import { ChatResult } from "./Chat/Api.js"
-import { answerReserve, fillsContext, fitToContext, toChatMessages } from "./Chat/Context.js"
+import { answerReserve, fillsContext, fitToContext, toChatMessages, toolTokens, usageToCount } from "./Chat/Context.js"
 import { AnswerRelay } from "./Chat/Relay.js"
 import { AppConfig } from "./Config.js"
 import { Conversations } from "./Conversations.js"
@@ -271,10 +271,6 @@ const toolingOf = (input: TurnInput): Effect.Effect<Pick<ChatRequest, "tools" | 
     onRight: Effect.succeed
   })
 
-/** The window the tools' descriptions take (estimated as the messages are). */
-const toolTokens = ({ tools }: Pick<ChatRequest, "tools">): number =>
-  tools === undefined ? 0 : Math.ceil(JSON.stringify(tools).length / 4)
-
 export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", {
   scoped: Effect.gen(function*() {
     const { chat: settings, jobs: jobSettings } = yield* AppConfig
@@ -483,6 +479,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       after: Effect.Effect<void>
     ): void => {
       let usage: { promptTokens: number; completionTokens: number } | null = null
+      let finished = false
       const startedAt = Date.now()
       chatAnswersStarted.unsafeUpdate(1, [])
       countStreaming(1)
@@ -517,6 +514,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             event({ _tag: "usage", ...usage })
             return true
           case "finish":
+            finished = true
             return false
         }
       }
@@ -557,6 +555,15 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             ? { _tag: "InternalError", message: "The answer failed unexpectedly" }
             : null
           const stats: { promptTokens: number; completionTokens: number } | null = usage
+          const content = textOf(generation)
+          // Budgets count an answer whose usage never came (cancelled, failed midway) by estimate.
+          const counted = usageToCount(request, stats, {
+            outputCharacters: generation.calls.reduce(
+              (sum, call) => sum + call.name.length + call.arguments.length,
+              content.length
+            ),
+            finished
+          })
           chatAnswersEnded.unsafeUpdate(1, labels(["status", status]))
           if (stats !== null) {
             chatTokens.unsafeUpdate(stats.promptTokens, labels(["kind", "prompt"]))
@@ -567,19 +574,19 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             answer.id,
             {
               status,
-              content: textOf(generation),
+              content,
               toolCalls: toolCallsOf(generation),
               promptTokens: stats?.promptTokens ?? null,
               completionTokens: stats?.completionTokens ?? null,
               error
             },
-            stats === null ? Effect.void : usageRecords.record({
+            counted === null ? Effect.void : usageRecords.record({
               userId: actor.userId,
               apiKeyId: actor.apiKeyId ?? null,
               modelId: resolved.model.id,
               modelName: resolved.model.providerModel,
               source: "chat",
-              ...stats
+              ...counted
             })
           )
           // An answer this end did not write (it had ended meanwhile) is read as it is.

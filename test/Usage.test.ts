@@ -12,7 +12,7 @@ import { Context, Effect, Layer } from "effect"
 import { generateUuid } from "../src/Domain/Ids.js"
 import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
-import { type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
+import { chatPath, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
 import { inServerDatabase, testServer } from "./fixtures/Server.js"
 
 const query = (params: Record<string, string | undefined>) => {
@@ -297,6 +297,33 @@ for (const dialect of dialects) {
           expect(notADate.issues.map((issue: { path: unknown }) => issue.path)).toEqual([["from"]])
           const notAUser = expectStatus(yield* usageReport(admin.accessToken, { userId: "someone" }), 422)
           expect(notAUser.issues.map((issue: { path: unknown }) => issue.path)).toEqual([["userId"]])
+        }))
+
+      it.effect("counts an answer cut before its usage came by estimate, and nothing when the provider answered nothing", () =>
+        Effect.gen(function*() {
+          const { alpha, openai } = yield* TheCast
+          const dave = yield* signUp()
+          // A refusal before any answer: the provider produced nothing to count.
+          openai.faults.set(chatPath.openai, { kind: "status", status: 400, times: 1 })
+          const refused = yield* call("POST", "/api/v1/chat", {
+            auth: dave.accessToken,
+            body: { content: "Refuse me", modelId: alpha, title: "Refused" }
+          })
+          expect(refused.status).toBe(502)
+          expect(expectStatus(yield* myUsage(dave.accessToken), 200).totals).toEqual(none)
+
+          // An answer that breaks after its first piece, before the usage the provider reports at the end.
+          openai.chat = { text: ["Good", " bad"], fault: { kind: "malformed", afterChunks: 1 } }
+          const cut = yield* call("POST", "/api/v1/chat", {
+            auth: dave.accessToken,
+            body: { content: "Cut me short", modelId: alpha, title: "Cut" }
+          })
+          expect(cut.status).toBe(502)
+          // "Cut me short": 12 characters, 3 tokens, and 4 for the message; "Good": 1 token.
+          expect(expectStatus(yield* myUsage(dave.accessToken), 200)).toMatchObject({
+            totals: counts(1, 7, 1),
+            groups: [{ key: alpha, modelId: alpha, ...counts(1, 7, 1) }]
+          })
         }))
 
       it.effect("shows a user their own usage only", () =>

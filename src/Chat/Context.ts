@@ -9,7 +9,7 @@
  */
 import type { MessageView } from "../Domain/Conversation.js"
 import { type AttachmentContents, attachmentKey, attachmentsOf } from "../Files/Attachments.js"
-import type { ChatImage, ChatMessage } from "../Providers/Chat.js"
+import type { ChatImage, ChatMessage, ChatRequest } from "../Providers/Chat.js"
 
 const perMessageTokens = 4
 
@@ -21,6 +21,36 @@ export const estimateTokens = (message: ChatMessage): number =>
     (message.content.length +
       (message.toolCalls ?? []).reduce((sum, call) => sum + call.name.length + call.arguments.length, 0)) / 4
   ) + perMessageTokens + (message.images?.length ?? 0) * perImageTokens
+
+/** The window the tools' descriptions take (estimated as the messages are). */
+export const toolTokens = ({ tools }: Pick<ChatRequest, "tools">): number =>
+  tools === undefined ? 0 : Math.ceil(JSON.stringify(tools).length / 4)
+
+/** What a request's prompt takes, estimated: its messages and its tools' descriptions. */
+export const estimatePromptTokens = (request: Pick<ChatRequest, "messages" | "tools">): number =>
+  request.messages.reduce((sum, message) => sum + estimateTokens(message), 0) + toolTokens(request)
+
+/** Token counts, as a provider reports them or as estimated here. */
+export interface TokenCounts {
+  readonly promptTokens: number
+  readonly completionTokens: number
+}
+
+/**
+ * The usage to count for an answer: what the provider reported; else, if the provider answered at
+ * all (`outputCharacters` of text and tool calls came, or it said it was done), an estimate. An
+ * answer cut before its usage came (the client left, a cancel, a fault midway) or a provider that
+ * reports none is still counted against budgets; null when the provider answered nothing.
+ */
+export const usageToCount = (
+  request: Pick<ChatRequest, "messages" | "tools">,
+  reported: TokenCounts | null,
+  answered: { readonly outputCharacters: number; readonly finished: boolean }
+): TokenCounts | null =>
+  reported ??
+    (answered.outputCharacters === 0 && !answered.finished
+      ? null
+      : { promptTokens: estimatePromptTokens(request), completionTokens: Math.ceil(answered.outputCharacters / 4) })
 
 /** Room kept for the answer when the preset sets no `maxTokens`. */
 export const answerReserve = (contextWindow: number, maxTokens: number | null): number =>

@@ -1,12 +1,13 @@
 /**
  * Anthropic's API: `GET /v1/models` with `x-api-key` and
  * `anthropic-version: 2023-06-01`, paginated (`has_more`, `last_id`,
- * `after_id`), and `POST /v1/messages` streamed as server-sent events
- * (`message_start`, `content_block_*`, `message_delta`, `message_stop`, `error`).
+ * `after_id`), `POST /v1/messages` streamed as server-sent events
+ * (`message_start`, `content_block_*`, `message_delta`, `message_stop`, `error`),
+ * and `POST /v1/messages/count_tokens`, the exact count of a prompt's tokens.
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
 import { Effect, Option, Redacted, Schema } from "effect"
-import { ProviderError } from "../Models/Errors.js"
+import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
 import type { ChatChunk, ChatMessage, ChatRequest, FinishReason } from "./Chat.js"
 import {
   argumentsObject,
@@ -138,29 +139,60 @@ const toolChoiceOf = (choice: ChatRequest["toolChoice"]) =>
     ? { type: "tool", name: choice.name }
     : { type: choice === "required" ? "any" : choice }
 
-/** System messages go into `system`; `extra` may add or override generation parameters. */
-const chatBody = (request: ChatRequest) => {
+/** The tools offered, as Anthropic takes them. */
+const toolsBody = (request: ChatRequest) => ({
+  tools: request.tools?.length
+    ? request.tools.map((tool) => ({
+      name: tool.name,
+      description: tool.description,
+      input_schema: tool.parameters
+    }))
+    : undefined,
+  tool_choice: request.tools?.length ? toolChoiceOf(request.toolChoice) : undefined
+})
+
+/** The model and the prompt: system messages go into `system`. */
+const promptBody = (request: ChatRequest) => {
   const system = request.messages.filter((message) => message.role === "system").map((message) => message.content)
   return {
-    max_tokens: request.maxTokens ?? defaultMaxTokens,
-    temperature: request.temperature,
-    top_p: request.topP,
-    stop_sequences: request.stop?.length ? request.stop : undefined,
-    tools: request.tools?.length
-      ? request.tools.map((tool) => ({
-        name: tool.name,
-        description: tool.description,
-        input_schema: tool.parameters
-      }))
-      : undefined,
-    tool_choice: request.tools?.length ? toolChoiceOf(request.toolChoice) : undefined,
-    ...request.extra,
     model: request.model,
     system: system.length > 0 ? system.join("\n\n") : undefined,
-    messages: request.messages.filter((message) => message.role !== "system").map(toMessage),
-    stream: true
+    messages: request.messages.filter((message) => message.role !== "system").map(toMessage)
   }
 }
+
+/** `extra` may add or override generation parameters and tools, not the model or the prompt. */
+const chatBody = (request: ChatRequest) => ({
+  max_tokens: request.maxTokens ?? defaultMaxTokens,
+  temperature: request.temperature,
+  top_p: request.topP,
+  stop_sequences: request.stop?.length ? request.stop : undefined,
+  ...toolsBody(request),
+  ...request.extra,
+  ...promptBody(request),
+  stream: true
+})
+
+/** `count_tokens` takes the prompt and the tools only: Anthropic refuses generation parameters there. */
+const countBody = (request: ChatRequest) => ({ ...toolsBody(request), ...promptBody(request) })
+
+const TokensCount = Schema.Struct({ input_tokens: Schema.Int })
+
+/** How many input tokens a request's prompt (its messages, system prompt and tools) is, as the provider counts them. */
+export type TokenCounter = (request: ChatRequest) => Effect.Effect<number, ProviderFailure>
+
+/** The client of an Anthropic provider: what every provider's does, and an exact count of tokens. */
+export interface AnthropicClient extends ProviderClient {
+  readonly countTokens: TokenCounter
+}
+
+/**
+ * Whether `client` is an Anthropic provider's, which counts tokens. `ProviderClient` has no member
+ * for it, since no other provider's API counts them; the client `ProviderClients` builds around the
+ * adapter keeps the adapter's members.
+ */
+export const countsTokens = (client: ProviderClient): client is AnthropicClient =>
+  "countTokens" in client && typeof client.countTokens === "function"
 
 /** More pages than any real listing has: a provider that never stops paginating is broken. */
 const maxPages = 50
@@ -169,7 +201,7 @@ export const make = (
   http: HttpClient.HttpClient,
   connection: ProviderConnection,
   timeouts: StreamTimeouts
-): ProviderClient => {
+): AnthropicClient => {
   const withHeaders = HttpClientRequest.setHeaders({
     "anthropic-version": anthropicVersion,
     ...(connection.credential._tag === "Some" ? { "x-api-key": Redacted.value(connection.credential.value) } : {})
@@ -269,9 +301,22 @@ export const make = (
       })
     )
 
+  /** Anthropic's own count (free, and rate limited apart from answers), within the connect timeout like a listing. */
+  const countTokens: TokenCounter = (request) =>
+    Effect.map(
+      requestJson(
+        http,
+        connection,
+        withHeaders(postJson(connection, "/v1/messages/count_tokens", countBody(request))),
+        TokensCount
+      ),
+      (counted) => counted.input_tokens
+    )
+
   return {
     chat: streamOf(answer),
     answer,
+    countTokens,
     listModels,
     ping: Effect.asVoid(page(null)),
     runtime: Option.none(),

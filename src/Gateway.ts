@@ -1,10 +1,11 @@
 /**
  * The OpenAI- and Anthropic-compatible gateway: the models a caller may use,
- * under names people can type, and chat completions translated from OpenAI's
- * request format into a `ChatRequest` for whichever provider serves the model,
- * and back from its chunks into OpenAI's completion objects or stream chunks;
- * Anthropic's messages likewise (the translation in `Gateway/Messages.ts`);
- * embeddings into an `EmbedRequest` and back into OpenAI's list of vectors.
+ * under names people can type, listed in either API's format; chat completions
+ * translated from OpenAI's request format into a `ChatRequest` for whichever
+ * provider serves the model, and back from its chunks into OpenAI's completion
+ * objects or stream chunks; Anthropic's messages likewise (the translation in
+ * `Gateway/Messages.ts`); embeddings into an `EmbedRequest` and back into
+ * OpenAI's list of vectors.
  * All go through the same checks (the key's scope, its model lists, rate
  * limits and token budgets) and record their usage the same way: the two
  * chat dialects share one call (`start`), one way of gathering a whole answer
@@ -32,7 +33,14 @@ import { type ApiKeyId, generateUuid } from "./Domain/Ids.js"
 import type { LlmModel, Provider } from "./Domain/Model.js"
 import type { MyUsageQuery, UsageReportQuery } from "./Gateway/Api.js"
 import { messageEvents, messageOf, messagesChatRequest } from "./Gateway/Messages.js"
-import type { Message, MessagesRequest, MessageStreamEvent } from "./Gateway/MessagesSchemas.js"
+import type {
+  Message,
+  MessagesRequest,
+  MessageStreamEvent,
+  ModelInfo,
+  ModelInfoPage,
+  ModelInfoQuery
+} from "./Gateway/MessagesSchemas.js"
 import {
   ApiKeyUsage,
   type ChatCompletion,
@@ -111,6 +119,47 @@ export const targetNamed = (targets: ReadonlyArray<Target>, name: string): Targe
   targets.find((candidate) => candidate.id === name) ??
     targets.find((candidate) => qualifiedName(candidate.provider, candidate.model) === name) ??
     targets.find((candidate) => candidate.model.id === name)
+
+const toModelInfo = (target: Target): ModelInfo => ({
+  type: "model",
+  id: target.id,
+  display_name: target.model.displayName,
+  created_at: DateTime.formatIso(target.model.createdAt)
+})
+
+/**
+ * A page of `targets`, as Anthropic pages its models list: the first `limit`, or the `limit` right
+ * after the model `after_id` names, or right before the one `before_id` names (a name as requests
+ * take it). A cursor naming no model listed is refused: the page it meant is gone.
+ */
+export const modelInfoPage = (
+  targets: ReadonlyArray<Target>,
+  query: ModelInfoQuery
+): Effect.Effect<ModelInfoPage, InvalidRequest> => {
+  const { after_id: afterId, before_id: beforeId, limit } = query
+  if (afterId !== undefined && beforeId !== undefined) {
+    return Effect.fail(
+      new InvalidRequest({ message: "Only one of 'after_id' and 'before_id' may be given.", param: "before_id" })
+    )
+  }
+  const cursor = afterId ?? beforeId
+  const named = cursor === undefined ? undefined : targetNamed(targets, cursor)
+  if (cursor !== undefined && named === undefined) {
+    const param = afterId !== undefined ? "after_id" : "before_id"
+    return Effect.fail(
+      new InvalidRequest({ message: `${param}: no model '${cursor}' among the models listed.`, param })
+    )
+  }
+  const at = named === undefined ? -1 : targets.indexOf(named)
+  const [start, end] = beforeId !== undefined ? [Math.max(0, at - limit), at] : [at + 1, at + 1 + limit]
+  const page = targets.slice(start, end)
+  return Effect.succeed({
+    data: page.map(toModelInfo),
+    has_more: beforeId !== undefined ? start > 0 : end < targets.length,
+    first_id: page[0]?.id ?? null,
+    last_id: page.at(-1)?.id ?? null
+  })
+}
 
 export type ReportedUsage = Extract<ChatChunk, { readonly _tag: "usage" }>
 
@@ -333,6 +382,21 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         yield* requirePermission("models:read")
         return toGatewayModel(yield* pick(yield* usableTargets, name))
       }).pipe(Effect.withSpan("Gateway.retrieveModel"))
+
+    /** A page of the models the caller may use, as Anthropic's API lists them. */
+    const listModelInfos = (
+      query: ModelInfoQuery
+    ): Effect.Effect<ModelInfoPage, Forbidden | InvalidRequest, CurrentActor> =>
+      Effect.gen(function*() {
+        yield* requirePermission("models:read")
+        return yield* modelInfoPage(yield* usableTargets, query)
+      }).pipe(Effect.withSpan("Gateway.listModelInfos"))
+
+    const retrieveModelInfo = (name: string): Effect.Effect<ModelInfo, UnknownModel | Forbidden, CurrentActor> =>
+      Effect.gen(function*() {
+        yield* requirePermission("models:read")
+        return toModelInfo(yield* pick(yield* usableTargets, name))
+      }).pipe(Effect.withSpan("Gateway.retrieveModelInfo"))
 
     const findTarget = (
       name: string
@@ -748,6 +812,8 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       stream,
       createMessage,
       streamMessage,
+      listModelInfos,
+      retrieveModelInfo,
       embed,
       keyUsage,
       myUsage,

@@ -4,7 +4,9 @@
  * key), in front of loopback providers speaking OpenAI's, Ollama's and Anthropic's real wire
  * formats, on both dialects: answers whole and streamed, the request each provider receives
  * (system prompt, history, tools, images), tool calls and their results, stop reasons, usage per
- * key, and every failure in Anthropic's error body or as an `error` event.
+ * key, and every failure in Anthropic's error body or as an `error` event. Also the rest of what
+ * Anthropic's clients ask for: the models list in Anthropic's format (`GET /v1/models` with
+ * `anthropic-version`), page by page.
  */
 import Anthropic from "@anthropic-ai/sdk"
 import { describe, expect, layer } from "@effect/vitest"
@@ -83,6 +85,42 @@ const rawEvents = (secret: string, body: unknown) =>
     expect(stream.contentType).toContain("text/event-stream")
     return yield* stream.rest
   }))
+
+/** `GET /v1/models` as an OpenAI client asks for it (no `anthropic-version`): the same models, in OpenAI's format. */
+const openAiModelList = (secret: string) =>
+  Effect.flatMap(TestServer, ({ baseUrl }) =>
+    promise(async () => {
+      const response = await fetch(`${baseUrl}/v1/models`, { headers: { authorization: `Bearer ${secret}` } })
+      expect(response.status).toBe(200)
+      return (await response.json()) as {
+        readonly object: string
+        readonly data: ReadonlyArray<{ readonly id: string; readonly owned_by: string }>
+      }
+    }))
+
+/** Every model the client's auto-pagination yields, `limit` a page. */
+const everyModel = (client: Anthropic, limit?: number) =>
+  promise(async () => {
+    const models: Array<Anthropic.ModelInfo> = []
+    for await (const model of client.models.list(limit === undefined ? {} : { limit })) models.push(model)
+    return models
+  })
+
+/** A raw request to the gateway with `anthropic-version`, as an Anthropic client sends it. */
+const anthropicFetch = (path: string, init: { readonly secret?: string; readonly body?: unknown } = {}) =>
+  Effect.flatMap(TestServer, ({ baseUrl }) =>
+    promise(async () => {
+      const response = await fetch(`${baseUrl}${path}`, {
+        method: init.body === undefined ? "GET" : "POST",
+        headers: {
+          "anthropic-version": "2023-06-01",
+          ...(init.secret !== undefined ? { "x-api-key": init.secret } : {}),
+          ...(init.body !== undefined ? { "content-type": "application/json" } : {})
+        },
+        ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {})
+      })
+      return { status: response.status, body: (await response.json()) as any }
+    }))
 
 const waitFor = (condition: () => boolean, what: string) =>
   Effect.gen(function*() {
@@ -803,6 +841,135 @@ for (const dialect of dialects) {
           const error = yield* failure(() => client.messages.countTokens({ model: "loop-chat", messages: hi }))
           expect(error).toBeInstanceOf(Anthropic.NotFoundError)
           expect((error as ApiError).type).toBe("not_found_error")
+        }))
+    })
+
+    describe("models in Anthropic's format", () => {
+      it.effect("lists the models the key may use page by page, as OpenAI's list names them, and retrieves each", () =>
+        Effect.gen(function*() {
+          const { key, user } = yield* TheCast
+          const client = yield* clientFor(key.secret)
+          // Without `anthropic-version`, OpenAI's format as before; with it (the SDK sends it), Anthropic's.
+          const openAiList = yield* openAiModelList(key.secret)
+          expect(openAiList.object).toBe("list")
+          const ids = openAiList.data.map((model) => model.id)
+          expect([...ids].sort()).toEqual(["claude-loop", "llama-loop:1b", "loop-chat"])
+
+          const page = yield* promise(() => client.models.list())
+          const registered = expectStatus(yield* call("GET", "/api/v1/models", { auth: user.accessToken }), 200).items
+          const claude = registered.find((model: any) => model.providerModel === "claude-loop")
+          expect(page.data.map((model) => model.id)).toEqual(ids)
+          expect(page.data.find((model) => model.id === "claude-loop")).toEqual({
+            type: "model",
+            id: "claude-loop",
+            display_name: claude.displayName,
+            created_at: claude.createdAt
+          })
+          for (const model of page.data) {
+            expect(model.created_at).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/)
+          }
+          expect(page).toMatchObject({ has_more: false, first_id: ids[0], last_id: ids[2] })
+
+          // A page at a time: the client follows `last_id` while `has_more`.
+          const first = yield* promise(() => client.models.list({ limit: 1 }))
+          expect(first).toMatchObject({ has_more: true, first_id: ids[0], last_id: ids[0] })
+          expect(first.data.map((model) => model.id)).toEqual([ids[0]])
+          const second = yield* promise(() => first.getNextPage())
+          expect(second.data.map((model) => model.id)).toEqual([ids[1]])
+          expect((yield* everyModel(client, 1)).map((model) => model.id)).toEqual(ids)
+          expect((yield* everyModel(client, 2)).map((model) => model.id)).toEqual(ids)
+          const last = yield* promise(() => client.models.list({ after_id: ids[1]!, limit: 5 }))
+          expect(last).toMatchObject({ has_more: false, first_id: ids[2], last_id: ids[2] })
+          // Backwards from `before_id`, `has_more` saying whether more come before.
+          const before = yield* promise(() => client.models.list({ before_id: ids[2]!, limit: 1 }))
+          expect(before).toMatchObject({ has_more: true, first_id: ids[1], last_id: ids[1] })
+          const start = yield* promise(() => client.models.list({ before_id: ids[2]!, limit: 1000 }))
+          expect(start.data.map((model) => model.id)).toEqual([ids[0], ids[1]])
+          expect(start.has_more).toBe(false)
+          const none = yield* promise(() => client.models.list({ before_id: ids[0]! }))
+          expect(none).toMatchObject({ data: [], has_more: false, first_id: null, last_id: null })
+
+          // One model, by its listed id, as `<provider>/<model>` (a slash in the path) or by its UUID.
+          const owner = openAiList.data.find((model) => model.id === "claude-loop")!.owned_by
+          for (const name of ["claude-loop", `${owner}/claude-loop`, claude.id]) {
+            expect(yield* promise(() => client.models.retrieve(name))).toEqual(
+              page.data.find((model) => model.id === "claude-loop")
+            )
+          }
+        }))
+
+      it.effect("400 invalid_request_error for a bad page: limit out of 1 to 1000, an unknown cursor, both cursors", () =>
+        Effect.gen(function*() {
+          const { key } = yield* TheCast
+          const client = yield* clientFor(key.secret)
+          const cases: ReadonlyArray<[Anthropic.ModelListParams, string]> = [
+            [{ limit: 0 }, "limit"],
+            [{ limit: 1001 }, "limit"],
+            [{ limit: 1.5 }, "limit"],
+            [{ after_id: "no-such-model" }, "after_id"],
+            [{ before_id: "no-such-model" }, "before_id"],
+            [{ after_id: "loop-chat", before_id: "claude-loop" }, "before_id"]
+          ]
+          for (const [query, field] of cases) {
+            const error = yield* failure(() => client.models.list(query))
+            expect(error, JSON.stringify(query)).toBeInstanceOf(Anthropic.BadRequestError)
+            expect((error as ApiError).error, JSON.stringify(query)).toEqual({
+              type: "error",
+              error: { type: "invalid_request_error", message: expect.stringContaining(field) }
+            })
+          }
+          const raw = yield* anthropicFetch("/v1/models?limit=many", { secret: key.secret })
+          expect(raw.status).toBe(400)
+          expect(raw.body.error.message).toContain("limit")
+        }))
+
+      it.effect("a key sees only the models it may use: 404 not_found_error for another, 403 without models:read", () =>
+        Effect.gen(function*() {
+          const { user } = yield* TheCast
+          const registered = expectStatus(yield* call("GET", "/api/v1/models", { auth: user.accessToken }), 200).items
+          const loopChat = registered.find((model: any) => model.providerModel === "loop-chat").id
+          const limited = yield* clientFor(
+            (yield* createKey(user, ["models:read", "models:use"], { models: [loopChat] })).secret
+          )
+          expect((yield* everyModel(limited)).map((model) => model.id)).toEqual(["loop-chat"])
+          for (const model of ["llama-loop:1b", "no-such-model"]) {
+            const error = yield* failure(() => limited.models.retrieve(model))
+            expect(error).toBeInstanceOf(Anthropic.NotFoundError)
+            expect((error as ApiError).error).toEqual({
+              type: "error",
+              error: {
+                type: "not_found_error",
+                message: `The model '${model}' does not exist or you do not have access to it.`
+              }
+            })
+          }
+          // A model it may not see is no cursor either, as an unknown one.
+          const hidden = yield* failure(() => limited.models.list({ after_id: "llama-loop:1b" }))
+          expect(hidden).toBeInstanceOf(Anthropic.BadRequestError)
+
+          const useOnly = yield* clientFor((yield* createKey(user, ["models:use"])).secret)
+          const reads: ReadonlyArray<() => Promise<unknown>> = [
+            () => useOnly.models.list(),
+            () => useOnly.models.retrieve("loop-chat")
+          ]
+          for (const run of reads) {
+            const error = yield* failure(run)
+            expect(error).toBeInstanceOf(Anthropic.PermissionDeniedError)
+            expect((error as ApiError).type).toBe("permission_error")
+          }
+
+          const anonymous = yield* anthropicFetch("/v1/models")
+          expect(anonymous).toEqual({
+            status: 401,
+            body: {
+              type: "error",
+              error: { type: "authentication_error", message: expect.stringContaining("x-api-key") }
+            }
+          })
+          const wrongKey = yield* clientFor("wp_not-a-real-key")
+          expect(yield* failure(() => wrongKey.models.retrieve("loop-chat"))).toBeInstanceOf(
+            Anthropic.AuthenticationError
+          )
         }))
     })
 

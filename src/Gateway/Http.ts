@@ -1,9 +1,9 @@
 /**
  * The gateway's routes under `/v1`, beside the REST API (which answers errors
  * in its own format): OpenAI's `GET /v1/models`, `POST /v1/chat/completions`
- * and `POST /v1/embeddings`, and Anthropic's `POST /v1/messages`,
- * authenticated by an API key sent as `Authorization: Bearer wp_…` (what
- * OpenAI's clients send) or `X-API-Key` (what Anthropic's send). Every
+ * and `POST /v1/embeddings`, and Anthropic's `POST /v1/messages` (and its
+ * format of `GET /v1/models`, for its clients), authenticated by an API key sent as `Authorization: Bearer wp_…`
+ * (what OpenAI's clients send) or `X-API-Key` (what Anthropic's send). Every
  * failure is described once (`describe`) and answered in the error body of
  * the route's dialect, so official clients raise their usual error classes.
  * Also the handlers of the REST API's usage reports (per key, your own,
@@ -27,7 +27,15 @@ import {
   databaseUnavailableMessage,
   logDatabaseUnavailable
 } from "../Sql.js"
-import { Message, MessagesErrorBody, MessagesRequest, MessageStreamEvent } from "./MessagesSchemas.js"
+import {
+  Message,
+  MessagesErrorBody,
+  MessagesRequest,
+  MessageStreamEvent,
+  ModelInfo,
+  ModelInfoPage,
+  ModelInfoQuery
+} from "./MessagesSchemas.js"
 import {
   ChatCompletion,
   ChatCompletionChunk,
@@ -235,7 +243,7 @@ const paramOf = (path: ReadonlyArray<PropertyKey>): string | null =>
       ""
     )
 
-/** A request body decoded with `schema`; the first problem is answered, naming its field. */
+/** A request's body (or query) decoded with `schema`; the first problem is answered, naming its field. */
 const decodeBody = <A, I>(schema: Schema.Schema<A, I>) => (body: unknown): Effect.Effect<A, InvalidRequest> =>
   Schema.decodeUnknown(schema, { errors: "first", onExcessProperty: "ignore" })(body).pipe(
     Effect.mapError((error) => {
@@ -255,6 +263,7 @@ const decodeBody = <A, I>(schema: Schema.Schema<A, I>) => (body: unknown): Effec
 const decodeCompletionRequest = decodeBody(ChatCompletionRequest)
 const decodeEmbeddingRequest = decodeBody(EmbeddingRequest)
 const decodeMessagesRequest = decodeBody(MessagesRequest)
+const decodeModelInfoQuery = decodeBody(ModelInfoQuery)
 
 const encodeChunk = Schema.encodeSync(Schema.parseJson(ChatCompletionChunk))
 const encodeCompletion = Schema.encodeSync(ChatCompletion)
@@ -263,6 +272,8 @@ const encodeModel = Schema.encodeSync(GatewayModel)
 const encodeEmbeddings = Schema.encodeSync(EmbeddingList)
 const encodeMessage = Schema.encodeSync(Message)
 const encodeMessageEvent = Schema.encodeSync(Schema.parseJson(MessageStreamEvent))
+const encodeModelInfoPage = Schema.encodeSync(ModelInfoPage)
+const encodeModelInfo = Schema.encodeSync(ModelInfo)
 
 /** Server-sent events, written by `dialect`; a failure after the first event is the last event, as `dialect` writes it. */
 const toEventStream = (dialect: Dialect, events: Stream.Stream<string, Failure>) =>
@@ -357,21 +368,45 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
       )
     const asOpenAiCaller = asCaller(openAi)
 
+    /** A route both APIs have: answered as the client's API does (`dialectOf`), by that API's handler. */
+    const eitherDialect = <R>(handlers: {
+      readonly openAi: Effect.Effect<HttpServerResponse.HttpServerResponse, Failure, R>
+      readonly anthropic: Effect.Effect<HttpServerResponse.HttpServerResponse, Failure, R>
+    }) =>
+      Effect.flatMap(
+        HttpServerRequest.HttpServerRequest,
+        (request) =>
+          dialectOf(request) === anthropic
+            ? asCaller(anthropic)(handlers.anthropic)
+            : asOpenAiCaller(handlers.openAi)
+      )
+
     yield* router.get(
       `${gatewayPrefix}/models`,
-      asOpenAiCaller(Effect.map(gateway.listModels, (list) => HttpServerResponse.unsafeJson(encodeModelList(list))))
+      eitherDialect({
+        openAi: Effect.map(gateway.listModels, (list) => HttpServerResponse.unsafeJson(encodeModelList(list))),
+        anthropic: HttpServerRequest.ParsedSearchParams.pipe(
+          Effect.flatMap(decodeModelInfoQuery),
+          Effect.flatMap(gateway.listModelInfos),
+          Effect.map((page) => HttpServerResponse.unsafeJson(encodeModelInfoPage(page)))
+        )
+      })
     )
 
     // Model ids may contain slashes (`<provider>/<model>`): the rest of the path is the id.
+    const modelName = Effect.map(HttpRouter.params, (params) => params["*"] ?? "")
     yield* router.get(
       `${gatewayPrefix}/models/*`,
-      asOpenAiCaller(
-        Effect.flatMap(HttpRouter.params, (params) =>
-          Effect.map(
-            gateway.retrieveModel(params["*"] ?? ""),
-            (model) => HttpServerResponse.unsafeJson(encodeModel(model))
-          ))
-      )
+      eitherDialect({
+        openAi: modelName.pipe(
+          Effect.flatMap(gateway.retrieveModel),
+          Effect.map((model) => HttpServerResponse.unsafeJson(encodeModel(model)))
+        ),
+        anthropic: modelName.pipe(
+          Effect.flatMap(gateway.retrieveModelInfo),
+          Effect.map((model) => HttpServerResponse.unsafeJson(encodeModelInfo(model)))
+        )
+      })
     )
 
     yield* router.post(

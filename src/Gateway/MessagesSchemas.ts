@@ -1,7 +1,7 @@
 /**
- * Anthropic's Messages wire format, as far as the gateway speaks it (`POST /v1/messages`): the
- * request it accepts, the message it answers with, the server-sent events of a streamed answer
- * and the error body. Field names are Anthropic's (snake_case), since its SDKs read them as they
+ * Anthropic's wire format, as far as the gateway speaks it: the Messages API (`POST /v1/messages`:
+ * the request it accepts, the message it answers with, the server-sent events of a streamed
+ * answer), the models list (`GET /v1/models` with `anthropic-version`) and the error body. Field names are Anthropic's (snake_case), since its SDKs read them as they
  * are. Content blocks are those a chat request can carry: text, base64 images in user turns,
  * `tool_use` in assistant turns and `tool_result` in user turns.
  */
@@ -117,6 +117,43 @@ export const MessagesRequest = Schema.Struct({
   tool_choice: Schema.optional(ToolChoice)
 })
 export type MessagesRequest = typeof MessagesRequest.Type
+
+// --- models
+
+/** The query of Anthropic's models list: a page of `limit` models, after or before the model a cursor names. */
+export const ModelInfoQuery = Schema.Struct({
+  limit: Schema.optionalWith(
+    Schema.NumberFromString.pipe(
+      Schema.int({ message: () => "Expected an integer from 1 to 1000" }),
+      Schema.between(1, 1000, { message: () => "Expected an integer from 1 to 1000" })
+    ),
+    { default: () => 20 }
+  ),
+  after_id: Schema.optional(Schema.String),
+  before_id: Schema.optional(Schema.String)
+})
+export type ModelInfoQuery = typeof ModelInfoQuery.Type
+
+/** A model as Anthropic's API describes one. */
+export const ModelInfo = Schema.Struct({
+  type: Schema.Literal("model"),
+  /** The model as the gateway names it. */
+  id: Schema.String,
+  display_name: Schema.String,
+  /** RFC 3339: when the model was registered here. */
+  created_at: Schema.String
+})
+export type ModelInfo = typeof ModelInfo.Type
+
+/** One page of the models list; `first_id` and `last_id` are the cursors of the pages before and after it. */
+export const ModelInfoPage = Schema.Struct({
+  data: Schema.Array(ModelInfo),
+  /** Whether more models follow in the direction asked for (after `last_id`; before `first_id` with `before_id`). */
+  has_more: Schema.Boolean,
+  first_id: Schema.NullOr(Schema.String),
+  last_id: Schema.NullOr(Schema.String)
+})
+export type ModelInfoPage = typeof ModelInfoPage.Type
 
 // --- responses
 

@@ -4,8 +4,8 @@
  * translated from OpenAI's request format into a `ChatRequest` for whichever
  * provider serves the model, and back from its chunks into OpenAI's completion
  * objects or stream chunks; Anthropic's messages likewise (the translation in
- * `Gateway/Messages.ts`); embeddings into an `EmbedRequest` and back into
- * OpenAI's list of vectors.
+ * `Gateway/Messages.ts`), and their prompts counted in tokens; embeddings into
+ * an `EmbedRequest` and back into OpenAI's list of vectors.
  * All go through the same checks (the key's scope, its model lists, rate
  * limits and token budgets) and record their usage the same way: the two
  * chat dialects share one call (`start`), one way of gathering a whole answer
@@ -20,6 +20,7 @@ import { Chunk, DateTime, Effect, Either, Option, Ref, type Scope, Stream } from
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
+import { estimatePromptTokens } from "./Chat/Context.js"
 import { type Actor, CurrentActor } from "./Domain/Actor.js"
 import {
   checkRange,
@@ -32,11 +33,13 @@ import {
 import { type ApiKeyId, generateUuid } from "./Domain/Ids.js"
 import type { LlmModel, Provider } from "./Domain/Model.js"
 import type { MyUsageQuery, UsageReportQuery } from "./Gateway/Api.js"
-import { messageEvents, messageOf, messagesChatRequest } from "./Gateway/Messages.js"
+import { messageEvents, messageOf, messagesChatRequest, messagesPrompt } from "./Gateway/Messages.js"
 import type {
+  CountTokensRequest,
   Message,
   MessagesRequest,
   MessageStreamEvent,
+  MessageTokensCount,
   ModelInfo,
   ModelInfoPage,
   ModelInfoQuery
@@ -75,6 +78,7 @@ import { ModelRegistry, type ResolvedModel } from "./Models.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
+import { countsTokens } from "./Providers/Anthropic.js"
 import { type ChatChunk, type ChatMessage, type ChatRequest, type FinishReason, offerTools } from "./Providers/Chat.js"
 import { EmbeddingsUnsupported, type EmbedInput, float32Bytes } from "./Providers/Embeddings.js"
 
@@ -398,6 +402,24 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         return toModelInfo(yield* pick(yield* usableTargets, name))
       }).pipe(Effect.withSpan("Gateway.retrieveModelInfo"))
 
+    /** The model a client names, among those the caller may use, with its provider's client. */
+    const resolveTarget = (
+      name: string
+    ): Effect.Effect<
+      { readonly target: Target; readonly resolved: ResolvedModel },
+      UnknownModel | Forbidden,
+      CurrentActor
+    > =>
+      Effect.gen(function*() {
+        const target = yield* pick(yield* usableTargets, name)
+        const resolved = yield* registry.resolve(target.model.id).pipe(
+          // Disabled between the two reads: as unknown as if it had been a moment earlier.
+          Effect.catchTag("NotFound", (_: NotFound) => new UnknownModel({ model: name }))
+        )
+        return { target, resolved }
+      })
+
+    /** The model an answer is asked of, once the caller may ask for one (`models:use`, the rate limits, the budgets). */
     const findTarget = (
       name: string
     ): Effect.Effect<
@@ -410,12 +432,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         const actor = yield* requirePermission("models:use")
         // One budget with the chat turns: `CHAT_RATE_LIMIT_PER_USER` counts every answer asked for.
         yield* rateLimits.modelRequest(actor)
-        const target = yield* pick(yield* usableTargets, name)
-        const resolved = yield* registry.resolve(target.model.id).pipe(
-          // Disabled between the two reads: as unknown as if it had been a moment earlier.
-          Effect.catchTag("NotFound", (_: NotFound) => new UnknownModel({ model: name }))
-        )
-        return { actor, target, resolved }
+        return { actor, ...(yield* resolveTarget(name)) }
       })
 
     /**
@@ -578,6 +595,24 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         const call = yield* start(body.model, (target) => messagesChatRequest(body, target), "msg_")
         return messageOf(call.id, call.target.id, yield* gather(call, toolUseId))
       }).pipe(Effect.scoped, Effect.withSpan("Gateway.createMessage"))
+
+    /**
+     * How many input tokens a request's prompt is for its model: its Anthropic provider's own count,
+     * else the server's estimate (the one that fits a chat's history to the model's window). Nothing
+     * is generated, so no budget applies and no usage is recorded.
+     */
+    const countTokens = (
+      body: CountTokensRequest
+    ): Effect.Effect<MessageTokensCount, GatewayFailure, CurrentActor> =>
+      Effect.gen(function*() {
+        yield* requirePermission("models:use")
+        const { resolved, target } = yield* resolveTarget(body.model)
+        const request = { model: target.model.providerModel, ...(yield* messagesPrompt(body)) }
+        const inputTokens = countsTokens(resolved.client)
+          ? yield* resolved.client.countTokens(request)
+          : estimatePromptTokens(request)
+        return { input_tokens: inputTokens }
+      }).pipe(Effect.withSpan("Gateway.countTokens"))
 
     /** The answer as Anthropic's stream events, once the provider's first chunk has arrived (`opened`). */
     const streamMessage = (
@@ -812,6 +847,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
       stream,
       createMessage,
       streamMessage,
+      countTokens,
       listModelInfos,
       retrieveModelInfo,
       embed,

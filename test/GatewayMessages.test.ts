@@ -6,16 +6,20 @@
  * (system prompt, history, tools, images), tool calls and their results, stop reasons, usage per
  * key, and every failure in Anthropic's error body or as an `error` event. Also the rest of what
  * Anthropic's clients ask for: the models list in Anthropic's format (`GET /v1/models` with
- * `anthropic-version`), page by page.
+ * `anthropic-version`), page by page, and `POST /v1/messages/count_tokens`.
  */
 import Anthropic from "@anthropic-ai/sdk"
 import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
+import { estimatePromptTokens } from "../src/Chat/Context.js"
 import { call, createKey, expectStatus } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import {
   chatPath,
   chatRequests,
+  countedTokens,
+  countRequests,
+  countTokensPath,
   type FakeProvider,
   type GatewayCast,
   gatewayCast,
@@ -838,7 +842,7 @@ for (const dialect of dialects) {
         Effect.gen(function*() {
           const { key } = yield* TheCast
           const client = yield* clientFor(key.secret)
-          const error = yield* failure(() => client.messages.countTokens({ model: "loop-chat", messages: hi }))
+          const error = yield* failure(() => client.messages.batches.list())
           expect(error).toBeInstanceOf(Anthropic.NotFoundError)
           expect((error as ApiError).type).toBe("not_found_error")
         }))
@@ -970,6 +974,206 @@ for (const dialect of dialects) {
           expect(yield* failure(() => wrongKey.models.retrieve("loop-chat"))).toBeInstanceOf(
             Anthropic.AuthenticationError
           )
+        }))
+    })
+
+    describe("token counts", () => {
+      it.effect("an Anthropic model's count is Anthropic's own, its prompt sent as Anthropic takes it", () =>
+        Effect.gen(function*() {
+          const { anthropic, key } = yield* TheCast
+          const client = yield* clientFor(key.secret)
+          const counted = yield* promise(() =>
+            client.messages.countTokens({
+              model: "claude-loop",
+              system: "Be brief.",
+              messages: [
+                { role: "user", content: "Weather in Paris?" },
+                { role: "assistant", content: [{ type: "text", text: "Let me look." }] },
+                { role: "user", content: [{ type: "text", text: "Please." }] }
+              ],
+              tools: [weatherTool],
+              tool_choice: { type: "auto" }
+            })
+          )
+          const sent = countRequests(anthropic).at(-1)!
+          expect(sent.headers["x-api-key"]).toBe(anthropic.apiKey)
+          expect(sent.body).toEqual({
+            model: "claude-loop",
+            system: "Be brief.",
+            messages: [
+              { role: "user", content: "Weather in Paris?" },
+              { role: "assistant", content: "Let me look." },
+              { role: "user", content: "Please." }
+            ],
+            tools: [weatherTool],
+            tool_choice: { type: "auto" }
+          })
+          // Passed on as Anthropic counted it (the loopback counts its own way, unlike the estimate).
+          expect(counted).toEqual({ input_tokens: countedTokens(sent.body) })
+          const estimate = estimatePromptTokens({
+            messages: [
+              { role: "system", content: "Be brief." },
+              { role: "user", content: "Weather in Paris?" },
+              { role: "assistant", content: "Let me look." },
+              { role: "user", content: "Please." }
+            ],
+            tools: [{
+              name: weatherTool.name,
+              description: weatherTool.description,
+              parameters: weatherTool.input_schema
+            }]
+          })
+          expect(counted.input_tokens).not.toBe(estimate)
+        }))
+
+      it.effect("other models' count is the estimate that trims chats, growing with the prompt and its tools", () =>
+        Effect.gen(function*() {
+          const { key, ollama, openai } = yield* TheCast
+          const client = yield* clientFor(key.secret)
+          const requests = openai.requests.length + ollama.requests.length
+          for (const model of ["loop-chat", "llama-loop:1b"]) {
+            const count = (params: Omit<Anthropic.MessageCountTokensParams, "model">) =>
+              Effect.map(
+                promise(() => client.messages.countTokens({ model, ...params })),
+                (counted) => counted.input_tokens
+              )
+            const short = yield* count({ messages: hi })
+            expect(short).toBe(estimatePromptTokens({ messages: [{ role: "user", content: "Hi" }] }))
+            expect(short).toBeGreaterThan(0)
+            const longer = yield* count({
+              system: "Answer in English.",
+              messages: [...hi, { role: "assistant", content: "Hello!" }, { role: "user", content: "How are you?" }]
+            })
+            expect(longer).toBe(estimatePromptTokens({
+              messages: [
+                { role: "system", content: "Answer in English." },
+                { role: "user", content: "Hi" },
+                { role: "assistant", content: "Hello!" },
+                { role: "user", content: "How are you?" }
+              ]
+            }))
+            expect(longer).toBeGreaterThan(short)
+            const withTools = yield* count({ messages: hi, tools: [weatherTool] })
+            expect(withTools).toBe(estimatePromptTokens({
+              messages: [{ role: "user", content: "Hi" }],
+              tools: [{
+                name: weatherTool.name,
+                description: weatherTool.description,
+                parameters: weatherTool.input_schema
+              }]
+            }))
+            expect(withTools).toBeGreaterThan(short)
+          }
+          // Counted here: neither provider was asked anything.
+          expect(openai.requests.length + ollama.requests.length).toBe(requests)
+        }))
+
+      it.effect("needs no token budget and records no usage", () =>
+        Effect.gen(function*() {
+          const { anthropic, openai, user } = yield* TheCast
+          const budgeted = yield* createKey(user, ["models:use"], { tokenBudget: 5 })
+          const client = yield* clientFor(budgeted.secret)
+          openai.chat = { text: ["Spent"], usage: { promptTokens: 7, completionTokens: 1 } }
+          yield* promise(() => client.messages.create({ model: "loop-chat", max_tokens: 5, messages: hi }))
+          expect(yield* failure(() => client.messages.create({ model: "loop-chat", max_tokens: 5, messages: hi })))
+            .toBeInstanceOf(Anthropic.RateLimitError)
+          for (const model of ["loop-chat", "claude-loop"]) {
+            const counted = yield* promise(() => client.messages.countTokens({ model, messages: hi }))
+            expect(counted.input_tokens).toBeGreaterThan(0)
+          }
+          expect(countRequests(anthropic).at(-1)!.body.model).toBe("claude-loop")
+          const usage = yield* keyUsageOf(user, budgeted.id, 1)
+          expect(usage).toMatchObject({ requests: 1, promptTokens: 7, completionTokens: 1 })
+        }))
+
+      it.effect("errors as for messages: 400 naming the field, 401, 403, 404 for a model the key may not use", () =>
+        Effect.gen(function*() {
+          const { anthropic, key, user } = yield* TheCast
+          const client = yield* clientFor(key.secret)
+          const asked = countRequests(anthropic).length
+          const cases: ReadonlyArray<[unknown, string]> = [
+            [{ model: "claude-loop" }, "messages"],
+            [{ model: "claude-loop", messages: [] }, "messages"],
+            [{ messages: hi }, "model"],
+            [{ model: "claude-loop", messages: [{ role: "robot", content: "Hi" }] }, "messages[0].role"],
+            [{
+              model: "claude-loop",
+              messages: [{ role: "user", content: [{ type: "image", source: { type: "url", url: "https://x" } }] }]
+            }, "messages[0].content[0].source.type"],
+            [{ model: "claude-loop", messages: hi, tools: [{ ...weatherTool, name: "no spaces" }] }, "tools[0].name"],
+            [{ model: "claude-loop", messages: hi, tool_choice: { type: "any" } }, "tool_choice"],
+            [{
+              model: "claude-loop",
+              messages: hi,
+              tools: [weatherTool],
+              tool_choice: { type: "tool", name: "get_time" }
+            }, "tool_choice"]
+          ]
+          for (const [body, field] of cases) {
+            const error = yield* failure(() => client.messages.countTokens(body as never))
+            expect(error, JSON.stringify(body)).toBeInstanceOf(Anthropic.BadRequestError)
+            expect((error as ApiError).error, JSON.stringify(body)).toEqual({
+              type: "error",
+              error: { type: "invalid_request_error", message: expect.stringContaining(field) }
+            })
+          }
+          const notJson = yield* anthropicFetch(countTokensPath, { secret: key.secret, body: "{" })
+          expect(notJson.status).toBe(400)
+          // Nothing reached the provider.
+          expect(countRequests(anthropic).length).toBe(asked)
+
+          const anonymous = yield* anthropicFetch(countTokensPath, { body: { model: "claude-loop", messages: hi } })
+          expect(anonymous).toEqual({
+            status: 401,
+            body: {
+              type: "error",
+              error: { type: "authentication_error", message: expect.stringContaining("x-api-key") }
+            }
+          })
+          const wrongKey = yield* clientFor("wp_not-a-real-key")
+          expect(yield* failure(() => wrongKey.messages.countTokens({ model: "claude-loop", messages: hi })))
+            .toBeInstanceOf(Anthropic.AuthenticationError)
+
+          const readOnly = yield* clientFor((yield* createKey(user, ["models:read"])).secret)
+          const forbidden = yield* failure(() => readOnly.messages.countTokens({ model: "claude-loop", messages: hi }))
+          expect(forbidden).toBeInstanceOf(Anthropic.PermissionDeniedError)
+          expect((forbidden as ApiError).type).toBe("permission_error")
+
+          const registered = expectStatus(yield* call("GET", "/api/v1/models", { auth: user.accessToken }), 200).items
+          const loopChat = registered.find((model: any) => model.providerModel === "loop-chat").id
+          const limited = yield* clientFor((yield* createKey(user, ["models:use"], { models: [loopChat] })).secret)
+          for (const model of ["claude-loop", "no-such-model"]) {
+            const error = yield* failure(() => limited.messages.countTokens({ model, messages: hi }))
+            expect(error).toBeInstanceOf(Anthropic.NotFoundError)
+            expect((error as ApiError).error).toEqual({
+              type: "error",
+              error: {
+                type: "not_found_error",
+                message: `The model '${model}' does not exist or you do not have access to it.`
+              }
+            })
+          }
+          expect(countRequests(anthropic).length).toBe(asked)
+        }))
+
+      it.effect("Anthropic failing to count: an api_error status, never the upstream body", () =>
+        Effect.gen(function*() {
+          const { anthropic, key } = yield* TheCast
+          const client = yield* clientFor(key.secret)
+          anthropic.faults.set(countTokensPath, { kind: "status", status: 500, times: 1 })
+          const error = yield* failure(() => client.messages.countTokens({ model: "claude-loop", messages: hi }))
+          expect(error).toBeInstanceOf(Anthropic.InternalServerError)
+          expect(error).toMatchObject({ status: 502, type: "api_error" })
+          expect(JSON.stringify((error as ApiError).error)).not.toContain(upstreamSecret)
+          anthropic.faults.set(countTokensPath, {
+            kind: "status",
+            status: 429,
+            times: 1,
+            headers: { "retry-after": "3" }
+          })
+          const limited = yield* failure(() => client.messages.countTokens({ model: "claude-loop", messages: hi }))
+          expect(limited).toMatchObject({ status: 502, type: "api_error" })
+          expect((limited as ApiError).headers?.get("retry-after")).toBe("3")
         }))
     })
 

@@ -1,8 +1,9 @@
 /**
  * The gateway's routes under `/v1`, beside the REST API (which answers errors
  * in its own format): OpenAI's `GET /v1/models`, `POST /v1/chat/completions`
- * and `POST /v1/embeddings`, and Anthropic's `POST /v1/messages` (and its
- * format of `GET /v1/models`, for its clients), authenticated by an API key sent as `Authorization: Bearer wp_…`
+ * and `POST /v1/embeddings`, and Anthropic's `POST /v1/messages` and
+ * `POST /v1/messages/count_tokens` (and its format of `GET /v1/models`, for its
+ * clients), authenticated by an API key sent as `Authorization: Bearer wp_…`
  * (what OpenAI's clients send) or `X-API-Key` (what Anthropic's send). Every
  * failure is described once (`describe`) and answered in the error body of
  * the route's dialect, so official clients raise their usual error classes.
@@ -28,10 +29,12 @@ import {
   logDatabaseUnavailable
 } from "../Sql.js"
 import {
+  CountTokensRequest,
   Message,
   MessagesErrorBody,
   MessagesRequest,
   MessageStreamEvent,
+  MessageTokensCount,
   ModelInfo,
   ModelInfoPage,
   ModelInfoQuery
@@ -263,6 +266,7 @@ const decodeBody = <A, I>(schema: Schema.Schema<A, I>) => (body: unknown): Effec
 const decodeCompletionRequest = decodeBody(ChatCompletionRequest)
 const decodeEmbeddingRequest = decodeBody(EmbeddingRequest)
 const decodeMessagesRequest = decodeBody(MessagesRequest)
+const decodeCountTokensRequest = decodeBody(CountTokensRequest)
 const decodeModelInfoQuery = decodeBody(ModelInfoQuery)
 
 const encodeChunk = Schema.encodeSync(Schema.parseJson(ChatCompletionChunk))
@@ -272,6 +276,7 @@ const encodeModel = Schema.encodeSync(GatewayModel)
 const encodeEmbeddings = Schema.encodeSync(EmbeddingList)
 const encodeMessage = Schema.encodeSync(Message)
 const encodeMessageEvent = Schema.encodeSync(Schema.parseJson(MessageStreamEvent))
+const encodeTokensCount = Schema.encodeSync(MessageTokensCount)
 const encodeModelInfoPage = Schema.encodeSync(ModelInfoPage)
 const encodeModelInfo = Schema.encodeSync(ModelInfo)
 
@@ -448,6 +453,18 @@ export const GatewayRoutesLive = HttpApiBuilder.Router.use((router) =>
           const events = yield* gateway.streamMessage(body)
           return HttpServerResponse.stream(messageEventStream(events), eventStreamHeaders)
         })
+      )
+    )
+
+    // What a message request's prompt costs: the same checks as a message, without the limits on answers.
+    yield* router.post(
+      `${messagesPath}/count_tokens`,
+      asCaller(anthropic)(
+        readJson(maxBodySize).pipe(
+          Effect.flatMap(decodeCountTokensRequest),
+          Effect.flatMap(gateway.countTokens),
+          Effect.map((count) => HttpServerResponse.unsafeJson(encodeTokensCount(count)))
+        )
       )
     )
 

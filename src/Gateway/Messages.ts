@@ -2,7 +2,8 @@
  * Anthropic's Messages API in front of every provider: a `POST /v1/messages` request translated
  * into the `ChatRequest` the OpenAI-compatible route builds too (system prompt, turns, tool calls
  * and results, images, generation parameters, tools and tool choice), and the provider's answer
- * back into an Anthropic `message` or its stream events. Everything else (the model's name, the
+ * back into an Anthropic `message` or its stream events. A `count_tokens` request is translated
+ * the same way, up to its prompt (`messagesPrompt`). Everything else (the model's name, the
  * key's checks, limits, usage, failures) is the gateway's one code path (`Gateway.ts`).
  */
 import { Clock, Duration, Effect, Either, Option, type Ref, Schedule, Stream } from "effect"
@@ -13,6 +14,7 @@ import { argumentsObject } from "../Providers/Client.js"
 import type {
   AssistantBlock,
   ContentBlock,
+  CountTokensRequest,
   Message,
   MessageParam,
   MessagesRequest,
@@ -89,11 +91,15 @@ const topKFor = (target: Target, topK: number | undefined): Record<string, unkno
     ? { options: { top_k: topK } }
     : undefined
 
-/** Checks what the schema cannot see (a named tool must be one of the tools) and builds the provider request. */
-export const messagesChatRequest = (
-  body: MessagesRequest,
-  target: Target
-): Effect.Effect<ChatRequest, InvalidRequest> => {
+/** What a request's prompt is made of, for an answer and for a count of its tokens alike. */
+export type Prompt = Pick<ChatRequest, "messages" | "tools" | "toolChoice">
+
+/**
+ * The prompt of a request (`/v1/messages` or its `count_tokens`): the system prompt and the turns as
+ * chat messages, the tools offered. Checks what the schema cannot see (a named tool must be one of
+ * the tools).
+ */
+export const messagesPrompt = (body: CountTokensRequest): Effect.Effect<Prompt, InvalidRequest> => {
   const choice = body.tool_choice
   const offered = offerTools(
     (body.tools ?? []).map((tool) => ({
@@ -114,21 +120,32 @@ export const messagesChatRequest = (
     )
   }
   const system = body.system === undefined ? "" : textOf(body.system)
-  const extra = topKFor(target, body.top_k)
   return Effect.succeed({
-    model: target.model.providerModel,
     messages: [
       ...(system.length > 0 ? [{ role: "system" as const, content: system }] : []),
       ...body.messages.flatMap(toChatMessages)
     ],
-    maxTokens: body.max_tokens,
-    ...(body.temperature !== undefined ? { temperature: body.temperature } : {}),
-    ...(body.top_p !== undefined ? { topP: body.top_p } : {}),
-    ...(body.stop_sequences !== undefined && body.stop_sequences.length > 0 ? { stop: body.stop_sequences } : {}),
-    ...offered.right,
-    ...(extra !== undefined ? { extra } : {})
+    ...offered.right
   })
 }
+
+/** The provider request of `/v1/messages`: its prompt (`messagesPrompt`) and how to answer it. */
+export const messagesChatRequest = (
+  body: MessagesRequest,
+  target: Target
+): Effect.Effect<ChatRequest, InvalidRequest> =>
+  Effect.map(messagesPrompt(body), (prompt) => {
+    const extra = topKFor(target, body.top_k)
+    return {
+      model: target.model.providerModel,
+      ...prompt,
+      maxTokens: body.max_tokens,
+      ...(body.temperature !== undefined ? { temperature: body.temperature } : {}),
+      ...(body.top_p !== undefined ? { topP: body.top_p } : {}),
+      ...(body.stop_sequences !== undefined && body.stop_sequences.length > 0 ? { stop: body.stop_sequences } : {}),
+      ...(extra !== undefined ? { extra } : {})
+    }
+  })
 
 /**
  * Anthropic's stop reason: a stop with tool calls is `tool_use` (some providers say "stop" then),

@@ -1,7 +1,8 @@
 /**
  * Anthropic's wire format, as far as the gateway speaks it: the Messages API (`POST /v1/messages`:
  * the request it accepts, the message it answers with, the server-sent events of a streamed
- * answer), the models list (`GET /v1/models` with `anthropic-version`) and the error body. Field names are Anthropic's (snake_case), since its SDKs read them as they
+ * answer), its token count (`POST /v1/messages/count_tokens`), the models list (`GET /v1/models`
+ * with `anthropic-version`) and the error body. Field names are Anthropic's (snake_case), since its SDKs read them as they
  * are. Content blocks are those a chat request can carry: text, base64 images in user turns,
  * `tool_use` in assistant turns and `tool_result` in user turns.
  */
@@ -117,6 +118,17 @@ export const MessagesRequest = Schema.Struct({
   tool_choice: Schema.optional(ToolChoice)
 })
 export type MessagesRequest = typeof MessagesRequest.Type
+
+/**
+ * `POST /v1/messages/count_tokens`: what a message request says of its prompt (no `max_tokens`,
+ * nothing about the answer). Other fields are ignored, as they are for `/v1/messages`.
+ */
+export const CountTokensRequest = MessagesRequest.pick("model", "messages", "system", "tools", "tool_choice")
+export type CountTokensRequest = typeof CountTokensRequest.Type
+
+/** The answer of `count_tokens`. */
+export const MessageTokensCount = Schema.Struct({ input_tokens: Schema.Int })
+export type MessageTokensCount = typeof MessageTokensCount.Type
 
 // --- models
 

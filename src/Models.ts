@@ -3,7 +3,7 @@
  * status, and the named presets users pick. Policies are applied here, so any
  * transport gets the same rules; status changes are published as events.
  */
-import { SqlClient } from "@effect/sql"
+import { Model, SqlClient } from "@effect/sql"
 import { Clock, DateTime, Duration, Effect, FiberSet, Option, Schedule, Stream } from "effect"
 import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
@@ -18,7 +18,7 @@ import {
   orNotFound,
   ValidationError
 } from "./Domain/Errors.js"
-import type { LlmModelId, ModelConfigId, ProviderId } from "./Domain/Ids.js"
+import { generateUuid, type LlmModelId, type ModelConfigId, ProviderId } from "./Domain/Ids.js"
 import { LlmModel, ModelConfig, type ModelStatus, Provider, type ProviderKind } from "./Domain/Model.js"
 import {
   type CreateModelConfigPayload,
@@ -33,7 +33,7 @@ import {
   type UpdateModelPayload,
   type UpdateProviderPayload
 } from "./Models/Api.js"
-import { CredentialCipher } from "./Models/CredentialCipher.js"
+import { CredentialCipher, SealContext } from "./Models/CredentialCipher.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { EventHub, ModelPullEvent, ModelRemovedEvent, ModelStatusEvent } from "./Models/Events.js"
 import { ModelConfigsRepo } from "./Models/ModelConfigsRepo.js"
@@ -190,7 +190,14 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
     const connectionOf = (provider: Provider): Effect.Effect<ProviderConnection> =>
       Effect.map(
         provider.credentialCiphertext !== null && provider.credentialKeyId !== null
-          ? Effect.map(cipher.open(provider.credentialCiphertext, provider.credentialKeyId), Option.some)
+          ? Effect.map(
+            cipher.open(
+              provider.credentialCiphertext,
+              provider.credentialKeyId,
+              SealContext.providerCredential(provider.id)
+            ),
+            Option.some
+          )
           : Effect.succeedNone,
         (credential) => ({
           name: provider.name,
@@ -247,8 +254,11 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
         if (Option.isSome(yield* providers.findByName(payload.name))) {
           return yield* new Conflict({ message: "A provider with that name exists" })
         }
-        const sealed = payload.credential ? cipher.seal(payload.credential) : null
+        // Its id first: the credential is sealed for this provider.
+        const id = ProviderId.make(yield* generateUuid)
+        const sealed = payload.credential ? cipher.seal(payload.credential, SealContext.providerCredential(id)) : null
         const provider = yield* providers.insert(Provider.insert.make({
+          id: Model.Override(id),
           name: payload.name,
           kind: payload.kind,
           baseUrl: payload.baseUrl,
@@ -289,7 +299,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("Models/Model
             return yield* new Conflict({ message: "A provider with that name exists" })
           }
         }
-        const sealed = payload.credential ? cipher.seal(payload.credential) : null
+        const sealed = payload.credential ? cipher.seal(payload.credential, SealContext.providerCredential(id)) : null
         const credential = payload.credential === undefined
           ? {
             credentialCiphertext: provider.credentialCiphertext,

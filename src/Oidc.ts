@@ -22,7 +22,7 @@ import { invalid, NotFound, Unauthorized } from "./Domain/Errors.js"
 import type { UserId } from "./Domain/Ids.js"
 import { BuiltinRoles, Email, User, Username } from "./Domain/User.js"
 import { everyHour } from "./Housekeeping.js"
-import { CredentialCipher } from "./Models/CredentialCipher.js"
+import { CredentialCipher, SealContext } from "./Models/CredentialCipher.js"
 import { type OidcFailure, OidcInfo } from "./Oidc/Api.js"
 import { OidcRepo } from "./Oidc/OidcRepo.js"
 import { OidcProvider, type VerifiedIdentity } from "./Oidc/Provider.js"
@@ -154,9 +154,10 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
             error_description: "The identity provider cannot be reached; try again later"
           }))
         }
-        const sealed = cipher.seal(Redacted.make(codeVerifier))
+        const stateHash = digest(state)
+        const sealed = cipher.seal(Redacted.make(codeVerifier), SealContext.signInVerifier(stateHash))
         yield* repo.insertAttempt({
-          stateHash: digest(state),
+          stateHash,
           nonce,
           codeVerifier: sealed.ciphertext,
           codeVerifierKeyId: sealed.keyId,
@@ -368,10 +369,14 @@ export class Oidc extends Effect.Service<Oidc>()("Oidc", {
           return yield* refuse(refusal("server_error", "The identity provider sent no code", "no-code"))
         }
         const codeVerifier = yield* Effect.either(
-          cipher.tryOpen(attempt.value.codeVerifier, attempt.value.codeVerifierKeyId)
+          cipher.tryOpen(
+            attempt.value.codeVerifier,
+            attempt.value.codeVerifierKeyId,
+            SealContext.signInVerifier(attempt.value.stateHash)
+          )
         )
         if (Either.isLeft(codeVerifier)) {
-          // Sealed before a key rotation dropped its key (or damaged): this sign-in cannot be finished.
+          // Sealed before a key rotation dropped its key (or damaged, or moved from another row): it cannot be finished.
           yield* Effect.logWarning("Single sign-on: a sign-in attempt's code verifier cannot be opened").pipe(
             Effect.annotateLogs({ keyId: codeVerifier.left.keyId, problem: codeVerifier.left.problem })
           )

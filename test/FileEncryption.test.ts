@@ -427,6 +427,48 @@ for (const dialect of dialects) {
             expect((yield* call("GET", "/health/live")).status).toBe(200)
           }))
 
+        it.scoped("a data key moved onto another file, or a credential put in its place, does not open: cut, logged", () =>
+          Effect.gen(function*() {
+            const { logs, user } = yield* TheCast
+            const first = textOf(segmentSize + 50, `key-first-${Crypto.randomUUID()}`)
+            const second = textOf(segmentSize + 50, `key-second-${Crypto.randomUUID()}`)
+            const a = yield* uploadOne(user.accessToken, "key-first.txt", first)
+            const b = yield* uploadOne(user.accessToken, "key-second.txt", second)
+            const rowA = yield* rowOf(a.id)
+            const rowB = yield* rowOf(b.id)
+            const [credential] = yield* inServerDatabase(
+              Effect.flatMap(
+                SqlClient.SqlClient,
+                (sql) =>
+                  sql<{ readonly credentialCiphertext: string; readonly credentialKeyId: string }>`
+                  SELECT credential_ciphertext, credential_key_id FROM providers
+                  WHERE credential_ciphertext IS NOT NULL AND credential_key_id = 'old'`
+              )
+            )
+            const loggedBefore = logs.length
+
+            // A's data key in B's row, B's content left in place: it is sealed for A's storage key.
+            yield* setRow(b.id, rowA)
+            expect((yield* expectCut(user.accessToken, b.id, second)).bytes.length).toBe(0)
+            // A provider's credential, under the same key, as B's data key.
+            yield* setRow(b.id, { contentKeyCiphertext: credential!.credentialCiphertext, contentKeyId: "old" })
+            expect((yield* expectCut(user.accessToken, b.id, second)).bytes.length).toBe(0)
+
+            const failures = logs.slice(loggedBefore).filter((line) =>
+              line.level === "ERROR" && String(line.message).startsWith("A stored file's content cannot be opened")
+            )
+            expect(failures.length).toBeGreaterThanOrEqual(2)
+            for (const line of failures) {
+              expect(line.message).toBe(
+                `A stored file's content cannot be opened: its data key does not open under key "old"`
+              )
+            }
+
+            yield* setRow(b.id, rowB)
+            yield* expectDownload(user.accessToken, b.id, second)
+            yield* expectDownload(user.accessToken, a.id, first)
+          }))
+
         it.scoped("FILES_ENCRYPTION=off stores contents as they are and reads encrypted ones; turned on, both still read", () =>
           Effect.gen(function*() {
             const { user } = yield* TheCast

@@ -12,12 +12,14 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Either, Layer } from "effect"
 import * as Crypto from "node:crypto"
 import { AppConfig, environment, formatConfigError } from "../src/Config.js"
+import { SealContext } from "../src/Models/CredentialCipher.js"
 import { call, expectStatus, signUp } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { type FakeIdp, fakeOidcProvider, idpSecret, type IdpUser, type IdpUserinfo } from "./fixtures/OidcProvider.js"
+import { cipherWith, sealLegacy } from "./fixtures/Sealing.js"
 import { inServerDatabase, startTestServer, TestServer, testServer } from "./fixtures/Server.js"
 
 const callbackUri = "http://webplus.test/api/v1/auth/oidc/callback"
@@ -665,6 +667,72 @@ for (const dialect of dialects) {
             // A new sign-in on the rotated server works.
             yield* tokensFor(person())
           }).pipe(Effect.provideService(TestServer, after), Effect.provideService(Idp, idp))
+        }),
+      { timeout: 60_000 }
+    )
+
+    it.scopedLive(
+      "a code verifier moved onto another sign-in is refused; one sealed before verifiers were bound still works",
+      () =>
+        Effect.gen(function*() {
+          const idp = yield* fakeOidcProvider()
+          const key = Crypto.randomBytes(32)
+          const keys = `k:${key.toString("base64")}`
+          const server = yield* startTestServer(testServer({
+            dialect,
+            env: { ...oidcEnv(idp), JWT_SECRET: Crypto.randomBytes(32).toString("hex"), ENCRYPTION_KEYS: keys }
+          }))
+          yield* Effect.gen(function*() {
+            const attempts = inServerDatabase(
+              Effect.flatMap(SqlClient.SqlClient, (sql) =>
+                sql<{ readonly stateHash: string; readonly codeVerifier: string }>`
+                  SELECT state_hash, code_verifier FROM oidc_login_attempts`)
+            )
+            const setVerifier = (stateHash: string, codeVerifier: string) =>
+              inServerDatabase(
+                Effect.flatMap(SqlClient.SqlClient, (sql) =>
+                  sql`UPDATE oidc_login_attempts SET code_verifier = ${codeVerifier} WHERE state_hash = ${stateHash}`)
+              )
+            /** A sign-in started, up to the provider's redirect to the callback; its attempt's row. */
+            const start = Effect.gen(function*() {
+              const before = new Set((yield* attempts).map((row) =>
+                row.stateHash
+              ))
+              idp.user = person()
+              const started = yield* browse(yield* loginUrl())
+              const atIdp = yield* browse(started.headers.get("location")!)
+              const path = atIdp.headers.get("location")!.slice("http://webplus.test".length)
+              const row = (yield* attempts).find((attempt) => !before.has(attempt.stateHash))!
+              return { path, cookie: cookieOf(started), row }
+            })
+            const land = (attempt: { path: string; cookie: string }) =>
+              Effect.flatMap(TestServer, ({ baseUrl }) =>
+                Effect.map(
+                  browse(`${baseUrl}${attempt.path}`, { cookie: attempt.cookie }),
+                  (landed) => new URL(landed.headers.get("location")!)
+                ))
+            const first = yield* start
+            const second = yield* start
+
+            // The first's verifier, under the same key, in the second's row: not opened, the provider not asked.
+            yield* setVerifier(second.row.stateHash, first.row.codeVerifier)
+            const refused = yield* land(second)
+            expect(refused.searchParams.get("error")).toBe("server_error")
+            expect(refused.searchParams.get("error_description")).toBe(
+              "This sign-in cannot be finished on this server; start it again"
+            )
+            expect(idp.tokenRequests).toEqual([])
+
+            // The first's verifier as an earlier version sealed it (the key id alone bound): it opens.
+            const verifier = Either.getOrThrow(
+              cipherWith(keys).openBytes(first.row.codeVerifier, "k", SealContext.signInVerifier(first.row.stateHash))
+            )
+            yield* setVerifier(first.row.stateHash, sealLegacy(verifier, "k", key))
+            const landed = yield* land(first)
+            expect(landed.searchParams.get("error"), landed.searchParams.get("error_description") ?? "").toBeNull()
+            expect(landed.searchParams.get("code")).toMatch(/^wpo_/)
+            expect(idp.tokenRequests).toEqual([{ outcome: "ok", basicAuth: true }])
+          }).pipe(Effect.provideService(TestServer, server))
         }),
       { timeout: 60_000 }
     )

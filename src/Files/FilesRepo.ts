@@ -36,9 +36,10 @@ export class PlaintextContent extends Schema.Class<PlaintextContent>("PlaintextC
   sha256: Schema.String
 }) {}
 
-/** A content's sealed data key, as key rotation reads it. */
+/** A content's sealed data key, as key rotation reads it (sealed for the storage key). */
 export class SealedContentKey extends Schema.Class<SealedContentKey>("SealedContentKey")({
   id: FileId,
+  storageKey: Schema.String,
   contentKeyCiphertext: Schema.String,
   contentKeyId: Schema.String
 }) {}
@@ -178,14 +179,31 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
         (rows) => rows.length > 0
       )
 
-    /** Up to `limit` sealed data keys under another key than `keyId`. */
-    const contentKeysNotUnder = SqlSchema.findAll({
-      Request: Schema.Struct({ keyId: Schema.String, limit: Schema.Int }),
+    /** Up to `limit` sealed data keys, of the files after `after` (by id). */
+    const contentKeys = SqlSchema.findAll({
+      Request: Schema.Struct({ after: Schema.NullOr(FileId), limit: Schema.Int }),
       Result: SealedContentKey,
-      execute: ({ keyId, limit }) =>
-        sql`SELECT id, content_key_ciphertext, content_key_id FROM files
-            WHERE content_key_id IS NOT NULL AND content_key_id <> ${keyId} ORDER BY id LIMIT ${limit}`
+      execute: ({ after, limit }) =>
+        sql`SELECT id, storage_key, content_key_ciphertext, content_key_id FROM files
+            WHERE content_key_id IS NOT NULL AND ${after === null ? sql`TRUE` : sql`id > ${after}`}
+            ORDER BY id LIMIT ${limit}`
     })
+
+    /** The keys of `ENCRYPTION_KEYS` the data keys are sealed under. */
+    const contentKeyIds = SqlSchema.findAll({
+      Request: Schema.Void,
+      Result: Schema.Struct({ contentKeyId: Schema.String }),
+      execute: () => sql`SELECT DISTINCT content_key_id FROM files WHERE content_key_id IS NOT NULL`
+    })
+
+    /** Seals a content's data key anew, only while the row still holds `previous`: whether it did. */
+    const setContentKey = (id: FileId, previous: string, contentKey: Sealed) =>
+      Effect.map(
+        sql`UPDATE files SET content_key_ciphertext = ${contentKey.ciphertext}, content_key_id = ${contentKey.keyId}
+            WHERE id = ${id} AND content_key_ciphertext = ${previous}
+            RETURNING id`,
+        (rows) => rows.length > 0
+      )
 
     /** How many contents are encrypted, and how many of them under `keyId`. */
     const contentKeyCounts = (keyId: string) =>
@@ -217,13 +235,11 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
       plaintextContents: (after: FileId | null, limit: number) => Effect.orDie(plaintextContents({ after, limit })),
       encryptedContent: (id: FileId, previousKey: string, storageKey: string, contentKey: Sealed) =>
         Effect.orDie(encryptedContent(id, previousKey, storageKey, contentKey)),
-      contentKeysNotUnder: (keyId: string, limit: number) => Effect.orDie(contentKeysNotUnder({ keyId, limit })),
-      /** Seals a content's data key anew (the content is untouched). */
-      setContentKey: (id: FileId, contentKey: Sealed) =>
-        Effect.orDie(
-          sql`UPDATE files SET content_key_ciphertext = ${contentKey.ciphertext}, content_key_id = ${contentKey.keyId}
-              WHERE id = ${id}`
-        ),
+      contentKeys: (after: FileId | null, limit: number) => Effect.orDie(contentKeys({ after, limit })),
+      contentKeyIds: Effect.orDie(Effect.map(contentKeyIds(), (rows) => rows.map((row) => row.contentKeyId))),
+      /** Seals a content's data key anew (the content is untouched), unless it changed since it was read. */
+      setContentKey: (id: FileId, previous: string, contentKey: Sealed) =>
+        Effect.orDie(setContentKey(id, previous, contentKey)),
       contentKeyCounts: (keyId: string) => Effect.orDie(contentKeyCounts(keyId))
     } as const
   })

@@ -19,7 +19,7 @@ import type { PlatformError } from "@effect/platform/Error"
 import { Chunk, Data, Effect, Either, Option, Stream } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { AppConfig } from "../Config.js"
-import { CredentialCipher, type Sealed } from "../Models/CredentialCipher.js"
+import { CredentialCipher, SealContext, type Sealed } from "../Models/CredentialCipher.js"
 import { cutText, officeKindOf, sniffLength, textChecker } from "./Content.js"
 import { ContentUnreadable, dataKeyLength, newDataKey, openContent, sealContent } from "./ContentCipher.js"
 import { makeObjectStore } from "./ObjectStore.js"
@@ -166,7 +166,7 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
           sha256: hash.digest("hex"),
           head: head.slice(0, headLength),
           isText: text.isText(),
-          contentKey: dataKey === undefined ? null : cipher.sealBytes(dataKey)
+          contentKey: dataKey === undefined ? null : cipher.sealBytes(dataKey, SealContext.fileDataKey(key))
         }
         const storedBytes = { sizeBytes: storedSize, sha256: storedHash?.digest("hex") ?? written.sha256 }
         yield* contents.place(temporary, key, storedBytes).pipe(Effect.ensuring(removeQuietly(temporary)))
@@ -188,9 +188,13 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
         ? Effect.logError(error.message).pipe(Effect.annotateLogs({ storageKey, keyId: error.keyId }))
         : Effect.void
 
-    /** The content's data key, or why it cannot be had. */
-    const dataKeyOf = (sealed: string, keyId: string): Effect.Effect<Uint8Array, ContentUnreadable> =>
-      Either.match(cipher.openBytes(sealed, keyId), {
+    /** The data key of the content under `storageKey`, or why it cannot be had. */
+    const dataKeyOf = (
+      sealed: string,
+      keyId: string,
+      storageKey: string
+    ): Effect.Effect<Uint8Array, ContentUnreadable> =>
+      Either.match(cipher.openBytes(sealed, keyId, SealContext.fileDataKey(storageKey)), {
         onLeft: (problem) =>
           Effect.fail(
             new ContentUnreadable({
@@ -215,7 +219,7 @@ export class FileStorage extends Effect.Service<FileStorage>()("Files/FileStorag
       if (sealed === null || keyId === null) return contents.read(storageKey)
       return Stream.unwrap(
         Effect.map(
-          dataKeyOf(sealed, keyId),
+          dataKeyOf(sealed, keyId, storageKey),
           (dataKey) => openContent(contents.read(storageKey), dataKey, storageKey, keyId)
         )
       ).pipe(Stream.tapError(logUnreadable(storageKey)))

@@ -13,15 +13,16 @@
  * environment provider too, found by its base URL, with its one model synced
  * before start-up goes on; turned off, its provider is disabled.
  */
-import { SqlClient } from "@effect/sql"
+import { Model, SqlClient } from "@effect/sql"
 import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { AppConfig } from "../Config.js"
+import { generateUuid, ProviderId } from "../Domain/Ids.js"
 import { Provider, type ProviderKind } from "../Domain/Model.js"
 import { ModelRegistry } from "../Models.js"
 import { ProviderClients } from "../Providers.js"
 import { developmentBaseUrl } from "../Providers/Development.js"
 import { inTransaction, transactionLock } from "../Sql.js"
-import { CredentialCipher } from "./CredentialCipher.js"
+import { CredentialCipher, SealContext } from "./CredentialCipher.js"
 import { ProvidersRepo } from "./ProvidersRepo.js"
 
 /** Where the embedded mode looks for an Ollama: its default address (a test points it at a loopback one). */
@@ -56,14 +57,17 @@ export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*
     Effect.gen(function*() {
       yield* transactionLock(sql, "environment-providers")
       const existing = yield* providers.findFromEnvironment(declared.kind)
+      // A new row's id is chosen here: the credential is sealed for that provider.
+      const id = Option.isSome(existing) ? existing.value.id : ProviderId.make(yield* generateUuid)
+      const context = SealContext.providerCredential(id)
       const current = Option.isSome(existing) && existing.value.credentialCiphertext && existing.value.credentialKeyId
         ? Option.some(Redacted.value(
-          yield* cipher.open(existing.value.credentialCiphertext, existing.value.credentialKeyId)
+          yield* cipher.open(existing.value.credentialCiphertext, existing.value.credentialKeyId, context)
         ))
         : Option.none<string>()
       const wanted = Option.map(declared.credential, Redacted.value)
       const sameCredential = Option.getEquivalence<string>((a, b) => a === b)(current, wanted)
-      const sealed = Option.map(declared.credential, cipher.seal)
+      const sealed = Option.map(declared.credential, (credential) => cipher.seal(credential, context))
       const credential = {
         credentialCiphertext: Option.getOrNull(Option.map(sealed, (s) => s.ciphertext)),
         credentialKeyId: Option.getOrNull(Option.map(sealed, (s) => s.keyId)),
@@ -81,6 +85,7 @@ export const EnvironmentProvidersLive = Layer.scopedDiscard(Effect.gen(function*
       }
       const taken = Option.isSome(yield* providers.findByName(declared.name))
       return yield* providers.insert(Provider.insert.make({
+        id: Model.Override(id),
         name: taken ? `${declared.name} (environment)` : declared.name,
         kind: declared.kind,
         baseUrl: declared.baseUrl,

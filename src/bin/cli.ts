@@ -2,7 +2,8 @@
  * `npm run cli -- <command>`: operator tasks on the configured database.
  *
  *   rotate-keys                       re-encrypt every stored credential, and re-seal every file's
- *                                     data key, under the first key of ENCRYPTION_KEYS
+ *                                     data key, under the first key of ENCRYPTION_KEYS (and in the
+ *                                     current format, which binds each to its use)
  *   encrypt-files                     encrypt the files' contents stored as they are (uploaded
  *                                     before encryption at rest, or with FILES_ENCRYPTION=off)
  *   backup <directory>                the embedded database (a consistent copy, taken while the
@@ -54,14 +55,16 @@ const requireMigrated = Effect.flatMap(
       )
 )
 
-const rotateKeys = Effect.zipRight(requireMigrated, rotateAllKeys).pipe(
+const rotateKeys = Effect.zipRight(requireMigrated, rotateAllKeys()).pipe(
   Effect.tap((report) =>
     Effect.sync(() =>
       process.stdout.write(
         `Re-encrypted ${report.credentials.reencrypted} credential(s) under key "${report.keyId}"; ` +
           `${report.credentials.alreadyCurrent} already under it.\n` +
           `Re-sealed ${report.fileKeys.resealed} file data key(s) under key "${report.keyId}"; ` +
-          `${report.fileKeys.alreadyCurrent} already under it (the files' contents are untouched).\n`
+          `${report.fileKeys.alreadyCurrent} already under it (the files' contents are untouched).\n` +
+          `Upgraded ${report.credentials.upgraded} credential(s) and ${report.fileKeys.upgraded} file data key(s) ` +
+          "sealed in the format from before values were bound to their use.\n"
       )
     )
   ),

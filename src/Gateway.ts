@@ -20,7 +20,7 @@ import { Chunk, DateTime, Effect, Either, Option, Ref, type Scope, Stream } from
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
-import { estimatePromptTokens } from "./Chat/Context.js"
+import { estimatePromptTokens, usageToCount } from "./Chat/Context.js"
 import { type Actor, CurrentActor } from "./Domain/Actor.js"
 import {
   checkRange,
@@ -449,17 +449,32 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         const { actor, resolved, target } = yield* findTarget(model)
         const request = yield* toRequest(target)
         const usage = yield* Ref.make(Option.none<ReportedUsage>())
-        // Nothing to record if the provider reported no usage (the client left before it did).
+        // What the provider answered, for an estimate when its usage never comes (the client left first).
+        const answered = { outputCharacters: 0, finished: false }
         yield* Effect.addFinalizer(() =>
-          Effect.flatMap(Ref.get(usage), (reported) =>
-            Option.isNone(reported) ? Effect.void : recordUsage(actor, target, reported.value))
+          Effect.flatMap(Ref.get(usage), (reported) => {
+            const counted = usageToCount(request, Option.getOrNull(reported), answered)
+            return counted === null ? Effect.void : recordUsage(actor, target, counted)
+          })
         )
         const id = yield* freshId(idPrefix)
         const created = Math.floor(DateTime.toEpochMillis(yield* DateTime.now) / 1000)
         const upstream = resolved.client.chat(request).pipe(
-          Stream.tap((chunk) =>
-            chunk._tag === "usage" ? Ref.set(usage, Option.some(chunk)) : Effect.void
-          )
+          Stream.tap((chunk) => {
+            switch (chunk._tag) {
+              case "usage":
+                return Ref.set(usage, Option.some(chunk))
+              case "text":
+                answered.outputCharacters += chunk.text.length
+                return Effect.void
+              case "tool-call":
+                answered.outputCharacters += (chunk.name?.length ?? 0) + chunk.arguments.length
+                return Effect.void
+              case "finish":
+                answered.finished = true
+                return Effect.void
+            }
+          })
         )
         return { target, upstream, id, created, usage }
       })

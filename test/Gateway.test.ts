@@ -859,6 +859,36 @@ for (const dialect of dialects) {
           expectStatus(yield* call("GET", path, { auth: other.accessToken }), 404)
           expectStatus(yield* call("GET", path), 401)
         }))
+
+      it.effect("of a client that left before the provider reported it is counted by estimate", () =>
+        Effect.gen(function*() {
+          const { openai, user } = yield* TheCast
+          const key = yield* createKey(user, ["models:read", "models:use"])
+          const client = yield* clientFor(key.secret)
+          openai.chat = {
+            text: ["Thinking", " on"],
+            usage: { promptTokens: 50, completionTokens: 20 },
+            fault: { kind: "stall", afterChunks: 1, ms: 60_000 }
+          }
+          const before = openai.cutShort
+          yield* promise(async () => {
+            const stream = await client.chat.completions.create({
+              model: "loop-chat",
+              messages: [{ role: "user", content: "Think of me" }],
+              stream: true,
+              stream_options: { include_usage: true }
+            })
+            for await (const chunk of stream) if (chunk.choices[0]?.delta.content) break
+          })
+          yield* waitFor(() => openai.cutShort > before, "the provider's connection to close")
+          // "Think of me": 11 characters, 3 tokens, and 4 for the message; "Thinking": 2 tokens.
+          expect(yield* keyUsageOf(user, key.id, 1)).toMatchObject({
+            requests: 1,
+            promptTokens: 7,
+            completionTokens: 2,
+            byModel: [gatewayModelTotals("loop-chat", 1, 7, 2)]
+          })
+        }))
     })
   })
   layer(testServer({ dialect, env: { DEVELOPMENT_MODEL: "true" } }), { excludeTestServices: true })(

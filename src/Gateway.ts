@@ -78,7 +78,6 @@ import { ModelRegistry, type ResolvedModel } from "./Models.js"
 import type { ProviderFailure } from "./Models/Errors.js"
 import { ModelsRepo } from "./Models/ModelsRepo.js"
 import { ProvidersRepo } from "./Models/ProvidersRepo.js"
-import { countsTokens } from "./Providers/Anthropic.js"
 import { type ChatChunk, type ChatMessage, type ChatRequest, type FinishReason, offerTools } from "./Providers/Chat.js"
 import { EmbeddingsUnsupported, type EmbedInput, float32Bytes } from "./Providers/Embeddings.js"
 
@@ -623,9 +622,10 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         yield* requirePermission("models:use")
         const { resolved, target } = yield* resolveTarget(body.model)
         const request = { model: target.model.providerModel, ...(yield* messagesPrompt(body)) }
-        const inputTokens = countsTokens(resolved.client)
-          ? yield* resolved.client.countTokens(request)
-          : estimatePromptTokens(request)
+        const inputTokens = yield* Option.match(resolved.client.tokenCounter, {
+          onNone: () => Effect.succeed(estimatePromptTokens(request)),
+          onSome: (count) => count(request)
+        })
         return { input_tokens: inputTokens }
       }).pipe(Effect.withSpan("Gateway.countTokens"))
 

@@ -8,6 +8,7 @@ import { FetchHttpClient, HttpClient } from "@effect/platform"
 import { Effect, Option, Redacted } from "effect"
 import { AppConfig } from "./Config.js"
 import * as Anthropic from "./Providers/Anthropic.js"
+import type { ChatRequest } from "./Providers/Chat.js"
 import { type ProviderClient, type ProviderConnection, streamOf } from "./Providers/Client.js"
 import * as Development from "./Providers/Development.js"
 import type { EmbedRequest } from "./Providers/Embeddings.js"
@@ -56,7 +57,11 @@ export class ProviderClients extends Effect.Service<ProviderClients>()("Provider
         ...embedder,
         embed: (request: EmbedRequest) => resilientCall(settings, breaker, embedder.embed(request))
       }))
-      return { ...client, answer, chat: streamOf(answer), embedder }
+      const tokenCounter = Option.map(
+        client.tokenCounter,
+        (count) => (request: ChatRequest) => resilientCall(settings, breaker, count(request))
+      )
+      return { ...client, answer, chat: streamOf(answer), embedder, tokenCounter }
     }
 
     // A client is built once per connection (an adapter compiles its decoders): every turn asks

@@ -7,7 +7,7 @@
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
 import { Effect, Option, Redacted, Schema } from "effect"
-import { ProviderError, type ProviderFailure } from "../Models/Errors.js"
+import { ProviderError } from "../Models/Errors.js"
 import type { ChatChunk, ChatMessage, ChatRequest, FinishReason } from "./Chat.js"
 import {
   argumentsObject,
@@ -22,7 +22,8 @@ import {
   reportedError,
   requestJson,
   streamOf,
-  type StreamTimeouts
+  type StreamTimeouts,
+  type TokenCounter
 } from "./Client.js"
 
 export const anthropicVersion = "2023-06-01"
@@ -178,22 +179,6 @@ const countBody = (request: ChatRequest) => ({ ...toolsBody(request), ...promptB
 
 const TokensCount = Schema.Struct({ input_tokens: Schema.Int })
 
-/** How many input tokens a request's prompt (its messages, system prompt and tools) is, as the provider counts them. */
-export type TokenCounter = (request: ChatRequest) => Effect.Effect<number, ProviderFailure>
-
-/** The client of an Anthropic provider: what every provider's does, and an exact count of tokens. */
-export interface AnthropicClient extends ProviderClient {
-  readonly countTokens: TokenCounter
-}
-
-/**
- * Whether `client` is an Anthropic provider's, which counts tokens. `ProviderClient` has no member
- * for it, since no other provider's API counts them; the client `ProviderClients` builds around the
- * adapter keeps the adapter's members.
- */
-export const countsTokens = (client: ProviderClient): client is AnthropicClient =>
-  "countTokens" in client && typeof client.countTokens === "function"
-
 /** More pages than any real listing has: a provider that never stops paginating is broken. */
 const maxPages = 50
 
@@ -201,7 +186,7 @@ export const make = (
   http: HttpClient.HttpClient,
   connection: ProviderConnection,
   timeouts: StreamTimeouts
-): AnthropicClient => {
+): ProviderClient => {
   const withHeaders = HttpClientRequest.setHeaders({
     "anthropic-version": anthropicVersion,
     ...(connection.credential._tag === "Some" ? { "x-api-key": Redacted.value(connection.credential.value) } : {})
@@ -316,11 +301,11 @@ export const make = (
   return {
     chat: streamOf(answer),
     answer,
-    countTokens,
     listModels,
     ping: Effect.asVoid(page(null)),
     runtime: Option.none(),
     // Anthropic's API has no embeddings.
-    embedder: Option.none()
+    embedder: Option.none(),
+    tokenCounter: Option.some(countTokens)
   }
 }

@@ -89,7 +89,12 @@ export interface ProviderClient {
   readonly runtime: Option.Option<LocalRuntime>
   /** Embeddings, where the provider's API has them (not Anthropic's). */
   readonly embedder: Option.Option<Embedder>
+  /** An exact count of a prompt's tokens, where the provider's API has one (Anthropic's). */
+  readonly tokenCounter: Option.Option<TokenCounter>
 }
+
+/** How many input tokens a request's prompt (its messages, system prompt and tools) is, as the provider counts them. */
+export type TokenCounter = (request: ChatRequest) => Effect.Effect<number, ProviderFailure>
 
 /** `base` + `path`, where an OpenAI-style base may or may not already end in `/v1`. */
 export const joinUrl = (base: string, path: string): string => {

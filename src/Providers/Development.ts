@@ -102,5 +102,6 @@ export const make = (): ProviderClient => ({
   listModels: Effect.succeed([developmentModel]),
   ping: Effect.void,
   runtime: Option.none(),
-  embedder: Option.some(embedder)
+  embedder: Option.some(embedder),
+  tokenCounter: Option.none()
 })

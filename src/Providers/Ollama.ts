@@ -261,6 +261,7 @@ export const make = (
     answer,
     listModels,
     embedder: Option.some(embedder),
+    tokenCounter: Option.none(),
     ping: Effect.asVoid(tags),
     runtime: Option.some({
       running: Effect.map(

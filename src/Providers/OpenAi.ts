@@ -232,6 +232,7 @@ export const make = (
       }))),
     ping: Effect.asVoid(models),
     runtime: Option.none(),
-    embedder: Option.some(embedder)
+    embedder: Option.some(embedder),
+    tokenCounter: Option.none()
   }
 }

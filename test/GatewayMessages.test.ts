@@ -486,6 +486,42 @@ for (const dialect of dialects) {
           })
         }))
 
+      it.effect("tool calls whose pieces a provider interleaves stream as whole blocks, one after another", () =>
+        Effect.gen(function*() {
+          const { key, openai } = yield* TheCast
+          const client = yield* clientFor(key.secret)
+          const timeCall = { id: "call_upstream_2", name: "get_time", arguments: ["{\"zone\":", "\"CET\"}"] }
+          openai.chat = { text: ["Checking."], toolCalls: [weatherCall, timeCall], interleaveToolCalls: true }
+          const params = {
+            model: "loop-chat",
+            max_tokens: 100,
+            messages: [{ role: "user" as const, content: "Weather and time in Paris?" }],
+            tools: [weatherTool, { ...weatherTool, name: "get_time" }]
+          }
+          const events = yield* streamedEvents(client, params)
+          // Each delta goes to the one block open, started before it and not yet stopped.
+          let open: number | null = null
+          for (const event of events) {
+            if (event.type === "content_block_start") {
+              expect(open).toBeNull()
+              open = event.index
+            }
+            if (event.type === "content_block_delta") expect(event.index).toBe(open)
+            if (event.type === "content_block_stop") {
+              expect(event.index).toBe(open)
+              open = null
+            }
+          }
+          expect(open).toBeNull()
+          const final = yield* promise(() => client.messages.stream(params).finalMessage())
+          expect(final.content).toEqual([
+            { type: "text", text: "Checking." },
+            { type: "tool_use", id: "call_upstream_1", name: "get_weather", input: { city: "Paris" } },
+            { type: "tool_use", id: "call_upstream_2", name: "get_time", input: { zone: "CET" } }
+          ])
+          expect(final.stop_reason).toBe("tool_use")
+        }))
+
       it.effect("tool calls of Ollama get ids; their results reach Ollama and Anthropic in their formats", () =>
         Effect.gen(function*() {
           const { anthropic, key, ollama } = yield* TheCast

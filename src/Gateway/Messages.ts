@@ -202,7 +202,14 @@ export const pingAfter = Duration.seconds(5)
 interface OpenBlock {
   readonly index: number
   readonly kind: "text" | "tool"
+  /** A tool block's call, by its index among the answer's tool calls. */
+  readonly call?: number
 }
+
+/** A block held back while a tool call's block is open: written whole when that one closes. */
+type HeldBlock =
+  | { readonly kind: "text"; text: string }
+  | { readonly kind: "tool"; readonly call: number; readonly id: string; readonly name: string; input: string }
 
 /**
  * The answer as Anthropic streams it: `message_start` (empty content, usage to come), a `ping`,
@@ -210,6 +217,11 @@ interface OpenBlock {
  * `content_block_stop`), then `message_delta` (the stop reason and the usage, input tokens
  * included since most providers report them only at the end) and `message_stop`. A `ping` goes
  * out whenever nothing else has for `pingAfter`.
+ *
+ * Anthropic's blocks follow one another, but a provider may interleave the pieces of several tool
+ * calls (or send text between a call's pieces): a stopped block cannot take more. So once a tool
+ * call's block is open, it stays open until the answer ends, and whatever else comes meanwhile
+ * (text, other calls) is held and written after it, each a whole block, in the order it began.
  */
 export const messageEvents = (options: {
   readonly id: string
@@ -221,8 +233,9 @@ export const messageEvents = (options: {
   // One stream per request, consumed once: plain state is enough.
   let next = 0
   let open: OpenBlock | null = null
-  /** The block of each tool call, by the call's index among the answer's tool calls. */
-  const toolBlocks = new Map<number, number>()
+  const held: Array<HeldBlock> = []
+  /** The answer's tool calls seen so far, by their index among its calls. */
+  const calls = new Set<number>()
   let finish: Extract<ChatChunk, { readonly _tag: "finish" }> | null = null
   /** When the last event went out (epoch milliseconds). */
   let lastSent = 0
@@ -234,21 +247,59 @@ export const messageEvents = (options: {
     open = null
     return [{ type: "content_block_stop", index }]
   }
-  const begin = (kind: OpenBlock["kind"]): { readonly events: Array<MessageStreamEvent>; readonly index: number } => {
+  const begin = (
+    block: Omit<OpenBlock, "index">
+  ): { readonly events: Array<MessageStreamEvent>; readonly index: number } => {
     const events = close()
     const index = next++
-    open = { index, kind }
+    open = { ...block, index }
     return { events, index }
   }
+  /** Closes the open block, then writes the held ones, each whole. */
+  const closeAll = (): Array<MessageStreamEvent> => {
+    const events = close()
+    for (const block of held.splice(0)) {
+      const index = next++
+      events.push(
+        block.kind === "text"
+          ? { type: "content_block_start", index, content_block: { type: "text", text: "" } }
+          : {
+            type: "content_block_start",
+            index,
+            content_block: { type: "tool_use", id: block.id, name: block.name, input: {} }
+          }
+      )
+      const nonEmpty = block.kind === "text" ? block.text : block.input
+      if (nonEmpty.length > 0) {
+        events.push({
+          type: "content_block_delta",
+          index,
+          delta: block.kind === "text"
+            ? { type: "text_delta", text: block.text }
+            : { type: "input_json_delta", partial_json: block.input }
+        })
+      }
+      events.push({ type: "content_block_stop", index })
+    }
+    return events
+  }
+  /** Whether what comes now must wait: a tool call's block is open (and it is not that call's piece). */
+  const holding = () => open?.kind === "tool"
 
   const translate = (chunk: ChatChunk): Effect.Effect<ReadonlyArray<MessageStreamEvent>> => {
     if (finish !== null) return Effect.succeed([])
     switch (chunk._tag) {
       case "text": {
         if (chunk.text.length === 0) return Effect.succeed([])
+        if (holding()) {
+          const last = held.at(-1)
+          if (last?.kind === "text") last.text += chunk.text
+          else held.push({ kind: "text", text: chunk.text })
+          return Effect.succeed([])
+        }
         const delta = { type: "text_delta" as const, text: chunk.text }
         if (open?.kind === "text") return Effect.succeed([{ type: "content_block_delta", index: open.index, delta }])
-        const { events, index } = begin("text")
+        const { events, index } = begin({ kind: "text" })
         return Effect.succeed([
           ...events,
           { type: "content_block_start", index, content_block: { type: "text", text: "" } },
@@ -258,19 +309,30 @@ export const messageEvents = (options: {
       case "tool-call":
         return Effect.gen(function*() {
           const delta = { type: "input_json_delta" as const, partial_json: chunk.arguments }
-          const known = toolBlocks.get(chunk.index)
-          if (known !== undefined) {
-            return chunk.arguments.length > 0 ? [{ type: "content_block_delta" as const, index: known, delta }] : []
+          if (open?.call === chunk.index) {
+            return chunk.arguments.length > 0
+              ? [{ type: "content_block_delta" as const, index: open.index, delta }]
+              : []
           }
+          if (calls.has(chunk.index)) {
+            const block = held.find((candidate) => candidate.kind === "tool" && candidate.call === chunk.index)
+            if (block?.kind === "tool") block.input += chunk.arguments
+            return []
+          }
+          calls.add(chunk.index)
           const id = chunk.id ?? (yield* options.toolUseId)
-          const { events, index } = begin("tool")
-          toolBlocks.set(chunk.index, index)
+          const name = chunk.name ?? ""
+          if (holding()) {
+            held.push({ kind: "tool", call: chunk.index, id, name, input: chunk.arguments })
+            return []
+          }
+          const { events, index } = begin({ kind: "tool", call: chunk.index })
           return [
             ...events,
             {
               type: "content_block_start" as const,
               index,
-              content_block: { type: "tool_use" as const, id, name: chunk.name ?? "", input: {} }
+              content_block: { type: "tool_use" as const, id, name, input: {} }
             },
             ...(chunk.arguments.length > 0 ? [{ type: "content_block_delta" as const, index, delta }] : [])
           ]
@@ -279,14 +341,14 @@ export const messageEvents = (options: {
         return Effect.succeed([])
       case "finish":
         finish = chunk
-        return Effect.succeed(close())
+        return Effect.succeed(closeAll())
     }
   }
 
   const ending = Effect.map(options.usage.get, (usage): ReadonlyArray<MessageStreamEvent> => {
-    const stopReason = stopReasonOf(finish?.reason ?? "stop", toolBlocks.size > 0, finish?.stopSequence)
+    const stopReason = stopReasonOf(finish?.reason ?? "stop", calls.size > 0, finish?.stopSequence)
     return [
-      ...close(),
+      ...closeAll(),
       {
         type: "message_delta",
         delta: {

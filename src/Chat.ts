@@ -557,12 +557,14 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
           const stats: { promptTokens: number; completionTokens: number } | null = usage
           const content = textOf(generation)
           // Budgets count an answer whose usage never came (cancelled, failed midway) by estimate.
+          // (`status` is known here: the estimate counts a cancel even before the first token.)
           const counted = usageToCount(request, stats, {
             outputCharacters: generation.calls.reduce(
               (sum, call) => sum + call.name.length + call.arguments.length,
               content.length
             ),
-            finished
+            finished,
+            abandoned: status === "cancelled"
           })
           chatAnswersEnded.unsafeUpdate(1, labels(["status", status]))
           if (stats !== null) {

@@ -16,7 +16,7 @@
  * lives exactly as long as the caller's scope: a client that goes away ends
  * it. The HTTP side (`Gateway/Http.ts`) turns failures into each dialect's error body.
  */
-import { Chunk, DateTime, Effect, Either, Option, Ref, type Scope, Stream } from "effect"
+import { Chunk, DateTime, Effect, Either, Exit, Option, Ref, type Scope, Stream } from "effect"
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
@@ -449,9 +449,12 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         const request = yield* toRequest(target)
         const usage = yield* Ref.make(Option.none<ReportedUsage>())
         // What the provider answered, for an estimate when its usage never comes (the client left first).
-        const answered = { outputCharacters: 0, finished: false }
-        yield* Effect.addFinalizer(() =>
+        const answered = { outputCharacters: 0, finished: false, abandoned: false }
+        let asked = false
+        yield* Effect.addFinalizer((exit) =>
           Effect.flatMap(Ref.get(usage), (reported) => {
+            // A client that leaves once the provider has been asked leaves its prompt to be paid for.
+            answered.abandoned = asked && Exit.isInterrupted(exit)
             const counted = usageToCount(request, Option.getOrNull(reported), answered)
             return counted === null ? Effect.void : recordUsage(actor, target, counted)
           })
@@ -459,6 +462,7 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         const id = yield* freshId(idPrefix)
         const created = Math.floor(DateTime.toEpochMillis(yield* DateTime.now) / 1000)
         const upstream = resolved.client.chat(request).pipe(
+          Stream.onStart(Effect.sync(() => (asked = true))),
           Stream.tap((chunk) => {
             switch (chunk._tag) {
               case "usage":

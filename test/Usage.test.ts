@@ -13,7 +13,15 @@ import { generateUuid } from "../src/Domain/Ids.js"
 import { call, createKey, expectStatus, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
-import { inServerDatabase, testServer } from "./fixtures/Server.js"
+import { inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
+import { openSse } from "./fixtures/Sse.js"
+
+/** Waits (up to 5 seconds) until `condition` holds. */
+const waitUntil = (condition: () => boolean) =>
+  Effect.gen(function*() {
+    for (let attempt = 0; attempt < 100 && !condition(); attempt++) yield* Effect.sleep("50 millis")
+    expect(condition()).toBe(true)
+  })
 
 const query = (params: Record<string, string | undefined>) => {
   const search = new URLSearchParams()
@@ -324,6 +332,49 @@ for (const dialect of dialects) {
             totals: counts(1, 7, 1),
             groups: [{ key: alpha, modelId: alpha, ...counts(1, 7, 1) }]
           })
+        }))
+
+      it.scoped("counts the prompt of an answer given up before its first token: a cancel, a client that left", () =>
+        Effect.gen(function*() {
+          const { alpha, openai } = yield* TheCast
+          const erin = yield* signUp()
+          openai.chat = { text: ["Late"], firstChunkDelayMs: 800 }
+          const asked = openai.requests.length
+          const stream = yield* openSse("POST", "/api/v1/chat", {
+            auth: erin.accessToken,
+            body: { content: "Cancel me", modelId: alpha, title: "Cancelled" }
+          })
+          const answer = (yield* stream.next)!.data.answer
+          yield* waitUntil(() => openai.requests.length > asked)
+          const path = `/api/v1/conversations/${answer.conversationId}/messages/${answer.id}/cancel`
+          expect(expectStatus(yield* call("POST", path, { auth: erin.accessToken }), 200)).toMatchObject({
+            status: "cancelled",
+            content: ""
+          })
+          // "Cancel me": 9 characters, 3 tokens, and 4 for the message; nothing came.
+          expect(expectStatus(yield* myUsage(erin.accessToken), 200).totals).toEqual(counts(1, 7, 0))
+
+          const key = yield* createKey(erin, ["models:use"])
+          const controller = new AbortController()
+          const before = openai.requests.length
+          const { baseUrl } = yield* TestServer
+          const pending = fetch(`${baseUrl}/v1/chat/completions`, {
+            method: "POST",
+            signal: controller.signal,
+            headers: { authorization: `Bearer ${key.secret}`, "content-type": "application/json" },
+            body: JSON.stringify({ model: "alpha-chat", messages: [{ role: "user", content: "Leave me" }] })
+          }).catch((error: unknown) => error)
+          yield* waitUntil(() => openai.requests.length > before)
+          controller.abort()
+          yield* Effect.promise(() => pending)
+          // "Leave me": 8 characters, 2 tokens, and 4 for the message.
+          let totals: unknown
+          for (let attempt = 0; attempt < 50; attempt++) {
+            totals = expectStatus(yield* myUsage(erin.accessToken), 200).totals
+            if ((totals as { requests: number }).requests === 2) break
+            yield* Effect.sleep("50 millis")
+          }
+          expect(totals).toEqual(counts(2, 13, 0))
         }))
 
       it.effect("shows a user their own usage only", () =>

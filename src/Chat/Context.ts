@@ -37,18 +37,19 @@ export interface TokenCounts {
 }
 
 /**
- * The usage to count for an answer: what the provider reported; else, if the provider answered at
- * all (`outputCharacters` of text and tool calls came, or it said it was done), an estimate. An
- * answer cut before its usage came (the client left, a cancel, a fault midway) or a provider that
- * reports none is still counted against budgets; null when the provider answered nothing.
+ * The usage to count for an answer: what the provider reported; else an estimate if the provider
+ * answered at all (`outputCharacters` of text and tool calls came, or it said it was done) or the
+ * answer was `abandoned` once asked for (the client left, a cancel: its prompt was sent). An answer
+ * cut before its usage came, or from a provider that reports none, is still counted against
+ * budgets; null when the provider failed without answering anything.
  */
 export const usageToCount = (
   request: Pick<ChatRequest, "messages" | "tools">,
   reported: TokenCounts | null,
-  answered: { readonly outputCharacters: number; readonly finished: boolean }
+  answered: { readonly outputCharacters: number; readonly finished: boolean; readonly abandoned: boolean }
 ): TokenCounts | null =>
   reported ??
-    (answered.outputCharacters === 0 && !answered.finished
+    (answered.outputCharacters === 0 && !answered.finished && !answered.abandoned
       ? null
       : { promptTokens: estimatePromptTokens(request), completionTokens: Math.ceil(answered.outputCharacters / 4) })
 

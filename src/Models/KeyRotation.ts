@@ -63,7 +63,8 @@ export const rotateKeys = (
           Effect.orDieWith((unreadable) => new Error(`${unreadable.message} (provider "${provider.name}")`))
         )
         const sealed = cipher.seal(credential, context)
-        yield* providers.setCredential(provider.id, sealed.ciphertext, sealed.keyId)
+        // A credential an administrator changed since it was read (sealed under the first key) stays.
+        if (!(yield* providers.setCredential(provider.id, stored.ciphertext, sealed.ciphertext, sealed.keyId))) continue
         reencrypted++
         if (isLegacySealed(stored.ciphertext)) upgraded++
       }

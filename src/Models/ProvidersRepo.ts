@@ -46,13 +46,17 @@ export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/Provi
       execute: () => sql`SELECT * FROM providers WHERE credential_ciphertext IS NOT NULL ORDER BY id`
     })
 
-    const setCredential = (id: ProviderId, ciphertext: string, keyId: string) =>
+    /** The credential sealed again, if it is still `previous` (not changed meanwhile): whether it was. */
+    const setCredential = (id: ProviderId, previous: string, ciphertext: string, keyId: string) =>
       Effect.flatMap(
         storedNow,
         (now) =>
-          sql`UPDATE providers SET ${
-            sql.update({ credentialCiphertext: ciphertext, credentialKeyId: keyId, updatedAt: now })
-          } WHERE id = ${id}`
+          Effect.map(
+            sql`UPDATE providers SET ${
+              sql.update({ credentialCiphertext: ciphertext, credentialKeyId: keyId, updatedAt: now })
+            } WHERE id = ${id} AND credential_ciphertext = ${previous} RETURNING id`,
+            (rows) => rows.length > 0
+          )
       )
 
     // The registry keeps resolved models for a while: the count tells it when one may be out of date.
@@ -69,8 +73,8 @@ export class ProvidersRepo extends Effect.Service<ProvidersRepo>()("Models/Provi
       findFromEnvironment: (kind: ProviderKind) => Effect.orDie(findFromEnvironment(kind)),
       findByBaseUrl: (baseUrl: string) => Effect.orDie(findByBaseUrl(baseUrl)),
       withCredential: Effect.orDie(withCredential()),
-      setCredential: (id: ProviderId, ciphertext: string, keyId: string) =>
-        counted(Effect.orDie(setCredential(id, ciphertext, keyId)))
+      setCredential: (id: ProviderId, previous: string, ciphertext: string, keyId: string) =>
+        counted(Effect.orDie(setCredential(id, previous, ciphertext, keyId)))
     } as const
   })
 }) {}

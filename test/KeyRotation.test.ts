@@ -280,6 +280,54 @@ for (const dialect of dialects) {
       { timeout: 60_000 }
     )
 
+    it.scopedLive("a credential an administrator changes while the rotation runs stays as they set it", () =>
+      Effect.gen(function*() {
+        const server = yield* ownServer(dialect)
+        yield* Effect.gen(function*() {
+          const admin = yield* signUp()
+          const fake = yield* fakeProvider("openai", [{ name: "m" }])
+          const changed = yield* createProvider(admin, "changed", fake.url, `sk-changed-${Crypto.randomUUID()}`)
+          const kept = yield* createProvider(admin, "kept", fake.url, `sk-kept-${Crypto.randomUUID()}`)
+          // What the administrator's change stores, between the rotation's read and its write.
+          const meanwhile = yield* credentialOf(kept)
+          const rotated = yield* inServerDatabase(
+            rotateKeys().pipe(
+              Effect.provide(Layer.mergeAll(
+                Layer.effect(
+                  ProvidersRepo,
+                  Effect.gen(function*() {
+                    const repo = yield* ProvidersRepo
+                    const sql = yield* SqlClient.SqlClient
+                    return ProvidersRepo.make({
+                      ...repo,
+                      // The change lands first, on the rotation's own connection (SQLite has one writer).
+                      setCredential: (id, previous, ciphertext, keyId) =>
+                        Effect.zipRight(
+                          id === changed
+                            ? Effect.orDie(
+                              sql`UPDATE providers SET credential_ciphertext = ${meanwhile.credentialCiphertext},
+                                    credential_key_id = ${meanwhile.credentialKeyId} WHERE id = ${changed}`
+                            )
+                            : Effect.void,
+                          repo.setCredential(id, previous, ciphertext, keyId)
+                        )
+                    })
+                  })
+                ).pipe(Layer.provide(ProvidersRepo.Default)),
+                FilesRepo.Default,
+                cipherLayer(bothKeys)
+              ))
+            )
+          )
+          expect(rotated.credentials).toMatchObject({ reencrypted: 1 })
+          expect(yield* credentialOf(changed)).toMatchObject({
+            credentialCiphertext: meanwhile.credentialCiphertext,
+            credentialKeyId: "old"
+          })
+          expect(yield* credentialOf(kept)).toMatchObject({ credentialKeyId: "new" })
+        }).pipe(Effect.provideService(TestServer, server))
+      }))
+
     it.scopedLive(
       "data keys are re-sealed a batch at a time: cut short, every file still opens; the next run finishes",
       () =>

@@ -126,6 +126,20 @@ const anthropicFetch = (path: string, init: { readonly secret?: string; readonly
       return { status: response.status, body: (await response.json()) as any }
     }))
 
+/** `path` refuses a request without a key (401 in Anthropic's body, naming `x-api-key`), and `call` one with a wrong key. */
+const refusedWithoutKey = (path: string, body: unknown, call: (client: Anthropic) => Promise<unknown>) =>
+  Effect.gen(function*() {
+    expect(yield* anthropicFetch(path, body === undefined ? {} : { body })).toEqual({
+      status: 401,
+      body: {
+        type: "error",
+        error: { type: "authentication_error", message: expect.stringContaining("x-api-key") }
+      }
+    })
+    const wrongKey = yield* clientFor("wp_not-a-real-key")
+    expect(yield* failure(() => call(wrongKey))).toBeInstanceOf(Anthropic.AuthenticationError)
+  })
+
 const waitFor = (condition: () => boolean, what: string) =>
   Effect.gen(function*() {
     for (let attempt = 0; attempt < 100; attempt++) {
@@ -998,18 +1012,7 @@ for (const dialect of dialects) {
             expect((error as ApiError).type).toBe("permission_error")
           }
 
-          const anonymous = yield* anthropicFetch("/v1/models")
-          expect(anonymous).toEqual({
-            status: 401,
-            body: {
-              type: "error",
-              error: { type: "authentication_error", message: expect.stringContaining("x-api-key") }
-            }
-          })
-          const wrongKey = yield* clientFor("wp_not-a-real-key")
-          expect(yield* failure(() => wrongKey.models.retrieve("loop-chat"))).toBeInstanceOf(
-            Anthropic.AuthenticationError
-          )
+          yield* refusedWithoutKey("/v1/models", undefined, (client) => client.models.retrieve("loop-chat"))
         }))
     })
 
@@ -1158,17 +1161,11 @@ for (const dialect of dialects) {
           // Nothing reached the provider.
           expect(countRequests(anthropic).length).toBe(asked)
 
-          const anonymous = yield* anthropicFetch(countTokensPath, { body: { model: "claude-loop", messages: hi } })
-          expect(anonymous).toEqual({
-            status: 401,
-            body: {
-              type: "error",
-              error: { type: "authentication_error", message: expect.stringContaining("x-api-key") }
-            }
-          })
-          const wrongKey = yield* clientFor("wp_not-a-real-key")
-          expect(yield* failure(() => wrongKey.messages.countTokens({ model: "claude-loop", messages: hi })))
-            .toBeInstanceOf(Anthropic.AuthenticationError)
+          yield* refusedWithoutKey(
+            countTokensPath,
+            { model: "claude-loop", messages: hi },
+            (client) => client.messages.countTokens({ model: "claude-loop", messages: hi })
+          )
 
           const readOnly = yield* clientFor((yield* createKey(user, ["models:read"])).secret)
           const forbidden = yield* failure(() => readOnly.messages.countTokens({ model: "claude-loop", messages: hi }))

@@ -10,7 +10,7 @@
  * the conversation row locked, so the leaf, the count and the rows agree.
  */
 import { Model, SqlClient } from "@effect/sql"
-import { DateTime, type Duration, Effect, Layer, Option, Schema } from "effect"
+import { DateTime, type Duration, Effect, Either, Layer, Option, Schema } from "effect"
 import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { AppConfig } from "./Config.js"
@@ -24,7 +24,16 @@ import type {
   UpdateConversationPayload,
   UpdateThreadPayload
 } from "./Conversations/Api.js"
-import { type ConversationExport, type ExportedMessage, MessageList, SearchHit } from "./Conversations/Api.js"
+import {
+  type ChatGptConversation,
+  type ConversationExport,
+  type ExportedMessage,
+  ImportedConversation,
+  ImportSummary,
+  MessageList,
+  type OpenWebUiChat,
+  SearchHit
+} from "./Conversations/Api.js"
 import {
   ConversationRepo,
   type ConversationSummaryRow,
@@ -32,6 +41,7 @@ import {
   type ThreadRow
 } from "./Conversations/ConversationRepo.js"
 import { exportDocument } from "./Conversations/Export.js"
+import { fromChatGpt, fromOpenWebUi, type ImportSource, type TranslatedConversation } from "./Conversations/Imports.js"
 import { SearchRepo, searchTerms, snippet } from "./Conversations/SearchRepo.js"
 import type { Actor, CurrentActor } from "./Domain/Actor.js"
 import {
@@ -119,6 +129,9 @@ const branchCursor = cursorOf(Schema.Struct({ from: MessageIdSchema }))
 const branchPage = 128
 const SearchPosition = Schema.Struct({ offset: Schema.Int.pipe(Schema.between(0, 10_000)) })
 const searchCursor = cursorOf(SearchPosition)
+
+/** A path into a request's body, as a `FieldIssue` names it. */
+type Path = ReadonlyArray<string | number>
 
 const roleHeadings: Record<MessageRole, string> = {
   system: "System",
@@ -826,8 +839,11 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
         return parts.join("\n")
       }).pipe(Effect.withSpan("Conversations.exportMarkdown"))
 
-    /** Checks that a document's messages form a tree: unique ids, known parents, no cycles. */
-    const checkImport = (document: ConversationExport) =>
+    /**
+     * Checks that a document's messages form a tree: unique ids, known parents, no cycles. The issues'
+     * paths go through `origin`: into the file the document was translated from, if it was.
+     */
+    const checkImport = (document: ConversationExport, origin: (path: Path) => Path = (path) => path) =>
       Effect.gen(function*() {
         const issues: Array<FieldIssue> = []
         const byId = new Map<string, ExportedMessage>()
@@ -873,7 +889,10 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
           }
         })
         if (issues.length > 0) {
-          return yield* new ValidationError({ message: "The document is not a valid conversation", issues })
+          return yield* new ValidationError({
+            message: "The document is not a valid conversation",
+            issues: issues.map((issue) => new FieldIssue({ path: origin(issue.path), message: issue.message }))
+          })
         }
       })
 
@@ -895,10 +914,10 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       return ordered
     }
 
-    const importConversation = (document: ConversationExport) =>
+    /** A checked document and the rows it becomes, with new ids: what `writeImport` writes. */
+    const prepareImport = (actor: Actor, document: ConversationExport, origin?: (path: Path) => Path) =>
       Effect.gen(function*() {
-        const actor = yield* writable
-        yield* checkImport(document)
+        yield* checkImport(document, origin)
         const ids = new Map<string, MessageId>()
         for (const message of document.messages) ids.set(message.id, (yield* generateUuid) as MessageId)
         const mapped = (ref: string | null) => (ref === null ? null : ids.get(ref) ?? null)
@@ -940,56 +959,123 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
             updatedAt: Model.Override(now)
           })
         )
-        yield* transaction(Effect.gen(function*() {
-          yield* repo.insertConversation(conversation)
-          for (let start = 0; start < rows.length; start += 500) {
-            yield* repo.insertMessages(rows.slice(start, start + 500))
-          }
-          for (const exported of document.threads) {
-            const threadId = yield* freshId<ThreadId>()
-            const thread = Thread.insert.make({
-              id: threadId,
-              conversationId,
-              anchorMessageId: mapped(exported.anchorMessageId)!,
-              userId: actor.userId,
-              title: exported.title,
-              createdAt: Model.Override(exported.createdAt),
-              updatedAt: Model.Override(now)
-            })
-            yield* repo.insertThread(thread)
-            const threadMessages = []
-            for (const message of exported.messages) {
-              threadMessages.push(Message.insert.make({
-                ...newMessage(yield* freshId<MessageId>(), {
-                  conversationId,
-                  parentId: null,
-                  threadId,
-                  role: message.role,
-                  content: message.content,
-                  metadata: message.metadata
-                }),
-                status: message.status === "streaming" ? "incomplete" : message.status,
-                modelName: message.modelName,
-                createdAt: Model.Override(message.createdAt),
-                updatedAt: Model.Override(now)
-              }))
-            }
-            yield* repo.insertMessages(threadMessages)
-          }
-          const liveCount = rows.filter((row) => Option.isNone(row.deletedAt)).length
-          const leaf = document.conversation.currentLeafId === null
-            ? Option.getOrNull(yield* repo.newestLeafBelow(conversationId, Option.none()))
-            : mapped(document.conversation.currentLeafId)
-          yield* repo.recordTreeChange(conversationId, leaf, liveCount)
-          yield* audit.record({
-            action: "conversation.imported",
-            actor,
-            target: { type: "conversation", id: conversationId },
-            metadata: { messages: rows.length, threads: document.threads.length }
+        return { conversationId, conversation, rows, document, mapped, now }
+      })
+
+    /** Writes a prepared import (in the caller's transaction): the conversation, its tree, its threads. */
+    const writeImport = (
+      actor: Actor,
+      { conversation, conversationId, document, mapped, now, rows }: Effect.Effect.Success<
+        ReturnType<typeof prepareImport>
+      >,
+      from?: ImportSource
+    ) =>
+      Effect.gen(function*() {
+        yield* repo.insertConversation(conversation)
+        for (let start = 0; start < rows.length; start += 500) {
+          yield* repo.insertMessages(rows.slice(start, start + 500))
+        }
+        for (const exported of document.threads) {
+          const threadId = yield* freshId<ThreadId>()
+          const thread = Thread.insert.make({
+            id: threadId,
+            conversationId,
+            anchorMessageId: mapped(exported.anchorMessageId)!,
+            userId: actor.userId,
+            title: exported.title,
+            createdAt: Model.Override(exported.createdAt),
+            updatedAt: Model.Override(now)
           })
-        }))
-        return yield* viewOf(actor, conversationId)
+          yield* repo.insertThread(thread)
+          const threadMessages = []
+          for (const message of exported.messages) {
+            threadMessages.push(Message.insert.make({
+              ...newMessage(yield* freshId<MessageId>(), {
+                conversationId,
+                parentId: null,
+                threadId,
+                role: message.role,
+                content: message.content,
+                metadata: message.metadata
+              }),
+              status: message.status === "streaming" ? "incomplete" : message.status,
+              modelName: message.modelName,
+              createdAt: Model.Override(message.createdAt),
+              updatedAt: Model.Override(now)
+            }))
+          }
+          yield* repo.insertMessages(threadMessages)
+        }
+        const liveCount = rows.filter((row) => Option.isNone(row.deletedAt)).length
+        const leaf = document.conversation.currentLeafId === null
+          ? Option.getOrNull(yield* repo.newestLeafBelow(conversationId, Option.none()))
+          : mapped(document.conversation.currentLeafId)
+        yield* repo.recordTreeChange(conversationId, leaf, liveCount)
+        yield* audit.record({
+          action: "conversation.imported",
+          actor,
+          target: { type: "conversation", id: conversationId },
+          metadata: { messages: rows.length, threads: document.threads.length, ...(from ? { from } : {}) }
+        })
+      })
+
+    const importConversation = (document: ConversationExport) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        const prepared = yield* prepareImport(actor, document)
+        yield* transaction(writeImport(actor, prepared))
+        return yield* viewOf(actor, prepared.conversationId)
       }).pipe(Effect.withSpan("Conversations.importConversation"))
+
+    /**
+     * Imports the conversations of another product's file: each translated into a document, every one
+     * checked before anything is written, then all written in one transaction (all or none).
+     */
+    const importTranslated = (
+      from: ImportSource,
+      translate: (now: DateTime.Utc) => Either.Either<ReadonlyArray<TranslatedConversation>, ValidationError>
+    ) =>
+      Effect.gen(function*() {
+        const actor = yield* writable
+        const translated = yield* translate(yield* DateTime.now)
+        const prepared = yield* Effect.forEach(
+          translated,
+          ({ document, origin }) => Effect.either(prepareImport(actor, document, origin))
+        )
+        const refused = prepared.flatMap((result) => (Either.isLeft(result) ? result.left.issues : []))
+        if (refused.length > 0) {
+          return yield* new ValidationError({
+            message: "The file is not an export this server can import",
+            issues: refused
+          })
+        }
+        const ready = prepared.flatMap((result) => (Either.isRight(result) ? [result.right] : []))
+        yield* transaction(Effect.forEach(ready, (one) => writeImport(actor, one, from), { discard: true }))
+        const conversations = ready.map((one, index) =>
+          new ImportedConversation({
+            id: one.conversationId,
+            sourceId: translated[index]!.sourceId,
+            title: one.document.conversation.title,
+            messageCount: one.rows.length,
+            skippedCount: translated[index]!.skippedCount
+          }, true)
+        )
+        return new ImportSummary({
+          conversations,
+          messageCount: conversations.reduce((sum, one) => sum + one.messageCount, 0),
+          skippedCount: conversations.reduce((sum, one) => sum + one.skippedCount, 0)
+        }, true)
+      })
+
+    const importOpenWebUi = (chats: ReadonlyArray<OpenWebUiChat>) =>
+      importTranslated("open-webui", (now) => fromOpenWebUi(chats, now)).pipe(
+        Effect.withSpan("Conversations.importOpenWebUi")
+      )
+
+    const importChatGpt = (conversations: ReadonlyArray<ChatGptConversation>) =>
+      importTranslated("chatgpt", (now) => fromChatGpt(conversations, now)).pipe(
+        Effect.withSpan("Conversations.importChatGpt")
+      )
 
     return {
       create,
@@ -1017,7 +1103,9 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       search,
       exportJson,
       exportMarkdown,
-      importConversation
+      importConversation,
+      importOpenWebUi,
+      importChatGpt
     } as const
   })
 }) {}

@@ -10,7 +10,7 @@ import { generateUuid } from "../src/Domain/Ids.js"
 import { call, createKey, expectStatus, signIn, signUp, type TestUser } from "./fixtures/Auth.js"
 import { uploadOne } from "./fixtures/Content.js"
 import { dialects } from "./fixtures/Database.js"
-import { conversationDocument } from "./fixtures/Documents.js"
+import { conversationDocument, exportFile } from "./fixtures/Documents.js"
 import { type FakeProvider, fakeProvider } from "./fixtures/Providers.js"
 import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
 
@@ -379,6 +379,14 @@ const expectations: Readonly<Record<string, Expectation>> = {
     request: () => ({
       body: conversationDocument({ title: "Imported", messages: [], currentLeafId: null, at: new Date().toISOString() })
     })
+  },
+  "conversations.importOpenWebUi": {
+    statuses: conversationsUse(201),
+    request: () => ({ body: exportFile("open-webui-chats.json") })
+  },
+  "conversations.importChatGpt": {
+    statuses: conversationsUse(201),
+    request: () => ({ body: exportFile("chatgpt-conversations.json") })
   },
   "conversations.getConversation": { statuses: ownConversation(200), request: inConversation() },
   "conversations.updateConversation": {

@@ -9,7 +9,7 @@ import { Cause, Context, Effect, Exit, Layer, Schema } from "effect"
 import { AuditLog } from "../src/Audit.js"
 import { AuditRepo } from "../src/Audit/AuditRepo.js"
 import { Conversations } from "../src/Conversations.js"
-import { ConversationExport } from "../src/Conversations/Api.js"
+import { ChatGptExport, ConversationExport } from "../src/Conversations/Api.js"
 import { ConversationRepo, readMessage, type StoredMessageRow } from "../src/Conversations/ConversationRepo.js"
 import { SearchRepo } from "../src/Conversations/SearchRepo.js"
 import { Actor, CurrentActor } from "../src/Domain/Actor.js"
@@ -21,7 +21,7 @@ import { ModelConfigsRepo } from "../src/Models/ModelConfigsRepo.js"
 import { ModelsRepo } from "../src/Models/ModelsRepo.js"
 import { call, expectStatus, type Reply, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
-import { conversationDocument, documentMessage } from "./fixtures/Documents.js"
+import { conversationDocument, documentMessage, exportFile } from "./fixtures/Documents.js"
 import { fakeProvider } from "./fixtures/Providers.js"
 import { inServerDatabase, type TestServer, testServer } from "./fixtures/Server.js"
 
@@ -733,7 +733,294 @@ for (const dialect of dialects) {
         }))
     })
 
+    describe("imports from other products", () => {
+      const importFile = (user: TestUser, product: "open-webui" | "chatgpt", file: unknown) =>
+        api(user).post(`/api/v1/conversations/import/${product}`, file)
+      /** Every message of a conversation, oldest first. */
+      const wholeTree = (user: TestUser, conversationId: string) =>
+        Effect.map(
+          allPages(user, `/api/v1/conversations/${conversationId}/messages?view=tree`),
+          (pages) => pages.flat()
+        )
+      const seconds = (epoch: number) => new Date(epoch * 1000).toISOString()
+      const issuePaths = (reply: Reply) =>
+        expectStatus(reply, 422).issues.map((issue: { path: Array<string | number> }) => issue.path)
+
+      it.effect("Open WebUI chats arrive with their tree, the regenerated answer beside the first, and the branch last seen", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const summary = expectStatus(yield* importFile(alice, "open-webui", exportFile("open-webui-chats.json")), 201)
+          expect(summary).toMatchObject({ messageCount: 8, skippedCount: 0 })
+          expect(summary.conversations).toMatchObject([
+            {
+              sourceId: "6f1c2a9e-4b7d-4e0a-9c1e-2d8f5a3b7c10",
+              title: "Keeping a sourdough starter alive",
+              messageCount: 5,
+              skippedCount: 0
+            },
+            { sourceId: "7a2d3b0f-5c8e-4f1b-8d2f-3e9a6b4c8d21", title: "Translate a greeting", messageCount: 3 }
+          ])
+          const [sourdough, greeting] = summary.conversations.map((one: { id: string }) => one.id)
+
+          const conversation = expectStatus(yield* api(alice).get(`/api/v1/conversations/${sourdough}`), 200)
+          expect(conversation).toMatchObject({
+            title: "Keeping a sourdough starter alive",
+            messageCount: 5,
+            pinned: false,
+            createdAt: seconds(1717999999)
+          })
+          // The user went back to the first answer and went on from there: that branch is the current one.
+          const branch = yield* activeBranch(alice, sourdough)
+          expect(contents(branch)).toEqual([
+            "How do I keep a sourdough starter alive?",
+            "Feed it once a day: discard half, then add equal weights of flour and water.",
+            "And if I go on holiday for two weeks?",
+            "Feed it, let it rise for an hour, then keep it in the fridge; it will be fine for two weeks."
+          ])
+          expect(branch.currentLeafId).toBe(conversation.currentLeafId)
+          expect(branch.items.map((m: any) => [m.role, m.siblingIndex, m.siblingCount])).toEqual([
+            ["user", 0, 1],
+            ["assistant", 0, 2],
+            ["user", 0, 1],
+            ["assistant", 0, 1]
+          ])
+          expect(branch.items[0]).toMatchObject({ createdAt: seconds(1718000000), modelName: null, status: "complete" })
+          expect(branch.items[1]).toMatchObject({
+            modelName: "llama3.1:8b",
+            promptTokens: 21,
+            completionTokens: 64,
+            createdAt: seconds(1718000005),
+            metadata: { imported: { from: "open-webui", id: "c3f5d7b9-1e2a-4f4b-9c6d-8e0f2a3b4c52" } }
+          })
+          const tree = yield* wholeTree(alice, sourdough)
+          expect(tree).toHaveLength(5)
+          const regenerated = tree.find((m) => m.content.startsWith("Keep it at room temperature"))
+          expect(regenerated).toMatchObject({ parentId: branch.items[0].id, siblingIndex: 1, siblingCount: 2 })
+
+          expect(expectStatus(yield* api(alice).get(`/api/v1/conversations/${greeting}`), 200)).toMatchObject({
+            title: "Translate a greeting",
+            pinned: true,
+            messageCount: 3
+          })
+          // The first answer failed; the one asked for again is current.
+          expect(contents(yield* activeBranch(alice, greeting))).toEqual([
+            "How do you say \"good morning\" in Portuguese?",
+            "\"Bom dia.\""
+          ])
+          const failed = (yield* wholeTree(alice, greeting)).find((m) => m.status === "error")
+          expect(failed).toMatchObject({
+            role: "assistant",
+            content: "",
+            siblingIndex: 0,
+            siblingCount: 2,
+            metadata: { error: { message: "Ollama: 500, message='Internal Server Error'" } }
+          })
+          // A chat alone (not in a list, not wrapped in its record) is a file of one.
+          const alone = exportFile("open-webui-chats.json")[1].chat
+          const one = expectStatus(yield* importFile(alice, "open-webui", alone), 201)
+          expect(one).toMatchObject({ messageCount: 3, conversations: [{ title: "Translate a greeting" }] })
+        }))
+
+      it.effect("ChatGPT conversations arrive without the empty root, system, tool and reasoning nodes, branches kept", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const file = exportFile("chatgpt-conversations.json")
+          const summary = expectStatus(yield* importFile(alice, "chatgpt", file), 201)
+          expect(summary).toMatchObject({ messageCount: 9, skippedCount: 5 })
+          expect(summary.conversations).toMatchObject([
+            {
+              sourceId: "65190f70-1c2d-4e3f-8a9b-0c1d2e3f4a5b",
+              title: "Packing for Iceland",
+              messageCount: 7,
+              skippedCount: 3
+            },
+            { title: "Rock identification", messageCount: 2, skippedCount: 2 }
+          ])
+          const [iceland, rock] = summary.conversations.map((one: { id: string }) => one.id)
+          expect(expectStatus(yield* api(alice).get(`/api/v1/conversations/${iceland}`), 200)).toMatchObject({
+            messageCount: 7,
+            createdAt: "2023-10-01T08:46:40.123Z"
+          })
+          // The current node's branch: the edited question, answered after a web search (the search and its
+          // results are left out, the answer hangs from the question).
+          const branch = yield* activeBranch(alice, iceland)
+          expect(branch.items.map((m: any) => [m.role, m.content, m.siblingIndex, m.siblingCount])).toEqual([
+            ["user", "What should I pack for a week in Iceland in October?", 0, 1],
+            ["assistant", "Layers: a waterproof shell, a warm fleece, thermal underwear and sturdy boots.", 0, 2],
+            ["user", "Do I need crampons for the glacier hike on Sólheimajökull?", 1, 2],
+            ["assistant", "Yes, but the tour operators hand out crampons, helmets and ice axes with the booking.", 0, 1]
+          ])
+          expect(branch.items[3]).toMatchObject({ parentId: branch.items[2].id, modelName: "gpt-4o" })
+          expect(branch.items[0]).toMatchObject({ parentId: null, createdAt: "2023-10-01T08:46:40.500Z" })
+          const tree = yield* wholeTree(alice, iceland)
+          expect(tree.map((m) => m.content)).toEqual(expect.arrayContaining([
+            "Pack for rain and wind more than for cold: the weather changes by the hour.",
+            "Do I need crampons?",
+            "Not for the usual tourist routes."
+          ]))
+          expect(tree).toHaveLength(7)
+          expect(tree.every((m) => m.role === "user" || m.role === "assistant")).toBe(true)
+
+          // The picture is left out of the question, its text kept; the reasoning before the answer is left out.
+          const rockBranch = yield* activeBranch(alice, rock)
+          expect(rockBranch.items.map((m: any) => [m.role, m.content])).toEqual([
+            ["user", "What kind of rock is this?"],
+            ["assistant", "It looks like basalt: dark, fine grained, with small gas bubbles."]
+          ])
+          expect(rockBranch.items[0].metadata).toEqual({
+            imported: { from: "chatgpt", id: "f1a2b3c4-0000-4000-8000-000000000021", omittedParts: 1 }
+          })
+
+          // A current node that is left out gives way to the nearest message kept above it.
+          const [packing] = exportFile("chatgpt-conversations.json")
+          packing.current_node = "d4e5f6a7-0000-4000-8000-000000000010"
+          const again = expectStatus(yield* importFile(alice, "chatgpt", [packing]), 201)
+          const shorter = yield* activeBranch(alice, again.conversations[0].id)
+          expect(contents(shorter).at(-1)).toBe("Do I need crampons for the glacier hike on Sólheimajökull?")
+        }))
+
+      it.effect("imports belong to the caller alone, and need credentials", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const other = yield* Other
+          const summary = expectStatus(
+            yield* importFile(alice, "chatgpt", exportFile("chatgpt-conversations.json")),
+            201
+          )
+          for (const { id } of summary.conversations) {
+            expect(expectStatus(yield* api(other).get(`/api/v1/conversations/${id}`), 404)._tag).toBe("NotFound")
+            expect(expectStatus(yield* api(other).get(`/api/v1/conversations/${id}/messages`), 404)._tag).toBe(
+              "NotFound"
+            )
+          }
+          const theirs = expectStatus(yield* api(other).get("/api/v1/conversations"), 200).items
+          expect(theirs.map((item: { id: string }) => item.id)).not.toEqual(
+            expect.arrayContaining([summary.conversations[0].id])
+          )
+          const mine = expectStatus(yield* api(alice).get("/api/v1/conversations"), 200).items
+          expect(mine.map((item: { id: string }) => item.id).sort()).toEqual(
+            summary.conversations.map((one: { id: string }) => one.id).sort()
+          )
+          const bob = yield* person
+          for (
+            const [product, name] of [["open-webui", "open-webui-chats.json"], [
+              "chatgpt",
+              "chatgpt-conversations.json"
+            ]] as const
+          ) {
+            const anonymous = yield* call("POST", `/api/v1/conversations/import/${product}`, { body: exportFile(name) })
+            expect(expectStatus(anonymous, 401)._tag).toBe("Unauthorized")
+          }
+          expect(yield* countRows("conversations", bob.id)).toBe(0)
+        }))
+
+      it.effect("a file whose tree is broken, or that breaks the schema, is refused by field and nothing of it is written", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          // The first chat is sound; the second names a parent the file does not have.
+          const openWebUi = exportFile("open-webui-chats.json")
+          const answer = "1b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4da5"
+          openWebUi[1].chat.history.messages[answer].parentId = "gone"
+          expect(issuePaths(yield* importFile(alice, "open-webui", openWebUi))).toEqual([
+            [1, "chat", "history", "messages", answer, "parentId"]
+          ])
+          // Parents in a cycle.
+          const cycle = exportFile("chatgpt-conversations.json")
+          cycle[1].mapping["client-created-root"].parent = "f4d5e6f7-0000-4000-8000-000000000024"
+          const cycleIssues = expectStatus(yield* importFile(alice, "chatgpt", cycle), 422).issues
+          expect(cycleIssues.length).toBeGreaterThan(0)
+          for (const issue of cycleIssues) {
+            expect(issue.path.slice(0, 2)).toEqual([1, "mapping"])
+            expect(issue.message).toBe("The parents form a cycle")
+          }
+          // A current node the file does not have.
+          const lost = exportFile("chatgpt-conversations.json")
+          lost[0].current_node = "nowhere"
+          expect(issuePaths(yield* importFile(alice, "chatgpt", lost))).toEqual([[0, "current_node"]])
+          // The schema: a conversation without its mapping, children that are not a list.
+          const malformed = exportFile("chatgpt-conversations.json")
+          delete malformed[0].mapping
+          malformed[1].mapping["client-created-root"].children = "f1a2b3c4"
+          expect(issuePaths(yield* importFile(alice, "chatgpt", malformed))).toEqual([
+            [0, "mapping"],
+            [1, "mapping", "client-created-root", "children"]
+          ])
+          // The document's own limits, reported where the file holds the value.
+          const long = exportFile("chatgpt-conversations.json")
+          const question = "aaa2b3c4-0000-4000-8000-000000000003"
+          long[0].mapping[question].message.content.parts = ["x".repeat(200_001)]
+          expect(issuePaths(yield* importFile(alice, "chatgpt", long))).toEqual([
+            [0, "mapping", question, "message", "content", "parts"]
+          ])
+          // Not an Open WebUI file at all.
+          expect(issuePaths(yield* importFile(alice, "open-webui", exportFile("chatgpt-conversations.json")))).toEqual([
+            [0, "chat"],
+            [1, "chat"]
+          ])
+          expect(yield* countRows("conversations", alice.id)).toBe(0)
+          expect(yield* countRows("messages", alice.id)).toBe(0)
+        }))
+    })
+
     describe("transactions", () => {
+      /**
+       * Runs `use` with the service on the server's database, as `user`, its repository changed by `change`
+       * (to fail midway).
+       */
+      const failingService = <A, E>(
+        user: TestUser,
+        change: (repo: ConversationRepo) => Partial<ConversationRepo>,
+        use: (service: Conversations) => Effect.Effect<A, E, CurrentActor>
+      ) => {
+        const failingRepo = Layer.effect(
+          ConversationRepo,
+          Effect.map(ConversationRepo, (repo) => ConversationRepo.make({ ...repo, ...change(repo) }))
+        ).pipe(Layer.provide(ConversationRepo.Default))
+        const actor = new Actor({
+          userId: UserId.make(user.id),
+          role: BuiltinRoles.user,
+          permissions: ["conversations:read", "conversations:write"],
+          via: "session"
+        })
+        return inDatabase(
+          Effect.flatMap(Conversations, use).pipe(
+            Effect.provide(
+              Conversations.Default.pipe(
+                Layer.provide(failingRepo),
+                Layer.provide(Layer.mergeAll(
+                  GraphRepo.Default,
+                  SearchRepo.Default,
+                  ModelsRepo.Default,
+                  ModelConfigsRepo.Default,
+                  AuditLog.Default.pipe(Layer.provide(AuditRepo.Default))
+                ))
+              )
+            ),
+            Effect.provideService(CurrentActor, actor),
+            Effect.exit
+          )
+        )
+      }
+
+      it.effect("an import of another product's file that fails at its second conversation leaves none behind", () =>
+        Effect.gen(function*() {
+          const alice = yield* person
+          const file = Schema.decodeUnknownSync(ChatGptExport)(exportFile("chatgpt-conversations.json"))
+          let conversations = 0
+          const exit = yield* failingService(
+            alice,
+            (repo) => ({
+              insertConversation: (row) =>
+                ++conversations === 2 ? Effect.dieMessage("the disk is full") : repo.insertConversation(row)
+            }),
+            (service) => service.importChatGpt(file)
+          )
+          expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+          expect(conversations).toBe(2)
+          expect(yield* countRows("conversations", alice.id)).toBe(0)
+          expect(yield* countRows("messages", alice.id)).toBe(0)
+        }))
+
       it.effect("an import that fails midway leaves nothing behind", () =>
         Effect.gen(function*() {
           const alice = yield* person
@@ -752,36 +1039,11 @@ for (const dialect of dialects) {
           }
           // The same service on the server's database, whose repository fails after the conversation
           // and its messages are written, at the thread.
-          const failingRepo = Layer.effect(
-            ConversationRepo,
-            Effect.map(ConversationRepo, (repo) =>
-              ConversationRepo.make({ ...repo, insertThread: () => Effect.dieMessage("the disk is full") }))
-          ).pipe(Layer.provide(ConversationRepo.Default))
-          const actor = new Actor({
-            userId: UserId.make(alice.id),
-            role: BuiltinRoles.user,
-            permissions: ["conversations:read", "conversations:write"],
-            via: "session"
-          })
           const decoded = yield* Schema.decodeUnknown(ConversationExport)(document).pipe(Effect.orDie)
-          const exit = yield* inDatabase(
-            Effect.flatMap(Conversations, (service) =>
-              service.importConversation(decoded)).pipe(
-                Effect.provide(
-                  Conversations.Default.pipe(
-                    Layer.provide(failingRepo),
-                    Layer.provide(Layer.mergeAll(
-                      GraphRepo.Default,
-                      SearchRepo.Default,
-                      ModelsRepo.Default,
-                      ModelConfigsRepo.Default,
-                      AuditLog.Default.pipe(Layer.provide(AuditRepo.Default))
-                    ))
-                  )
-                ),
-                Effect.provideService(CurrentActor, actor),
-                Effect.exit
-              )
+          const exit = yield* failingService(
+            alice,
+            () => ({ insertThread: () => Effect.dieMessage("the disk is full") }),
+            (service) => service.importConversation(decoded)
           )
           expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
           expect({

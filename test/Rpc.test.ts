@@ -17,6 +17,7 @@ import type { LlmModelId, ProviderId } from "../src/Domain/Ids.js"
 import { Email, Username } from "../src/Domain/User.js"
 import { call, signUp, type TestUser } from "./fixtures/Auth.js"
 import { dialects } from "./fixtures/Database.js"
+import { exportFile } from "./fixtures/Documents.js"
 import { capturedLogs } from "./fixtures/Logs.js"
 import { collect, spawnScript } from "./fixtures/Process.js"
 import { fakeProvider } from "./fixtures/Providers.js"
@@ -474,6 +475,25 @@ for (const dialect of dialects) {
             expect(failureTag(yield* Effect.exit(as(other)(client.exportConversation({ id: created.id }))))).toBe(
               "NotFound"
             )
+          }
+        }))
+
+      it.effect("the export files of Open WebUI and ChatGPT import as new conversations; a broken one is refused", () =>
+        Effect.gen(function*() {
+          const { clients, user } = yield* TheCast
+          for (const [transport, client] of clients) {
+            const fromWebUi = yield* as(user)(client.importOpenWebUi({ file: exportFile("open-webui-chats.json") }))
+            expect(fromWebUi.conversations.map((one) => one.messageCount), transport).toEqual([5, 3])
+            const fromChatGpt = yield* as(user)(
+              client.importChatGpt({ file: exportFile("chatgpt-conversations.json") })
+            )
+            expect(fromChatGpt, transport).toMatchObject({ messageCount: 9, skippedCount: 5 })
+            const imported = yield* as(user)(client.getConversation({ id: fromChatGpt.conversations[0]!.id }))
+            expect(imported.title).toBe("Packing for Iceland")
+            const broken = exportFile("chatgpt-conversations.json")
+            broken[0].current_node = "nowhere"
+            const refused = yield* Effect.exit(as(user)(client.importChatGpt({ file: broken })))
+            expect(failureTag(refused), transport).toBe("ValidationError")
           }
         }))
     })

@@ -1,6 +1,6 @@
 /** The conversation history: conversations, the message tree, threads, search, export and import. */
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
-import { Schema } from "effect"
+import { JSONSchema, Schema } from "effect"
 import { Authentication } from "../Auth/Api.js"
 import {
   ConversationView,
@@ -190,6 +190,117 @@ export class ConversationExport extends Schema.Class<ConversationExport>("Conver
   threads: Schema.Array(ExportedThread).pipe(Schema.maxItems(10_000))
 }) {}
 
+// --- the export files of other products (only the fields an import reads; the rest is ignored)
+
+/** How many conversations one file of another product may bring (its messages: as many as one document). */
+export const maxImportedConversations = 10_000
+
+/**
+ * A list of `item`s, or one `item` alone, taken as a list of one (its errors reported under `0`). Not a
+ * union of the two: a failing item would be reported twice, once for each alternative.
+ */
+const OneOrMany = <A, I>(item: Schema.Schema<A, I>) => {
+  const { $schema: _, ...described } = JSONSchema.make(Schema.Union(Schema.Array(item), item))
+  return Schema.transform(
+    Schema.Union(Schema.Array(Schema.Unknown), Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+    Schema.Array(item).pipe(Schema.maxItems(maxImportedConversations)),
+    { strict: false, decode: (input) => (Array.isArray(input) ? input : [input]), encode: (items) => items }
+  ).annotations({ jsonSchema: described })
+}
+
+/** Seconds since 1970 (also read: milliseconds, microseconds and nanoseconds, told apart by their size). */
+const Epoch = Schema.Number.pipe(Schema.finite())
+
+export const OpenWebUiMessage = Schema.Struct({
+  parentId: Schema.optional(Schema.NullOr(Schema.String)),
+  childrenIds: Schema.optional(Schema.NullOr(Schema.Array(Schema.String))),
+  role: Schema.String.annotations({ description: "`user`, `assistant` or `system`; others are left out" }),
+  content: Schema.optional(Schema.NullOr(Schema.String)),
+  timestamp: Schema.optional(Schema.NullOr(Epoch)),
+  model: Schema.optional(Schema.NullOr(Schema.String)),
+  modelName: Schema.optional(Schema.NullOr(Schema.String)),
+  done: Schema.optional(Schema.NullOr(Schema.Boolean)),
+  error: Schema.optional(Schema.Unknown),
+  usage: Schema.optional(Schema.Unknown)
+})
+export type OpenWebUiMessage = typeof OpenWebUiMessage.Type
+
+const OpenWebUiChatBody = {
+  title: Schema.optional(Schema.NullOr(Schema.String)),
+  history: Schema.optional(Schema.Struct({
+    messages: Schema.Record({ key: Schema.String, value: OpenWebUiMessage }),
+    currentId: Schema.optional(Schema.NullOr(Schema.String))
+  })),
+  timestamp: Schema.optional(Schema.NullOr(Epoch))
+}
+
+/** One chat of Open WebUI's "Export chats": the stored record (`chat` holding the history), or the chat alone. */
+export const OpenWebUiChat = Schema.Struct({
+  ...OpenWebUiChatBody,
+  id: Schema.optional(Schema.NullOr(Schema.String)),
+  chat: Schema.optional(Schema.Struct(OpenWebUiChatBody)),
+  created_at: Schema.optional(Schema.NullOr(Epoch)),
+  pinned: Schema.optional(Schema.NullOr(Schema.Boolean)),
+  archived: Schema.optional(Schema.NullOr(Schema.Boolean))
+})
+export type OpenWebUiChat = typeof OpenWebUiChat.Type
+
+export const OpenWebUiExport = OneOrMany(OpenWebUiChat).annotations({
+  description: "The JSON of Open WebUI's \"Export chats\": an array of chat records (or one)"
+})
+
+export const ChatGptNode = Schema.Struct({
+  message: Schema.optional(Schema.NullOr(Schema.Struct({
+    author: Schema.Struct({ role: Schema.String }),
+    create_time: Schema.optional(Schema.NullOr(Epoch)),
+    content: Schema.Struct({
+      content_type: Schema.String,
+      parts: Schema.optional(Schema.NullOr(Schema.Array(Schema.Unknown)))
+    }),
+    status: Schema.optional(Schema.NullOr(Schema.String)),
+    recipient: Schema.optional(Schema.NullOr(Schema.String)),
+    metadata: Schema.optional(Schema.NullOr(Schema.Struct({
+      is_visually_hidden_from_conversation: Schema.optional(Schema.NullOr(Schema.Boolean)),
+      model_slug: Schema.optional(Schema.NullOr(Schema.String))
+    })))
+  }))),
+  parent: Schema.optional(Schema.NullOr(Schema.String)),
+  children: Schema.optional(Schema.NullOr(Schema.Array(Schema.String)))
+})
+export type ChatGptNode = typeof ChatGptNode.Type
+
+/** One conversation of ChatGPT's `conversations.json` ("Export data"). */
+export const ChatGptConversation = Schema.Struct({
+  id: Schema.optional(Schema.NullOr(Schema.String)),
+  conversation_id: Schema.optional(Schema.NullOr(Schema.String)),
+  title: Schema.optional(Schema.NullOr(Schema.String)),
+  create_time: Schema.optional(Schema.NullOr(Epoch)),
+  mapping: Schema.Record({ key: Schema.String, value: ChatGptNode }),
+  current_node: Schema.optional(Schema.NullOr(Schema.String)),
+  is_archived: Schema.optional(Schema.NullOr(Schema.Boolean))
+})
+export type ChatGptConversation = typeof ChatGptConversation.Type
+
+export const ChatGptExport = OneOrMany(ChatGptConversation).annotations({
+  description: "ChatGPT's `conversations.json` (from \"Export data\"): an array of conversations (or one)"
+})
+
+export class ImportedConversation extends Schema.Class<ImportedConversation>("ImportedConversation")({
+  id: ConversationId,
+  sourceId: Schema.NullOr(Schema.String).annotations({ description: "Its id in the file, when it had one" }),
+  title: Schema.String,
+  messageCount: NonNegativeInt,
+  skippedCount: NonNegativeInt.annotations({
+    description: "Messages of the file left out: system, hidden, tool and reasoning ones, and those without text"
+  })
+}) {}
+
+export class ImportSummary extends Schema.Class<ImportSummary>("ImportSummary")({
+  conversations: Schema.Array(ImportedConversation).annotations({ description: "In the file's order" }),
+  messageCount: NonNegativeInt,
+  skippedCount: NonNegativeInt
+}) {}
+
 const Markdown = HttpApiSchema.Text({ contentType: "text/markdown; charset=utf-8" })
 
 export class ConversationsApi extends HttpApiGroup.make("conversations")
@@ -209,6 +320,18 @@ export class ConversationsApi extends HttpApiGroup.make("conversations")
       .setPayload(request(ConversationExport))
       .addSuccess(ConversationView, { status: 201 })
       .annotate(OpenApi.Summary, "Import an exported conversation as a new one")
+  )
+  .add(
+    HttpApiEndpoint.post("importOpenWebUi", "/api/v1/conversations/import/open-webui")
+      .setPayload(request(OpenWebUiExport))
+      .addSuccess(ImportSummary, { status: 201 })
+      .annotate(OpenApi.Summary, "Import the chats of an Open WebUI export as new conversations (all or none)")
+  )
+  .add(
+    HttpApiEndpoint.post("importChatGpt", "/api/v1/conversations/import/chatgpt")
+      .setPayload(request(ChatGptExport))
+      .addSuccess(ImportSummary, { status: 201 })
+      .annotate(OpenApi.Summary, "Import ChatGPT's conversations.json as new conversations (all or none)")
   )
   .add(
     HttpApiEndpoint.get("getConversation", "/api/v1/conversations/:id")

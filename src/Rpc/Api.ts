@@ -36,13 +36,16 @@ import {
 import {
   AppendMessagePayload,
   AppendThreadMessagePayload,
+  ChatGptExport,
   ConversationExport,
   ConversationListQuery,
   CreateConversationPayload,
   CreateThreadPayload,
   EditMessagePayload,
+  ImportSummary,
   MessageList,
   MessageListQuery,
+  OpenWebUiExport,
   SearchHit,
   SearchQuery,
   SetCurrentLeafPayload,
@@ -279,7 +282,9 @@ const ConversationRpcs = RpcGroup.make(
     payload: { document: ConversationExport },
     success: ConversationView,
     error: ConversationError
-  })
+  }),
+  Rpc.make("importOpenWebUi", { payload: { file: OpenWebUiExport }, success: ImportSummary, error: Refused }),
+  Rpc.make("importChatGpt", { payload: { file: ChatGptExport }, success: ImportSummary, error: Refused })
 )
 
 // --- models (listing and reading for everyone allowed to; the rest for administrators)

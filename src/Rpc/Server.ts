@@ -138,6 +138,8 @@ const HandlersLive = WebPlusRpcs.toLayer(Effect.gen(function*() {
     exportConversation: ({ id }) => conversations.exportJson(id),
     exportConversationMarkdown: ({ id }) => conversations.exportMarkdown(id),
     importConversation: ({ document }) => conversations.importConversation(document),
+    importOpenWebUi: ({ file }) => conversations.importOpenWebUi(file),
+    importChatGpt: ({ file }) => conversations.importChatGpt(file),
 
     setFeedback: ({ feedback: payload, id, messageId }) => feedback.set(id, messageId, payload),
     deleteFeedback: ({ id, messageId }) => feedback.remove(id, messageId),

@@ -537,6 +537,8 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       Config.withDefault<LogFormat>(nodeEnv === "production" ? "json" : "pretty")
     )
     const maxBodySize = yield* byteSize("MAX_BODY_SIZE").pipe(Config.withDefault(1024 * 1024))
+    // A whole chat history exported from another product is often tens of megabytes.
+    const importMaxSize = yield* byteSize("IMPORT_MAX_SIZE").pipe(Config.withDefault(64 * 1024 * 1024))
     const compression: CompressionSettings = {
       enabled: yield* Config.boolean("COMPRESSION").pipe(Config.withDefault(true)),
       minSize: yield* byteSize("COMPRESSION_MIN_SIZE").pipe(Config.withDefault(1024))
@@ -698,6 +700,7 @@ export class AppConfig extends Effect.Service<AppConfig>()("AppConfig", {
       logLevel: minimumLogLevel,
       logFormat,
       maxBodySize,
+      importMaxSize,
       compression,
       corsOrigins,
       shutdownTimeout,

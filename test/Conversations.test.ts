@@ -1099,3 +1099,36 @@ for (const dialect of dialects) {
     })
   })
 }
+
+layer(testServer({ env: { MAX_BODY_SIZE: "1kb", IMPORT_MAX_SIZE: "16kb" } }), { excludeTestServices: true })(
+  "imports' own body limit",
+  (it) => {
+    it.effect("an import may be larger than MAX_BODY_SIZE, up to IMPORT_MAX_SIZE (413 beyond)", () =>
+      Effect.gen(function*() {
+        const user = yield* signUp()
+        const file = exportFile("open-webui-chats.json")
+        expect(JSON.stringify(file).length).toBeGreaterThan(1024)
+        expectStatus(
+          yield* call("POST", "/api/v1/conversations/import/open-webui", { auth: user.accessToken, body: file }),
+          201
+        )
+        // Anywhere else, the same size is too large.
+        const elsewhere = yield* call("POST", "/api/v1/conversations", {
+          auth: user.accessToken,
+          body: { title: "Padded", padding: "x".repeat(2048) }
+        })
+        expect(elsewhere.status).toBe(413)
+        const tooLarge = yield* call("POST", "/api/v1/conversations/import/chatgpt", {
+          auth: user.accessToken,
+          body: [{ title: "Huge", padding: "x".repeat(20_000) }]
+        })
+        expect(tooLarge.status).toBe(413)
+        expect(tooLarge.body).toMatchObject({ _tag: "PayloadTooLarge", limitBytes: 16 * 1024 })
+        const listed = expectStatus(
+          yield* call("GET", "/api/v1/conversations?limit=100", { auth: user.accessToken }),
+          200
+        )
+        expect(listed.items.map((conversation: { title: string }) => conversation.title)).not.toContain("Huge")
+      }))
+  }
+)

@@ -18,6 +18,9 @@ import { request } from "../Domain/Request.js"
 
 const Title = Schema.String.pipe(Schema.maxLength(500))
 /** What one message may hold: generous for pasted documents, bounded so one row stays reasonable. */
+/** Where conversations are imported: the body limit there is `IMPORT_MAX_SIZE`, not `MAX_BODY_SIZE` (see `Http/ErrorModel.ts`). */
+export const importPath = "/api/v1/conversations/import"
+
 export const maxContentLength = 200_000
 export const MessageContent = Schema.String.pipe(
   Schema.minLength(1, { message: () => "A message needs content" }),
@@ -316,19 +319,19 @@ export class ConversationsApi extends HttpApiGroup.make("conversations")
       .annotate(OpenApi.Summary, "Your conversations: pinned first, then the most recently updated")
   )
   .add(
-    HttpApiEndpoint.post("importConversation", "/api/v1/conversations/import")
+    HttpApiEndpoint.post("importConversation", importPath)
       .setPayload(request(ConversationExport))
       .addSuccess(ConversationView, { status: 201 })
       .annotate(OpenApi.Summary, "Import an exported conversation as a new one")
   )
   .add(
-    HttpApiEndpoint.post("importOpenWebUi", "/api/v1/conversations/import/open-webui")
+    HttpApiEndpoint.post("importOpenWebUi", `${importPath}/open-webui`)
       .setPayload(request(OpenWebUiExport))
       .addSuccess(ImportSummary, { status: 201 })
       .annotate(OpenApi.Summary, "Import the chats of an Open WebUI export as new conversations (all or none)")
   )
   .add(
-    HttpApiEndpoint.post("importChatGpt", "/api/v1/conversations/import/chatgpt")
+    HttpApiEndpoint.post("importChatGpt", `${importPath}/chatgpt`)
       .setPayload(request(ChatGptExport))
       .addSuccess(ImportSummary, { status: 201 })
       .annotate(OpenApi.Summary, "Import ChatGPT's conversations.json as new conversations (all or none)")

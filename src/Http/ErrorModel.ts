@@ -32,6 +32,7 @@ import {
 import { Cause, Effect, FiberRef, Option, Schema } from "effect"
 import { gatewayPrefix } from "../ApiBeside.js"
 import { AppConfig } from "../Config.js"
+import { importPath } from "../Conversations/Api.js"
 import {
   FieldIssue,
   InternalError,
@@ -155,8 +156,15 @@ const unexpected = (cause: Cause.Cause<unknown>) =>
 
 export const ErrorModelLive = HttpApiBuilder.middleware(
   Effect.gen(function*() {
-    const { files, maxBodySize } = yield* AppConfig
+    const { files, importMaxSize, maxBodySize } = yield* AppConfig
     const uploadLimit = files.maxSize + uploadOverheadBytes
+    /** The body limit of a request that is not an upload: imports of whole chat histories get theirs. */
+    const bodyLimitOf = (request: HttpServerRequest.HttpServerRequest) => {
+      const path = request.url.split("?")[0]!
+      return request.method === "POST" && (path === importPath || path.startsWith(`${importPath}/`))
+        ? importMaxSize
+        : maxBodySize
+    }
     const { api } = yield* HttpApi.Api
     const isDeclaredError = declaredErrors(api)
     return (app) =>
@@ -169,8 +177,9 @@ export const ErrorModelLive = HttpApiBuilder.middleware(
           if (declaredLength > uploadLimit) return tooLarge(files.maxSize, "The file")
           return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(uploadLimit))
         }
-        if (declaredLength > maxBodySize && !ownErrors) return tooLarge(maxBodySize)
-        return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(maxBodySize))
+        const limit = bodyLimitOf(request)
+        if (declaredLength > limit && !ownErrors) return tooLarge(limit)
+        return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(limit))
       }).pipe(
         Effect.catchAllCause((cause) => {
           const failure = Cause.failureOption(cause)
@@ -187,14 +196,13 @@ export const ErrorModelLive = HttpApiBuilder.middleware(
           }
           const bodyFailure = bodyReadFailure(cause)
           if (Option.isSome(bodyFailure)) {
-            return Effect.succeed(
-              exceededLimit(bodyFailure.value) ? tooLarge(maxBodySize) : validationResponse(
+            return Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
+              exceededLimit(bodyFailure.value) ? tooLarge(bodyLimitOf(request)) : validationResponse(
                 new ValidationError({
                   message: "The request body is not valid JSON",
                   issues: [new FieldIssue({ path: ["body"], message: "Malformed JSON" })]
                 })
-              )
-            )
+              ))
           }
           return Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : unexpected(cause)
         })

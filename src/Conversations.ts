@@ -10,7 +10,7 @@
  * the conversation row locked, so the leaf, the count and the rows agree.
  */
 import { Model, SqlClient } from "@effect/sql"
-import { DateTime, type Duration, Effect, Either, Layer, Option, Schema } from "effect"
+import { Clock, DateTime, Duration, Effect, Either, Layer, Option, Schema } from "effect"
 import { AuditLog } from "./Audit.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { AppConfig } from "./Config.js"
@@ -127,6 +127,25 @@ const listCursor = cursorOf(ListPosition)
 const branchCursor = cursorOf(Schema.Struct({ from: MessageIdSchema }))
 /** How many messages of a branch a chat turn reads at a time (see `branchUntil`). */
 const branchPage = 128
+
+/**
+ * An effect to run between the steps of a long piece of work (a large import: checking thousands of
+ * conversations, writing them): once the work has held the event loop for 50 ms, it lets it run
+ * (a timer's turn), so that answers being streamed and requests without a query go on meanwhile. On
+ * SQLite every statement runs on the event loop too.
+ */
+const letLoopRun = Effect.map(Clock.currentTimeMillis, (started) => {
+  let sliceStart = started
+  return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+    now - sliceStart < 50
+      ? Effect.void
+      : Effect.zipRight(
+        Effect.sleep(Duration.zero),
+        Effect.map(Clock.currentTimeMillis, (at) => {
+          sliceStart = at
+        })
+      ))
+})
 const SearchPosition = Schema.Struct({ offset: Schema.Int.pipe(Schema.between(0, 10_000)) })
 const searchCursor = cursorOf(SearchPosition)
 
@@ -968,13 +987,12 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       { conversation, conversationId, document, mapped, now, rows }: Effect.Effect.Success<
         ReturnType<typeof prepareImport>
       >,
-      from?: ImportSource
+      from?: ImportSource,
+      breathe: Effect.Effect<void> = Effect.void
     ) =>
       Effect.gen(function*() {
         yield* repo.insertConversation(conversation)
-        for (let start = 0; start < rows.length; start += 500) {
-          yield* repo.insertMessages(rows.slice(start, start + 500))
-        }
+        yield* repo.insertTree(conversationId, rows, breathe)
         for (const exported of document.threads) {
           const threadId = yield* freshId<ThreadId>()
           const thread = Thread.insert.make({
@@ -1038,9 +1056,10 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
       Effect.gen(function*() {
         const actor = yield* writable
         const translated = yield* translate(yield* DateTime.now)
+        const checking = yield* letLoopRun
         const prepared = yield* Effect.forEach(
           translated,
-          ({ document, origin }) => Effect.either(prepareImport(actor, document, origin))
+          ({ document, origin }) => Effect.zipLeft(Effect.either(prepareImport(actor, document, origin)), checking)
         )
         const refused = prepared.flatMap((result) => (Either.isLeft(result) ? result.left.issues : []))
         if (refused.length > 0) {
@@ -1050,7 +1069,14 @@ export class Conversations extends Effect.Service<Conversations>()("Conversation
           })
         }
         const ready = prepared.flatMap((result) => (Either.isRight(result) ? [result.right] : []))
-        yield* transaction(Effect.forEach(ready, (one) => writeImport(actor, one, from), { discard: true }))
+        // Other requests' queries wait for the transaction, but the rest of the server (answers being
+        // streamed) goes on: the loop is let run between conversations (see `letLoopRun`).
+        const breathe = yield* letLoopRun
+        yield* transaction(
+          Effect.forEach(ready, (one) => Effect.zipRight(writeImport(actor, one, from, breathe), breathe), {
+            discard: true
+          })
+        )
         const conversations = ready.map((one, index) =>
           new ImportedConversation({
             id: one.conversationId,

@@ -493,6 +493,21 @@ export class ConversationRepo extends Effect.Service<ConversationRepo>()("Conver
               : renumber(rows[0]!.conversationId, parents.size > 100 ? "all" : Array.fromIterable(parents))
           })
         )),
+      /**
+       * Inserts a whole tree of one conversation (an import), in batches, then renumbers it once;
+       * `between` runs after each batch (an import lets the event loop run there).
+       */
+      insertTree: (
+        conversationId: ConversationId,
+        rows: ReadonlyArray<typeof Message.insert.Type>,
+        between: Effect.Effect<void>
+      ) =>
+        rows.length === 0 ? Effect.void : Effect.orDie(Effect.zipRight(
+          Effect.forEach(Array.chunksOf(rows, 500), (batch) => Effect.zipRight(insertMessages(batch), between), {
+            discard: true
+          }),
+          renumber(conversationId, "all")
+        )),
       newestLeafBelow: (conversationId: ConversationId, start: Option.Option<MessageId>) =>
         Effect.orDie(newestLeafBelow(conversationId, start)),
       /** Renumbers the sibling positions of a whole tree (after writing its rows directly). */

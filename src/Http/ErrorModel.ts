@@ -158,6 +158,8 @@ export const ErrorModelLive = HttpApiBuilder.middleware(
   Effect.gen(function*() {
     const { files, importMaxSize, maxBodySize } = yield* AppConfig
     const uploadLimit = files.maxSize + uploadOverheadBytes
+    const isUpload = (request: HttpServerRequest.HttpServerRequest) =>
+      request.method === "POST" && request.url.split("?")[0] === uploadPath
     /** The body limit of a request that is not an upload: imports of whole chat histories get theirs. */
     const bodyLimitOf = (request: HttpServerRequest.HttpServerRequest) => {
       const path = request.url.split("?")[0]!
@@ -173,7 +175,7 @@ export const ErrorModelLive = HttpApiBuilder.middleware(
         const declaredLength = Number(request.headers["content-length"] ?? 0)
         // The OpenAI-compatible routes answer in OpenAI's error format, an oversized body included.
         const ownErrors = request.url.startsWith(`${gatewayPrefix}/`)
-        if (request.method === "POST" && request.url.split("?")[0] === uploadPath) {
+        if (isUpload(request)) {
           if (declaredLength > uploadLimit) return tooLarge(files.maxSize, "The file")
           return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(uploadLimit))
         }
@@ -197,12 +199,14 @@ export const ErrorModelLive = HttpApiBuilder.middleware(
           const bodyFailure = bodyReadFailure(cause)
           if (Option.isSome(bodyFailure)) {
             return Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
-              exceededLimit(bodyFailure.value) ? tooLarge(bodyLimitOf(request)) : validationResponse(
-                new ValidationError({
-                  message: "The request body is not valid JSON",
-                  issues: [new FieldIssue({ path: ["body"], message: "Malformed JSON" })]
-                })
-              ))
+              exceededLimit(bodyFailure.value)
+                ? isUpload(request) ? tooLarge(files.maxSize, "The file") : tooLarge(bodyLimitOf(request))
+                : validationResponse(
+                  new ValidationError({
+                    message: "The request body is not valid JSON",
+                    issues: [new FieldIssue({ path: ["body"], message: "Malformed JSON" })]
+                  })
+                ))
           }
           return Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : unexpected(cause)
         })

@@ -17,10 +17,10 @@ import { Page, PageParams } from "../Domain/Pagination.js"
 import { request } from "../Domain/Request.js"
 
 const Title = Schema.String.pipe(Schema.maxLength(500))
-/** What one message may hold: generous for pasted documents, bounded so one row stays reasonable. */
 /** Where conversations are imported: the body limit there is `IMPORT_MAX_SIZE`, not `MAX_BODY_SIZE` (see `Http/ErrorModel.ts`). */
 export const importPath = "/api/v1/conversations/import"
 
+/** What one message may hold: generous for pasted documents, bounded so one row stays reasonable. */
 export const maxContentLength = 200_000
 export const MessageContent = Schema.String.pipe(
   Schema.minLength(1, { message: () => "A message needs content" }),

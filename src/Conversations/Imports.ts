@@ -3,10 +3,10 @@
  * conversation document, so that one import checks and writes them all.
  *
  * Both products keep a tree of messages (each names its parent; an edit or a regenerated answer is a
- * sibling) and the message the user was last at. Messages this server has no place for (system
- * prompts, hidden context, tool calls and their results, reasoning, pictures without text) are left
- * out: what was below one hangs from the nearest message kept above it, and a current message left
- * out gives way to that same message. A tree that does not hold together (a parent that is not in
+ * sibling) and the message the user was last at. Messages this server has no place for (ChatGPT's
+ * system prompts and hidden context, tool calls and their results, reasoning, pictures without text)
+ * are left out (Open WebUI's system messages are kept): what was below one hangs from the nearest
+ * message kept above it, and a current message left out gives way to that same message. A tree that does not hold together (a parent that is not in
  * the file, parents in a cycle) is refused, with the file's own path to the faulty field.
  */
 import { DateTime, Either, ParseResult, Schema } from "effect"

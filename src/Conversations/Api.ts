@@ -16,7 +16,8 @@ import { ConversationId, LlmModelId, MessageId, ModelConfigId, ThreadId } from "
 import { Page, PageParams } from "../Domain/Pagination.js"
 import { request } from "../Domain/Request.js"
 
-const Title = Schema.String.pipe(Schema.maxLength(500))
+export const maxTitleLength = 500
+const Title = Schema.String.pipe(Schema.maxLength(maxTitleLength))
 /** Where conversations are imported: the body limit there is `IMPORT_MAX_SIZE`, not `MAX_BODY_SIZE` (see `Http/ErrorModel.ts`). */
 export const importPath = "/api/v1/conversations/import"
 

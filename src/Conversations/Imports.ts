@@ -17,6 +17,8 @@ import {
   type ChatGptConversation,
   type ChatGptNode,
   ConversationExport,
+  maxContentLength,
+  maxTitleLength,
   type OpenWebUiChat,
   type OpenWebUiMessage
 } from "./Api.js"
@@ -243,6 +245,22 @@ const readChatGptConversation = (conversation: ChatGptConversation, index: numbe
 
 // --- one tree, whatever the product
 
+/**
+ * What exports carry after deletions in their product is mended, not refused (one such chat would
+ * keep a whole file out): a parent that is not in the file leaves its node a root, and a current
+ * message that is not in it leaves the newest leaf current.
+ */
+const mended = (source: SourceConversation): SourceConversation => {
+  const keys = new Set(source.nodes.map((node) => node.key))
+  return {
+    ...source,
+    nodes: source.nodes.map((node) =>
+      node.parent !== null && !keys.has(node.parent) ? { ...node, parent: null } : node
+    ),
+    current: source.current !== null && keys.has(source.current) ? source.current : null
+  }
+}
+
 /** Whether the nodes form a tree (every parent in the file, no cycle), and the current node is one of them. */
 const checkTree = (source: SourceConversation, byKey: ReadonlyMap<string, SourceNode>): Array<FieldIssue> => {
   const issues: Array<FieldIssue> = []
@@ -278,6 +296,7 @@ const toDocument = (
   source: SourceConversation,
   exportedAt: DateTime.Utc
 ): Either.Either<Omit<TranslatedConversation, "document"> & { readonly encoded: unknown }, Array<FieldIssue>> => {
+  source = mended(source)
   const byKey = new Map(source.nodes.map((node) => [node.key, node]))
   const treeIssues = checkTree(source, byKey)
   if (treeIssues.length > 0) return Either.left(treeIssues)
@@ -314,6 +333,8 @@ const toDocument = (
 
   // Depth first from the roots, each node hung from the nearest kept node above it; siblings in their
   // order, so that the ids given on import (in document order) break ties between equal times the same way.
+  // A message's id in the document is its position (the product's own, kept in its metadata, may be
+  // empty or long); what is longer than a message or a title may be is cut, and marked so.
   const messages: Array<Record<string, unknown>> = []
   const origins: Array<SourceNode> = []
   const keptAtOrAbove = new Map<string, string | null>()
@@ -328,18 +349,19 @@ const toDocument = (
     if (typeof node.kept === "object") {
       const kept = node.kept
       hereTime = timeOf(kept.time, node.timeAt) ?? aboveTime
-      here = node.key
+      here = String(messages.length)
+      const cut = kept.content.length > maxContentLength
       messages.push({
-        id: node.key,
+        id: here,
         parentId: above,
         role: kept.role,
-        content: kept.content,
+        content: cut ? kept.content.slice(0, maxContentLength) : kept.content,
         status: kept.status,
         modelName: kept.modelName,
         promptTokens: kept.promptTokens,
         completionTokens: kept.completionTokens,
         toolCalls: [],
-        metadata: kept.metadata,
+        metadata: cut ? truncatedIn(kept.metadata) : kept.metadata,
         editedFromId: null,
         deleted: false,
         createdAt: hereTime
@@ -389,7 +411,7 @@ const toDocument = (
       version: 1,
       exportedAt: DateTime.formatIso(exportedAt),
       conversation: {
-        title: source.title,
+        title: source.title.slice(0, maxTitleLength),
         pinned: source.pinned,
         archived: source.archived,
         currentLeafId: source.current === null ? null : keptAtOrAbove.get(source.current) ?? null,
@@ -400,6 +422,12 @@ const toDocument = (
     }
   })
 }
+
+/** `metadata` with its `imported` record saying the content was cut to what a message may hold. */
+const truncatedIn = (metadata: JsonObject): JsonObject => ({
+  ...metadata,
+  imported: { ...(isRecord(metadata.imported) ? metadata.imported : {}), truncated: true }
+})
 
 const decodeDocument = Schema.decodeUnknownEither(ConversationExport, { errors: "all" })
 

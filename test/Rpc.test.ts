@@ -490,8 +490,9 @@ for (const dialect of dialects) {
             expect(fromChatGpt, transport).toMatchObject({ messageCount: 9, skippedCount: 5 })
             const imported = yield* as(user)(client.getConversation({ id: fromChatGpt.conversations[0]!.id }))
             expect(imported.title).toBe("Packing for Iceland")
+            // Parents in a cycle.
             const broken = exportFile("chatgpt-conversations.json")
-            broken[0].current_node = "nowhere"
+            broken[1].mapping["client-created-root"].parent = "f4d5e6f7-0000-4000-8000-000000000024"
             const refused = yield* Effect.exit(as(user)(client.importChatGpt({ file: broken })))
             expect(failureTag(refused), transport).toBe("ValidationError")
           }

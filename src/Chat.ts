@@ -50,7 +50,17 @@ import type {
   ToolDefinition
 } from "./Chat/Api.js"
 import { ChatResult } from "./Chat/Api.js"
-import { answerReserve, fillsContext, fitToContext, toChatMessages, toolTokens, usageToCount } from "./Chat/Context.js"
+import {
+  answerReserve,
+  fillsContext,
+  fitToContext,
+  nothingAnswered,
+  tally,
+  toChatMessages,
+  type TokenCounts,
+  toolTokens,
+  usageToCount
+} from "./Chat/Context.js"
 import { AnswerRelay } from "./Chat/Relay.js"
 import { AppConfig } from "./Config.js"
 import { Conversations } from "./Conversations.js"
@@ -478,14 +488,15 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
       request: ChatRequest,
       after: Effect.Effect<void>
     ): void => {
-      let usage: { promptTokens: number; completionTokens: number } | null = null
-      let finished = false
+      let usage: TokenCounts | null = null
+      const answered = nothingAnswered()
       const startedAt = Date.now()
       chatAnswersStarted.unsafeUpdate(1, [])
       countStreaming(1)
 
       /** Takes in one chunk of the answer; true when followers have something new. */
       const take = (chunk: ChatChunk): boolean => {
+        tally(answered, chunk)
         const event = (fields: DistributiveOmit<ChatEvent, "id">) => record(generation, fields)
         switch (chunk._tag) {
           case "text":
@@ -514,7 +525,6 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             event({ _tag: "usage", ...usage })
             return true
           case "finish":
-            finished = true
             return false
         }
       }
@@ -554,18 +564,10 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             : died
             ? { _tag: "InternalError", message: "The answer failed unexpectedly" }
             : null
-          const stats: { promptTokens: number; completionTokens: number } | null = usage
-          const content = textOf(generation)
-          // Budgets count an answer whose usage never came (cancelled, failed midway) by estimate.
-          // (`status` is known here: the estimate counts a cancel even before the first token.)
-          const counted = usageToCount(request, stats, {
-            outputCharacters: generation.calls.reduce(
-              (sum, call) => sum + call.name.length + call.arguments.length,
-              content.length
-            ),
-            finished,
-            abandoned: status === "cancelled"
-          })
+          const stats: TokenCounts | null = usage
+          // Budgets count an answer whose usage never came (cancelled, failed midway) by estimate;
+          // a cancel counts its prompt even before the first token.
+          const counted = usageToCount(request, stats, answered, status === "cancelled")
           chatAnswersEnded.unsafeUpdate(1, labels(["status", status]))
           if (stats !== null) {
             chatTokens.unsafeUpdate(stats.promptTokens, labels(["kind", "prompt"]))
@@ -576,7 +578,7 @@ export class ChatEngine extends Effect.Service<ChatEngine>()("Chat/ChatEngine", 
             answer.id,
             {
               status,
-              content,
+              content: textOf(generation),
               toolCalls: toolCallsOf(generation),
               promptTokens: stats?.promptTokens ?? null,
               completionTokens: stats?.completionTokens ?? null,

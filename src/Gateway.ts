@@ -20,7 +20,7 @@ import { Chunk, DateTime, Effect, Either, Exit, Option, Ref, type Scope, Stream 
 import { ApiKeysRepo } from "./Auth/ApiKeysRepo.js"
 import { requirePermission } from "./Auth/Policy.js"
 import { RateLimits } from "./Auth/RateLimits.js"
-import { estimatePromptTokens, usageToCount } from "./Chat/Context.js"
+import { estimatePromptTokens, nothingAnswered, tally, usageToCount } from "./Chat/Context.js"
 import { type Actor, CurrentActor } from "./Domain/Actor.js"
 import {
   checkRange,
@@ -436,8 +436,8 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
 
     /**
      * Resolves the model, translates the request (from either dialect) and prepares the upstream
-     * call; usage is recorded when `scope` closes, with whatever the provider reported by then
-     * (nothing, if the client left before it did).
+     * call; usage is recorded when `scope` closes: what the provider reported by then, else the
+     * estimate of what it was asked and answered (`usageToCount`).
      */
     const start = (
       model: string,
@@ -449,13 +449,17 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         const request = yield* toRequest(target)
         const usage = yield* Ref.make(Option.none<ReportedUsage>())
         // What the provider answered, for an estimate when its usage never comes (the client left first).
-        const answered = { outputCharacters: 0, finished: false, abandoned: false }
+        const answered = nothingAnswered()
         let asked = false
         yield* Effect.addFinalizer((exit) =>
           Effect.flatMap(Ref.get(usage), (reported) => {
             // A client that leaves once the provider has been asked leaves its prompt to be paid for.
-            answered.abandoned = asked && Exit.isInterrupted(exit)
-            const counted = usageToCount(request, Option.getOrNull(reported), answered)
+            const counted = usageToCount(
+              request,
+              Option.getOrNull(reported),
+              answered,
+              asked && Exit.isInterrupted(exit)
+            )
             return counted === null ? Effect.void : recordUsage(actor, target, counted)
           })
         )
@@ -464,19 +468,8 @@ export class Gateway extends Effect.Service<Gateway>()("Gateway/Gateway", {
         const upstream = resolved.client.chat(request).pipe(
           Stream.onStart(Effect.sync(() => (asked = true))),
           Stream.tap((chunk) => {
-            switch (chunk._tag) {
-              case "usage":
-                return Ref.set(usage, Option.some(chunk))
-              case "text":
-                answered.outputCharacters += chunk.text.length
-                return Effect.void
-              case "tool-call":
-                answered.outputCharacters += (chunk.name?.length ?? 0) + chunk.arguments.length
-                return Effect.void
-              case "finish":
-                answered.finished = true
-                return Effect.void
-            }
+            tally(answered, chunk)
+            return chunk._tag === "usage" ? Ref.set(usage, Option.some(chunk)) : Effect.void
           })
         )
         return { target, upstream, id, created, usage }

@@ -9,7 +9,7 @@
  */
 import type { MessageView } from "../Domain/Conversation.js"
 import { type AttachmentContents, attachmentKey, attachmentsOf } from "../Files/Attachments.js"
-import type { ChatImage, ChatMessage, ChatRequest } from "../Providers/Chat.js"
+import type { ChatChunk, ChatImage, ChatMessage, ChatRequest } from "../Providers/Chat.js"
 
 const perMessageTokens = 4
 
@@ -36,20 +36,44 @@ export interface TokenCounts {
   readonly completionTokens: number
 }
 
+/** What a provider has answered of one answer so far: the characters of its text and tool calls, and whether it finished. */
+export interface Answered {
+  outputCharacters: number
+  finished: boolean
+}
+
+export const nothingAnswered = (): Answered => ({ outputCharacters: 0, finished: false })
+
+/** Takes one chunk of an answer into what was answered. */
+export const tally = (answered: Answered, chunk: ChatChunk): void => {
+  switch (chunk._tag) {
+    case "text":
+      answered.outputCharacters += chunk.text.length
+      break
+    case "tool-call":
+      answered.outputCharacters += (chunk.name?.length ?? 0) + chunk.arguments.length
+      break
+    case "finish":
+      answered.finished = true
+      break
+  }
+}
+
 /**
  * The usage to count for an answer: what the provider reported; else an estimate if the provider
- * answered at all (`outputCharacters` of text and tool calls came, or it said it was done) or the
- * answer was `abandoned` once asked for (the client left, a cancel: its prompt was sent). An answer
- * cut before its usage came, or from a provider that reports none, is still counted against
- * budgets; null when the provider failed without answering anything.
+ * answered at all (text or tool calls came, or it said it was done) or the answer was `abandoned`
+ * once asked for (the client left, a cancel: its prompt was sent). An answer cut before its usage
+ * came, or from a provider that reports none, is still counted against budgets; null when the
+ * provider failed without answering anything.
  */
 export const usageToCount = (
   request: Pick<ChatRequest, "messages" | "tools">,
   reported: TokenCounts | null,
-  answered: { readonly outputCharacters: number; readonly finished: boolean; readonly abandoned: boolean }
+  answered: Answered,
+  abandoned: boolean
 ): TokenCounts | null =>
   reported ??
-    (answered.outputCharacters === 0 && !answered.finished && !answered.abandoned
+    (answered.outputCharacters === 0 && !answered.finished && !abandoned
       ? null
       : { promptTokens: estimatePromptTokens(request), completionTokens: Math.ceil(answered.outputCharacters / 4) })
 

@@ -206,10 +206,33 @@ interface OpenBlock {
   readonly call?: number
 }
 
-/** A block held back while a tool call's block is open: written whole when that one closes. */
-type HeldBlock =
+/** A block's content: text, or a tool call (its input as JSON text). */
+type BlockContent =
   | { readonly kind: "text"; text: string }
-  | { readonly kind: "tool"; readonly call: number; readonly id: string; readonly name: string; input: string }
+  | { readonly kind: "tool"; readonly id: string; readonly name: string; input: string }
+
+/** A block held back while a tool call's block is open: written whole when that one closes. */
+type HeldBlock = BlockContent & { readonly call?: number }
+
+/** A block's start, and its first piece (if any) as a delta. */
+const blockOpening = (index: number, block: BlockContent): Array<MessageStreamEvent> => [
+  {
+    type: "content_block_start",
+    index,
+    content_block: block.kind === "text"
+      ? { type: "text", text: "" }
+      : { type: "tool_use", id: block.id, name: block.name, input: {} }
+  },
+  ...blockDelta(index, block.kind, block.kind === "text" ? block.text : block.input)
+]
+
+/** More of a block: a text or JSON piece (nothing for an empty one). */
+const blockDelta = (index: number, kind: BlockContent["kind"], piece: string): Array<MessageStreamEvent> =>
+  piece.length === 0 ? [] : [{
+    type: "content_block_delta",
+    index,
+    delta: kind === "text" ? { type: "text_delta", text: piece } : { type: "input_json_delta", partial_json: piece }
+  }]
 
 /**
  * The answer as Anthropic streams it: `message_start` (empty content, usage to come), a `ping`,
@@ -247,43 +270,23 @@ export const messageEvents = (options: {
     open = null
     return [{ type: "content_block_stop", index }]
   }
-  const begin = (
-    block: Omit<OpenBlock, "index">
-  ): { readonly events: Array<MessageStreamEvent>; readonly index: number } => {
+  /** Closes the open block, and opens `block` in its place. */
+  const begin = (block: BlockContent, call?: number): Array<MessageStreamEvent> => {
     const events = close()
     const index = next++
-    open = { ...block, index }
-    return { events, index }
+    open = { index, kind: block.kind, ...(call !== undefined ? { call } : {}) }
+    return [...events, ...blockOpening(index, block)]
   }
   /** Closes the open block, then writes the held ones, each whole. */
   const closeAll = (): Array<MessageStreamEvent> => {
     const events = close()
     for (const block of held.splice(0)) {
       const index = next++
-      events.push(
-        block.kind === "text"
-          ? { type: "content_block_start", index, content_block: { type: "text", text: "" } }
-          : {
-            type: "content_block_start",
-            index,
-            content_block: { type: "tool_use", id: block.id, name: block.name, input: {} }
-          }
-      )
-      const nonEmpty = block.kind === "text" ? block.text : block.input
-      if (nonEmpty.length > 0) {
-        events.push({
-          type: "content_block_delta",
-          index,
-          delta: block.kind === "text"
-            ? { type: "text_delta", text: block.text }
-            : { type: "input_json_delta", partial_json: block.input }
-        })
-      }
-      events.push({ type: "content_block_stop", index })
+      events.push(...blockOpening(index, block), { type: "content_block_stop", index })
     }
     return events
   }
-  /** Whether what comes now must wait: a tool call's block is open (and it is not that call's piece). */
+  /** Whether what comes now (but the open call's own pieces) must wait: a tool call's block is open. */
   const holding = () => open?.kind === "tool"
 
   const translate = (chunk: ChatChunk): Effect.Effect<ReadonlyArray<MessageStreamEvent>> => {
@@ -297,45 +300,32 @@ export const messageEvents = (options: {
           else held.push({ kind: "text", text: chunk.text })
           return Effect.succeed([])
         }
-        const delta = { type: "text_delta" as const, text: chunk.text }
-        if (open?.kind === "text") return Effect.succeed([{ type: "content_block_delta", index: open.index, delta }])
-        const { events, index } = begin({ kind: "text" })
-        return Effect.succeed([
-          ...events,
-          { type: "content_block_start", index, content_block: { type: "text", text: "" } },
-          { type: "content_block_delta", index, delta }
-        ])
+        return Effect.succeed(
+          open?.kind === "text"
+            ? blockDelta(open.index, "text", chunk.text)
+            : begin({ kind: "text", text: chunk.text })
+        )
       }
       case "tool-call":
         return Effect.gen(function*() {
-          const delta = { type: "input_json_delta" as const, partial_json: chunk.arguments }
-          if (open?.call === chunk.index) {
-            return chunk.arguments.length > 0
-              ? [{ type: "content_block_delta" as const, index: open.index, delta }]
-              : []
-          }
+          if (open?.call === chunk.index) return blockDelta(open.index, "tool", chunk.arguments)
           if (calls.has(chunk.index)) {
             const block = held.find((candidate) => candidate.kind === "tool" && candidate.call === chunk.index)
             if (block?.kind === "tool") block.input += chunk.arguments
             return []
           }
           calls.add(chunk.index)
-          const id = chunk.id ?? (yield* options.toolUseId)
-          const name = chunk.name ?? ""
+          const block = {
+            kind: "tool" as const,
+            id: chunk.id ?? (yield* options.toolUseId),
+            name: chunk.name ?? "",
+            input: chunk.arguments
+          }
           if (holding()) {
-            held.push({ kind: "tool", call: chunk.index, id, name, input: chunk.arguments })
+            held.push({ ...block, call: chunk.index })
             return []
           }
-          const { events, index } = begin({ kind: "tool", call: chunk.index })
-          return [
-            ...events,
-            {
-              type: "content_block_start" as const,
-              index,
-              content_block: { type: "tool_use" as const, id, name, input: {} }
-            },
-            ...(chunk.arguments.length > 0 ? [{ type: "content_block_delta" as const, index, delta }] : [])
-          ]
+          return begin(block, chunk.index)
         })
       case "usage":
         return Effect.succeed([])

@@ -261,18 +261,9 @@ const mended = (source: SourceConversation): SourceConversation => {
   }
 }
 
-/** Whether the nodes form a tree (every parent in the file, no cycle), and the current node is one of them. */
+/** Whether the nodes form a tree (once `mended`, every parent is in the file): no cycle among the parents. */
 const checkTree = (source: SourceConversation, byKey: ReadonlyMap<string, SourceNode>): Array<FieldIssue> => {
   const issues: Array<FieldIssue> = []
-  for (const node of source.nodes) {
-    if (node.parent !== null && !byKey.has(node.parent)) {
-      issues.push(new FieldIssue({ path: node.parentAt, message: "No message of this conversation has this id" }))
-    }
-  }
-  if (source.current !== null && !byKey.has(source.current)) {
-    issues.push(new FieldIssue({ path: source.currentAt, message: "No message of this conversation has this id" }))
-  }
-  if (issues.length > 0) return issues
   // Walking up from each node must reach a root without passing the same node twice.
   const settled = new Set<string>()
   for (const node of source.nodes) {

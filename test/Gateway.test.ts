@@ -23,6 +23,7 @@ import {
   upstreamSecret
 } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
+import { waitFor } from "./fixtures/Wait.js"
 
 /** `get_weather` called with `{"city":"Paris"}`, its arguments in two pieces. */
 const weatherCall = { id: "call_upstream_1", name: "get_weather", arguments: ["{\"city\":", "\"Paris\"}"] }
@@ -91,15 +92,6 @@ const failure = <A>(run: () => Promise<A>) => Effect.flip(Effect.tryPromise({ tr
 
 /** The body of the last chat request the loopback provider received. */
 const lastUpstreamBody = (provider: FakeProvider) => chatRequests(provider).at(-1)?.body
-
-const waitFor = (condition: () => boolean, what: string) =>
-  Effect.gen(function*() {
-    for (let attempt = 0; attempt < 100; attempt++) {
-      if (condition()) return
-      yield* Effect.sleep("50 millis")
-    }
-    expect.fail(`timed out waiting for ${what}`)
-  })
 
 for (const dialect of dialects) {
   layer(withCast(dialect), { excludeTestServices: true })(`OpenAI-compatible gateway on ${dialect}`, (it) => {

@@ -30,6 +30,7 @@ import {
 } from "./fixtures/Providers.js"
 import { TestServer, testServer } from "./fixtures/Server.js"
 import { openSse } from "./fixtures/Sse.js"
+import { waitFor } from "./fixtures/Wait.js"
 
 /** `get_weather` called with `{"city":"Paris"}`, its arguments in two pieces. */
 const weatherCall = { id: "call_upstream_1", name: "get_weather", arguments: ["{\"city\":", "\"Paris\"}"] }
@@ -138,15 +139,6 @@ const refusedWithoutKey = (path: string, body: unknown, call: (client: Anthropic
     })
     const wrongKey = yield* clientFor("wp_not-a-real-key")
     expect(yield* failure(() => call(wrongKey))).toBeInstanceOf(Anthropic.AuthenticationError)
-  })
-
-const waitFor = (condition: () => boolean, what: string) =>
-  Effect.gen(function*() {
-    for (let attempt = 0; attempt < 100; attempt++) {
-      if (condition()) return
-      yield* Effect.sleep("50 millis")
-    }
-    expect.fail(`timed out waiting for ${what}`)
   })
 
 for (const dialect of dialects) {

@@ -15,13 +15,7 @@ import { dialects } from "./fixtures/Database.js"
 import { chatPath, type FakeProvider, fakeProvider, registerFake } from "./fixtures/Providers.js"
 import { inServerDatabase, TestServer, testServer } from "./fixtures/Server.js"
 import { openSse } from "./fixtures/Sse.js"
-
-/** Waits (up to 5 seconds) until `condition` holds. */
-const waitUntil = (condition: () => boolean) =>
-  Effect.gen(function*() {
-    for (let attempt = 0; attempt < 100 && !condition(); attempt++) yield* Effect.sleep("50 millis")
-    expect(condition()).toBe(true)
-  })
+import { waitFor } from "./fixtures/Wait.js"
 
 const query = (params: Record<string, string | undefined>) => {
   const search = new URLSearchParams()
@@ -345,7 +339,7 @@ for (const dialect of dialects) {
             body: { content: "Cancel me", modelId: alpha, title: "Cancelled" }
           })
           const answer = (yield* stream.next)!.data.answer
-          yield* waitUntil(() => openai.requests.length > asked)
+          yield* waitFor(() => openai.requests.length > asked, "the provider to be asked")
           const path = `/api/v1/conversations/${answer.conversationId}/messages/${answer.id}/cancel`
           expect(expectStatus(yield* call("POST", path, { auth: erin.accessToken }), 200)).toMatchObject({
             status: "cancelled",
@@ -364,7 +358,7 @@ for (const dialect of dialects) {
             headers: { authorization: `Bearer ${key.secret}`, "content-type": "application/json" },
             body: JSON.stringify({ model: "alpha-chat", messages: [{ role: "user", content: "Leave me" }] })
           }).catch((error: unknown) => error)
-          yield* waitUntil(() => openai.requests.length > before)
+          yield* waitFor(() => openai.requests.length > before, "the provider to be asked")
           controller.abort()
           yield* Effect.promise(() => pending)
           // "Leave me": 8 characters, 2 tokens, and 4 for the message.

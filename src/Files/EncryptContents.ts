@@ -42,7 +42,7 @@ export const encryptStoredContents: Effect.Effect<
   const files = yield* FilesRepo
   const storage = yield* FileStorage
   const cipher = yield* CredentialCipher
-  const alreadyEncrypted = (yield* files.contentKeyCounts(cipher.primaryKeyId)).encrypted
+  const alreadyEncrypted = yield* files.encryptedCount
   let encrypted = 0
   let skipped = 0
   let failed = 0

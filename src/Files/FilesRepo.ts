@@ -205,15 +205,12 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
         (rows) => rows.length > 0
       )
 
-    /** How many contents are encrypted, and how many of them under `keyId`. */
-    const contentKeyCounts = (keyId: string) =>
-      Effect.map(
-        sql<{ readonly encrypted: number | string; readonly under: number | string | null }>`
-          SELECT count(*) AS encrypted,
-                 sum(CASE WHEN content_key_id = ${keyId} THEN 1 ELSE 0 END) AS under
-          FROM files WHERE content_key_id IS NOT NULL`,
-        (rows) => ({ encrypted: Number(rows[0]?.encrypted ?? 0), under: Number(rows[0]?.under ?? 0) })
-      )
+    /** How many contents are encrypted. */
+    const encryptedCount = Effect.map(
+      sql<{ readonly encrypted: number | string }>`
+        SELECT count(*) AS encrypted FROM files WHERE content_key_id IS NOT NULL`,
+      (rows) => Number(rows[0]?.encrypted ?? 0)
+    )
 
     return {
       insertFile: (file: typeof StoredFile.insert.Type) => Effect.orDie(files.insert(file)),
@@ -240,7 +237,7 @@ export class FilesRepo extends Effect.Service<FilesRepo>()("Files/FilesRepo", {
       /** Seals a content's data key anew (the content is untouched), unless it changed since it was read. */
       setContentKey: (id: FileId, previous: string, contentKey: Sealed) =>
         Effect.orDie(setContentKey(id, previous, contentKey)),
-      contentKeyCounts: (keyId: string) => Effect.orDie(contentKeyCounts(keyId))
+      encryptedCount: Effect.orDie(encryptedCount)
     } as const
   })
 }) {}
